@@ -1,0 +1,65 @@
+-- Apply one transaction atomically: read the processed flag, check the
+-- balance, move the money and record the outcome, all in one script.
+--
+-- KEYS[1] tx record hash  ({ns}:tx:<id>): the processed flag, holding the outcome
+-- KEYS[2] balance of the checked account ({ns}:bal:<account>)
+-- KEYS[3] balance of the destination     ({ns}:bal:<to>), transfers only
+-- ARGV[1] kind: debit | credit | transfer
+-- ARGV[2] amount in minor units, 1 ..= 2^53-1 (validated before it gets here)
+-- ARGV[3] fingerprint of the request (kind|account|to|amount)
+-- ARGV[4] seconds to keep the outcome (>= the topic's retention)
+--
+-- Returns {state, reason, balance_after, duplicate} where state is
+-- "applied" or "rejected" and duplicate is 1 when an earlier apply had
+-- already settled this id (nothing was changed this time).
+--
+-- Balances are strings of integers in 0 ..= 2^53-1, so tonumber() is exact;
+-- the writes use INCRBY/DECRBY, which Redis does in exact 64-bit integers.
+
+local MAX = 9007199254740991
+
+local settled = redis.call('HMGET', KEYS[1], 'state', 'reason', 'balance_after')
+if settled[1] == 'applied' or settled[1] == 'rejected' then
+  return {settled[1], settled[2] or '', settled[3] or '', 1}
+end
+
+local kind = ARGV[1]
+local amount = tonumber(ARGV[2])
+
+local function settle(state, reason, balance_after)
+  redis.call('HSET', KEYS[1], 'state', state, 'reason', reason,
+    'balance_after', balance_after, 'fp', ARGV[3])
+  redis.call('HDEL', KEYS[1], 'lease')
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  return {state, reason, balance_after, 0}
+end
+
+local source = redis.call('GET', KEYS[2])
+if not source then
+  return settle('rejected', 'unknown_account', '')
+end
+source = tonumber(source)
+
+if kind == 'credit' then
+  if amount > MAX - source then
+    return settle('rejected', 'balance_overflow', '')
+  end
+  return settle('applied', '', tostring(redis.call('INCRBY', KEYS[2], ARGV[2])))
+end
+
+if source < amount then
+  return settle('rejected', 'insufficient_funds', '')
+end
+
+if kind == 'transfer' then
+  local destination = redis.call('GET', KEYS[3])
+  if not destination then
+    return settle('rejected', 'unknown_account', '')
+  end
+  if amount > MAX - tonumber(destination) then
+    return settle('rejected', 'balance_overflow', '')
+  end
+  redis.call('INCRBY', KEYS[3], ARGV[2])
+end
+
+return settle('applied', '', tostring(redis.call('DECRBY', KEYS[2], ARGV[2])))

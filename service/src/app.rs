@@ -1,0 +1,160 @@
+//! Wiring: builds the store, the publisher, the HTTP server and the consumer
+//! from a `Config`, runs them, and stops them gracefully.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::{Config, Role};
+use crate::consumer::{ConsumerSettings, TxConsumer};
+use crate::http::{self, ApiState};
+use crate::publisher::{ensure_topics, Publisher, PublisherSettings};
+use crate::store::{Store, StoreSettings};
+
+/// A running engine: its HTTP address (if it serves one) and its tasks.
+pub struct Engine {
+    /// Where the API listens, for role `api` and `all`.
+    pub addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<anyhow::Result<()>>,
+}
+
+/// The process-wide Prometheus recorder (a recorder can be installed once).
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .install_recorder()
+                .expect("no other metrics recorder is installed")
+        })
+        .clone()
+}
+
+impl Engine {
+    /// Connects to Redis and Kafka, creates the topics if missing, binds the
+    /// listener and starts the roles of `config`.
+    pub async fn start(config: &Config) -> anyhow::Result<Self> {
+        let admin_token = config.admin_token()?;
+        let metrics = metrics_handle();
+        ensure_topics(
+            &config.kafka_brokers,
+            &[(&config.topic, config.partitions), (&config.dlq_topic, 1)],
+            config.outcome_ttl_secs * 1000,
+        )
+        .await
+        .with_context(|| format!("creating topics on {}", config.kafka_brokers))?;
+        let store = Store::connect(StoreSettings {
+            url: &config.redis_url,
+            namespace: &config.namespace,
+            outcome_ttl_secs: config.outcome_ttl_secs,
+            lease_ms: config.lease_ms,
+            response_timeout: Duration::from_millis(config.redis_timeout_ms),
+        })
+        .await
+        .with_context(|| format!("connecting to redis at {}", config.redis_url))?;
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let mut addr = None;
+
+        if matches!(config.role, Role::Api | Role::All) {
+            let publisher = Publisher::new(PublisherSettings {
+                brokers: &config.kafka_brokers,
+                topic: &config.topic,
+                max_in_flight: config.max_in_flight,
+                publish_timeout: Duration::from_millis(config.publish_timeout_ms),
+                linger: Duration::from_millis(config.linger_ms),
+            })?;
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("binding {}", config.listen))?;
+            addr = Some(listener.local_addr()?);
+            let state = Arc::new(ApiState {
+                store: store.clone(),
+                publisher: publisher.clone(),
+                admin_token,
+                retry_after_secs: config.retry_after_secs,
+                metrics,
+            });
+            let mut stop = shutdown_rx.clone();
+            tasks.spawn(async move {
+                axum::serve(listener, http::router(state))
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|stopped| *stopped).await;
+                    })
+                    .await?;
+                // In-flight requests have had their answers; nothing is left
+                // in the producer queue, but flush in case.
+                tokio::task::spawn_blocking(move || publisher.flush(Duration::from_secs(5)))
+                    .await?;
+                Ok(())
+            });
+            tracing::info!(addr = %addr.expect("just set"), "api listening");
+        }
+        if matches!(config.role, Role::Consumer | Role::All) {
+            let consumer = TxConsumer::new(
+                ConsumerSettings {
+                    brokers: &config.kafka_brokers,
+                    group: &config.group,
+                    topic: &config.topic,
+                    dlq_topic: &config.dlq_topic,
+                    batch_size: config.batch_size,
+                },
+                store,
+            )?;
+            tasks.spawn(consumer.run(shutdown_rx));
+        }
+        Ok(Self {
+            addr,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Asks every role to stop, waits for in-flight work and returns the
+    /// first error any role ended with.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        let mut result = Ok(());
+        while let Some(joined) = self.tasks.join_next().await {
+            if let Err(e) = joined.map_err(anyhow::Error::from).and_then(|r| r) {
+                tracing::error!(error = %e, "role ended with an error");
+                result = result.and(Err(e));
+            }
+        }
+        result
+    }
+
+    /// Runs until a role ends by itself (an error) or `signal` resolves,
+    /// then stops gracefully.
+    pub async fn run_until(
+        mut self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        tokio::select! {
+            _ = signal => tracing::info!("shutting down"),
+            Some(ended) = self.tasks.join_next() => {
+                let _ = self.shutdown.send(true);
+                ended??;
+                anyhow::bail!("a role stopped by itself");
+            }
+        }
+        self.stop().await
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

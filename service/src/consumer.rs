@@ -1,0 +1,234 @@
+//! The consumer side: reads the topic in a group, applies records to Redis in
+//! pipelined batches, and stores each offset only after its outcome is in
+//! Redis (the rust-rdkafka at-least-once pattern). The processed flag inside
+//! the apply script turns every redelivery into a no-op.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::ClientConfig;
+use tokio::sync::watch;
+
+use crate::domain::{Outcome, Transaction};
+use crate::store::Store;
+use crate::wire::Record;
+
+/// Longest a batch waits to fill after its first record.
+const BATCH_LINGER: Duration = Duration::from_millis(2);
+/// Backoff bounds while Redis cannot apply a batch.
+const RETRY_MIN: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+/// Header carrying why a record went to the DLQ.
+pub const DLQ_REASON_HEADER: &str = "txengine-dlq-reason";
+
+pub struct ConsumerSettings<'a> {
+    pub brokers: &'a str,
+    pub group: &'a str,
+    pub topic: &'a str,
+    pub dlq_topic: &'a str,
+    pub batch_size: usize,
+}
+
+pub struct TxConsumer {
+    consumer: StreamConsumer,
+    dlq: FutureProducer,
+    dlq_topic: String,
+    store: Store,
+    batch_size: usize,
+}
+
+impl TxConsumer {
+    pub fn new(settings: ConsumerSettings<'_>, store: Store) -> Result<Self, KafkaError> {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", settings.brokers)
+            .set("group.id", settings.group)
+            .set("auto.offset.reset", "earliest")
+            // Commit only offsets we stored, i.e. records whose outcome is in Redis.
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "500")
+            .set("enable.auto.offset.store", "false")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("enable.partition.eof", "false")
+            .create()?;
+        consumer.subscribe(&[settings.topic])?;
+        let dlq: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", settings.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", "10000")
+            .create()?;
+        Ok(Self {
+            consumer,
+            dlq,
+            dlq_topic: settings.dlq_topic.to_owned(),
+            store,
+            batch_size: settings.batch_size.max(1),
+        })
+    }
+
+    /// Applies records until `shutdown` turns true, then commits what it
+    /// stored and returns. A batch in progress is finished first.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        tracing::info!(dlq = %self.dlq_topic, batch_size = self.batch_size, "consumer started");
+        while !*shutdown.borrow() {
+            let first = tokio::select! {
+                _ = shutdown.changed() => break,
+                message = self.consumer.recv() => message,
+            };
+            let mut batch = Vec::with_capacity(self.batch_size);
+            match first {
+                Ok(m) => batch.push(m.detach()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "kafka receive failed");
+                    tokio::time::sleep(RETRY_MIN).await;
+                    continue;
+                }
+            }
+            let deadline = tokio::time::Instant::now() + BATCH_LINGER;
+            while batch.len() < self.batch_size {
+                match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                    Ok(Ok(m)) => batch.push(m.detach()),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "kafka receive failed");
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if !self.process(&batch, &shutdown).await {
+                break;
+            }
+        }
+        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+            // Nothing stored since the last commit, or no assignment: both fine.
+            tracing::debug!(error = %e, "final commit");
+        }
+        tracing::info!("consumer stopped");
+        Ok(())
+    }
+
+    /// Applies one batch and stores its offsets. Returns false if shutdown
+    /// came while Redis was unreachable (offsets of the batch not stored).
+    async fn process(&self, batch: &[OwnedMessage], shutdown: &watch::Receiver<bool>) -> bool {
+        let started = Instant::now();
+        let mut records = Vec::with_capacity(batch.len());
+        for message in batch {
+            match Record::decode(message.payload().unwrap_or_default()) {
+                Ok(record) => records.push(record),
+                Err(e) => self.dead_letter(message, &e.to_string()).await,
+            }
+        }
+        let txs: Vec<Transaction> = records.iter().map(|r| r.tx.clone()).collect();
+        let mut backoff = RETRY_MIN;
+        let applied = loop {
+            match self.store.apply_batch(&txs).await {
+                Ok(applied) => break applied,
+                Err(e) => {
+                    metrics::counter!("txengine_redis_errors_total", "op" => "apply").increment(1);
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "apply failed; retrying the batch");
+                    if *shutdown.borrow() {
+                        return false;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+            }
+        };
+        let now_ms = now_ms();
+        for (record, result) in records.iter().zip(&applied) {
+            let label = match result.outcome {
+                Outcome::Applied { .. } => "applied",
+                Outcome::Rejected { reason } => reason.as_str(),
+            };
+            let duplicate = if result.duplicate { "true" } else { "false" };
+            metrics::counter!("txengine_apply_outcomes_total", "outcome" => label, "duplicate" => duplicate)
+                .increment(1);
+            if !result.duplicate {
+                let e2e_ms = now_ms.saturating_sub(record.accepted_at_ms);
+                metrics::histogram!("txengine_accept_to_applied_seconds")
+                    .record(e2e_ms as f64 / 1000.0);
+            }
+        }
+        metrics::histogram!("txengine_apply_batch_size").record(batch.len() as f64);
+        metrics::histogram!("txengine_apply_batch_seconds").record(started.elapsed().as_secs_f64());
+        self.store_offsets(batch);
+        true
+    }
+
+    /// Stores, per partition, the offset after the last record of the batch:
+    /// every earlier record of that partition is applied by now.
+    fn store_offsets(&self, batch: &[OwnedMessage]) {
+        let mut last: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+        for m in batch {
+            let entry = last.entry((m.topic(), m.partition())).or_insert(m.offset());
+            *entry = (*entry).max(m.offset());
+        }
+        for ((topic, partition), offset) in last {
+            // Fails only if the partition was revoked meanwhile; its new owner
+            // re-applies from the last commit and the flags make that a no-op.
+            if let Err(e) = self.consumer.store_offset(topic, partition, offset) {
+                tracing::info!(topic, partition, offset, error = %e, "offset not stored (revoked?)");
+            }
+        }
+    }
+
+    /// Sends an undecodable record to the DLQ, retrying until the broker has it:
+    /// its offset must not be stored before that.
+    async fn dead_letter(&self, message: &OwnedMessage, reason: &str) {
+        tracing::warn!(
+            partition = message.partition(),
+            offset = message.offset(),
+            reason,
+            "poison record to DLQ"
+        );
+        metrics::counter!("txengine_dlq_total").increment(1);
+        let origin = format!(
+            "{}/{}/{}",
+            message.topic(),
+            message.partition(),
+            message.offset()
+        );
+        loop {
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: DLQ_REASON_HEADER,
+                    value: Some(reason),
+                })
+                .insert(Header {
+                    key: "txengine-origin",
+                    value: Some(&origin),
+                });
+            let mut record = FutureRecord::to(&self.dlq_topic).headers(headers);
+            if let Some(payload) = message.payload() {
+                record = record.payload(payload);
+            }
+            if let Some(key) = message.key() {
+                record = record.key(key);
+            }
+            match self
+                .dlq
+                .send(record, Timeout::After(Duration::from_secs(1)))
+                .await
+            {
+                Ok(_) => return,
+                Err((e, _)) => {
+                    tracing::error!(error = %e, "DLQ publish failed; retrying");
+                    tokio::time::sleep(RETRY_MAX).await;
+                }
+            }
+        }
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

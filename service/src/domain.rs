@@ -1,0 +1,340 @@
+//! Domain types: ids, amounts, transaction kinds and outcomes.
+//!
+//! Parse, don't validate: every type here can only hold a valid value, so the
+//! HTTP layer, the Kafka codec and the Redis store never re-check the rules.
+//! This module knows nothing of axum, rdkafka or redis.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Largest amount or balance, in minor units: 2^53 - 1. Lua numbers are
+/// doubles, so nothing above this may ever reach a script as a number.
+pub const MAX_MINOR_UNITS: u64 = (1 << 53) - 1;
+
+/// Longest account or transaction id, in bytes.
+pub const MAX_ID_LEN: usize = 64;
+
+/// Why a request was refused before anything was published or written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    #[error("{field} must be 1..={MAX_ID_LEN} characters of [A-Za-z0-9_.:-]")]
+    BadId { field: &'static str },
+    #[error("{field} must be an integer in 1..={MAX_MINOR_UNITS}")]
+    AmountOutOfRange { field: &'static str },
+    #[error("balance must be an integer in 0..={MAX_MINOR_UNITS}")]
+    BalanceOutOfRange,
+    #[error("`{0}` is required")]
+    Missing(&'static str),
+    #[error("`to` is only allowed for a transfer")]
+    ToNotAllowed,
+    #[error("a transfer needs `to` different from `account`")]
+    TransferToSelf,
+    #[error("unknown type `{0}`: expected debit, credit or transfer")]
+    UnknownKind(String),
+    #[error("the `id` field and the Idempotency-Key header differ")]
+    IdMismatch,
+}
+
+fn is_valid_id(raw: &str) -> bool {
+    !raw.is_empty()
+        && raw.len() <= MAX_ID_LEN
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $field:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Parses a raw id, refusing anything outside the id alphabet.
+            pub fn parse(raw: &str) -> Result<Self, RuleError> {
+                if is_valid_id(raw) {
+                    Ok(Self(raw.to_owned()))
+                } else {
+                    Err(RuleError::BadId { field: $field })
+                }
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let raw = String::deserialize(d)?;
+                Self::parse(&raw).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// An account id: 1..64 chars of `[A-Za-z0-9_.:-]`.
+    AccountId,
+    "account"
+);
+id_type!(
+    /// A transaction id: 1..64 chars of `[A-Za-z0-9_.:-]`; the idempotency key.
+    TxId,
+    "id"
+);
+
+impl TxId {
+    /// A fresh server-made id (UUIDv7: time-ordered, unique).
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::now_v7().to_string())
+    }
+}
+
+/// An amount of money in minor units, 1 ..= 2^53-1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Amount(u64);
+
+impl Amount {
+    pub fn new(minor_units: u64) -> Result<Self, RuleError> {
+        if (1..=MAX_MINOR_UNITS).contains(&minor_units) {
+            Ok(Self(minor_units))
+        } else {
+            Err(RuleError::AmountOutOfRange { field: "amount" })
+        }
+    }
+
+    pub fn minor_units(self) -> u64 {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Amount {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::new(u64::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A balance in minor units, 0 ..= 2^53-1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Balance(u64);
+
+impl Balance {
+    pub fn new(minor_units: u64) -> Result<Self, RuleError> {
+        if minor_units <= MAX_MINOR_UNITS {
+            Ok(Self(minor_units))
+        } else {
+            Err(RuleError::BalanceOutOfRange)
+        }
+    }
+
+    pub fn minor_units(self) -> u64 {
+        self.0
+    }
+}
+
+/// What a transaction does to balances.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Movement {
+    /// Take `amount` from `account`; refused if the balance is short.
+    Debit { account: AccountId, amount: Amount },
+    /// Add `amount` to `account`; refused if the balance would pass 2^53-1.
+    Credit { account: AccountId, amount: Amount },
+    /// Move `amount` from `account` to `to`, both in one atomic step.
+    Transfer {
+        account: AccountId,
+        to: AccountId,
+        amount: Amount,
+    },
+}
+
+impl Movement {
+    /// Builds a movement from its parts, enforcing which parts each kind needs.
+    pub fn new(
+        kind: Option<&str>,
+        account: AccountId,
+        to: Option<AccountId>,
+        amount: Amount,
+    ) -> Result<Self, RuleError> {
+        match kind.unwrap_or("debit") {
+            "debit" | "credit" if to.is_some() => Err(RuleError::ToNotAllowed),
+            "debit" => Ok(Self::Debit { account, amount }),
+            "credit" => Ok(Self::Credit { account, amount }),
+            "transfer" => match to {
+                None => Err(RuleError::Missing("to")),
+                Some(to) if to == account => Err(RuleError::TransferToSelf),
+                Some(to) => Ok(Self::Transfer {
+                    account,
+                    to,
+                    amount,
+                }),
+            },
+            other => Err(RuleError::UnknownKind(other.to_owned())),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Debit { .. } => "debit",
+            Self::Credit { .. } => "credit",
+            Self::Transfer { .. } => "transfer",
+        }
+    }
+
+    /// The account whose balance is checked; the Kafka record key, so one
+    /// account's transactions are applied in order.
+    pub fn account(&self) -> &AccountId {
+        match self {
+            Self::Debit { account, .. }
+            | Self::Credit { account, .. }
+            | Self::Transfer { account, .. } => account,
+        }
+    }
+
+    pub fn to(&self) -> Option<&AccountId> {
+        match self {
+            Self::Transfer { to, .. } => Some(to),
+            _ => None,
+        }
+    }
+
+    pub fn amount(&self) -> Amount {
+        match self {
+            Self::Debit { amount, .. }
+            | Self::Credit { amount, .. }
+            | Self::Transfer { amount, .. } => *amount,
+        }
+    }
+
+    /// A canonical text of the movement. Two requests with one id are the
+    /// same request exactly when their fingerprints are equal.
+    pub fn fingerprint(&self) -> String {
+        format!(
+            "{}|{}|{}|{}",
+            self.kind(),
+            self.account(),
+            self.to().map(AccountId::as_str).unwrap_or(""),
+            self.amount().minor_units()
+        )
+    }
+}
+
+/// A validated transaction: an id and a movement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction {
+    pub id: TxId,
+    pub movement: Movement,
+}
+
+/// Why an apply was refused. Final, like an applied outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    InsufficientFunds,
+    UnknownAccount,
+    BalanceOverflow,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InsufficientFunds => "insufficient_funds",
+            Self::UnknownAccount => "unknown_account",
+            Self::BalanceOverflow => "balance_overflow",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        [
+            Self::InsufficientFunds,
+            Self::UnknownAccount,
+            Self::BalanceOverflow,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == raw)
+    }
+}
+
+/// The final result of applying a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Money moved; `balance_after` is the checked account's new balance.
+    Applied {
+        balance_after: Balance,
+    },
+    Rejected {
+        reason: RejectReason,
+    },
+}
+
+/// Where a transaction id stands, as read back by clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxStatus {
+    /// Accepted by Kafka, not yet applied.
+    Pending,
+    Settled(Outcome),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_accept_the_alphabet_and_refuse_the_rest() {
+        assert!(AccountId::parse("a-Z_0.9:x").is_ok());
+        assert!(AccountId::parse(&"a".repeat(64)).is_ok());
+        for bad in ["", " ", "a b", "é", "a/b", &"a".repeat(65)] {
+            assert!(AccountId::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn amount_bounds_are_one_to_two_pow_53_minus_one() {
+        assert!(Amount::new(0).is_err());
+        assert!(Amount::new(1).is_ok());
+        assert!(Amount::new(MAX_MINOR_UNITS).is_ok());
+        assert!(Amount::new(MAX_MINOR_UNITS + 1).is_err());
+        assert!(Balance::new(0).is_ok());
+        assert!(Balance::new(MAX_MINOR_UNITS + 1).is_err());
+    }
+
+    #[test]
+    fn movement_rules() {
+        let a = AccountId::parse("a").unwrap();
+        let b = AccountId::parse("b").unwrap();
+        let one = Amount::new(1).unwrap();
+        assert_eq!(
+            Movement::new(None, a.clone(), None, one).unwrap().kind(),
+            "debit"
+        );
+        assert_eq!(
+            Movement::new(Some("debit"), a.clone(), Some(b.clone()), one),
+            Err(RuleError::ToNotAllowed)
+        );
+        assert_eq!(
+            Movement::new(Some("transfer"), a.clone(), None, one),
+            Err(RuleError::Missing("to"))
+        );
+        assert_eq!(
+            Movement::new(Some("transfer"), a.clone(), Some(a.clone()), one),
+            Err(RuleError::TransferToSelf)
+        );
+        assert!(matches!(
+            Movement::new(Some("refund"), a.clone(), None, one),
+            Err(RuleError::UnknownKind(_))
+        ));
+        let t = Movement::new(Some("transfer"), a, Some(b), one).unwrap();
+        assert_eq!(t.fingerprint(), "transfer|a|b|1");
+    }
+}

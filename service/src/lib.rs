@@ -1,0 +1,28 @@
+//! # txengine
+//!
+//! An atomic transaction engine: clients POST money movements over HTTP, the
+//! API publishes each to Kafka and answers 202 once the broker has it, and
+//! consumers apply them to Redis balances with one Lua script that checks the
+//! balance, moves the money and records the outcome atomically.
+//!
+//! # Layout
+//! - [`domain`]: ids, amounts, movements, outcomes. Knows no I/O crate.
+//! - [`wire`]: the versioned Kafka record (one encode, one decode).
+//! - [`store`]: Redis keys and the Lua scripts of `lua/`.
+//! - [`publisher`]: the idempotent Kafka producer with a bounded queue; topics.
+//! - [`consumer`]: the consumer group loop: batch, apply, store offsets, DLQ.
+//! - [`http`]: the axum routes and problem+json errors.
+//! - [`config`]: flags and `TXENGINE_*` variables.
+//! - [`app`]: wiring, start and graceful stop.
+
+pub mod app;
+pub mod config;
+pub mod consumer;
+pub mod domain;
+pub mod http;
+pub mod publisher;
+pub mod store;
+pub mod wire;
+
+pub use app::Engine;
+pub use config::{Config, Role};

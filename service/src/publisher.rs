@@ -1,0 +1,156 @@
+//! The Kafka producer side: idempotent, acks=all, with a bounded number of
+//! publishes in flight, plus topic creation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use rdkafka::ClientConfig;
+use tokio::sync::Semaphore;
+
+use crate::wire::Record;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Too many publishes are waiting for the broker; the caller should retry.
+    #[error("the producer queue is full")]
+    QueueFull,
+    /// The broker did not acknowledge the record (down, timed out, refused).
+    #[error("kafka did not acknowledge the record: {0}")]
+    Kafka(#[from] KafkaError),
+}
+
+/// Publishes records and answers only once the broker has them.
+#[derive(Clone)]
+pub struct Publisher {
+    producer: FutureProducer,
+    topic: Arc<str>,
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
+}
+
+pub struct PublisherSettings<'a> {
+    pub brokers: &'a str,
+    pub topic: &'a str,
+    pub max_in_flight: usize,
+    pub publish_timeout: Duration,
+    pub linger: Duration,
+}
+
+impl Publisher {
+    pub fn new(settings: PublisherSettings<'_>) -> Result<Self, KafkaError> {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", settings.brokers)
+            // Exactly-once per partition from the producer's side: retries
+            // cannot duplicate or reorder a record.
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", settings.linger.as_millis().to_string())
+            .set("batch.num.messages", "10000")
+            .set("compression.type", "none")
+            .set(
+                "message.timeout.ms",
+                settings.publish_timeout.as_millis().to_string(),
+            )
+            // librdkafka's own queue is larger than our bound, so our
+            // semaphore, not librdkafka, decides when to answer 503.
+            .set(
+                "queue.buffering.max.messages",
+                (settings.max_in_flight * 2).max(1000).to_string(),
+            )
+            .create()?;
+        Ok(Self {
+            producer,
+            topic: settings.topic.into(),
+            in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
+            max_in_flight: settings.max_in_flight,
+        })
+    }
+
+    /// Publishes one record keyed by its checked account and waits for the
+    /// broker's acknowledgement.
+    pub async fn publish(&self, record: &Record) -> Result<(), PublishError> {
+        let _permit = self
+            .in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| PublishError::QueueFull)?;
+        metrics::gauge!("txengine_producer_in_flight").set(self.in_flight_count() as f64);
+        let payload = record.encode();
+        let key = record.tx.movement.account().as_str();
+        let delivery = self.producer.send(
+            FutureRecord::to(&self.topic).key(key).payload(&payload),
+            Timeout::After(Duration::ZERO),
+        );
+        match delivery.await {
+            Ok(_) => Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                Err(PublishError::QueueFull)
+            }
+            Err((e, _)) => Err(PublishError::Kafka(e)),
+        }
+    }
+
+    pub fn in_flight_count(&self) -> usize {
+        self.max_in_flight - self.in_flight.available_permits()
+    }
+
+    /// True if a broker answers a metadata request for our topic in time.
+    pub async fn ready(&self) -> bool {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(1))
+                .map(|m| m.topics().iter().any(|t| t.error().is_none()))
+                .unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// Waits for every queued record to be delivered (shutdown).
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(e) = self.producer.flush(timeout) {
+            tracing::warn!(error = %e, "producer flush did not finish");
+        }
+    }
+}
+
+/// Creates the topics if missing: `topic` with `partitions`, and the DLQ with
+/// one. Retention is set to `retention_ms` so that no record outlives the
+/// processed flags that catch its duplicates.
+pub async fn ensure_topics(
+    brokers: &str,
+    topics: &[(&str, i32)],
+    retention_ms: u64,
+) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let retention = retention_ms.to_string();
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, partitions)| {
+            NewTopic::new(name, *partitions, TopicReplication::Fixed(1))
+                .set("retention.ms", &retention)
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics(&new_topics, &options).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
+                    tracing::error!(topic = %name, ?code, "could not create topic");
+                })
+            }
+        }
+    }
+    Ok(())
+}

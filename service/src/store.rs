@@ -1,0 +1,308 @@
+//! The Redis store: balances, the per-transaction record (claim, pending,
+//! outcome) and the Lua scripts that change them.
+//!
+//! Key layout, all under one hash tag so every script's keys share a Redis
+//! Cluster slot (transfers touch two accounts):
+//! - `{ns}:bal:<account>`  balance in minor units, a decimal string
+//! - `{ns}:tx:<id>`        hash: `state` leased|pending|applied|rejected, `fp`,
+//!   `reason`, `balance_after`, `lease` (claim token while leased)
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+
+use crate::domain::{AccountId, Balance, Outcome, RejectReason, Transaction, TxId, TxStatus};
+
+/// The Lua sources, compiled in from `lua/` so the binary is self-contained;
+/// they are loaded into Redis (SCRIPT LOAD) when the store starts.
+mod lua {
+    pub const APPLY: &str = include_str!("../../lua/atomic_update.lua");
+    pub const CLAIM: &str = include_str!("../../lua/claim.lua");
+    pub const ACCEPT: &str = include_str!("../../lua/accept.lua");
+    pub const RELEASE: &str = include_str!("../../lua/release.lua");
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis answered something unexpected: {0}")]
+    Unexpected(String),
+}
+
+/// What the claim script found for an id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The id was free and is now leased to this request under `token`.
+    Claimed { token: String },
+    /// The id is known with a different body.
+    Conflict,
+    /// The same request is being published by another caller right now.
+    InFlight,
+    /// The same request was accepted before; this is where it stands.
+    Known(TxStatus),
+}
+
+/// One applied transaction as the apply script reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub outcome: Outcome,
+    /// True when an earlier apply had settled the id; nothing changed.
+    pub duplicate: bool,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    conn: ConnectionManager,
+    namespace: String,
+    outcome_ttl_secs: u64,
+    lease_ms: u64,
+    apply: Script,
+    claim: Script,
+    accept: Script,
+    release: Script,
+}
+
+pub struct StoreSettings<'a> {
+    pub url: &'a str,
+    /// Key prefix; also the Redis Cluster hash tag of every key.
+    pub namespace: &'a str,
+    /// How long a settled outcome (the processed flag) is kept.
+    pub outcome_ttl_secs: u64,
+    /// How long an API claim on an id lasts while its publish is in flight.
+    pub lease_ms: u64,
+    /// Longest wait for one Redis answer.
+    pub response_timeout: Duration,
+}
+
+impl Store {
+    pub async fn connect(settings: StoreSettings<'_>) -> Result<Self, StoreError> {
+        let client = redis::Client::open(settings.url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(settings.response_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_with_config(client, config).await?;
+        let store = Self {
+            conn,
+            namespace: settings.namespace.to_owned(),
+            outcome_ttl_secs: settings.outcome_ttl_secs,
+            lease_ms: settings.lease_ms,
+            apply: Script::new(lua::APPLY),
+            claim: Script::new(lua::CLAIM),
+            accept: Script::new(lua::ACCEPT),
+            release: Script::new(lua::RELEASE),
+        };
+        store.load_scripts().await?;
+        Ok(store)
+    }
+
+    /// SCRIPT LOAD every script; run at start and after a NOSCRIPT answer
+    /// (a restarted Redis has an empty script cache).
+    pub async fn load_scripts(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        for script in [&self.apply, &self.claim, &self.accept, &self.release] {
+            script.prepare_invoke().load_async(&mut conn).await?;
+        }
+        Ok(())
+    }
+
+    pub fn balance_key(&self, account: &AccountId) -> String {
+        format!("{{{}}}:bal:{}", self.namespace, account)
+    }
+
+    pub fn tx_key(&self, id: &TxId) -> String {
+        format!("{{{}}}:tx:{}", self.namespace, id)
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    pub async fn balance(&self, account: &AccountId) -> Result<Option<Balance>, StoreError> {
+        let mut conn = self.conn.clone();
+        let raw: Option<u64> = conn.get(self.balance_key(account)).await?;
+        raw.map(|b| Balance::new(b).map_err(|e| StoreError::Unexpected(e.to_string())))
+            .transpose()
+    }
+
+    pub async fn set_balance(
+        &self,
+        account: &AccountId,
+        balance: Balance,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: () = conn
+            .set(self.balance_key(account), balance.minor_units())
+            .await?;
+        Ok(())
+    }
+
+    /// Where an id stands; `None` if unknown or only claimed (not yet accepted).
+    pub async fn status(&self, id: &TxId) -> Result<Option<TxStatus>, StoreError> {
+        let mut conn = self.conn.clone();
+        let (state, reason, balance_after): (Option<String>, Option<String>, Option<String>) =
+            redis::cmd("HMGET")
+                .arg(self.tx_key(id))
+                .arg("state")
+                .arg("reason")
+                .arg("balance_after")
+                .query_async(&mut conn)
+                .await?;
+        match state.as_deref() {
+            None | Some("leased") => Ok(None),
+            Some(state) => parse_status(
+                state,
+                reason.as_deref().unwrap_or(""),
+                balance_after.as_deref().unwrap_or(""),
+            )
+            .map(Some),
+        }
+    }
+
+    /// Claims `tx.id` for this request before it is published.
+    pub async fn claim(&self, tx: &Transaction) -> Result<Claim, StoreError> {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let (verdict, reason, balance_after): (String, String, String) = self
+            .with_scripts(|| {
+                let mut conn = self.conn.clone();
+                let mut invocation = self.claim.key(self.tx_key(&tx.id));
+                invocation
+                    .arg(tx.movement.fingerprint())
+                    .arg(self.lease_ms)
+                    .arg(&token);
+                async move { invocation.invoke_async(&mut conn).await }
+            })
+            .await?;
+        Ok(match verdict.as_str() {
+            "claimed" => Claim::Claimed { token },
+            "conflict" => Claim::Conflict,
+            "leased" => Claim::InFlight,
+            state => Claim::Known(parse_status(state, &reason, &balance_after)?),
+        })
+    }
+
+    /// Marks a claimed id as pending after Kafka acknowledged its record.
+    pub async fn accept(&self, tx: &Transaction) -> Result<TxStatus, StoreError> {
+        let state: String = self
+            .with_scripts(|| {
+                let mut conn = self.conn.clone();
+                let mut invocation = self.accept.key(self.tx_key(&tx.id));
+                invocation
+                    .arg(tx.movement.fingerprint())
+                    .arg(self.outcome_ttl_secs);
+                async move { invocation.invoke_async(&mut conn).await }
+            })
+            .await?;
+        if state == "pending" {
+            return Ok(TxStatus::Pending);
+        }
+        // Settled already: read the outcome back.
+        self.status(&tx.id)
+            .await?
+            .ok_or_else(|| StoreError::Unexpected(format!("{} vanished after accept", tx.id)))
+    }
+
+    /// Frees a claim after a failed publish (only if it is still this claim).
+    pub async fn release(&self, id: &TxId, token: &str) -> Result<(), StoreError> {
+        let _: i64 = self
+            .with_scripts(|| {
+                let mut conn = self.conn.clone();
+                let mut invocation = self.release.key(self.tx_key(id));
+                invocation.arg(token);
+                async move { invocation.invoke_async(&mut conn).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Applies a batch in one pipelined round trip of EVALSHA, in order.
+    /// Safe to call again with the same batch: the processed flag inside the
+    /// script turns a repeat into a no-op that returns the first outcome.
+    pub async fn apply_batch(&self, batch: &[Transaction]) -> Result<Vec<Applied>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let raw: Vec<(String, String, String, i64)> = self
+            .with_scripts(|| {
+                let mut conn = self.conn.clone();
+                let mut pipe = redis::pipe();
+                for tx in batch {
+                    let mut invocation = self.apply.key(self.tx_key(&tx.id));
+                    invocation.key(self.balance_key(tx.movement.account()));
+                    if let Some(to) = tx.movement.to() {
+                        invocation.key(self.balance_key(to));
+                    }
+                    invocation
+                        .arg(tx.movement.kind())
+                        .arg(tx.movement.amount().minor_units())
+                        .arg(tx.movement.fingerprint())
+                        .arg(self.outcome_ttl_secs);
+                    pipe.invoke_script(&invocation);
+                }
+                async move { pipe.query_async(&mut conn).await }
+            })
+            .await?;
+        raw.into_iter()
+            .map(|(state, reason, balance_after, duplicate)| {
+                match parse_status(&state, &reason, &balance_after)? {
+                    TxStatus::Settled(outcome) => Ok(Applied {
+                        outcome,
+                        duplicate: duplicate == 1,
+                    }),
+                    TxStatus::Pending => Err(StoreError::Unexpected(
+                        "apply script left a transaction pending".into(),
+                    )),
+                }
+            })
+            .collect()
+    }
+
+    /// Runs a script call; on NOSCRIPT (Redis restarted and lost its script
+    /// cache) loads the scripts and runs it once more.
+    async fn with_scripts<T, F, Fut>(&self, call: F) -> Result<T, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        match call().await {
+            Err(e) if e.code() == Some("NOSCRIPT") => {
+                tracing::warn!("redis lost its scripts (restart?); loading them again");
+                self.load_scripts().await?;
+                Ok(call().await?)
+            }
+            other => Ok(other?),
+        }
+    }
+}
+
+/// Turns the scripts' `(state, reason, balance_after)` into a status.
+fn parse_status(state: &str, reason: &str, balance_after: &str) -> Result<TxStatus, StoreError> {
+    let unexpected = || {
+        StoreError::Unexpected(format!(
+            "state={state} reason={reason} balance_after={balance_after}"
+        ))
+    };
+    match state {
+        "pending" => Ok(TxStatus::Pending),
+        "applied" => {
+            let balance = balance_after
+                .parse::<u64>()
+                .ok()
+                .and_then(|b| Balance::new(b).ok())
+                .ok_or_else(unexpected)?;
+            Ok(TxStatus::Settled(Outcome::Applied {
+                balance_after: balance,
+            }))
+        }
+        "rejected" => {
+            let reason = RejectReason::parse(reason).ok_or_else(unexpected)?;
+            Ok(TxStatus::Settled(Outcome::Rejected { reason }))
+        }
+        _ => Err(unexpected()),
+    }
+}
