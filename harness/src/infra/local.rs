@@ -1,0 +1,339 @@
+//! The `local` provider: Debian's `redis-server` and the real Apache Kafka
+//! (KRaft, single node) as child processes on free loopback ports, with data
+//! in temp dirs. Both can be killed (-9) and restarted on the same port and
+//! data dir, which is what the crash scenarios need.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use base64::Engine as _;
+use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::ClientConfig;
+use tempfile::TempDir;
+
+use super::process::{free_port, log_tail, Supervised};
+
+/// The Kafka version the pinned descriptor (`harness/kafka/pom.xml`) resolves.
+pub const KAFKA_VERSION: &str = "4.1.1";
+/// The pinned Maven descriptor that resolves the broker's jars.
+pub const KAFKA_POM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/kafka/pom.xml");
+/// How long a service may take to answer after it is started.
+const START_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Where downloaded jars are kept between runs: `$TXENGINE_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/txengine`, else `~/.cache/txengine`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TXENGINE_CACHE_DIR") {
+        return dir.into();
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("txengine")
+}
+
+/// The directory of Kafka's jars, resolved from Maven Central by the pinned
+/// descriptor on first use. Safe to call from several processes at once.
+pub fn kafka_libs() -> anyhow::Result<PathBuf> {
+    let dir = cache_dir().join(format!("kafka-{KAFKA_VERSION}"));
+    let libs = dir.join("libs");
+    let complete = dir.join(".complete");
+    if complete.exists() {
+        return Ok(libs);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let lock = std::fs::File::create(dir.join(".lock"))?;
+    // SAFETY: flock on a file we own; released when `lock` is closed.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+        bail!("locking {}", dir.display());
+    }
+    if complete.exists() {
+        return Ok(libs);
+    }
+    eprintln!(
+        "resolving Apache Kafka {KAFKA_VERSION} jars from Maven Central into {} ...",
+        libs.display()
+    );
+    let output = Command::new("mvn")
+        .args(["-q", "-B", "-f", KAFKA_POM, "dependency:copy-dependencies"])
+        .arg(format!("-DoutputDirectory={}", libs.display()))
+        .arg("-DincludeScope=runtime")
+        .output()
+        .context("running mvn (install Maven: scripts/install-deps)")?;
+    if !output.status.success() {
+        bail!(
+            "mvn could not resolve Kafka's jars:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    std::fs::write(&complete, KAFKA_VERSION)?;
+    Ok(libs)
+}
+
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool, log: &Path) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while started.elapsed() < START_TIMEOUT {
+        if ready() {
+            tracing::info!(
+                what,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "ready"
+            );
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!(
+        "{what} not ready after {START_TIMEOUT:?}; log tail:\n{}",
+        log_tail(log, 30)
+    )
+}
+
+/// A `redis-server` with AOF on, in its own temp dir.
+pub struct LocalRedis {
+    process: Option<Supervised>,
+    port: u16,
+    /// AOF fsync policy: `always` or `everysec` (see the README's guarantees).
+    appendfsync: String,
+    dir: TempDir,
+}
+
+impl LocalRedis {
+    pub fn start(appendfsync: &str) -> anyhow::Result<Self> {
+        let mut redis = Self {
+            process: None,
+            port: free_port()?,
+            appendfsync: appendfsync.to_owned(),
+            dir: tempfile::Builder::new()
+                .prefix("txengine-redis-")
+                .tempdir()?,
+        };
+        redis.launch()?;
+        Ok(redis)
+    }
+
+    fn launch(&mut self) -> anyhow::Result<()> {
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(["--appendonly", "yes", "--appendfsync", &self.appendfsync])
+            .args(["--save", "", "--daemonize", "no", "--protected-mode", "yes"]);
+        let log = self.dir.path().join("redis.log");
+        self.process = Some(
+            Supervised::spawn("redis-server", command, &log)
+                .context("starting redis-server (install it: scripts/install-deps)")?,
+        );
+        let url = self.url();
+        wait_until(
+            "redis",
+            || {
+                redis::Client::open(url.as_str())
+                    .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+                    .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                    .is_ok()
+            },
+            &log,
+        )
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// kill -9: no shutdown save; what survives is what the AOF had.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+
+    /// Starts again on the same port and data dir; the AOF is replayed.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.launch()
+    }
+}
+
+/// A single-node KRaft Apache Kafka broker+controller.
+pub struct LocalKafka {
+    process: Option<Supervised>,
+    port: u16,
+    libs: PathBuf,
+    dir: TempDir,
+}
+
+impl LocalKafka {
+    pub fn start() -> anyhow::Result<Self> {
+        let libs = kafka_libs()?;
+        let dir = tempfile::Builder::new()
+            .prefix("txengine-kafka-")
+            .tempdir()?;
+        let port = free_port()?;
+        let controller_port = free_port()?;
+        let data = dir.path().join("data");
+        std::fs::write(
+            dir.path().join("server.properties"),
+            server_properties(port, controller_port, &data),
+        )?;
+        std::fs::write(
+            dir.path().join("log4j.properties"),
+            log4j_properties(&dir.path().join("kafka.log")),
+        )?;
+        let mut kafka = Self {
+            process: None,
+            port,
+            libs,
+            dir,
+        };
+        kafka.format_storage()?;
+        kafka.launch()?;
+        Ok(kafka)
+    }
+
+    fn java(&self) -> Command {
+        let mut command = Command::new("java");
+        command
+            .args([
+                "-Xms256m",
+                "-Xmx768m",
+                "-XX:+UseG1GC",
+                "-XX:MaxGCPauseMillis=20",
+            ])
+            .arg(format!(
+                "-Dlog4j.configuration=file:{}",
+                self.dir.path().join("log4j.properties").display()
+            ))
+            .arg("-cp")
+            .arg(format!("{}/*", self.libs.display()));
+        command
+    }
+
+    fn format_storage(&self) -> anyhow::Result<()> {
+        let cluster_id = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(uuid::Uuid::new_v4().as_bytes());
+        let output = self
+            .java()
+            .args(["kafka.tools.StorageTool", "format", "-t", &cluster_id, "-c"])
+            .arg(self.dir.path().join("server.properties"))
+            .output()
+            .context("running java (install a JDK 17+: scripts/install-deps)")?;
+        if !output.status.success() {
+            bail!(
+                "formatting Kafka storage failed:\n{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    fn launch(&mut self) -> anyhow::Result<()> {
+        let mut command = self.java();
+        command
+            .arg("kafka.Kafka")
+            .arg(self.dir.path().join("server.properties"));
+        let log = self.dir.path().join("kafka.stdout.log");
+        self.process = Some(Supervised::spawn("kafka", command, &log)?);
+        let brokers = self.brokers();
+        let kafka_log = self.dir.path().join("kafka.log");
+        let process = self.process.as_mut().expect("just set");
+        wait_until(
+            "kafka",
+            || {
+                if !process.is_running() {
+                    return false;
+                }
+                let producer: Result<BaseProducer, _> = ClientConfig::new()
+                    .set("bootstrap.servers", &brokers)
+                    .set("log_level", "0")
+                    .create();
+                producer
+                    .and_then(|p| p.client().fetch_metadata(None, Duration::from_millis(500)))
+                    .map(|m| !m.brokers().is_empty())
+                    .unwrap_or(false)
+            },
+            if kafka_log.exists() { &kafka_log } else { &log },
+        )
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// kill -9 of the broker.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+
+    /// Starts again on the same ports and log dir.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.launch()
+    }
+}
+
+fn server_properties(port: u16, controller_port: u16, data: &Path) -> String {
+    format!(
+        "\
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:{controller_port}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs={data}
+num.partitions=1
+default.replication.factor=1
+min.insync.replicas=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+num.network.threads=2
+num.io.threads=4
+",
+        data = data.display()
+    )
+}
+
+fn log4j_properties(file: &Path) -> String {
+    format!(
+        "\
+log4j.rootLogger=INFO, file
+log4j.appender.file=org.apache.log4j.FileAppender
+log4j.appender.file.File={}
+log4j.appender.file.layout=org.apache.log4j.PatternLayout
+log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n
+",
+        file.display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pinned_descriptor_names_the_version_we_expect() {
+        let pom = std::fs::read_to_string(KAFKA_POM).unwrap();
+        assert!(pom.contains("<artifactId>kafka_2.13</artifactId>"));
+        assert!(
+            pom.contains(&format!("<version>{KAFKA_VERSION}</version>")),
+            "harness/kafka/pom.xml does not pin Kafka {KAFKA_VERSION}"
+        );
+    }
+}

@@ -1,0 +1,146 @@
+//! Infra providers behind one interface: where Redis and Kafka come from.
+//!
+//! - `local` (default): spawns `redis-server` and a KRaft Apache Kafka on free
+//!   loopback ports ([`local`]); supports kill -9 and restart for faults.
+//! - `docker`: testcontainers ([`docker`]), picked when a Docker daemon answers.
+//! - `external`: `TXENGINE_REDIS_URL` and `TXENGINE_KAFKA_BROKERS` from the env.
+//!
+//! `TXENGINE_INFRA=local|docker|external` forces one; unset, `external` is
+//! used if both addresses are set, else `docker` if a daemon answers, else `local`.
+
+pub mod docker;
+pub mod local;
+pub mod process;
+
+use std::sync::{Mutex, OnceLock};
+
+use anyhow::{bail, Context};
+
+pub use local::{LocalKafka, LocalRedis};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    Local,
+    Docker,
+    External,
+}
+
+impl Provider {
+    pub fn choose() -> anyhow::Result<Self> {
+        match std::env::var("TXENGINE_INFRA").ok().as_deref() {
+            Some("local") => Ok(Self::Local),
+            Some("docker") => Ok(Self::Docker),
+            Some("external") => Ok(Self::External),
+            Some("") | Some("auto") | None => {
+                if std::env::var_os("TXENGINE_REDIS_URL").is_some()
+                    && std::env::var_os("TXENGINE_KAFKA_BROKERS").is_some()
+                {
+                    Ok(Self::External)
+                } else if docker::daemon_answers() {
+                    Ok(Self::Docker)
+                } else {
+                    Ok(Self::Local)
+                }
+            }
+            Some(other) => {
+                bail!("TXENGINE_INFRA={other}: expected local, docker, external or auto")
+            }
+        }
+    }
+}
+
+/// Where Redis and Kafka are, and the handles to fault them when local.
+pub struct Infra {
+    pub provider: Provider,
+    pub redis_url: String,
+    pub kafka_brokers: String,
+    /// The local Redis, for kill/restart faults (local provider only).
+    pub redis: Option<Mutex<LocalRedis>>,
+    /// The local Kafka, for kill/restart faults (local provider only).
+    pub kafka: Option<Mutex<LocalKafka>>,
+}
+
+impl Infra {
+    pub fn start(provider: Provider) -> anyhow::Result<Self> {
+        match provider {
+            Provider::Local => {
+                let redis = LocalRedis::start("everysec")?;
+                let kafka = LocalKafka::start()?;
+                Ok(Self {
+                    provider,
+                    redis_url: redis.url(),
+                    kafka_brokers: kafka.brokers(),
+                    redis: Some(Mutex::new(redis)),
+                    kafka: Some(Mutex::new(kafka)),
+                })
+            }
+            Provider::External => Ok(Self {
+                provider,
+                redis_url: std::env::var("TXENGINE_REDIS_URL").context("TXENGINE_REDIS_URL")?,
+                kafka_brokers: std::env::var("TXENGINE_KAFKA_BROKERS")
+                    .context("TXENGINE_KAFKA_BROKERS")?,
+                redis: None,
+                kafka: None,
+            }),
+            Provider::Docker => {
+                // The containers live on a runtime of their own for as long as
+                // the process: tests come and go on runtimes of theirs.
+                let (tx, rx) = std::sync::mpsc::channel();
+                std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+                    match runtime.block_on(docker::DockerStack::start()) {
+                        Ok(stack) => {
+                            let _ =
+                                tx.send(Ok((stack.redis_url.clone(), stack.kafka_brokers.clone())));
+                            runtime.block_on(std::future::pending::<()>());
+                            drop(stack);
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                        }
+                    }
+                });
+                let (redis_url, kafka_brokers) = rx.recv().context("docker provider thread")??;
+                Ok(Self {
+                    provider,
+                    redis_url,
+                    kafka_brokers,
+                    redis: None,
+                    kafka: None,
+                })
+            }
+        }
+    }
+
+    /// One stack per process (per test binary): started on first use.
+    pub fn shared() -> &'static Infra {
+        static SHARED: OnceLock<Result<Infra, String>> = OnceLock::new();
+        let result = SHARED.get_or_init(|| {
+            Provider::choose()
+                .and_then(Infra::start)
+                .map_err(|e| format!("{e:#}"))
+        });
+        match result {
+            Ok(infra) => infra,
+            Err(e) => panic!("the test infrastructure did not start: {e}"),
+        }
+    }
+
+    /// kill -9 of the local Redis and a restart with its AOF.
+    pub fn restart_redis(&self) -> anyhow::Result<()> {
+        let redis = self
+            .redis
+            .as_ref()
+            .context("redis faults need the local provider")?;
+        redis.lock().expect("redis lock").restart()
+    }
+
+    /// kill -9 of the local Kafka and a restart on the same log dir.
+    pub fn restart_kafka(&self) -> anyhow::Result<()> {
+        let kafka = self
+            .kafka
+            .as_ref()
+            .context("kafka faults need the local provider")?;
+        kafka.lock().expect("kafka lock").restart()
+    }
+}

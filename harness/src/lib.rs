@@ -1,0 +1,14 @@
+//! # harness
+//!
+//! Proves txengine right and fast against real Redis and real Kafka.
+//!
+//! # Layout
+//! - [`infra`]: where Redis and Kafka come from (`local`, `docker`, `external`),
+//!   child processes that cannot outlive the harness, kill/restart faults.
+//! - [`stack`]: an engine (API + consumers) on top of an infra, isolated by
+//!   topic, group and key namespace, plus an HTTP client for it.
+//! - [`load`]: the goose load runner and its summary.
+
+pub mod infra;
+pub mod load;
+pub mod stack;

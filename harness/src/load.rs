@@ -1,0 +1,1 @@
+//! The load runner (goose). Filled in by the load issue.

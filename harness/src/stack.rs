@@ -1,0 +1,162 @@
+//! An engine on top of an infra, isolated from every other engine on it by
+//! its own topic, DLQ topic, consumer group and Redis key namespace, with a
+//! small HTTP client for its API.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use txengine::{Config, Engine, Role};
+
+use crate::infra::Infra;
+
+/// A fresh configuration for an engine named `name` on `infra`: unique
+/// topics, group and namespace, a random admin token, an ephemeral port.
+pub fn isolated_config(infra: &Infra, name: &str) -> Config {
+    let unique = format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let mut config = Config::defaults();
+    config.role = Role::All;
+    config.listen = "127.0.0.1:0".parse().expect("loopback address");
+    config.redis_url = infra.redis_url.clone();
+    config.kafka_brokers = infra.kafka_brokers.clone();
+    config.topic = format!("tx-{unique}");
+    config.dlq_topic = format!("tx-{unique}.dlq");
+    config.group = format!("g-{unique}");
+    config.namespace = unique;
+    config.partitions = 4;
+    config.admin_token = Some(uuid::Uuid::new_v4().simple().to_string());
+    config.admin_token_file = None;
+    config
+}
+
+/// A running engine and a client for it.
+pub struct Stack {
+    pub config: Config,
+    pub url: String,
+    pub admin_token: String,
+    pub http: reqwest::Client,
+    engine: Option<Engine>,
+}
+
+impl Stack {
+    pub async fn start(infra: &Infra, name: &str) -> anyhow::Result<Self> {
+        Self::start_with(isolated_config(infra, name)).await
+    }
+
+    pub async fn start_with(config: Config) -> anyhow::Result<Self> {
+        let engine = Engine::start(&config).await?;
+        let addr = engine.addr.context("the stack needs the api role")?;
+        Ok(Self {
+            url: format!("http://{addr}"),
+            admin_token: config.admin_token.clone().unwrap_or_default(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()?,
+            engine: Some(engine),
+            config,
+        })
+    }
+
+    /// Stops the engine gracefully (drains in-flight work, commits offsets).
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        match self.engine.take() {
+            Some(engine) => engine.stop().await,
+            None => Ok(()),
+        }
+    }
+
+    pub fn engine_mut(&mut self) -> Option<&mut Engine> {
+        self.engine.as_mut()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// POST /transactions with a JSON body; returns status and JSON body.
+    pub async fn post(&self, body: &Value) -> anyhow::Result<(StatusCode, Value)> {
+        let response = self
+            .http
+            .post(self.url("/transactions"))
+            .json(body)
+            .send()
+            .await?;
+        read(response).await
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<(StatusCode, Value)> {
+        read(self.http.get(self.url(path)).send().await?).await
+    }
+
+    /// PUT /balance/{account} with the admin token.
+    pub async fn set_balance(&self, account: &str, balance: u64) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .put(self.url(&format!("/balance/{account}")))
+            .bearer_auth(&self.admin_token)
+            .json(&json!({ "balance": balance }))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status() == StatusCode::OK,
+            "set_balance({account}): {}",
+            response.status()
+        );
+        Ok(())
+    }
+
+    /// The balance of `account`, or None if it does not exist.
+    pub async fn balance(&self, account: &str) -> anyhow::Result<Option<u64>> {
+        let (status, body) = self.get(&format!("/balance/{account}")).await?;
+        match status {
+            StatusCode::OK => Ok(body["balance"].as_u64()),
+            StatusCode::NOT_FOUND => Ok(None),
+            other => anyhow::bail!("GET /balance/{account}: {other} {body}"),
+        }
+    }
+
+    /// Polls GET /transactions/{id} for every id until none is pending, and
+    /// returns the final views.
+    pub async fn wait_settled(
+        &self,
+        ids: &[String],
+        timeout: Duration,
+    ) -> anyhow::Result<HashMap<String, Value>> {
+        let deadline = Instant::now() + timeout;
+        let mut settled = HashMap::new();
+        while settled.len() < ids.len() {
+            for id in ids {
+                if settled.contains_key(id) {
+                    continue;
+                }
+                let (status, body) = self.get(&format!("/transactions/{id}")).await?;
+                if status == StatusCode::OK && body["status"] != "pending" {
+                    settled.insert(id.clone(), body);
+                }
+            }
+            if settled.len() < ids.len() {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "{} of {} transactions still not settled after {timeout:?}",
+                    ids.len() - settled.len(),
+                    ids.len()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(settled)
+    }
+}
+
+async fn read(response: reqwest::Response) -> anyhow::Result<(StatusCode, Value)> {
+    let status = response.status();
+    let bytes = response.bytes().await?;
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+    };
+    Ok((status, body))
+}
