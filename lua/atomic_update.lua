@@ -15,6 +15,8 @@
 --
 -- Balances are strings of integers in 0 ..= 2^53-1, so tonumber() is exact;
 -- the writes use INCRBY/DECRBY, which Redis does in exact 64-bit integers.
+-- Never tostring() a balance: Lua 5.1 prints numbers with 14 significant
+-- digits (9007199254740991 -> "9.007199254741e+15"); '%d' is exact.
 
 local MAX = 9007199254740991
 
@@ -25,6 +27,10 @@ end
 
 local kind = ARGV[1]
 local amount = tonumber(ARGV[2])
+
+local function digits(n)
+  return string.format('%d', n)
+end
 
 local function settle(state, reason, balance_after)
   redis.call('HSET', KEYS[1], 'state', state, 'reason', reason,
@@ -44,7 +50,7 @@ if kind == 'credit' then
   if amount > MAX - source then
     return settle('rejected', 'balance_overflow', '')
   end
-  return settle('applied', '', tostring(redis.call('INCRBY', KEYS[2], ARGV[2])))
+  return settle('applied', '', digits(redis.call('INCRBY', KEYS[2], ARGV[2])))
 end
 
 if source < amount then
@@ -62,4 +68,4 @@ if kind == 'transfer' then
   redis.call('INCRBY', KEYS[3], ARGV[2])
 end
 
-return settle('applied', '', tostring(redis.call('DECRBY', KEYS[2], ARGV[2])))
+return settle('applied', '', digits(redis.call('DECRBY', KEYS[2], ARGV[2])))

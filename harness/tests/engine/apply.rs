@@ -1,0 +1,289 @@
+//! The apply script (`lua/atomic_update.lua`) at its boundaries, straight
+//! against the real Redis: no HTTP, no Kafka in the way.
+
+use std::time::Duration;
+
+use rstest::rstest;
+use txengine::domain::{
+    AccountId, Amount, Balance, Movement, Outcome, RejectReason, Transaction, TxId, MAX_MINOR_UNITS,
+};
+use txengine::store::{Applied, Store, StoreSettings};
+
+const MAX: u64 = MAX_MINOR_UNITS;
+
+async fn store() -> Store {
+    let namespace = format!("apply-{}", uuid::Uuid::new_v4().simple());
+    Store::connect(StoreSettings {
+        url: &crate::infra().redis_url,
+        namespace: &namespace,
+        outcome_ttl_secs: 3600,
+        lease_ms: 30_000,
+        response_timeout: Duration::from_secs(5),
+    })
+    .await
+    .expect("redis")
+}
+
+fn account(name: &str) -> AccountId {
+    AccountId::parse(name).unwrap()
+}
+
+fn tx(id: &str, kind: &str, to: Option<&str>, amount: u64) -> Transaction {
+    Transaction {
+        id: TxId::parse(id).unwrap(),
+        movement: Movement::new(
+            Some(kind),
+            account("a"),
+            to.map(account),
+            Amount::new(amount).unwrap(),
+        )
+        .unwrap(),
+    }
+}
+
+async fn set(store: &Store, name: &str, balance: u64) {
+    store
+        .set_balance(&account(name), Balance::new(balance).unwrap())
+        .await
+        .unwrap();
+}
+
+async fn get(store: &Store, name: &str) -> Option<u64> {
+    store
+        .balance(&account(name))
+        .await
+        .unwrap()
+        .map(Balance::minor_units)
+}
+
+fn applied(balance_after: u64) -> Outcome {
+    Outcome::Applied {
+        balance_after: Balance::new(balance_after).unwrap(),
+    }
+}
+
+fn rejected(reason: RejectReason) -> Outcome {
+    Outcome::Rejected { reason }
+}
+
+/// One transaction against account `a` (and `b` for transfers), each case
+/// naming the starting balances, the movement, the outcome and the balances after.
+#[rstest]
+#[case::debit_equal_to_balance(Some(5), None, "debit", 5, applied(0), Some(0), None)]
+#[case::debit_one_more_than_balance(
+    Some(5),
+    None,
+    "debit",
+    6,
+    rejected(RejectReason::InsufficientFunds),
+    Some(5),
+    None
+)]
+#[case::debit_max_from_max(Some(MAX), None, "debit", MAX, applied(0), Some(0), None)]
+#[case::debit_unknown_account(
+    None,
+    None,
+    "debit",
+    1,
+    rejected(RejectReason::UnknownAccount),
+    None,
+    None
+)]
+#[case::credit_up_to_max(Some(MAX - 10), None, "credit", 10, applied(MAX), Some(MAX), None)]
+#[case::credit_past_max(Some(MAX - 10), None, "credit", 11, rejected(RejectReason::BalanceOverflow), Some(MAX - 10), None)]
+#[case::credit_max_onto_zero(Some(0), None, "credit", MAX, applied(MAX), Some(MAX), None)]
+#[case::credit_unknown_account(
+    None,
+    None,
+    "credit",
+    1,
+    rejected(RejectReason::UnknownAccount),
+    None,
+    None
+)]
+#[case::transfer_whole_balance(Some(7), Some(3), "transfer", 7, applied(0), Some(0), Some(10))]
+#[case::transfer_short(
+    Some(7),
+    Some(3),
+    "transfer",
+    8,
+    rejected(RejectReason::InsufficientFunds),
+    Some(7),
+    Some(3)
+)]
+#[case::transfer_to_unknown(
+    Some(7),
+    None,
+    "transfer",
+    1,
+    rejected(RejectReason::UnknownAccount),
+    Some(7),
+    None
+)]
+#[case::transfer_from_unknown(
+    None,
+    Some(3),
+    "transfer",
+    1,
+    rejected(RejectReason::UnknownAccount),
+    None,
+    Some(3)
+)]
+#[case::transfer_overflows_destination(
+    Some(7),
+    Some(MAX),
+    "transfer",
+    1,
+    rejected(RejectReason::BalanceOverflow),
+    Some(7),
+    Some(MAX)
+)]
+#[case::transfer_fills_destination(
+    Some(MAX),
+    Some(0),
+    "transfer",
+    MAX,
+    applied(0),
+    Some(0),
+    Some(MAX)
+)]
+#[tokio::test]
+async fn boundaries(
+    #[case] a_before: Option<u64>,
+    #[case] b_before: Option<u64>,
+    #[case] kind: &str,
+    #[case] amount: u64,
+    #[case] expected: Outcome,
+    #[case] a_after: Option<u64>,
+    #[case] b_after: Option<u64>,
+) {
+    let store = store().await;
+    if let Some(balance) = a_before {
+        set(&store, "a", balance).await;
+    }
+    if let Some(balance) = b_before {
+        set(&store, "b", balance).await;
+    }
+    let to = (kind == "transfer").then_some("b");
+    let result = store
+        .apply_batch(&[tx("t1", kind, to, amount)])
+        .await
+        .unwrap();
+    assert_eq!(
+        result,
+        vec![Applied {
+            outcome: expected,
+            duplicate: false
+        }]
+    );
+    assert_eq!(get(&store, "a").await, a_after, "balance of a");
+    assert_eq!(get(&store, "b").await, b_after, "balance of b");
+}
+
+/// A repeated id, in the same batch or a later one, changes nothing and
+/// answers the first outcome, even when the balance would now allow it.
+#[tokio::test]
+async fn duplicate_apply_returns_the_first_outcome_and_changes_nothing() {
+    let store = store().await;
+    set(&store, "a", 10).await;
+    let debit = tx("dup", "debit", None, 4);
+    let first = store
+        .apply_batch(&[debit.clone(), debit.clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        first[0],
+        Applied {
+            outcome: applied(6),
+            duplicate: false
+        }
+    );
+    assert_eq!(
+        first[1],
+        Applied {
+            outcome: applied(6),
+            duplicate: true
+        }
+    );
+    let again = store.apply_batch(&[debit]).await.unwrap();
+    assert_eq!(
+        again[0],
+        Applied {
+            outcome: applied(6),
+            duplicate: true
+        }
+    );
+    assert_eq!(get(&store, "a").await, Some(6));
+
+    // A rejection is final too: funding the account later does not revive it.
+    let too_big = tx("big", "debit", None, 100);
+    assert_eq!(
+        store.apply_batch(&[too_big.clone()]).await.unwrap()[0].outcome,
+        rejected(RejectReason::InsufficientFunds)
+    );
+    set(&store, "a", 1000).await;
+    let replay = store.apply_batch(&[too_big]).await.unwrap();
+    assert_eq!(
+        replay[0],
+        Applied {
+            outcome: rejected(RejectReason::InsufficientFunds),
+            duplicate: true
+        }
+    );
+    assert_eq!(get(&store, "a").await, Some(1000));
+}
+
+/// A Redis killed with -9 and restarted on its AOF keeps every applied
+/// balance and outcome, and has lost its script cache: the store reloads the
+/// scripts on NOSCRIPT and later batches still apply exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_restart_keeps_outcomes_and_reloads_scripts() {
+    crate::infra();
+    // Its own Redis: a restart of the shared one would disturb other tests.
+    let mut redis = harness::infra::LocalRedis::start("everysec").unwrap();
+    let store = Store::connect(StoreSettings {
+        url: &redis.url(),
+        namespace: "restart",
+        outcome_ttl_secs: 3600,
+        lease_ms: 30_000,
+        response_timeout: Duration::from_secs(5),
+    })
+    .await
+    .unwrap();
+    set(&store, "a", 10).await;
+    let before = tx("before-restart", "debit", None, 3);
+    assert_eq!(
+        store.apply_batch(&[before.clone()]).await.unwrap()[0].outcome,
+        applied(7)
+    );
+
+    tokio::task::block_in_place(|| redis.restart()).unwrap();
+
+    // The first call may meet the dropped connection, as the consumer would;
+    // like the consumer, retry the whole batch.
+    let batch = [before, tx("after-restart", "debit", None, 2)];
+    let mut replayed = store.apply_batch(&batch).await;
+    for _ in 0..20 {
+        if replayed.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        replayed = store.apply_batch(&batch).await;
+    }
+    let replayed = replayed.unwrap();
+    assert_eq!(
+        replayed[0],
+        Applied {
+            outcome: applied(7),
+            duplicate: true
+        }
+    );
+    assert_eq!(
+        replayed[1],
+        Applied {
+            outcome: applied(5),
+            duplicate: false
+        }
+    );
+    assert_eq!(get(&store, "a").await, Some(5));
+}
