@@ -7,8 +7,10 @@
 //!   child processes that cannot outlive the harness, kill/restart faults.
 //! - [`stack`]: an engine (API + consumers) on top of an infra, isolated by
 //!   topic, group and key namespace, plus an HTTP client for it.
-//! - [`load`]: the goose load runner and its summary.
+//! - [`load`]: the goose load runner, consumer lag and drain.
+//! - [`invariants`]: what must hold after any run, read from Redis.
 
 pub mod infra;
+pub mod invariants;
 pub mod load;
 pub mod stack;

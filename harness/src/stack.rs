@@ -160,3 +160,97 @@ async fn read(response: reqwest::Response) -> anyhow::Result<(StatusCode, Value)
     };
     Ok((status, body))
 }
+
+/// An engine in a child process (`harness engine ...`), so that it can be
+/// killed with -9 and so that a load generator does not share its runtime.
+pub struct EngineProcess {
+    pub config: Config,
+    pub url: String,
+    process: crate::infra::process::Supervised,
+    _log_dir: tempfile::TempDir,
+}
+
+impl EngineProcess {
+    /// Starts `exe engine <flags of config>` and waits for `/ready`.
+    /// `exe` is the harness binary (`std::env::current_exe()` from it,
+    /// `env!("CARGO_BIN_EXE_harness")` from its tests).
+    pub async fn spawn(exe: &std::path::Path, config: Config) -> anyhow::Result<Self> {
+        let log_dir = tempfile::Builder::new().prefix("txengine-engine-").tempdir()?;
+        let mut command = std::process::Command::new(exe);
+        command.arg("engine").args(engine_args(&config));
+        if let Some(token) = &config.admin_token {
+            command.env("TXENGINE_ADMIN_TOKEN", token);
+        }
+        let log = log_dir.path().join("engine.log");
+        let process = crate::infra::process::Supervised::spawn("engine", command, &log)?;
+        let url = format!("http://{}", config.listen);
+        let engine = Self { config, url, process, _log_dir: log_dir };
+        engine.wait_ready(Duration::from_secs(60)).await?;
+        Ok(engine)
+    }
+
+    async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(response) = client.get(format!("{}/ready", self.url)).send().await {
+                if response.status() == StatusCode::OK {
+                    return Ok(());
+                }
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "engine not ready after {timeout:?}; log tail:\n{}",
+                self.process.log_tail(30)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.process.log_tail(lines)
+    }
+
+    /// SIGTERM and wait for the graceful stop (SIGKILL after `grace`).
+    pub fn terminate(mut self, grace: Duration) {
+        self.process.terminate(grace);
+    }
+
+    /// kill -9: no drain, no final commit.
+    pub fn kill(mut self) {
+        self.process.kill();
+    }
+}
+
+/// The command-line flags that make `txengine` (or `harness engine`) run
+/// `config`. The admin token travels in the environment, not in `ps`.
+pub fn engine_args(config: &Config) -> Vec<String> {
+    let role = match config.role {
+        Role::Api => "api",
+        Role::Consumer => "consumer",
+        Role::All => "all",
+    };
+    let pairs: [(&str, String); 14] = [
+        ("--listen", config.listen.to_string()),
+        ("--redis-url", config.redis_url.clone()),
+        ("--kafka-brokers", config.kafka_brokers.clone()),
+        ("--topic", config.topic.clone()),
+        ("--dlq-topic", config.dlq_topic.clone()),
+        ("--partitions", config.partitions.to_string()),
+        ("--group", config.group.clone()),
+        ("--namespace", config.namespace.clone()),
+        ("--outcome-ttl-secs", config.outcome_ttl_secs.to_string()),
+        ("--lease-ms", config.lease_ms.to_string()),
+        ("--max-in-flight", config.max_in_flight.to_string()),
+        ("--publish-timeout-ms", config.publish_timeout_ms.to_string()),
+        ("--linger-ms", config.linger_ms.to_string()),
+        ("--batch-size", config.batch_size.to_string()),
+    ];
+    std::iter::once(role.to_owned())
+        .chain(pairs.into_iter().flat_map(|(flag, value)| [flag.to_owned(), value]))
+        .collect()
+}

@@ -1,0 +1,164 @@
+//! Invariants checked after a run, read straight from Redis:
+//! - every accepted transaction has exactly one outcome (applied or rejected);
+//! - every account's balance equals its start plus the applied movements
+//!   (so money is conserved: transfers move it, credits and debits are counted);
+//! - no balance is below 0 or above 2^53-1;
+//! - no outcome exists for a refused request.
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+use txengine::domain::MAX_MINOR_UNITS;
+
+/// What a run sent and had accepted (202/200), with the kind of movement.
+#[derive(Debug, Clone)]
+pub struct SentTx {
+    pub id: String,
+    pub kind: Kind,
+    pub account: String,
+    pub to: Option<String>,
+    pub amount: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Debit,
+    Credit,
+    Transfer,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Debit => "debit",
+            Self::Credit => "credit",
+            Self::Transfer => "transfer",
+        }
+    }
+}
+
+/// The record of a run: starting balances, accepted and refused requests.
+#[derive(Debug, Default, Clone)]
+pub struct Ledger {
+    pub start: HashMap<String, u64>,
+    pub accepted: Vec<SentTx>,
+    /// Ids of requests that were answered with an error (4xx/5xx).
+    pub refused: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct Verdict {
+    pub accepted: usize,
+    pub applied: usize,
+    pub rejected: usize,
+    pub rejected_by_reason: HashMap<String, usize>,
+    pub start_total: u128,
+    pub end_total: u128,
+    /// Human-readable descriptions of every broken invariant (empty: all held).
+    pub violations: Vec<String>,
+}
+
+impl Verdict {
+    pub fn holds(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+/// Reads outcomes and balances from Redis (keys under `namespace`) and checks
+/// the ledger against them. Only a failure to read is an `Err`.
+pub async fn check(redis_url: &str, namespace: &str, ledger: &Ledger) -> anyhow::Result<Verdict> {
+    let client = redis::Client::open(redis_url)?;
+    let mut conn = client.get_multiplexed_async_connection().await.context("redis")?;
+    let tx_key = |id: &str| format!("{{{namespace}}}:tx:{id}");
+    let bal_key = |account: &str| format!("{{{namespace}}}:bal:{account}");
+
+    let mut verdict = Verdict { accepted: ledger.accepted.len(), ..Verdict::default() };
+    let mut expected: HashMap<&str, i128> =
+        ledger.start.iter().map(|(a, b)| (a.as_str(), *b as i128)).collect();
+
+    for chunk in ledger.accepted.chunks(2000) {
+        let mut pipe = redis::pipe();
+        for tx in chunk {
+            pipe.cmd("HMGET").arg(tx_key(&tx.id)).arg("state").arg("reason");
+        }
+        let states: Vec<(Option<String>, Option<String>)> = pipe.query_async(&mut conn).await?;
+        for (tx, (state, reason)) in chunk.iter().zip(states) {
+            match state.as_deref() {
+                Some("applied") => {
+                    verdict.applied += 1;
+                    let amount = tx.amount as i128;
+                    match tx.kind {
+                        Kind::Debit => *expected.entry(&tx.account).or_default() -= amount,
+                        Kind::Credit => *expected.entry(&tx.account).or_default() += amount,
+                        Kind::Transfer => {
+                            *expected.entry(&tx.account).or_default() -= amount;
+                            let to = tx.to.as_deref().unwrap_or_default();
+                            *expected.entry(to).or_default() += amount;
+                        }
+                    }
+                }
+                Some("rejected") => {
+                    verdict.rejected += 1;
+                    *verdict.rejected_by_reason.entry(reason.unwrap_or_default()).or_default() += 1;
+                }
+                other => verdict.violations.push(format!(
+                    "accepted {} {} {}->{:?} {} has no outcome (state {other:?})",
+                    tx.id,
+                    tx.kind.as_str(),
+                    tx.account,
+                    tx.to,
+                    tx.amount
+                )),
+            }
+        }
+    }
+
+    for chunk in ledger.refused.chunks(2000) {
+        let mut pipe = redis::pipe();
+        for id in chunk {
+            pipe.cmd("HGET").arg(tx_key(id)).arg("state");
+        }
+        let states: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
+        for (id, state) in chunk.iter().zip(states) {
+            if let Some(state @ ("applied" | "rejected" | "pending")) = state.as_deref() {
+                verdict.violations.push(format!("refused request {id} has state {state}"));
+            }
+        }
+    }
+
+    let accounts: Vec<&str> = expected.keys().copied().collect();
+    for chunk in accounts.chunks(2000) {
+        let keys: Vec<String> = chunk.iter().map(|a| bal_key(a)).collect();
+        let balances: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        for (account, balance) in chunk.iter().zip(balances) {
+            let want = expected[account];
+            let start = ledger.start.get(*account).copied();
+            verdict.start_total += start.unwrap_or(0) as u128;
+            match balance.as_deref().map(str::parse::<i128>) {
+                None if start.is_none() && want == 0 => {}
+                None => verdict.violations.push(format!("account {account} is missing; expected balance {want}")),
+                Some(Err(_)) => verdict.violations.push(format!("account {account} holds a non-integer {balance:?}")),
+                Some(Ok(have)) => {
+                    verdict.end_total += have.max(0) as u128;
+                    if have < 0 || have > MAX_MINOR_UNITS as i128 {
+                        verdict.violations.push(format!("account {account} balance {have} is out of 0..=2^53-1"));
+                    }
+                    if have != want {
+                        let involved: Vec<&str> = ledger
+                            .accepted
+                            .iter()
+                            .filter(|t| t.account == *account || t.to.as_deref() == Some(*account))
+                            .take(20)
+                            .map(|t| t.id.as_str())
+                            .collect();
+                        verdict.violations.push(format!(
+                            "account {account}: balance {have}, expected {want} from start {start:?} and the log; \
+                             transactions involved (first 20): {involved:?}"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(verdict)
+}
