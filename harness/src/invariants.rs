@@ -68,18 +68,30 @@ impl Verdict {
 /// the ledger against them. Only a failure to read is an `Err`.
 pub async fn check(redis_url: &str, namespace: &str, ledger: &Ledger) -> anyhow::Result<Verdict> {
     let client = redis::Client::open(redis_url)?;
-    let mut conn = client.get_multiplexed_async_connection().await.context("redis")?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .context("redis")?;
     let tx_key = |id: &str| format!("{{{namespace}}}:tx:{id}");
     let bal_key = |account: &str| format!("{{{namespace}}}:bal:{account}");
 
-    let mut verdict = Verdict { accepted: ledger.accepted.len(), ..Verdict::default() };
-    let mut expected: HashMap<&str, i128> =
-        ledger.start.iter().map(|(a, b)| (a.as_str(), *b as i128)).collect();
+    let mut verdict = Verdict {
+        accepted: ledger.accepted.len(),
+        ..Verdict::default()
+    };
+    let mut expected: HashMap<&str, i128> = ledger
+        .start
+        .iter()
+        .map(|(a, b)| (a.as_str(), *b as i128))
+        .collect();
 
     for chunk in ledger.accepted.chunks(2000) {
         let mut pipe = redis::pipe();
         for tx in chunk {
-            pipe.cmd("HMGET").arg(tx_key(&tx.id)).arg("state").arg("reason");
+            pipe.cmd("HMGET")
+                .arg(tx_key(&tx.id))
+                .arg("state")
+                .arg("reason");
         }
         let states: Vec<(Option<String>, Option<String>)> = pipe.query_async(&mut conn).await?;
         for (tx, (state, reason)) in chunk.iter().zip(states) {
@@ -99,7 +111,10 @@ pub async fn check(redis_url: &str, namespace: &str, ledger: &Ledger) -> anyhow:
                 }
                 Some("rejected") => {
                     verdict.rejected += 1;
-                    *verdict.rejected_by_reason.entry(reason.unwrap_or_default()).or_default() += 1;
+                    *verdict
+                        .rejected_by_reason
+                        .entry(reason.unwrap_or_default())
+                        .or_default() += 1;
                 }
                 other => verdict.violations.push(format!(
                     "accepted {} {} {}->{:?} {} has no outcome (state {other:?})",
@@ -121,7 +136,9 @@ pub async fn check(redis_url: &str, namespace: &str, ledger: &Ledger) -> anyhow:
         let states: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
         for (id, state) in chunk.iter().zip(states) {
             if let Some(state @ ("applied" | "rejected" | "pending")) = state.as_deref() {
-                verdict.violations.push(format!("refused request {id} has state {state}"));
+                verdict
+                    .violations
+                    .push(format!("refused request {id} has state {state}"));
             }
         }
     }
@@ -129,19 +146,26 @@ pub async fn check(redis_url: &str, namespace: &str, ledger: &Ledger) -> anyhow:
     let accounts: Vec<&str> = expected.keys().copied().collect();
     for chunk in accounts.chunks(2000) {
         let keys: Vec<String> = chunk.iter().map(|a| bal_key(a)).collect();
-        let balances: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        let balances: Vec<Option<String>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
         for (account, balance) in chunk.iter().zip(balances) {
             let want = expected[account];
             let start = ledger.start.get(*account).copied();
             verdict.start_total += start.unwrap_or(0) as u128;
             match balance.as_deref().map(str::parse::<i128>) {
                 None if start.is_none() && want == 0 => {}
-                None => verdict.violations.push(format!("account {account} is missing; expected balance {want}")),
-                Some(Err(_)) => verdict.violations.push(format!("account {account} holds a non-integer {balance:?}")),
+                None => verdict.violations.push(format!(
+                    "account {account} is missing; expected balance {want}"
+                )),
+                Some(Err(_)) => verdict
+                    .violations
+                    .push(format!("account {account} holds a non-integer {balance:?}")),
                 Some(Ok(have)) => {
                     verdict.end_total += have.max(0) as u128;
                     if have < 0 || have > MAX_MINOR_UNITS as i128 {
-                        verdict.violations.push(format!("account {account} balance {have} is out of 0..=2^53-1"));
+                        verdict.violations.push(format!(
+                            "account {account} balance {have} is out of 0..=2^53-1"
+                        ));
                     }
                     if have != want {
                         let involved: Vec<&str> = ledger

@@ -92,7 +92,11 @@ fn current_run() -> &'static Mutex<Option<Arc<RunState>>> {
 }
 
 async fn join_run(user: &mut GooseUser) -> TransactionResult {
-    let state = current_run().lock().expect("run lock").clone().expect("a run is set");
+    let state = current_run()
+        .lock()
+        .expect("run lock")
+        .clone()
+        .expect("a run is set");
     user.set_session_data(state);
     Ok(())
 }
@@ -137,7 +141,12 @@ pub struct HttpResult {
 }
 
 /// Drives `base_url` with goose; returns the measurements and the ledger.
-pub async fn drive(base_url: &str, target: &str, profile: &LoadProfile, record: bool) -> anyhow::Result<(HttpResult, Ledger)> {
+pub async fn drive(
+    base_url: &str,
+    target: &str,
+    profile: &LoadProfile,
+    record: bool,
+) -> anyhow::Result<(HttpResult, Ledger)> {
     let state = Arc::new(RunState {
         profile: profile.clone(),
         run_tag: format!("load-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
@@ -148,16 +157,25 @@ pub async fn drive(base_url: &str, target: &str, profile: &LoadProfile, record: 
     });
     *current_run().lock().expect("run lock") = Some(state.clone());
 
-    let progress = tokio::spawn(report_progress(state.clone(), target.to_owned(), profile.seconds));
+    let progress = tokio::spawn(report_progress(
+        state.clone(),
+        target.to_owned(),
+        profile.seconds,
+    ));
     let attack = GooseAttack::initialize_with_config(GooseConfiguration::default())?
         .register_scenario(
             scenario!("PostTransactions")
                 .register_transaction(transaction!(join_run).set_on_start())
-                .register_transaction(transaction!(post_transaction).set_name("POST /transactions")),
+                .register_transaction(
+                    transaction!(post_transaction).set_name("POST /transactions"),
+                ),
         )
         .set_default(GooseDefault::Host, base_url)?
         .set_default(GooseDefault::Users, profile.users)?
-        .set_default(GooseDefault::IncreaseRate, profile.users.to_string().as_str())?
+        .set_default(
+            GooseDefault::IncreaseRate,
+            profile.users.to_string().as_str(),
+        )?
         .set_default(GooseDefault::RunTime, profile.seconds)?
         .set_default(GooseDefault::Quiet, 1)?
         .set_default(GooseDefault::NoPrintMetrics, true)?
@@ -248,7 +266,12 @@ pub fn consumer_lag(brokers: &str, group: &str, topic: &str) -> anyhow::Result<i
 
 /// Waits until the group has stored every record of the topic, printing
 /// progress; returns how long it took.
-pub async fn wait_drained(brokers: &str, group: &str, topic: &str, timeout: Duration) -> anyhow::Result<Duration> {
+pub async fn wait_drained(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let mut last_print = Instant::now();
     loop {
@@ -257,9 +280,15 @@ pub async fn wait_drained(brokers: &str, group: &str, topic: &str, timeout: Dura
         if lag == 0 {
             return Ok(started.elapsed());
         }
-        anyhow::ensure!(started.elapsed() < timeout, "consumer lag still {lag} after {timeout:?}");
+        anyhow::ensure!(
+            started.elapsed() < timeout,
+            "consumer lag still {lag} after {timeout:?}"
+        );
         if last_print.elapsed() >= Duration::from_secs(2) {
-            eprintln!("  draining: lag {lag} records ({:.0}s)", started.elapsed().as_secs_f64());
+            eprintln!(
+                "  draining: lag {lag} records ({:.0}s)",
+                started.elapsed().as_secs_f64()
+            );
             last_print = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

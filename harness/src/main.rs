@@ -11,7 +11,10 @@ use harness::load::{self, LoadProfile};
 use harness::stack::{isolated_config, EngineProcess, Stack};
 
 #[derive(Parser)]
-#[command(name = "harness", about = "Run, fault and load-test txengine on real Redis and Kafka")]
+#[command(
+    name = "harness",
+    about = "Run, fault and load-test txengine on real Redis and Kafka"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -54,20 +57,29 @@ fn main() -> anyhow::Result<()> {
         _ => "warn,harness=info,txengine=info",
     };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Up { port } => runtime.block_on(up(port)),
-        Command::Load { users, seconds, accounts } => runtime.block_on(run_load(LoadProfile {
+        Command::Load {
+            users,
+            seconds,
+            accounts,
+        } => runtime.block_on(run_load(LoadProfile {
             users,
             seconds,
             accounts,
             ..LoadProfile::default()
         })),
         Command::Engine { args } => {
-            let config = <txengine::Config as clap::Parser>::parse_from(std::iter::once("txengine".to_owned()).chain(args));
+            let config = <txengine::Config as clap::Parser>::parse_from(
+                std::iter::once("txengine".to_owned()).chain(args),
+            );
             runtime.block_on(async {
                 let engine = txengine::Engine::start(&config).await?;
                 engine.run_until(txengine::app::shutdown_signal()).await
@@ -110,7 +122,10 @@ async fn run_load(profile: LoadProfile) -> anyhow::Result<()> {
     eprintln!("starting the engine (api + consumer) as a child process ...");
     let engine = EngineProcess::spawn(&exe, config.clone()).await?;
 
-    eprintln!("funding {} accounts with {} each ...", profile.accounts, profile.start_balance);
+    eprintln!(
+        "funding {} accounts with {} each ...",
+        profile.accounts, profile.start_balance
+    );
     let stack_client = reqwest::Client::new();
     let mut ledger = invariants::Ledger::default();
     for i in 0..profile.accounts {
@@ -121,25 +136,44 @@ async fn run_load(profile: LoadProfile) -> anyhow::Result<()> {
             .json(&serde_json::json!({ "balance": profile.start_balance }))
             .send()
             .await?;
-        anyhow::ensure!(response.status().is_success(), "funding {account}: {}", response.status());
+        anyhow::ensure!(
+            response.status().is_success(),
+            "funding {account}: {}",
+            response.status()
+        );
         ledger.start.insert(account, profile.start_balance);
     }
 
-    eprintln!("goose: {} users for {} s against {} ...", profile.users, profile.seconds, engine.url);
+    eprintln!(
+        "goose: {} users for {} s against {} ...",
+        profile.users, profile.seconds, engine.url
+    );
     let (http, sent) = load::drive(&engine.url, "engine", &profile, true).await?;
     ledger.accepted = sent.accepted;
     ledger.refused = sent.refused;
 
     eprintln!("waiting for the consumers to drain the topic ...");
-    let drain = load::wait_drained(&infra.kafka_brokers, &config.group, &config.topic, Duration::from_secs(600)).await?;
+    let drain = load::wait_drained(
+        &infra.kafka_brokers,
+        &config.group,
+        &config.topic,
+        Duration::from_secs(600),
+    )
+    .await?;
     let verdict = invariants::check(&infra.redis_url, &config.namespace, &ledger).await?;
     engine.terminate(Duration::from_secs(10));
 
     println!();
-    println!("txengine load summary ({} users, {} s, {} accounts)", profile.users, http.seconds, profile.accounts);
+    println!(
+        "txengine load summary ({} users, {} s, {} accounts)",
+        profile.users, http.seconds, profile.accounts
+    );
     println!("  requests          {}", http.requests);
     println!("  accepted (2xx)    {}", http.ok);
-    println!("  accepted RPS      {:.0}", http.ok as f64 / http.seconds as f64);
+    println!(
+        "  accepted RPS      {:.0}",
+        http.ok as f64 / http.seconds as f64
+    );
     println!(
         "  latency ms        p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}",
         http.latency_ms_p50, http.latency_ms_p95, http.latency_ms_p99, http.latency_ms_max
@@ -150,7 +184,10 @@ async fn run_load(profile: LoadProfile) -> anyhow::Result<()> {
         "  outcomes          {} applied, {} rejected {:?}",
         verdict.applied, verdict.rejected, verdict.rejected_by_reason
     );
-    println!("  money             start {} end {}", verdict.start_total, verdict.end_total);
+    println!(
+        "  money             start {} end {}",
+        verdict.start_total, verdict.end_total
+    );
     if verdict.holds() {
         println!("  invariants        all hold");
         Ok(())

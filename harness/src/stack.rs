@@ -175,7 +175,9 @@ impl EngineProcess {
     /// `exe` is the harness binary (`std::env::current_exe()` from it,
     /// `env!("CARGO_BIN_EXE_harness")` from its tests).
     pub async fn spawn(exe: &std::path::Path, config: Config) -> anyhow::Result<Self> {
-        let log_dir = tempfile::Builder::new().prefix("txengine-engine-").tempdir()?;
+        let log_dir = tempfile::Builder::new()
+            .prefix("txengine-engine-")
+            .tempdir()?;
         let mut command = std::process::Command::new(exe);
         command.arg("engine").args(engine_args(&config));
         if let Some(token) = &config.admin_token {
@@ -184,7 +186,12 @@ impl EngineProcess {
         let log = log_dir.path().join("engine.log");
         let process = crate::infra::process::Supervised::spawn("engine", command, &log)?;
         let url = format!("http://{}", config.listen);
-        let engine = Self { config, url, process, _log_dir: log_dir };
+        let engine = Self {
+            config,
+            url,
+            process,
+            _log_dir: log_dir,
+        };
         engine.wait_ready(Duration::from_secs(60)).await?;
         Ok(engine)
     }
@@ -246,11 +253,18 @@ pub fn engine_args(config: &Config) -> Vec<String> {
         ("--outcome-ttl-secs", config.outcome_ttl_secs.to_string()),
         ("--lease-ms", config.lease_ms.to_string()),
         ("--max-in-flight", config.max_in_flight.to_string()),
-        ("--publish-timeout-ms", config.publish_timeout_ms.to_string()),
+        (
+            "--publish-timeout-ms",
+            config.publish_timeout_ms.to_string(),
+        ),
         ("--linger-ms", config.linger_ms.to_string()),
         ("--batch-size", config.batch_size.to_string()),
     ];
     std::iter::once(role.to_owned())
-        .chain(pairs.into_iter().flat_map(|(flag, value)| [flag.to_owned(), value]))
+        .chain(
+            pairs
+                .into_iter()
+                .flat_map(|(flag, value)| [flag.to_owned(), value]),
+        )
         .collect()
 }

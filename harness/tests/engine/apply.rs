@@ -218,7 +218,11 @@ async fn duplicate_apply_returns_the_first_outcome_and_changes_nothing() {
     // A rejection is final too: funding the account later does not revive it.
     let too_big = tx("big", "debit", None, 100);
     assert_eq!(
-        store.apply_batch(std::slice::from_ref(&too_big)).await.unwrap()[0].outcome,
+        store
+            .apply_batch(std::slice::from_ref(&too_big))
+            .await
+            .unwrap()[0]
+            .outcome,
         rejected(RejectReason::InsufficientFunds)
     );
     set(&store, "a", 1000).await;
@@ -253,7 +257,11 @@ async fn redis_restart_keeps_outcomes_and_reloads_scripts() {
     set(&store, "a", 10).await;
     let before = tx("before-restart", "debit", None, 3);
     assert_eq!(
-        store.apply_batch(std::slice::from_ref(&before)).await.unwrap()[0].outcome,
+        store
+            .apply_batch(std::slice::from_ref(&before))
+            .await
+            .unwrap()[0]
+            .outcome,
         applied(7)
     );
 
