@@ -1,0 +1,124 @@
+// k6 load test for txengine: the seed's 200 VUs for 20 s against
+// POST /transactions, with unique ids, a check on every answer, thresholds
+// on errors and p99, and a JSON summary written under reports/.
+//
+//   k6 run -e TXENGINE_URL=http://127.0.0.1:8080 -e TXENGINE_ADMIN_TOKEN=... k6/load.js
+//
+// With TXENGINE_ADMIN_TOKEN set, setup() funds the accounts first.
+import http from 'k6/http';
+import { check } from 'k6';
+import exec from 'k6/execution';
+
+const BASE_URL = __ENV.TXENGINE_URL || 'http://127.0.0.1:8080';
+const ADMIN_TOKEN = __ENV.TXENGINE_ADMIN_TOKEN || '';
+const ACCOUNTS = parseInt(__ENV.ACCOUNTS || '1000', 10);
+const START_BALANCE = 1000000;
+const RUN_ID = __ENV.RUN_ID || `k6-${Date.now().toString(36)}`;
+
+export const options = {
+  vus: parseInt(__ENV.VUS || '200', 10),
+  duration: __ENV.DURATION || '20s',
+  summaryTrendStats: ['avg', 'min', 'med', 'max', 'p(95)', 'p(99)'],
+  thresholds: {
+    http_req_failed: ['rate<0.001'],
+    http_req_duration: ['p(99)<50'],
+    checks: ['rate>0.999'],
+  },
+};
+
+/** The account name for an index, the same scheme as the goose runner. */
+export function accountName(index) {
+  return `acct-${index}`;
+}
+
+/**
+ * The transaction a VU sends on one iteration: a unique id (run, VU,
+ * iteration), 60% transfers, 25% debits, 15% credits, amounts 1..1000.
+ * `random` is a function returning [0, 1), so tests can fix it.
+ */
+export function makeTransaction(vu, iteration, accounts, random) {
+  const from = Math.floor(random() * accounts);
+  const roll = random() * 100;
+  const type = roll < 60 ? 'transfer' : roll < 85 ? 'debit' : 'credit';
+  const tx = {
+    id: `${RUN_ID}-${vu}-${iteration}`,
+    type,
+    account: accountName(from),
+    amount: 1 + Math.floor(random() * 1000),
+  };
+  if (type === 'transfer') {
+    const offset = 1 + Math.floor(random() * Math.max(accounts - 1, 1));
+    tx.to = accountName((from + offset) % accounts);
+  }
+  return tx;
+}
+
+/** True when an answer to POST /transactions is what the API promises. */
+export function acceptedAnswer(status, body, id) {
+  return (status === 202 || status === 200) && body !== null && body.id === id
+    && ['pending', 'applied', 'rejected'].includes(body.status);
+}
+
+function parse(body) {
+  try {
+    return JSON.parse(body);
+  } catch (_) {
+    return null;
+  }
+}
+
+export function setup() {
+  if (!ADMIN_TOKEN) {
+    return;
+  }
+  const params = {
+    headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${ADMIN_TOKEN}` },
+  };
+  for (let i = 0; i < ACCOUNTS; i++) {
+    const res = http.put(`${BASE_URL}/balance/${accountName(i)}`, JSON.stringify({ balance: START_BALANCE }), params);
+    check(res, { 'account funded': (r) => r.status === 200 });
+  }
+}
+
+export default function () {
+  const tx = makeTransaction(exec.vu.idInTest, exec.vu.iterationInScenario, ACCOUNTS, Math.random);
+  const res = http.post(`${BASE_URL}/transactions`, JSON.stringify(tx), {
+    headers: { 'Content-Type': 'application/json' },
+    tags: { name: 'POST /transactions' },
+  });
+  check(res, {
+    'accepted (202/200 with the id and a status)': (r) => acceptedAnswer(r.status, parse(r.body), tx.id),
+  });
+}
+
+/** The figures a report needs, picked out of k6's summary data. */
+export function summarize(data) {
+  const metric = (name) => (data.metrics[name] ? data.metrics[name].values : {});
+  const duration = metric('http_req_duration');
+  const requests = metric('http_reqs');
+  const failed = metric('http_req_failed');
+  return {
+    generator: 'k6',
+    run_id: RUN_ID,
+    target: BASE_URL,
+    vus: options.vus,
+    duration: options.duration,
+    requests: requests.count || 0,
+    rps: requests.rate || 0,
+    error_rate: failed.rate || 0,
+    latency_ms_p50: duration.med || 0,
+    latency_ms_p95: duration['p(95)'] || 0,
+    latency_ms_p99: duration['p(99)'] || 0,
+    latency_ms_max: duration.max || 0,
+  };
+}
+
+export function handleSummary(data) {
+  const summary = summarize(data);
+  const line = `k6: ${summary.requests} requests, ${summary.rps.toFixed(0)} req/s, `
+    + `p99 ${summary.latency_ms_p99.toFixed(1)} ms, errors ${(summary.error_rate * 100).toFixed(2)}%\n`;
+  return {
+    [`reports/k6-summary-${RUN_ID}.json`]: JSON.stringify(summary, null, 2),
+    stdout: line,
+  };
+}

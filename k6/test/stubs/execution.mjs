@@ -1,0 +1,2 @@
+// k6/execution: one VU whose iteration counter tests can move.
+export default { vu: { idInTest: 1, iterationInScenario: 0 } };
