@@ -33,8 +33,11 @@ local function digits(n)
 end
 
 local function settle(state, reason, balance_after)
+  -- applied_at_ms (Redis clock) lets the harness measure accept-to-applied.
+  local now = redis.call('TIME')
+  local applied_at_ms = now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1000))
   redis.call('HSET', KEYS[1], 'state', state, 'reason', reason,
-    'balance_after', balance_after, 'fp', ARGV[3])
+    'balance_after', balance_after, 'fp', ARGV[3], 'applied_at_ms', applied_at_ms)
   redis.call('HDEL', KEYS[1], 'lease')
   redis.call('EXPIRE', KEYS[1], ARGV[4])
   return {state, reason, balance_after, 0}

@@ -18,6 +18,8 @@ pub struct SentTx {
     pub account: String,
     pub to: Option<String>,
     pub amount: u64,
+    /// When the client got its 2xx (ms since the epoch); 0 if not tracked.
+    pub accepted_at_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +56,11 @@ pub struct Verdict {
     pub rejected_by_reason: HashMap<String, usize>,
     pub start_total: u128,
     pub end_total: u128,
+    /// From the client's 2xx to the apply (Redis clock), over tracked transactions.
+    pub accept_to_applied_ms_p50: f64,
+    pub accept_to_applied_ms_p99: f64,
+    /// Latest apply time seen (ms since the epoch), for apply rates.
+    pub last_applied_at_ms: u64,
     /// Human-readable descriptions of every broken invariant (empty: all held).
     pub violations: Vec<String>,
 }
@@ -85,16 +92,23 @@ pub async fn check(redis_url: &str, namespace: &str, ledger: &Ledger) -> anyhow:
         .map(|(a, b)| (a.as_str(), *b as i128))
         .collect();
 
+    let mut accept_to_applied_ms: Vec<u64> = Vec::new();
     for chunk in ledger.accepted.chunks(2000) {
         let mut pipe = redis::pipe();
         for tx in chunk {
             pipe.cmd("HMGET")
                 .arg(tx_key(&tx.id))
                 .arg("state")
-                .arg("reason");
+                .arg("reason")
+                .arg("applied_at_ms");
         }
-        let states: Vec<(Option<String>, Option<String>)> = pipe.query_async(&mut conn).await?;
-        for (tx, (state, reason)) in chunk.iter().zip(states) {
+        type Row = (Option<String>, Option<String>, Option<u64>);
+        let states: Vec<Row> = pipe.query_async(&mut conn).await?;
+        for (tx, (state, reason, applied_at_ms)) in chunk.iter().zip(states) {
+            if let (Some(applied), true) = (applied_at_ms, tx.accepted_at_ms > 0) {
+                accept_to_applied_ms.push(applied.saturating_sub(tx.accepted_at_ms));
+                verdict.last_applied_at_ms = verdict.last_applied_at_ms.max(applied);
+            }
             match state.as_deref() {
                 Some("applied") => {
                     verdict.applied += 1;
@@ -127,6 +141,17 @@ pub async fn check(redis_url: &str, namespace: &str, ledger: &Ledger) -> anyhow:
             }
         }
     }
+
+    accept_to_applied_ms.sort_unstable();
+    let percentile = |fraction: f64| {
+        let n = accept_to_applied_ms.len();
+        if n == 0 {
+            return 0.0;
+        }
+        accept_to_applied_ms[((n as f64 * fraction).ceil() as usize).clamp(1, n) - 1] as f64
+    };
+    verdict.accept_to_applied_ms_p50 = percentile(0.50);
+    verdict.accept_to_applied_ms_p99 = percentile(0.99);
 
     for chunk in ledger.refused.chunks(2000) {
         let mut pipe = redis::pipe();

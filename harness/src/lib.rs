@@ -7,10 +7,14 @@
 //!   child processes that cannot outlive the harness, kill/restart faults.
 //! - [`stack`]: an engine (API + consumers) on top of an infra, isolated by
 //!   topic, group and key namespace, plus an HTTP client for it.
+//! - [`bare`]: the bare HTTP limit (an axum handler that only answers 202).
 //! - [`load`]: the goose load runner, consumer lag and drain.
+//! - [`report`]: JSON, Markdown and SVG load reports with machine facts.
 //! - [`invariants`]: what must hold after any run, read from Redis.
 
+pub mod bare;
 pub mod infra;
 pub mod invariants;
 pub mod load;
+pub mod report;
 pub mod stack;

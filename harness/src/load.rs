@@ -1,6 +1,7 @@
-//! The load runner: goose drives `POST /transactions` with fresh unique ids
-//! and a realistic mix over many accounts, then the runner waits until the
-//! consumers drained the topic and checks the invariants.
+//! The load runner: goose drives a target with fresh unique ids and a
+//! realistic mix over many accounts, timing every call itself so that the
+//! engine, the bare HTTP limit and the bare Redis limit are measured the same
+//! way; then it waits until the consumers drained the topic.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +14,10 @@ use goose::prelude::*;
 use rand::Rng;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde::Serialize;
 use serde_json::json;
+use txengine::domain::{AccountId, Amount, Movement, TxId};
+use txengine::store::Store;
 
 use crate::invariants::{Kind, Ledger, SentTx};
 
@@ -24,7 +28,7 @@ pub struct LoadProfile {
     pub seconds: usize,
     pub accounts: usize,
     pub start_balance: u64,
-    /// Percent of transfers, debits and credits (the rest).
+    /// Percent of transfers, and of debits; credits are the rest.
     pub transfer_percent: u32,
     pub debit_percent: u32,
 }
@@ -43,26 +47,72 @@ impl Default for LoadProfile {
     }
 }
 
+pub fn account_name(index: usize) -> String {
+    format!("acct-{index}")
+}
+
+/// What goose users drive.
+#[derive(Clone)]
+pub enum Target {
+    /// `POST {base_url}/transactions`.
+    Http { base_url: String },
+    /// The apply script called directly, one transaction per call; the
+    /// multiplexed connection pipelines the users' concurrent calls.
+    RedisScript { store: Store },
+}
+
+/// Requests and latency within one second of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct SecondStats {
+    pub second: usize,
+    pub requests: usize,
+    pub errors: usize,
+    pub latency_ms_p50: f64,
+    pub latency_ms_p99: f64,
+}
+
+/// What one run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct HttpResult {
+    pub target: String,
+    pub users: usize,
+    pub seconds: usize,
+    pub requests: usize,
+    pub ok: usize,
+    pub errors_by_kind: BTreeMap<String, usize>,
+    /// Successful calls per second of the run.
+    pub rps: f64,
+    pub latency_ms_p50: f64,
+    pub latency_ms_p95: f64,
+    pub latency_ms_p99: f64,
+    pub latency_ms_max: f64,
+}
+
+#[derive(Default)]
+struct Bucket {
+    latencies_us: Vec<u32>,
+    errors: usize,
+}
+
 /// Shared by every goose user of one run.
 struct RunState {
+    target: Target,
     profile: LoadProfile,
     run_tag: String,
     next_id: AtomicU64,
-    /// Whether to keep the ledger (not for the bare 202 handler).
-    record: bool,
+    started: Instant,
+    buckets: Mutex<Vec<Bucket>>,
+    errors_by_kind: Mutex<BTreeMap<String, usize>>,
     accepted: Mutex<Vec<SentTx>>,
     refused: Mutex<Vec<String>>,
 }
 
 impl RunState {
-    fn account(&self, index: usize) -> String {
-        format!("acct-{index}")
-    }
-
     fn next_tx(&self) -> SentTx {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut rng = rand::rng();
-        let from = rng.random_range(0..self.profile.accounts);
+        let accounts = self.profile.accounts.max(2);
+        let from = rng.random_range(0..accounts);
         let roll = rng.random_range(0..100);
         let kind = if roll < self.profile.transfer_percent {
             Kind::Transfer
@@ -71,21 +121,55 @@ impl RunState {
         } else {
             Kind::Credit
         };
-        let to = (kind == Kind::Transfer).then(|| {
-            let offset = rng.random_range(1..self.profile.accounts.max(2));
-            self.account((from + offset) % self.profile.accounts)
-        });
+        let to = (kind == Kind::Transfer)
+            .then(|| account_name((from + rng.random_range(1..accounts)) % accounts));
         SentTx {
             id: format!("{}-{n}", self.run_tag),
             kind,
-            account: self.account(from),
+            account: account_name(from),
             to,
             amount: rng.random_range(1..=1000),
+            accepted_at_ms: 0,
+        }
+    }
+
+    fn record(&self, began: Instant, error: Option<String>) {
+        let second = began.duration_since(self.started).as_secs() as usize;
+        let latency_us = began.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        {
+            let mut buckets = self.buckets.lock().expect("buckets lock");
+            if buckets.len() <= second {
+                buckets.resize_with(second + 1, Bucket::default);
+            }
+            match error {
+                None => buckets[second].latencies_us.push(latency_us),
+                Some(_) => buckets[second].errors += 1,
+            }
+        }
+        if let Some(kind) = error {
+            *self
+                .errors_by_kind
+                .lock()
+                .expect("errors lock")
+                .entry(kind)
+                .or_default() += 1;
         }
     }
 }
 
-/// The run goose users read at start (goose transactions are plain fns).
+fn to_domain(tx: &SentTx) -> anyhow::Result<txengine::domain::Transaction> {
+    Ok(txengine::domain::Transaction {
+        id: TxId::parse(&tx.id)?,
+        movement: Movement::new(
+            Some(tx.kind.as_str()),
+            AccountId::parse(&tx.account)?,
+            tx.to.as_deref().map(AccountId::parse).transpose()?,
+            Amount::new(tx.amount)?,
+        )?,
+    })
+}
+
+/// The run goose users join at start (goose transactions are plain fns).
 fn current_run() -> &'static Mutex<Option<Arc<RunState>>> {
     static CURRENT: OnceLock<Mutex<Option<Arc<RunState>>>> = OnceLock::new();
     CURRENT.get_or_init(|| Mutex::new(None))
@@ -101,76 +185,92 @@ async fn join_run(user: &mut GooseUser) -> TransactionResult {
     Ok(())
 }
 
-async fn post_transaction(user: &mut GooseUser) -> TransactionResult {
+async fn send_transaction(user: &mut GooseUser) -> TransactionResult {
     let state = user.get_session_data_unchecked::<Arc<RunState>>().clone();
-    let tx = state.next_tx();
-    let body = json!({"id": tx.id, "type": tx.kind.as_str(), "account": tx.account, "to": tx.to, "amount": tx.amount});
-    let mut goose = user.post_json("/transactions", &body).await?;
-    let status = goose.response.as_ref().map(|r| r.status().as_u16()).ok();
-    match status {
-        Some(200 | 202) => {
-            if state.record {
-                state.accepted.lock().expect("ledger lock").push(tx);
+    let mut tx = state.next_tx();
+    let began = Instant::now();
+    match &state.target {
+        Target::Http { .. } => {
+            let body = json!({"id": tx.id, "type": tx.kind.as_str(), "account": tx.account, "to": tx.to, "amount": tx.amount});
+            let mut goose = user.post_json("/transactions", &body).await?;
+            let status = goose.response.as_ref().map(|r| r.status().as_u16());
+            match status {
+                Ok(200 | 202) => {
+                    state.record(began, None);
+                    tx.accepted_at_ms = txengine::consumer::now_ms();
+                    state.accepted.lock().expect("ledger lock").push(tx);
+                }
+                other => {
+                    let kind = match other {
+                        Ok(code) => format!("http {code}"),
+                        Err(e) if e.is_timeout() => "timeout".to_owned(),
+                        Err(_) => "connection".to_owned(),
+                    };
+                    state.record(began, Some(kind.clone()));
+                    state.refused.lock().expect("ledger lock").push(tx.id);
+                    return user.set_failure(&kind, &mut goose.request, None, None);
+                }
             }
         }
-        other => {
-            if state.record {
-                state.refused.lock().expect("ledger lock").push(tx.id);
+        Target::RedisScript { store } => {
+            let domain = to_domain(&tx).expect("the runner makes valid transactions");
+            match store.apply_batch(std::slice::from_ref(&domain)).await {
+                Ok(_) => state.record(began, None),
+                Err(e) => state.record(began, Some(format!("redis: {e}"))),
             }
-            let tag = format!("status {other:?}");
-            return user.set_failure(&tag, &mut goose.request, None, None);
         }
     }
     Ok(())
 }
 
-/// What goose measured for one target.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct HttpResult {
-    pub target: String,
-    pub users: usize,
-    pub seconds: usize,
-    pub requests: usize,
-    pub ok: usize,
-    pub errors_by_kind: BTreeMap<String, usize>,
-    pub rps: f64,
-    pub latency_ms_p50: f64,
-    pub latency_ms_p95: f64,
-    pub latency_ms_p99: f64,
-    pub latency_ms_max: f64,
+fn percentile_ms(sorted_us: &[u32], fraction: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted_us.len() as f64 * fraction).ceil() as usize).clamp(1, sorted_us.len()) - 1;
+    sorted_us[index] as f64 / 1000.0
 }
 
-/// Drives `base_url` with goose; returns the measurements and the ledger.
-pub async fn drive(
-    base_url: &str,
-    target: &str,
-    profile: &LoadProfile,
-    record: bool,
-) -> anyhow::Result<(HttpResult, Ledger)> {
+/// The outcome of one driven run.
+pub struct Driven {
+    pub result: HttpResult,
+    pub timeline: Vec<SecondStats>,
+    /// Accepted and refused requests (HTTP targets).
+    pub ledger: Ledger,
+}
+
+/// Drives `target` with goose under `profile`, printing a progress line
+/// every 5 s.
+pub async fn drive(target: Target, name: &str, profile: &LoadProfile) -> anyhow::Result<Driven> {
     let state = Arc::new(RunState {
+        target: target.clone(),
         profile: profile.clone(),
-        run_tag: format!("load-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+        run_tag: format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
         next_id: AtomicU64::new(0),
-        record,
+        started: Instant::now(),
+        buckets: Mutex::new(Vec::new()),
+        errors_by_kind: Mutex::new(BTreeMap::new()),
         accepted: Mutex::new(Vec::new()),
         refused: Mutex::new(Vec::new()),
     });
     *current_run().lock().expect("run lock") = Some(state.clone());
-
+    let host = match &target {
+        Target::Http { base_url } => base_url.clone(),
+        // goose needs a host; this target makes no HTTP calls.
+        Target::RedisScript { .. } => "http://127.0.0.1:9".to_owned(),
+    };
     let progress = tokio::spawn(report_progress(
         state.clone(),
-        target.to_owned(),
+        name.to_owned(),
         profile.seconds,
     ));
     let attack = GooseAttack::initialize_with_config(GooseConfiguration::default())?
         .register_scenario(
-            scenario!("PostTransactions")
+            scenario!("Transactions")
                 .register_transaction(transaction!(join_run).set_on_start())
-                .register_transaction(
-                    transaction!(post_transaction).set_name("POST /transactions"),
-                ),
+                .register_transaction(transaction!(send_transaction).set_name("transaction")),
         )
-        .set_default(GooseDefault::Host, base_url)?
+        .set_default(GooseDefault::Host, host.as_str())?
         .set_default(GooseDefault::Users, profile.users)?
         .set_default(
             GooseDefault::IncreaseRate,
@@ -181,52 +281,62 @@ pub async fn drive(
         .set_default(GooseDefault::NoPrintMetrics, true)?
         .set_default(GooseDefault::NoTelnet, true)?
         .set_default(GooseDefault::NoGzip, true)?;
-    let metrics = attack.execute().await.context("goose run")?;
+    attack.execute().await.context("goose run")?;
     progress.abort();
     *current_run().lock().expect("run lock") = None;
+    let run_seconds = state.started.elapsed().as_secs_f64();
 
-    let aggregate = metrics
-        .requests
-        .get("POST /transactions")
-        .context("goose recorded no POST /transactions")?;
-    let timing = &aggregate.raw_data;
-    let mut errors_by_kind: BTreeMap<String, usize> = BTreeMap::new();
-    for error in metrics.errors.values() {
-        *errors_by_kind.entry(error.error.clone()).or_default() += error.occurrences;
+    let buckets = std::mem::take(&mut *state.buckets.lock().expect("buckets lock"));
+    let mut all: Vec<u32> = Vec::new();
+    let mut timeline = Vec::with_capacity(buckets.len());
+    for (second, mut bucket) in buckets.into_iter().enumerate() {
+        bucket.latencies_us.sort_unstable();
+        timeline.push(SecondStats {
+            second,
+            requests: bucket.latencies_us.len() + bucket.errors,
+            errors: bucket.errors,
+            latency_ms_p50: percentile_ms(&bucket.latencies_us, 0.50),
+            latency_ms_p99: percentile_ms(&bucket.latencies_us, 0.99),
+        });
+        all.extend(bucket.latencies_us);
     }
-    let seconds = metrics.duration.max(1);
-    let ms = |us: u64| us as f64 / 1000.0;
+    all.sort_unstable();
+    let errors_by_kind = std::mem::take(&mut *state.errors_by_kind.lock().expect("errors lock"));
+    let errors: usize = errors_by_kind.values().sum();
     let result = HttpResult {
-        target: target.to_owned(),
+        target: name.to_owned(),
         users: profile.users,
-        seconds,
-        requests: timing.counter,
-        ok: aggregate.success_count,
+        seconds: run_seconds.round() as usize,
+        requests: all.len() + errors,
+        ok: all.len(),
         errors_by_kind,
-        rps: timing.counter as f64 / seconds as f64,
-        latency_ms_p50: ms(timing.percentile_us(0.50)),
-        latency_ms_p95: ms(timing.percentile_us(0.95)),
-        latency_ms_p99: ms(timing.percentile_us(0.99)),
-        latency_ms_max: ms(timing.maximum_time_us),
+        rps: all.len() as f64 / run_seconds,
+        latency_ms_p50: percentile_ms(&all, 0.50),
+        latency_ms_p95: percentile_ms(&all, 0.95),
+        latency_ms_p99: percentile_ms(&all, 0.99),
+        latency_ms_max: all.last().map(|us| *us as f64 / 1000.0).unwrap_or(0.0),
     };
     let ledger = Ledger {
         start: HashMap::new(),
         accepted: std::mem::take(&mut *state.accepted.lock().expect("ledger lock")),
         refused: std::mem::take(&mut *state.refused.lock().expect("ledger lock")),
     };
-    Ok((result, ledger))
+    Ok(Driven {
+        result,
+        timeline,
+        ledger,
+    })
 }
 
 /// One line every 5 s while goose runs: requests so far and the rate.
-async fn report_progress(state: Arc<RunState>, target: String, seconds: usize) {
-    let started = Instant::now();
+async fn report_progress(state: Arc<RunState>, name: String, seconds: usize) {
     let mut last = 0;
     loop {
         tokio::time::sleep(Duration::from_secs(5)).await;
         let sent = state.next_id.load(Ordering::Relaxed);
         eprintln!(
-            "  [{target}] {:>3.0}s/{seconds}s  {sent} requests  ({:.0} req/s over the last 5 s)",
-            started.elapsed().as_secs_f64(),
+            "  [{name}] {:>3.0}s/{seconds}s  {sent} calls  ({:.0}/s over the last 5 s)",
+            state.started.elapsed().as_secs_f64(),
             (sent - last) as f64 / 5.0
         );
         last = sent;

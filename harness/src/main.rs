@@ -7,8 +7,15 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use harness::infra::{Infra, Provider};
 use harness::invariants;
-use harness::load::{self, LoadProfile};
+use std::collections::HashMap;
+
+use harness::infra::process::Supervised;
+use harness::invariants::Ledger;
+use harness::load::{self, HttpResult, LoadProfile, Target};
+use harness::report::{InvariantResult, Machine, PipelineResult, Ratios, Report};
 use harness::stack::{isolated_config, EngineProcess, Stack};
+use txengine::domain::{AccountId, Balance};
+use txengine::store::{Store, StoreSettings};
 
 #[derive(Parser)]
 #[command(
@@ -30,17 +37,33 @@ enum Command {
         port: u16,
     },
     /// Start the embedded stack, drive it with goose, wait for the consumers
-    /// to drain the topic, check the invariants and print a summary.
+    /// to drain the topic, check the invariants, measure the bare limits with
+    /// the same generator, and write a report under reports/.
     Load {
         /// Concurrent users.
         #[arg(long, default_value_t = 200)]
         users: usize,
-        /// Seconds of load.
+        /// Seconds of load, for the engine and for each bare limit.
         #[arg(long, default_value_t = 20)]
         seconds: usize,
         /// Accounts the mix spreads over.
         #[arg(long, default_value_t = 1000)]
         accounts: usize,
+        /// Name of the run in the report file names.
+        #[arg(long, default_value = "default")]
+        scenario: String,
+        /// Where reports go.
+        #[arg(long, default_value = "reports")]
+        report_dir: std::path::PathBuf,
+        /// Skip the bare limits (engine only).
+        #[arg(long)]
+        no_limits: bool,
+    },
+    /// Serve the bare HTTP limit: an axum handler that only answers 202.
+    #[command(hide = true)]
+    Bare {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
     },
     /// Run the engine (the same flags as `txengine`); used as a child process.
     #[command(hide = true)]
@@ -70,12 +93,19 @@ fn main() -> anyhow::Result<()> {
             users,
             seconds,
             accounts,
-        } => runtime.block_on(run_load(LoadProfile {
-            users,
-            seconds,
-            accounts,
-            ..LoadProfile::default()
-        })),
+            scenario,
+            report_dir,
+            no_limits,
+        } => {
+            let profile = LoadProfile {
+                users,
+                seconds,
+                accounts,
+                ..LoadProfile::default()
+            };
+            runtime.block_on(run_load(profile, &scenario, &report_dir, !no_limits))
+        }
+        Command::Bare { listen } => runtime.block_on(harness::bare::serve(listen)),
         Command::Engine { args } => {
             let config = <txengine::Config as clap::Parser>::parse_from(
                 std::iter::once("txengine".to_owned()).chain(args),
@@ -114,25 +144,19 @@ async fn up(port: u16) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_load(profile: LoadProfile) -> anyhow::Result<()> {
-    let infra = start_infra().await?;
-    let mut config = isolated_config(&infra, "load");
-    config.listen = format!("127.0.0.1:{}", harness::infra::process::free_port()?).parse()?;
-    let exe = std::env::current_exe().context("locating the harness binary")?;
-    eprintln!("starting the engine (api + consumer) as a child process ...");
-    let engine = EngineProcess::spawn(&exe, config.clone()).await?;
-
-    eprintln!(
-        "funding {} accounts with {} each ...",
-        profile.accounts, profile.start_balance
-    );
-    let stack_client = reqwest::Client::new();
-    let mut ledger = invariants::Ledger::default();
+/// Funds `profile.accounts` accounts through the admin setter.
+async fn fund_over_http(
+    url: &str,
+    token: &str,
+    profile: &LoadProfile,
+) -> anyhow::Result<HashMap<String, u64>> {
+    let client = reqwest::Client::new();
+    let mut start = HashMap::new();
     for i in 0..profile.accounts {
-        let account = format!("acct-{i}");
-        let response = stack_client
-            .put(format!("{}/balance/{account}", engine.url))
-            .bearer_auth(config.admin_token.as_deref().unwrap_or_default())
+        let account = load::account_name(i);
+        let response = client
+            .put(format!("{url}/balance/{account}"))
+            .bearer_auth(token)
             .json(&serde_json::json!({ "balance": profile.start_balance }))
             .send()
             .await?;
@@ -141,60 +165,224 @@ async fn run_load(profile: LoadProfile) -> anyhow::Result<()> {
             "funding {account}: {}",
             response.status()
         );
-        ledger.start.insert(account, profile.start_balance);
+        start.insert(account, profile.start_balance);
     }
+    Ok(start)
+}
+
+/// The bare HTTP limit, in a child process like the engine.
+async fn measure_bare_http(profile: &LoadProfile) -> anyhow::Result<HttpResult> {
+    let exe = std::env::current_exe()?;
+    let port = harness::infra::process::free_port()?;
+    let dir = tempfile::Builder::new()
+        .prefix("txengine-bare-")
+        .tempdir()?;
+    let mut command = std::process::Command::new(exe);
+    command.args(["bare", "--listen", &format!("127.0.0.1:{port}")]);
+    let mut server = Supervised::spawn("bare", command, &dir.path().join("bare.log"))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "bare server did not start: {}",
+            server.log_tail(10)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "limit 1/2: bare axum 202 handler, {} users for {} s ...",
+        profile.users, profile.seconds
+    );
+    let driven = load::drive(
+        Target::Http {
+            base_url: format!("http://127.0.0.1:{port}"),
+        },
+        "bare-http-202",
+        profile,
+    )
+    .await?;
+    server.terminate(Duration::from_secs(5));
+    Ok(driven.result)
+}
+
+/// The bare Redis limit: the apply script called directly by the same users.
+async fn measure_redis_script(infra: &Infra, profile: &LoadProfile) -> anyhow::Result<HttpResult> {
+    let namespace = format!("limit-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let store = Store::connect(StoreSettings {
+        url: &infra.redis_url,
+        namespace: &namespace,
+        outcome_ttl_secs: 3600,
+        lease_ms: 30_000,
+        response_timeout: Duration::from_secs(5),
+    })
+    .await?;
+    for i in 0..profile.accounts {
+        let account = AccountId::parse(&load::account_name(i))?;
+        store
+            .set_balance(&account, Balance::new(profile.start_balance)?)
+            .await?;
+    }
+    eprintln!(
+        "limit 2/2: Redis apply script directly, {} users for {} s ...",
+        profile.users, profile.seconds
+    );
+    Ok(
+        load::drive(Target::RedisScript { store }, "redis-apply-script", profile)
+            .await?
+            .result,
+    )
+}
+
+/// Peak resident memory of a process, from /proc (MiB).
+fn peak_rss_mib(pid: Option<u32>) -> f64 {
+    let status = pid
+        .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kib| kib.parse::<f64>().ok())
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(0.0)
+}
+
+async fn run_load(
+    profile: LoadProfile,
+    scenario: &str,
+    report_dir: &std::path::Path,
+    limits: bool,
+) -> anyhow::Result<()> {
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let started_at = time_now_rfc3339();
+    let infra = start_infra().await?;
+
+    let bare_http = if limits {
+        Some(measure_bare_http(&profile).await?)
+    } else {
+        None
+    };
+    let redis_script = if limits {
+        Some(measure_redis_script(&infra, &profile).await?)
+    } else {
+        None
+    };
+
+    let mut config = isolated_config(&infra, "load");
+    config.listen = format!("127.0.0.1:{}", harness::infra::process::free_port()?).parse()?;
+    let exe = std::env::current_exe().context("locating the harness binary")?;
+    eprintln!("starting the engine (api + consumer) as a child process ...");
+    let engine = EngineProcess::spawn(&exe, config.clone()).await?;
+    eprintln!(
+        "funding {} accounts with {} each ...",
+        profile.accounts, profile.start_balance
+    );
+    let start = fund_over_http(
+        &engine.url,
+        config.admin_token.as_deref().unwrap_or_default(),
+        &profile,
+    )
+    .await?;
 
     eprintln!(
-        "goose: {} users for {} s against {} ...",
+        "engine: goose, {} users for {} s against {} ...",
         profile.users, profile.seconds, engine.url
     );
-    let (http, sent) = load::drive(&engine.url, "engine", &profile, true).await?;
-    ledger.accepted = sent.accepted;
-    ledger.refused = sent.refused;
+    let load_started_ms = txengine::consumer::now_ms();
+    let driven = load::drive(
+        Target::Http {
+            base_url: engine.url.clone(),
+        },
+        "engine",
+        &profile,
+    )
+    .await?;
+    let ledger = Ledger {
+        start,
+        ..driven.ledger
+    };
 
     eprintln!("waiting for the consumers to drain the topic ...");
     let drain = load::wait_drained(
         &infra.kafka_brokers,
         &config.group,
         &config.topic,
-        Duration::from_secs(600),
+        Duration::from_secs(900),
     )
     .await?;
     let verdict = invariants::check(&infra.redis_url, &config.namespace, &ledger).await?;
+    let rss = peak_rss_mib(engine.pid());
     engine.terminate(Duration::from_secs(10));
 
-    println!();
+    let settled = verdict.applied + verdict.rejected;
+    let apply_seconds =
+        (verdict.last_applied_at_ms.saturating_sub(load_started_ms) as f64 / 1000.0).max(0.001);
+    let engine_result = driven.result;
+    let report = Report {
+        schema_version: harness::report::SCHEMA_VERSION,
+        scenario: scenario.to_owned(),
+        generator: "goose".to_owned(),
+        command,
+        started_at,
+        machine: Machine::describe(),
+        ratios: Ratios {
+            engine_vs_bare_http: bare_http
+                .as_ref()
+                .map(|b| engine_result.rps / b.rps)
+                .unwrap_or(0.0),
+            engine_vs_redis_script: redis_script.as_ref().map(|r| engine_result.rps / r.rps),
+        },
+        engine: engine_result,
+        bare_http,
+        redis_script,
+        pipeline: PipelineResult {
+            drain_seconds: drain.as_secs_f64(),
+            apply_rate_tx_per_s: settled as f64 / apply_seconds,
+            accept_to_applied_ms_p50: verdict.accept_to_applied_ms_p50,
+            accept_to_applied_ms_p99: verdict.accept_to_applied_ms_p99,
+            service_peak_rss_mib: rss,
+        },
+        invariants: InvariantResult {
+            holds: verdict.holds(),
+            accepted: verdict.accepted,
+            applied: verdict.applied,
+            rejected: verdict.rejected,
+            rejected_by_reason: verdict.rejected_by_reason.clone().into_iter().collect(),
+            money_start_total: verdict.start_total,
+            money_end_total: verdict.end_total,
+            violations: verdict.violations.iter().take(50).cloned().collect(),
+        },
+        timeline: driven.timeline,
+    };
+    let json = report.write(report_dir)?;
     println!(
-        "txengine load summary ({} users, {} s, {} accounts)",
-        profile.users, http.seconds, profile.accounts
+        "{}",
+        report.markdown("(chart: see the .svg beside the report)")
     );
-    println!("  requests          {}", http.requests);
-    println!("  accepted (2xx)    {}", http.ok);
-    println!(
-        "  accepted RPS      {:.0}",
-        http.ok as f64 / http.seconds as f64
+    println!("report: {}", json.display());
+    drop(infra);
+    anyhow::ensure!(
+        verdict.holds(),
+        "{} invariant violations",
+        verdict.violations.len()
     );
-    println!(
-        "  latency ms        p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}",
-        http.latency_ms_p50, http.latency_ms_p95, http.latency_ms_p99, http.latency_ms_max
+    let errors: usize = report.engine.errors_by_kind.values().sum();
+    anyhow::ensure!(
+        errors == 0,
+        "the engine answered {errors} requests with errors: {:?}",
+        report.engine.errors_by_kind
     );
-    println!("  errors            {:?}", http.errors_by_kind);
-    println!("  drain after load  {:.1} s", drain.as_secs_f64());
-    println!(
-        "  outcomes          {} applied, {} rejected {:?}",
-        verdict.applied, verdict.rejected, verdict.rejected_by_reason
-    );
-    println!(
-        "  money             start {} end {}",
-        verdict.start_total, verdict.end_total
-    );
-    if verdict.holds() {
-        println!("  invariants        all hold");
-        Ok(())
-    } else {
-        for violation in verdict.violations.iter().take(50) {
-            println!("  VIOLATION         {violation}");
-        }
-        anyhow::bail!("{} invariant violations", verdict.violations.len())
-    }
+    Ok(())
+}
+
+/// Now as RFC 3339 UTC, from the `date` the machine has (no time crate needed).
+fn time_now_rfc3339() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
 }
