@@ -90,6 +90,29 @@ pub struct PipelineResult {
     pub service_peak_rss_mib: f64,
 }
 
+/// CPU time each process spent per accepted request during the engine run
+/// (user + system, from /proc): where the machine's two cores went.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CpuPerRequest {
+    pub engine_us: f64,
+    pub kafka_us: f64,
+    pub redis_us: f64,
+    pub load_generator_us: f64,
+}
+
+/// User + system CPU time of a process so far, in microseconds.
+pub fn cpu_time_us(pid: Option<u32>) -> u64 {
+    let Some(stat) = pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok()) else {
+        return 0;
+    };
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, rest)| rest.split(' ').collect()).unwrap_or_default();
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let ticks: u64 = [11, 12].iter().filter_map(|i| fields.get(*i)?.parse::<u64>().ok()).sum();
+    ticks * 1_000_000 / ticks_per_second
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct InvariantResult {
     pub holds: bool,
@@ -124,6 +147,7 @@ pub struct Report {
     pub redis_script: Option<HttpResult>,
     pub ratios: Ratios,
     pub pipeline: PipelineResult,
+    pub cpu_per_request: CpuPerRequest,
     pub invariants: InvariantResult,
     /// Per second of the engine run: requests answered and latency.
     pub timeline: Vec<SecondStats>,
@@ -211,6 +235,12 @@ impl Report {
             md,
             "\nPipeline: drain {:.1} s after the load; apply rate {:.0} tx/s; accept to applied p50 {:.1} ms, p99 {:.1} ms; engine peak RSS {:.0} MiB.",
             p.drain_seconds, p.apply_rate_tx_per_s, p.accept_to_applied_ms_p50, p.accept_to_applied_ms_p99, p.service_peak_rss_mib
+        );
+        let c = &self.cpu_per_request;
+        let _ = writeln!(
+            md,
+            "\nCPU per accepted request during the engine run: engine {:.0} µs, Kafka {:.0} µs, Redis {:.0} µs, load generator {:.0} µs.",
+            c.engine_us, c.kafka_us, c.redis_us, c.load_generator_us
         );
         let i = &self.invariants;
         let _ = writeln!(

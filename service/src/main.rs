@@ -1,4 +1,9 @@
 use clap::Parser;
+
+/// mimalloc: the profile of the engine under load showed ~14% of its CPU in
+/// glibc malloc/free (many small, short-lived allocations per request).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use txengine::{app, Config, Engine};
 
 #[tokio::main]

@@ -146,6 +146,10 @@ impl LocalRedis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().and_then(Supervised::pid)
+    }
+
     /// kill -9: no shutdown save; what survives is what the AOF had.
     pub fn kill(&mut self) {
         if let Some(mut p) = self.process.take() {
@@ -266,6 +270,10 @@ impl LocalKafka {
         format!("127.0.0.1:{}", self.port)
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().and_then(Supervised::pid)
+    }
+
     /// kill -9 of the broker.
     pub fn kill(&mut self) {
         if let Some(mut p) = self.process.take() {
@@ -303,8 +311,8 @@ share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
-num.network.threads=2
-num.io.threads=4
+num.network.threads=1
+num.io.threads=2
 ",
         data = data.display()
     )

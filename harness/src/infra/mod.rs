@@ -126,6 +126,13 @@ impl Infra {
         }
     }
 
+    /// Process ids of the local Redis and Kafka (for CPU accounting).
+    pub fn pids(&self) -> (Option<u32>, Option<u32>) {
+        let redis = self.redis.as_ref().and_then(|r| r.lock().ok()?.pid());
+        let kafka = self.kafka.as_ref().and_then(|k| k.lock().ok()?.pid());
+        (redis, kafka)
+    }
+
     /// kill -9 of the local Redis and a restart with its AOF.
     pub fn restart_redis(&self) -> anyhow::Result<()> {
         let redis = self
