@@ -15,7 +15,7 @@ use harness::invariants;
 use std::collections::HashMap;
 
 use harness::infra::process::Supervised;
-use harness::invariants::Ledger;
+use harness::invariants::{Ledger, SentTx};
 use harness::load::{self, HttpResult, LoadProfile, Target};
 use harness::report::{cpu_time_us, CpuPerRequest, InvariantResult, Machine, PipelineResult, Ratios, Report};
 use harness::stack::{isolated_config, EngineProcess, Stack};
@@ -60,6 +60,9 @@ enum Command {
         /// Where reports go.
         #[arg(long, default_value = "reports")]
         report_dir: std::path::PathBuf,
+        /// Seconds of unmeasured load on the engine before the measured run.
+        #[arg(long, default_value_t = 5)]
+        warmup_seconds: usize,
         /// Skip the bare limits (engine only).
         #[arg(long)]
         no_limits: bool,
@@ -101,6 +104,7 @@ fn main() -> anyhow::Result<()> {
             scenario,
             report_dir,
             no_limits,
+            warmup_seconds,
         } => {
             let profile = LoadProfile {
                 users,
@@ -108,7 +112,7 @@ fn main() -> anyhow::Result<()> {
                 accounts,
                 ..LoadProfile::default()
             };
-            runtime.block_on(run_load(profile, &scenario, &report_dir, !no_limits))
+            runtime.block_on(run_load(profile, &scenario, &report_dir, !no_limits, warmup_seconds))
         }
         Command::Bare { listen } => runtime.block_on(harness::bare::serve(listen)),
         Command::Engine { args } => {
@@ -260,6 +264,7 @@ async fn run_load(
     scenario: &str,
     report_dir: &std::path::Path,
     limits: bool,
+    warmup_seconds: usize,
 ) -> anyhow::Result<()> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let started_at = time_now_rfc3339();
@@ -296,6 +301,20 @@ async fn run_load(
         "engine: goose, {} users for {} s against {} ...",
         profile.users, profile.seconds, engine.url
     );
+    let mut warmup_ledger = Ledger::default();
+    if warmup_seconds > 0 {
+        // Not measured: lets the broker's JIT warm up and the consumer group
+        // settle its assignment, as on a system that has been running.
+        eprintln!("warm-up: {warmup_seconds} s of the same load, not measured ...");
+        let warmup = LoadProfile {
+            seconds: warmup_seconds,
+            ..profile.clone()
+        };
+        let target = Target::Http {
+            base_url: engine.url.clone(),
+        };
+        warmup_ledger = load::drive(target, "warm-up", &warmup).await?.ledger;
+    }
     let load_started_ms = txengine::consumer::now_ms();
     let (redis_pid, kafka_pid) = infra.pids();
     let pids = [engine.pid(), kafka_pid, redis_pid, Some(std::process::id())];
@@ -317,10 +336,16 @@ async fn run_load(
         redis_us: per_request(2),
         load_generator_us: per_request(3),
     };
-    let ledger = Ledger {
+    let mut ledger = Ledger {
         start,
         ..driven.ledger
     };
+    // Warm-up transactions count for the invariants, not for the latencies.
+    ledger.accepted.extend(warmup_ledger.accepted.into_iter().map(|tx| SentTx {
+        accepted_at_ms: 0,
+        ..tx
+    }));
+    ledger.refused.extend(warmup_ledger.refused);
 
     eprintln!("waiting for the consumers to drain the topic ...");
     let drain = load::wait_drained(
@@ -334,7 +359,8 @@ async fn run_load(
     let rss = peak_rss_mib(engine.pid());
     engine.terminate(Duration::from_secs(10));
 
-    let settled = verdict.applied + verdict.rejected;
+    // Every request accepted in the measured run is settled by the drain.
+    let settled = driven.result.ok;
     let apply_seconds =
         (verdict.last_applied_at_ms.saturating_sub(load_started_ms) as f64 / 1000.0).max(0.001);
     let engine_result = driven.result;
