@@ -3,11 +3,12 @@
 -- KEYS[1] tx record hash ({ns}:tx:<id>)
 -- ARGV[1] lease token of the claim being released
 --
--- Only this claim's own lease is removed: if it ran out and another request
--- claimed the id, or a consumer settled it, nothing changes.
+-- Only this claim's own lease is removed, and only while nothing else
+-- happened to the id: if the lease ran out and another request claimed it,
+-- or the record was accepted or settled after all, nothing changes.
 
-if redis.call('HGET', KEYS[1], 'state') == 'leased'
-   and redis.call('HGET', KEYS[1], 'lease') == ARGV[1] then
+local current = redis.call('HMGET', KEYS[1], 'state', 'lease', 'accepted')
+if current[1] == 'leased' and current[2] == ARGV[1] and not current[3] then
   redis.call('DEL', KEYS[1])
   return 1
 end

@@ -17,7 +17,9 @@ use std::collections::HashMap;
 use harness::infra::process::Supervised;
 use harness::invariants::{Ledger, SentTx};
 use harness::load::{self, HttpResult, LoadProfile, Target};
-use harness::report::{cpu_time_us, CpuPerRequest, InvariantResult, Machine, PipelineResult, Ratios, Report};
+use harness::report::{
+    cpu_time_us, CpuPerRequest, InvariantResult, Machine, PipelineResult, Ratios, Report,
+};
 use harness::stack::{isolated_config, EngineProcess, Stack};
 use txengine::domain::{AccountId, Balance};
 use txengine::store::{Store, StoreSettings};
@@ -112,7 +114,13 @@ fn main() -> anyhow::Result<()> {
                 accounts,
                 ..LoadProfile::default()
             };
-            runtime.block_on(run_load(profile, &scenario, &report_dir, !no_limits, warmup_seconds))
+            runtime.block_on(run_load(
+                profile,
+                &scenario,
+                &report_dir,
+                !no_limits,
+                warmup_seconds,
+            ))
         }
         Command::Bare { listen } => runtime.block_on(harness::bare::serve(listen)),
         Command::Engine { args } => {
@@ -341,10 +349,12 @@ async fn run_load(
         ..driven.ledger
     };
     // Warm-up transactions count for the invariants, not for the latencies.
-    ledger.accepted.extend(warmup_ledger.accepted.into_iter().map(|tx| SentTx {
-        accepted_at_ms: 0,
-        ..tx
-    }));
+    ledger
+        .accepted
+        .extend(warmup_ledger.accepted.into_iter().map(|tx| SentTx {
+            accepted_at_ms: 0,
+            ..tx
+        }));
     ledger.refused.extend(warmup_ledger.refused);
 
     eprintln!("waiting for the consumers to drain the topic ...");

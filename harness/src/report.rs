@@ -102,14 +102,21 @@ pub struct CpuPerRequest {
 
 /// User + system CPU time of a process so far, in microseconds.
 pub fn cpu_time_us(pid: Option<u32>) -> u64 {
-    let Some(stat) = pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok()) else {
+    let Some(stat) = pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+    else {
         return 0;
     };
     // Fields after the command name (which may hold spaces) start at ") ".
-    let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, rest)| rest.split(' ').collect()).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest.split(' ').collect())
+        .unwrap_or_default();
     // SAFETY: sysconf has no preconditions.
     let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    let ticks: u64 = [11, 12].iter().filter_map(|i| fields.get(*i)?.parse::<u64>().ok()).sum();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<u64>().ok())
+        .sum();
     ticks * 1_000_000 / ticks_per_second
 }
 
@@ -160,8 +167,7 @@ impl Report {
         let stem = format!(
             "{}-{}-{}",
             self.started_at
-                .replace(':', "")
-                .replace('-', "")
+                .replace([':', '-'], "")
                 .chars()
                 .take(15)
                 .collect::<String>(),

@@ -256,10 +256,9 @@ fn view(id: &TxId, status: TxStatus) -> TransactionView<'_> {
 }
 
 /// 202 while pending, 200 once settled; with the transaction's location.
-fn status_response(id: &TxId, status: TxStatus, first_time: bool) -> Response {
+fn status_response(id: &TxId, status: TxStatus) -> Response {
     let code = match status {
         TxStatus::Pending => StatusCode::ACCEPTED,
-        TxStatus::Settled(_) if first_time => StatusCode::ACCEPTED,
         TxStatus::Settled(_) => StatusCode::OK,
     };
     let mut response = (code, Json(view(id, status))).into_response();
@@ -312,7 +311,7 @@ async fn post_transaction(
                 format!("transaction {} is in flight; retry shortly", tx.id),
             ))
         }
-        Claim::Known(status) => return Ok(status_response(&tx.id, status, false)),
+        Claim::Known(status) => return Ok(status_response(&tx.id, status)),
     };
 
     let record = Record {
@@ -334,15 +333,12 @@ async fn post_transaction(
         metrics::counter!("txengine_publish_refused_total").increment(1);
         return Err(Problem::unavailable(detail, retry));
     }
-    let status = match api.store.accept(&record.tx).await {
-        Ok(status) => status,
-        Err(e) => {
-            // Kafka has the record, so it will be applied: still a 202.
-            tracing::warn!(error = %e, id = %record.tx.id, "accepted but could not mark pending");
-            TxStatus::Pending
-        }
-    };
-    Ok(status_response(&record.tx.id, status, true))
+    if let Err(e) = api.store.accept(&record.tx).await {
+        // Kafka has the record, so it will be applied: still a 202. Until a
+        // consumer settles it, GET answers 404 once the lease runs out.
+        tracing::warn!(error = %e, id = %record.tx.id, "accepted but could not mark it");
+    }
+    Ok(status_response(&record.tx.id, TxStatus::Pending))
 }
 
 async fn get_transaction(

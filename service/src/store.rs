@@ -4,8 +4,9 @@
 //! Key layout, all under one hash tag so every script's keys share a Redis
 //! Cluster slot (transfers touch two accounts):
 //! - `{ns}:bal:<account>`  balance in minor units, a decimal string
-//! - `{ns}:tx:<id>`        hash: `state` leased|pending|applied|rejected, `fp`,
-//!   `reason`, `balance_after`, `lease` (claim token while leased)
+//! - `{ns}:tx:<id>`        hash: `state` leased|applied|rejected, `accepted`
+//!   (1 once Kafka has the record), `fp`, `reason`, `balance_after`,
+//!   `applied_at_ms`, `lease` (claim token while leased)
 
 use std::time::Duration;
 
@@ -19,7 +20,6 @@ use crate::domain::{AccountId, Balance, Outcome, RejectReason, Transaction, TxId
 mod lua {
     pub const APPLY: &str = include_str!("../../lua/atomic_update.lua");
     pub const CLAIM: &str = include_str!("../../lua/claim.lua");
-    pub const ACCEPT: &str = include_str!("../../lua/accept.lua");
     pub const RELEASE: &str = include_str!("../../lua/release.lua");
 }
 
@@ -60,7 +60,6 @@ pub struct Store {
     lease_ms: u64,
     apply: Script,
     claim: Script,
-    accept: Script,
     release: Script,
 }
 
@@ -92,7 +91,6 @@ impl Store {
             lease_ms: settings.lease_ms,
             apply: Script::new(lua::APPLY),
             claim: Script::new(lua::CLAIM),
-            accept: Script::new(lua::ACCEPT),
             release: Script::new(lua::RELEASE),
         };
         store.load_scripts().await?;
@@ -103,7 +101,7 @@ impl Store {
     /// (a restarted Redis has an empty script cache).
     pub async fn load_scripts(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        for script in [&self.apply, &self.claim, &self.accept, &self.release] {
+        for script in [&self.apply, &self.claim, &self.release] {
             script.prepare_invoke().load_async(&mut conn).await?;
         }
         Ok(())
@@ -145,22 +143,29 @@ impl Store {
     /// Where an id stands; `None` if unknown or only claimed (not yet accepted).
     pub async fn status(&self, id: &TxId) -> Result<Option<TxStatus>, StoreError> {
         let mut conn = self.conn.clone();
-        let (state, reason, balance_after): (Option<String>, Option<String>, Option<String>) =
-            redis::cmd("HMGET")
-                .arg(self.tx_key(id))
-                .arg("state")
-                .arg("reason")
-                .arg("balance_after")
-                .query_async(&mut conn)
-                .await?;
-        match state.as_deref() {
-            None | Some("leased") => Ok(None),
-            Some(state) => parse_status(
+        type Fields = (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let (state, reason, balance_after, accepted): Fields = redis::cmd("HMGET")
+            .arg(self.tx_key(id))
+            .arg("state")
+            .arg("reason")
+            .arg("balance_after")
+            .arg("accepted")
+            .query_async(&mut conn)
+            .await?;
+        match (state.as_deref(), accepted) {
+            (Some(state @ ("applied" | "rejected")), _) => parse_status(
                 state,
                 reason.as_deref().unwrap_or(""),
                 balance_after.as_deref().unwrap_or(""),
             )
             .map(Some),
+            (_, Some(_)) => Ok(Some(TxStatus::Pending)),
+            _ => Ok(None),
         }
     }
 
@@ -186,25 +191,25 @@ impl Store {
         })
     }
 
-    /// Marks a claimed id as pending after Kafka acknowledged its record.
-    pub async fn accept(&self, tx: &Transaction) -> Result<TxStatus, StoreError> {
-        let state: String = self
-            .with_scripts(|| {
-                let mut conn = self.conn.clone();
-                let mut invocation = self.accept.key(self.tx_key(&tx.id));
-                invocation
-                    .arg(tx.movement.fingerprint())
-                    .arg(self.outcome_ttl_secs);
-                async move { invocation.invoke_async(&mut conn).await }
-            })
+    /// Marks an id as accepted once Kafka acknowledged its record, and keeps
+    /// the record as long as outcomes are kept. Plain commands, no script:
+    /// `accepted` is its own field, so this never overwrites an outcome a
+    /// consumer may already have written.
+    pub async fn accept(&self, tx: &Transaction) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let key = self.tx_key(&tx.id);
+        let _: () = redis::pipe()
+            .atomic()
+            .hset_multiple(
+                &key,
+                &[("accepted", "1"), ("fp", &tx.movement.fingerprint())],
+            )
+            .ignore()
+            .expire(&key, self.outcome_ttl_secs as i64)
+            .ignore()
+            .query_async(&mut conn)
             .await?;
-        if state == "pending" {
-            return Ok(TxStatus::Pending);
-        }
-        // Settled already: read the outcome back.
-        self.status(&tx.id)
-            .await?
-            .ok_or_else(|| StoreError::Unexpected(format!("{} vanished after accept", tx.id)))
+        Ok(())
     }
 
     /// Frees a claim after a failed publish (only if it is still this claim).
