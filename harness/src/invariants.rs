@@ -22,7 +22,7 @@ pub struct SentTx {
     pub accepted_at_ms: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Debit,
     Credit,
@@ -105,9 +105,11 @@ pub async fn check(redis_url: &str, namespace: &str, ledger: &Ledger) -> anyhow:
         type Row = (Option<String>, Option<String>, Option<u64>);
         let states: Vec<Row> = pipe.query_async(&mut conn).await?;
         for (tx, (state, reason, applied_at_ms)) in chunk.iter().zip(states) {
-            if let (Some(applied), true) = (applied_at_ms, tx.accepted_at_ms > 0) {
-                accept_to_applied_ms.push(applied.saturating_sub(tx.accepted_at_ms));
+            if let Some(applied) = applied_at_ms {
                 verdict.last_applied_at_ms = verdict.last_applied_at_ms.max(applied);
+                if tx.accepted_at_ms > 0 {
+                    accept_to_applied_ms.push(applied.saturating_sub(tx.accepted_at_ms));
+                }
             }
             match state.as_deref() {
                 Some("applied") => {

@@ -9,6 +9,7 @@
 //!   topic, group and key namespace, plus an HTTP client for it.
 //! - [`bare`]: the bare HTTP limit (an axum handler that only answers 202).
 //! - [`load`]: the goose load runner, consumer lag and drain.
+//! - [`wrk`]: the lean peak-capacity generator (Debian's wrk) and its output.
 //! - [`report`]: JSON, Markdown and SVG load reports with machine facts.
 //! - [`invariants`]: what must hold after any run, read from Redis.
 
@@ -18,3 +19,4 @@ pub mod invariants;
 pub mod load;
 pub mod report;
 pub mod stack;
+pub mod wrk;

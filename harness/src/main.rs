@@ -34,6 +34,80 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Generator {
+    Goose,
+    Wrk,
+}
+
+impl Generator {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Goose => "goose",
+            Self::Wrk => "wrk",
+        }
+    }
+}
+
+/// What one generator run against an HTTP target gave.
+struct HttpRun {
+    result: HttpResult,
+    timeline: Vec<harness::load::SecondStats>,
+    /// goose keeps the ledger; for wrk it is rebuilt from Redis afterwards.
+    ledger: Ledger,
+}
+
+/// Drives `url` with the chosen generator; `run` tags the ids (wrk).
+async fn drive_http(
+    generator: Generator,
+    url: &str,
+    name: &str,
+    run: &str,
+    profile: &LoadProfile,
+) -> anyhow::Result<HttpRun> {
+    match generator {
+        Generator::Goose => {
+            let driven = load::drive(
+                Target::Http {
+                    base_url: url.to_owned(),
+                },
+                name,
+                profile,
+            )
+            .await?;
+            Ok(HttpRun {
+                result: driven.result,
+                timeline: driven.timeline,
+                ledger: driven.ledger,
+            })
+        }
+        Generator::Wrk => {
+            let (url, name, run, profile) = (
+                url.to_owned(),
+                name.to_owned(),
+                run.to_owned(),
+                profile.clone(),
+            );
+            let result = tokio::task::spawn_blocking(move || {
+                harness::wrk::drive(
+                    &url,
+                    &name,
+                    &run,
+                    profile.users,
+                    profile.seconds,
+                    profile.accounts,
+                )
+            })
+            .await??;
+            Ok(HttpRun {
+                result,
+                timeline: Vec::new(),
+                ledger: Ledger::default(),
+            })
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Start Redis, Kafka, a consumer and the API; print their addresses;
@@ -62,6 +136,10 @@ enum Command {
         /// Where reports go.
         #[arg(long, default_value = "reports")]
         report_dir: std::path::PathBuf,
+        /// The load generator: goose (users, per-second timeline, ledger) or
+        /// wrk (lean, for peak capacity).
+        #[arg(long, value_enum, default_value = "goose")]
+        generator: Generator,
         /// Seconds of unmeasured load on the engine before the measured run.
         #[arg(long, default_value_t = 5)]
         warmup_seconds: usize,
@@ -107,6 +185,7 @@ fn main() -> anyhow::Result<()> {
             report_dir,
             no_limits,
             warmup_seconds,
+            generator,
         } => {
             let profile = LoadProfile {
                 users,
@@ -120,6 +199,7 @@ fn main() -> anyhow::Result<()> {
                 &report_dir,
                 !no_limits,
                 warmup_seconds,
+                generator,
             ))
         }
         Command::Bare { listen } => runtime.block_on(harness::bare::serve(listen)),
@@ -188,7 +268,10 @@ async fn fund_over_http(
 }
 
 /// The bare HTTP limit, in a child process like the engine.
-async fn measure_bare_http(profile: &LoadProfile) -> anyhow::Result<HttpResult> {
+async fn measure_bare_http(
+    generator: Generator,
+    profile: &LoadProfile,
+) -> anyhow::Result<HttpResult> {
     let exe = std::env::current_exe()?;
     let port = harness::infra::process::free_port()?;
     let dir = tempfile::Builder::new()
@@ -210,17 +293,11 @@ async fn measure_bare_http(profile: &LoadProfile) -> anyhow::Result<HttpResult> 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     eprintln!(
-        "limit 1/2: bare axum 202 handler, {} users for {} s ...",
+        "limit: bare axum 202 handler, {} users for {} s ...",
         profile.users, profile.seconds
     );
-    let driven = load::drive(
-        Target::Http {
-            base_url: format!("http://127.0.0.1:{port}"),
-        },
-        "bare-http-202",
-        profile,
-    )
-    .await?;
+    let url = format!("http://127.0.0.1:{port}");
+    let driven = drive_http(generator, &url, "bare-http-202", "bare", profile).await?;
     server.terminate(Duration::from_secs(5));
     Ok(driven.result)
 }
@@ -243,7 +320,7 @@ async fn measure_redis_script(infra: &Infra, profile: &LoadProfile) -> anyhow::R
             .await?;
     }
     eprintln!(
-        "limit 2/2: Redis apply script directly, {} users for {} s ...",
+        "limit: Redis apply script directly, {} users for {} s ...",
         profile.users, profile.seconds
     );
     Ok(
@@ -273,17 +350,19 @@ async fn run_load(
     report_dir: &std::path::Path,
     limits: bool,
     warmup_seconds: usize,
+    generator: Generator,
 ) -> anyhow::Result<()> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let started_at = time_now_rfc3339();
     let infra = start_infra().await?;
 
     let bare_http = if limits {
-        Some(measure_bare_http(&profile).await?)
+        Some(measure_bare_http(generator, &profile).await?)
     } else {
         None
     };
-    let redis_script = if limits {
+    // wrk speaks only HTTP: the Redis limit is measured with goose runs.
+    let redis_script = if limits && generator == Generator::Goose {
         Some(measure_redis_script(&infra, &profile).await?)
     } else {
         None
@@ -306,8 +385,11 @@ async fn run_load(
     .await?;
 
     eprintln!(
-        "engine: goose, {} users for {} s against {} ...",
-        profile.users, profile.seconds, engine.url
+        "engine: {}, {} users for {} s against {} ...",
+        generator.name(),
+        profile.users,
+        profile.seconds,
+        engine.url
     );
     let mut warmup_ledger = Ledger::default();
     if warmup_seconds > 0 {
@@ -318,23 +400,15 @@ async fn run_load(
             seconds: warmup_seconds,
             ..profile.clone()
         };
-        let target = Target::Http {
-            base_url: engine.url.clone(),
-        };
-        warmup_ledger = load::drive(target, "warm-up", &warmup).await?.ledger;
+        warmup_ledger = drive_http(generator, &engine.url, "warm-up", "warmup", &warmup)
+            .await?
+            .ledger;
     }
     let load_started_ms = txengine::consumer::now_ms();
     let (redis_pid, kafka_pid) = infra.pids();
     let pids = [engine.pid(), kafka_pid, redis_pid, Some(std::process::id())];
     let cpu_before = pids.map(cpu_time_us);
-    let driven = load::drive(
-        Target::Http {
-            base_url: engine.url.clone(),
-        },
-        "engine",
-        &profile,
-    )
-    .await?;
+    let driven = drive_http(generator, &engine.url, "engine", "engine", &profile).await?;
     let cpu_after = pids.map(cpu_time_us);
     let per_request =
         |i: usize| (cpu_after[i] - cpu_before[i]) as f64 / driven.result.ok.max(1) as f64;
@@ -365,6 +439,28 @@ async fn run_load(
         Duration::from_secs(900),
     )
     .await?;
+    if generator == Generator::Wrk {
+        // wrk keeps no ledger: rebuild both runs' from the ids in Redis.
+        let rebuild = |run: &'static str| {
+            harness::wrk::ledger_from_redis(
+                &infra.redis_url,
+                &config.namespace,
+                run,
+                profile.accounts,
+            )
+        };
+        ledger.accepted.extend(rebuild("warmup").await?.accepted);
+        let measured = rebuild("engine").await?.accepted;
+        // Requests cut off at the end may have been accepted after wrk
+        // stopped counting: more records than 2xx answers is expected, fewer is not.
+        anyhow::ensure!(
+            measured.len() >= driven.result.ok,
+            "wrk counted {} accepted requests but Redis holds {}",
+            driven.result.ok,
+            measured.len()
+        );
+        ledger.accepted.extend(measured);
+    }
     let verdict = invariants::check(&infra.redis_url, &config.namespace, &ledger).await?;
     let rss = peak_rss_mib(engine.pid());
     engine.terminate(Duration::from_secs(10));
@@ -377,7 +473,7 @@ async fn run_load(
     let report = Report {
         schema_version: harness::report::SCHEMA_VERSION,
         scenario: scenario.to_owned(),
-        generator: "goose".to_owned(),
+        generator: generator.name().to_owned(),
         command,
         started_at,
         machine: Machine::describe(),

@@ -283,6 +283,19 @@ async fn post_transaction(
         None => None,
     };
     let tx = request.into_transaction(header_id).map_err(Problem::rule)?;
+    // Claim, publish and accept run to the end in their own task even if the
+    // client hangs up: a handler dropped halfway would leave its claim to
+    // block retries (409) until the lease ran out.
+    tokio::spawn(accept_transaction(api, tx))
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "accept task failed");
+            Err(Problem::unavailable("internal error", 1))
+        })
+}
+
+/// Claims the id, publishes the record and marks it accepted.
+async fn accept_transaction(api: Arc<ApiState>, tx: Transaction) -> Result<Response, Problem> {
     let retry = api.retry_after_secs;
 
     let token = match api
