@@ -8,6 +8,8 @@
 -- ARGV[2] amount in minor units, 1 ..= 2^53-1 (validated before it gets here)
 -- ARGV[3] fingerprint of the request (kind|account|to|amount)
 -- ARGV[4] seconds to keep the outcome (>= the topic's retention)
+-- ARGV[5] the consumer's clock (ms since the epoch), kept as applied_at_ms
+--         so the harness can measure accept-to-applied latency
 --
 -- Returns {state, reason, balance_after, duplicate} where state is
 -- "applied" or "rejected" and duplicate is 1 when an earlier apply had
@@ -33,12 +35,11 @@ local function digits(n)
 end
 
 local function settle(state, reason, balance_after)
-  -- applied_at_ms (Redis clock) lets the harness measure accept-to-applied.
-  local now = redis.call('TIME')
-  local applied_at_ms = now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1000))
   redis.call('HSET', KEYS[1], 'state', state, 'reason', reason,
-    'balance_after', balance_after, 'fp', ARGV[3], 'applied_at_ms', applied_at_ms)
-  redis.call('HDEL', KEYS[1], 'lease')
+    'balance_after', balance_after, 'fp', ARGV[3], 'applied_at_ms', ARGV[5])
+  if settled[1] == 'leased' then
+    redis.call('HDEL', KEYS[1], 'lease')
+  end
   redis.call('EXPIRE', KEYS[1], ARGV[4])
   return {state, reason, balance_after, 0}
 end

@@ -386,7 +386,16 @@ pub async fn wait_drained(
     let mut last_print = Instant::now();
     loop {
         let (b, g, t) = (brokers.to_owned(), group.to_owned(), topic.to_owned());
-        let lag = tokio::task::spawn_blocking(move || consumer_lag(&b, &g, &t)).await??;
+        // Right after a start the group coordinator may not be loaded yet
+        // (NotCoordinator): that is "not known yet", not a failure.
+        let lag = match tokio::task::spawn_blocking(move || consumer_lag(&b, &g, &t)).await? {
+            Ok(lag) => lag,
+            Err(e) if started.elapsed() < timeout => {
+                tracing::debug!(error = %e, "lag not known yet");
+                i64::MAX
+            }
+            Err(e) => return Err(e),
+        };
         if lag == 0 {
             return Ok(started.elapsed());
         }
@@ -403,4 +412,63 @@ pub async fn wait_drained(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Publishes `count` transactions of the load mix straight into `topic`, as
+/// the API would have, and returns them: a backlog for the consumers.
+pub async fn publish_backlog(
+    brokers: &str,
+    topic: &str,
+    profile: &LoadProfile,
+    count: usize,
+) -> anyhow::Result<Vec<SentTx>> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let state = RunState {
+        target: Target::Http {
+            base_url: String::new(),
+        },
+        profile: profile.clone(),
+        run_tag: format!(
+            "backlog-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ),
+        next_id: AtomicU64::new(0),
+        started: Instant::now(),
+        buckets: Mutex::new(Vec::new()),
+        errors_by_kind: Mutex::new(BTreeMap::new()),
+        accepted: Mutex::new(Vec::new()),
+        refused: Mutex::new(Vec::new()),
+    };
+    let mut sent = Vec::with_capacity(count);
+    let mut deliveries = Vec::with_capacity(10_000);
+    for i in 0..count {
+        let tx = state.next_tx();
+        let record = txengine::wire::Record {
+            tx: to_domain(&tx)?,
+            accepted_at_ms: txengine::consumer::now_ms(),
+        };
+        let payload = record.encode();
+        let delivery = producer
+            .send_result(FutureRecord::to(topic).key(&tx.account).payload(&payload))
+            .map_err(|(e, _)| e)?;
+        deliveries.push(delivery);
+        sent.push(tx);
+        if deliveries.len() == 10_000 || i + 1 == count {
+            for delivery in deliveries.drain(..) {
+                delivery.await?.map_err(|(e, _)| e)?;
+            }
+        }
+        if (i + 1) % 200_000 == 0 {
+            eprintln!("  published {} of {count}", i + 1);
+        }
+    }
+    Ok(sent)
 }

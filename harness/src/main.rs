@@ -147,6 +147,19 @@ enum Command {
         #[arg(long)]
         no_limits: bool,
     },
+    /// Publish a backlog of transactions straight into a topic, then start a
+    /// consumer and measure how fast it applies them; checks the invariants.
+    Backlog {
+        /// Transactions in the backlog.
+        #[arg(long, default_value_t = 1_000_000)]
+        count: usize,
+        /// Accounts the mix spreads over.
+        #[arg(long, default_value_t = 1000)]
+        accounts: usize,
+        /// Partitions of the topic (consumers apply partitions in parallel).
+        #[arg(long, default_value_t = 8)]
+        partitions: i32,
+    },
     /// Serve the bare HTTP limit: an axum handler that only answers 202.
     #[command(hide = true)]
     Bare {
@@ -202,6 +215,11 @@ fn main() -> anyhow::Result<()> {
                 generator,
             ))
         }
+        Command::Backlog {
+            count,
+            accounts,
+            partitions,
+        } => runtime.block_on(run_backlog(count, accounts, partitions)),
         Command::Bare { listen } => runtime.block_on(harness::bare::serve(listen)),
         Command::Engine { args } => {
             let config = <txengine::Config as clap::Parser>::parse_from(
@@ -524,6 +542,100 @@ async fn run_load(
         errors == 0,
         "the engine answered {errors} requests with errors: {:?}",
         report.engine.errors_by_kind
+    );
+    Ok(())
+}
+
+async fn run_backlog(count: usize, accounts: usize, partitions: i32) -> anyhow::Result<()> {
+    let infra = start_infra().await?;
+    let profile = LoadProfile {
+        accounts,
+        ..LoadProfile::default()
+    };
+    let mut config = isolated_config(&infra, "backlog");
+    config.partitions = partitions;
+    txengine::publisher::ensure_topics(
+        &infra.kafka_brokers,
+        &[(&config.topic, config.partitions), (&config.dlq_topic, 1)],
+        config.outcome_ttl_secs * 1000,
+    )
+    .await?;
+    let store = Store::connect(StoreSettings {
+        url: &infra.redis_url,
+        namespace: &config.namespace,
+        outcome_ttl_secs: config.outcome_ttl_secs,
+        lease_ms: config.lease_ms,
+        response_timeout: Duration::from_secs(5),
+    })
+    .await?;
+    let mut ledger = Ledger::default();
+    for i in 0..accounts {
+        let account = load::account_name(i);
+        store
+            .set_balance(
+                &AccountId::parse(&account)?,
+                Balance::new(profile.start_balance)?,
+            )
+            .await?;
+        ledger.start.insert(account, profile.start_balance);
+    }
+    eprintln!(
+        "publishing a backlog of {count} transactions into {} partitions ...",
+        partitions
+    );
+    ledger.accepted =
+        load::publish_backlog(&infra.kafka_brokers, &config.topic, &profile, count).await?;
+
+    eprintln!("starting a consumer (its own process) on the backlog ...");
+    config.role = txengine::Role::Consumer;
+    let exe = std::env::current_exe()?;
+    let started = std::time::Instant::now();
+    let consumer = harness::stack::ConsumerProcess::spawn(&exe, config.clone())?;
+    let cpu_before = cpu_time_us(consumer.pid());
+    let drained = load::wait_drained(
+        &infra.kafka_brokers,
+        &config.group,
+        &config.topic,
+        Duration::from_secs(1800),
+    )
+    .await?;
+    let cpu = cpu_time_us(consumer.pid()) - cpu_before;
+    let elapsed = started.elapsed().max(drained);
+    let verdict = invariants::check(&infra.redis_url, &config.namespace, &ledger).await?;
+    consumer.terminate(Duration::from_secs(10));
+    println!("backlog: {count} transactions over {accounts} accounts, {partitions} partitions, one consumer process");
+    println!(
+        "  drained in        {:.1} s (consumer start, group join and fetches included)",
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "  apply rate        {:.0} tx/s",
+        count as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "  consumer CPU      {:.1} µs per transaction",
+        cpu as f64 / count as f64
+    );
+    println!(
+        "  outcomes          {} applied, {} rejected {:?}",
+        verdict.applied, verdict.rejected, verdict.rejected_by_reason
+    );
+    println!(
+        "  invariants        {}",
+        if verdict.holds() {
+            "all hold"
+        } else {
+            "BROKEN"
+        }
+    );
+    for violation in verdict.violations.iter().take(20) {
+        println!("  VIOLATION         {violation}");
+    }
+    drop(infra);
+    anyhow::ensure!(
+        verdict.holds(),
+        "{} invariant violations",
+        verdict.violations.len()
     );
     Ok(())
 }

@@ -233,6 +233,49 @@ impl EngineProcess {
     }
 }
 
+/// A consumer-only engine in a child process (no HTTP, so no readiness
+/// probe: it is running once spawned; progress shows as consumer lag).
+pub struct ConsumerProcess {
+    process: crate::infra::process::Supervised,
+    _log_dir: tempfile::TempDir,
+}
+
+impl ConsumerProcess {
+    pub fn spawn(exe: &std::path::Path, mut config: Config) -> anyhow::Result<Self> {
+        config.role = Role::Consumer;
+        let log_dir = tempfile::Builder::new()
+            .prefix("txengine-consumer-")
+            .tempdir()?;
+        let mut command = std::process::Command::new(exe);
+        command.arg("engine").args(engine_args(&config));
+        let process = crate::infra::process::Supervised::spawn(
+            "consumer",
+            command,
+            &log_dir.path().join("consumer.log"),
+        )?;
+        Ok(Self {
+            process,
+            _log_dir: log_dir,
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.process.log_tail(lines)
+    }
+
+    pub fn terminate(mut self, grace: Duration) {
+        self.process.terminate(grace);
+    }
+
+    pub fn kill(mut self) {
+        self.process.kill();
+    }
+}
+
 /// The command-line flags that make `txengine` (or `harness engine`) run
 /// `config`. The admin token travels in the environment, not in `ps`.
 pub fn engine_args(config: &Config) -> Vec<String> {

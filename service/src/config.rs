@@ -101,7 +101,7 @@ pub struct Config {
     pub linger_ms: u64,
 
     /// Most records a consumer applies in one pipelined Redis round trip.
-    #[arg(long, env = "TXENGINE_BATCH_SIZE", default_value_t = 512)]
+    #[arg(long, env = "TXENGINE_BATCH_SIZE", default_value_t = 2048)]
     pub batch_size: usize,
 
     /// Longest wait for one Redis answer (ms).

@@ -232,6 +232,10 @@ impl Store {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         let raw: Vec<(String, String, String, i64)> = self
             .with_scripts(|| {
                 let mut conn = self.conn.clone();
@@ -246,7 +250,8 @@ impl Store {
                         .arg(tx.movement.kind())
                         .arg(tx.movement.amount().minor_units())
                         .arg(tx.movement.fingerprint())
-                        .arg(self.outcome_ttl_secs);
+                        .arg(self.outcome_ttl_secs)
+                        .arg(now_ms);
                     pipe.invoke_script(&invocation);
                 }
                 async move { pipe.query_async(&mut conn).await }
