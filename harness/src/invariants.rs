@@ -46,6 +46,9 @@ pub struct Ledger {
     pub accepted: Vec<SentTx>,
     /// Ids of requests that were answered with an error (4xx/5xx).
     pub refused: Vec<String>,
+    /// Requests that never got an answer: each may or may not have been
+    /// published, so each may have at most one outcome, counted if applied.
+    pub uncertain: Vec<SentTx>,
 }
 
 #[derive(Debug, Default)]
@@ -93,6 +96,18 @@ pub async fn check(redis_url: &str, namespace: &str, ledger: &Ledger) -> anyhow:
         .collect();
 
     let mut accept_to_applied_ms: Vec<u64> = Vec::new();
+    for chunk in ledger.uncertain.chunks(2000) {
+        let mut pipe = redis::pipe();
+        for tx in chunk {
+            pipe.cmd("HGET").arg(tx_key(&tx.id)).arg("state");
+        }
+        let states: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
+        for (tx, state) in chunk.iter().zip(states) {
+            if state.as_deref() == Some("applied") {
+                apply_to(&mut expected, tx);
+            }
+        }
+    }
     for chunk in ledger.accepted.chunks(2000) {
         let mut pipe = redis::pipe();
         for tx in chunk {
@@ -114,16 +129,7 @@ pub async fn check(redis_url: &str, namespace: &str, ledger: &Ledger) -> anyhow:
             match state.as_deref() {
                 Some("applied") => {
                     verdict.applied += 1;
-                    let amount = tx.amount as i128;
-                    match tx.kind {
-                        Kind::Debit => *expected.entry(&tx.account).or_default() -= amount,
-                        Kind::Credit => *expected.entry(&tx.account).or_default() += amount,
-                        Kind::Transfer => {
-                            *expected.entry(&tx.account).or_default() -= amount;
-                            let to = tx.to.as_deref().unwrap_or_default();
-                            *expected.entry(to).or_default() += amount;
-                        }
-                    }
+                    apply_to(&mut expected, tx);
                 }
                 Some("rejected") => {
                     verdict.rejected += 1;
@@ -212,4 +218,19 @@ pub async fn check(redis_url: &str, namespace: &str, ledger: &Ledger) -> anyhow:
         }
     }
     Ok(verdict)
+}
+
+/// Moves `tx`'s amount in the expected balances.
+fn apply_to<'a>(expected: &mut HashMap<&'a str, i128>, tx: &'a SentTx) {
+    let amount = tx.amount as i128;
+    match tx.kind {
+        Kind::Debit => *expected.entry(&tx.account).or_default() -= amount,
+        Kind::Credit => *expected.entry(&tx.account).or_default() += amount,
+        Kind::Transfer => {
+            *expected.entry(&tx.account).or_default() -= amount;
+            *expected
+                .entry(tx.to.as_deref().unwrap_or_default())
+                .or_default() += amount;
+        }
+    }
 }

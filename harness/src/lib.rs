@@ -10,6 +10,7 @@
 //! - [`bare`]: the bare HTTP limit (an axum handler that only answers 202).
 //! - [`load`]: the goose load runner, consumer lag and drain.
 //! - [`wrk`]: the lean peak-capacity generator (Debian's wrk) and its output.
+//! - [`scenario`]: `scenarios/*.toml`: faults under load, judged by invariants.
 //! - [`report`]: JSON, Markdown and SVG load reports with machine facts.
 //! - [`invariants`]: what must hold after any run, read from Redis.
 
@@ -18,5 +19,6 @@ pub mod infra;
 pub mod invariants;
 pub mod load;
 pub mod report;
+pub mod scenario;
 pub mod stack;
 pub mod wrk;

@@ -320,6 +320,7 @@ pub async fn drive(target: Target, name: &str, profile: &LoadProfile) -> anyhow:
         start: HashMap::new(),
         accepted: std::mem::take(&mut *state.accepted.lock().expect("ledger lock")),
         refused: std::mem::take(&mut *state.refused.lock().expect("ledger lock")),
+        uncertain: Vec::new(),
     };
     Ok(Driven {
         result,

@@ -1,0 +1,713 @@
+//! Correctness scenarios: declarative files in `scenarios/` (TOML), run
+//! against real processes with real faults, judged by invariants.
+//!
+//! A run: an API process and `consumers` consumer processes (children, so
+//! they can be killed with -9), `accounts` funded through the admin setter,
+//! `concurrency` clients sending `count` transactions of the `mix`, retrying
+//! each on 409/503/connection errors with the same id as a real client would;
+//! `faults` fire when a given share of the transactions has been sent. Then
+//! everything is brought back, the group's lag must reach 0, and the
+//! invariants of [`crate::invariants`] plus the scenario's `expect` must hold.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rand::{Rng, SeedableRng};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use reqwest::StatusCode;
+use serde::Deserialize;
+use serde_json::json;
+use txengine::domain::MAX_MINOR_UNITS;
+use txengine::Role;
+
+use crate::infra::Infra;
+use crate::invariants::{self, Kind, Ledger, SentTx};
+use crate::load::{account_name, wait_drained};
+use crate::stack::{isolated_config, ConsumerProcess, EngineProcess};
+
+/// One scenario file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    /// What it proves, for the README table.
+    pub description: String,
+    pub accounts: Accounts,
+    pub mix: Mix,
+    pub load: Load,
+    #[serde(default)]
+    pub faults: Vec<Fault>,
+    #[serde(default)]
+    pub expect: Expect,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Accounts {
+    pub count: usize,
+    /// Starting balance of each account, minor units.
+    pub balance: u64,
+}
+
+/// Percentages of each kind (summing to 100) and the amount range.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mix {
+    #[serde(default)]
+    pub debit: u32,
+    #[serde(default)]
+    pub credit: u32,
+    #[serde(default)]
+    pub transfer: u32,
+    pub amount_min: u64,
+    pub amount_max: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Load {
+    /// Clients sending at once.
+    pub concurrency: usize,
+    /// Transactions in all.
+    pub count: usize,
+    /// Consumer processes in the group at the start.
+    #[serde(default = "one")]
+    pub consumers: usize,
+    /// Partitions of the topic.
+    #[serde(default = "four")]
+    pub partitions: i32,
+    /// Pause of each client between two transactions (ms), to spread the
+    /// load over the faults.
+    #[serde(default)]
+    pub pause_ms: u64,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn four() -> i32 {
+    4
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    /// Fires once this share (0..=100 %) of the transactions has been sent.
+    pub at_percent: u32,
+    pub kind: FaultKind,
+    /// Records to publish, for `poison` only.
+    pub count: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// kill -9 of one consumer process, and a new one in its place.
+    KillConsumer,
+    /// kill -9 of the API process, and a new one on the same port.
+    RestartApi,
+    /// kill -9 of Redis and a restart on its AOF.
+    RestartRedis,
+    /// kill -9 of the Kafka broker and a restart on its log dir.
+    RestartKafka,
+    /// One more consumer joins the group (rebalance).
+    AddConsumer,
+    /// One consumer leaves the group gracefully (rebalance).
+    RemoveConsumer,
+    /// `count` undecodable records published into the topic.
+    Poison,
+}
+
+/// Checks beyond the invariants, each optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    pub applied: Option<usize>,
+    pub rejected: Option<usize>,
+    /// Records in the DLQ topic.
+    pub dlq: Option<usize>,
+    /// POST every accepted transaction again (same id, same body): no money moves.
+    #[serde(default)]
+    pub duplicate_posts: bool,
+    /// Re-consume the whole topic from offset 0 in a new group: no money moves.
+    #[serde(default)]
+    pub replay_topic: bool,
+}
+
+impl Scenario {
+    /// Reads and validates a scenario file; errors name the file and field.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("scenario file {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let scenario: Scenario = toml::from_str(text)?;
+        scenario.validate()?;
+        Ok(scenario)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let m = &self.mix;
+        if m.debit + m.credit + m.transfer != 100 {
+            bail!(
+                "mix: debit + credit + transfer must be 100, got {}",
+                m.debit + m.credit + m.transfer
+            );
+        }
+        if !(1..=MAX_MINOR_UNITS).contains(&m.amount_min)
+            || m.amount_min > m.amount_max
+            || m.amount_max > MAX_MINOR_UNITS
+        {
+            bail!(
+                "mix: need 1 <= amount_min <= amount_max <= 2^53-1, got {}..={}",
+                m.amount_min,
+                m.amount_max
+            );
+        }
+        if self.accounts.count == 0 || (m.transfer > 0 && self.accounts.count < 2) {
+            bail!("accounts.count: need at least 1 account, and 2 for transfers");
+        }
+        if self.accounts.balance > MAX_MINOR_UNITS {
+            bail!("accounts.balance: must be at most 2^53-1");
+        }
+        if self.load.concurrency == 0
+            || self.load.count == 0
+            || self.load.consumers == 0
+            || self.load.partitions < 1
+        {
+            bail!("load: concurrency, count, consumers and partitions must be at least 1");
+        }
+        for (i, f) in self.faults.iter().enumerate() {
+            if f.at_percent > 100 {
+                bail!(
+                    "faults[{i}].at_percent: must be 0..=100, got {}",
+                    f.at_percent
+                );
+            }
+            match (f.kind, f.count) {
+                (FaultKind::Poison, None) => bail!("faults[{i}].count: poison needs a count"),
+                (FaultKind::Poison, Some(_)) | (_, None) => {}
+                (kind, Some(_)) => {
+                    bail!("faults[{i}].count: only poison takes a count, not {kind:?}")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// True if a fault needs the local provider (processes it can kill).
+    pub fn needs_local_infra(&self) -> bool {
+        self.faults
+            .iter()
+            .any(|f| matches!(f.kind, FaultKind::RestartRedis | FaultKind::RestartKafka))
+    }
+
+    /// The `i`-th transaction of the run: a pure function of the seed and `i`.
+    fn transaction(&self, run: &str, i: usize) -> SentTx {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(i as u64 ^ 0x5eed);
+        let roll = rng.random_range(0..100);
+        let kind = if roll < self.mix.debit {
+            Kind::Debit
+        } else if roll < self.mix.debit + self.mix.credit {
+            Kind::Credit
+        } else {
+            Kind::Transfer
+        };
+        let n = self.accounts.count;
+        let from = rng.random_range(0..n);
+        let to =
+            (kind == Kind::Transfer).then(|| account_name((from + rng.random_range(1..n)) % n));
+        SentTx {
+            id: format!("{run}-{i}"),
+            kind,
+            account: account_name(from),
+            to,
+            amount: rng.random_range(self.mix.amount_min..=self.mix.amount_max),
+            accepted_at_ms: 0,
+        }
+    }
+}
+
+/// What a run found.
+#[derive(Debug)]
+pub struct Outcome {
+    pub verdict: invariants::Verdict,
+    pub elapsed: Duration,
+    /// Problems beyond the invariants (expectations, replays, lag).
+    pub failures: Vec<String>,
+}
+
+impl Outcome {
+    pub fn passed(&self) -> bool {
+        self.verdict.holds() && self.failures.is_empty()
+    }
+
+    /// Everything that went wrong, for a test failure message.
+    pub fn explain(&self) -> String {
+        let mut lines: Vec<String> = self.verdict.violations.iter().take(30).cloned().collect();
+        lines.extend(self.failures.iter().cloned());
+        lines.join("\n")
+    }
+}
+
+/// The processes of one run.
+struct Topology {
+    exe: std::path::PathBuf,
+    config: txengine::Config,
+    api: Option<EngineProcess>,
+    consumers: Vec<ConsumerProcess>,
+}
+
+impl Topology {
+    async fn restart_api(&mut self) -> anyhow::Result<()> {
+        if let Some(api) = self.api.take() {
+            api.kill();
+        }
+        let mut config = self.config.clone();
+        config.role = Role::Api;
+        self.api = Some(EngineProcess::spawn(&self.exe, config).await?);
+        Ok(())
+    }
+
+    fn add_consumer(&mut self) -> anyhow::Result<()> {
+        self.consumers
+            .push(ConsumerProcess::spawn(&self.exe, self.config.clone())?);
+        Ok(())
+    }
+}
+
+/// Runs one scenario on `infra`. `exe` is the harness binary (it runs the
+/// engine processes). Only a failure to run is an `Err`; broken invariants
+/// are in the returned [`Outcome`].
+pub async fn run(scenario: &Scenario, infra: &Infra, exe: &Path) -> anyhow::Result<Outcome> {
+    let started = Instant::now();
+    if scenario.needs_local_infra() && infra.redis.is_none() {
+        bail!(
+            "scenario {} injects Redis/Kafka faults, which need TXENGINE_INFRA=local",
+            scenario.name
+        );
+    }
+    let mut config = isolated_config(infra, &scenario.name);
+    config.partitions = scenario.load.partitions;
+    config.listen = format!("127.0.0.1:{}", crate::infra::process::free_port()?).parse()?;
+    // Short leases, so a killed API's claims free up quickly for retries.
+    config.lease_ms = 2_000;
+    config.publish_timeout_ms = 3_000;
+    let mut topology = Topology {
+        exe: exe.to_owned(),
+        config: config.clone(),
+        api: None,
+        consumers: Vec::new(),
+    };
+    topology.restart_api().await?;
+    for _ in 0..scenario.load.consumers {
+        topology.add_consumer()?;
+    }
+    let url = topology.api.as_ref().expect("started").url.clone();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+
+    let mut ledger = Ledger::default();
+    for i in 0..scenario.accounts.count {
+        let account = account_name(i);
+        let response = http
+            .put(format!("{url}/balance/{account}"))
+            .bearer_auth(config.admin_token.as_deref().unwrap_or_default())
+            .json(&json!({ "balance": scenario.accounts.balance }))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status() == StatusCode::OK,
+            "funding {account}: {}",
+            response.status()
+        );
+        ledger.start.insert(account, scenario.accounts.balance);
+    }
+
+    // Clients and faults run side by side.
+    let run_tag = format!(
+        "{}-{}",
+        scenario.name,
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    );
+    let sent = Arc::new(AtomicUsize::new(0));
+    let results = Arc::new(Mutex::new(ClientResults::default()));
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..scenario.load.concurrency {
+        let (scenario, url, http, sent, results, run_tag) = (
+            scenario.clone(),
+            url.clone(),
+            http.clone(),
+            sent.clone(),
+            results.clone(),
+            run_tag.clone(),
+        );
+        clients.spawn(async move {
+            loop {
+                let i = sent.fetch_add(1, Ordering::SeqCst);
+                if i >= scenario.load.count {
+                    return;
+                }
+                let tx = scenario.transaction(&run_tag, i);
+                let verdict = send_until_answered(&http, &url, &tx).await;
+                results.lock().expect("results lock").record(tx, verdict);
+                if scenario.load.pause_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(scenario.load.pause_ms)).await;
+                }
+            }
+        });
+    }
+    let mut failures = Vec::new();
+    let mut faults = scenario.faults.clone();
+    faults.sort_by_key(|f| f.at_percent);
+    for fault in &faults {
+        let threshold = scenario.load.count * fault.at_percent as usize / 100;
+        while sent.load(Ordering::SeqCst) < threshold && !clients.is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        eprintln!(
+            "  [{}] fault at {}%: {:?}",
+            scenario.name, fault.at_percent, fault.kind
+        );
+        inject(fault, &mut topology, infra).await?;
+    }
+    while let Some(joined) = clients.join_next().await {
+        joined?;
+    }
+    // Everything back: the API up (it is), at least one consumer.
+    if topology.consumers.is_empty() {
+        topology.add_consumer()?;
+    }
+    let drain = wait_drained(
+        &infra.kafka_brokers,
+        &config.group,
+        &config.topic,
+        Duration::from_secs(180),
+    )
+    .await;
+    if let Err(e) = drain {
+        failures.push(format!("consumer lag did not return to 0: {e:#}"));
+    }
+
+    let results = std::mem::take(&mut *results.lock().expect("results lock"));
+    ledger.accepted = results.accepted;
+    ledger.refused = results.refused;
+    ledger.uncertain = results.uncertain;
+    let verdict = invariants::check(&infra.redis_url, &config.namespace, &ledger).await?;
+    check_expectations(scenario, &verdict, &mut failures);
+    if let Some(dlq) = scenario.expect.dlq {
+        let found = topic_size(&infra.kafka_brokers, &config.dlq_topic)?;
+        if found != dlq as i64 {
+            failures.push(format!("DLQ holds {found} records, expected {dlq}"));
+        }
+    }
+
+    let before = balances(&http, &url, scenario.accounts.count).await?;
+    if scenario.expect.duplicate_posts {
+        for tx in &ledger.accepted {
+            let (status, body) = post(&http, &url, tx).await?;
+            if status != StatusCode::OK && status != StatusCode::ACCEPTED {
+                failures.push(format!(
+                    "duplicate POST of {} answered {status} {body}",
+                    tx.id
+                ));
+            }
+        }
+        if let Err(e) = wait_drained(
+            &infra.kafka_brokers,
+            &config.group,
+            &config.topic,
+            Duration::from_secs(60),
+        )
+        .await
+        {
+            failures.push(format!("lag after duplicate POSTs: {e:#}"));
+        }
+    }
+    if scenario.expect.replay_topic {
+        let mut replay = config.clone();
+        replay.group = format!("{}-replay", config.group);
+        let consumer = ConsumerProcess::spawn(exe, replay.clone())?;
+        if let Err(e) = wait_drained(
+            &infra.kafka_brokers,
+            &replay.group,
+            &replay.topic,
+            Duration::from_secs(120),
+        )
+        .await
+        {
+            failures.push(format!("replay group did not drain: {e:#}"));
+        }
+        consumer.terminate(Duration::from_secs(10));
+    }
+    let after = balances(&http, &url, scenario.accounts.count).await?;
+    if (scenario.expect.duplicate_posts || scenario.expect.replay_topic) && before != after {
+        let moved: Vec<String> = before
+            .iter()
+            .filter(|(a, b)| after.get(*a) != Some(b))
+            .map(|(a, b)| format!("{a}: {b} -> {:?}", after.get(a)))
+            .collect();
+        failures.push(format!("replays moved money: {moved:?}"));
+    }
+
+    if let Some(api) = topology.api.take() {
+        api.terminate(Duration::from_secs(10));
+    }
+    for consumer in topology.consumers.drain(..) {
+        consumer.terminate(Duration::from_secs(10));
+    }
+    Ok(Outcome {
+        verdict,
+        elapsed: started.elapsed(),
+        failures,
+    })
+}
+
+async fn inject(fault: &Fault, topology: &mut Topology, infra: &Infra) -> anyhow::Result<()> {
+    match fault.kind {
+        FaultKind::KillConsumer => {
+            if !topology.consumers.is_empty() {
+                topology.consumers.remove(0).kill();
+            }
+            topology.add_consumer()?;
+        }
+        FaultKind::RestartApi => topology.restart_api().await?,
+        FaultKind::RestartRedis => tokio::task::block_in_place(|| infra.restart_redis())?,
+        FaultKind::RestartKafka => tokio::task::block_in_place(|| infra.restart_kafka())?,
+        FaultKind::AddConsumer => topology.add_consumer()?,
+        FaultKind::RemoveConsumer => {
+            if topology.consumers.len() > 1 {
+                topology
+                    .consumers
+                    .remove(0)
+                    .terminate(Duration::from_secs(15));
+            }
+        }
+        FaultKind::Poison => {
+            let count = fault.count.unwrap_or(0);
+            let producer: FutureProducer = ClientConfig::new()
+                .set("bootstrap.servers", &infra.kafka_brokers)
+                .create()?;
+            for i in 0..count {
+                let payload = format!("poison record {i}: not a transaction");
+                producer
+                    .send(
+                        FutureRecord::to(&topology.config.topic)
+                            .key("poison")
+                            .payload(&payload),
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    .map_err(|(e, _)| e)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_expectations(
+    scenario: &Scenario,
+    verdict: &invariants::Verdict,
+    failures: &mut Vec<String>,
+) {
+    if let Some(applied) = scenario.expect.applied {
+        if verdict.applied != applied {
+            failures.push(format!(
+                "{} applied, expected exactly {applied}",
+                verdict.applied
+            ));
+        }
+    }
+    if let Some(rejected) = scenario.expect.rejected {
+        if verdict.rejected != rejected {
+            failures.push(format!(
+                "{} rejected, expected exactly {rejected}",
+                verdict.rejected
+            ));
+        }
+    }
+    let only_transfers = scenario.mix.transfer == 100;
+    if only_transfers && verdict.start_total != verdict.end_total {
+        failures.push(format!(
+            "transfers only, yet the total moved from {} to {}",
+            verdict.start_total, verdict.end_total
+        ));
+    }
+}
+
+/// How a client's attempts at one transaction ended.
+enum Answer {
+    Accepted,
+    Refused,
+    /// No answer ever came (the API stayed unreachable): it may or may not
+    /// have been published.
+    Unknown,
+}
+
+#[derive(Default)]
+struct ClientResults {
+    accepted: Vec<SentTx>,
+    refused: Vec<String>,
+    uncertain: Vec<SentTx>,
+}
+
+impl ClientResults {
+    fn record(&mut self, tx: SentTx, answer: Answer) {
+        match answer {
+            Answer::Accepted => self.accepted.push(tx),
+            Answer::Refused => self.refused.push(tx.id),
+            Answer::Unknown => self.uncertain.push(tx),
+        }
+    }
+}
+
+async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    tx: &SentTx,
+) -> anyhow::Result<(StatusCode, String)> {
+    let body = json!({"id": tx.id, "type": tx.kind.as_str(), "account": tx.account, "to": tx.to, "amount": tx.amount});
+    let response = http
+        .post(format!("{url}/transactions"))
+        .json(&body)
+        .send()
+        .await?;
+    Ok((response.status(), response.text().await.unwrap_or_default()))
+}
+
+/// Sends one transaction like a careful client: the same id again after a
+/// 409, a 503 or a lost connection, for up to a minute.
+async fn send_until_answered(http: &reqwest::Client, url: &str, tx: &SentTx) -> Answer {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        match post(http, url, tx).await {
+            Ok((StatusCode::OK | StatusCode::ACCEPTED, _)) => return Answer::Accepted,
+            Ok((StatusCode::CONFLICT | StatusCode::SERVICE_UNAVAILABLE, _)) | Err(_) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(_) => return Answer::Refused,
+        }
+    }
+    Answer::Unknown
+}
+
+async fn balances(
+    http: &reqwest::Client,
+    url: &str,
+    accounts: usize,
+) -> anyhow::Result<HashMap<String, u64>> {
+    let mut all = HashMap::new();
+    for i in 0..accounts {
+        let account = account_name(i);
+        let body: serde_json::Value = http
+            .get(format!("{url}/balance/{account}"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        all.insert(account, body["balance"].as_u64().unwrap_or(0));
+    }
+    Ok(all)
+}
+
+/// Records in a topic (high - low watermark over its partitions).
+fn topic_size(brokers: &str, topic: &str) -> anyhow::Result<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let timeout = Duration::from_secs(5);
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let mut total = 0;
+    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        let (low, high) = consumer.fetch_watermarks(topic, partition.id(), timeout)?;
+        total += high - low;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = r#"
+name = "t"
+description = "d"
+[accounts]
+count = 2
+balance = 100
+[mix]
+transfer = 100
+amount_min = 1
+amount_max = 10
+[load]
+concurrency = 2
+count = 10
+[[faults]]
+at_percent = 50
+kind = "kill_consumer"
+[[faults]]
+at_percent = 60
+kind = "poison"
+count = 3
+"#;
+
+    #[test]
+    fn a_valid_file_parses() {
+        let s = Scenario::parse(VALID).unwrap();
+        assert_eq!(s.faults.len(), 2);
+        assert_eq!(
+            (s.faults[1].kind, s.faults[1].count),
+            (FaultKind::Poison, Some(3))
+        );
+        assert_eq!(s.load.consumers, 1);
+    }
+
+    fn error_of(text: &str) -> String {
+        format!("{:#}", Scenario::parse(text).unwrap_err())
+    }
+
+    #[test]
+    fn bad_files_get_errors_naming_the_field() {
+        assert!(error_of(&VALID.replace("count = 10", "count = \"ten\"")).contains("count"));
+        assert!(
+            error_of(&VALID.replace("balance = 100", "balance = 100\nlimit = 3")).contains("limit")
+        );
+        assert!(error_of(&VALID.replace("transfer = 100", "transfer = 90")).contains("mix"));
+        assert!(error_of(&VALID.replace("amount_min = 1", "amount_min = 0")).contains("amount_min"));
+        assert!(
+            error_of(&VALID.replace("kind = \"kill_consumer\"", "kind = \"explode\""))
+                .contains("explode")
+        );
+        assert!(
+            error_of(&VALID.replace("at_percent = 50", "at_percent = 150"))
+                .contains("faults[0].at_percent")
+        );
+        assert!(error_of(&VALID.replace("count = 3\n", "")).contains("faults[1].count"));
+        assert!(
+            error_of(&VALID.replace("[load]\nconcurrency = 2\n", "[load]\n"))
+                .contains("concurrency")
+        );
+        assert!(error_of(&VALID.replace("count = 2\n", "count = 1\n")).contains("accounts.count"));
+    }
+
+    #[test]
+    fn transactions_are_a_pure_function_of_the_index() {
+        let s = Scenario::parse(VALID).unwrap();
+        let a = s.transaction("run", 7);
+        let b = s.transaction("run", 7);
+        assert_eq!(
+            (a.id, a.account, a.to, a.amount),
+            (b.id, b.account, b.to, b.amount)
+        );
+    }
+}
