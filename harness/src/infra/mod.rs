@@ -7,6 +7,8 @@
 //!
 //! `TXENGINE_INFRA=local|docker|external` forces one; unset, `external` is
 //! used if both addresses are set, else `docker` if a daemon answers, else `local`.
+//! `TXENGINE_REDIS_APPENDFSYNC` (`everysec` by default, or `always`) sets the
+//! local Redis's AOF fsync policy.
 
 pub mod docker;
 pub mod local;
@@ -64,7 +66,9 @@ impl Infra {
     pub fn start(provider: Provider) -> anyhow::Result<Self> {
         match provider {
             Provider::Local => {
-                let redis = LocalRedis::start("everysec")?;
+                // `TXENGINE_REDIS_APPENDFSYNC=always` measures the stricter policy.
+                let fsync = std::env::var("TXENGINE_REDIS_APPENDFSYNC").unwrap_or_else(|_| "everysec".into());
+                let redis = LocalRedis::start(&fsync)?;
                 let kafka = LocalKafka::start()?;
                 Ok(Self {
                     provider,
