@@ -108,6 +108,20 @@ struct RunState {
 }
 
 impl RunState {
+    fn new(target: Target, profile: &LoadProfile, name: &str) -> Self {
+        Self {
+            target,
+            profile: profile.clone(),
+            run_tag: format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            next_id: AtomicU64::new(0),
+            started: Instant::now(),
+            buckets: Mutex::new(Vec::new()),
+            errors_by_kind: Mutex::new(BTreeMap::new()),
+            accepted: Mutex::new(Vec::new()),
+            refused: Mutex::new(Vec::new()),
+        }
+    }
+
     fn next_tx(&self) -> SentTx {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut rng = rand::rng();
@@ -242,17 +256,7 @@ pub struct Driven {
 /// Drives `target` with goose under `profile`, printing a progress line
 /// every 5 s.
 pub async fn drive(target: Target, name: &str, profile: &LoadProfile) -> anyhow::Result<Driven> {
-    let state = Arc::new(RunState {
-        target: target.clone(),
-        profile: profile.clone(),
-        run_tag: format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
-        next_id: AtomicU64::new(0),
-        started: Instant::now(),
-        buckets: Mutex::new(Vec::new()),
-        errors_by_kind: Mutex::new(BTreeMap::new()),
-        accepted: Mutex::new(Vec::new()),
-        refused: Mutex::new(Vec::new()),
-    });
+    let state = Arc::new(RunState::new(target.clone(), profile, name));
     *current_run().lock().expect("run lock") = Some(state.clone());
     let host = match &target {
         Target::Http { base_url } => base_url.clone(),
@@ -432,22 +436,13 @@ pub async fn publish_backlog(
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "1000000")
         .create()?;
-    let state = RunState {
-        target: Target::Http {
+    let state = RunState::new(
+        Target::Http {
             base_url: String::new(),
         },
-        profile: profile.clone(),
-        run_tag: format!(
-            "backlog-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        ),
-        next_id: AtomicU64::new(0),
-        started: Instant::now(),
-        buckets: Mutex::new(Vec::new()),
-        errors_by_kind: Mutex::new(BTreeMap::new()),
-        accepted: Mutex::new(Vec::new()),
-        refused: Mutex::new(Vec::new()),
-    };
+        profile,
+        "backlog",
+    );
     let mut sent = Vec::with_capacity(count);
     let mut deliveries = Vec::with_capacity(10_000);
     for i in 0..count {

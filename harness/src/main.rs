@@ -590,7 +590,7 @@ async fn run_backlog(count: usize, accounts: usize, partitions: i32) -> anyhow::
     config.role = txengine::Role::Consumer;
     let exe = std::env::current_exe()?;
     let started = std::time::Instant::now();
-    let consumer = harness::stack::ConsumerProcess::spawn(&exe, config.clone())?;
+    let consumer = EngineProcess::spawn_consumer(&exe, config.clone()).await?;
     let cpu_before = cpu_time_us(consumer.pid());
     let drained = load::wait_drained(
         &infra.kafka_brokers,

@@ -29,7 +29,7 @@ use txengine::Role;
 use crate::infra::Infra;
 use crate::invariants::{self, Kind, Ledger, SentTx};
 use crate::load::{account_name, wait_drained};
-use crate::stack::{isolated_config, ConsumerProcess, EngineProcess};
+use crate::stack::{isolated_config, EngineProcess};
 
 /// One scenario file.
 #[derive(Debug, Clone, Deserialize)]
@@ -264,7 +264,7 @@ struct Topology {
     exe: std::path::PathBuf,
     config: txengine::Config,
     api: Option<EngineProcess>,
-    consumers: Vec<ConsumerProcess>,
+    consumers: Vec<EngineProcess>,
 }
 
 impl Topology {
@@ -278,9 +278,9 @@ impl Topology {
         Ok(())
     }
 
-    fn add_consumer(&mut self) -> anyhow::Result<()> {
+    async fn add_consumer(&mut self) -> anyhow::Result<()> {
         self.consumers
-            .push(ConsumerProcess::spawn(&self.exe, self.config.clone())?);
+            .push(EngineProcess::spawn_consumer(&self.exe, self.config.clone()).await?);
         Ok(())
     }
 }
@@ -310,7 +310,7 @@ pub async fn run(scenario: &Scenario, infra: &Infra, exe: &Path) -> anyhow::Resu
     };
     topology.restart_api().await?;
     for _ in 0..scenario.load.consumers {
-        topology.add_consumer()?;
+        topology.add_consumer().await?;
     }
     let url = topology.api.as_ref().expect("started").url.clone();
     let http = reqwest::Client::builder()
@@ -386,7 +386,7 @@ pub async fn run(scenario: &Scenario, infra: &Infra, exe: &Path) -> anyhow::Resu
     }
     // Everything back: the API up (it is), at least one consumer.
     if topology.consumers.is_empty() {
-        topology.add_consumer()?;
+        topology.add_consumer().await?;
     }
     let drain = wait_drained(
         &infra.kafka_brokers,
@@ -437,7 +437,7 @@ pub async fn run(scenario: &Scenario, infra: &Infra, exe: &Path) -> anyhow::Resu
     if scenario.expect.replay_topic {
         let mut replay = config.clone();
         replay.group = format!("{}-replay", config.group);
-        let consumer = ConsumerProcess::spawn(exe, replay.clone())?;
+        let consumer = EngineProcess::spawn_consumer(exe, replay.clone()).await?;
         if let Err(e) = wait_drained(
             &infra.kafka_brokers,
             &replay.group,
@@ -479,12 +479,12 @@ async fn inject(fault: &Fault, topology: &mut Topology, infra: &Infra) -> anyhow
             if !topology.consumers.is_empty() {
                 topology.consumers.remove(0).kill();
             }
-            topology.add_consumer()?;
+            topology.add_consumer().await?;
         }
         FaultKind::RestartApi => topology.restart_api().await?,
         FaultKind::RestartRedis => tokio::task::block_in_place(|| infra.restart_redis())?,
         FaultKind::RestartKafka => tokio::task::block_in_place(|| infra.restart_kafka())?,
-        FaultKind::AddConsumer => topology.add_consumer()?,
+        FaultKind::AddConsumer => topology.add_consumer().await?,
         FaultKind::RemoveConsumer => {
             if topology.consumers.len() > 1 {
                 topology

@@ -165,13 +165,16 @@ async fn read(response: reqwest::Response) -> anyhow::Result<(StatusCode, Value)
 /// killed with -9 and so that a load generator does not share its runtime.
 pub struct EngineProcess {
     pub config: Config,
+    /// The API's base URL; empty for a consumer-only process.
     pub url: String,
     process: crate::infra::process::Supervised,
     _log_dir: tempfile::TempDir,
 }
 
 impl EngineProcess {
-    /// Starts `exe engine <flags of config>` and waits for `/ready`.
+    /// Starts `exe engine <flags of config>`; with an API role, waits for
+    /// `/ready` (a consumer-only process serves no HTTP: its progress shows
+    /// as consumer lag).
     /// `exe` is the harness binary (`std::env::current_exe()` from it,
     /// `env!("CARGO_BIN_EXE_harness")` from its tests).
     pub async fn spawn(exe: &std::path::Path, config: Config) -> anyhow::Result<Self> {
@@ -185,15 +188,28 @@ impl EngineProcess {
         }
         let log = log_dir.path().join("engine.log");
         let process = crate::infra::process::Supervised::spawn("engine", command, &log)?;
-        let url = format!("http://{}", config.listen);
+        let serves_http = config.role != Role::Consumer;
+        let url = if serves_http {
+            format!("http://{}", config.listen)
+        } else {
+            String::new()
+        };
         let engine = Self {
             config,
             url,
             process,
             _log_dir: log_dir,
         };
-        engine.wait_ready(Duration::from_secs(60)).await?;
+        if serves_http {
+            engine.wait_ready(Duration::from_secs(60)).await?;
+        }
         Ok(engine)
+    }
+
+    /// A consumer-only engine process for `config`'s group.
+    pub async fn spawn_consumer(exe: &std::path::Path, mut config: Config) -> anyhow::Result<Self> {
+        config.role = Role::Consumer;
+        Self::spawn(exe, config).await
     }
 
     async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
@@ -228,49 +244,6 @@ impl EngineProcess {
     }
 
     /// kill -9: no drain, no final commit.
-    pub fn kill(mut self) {
-        self.process.kill();
-    }
-}
-
-/// A consumer-only engine in a child process (no HTTP, so no readiness
-/// probe: it is running once spawned; progress shows as consumer lag).
-pub struct ConsumerProcess {
-    process: crate::infra::process::Supervised,
-    _log_dir: tempfile::TempDir,
-}
-
-impl ConsumerProcess {
-    pub fn spawn(exe: &std::path::Path, mut config: Config) -> anyhow::Result<Self> {
-        config.role = Role::Consumer;
-        let log_dir = tempfile::Builder::new()
-            .prefix("txengine-consumer-")
-            .tempdir()?;
-        let mut command = std::process::Command::new(exe);
-        command.arg("engine").args(engine_args(&config));
-        let process = crate::infra::process::Supervised::spawn(
-            "consumer",
-            command,
-            &log_dir.path().join("consumer.log"),
-        )?;
-        Ok(Self {
-            process,
-            _log_dir: log_dir,
-        })
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.process.pid()
-    }
-
-    pub fn log_tail(&self, lines: usize) -> String {
-        self.process.log_tail(lines)
-    }
-
-    pub fn terminate(mut self, grace: Duration) {
-        self.process.terminate(grace);
-    }
-
     pub fn kill(mut self) {
         self.process.kill();
     }

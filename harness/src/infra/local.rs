@@ -93,6 +93,30 @@ fn wait_until(what: &str, mut ready: impl FnMut() -> bool, log: &Path) -> anyhow
     )
 }
 
+/// A local service process that can be killed with -9 and started again on
+/// the same ports and data dir (Redis replays its AOF, Kafka its log).
+pub trait LocalService {
+    fn process(&mut self) -> &mut Option<Supervised>;
+    /// Starts the process and waits until it answers.
+    fn launch(&mut self) -> anyhow::Result<()>;
+
+    fn pid(&mut self) -> Option<u32> {
+        self.process().as_ref().and_then(Supervised::pid)
+    }
+
+    /// kill -9: no shutdown, no final flush.
+    fn kill(&mut self) {
+        if let Some(mut p) = self.process().take() {
+            p.kill();
+        }
+    }
+
+    fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.launch()
+    }
+}
+
 /// A `redis-server` with AOF on, in its own temp dir.
 pub struct LocalRedis {
     process: Option<Supervised>,
@@ -114,6 +138,16 @@ impl LocalRedis {
         };
         redis.launch()?;
         Ok(redis)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl LocalService for LocalRedis {
+    fn process(&mut self) -> &mut Option<Supervised> {
+        &mut self.process
     }
 
     fn launch(&mut self) -> anyhow::Result<()> {
@@ -140,27 +174,6 @@ impl LocalRedis {
             },
             &log,
         )
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.process.as_ref().and_then(Supervised::pid)
-    }
-
-    /// kill -9: no shutdown save; what survives is what the AOF had.
-    pub fn kill(&mut self) {
-        if let Some(mut p) = self.process.take() {
-            p.kill();
-        }
-    }
-
-    /// Starts again on the same port and data dir; the AOF is replayed.
-    pub fn restart(&mut self) -> anyhow::Result<()> {
-        self.kill();
-        self.launch()
     }
 }
 
@@ -237,6 +250,16 @@ impl LocalKafka {
         Ok(())
     }
 
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl LocalService for LocalKafka {
+    fn process(&mut self) -> &mut Option<Supervised> {
+        &mut self.process
+    }
+
     fn launch(&mut self) -> anyhow::Result<()> {
         let mut command = self.java();
         command
@@ -264,27 +287,6 @@ impl LocalKafka {
             },
             if kafka_log.exists() { &kafka_log } else { &log },
         )
-    }
-
-    pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.process.as_ref().and_then(Supervised::pid)
-    }
-
-    /// kill -9 of the broker.
-    pub fn kill(&mut self) {
-        if let Some(mut p) = self.process.take() {
-            p.kill();
-        }
-    }
-
-    /// Starts again on the same ports and log dir.
-    pub fn restart(&mut self) -> anyhow::Result<()> {
-        self.kill();
-        self.launch()
     }
 }
 

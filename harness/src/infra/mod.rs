@@ -18,7 +18,7 @@ use std::sync::{Mutex, OnceLock};
 
 use anyhow::{bail, Context};
 
-pub use local::{LocalKafka, LocalRedis};
+pub use local::{LocalKafka, LocalRedis, LocalService};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Provider {
@@ -67,7 +67,8 @@ impl Infra {
         match provider {
             Provider::Local => {
                 // `TXENGINE_REDIS_APPENDFSYNC=always` measures the stricter policy.
-                let fsync = std::env::var("TXENGINE_REDIS_APPENDFSYNC").unwrap_or_else(|_| "everysec".into());
+                let fsync = std::env::var("TXENGINE_REDIS_APPENDFSYNC")
+                    .unwrap_or_else(|_| "everysec".into());
                 let redis = LocalRedis::start(&fsync)?;
                 let kafka = LocalKafka::start()?;
                 Ok(Self {

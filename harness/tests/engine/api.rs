@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use harness::infra::LocalService;
 use harness::stack::{isolated_config, Stack};
 use reqwest::StatusCode;
 use rstest::rstest;

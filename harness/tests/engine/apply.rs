@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use harness::infra::LocalService;
 use rstest::rstest;
 use txengine::domain::{
     AccountId, Amount, Balance, Movement, Outcome, RejectReason, Transaction, TxId, MAX_MINOR_UNITS,
