@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -29,7 +29,14 @@ fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
+            // Real histograms (not summaries) for every `*_seconds` metric, so
+            // dashboards can aggregate them over instances.
+            const SECONDS_BUCKETS: &[f64] = &[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ];
             PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+                .expect("non-empty buckets")
                 .install_recorder()
                 .expect("no other metrics recorder is installed")
         })
@@ -80,7 +87,7 @@ impl Engine {
                 publisher: publisher.clone(),
                 admin_token,
                 retry_after_secs: config.retry_after_secs,
-                metrics,
+                metrics: metrics.clone(),
             });
             let mut stop = shutdown_rx.clone();
             tasks.spawn(async move {
@@ -96,6 +103,22 @@ impl Engine {
                 Ok(())
             });
             tracing::info!(addr = %addr.expect("just set"), "api listening");
+        }
+        if let (Role::Consumer, Some(listen)) = (config.role, config.metrics_listen) {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
+            let router = http::metrics_router(metrics.clone());
+            let mut stop = shutdown_rx.clone();
+            tasks.spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|stopped| *stopped).await;
+                    })
+                    .await?;
+                Ok(())
+            });
+            tracing::info!(%listen, "consumer metrics listening");
         }
         if matches!(config.role, Role::Consumer | Role::All) {
             let consumer = TxConsumer::new(

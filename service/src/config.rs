@@ -32,6 +32,11 @@ pub struct Config {
     #[arg(long, env = "TXENGINE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// Address for `/metrics` and `/health` of a consumer-only process (the
+    /// API serves them on `--listen`). Unset: no metrics listener.
+    #[arg(long, env = "TXENGINE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Redis URL.
     #[arg(
         long,

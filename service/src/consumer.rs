@@ -6,10 +6,12 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
 use rdkafka::util::Timeout;
 use rdkafka::ClientConfig;
 use tokio::sync::watch;
@@ -34,8 +36,34 @@ pub struct ConsumerSettings<'a> {
     pub batch_size: usize,
 }
 
+/// Publishes librdkafka's statistics as metrics: lag per assigned partition
+/// (records not yet stored by this consumer) and rebalances.
+pub struct LagReporter;
+
+impl ClientContext for LagReporter {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, stats) in &statistics.topics {
+            for (partition, p) in &stats.partitions {
+                // -1 is librdkafka's internal "UA" partition; lag < 0 is unknown.
+                if *partition < 0 || !p.desired || p.consumer_lag_stored < 0 {
+                    continue;
+                }
+                metrics::gauge!("txengine_consumer_lag", "topic" => topic.clone(), "partition" => partition.to_string())
+                    .set(p.consumer_lag_stored as f64);
+            }
+        }
+        if let Some(group) = &statistics.cgrp {
+            metrics::gauge!("txengine_consumer_rebalances").set(group.rebalance_cnt as f64);
+            metrics::gauge!("txengine_consumer_assigned_partitions")
+                .set(group.assignment_size as f64);
+        }
+    }
+}
+
+impl ConsumerContext for LagReporter {}
+
 pub struct TxConsumer {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<LagReporter>,
     dlq: FutureProducer,
     dlq_topic: String,
     store: Store,
@@ -44,7 +72,7 @@ pub struct TxConsumer {
 
 impl TxConsumer {
     pub fn new(settings: ConsumerSettings<'_>, store: Store) -> Result<Self, KafkaError> {
-        let consumer: StreamConsumer = ClientConfig::new()
+        let consumer: StreamConsumer<LagReporter> = ClientConfig::new()
             .set("bootstrap.servers", settings.brokers)
             .set("group.id", settings.group)
             .set("auto.offset.reset", "earliest")
@@ -59,7 +87,8 @@ impl TxConsumer {
             // or 10 ms passed. Saves broker CPU under load; adds <= 10 ms idle.
             .set("fetch.min.bytes", "65536")
             .set("fetch.wait.max.ms", "10")
-            .create()?;
+            .set("statistics.interval.ms", "5000")
+            .create_with_context(LagReporter)?;
         consumer.subscribe(&[settings.topic])?;
         let dlq: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", settings.brokers)

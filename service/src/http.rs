@@ -464,11 +464,25 @@ async fn ready(State(api): State<Arc<ApiState>>) -> Response {
 }
 
 async fn render_metrics(State(api): State<Arc<ApiState>>) -> Response {
+    prometheus_text(&api.metrics)
+}
+
+fn prometheus_text(handle: &PrometheusHandle) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        api.metrics.render(),
+        handle.render(),
     )
         .into_response()
+}
+
+/// `/metrics` and `/health` alone, for a consumer-only process.
+pub fn metrics_router(handle: PrometheusHandle) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || async move { prometheus_text(&handle) }),
+        )
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
 }
 
 /// Counts requests and times them, by route and status.

@@ -1,0 +1,87 @@
+//! The Docker files cannot be built here (no Docker engine), so their
+//! promises are checked statically: the image builds the binary the tests
+//! use, and the dashboard only asks for metrics the service emits.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The Dockerfile's Rust is the Rust the tests are built with, and it
+/// builds the same package with the same profile and the lock file.
+#[test]
+fn dockerfile_builds_what_the_tests_use() {
+    let dockerfile = read("Dockerfile");
+    let pinned = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("ARG RUST_VERSION="))
+        .expect("ARG RUST_VERSION in the Dockerfile");
+    let rustc = Command::new("rustc")
+        .arg("--version")
+        .output()
+        .expect("rustc");
+    let rustc = String::from_utf8_lossy(&rustc.stdout);
+    assert!(
+        rustc.starts_with(&format!("rustc {pinned} ")),
+        "Dockerfile pins Rust {pinned}, tests run on {rustc}"
+    );
+    assert!(dockerfile.contains("cargo build --release --locked -p txengine"));
+    assert!(
+        dockerfile.contains("USER 10001"),
+        "the runtime image runs as non-root"
+    );
+}
+
+/// Every metric a dashboard query names is one the service emits.
+#[test]
+fn dashboard_queries_only_emitted_metrics() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("deploy/grafana/dashboards/txengine.json")).unwrap();
+    let source: String = std::fs::read_dir(repo().join("service/src"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 4);
+    for panel in panels {
+        assert_eq!(
+            panel["datasource"]["uid"], "prometheus",
+            "panel {}",
+            panel["title"]
+        );
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if !word.starts_with("txengine_") {
+                    continue;
+                }
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| word.strip_suffix(s))
+                    .unwrap_or(word);
+                assert!(
+                    source.contains(&format!("\"{base}\"")),
+                    "dashboard asks for {word}, which the service never emits"
+                );
+            }
+        }
+    }
+}
+
+/// Prometheus scrapes the ports the compose file gives the API and consumers.
+#[test]
+fn prometheus_scrapes_the_compose_ports() {
+    let prometheus = read("deploy/prometheus.yml");
+    let compose = read("docker-compose.yml");
+    assert!(prometheus.contains("api:8080") && compose.contains("TXENGINE_LISTEN: 0.0.0.0:8080"));
+    assert!(
+        prometheus.contains("port: 9100")
+            && compose.contains("TXENGINE_METRICS_LISTEN: 0.0.0.0:9100")
+    );
+}
