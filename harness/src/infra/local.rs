@@ -232,8 +232,13 @@ impl LocalKafka {
     }
 
     fn format_storage(&self) -> anyhow::Result<()> {
-        let cluster_id = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(uuid::Uuid::new_v4().as_bytes());
+        // Kafka's cluster ids are URL-safe base64 UUIDs; one starting with
+        // '-' would be read by the tool as an option, so draw again.
+        let cluster_id = std::iter::repeat_with(|| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes())
+        })
+        .find(|id| !id.starts_with('-'))
+        .expect("an endless supply of ids");
         let output = self
             .java()
             .args(["kafka.tools.StorageTool", "format", "-t", &cluster_id, "-c"])
