@@ -74,7 +74,7 @@ impl Publisher {
     /// Publishes one record keyed by its checked account and waits for the
     /// broker's acknowledgement.
     pub async fn publish(&self, record: &Record) -> Result<(), PublishError> {
-        let _permit = self
+        let permit = self
             .in_flight
             .clone()
             .try_acquire_owned()
@@ -86,7 +86,10 @@ impl Publisher {
             FutureRecord::to(&self.topic).key(key).payload(&payload),
             Timeout::After(Duration::ZERO),
         );
-        match delivery.await {
+        let delivered = delivery.await;
+        drop(permit);
+        metrics::gauge!("txengine_producer_in_flight").set(self.in_flight_count() as f64);
+        match delivered {
             Ok(_) => Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 Err(PublishError::QueueFull)

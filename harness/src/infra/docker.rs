@@ -32,7 +32,7 @@ pub fn redis_request() -> ContainerRequest<GenericImage> {
             "--appendonly",
             "yes",
             "--appendfsync",
-            "everysec",
+            "always",
         ])
 }
 

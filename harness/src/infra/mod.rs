@@ -7,7 +7,7 @@
 //!
 //! `TXENGINE_INFRA=local|docker|external` forces one; unset, `external` is
 //! used if both addresses are set, else `docker` if a daemon answers, else `local`.
-//! `TXENGINE_REDIS_APPENDFSYNC` (`everysec` by default, or `always`) sets the
+//! `TXENGINE_REDIS_APPENDFSYNC` (`always` by default, or `everysec`) sets the
 //! local Redis's AOF fsync policy.
 
 pub mod docker;
@@ -66,9 +66,9 @@ impl Infra {
     pub fn start(provider: Provider) -> anyhow::Result<Self> {
         match provider {
             Provider::Local => {
-                // `TXENGINE_REDIS_APPENDFSYNC=always` measures the stricter policy.
-                let fsync = std::env::var("TXENGINE_REDIS_APPENDFSYNC")
-                    .unwrap_or_else(|_| "everysec".into());
+                // `TXENGINE_REDIS_APPENDFSYNC=everysec` measures the looser policy.
+                let fsync =
+                    std::env::var("TXENGINE_REDIS_APPENDFSYNC").unwrap_or_else(|_| "always".into());
                 let redis = LocalRedis::start(&fsync)?;
                 let kafka = LocalKafka::start()?;
                 Ok(Self {

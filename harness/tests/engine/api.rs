@@ -599,7 +599,7 @@ async fn full_producer_queue_is_503() {
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_unreachable_is_503() {
     let infra = crate::infra();
-    let mut redis = harness::infra::LocalRedis::start("everysec").unwrap();
+    let mut redis = harness::infra::LocalRedis::start("always").unwrap();
     let store = isolated_store("noredis", &redis.url()).await;
     let publisher = Publisher::new(PublisherSettings {
         brokers: &infra.kafka_brokers,

@@ -245,7 +245,7 @@ async fn duplicate_apply_returns_the_first_outcome_and_changes_nothing() {
 async fn redis_restart_keeps_outcomes_and_reloads_scripts() {
     crate::infra();
     // Its own Redis: a restart of the shared one would disturb other tests.
-    let mut redis = harness::infra::LocalRedis::start("everysec").unwrap();
+    let mut redis = harness::infra::LocalRedis::start("always").unwrap();
     let store = Store::connect(StoreSettings {
         url: &redis.url(),
         namespace: "restart",
