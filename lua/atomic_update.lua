@@ -2,8 +2,11 @@
 -- balance, move the money and record the outcome, all in one script.
 --
 -- KEYS[1] tx record hash  ({ns}:tx:<id>): the processed flag, holding the outcome
--- KEYS[2] balance of the checked account ({ns}:bal:<account>)
--- KEYS[3] balance of the destination     ({ns}:bal:<to>), transfers only
+-- KEYS[2] apply-order counter            ({ns}:seq): each outcome records its
+--         position in the namespace's total order of applies, so an audit
+--         (the harness) can replay the log in that order and check each one
+-- KEYS[3] balance of the checked account ({ns}:bal:<account>)
+-- KEYS[4] balance of the destination     ({ns}:bal:<to>), transfers only
 -- ARGV[1] kind: debit | credit | transfer
 -- ARGV[2] amount in minor units, 1 ..= 2^53-1 (validated before it gets here)
 -- ARGV[3] fingerprint of the request (kind|account|to|amount)
@@ -36,7 +39,8 @@ end
 
 local function settle(state, reason, balance_after)
   redis.call('HSET', KEYS[1], 'state', state, 'reason', reason,
-    'balance_after', balance_after, 'fp', ARGV[3], 'applied_at_ms', ARGV[5])
+    'balance_after', balance_after, 'fp', ARGV[3], 'applied_at_ms', ARGV[5],
+    'seq', redis.call('INCR', KEYS[2]))
   if settled[1] == 'leased' then
     redis.call('HDEL', KEYS[1], 'lease')
   end
@@ -44,7 +48,7 @@ local function settle(state, reason, balance_after)
   return {state, reason, balance_after, 0}
 end
 
-local source = redis.call('GET', KEYS[2])
+local source = redis.call('GET', KEYS[3])
 if not source then
   return settle('rejected', 'unknown_account', '')
 end
@@ -54,7 +58,7 @@ if kind == 'credit' then
   if amount > MAX - source then
     return settle('rejected', 'balance_overflow', '')
   end
-  return settle('applied', '', digits(redis.call('INCRBY', KEYS[2], ARGV[2])))
+  return settle('applied', '', digits(redis.call('INCRBY', KEYS[3], ARGV[2])))
 end
 
 if source < amount then
@@ -62,14 +66,14 @@ if source < amount then
 end
 
 if kind == 'transfer' then
-  local destination = redis.call('GET', KEYS[3])
+  local destination = redis.call('GET', KEYS[4])
   if not destination then
     return settle('rejected', 'unknown_account', '')
   end
   if amount > MAX - tonumber(destination) then
     return settle('rejected', 'balance_overflow', '')
   end
-  redis.call('INCRBY', KEYS[3], ARGV[2])
+  redis.call('INCRBY', KEYS[4], ARGV[2])
 end
 
-return settle('applied', '', digits(redis.call('DECRBY', KEYS[2], ARGV[2])))
+return settle('applied', '', digits(redis.call('DECRBY', KEYS[3], ARGV[2])))

@@ -3,7 +3,11 @@
 //! - every account's balance equals its start plus the applied movements
 //!   (so money is conserved: transfers move it, credits and debits are counted);
 //! - no balance is below 0 or above 2^53-1;
-//! - no outcome exists for a refused request.
+//! - no outcome exists for a refused request;
+//! - every outcome (applied with its `balance_after`, or rejected with its
+//!   reason) is what a plain model gives when the log is replayed from the
+//!   starting balances in the order the outcomes were decided (`seq`), and
+//!   no outcome exists that the log does not explain (no gap in `seq`).
 
 use std::collections::HashMap;
 
@@ -176,6 +180,10 @@ pub async fn check(redis_url: &str, namespace: &str, ledger: &Ledger) -> anyhow:
         }
     }
 
+    verdict
+        .violations
+        .extend(replay_in_apply_order(&mut conn, namespace, ledger).await?);
+
     let accounts: Vec<&str> = expected.keys().copied().collect();
     for chunk in accounts.chunks(2000) {
         let keys: Vec<String> = chunk.iter().map(|a| bal_key(a)).collect();
@@ -233,4 +241,115 @@ fn apply_to<'a>(expected: &mut HashMap<&'a str, i128>, tx: &'a SentTx) {
                 .or_default() += amount;
         }
     }
+}
+
+/// One settled transaction as Redis recorded it.
+struct Recorded<'a> {
+    tx: &'a SentTx,
+    seq: u64,
+    state: String,
+    reason: String,
+    balance_after: Option<u64>,
+}
+
+/// Replays every settled transaction of the ledger in apply order with a
+/// plain model of the rules and returns where Redis disagrees with it.
+async fn replay_in_apply_order(
+    conn: &mut redis::aio::MultiplexedConnection,
+    namespace: &str,
+    ledger: &Ledger,
+) -> anyhow::Result<Vec<String>> {
+    let mut recorded = Vec::new();
+    let all: Vec<&SentTx> = ledger.accepted.iter().chain(&ledger.uncertain).collect();
+    for chunk in all.chunks(2000) {
+        let mut pipe = redis::pipe();
+        for tx in chunk {
+            pipe.cmd("HMGET")
+                .arg(format!("{{{namespace}}}:tx:{}", tx.id))
+                .arg("seq")
+                .arg("state")
+                .arg("reason")
+                .arg("balance_after");
+        }
+        // balance_after is "" on a rejection.
+        type Row = (Option<u64>, Option<String>, Option<String>, Option<String>);
+        let rows: Vec<Row> = pipe.query_async(conn).await?;
+        for (tx, (seq, state, reason, balance_after)) in chunk.iter().zip(rows) {
+            if let (Some(seq), Some(state)) = (seq, state) {
+                let reason = reason.unwrap_or_default();
+                let balance_after = balance_after.and_then(|b| b.parse().ok());
+                recorded.push(Recorded {
+                    tx,
+                    seq,
+                    state,
+                    reason,
+                    balance_after,
+                });
+            }
+        }
+    }
+    recorded.sort_by_key(|r| r.seq);
+    let mut violations = Vec::new();
+    let decided: Option<u64> = redis::cmd("GET")
+        .arg(format!("{{{namespace}}}:seq"))
+        .query_async(conn)
+        .await?;
+    if decided.unwrap_or(0) != recorded.len() as u64 {
+        violations.push(format!(
+            "{} outcomes were decided in this namespace, but the log explains {}",
+            decided.unwrap_or(0),
+            recorded.len()
+        ));
+        return Ok(violations);
+    }
+    let mut balances: HashMap<&str, u64> =
+        ledger.start.iter().map(|(a, b)| (a.as_str(), *b)).collect();
+    let max = MAX_MINOR_UNITS;
+    for r in &recorded {
+        let tx = r.tx;
+        let source = balances.get(tx.account.as_str()).copied();
+        let destination = tx.to.as_deref().map(|to| balances.get(to).copied());
+        // The rules, in the order the apply script checks them.
+        let model: Result<u64, &str> = match (tx.kind, source, destination) {
+            (_, None, _) => Err("unknown_account"),
+            (Kind::Credit, Some(b), _) if tx.amount > max - b => Err("balance_overflow"),
+            (Kind::Credit, Some(b), _) => Ok(b + tx.amount),
+            (_, Some(b), _) if b < tx.amount => Err("insufficient_funds"),
+            (Kind::Debit, Some(b), _) => Ok(b - tx.amount),
+            (Kind::Transfer, Some(_), Some(None) | None) => Err("unknown_account"),
+            (Kind::Transfer, Some(_), Some(Some(d))) if tx.amount > max - d => {
+                Err("balance_overflow")
+            }
+            (Kind::Transfer, Some(b), Some(Some(_))) => Ok(b - tx.amount),
+        };
+        let agrees = match model {
+            Ok(after) => r.state == "applied" && r.balance_after == Some(after),
+            Err(reason) => r.state == "rejected" && r.reason == reason,
+        };
+        if !agrees {
+            violations.push(format!(
+                "{} (seq {}, {} {} -> {:?} {}): recorded {} {} balance_after {:?}, a replay in apply order gives {:?}",
+                tx.id, r.seq, tx.kind.as_str(), tx.account, tx.to, tx.amount, r.state, r.reason, r.balance_after, model
+            ));
+            if violations.len() >= 50 {
+                break;
+            }
+        }
+        // Follow what Redis did, so one disagreement is reported once.
+        if r.state == "applied" {
+            match tx.kind {
+                Kind::Debit => {
+                    *balances.entry(&tx.account).or_default() -= tx.amount.min(source.unwrap_or(0))
+                }
+                Kind::Credit => *balances.entry(&tx.account).or_default() += tx.amount,
+                Kind::Transfer => {
+                    *balances.entry(&tx.account).or_default() -= tx.amount.min(source.unwrap_or(0));
+                    *balances
+                        .entry(tx.to.as_deref().unwrap_or_default())
+                        .or_default() += tx.amount;
+                }
+            }
+        }
+    }
+    Ok(violations)
 }

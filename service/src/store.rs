@@ -6,7 +6,8 @@
 //! - `{ns}:bal:<account>`  balance in minor units, a decimal string
 //! - `{ns}:tx:<id>`        hash: `state` leased|applied|rejected, `accepted`
 //!   (1 once Kafka has the record), `fp`, `reason`, `balance_after`,
-//!   `applied_at_ms`, `lease` (claim token while leased)
+//!   `applied_at_ms`, `seq`, `lease` (claim token while leased)
+//! - `{ns}:seq`            counter: the order in which outcomes were decided
 
 use std::time::Duration;
 
@@ -236,13 +237,16 @@ impl Store {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
+        let seq_key = format!("{{{}}}:seq", self.namespace);
         let raw: Vec<(String, String, String, i64)> = self
             .with_scripts(|| {
                 let mut conn = self.conn.clone();
                 let mut pipe = redis::pipe();
                 for tx in batch {
                     let mut invocation = self.apply.key(self.tx_key(&tx.id));
-                    invocation.key(self.balance_key(tx.movement.account()));
+                    invocation
+                        .key(&seq_key)
+                        .key(self.balance_key(tx.movement.account()));
                     if let Some(to) = tx.movement.to() {
                         invocation.key(self.balance_key(to));
                     }
