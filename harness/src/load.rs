@@ -105,6 +105,10 @@ struct RunState {
     errors_by_kind: Mutex<BTreeMap<String, usize>>,
     accepted: Mutex<Vec<SentTx>>,
     refused: Mutex<Vec<String>>,
+    /// Sent and not yet answered. What is left here when goose stops (a
+    /// user stopped mid-request) may still be applied: the ledger keeps it
+    /// as uncertain.
+    in_flight: Mutex<HashMap<String, SentTx>>,
 }
 
 impl RunState {
@@ -119,6 +123,7 @@ impl RunState {
             errors_by_kind: Mutex::new(BTreeMap::new()),
             accepted: Mutex::new(Vec::new()),
             refused: Mutex::new(Vec::new()),
+            in_flight: Mutex::new(HashMap::new()),
         }
     }
 
@@ -206,7 +211,18 @@ async fn send_transaction(user: &mut GooseUser) -> TransactionResult {
     match &state.target {
         Target::Http { .. } => {
             let body = json!({"id": tx.id, "type": tx.kind.as_str(), "account": tx.account, "to": tx.to, "amount": tx.amount});
-            let mut goose = user.post_json("/transactions", &body).await?;
+            state
+                .in_flight
+                .lock()
+                .expect("in-flight lock")
+                .insert(tx.id.clone(), tx.clone());
+            let sent = user.post_json("/transactions", &body).await;
+            state
+                .in_flight
+                .lock()
+                .expect("in-flight lock")
+                .remove(&tx.id);
+            let mut goose = sent?;
             let status = goose.response.as_ref().map(|r| r.status().as_u16());
             match status {
                 Ok(200 | 202) => {
@@ -324,7 +340,9 @@ pub async fn drive(target: Target, name: &str, profile: &LoadProfile) -> anyhow:
         start: HashMap::new(),
         accepted: std::mem::take(&mut *state.accepted.lock().expect("ledger lock")),
         refused: std::mem::take(&mut *state.refused.lock().expect("ledger lock")),
-        uncertain: Vec::new(),
+        uncertain: std::mem::take(&mut *state.in_flight.lock().expect("in-flight lock"))
+            .into_values()
+            .collect(),
     };
     Ok(Driven {
         result,

@@ -448,6 +448,7 @@ async fn run_load(
             ..tx
         }));
     ledger.refused.extend(warmup_ledger.refused);
+    ledger.uncertain.extend(warmup_ledger.uncertain);
 
     eprintln!("waiting for the consumers to drain the topic ...");
     let drain = load::wait_drained(
