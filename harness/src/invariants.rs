@@ -302,26 +302,10 @@ async fn replay_in_apply_order(
         ));
         return Ok(violations);
     }
-    let mut balances: HashMap<&str, u64> =
-        ledger.start.iter().map(|(a, b)| (a.as_str(), *b)).collect();
-    let max = MAX_MINOR_UNITS;
+    let mut balances: HashMap<String, u64> = ledger.start.clone();
     for r in &recorded {
         let tx = r.tx;
-        let source = balances.get(tx.account.as_str()).copied();
-        let destination = tx.to.as_deref().map(|to| balances.get(to).copied());
-        // The rules, in the order the apply script checks them.
-        let model: Result<u64, &str> = match (tx.kind, source, destination) {
-            (_, None, _) => Err("unknown_account"),
-            (Kind::Credit, Some(b), _) if tx.amount > max - b => Err("balance_overflow"),
-            (Kind::Credit, Some(b), _) => Ok(b + tx.amount),
-            (_, Some(b), _) if b < tx.amount => Err("insufficient_funds"),
-            (Kind::Debit, Some(b), _) => Ok(b - tx.amount),
-            (Kind::Transfer, Some(_), Some(None) | None) => Err("unknown_account"),
-            (Kind::Transfer, Some(_), Some(Some(d))) if tx.amount > max - d => {
-                Err("balance_overflow")
-            }
-            (Kind::Transfer, Some(b), Some(Some(_))) => Ok(b - tx.amount),
-        };
+        let model = crate::model::decide(&mut balances, tx);
         let agrees = match model {
             Ok(after) => r.state == "applied" && r.balance_after == Some(after),
             Err(reason) => r.state == "rejected" && r.reason == reason,
@@ -333,21 +317,6 @@ async fn replay_in_apply_order(
             ));
             if violations.len() >= 50 {
                 break;
-            }
-        }
-        // Follow what Redis did, so one disagreement is reported once.
-        if r.state == "applied" {
-            match tx.kind {
-                Kind::Debit => {
-                    *balances.entry(&tx.account).or_default() -= tx.amount.min(source.unwrap_or(0))
-                }
-                Kind::Credit => *balances.entry(&tx.account).or_default() += tx.amount,
-                Kind::Transfer => {
-                    *balances.entry(&tx.account).or_default() -= tx.amount.min(source.unwrap_or(0));
-                    *balances
-                        .entry(tx.to.as_deref().unwrap_or_default())
-                        .or_default() += tx.amount;
-                }
             }
         }
     }

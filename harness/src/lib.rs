@@ -12,12 +12,14 @@
 //! - [`wrk`]: the lean peak-capacity generator (Debian's wrk) and its output.
 //! - [`scenario`]: `scenarios/*.toml`: faults under load, judged by invariants.
 //! - [`report`]: JSON, Markdown and SVG load reports with machine facts.
+//! - [`model`]: the apply rules as plain Rust, to check the script against.
 //! - [`invariants`]: what must hold after any run, read from Redis.
 
 pub mod bare;
 pub mod infra;
 pub mod invariants;
 pub mod load;
+pub mod model;
 pub mod report;
 pub mod scenario;
 pub mod stack;

@@ -5,6 +5,7 @@
 
 mod api;
 mod apply;
+mod differential;
 mod pipeline;
 
 use std::sync::Once;

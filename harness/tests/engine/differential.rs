@@ -1,0 +1,126 @@
+//! Differential test: the real apply script in the real Redis and the plain
+//! model of `harness::model`, fed the same random sequences (with repeated
+//! ids, missing accounts, 0, 1 and 2^53-1): same outcome, same reason, same
+//! `balance_after`, same duplicate flag, same final balances. proptest
+//! shrinks a failure to a small sequence.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use harness::invariants::{Kind, SentTx};
+use proptest::prelude::*;
+use txengine::domain::{
+    AccountId, Amount, Balance, Movement, Outcome, Transaction, TxId, MAX_MINOR_UNITS,
+};
+use txengine::store::{Store, StoreSettings};
+
+const MAX: u64 = MAX_MINOR_UNITS;
+/// Accounts a0..a2 may exist; `ghost` never does.
+const ACCOUNTS: [&str; 4] = ["a0", "a1", "a2", "ghost"];
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| tokio::runtime::Runtime::new().expect("runtime"))
+}
+
+fn edge_value() -> impl Strategy<Value = u64> {
+    prop_oneof![Just(0), Just(1), Just(MAX - 1), Just(MAX), 0u64..2_000]
+}
+
+fn amount() -> impl Strategy<Value = u64> {
+    prop_oneof![Just(1), Just(MAX), 1u64..2_000]
+}
+
+fn transaction() -> impl Strategy<Value = SentTx> {
+    // A small id pool makes repeats (duplicates) common.
+    (0usize..12, 0usize..3, 0usize..4, 0usize..4, amount()).prop_map(
+        |(id, kind, from, to, amount)| {
+            let kind = [Kind::Debit, Kind::Credit, Kind::Transfer][kind];
+            // A transfer goes to another account (the API refuses self-transfers).
+            let to = (kind == Kind::Transfer)
+                .then(|| ACCOUNTS[if to == from { (to + 1) % 4 } else { to }].to_owned());
+            SentTx {
+                id: format!("t{id}"),
+                kind,
+                account: ACCOUNTS[from].to_owned(),
+                to,
+                amount,
+                accepted_at_ms: 0,
+            }
+        },
+    )
+}
+
+fn domain(tx: &SentTx) -> Transaction {
+    Transaction {
+        id: TxId::parse(&tx.id).unwrap(),
+        movement: Movement::new(
+            Some(tx.kind.as_str()),
+            AccountId::parse(&tx.account).unwrap(),
+            tx.to.as_deref().map(|t| AccountId::parse(t).unwrap()),
+            Amount::new(tx.amount).unwrap(),
+        )
+        .unwrap(),
+    }
+}
+
+fn as_model(outcome: Outcome) -> Result<u64, &'static str> {
+    match outcome {
+        Outcome::Applied { balance_after } => Ok(balance_after.minor_units()),
+        Outcome::Rejected { reason } => Err(reason.as_str()),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_apply_script_agrees_with_the_model(
+        start in proptest::collection::vec(proptest::option::of(edge_value()), 3),
+        txs in proptest::collection::vec(transaction(), 1..30),
+        batch_size in 1usize..8,
+    ) {
+        let redis_url = crate::infra().redis_url.clone();
+        runtime().block_on(async {
+            let store = Store::connect(StoreSettings {
+                url: &redis_url,
+                namespace: &format!("diff-{}", uuid::Uuid::new_v4().simple()),
+                outcome_ttl_secs: 600,
+                lease_ms: 30_000,
+                response_timeout: Duration::from_secs(5),
+            })
+            .await
+            .unwrap();
+            let mut balances = HashMap::new();
+            for (name, balance) in ACCOUNTS.iter().zip(&start) {
+                if let Some(balance) = balance {
+                    store.set_balance(&AccountId::parse(name).unwrap(), Balance::new(*balance).unwrap()).await.unwrap();
+                    balances.insert(name.to_string(), *balance);
+                }
+            }
+            let mut first_outcome: HashMap<String, Result<u64, &'static str>> = HashMap::new();
+            for chunk in txs.chunks(batch_size) {
+                let batch: Vec<Transaction> = chunk.iter().map(domain).collect();
+                let applied = store.apply_batch(&batch).await.unwrap();
+                for (tx, got) in chunk.iter().zip(applied) {
+                    let (expected, duplicate) = match first_outcome.get(&tx.id) {
+                        Some(first) => (*first, true),
+                        None => {
+                            let decided = harness::model::decide(&mut balances, tx);
+                            first_outcome.insert(tx.id.clone(), decided);
+                            (decided, false)
+                        }
+                    };
+                    prop_assert_eq!(as_model(got.outcome), expected, "{:?}", tx);
+                    prop_assert_eq!(got.duplicate, duplicate, "{:?}", tx);
+                }
+            }
+            for name in ACCOUNTS {
+                let stored = store.balance(&AccountId::parse(name).unwrap()).await.unwrap().map(Balance::minor_units);
+                prop_assert_eq!(stored, balances.get(name).copied(), "final balance of {}", name);
+            }
+            Ok(())
+        })?;
+    }
+}
