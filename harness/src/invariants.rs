@@ -13,6 +13,7 @@ use std::collections::HashMap;
 
 use anyhow::Context;
 use txengine::domain::MAX_MINOR_UNITS;
+use txengine::store::keys;
 
 /// What a run sent and had accepted (202/200), with the kind of movement.
 #[derive(Debug, Clone)]
@@ -24,6 +25,19 @@ pub struct SentTx {
     pub amount: u64,
     /// When the client got its 2xx (ms since the epoch); 0 if not tracked.
     pub accepted_at_ms: u64,
+}
+
+impl SentTx {
+    /// The `POST /transactions` body that sends it.
+    pub fn request_body(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "type": self.kind.as_str(),
+            "account": self.account,
+            "to": self.to,
+            "amount": self.amount,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -86,8 +100,8 @@ pub async fn check(redis_url: &str, namespace: &str, ledger: &Ledger) -> anyhow:
         .get_multiplexed_async_connection()
         .await
         .context("redis")?;
-    let tx_key = |id: &str| format!("{{{namespace}}}:tx:{id}");
-    let bal_key = |account: &str| format!("{{{namespace}}}:bal:{account}");
+    let tx_key = |id: &str| keys::tx(namespace, id);
+    let bal_key = |account: &str| keys::balance(namespace, account);
 
     let mut verdict = Verdict {
         accepted: ledger.accepted.len(),
@@ -155,12 +169,8 @@ pub async fn check(redis_url: &str, namespace: &str, ledger: &Ledger) -> anyhow:
     }
 
     accept_to_applied_ms.sort_unstable();
-    let percentile = |fraction: f64| {
-        let n = accept_to_applied_ms.len();
-        if n == 0 {
-            return 0.0;
-        }
-        accept_to_applied_ms[((n as f64 * fraction).ceil() as usize).clamp(1, n) - 1] as f64
+    let percentile = |fraction| {
+        crate::load::nearest_rank(&accept_to_applied_ms, fraction).map_or(0.0, |ms| ms as f64)
     };
     verdict.accept_to_applied_ms_p50 = percentile(0.50);
     verdict.accept_to_applied_ms_p99 = percentile(0.99);
@@ -265,7 +275,7 @@ async fn replay_in_apply_order(
         let mut pipe = redis::pipe();
         for tx in chunk {
             pipe.cmd("HMGET")
-                .arg(format!("{{{namespace}}}:tx:{}", tx.id))
+                .arg(keys::tx(namespace, &tx.id))
                 .arg("seq")
                 .arg("state")
                 .arg("reason")
@@ -291,7 +301,7 @@ async fn replay_in_apply_order(
     recorded.sort_by_key(|r| r.seq);
     let mut violations = Vec::new();
     let decided: Option<u64> = redis::cmd("GET")
-        .arg(format!("{{{namespace}}}:seq"))
+        .arg(keys::seq(namespace))
         .query_async(conn)
         .await?;
     if decided.unwrap_or(0) != recorded.len() as u64 {

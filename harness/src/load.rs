@@ -15,7 +15,6 @@ use rand::Rng;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Serialize;
-use serde_json::json;
 use txengine::domain::{AccountId, Amount, Movement, TxId};
 use txengine::store::Store;
 
@@ -210,7 +209,7 @@ async fn send_transaction(user: &mut GooseUser) -> TransactionResult {
     let began = Instant::now();
     match &state.target {
         Target::Http { .. } => {
-            let body = json!({"id": tx.id, "type": tx.kind.as_str(), "account": tx.account, "to": tx.to, "amount": tx.amount});
+            let body = tx.request_body();
             state
                 .in_flight
                 .lock()
@@ -227,7 +226,7 @@ async fn send_transaction(user: &mut GooseUser) -> TransactionResult {
             match status {
                 Ok(200 | 202) => {
                     state.record(began, None);
-                    tx.accepted_at_ms = txengine::consumer::now_ms();
+                    tx.accepted_at_ms = txengine::wire::now_ms();
                     state.accepted.lock().expect("ledger lock").push(tx);
                 }
                 other => {
@@ -253,12 +252,14 @@ async fn send_transaction(user: &mut GooseUser) -> TransactionResult {
     Ok(())
 }
 
+/// The nearest-rank percentile of sorted values (`fraction` in 0..=1).
+pub fn nearest_rank<T: Copy>(sorted: &[T], fraction: f64) -> Option<T> {
+    let n = sorted.len();
+    (n > 0).then(|| sorted[((n as f64 * fraction).ceil() as usize).clamp(1, n) - 1])
+}
+
 fn percentile_ms(sorted_us: &[u32], fraction: f64) -> f64 {
-    if sorted_us.is_empty() {
-        return 0.0;
-    }
-    let index = ((sorted_us.len() as f64 * fraction).ceil() as usize).clamp(1, sorted_us.len()) - 1;
-    sorted_us[index] as f64 / 1000.0
+    nearest_rank(sorted_us, fraction).map_or(0.0, |us| us as f64 / 1000.0)
 }
 
 /// The outcome of one driven run.
@@ -467,7 +468,7 @@ pub async fn publish_backlog(
         let tx = state.next_tx();
         let record = txengine::wire::Record {
             tx: to_domain(&tx)?,
-            accepted_at_ms: txengine::consumer::now_ms(),
+            accepted_at_ms: txengine::wire::now_ms(),
         };
         let payload = record.encode();
         let delivery = producer

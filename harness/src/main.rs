@@ -12,7 +12,6 @@ use clap::{Parser, Subcommand};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use harness::infra::{Infra, Provider};
 use harness::invariants;
-use std::collections::HashMap;
 
 use harness::infra::process::Supervised;
 use harness::invariants::{Ledger, SentTx};
@@ -259,32 +258,6 @@ async fn up(port: u16) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Funds `profile.accounts` accounts through the admin setter.
-async fn fund_over_http(
-    url: &str,
-    token: &str,
-    profile: &LoadProfile,
-) -> anyhow::Result<HashMap<String, u64>> {
-    let client = reqwest::Client::new();
-    let mut start = HashMap::new();
-    for i in 0..profile.accounts {
-        let account = load::account_name(i);
-        let response = client
-            .put(format!("{url}/balance/{account}"))
-            .bearer_auth(token)
-            .json(&serde_json::json!({ "balance": profile.start_balance }))
-            .send()
-            .await?;
-        anyhow::ensure!(
-            response.status().is_success(),
-            "funding {account}: {}",
-            response.status()
-        );
-        start.insert(account, profile.start_balance);
-    }
-    Ok(start)
-}
-
 /// The bare HTTP limit, in a child process like the engine.
 async fn measure_bare_http(
     generator: Generator,
@@ -395,10 +368,11 @@ async fn run_load(
         "funding {} accounts with {} each ...",
         profile.accounts, profile.start_balance
     );
-    let start = fund_over_http(
+    let start = harness::stack::fund_accounts(
         &engine.url,
         config.admin_token.as_deref().unwrap_or_default(),
-        &profile,
+        profile.accounts,
+        profile.start_balance,
     )
     .await?;
 
@@ -422,7 +396,7 @@ async fn run_load(
             .await?
             .ledger;
     }
-    let load_started_ms = txengine::consumer::now_ms();
+    let load_started_ms = txengine::wire::now_ms();
     let (redis_pid, kafka_pid) = infra.pids();
     let pids = [engine.pid(), kafka_pid, redis_pid, Some(std::process::id())];
     let cpu_before = pids.map(cpu_time_us);

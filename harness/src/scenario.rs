@@ -22,14 +22,13 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use reqwest::StatusCode;
 use serde::Deserialize;
-use serde_json::json;
 use txengine::domain::MAX_MINOR_UNITS;
 use txengine::Role;
 
 use crate::infra::Infra;
 use crate::invariants::{self, Kind, Ledger, SentTx};
 use crate::load::{account_name, wait_drained};
-use crate::stack::{isolated_config, EngineProcess};
+use crate::stack::{fund_accounts, isolated_config, EngineProcess};
 
 /// One scenario file.
 #[derive(Debug, Clone, Deserialize)]
@@ -317,22 +316,13 @@ pub async fn run(scenario: &Scenario, infra: &Infra, exe: &Path) -> anyhow::Resu
         .timeout(Duration::from_secs(10))
         .build()?;
 
-    let mut ledger = Ledger::default();
-    for i in 0..scenario.accounts.count {
-        let account = account_name(i);
-        let response = http
-            .put(format!("{url}/balance/{account}"))
-            .bearer_auth(config.admin_token.as_deref().unwrap_or_default())
-            .json(&json!({ "balance": scenario.accounts.balance }))
-            .send()
-            .await?;
-        anyhow::ensure!(
-            response.status() == StatusCode::OK,
-            "funding {account}: {}",
-            response.status()
-        );
-        ledger.start.insert(account, scenario.accounts.balance);
-    }
+    let start = fund_accounts(
+        &url,
+        config.admin_token.as_deref().unwrap_or_default(),
+        scenario.accounts.count,
+        scenario.accounts.balance,
+    )
+    .await?;
 
     // Clients and faults run side by side.
     let run_tag = format!(
@@ -400,9 +390,12 @@ pub async fn run(scenario: &Scenario, infra: &Infra, exe: &Path) -> anyhow::Resu
     }
 
     let results = std::mem::take(&mut *results.lock().expect("results lock"));
-    ledger.accepted = results.accepted;
-    ledger.refused = results.refused;
-    ledger.uncertain = results.uncertain;
+    let ledger = Ledger {
+        start,
+        accepted: results.accepted,
+        refused: results.refused,
+        uncertain: results.uncertain,
+    };
     let verdict = invariants::check(&infra.redis_url, &config.namespace, &ledger).await?;
     check_expectations(scenario, &verdict, &mut failures);
     if let Some(dlq) = scenario.expect.dlq {
@@ -576,7 +569,7 @@ async fn post(
     url: &str,
     tx: &SentTx,
 ) -> anyhow::Result<(StatusCode, String)> {
-    let body = json!({"id": tx.id, "type": tx.kind.as_str(), "account": tx.account, "to": tx.to, "amount": tx.amount});
+    let body = tx.request_body();
     let response = http
         .post(format!("{url}/transactions"))
         .json(&body)

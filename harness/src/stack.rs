@@ -67,10 +67,6 @@ impl Stack {
         }
     }
 
-    pub fn engine_mut(&mut self) -> Option<&mut Engine> {
-        self.engine.as_mut()
-    }
-
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.url)
     }
@@ -234,10 +230,6 @@ impl EngineProcess {
         self.process.pid()
     }
 
-    pub fn log_tail(&self, lines: usize) -> String {
-        self.process.log_tail(lines)
-    }
-
     /// SIGTERM and wait for the graceful stop (SIGKILL after `grace`).
     pub fn terminate(mut self, grace: Duration) {
         self.process.terminate(grace);
@@ -247,6 +239,34 @@ impl EngineProcess {
     pub fn kill(mut self) {
         self.process.kill();
     }
+}
+
+/// Funds accounts `acct-0 .. acct-{count-1}` with `balance` each through
+/// the admin setter; returns the starting balances for the ledger.
+pub async fn fund_accounts(
+    url: &str,
+    admin_token: &str,
+    count: usize,
+    balance: u64,
+) -> anyhow::Result<HashMap<String, u64>> {
+    let client = reqwest::Client::new();
+    let mut start = HashMap::new();
+    for i in 0..count {
+        let account = crate::load::account_name(i);
+        let response = client
+            .put(format!("{url}/balance/{account}"))
+            .bearer_auth(admin_token)
+            .json(&json!({ "balance": balance }))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status() == StatusCode::OK,
+            "funding {account}: {}",
+            response.status()
+        );
+        start.insert(account, balance);
+    }
+    Ok(start)
 }
 
 /// The command-line flags that make `txengine` (or `harness engine`) run

@@ -167,7 +167,7 @@ pub async fn ledger_from_redis(
 ) -> anyhow::Result<Ledger> {
     let client = redis::Client::open(redis_url)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
-    let prefix = format!("{{{namespace}}}:tx:");
+    let prefix = txengine::store::keys::tx_prefix(namespace);
     let pattern = format!("{prefix}{run}-*");
     let mut cursor: u64 = 0;
     let mut ledger = Ledger::default();

@@ -89,13 +89,9 @@ impl Engine {
                 retry_after_secs: config.retry_after_secs,
                 metrics: metrics.clone(),
             });
-            let mut stop = shutdown_rx.clone();
+            let serving = serve_until_shutdown(listener, http::router(state), shutdown_rx.clone());
             tasks.spawn(async move {
-                axum::serve(listener, http::router(state))
-                    .with_graceful_shutdown(async move {
-                        let _ = stop.wait_for(|stopped| *stopped).await;
-                    })
-                    .await?;
+                serving.await?;
                 // In-flight requests have had their answers; nothing is left
                 // in the producer queue, but flush in case.
                 tokio::task::spawn_blocking(move || publisher.flush(Duration::from_secs(5)))
@@ -109,15 +105,8 @@ impl Engine {
                 .await
                 .with_context(|| format!("binding {listen}"))?;
             let router = http::metrics_router(metrics.clone());
-            let mut stop = shutdown_rx.clone();
-            tasks.spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(async move {
-                        let _ = stop.wait_for(|stopped| *stopped).await;
-                    })
-                    .await?;
-                Ok(())
-            });
+            let serving = serve_until_shutdown(listener, router, shutdown_rx.clone());
+            tasks.spawn(async move { Ok(serving.await?) });
             tracing::info!(%listen, "consumer metrics listening");
         }
         if matches!(config.role, Role::Consumer | Role::All) {
@@ -170,6 +159,20 @@ impl Engine {
         }
         self.stop().await
     }
+}
+
+/// Serves `router` until `shutdown` turns true, then lets in-flight
+/// requests finish.
+async fn serve_until_shutdown(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|stopped| *stopped).await;
+        })
+        .await
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -4,7 +4,7 @@
 //! the apply script turns every redelivery into a no-op.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::domain::{Outcome, Transaction};
 use crate::store::Store;
-use crate::wire::Record;
+use crate::wire::{now_ms, Record};
 
 /// Longest a batch waits to fill after its first record.
 const BATCH_LINGER: Duration = Duration::from_millis(2);
@@ -150,14 +150,17 @@ impl TxConsumer {
     /// came while Redis was unreachable (offsets of the batch not stored).
     async fn process(&self, batch: &[OwnedMessage], shutdown: &watch::Receiver<bool>) -> bool {
         let started = Instant::now();
-        let mut records = Vec::with_capacity(batch.len());
+        let mut txs: Vec<Transaction> = Vec::with_capacity(batch.len());
+        let mut accepted_at_ms = Vec::with_capacity(batch.len());
         for message in batch {
             match Record::decode(message.payload().unwrap_or_default()) {
-                Ok(record) => records.push(record),
+                Ok(record) => {
+                    txs.push(record.tx);
+                    accepted_at_ms.push(record.accepted_at_ms);
+                }
                 Err(e) => self.dead_letter(message, &e.to_string()).await,
             }
         }
-        let txs: Vec<Transaction> = records.iter().map(|r| r.tx.clone()).collect();
         let mut backoff = RETRY_MIN;
         let applied = loop {
             match self.store.apply_batch(&txs).await {
@@ -174,7 +177,7 @@ impl TxConsumer {
             }
         };
         let now_ms = now_ms();
-        for (record, result) in records.iter().zip(&applied) {
+        for (accepted_at_ms, result) in accepted_at_ms.iter().zip(&applied) {
             let label = match result.outcome {
                 Outcome::Applied { .. } => "applied",
                 Outcome::Rejected { reason } => reason.as_str(),
@@ -183,7 +186,7 @@ impl TxConsumer {
             metrics::counter!("txengine_apply_outcomes_total", "outcome" => label, "duplicate" => duplicate)
                 .increment(1);
             if !result.duplicate {
-                let e2e_ms = now_ms.saturating_sub(record.accepted_at_ms);
+                let e2e_ms = now_ms.saturating_sub(*accepted_at_ms);
                 metrics::histogram!("txengine_accept_to_applied_seconds")
                     .record(e2e_ms as f64 / 1000.0);
             }
@@ -257,11 +260,4 @@ impl TxConsumer {
             }
         }
     }
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

@@ -15,14 +15,13 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::consumer::now_ms;
 use crate::domain::{
     AccountId, Amount, Balance, Movement, Outcome, RuleError, Transaction, TxId, TxStatus,
     MAX_MINOR_UNITS,
 };
 use crate::publisher::{PublishError, Publisher};
 use crate::store::{Claim, Store, StoreError};
-use crate::wire::Record;
+use crate::wire::{now_ms, Record};
 
 /// Largest request body accepted; a transaction is well under 1 KiB.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -286,11 +285,12 @@ async fn post_transaction(
     // Claim, publish and accept run to the end in their own task even if the
     // client hangs up: a handler dropped halfway would leave its claim to
     // block retries (409) until the lease ran out.
+    let retry_after_secs = api.retry_after_secs;
     tokio::spawn(accept_transaction(api, tx))
         .await
         .unwrap_or_else(|e| {
             tracing::error!(error = %e, "accept task failed");
-            Err(Problem::unavailable("internal error", 1))
+            Err(Problem::unavailable("internal error", retry_after_secs))
         })
 }
 

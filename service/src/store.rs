@@ -16,6 +16,30 @@ use redis::{AsyncCommands, Script};
 
 use crate::domain::{AccountId, Balance, Outcome, RejectReason, Transaction, TxId, TxStatus};
 
+/// The key layout, spelled out here only: the store and the harness (which
+/// reads Redis to check invariants) both build keys with these.
+pub mod keys {
+    /// `{ns}:bal:<account>`
+    pub fn balance(namespace: &str, account: &str) -> String {
+        format!("{{{namespace}}}:bal:{account}")
+    }
+
+    /// `{ns}:tx:`, the prefix of every transaction record (for SCAN).
+    pub fn tx_prefix(namespace: &str) -> String {
+        format!("{{{namespace}}}:tx:")
+    }
+
+    /// `{ns}:tx:<id>`
+    pub fn tx(namespace: &str, id: &str) -> String {
+        format!("{}{id}", tx_prefix(namespace))
+    }
+
+    /// `{ns}:seq`
+    pub fn seq(namespace: &str) -> String {
+        format!("{{{namespace}}}:seq")
+    }
+}
+
 /// The Lua sources, compiled in from `lua/` so the binary is self-contained;
 /// they are loaded into Redis (SCRIPT LOAD) when the store starts.
 mod lua {
@@ -109,11 +133,11 @@ impl Store {
     }
 
     pub fn balance_key(&self, account: &AccountId) -> String {
-        format!("{{{}}}:bal:{}", self.namespace, account)
+        keys::balance(&self.namespace, account.as_str())
     }
 
     pub fn tx_key(&self, id: &TxId) -> String {
-        format!("{{{}}}:tx:{}", self.namespace, id)
+        keys::tx(&self.namespace, id.as_str())
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -233,11 +257,8 @@ impl Store {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let seq_key = format!("{{{}}}:seq", self.namespace);
+        let now_ms = crate::wire::now_ms();
+        let seq_key = keys::seq(&self.namespace);
         let raw: Vec<(String, String, String, i64)> = self
             .with_scripts(|| {
                 let mut conn = self.conn.clone();

@@ -18,6 +18,15 @@ pub struct Record {
     pub accepted_at_ms: u64,
 }
 
+/// The wall clock in ms since the Unix epoch: the unit of `accepted_at_ms`
+/// and of the `applied_at_ms` an apply records.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("not a valid record: {0}")]

@@ -78,10 +78,6 @@ impl Supervised {
         self.child.as_ref().map(Child::id)
     }
 
-    pub fn log(&self) -> &Path {
-        &self.log
-    }
-
     /// True while the process has not exited.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
