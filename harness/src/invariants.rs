@@ -78,8 +78,9 @@ pub struct Verdict {
     pub start_total: u128,
     pub end_total: u128,
     /// From the client's 2xx to the apply (Redis clock), over tracked transactions.
-    pub accept_to_applied_ms_p50: f64,
-    pub accept_to_applied_ms_p99: f64,
+    /// `None` when no accepted transaction carried a client timestamp.
+    pub accept_to_applied_ms_p50: Option<f64>,
+    pub accept_to_applied_ms_p99: Option<f64>,
     /// Latest apply time seen (ms since the epoch), for apply rates.
     pub last_applied_at_ms: u64,
     /// Human-readable descriptions of every broken invariant (empty: all held).
@@ -169,9 +170,8 @@ pub async fn check(redis_url: &str, namespace: &str, ledger: &Ledger) -> anyhow:
     }
 
     accept_to_applied_ms.sort_unstable();
-    let percentile = |fraction| {
-        crate::load::nearest_rank(&accept_to_applied_ms, fraction).map_or(0.0, |ms| ms as f64)
-    };
+    let percentile =
+        |fraction| crate::load::nearest_rank(&accept_to_applied_ms, fraction).map(|ms| ms as f64);
     verdict.accept_to_applied_ms_p50 = percentile(0.50);
     verdict.accept_to_applied_ms_p99 = percentile(0.99);
 

@@ -17,7 +17,8 @@ use harness::infra::process::Supervised;
 use harness::invariants::{Ledger, SentTx};
 use harness::load::{self, HttpResult, LoadProfile, Target};
 use harness::report::{
-    cpu_time_us, CpuPerRequest, InvariantResult, Machine, PipelineResult, Ratios, Report,
+    cpu_time_us, cpu_time_with_children_us, CpuPerRequest, InvariantResult, Machine,
+    PipelineResult, Ratios, Report,
 };
 use harness::stack::{isolated_config, EngineProcess, Stack};
 use txengine::domain::{AccountId, Balance};
@@ -399,9 +400,19 @@ async fn run_load(
     let load_started_ms = txengine::wire::now_ms();
     let (redis_pid, kafka_pid) = infra.pids();
     let pids = [engine.pid(), kafka_pid, redis_pid, Some(std::process::id())];
-    let cpu_before = pids.map(cpu_time_us);
+    // The generator is this process (goose) or a child it waits for (wrk).
+    let cpu_now = || {
+        let [engine, kafka, redis, generator] = pids;
+        [
+            cpu_time_us(engine),
+            cpu_time_us(kafka),
+            cpu_time_us(redis),
+            cpu_time_with_children_us(generator),
+        ]
+    };
+    let cpu_before = cpu_now();
     let driven = drive_http(generator, &engine.url, "engine", "engine", &profile).await?;
-    let cpu_after = pids.map(cpu_time_us);
+    let cpu_after = cpu_now();
     let per_request =
         |i: usize| (cpu_after[i] - cpu_before[i]) as f64 / driven.result.ok.max(1) as f64;
     let cpu_per_request = CpuPerRequest {
@@ -471,10 +482,7 @@ async fn run_load(
         started_at,
         machine: Machine::describe(),
         ratios: Ratios {
-            engine_vs_bare_http: bare_http
-                .as_ref()
-                .map(|b| engine_result.rps / b.rps)
-                .unwrap_or(0.0),
+            engine_vs_bare_http: bare_http.as_ref().map(|b| engine_result.rps / b.rps),
             engine_vs_redis_script: redis_script.as_ref().map(|r| engine_result.rps / r.rps),
         },
         engine: engine_result,

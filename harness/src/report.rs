@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::load::{HttpResult, SecondStats};
 
 /// Bumped whenever a field changes meaning or goes away.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
@@ -83,9 +83,10 @@ pub struct PipelineResult {
     pub drain_seconds: f64,
     /// Transactions applied per second, from the first 202 to the drain.
     pub apply_rate_tx_per_s: f64,
-    /// From the client's 202 to the apply script's Redis clock.
-    pub accept_to_applied_ms_p50: f64,
-    pub accept_to_applied_ms_p99: f64,
+    /// From the client's 202 to the apply time the consumer recorded;
+    /// `None` when the generator keeps no timestamps (wrk).
+    pub accept_to_applied_ms_p50: Option<f64>,
+    pub accept_to_applied_ms_p99: Option<f64>,
     /// Peak resident memory of the engine process.
     pub service_peak_rss_mib: f64,
 }
@@ -102,6 +103,16 @@ pub struct CpuPerRequest {
 
 /// User + system CPU time of a process so far, in microseconds.
 pub fn cpu_time_us(pid: Option<u32>) -> u64 {
+    process_cpu_us(pid, &[11, 12])
+}
+
+/// As [`cpu_time_us`], plus the children it has waited for (a finished wrk).
+pub fn cpu_time_with_children_us(pid: Option<u32>) -> u64 {
+    process_cpu_us(pid, &[11, 12, 13, 14])
+}
+
+/// Sums the given clock-tick fields of `/proc/<pid>/stat` (0 = the field after the name).
+fn process_cpu_us(pid: Option<u32>, tick_fields: &[usize]) -> u64 {
     let Some(stat) = pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
     else {
         return 0;
@@ -113,7 +124,7 @@ pub fn cpu_time_us(pid: Option<u32>) -> u64 {
         .unwrap_or_default();
     // SAFETY: sysconf has no preconditions.
     let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    let ticks: u64 = [11, 12]
+    let ticks: u64 = tick_fields
         .iter()
         .filter_map(|i| fields.get(*i)?.parse::<u64>().ok())
         .sum();
@@ -135,8 +146,9 @@ pub struct InvariantResult {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Ratios {
-    /// Engine accepted RPS / bare axum 202 RPS, same generator and settings.
-    pub engine_vs_bare_http: f64,
+    /// Engine accepted RPS / bare axum 202 RPS, same generator and settings;
+    /// `None` when the bare limits were not measured (`--no-limits`).
+    pub engine_vs_bare_http: Option<f64>,
     /// Engine accepted RPS / Redis apply-script calls per second.
     pub engine_vs_redis_script: Option<f64>,
 }
@@ -228,19 +240,21 @@ impl Report {
                 run.errors_by_kind
             );
         }
-        let _ = writeln!(
-            md,
-            "\nEngine / bare HTTP 202: **{:.2}**",
-            self.ratios.engine_vs_bare_http
-        );
+        if let Some(r) = self.ratios.engine_vs_bare_http {
+            let _ = writeln!(md, "\nEngine / bare HTTP 202: **{r:.2}**");
+        }
         if let Some(r) = self.ratios.engine_vs_redis_script {
             let _ = writeln!(md, "Engine / Redis apply script: **{r:.2}**");
         }
         let p = &self.pipeline;
+        let accept_to_applied = match (p.accept_to_applied_ms_p50, p.accept_to_applied_ms_p99) {
+            (Some(p50), Some(p99)) => format!("p50 {p50:.1} ms, p99 {p99:.1} ms"),
+            _ => "not measured (no client timestamps)".to_owned(),
+        };
         let _ = writeln!(
             md,
-            "\nPipeline: drain {:.1} s after the load; apply rate {:.0} tx/s; accept to applied p50 {:.1} ms, p99 {:.1} ms; engine peak RSS {:.0} MiB.",
-            p.drain_seconds, p.apply_rate_tx_per_s, p.accept_to_applied_ms_p50, p.accept_to_applied_ms_p99, p.service_peak_rss_mib
+            "\nPipeline: drain {:.1} s after the load; apply rate {:.0} tx/s; accept to applied {accept_to_applied}; engine peak RSS {:.0} MiB.",
+            p.drain_seconds, p.apply_rate_tx_per_s, p.service_peak_rss_mib
         );
         let c = &self.cpu_per_request;
         let _ = writeln!(
