@@ -5,20 +5,25 @@ use std::time::Duration;
 
 use harness::infra::LocalService;
 use rstest::rstest;
+use txengine::domain::TxStatus;
 use txengine::domain::{
     AccountId, Amount, Balance, Movement, Outcome, RejectReason, Transaction, TxId, MAX_MINOR_UNITS,
 };
-use txengine::store::{Applied, Store, StoreSettings};
+use txengine::store::{Applied, Claim, Store, StoreSettings};
 
 const MAX: u64 = MAX_MINOR_UNITS;
 
 async fn store() -> Store {
+    store_with_lease(30_000).await
+}
+
+async fn store_with_lease(lease_ms: u64) -> Store {
     let namespace = format!("apply-{}", uuid::Uuid::new_v4().simple());
     Store::connect(StoreSettings {
         url: &crate::infra().redis_url,
         namespace: &namespace,
         outcome_ttl_secs: 3600,
-        lease_ms: 30_000,
+        lease_ms,
         response_timeout: Duration::from_secs(5),
     })
     .await
@@ -295,4 +300,40 @@ async fn redis_restart_keeps_outcomes_and_reloads_scripts() {
         }
     );
     assert_eq!(get(&store, "a").await, Some(5));
+}
+
+/// The API's claim is a lease: while it lasts the same body is in flight and
+/// another body a conflict; once it ends the id is free again (a crashed API
+/// blocks nothing); once accepted, the record stays for the outcome TTL.
+#[tokio::test]
+async fn claim_is_a_lease_until_accepted() {
+    let store = store_with_lease(300).await;
+    let first = tx("lease", "debit", None, 5);
+    let other = tx("lease", "credit", None, 5);
+    let claim = |tx| {
+        let store = &store;
+        async move { store.claim(tx).await.unwrap() }
+    };
+    assert!(matches!(claim(&first).await, Claim::Claimed { .. }));
+    assert!(matches!(claim(&first).await, Claim::InFlight));
+    assert!(matches!(claim(&other).await, Claim::Conflict));
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(matches!(claim(&other).await, Claim::Claimed { .. }));
+    store.accept(&other).await.unwrap();
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(matches!(
+        claim(&other).await,
+        Claim::Known(TxStatus::Pending)
+    ));
+    assert!(matches!(claim(&first).await, Claim::Conflict));
+    let client = redis::Client::open(crate::infra().redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(store.tx_key(&other.id))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((3000..=3600).contains(&ttl), "record TTL {ttl} s");
 }
