@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use clap::ValueEnum;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use txengine::{Config, Engine, Role};
@@ -272,11 +273,12 @@ pub async fn fund_accounts(
 /// The command-line flags that make `txengine` (or `harness engine`) run
 /// `config`. The admin token travels in the environment, not in `ps`.
 pub fn engine_args(config: &Config) -> Vec<String> {
-    let role = match config.role {
-        Role::Api => "api",
-        Role::Consumer => "consumer",
-        Role::All => "all",
-    };
+    let role = config
+        .role
+        .to_possible_value()
+        .expect("every role has a name")
+        .get_name()
+        .to_owned();
     let pairs: [(&str, String); 14] = [
         ("--listen", config.listen.to_string()),
         ("--redis-url", config.redis_url.clone()),
@@ -296,7 +298,7 @@ pub fn engine_args(config: &Config) -> Vec<String> {
         ("--linger-ms", config.linger_ms.to_string()),
         ("--batch-size", config.batch_size.to_string()),
     ];
-    std::iter::once(role.to_owned())
+    std::iter::once(role)
         .chain(
             pairs
                 .into_iter()

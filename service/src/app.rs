@@ -47,6 +47,10 @@ impl Engine {
     /// Connects to Redis and Kafka, creates the topics if missing, binds the
     /// listener and starts the roles of `config`.
     pub async fn start(config: &Config) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            config.role != Role::Openapi,
+            "role openapi prints a document; it runs no engine"
+        );
         let admin_token = config.admin_token()?;
         let metrics = metrics_handle();
         ensure_topics(

@@ -15,6 +15,8 @@ pub enum Role {
     Consumer,
     /// Both in one process.
     All,
+    /// Print the OpenAPI document of the HTTP API and exit.
+    Openapi,
 }
 
 #[derive(Debug, Clone, Parser)]

@@ -13,7 +13,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::domain::{
     AccountId, Amount, Balance, Movement, Outcome, RuleError, Transaction, TxId, TxStatus,
@@ -37,12 +38,15 @@ pub struct ApiState {
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/transactions", post(post_transaction))
-        .route("/transaction", post(post_transaction))
+        .route("/transaction", post(post_transaction_seed_path))
         .route("/transactions/{id}", get(get_transaction))
         .route("/balance/{account}", get(get_balance).put(put_balance))
-        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(render_metrics))
+        .route("/openapi.json", get(openapi_json))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(record_request))
         .with_state(state)
@@ -111,14 +115,31 @@ impl Problem {
     }
 }
 
+/// The body of every error answer (`application/problem+json`, RFC 9457).
+#[derive(Serialize, ToSchema)]
+struct ProblemBody {
+    /// `urn:txengine:problem:<slug>`; slugs: malformed, too-large, not-json,
+    /// rule-broken, id-conflict, in-flight, not-found, unauthorized,
+    /// forbidden, method-not-allowed, unavailable.
+    #[serde(rename = "type")]
+    #[schema(pattern = "^urn:txengine:problem:[a-z-]+$")]
+    kind: String,
+    /// A short summary, the same for every problem of this type.
+    title: &'static str,
+    /// The HTTP status code.
+    status: u16,
+    /// What went wrong with this request.
+    detail: String,
+}
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let body = json!({
-            "type": format!("urn:txengine:problem:{}", self.slug),
-            "title": self.title,
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-        });
+        let body = ProblemBody {
+            kind: format!("urn:txengine:problem:{}", self.slug),
+            title: self.title,
+            status: self.status.as_u16(),
+            detail: self.detail,
+        };
         let mut response = (self.status, Json(body)).into_response();
         let headers = response.headers_mut();
         headers.insert(
@@ -137,15 +158,37 @@ impl IntoResponse for Problem {
 
 /// The body of `POST /transactions`, before any rule is checked. Wrong JSON
 /// types and unknown fields are 400; broken rules are 422.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TransactionRequest {
+    /// The transaction id (or send it as `Idempotency-Key`); the server makes
+    /// a UUIDv7 when neither is given.
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
     id: Option<String>,
+    /// What the movement does; `debit` when absent.
     #[serde(rename = "type")]
+    #[schema(value_type = Option<MovementKind>)]
     kind: Option<String>,
+    /// The account whose balance is checked: debited, credited, or the source of a transfer.
+    #[schema(value_type = String, required = true, pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
     account: Option<String>,
+    /// The destination of a transfer; only for transfers.
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
     to: Option<String>,
+    /// Minor units (an integer).
+    #[schema(value_type = u64, required = true, minimum = 1, maximum = 9007199254740991_u64)]
     amount: Option<serde_json::Number>,
+}
+
+/// The kinds of movement (documentation only: the request keeps the raw
+/// string, so an unknown kind is a 422 naming it, not a 400).
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum MovementKind {
+    Debit,
+    Credit,
+    Transfer,
 }
 
 /// Parses an integer amount in minor units, refusing fractions, signs and
@@ -226,14 +269,37 @@ fn read_body<T: for<'de> Deserialize<'de>>(
 }
 
 /// The state of a transaction as clients see it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct TransactionView<'a> {
     id: &'a str,
+    /// `pending` until a consumer applied or rejected it.
+    #[schema(value_type = TxState)]
     status: &'static str,
+    /// Why it was rejected: insufficient_funds, unknown_account, balance_overflow.
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'static str>,
+    /// The checked account's balance right after it was applied.
     #[serde(skip_serializing_if = "Option::is_none")]
     balance_after: Option<u64>,
+}
+
+/// Where a transaction stands (documentation only).
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum TxState {
+    Pending,
+    Applied,
+    Rejected,
+}
+
+/// An account's balance in minor units.
+#[derive(Serialize, ToSchema)]
+struct BalanceView {
+    #[schema(value_type = String)]
+    account: AccountId,
+    #[schema(value_type = u64, maximum = 9007199254740991_u64)]
+    balance: Balance,
 }
 
 fn view(id: &TxId, status: TxStatus) -> TransactionView<'_> {
@@ -267,6 +333,27 @@ fn status_response(id: &TxId, status: TxStatus) -> Response {
     response
 }
 
+/// Submit a money movement; 202 once Kafka has it.
+#[utoipa::path(
+    post,
+    path = "/transactions",
+    tag = "transactions",
+    request_body(content = TransactionRequest, content_type = "application/json"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "The transaction id, instead of `id` in the body (both given: they must match)")),
+    responses(
+        (status = 202, description = "Kafka has the transaction (or it was accepted before and is still pending)", body = TransactionView,
+            headers(("Location" = String, description = "/transactions/{id}"))),
+        (status = 200, description = "The same transaction was accepted before and is settled: its outcome", body = TransactionView,
+            headers(("Location" = String, description = "/transactions/{id}"))),
+        (status = 400, description = "Not JSON of the expected shape (wrong types, unknown fields)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The same transaction is being accepted by another request right now", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 16 KiB", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type is not JSON", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "A rule is broken (amount, ids, transfer to self, missing field), or the id is used by another body; nothing was published", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Kafka or Redis cannot take the request; retry after Retry-After seconds", body = ProblemBody, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "seconds"))),
+    )
+)]
 async fn post_transaction(
     State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -292,6 +379,35 @@ async fn post_transaction(
             tracing::error!(error = %e, "accept task failed");
             Err(Problem::unavailable("internal error", retry_after_secs))
         })
+}
+
+/// The seed's path: the same as `POST /transactions`.
+#[utoipa::path(
+    post,
+    path = "/transaction",
+    tag = "transactions",
+    request_body(content = TransactionRequest, content_type = "application/json"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "As for POST /transactions")),
+    responses(
+        (status = 202, description = "As for POST /transactions", body = TransactionView,
+            headers(("Location" = String, description = "/transactions/{id}"))),
+        (status = 200, description = "As for POST /transactions", body = TransactionView,
+            headers(("Location" = String, description = "/transactions/{id}"))),
+        (status = 400, description = "As for POST /transactions", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "As for POST /transactions", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "As for POST /transactions", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 415, description = "As for POST /transactions", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "As for POST /transactions", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "As for POST /transactions", body = ProblemBody, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "seconds"))),
+    )
+)]
+async fn post_transaction_seed_path(
+    api: State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    post_transaction(api, headers, body).await
 }
 
 /// Claims the id, publishes the record and marks it accepted.
@@ -354,6 +470,20 @@ async fn accept_transaction(api: Arc<ApiState>, tx: Transaction) -> Result<Respo
     Ok(status_response(&record.tx.id, TxStatus::Pending))
 }
 
+/// Where a transaction stands.
+#[utoipa::path(
+    get,
+    path = "/transactions/{id}",
+    tag = "transactions",
+    params(("id" = String, Path, description = "Transaction id", pattern = "^[A-Za-z0-9_.:-]{1,64}$")),
+    responses(
+        (status = 200, description = "Pending, applied or rejected", body = TransactionView),
+        (status = 404, description = "No such transaction (never accepted, or its outcome has expired)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Not a valid id", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Redis is unavailable", body = ProblemBody, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "seconds"))),
+    )
+)]
 async fn get_transaction(
     State(api): State<Arc<ApiState>>,
     Path(id): Path<String>,
@@ -374,6 +504,20 @@ fn not_found(detail: String) -> Problem {
     Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
 }
 
+/// An account's balance.
+#[utoipa::path(
+    get,
+    path = "/balance/{account}",
+    tag = "balances",
+    params(("account" = String, Path, description = "Account id", pattern = "^[A-Za-z0-9_.:-]{1,64}$")),
+    responses(
+        (status = 200, description = "The balance in minor units", body = BalanceView),
+        (status = 404, description = "No such account", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Not a valid account id", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Redis is unavailable", body = ProblemBody, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "seconds"))),
+    )
+)]
 async fn get_balance(
     State(api): State<Arc<ApiState>>,
     Path(account): Path<String>,
@@ -385,14 +529,17 @@ async fn get_balance(
         .await
         .map_err(|e| Problem::from_store(e, api.retry_after_secs))?
     {
-        Some(balance) => Ok(Json(json!({"account": account, "balance": balance})).into_response()),
+        Some(balance) => Ok(Json(BalanceView { account, balance }).into_response()),
         None => Err(not_found(format!("no account {account}"))),
     }
 }
 
-#[derive(Deserialize)]
+/// The body of `PUT /balance/{account}`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BalanceRequest {
+    /// Minor units, 0 ..= 2^53-1.
+    #[schema(value_type = u64, minimum = 0, maximum = 9007199254740991_u64)]
     balance: serde_json::Number,
 }
 
@@ -430,6 +577,27 @@ fn authorize_admin(api: &ApiState, headers: &HeaderMap) -> Result<(), Problem> {
     }
 }
 
+/// Set an account's balance (the seed's setter; an admin operation).
+#[utoipa::path(
+    put,
+    path = "/balance/{account}",
+    tag = "balances",
+    security(("admin_token" = [])),
+    params(("account" = String, Path, description = "Account id", pattern = "^[A-Za-z0-9_.:-]{1,64}$")),
+    request_body(content = BalanceRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The balance is set", body = BalanceView),
+        (status = 400, description = "Not JSON of the expected shape", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No bearer token", body = ProblemBody, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "Bearer"))),
+        (status = 403, description = "Wrong token, or no admin token configured", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 16 KiB", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type is not JSON", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Not a valid account id or balance", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Redis is unavailable", body = ProblemBody, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "seconds"))),
+    )
+)]
 async fn put_balance(
     State(api): State<Arc<ApiState>>,
     Path(account): Path<String>,
@@ -449,9 +617,35 @@ async fn put_balance(
         .set_balance(&account, balance)
         .await
         .map_err(|e| Problem::from_store(e, api.retry_after_secs))?;
-    Ok(Json(json!({"account": account, "balance": balance})).into_response())
+    Ok(Json(BalanceView { account, balance }).into_response())
 }
 
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "Alive", body = Health)))]
+async fn health() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+#[derive(Serialize, ToSchema)]
+struct Health {
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
+/// Whether Redis and Kafka answer.
+#[derive(Serialize, ToSchema)]
+struct Readiness {
+    redis: bool,
+    kafka: bool,
+}
+
+/// Readiness: Redis and Kafka reachable.
+#[utoipa::path(get, path = "/ready", tag = "operations",
+    responses(
+        (status = 200, description = "Both reachable", body = Readiness),
+        (status = 503, description = "Redis or Kafka unreachable", body = Readiness),
+    ))]
 async fn ready(State(api): State<Arc<ApiState>>) -> Response {
     let redis = api.store.ping().await.is_ok();
     let kafka = api.publisher.ready().await;
@@ -460,9 +654,12 @@ async fn ready(State(api): State<Arc<ApiState>>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (code, Json(json!({"redis": redis, "kafka": kafka}))).into_response()
+    (code, Json(Readiness { redis, kafka })).into_response()
 }
 
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 async fn render_metrics(State(api): State<Arc<ApiState>>) -> Response {
     prometheus_text(&api.metrics)
 }
@@ -482,7 +679,78 @@ pub fn metrics_router(handle: PrometheusHandle) -> Router {
             "/metrics",
             get(move || async move { prometheus_text(&handle) }),
         )
-        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/health", get(health))
+}
+
+/// This API's OpenAPI 3.1 document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json")))]
+async fn openapi_json() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        openapi_document(),
+    )
+        .into_response()
+}
+
+/// The OpenAPI document, as served and as committed in `service/openapi.json`.
+pub fn openapi_document() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes")
+        + "\n"
+}
+
+async fn unknown_route() -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        "Not found",
+        "no such route; see /openapi.json",
+    )
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        "this route does not take that method; see the Allow header",
+    )
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "txengine",
+        description = "Atomic transaction engine: POST money movements, read outcomes and balances. Money is an integer number of minor units, 1 ..= 2^53-1 per amount, balances 0 ..= 2^53-1."
+    ),
+    paths(
+        post_transaction,
+        post_transaction_seed_path,
+        get_transaction,
+        get_balance,
+        put_balance,
+        health,
+        ready,
+        render_metrics,
+        openapi_json
+    ),
+    modifiers(&AdminToken)
+)]
+struct ApiDoc;
+
+/// The bearer scheme of `PUT /balance/{account}`.
+struct AdminToken;
+
+impl Modify for AdminToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
 }
 
 /// Counts requests and times them, by route and status.

@@ -4,7 +4,7 @@ use clap::Parser;
 /// glibc malloc/free (many small, short-lived allocations per request).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use txengine::{app, Config, Engine};
+use txengine::{app, Config, Engine, Role};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -15,6 +15,10 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let config = Config::parse();
+    if config.role == Role::Openapi {
+        print!("{}", txengine::http::openapi_document());
+        return Ok(());
+    }
     let engine = Engine::start(&config).await?;
     engine.run_until(app::shutdown_signal()).await
 }

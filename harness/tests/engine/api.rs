@@ -420,6 +420,54 @@ async fn reads_of_unknown_things_are_404_and_bad_ids_422() {
 }
 
 #[tokio::test]
+async fn unknown_routes_and_methods_are_problems() {
+    let s = stack("routes").await;
+    let (status, problem) = s.get("/no/such/route").await.unwrap();
+    assert_problem(status, &problem, StatusCode::NOT_FOUND);
+    let response = s.http.delete(s.url("/transactions")).send().await.unwrap();
+    assert_eq!(response.headers()["allow"], "POST");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let status = response.status();
+    let problem: Value = response.json().await.unwrap();
+    assert_problem(status, &problem, StatusCode::METHOD_NOT_ALLOWED);
+    s.stop().await.unwrap();
+}
+
+/// The document the engine serves is the one committed beside the code, so a
+/// change to the API shows up in review (and schemathesis tests what is served).
+#[tokio::test]
+async fn served_openapi_document_is_the_committed_copy() {
+    let s = stack("openapi").await;
+    let response = s.http.get(s.url("/openapi.json")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let served = response.text().await.unwrap();
+    let committed_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../service/openapi.json");
+    let committed = std::fs::read_to_string(committed_path).unwrap();
+    assert!(
+        served == committed,
+        "service/openapi.json is stale: run `cargo run -p txengine -- openapi > service/openapi.json`"
+    );
+    let document: Value = serde_json::from_str(&served).unwrap();
+    assert_eq!(document["openapi"], "3.1.0");
+    for path in [
+        "/transactions",
+        "/transaction",
+        "/transactions/{id}",
+        "/balance/{account}",
+        "/health",
+        "/ready",
+        "/metrics",
+    ] {
+        assert!(document["paths"][path].is_object(), "{path} is documented");
+    }
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn balance_setter_needs_the_admin_token() {
     let s = stack("admin").await;
     let put = |token: Option<&str>, body: Value| {
