@@ -339,7 +339,7 @@ fn status_response(id: &TxId, status: TxStatus) -> Response {
     path = "/transactions",
     tag = "transactions",
     request_body(content = TransactionRequest, content_type = "application/json"),
-    params(("Idempotency-Key" = Option<String>, Header, description = "The transaction id, instead of `id` in the body (both given: they must match)")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "The transaction id, instead of `id` in the body (both given: they must match)", pattern = "^[A-Za-z0-9_.:-]{1,64}$")),
     responses(
         (status = 202, description = "Kafka has the transaction (or it was accepted before and is still pending)", body = TransactionView,
             headers(("Location" = String, description = "/transactions/{id}"))),
@@ -387,7 +387,7 @@ async fn post_transaction(
     path = "/transaction",
     tag = "transactions",
     request_body(content = TransactionRequest, content_type = "application/json"),
-    params(("Idempotency-Key" = Option<String>, Header, description = "As for POST /transactions")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "As for POST /transactions", pattern = "^[A-Za-z0-9_.:-]{1,64}$")),
     responses(
         (status = 202, description = "As for POST /transactions", body = TransactionView,
             headers(("Location" = String, description = "/transactions/{id}"))),

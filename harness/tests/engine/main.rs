@@ -5,6 +5,7 @@
 
 mod api;
 mod apply;
+mod contract;
 mod differential;
 mod pipeline;
 
