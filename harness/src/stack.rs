@@ -279,7 +279,7 @@ pub fn engine_args(config: &Config) -> Vec<String> {
         .expect("every role has a name")
         .get_name()
         .to_owned();
-    let pairs: [(&str, String); 14] = [
+    let pairs: [(&str, String); 17] = [
         ("--listen", config.listen.to_string()),
         ("--redis-url", config.redis_url.clone()),
         ("--kafka-brokers", config.kafka_brokers.clone()),
@@ -297,6 +297,15 @@ pub fn engine_args(config: &Config) -> Vec<String> {
         ),
         ("--linger-ms", config.linger_ms.to_string()),
         ("--batch-size", config.batch_size.to_string()),
+        ("--max-connections", config.max_connections.to_string()),
+        (
+            "--header-read-timeout-ms",
+            config.header_read_timeout_ms.to_string(),
+        ),
+        (
+            "--body-read-timeout-ms",
+            config.body_read_timeout_ms.to_string(),
+        ),
     ];
     std::iter::once(role)
         .chain(

@@ -118,6 +118,20 @@ pub struct Config {
     /// Seconds a 503 tells the client to wait (Retry-After).
     #[arg(long, env = "TXENGINE_RETRY_AFTER_SECS", default_value_t = 1)]
     pub retry_after_secs: u64,
+
+    /// Most open HTTP connections; more wait in the kernel's listen backlog
+    /// until one closes.
+    #[arg(long, env = "TXENGINE_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// How long a client may take to send a request's headers (ms), and how
+    /// long an idle keep-alive connection stays open.
+    #[arg(long, env = "TXENGINE_HEADER_READ_TIMEOUT_MS", default_value_t = 5_000)]
+    pub header_read_timeout_ms: u64,
+
+    /// How long a client may take to send a request's body (ms); then 408.
+    #[arg(long, env = "TXENGINE_BODY_READ_TIMEOUT_MS", default_value_t = 5_000)]
+    pub body_read_timeout_ms: u64,
 }
 
 impl Config {

@@ -1,11 +1,10 @@
 //! The HTTP API (axum): routes, request parsing and problem+json errors.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::body::Body;
+use axum::extract::{MatchedPath, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -32,6 +31,8 @@ pub struct ApiState {
     pub publisher: Publisher,
     pub admin_token: Option<String>,
     pub retry_after_secs: u64,
+    /// How long a client may take to send a body; then 408.
+    pub body_read_timeout: Duration,
     pub metrics: PrometheusHandle,
 }
 
@@ -47,7 +48,6 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/openapi.json", get(openapi_json))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(record_request))
         .with_state(state)
 }
@@ -119,8 +119,8 @@ impl Problem {
 #[derive(Serialize, ToSchema)]
 struct ProblemBody {
     /// `urn:txengine:problem:<slug>`; slugs: malformed, too-large, not-json,
-    /// rule-broken, id-conflict, in-flight, not-found, unauthorized,
-    /// forbidden, method-not-allowed, unavailable.
+    /// body-timeout, rule-broken, id-conflict, in-flight, not-found,
+    /// unauthorized, forbidden, method-not-allowed, unavailable.
     #[serde(rename = "type")]
     #[schema(pattern = "^urn:txengine:problem:[a-z-]+$")]
     kind: String,
@@ -247,25 +247,55 @@ fn require_json(headers: &HeaderMap) -> Result<(), Problem> {
     }
 }
 
-fn read_body<T: for<'de> Deserialize<'de>>(
+/// Reads a JSON body of at most [`MAX_BODY_BYTES`] that arrives within the
+/// body deadline. Nothing has been done when this refuses.
+async fn read_body<T: for<'de> Deserialize<'de>>(
+    api: &ApiState,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<T, Problem> {
-    let body = body.map_err(|rejection| {
-        let status = rejection.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            Problem::new(
-                status,
-                "too-large",
-                "The body is too large",
-                format!("the limit is {MAX_BODY_BYTES} bytes"),
-            )
-        } else {
-            Problem::malformed(rejection.body_text())
+    let too_large = || {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            "The body is too large",
+            format!("the limit is {MAX_BODY_BYTES} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    let read = axum::body::to_bytes(body, MAX_BODY_BYTES);
+    let bytes = match tokio::time::timeout(api.body_read_timeout, read).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => {
+            let over_limit = e
+                .into_inner()
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
+            return Err(if over_limit {
+                too_large()
+            } else {
+                Problem::malformed("the body could not be read")
+            });
         }
-    })?;
+        Err(_) => {
+            return Err(Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body-timeout",
+                "The body arrived too slowly",
+                format!(
+                    "send the whole body within {} ms; nothing was done",
+                    api.body_read_timeout.as_millis()
+                ),
+            ))
+        }
+    };
     require_json(headers)?;
-    serde_json::from_slice(&body).map_err(|e| Problem::malformed(e.to_string()))
+    serde_json::from_slice(&bytes).map_err(|e| Problem::malformed(e.to_string()))
 }
 
 /// The state of a transaction as clients see it.
@@ -346,6 +376,7 @@ fn status_response(id: &TxId, status: TxStatus) -> Response {
         (status = 200, description = "The same transaction was accepted before and is settled: its outcome", body = TransactionView,
             headers(("Location" = String, description = "/transactions/{id}"))),
         (status = 400, description = "Not JSON of the expected shape (wrong types, unknown fields)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 408, description = "The body arrived too slowly; nothing was done", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "The same transaction is being accepted by another request right now", body = ProblemBody, content_type = "application/problem+json"),
         (status = 413, description = "Body over 16 KiB", body = ProblemBody, content_type = "application/problem+json"),
         (status = 415, description = "Content-Type is not JSON", body = ProblemBody, content_type = "application/problem+json"),
@@ -357,9 +388,9 @@ fn status_response(id: &TxId, status: TxStatus) -> Response {
 async fn post_transaction(
     State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, Problem> {
-    let request: TransactionRequest = read_body(&headers, body)?;
+    let request: TransactionRequest = read_body(&api, &headers, body).await?;
     let header_id = match headers.get("idempotency-key") {
         Some(v) => Some(v.to_str().map_err(|_| {
             Problem::rule(RuleError::BadId {
@@ -394,6 +425,7 @@ async fn post_transaction(
         (status = 200, description = "As for POST /transactions", body = TransactionView,
             headers(("Location" = String, description = "/transactions/{id}"))),
         (status = 400, description = "As for POST /transactions", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 408, description = "As for POST /transactions", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "As for POST /transactions", body = ProblemBody, content_type = "application/problem+json"),
         (status = 413, description = "As for POST /transactions", body = ProblemBody, content_type = "application/problem+json"),
         (status = 415, description = "As for POST /transactions", body = ProblemBody, content_type = "application/problem+json"),
@@ -405,7 +437,7 @@ async fn post_transaction(
 async fn post_transaction_seed_path(
     api: State<Arc<ApiState>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, Problem> {
     post_transaction(api, headers, body).await
 }
@@ -414,12 +446,17 @@ async fn post_transaction_seed_path(
 async fn accept_transaction(api: Arc<ApiState>, tx: Transaction) -> Result<Response, Problem> {
     let retry = api.retry_after_secs;
 
-    let token = match api
-        .store
-        .claim(&tx)
-        .await
-        .map_err(|e| Problem::from_store(e, retry))?
-    {
+    let token = Store::lease_token();
+    let claim = match api.store.claim(&tx, &token).await {
+        Ok(claim) => claim,
+        Err(e) => {
+            // The claim may still land once a stalled Redis wakes up; give
+            // it back, or the client's retry would meet 409 until the lease ends.
+            tokio::spawn(release_in_background(api.clone(), tx.id.clone(), token));
+            return Err(Problem::from_store(e, retry));
+        }
+    };
+    let token = match claim {
         Claim::Claimed { token } => token,
         Claim::Conflict => {
             return Err(Problem::new(
@@ -468,6 +505,21 @@ async fn accept_transaction(api: Arc<ApiState>, tx: Transaction) -> Result<Respo
         tracing::warn!(error = %e, id = %record.tx.id, "accepted but could not mark it");
     }
     Ok(status_response(&record.tx.id, TxStatus::Pending))
+}
+
+/// Releases a claim whose outcome is unknown, retrying while Redis does not
+/// answer, for as long as the lease would have lasted.
+async fn release_in_background(api: Arc<ApiState>, id: TxId, token: String) {
+    let give_up = Instant::now() + api.store.lease();
+    let mut pause = Duration::from_millis(100);
+    while let Err(e) = api.store.release(&id, &token).await {
+        if Instant::now() + pause > give_up {
+            tracing::warn!(error = %e, %id, "could not release a claim; its lease will run out");
+            return;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
 }
 
 /// Where a transaction stands.
@@ -591,6 +643,7 @@ fn authorize_admin(api: &ApiState, headers: &HeaderMap) -> Result<(), Problem> {
         (status = 401, description = "No bearer token", body = ProblemBody, content_type = "application/problem+json",
             headers(("WWW-Authenticate" = String, description = "Bearer"))),
         (status = 403, description = "Wrong token, or no admin token configured", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 408, description = "The body arrived too slowly; nothing was done", body = ProblemBody, content_type = "application/problem+json"),
         (status = 413, description = "Body over 16 KiB", body = ProblemBody, content_type = "application/problem+json"),
         (status = 415, description = "Content-Type is not JSON", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "Not a valid account id or balance", body = ProblemBody, content_type = "application/problem+json"),
@@ -602,11 +655,11 @@ async fn put_balance(
     State(api): State<Arc<ApiState>>,
     Path(account): Path<String>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, Problem> {
     authorize_admin(&api, &headers)?;
     let account = AccountId::parse(&account).map_err(Problem::rule)?;
-    let request: BalanceRequest = read_body(&headers, body)?;
+    let request: BalanceRequest = read_body(&api, &headers, body).await?;
     let balance = request
         .balance
         .as_u64()

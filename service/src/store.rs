@@ -194,9 +194,21 @@ impl Store {
         }
     }
 
-    /// Claims `tx.id` for this request before it is published.
-    pub async fn claim(&self, tx: &Transaction) -> Result<Claim, StoreError> {
-        let token = uuid::Uuid::new_v4().simple().to_string();
+    /// How long a claim lasts unless released or accepted.
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms)
+    }
+
+    /// A fresh lease token, naming one request's claim.
+    pub fn lease_token() -> String {
+        uuid::Uuid::new_v4().simple().to_string()
+    }
+
+    /// Claims `tx.id` for this request, under `token`, before it is
+    /// published. After an error the claim may still have been made (the
+    /// command can reach Redis after the wait for its answer ended): release
+    /// `token` then.
+    pub async fn claim(&self, tx: &Transaction, token: &str) -> Result<Claim, StoreError> {
         let (verdict, reason, balance_after): (String, String, String) = self
             .with_scripts(|| {
                 let mut conn = self.conn.clone();
@@ -204,12 +216,14 @@ impl Store {
                 invocation
                     .arg(tx.movement.fingerprint())
                     .arg(self.lease_ms)
-                    .arg(&token);
+                    .arg(token);
                 async move { invocation.invoke_async(&mut conn).await }
             })
             .await?;
         Ok(match verdict.as_str() {
-            "claimed" => Claim::Claimed { token },
+            "claimed" => Claim::Claimed {
+                token: token.to_owned(),
+            },
             "conflict" => Claim::Conflict,
             "leased" => Claim::InFlight,
             state => Claim::Known(parse_status(state, &reason, &balance_after)?),

@@ -257,7 +257,7 @@ async fn same_id_in_flight_is_409() {
         .unwrap(),
     };
     assert!(matches!(
-        store.claim(&tx).await.unwrap(),
+        store.claim(&tx, &Store::lease_token()).await.unwrap(),
         txengine::store::Claim::Claimed { .. }
     ));
     let (status, problem) = s
@@ -552,6 +552,7 @@ async fn serve(store: Store, publisher: Publisher) -> String {
         publisher,
         admin_token: None,
         retry_after_secs: 2,
+        body_read_timeout: Duration::from_secs(5),
         metrics: metrics_exporter_prometheus::PrometheusBuilder::new()
             .build_recorder()
             .handle(),

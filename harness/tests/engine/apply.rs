@@ -312,7 +312,7 @@ async fn claim_is_a_lease_until_accepted() {
     let other = tx("lease", "credit", None, 5);
     let claim = |tx| {
         let store = &store;
-        async move { store.claim(tx).await.unwrap() }
+        async move { store.claim(tx, &Store::lease_token()).await.unwrap() }
     };
     assert!(matches!(claim(&first).await, Claim::Claimed { .. }));
     assert!(matches!(claim(&first).await, Claim::InFlight));

@@ -7,6 +7,7 @@ mod api;
 mod apply;
 mod contract;
 mod differential;
+mod limits;
 mod pipeline;
 
 use std::sync::Once;

@@ -1,0 +1,318 @@
+//! Limits under abuse, over raw TCP so the requests can be as broken as a
+//! hostile or careless client makes them: each limit's answer, nothing
+//! written for a refused request, and the engine's memory flat afterwards.
+
+use std::time::Duration;
+
+use harness::infra::LocalService;
+use harness::stack::{isolated_config, EngineProcess, Stack};
+use reqwest::StatusCode;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use txengine::http::MAX_BODY_BYTES;
+use txengine::Config;
+
+/// `host:port` of a base URL.
+fn addr(url: &str) -> &str {
+    url.trim_start_matches("http://")
+}
+
+/// Sends `head` (and `body`) on a new connection and reads the answer until
+/// the server closes the connection or `wait` passes: (status, everything read).
+async fn exchange(url: &str, head: &str, body: &[u8], wait: Duration) -> (Option<u16>, String) {
+    let mut stream = TcpStream::connect(addr(url)).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // The server may answer (and close) before it has read all we send.
+    let _ = stream.write_all(body).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3)?.parse().ok());
+    (status, text)
+}
+
+fn post_head(extra: &str, content_length: Option<usize>) -> String {
+    let length = content_length
+        .map(|n| format!("Content-Length: {n}\r\n"))
+        .unwrap_or_else(|| "Transfer-Encoding: chunked\r\n".to_owned());
+    format!(
+        "POST /transactions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n{length}{extra}Connection: close\r\n\r\n"
+    )
+}
+
+fn vm_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+async fn engine_process(name: &str) -> EngineProcess {
+    let mut config = isolated_config(crate::infra(), name);
+    let port = harness::infra::process::free_port().unwrap();
+    config.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    EngineProcess::spawn(env!("CARGO_BIN_EXE_harness").as_ref(), config)
+        .await
+        .expect("engine process starts")
+}
+
+/// Oversized heads (431), oversized bodies with and without a declared
+/// length (413), many times over: every one refused, nothing recorded, and
+/// the engine's resident memory about where it started.
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_requests_are_refused_and_memory_stays_flat() {
+    let engine = engine_process("oversized").await;
+    let pid = engine.pid().unwrap();
+    let big_header = format!("X-Filler: {}\r\n", "h".repeat(64 * 1024));
+    let big_body = vec![b' '; 4 * MAX_BODY_BYTES];
+    let chunked_body = {
+        let chunk = format!("{:x}\r\n{}\r\n", 8192, " ".repeat(8192));
+        chunk.repeat(8) + "0\r\n\r\n"
+    };
+    let wait = Duration::from_secs(5);
+    // Warm up allocator pools and the runtime before the baseline.
+    for _ in 0..50 {
+        exchange(&engine.url, &post_head(&big_header, Some(2)), b"{}", wait).await;
+    }
+    let before = vm_rss_kib(pid);
+    for round in 0..300 {
+        let (status, text) =
+            exchange(&engine.url, &post_head(&big_header, Some(2)), b"{}", wait).await;
+        assert_eq!(status, Some(431), "round {round}: {text}");
+        let (status, text) = exchange(
+            &engine.url,
+            &post_head("", Some(big_body.len())),
+            &big_body,
+            wait,
+        )
+        .await;
+        assert_eq!(status, Some(413), "round {round}: {text}");
+        assert!(text.contains("urn:txengine:problem:too-large"), "{text}");
+        let (status, text) = exchange(
+            &engine.url,
+            &post_head("", None),
+            chunked_body.as_bytes(),
+            wait,
+        )
+        .await;
+        assert_eq!(status, Some(413), "round {round}: {text}");
+    }
+    let after = vm_rss_kib(pid);
+    assert!(
+        after < before + 16 * 1024,
+        "resident memory grew from {before} KiB to {after} KiB over 900 refused requests"
+    );
+    let client = reqwest::Client::new();
+    let metrics = client
+        .get(format!("{}/metrics", engine.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("status=\"431\"") || metrics.contains("status=\"413\""),
+        "the refusals are counted: {metrics}"
+    );
+    assert!(
+        !metrics.contains("status=\"202\""),
+        "nothing may have been accepted: {metrics}"
+    );
+}
+
+fn with_limits(name: &str, tune: impl FnOnce(&mut Config)) -> Config {
+    let mut config = isolated_config(crate::infra(), name);
+    tune(&mut config);
+    config
+}
+
+/// A client that never finishes its headers, or sits idle on an open
+/// connection, is disconnected after the header deadline.
+#[tokio::test]
+async fn slow_or_idle_headers_are_cut_off() {
+    let s = Stack::start_with(with_limits("slowhead", |c| c.header_read_timeout_ms = 300))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (_, text) = exchange(
+        &s.url,
+        "POST /transactions HTTP/1.1\r\nHost: test\r\n",
+        b"",
+        Duration::from_secs(10),
+    )
+    .await;
+    let cut_after = started.elapsed();
+    assert!(
+        cut_after < Duration::from_secs(5),
+        "half a head was kept {cut_after:?}: {text}"
+    );
+    let started = std::time::Instant::now();
+    exchange(&s.url, "", b"", Duration::from_secs(10)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "idle connection kept"
+    );
+    s.stop().await.unwrap();
+}
+
+/// A body that does not arrive in time is 408 and nothing is recorded.
+#[tokio::test]
+async fn slow_body_is_408_and_records_nothing() {
+    let s = Stack::start_with(with_limits("slowbody", |c| c.body_read_timeout_ms = 300))
+        .await
+        .unwrap();
+    s.set_balance("acct", 100).await.unwrap();
+    let body = json!({"id": "slow-1", "account": "acct", "amount": 1}).to_string();
+    let half = &body.as_bytes()[..body.len() / 2];
+    let (status, text) = exchange(
+        &s.url,
+        &post_head("", Some(body.len())),
+        half,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(status, Some(408), "{text}");
+    assert!(text.contains("urn:txengine:problem:body-timeout"), "{text}");
+    let (status, _) = s.get("/transactions/slow-1").await.unwrap();
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // The same id sent whole is then accepted: the slow attempt held no claim.
+    let (status, _) = s.post(&serde_json::from_str(&body).unwrap()).await.unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED);
+    s.stop().await.unwrap();
+}
+
+/// Past the connection cap, a new connection waits (in the kernel's
+/// backlog) and is served as soon as another one closes.
+#[tokio::test]
+async fn connections_past_the_cap_wait_for_a_free_slot() {
+    let s = Stack::start_with(with_limits("conncap", |c| {
+        c.max_connections = 2;
+        c.header_read_timeout_ms = 20_000;
+    }))
+    .await
+    .unwrap();
+    let first = TcpStream::connect(addr(&s.url)).await.unwrap();
+    let _second = TcpStream::connect(addr(&s.url)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let health = "GET /health HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n";
+    let url = s.url.clone();
+    let third = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let (status, _) = exchange(&url, health, b"", Duration::from_secs(10)).await;
+        (status, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !third.is_finished(),
+        "a third connection was served past the cap of 2"
+    );
+    drop(first);
+    let (status, waited) = third.await.unwrap();
+    assert_eq!(status, Some(200));
+    assert!(waited >= Duration::from_millis(700), "{waited:?}");
+    s.stop().await.unwrap();
+}
+
+/// A Redis that stops answering mid-request (SIGSTOP, not a closed port):
+/// the API answers 503 within its Redis timeout, writes nothing, and the
+/// same request succeeds once Redis is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_redis_is_503_then_recovers() {
+    let infra = crate::infra();
+    let mut redis = harness::infra::LocalRedis::start("always").unwrap();
+    let s = Stack::start_with(with_limits("stall", |c| {
+        c.redis_url = redis.url();
+        c.redis_timeout_ms = 500;
+    }))
+    .await
+    .unwrap();
+    let _ = infra;
+    s.set_balance("acct", 10).await.unwrap();
+    let pid = redis.pid().unwrap() as libc::pid_t;
+    // SAFETY: signalling a child process this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let request = json!({"id": "stall-1", "account": "acct", "amount": 3});
+    let started = std::time::Instant::now();
+    let (status, problem) = s.post(&request).await.unwrap();
+    let answered_after = started.elapsed();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{problem}");
+    assert!(
+        answered_after < Duration::from_secs(10),
+        "{answered_after:?}"
+    );
+    let (status, body) = s.post(&request).await.unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let settled = s
+        .wait_settled(&["stall-1".into()], Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(settled["stall-1"]["balance_after"], 7);
+    s.stop().await.unwrap();
+}
+
+/// A Kafka broker that stops answering mid-publish (SIGSTOP): the API
+/// answers 503 after its publish timeout and frees the id; once the broker
+/// is back, the client's retry is accepted, and the transaction is applied
+/// exactly once even if the timed-out record reached the log after all.
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_kafka_is_503_then_applies_once() {
+    crate::infra();
+    let mut kafka = tokio::task::spawn_blocking(harness::infra::LocalKafka::start)
+        .await
+        .unwrap()
+        .expect("a second Kafka starts");
+    let s = Stack::start_with(with_limits("kstall", |c| {
+        c.kafka_brokers = kafka.brokers();
+        c.publish_timeout_ms = 1_500;
+    }))
+    .await
+    .unwrap();
+    s.set_balance("acct", 10).await.unwrap();
+    let request = json!({"id": "kstall-1", "account": "acct", "amount": 3});
+    let (status, _) = s
+        .post(&json!({"id": "warm", "type": "credit", "account": "acct", "amount": 1}))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED);
+
+    let pid = kafka.pid().unwrap() as libc::pid_t;
+    // SAFETY: signalling a child process this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let answer = s.post(&request).await;
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let (status, problem) = answer.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{problem}");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = s.post(&request).await.unwrap();
+        if status == StatusCode::ACCEPTED || status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retries still refused: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let settled = s
+        .wait_settled(&["kstall-1".into(), "warm".into()], Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(settled["kstall-1"]["status"], "applied");
+    assert_eq!(
+        s.balance("acct").await.unwrap(),
+        Some(8),
+        "10 + 1 - 3, once"
+    );
+    s.stop().await.unwrap();
+}
