@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{MatchedPath, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -247,13 +247,40 @@ fn require_json(headers: &HeaderMap) -> Result<(), Problem> {
     }
 }
 
+/// Why a transaction request was refused before anything was done.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RequestError {
+    /// Not JSON of the expected shape: 400.
+    Malformed(String),
+    /// A rule is broken: 422.
+    Rule(RuleError),
+}
+
+/// Decodes and validates the body of `POST /transactions` and its
+/// `Idempotency-Key` header (raw bytes, as they came): the whole of what the
+/// API checks before it touches Redis or Kafka. Public for the fuzzer.
+pub fn decode_transaction(
+    body: &[u8],
+    idempotency_key: Option<&[u8]>,
+) -> Result<Transaction, RequestError> {
+    let request: TransactionRequest =
+        serde_json::from_slice(body).map_err(|e| RequestError::Malformed(e.to_string()))?;
+    let header_id = idempotency_key
+        .map(|raw| {
+            std::str::from_utf8(raw).map_err(|_| RuleError::BadId {
+                field: "Idempotency-Key",
+            })
+        })
+        .transpose()
+        .map_err(RequestError::Rule)?;
+    request
+        .into_transaction(header_id)
+        .map_err(RequestError::Rule)
+}
+
 /// Reads a JSON body of at most [`MAX_BODY_BYTES`] that arrives within the
 /// body deadline. Nothing has been done when this refuses.
-async fn read_body<T: for<'de> Deserialize<'de>>(
-    api: &ApiState,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<T, Problem> {
+async fn read_body(api: &ApiState, headers: &HeaderMap, body: Body) -> Result<Bytes, Problem> {
     let too_large = || {
         Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -295,7 +322,7 @@ async fn read_body<T: for<'de> Deserialize<'de>>(
         }
     };
     require_json(headers)?;
-    serde_json::from_slice(&bytes).map_err(|e| Problem::malformed(e.to_string()))
+    Ok(bytes)
 }
 
 /// The state of a transaction as clients see it.
@@ -390,16 +417,12 @@ async fn post_transaction(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let request: TransactionRequest = read_body(&api, &headers, body).await?;
-    let header_id = match headers.get("idempotency-key") {
-        Some(v) => Some(v.to_str().map_err(|_| {
-            Problem::rule(RuleError::BadId {
-                field: "Idempotency-Key",
-            })
-        })?),
-        None => None,
-    };
-    let tx = request.into_transaction(header_id).map_err(Problem::rule)?;
+    let body = read_body(&api, &headers, body).await?;
+    let idempotency_key = headers.get("idempotency-key").map(|v| v.as_bytes());
+    let tx = decode_transaction(&body, idempotency_key).map_err(|e| match e {
+        RequestError::Malformed(detail) => Problem::malformed(detail),
+        RequestError::Rule(rule) => Problem::rule(rule),
+    })?;
     // Claim, publish and accept run to the end in their own task even if the
     // client hangs up: a handler dropped halfway would leave its claim to
     // block retries (409) until the lease ran out.
@@ -659,7 +682,9 @@ async fn put_balance(
 ) -> Result<Response, Problem> {
     authorize_admin(&api, &headers)?;
     let account = AccountId::parse(&account).map_err(Problem::rule)?;
-    let request: BalanceRequest = read_body(&api, &headers, body).await?;
+    let body = read_body(&api, &headers, body).await?;
+    let request: BalanceRequest =
+        serde_json::from_slice(&body).map_err(|e| Problem::malformed(e.to_string()))?;
     let balance = request
         .balance
         .as_u64()
