@@ -73,7 +73,7 @@ fn as_model(outcome: Outcome) -> Result<u64, &'static str> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
 
     #[test]
     fn the_apply_script_agrees_with_the_model(
