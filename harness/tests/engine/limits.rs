@@ -52,8 +52,9 @@ fn vm_rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-async fn engine_process(name: &str) -> EngineProcess {
+async fn engine_process(name: &str, tune: impl FnOnce(&mut Config)) -> EngineProcess {
     let mut config = isolated_config(crate::infra(), name);
+    tune(&mut config);
     let port = harness::infra::process::free_port().unwrap();
     config.listen = format!("127.0.0.1:{port}").parse().unwrap();
     EngineProcess::spawn(env!("CARGO_BIN_EXE_harness").as_ref(), config)
@@ -62,11 +63,16 @@ async fn engine_process(name: &str) -> EngineProcess {
 }
 
 /// Oversized heads (431), oversized bodies with and without a declared
-/// length (413), many times over: every one refused, nothing recorded, and
-/// the engine's resident memory about where it started.
+/// length (413), then waves of concurrent slow heads and slow bodies (408):
+/// every one refused, nothing accepted, and the engine's resident memory
+/// about where it started.
 #[tokio::test(flavor = "multi_thread")]
-async fn oversized_requests_are_refused_and_memory_stays_flat() {
-    let engine = engine_process("oversized").await;
+async fn abuse_is_refused_and_memory_stays_flat() {
+    let engine = engine_process("abuse", |c| {
+        c.header_read_timeout_ms = 300;
+        c.body_read_timeout_ms = 300;
+    })
+    .await;
     let pid = engine.pid().unwrap();
     let big_header = format!("X-Filler: {}\r\n", "h".repeat(64 * 1024));
     let big_body = vec![b' '; 4 * MAX_BODY_BYTES];
@@ -102,10 +108,41 @@ async fn oversized_requests_are_refused_and_memory_stays_flat() {
         .await;
         assert_eq!(status, Some(413), "round {round}: {text}");
     }
+    for wave in 0..3 {
+        let mut clients = tokio::task::JoinSet::new();
+        for i in 0..200 {
+            let url = engine.url.clone();
+            clients.spawn(async move {
+                if i % 2 == 0 {
+                    // Half a head, then silence: the connection is closed.
+                    exchange(
+                        &url,
+                        "POST /transactions HTTP/1.1\r\nHost: t\r\n",
+                        b"",
+                        wait,
+                    )
+                    .await
+                    .0
+                } else {
+                    // A whole head, half a body: 408.
+                    exchange(&url, &post_head("", Some(100)), b"{\"account\":", wait)
+                        .await
+                        .0
+                }
+            });
+        }
+        let answers = clients.join_all().await;
+        let timeouts = answers.iter().filter(|a| **a == Some(408)).count();
+        assert_eq!(
+            timeouts, 100,
+            "wave {wave}: slow bodies answered {answers:?}"
+        );
+    }
     let after = vm_rss_kib(pid);
+    eprintln!("engine resident memory: {before} KiB before the abuse, {after} KiB after");
     assert!(
         after < before + 16 * 1024,
-        "resident memory grew from {before} KiB to {after} KiB over 900 refused requests"
+        "resident memory grew from {before} KiB to {after} KiB over 900 oversized requests and 600 slow clients"
     );
     let client = reqwest::Client::new();
     let metrics = client
