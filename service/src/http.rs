@@ -390,6 +390,58 @@ fn status_response(id: &TxId, status: TxStatus) -> Response {
     response
 }
 
+/// The answers of `POST /transactions` and of the seed's `POST /transaction`
+/// (for the OpenAPI document; the handler builds them as `Response`s).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum PostAnswers {
+    #[response(status = 202, description = "Kafka has the transaction (or it was accepted before and is still pending)",
+        headers(("Location" = String, description = "/transactions/{id}")))]
+    Accepted(TransactionView<'static>),
+    #[response(status = 200, description = "The same transaction was accepted before and is settled: its outcome",
+        headers(("Location" = String, description = "/transactions/{id}")))]
+    Settled(TransactionView<'static>),
+    #[response(
+        status = 400,
+        description = "Not JSON of the expected shape (wrong types, unknown fields)",
+        content_type = "application/problem+json"
+    )]
+    Malformed(ProblemBody),
+    #[response(
+        status = 408,
+        description = "The body arrived too slowly; nothing was done",
+        content_type = "application/problem+json"
+    )]
+    BodyTimeout(ProblemBody),
+    #[response(
+        status = 409,
+        description = "The same transaction is being accepted by another request right now",
+        content_type = "application/problem+json"
+    )]
+    InFlight(ProblemBody),
+    #[response(
+        status = 413,
+        description = "Body over 16 KiB",
+        content_type = "application/problem+json"
+    )]
+    TooLarge(ProblemBody),
+    #[response(
+        status = 415,
+        description = "Content-Type is not JSON",
+        content_type = "application/problem+json"
+    )]
+    NotJson(ProblemBody),
+    #[response(
+        status = 422,
+        description = "A rule is broken (amount, ids, transfer to self, missing field), or the id is used by another body; nothing was published",
+        content_type = "application/problem+json"
+    )]
+    RuleBroken(ProblemBody),
+    #[response(status = 503, description = "Kafka or Redis cannot take the request; retry after Retry-After seconds", content_type = "application/problem+json",
+        headers(("Retry-After" = u64, description = "seconds")))]
+    Unavailable(ProblemBody),
+}
+
 /// Submit a money movement; 202 once Kafka has it.
 #[utoipa::path(
     post,
@@ -397,20 +449,7 @@ fn status_response(id: &TxId, status: TxStatus) -> Response {
     tag = "transactions",
     request_body(content = TransactionRequest, content_type = "application/json"),
     params(("Idempotency-Key" = Option<String>, Header, description = "The transaction id, instead of `id` in the body (both given: they must match)", pattern = "^[A-Za-z0-9_.:-]{1,64}$")),
-    responses(
-        (status = 202, description = "Kafka has the transaction (or it was accepted before and is still pending)", body = TransactionView,
-            headers(("Location" = String, description = "/transactions/{id}"))),
-        (status = 200, description = "The same transaction was accepted before and is settled: its outcome", body = TransactionView,
-            headers(("Location" = String, description = "/transactions/{id}"))),
-        (status = 400, description = "Not JSON of the expected shape (wrong types, unknown fields)", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 408, description = "The body arrived too slowly; nothing was done", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 409, description = "The same transaction is being accepted by another request right now", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 413, description = "Body over 16 KiB", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 415, description = "Content-Type is not JSON", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "A rule is broken (amount, ids, transfer to self, missing field), or the id is used by another body; nothing was published", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "Kafka or Redis cannot take the request; retry after Retry-After seconds", body = ProblemBody, content_type = "application/problem+json",
-            headers(("Retry-After" = u64, description = "seconds"))),
-    )
+    responses(PostAnswers)
 )]
 async fn post_transaction(
     State(api): State<Arc<ApiState>>,
@@ -442,20 +481,7 @@ async fn post_transaction(
     tag = "transactions",
     request_body(content = TransactionRequest, content_type = "application/json"),
     params(("Idempotency-Key" = Option<String>, Header, description = "As for POST /transactions", pattern = "^[A-Za-z0-9_.:-]{1,64}$")),
-    responses(
-        (status = 202, description = "As for POST /transactions", body = TransactionView,
-            headers(("Location" = String, description = "/transactions/{id}"))),
-        (status = 200, description = "As for POST /transactions", body = TransactionView,
-            headers(("Location" = String, description = "/transactions/{id}"))),
-        (status = 400, description = "As for POST /transactions", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 408, description = "As for POST /transactions", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 409, description = "As for POST /transactions", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 413, description = "As for POST /transactions", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 415, description = "As for POST /transactions", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "As for POST /transactions", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "As for POST /transactions", body = ProblemBody, content_type = "application/problem+json",
-            headers(("Retry-After" = u64, description = "seconds"))),
-    )
+    responses(PostAnswers)
 )]
 async fn post_transaction_seed_path(
     api: State<Arc<ApiState>>,
