@@ -51,8 +51,12 @@ async fn schemathesis_finds_no_undocumented_answer_and_moves_no_money() {
     // itself; body id and Idempotency-Key must match), documented as 422.
     // No admin token is given, so the setter can only refuse (401).
     let document = s.url("/openapi.json");
+    // schemathesis keeps a cache in its working directory: not in the tree.
+    let workdir = tempfile::tempdir().unwrap();
+    let cwd = workdir.path().to_owned();
     let output = tokio::task::spawn_blocking(move || {
         Command::new("st")
+            .current_dir(cwd)
             .args(["run", &document, "--checks", "all"])
             .args(["--exclude-checks", "positive_data_acceptance"])
             .args(["--max-examples", "50", "--workers", "2"])
