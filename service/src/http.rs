@@ -265,11 +265,16 @@ pub fn decode_transaction(
 ) -> Result<Transaction, RequestError> {
     let request: TransactionRequest =
         serde_json::from_slice(body).map_err(|e| RequestError::Malformed(e.to_string()))?;
+    // Header values may carry any byte; only ASCII can be an id, and what is
+    // not is refused as the header's fault, not the body's.
     let header_id = idempotency_key
         .map(|raw| {
-            std::str::from_utf8(raw).map_err(|_| RuleError::BadId {
-                field: "Idempotency-Key",
-            })
+            std::str::from_utf8(raw)
+                .ok()
+                .filter(|text| text.is_ascii())
+                .ok_or(RuleError::BadId {
+                    field: "Idempotency-Key",
+                })
         })
         .transpose()
         .map_err(RequestError::Rule)?;
@@ -505,8 +510,8 @@ async fn accept_transaction(api: Arc<ApiState>, tx: Transaction) -> Result<Respo
             return Err(Problem::from_store(e, retry));
         }
     };
-    let token = match claim {
-        Claim::Claimed { token } => token,
+    match claim {
+        Claim::Claimed => {}
         Claim::Conflict => {
             return Err(Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -527,7 +532,7 @@ async fn accept_transaction(api: Arc<ApiState>, tx: Transaction) -> Result<Respo
             ))
         }
         Claim::Known(status) => return Ok(status_response(&tx.id, status)),
-    };
+    }
 
     let record = Record {
         tx,
@@ -797,21 +802,20 @@ async fn openapi_json() -> Response {
         .into_response()
 }
 
-/// The OpenAPI document, as served and as committed in `service/openapi.json`.
-pub fn openapi_document() -> String {
-    ApiDoc::openapi()
-        .to_pretty_json()
-        .expect("the OpenAPI document serializes")
-        + "\n"
+/// The OpenAPI document, as served and as committed in `service/openapi.json`;
+/// built once, on first use.
+pub fn openapi_document() -> &'static str {
+    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DOCUMENT.get_or_init(|| {
+        ApiDoc::openapi()
+            .to_pretty_json()
+            .expect("the OpenAPI document serializes")
+            + "\n"
+    })
 }
 
 async fn unknown_route() -> Problem {
-    Problem::new(
-        StatusCode::NOT_FOUND,
-        "not-found",
-        "Not found",
-        "no such route; see /openapi.json",
-    )
+    not_found("no such route; see /openapi.json".to_owned())
 }
 
 async fn method_not_allowed() -> Problem {
@@ -873,4 +877,21 @@ async fn record_request(request: Request, next: Next) -> Response {
     metrics::histogram!("txengine_http_request_seconds", "route" => route, "method" => method)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_key_that_is_not_ascii_is_the_header_s_fault() {
+        let body = br#"{"account":"a","amount":1}"#;
+        let header_error = Err(RequestError::Rule(RuleError::BadId {
+            field: "Idempotency-Key",
+        }));
+        assert_eq!(decode_transaction(body, Some("é".as_bytes())), header_error);
+        assert_eq!(decode_transaction(body, Some(&[0xff])), header_error);
+        let tx = decode_transaction(body, Some(b"key-1")).unwrap();
+        assert_eq!(tx.id.as_str(), "key-1");
+    }
 }

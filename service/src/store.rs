@@ -59,8 +59,8 @@ pub enum StoreError {
 /// What the claim script found for an id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
-    /// The id was free and is now leased to this request under `token`.
-    Claimed { token: String },
+    /// The id was free and is now leased to this request under its token.
+    Claimed,
     /// The id is known with a different body.
     Conflict,
     /// The same request is being published by another caller right now.
@@ -221,9 +221,7 @@ impl Store {
             })
             .await?;
         Ok(match verdict.as_str() {
-            "claimed" => Claim::Claimed {
-                token: token.to_owned(),
-            },
+            "claimed" => Claim::Claimed,
             "conflict" => Claim::Conflict,
             "leased" => Claim::InFlight,
             state => Claim::Known(parse_status(state, &reason, &balance_after)?),

@@ -227,7 +227,7 @@ impl LocalKafka {
                 "-XX:TieredStopAtLevel=1",
             ])
             // Extra JVM flags for experiments (later flags win), e.g.
-            // TXENGINE_KAFKA_JVM_OPTS="-XX:TieredStopAtLevel=1".
+            // TXENGINE_KAFKA_JVM_OPTS="-XX:TieredStopAtLevel=4" brings C2 back.
             .args(
                 std::env::var("TXENGINE_KAFKA_JVM_OPTS")
                     .unwrap_or_default()

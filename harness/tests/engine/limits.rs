@@ -53,8 +53,7 @@ fn vm_rss_kib(pid: u32) -> u64 {
 }
 
 async fn engine_process(name: &str, tune: impl FnOnce(&mut Config)) -> EngineProcess {
-    let mut config = isolated_config(crate::infra(), name);
-    tune(&mut config);
+    let mut config = with_limits(name, tune);
     let port = harness::infra::process::free_port().unwrap();
     config.listen = format!("127.0.0.1:{port}").parse().unwrap();
     EngineProcess::spawn(env!("CARGO_BIN_EXE_harness").as_ref(), config)
@@ -261,7 +260,7 @@ async fn connections_past_the_cap_wait_for_a_free_slot() {
 /// same request succeeds once Redis is back.
 #[tokio::test(flavor = "multi_thread")]
 async fn stalled_redis_is_503_then_recovers() {
-    let infra = crate::infra();
+    crate::infra();
     let mut redis = harness::infra::LocalRedis::start("always").unwrap();
     let s = Stack::start_with(with_limits("stall", |c| {
         c.redis_url = redis.url();
@@ -269,7 +268,6 @@ async fn stalled_redis_is_503_then_recovers() {
     }))
     .await
     .unwrap();
-    let _ = infra;
     s.set_balance("acct", 10).await.unwrap();
     let pid = redis.pid().unwrap() as libc::pid_t;
     // SAFETY: signalling a child process this test started.
