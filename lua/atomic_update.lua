@@ -41,9 +41,6 @@ local function settle(state, reason, balance_after)
   redis.call('HSET', KEYS[1], 'state', state, 'reason', reason,
     'balance_after', balance_after, 'fp', ARGV[3], 'applied_at_ms', ARGV[5],
     'seq', redis.call('INCR', KEYS[2]))
-  if settled[1] == 'leased' then
-    redis.call('HDEL', KEYS[1], 'lease')
-  end
   redis.call('EXPIRE', KEYS[1], ARGV[4])
   return {state, reason, balance_after, 0}
 end

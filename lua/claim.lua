@@ -1,36 +1,52 @@
--- Claim a transaction id for the API before it publishes, as a lease.
+-- Claim a transaction id for the API before it publishes: bind the id to
+-- this body for good, and take the lease that lets one request publish it.
 --
 -- KEYS[1] tx record hash ({ns}:tx:<id>)
 -- ARGV[1] fingerprint of the request
 -- ARGV[2] lease length in milliseconds
 -- ARGV[3] lease token (random, identifies this claim)
+-- ARGV[4] seconds to keep the record (the outcome TTL)
 --
 -- Returns {verdict, reason, balance_after}, verdict one of:
---   claimed   the id was free; it is leased to this request until the lease ends
---   conflict  the id is known with another body
---   leased    the same request is in flight elsewhere
---   pending | applied | rejected   the same request was accepted already
+--   claimed   this request holds the lease and may publish
+--   conflict  the id is bound to another body
+--   leased    the same body is being published by another request now
+--   pending | applied | rejected   the same body was accepted already
 --
--- The record's fields: `state` (leased, then applied|rejected once a consumer
--- settled it), `accepted` (1 once Kafka acknowledged the record: written by
--- the API with plain HSET+EXPIRE, no script), `fp`, `lease`, and the outcome.
--- A lease that ends (crashed API, lost publish) frees the id; a record that
--- did reach Kafka is still applied at most once by the processed flag.
+-- Two rules, kept apart:
+-- - The binding: the first claim writes `fp`, and the record is kept for the
+--   outcome TTL whether or not its publish succeeds (a publish that timed
+--   out may still land in Kafka). Another body is a conflict for as long as
+--   outcomes are kept; nothing here ever changes `fp`.
+-- - The lease (`lease`, `lease_until_ms` on Redis's clock) only keeps two
+--   requests of the same body from publishing at once (409). It ends by
+--   time (a crashed API) or by release.lua (a failed publish); then the same
+--   body may be claimed again, and the processed flag of the apply script
+--   catches a record that landed twice.
 
-local current = redis.call('HMGET', KEYS[1], 'state', 'fp', 'reason', 'balance_after', 'accepted')
-local state, accepted = current[1], current[5]
-if not state and not accepted then
-  redis.call('HSET', KEYS[1], 'state', 'leased', 'fp', ARGV[1], 'lease', ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local time = redis.call('TIME')
+local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local lease_until = string.format('%d', now_ms + tonumber(ARGV[2]))
+
+local current = redis.call('HMGET', KEYS[1], 'fp', 'state', 'reason', 'balance_after',
+  'accepted', 'lease_until_ms')
+local fp, state = current[1], current[2]
+if not fp then
+  redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'lease', ARGV[3], 'lease_until_ms', lease_until)
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
   return {'claimed', '', ''}
 end
-if current[2] ~= ARGV[1] then
+if fp ~= ARGV[1] then
   return {'conflict', '', ''}
 end
 if state == 'applied' or state == 'rejected' then
   return {state, current[3] or '', current[4] or ''}
 end
-if accepted then
+if current[5] then
   return {'pending', '', ''}
 end
-return {'leased', '', ''}
+if current[6] and tonumber(current[6]) > now_ms then
+  return {'leased', '', ''}
+end
+redis.call('HSET', KEYS[1], 'lease', ARGV[3], 'lease_until_ms', lease_until)
+return {'claimed', '', ''}

@@ -1,15 +1,16 @@
--- Give a claimed id back after a failed publish, so a retry can claim it.
+-- End this request's lease after its publish failed, so a retry of the same
+-- body can claim the id at once. The binding (`fp`) stays: that publish may
+-- still land in Kafka, so another body stays a conflict.
 --
 -- KEYS[1] tx record hash ({ns}:tx:<id>)
 -- ARGV[1] lease token of the claim being released
 --
--- Only this claim's own lease is removed, and only while nothing else
--- happened to the id: if the lease ran out and another request claimed it,
--- or the record was accepted or settled after all, nothing changes.
+-- Returns 1 if the lease was this request's and is gone, else 0 (it ran out
+-- and another request of the same body holds it now, or the record was
+-- accepted or settled meanwhile: both remove the lease).
 
-local current = redis.call('HMGET', KEYS[1], 'state', 'lease', 'accepted')
-if current[1] == 'leased' and current[2] == ARGV[1] and not current[3] then
-  redis.call('DEL', KEYS[1])
+if redis.call('HGET', KEYS[1], 'lease') == ARGV[1] then
+  redis.call('HDEL', KEYS[1], 'lease', 'lease_until_ms')
   return 1
 end
 return 0

@@ -57,7 +57,7 @@ pub enum Target {
     Http { base_url: String },
     /// The apply script called directly, one transaction per call; the
     /// multiplexed connection pipelines the users' concurrent calls.
-    RedisScript { store: Store },
+    RedisScript { store: Box<Store> },
 }
 
 /// Requests and latency within one second of a run.

@@ -21,6 +21,7 @@ use harness::report::{
     PipelineResult, Ratios, Report,
 };
 use harness::stack::{isolated_config, EngineProcess, Stack};
+use txengine::config::Secret;
 use txengine::domain::{AccountId, Balance};
 use txengine::store::{Store, StoreSettings};
 
@@ -315,11 +316,15 @@ async fn measure_redis_script(infra: &Infra, profile: &LoadProfile) -> anyhow::R
         "limit: Redis apply script directly, {} users for {} s ...",
         profile.users, profile.seconds
     );
-    Ok(
-        load::drive(Target::RedisScript { store }, "redis-apply-script", profile)
-            .await?
-            .result,
+    Ok(load::drive(
+        Target::RedisScript {
+            store: Box::new(store),
+        },
+        "redis-apply-script",
+        profile,
     )
+    .await?
+    .result)
 }
 
 /// Peak resident memory of a process, from /proc (MiB).
@@ -371,7 +376,11 @@ async fn run_load(
     );
     let start = harness::stack::fund_accounts(
         &engine.url,
-        config.admin_token.as_deref().unwrap_or_default(),
+        config
+            .admin_token
+            .as_ref()
+            .map(Secret::expose)
+            .unwrap_or_default(),
         profile.accounts,
         profile.start_balance,
     )

@@ -22,6 +22,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use reqwest::StatusCode;
 use serde::Deserialize;
+use txengine::config::Secret;
 use txengine::domain::MAX_MINOR_UNITS;
 use txengine::Role;
 
@@ -318,7 +319,11 @@ pub async fn run(scenario: &Scenario, infra: &Infra, exe: &Path) -> anyhow::Resu
 
     let start = fund_accounts(
         &url,
-        config.admin_token.as_deref().unwrap_or_default(),
+        config
+            .admin_token
+            .as_ref()
+            .map(Secret::expose)
+            .unwrap_or_default(),
         scenario.accounts.count,
         scenario.accounts.balance,
     )

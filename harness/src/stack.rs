@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::ValueEnum;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use txengine::config::Secret;
 use txengine::{Config, Engine, Role};
 
 use crate::infra::Infra;
@@ -27,7 +27,7 @@ pub fn isolated_config(infra: &Infra, name: &str) -> Config {
     config.group = format!("g-{unique}");
     config.namespace = unique;
     config.partitions = 4;
-    config.admin_token = Some(uuid::Uuid::new_v4().simple().to_string());
+    config.admin_token = Some(Secret::new(uuid::Uuid::new_v4().simple().to_string()));
     config.admin_token_file = None;
     config
 }
@@ -51,7 +51,11 @@ impl Stack {
         let addr = engine.addr.context("the stack needs the api role")?;
         Ok(Self {
             url: format!("http://{addr}"),
-            admin_token: config.admin_token.clone().unwrap_or_default(),
+            admin_token: config
+                .admin_token
+                .as_ref()
+                .map(|t| t.expose().to_owned())
+                .unwrap_or_default(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()?,
@@ -179,9 +183,9 @@ impl EngineProcess {
             .prefix("txengine-engine-")
             .tempdir()?;
         let mut command = std::process::Command::new(exe);
-        command.arg("engine").args(engine_args(&config));
+        command.arg("engine").args(config.to_args());
         if let Some(token) = &config.admin_token {
-            command.env("TXENGINE_ADMIN_TOKEN", token);
+            command.env("TXENGINE_ADMIN_TOKEN", token.expose());
         }
         let log = log_dir.path().join("engine.log");
         let process = crate::infra::process::Supervised::spawn("engine", command, &log)?;
@@ -268,50 +272,4 @@ pub async fn fund_accounts(
         start.insert(account, balance);
     }
     Ok(start)
-}
-
-/// The command-line flags that make `txengine` (or `harness engine`) run
-/// `config`. The admin token travels in the environment, not in `ps`.
-pub fn engine_args(config: &Config) -> Vec<String> {
-    let role = config
-        .role
-        .to_possible_value()
-        .expect("every role has a name")
-        .get_name()
-        .to_owned();
-    let pairs: [(&str, String); 17] = [
-        ("--listen", config.listen.to_string()),
-        ("--redis-url", config.redis_url.clone()),
-        ("--kafka-brokers", config.kafka_brokers.clone()),
-        ("--topic", config.topic.clone()),
-        ("--dlq-topic", config.dlq_topic.clone()),
-        ("--partitions", config.partitions.to_string()),
-        ("--group", config.group.clone()),
-        ("--namespace", config.namespace.clone()),
-        ("--outcome-ttl-secs", config.outcome_ttl_secs.to_string()),
-        ("--lease-ms", config.lease_ms.to_string()),
-        ("--max-in-flight", config.max_in_flight.to_string()),
-        (
-            "--publish-timeout-ms",
-            config.publish_timeout_ms.to_string(),
-        ),
-        ("--linger-ms", config.linger_ms.to_string()),
-        ("--batch-size", config.batch_size.to_string()),
-        ("--max-connections", config.max_connections.to_string()),
-        (
-            "--header-read-timeout-ms",
-            config.header_read_timeout_ms.to_string(),
-        ),
-        (
-            "--body-read-timeout-ms",
-            config.body_read_timeout_ms.to_string(),
-        ),
-    ];
-    std::iter::once(role)
-        .chain(
-            pairs
-                .into_iter()
-                .flat_map(|(flag, value)| [flag.to_owned(), value]),
-        )
-        .collect()
 }

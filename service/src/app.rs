@@ -10,8 +10,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::admission::{Admission, MAX_BACKGROUND_RELEASES};
 use crate::config::{Config, Role};
-use crate::consumer::{ConsumerSettings, TxConsumer};
+use crate::consumer::{ConsumerHealth, ConsumerSettings, TxConsumer};
 use crate::http::{self, ApiState};
 use crate::publisher::{ensure_topics, Publisher, PublisherSettings};
 use crate::store::{Store, StoreSettings};
@@ -51,6 +52,7 @@ impl Engine {
             config.role != Role::Openapi,
             "role openapi prints a document; it runs no engine"
         );
+        config.validate()?;
         let admin_token = config.admin_token()?;
         let metrics = metrics_handle();
         ensure_topics(
@@ -71,6 +73,8 @@ impl Engine {
         .with_context(|| format!("connecting to redis at {}", config.redis_url))?;
 
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let consumer_health = ConsumerHealth::default();
+        let runs_consumer = matches!(config.role, Role::Consumer | Role::All);
         let mut tasks = JoinSet::new();
         let mut addr = None;
 
@@ -89,6 +93,12 @@ impl Engine {
             let state = Arc::new(ApiState {
                 store: store.clone(),
                 publisher: publisher.clone(),
+                admission: Admission::new(
+                    store.clone(),
+                    publisher.clone(),
+                    MAX_BACKGROUND_RELEASES,
+                ),
+                consumer: runs_consumer.then(|| consumer_health.clone()),
                 admin_token,
                 retry_after_secs: config.retry_after_secs,
                 body_read_timeout: Duration::from_millis(config.body_read_timeout_ms),
@@ -114,7 +124,7 @@ impl Engine {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("binding {listen}"))?;
-            let router = http::metrics_router(metrics.clone());
+            let router = http::metrics_router(metrics.clone(), consumer_health.clone());
             let serving = serve_until_shutdown(
                 listener,
                 router,
@@ -124,7 +134,7 @@ impl Engine {
             tasks.spawn(async move { Ok(serving.await?) });
             tracing::info!(%listen, "consumer metrics listening");
         }
-        if matches!(config.role, Role::Consumer | Role::All) {
+        if runs_consumer {
             let consumer = TxConsumer::new(
                 ConsumerSettings {
                     brokers: &config.kafka_brokers,
@@ -134,6 +144,7 @@ impl Engine {
                     batch_size: config.batch_size,
                 },
                 store,
+                consumer_health,
             )?;
             tasks.spawn(consumer.run(shutdown_rx));
         }
@@ -186,7 +197,7 @@ pub struct ConnectionLimits {
 impl ConnectionLimits {
     pub fn from_config(config: &Config) -> Self {
         Self {
-            max_connections: config.max_connections.max(1),
+            max_connections: config.max_connections,
             header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
         }
     }

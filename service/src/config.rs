@@ -6,6 +6,35 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 
+/// A secret (the admin token): `Debug` never prints it, so neither does a
+/// logged `Config`; [`Secret::expose`] is the one way to read it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(redacted)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(Self::new(value))
+    }
+}
+
 /// Which parts of the engine this process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Role {
@@ -19,7 +48,7 @@ pub enum Role {
     Openapi,
 }
 
-#[derive(Debug, Clone, Parser)]
+#[derive(Debug, Clone, PartialEq, Parser)]
 #[command(
     name = "txengine",
     version,
@@ -74,7 +103,7 @@ pub struct Config {
     /// Admin bearer token for `PUT /balance/{account}`. Without one, the
     /// setter answers 403 to everyone.
     #[arg(long, env = "TXENGINE_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
 
     /// File holding the admin token (first line), instead of the variable.
     #[arg(
@@ -136,7 +165,7 @@ pub struct Config {
 
 impl Config {
     /// The admin token from the flag, the variable or the file, if any.
-    pub fn admin_token(&self) -> anyhow::Result<Option<String>> {
+    pub fn admin_token(&self) -> anyhow::Result<Option<Secret>> {
         use anyhow::Context;
         if let Some(path) = &self.admin_token_file {
             let text = std::fs::read_to_string(path)
@@ -147,13 +176,262 @@ impl Config {
                 "admin token file {} is empty",
                 path.display()
             );
-            return Ok(Some(token));
+            return Ok(Some(Secret::new(token)));
         }
-        Ok(self.admin_token.clone().filter(|t| !t.is_empty()))
+        Ok(self.admin_token.clone().filter(|t| !t.expose().is_empty()))
+    }
+
+    /// Refuses settings that cannot work, naming the flag, instead of
+    /// quietly raising them at run time.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let at_least_one = [
+            ("--partitions", self.partitions.max(0) as u64),
+            ("--outcome-ttl-secs", self.outcome_ttl_secs),
+            ("--lease-ms", self.lease_ms),
+            ("--max-in-flight", self.max_in_flight as u64),
+            ("--publish-timeout-ms", self.publish_timeout_ms),
+            ("--batch-size", self.batch_size as u64),
+            ("--redis-timeout-ms", self.redis_timeout_ms),
+            ("--max-connections", self.max_connections as u64),
+            ("--header-read-timeout-ms", self.header_read_timeout_ms),
+            ("--body-read-timeout-ms", self.body_read_timeout_ms),
+        ];
+        if let Some((flag, _)) = at_least_one.iter().find(|(_, value)| *value == 0) {
+            return Err(ConfigError::Zero(flag));
+        }
+        // The id's binding is written at the claim and must outlive the
+        // publish, or a late record could meet an id bound to another body.
+        if self.outcome_ttl_secs.saturating_mul(1000) <= self.publish_timeout_ms {
+            return Err(ConfigError::OutcomeTtlTooShort {
+                outcome_ttl_secs: self.outcome_ttl_secs,
+                publish_timeout_ms: self.publish_timeout_ms,
+            });
+        }
+        for (flag, value) in [
+            ("--topic", &self.topic),
+            ("--dlq-topic", &self.dlq_topic),
+            ("--group", &self.group),
+            ("--namespace", &self.namespace),
+        ] {
+            if value.is_empty() {
+                return Err(ConfigError::Empty(flag));
+            }
+        }
+        if self.topic == self.dlq_topic {
+            return Err(ConfigError::SameTopics);
+        }
+        Ok(())
+    }
+
+    /// The command-line arguments that make `txengine` run this config (for
+    /// child processes). Every field is named here, so a new one cannot be
+    /// forgotten; the admin token is left out: pass it in the environment
+    /// (`TXENGINE_ADMIN_TOKEN`), where `ps` does not show it.
+    pub fn to_args(&self) -> Vec<String> {
+        let Self {
+            role,
+            listen,
+            metrics_listen,
+            redis_url,
+            kafka_brokers,
+            topic,
+            dlq_topic,
+            partitions,
+            group,
+            namespace,
+            admin_token: _,
+            admin_token_file,
+            outcome_ttl_secs,
+            lease_ms,
+            max_in_flight,
+            publish_timeout_ms,
+            linger_ms,
+            batch_size,
+            redis_timeout_ms,
+            retry_after_secs,
+            max_connections,
+            header_read_timeout_ms,
+            body_read_timeout_ms,
+        } = self;
+        let role = role
+            .to_possible_value()
+            .expect("every role has a name")
+            .get_name()
+            .to_owned();
+        let optional = [
+            ("--metrics-listen", metrics_listen.map(|a| a.to_string())),
+            (
+                "--admin-token-file",
+                admin_token_file.as_ref().map(|p| p.display().to_string()),
+            ),
+        ];
+        let pairs = [
+            ("--listen", listen.to_string()),
+            ("--redis-url", redis_url.clone()),
+            ("--kafka-brokers", kafka_brokers.clone()),
+            ("--topic", topic.clone()),
+            ("--dlq-topic", dlq_topic.clone()),
+            ("--partitions", partitions.to_string()),
+            ("--group", group.clone()),
+            ("--namespace", namespace.clone()),
+            ("--outcome-ttl-secs", outcome_ttl_secs.to_string()),
+            ("--lease-ms", lease_ms.to_string()),
+            ("--max-in-flight", max_in_flight.to_string()),
+            ("--publish-timeout-ms", publish_timeout_ms.to_string()),
+            ("--linger-ms", linger_ms.to_string()),
+            ("--batch-size", batch_size.to_string()),
+            ("--redis-timeout-ms", redis_timeout_ms.to_string()),
+            ("--retry-after-secs", retry_after_secs.to_string()),
+            ("--max-connections", max_connections.to_string()),
+            (
+                "--header-read-timeout-ms",
+                header_read_timeout_ms.to_string(),
+            ),
+            ("--body-read-timeout-ms", body_read_timeout_ms.to_string()),
+        ]
+        .into_iter()
+        .chain(
+            optional
+                .into_iter()
+                .filter_map(|(flag, v)| Some((flag, v?))),
+        );
+        std::iter::once(role)
+            .chain(pairs.flat_map(|(flag, value)| [flag.to_owned(), value]))
+            .collect()
     }
 
     /// A configuration with every default, for embedding (tests, harness).
     pub fn defaults() -> Self {
         Self::parse_from(["txengine"])
+    }
+}
+
+/// A setting that cannot work.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+    #[error("{0} must not be empty")]
+    Empty(&'static str),
+    #[error("--topic and --dlq-topic must differ")]
+    SameTopics,
+    #[error("--outcome-ttl-secs ({outcome_ttl_secs} s) must be longer than --publish-timeout-ms ({publish_timeout_ms} ms): an id must stay bound to its body for as long as its publish can land")]
+    OutcomeTtlTooShort {
+        outcome_ttl_secs: u64,
+        publish_timeout_ms: u64,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config with every field away from its default.
+    fn unusual() -> Config {
+        Config::parse_from([
+            "txengine",
+            "consumer",
+            "--listen=127.0.0.2:81",
+            "--metrics-listen=127.0.0.3:82",
+            "--redis-url=redis://r:1",
+            "--kafka-brokers=k:2",
+            "--topic=t",
+            "--dlq-topic=d",
+            "--partitions=3",
+            "--group=g",
+            "--namespace=n",
+            "--admin-token-file=/tmp/token",
+            "--outcome-ttl-secs=99",
+            "--lease-ms=98",
+            "--max-in-flight=97",
+            "--publish-timeout-ms=96",
+            "--linger-ms=95",
+            "--batch-size=94",
+            "--redis-timeout-ms=93",
+            "--retry-after-secs=92",
+            "--max-connections=91",
+            "--header-read-timeout-ms=90",
+            "--body-read-timeout-ms=89",
+        ])
+    }
+
+    #[test]
+    fn to_args_round_trips_every_field() {
+        let config = unusual();
+        let args = config.to_args();
+        let parsed = Config::parse_from(std::iter::once("txengine".to_owned()).chain(args));
+        assert_eq!(parsed, config);
+        // And every flag differs from the default, so none can be dropped unseen.
+        let defaults = Config::defaults();
+        assert_ne!(config.retry_after_secs, defaults.retry_after_secs);
+        assert_ne!(config.metrics_listen, defaults.metrics_listen);
+        assert_ne!(config.redis_timeout_ms, defaults.redis_timeout_ms);
+    }
+
+    #[test]
+    fn to_args_leaves_the_admin_token_out() {
+        let mut config = Config::defaults();
+        config.admin_token = Some(Secret::new("s3cr3t-token"));
+        assert!(!config.to_args().iter().any(|a| a.contains("s3cr3t")));
+    }
+
+    #[test]
+    fn admin_token_is_not_printed_by_debug() {
+        let config = Config::parse_from(["txengine", "--admin-token=s3cr3t-token"]);
+        assert_eq!(
+            config.admin_token().unwrap().unwrap().expose(),
+            "s3cr3t-token"
+        );
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("s3cr3t"), "{printed}");
+        assert!(printed.contains("redacted"), "{printed}");
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Config::defaults().validate(), Ok(()));
+        assert_eq!(unusual().validate(), Ok(()));
+    }
+
+    #[test]
+    fn nonsense_is_refused_naming_the_flag() {
+        for flag in [
+            "--partitions",
+            "--outcome-ttl-secs",
+            "--lease-ms",
+            "--max-in-flight",
+            "--publish-timeout-ms",
+            "--batch-size",
+            "--redis-timeout-ms",
+            "--max-connections",
+            "--header-read-timeout-ms",
+            "--body-read-timeout-ms",
+        ] {
+            let config = Config::parse_from(["txengine", &format!("{flag}=0")]);
+            let error = config.validate().unwrap_err();
+            assert_eq!(error, ConfigError::Zero(flag));
+            assert!(error.to_string().starts_with(flag), "{error}");
+        }
+        for flag in ["--topic", "--dlq-topic", "--group", "--namespace"] {
+            let config = Config::parse_from(["txengine", &format!("{flag}=")]);
+            assert_eq!(config.validate(), Err(ConfigError::Empty(flag)));
+        }
+        let same = Config::parse_from(["txengine", "--topic=x", "--dlq-topic=x"]);
+        assert_eq!(same.validate(), Err(ConfigError::SameTopics));
+        let short = Config::parse_from([
+            "txengine",
+            "--outcome-ttl-secs=5",
+            "--publish-timeout-ms=5000",
+        ]);
+        assert!(matches!(
+            short.validate(),
+            Err(ConfigError::OutcomeTtlTooShort { .. })
+        ));
+        let long_enough = Config::parse_from([
+            "txengine",
+            "--outcome-ttl-secs=6",
+            "--publish-timeout-ms=5000",
+        ]);
+        assert_eq!(long_enough.validate(), Ok(()));
     }
 }

@@ -6,18 +6,23 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use std::sync::{Arc, Mutex};
+
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::util::Timeout;
 use rdkafka::ClientConfig;
 use tokio::sync::watch;
 
 use crate::domain::{Outcome, Transaction};
-use crate::store::Store;
+use crate::store::{Applied, Store};
 use crate::wire::{now_ms, Record};
 
 /// Longest a batch waits to fill after its first record.
@@ -60,7 +65,71 @@ impl ClientContext for LagReporter {
     }
 }
 
-impl ConsumerContext for LagReporter {}
+impl ConsumerContext for LagReporter {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                tracing::info!(partitions = %partition_list(partitions), "partitions assigned")
+            }
+            Rebalance::Revoke(partitions) => {
+                tracing::info!(partitions = %partition_list(partitions), "partitions revoked")
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => tracing::debug!(offsets = %partition_list(offsets), "offsets committed"),
+            // Nothing was stored since the last commit: nothing to do.
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, offsets = %partition_list(offsets), "offset commit failed")
+            }
+        }
+    }
+}
+
+/// `topic/partition@offset, ...` for the logs.
+fn partition_list(list: &TopicPartitionList) -> String {
+    list.elements()
+        .iter()
+        .map(|e| match e.offset().to_raw() {
+            Some(offset) if offset >= 0 => format!("{}/{}@{offset}", e.topic(), e.partition()),
+            _ => format!("{}/{}", e.topic(), e.partition()),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A record the consumer cannot apply (Redis answers it with an error), so
+/// its partition does not move: shown by `/ready` until it applies.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Stall {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// The transaction id of the record.
+    pub id: String,
+    /// What Redis answered.
+    pub error: String,
+}
+
+/// The consumer's health as `/ready` shows it; shared with the HTTP side.
+#[derive(Clone, Default)]
+pub struct ConsumerHealth(Arc<Mutex<Option<Stall>>>);
+
+impl ConsumerHealth {
+    /// The record the consumer is stuck on, if any.
+    pub fn stall(&self) -> Option<Stall> {
+        self.0.lock().expect("health lock").clone()
+    }
+
+    fn set(&self, stall: Option<Stall>) {
+        metrics::gauge!("txengine_consumer_stalled").set(if stall.is_some() { 1.0 } else { 0.0 });
+        *self.0.lock().expect("health lock") = stall;
+    }
+}
 
 pub struct TxConsumer {
     consumer: StreamConsumer<LagReporter>,
@@ -68,10 +137,15 @@ pub struct TxConsumer {
     dlq_topic: String,
     store: Store,
     batch_size: usize,
+    health: ConsumerHealth,
 }
 
 impl TxConsumer {
-    pub fn new(settings: ConsumerSettings<'_>, store: Store) -> Result<Self, KafkaError> {
+    pub fn new(
+        settings: ConsumerSettings<'_>,
+        store: Store,
+        health: ConsumerHealth,
+    ) -> Result<Self, KafkaError> {
         let consumer: StreamConsumer<LagReporter> = ClientConfig::new()
             .set("bootstrap.servers", settings.brokers)
             .set("group.id", settings.group)
@@ -101,7 +175,8 @@ impl TxConsumer {
             dlq,
             dlq_topic: settings.dlq_topic.to_owned(),
             store,
-            batch_size: settings.batch_size.max(1),
+            batch_size: settings.batch_size,
+            health,
         })
     }
 
@@ -138,44 +213,44 @@ impl TxConsumer {
                 break;
             }
         }
-        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
-            // Nothing stored since the last commit, or no assignment: both fine.
-            tracing::debug!(error = %e, "final commit");
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            // Nothing stored since the last commit: nothing to do.
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "final offset commit failed; the next owner re-applies from the last commit (no-ops)")
+            }
         }
         tracing::info!("consumer stopped");
         Ok(())
     }
 
     /// Applies one batch and stores its offsets. Returns false if shutdown
-    /// came while Redis was unreachable (offsets of the batch not stored).
+    /// came first (the offsets of the batch are not stored).
     async fn process(&self, batch: &[OwnedMessage], shutdown: &watch::Receiver<bool>) -> bool {
         let started = Instant::now();
         let mut txs: Vec<Transaction> = Vec::with_capacity(batch.len());
+        // The message each decoded transaction came from, for the logs.
+        let mut sources: Vec<&OwnedMessage> = Vec::with_capacity(batch.len());
         let mut accepted_at_ms = Vec::with_capacity(batch.len());
         for message in batch {
             match Record::decode(message.payload().unwrap_or_default()) {
                 Ok(record) => {
                     txs.push(record.tx);
+                    sources.push(message);
                     accepted_at_ms.push(record.accepted_at_ms);
                 }
-                Err(e) => self.dead_letter(message, &e.to_string()).await,
-            }
-        }
-        let mut backoff = RETRY_MIN;
-        let applied = loop {
-            match self.store.apply_batch(&txs).await {
-                Ok(applied) => break applied,
                 Err(e) => {
-                    metrics::counter!("txengine_redis_errors_total", "op" => "apply").increment(1);
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "apply failed; retrying the batch");
-                    if *shutdown.borrow() {
+                    if !self.dead_letter(message, &e.to_string(), shutdown).await {
                         return false;
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(RETRY_MAX);
                 }
             }
+        }
+        let Some(applied) = self.apply_until_done(&txs, &sources, shutdown).await else {
+            return false;
         };
+        debug_assert_eq!(applied.len(), txs.len(), "one outcome per transaction");
+        debug_assert_eq!(accepted_at_ms.len(), txs.len());
         let now_ms = now_ms();
         for (accepted_at_ms, result) in accepted_at_ms.iter().zip(&applied) {
             let label = match result.outcome {
@@ -197,6 +272,96 @@ impl TxConsumer {
         true
     }
 
+    /// Applies `txs` in one pipelined call, retrying with backoff until it
+    /// works or shutdown comes (`None`): no offset may move past a record
+    /// that is not applied. When Redis answers with an error rather than not
+    /// answering, the record it fails on is found, logged at error level and
+    /// shown by `/ready` while the retries go on.
+    async fn apply_until_done(
+        &self,
+        txs: &[Transaction],
+        sources: &[&OwnedMessage],
+        shutdown: &watch::Receiver<bool>,
+    ) -> Option<Vec<Applied>> {
+        debug_assert_eq!(txs.len(), sources.len());
+        let mut shutdown = shutdown.clone();
+        let mut backoff = RETRY_MIN;
+        loop {
+            let error = match self.store.apply_batch(txs).await {
+                Ok(applied) => {
+                    if self.health.stall().is_some() {
+                        tracing::info!("the stalled record is applied; going on");
+                        self.health.set(None);
+                    }
+                    return Some(applied);
+                }
+                Err(e) => e,
+            };
+            metrics::counter!("txengine_redis_errors_total", "op" => "apply").increment(1);
+            if error.is_unreachable() {
+                tracing::warn!(error = %error, retry_in_ms = backoff.as_millis() as u64, "redis unreachable; retrying the batch");
+            } else {
+                self.report_stall(txs, sources, &error).await;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.wait_for(|stopped| *stopped) => return None,
+            }
+            if *shutdown.borrow() {
+                return None;
+            }
+            backoff = (backoff * 2).min(RETRY_MAX);
+        }
+    }
+
+    /// Finds the record a batch fails on by applying its records one at a
+    /// time, in order (those before it are applied, which the processed flag
+    /// makes safe to repeat), and reports it.
+    async fn report_stall(
+        &self,
+        txs: &[Transaction],
+        sources: &[&OwnedMessage],
+        batch_error: &crate::store::StoreError,
+    ) {
+        let mut culprit = None;
+        for (tx, message) in txs.iter().zip(sources) {
+            if let Err(e) = self.store.apply_batch(std::slice::from_ref(tx)).await {
+                culprit = Some((tx, *message, e.to_string()));
+                break;
+            }
+        }
+        let (tx, message, error) = match culprit {
+            Some(found) => found,
+            // It passed one at a time: report the batch's first record.
+            None => match (txs.first(), sources.first()) {
+                (Some(tx), Some(message)) => (tx, *message, batch_error.to_string()),
+                _ => return,
+            },
+        };
+        let stall = Stall {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            id: tx.id.to_string(),
+            error,
+        };
+        if self.health.stall().as_ref() != Some(&stall) {
+            metrics::counter!("txengine_consumer_stalls_total").increment(1);
+            tracing::error!(
+                topic = %stall.topic,
+                partition = stall.partition,
+                offset = stall.offset,
+                id = %stall.id,
+                kind = tx.movement.kind(),
+                account = %tx.movement.account(),
+                amount = tx.movement.amount().minor_units(),
+                error = %stall.error,
+                "redis refuses to apply this record; its partition is stalled until it applies (see /ready)"
+            );
+        }
+        self.health.set(Some(stall));
+    }
+
     /// Stores, per partition, the offset after the last record of the batch:
     /// every earlier record of that partition is applied by now.
     fn store_offsets(&self, batch: &[OwnedMessage]) {
@@ -214,16 +379,22 @@ impl TxConsumer {
         }
     }
 
-    /// Sends an undecodable record to the DLQ, retrying until the broker has it:
-    /// its offset must not be stored before that.
-    async fn dead_letter(&self, message: &OwnedMessage, reason: &str) {
+    /// Sends an undecodable record to the DLQ, retrying until the broker has
+    /// it (its offset must not be stored before that) or shutdown comes
+    /// (false: the record is read again by the next owner of its partition).
+    async fn dead_letter(
+        &self,
+        message: &OwnedMessage,
+        reason: &str,
+        shutdown: &watch::Receiver<bool>,
+    ) -> bool {
+        let mut shutdown = shutdown.clone();
         tracing::warn!(
             partition = message.partition(),
             offset = message.offset(),
             reason,
             "poison record to DLQ"
         );
-        metrics::counter!("txengine_dlq_total").increment(1);
         let origin = format!(
             "{}/{}/{}",
             message.topic(),
@@ -252,10 +423,16 @@ impl TxConsumer {
                 .send(record, Timeout::After(Duration::from_secs(1)))
                 .await
             {
-                Ok(_) => return,
+                Ok(_) => {
+                    metrics::counter!("txengine_dlq_total").increment(1);
+                    return true;
+                }
                 Err((e, _)) => {
                     tracing::error!(error = %e, "DLQ publish failed; retrying");
-                    tokio::time::sleep(RETRY_MAX).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(RETRY_MAX) => {}
+                        _ = shutdown.wait_for(|stopped| *stopped) => return false,
+                    }
                 }
             }
         }

@@ -15,13 +15,15 @@ use serde::{Deserialize, Serialize};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
+use crate::admission::{Admission, Refused};
+use crate::config::Secret;
+use crate::consumer::{ConsumerHealth, Stall};
 use crate::domain::{
     AccountId, Amount, Balance, Movement, Outcome, RuleError, Transaction, TxId, TxStatus,
     MAX_MINOR_UNITS,
 };
-use crate::publisher::{PublishError, Publisher};
-use crate::store::{Claim, Store, StoreError};
-use crate::wire::{now_ms, Record};
+use crate::publisher::Publisher;
+use crate::store::{Store, StoreError};
 
 /// Largest request body accepted; a transaction is well under 1 KiB.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -29,7 +31,10 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 pub struct ApiState {
     pub store: Store,
     pub publisher: Publisher,
-    pub admin_token: Option<String>,
+    pub admission: Admission,
+    /// The consumer of this process (role `all`), for `/ready`.
+    pub consumer: Option<ConsumerHealth>,
+    pub admin_token: Option<Secret>,
     pub retry_after_secs: u64,
     /// How long a client may take to send a body; then 408.
     pub body_read_timeout: Duration,
@@ -105,6 +110,32 @@ impl Problem {
                 "The engine cannot take the request now",
                 detail,
             )
+        }
+    }
+
+    fn refused(refused: Refused, retry_after_secs: u64) -> Self {
+        let detail = refused.to_string();
+        match refused {
+            Refused::Conflict(_) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "id-conflict",
+                "The id is already used by a different transaction",
+                detail,
+            ),
+            Refused::InFlight(_) => Self::new(
+                StatusCode::CONFLICT,
+                "in-flight",
+                "The same transaction is being accepted right now",
+                detail,
+            ),
+            Refused::Redis(e) => Self::from_store(e, retry_after_secs),
+            Refused::Kafka(e) => {
+                tracing::warn!(error = %e, "publish failed");
+                Self::unavailable(detail, retry_after_secs)
+            }
+            Refused::QueueFull | Refused::BindingLost(_) | Refused::Internal(_) => {
+                Self::unavailable(detail, retry_after_secs)
+            }
         }
     }
 
@@ -467,16 +498,11 @@ async fn post_transaction(
         RequestError::Malformed(detail) => Problem::malformed(detail),
         RequestError::Rule(rule) => Problem::rule(rule),
     })?;
-    // Claim, publish and accept run to the end in their own task even if the
-    // client hangs up: a handler dropped halfway would leave its claim to
-    // block retries (409) until the lease ran out.
-    let retry_after_secs = api.retry_after_secs;
-    tokio::spawn(accept_transaction(api, tx))
-        .await
-        .unwrap_or_else(|e| {
-            tracing::error!(error = %e, "accept task failed");
-            Err(Problem::unavailable("internal error", retry_after_secs))
-        })
+    let id = tx.id.clone();
+    match api.admission.admit(tx).await {
+        Ok(status) => Ok(status_response(&id, status)),
+        Err(refused) => Err(Problem::refused(refused, api.retry_after_secs)),
+    }
 }
 
 /// The seed's path: the same as `POST /transactions`.
@@ -494,86 +520,6 @@ async fn post_transaction_seed_path(
     body: Body,
 ) -> Result<Response, Problem> {
     post_transaction(api, headers, body).await
-}
-
-/// Claims the id, publishes the record and marks it accepted.
-async fn accept_transaction(api: Arc<ApiState>, tx: Transaction) -> Result<Response, Problem> {
-    let retry = api.retry_after_secs;
-
-    let token = Store::lease_token();
-    let claim = match api.store.claim(&tx, &token).await {
-        Ok(claim) => claim,
-        Err(e) => {
-            // The claim may still land once a stalled Redis wakes up; give
-            // it back, or the client's retry would meet 409 until the lease ends.
-            tokio::spawn(release_in_background(api.clone(), tx.id.clone(), token));
-            return Err(Problem::from_store(e, retry));
-        }
-    };
-    match claim {
-        Claim::Claimed => {}
-        Claim::Conflict => {
-            return Err(Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "id-conflict",
-                "The id is already used by a different transaction",
-                format!(
-                    "transaction {} exists with another body; nothing was published",
-                    tx.id
-                ),
-            ))
-        }
-        Claim::InFlight => {
-            return Err(Problem::new(
-                StatusCode::CONFLICT,
-                "in-flight",
-                "The same transaction is being accepted right now",
-                format!("transaction {} is in flight; retry shortly", tx.id),
-            ))
-        }
-        Claim::Known(status) => return Ok(status_response(&tx.id, status)),
-    }
-
-    let record = Record {
-        tx,
-        accepted_at_ms: now_ms(),
-    };
-    if let Err(e) = api.publisher.publish(&record).await {
-        if let Err(release_error) = api.store.release(&record.tx.id, &token).await {
-            // The lease runs out by itself; a retry after that still applies at most once.
-            tracing::warn!(error = %release_error, "could not release claim");
-        }
-        let detail = match e {
-            PublishError::QueueFull => "too many transactions are waiting for kafka".to_owned(),
-            PublishError::Kafka(e) => {
-                tracing::warn!(error = %e, "publish failed");
-                "kafka did not acknowledge the transaction".to_owned()
-            }
-        };
-        metrics::counter!("txengine_publish_refused_total").increment(1);
-        return Err(Problem::unavailable(detail, retry));
-    }
-    if let Err(e) = api.store.accept(&record.tx).await {
-        // Kafka has the record, so it will be applied: still a 202. Until a
-        // consumer settles it, GET answers 404 once the lease runs out.
-        tracing::warn!(error = %e, id = %record.tx.id, "accepted but could not mark it");
-    }
-    Ok(status_response(&record.tx.id, TxStatus::Pending))
-}
-
-/// Releases a claim whose outcome is unknown, retrying while Redis does not
-/// answer, for as long as the lease would have lasted.
-async fn release_in_background(api: Arc<ApiState>, id: TxId, token: String) {
-    let give_up = Instant::now() + api.store.lease();
-    let mut pause = Duration::from_millis(100);
-    while let Err(e) = api.store.release(&id, &token).await {
-        if Instant::now() + pause > give_up {
-            tracing::warn!(error = %e, %id, "could not release a claim; its lease will run out");
-            return;
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(2));
-    }
 }
 
 /// Where a transaction stands.
@@ -673,7 +619,7 @@ fn authorize_admin(api: &ApiState, headers: &HeaderMap) -> Result<(), Problem> {
             )
         })?;
     match &api.admin_token {
-        Some(expected) if same_secret(given.as_bytes(), expected.as_bytes()) => Ok(()),
+        Some(expected) if same_secret(given.as_bytes(), expected.expose().as_bytes()) => Ok(()),
         _ => Err(Problem::new(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -742,28 +688,42 @@ struct Health {
     status: &'static str,
 }
 
-/// Whether Redis and Kafka answer.
+/// Whether Redis and Kafka answer, and whether this process's consumer is
+/// stuck on a record Redis refuses.
 #[derive(Serialize, ToSchema)]
 struct Readiness {
     redis: bool,
     kafka: bool,
+    /// The record this process's consumer cannot apply (its partition does
+    /// not move until it applies); absent when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stalled: Option<Stall>,
 }
 
-/// Readiness: Redis and Kafka reachable.
+/// Readiness: Redis and Kafka reachable, no stalled partition.
 #[utoipa::path(get, path = "/ready", tag = "operations",
     responses(
-        (status = 200, description = "Both reachable", body = Readiness),
-        (status = 503, description = "Redis or Kafka unreachable", body = Readiness),
+        (status = 200, description = "Both reachable, nothing stalled", body = Readiness),
+        (status = 503, description = "Redis or Kafka unreachable, or this process's consumer is stalled on a record", body = Readiness),
     ))]
 async fn ready(State(api): State<Arc<ApiState>>) -> Response {
     let redis = api.store.ping().await.is_ok();
     let kafka = api.publisher.ready().await;
-    let code = if redis && kafka {
+    let stalled = api.consumer.as_ref().and_then(ConsumerHealth::stall);
+    let code = if redis && kafka && stalled.is_none() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (code, Json(Readiness { redis, kafka })).into_response()
+    (
+        code,
+        Json(Readiness {
+            redis,
+            kafka,
+            stalled,
+        }),
+    )
+        .into_response()
 }
 
 /// Prometheus metrics.
@@ -781,14 +741,26 @@ fn prometheus_text(handle: &PrometheusHandle) -> Response {
         .into_response()
 }
 
-/// `/metrics` and `/health` alone, for a consumer-only process.
-pub fn metrics_router(handle: PrometheusHandle) -> Router {
+/// `/metrics`, `/health` and `/ready` (200, or 503 with the stalled record)
+/// for a consumer-only process.
+pub fn metrics_router(handle: PrometheusHandle, consumer: ConsumerHealth) -> Router {
     Router::new()
         .route(
             "/metrics",
             get(move || async move { prometheus_text(&handle) }),
         )
         .route("/health", get(health))
+        .route(
+            "/ready",
+            get(move || async move {
+                let stalled = consumer.stall();
+                let code = match stalled {
+                    None => StatusCode::OK,
+                    Some(_) => StatusCode::SERVICE_UNAVAILABLE,
+                };
+                (code, Json(serde_json::json!({ "stalled": stalled })))
+            }),
+        )
 }
 
 /// This API's OpenAPI 3.1 document.

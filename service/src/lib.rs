@@ -9,12 +9,14 @@
 //! - [`domain`]: ids, amounts, movements, outcomes. Knows no I/O crate.
 //! - [`wire`]: the versioned Kafka record (one encode, one decode).
 //! - [`store`]: Redis keys and the Lua scripts of `lua/`.
+//! - [`admission`]: claim -> publish -> accept or release; the id binding rules.
 //! - [`publisher`]: the idempotent Kafka producer with a bounded queue; topics.
 //! - [`consumer`]: the consumer group loop: batch, apply, store offsets, DLQ.
 //! - [`http`]: the axum routes and problem+json errors.
 //! - [`config`]: flags and `TXENGINE_*` variables.
 //! - [`app`]: wiring, start and graceful stop.
 
+pub mod admission;
 pub mod app;
 pub mod config;
 pub mod consumer;

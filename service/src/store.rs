@@ -4,9 +4,10 @@
 //! Key layout, all under one hash tag so every script's keys share a Redis
 //! Cluster slot (transfers touch two accounts):
 //! - `{ns}:bal:<account>`  balance in minor units, a decimal string
-//! - `{ns}:tx:<id>`        hash: `state` leased|applied|rejected, `accepted`
-//!   (1 once Kafka has the record), `fp`, `reason`, `balance_after`,
-//!   `applied_at_ms`, `seq`, `lease` (claim token while leased)
+//! - `{ns}:tx:<id>`        hash: `fp` (the body the id is bound to, from the
+//!   first claim on), `lease` + `lease_until_ms` (which request may publish
+//!   it now), `accepted` (1 once Kafka has the record), and once settled
+//!   `state` applied|rejected, `reason`, `balance_after`, `applied_at_ms`, `seq`
 //! - `{ns}:seq`            counter: the order in which outcomes were decided
 
 use std::time::Duration;
@@ -46,6 +47,7 @@ mod lua {
     pub const APPLY: &str = include_str!("../../lua/atomic_update.lua");
     pub const CLAIM: &str = include_str!("../../lua/claim.lua");
     pub const RELEASE: &str = include_str!("../../lua/release.lua");
+    pub const ACCEPT: &str = include_str!("../../lua/accept.lua");
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,17 +58,46 @@ pub enum StoreError {
     Unexpected(String),
 }
 
+impl StoreError {
+    /// True when Redis could not be reached or did not answer in time (worth
+    /// retrying as is), false when it answered with an error (a script
+    /// error, a key of the wrong type): that one needs someone to look.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            Self::Redis(e) => {
+                e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+            }
+            Self::Unexpected(_) => false,
+        }
+    }
+}
+
 /// What the claim script found for an id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
-    /// The id was free and is now leased to this request under its token.
+    /// This request holds the id's lease (under its token) and may publish.
     Claimed,
-    /// The id is known with a different body.
+    /// The id is bound to a different body.
     Conflict,
     /// The same request is being published by another caller right now.
     InFlight,
     /// The same request was accepted before; this is where it stands.
     Known(TxStatus),
+}
+
+/// What the accept script did with a published record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acceptance {
+    /// This request held the lease; the id is marked accepted.
+    Accepted,
+    /// The lease ran out and is another request's (of the same body, the
+    /// binding being this body); nothing was changed.
+    NotOwner,
+    /// The id is bound to another body; nothing was changed.
+    Conflict,
 }
 
 /// One applied transaction as the apply script reported it.
@@ -86,6 +117,7 @@ pub struct Store {
     apply: Script,
     claim: Script,
     release: Script,
+    accept: Script,
 }
 
 pub struct StoreSettings<'a> {
@@ -117,6 +149,7 @@ impl Store {
             apply: Script::new(lua::APPLY),
             claim: Script::new(lua::CLAIM),
             release: Script::new(lua::RELEASE),
+            accept: Script::new(lua::ACCEPT),
         };
         store.load_scripts().await?;
         Ok(store)
@@ -126,7 +159,7 @@ impl Store {
     /// (a restarted Redis has an empty script cache).
     pub async fn load_scripts(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        for script in [&self.apply, &self.claim, &self.release] {
+        for script in [&self.apply, &self.claim, &self.release, &self.accept] {
             script.prepare_invoke().load_async(&mut conn).await?;
         }
         Ok(())
@@ -205,7 +238,8 @@ impl Store {
     }
 
     /// Claims `tx.id` for this request, under `token`, before it is
-    /// published. After an error the claim may still have been made (the
+    /// published: binds the id to this body (for the outcome TTL) and takes
+    /// its lease. After an error the claim may still have been made (the
     /// command can reach Redis after the wait for its answer ended): release
     /// `token` then.
     pub async fn claim(&self, tx: &Transaction, token: &str) -> Result<Claim, StoreError> {
@@ -216,7 +250,8 @@ impl Store {
                 invocation
                     .arg(tx.movement.fingerprint())
                     .arg(self.lease_ms)
-                    .arg(token);
+                    .arg(token)
+                    .arg(self.outcome_ttl_secs);
                 async move { invocation.invoke_async(&mut conn).await }
             })
             .await?;
@@ -228,30 +263,29 @@ impl Store {
         })
     }
 
-    /// Marks an id as accepted once Kafka acknowledged its record, and keeps
-    /// the record as long as outcomes are kept. Plain commands, no script:
-    /// `accepted` is its own field, so this never overwrites an outcome a
-    /// consumer may already have written.
-    pub async fn accept(&self, tx: &Transaction) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        let key = self.tx_key(&tx.id);
-        let _: () = redis::pipe()
-            .atomic()
-            .hset_multiple(
-                &key,
-                &[("accepted", "1"), ("fp", &tx.movement.fingerprint())],
-            )
-            .ignore()
-            .expire(&key, self.outcome_ttl_secs as i64)
-            .ignore()
-            .query_async(&mut conn)
+    /// Marks an id as accepted once Kafka acknowledged its record, if the
+    /// lease `token` is still this request's (one script: check and write).
+    pub async fn accept(&self, tx: &Transaction, token: &str) -> Result<Acceptance, StoreError> {
+        let verdict: String = self
+            .with_scripts(|| {
+                let mut conn = self.conn.clone();
+                let mut invocation = self.accept.key(self.tx_key(&tx.id));
+                invocation.arg(tx.movement.fingerprint()).arg(token);
+                async move { invocation.invoke_async(&mut conn).await }
+            })
             .await?;
-        Ok(())
+        match verdict.as_str() {
+            "accepted" => Ok(Acceptance::Accepted),
+            "not_owner" => Ok(Acceptance::NotOwner),
+            "conflict" => Ok(Acceptance::Conflict),
+            other => Err(StoreError::Unexpected(format!("accept answered {other}"))),
+        }
     }
 
-    /// Frees a claim after a failed publish (only if it is still this claim).
-    pub async fn release(&self, id: &TxId, token: &str) -> Result<(), StoreError> {
-        let _: i64 = self
+    /// Ends this request's lease after a failed publish (only if it is still
+    /// this request's); the id stays bound to its body. True if it was.
+    pub async fn release(&self, id: &TxId, token: &str) -> Result<bool, StoreError> {
+        let released: i64 = self
             .with_scripts(|| {
                 let mut conn = self.conn.clone();
                 let mut invocation = self.release.key(self.tx_key(id));
@@ -259,7 +293,7 @@ impl Store {
                 async move { invocation.invoke_async(&mut conn).await }
             })
             .await?;
-        Ok(())
+        Ok(released == 1)
     }
 
     /// Applies a batch in one pipelined round trip of EVALSHA, in order.
@@ -294,6 +328,8 @@ impl Store {
                 async move { pipe.query_async(&mut conn).await }
             })
             .await?;
+        // One reply per script call of the pipeline, in order.
+        debug_assert_eq!(raw.len(), batch.len(), "one apply reply per record");
         raw.into_iter()
             .map(|(state, reason, balance_after, duplicate)| {
                 match parse_status(&state, &reason, &balance_after)? {

@@ -9,6 +9,7 @@ use harness::stack::{isolated_config, Stack};
 use reqwest::StatusCode;
 use rstest::rstest;
 use serde_json::{json, Value};
+use txengine::admission::Admission;
 use txengine::domain::MAX_MINOR_UNITS;
 use txengine::http::{router, ApiState, MAX_BODY_BYTES};
 use txengine::publisher::{Publisher, PublisherSettings};
@@ -548,6 +549,8 @@ async fn health_ready_and_metrics() {
 /// Serves the real router on an ephemeral port with a given publisher.
 async fn serve(store: Store, publisher: Publisher) -> String {
     let state = Arc::new(ApiState {
+        admission: Admission::new(store.clone(), publisher.clone(), 16),
+        consumer: None,
         store,
         publisher,
         admin_token: None,
@@ -595,8 +598,9 @@ async fn assert_503(response: reqwest::Response) {
     );
 }
 
-/// Kafka unreachable: 503 + Retry-After once the publish times out, and the
-/// claim is released, so a retry is not a 409 and nothing was recorded.
+/// Kafka unreachable: 503 + Retry-After once the publish times out; the
+/// lease is released, so a retry is not a 409, nothing is recorded as
+/// accepted, and the id stays bound to that body (the record may still land).
 #[tokio::test]
 async fn kafka_unreachable_is_503_and_records_nothing() {
     let infra = crate::infra();
@@ -616,6 +620,8 @@ async fn kafka_unreachable_is_503_and_records_nothing() {
         assert_503(post_raw(&url, json!({"id": "lost", "account": "acct", "amount": 1})).await)
             .await;
     }
+    let other_body = post_raw(&url, json!({"id": "lost", "account": "acct", "amount": 2})).await;
+    assert_eq!(other_body.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let status = store
         .status(&txengine::domain::TxId::parse("lost").unwrap())
         .await

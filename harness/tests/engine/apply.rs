@@ -9,7 +9,7 @@ use txengine::domain::TxStatus;
 use txengine::domain::{
     AccountId, Amount, Balance, Movement, Outcome, RejectReason, Transaction, TxId, MAX_MINOR_UNITS,
 };
-use txengine::store::{Applied, Claim, Store, StoreSettings};
+use txengine::store::{Acceptance, Applied, Claim, Store, StoreSettings};
 
 const MAX: u64 = MAX_MINOR_UNITS;
 
@@ -302,38 +302,86 @@ async fn redis_restart_keeps_outcomes_and_reloads_scripts() {
     assert_eq!(get(&store, "a").await, Some(5));
 }
 
-/// The API's claim is a lease: while it lasts the same body is in flight and
-/// another body a conflict; once it ends the id is free again (a crashed API
-/// blocks nothing); once accepted, the record stays for the outcome TTL.
+/// The claim binds an id to its first body for the outcome TTL and leases it
+/// to one request: while the lease lasts the same body is in flight; another
+/// body is a conflict for good (also once the lease ended, since that
+/// publish may still land); the lease is released or accepted only by its
+/// own request; once accepted, the record stays for the outcome TTL.
 #[tokio::test]
-async fn claim_is_a_lease_until_accepted() {
+async fn claim_binds_the_id_and_leases_it() {
     let store = store_with_lease(300).await;
     let first = tx("lease", "debit", None, 5);
     let other = tx("lease", "credit", None, 5);
-    let claim = |tx| {
-        let store = &store;
-        async move { store.claim(tx, &Store::lease_token()).await.unwrap() }
+    let claim = |tx, token: &str| {
+        let (store, token) = (&store, token.to_owned());
+        async move { store.claim(tx, &token).await.unwrap() }
     };
-    assert!(matches!(claim(&first).await, Claim::Claimed));
-    assert!(matches!(claim(&first).await, Claim::InFlight));
-    assert!(matches!(claim(&other).await, Claim::Conflict));
+    let fresh = Store::lease_token;
+    let first_token = fresh();
+    assert_eq!(claim(&first, &first_token).await, Claim::Claimed);
+    assert_eq!(claim(&first, &fresh()).await, Claim::InFlight);
+    assert_eq!(claim(&other, &fresh()).await, Claim::Conflict);
 
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(matches!(claim(&other).await, Claim::Claimed));
-    store.accept(&other).await.unwrap();
+    assert_eq!(
+        claim(&other, &fresh()).await,
+        Claim::Conflict,
+        "the binding outlives the lease"
+    );
+    let second_token = fresh();
+    assert_eq!(claim(&first, &second_token).await, Claim::Claimed);
+    // The first request's publish returns late: its lease is gone.
+    assert_eq!(
+        store.accept(&first, &first_token).await.unwrap(),
+        Acceptance::NotOwner
+    );
+    assert!(!store.release(&first.id, &first_token).await.unwrap());
+    assert_eq!(
+        claim(&first, &fresh()).await,
+        Claim::InFlight,
+        "the second request still holds the lease"
+    );
+    assert!(store.release(&first.id, &second_token).await.unwrap());
+    let third_token = fresh();
+    assert_eq!(
+        claim(&first, &third_token).await,
+        Claim::Claimed,
+        "a released lease is free at once"
+    );
+    assert_eq!(
+        store.accept(&first, &third_token).await.unwrap(),
+        Acceptance::Accepted
+    );
 
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(matches!(
-        claim(&other).await,
+    assert_eq!(
+        claim(&first, &fresh()).await,
         Claim::Known(TxStatus::Pending)
-    ));
-    assert!(matches!(claim(&first).await, Claim::Conflict));
+    );
+    assert_eq!(claim(&other, &fresh()).await, Claim::Conflict);
     let client = redis::Client::open(crate::infra().redis_url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let ttl: i64 = redis::cmd("TTL")
-        .arg(store.tx_key(&other.id))
+        .arg(store.tx_key(&first.id))
         .query_async(&mut conn)
         .await
         .unwrap();
     assert!((3000..=3600).contains(&ttl), "record TTL {ttl} s");
+
+    // A record gone during a publish (expired) and claimed by another body:
+    // the late accept changes nothing and says so.
+    let bound = tx("rebound", "debit", None, 5);
+    let rival = tx("rebound", "credit", None, 5);
+    let bound_token = fresh();
+    assert_eq!(claim(&bound, &bound_token).await, Claim::Claimed);
+    let _: () = redis::cmd("DEL")
+        .arg(store.tx_key(&bound.id))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(claim(&rival, &fresh()).await, Claim::Claimed);
+    assert_eq!(
+        store.accept(&bound, &bound_token).await.unwrap(),
+        Acceptance::Conflict
+    );
 }

@@ -293,43 +293,85 @@ async fn stalled_redis_is_503_then_recovers() {
     s.stop().await.unwrap();
 }
 
-/// A Kafka broker that stops answering mid-publish (SIGSTOP): the API
-/// answers 503 after its publish timeout and frees the id; once the broker
-/// is back, the client's retry is accepted, and the transaction is applied
-/// exactly once even if the timed-out record reached the log after all.
+/// A Kafka broker that stops answering mid-publish (SIGSTOP), with a lease
+/// shorter than the publish timeout. Two interleavings, each of which once
+/// let an id be applied with a body its client never got 202 for:
+/// (a) the lease ends during a slow publish and another body asks for the
+///     id: it is 422, and the first request still gets its 202;
+/// (b) the publish times out (503) and another body asks for the id while
+///     the first record may still land: 422 again. The first body's retry
+///     is accepted once the broker is back, and each id is applied once,
+///     with the body that got the 202.
 #[tokio::test(flavor = "multi_thread")]
-async fn stalled_kafka_is_503_then_applies_once() {
+async fn stalled_kafka_never_rebinds_an_id() {
     crate::infra();
     let mut kafka = tokio::task::spawn_blocking(harness::infra::LocalKafka::start)
         .await
         .unwrap()
         .expect("a second Kafka starts");
-    let s = Stack::start_with(with_limits("kstall", |c| {
-        c.kafka_brokers = kafka.brokers();
-        c.publish_timeout_ms = 1_500;
-    }))
-    .await
-    .unwrap();
+    let s = std::sync::Arc::new(
+        Stack::start_with(with_limits("kstall", |c| {
+            c.kafka_brokers = kafka.brokers();
+            c.publish_timeout_ms = 3_000;
+            c.lease_ms = 500;
+        }))
+        .await
+        .unwrap(),
+    );
     s.set_balance("acct", 10).await.unwrap();
-    let request = json!({"id": "kstall-1", "account": "acct", "amount": 3});
     let (status, _) = s
         .post(&json!({"id": "warm", "type": "credit", "account": "acct", "amount": 1}))
         .await
         .unwrap();
     assert_eq!(status, StatusCode::ACCEPTED);
-
     let pid = kafka.pid().unwrap() as libc::pid_t;
+    let other_body = |id: &str| json!({"id": id, "type": "credit", "account": "acct", "amount": 4});
+
+    // (a) The broker stalls for 1.2 s: past the lease, within the timeout.
+    let first_a = json!({"id": "ka", "account": "acct", "amount": 3});
     // SAFETY: signalling a child process this test started.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
-    let answer = s.post(&request).await;
+    let slow = tokio::spawn({
+        let (s, body) = (s.clone(), first_a.clone());
+        async move { s.post(&body).await }
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let rival = tokio::spawn({
+        let (s, body) = (s.clone(), other_body("ka"));
+        async move { s.post(&body).await }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let (status, body) = slow.await.unwrap().unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED, "the slow publish: {body}");
+    let (status, body) = rival.await.unwrap().unwrap();
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "another body: {body}"
+    );
+
+    // (b) The broker stalls past the publish timeout.
+    let first_b = json!({"id": "kb", "account": "acct", "amount": 2});
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let answer = s.post(&first_b).await;
+    let rival = s.post(&other_body("kb")).await;
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGCONT) };
     let (status, problem) = answer.unwrap();
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{problem}");
+    let (status, body) = rival.unwrap();
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "another body after a 503: {body}"
+    );
 
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let (status, body) = s.post(&request).await.unwrap();
+        let (status, body) = s.post(&first_b).await.unwrap();
         if status == StatusCode::ACCEPTED || status == StatusCode::OK {
             break;
         }
@@ -339,15 +381,19 @@ async fn stalled_kafka_is_503_then_applies_once() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let settled = s
-        .wait_settled(&["kstall-1".into(), "warm".into()], Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert_eq!(settled["kstall-1"]["status"], "applied");
+    let (status, body) = s.post(&other_body("kb")).await.unwrap();
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let ids = ["warm".to_owned(), "ka".to_owned(), "kb".to_owned()];
+    let settled = s.wait_settled(&ids, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(settled["ka"]["status"], "applied");
+    assert_eq!(settled["kb"]["status"], "applied");
     assert_eq!(
         s.balance("acct").await.unwrap(),
-        Some(8),
-        "10 + 1 - 3, once"
+        Some(6),
+        "10 + 1 - 3 - 2, each once, no credit of 4"
     );
-    s.stop().await.unwrap();
+    match std::sync::Arc::try_unwrap(s) {
+        Ok(s) => s.stop().await.unwrap(),
+        Err(_) => panic!("a request task still holds the stack"),
+    }
 }
