@@ -83,6 +83,9 @@ pub struct Verdict {
     pub accept_to_applied_ms_p99: Option<f64>,
     /// Latest apply time seen (ms since the epoch), for apply rates.
     pub last_applied_at_ms: u64,
+    /// When each accepted transaction's outcome was decided (the
+    /// consumer's clock), for apply rates over a window.
+    pub settled_at_ms: Vec<u64>,
     /// Human-readable descriptions of every broken invariant (empty: all held).
     pub violations: Vec<String>,
 }
@@ -141,6 +144,7 @@ pub async fn check(redis_url: &str, namespace: &str, ledger: &Ledger) -> anyhow:
         for (tx, (state, reason, applied_at_ms)) in chunk.iter().zip(states) {
             if let Some(applied) = applied_at_ms {
                 verdict.last_applied_at_ms = verdict.last_applied_at_ms.max(applied);
+                verdict.settled_at_ms.push(applied);
                 if tx.accepted_at_ms > 0 {
                     accept_to_applied_ms.push(applied.saturating_sub(tx.accepted_at_ms));
                 }

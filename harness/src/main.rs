@@ -422,8 +422,11 @@ async fn run_load(
     let cpu_before = cpu_now();
     let driven = drive_http(generator, &engine.url, "engine", "engine", &profile).await?;
     let cpu_after = cpu_now();
-    let per_request =
-        |i: usize| (cpu_after[i] - cpu_before[i]) as f64 / driven.result.ok.max(1) as f64;
+    // None when a process was gone at either reading: not measured.
+    let per_request = |i: usize| {
+        let used = cpu_after[i]?.checked_sub(cpu_before[i]?)?;
+        (driven.result.ok > 0).then(|| used as f64 / driven.result.ok as f64)
+    };
     let cpu_per_request = CpuPerRequest {
         engine_us: per_request(0),
         kafka_us: per_request(1),
@@ -478,8 +481,13 @@ async fn run_load(
     let rss = peak_rss_mib(engine.pid());
     engine.terminate(Duration::from_secs(10));
 
-    // Every request accepted in the measured run is settled by the drain.
-    let settled = driven.result.ok;
+    // Outcomes decided from the start of the measured run to the last one
+    // (warm-up transactions applied in that window count: they were applied in it).
+    let settled = verdict
+        .settled_at_ms
+        .iter()
+        .filter(|at| **at >= load_started_ms)
+        .count();
     let apply_seconds =
         (verdict.last_applied_at_ms.saturating_sub(load_started_ms) as f64 / 1000.0).max(0.001);
     let engine_result = driven.result;
@@ -591,7 +599,9 @@ async fn run_backlog(count: usize, accounts: usize, partitions: i32) -> anyhow::
         Duration::from_secs(1800),
     )
     .await?;
-    let cpu = cpu_time_us(consumer.pid()) - cpu_before;
+    let cpu = cpu_time_us(consumer.pid())
+        .zip(cpu_before)
+        .and_then(|(after, before)| after.checked_sub(before));
     let elapsed = started.elapsed().max(drained);
     let verdict = invariants::check(&infra.redis_url, &config.namespace, &ledger).await?;
     consumer.terminate(Duration::from_secs(10));
@@ -604,10 +614,13 @@ async fn run_backlog(count: usize, accounts: usize, partitions: i32) -> anyhow::
         "  apply rate        {:.0} tx/s",
         count as f64 / elapsed.as_secs_f64()
     );
-    println!(
-        "  consumer CPU      {:.1} µs per transaction",
-        cpu as f64 / count as f64
-    );
+    match cpu {
+        Some(cpu) => println!(
+            "  consumer CPU      {:.1} µs per transaction",
+            cpu as f64 / count.max(1) as f64
+        ),
+        None => println!("  consumer CPU      not measured (the process was gone)"),
+    }
     println!(
         "  outcomes          {} applied, {} rejected {:?}",
         verdict.applied, verdict.rejected, verdict.rejected_by_reason

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::load::{HttpResult, SecondStats};
 
 /// Bumped whenever a field changes meaning or goes away.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
@@ -95,28 +95,32 @@ pub struct PipelineResult {
 /// (user + system, from /proc): where the machine's two cores went.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CpuPerRequest {
-    pub engine_us: f64,
-    pub kafka_us: f64,
-    pub redis_us: f64,
-    pub load_generator_us: f64,
+    /// `None` (null) when the process was not there to be measured.
+    pub engine_us: Option<f64>,
+    pub kafka_us: Option<f64>,
+    pub redis_us: Option<f64>,
+    pub load_generator_us: Option<f64>,
+}
+
+/// A figure with `decimals`, or "n/a" where it was not measured.
+fn or_not_measured(value: Option<f64>, decimals: usize) -> String {
+    value.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.decimals$}"))
 }
 
 /// User + system CPU time of a process so far, in microseconds.
-pub fn cpu_time_us(pid: Option<u32>) -> u64 {
+/// `None` if there is no such process (never started, or gone).
+pub fn cpu_time_us(pid: Option<u32>) -> Option<u64> {
     process_cpu_us(pid, &[11, 12])
 }
 
 /// As [`cpu_time_us`], plus the children it has waited for (a finished wrk).
-pub fn cpu_time_with_children_us(pid: Option<u32>) -> u64 {
+pub fn cpu_time_with_children_us(pid: Option<u32>) -> Option<u64> {
     process_cpu_us(pid, &[11, 12, 13, 14])
 }
 
 /// Sums the given clock-tick fields of `/proc/<pid>/stat` (0 = the field after the name).
-fn process_cpu_us(pid: Option<u32>, tick_fields: &[usize]) -> u64 {
-    let Some(stat) = pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
-    else {
-        return 0;
-    };
+fn process_cpu_us(pid: Option<u32>, tick_fields: &[usize]) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid?)).ok()?;
     // Fields after the command name (which may hold spaces) start at ") ".
     let fields: Vec<&str> = stat
         .rsplit_once(") ")
@@ -128,7 +132,7 @@ fn process_cpu_us(pid: Option<u32>, tick_fields: &[usize]) -> u64 {
         .iter()
         .filter_map(|i| fields.get(*i)?.parse::<u64>().ok())
         .sum();
-    ticks * 1_000_000 / ticks_per_second
+    Some(ticks * 1_000_000 / ticks_per_second)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -211,10 +215,10 @@ impl Report {
             "- machine: {} cores, {} GiB, {}, Linux {}; {}; {}; {}\n",
             m.cores, m.memory_gib, m.cpu_model, m.kernel, m.rustc, m.redis_server, m.kafka
         );
-        let _ = writeln!(md, "| target | users | s | requests | ok | RPS | p50 ms | p95 ms | p99 ms | max ms | errors |");
+        let _ = writeln!(md, "| target | users | s | requests | ok | RPS | p50 ms | p90 ms | p95 ms | p99 ms | max ms | errors |");
         let _ = writeln!(
             md,
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
         );
         for run in [
             Some(&self.engine),
@@ -226,7 +230,7 @@ impl Report {
         {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:?} |",
+                "| {} | {} | {} | {} | {} | {:.0} | {:.2} | {} | {} | {:.2} | {:.2} | {:?} |",
                 run.target,
                 run.users,
                 run.seconds,
@@ -234,7 +238,8 @@ impl Report {
                 run.ok,
                 run.rps,
                 run.latency_ms_p50,
-                run.latency_ms_p95,
+                or_not_measured(run.latency_ms_p90, 2),
+                or_not_measured(run.latency_ms_p95, 2),
                 run.latency_ms_p99,
                 run.latency_ms_max,
                 run.errors_by_kind
@@ -259,8 +264,11 @@ impl Report {
         let c = &self.cpu_per_request;
         let _ = writeln!(
             md,
-            "\nCPU per accepted request during the engine run: engine {:.0} µs, Kafka {:.0} µs, Redis {:.0} µs, load generator {:.0} µs.",
-            c.engine_us, c.kafka_us, c.redis_us, c.load_generator_us
+            "\nCPU per accepted request during the engine run: engine {} µs, Kafka {} µs, Redis {} µs, load generator {} µs.",
+            or_not_measured(c.engine_us, 0),
+            or_not_measured(c.kafka_us, 0),
+            or_not_measured(c.redis_us, 0),
+            or_not_measured(c.load_generator_us, 0)
         );
         let i = &self.invariants;
         let _ = writeln!(

@@ -367,7 +367,17 @@ pub async fn run(scenario: &Scenario, infra: &Infra, exe: &Path) -> anyhow::Resu
     faults.sort_by_key(|f| f.at_percent);
     for fault in &faults {
         let threshold = scenario.load.count * fault.at_percent as usize / 100;
-        while sent.load(Ordering::SeqCst) < threshold && !clients.is_empty() {
+        while sent.load(Ordering::SeqCst) < threshold {
+            // Reap finished clients, so a client that failed ends the run
+            // here instead of leaving the threshold unreachable.
+            while let Some(joined) = clients.try_join_next() {
+                joined.context("a client task failed")?;
+            }
+            anyhow::ensure!(
+                !clients.is_empty(),
+                "every client stopped before {}% was sent",
+                fault.at_percent
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         eprintln!(
@@ -607,13 +617,19 @@ async fn balances(
     let mut all = HashMap::new();
     for i in 0..accounts {
         let account = account_name(i);
-        let body: serde_json::Value = http
-            .get(format!("{url}/balance/{account}"))
-            .send()
-            .await?
-            .json()
-            .await?;
-        all.insert(account, body["balance"].as_u64().unwrap_or(0));
+        let response = http.get(format!("{url}/balance/{account}")).send().await?;
+        let status = response.status();
+        let text = response.text().await?;
+        anyhow::ensure!(
+            status == StatusCode::OK,
+            "GET /balance/{account}: {status} {text}"
+        );
+        let body: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("GET /balance/{account}: not JSON: {text}"))?;
+        let balance = body["balance"]
+            .as_u64()
+            .with_context(|| format!("GET /balance/{account}: no balance in {body}"))?;
+        all.insert(account, balance);
     }
     Ok(all)
 }

@@ -157,7 +157,12 @@ async fn read(response: reqwest::Response) -> anyhow::Result<(StatusCode, Value)
     let body = if bytes.is_empty() {
         Value::Null
     } else {
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "{status}: the body is not JSON: {}",
+                String::from_utf8_lossy(&bytes)
+            )
+        })?
     };
     Ok((status, body))
 }

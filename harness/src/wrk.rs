@@ -150,8 +150,9 @@ pub fn parse(
         errors_by_kind,
         rps: ok as f64 / seconds.max(1) as f64,
         latency_ms_p50: percentiles.get("50%").copied().unwrap_or(0.0),
-        // wrk prints 50/75/90/99; its 90th stands in for the 95th.
-        latency_ms_p95: percentiles.get("90%").copied().unwrap_or(0.0),
+        // wrk prints 50/75/90/99: no 95th.
+        latency_ms_p90: percentiles.get("90%").copied(),
+        latency_ms_p95: None,
         latency_ms_p99: percentiles.get("99%").copied().unwrap_or(0.0),
         latency_ms_max: max_ms,
     })

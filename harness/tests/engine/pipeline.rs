@@ -164,3 +164,97 @@ async fn a_restarted_engine_carries_on() {
     assert_eq!(second.balance("acct").await.unwrap(), Some(75));
     second.stop().await.unwrap();
 }
+
+/// Polls `/ready` until `done` holds for its (status, body), or panics.
+async fn wait_ready_until(
+    s: &Stack,
+    what: &str,
+    done: impl Fn(StatusCode, &serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + SETTLE;
+    loop {
+        let (status, body) = s.get("/ready").await.unwrap();
+        if done(status, &body) {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: /ready still {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A record Redis refuses (the account's balance key holds a list, so the
+/// apply script fails with WRONGTYPE) stalls its partition without being
+/// skipped: `/ready` answers 503 naming it, and once the key is fixed the
+/// record applies. A stop while stalled ends promptly: shutdown wins over
+/// the retries.
+#[tokio::test]
+async fn a_record_redis_refuses_stalls_visibly_and_applies_once_fixed() {
+    let infra = crate::infra();
+    let s = Stack::start(infra, "stall").await.unwrap();
+    let client = redis::Client::open(infra.redis_url.as_str()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let broken = |account: &str| txengine::store::keys::balance(&s.config.namespace, account);
+    let _: () = redis::cmd("RPUSH")
+        .arg(broken("broken"))
+        .arg("not a balance")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let (status, _) = s
+        .post(&json!({"id": "refused", "account": "broken", "amount": 1}))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let body = wait_ready_until(&s, "stall shown", |status, body| {
+        status == StatusCode::SERVICE_UNAVAILABLE && body["stalled"]["id"] == "refused"
+    })
+    .await;
+    assert!(
+        body["stalled"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("WRONGTYPE"),
+        "{body}"
+    );
+    assert_eq!(body["redis"], true, "{body}");
+
+    let _: () = redis::cmd("DEL")
+        .arg(broken("broken"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    s.set_balance("broken", 5).await.unwrap();
+    let settled = s.wait_settled(&["refused".into()], SETTLE).await.unwrap();
+    assert_eq!(settled["refused"]["balance_after"], 4);
+    wait_ready_until(&s, "stall cleared", |status, body| {
+        status == StatusCode::OK && body.get("stalled").is_none()
+    })
+    .await;
+
+    let _: () = redis::cmd("RPUSH")
+        .arg(broken("broken-2"))
+        .arg("not a balance")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let (status, _) = s
+        .post(&json!({"id": "refused-2", "account": "broken-2", "amount": 1}))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED);
+    wait_ready_until(&s, "second stall shown", |status, _| {
+        status == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    let started = std::time::Instant::now();
+    s.stop().await.unwrap();
+    // Generous: the retry backoff is at most 2 s; before, the loop never ended.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "stop took {:?} while stalled",
+        started.elapsed()
+    );
+}
