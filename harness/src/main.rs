@@ -181,13 +181,7 @@ fn main() -> anyhow::Result<()> {
         Command::Engine { .. } => "info,rdkafka=warn",
         _ => "warn,harness=info,txengine=info",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default_filter.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    txengine::app::init_logging(default_filter);
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Up { port } => runtime.block_on(up(port)),

@@ -240,6 +240,11 @@ impl EngineProcess {
         self.process.pid()
     }
 
+    /// The last `lines` lines of the process's log (stdout and stderr).
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.process.log_tail(lines)
+    }
+
     /// SIGTERM and wait for the graceful stop (SIGKILL after `grace`).
     pub fn terminate(mut self, grace: Duration) {
         self.process.terminate(grace);

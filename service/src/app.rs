@@ -269,6 +269,21 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stopped| *stopped).await;
 }
 
+/// Logs to stderr, filtered by `RUST_LOG` (else `default_filter`), with
+/// colours only when stderr is a terminal: a log file or a collector gets
+/// plain text.
+pub fn init_logging(default_filter: &str) {
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};

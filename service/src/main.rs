@@ -8,12 +8,7 @@ use txengine::{app, Config, Engine, Role};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rdkafka=warn".into()),
-        )
-        .init();
+    app::init_logging("info,rdkafka=warn");
     let config = Config::parse();
     if config.role == Role::Openapi {
         print!("{}", txengine::http::openapi_document());

@@ -73,6 +73,10 @@ async fn abuse_is_refused_and_memory_stays_flat() {
     })
     .await;
     let pid = engine.pid().unwrap();
+    // Its log goes to a file: plain text, no terminal colour codes.
+    let log = engine.log_tail(50);
+    assert!(log.contains("api listening"), "{log}");
+    assert!(!log.contains('\x1b'), "colour codes in a log file: {log:?}");
     let big_header = format!("X-Filler: {}\r\n", "h".repeat(64 * 1024));
     let big_body = vec![b' '; 4 * MAX_BODY_BYTES];
     let chunked_body = {

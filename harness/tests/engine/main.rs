@@ -8,6 +8,7 @@ mod apply;
 mod contract;
 mod differential;
 mod limits;
+mod observability;
 mod pipeline;
 
 use std::sync::Once;

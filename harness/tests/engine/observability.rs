@@ -1,0 +1,172 @@
+//! The Grafana dashboard against real data: Debian's Prometheus scrapes a
+//! live engine while transactions, a poison record, a stalled record and a
+//! refused publish happen, and every query of the dashboard must return at
+//! least one series.
+
+use std::time::{Duration, Instant};
+
+use harness::infra::process::{free_port, Supervised};
+use harness::stack::Stack;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use txengine::admission::Admission;
+use txengine::publisher::{Publisher, PublisherSettings};
+
+fn dashboard_queries() -> Vec<(String, String)> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/grafana/dashboards/txengine.json"
+    );
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|panel| {
+            let title = panel["title"].as_str().unwrap_or("?").to_owned();
+            panel["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |t| (title.clone(), t["expr"].as_str().unwrap().to_owned()))
+        })
+        .collect()
+}
+
+/// Starts Prometheus scraping `target` (host:port) every second.
+fn start_prometheus(target: &str, dir: &std::path::Path) -> (Supervised, String) {
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: txengine\n    static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{}", free_port().unwrap());
+    let mut command = std::process::Command::new("prometheus");
+    command
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address={listen}"));
+    let process = Supervised::spawn("prometheus", command, &dir.join("prometheus.log"))
+        .expect("prometheus starts (scripts/install-deps installs it)");
+    (process, format!("http://{listen}"))
+}
+
+/// Series the query returns now (an error answer counts as none).
+async fn series(http: &reqwest::Client, prometheus: &str, query: &str) -> usize {
+    let url =
+        reqwest::Url::parse_with_params(&format!("{prometheus}/api/v1/query"), [("query", query)])
+            .unwrap();
+    let Ok(response) = http.get(url).send().await else {
+        return 0;
+    };
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    body["data"]["result"].as_array().map_or(0, Vec::len)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_dashboard_query_returns_data_from_a_live_engine() {
+    let infra = crate::infra();
+    let s = Stack::start(infra, "observed").await.unwrap();
+    s.set_balance("acct", 1_000_000).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (_prometheus, prometheus) =
+        start_prometheus(s.url.trim_start_matches("http://"), dir.path());
+
+    // A poison record (DLQ), a record Redis refuses until it is fixed (Redis
+    // errors), and a publish refused for a full queue.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &infra.kafka_brokers)
+        .create()
+        .unwrap();
+    producer
+        .send(
+            FutureRecord::to(&s.config.topic)
+                .key("acct")
+                .payload("not a record"),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let client = redis::Client::open(infra.redis_url.as_str()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let broken = txengine::store::keys::balance(&s.config.namespace, "broken");
+    let _: () = redis::cmd("RPUSH")
+        .arg(&broken)
+        .arg("x")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let (status, _) = s
+        .post(&json!({"id": "refused", "account": "broken", "amount": 1}))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let full = Publisher::new(PublisherSettings {
+        brokers: &infra.kafka_brokers,
+        topic: &s.config.topic,
+        max_in_flight: 0,
+        publish_timeout: Duration::from_secs(5),
+        linger: Duration::from_millis(1),
+    })
+    .unwrap();
+    let store = txengine::store::Store::connect(txengine::store::StoreSettings {
+        url: &infra.redis_url,
+        namespace: &s.config.namespace,
+        outcome_ttl_secs: 60,
+        lease_ms: 1_000,
+        response_timeout: Duration::from_secs(5),
+    })
+    .await
+    .unwrap();
+    let tx =
+        txengine::http::decode_transaction(br#"{"id":"full","account":"acct","amount":1}"#, None)
+            .unwrap();
+    assert!(Admission::new(store, full, 1).admit(tx).await.is_err());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _: () = redis::cmd("DEL")
+        .arg(&broken)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    // Steady traffic while Prometheus scrapes, until every query has data.
+    let queries = dashboard_queries();
+    assert!(queries.len() >= 10, "{queries:?}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut n = 0;
+    loop {
+        for _ in 0..20 {
+            n += 1;
+            let (status, body) = s
+                .post(&json!({"id": format!("t-{n}"), "account": "acct", "amount": 1}))
+                .await
+                .unwrap();
+            assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        }
+        let mut empty = Vec::new();
+        for (title, query) in &queries {
+            if series(&http, &prometheus, query).await == 0 {
+                empty.push(format!("{title}: {query}"));
+            }
+        }
+        if empty.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dashboard queries without data after 60 s of scraping:\n{}",
+            empty.join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    s.stop().await.unwrap();
+}
