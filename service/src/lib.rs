@@ -12,7 +12,8 @@
 //! - [`admission`]: claim -> publish -> accept or release; the id binding rules.
 //! - [`publisher`]: the idempotent Kafka producer with a bounded queue; topics.
 //! - [`consumer`]: the consumer group loop: batch, apply, store offsets, DLQ.
-//! - [`http`]: the axum routes and problem+json errors.
+//! - [`http`]: the axum routes (one module per concern) and problem+json errors.
+//! - [`server`]: the hyper serve loop with the connection limits.
 //! - [`config`]: flags and `TXENGINE_*` variables.
 //! - [`app`]: wiring, start and graceful stop.
 
@@ -23,6 +24,7 @@ pub mod consumer;
 pub mod domain;
 pub mod http;
 pub mod publisher;
+pub mod server;
 pub mod store;
 pub mod wire;
 

@@ -1,0 +1,144 @@
+//! `GET /balance/{account}` and the admin's `PUT /balance/{account}`.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::problem::{not_found, Problem, ProblemBody};
+use super::transactions::read_body;
+use super::ApiState;
+use crate::domain::{AccountId, Balance, RuleError};
+
+/// An account's balance in minor units.
+#[derive(Serialize, ToSchema)]
+pub(super) struct BalanceView {
+    #[schema(value_type = String)]
+    account: AccountId,
+    #[schema(value_type = u64, maximum = 9007199254740991_u64)]
+    balance: Balance,
+}
+
+/// An account's balance.
+#[utoipa::path(
+    get,
+    path = "/balance/{account}",
+    tag = "balances",
+    params(("account" = String, Path, description = "Account id", pattern = "^[A-Za-z0-9_.:-]{1,64}$")),
+    responses(
+        (status = 200, description = "The balance in minor units", body = BalanceView),
+        (status = 404, description = "No such account", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Not a valid account id", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Redis is unavailable", body = ProblemBody, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "seconds"))),
+    )
+)]
+pub(super) async fn get_balance(
+    State(api): State<Arc<ApiState>>,
+    Path(account): Path<String>,
+) -> Result<Response, Problem> {
+    let account = AccountId::parse(&account).map_err(Problem::rule)?;
+    match api
+        .store
+        .balance(&account)
+        .await
+        .map_err(|e| Problem::from_store(e, api.retry_after_secs))?
+    {
+        Some(balance) => Ok(Json(BalanceView { account, balance }).into_response()),
+        None => Err(not_found(format!("no account {account}"))),
+    }
+}
+
+/// The body of `PUT /balance/{account}`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct BalanceRequest {
+    /// Minor units, 0 ..= 2^53-1.
+    #[schema(value_type = u64, minimum = 0, maximum = 9007199254740991_u64)]
+    balance: serde_json::Number,
+}
+
+/// Compares two secrets in time independent of where they differ.
+pub(super) fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+pub(super) fn authorize_admin(api: &ApiState, headers: &HeaderMap) -> Result<(), Problem> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Admin token required",
+                "send Authorization: Bearer <admin token>",
+            )
+        })?;
+    match &api.admin_token {
+        Some(expected) if same_secret(given.as_bytes(), expected.expose().as_bytes()) => Ok(()),
+        _ => Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Not allowed",
+            "the admin token is wrong or no admin token is configured",
+        )),
+    }
+}
+
+/// Set an account's balance (the seed's setter; an admin operation).
+#[utoipa::path(
+    put,
+    path = "/balance/{account}",
+    tag = "balances",
+    security(("admin_token" = [])),
+    params(("account" = String, Path, description = "Account id", pattern = "^[A-Za-z0-9_.:-]{1,64}$")),
+    request_body(content = BalanceRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The balance is set", body = BalanceView),
+        (status = 400, description = "Not JSON of the expected shape", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No bearer token", body = ProblemBody, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "Bearer"))),
+        (status = 403, description = "Wrong token, or no admin token configured", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 408, description = "The body arrived too slowly; nothing was done", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 16 KiB", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type is not JSON", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Not a valid account id or balance", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Redis is unavailable", body = ProblemBody, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "seconds"))),
+    )
+)]
+pub(super) async fn put_balance(
+    State(api): State<Arc<ApiState>>,
+    Path(account): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    authorize_admin(&api, &headers)?;
+    let account = AccountId::parse(&account).map_err(Problem::rule)?;
+    let body = read_body(&api, &headers, body).await?;
+    let request: BalanceRequest =
+        serde_json::from_slice(&body).map_err(|e| Problem::malformed(e.to_string()))?;
+    let balance = request
+        .balance
+        .as_u64()
+        .ok_or(RuleError::BalanceOutOfRange)
+        .and_then(Balance::new)
+        .map_err(Problem::rule)?;
+    api.store
+        .set_balance(&account, balance)
+        .await
+        .map_err(|e| Problem::from_store(e, api.retry_after_secs))?;
+    Ok(Json(BalanceView { account, balance }).into_response())
+}

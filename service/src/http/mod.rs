@@ -1,0 +1,92 @@
+//! The HTTP API (axum): the router and its request metrics. One module per
+//! concern:
+//! - [`problem`]: problem+json errors;
+//! - [`transactions`]: `POST /transactions`, `GET /transactions/{id}`, the
+//!   request decoder (public for the fuzzer);
+//! - [`balances`]: balance reads and the admin's setter;
+//! - [`ops`]: health, readiness, metrics, unknown routes;
+//! - [`openapi`]: the generated OpenAPI document.
+//!
+//! The HTTP server loop itself (connection limits) is [`crate::server`].
+
+mod balances;
+mod openapi;
+mod ops;
+mod problem;
+mod transactions;
+
+pub use openapi::openapi_document;
+pub use ops::metrics_router;
+pub use transactions::{decode_transaction, RequestError};
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::admission::Admission;
+use crate::config::Secret;
+use crate::consumer::ConsumerHealth;
+use crate::publisher::Publisher;
+use crate::store::Store;
+
+/// Largest request body accepted; a transaction is well under 1 KiB.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+pub struct ApiState {
+    pub store: Store,
+    pub publisher: Publisher,
+    pub admission: Admission,
+    /// The consumer of this process (role `all`), for `/ready`.
+    pub consumer: Option<ConsumerHealth>,
+    pub admin_token: Option<Secret>,
+    pub retry_after_secs: u64,
+    /// How long a client may take to send a body; then 408.
+    pub body_read_timeout: Duration,
+    pub metrics: PrometheusHandle,
+}
+
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/transactions", post(transactions::post_transaction))
+        .route(
+            "/transaction",
+            post(transactions::post_transaction_seed_path),
+        )
+        .route("/transactions/{id}", get(transactions::get_transaction))
+        .route(
+            "/balance/{account}",
+            get(balances::get_balance).put(balances::put_balance),
+        )
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
+        .route("/metrics", get(ops::render_metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .fallback(ops::unknown_route)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(middleware::from_fn(record_request))
+        .with_state(state)
+}
+
+/// Counts requests and times them, by route and status.
+async fn record_request(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("txengine_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("txengine_http_request_seconds", "route" => route, "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    response
+}

@@ -1,0 +1,69 @@
+//! The OpenAPI 3.1 document, generated from the handlers (utoipa) and served at `/openapi.json`.
+
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::balances::{__path_get_balance, __path_put_balance};
+use super::ops::{__path_health, __path_ready, __path_render_metrics};
+use super::transactions::{
+    __path_get_transaction, __path_post_transaction, __path_post_transaction_seed_path,
+};
+
+/// This API's OpenAPI 3.1 document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json")))]
+pub(super) async fn openapi_json() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        openapi_document(),
+    )
+        .into_response()
+}
+
+/// The OpenAPI document, as served and as committed in `service/openapi.json`;
+/// built once, on first use.
+pub fn openapi_document() -> &'static str {
+    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DOCUMENT.get_or_init(|| {
+        ApiDoc::openapi()
+            .to_pretty_json()
+            .expect("the OpenAPI document serializes")
+            + "\n"
+    })
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "txengine",
+        description = "Atomic transaction engine: POST money movements, read outcomes and balances. Money is an integer number of minor units, 1 ..= 2^53-1 per amount, balances 0 ..= 2^53-1."
+    ),
+    paths(
+        post_transaction,
+        post_transaction_seed_path,
+        get_transaction,
+        get_balance,
+        put_balance,
+        health,
+        ready,
+        render_metrics,
+        openapi_json
+    ),
+    modifiers(&AdminToken)
+)]
+pub(super) struct ApiDoc;
+
+/// The bearer scheme of `PUT /balance/{account}`.
+pub(super) struct AdminToken;
+
+impl Modify for AdminToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}

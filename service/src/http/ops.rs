@@ -1,0 +1,117 @@
+//! Operations: `/health`, `/ready`, `/metrics`, and the answers for unknown routes and methods.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::problem::{not_found, Problem};
+use super::ApiState;
+use crate::consumer::{ConsumerHealth, Stall};
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "Alive", body = Health)))]
+pub(super) async fn health() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct Health {
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
+/// Whether Redis and Kafka answer, and whether this process's consumer is
+/// stuck on a record Redis refuses.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Readiness {
+    redis: bool,
+    kafka: bool,
+    /// The record this process's consumer cannot apply (its partition does
+    /// not move until it applies); absent when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stalled: Option<Stall>,
+}
+
+/// Readiness: Redis and Kafka reachable, no stalled partition.
+#[utoipa::path(get, path = "/ready", tag = "operations",
+    responses(
+        (status = 200, description = "Both reachable, nothing stalled", body = Readiness),
+        (status = 503, description = "Redis or Kafka unreachable, or this process's consumer is stalled on a record", body = Readiness),
+    ))]
+pub(super) async fn ready(State(api): State<Arc<ApiState>>) -> Response {
+    let redis = api.store.ping().await.is_ok();
+    let kafka = api.publisher.ready().await;
+    let stalled = api.consumer.as_ref().and_then(ConsumerHealth::stall);
+    let code = if redis && kafka && stalled.is_none() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        Json(Readiness {
+            redis,
+            kafka,
+            stalled,
+        }),
+    )
+        .into_response()
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+pub(super) async fn render_metrics(State(api): State<Arc<ApiState>>) -> Response {
+    prometheus_text(&api.metrics)
+}
+
+pub(super) fn prometheus_text(handle: &PrometheusHandle) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response()
+}
+
+/// `/metrics`, `/health` and `/ready` (200, or 503 with the stalled record)
+/// for a consumer-only process.
+pub fn metrics_router(handle: PrometheusHandle, consumer: ConsumerHealth) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || async move { prometheus_text(&handle) }),
+        )
+        .route("/health", get(health))
+        .route(
+            "/ready",
+            get(move || async move {
+                let stalled = consumer.stall();
+                let code = match stalled {
+                    None => StatusCode::OK,
+                    Some(_) => StatusCode::SERVICE_UNAVAILABLE,
+                };
+                (code, Json(serde_json::json!({ "stalled": stalled })))
+            }),
+        )
+}
+
+pub(super) async fn unknown_route() -> Problem {
+    not_found("no such route; see /openapi.json".to_owned())
+}
+
+pub(super) async fn method_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        "this route does not take that method; see the Allow header",
+    )
+}

@@ -1,0 +1,145 @@
+//! Problem answers (RFC 9457 `application/problem+json`): every error of the API.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::admission::Refused;
+use crate::domain::RuleError;
+use crate::store::StoreError;
+
+/// An RFC 9457 problem; every error answer of the API is one of these.
+#[derive(Debug)]
+pub struct Problem {
+    status: StatusCode,
+    slug: &'static str,
+    title: &'static str,
+    detail: String,
+    retry_after_secs: Option<u64>,
+}
+
+impl Problem {
+    pub(super) fn new(
+        status: StatusCode,
+        slug: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            slug,
+            title,
+            detail: detail.into(),
+            retry_after_secs: None,
+        }
+    }
+
+    pub(super) fn rule(error: RuleError) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "rule-broken",
+            "A rule of the request is broken",
+            error.to_string(),
+        )
+    }
+
+    pub(super) fn malformed(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            "The body is not valid JSON of the expected shape",
+            detail,
+        )
+    }
+
+    pub(super) fn unavailable(detail: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self {
+            retry_after_secs: Some(retry_after_secs),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "The engine cannot take the request now",
+                detail,
+            )
+        }
+    }
+
+    pub(super) fn refused(refused: Refused, retry_after_secs: u64) -> Self {
+        let detail = refused.to_string();
+        match refused {
+            Refused::Conflict(_) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "id-conflict",
+                "The id is already used by a different transaction",
+                detail,
+            ),
+            Refused::InFlight(_) => Self::new(
+                StatusCode::CONFLICT,
+                "in-flight",
+                "The same transaction is being accepted right now",
+                detail,
+            ),
+            Refused::Redis(e) => Self::from_store(e, retry_after_secs),
+            Refused::Kafka(e) => {
+                tracing::warn!(error = %e, "publish failed");
+                Self::unavailable(detail, retry_after_secs)
+            }
+            Refused::QueueFull | Refused::BindingLost(_) | Refused::Internal(_) => {
+                Self::unavailable(detail, retry_after_secs)
+            }
+        }
+    }
+
+    pub(super) fn from_store(e: StoreError, retry_after_secs: u64) -> Self {
+        metrics::counter!("txengine_redis_errors_total", "op" => "api").increment(1);
+        tracing::warn!(error = %e, "redis unavailable for an API request");
+        Self::unavailable("redis is unavailable", retry_after_secs)
+    }
+}
+
+/// The body of every error answer (`application/problem+json`, RFC 9457).
+#[derive(Serialize, ToSchema)]
+pub(super) struct ProblemBody {
+    /// `urn:txengine:problem:<slug>`; slugs: malformed, too-large, not-json,
+    /// body-timeout, rule-broken, id-conflict, in-flight, not-found,
+    /// unauthorized, forbidden, method-not-allowed, unavailable.
+    #[serde(rename = "type")]
+    #[schema(pattern = "^urn:txengine:problem:[a-z-]+$")]
+    kind: String,
+    /// A short summary, the same for every problem of this type.
+    title: &'static str,
+    /// The HTTP status code.
+    status: u16,
+    /// What went wrong with this request.
+    detail: String,
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = ProblemBody {
+            kind: format!("urn:txengine:problem:{}", self.slug),
+            title: self.title,
+            status: self.status.as_u16(),
+            detail: self.detail,
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(secs) = self.retry_after_secs {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+pub(super) fn not_found(detail: String) -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
+}

@@ -1,0 +1,401 @@
+//! `POST /transactions` (and the seed's `POST /transaction`), `GET /transactions/{id}`:
+//! decoding and checking a request, then handing it to admission.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::problem::{not_found, Problem, ProblemBody};
+use super::{ApiState, MAX_BODY_BYTES};
+use crate::domain::{
+    AccountId, Amount, Movement, Outcome, RuleError, Transaction, TxId, TxStatus, MAX_MINOR_UNITS,
+};
+
+/// The body of `POST /transactions`, before any rule is checked. Wrong JSON
+/// types and unknown fields are 400; broken rules are 422.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TransactionRequest {
+    /// The transaction id (or send it as `Idempotency-Key`); the server makes
+    /// a UUIDv7 when neither is given.
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
+    id: Option<String>,
+    /// What the movement does; `debit` when absent.
+    #[serde(rename = "type")]
+    #[schema(value_type = Option<MovementKind>)]
+    kind: Option<String>,
+    /// The account whose balance is checked: debited, credited, or the source of a transfer.
+    #[schema(value_type = String, required = true, pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
+    account: Option<String>,
+    /// The destination of a transfer; only for transfers.
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
+    to: Option<String>,
+    /// Minor units (an integer).
+    #[schema(value_type = u64, required = true, minimum = 1, maximum = 9007199254740991_u64)]
+    amount: Option<serde_json::Number>,
+}
+
+/// The kinds of movement (documentation only: the request keeps the raw
+/// string, so an unknown kind is a 422 naming it, not a 400).
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub(super) enum MovementKind {
+    Debit,
+    Credit,
+    Transfer,
+}
+
+/// Parses an integer amount in minor units, refusing fractions, signs and
+/// anything above 2^53-1 before it can reach Lua.
+pub(super) fn parse_minor_units(
+    number: &serde_json::Number,
+    field: &'static str,
+) -> Result<u64, RuleError> {
+    number
+        .as_u64()
+        .filter(|n| *n <= MAX_MINOR_UNITS)
+        .ok_or(RuleError::AmountOutOfRange { field })
+}
+
+impl TransactionRequest {
+    pub(super) fn into_transaction(
+        self,
+        header_id: Option<&str>,
+    ) -> Result<Transaction, RuleError> {
+        let id = match (self.id.as_deref(), header_id) {
+            (Some(body), Some(header)) if body != header => return Err(RuleError::IdMismatch),
+            (Some(raw), _) | (None, Some(raw)) => TxId::parse(raw)?,
+            (None, None) => TxId::generate(),
+        };
+        let account = AccountId::parse(
+            self.account
+                .as_deref()
+                .ok_or(RuleError::Missing("account"))?,
+        )?;
+        let to = self
+            .to
+            .as_deref()
+            .map(|raw| AccountId::parse(raw).map_err(|_| RuleError::BadId { field: "to" }))
+            .transpose()?;
+        let amount = self.amount.as_ref().ok_or(RuleError::Missing("amount"))?;
+        let amount = Amount::new(parse_minor_units(amount, "amount")?)?;
+        let movement = Movement::new(self.kind.as_deref(), account, to, amount)?;
+        Ok(Transaction { id, movement })
+    }
+}
+
+pub(super) fn require_json(headers: &HeaderMap) -> Result<(), Problem> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|mime| {
+            let mime = mime.trim().to_ascii_lowercase();
+            mime == "application/json"
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
+        })
+        .unwrap_or(false);
+    if is_json {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not-json",
+            "The body must be JSON",
+            "send Content-Type: application/json",
+        ))
+    }
+}
+
+/// Why a transaction request was refused before anything was done.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RequestError {
+    /// Not JSON of the expected shape: 400.
+    Malformed(String),
+    /// A rule is broken: 422.
+    Rule(RuleError),
+}
+
+/// Decodes and validates the body of `POST /transactions` and its
+/// `Idempotency-Key` header (raw bytes, as they came): the whole of what the
+/// API checks before it touches Redis or Kafka. Public for the fuzzer.
+pub fn decode_transaction(
+    body: &[u8],
+    idempotency_key: Option<&[u8]>,
+) -> Result<Transaction, RequestError> {
+    let request: TransactionRequest =
+        serde_json::from_slice(body).map_err(|e| RequestError::Malformed(e.to_string()))?;
+    // Header values may carry any byte; only ASCII can be an id, and what is
+    // not is refused as the header's fault, not the body's.
+    let header_id = idempotency_key
+        .map(|raw| {
+            std::str::from_utf8(raw)
+                .ok()
+                .filter(|text| text.is_ascii())
+                .ok_or(RuleError::BadId {
+                    field: "Idempotency-Key",
+                })
+        })
+        .transpose()
+        .map_err(RequestError::Rule)?;
+    request
+        .into_transaction(header_id)
+        .map_err(RequestError::Rule)
+}
+
+/// Reads a JSON body of at most [`MAX_BODY_BYTES`] that arrives within the
+/// body deadline. Nothing has been done when this refuses.
+pub(super) async fn read_body(
+    api: &ApiState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, Problem> {
+    let too_large = || {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            "The body is too large",
+            format!("the limit is {MAX_BODY_BYTES} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    let read = axum::body::to_bytes(body, MAX_BODY_BYTES);
+    let bytes = match tokio::time::timeout(api.body_read_timeout, read).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => {
+            let over_limit = e
+                .into_inner()
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
+            return Err(if over_limit {
+                too_large()
+            } else {
+                Problem::malformed("the body could not be read")
+            });
+        }
+        Err(_) => {
+            return Err(Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body-timeout",
+                "The body arrived too slowly",
+                format!(
+                    "send the whole body within {} ms; nothing was done",
+                    api.body_read_timeout.as_millis()
+                ),
+            ))
+        }
+    };
+    require_json(headers)?;
+    Ok(bytes)
+}
+
+/// The state of a transaction as clients see it.
+#[derive(Serialize, ToSchema)]
+pub(super) struct TransactionView<'a> {
+    id: &'a str,
+    /// `pending` until a consumer applied or rejected it.
+    #[schema(value_type = TxState)]
+    status: &'static str,
+    /// Why it was rejected: insufficient_funds, unknown_account, balance_overflow.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+    /// The checked account's balance right after it was applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    balance_after: Option<u64>,
+}
+
+/// Where a transaction stands (documentation only).
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub(super) enum TxState {
+    Pending,
+    Applied,
+    Rejected,
+}
+
+pub(super) fn view(id: &TxId, status: TxStatus) -> TransactionView<'_> {
+    let (status, reason, balance_after) = match status {
+        TxStatus::Pending => ("pending", None, None),
+        TxStatus::Settled(Outcome::Applied { balance_after }) => {
+            ("applied", None, Some(balance_after.minor_units()))
+        }
+        TxStatus::Settled(Outcome::Rejected { reason }) => {
+            ("rejected", Some(reason.as_str()), None)
+        }
+    };
+    TransactionView {
+        id: id.as_str(),
+        status,
+        reason,
+        balance_after,
+    }
+}
+
+/// 202 while pending, 200 once settled; with the transaction's location.
+pub(super) fn status_response(id: &TxId, status: TxStatus) -> Response {
+    let code = match status {
+        TxStatus::Pending => StatusCode::ACCEPTED,
+        TxStatus::Settled(_) => StatusCode::OK,
+    };
+    let mut response = (code, Json(view(id, status))).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/transactions/{id}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// The answers of `POST /transactions` and of the seed's `POST /transaction`
+/// (for the OpenAPI document; the handler builds them as `Response`s).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(super) enum PostAnswers {
+    #[response(status = 202, description = "Kafka has the transaction (or it was accepted before and is still pending)",
+        headers(("Location" = String, description = "/transactions/{id}")))]
+    Accepted(TransactionView<'static>),
+    #[response(status = 200, description = "The same transaction was accepted before and is settled: its outcome",
+        headers(("Location" = String, description = "/transactions/{id}")))]
+    Settled(TransactionView<'static>),
+    #[response(
+        status = 400,
+        description = "Not JSON of the expected shape (wrong types, unknown fields)",
+        content_type = "application/problem+json"
+    )]
+    Malformed(ProblemBody),
+    #[response(
+        status = 408,
+        description = "The body arrived too slowly; nothing was done",
+        content_type = "application/problem+json"
+    )]
+    BodyTimeout(ProblemBody),
+    #[response(
+        status = 409,
+        description = "The same transaction is being accepted by another request right now",
+        content_type = "application/problem+json"
+    )]
+    InFlight(ProblemBody),
+    #[response(
+        status = 413,
+        description = "Body over 16 KiB",
+        content_type = "application/problem+json"
+    )]
+    TooLarge(ProblemBody),
+    #[response(
+        status = 415,
+        description = "Content-Type is not JSON",
+        content_type = "application/problem+json"
+    )]
+    NotJson(ProblemBody),
+    #[response(
+        status = 422,
+        description = "A rule is broken (amount, ids, transfer to self, missing field), or the id is used by another body; nothing was published",
+        content_type = "application/problem+json"
+    )]
+    RuleBroken(ProblemBody),
+    #[response(status = 503, description = "Kafka or Redis cannot take the request; retry after Retry-After seconds", content_type = "application/problem+json",
+        headers(("Retry-After" = u64, description = "seconds")))]
+    Unavailable(ProblemBody),
+}
+
+/// Submit a money movement; 202 once Kafka has it.
+#[utoipa::path(
+    post,
+    path = "/transactions",
+    tag = "transactions",
+    request_body(content = TransactionRequest, content_type = "application/json"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "The transaction id, instead of `id` in the body (both given: they must match)", pattern = "^[A-Za-z0-9_.:-]{1,64}$")),
+    responses(PostAnswers)
+)]
+pub(super) async fn post_transaction(
+    State(api): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let body = read_body(&api, &headers, body).await?;
+    let idempotency_key = headers.get("idempotency-key").map(|v| v.as_bytes());
+    let tx = decode_transaction(&body, idempotency_key).map_err(|e| match e {
+        RequestError::Malformed(detail) => Problem::malformed(detail),
+        RequestError::Rule(rule) => Problem::rule(rule),
+    })?;
+    let id = tx.id.clone();
+    match api.admission.admit(tx).await {
+        Ok(status) => Ok(status_response(&id, status)),
+        Err(refused) => Err(Problem::refused(refused, api.retry_after_secs)),
+    }
+}
+
+/// The seed's path: the same as `POST /transactions`.
+#[utoipa::path(
+    post,
+    path = "/transaction",
+    tag = "transactions",
+    request_body(content = TransactionRequest, content_type = "application/json"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "As for POST /transactions", pattern = "^[A-Za-z0-9_.:-]{1,64}$")),
+    responses(PostAnswers)
+)]
+pub(super) async fn post_transaction_seed_path(
+    api: State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    post_transaction(api, headers, body).await
+}
+
+/// Where a transaction stands.
+#[utoipa::path(
+    get,
+    path = "/transactions/{id}",
+    tag = "transactions",
+    params(("id" = String, Path, description = "Transaction id", pattern = "^[A-Za-z0-9_.:-]{1,64}$")),
+    responses(
+        (status = 200, description = "Pending, applied or rejected", body = TransactionView),
+        (status = 404, description = "No such transaction (never accepted, or its outcome has expired)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Not a valid id", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Redis is unavailable", body = ProblemBody, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "seconds"))),
+    )
+)]
+pub(super) async fn get_transaction(
+    State(api): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let id = TxId::parse(&id).map_err(Problem::rule)?;
+    match api
+        .store
+        .status(&id)
+        .await
+        .map_err(|e| Problem::from_store(e, api.retry_after_secs))?
+    {
+        Some(status) => Ok(Json(view(&id, status)).into_response()),
+        None => Err(not_found(format!("no transaction {id}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_key_that_is_not_ascii_is_the_header_s_fault() {
+        let body = br#"{"account":"a","amount":1}"#;
+        let header_error = Err(RequestError::Rule(RuleError::BadId {
+            field: "Idempotency-Key",
+        }));
+        assert_eq!(decode_transaction(body, Some("é".as_bytes())), header_error);
+        assert_eq!(decode_transaction(body, Some(&[0xff])), header_error);
+        let tx = decode_transaction(body, Some(b"key-1")).unwrap();
+        assert_eq!(tx.id.as_str(), "key-1");
+    }
+}
