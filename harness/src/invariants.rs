@@ -15,59 +15,7 @@ use anyhow::Context;
 use txengine::domain::MAX_MINOR_UNITS;
 use txengine::store::keys;
 
-/// What a run sent and had accepted (202/200), with the kind of movement.
-#[derive(Debug, Clone)]
-pub struct SentTx {
-    pub id: String,
-    pub kind: Kind,
-    pub account: String,
-    pub to: Option<String>,
-    pub amount: u64,
-    /// When the client got its 2xx (ms since the epoch); 0 if not tracked.
-    pub accepted_at_ms: u64,
-}
-
-impl SentTx {
-    /// The `POST /transactions` body that sends it.
-    pub fn request_body(&self) -> serde_json::Value {
-        serde_json::json!({
-            "id": self.id,
-            "type": self.kind.as_str(),
-            "account": self.account,
-            "to": self.to,
-            "amount": self.amount,
-        })
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
-    Debit,
-    Credit,
-    Transfer,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Debit => "debit",
-            Self::Credit => "credit",
-            Self::Transfer => "transfer",
-        }
-    }
-}
-
-/// The record of a run: starting balances, accepted and refused requests.
-#[derive(Debug, Default, Clone)]
-pub struct Ledger {
-    pub start: HashMap<String, u64>,
-    pub accepted: Vec<SentTx>,
-    /// Ids of requests that were answered with an error (4xx/5xx).
-    pub refused: Vec<String>,
-    /// Requests that never got an answer: each may or may not have been
-    /// published, so each may have at most one outcome, counted if applied.
-    pub uncertain: Vec<SentTx>,
-}
+use crate::workload::{Kind, Ledger, SentTx};
 
 #[derive(Debug, Default)]
 pub struct Verdict {

@@ -14,6 +14,7 @@
 //! - [`report`]: JSON, Markdown and SVG load reports with machine facts.
 //! - [`model`]: the apply rules as plain Rust, to check the script against.
 //! - [`invariants`]: what must hold after any run, read from Redis.
+//! - [`workload`]: what runs send and get back: accounts, the mix, the ledger.
 
 pub mod bare;
 pub mod infra;
@@ -23,4 +24,5 @@ pub mod model;
 pub mod report;
 pub mod scenario;
 pub mod stack;
+pub mod workload;
 pub mod wrk;

@@ -11,14 +11,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use goose::config::{GooseConfiguration, GooseDefault, GooseDefaultType};
 use goose::prelude::*;
-use rand::Rng;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Serialize;
 use txengine::domain::{AccountId, Amount, Movement, TxId};
 use txengine::store::Store;
 
-use crate::invariants::{Kind, Ledger, SentTx};
+use crate::workload::{Ledger, Mix, SentTx};
 
 /// The shape of a load run.
 #[derive(Debug, Clone)]
@@ -27,9 +26,7 @@ pub struct LoadProfile {
     pub seconds: usize,
     pub accounts: usize,
     pub start_balance: u64,
-    /// Percent of transfers, and of debits; credits are the rest.
-    pub transfer_percent: u32,
-    pub debit_percent: u32,
+    pub mix: Mix,
 }
 
 impl Default for LoadProfile {
@@ -40,14 +37,9 @@ impl Default for LoadProfile {
             seconds: 20,
             accounts: 1000,
             start_balance: 1_000_000,
-            transfer_percent: 60,
-            debit_percent: 25,
+            mix: Mix::LOAD,
         }
     }
-}
-
-pub fn account_name(index: usize) -> String {
-    format!("acct-{index}")
 }
 
 /// What goose users drive.
@@ -136,27 +128,10 @@ impl RunState {
 
     fn next_tx(&self) -> SentTx {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut rng = rand::rng();
-        let accounts = self.profile.accounts.max(2);
-        let from = rng.random_range(0..accounts);
-        let roll = rng.random_range(0..100);
-        let kind = if roll < self.profile.transfer_percent {
-            Kind::Transfer
-        } else if roll < self.profile.transfer_percent + self.profile.debit_percent {
-            Kind::Debit
-        } else {
-            Kind::Credit
-        };
-        let to = (kind == Kind::Transfer)
-            .then(|| account_name((from + rng.random_range(1..accounts)) % accounts));
-        SentTx {
-            id: format!("{}-{n}", self.run_tag),
-            kind,
-            account: account_name(from),
-            to,
-            amount: rng.random_range(1..=1000),
-            accepted_at_ms: 0,
-        }
+        let id = format!("{}-{n}", self.run_tag);
+        self.profile
+            .mix
+            .draw(id, self.profile.accounts.max(2), &mut rand::rng())
     }
 
     fn record(&self, began: Instant, error: Option<String>) {

@@ -14,13 +14,13 @@ use harness::infra::{Infra, Provider};
 use harness::invariants;
 
 use harness::infra::process::Supervised;
-use harness::invariants::{Ledger, SentTx};
 use harness::load::{self, HttpResult, LoadProfile, Target};
 use harness::report::{
     cpu_time_us, cpu_time_with_children_us, CpuPerRequest, InvariantResult, Machine,
     PipelineResult, Ratios, Report,
 };
 use harness::stack::{isolated_config, EngineProcess, Stack};
+use harness::workload::{account_name, Ledger, SentTx};
 use txengine::config::Secret;
 use txengine::domain::{AccountId, Balance};
 use txengine::store::{Store, StoreSettings};
@@ -301,7 +301,7 @@ async fn measure_redis_script(infra: &Infra, profile: &LoadProfile) -> anyhow::R
     })
     .await?;
     for i in 0..profile.accounts {
-        let account = AccountId::parse(&load::account_name(i))?;
+        let account = AccountId::parse(&account_name(i))?;
         store
             .set_balance(&account, Balance::new(profile.start_balance)?)
             .await?;
@@ -564,7 +564,7 @@ async fn run_backlog(count: usize, accounts: usize, partitions: i32) -> anyhow::
     .await?;
     let mut ledger = Ledger::default();
     for i in 0..accounts {
-        let account = load::account_name(i);
+        let account = account_name(i);
         store
             .set_balance(
                 &AccountId::parse(&account)?,

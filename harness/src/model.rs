@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use txengine::domain::MAX_MINOR_UNITS;
 
-use crate::invariants::{Kind, SentTx};
+use crate::workload::{Kind, SentTx};
 
 /// Decides `tx` against `balances` and, when it applies, moves the money.
 /// `Ok(balance_after)` of the checked account, or `Err(reason)`.

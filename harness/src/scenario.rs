@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
@@ -27,9 +27,10 @@ use txengine::domain::MAX_MINOR_UNITS;
 use txengine::Role;
 
 use crate::infra::Infra;
-use crate::invariants::{self, Kind, Ledger, SentTx};
-use crate::load::{account_name, wait_drained};
+use crate::invariants;
+use crate::load::wait_drained;
 use crate::stack::{fund_accounts, isolated_config, EngineProcess};
+use crate::workload::{account_name, Ledger, Mix, SentTx};
 
 /// One scenario file.
 #[derive(Debug, Clone, Deserialize)]
@@ -53,20 +54,6 @@ pub struct Accounts {
     pub count: usize,
     /// Starting balance of each account, minor units.
     pub balance: u64,
-}
-
-/// Percentages of each kind (summing to 100) and the amount range.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Mix {
-    #[serde(default)]
-    pub debit: u32,
-    #[serde(default)]
-    pub credit: u32,
-    #[serde(default)]
-    pub transfer: u32,
-    pub amount_min: u64,
-    pub amount_max: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -157,22 +144,7 @@ impl Scenario {
 
     fn validate(&self) -> anyhow::Result<()> {
         let m = &self.mix;
-        if m.debit + m.credit + m.transfer != 100 {
-            bail!(
-                "mix: debit + credit + transfer must be 100, got {}",
-                m.debit + m.credit + m.transfer
-            );
-        }
-        if !(1..=MAX_MINOR_UNITS).contains(&m.amount_min)
-            || m.amount_min > m.amount_max
-            || m.amount_max > MAX_MINOR_UNITS
-        {
-            bail!(
-                "mix: need 1 <= amount_min <= amount_max <= 2^53-1, got {}..={}",
-                m.amount_min,
-                m.amount_max
-            );
-        }
+        m.validate().map_err(|e| anyhow::anyhow!("mix: {e}"))?;
         if self.accounts.count == 0 || (m.transfer > 0 && self.accounts.count < 2) {
             bail!("accounts.count: need at least 1 account, and 2 for transfers");
         }
@@ -214,26 +186,8 @@ impl Scenario {
     /// The `i`-th transaction of the run: a pure function of the seed and `i`.
     fn transaction(&self, run: &str, i: usize) -> SentTx {
         let mut rng = rand::rngs::StdRng::seed_from_u64(i as u64 ^ 0x5eed);
-        let roll = rng.random_range(0..100);
-        let kind = if roll < self.mix.debit {
-            Kind::Debit
-        } else if roll < self.mix.debit + self.mix.credit {
-            Kind::Credit
-        } else {
-            Kind::Transfer
-        };
-        let n = self.accounts.count;
-        let from = rng.random_range(0..n);
-        let to =
-            (kind == Kind::Transfer).then(|| account_name((from + rng.random_range(1..n)) % n));
-        SentTx {
-            id: format!("{run}-{i}"),
-            kind,
-            account: account_name(from),
-            to,
-            amount: rng.random_range(self.mix.amount_min..=self.mix.amount_max),
-            accepted_at_ms: 0,
-        }
+        self.mix
+            .draw(format!("{run}-{i}"), self.accounts.count, &mut rng)
     }
 }
 

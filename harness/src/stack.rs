@@ -267,7 +267,7 @@ pub async fn fund_accounts(
     let client = reqwest::Client::new();
     let mut start = HashMap::new();
     for i in 0..count {
-        let account = crate::load::account_name(i);
+        let account = crate::workload::account_name(i);
         let response = client
             .put(format!("{url}/balance/{account}"))
             .bearer_auth(admin_token)

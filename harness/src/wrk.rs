@@ -8,8 +8,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
-use crate::invariants::{Kind, Ledger, SentTx};
-use crate::load::{account_name, HttpResult};
+use crate::load::HttpResult;
+use crate::workload::{account_name, Kind, Ledger, Mix, SentTx};
 
 /// The wrk script, relative to the harness crate.
 pub const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/wrk/post.lua");
@@ -21,13 +21,12 @@ pub fn movement_for(thread_id: u64, n: u64, accounts: u64) -> (Kind, u64, Option
     let from = x % accounts;
     let roll = (x / accounts) % 100;
     let amount = 1 + (x / 13) % 1000;
-    if roll < 60 {
-        let to = (from + 1 + (x / 7) % (accounts - 1)) % accounts;
-        (Kind::Transfer, from, Some(to), amount)
-    } else if roll < 85 {
-        (Kind::Debit, from, None, amount)
-    } else {
-        (Kind::Credit, from, None, amount)
+    match Mix::LOAD.kind(roll as u32) {
+        Kind::Transfer => {
+            let to = (from + 1 + (x / 7) % (accounts - 1)) % accounts;
+            (Kind::Transfer, from, Some(to), amount)
+        }
+        kind => (kind, from, None, amount),
     }
 }
 

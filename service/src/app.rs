@@ -14,8 +14,8 @@ use crate::admission::{Admission, MAX_BACKGROUND_RELEASES};
 use crate::config::{Config, Role};
 use crate::consumer::{ConsumerHealth, ConsumerSettings, TxConsumer};
 use crate::http::{self, ApiState};
-use crate::server::{serve_until_shutdown, ConnectionLimits};
 use crate::publisher::{ensure_topics, Publisher, PublisherSettings};
+use crate::server::{serve_until_shutdown, ConnectionLimits};
 use crate::store::{Store, StoreSettings};
 
 /// A running engine: its HTTP address (if it serves one) and its tasks.

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use harness::invariants::{Kind, SentTx};
+use harness::workload::{Kind, SentTx};
 use proptest::prelude::*;
 use txengine::domain::{
     AccountId, Amount, Balance, Movement, Outcome, Transaction, TxId, MAX_MINOR_UNITS,

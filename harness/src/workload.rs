@@ -1,0 +1,186 @@
+//! What a run sends and what it got back, shared by every runner (goose,
+//! wrk, scenarios), the invariants and the model: account names, the mix of
+//! movements, the transactions sent, and the ledger of answers.
+
+use std::collections::HashMap;
+
+use rand::Rng;
+use serde::Deserialize;
+use txengine::domain::MAX_MINOR_UNITS;
+
+/// The name of account number `index`: `acct-<index>`.
+pub fn account_name(index: usize) -> String {
+    format!("acct-{index}")
+}
+
+/// Percentages of each kind of movement (summing to 100) and the range
+/// amounts are drawn from. Scenario files have one as `[mix]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mix {
+    #[serde(default)]
+    pub transfer: u32,
+    #[serde(default)]
+    pub debit: u32,
+    #[serde(default)]
+    pub credit: u32,
+    pub amount_min: u64,
+    pub amount_max: u64,
+}
+
+impl Mix {
+    /// The load runs' mix, goose and wrk alike (`harness/wrk/post.lua` has
+    /// the same numbers; a test runs it against [`crate::wrk::movement_for`]).
+    pub const LOAD: Mix = Mix {
+        transfer: 60,
+        debit: 25,
+        credit: 15,
+        amount_min: 1,
+        amount_max: 1000,
+    };
+
+    /// The kind for a `roll` in 0..100: transfers first, then debits, then credits.
+    pub fn kind(&self, roll: u32) -> Kind {
+        debug_assert!(roll < 100, "a roll is a percentage");
+        if roll < self.transfer {
+            Kind::Transfer
+        } else if roll < self.transfer + self.debit {
+            Kind::Debit
+        } else {
+            Kind::Credit
+        }
+    }
+
+    /// A transaction `id` over accounts `0..accounts`, drawn with `rng`; a
+    /// transfer never goes to its own source.
+    pub fn draw(&self, id: String, accounts: usize, rng: &mut impl Rng) -> SentTx {
+        let kind = self.kind(rng.random_range(0..100));
+        let from = rng.random_range(0..accounts);
+        let to = (kind == Kind::Transfer)
+            .then(|| account_name((from + rng.random_range(1..accounts)) % accounts));
+        SentTx {
+            id,
+            kind,
+            account: account_name(from),
+            to,
+            amount: rng.random_range(self.amount_min..=self.amount_max),
+            accepted_at_ms: 0,
+        }
+    }
+
+    /// Shares summing to 100 and a valid amount range.
+    pub fn validate(&self) -> Result<(), String> {
+        let sum = self.transfer + self.debit + self.credit;
+        if sum != 100 {
+            return Err(format!("debit + credit + transfer must be 100, got {sum}"));
+        }
+        if !(1..=MAX_MINOR_UNITS).contains(&self.amount_min)
+            || self.amount_min > self.amount_max
+            || self.amount_max > MAX_MINOR_UNITS
+        {
+            return Err(format!(
+                "need 1 <= amount_min <= amount_max <= 2^53-1, got {}..={}",
+                self.amount_min, self.amount_max
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What a run sent and had accepted (202/200), with the kind of movement.
+#[derive(Debug, Clone)]
+pub struct SentTx {
+    pub id: String,
+    pub kind: Kind,
+    pub account: String,
+    pub to: Option<String>,
+    pub amount: u64,
+    /// When the client got its 2xx (ms since the epoch); 0 if not tracked.
+    pub accepted_at_ms: u64,
+}
+
+impl SentTx {
+    /// The `POST /transactions` body that sends it.
+    pub fn request_body(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "type": self.kind.as_str(),
+            "account": self.account,
+            "to": self.to,
+            "amount": self.amount,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Debit,
+    Credit,
+    Transfer,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Debit => "debit",
+            Self::Credit => "credit",
+            Self::Transfer => "transfer",
+        }
+    }
+}
+
+/// The record of a run: starting balances, accepted and refused requests.
+#[derive(Debug, Default, Clone)]
+pub struct Ledger {
+    pub start: HashMap<String, u64>,
+    pub accepted: Vec<SentTx>,
+    /// Ids of requests that were answered with an error (4xx/5xx).
+    pub refused: Vec<String>,
+    /// Requests that never got an answer: each may or may not have been
+    /// published, so each may have at most one outcome, counted if applied.
+    pub uncertain: Vec<SentTx>,
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    #[test]
+    fn draws_follow_the_mix() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut counts = HashMap::new();
+        for i in 0..10_000 {
+            let tx = Mix::LOAD.draw(i.to_string(), 5, &mut rng);
+            assert!((1..=1000).contains(&tx.amount));
+            assert_ne!(tx.to.as_deref(), Some(tx.account.as_str()));
+            assert_eq!(tx.to.is_some(), tx.kind == Kind::Transfer);
+            *counts.entry(tx.kind).or_insert(0) += 1;
+        }
+        let share = |kind| counts[&kind] as f64 / 10_000.0;
+        assert!((share(Kind::Transfer) - 0.60).abs() < 0.03, "{counts:?}");
+        assert!((share(Kind::Debit) - 0.25).abs() < 0.03, "{counts:?}");
+    }
+
+    #[test]
+    fn mixes_that_cannot_work_are_refused() {
+        assert_eq!(Mix::LOAD.validate(), Ok(()));
+        let sum = Mix {
+            credit: 10,
+            ..Mix::LOAD
+        };
+        assert!(sum.validate().unwrap_err().contains("must be 100"));
+        let zero = Mix {
+            amount_min: 0,
+            ..Mix::LOAD
+        };
+        assert!(zero.validate().is_err());
+        let upside_down = Mix {
+            amount_min: 5,
+            amount_max: 4,
+            ..Mix::LOAD
+        };
+        assert!(upside_down.validate().is_err());
+    }
+}
