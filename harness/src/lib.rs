@@ -6,7 +6,10 @@
 //! - [`infra`]: where Redis and Kafka come from (`local`, `docker`, `external`),
 //!   child processes that cannot outlive the harness, kill/restart faults.
 //! - [`stack`]: an engine (API + consumers) on top of an infra, isolated by
-//!   topic, group and key namespace, plus an HTTP client for it.
+//!   topic, group and key namespace; in process or as a child process.
+//! - [`client`]: the one HTTP client for the engine's API.
+//! - [`bench`]: `harness load`: the engine against the bare limits, one report.
+//! - [`backlog`]: `harness backlog`: how fast one consumer drains a backlog.
 //! - [`bare`]: the bare HTTP limit (an axum handler that only answers 202).
 //! - [`load`]: the goose load runner, consumer lag and drain.
 //! - [`wrk`]: the lean peak-capacity generator (Debian's wrk) and its output.
@@ -16,7 +19,10 @@
 //! - [`invariants`]: what must hold after any run, read from Redis.
 //! - [`workload`]: what runs send and get back: accounts, the mix, the ledger.
 
+pub mod backlog;
 pub mod bare;
+pub mod bench;
+pub mod client;
 pub mod infra;
 pub mod invariants;
 pub mod load;

@@ -9,7 +9,6 @@
 //! everything is brought back, the group's lag must reach 0, and the
 //! invariants of [`crate::invariants`] plus the scenario's `expect` must hold.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,15 +21,15 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use reqwest::StatusCode;
 use serde::Deserialize;
-use txengine::config::Secret;
 use txengine::domain::MAX_MINOR_UNITS;
 use txengine::Role;
 
+use crate::client::ApiClient;
 use crate::infra::Infra;
 use crate::invariants;
 use crate::load::wait_drained;
-use crate::stack::{fund_accounts, isolated_config, EngineProcess};
-use crate::workload::{account_name, Ledger, Mix, SentTx};
+use crate::stack::{isolated_config, EngineProcess};
+use crate::workload::{Ledger, Mix, SentTx};
 
 /// One scenario file.
 #[derive(Debug, Clone, Deserialize)]
@@ -266,22 +265,10 @@ pub async fn run(scenario: &Scenario, infra: &Infra, exe: &Path) -> anyhow::Resu
     for _ in 0..scenario.load.consumers {
         topology.add_consumer().await?;
     }
-    let url = topology.api.as_ref().expect("started").url.clone();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
-
-    let start = fund_accounts(
-        &url,
-        config
-            .admin_token
-            .as_ref()
-            .map(Secret::expose)
-            .unwrap_or_default(),
-        scenario.accounts.count,
-        scenario.accounts.balance,
-    )
-    .await?;
+    let api = topology.api.as_ref().expect("started").api()?;
+    let start = api
+        .fund_accounts(scenario.accounts.count, scenario.accounts.balance)
+        .await?;
 
     // Clients and faults run side by side.
     let run_tag = format!(
@@ -293,10 +280,9 @@ pub async fn run(scenario: &Scenario, infra: &Infra, exe: &Path) -> anyhow::Resu
     let results = Arc::new(Mutex::new(ClientResults::default()));
     let mut clients = tokio::task::JoinSet::new();
     for _ in 0..scenario.load.concurrency {
-        let (scenario, url, http, sent, results, run_tag) = (
+        let (scenario, api, sent, results, run_tag) = (
             scenario.clone(),
-            url.clone(),
-            http.clone(),
+            api.clone(),
             sent.clone(),
             results.clone(),
             run_tag.clone(),
@@ -305,10 +291,10 @@ pub async fn run(scenario: &Scenario, infra: &Infra, exe: &Path) -> anyhow::Resu
             loop {
                 let i = sent.fetch_add(1, Ordering::SeqCst);
                 if i >= scenario.load.count {
-                    return;
+                    return anyhow::Ok(());
                 }
                 let tx = scenario.transaction(&run_tag, i);
-                let verdict = send_until_answered(&http, &url, &tx).await;
+                let verdict = send_until_answered(&api, &tx).await?;
                 results.lock().expect("results lock").record(tx, verdict);
                 if scenario.load.pause_ms > 0 {
                     tokio::time::sleep(Duration::from_millis(scenario.load.pause_ms)).await;
@@ -325,7 +311,7 @@ pub async fn run(scenario: &Scenario, infra: &Infra, exe: &Path) -> anyhow::Resu
             // Reap finished clients, so a client that failed ends the run
             // here instead of leaving the threshold unreachable.
             while let Some(joined) = clients.try_join_next() {
-                joined.context("a client task failed")?;
+                joined.context("a client task failed")??;
             }
             anyhow::ensure!(
                 !clients.is_empty(),
@@ -341,7 +327,7 @@ pub async fn run(scenario: &Scenario, infra: &Infra, exe: &Path) -> anyhow::Resu
         inject(fault, &mut topology, infra).await?;
     }
     while let Some(joined) = clients.join_next().await {
-        joined?;
+        joined??;
     }
     // Everything back: the API up (it is), at least one consumer.
     if topology.consumers.is_empty() {
@@ -374,10 +360,10 @@ pub async fn run(scenario: &Scenario, infra: &Infra, exe: &Path) -> anyhow::Resu
         }
     }
 
-    let before = balances(&http, &url, scenario.accounts.count).await?;
+    let before = api.balances(scenario.accounts.count).await?;
     if scenario.expect.duplicate_posts {
         for tx in &ledger.accepted {
-            let (status, body) = post(&http, &url, tx).await?;
+            let (status, body) = api.post(&tx.request_body()).await?;
             if status != StatusCode::OK && status != StatusCode::ACCEPTED {
                 failures.push(format!(
                     "duplicate POST of {} answered {status} {body}",
@@ -412,7 +398,7 @@ pub async fn run(scenario: &Scenario, infra: &Infra, exe: &Path) -> anyhow::Resu
         }
         consumer.terminate(Duration::from_secs(10));
     }
-    let after = balances(&http, &url, scenario.accounts.count).await?;
+    let after = api.balances(scenario.accounts.count).await?;
     if (scenario.expect.duplicate_posts || scenario.expect.replay_topic) && before != after {
         let moved: Vec<String> = before
             .iter()
@@ -533,59 +519,22 @@ impl ClientResults {
     }
 }
 
-async fn post(
-    http: &reqwest::Client,
-    url: &str,
-    tx: &SentTx,
-) -> anyhow::Result<(StatusCode, String)> {
-    let body = tx.request_body();
-    let response = http
-        .post(format!("{url}/transactions"))
-        .json(&body)
-        .send()
-        .await?;
-    Ok((response.status(), response.text().await.unwrap_or_default()))
-}
-
 /// Sends one transaction like a careful client: the same id again after a
-/// 409, a 503 or a lost connection, for up to a minute.
-async fn send_until_answered(http: &reqwest::Client, url: &str, tx: &SentTx) -> Answer {
+/// 409, a 503 or a lost connection, for up to a minute. An answer that is
+/// not JSON is an error, not a retry.
+async fn send_until_answered(api: &ApiClient, tx: &SentTx) -> anyhow::Result<Answer> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        match post(http, url, tx).await {
-            Ok((StatusCode::OK | StatusCode::ACCEPTED, _)) => return Answer::Accepted,
-            Ok((StatusCode::CONFLICT | StatusCode::SERVICE_UNAVAILABLE, _)) | Err(_) => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Ok(_) => return Answer::Refused,
+        match api.post(&tx.request_body()).await {
+            Ok((StatusCode::OK | StatusCode::ACCEPTED, _)) => return Ok(Answer::Accepted),
+            Ok((StatusCode::CONFLICT | StatusCode::SERVICE_UNAVAILABLE, _)) => {}
+            Ok(_) => return Ok(Answer::Refused),
+            Err(e) if e.downcast_ref::<reqwest::Error>().is_some() => {}
+            Err(e) => return Err(e.context(format!("POST of {}", tx.id))),
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Answer::Unknown
-}
-
-async fn balances(
-    http: &reqwest::Client,
-    url: &str,
-    accounts: usize,
-) -> anyhow::Result<HashMap<String, u64>> {
-    let mut all = HashMap::new();
-    for i in 0..accounts {
-        let account = account_name(i);
-        let response = http.get(format!("{url}/balance/{account}")).send().await?;
-        let status = response.status();
-        let text = response.text().await?;
-        anyhow::ensure!(
-            status == StatusCode::OK,
-            "GET /balance/{account}: {status} {text}"
-        );
-        let body: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("GET /balance/{account}: not JSON: {text}"))?;
-        let balance = body["balance"]
-            .as_u64()
-            .with_context(|| format!("GET /balance/{account}: no balance in {body}"))?;
-        all.insert(account, balance);
-    }
-    Ok(all)
+    Ok(Answer::Unknown)
 }
 
 /// Records in a topic (high - low watermark over its partitions).

@@ -2,15 +2,14 @@
 //! its own topic, DLQ topic, consumer group and Redis key namespace, with a
 //! small HTTP client for its API.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use reqwest::StatusCode;
-use serde_json::{json, Value};
 use txengine::config::Secret;
 use txengine::{Config, Engine, Role};
 
+use crate::client::ApiClient;
 use crate::infra::Infra;
 
 /// A fresh configuration for an engine named `name` on `infra`: unique
@@ -32,13 +31,22 @@ pub fn isolated_config(infra: &Infra, name: &str) -> Config {
     config
 }
 
-/// A running engine and a client for it.
+/// A running engine and a client for it (the stack derefs to its
+/// [`ApiClient`]: `stack.post(..)`, `stack.balance(..)`).
 pub struct Stack {
     pub config: Config,
+    /// The API's base URL.
     pub url: String,
-    pub admin_token: String,
-    pub http: reqwest::Client,
+    pub api: ApiClient,
     engine: Option<Engine>,
+}
+
+impl std::ops::Deref for Stack {
+    type Target = ApiClient;
+
+    fn deref(&self) -> &ApiClient {
+        &self.api
+    }
 }
 
 impl Stack {
@@ -49,16 +57,10 @@ impl Stack {
     pub async fn start_with(config: Config) -> anyhow::Result<Self> {
         let engine = Engine::start(&config).await?;
         let addr = engine.addr.context("the stack needs the api role")?;
+        let url = format!("http://{addr}");
         Ok(Self {
-            url: format!("http://{addr}"),
-            admin_token: config
-                .admin_token
-                .as_ref()
-                .map(|t| t.expose().to_owned())
-                .unwrap_or_default(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()?,
+            api: ApiClient::new(&url, admin_token(&config), Duration::from_secs(30))?,
+            url,
             engine: Some(engine),
             config,
         })
@@ -71,100 +73,15 @@ impl Stack {
             None => Ok(()),
         }
     }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.url)
-    }
-
-    /// POST /transactions with a JSON body; returns status and JSON body.
-    pub async fn post(&self, body: &Value) -> anyhow::Result<(StatusCode, Value)> {
-        let response = self
-            .http
-            .post(self.url("/transactions"))
-            .json(body)
-            .send()
-            .await?;
-        read(response).await
-    }
-
-    pub async fn get(&self, path: &str) -> anyhow::Result<(StatusCode, Value)> {
-        read(self.http.get(self.url(path)).send().await?).await
-    }
-
-    /// PUT /balance/{account} with the admin token.
-    pub async fn set_balance(&self, account: &str, balance: u64) -> anyhow::Result<()> {
-        let response = self
-            .http
-            .put(self.url(&format!("/balance/{account}")))
-            .bearer_auth(&self.admin_token)
-            .json(&json!({ "balance": balance }))
-            .send()
-            .await?;
-        anyhow::ensure!(
-            response.status() == StatusCode::OK,
-            "set_balance({account}): {}",
-            response.status()
-        );
-        Ok(())
-    }
-
-    /// The balance of `account`, or None if it does not exist.
-    pub async fn balance(&self, account: &str) -> anyhow::Result<Option<u64>> {
-        let (status, body) = self.get(&format!("/balance/{account}")).await?;
-        match status {
-            StatusCode::OK => Ok(body["balance"].as_u64()),
-            StatusCode::NOT_FOUND => Ok(None),
-            other => anyhow::bail!("GET /balance/{account}: {other} {body}"),
-        }
-    }
-
-    /// Polls GET /transactions/{id} for every id until none is pending, and
-    /// returns the final views.
-    pub async fn wait_settled(
-        &self,
-        ids: &[String],
-        timeout: Duration,
-    ) -> anyhow::Result<HashMap<String, Value>> {
-        let deadline = Instant::now() + timeout;
-        let mut settled = HashMap::new();
-        while settled.len() < ids.len() {
-            for id in ids {
-                if settled.contains_key(id) {
-                    continue;
-                }
-                let (status, body) = self.get(&format!("/transactions/{id}")).await?;
-                if status == StatusCode::OK && body["status"] != "pending" {
-                    settled.insert(id.clone(), body);
-                }
-            }
-            if settled.len() < ids.len() {
-                anyhow::ensure!(
-                    Instant::now() < deadline,
-                    "{} of {} transactions still not settled after {timeout:?}",
-                    ids.len() - settled.len(),
-                    ids.len()
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        Ok(settled)
-    }
 }
 
-async fn read(response: reqwest::Response) -> anyhow::Result<(StatusCode, Value)> {
-    let status = response.status();
-    let bytes = response.bytes().await?;
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).with_context(|| {
-            format!(
-                "{status}: the body is not JSON: {}",
-                String::from_utf8_lossy(&bytes)
-            )
-        })?
-    };
-    Ok((status, body))
+/// The admin token of `config`, or "" if it has none.
+pub fn admin_token(config: &Config) -> &str {
+    config
+        .admin_token
+        .as_ref()
+        .map(Secret::expose)
+        .unwrap_or_default()
 }
 
 /// An engine in a child process (`harness engine ...`), so that it can be
@@ -250,36 +167,17 @@ impl EngineProcess {
         self.process.terminate(grace);
     }
 
+    /// A client for this process's API.
+    pub fn api(&self) -> anyhow::Result<ApiClient> {
+        ApiClient::new(
+            &self.url,
+            admin_token(&self.config),
+            Duration::from_secs(10),
+        )
+    }
+
     /// kill -9: no drain, no final commit.
     pub fn kill(mut self) {
         self.process.kill();
     }
-}
-
-/// Funds accounts `acct-0 .. acct-{count-1}` with `balance` each through
-/// the admin setter; returns the starting balances for the ledger.
-pub async fn fund_accounts(
-    url: &str,
-    admin_token: &str,
-    count: usize,
-    balance: u64,
-) -> anyhow::Result<HashMap<String, u64>> {
-    let client = reqwest::Client::new();
-    let mut start = HashMap::new();
-    for i in 0..count {
-        let account = crate::workload::account_name(i);
-        let response = client
-            .put(format!("{url}/balance/{account}"))
-            .bearer_auth(admin_token)
-            .json(&json!({ "balance": balance }))
-            .send()
-            .await?;
-        anyhow::ensure!(
-            response.status() == StatusCode::OK,
-            "funding {account}: {}",
-            response.status()
-        );
-        start.insert(account, balance);
-    }
-    Ok(start)
 }

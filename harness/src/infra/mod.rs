@@ -117,6 +117,14 @@ impl Infra {
         }
     }
 
+    /// The provider [`Provider::choose`] picks, started off the async runtime,
+    /// saying which one it is.
+    pub async fn start_chosen() -> anyhow::Result<Self> {
+        let provider = Provider::choose()?;
+        eprintln!("starting {provider:?} infra (Redis, Kafka) ...");
+        tokio::task::spawn_blocking(move || Infra::start(provider)).await?
+    }
+
     /// One stack per process (per test binary): started on first use.
     pub fn shared() -> &'static Infra {
         static SHARED: OnceLock<Result<Infra, String>> = OnceLock::new();

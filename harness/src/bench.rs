@@ -1,0 +1,383 @@
+//! `harness load`: the engine under a load generator (goose or wrk) on real
+//! Redis and Kafka, the bare limits measured in the same run with the same
+//! generator, the drain, the invariants, and the report.
+
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::infra::process::Supervised;
+use crate::infra::Infra;
+use crate::invariants;
+use crate::load::{self, HttpResult, LoadProfile, Target};
+use crate::report::{
+    cpu_time_us, cpu_time_with_children_us, CpuPerRequest, InvariantResult, Machine,
+    PipelineResult, Ratios, Report,
+};
+use crate::stack::{isolated_config, EngineProcess};
+use crate::workload::{account_name, Ledger, SentTx};
+use txengine::domain::{AccountId, Balance};
+use txengine::store::{Store, StoreSettings};
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Generator {
+    Goose,
+    Wrk,
+}
+
+impl Generator {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Goose => "goose",
+            Self::Wrk => "wrk",
+        }
+    }
+}
+
+/// What one generator run against an HTTP target gave.
+struct HttpRun {
+    result: HttpResult,
+    timeline: Vec<crate::load::SecondStats>,
+    /// goose keeps the ledger; for wrk it is rebuilt from Redis afterwards.
+    ledger: Ledger,
+}
+
+/// Drives `url` with the chosen generator; `run` tags the ids (wrk).
+async fn drive_http(
+    generator: Generator,
+    url: &str,
+    name: &str,
+    run: &str,
+    profile: &LoadProfile,
+) -> anyhow::Result<HttpRun> {
+    match generator {
+        Generator::Goose => {
+            let driven = load::drive(
+                Target::Http {
+                    base_url: url.to_owned(),
+                },
+                name,
+                profile,
+            )
+            .await?;
+            Ok(HttpRun {
+                result: driven.result,
+                timeline: driven.timeline,
+                ledger: driven.ledger,
+            })
+        }
+        Generator::Wrk => {
+            let (url, name, run, profile) = (
+                url.to_owned(),
+                name.to_owned(),
+                run.to_owned(),
+                profile.clone(),
+            );
+            let result = tokio::task::spawn_blocking(move || {
+                crate::wrk::drive(
+                    &url,
+                    &name,
+                    &run,
+                    profile.users,
+                    profile.seconds,
+                    profile.accounts,
+                )
+            })
+            .await??;
+            Ok(HttpRun {
+                result,
+                timeline: Vec::new(),
+                ledger: Ledger::default(),
+            })
+        }
+    }
+}
+
+/// The bare HTTP limit, in a child process like the engine.
+async fn measure_bare_http(
+    generator: Generator,
+    profile: &LoadProfile,
+) -> anyhow::Result<HttpResult> {
+    let exe = std::env::current_exe()?;
+    let port = crate::infra::process::free_port()?;
+    let dir = tempfile::Builder::new()
+        .prefix("txengine-bare-")
+        .tempdir()?;
+    let mut command = std::process::Command::new(exe);
+    command.args(["bare", "--listen", &format!("127.0.0.1:{port}")]);
+    let mut server = Supervised::spawn("bare", command, &dir.path().join("bare.log"))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "bare server did not start: {}",
+            server.log_tail(10)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "limit: bare axum 202 handler, {} users for {} s ...",
+        profile.users, profile.seconds
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let driven = drive_http(generator, &url, "bare-http-202", "bare", profile).await?;
+    server.terminate(Duration::from_secs(5));
+    Ok(driven.result)
+}
+
+/// The bare Redis limit: the apply script called directly by the same users.
+async fn measure_redis_script(infra: &Infra, profile: &LoadProfile) -> anyhow::Result<HttpResult> {
+    let namespace = format!("limit-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let store = Store::connect(StoreSettings {
+        url: &infra.redis_url,
+        namespace: &namespace,
+        outcome_ttl_secs: 3600,
+        lease_ms: 30_000,
+        response_timeout: Duration::from_secs(5),
+    })
+    .await?;
+    for i in 0..profile.accounts {
+        let account = AccountId::parse(&account_name(i))?;
+        store
+            .set_balance(&account, Balance::new(profile.start_balance)?)
+            .await?;
+    }
+    eprintln!(
+        "limit: Redis apply script directly, {} users for {} s ...",
+        profile.users, profile.seconds
+    );
+    Ok(load::drive(
+        Target::RedisScript {
+            store: Box::new(store),
+        },
+        "redis-apply-script",
+        profile,
+    )
+    .await?
+    .result)
+}
+
+/// Peak resident memory of a process, from /proc (MiB).
+fn peak_rss_mib(pid: Option<u32>) -> f64 {
+    let status = pid
+        .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kib| kib.parse::<f64>().ok())
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// Runs `harness load` (see the README's first command).
+pub async fn run_load(
+    profile: LoadProfile,
+    scenario: &str,
+    report_dir: &std::path::Path,
+    limits: bool,
+    warmup_seconds: usize,
+    generator: Generator,
+) -> anyhow::Result<()> {
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let started_at = time_now_rfc3339();
+    let infra = Infra::start_chosen().await?;
+
+    let bare_http = if limits {
+        Some(measure_bare_http(generator, &profile).await?)
+    } else {
+        None
+    };
+    // wrk speaks only HTTP: the Redis limit is measured with goose runs.
+    let redis_script = if limits && generator == Generator::Goose {
+        Some(measure_redis_script(&infra, &profile).await?)
+    } else {
+        None
+    };
+
+    let mut config = isolated_config(&infra, "load");
+    config.listen = format!("127.0.0.1:{}", crate::infra::process::free_port()?).parse()?;
+    let exe = std::env::current_exe().context("locating the harness binary")?;
+    eprintln!("starting the engine (api + consumer) as a child process ...");
+    let engine = EngineProcess::spawn(&exe, config.clone()).await?;
+    eprintln!(
+        "funding {} accounts with {} each ...",
+        profile.accounts, profile.start_balance
+    );
+    let start = engine
+        .api()?
+        .fund_accounts(profile.accounts, profile.start_balance)
+        .await?;
+
+    eprintln!(
+        "engine: {}, {} users for {} s against {} ...",
+        generator.name(),
+        profile.users,
+        profile.seconds,
+        engine.url
+    );
+    let mut warmup_ledger = Ledger::default();
+    if warmup_seconds > 0 {
+        // Not measured: lets the broker's JIT warm up and the consumer group
+        // settle its assignment, as on a system that has been running.
+        eprintln!("warm-up: {warmup_seconds} s of the same load, not measured ...");
+        let warmup = LoadProfile {
+            seconds: warmup_seconds,
+            ..profile.clone()
+        };
+        warmup_ledger = drive_http(generator, &engine.url, "warm-up", "warmup", &warmup)
+            .await?
+            .ledger;
+    }
+    let load_started_ms = txengine::wire::now_ms();
+    let (redis_pid, kafka_pid) = infra.pids();
+    let pids = [engine.pid(), kafka_pid, redis_pid, Some(std::process::id())];
+    // The generator is this process (goose) or a child it waits for (wrk).
+    let cpu_now = || {
+        let [engine, kafka, redis, generator] = pids;
+        [
+            cpu_time_us(engine),
+            cpu_time_us(kafka),
+            cpu_time_us(redis),
+            cpu_time_with_children_us(generator),
+        ]
+    };
+    let cpu_before = cpu_now();
+    let driven = drive_http(generator, &engine.url, "engine", "engine", &profile).await?;
+    let cpu_after = cpu_now();
+    // None when a process was gone at either reading: not measured.
+    let per_request = |i: usize| {
+        let used = cpu_after[i]?.checked_sub(cpu_before[i]?)?;
+        (driven.result.ok > 0).then(|| used as f64 / driven.result.ok as f64)
+    };
+    let cpu_per_request = CpuPerRequest {
+        engine_us: per_request(0),
+        kafka_us: per_request(1),
+        redis_us: per_request(2),
+        load_generator_us: per_request(3),
+    };
+    let mut ledger = Ledger {
+        start,
+        ..driven.ledger
+    };
+    // Warm-up transactions count for the invariants, not for the latencies.
+    ledger
+        .accepted
+        .extend(warmup_ledger.accepted.into_iter().map(|tx| SentTx {
+            accepted_at_ms: 0,
+            ..tx
+        }));
+    ledger.refused.extend(warmup_ledger.refused);
+    ledger.uncertain.extend(warmup_ledger.uncertain);
+
+    eprintln!("waiting for the consumers to drain the topic ...");
+    let drain = load::wait_drained(
+        &infra.kafka_brokers,
+        &config.group,
+        &config.topic,
+        Duration::from_secs(900),
+    )
+    .await?;
+    if generator == Generator::Wrk {
+        // wrk keeps no ledger: rebuild both runs' from the ids in Redis.
+        let rebuild = |run: &'static str| {
+            crate::wrk::ledger_from_redis(
+                &infra.redis_url,
+                &config.namespace,
+                run,
+                profile.accounts,
+            )
+        };
+        ledger.accepted.extend(rebuild("warmup").await?.accepted);
+        let measured = rebuild("engine").await?.accepted;
+        // Requests cut off at the end may have been accepted after wrk
+        // stopped counting: more records than 2xx answers is expected, fewer is not.
+        anyhow::ensure!(
+            measured.len() >= driven.result.ok,
+            "wrk counted {} accepted requests but Redis holds {}",
+            driven.result.ok,
+            measured.len()
+        );
+        ledger.accepted.extend(measured);
+    }
+    let verdict = invariants::check(&infra.redis_url, &config.namespace, &ledger).await?;
+    let rss = peak_rss_mib(engine.pid());
+    engine.terminate(Duration::from_secs(10));
+
+    // Outcomes decided from the start of the measured run to the last one
+    // (warm-up transactions applied in that window count: they were applied in it).
+    let settled = verdict
+        .settled_at_ms
+        .iter()
+        .filter(|at| **at >= load_started_ms)
+        .count();
+    let apply_seconds =
+        (verdict.last_applied_at_ms.saturating_sub(load_started_ms) as f64 / 1000.0).max(0.001);
+    let engine_result = driven.result;
+    let report = Report {
+        schema_version: crate::report::SCHEMA_VERSION,
+        scenario: scenario.to_owned(),
+        generator: generator.name().to_owned(),
+        command,
+        started_at,
+        machine: Machine::describe(),
+        ratios: Ratios {
+            engine_vs_bare_http: bare_http.as_ref().map(|b| engine_result.rps / b.rps),
+            engine_vs_redis_script: redis_script.as_ref().map(|r| engine_result.rps / r.rps),
+        },
+        engine: engine_result,
+        bare_http,
+        redis_script,
+        pipeline: PipelineResult {
+            drain_seconds: drain.as_secs_f64(),
+            apply_rate_tx_per_s: settled as f64 / apply_seconds,
+            accept_to_applied_ms_p50: verdict.accept_to_applied_ms_p50,
+            accept_to_applied_ms_p99: verdict.accept_to_applied_ms_p99,
+            service_peak_rss_mib: rss,
+        },
+        cpu_per_request,
+        invariants: InvariantResult {
+            holds: verdict.holds(),
+            accepted: verdict.accepted,
+            applied: verdict.applied,
+            rejected: verdict.rejected,
+            rejected_by_reason: verdict.rejected_by_reason.clone().into_iter().collect(),
+            money_start_total: verdict.start_total,
+            money_end_total: verdict.end_total,
+            violations: verdict.violations.iter().take(50).cloned().collect(),
+        },
+        timeline: driven.timeline,
+    };
+    let json = report.write(report_dir)?;
+    println!(
+        "{}",
+        report.markdown("(chart: see the .svg beside the report)")
+    );
+    println!("report: {}", json.display());
+    drop(infra);
+    anyhow::ensure!(
+        verdict.holds(),
+        "{} invariant violations",
+        verdict.violations.len()
+    );
+    let errors: usize = report.engine.errors_by_kind.values().sum();
+    anyhow::ensure!(
+        errors == 0,
+        "the engine answered {errors} requests with errors: {:?}",
+        report.engine.errors_by_kind
+    );
+    Ok(())
+}
+
+/// Now as RFC 3339 UTC, from the `date` the machine has (no time crate needed).
+fn time_now_rfc3339() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
