@@ -11,8 +11,8 @@ use crate::infra::Infra;
 use crate::invariants;
 use crate::load::{self, HttpResult, LoadProfile, Target};
 use crate::report::{
-    cpu_time_us, cpu_time_with_children_us, CpuPerRequest, InvariantResult, Machine,
-    PipelineResult, Ratios, Report,
+    cpu_time_us, cpu_time_with_children_us, rss_kib, CpuPerRequest, InvariantResult, Machine,
+    PipelineResult, PipelineSecond, Ratios, Report,
 };
 use crate::stack::{isolated_config, EngineProcess};
 use crate::workload::{account_name, Ledger, SentTx};
@@ -160,18 +160,67 @@ async fn measure_redis_script(infra: &Infra, profile: &LoadProfile) -> anyhow::R
     .result)
 }
 
-/// Peak resident memory of a process, from /proc (MiB).
-fn peak_rss_mib(pid: Option<u32>) -> f64 {
-    let status = pid
-        .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
-        .unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kib| kib.parse::<f64>().ok())
-        .map(|kib| kib / 1024.0)
-        .unwrap_or(0.0)
+/// The consumer group's lag, read once a second on a thread of its own
+/// until stopped: `(second since start, lag)`, `None` where the broker did
+/// not answer.
+struct LagSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    samples: tokio::task::JoinHandle<Vec<(usize, Option<i64>)>>,
+}
+
+impl LagSampler {
+    fn start(brokers: &str, group: &str, topic: &str) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (brokers, group, topic) = (brokers.to_owned(), group.to_owned(), topic.to_owned());
+        let stopped = stop.clone();
+        let samples = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let mut samples = Vec::new();
+            while !stopped.load(Ordering::Relaxed) {
+                let second = started.elapsed().as_secs() as usize;
+                samples.push((second, load::consumer_lag(&brokers, &group, &topic).ok()));
+                let next = Duration::from_secs(second as u64 + 1);
+                std::thread::sleep(next.saturating_sub(started.elapsed()));
+            }
+            samples
+        });
+        Self { stop, samples }
+    }
+
+    async fn stop(self) -> Vec<(usize, Option<i64>)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.samples.await.unwrap_or_default()
+    }
+}
+
+/// Outcomes decided per second since `start_ms`, beside the lag samples.
+fn pipeline_timeline(
+    settled_at_ms: &[u64],
+    start_ms: u64,
+    lag: &[(usize, Option<i64>)],
+) -> Vec<PipelineSecond> {
+    let mut applied: Vec<usize> = Vec::new();
+    for at in settled_at_ms.iter().filter(|at| **at >= start_ms) {
+        let second = ((at - start_ms) / 1000) as usize;
+        if applied.len() <= second {
+            applied.resize(second + 1, 0);
+        }
+        applied[second] += 1;
+    }
+    let seconds = applied
+        .len()
+        .max(lag.last().map_or(0, |(second, _)| second + 1));
+    (0..seconds)
+        .map(|second| PipelineSecond {
+            second,
+            applied: applied.get(second).copied().unwrap_or(0),
+            consumer_lag: lag
+                .iter()
+                .find(|(s, _)| *s == second)
+                .and_then(|(_, lag)| *lag),
+        })
+        .collect()
 }
 
 /// Runs `harness load` (see the README's first command).
@@ -234,6 +283,7 @@ pub async fn run_load(
             .ledger;
     }
     let load_started_ms = txengine::wire::now_ms();
+    let lag_sampler = LagSampler::start(&infra.kafka_brokers, &config.group, &config.topic);
     let (redis_pid, kafka_pid) = infra.pids();
     let pids = [engine.pid(), kafka_pid, redis_pid, Some(std::process::id())];
     // The generator is this process (goose) or a child it waits for (wrk).
@@ -304,8 +354,12 @@ pub async fn run_load(
         );
         ledger.accepted.extend(measured);
     }
+    let lag_samples = lag_sampler.stop().await;
     let verdict = invariants::check(&infra.redis_url, &config.namespace, &ledger).await?;
-    let rss = peak_rss_mib(engine.pid());
+    let rss = engine
+        .pid()
+        .and_then(rss_kib)
+        .map(|(_, peak)| peak as f64 / 1024.0);
     engine.terminate(Duration::from_secs(10));
 
     // Outcomes decided from the start of the measured run to the last one
@@ -351,6 +405,7 @@ pub async fn run_load(
             violations: verdict.violations.iter().take(50).cloned().collect(),
         },
         timeline: driven.timeline,
+        pipeline_timeline: pipeline_timeline(&verdict.settled_at_ms, load_started_ms, &lag_samples),
     };
     let json = report.write(report_dir)?;
     println!(

@@ -65,7 +65,7 @@ pub async fn check(redis_url: &str, namespace: &str, ledger: &Ledger) -> anyhow:
         .map(|(a, b)| (a.as_str(), *b as i128))
         .collect();
 
-    let mut accept_to_applied_ms: Vec<u64> = Vec::new();
+    let mut accept_to_applied_ms = crate::load::precise_histogram();
     for chunk in ledger.uncertain.chunks(2000) {
         let mut pipe = redis::pipe();
         for tx in chunk {
@@ -94,7 +94,8 @@ pub async fn check(redis_url: &str, namespace: &str, ledger: &Ledger) -> anyhow:
                 verdict.last_applied_at_ms = verdict.last_applied_at_ms.max(applied);
                 verdict.settled_at_ms.push(applied);
                 if tx.accepted_at_ms > 0 {
-                    accept_to_applied_ms.push(applied.saturating_sub(tx.accepted_at_ms));
+                    accept_to_applied_ms
+                        .saturating_record(applied.saturating_sub(tx.accepted_at_ms));
                 }
             }
             match state.as_deref() {
@@ -121,9 +122,10 @@ pub async fn check(redis_url: &str, namespace: &str, ledger: &Ledger) -> anyhow:
         }
     }
 
-    accept_to_applied_ms.sort_unstable();
-    let percentile =
-        |fraction| crate::load::nearest_rank(&accept_to_applied_ms, fraction).map(|ms| ms as f64);
+    let percentile = |quantile| {
+        (!accept_to_applied_ms.is_empty())
+            .then(|| accept_to_applied_ms.value_at_quantile(quantile) as f64)
+    };
     verdict.accept_to_applied_ms_p50 = percentile(0.50);
     verdict.accept_to_applied_ms_p99 = percentile(0.99);
 

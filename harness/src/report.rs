@@ -12,7 +12,7 @@ use crate::load::{HttpResult, SecondStats};
 /// Bumped whenever a field changes meaning or goes away.
 pub const SCHEMA_VERSION: u32 = 3;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Machine {
     pub cores: usize,
     pub memory_gib: f64,
@@ -88,7 +88,8 @@ pub struct PipelineResult {
     pub accept_to_applied_ms_p50: Option<f64>,
     pub accept_to_applied_ms_p99: Option<f64>,
     /// Peak resident memory of the engine process.
-    pub service_peak_rss_mib: f64,
+    /// `None` (null) when the engine process was gone before it was read.
+    pub service_peak_rss_mib: Option<f64>,
 }
 
 /// CPU time each process spent per accepted request during the engine run
@@ -107,32 +108,47 @@ fn or_not_measured(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.decimals$}"))
 }
 
-/// User + system CPU time of a process so far, in microseconds.
-/// `None` if there is no such process (never started, or gone).
+/// User + system CPU time of a process so far, in microseconds; `None` if
+/// there is no such process (never started, or gone).
 pub fn cpu_time_us(pid: Option<u32>) -> Option<u64> {
-    process_cpu_us(pid, &[11, 12])
+    process_cpu_us(pid, false)
 }
 
 /// As [`cpu_time_us`], plus the children it has waited for (a finished wrk).
 pub fn cpu_time_with_children_us(pid: Option<u32>) -> Option<u64> {
-    process_cpu_us(pid, &[11, 12, 13, 14])
+    process_cpu_us(pid, true)
 }
 
-/// Sums the given clock-tick fields of `/proc/<pid>/stat` (0 = the field after the name).
-fn process_cpu_us(pid: Option<u32>, tick_fields: &[usize]) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid?)).ok()?;
-    // Fields after the command name (which may hold spaces) start at ") ".
-    let fields: Vec<&str> = stat
-        .rsplit_once(") ")
-        .map(|(_, rest)| rest.split(' ').collect())
-        .unwrap_or_default();
-    // SAFETY: sysconf has no preconditions.
-    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    let ticks: u64 = tick_fields
-        .iter()
-        .filter_map(|i| fields.get(*i)?.parse::<u64>().ok())
-        .sum();
-    Some(ticks * 1_000_000 / ticks_per_second)
+fn process_cpu_us(pid: Option<u32>, with_children: bool) -> Option<u64> {
+    let stat = procfs::process::Process::new(pid? as i32)
+        .ok()?
+        .stat()
+        .ok()?;
+    let mut ticks = stat.utime + stat.stime;
+    if with_children {
+        ticks += u64::try_from(stat.cutime + stat.cstime).ok()?;
+    }
+    Some(ticks * 1_000_000 / procfs::ticks_per_second())
+}
+
+/// Resident memory of a process now, and at its peak (KiB); `None` if gone.
+pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = procfs::process::Process::new(pid as i32)
+        .ok()?
+        .status()
+        .ok()?;
+    Some((status.vmrss?, status.vmhwm?))
+}
+
+/// One second of the pipeline during and after a load run.
+#[derive(Debug, Clone, Serialize)]
+pub struct PipelineSecond {
+    pub second: usize,
+    /// Outcomes decided in this second (the consumer's clock).
+    pub applied: usize,
+    /// Records not yet committed by the consumer group; `None` when the
+    /// broker did not answer in time.
+    pub consumer_lag: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -174,6 +190,9 @@ pub struct Report {
     pub invariants: InvariantResult,
     /// Per second of the engine run: requests answered and latency.
     pub timeline: Vec<SecondStats>,
+    /// Per second from the start of the measured run until the drain ended:
+    /// outcomes decided and the consumer group's lag.
+    pub pipeline_timeline: Vec<PipelineSecond>,
 }
 
 impl Report {
@@ -258,8 +277,10 @@ impl Report {
         };
         let _ = writeln!(
             md,
-            "\nPipeline: drain {:.1} s after the load; apply rate {:.0} tx/s; accept to applied {accept_to_applied}; engine peak RSS {:.0} MiB.",
-            p.drain_seconds, p.apply_rate_tx_per_s, p.service_peak_rss_mib
+            "\nPipeline: drain {:.1} s after the load; apply rate {:.0} tx/s; accept to applied {accept_to_applied}; engine peak RSS {} MiB.",
+            p.drain_seconds,
+            p.apply_rate_tx_per_s,
+            or_not_measured(p.service_peak_rss_mib, 0)
         );
         let c = &self.cpu_per_request;
         let _ = writeln!(
@@ -289,70 +310,183 @@ impl Report {
         md
     }
 
-    /// Two stacked panels over the seconds of the engine run: RPS, and
-    /// latency p50 / p99 (ms).
+    /// Four panels over the seconds of the measured run: requests per
+    /// second and latency p50/p99 (as the generator saw them; wrk gives no
+    /// per-second data), then outcomes decided per second and consumer lag.
     pub fn svg(&self) -> String {
-        let (width, panel, margin) = (800.0, 220.0, 50.0);
-        let height = panel * 2.0 + margin * 3.0;
-        let seconds = self.timeline.len().max(2) as f64;
-        let x = |i: usize| margin + (width - 2.0 * margin) * i as f64 / (seconds - 1.0);
-        let mut svg = format!(
-            r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>"##
-        );
-        let mut draw_panel = |top: f64, title: &str, series: &[(&str, &str, Vec<f64>)]| {
-            let max = series
+        let mut svg = String::new();
+        if let Err(e) = self.draw(&mut svg) {
+            return format!(
+                r#"<svg xmlns="http://www.w3.org/2000/svg"><text y="20">chart failed: {e}</text></svg>"#
+            );
+        }
+        svg
+    }
+
+    fn draw(&self, svg: &mut String) -> Result<(), Box<dyn std::error::Error + '_>> {
+        use plotters::prelude::*;
+        let root = SVGBackend::with_string(svg, (900, 1000)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let panels = root.split_evenly((4, 1));
+        let seconds = |values: usize| values.max(2) as f64;
+        let generator = &self.generator;
+        let t = &self.timeline;
+        let p = &self.pipeline_timeline;
+        let rps: Vec<(usize, f64)> = t.iter().map(|s| (s.second, s.requests as f64)).collect();
+        let p50: Vec<(usize, f64)> = t.iter().map(|s| (s.second, s.latency_ms_p50)).collect();
+        let p99: Vec<(usize, f64)> = t.iter().map(|s| (s.second, s.latency_ms_p99)).collect();
+        let applied: Vec<(usize, f64)> = p.iter().map(|s| (s.second, s.applied as f64)).collect();
+        let lag: Vec<(usize, f64)> = p
+            .iter()
+            .filter_map(|s| Some((s.second, s.consumer_lag? as f64)))
+            .collect();
+        type Line<'a> = (&'a str, RGBColor, Vec<(usize, f64)>);
+        let charts: [(String, &str, Vec<Line>); 4] = [
+            (
+                format!("engine: requests per second ({generator})"),
+                "requests / s",
+                vec![("RPS", BLUE, rps)],
+            ),
+            (
+                format!("engine: latency ({generator})"),
+                "ms",
+                vec![("p50", GREEN, p50), ("p99", RED, p99)],
+            ),
+            (
+                "pipeline: outcomes decided per second".to_owned(),
+                "transactions / s",
+                vec![("applied or rejected", MAGENTA, applied)],
+            ),
+            (
+                "pipeline: consumer group lag".to_owned(),
+                "records",
+                vec![("lag", BLACK, lag)],
+            ),
+        ];
+        for (area, (title, unit, lines)) in panels.iter().zip(charts) {
+            let points = lines.iter().map(|(_, _, v)| v.len()).max().unwrap_or(0);
+            let x_max = seconds(
+                lines
+                    .iter()
+                    .flat_map(|(_, _, v)| v.iter().map(|(x, _)| *x + 1))
+                    .max()
+                    .unwrap_or(0),
+            );
+            let y_max = lines
                 .iter()
-                .flat_map(|(_, _, v)| v.iter().copied())
+                .flat_map(|(_, _, v)| v.iter().map(|(_, y)| *y))
                 .fold(1.0_f64, f64::max)
                 * 1.1;
-            let y = |v: f64| top + panel - panel * v / max;
-            let _ = write!(
-                svg,
-                r##"<text x="{margin}" y="{}" font-weight="bold">{title}</text><line x1="{margin}" y1="{}" x2="{}" y2="{}" stroke="#888"/><line x1="{margin}" y1="{top}" x2="{margin}" y2="{}" stroke="#888"/><text x="5" y="{}">{:.0}</text><text x="5" y="{}">0</text>"##,
-                top - 8.0,
-                top + panel,
-                width - margin,
-                top + panel,
-                top + panel,
-                top + 10.0,
-                max,
-                top + panel
-            );
-            for (k, (name, color, values)) in series.iter().enumerate() {
-                let points: Vec<String> = values
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| format!("{:.1},{:.1}", x(i), y(*v)))
-                    .collect();
-                let _ = write!(
-                    svg,
-                    r##"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/><text x="{}" y="{}" fill="{color}">{name}</text>"##,
-                    points.join(" "),
-                    width - margin - 120.0,
-                    top + 14.0 + 14.0 * k as f64
-                );
+            let caption = if points == 0 {
+                format!("{title}: not measured")
+            } else {
+                title
+            };
+            let mut chart = ChartBuilder::on(area)
+                .caption(caption, ("sans-serif", 16))
+                .margin(8)
+                .x_label_area_size(32)
+                .y_label_area_size(64)
+                .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
+            chart
+                .configure_mesh()
+                .x_desc("seconds since the measured run started")
+                .y_desc(unit)
+                .draw()?;
+            for (name, color, values) in lines {
+                chart
+                    .draw_series(LineSeries::new(
+                        values.into_iter().map(|(x, y)| (x as f64, y)),
+                        color.stroke_width(2),
+                    ))?
+                    .label(name)
+                    .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
             }
+            if points > 0 {
+                chart
+                    .configure_series_labels()
+                    .background_style(WHITE.mix(0.8))
+                    .border_style(BLACK)
+                    .draw()?;
+            }
+        }
+        root.present()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The chart is plotters' SVG with labelled time axes, and says "not
+    /// measured" for a panel without data (wrk gives no per-second data).
+    #[test]
+    fn chart_labels_its_axes_and_what_was_not_measured() {
+        let svg = wrk_report().svg();
+        assert!(svg.starts_with("<svg"), "{}", &svg[..100.min(svg.len())]);
+        assert!(svg.contains("seconds since the measured run started"));
+        assert!(svg.contains("pipeline: consumer group lag"));
+        assert!(svg.contains("engine: latency (wrk): not measured"));
+        assert!(svg.contains("<polyline") || svg.contains("<path"));
+    }
+
+    /// A wrk run's report: no per-second latencies, a pipeline timeline.
+    fn wrk_report() -> Report {
+        let run = HttpResult {
+            target: "engine".into(),
+            users: 1,
+            seconds: 3,
+            requests: 30,
+            ok: 30,
+            errors_by_kind: Default::default(),
+            rps: 10.0,
+            latency_ms_p50: 1.0,
+            latency_ms_p90: Some(2.0),
+            latency_ms_p95: None,
+            latency_ms_p99: 3.0,
+            latency_ms_max: 4.0,
         };
-        let rps: Vec<f64> = self.timeline.iter().map(|s| s.requests as f64).collect();
-        let p50: Vec<f64> = self.timeline.iter().map(|s| s.latency_ms_p50).collect();
-        let p99: Vec<f64> = self.timeline.iter().map(|s| s.latency_ms_p99).collect();
-        draw_panel(
-            margin,
-            "requests per second (engine)",
-            &[("RPS", "#1f77b4", rps)],
-        );
-        draw_panel(
-            margin * 2.0 + panel,
-            "latency ms",
-            &[("p50", "#2ca02c", p50), ("p99", "#d62728", p99)],
-        );
-        let _ = write!(
-            svg,
-            r##"<text x="{}" y="{}">seconds of load ({} s)</text></svg>"##,
-            width / 2.0 - 60.0,
-            height - 10.0,
-            self.timeline.len()
-        );
-        svg
+        Report {
+            schema_version: SCHEMA_VERSION,
+            scenario: "test".into(),
+            generator: "wrk".into(),
+            command: "test".into(),
+            started_at: "2026-01-01T00:00:00Z".into(),
+            machine: Machine::default(),
+            engine: run,
+            bare_http: None,
+            redis_script: None,
+            ratios: Ratios {
+                engine_vs_bare_http: None,
+                engine_vs_redis_script: None,
+            },
+            pipeline: PipelineResult {
+                drain_seconds: 0.1,
+                apply_rate_tx_per_s: 10.0,
+                accept_to_applied_ms_p50: None,
+                accept_to_applied_ms_p99: None,
+                service_peak_rss_mib: None,
+            },
+            cpu_per_request: CpuPerRequest::default(),
+            invariants: InvariantResult {
+                holds: true,
+                accepted: 30,
+                applied: 30,
+                rejected: 0,
+                rejected_by_reason: Default::default(),
+                money_start_total: 0,
+                money_end_total: 0,
+                violations: Vec::new(),
+            },
+            timeline: Vec::new(),
+            pipeline_timeline: (0..3)
+                .map(|second| PipelineSecond {
+                    second,
+                    applied: 10,
+                    consumer_lag: Some(5 - second as i64),
+                })
+                .collect(),
+        }
     }
 }

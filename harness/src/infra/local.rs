@@ -46,10 +46,9 @@ pub fn kafka_libs() -> anyhow::Result<PathBuf> {
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let lock = std::fs::File::create(dir.join(".lock"))?;
-    // SAFETY: flock on a file we own; released when `lock` is closed.
-    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
-        bail!("locking {}", dir.display());
-    }
+    // Released when `lock` is closed.
+    lock.lock()
+        .with_context(|| format!("locking {}", dir.display()))?;
     if complete.exists() {
         return Ok(libs);
     }

@@ -14,6 +14,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 
+use nix::sys::prctl;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
 type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
 
 fn spawner() -> &'static Mutex<mpsc::Sender<SpawnRequest>> {
@@ -48,14 +52,10 @@ impl Supervised {
             .stdout(out.try_clone()?)
             .stderr(out)
             .process_group(0);
-        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+        // SAFETY: the hook runs between fork and exec, and prctl is
+        // async-signal-safe and touches no memory of ours.
         unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            command.pre_exec(|| Ok(prctl::set_pdeathsig(Signal::SIGKILL)?));
         }
         let (reply_tx, reply_rx) = mpsc::channel();
         spawner()
@@ -83,19 +83,16 @@ impl Supervised {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
 
-    /// Sends `signal` to the whole process group.
-    pub fn signal(&self, signal: libc::c_int) {
+    /// Sends `signal` to the whole process group (gone already: nothing to do).
+    pub fn signal(&self, signal: Signal) {
         if let Some(pid) = self.pid() {
-            // SAFETY: plain syscall; a negative pid addresses the group.
-            unsafe {
-                libc::kill(-(pid as libc::pid_t), signal);
-            }
+            let _ = killpg(Pid::from_raw(pid as i32), signal);
         }
     }
 
     /// kill -9 of the whole group, then reap the child.
     pub fn kill(&mut self) {
-        self.signal(libc::SIGKILL);
+        self.signal(Signal::SIGKILL);
         if let Some(mut child) = self.child.take() {
             let _ = child.wait();
             tracing::debug!(name = %self.name, "killed");
@@ -104,7 +101,7 @@ impl Supervised {
 
     /// SIGTERM, then SIGKILL if the process is still there after `grace`.
     pub fn terminate(&mut self, grace: std::time::Duration) {
-        self.signal(libc::SIGTERM);
+        self.signal(Signal::SIGTERM);
         let deadline = std::time::Instant::now() + grace;
         while std::time::Instant::now() < deadline {
             if !self.is_running() {

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use harness::infra::LocalService;
 use harness::stack::{isolated_config, EngineProcess, Stack};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use reqwest::StatusCode;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -44,12 +46,7 @@ fn post_head(extra: &str, content_length: Option<usize>) -> String {
 }
 
 fn vm_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+    harness::report::rss_kib(pid).expect("the engine runs").0
 }
 
 async fn engine_process(name: &str, tune: impl FnOnce(&mut Config)) -> EngineProcess {
@@ -273,15 +270,13 @@ async fn stalled_redis_is_503_then_recovers() {
     .await
     .unwrap();
     s.set_balance("acct", 10).await.unwrap();
-    let pid = redis.pid().unwrap() as libc::pid_t;
-    // SAFETY: signalling a child process this test started.
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let pid = Pid::from_raw(redis.pid().unwrap() as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
     let request = json!({"id": "stall-1", "account": "acct", "amount": 3});
     let started = std::time::Instant::now();
     let (status, problem) = s.post(&request).await.unwrap();
     let answered_after = started.elapsed();
-    // SAFETY: as above.
-    unsafe { libc::kill(pid, libc::SIGCONT) };
+    kill(pid, Signal::SIGCONT).unwrap();
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{problem}");
     assert!(
         answered_after < Duration::from_secs(10),
@@ -328,13 +323,12 @@ async fn stalled_kafka_never_rebinds_an_id() {
         .await
         .unwrap();
     assert_eq!(status, StatusCode::ACCEPTED);
-    let pid = kafka.pid().unwrap() as libc::pid_t;
+    let pid = Pid::from_raw(kafka.pid().unwrap() as i32);
     let other_body = |id: &str| json!({"id": id, "type": "credit", "account": "acct", "amount": 4});
 
     // (a) The broker stalls for 1.2 s: past the lease, within the timeout.
     let first_a = json!({"id": "ka", "account": "acct", "amount": 3});
-    // SAFETY: signalling a child process this test started.
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    kill(pid, Signal::SIGSTOP).unwrap();
     let slow = tokio::spawn({
         let (s, body) = (s.clone(), first_a.clone());
         async move { s.post(&body).await }
@@ -345,8 +339,7 @@ async fn stalled_kafka_never_rebinds_an_id() {
         async move { s.post(&body).await }
     });
     tokio::time::sleep(Duration::from_millis(400)).await;
-    // SAFETY: as above.
-    unsafe { libc::kill(pid, libc::SIGCONT) };
+    kill(pid, Signal::SIGCONT).unwrap();
     let (status, body) = slow.await.unwrap().unwrap();
     assert_eq!(status, StatusCode::ACCEPTED, "the slow publish: {body}");
     let (status, body) = rival.await.unwrap().unwrap();
@@ -358,12 +351,10 @@ async fn stalled_kafka_never_rebinds_an_id() {
 
     // (b) The broker stalls past the publish timeout.
     let first_b = json!({"id": "kb", "account": "acct", "amount": 2});
-    // SAFETY: as above.
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    kill(pid, Signal::SIGSTOP).unwrap();
     let answer = s.post(&first_b).await;
     let rival = s.post(&other_body("kb")).await;
-    // SAFETY: as above.
-    unsafe { libc::kill(pid, libc::SIGCONT) };
+    kill(pid, Signal::SIGCONT).unwrap();
     let (status, problem) = answer.unwrap();
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{problem}");
     let (status, body) = rival.unwrap();
