@@ -15,6 +15,8 @@ use txengine::http::{router, ApiState, MAX_BODY_BYTES};
 use txengine::publisher::{Publisher, PublisherSettings};
 use txengine::store::{Store, StoreSettings};
 
+use crate::isolated_store;
+
 const SETTLE: Duration = Duration::from_secs(30);
 
 async fn stack(name: &str) -> Stack {
@@ -564,18 +566,6 @@ async fn serve(store: Store, publisher: Publisher) -> String {
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
     url
-}
-
-async fn isolated_store(namespace: &str, url: &str) -> Store {
-    Store::connect(StoreSettings {
-        url,
-        namespace,
-        outcome_ttl_secs: 60,
-        lease_ms: 30_000,
-        response_timeout: Duration::from_millis(500),
-    })
-    .await
-    .unwrap()
 }
 
 async fn post_raw(url: &str, body: Value) -> reqwest::Response {

@@ -13,7 +13,12 @@ mod pipeline;
 
 use std::sync::Once;
 
+use std::time::Duration;
+
 use harness::infra::Infra;
+use harness::stack::Stack;
+use reqwest::StatusCode;
+use txengine::store::{Store, StoreSettings};
 
 /// The shared infra, plus test logging (RUST_LOG) set up once.
 pub fn infra() -> &'static Infra {
@@ -25,4 +30,44 @@ pub fn infra() -> &'static Infra {
             .try_init();
     });
     Infra::shared()
+}
+
+/// A store of its own on `namespace` of the Redis at `url`.
+pub async fn isolated_store(namespace: &str, url: &str) -> Store {
+    Store::connect(StoreSettings {
+        url,
+        namespace,
+        outcome_ttl_secs: 60,
+        lease_ms: 30_000,
+        response_timeout: Duration::from_millis(500),
+    })
+    .await
+    .unwrap()
+}
+
+/// Makes `account`'s balance key hold a list, so the apply script fails on
+/// it (WRONGTYPE), and posts debit `id` on it: a record Redis refuses.
+pub async fn post_on_broken_account(s: &Stack, id: &str, account: &str) {
+    redis_command(s, redis::cmd("RPUSH").arg(balance_key(s, account)).arg("x")).await;
+    let (status, body) = s
+        .post(&serde_json::json!({"id": id, "account": account, "amount": 1}))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+}
+
+/// Replaces the broken key of `account` by a real balance.
+pub async fn repair_account(s: &Stack, account: &str, balance: u64) {
+    redis_command(s, redis::cmd("DEL").arg(balance_key(s, account))).await;
+    s.set_balance(account, balance).await.unwrap();
+}
+
+fn balance_key(s: &Stack, account: &str) -> String {
+    txengine::store::keys::balance(&s.config.namespace, account)
+}
+
+async fn redis_command(s: &Stack, command: &redis::Cmd) {
+    let client = redis::Client::open(s.config.redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = command.query_async(&mut conn).await.unwrap();
 }

@@ -14,6 +14,8 @@ use serde_json::{json, Value};
 use txengine::admission::Admission;
 use txengine::publisher::{Publisher, PublisherSettings};
 
+use crate::{isolated_store, post_on_broken_account, repair_account};
+
 fn dashboard_queries() -> Vec<(String, String)> {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -95,20 +97,7 @@ async fn every_dashboard_query_returns_data_from_a_live_engine() {
         )
         .await
         .unwrap();
-    let client = redis::Client::open(infra.redis_url.as_str()).unwrap();
-    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
-    let broken = txengine::store::keys::balance(&s.config.namespace, "broken");
-    let _: () = redis::cmd("RPUSH")
-        .arg(&broken)
-        .arg("x")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    let (status, _) = s
-        .post(&json!({"id": "refused", "account": "broken", "amount": 1}))
-        .await
-        .unwrap();
-    assert_eq!(status, StatusCode::ACCEPTED);
+    post_on_broken_account(&s, "refused", "broken").await;
     let full = Publisher::new(PublisherSettings {
         brokers: &infra.kafka_brokers,
         topic: &s.config.topic,
@@ -117,25 +106,13 @@ async fn every_dashboard_query_returns_data_from_a_live_engine() {
         linger: Duration::from_millis(1),
     })
     .unwrap();
-    let store = txengine::store::Store::connect(txengine::store::StoreSettings {
-        url: &infra.redis_url,
-        namespace: &s.config.namespace,
-        outcome_ttl_secs: 60,
-        lease_ms: 1_000,
-        response_timeout: Duration::from_secs(5),
-    })
-    .await
-    .unwrap();
+    let store = isolated_store(&s.config.namespace, &infra.redis_url).await;
     let tx =
         txengine::http::decode_transaction(br#"{"id":"full","account":"acct","amount":1}"#, None)
             .unwrap();
     assert!(Admission::new(store, full, 1).admit(tx).await.is_err());
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let _: () = redis::cmd("DEL")
-        .arg(&broken)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    repair_account(&s, "broken", 1).await;
 
     // Steady traffic while Prometheus scrapes, until every query has data.
     let queries = dashboard_queries();

@@ -12,6 +12,8 @@ use rdkafka::ClientConfig;
 use reqwest::StatusCode;
 use serde_json::json;
 
+use crate::{post_on_broken_account, repair_account};
+
 const SETTLE: Duration = Duration::from_secs(30);
 
 /// Records that cannot be decoded go to the DLQ with the reason in a header;
@@ -194,20 +196,7 @@ async fn wait_ready_until(
 async fn a_record_redis_refuses_stalls_visibly_and_applies_once_fixed() {
     let infra = crate::infra();
     let s = Stack::start(infra, "stall").await.unwrap();
-    let client = redis::Client::open(infra.redis_url.as_str()).unwrap();
-    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
-    let broken = |account: &str| txengine::store::keys::balance(&s.config.namespace, account);
-    let _: () = redis::cmd("RPUSH")
-        .arg(broken("broken"))
-        .arg("not a balance")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    let (status, _) = s
-        .post(&json!({"id": "refused", "account": "broken", "amount": 1}))
-        .await
-        .unwrap();
-    assert_eq!(status, StatusCode::ACCEPTED);
+    post_on_broken_account(&s, "refused", "broken").await;
     let body = wait_ready_until(&s, "stall shown", |status, body| {
         status == StatusCode::SERVICE_UNAVAILABLE && body["stalled"]["id"] == "refused"
     })
@@ -221,12 +210,7 @@ async fn a_record_redis_refuses_stalls_visibly_and_applies_once_fixed() {
     );
     assert_eq!(body["redis"], true, "{body}");
 
-    let _: () = redis::cmd("DEL")
-        .arg(broken("broken"))
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    s.set_balance("broken", 5).await.unwrap();
+    repair_account(&s, "broken", 5).await;
     let settled = s.wait_settled(&["refused".into()], SETTLE).await.unwrap();
     assert_eq!(settled["refused"]["balance_after"], 4);
     wait_ready_until(&s, "stall cleared", |status, body| {
@@ -234,17 +218,7 @@ async fn a_record_redis_refuses_stalls_visibly_and_applies_once_fixed() {
     })
     .await;
 
-    let _: () = redis::cmd("RPUSH")
-        .arg(broken("broken-2"))
-        .arg("not a balance")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    let (status, _) = s
-        .post(&json!({"id": "refused-2", "account": "broken-2", "amount": 1}))
-        .await
-        .unwrap();
-    assert_eq!(status, StatusCode::ACCEPTED);
+    post_on_broken_account(&s, "refused-2", "broken-2").await;
     wait_ready_until(&s, "second stall shown", |status, _| {
         status == StatusCode::SERVICE_UNAVAILABLE
     })
