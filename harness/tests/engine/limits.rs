@@ -12,7 +12,10 @@ use reqwest::StatusCode;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use txengine::admission::{Admission, Refused};
 use txengine::http::MAX_BODY_BYTES;
+use txengine::publisher::{Publisher, PublisherSettings};
+use txengine::store::{Store, StoreSettings};
 use txengine::Config;
 
 /// `host:port` of a base URL.
@@ -161,6 +164,9 @@ async fn abuse_is_refused_and_memory_stays_flat() {
         !metrics.contains("status=\"202\""),
         "nothing may have been accepted: {metrics}"
     );
+    // The consumer says when it got its partitions.
+    let log = engine.log_tail(500);
+    assert!(log.contains("partitions assigned"), "{log}");
 }
 
 fn with_limits(name: &str, tune: impl FnOnce(&mut Config)) -> Config {
@@ -390,5 +396,48 @@ async fn stalled_kafka_never_rebinds_an_id() {
     match std::sync::Arc::try_unwrap(s) {
         Ok(s) => s.stop().await.unwrap(),
         Err(_) => panic!("a request task still holds the stack"),
+    }
+}
+
+/// While Redis stalls, every request whose claim timed out leaves a lease to
+/// release in the background; no more than the cap are retried at once, and
+/// they end once Redis is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn background_releases_are_capped() {
+    let infra = crate::infra();
+    let mut redis = harness::infra::LocalRedis::start("always").unwrap();
+    let store = Store::connect(StoreSettings {
+        url: &redis.url(),
+        namespace: "cap",
+        outcome_ttl_secs: 60,
+        lease_ms: 10_000,
+        response_timeout: Duration::from_millis(300),
+    })
+    .await
+    .unwrap();
+    let publisher = Publisher::new(PublisherSettings {
+        brokers: &infra.kafka_brokers,
+        topic: "unused",
+        max_in_flight: 10,
+        publish_timeout: Duration::from_secs(5),
+        linger: Duration::from_millis(1),
+    })
+    .unwrap();
+    let admission = Admission::new(store, publisher, 2);
+    let pid = Pid::from_raw(redis.pid().unwrap() as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    for i in 0..5 {
+        let body = format!(r#"{{"id":"cap-{i}","account":"acct","amount":1}}"#);
+        let tx = txengine::http::decode_transaction(body.as_bytes(), None).unwrap();
+        let refused = admission.admit(tx).await;
+        assert!(matches!(refused, Err(Refused::Redis(_))), "{refused:?}");
+    }
+    let pending = admission.background_releases();
+    kill(pid, Signal::SIGCONT).unwrap();
+    assert_eq!(pending, 2, "releases in the background past the cap");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while admission.background_releases() > 0 {
+        assert!(std::time::Instant::now() < deadline, "releases never ended");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
