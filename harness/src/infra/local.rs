@@ -122,15 +122,22 @@ pub struct LocalRedis {
     port: u16,
     /// AOF fsync policy: `always` or `everysec` (see the README's guarantees).
     appendfsync: String,
+    /// A node of a Redis Cluster (its `nodes.conf` lives in `dir`).
+    cluster_node: bool,
     dir: TempDir,
 }
 
 impl LocalRedis {
     pub fn start(appendfsync: &str) -> anyhow::Result<Self> {
+        Self::start_node(appendfsync, false)
+    }
+
+    fn start_node(appendfsync: &str, cluster_node: bool) -> anyhow::Result<Self> {
         let mut redis = Self {
             process: None,
             port: free_port()?,
             appendfsync: appendfsync.to_owned(),
+            cluster_node,
             dir: tempfile::Builder::new()
                 .prefix("txengine-redis-")
                 .tempdir()?,
@@ -142,6 +149,111 @@ impl LocalRedis {
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
+
+    /// `127.0.0.1:<port>`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+/// A Redis Cluster of Debian redis-servers on loopback ports: `masters`
+/// masters with one replica each, joined by `redis-cli --cluster create`,
+/// with a short node timeout (1 s) so that a replica takes over a dead
+/// master within seconds. Every node is killed when this is dropped.
+pub struct LocalRedisCluster {
+    pub nodes: Vec<LocalRedis>,
+}
+
+/// A cluster node's timeout: how long a master may be unreachable before
+/// its replica is promoted.
+pub const CLUSTER_NODE_TIMEOUT_MS: u64 = 1_000;
+
+impl LocalRedisCluster {
+    pub fn start(masters: usize, appendfsync: &str) -> anyhow::Result<Self> {
+        anyhow::ensure!(masters >= 3, "Redis Cluster needs at least 3 masters");
+        let nodes = (0..masters * 2)
+            .map(|_| LocalRedis::start_node(appendfsync, true))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let cluster = Self { nodes };
+        let output = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(cluster.nodes.iter().map(LocalRedis::address))
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .context("running redis-cli --cluster create")?;
+        anyhow::ensure!(
+            output.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        cluster.wait_healthy()?;
+        Ok(cluster)
+    }
+
+    /// Seed URLs of every node, for a cluster client.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(LocalRedis::url).collect()
+    }
+
+    /// Waits until every live node reports `cluster_state:ok` and all 16384
+    /// slots are served.
+    pub fn wait_healthy(&self) -> anyhow::Result<()> {
+        let log = self.nodes[0].dir.path().join("redis.log");
+        wait_until(
+            "redis cluster",
+            || self.live_nodes().all(|node| cluster_ok(&node.url())),
+            &log,
+        )
+    }
+
+    fn live_nodes(&self) -> impl Iterator<Item = &LocalRedis> {
+        self.nodes.iter().filter(|node| node.process.is_some())
+    }
+
+    /// The node serving `slot` as master now (as a live node sees the
+    /// cluster), by index into `nodes`.
+    pub fn master_of(&self, slot: u16) -> anyhow::Result<usize> {
+        let node = self.live_nodes().next().context("no live node")?;
+        let client = redis::Client::open(node.url())?;
+        let mut conn = client.get_connection_with_timeout(Duration::from_secs(1))?;
+        let table: String = redis::cmd("CLUSTER").arg("NODES").query(&mut conn)?;
+        // <id> <ip:port@cport> <flags> <master> <ping> <pong> <epoch> <link> <slot ranges>...
+        for line in table.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(address), Some(flags)) = (fields.get(1), fields.get(2)) else {
+                continue;
+            };
+            if !flags.contains("master") || flags.contains("fail") {
+                continue;
+            }
+            let serves = fields.iter().skip(8).any(|range| {
+                let (start, end) = range.split_once('-').unwrap_or((range, range));
+                matches!((start.parse::<u16>(), end.parse::<u16>()), (Ok(a), Ok(b)) if (a..=b).contains(&slot))
+            });
+            let address = address.split('@').next().unwrap_or_default();
+            if serves {
+                return self
+                    .nodes
+                    .iter()
+                    .position(|n| n.address() == address)
+                    .with_context(|| format!("{address} is not one of ours"));
+            }
+        }
+        anyhow::bail!("no live master serves slot {slot}:\n{table}")
+    }
+}
+
+/// `CLUSTER INFO` of the node at `url` says `cluster_state:ok` with every
+/// slot assigned.
+fn cluster_ok(url: &str) -> bool {
+    let info = redis::Client::open(url)
+        .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(300)))
+        .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query::<String>(&mut c));
+    info.is_ok_and(|info| {
+        info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
+    })
 }
 
 impl LocalService for LocalRedis {
@@ -157,6 +269,15 @@ impl LocalService for LocalRedis {
             .arg(self.dir.path())
             .args(["--appendonly", "yes", "--appendfsync", &self.appendfsync])
             .args(["--save", "", "--daemonize", "no", "--protected-mode", "yes"]);
+        if self.cluster_node {
+            command
+                .args(["--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", "nodes.conf"])
+                .args([
+                    "--cluster-node-timeout",
+                    &CLUSTER_NODE_TIMEOUT_MS.to_string(),
+                ]);
+        }
         let log = self.dir.path().join("redis.log");
         self.process = Some(
             Supervised::spawn("redis-server", command, &log)

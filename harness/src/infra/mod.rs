@@ -18,7 +18,7 @@ use std::sync::{Mutex, OnceLock};
 
 use anyhow::{bail, Context};
 
-pub use local::{LocalKafka, LocalRedis, LocalService};
+pub use local::{LocalKafka, LocalRedis, LocalRedisCluster, LocalService};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Provider {
