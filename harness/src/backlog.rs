@@ -29,6 +29,7 @@ pub async fn run_backlog(count: usize, accounts: usize, partitions: i32) -> anyh
     )
     .await?;
     let store = Store::connect(StoreSettings {
+        topology: txengine::config::RedisTopology::Single,
         url: &infra.redis_url,
         namespace: &config.namespace,
         outcome_ttl_secs: config.outcome_ttl_secs,

@@ -132,6 +132,7 @@ async fn measure_bare_http(
 async fn measure_redis_script(infra: &Infra, profile: &LoadProfile) -> anyhow::Result<HttpResult> {
     let namespace = format!("limit-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let store = Store::connect(StoreSettings {
+        topology: txengine::config::RedisTopology::Single,
         url: &infra.redis_url,
         namespace: &namespace,
         outcome_ttl_secs: 3600,

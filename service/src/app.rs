@@ -65,6 +65,7 @@ impl Engine {
         .with_context(|| format!("creating topics on {}", config.kafka_brokers))?;
         let store = Store::connect(StoreSettings {
             url: &config.redis_url,
+            topology: config.redis_topology,
             namespace: &config.namespace,
             outcome_ttl_secs: config.outcome_ttl_secs,
             lease_ms: config.lease_ms,

@@ -48,6 +48,16 @@ pub enum Role {
     Openapi,
 }
 
+/// How Redis is deployed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RedisTopology {
+    /// One Redis server (with replicas or not): `--redis-url` is its URL.
+    Single,
+    /// A Redis Cluster: `--redis-url` is one or more seed nodes, comma
+    /// separated; MOVED, ASK and TRYAGAIN are followed and retried.
+    Cluster,
+}
+
 #[derive(Debug, Clone, PartialEq, Parser)]
 #[command(
     name = "txengine",
@@ -75,6 +85,16 @@ pub struct Config {
         default_value = "redis://127.0.0.1:6379"
     )]
     pub redis_url: String,
+
+    /// One Redis server, or a Redis Cluster (then `--redis-url` lists seed
+    /// nodes, comma separated). Every namespace lives in one hash slot.
+    #[arg(
+        long,
+        value_enum,
+        env = "TXENGINE_REDIS_TOPOLOGY",
+        default_value = "single"
+    )]
+    pub redis_topology: RedisTopology,
 
     /// Kafka bootstrap servers, comma separated.
     #[arg(long, env = "TXENGINE_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
@@ -233,6 +253,7 @@ impl Config {
             listen,
             metrics_listen,
             redis_url,
+            redis_topology,
             kafka_brokers,
             topic,
             dlq_topic,
@@ -253,11 +274,7 @@ impl Config {
             header_read_timeout_ms,
             body_read_timeout_ms,
         } = self;
-        let role = role
-            .to_possible_value()
-            .expect("every role has a name")
-            .get_name()
-            .to_owned();
+        let role = value_name(*role);
         let optional = [
             ("--metrics-listen", metrics_listen.map(|a| a.to_string())),
             (
@@ -268,6 +285,7 @@ impl Config {
         let pairs = [
             ("--listen", listen.to_string()),
             ("--redis-url", redis_url.clone()),
+            ("--redis-topology", value_name(*redis_topology)),
             ("--kafka-brokers", kafka_brokers.clone()),
             ("--topic", topic.clone()),
             ("--dlq-topic", dlq_topic.clone()),
@@ -306,6 +324,15 @@ impl Config {
     }
 }
 
+/// The command-line name of a value of a `ValueEnum`.
+fn value_name(value: impl ValueEnum) -> String {
+    value
+        .to_possible_value()
+        .expect("every value has a name")
+        .get_name()
+        .to_owned()
+}
+
 /// A setting that cannot work.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -334,6 +361,7 @@ mod tests {
             "--listen=127.0.0.2:81",
             "--metrics-listen=127.0.0.3:82",
             "--redis-url=redis://r:1",
+            "--redis-topology=cluster",
             "--kafka-brokers=k:2",
             "--topic=t",
             "--dlq-topic=d",

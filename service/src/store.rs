@@ -12,8 +12,12 @@
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Script};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Script, Value};
+
+use crate::config::RedisTopology;
 
 use crate::domain::{AccountId, Balance, Outcome, RejectReason, Transaction, TxId, TxStatus};
 
@@ -108,9 +112,45 @@ pub struct Applied {
     pub duplicate: bool,
 }
 
+/// A connection to one Redis, or to a Redis Cluster (which routes each
+/// command by its keys' slot and follows MOVED, ASK and TRYAGAIN).
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
-    conn: ConnectionManager,
+    conn: Connection,
     namespace: String,
     outcome_ttl_secs: u64,
     lease_ms: u64,
@@ -121,7 +161,9 @@ pub struct Store {
 }
 
 pub struct StoreSettings<'a> {
+    /// One URL, or for a cluster seed URLs separated by commas.
     pub url: &'a str,
+    pub topology: RedisTopology,
     /// Key prefix; also the Redis Cluster hash tag of every key.
     pub namespace: &'a str,
     /// How long a settled outcome (the processed flag) is kept.
@@ -134,13 +176,31 @@ pub struct StoreSettings<'a> {
 
 impl Store {
     pub async fn connect(settings: StoreSettings<'_>) -> Result<Self, StoreError> {
-        let client = redis::Client::open(settings.url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(settings.response_timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_with_config(client, config).await?;
+        let conn = match settings.topology {
+            RedisTopology::Single => {
+                let client = redis::Client::open(settings.url)?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_response_timeout(Some(settings.response_timeout))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_millis(500));
+                Connection::Single(ConnectionManager::new_with_config(client, config).await?)
+            }
+            RedisTopology::Cluster => {
+                let seeds: Vec<&str> = settings.url.split(',').map(str::trim).collect();
+                // redis-rs waits about 1.28 s before its first retry by
+                // default; a slot migration or a failover should cost
+                // tens of milliseconds a retry, not seconds.
+                let client = ClusterClientBuilder::new(seeds)
+                    .connection_timeout(Duration::from_secs(2))
+                    .response_timeout(settings.response_timeout)
+                    .retries(8)
+                    .min_retry_wait(20)
+                    .max_retry_wait(500)
+                    .build()?;
+                Connection::Cluster(client.get_async_connection().await?)
+            }
+        };
         let store = Self {
             conn,
             namespace: settings.namespace.to_owned(),

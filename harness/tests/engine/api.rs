@@ -241,6 +241,7 @@ async fn id_comes_from_header_or_is_generated() {
 async fn same_id_in_flight_is_409() {
     let s = stack("inflight").await;
     let store = Store::connect(StoreSettings {
+        topology: txengine::config::RedisTopology::Single,
         url: &s.config.redis_url,
         namespace: &s.config.namespace,
         outcome_ttl_secs: 60,

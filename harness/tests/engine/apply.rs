@@ -20,6 +20,7 @@ async fn store() -> Store {
 async fn store_with_lease(lease_ms: u64) -> Store {
     let namespace = format!("apply-{}", uuid::Uuid::new_v4().simple());
     Store::connect(StoreSettings {
+        topology: txengine::config::RedisTopology::Single,
         url: &crate::infra().redis_url,
         namespace: &namespace,
         outcome_ttl_secs: 3600,
@@ -252,6 +253,7 @@ async fn redis_restart_keeps_outcomes_and_reloads_scripts() {
     // Its own Redis: a restart of the shared one would disturb other tests.
     let mut redis = harness::infra::LocalRedis::start("always").unwrap();
     let store = Store::connect(StoreSettings {
+        topology: txengine::config::RedisTopology::Single,
         url: &redis.url(),
         namespace: "restart",
         outcome_ttl_secs: 3600,

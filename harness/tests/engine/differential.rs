@@ -84,6 +84,7 @@ proptest! {
         let redis_url = crate::infra().redis_url.clone();
         runtime().block_on(async {
             let store = Store::connect(StoreSettings {
+                topology: txengine::config::RedisTopology::Single,
                 url: &redis_url,
                 namespace: &format!("diff-{}", uuid::Uuid::new_v4().simple()),
                 outcome_ttl_secs: 600,

@@ -408,6 +408,7 @@ async fn background_releases_are_capped() {
     let infra = crate::infra();
     let mut redis = harness::infra::LocalRedis::start("always").unwrap();
     let store = Store::connect(StoreSettings {
+        topology: txengine::config::RedisTopology::Single,
         url: &redis.url(),
         namespace: "cap",
         outcome_ttl_secs: 60,

@@ -36,6 +36,7 @@ pub fn infra() -> &'static Infra {
 /// A store of its own on `namespace` of the Redis at `url`.
 pub async fn isolated_store(namespace: &str, url: &str) -> Store {
     Store::connect(StoreSettings {
+        topology: txengine::config::RedisTopology::Single,
         url,
         namespace,
         outcome_ttl_secs: 60,
