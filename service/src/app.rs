@@ -144,6 +144,10 @@ impl Engine {
                     topic: &config.topic,
                     dlq_topic: &config.dlq_topic,
                     batch_size: config.batch_size,
+                    wait_replicas: config.redis_wait_replicas,
+                    // Half the Redis answer timeout, so WAIT answers before
+                    // the client gives up on it (never 0: WAIT 0 waits forever).
+                    wait_timeout: Duration::from_millis((config.redis_timeout_ms / 2).max(1)),
                 },
                 store,
                 consumer_health,

@@ -164,6 +164,12 @@ pub struct Config {
     #[arg(long, env = "TXENGINE_REDIS_TIMEOUT_MS", default_value_t = 2_000)]
     pub redis_timeout_ms: u64,
 
+    /// Replicas that must hold a batch's writes (Redis `WAIT`) before a
+    /// consumer stores the offsets past it, so that a failover to a replica
+    /// loses no apply. 0: do not wait (one Redis with its AOF).
+    #[arg(long, env = "TXENGINE_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
+
     /// Seconds a 503 tells the client to wait (Retry-After).
     #[arg(long, env = "TXENGINE_RETRY_AFTER_SECS", default_value_t = 1)]
     pub retry_after_secs: u64,
@@ -269,6 +275,7 @@ impl Config {
             linger_ms,
             batch_size,
             redis_timeout_ms,
+            redis_wait_replicas,
             retry_after_secs,
             max_connections,
             header_read_timeout_ms,
@@ -299,6 +306,7 @@ impl Config {
             ("--linger-ms", linger_ms.to_string()),
             ("--batch-size", batch_size.to_string()),
             ("--redis-timeout-ms", redis_timeout_ms.to_string()),
+            ("--redis-wait-replicas", redis_wait_replicas.to_string()),
             ("--retry-after-secs", retry_after_secs.to_string()),
             ("--max-connections", max_connections.to_string()),
             (
@@ -376,6 +384,7 @@ mod tests {
             "--linger-ms=95",
             "--batch-size=94",
             "--redis-timeout-ms=93",
+            "--redis-wait-replicas=2",
             "--retry-after-secs=92",
             "--max-connections=91",
             "--header-read-timeout-ms=90",

@@ -39,6 +39,11 @@ pub struct ConsumerSettings<'a> {
     pub topic: &'a str,
     pub dlq_topic: &'a str,
     pub batch_size: usize,
+    /// Replicas that must hold a batch's writes before its offsets are
+    /// stored (0: none).
+    pub wait_replicas: u32,
+    /// Longest a single `WAIT` blocks.
+    pub wait_timeout: Duration,
 }
 
 /// Publishes librdkafka's statistics as metrics: lag per assigned partition
@@ -109,7 +114,8 @@ pub struct Stall {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
-    /// The transaction id of the record.
+    /// The transaction id of the record; empty when what holds the
+    /// partition is not one record (replicas behind with a batch's writes).
     pub id: String,
     /// What Redis answered.
     pub error: String,
@@ -137,6 +143,8 @@ pub struct TxConsumer {
     dlq_topic: String,
     store: Store,
     batch_size: usize,
+    wait_replicas: u32,
+    wait_timeout: Duration,
     health: ConsumerHealth,
 }
 
@@ -176,6 +184,8 @@ impl TxConsumer {
             dlq_topic: settings.dlq_topic.to_owned(),
             store,
             batch_size: settings.batch_size,
+            wait_replicas: settings.wait_replicas,
+            wait_timeout: settings.wait_timeout,
             health,
         })
     }
@@ -249,6 +259,9 @@ impl TxConsumer {
         let Some(applied) = self.apply_until_done(&txs, &sources, shutdown).await else {
             return false;
         };
+        if !txs.is_empty() && !self.wait_for_replicas(&sources, shutdown).await {
+            return false;
+        }
         debug_assert_eq!(applied.len(), txs.len(), "one outcome per transaction");
         debug_assert_eq!(accepted_at_ms.len(), txs.len());
         let now_ms = now_ms();
@@ -309,6 +322,65 @@ impl TxConsumer {
             }
             if *shutdown.borrow() {
                 return None;
+            }
+            backoff = (backoff * 2).min(RETRY_MAX);
+        }
+    }
+
+    /// Waits until the batch's writes are on `wait_replicas` replicas, so
+    /// that a master failing over after its offsets are stored loses
+    /// nothing; retried (and shown by `/ready`) while too few replicas
+    /// acknowledge. False if shutdown came first.
+    async fn wait_for_replicas(
+        &self,
+        sources: &[&OwnedMessage],
+        shutdown: &watch::Receiver<bool>,
+    ) -> bool {
+        if self.wait_replicas == 0 {
+            return true;
+        }
+        let mut shutdown = shutdown.clone();
+        let mut backoff = RETRY_MIN;
+        loop {
+            let error = match self
+                .store
+                .wait_replicas(self.wait_replicas, self.wait_timeout)
+                .await
+            {
+                Ok(acknowledged) if acknowledged >= self.wait_replicas => {
+                    if self.health.stall().is_some() {
+                        tracing::info!("the replicas caught up; going on");
+                        self.health.set(None);
+                    }
+                    return true;
+                }
+                Ok(acknowledged) => format!(
+                    "the batch's writes reached {acknowledged} of {} replicas within {} ms",
+                    self.wait_replicas,
+                    self.wait_timeout.as_millis()
+                ),
+                Err(e) => format!("WAIT failed: {e}"),
+            };
+            metrics::counter!("txengine_replica_wait_short_total").increment(1);
+            if let Some(first) = sources.first() {
+                let stall = Stall {
+                    topic: first.topic().to_owned(),
+                    partition: first.partition(),
+                    offset: first.offset(),
+                    id: String::new(),
+                    error,
+                };
+                if self.health.stall().as_ref() != Some(&stall) {
+                    tracing::warn!(error = %stall.error, "offsets held back until the replicas have the writes");
+                }
+                self.health.set(Some(stall));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.wait_for(|stopped| *stopped) => return false,
+            }
+            if *shutdown.borrow() {
+                return false;
             }
             backoff = (backoff * 2).min(RETRY_MAX);
         }

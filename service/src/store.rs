@@ -233,6 +233,20 @@ impl Store {
         keys::tx(&self.namespace, id.as_str())
     }
 
+    /// Waits until `replicas` replicas hold every write made so far through
+    /// this store's connections (Redis `WAIT`, at most `timeout`), and says
+    /// how many do. On a cluster the question goes to every master and the
+    /// answer is the smallest.
+    pub async fn wait_replicas(&self, replicas: u32, timeout: Duration) -> Result<u32, StoreError> {
+        let mut conn = self.conn.clone();
+        let acknowledged: u32 = redis::cmd("WAIT")
+            .arg(replicas)
+            .arg(timeout.as_millis() as u64)
+            .query_async(&mut conn)
+            .await?;
+        Ok(acknowledged)
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;

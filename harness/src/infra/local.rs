@@ -189,6 +189,20 @@ impl LocalRedisCluster {
             String::from_utf8_lossy(&output.stderr)
         );
         cluster.wait_healthy()?;
+        // A replica copies its master's data after the cluster forms; until
+        // then WAIT counts it out.
+        let log = cluster.nodes[0].dir.path().join("redis.log");
+        wait_until(
+            "redis cluster replicas",
+            || {
+                cluster
+                    .nodes
+                    .iter()
+                    .filter(|node| role_of(&node.url()).as_deref() == Some("master"))
+                    .all(|master| replicas_online(&master.url()) >= 1)
+            },
+            &log,
+        )?;
         Ok(cluster)
     }
 
@@ -243,6 +257,55 @@ impl LocalRedisCluster {
         }
         anyhow::bail!("no live master serves slot {slot}:\n{table}")
     }
+}
+
+impl LocalRedisCluster {
+    /// The replica of the master at index `master`, by index into `nodes`.
+    pub fn replica_of(&self, master: usize) -> anyhow::Result<usize> {
+        let client = redis::Client::open(self.nodes[master].url())?;
+        let mut conn = client.get_connection_with_timeout(Duration::from_secs(1))?;
+        let master_id: String = redis::cmd("CLUSTER").arg("MYID").query(&mut conn)?;
+        let replicas: String = redis::cmd("CLUSTER")
+            .arg("REPLICAS")
+            .arg(&master_id)
+            .query::<Vec<String>>(&mut conn)?
+            .join("\n");
+        let address = replicas
+            .split_whitespace()
+            .nth(1)
+            .and_then(|a| a.split('@').next())
+            .with_context(|| format!("no replica of node {master}"))?;
+        self.nodes
+            .iter()
+            .position(|n| n.address() == address)
+            .with_context(|| format!("{address} is not one of ours"))
+    }
+}
+
+/// `master` or `slave`, as the node at `url` says.
+fn role_of(url: &str) -> Option<String> {
+    let mut conn = redis::Client::open(url)
+        .ok()?
+        .get_connection_with_timeout(Duration::from_millis(300))
+        .ok()?;
+    let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut conn).ok()?;
+    match role.first() {
+        Some(redis::Value::BulkString(name)) => Some(String::from_utf8_lossy(name).into_owned()),
+        _ => None,
+    }
+}
+
+/// Replicas of the master at `url` that are in sync (`state=online`).
+fn replicas_online(url: &str) -> usize {
+    redis::Client::open(url)
+        .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(300)))
+        .and_then(|mut c| {
+            redis::cmd("INFO")
+                .arg("replication")
+                .query::<String>(&mut c)
+        })
+        .map(|info| info.matches("state=online").count())
+        .unwrap_or(0)
 }
 
 /// `CLUSTER INFO` of the node at `url` says `cluster_state:ok` with every

@@ -101,10 +101,11 @@ async fn post_until_accepted(s: &Stack, body: &serde_json::Value) {
 }
 
 /// The engine on a Redis Cluster (`--redis-topology cluster`, seeds in
-/// `--redis-url`): transfers apply; the master of the namespace's slot is
-/// killed with -9 once its writes reached the replica; the replica takes
-/// over, the scripts are loaded into it again (its script cache is empty),
-/// and the transfers after the failover apply exactly once as well.
+/// `--redis-url`, `--redis-wait-replicas 1`): transfers apply; the master
+/// of the namespace's slot is killed with -9; the replica takes over, the
+/// scripts are loaded into it again (its script cache is empty); once the
+/// old master is back as its replica, every transfer, before and after the
+/// failover, is applied exactly once and the group's lag drains.
 #[tokio::test(flavor = "multi_thread")]
 async fn engine_runs_on_a_cluster_through_a_master_failover() {
     let infra = crate::infra();
@@ -115,6 +116,7 @@ async fn engine_runs_on_a_cluster_through_a_master_failover() {
     let mut config = isolated_config(infra, "cluster");
     config.redis_topology = RedisTopology::Cluster;
     config.redis_url = cluster.urls().join(",");
+    config.redis_wait_replicas = 1;
     let s = Stack::start_with(config).await.unwrap();
     s.set_balance("a", 1_000).await.unwrap();
     s.set_balance("b", 0).await.unwrap();
@@ -127,33 +129,32 @@ async fn engine_runs_on_a_cluster_through_a_master_failover() {
         .await
         .unwrap();
 
-    // Every key of the namespace is in one slot; fence the master's
-    // replication stream (a write of ours, then WAIT) before the kill, so
-    // that what the engine wrote is on the replica.
-    let fence = format!("{{{}}}:fence", s.config.namespace);
+    // Every key of the namespace is in one slot. No fence before the kill:
+    // the consumer stored offsets only for batches a replica acknowledged.
     let slot: u16 = redis::cmd("CLUSTER")
         .arg("KEYSLOT")
-        .arg(&fence)
+        .arg(format!("{{{}}}:any", s.config.namespace))
         .query(&mut connection(&cluster.nodes[0].url()))
         .unwrap();
     let master = cluster.master_of(slot).unwrap();
-    let mut conn = connection(&cluster.nodes[master].url());
-    let _: () = redis::cmd("SET")
-        .arg(&fence)
-        .arg(1)
-        .query(&mut conn)
-        .unwrap();
-    let replicas: i64 = redis::cmd("WAIT")
-        .arg(1)
-        .arg(5_000)
-        .query(&mut conn)
-        .unwrap();
-    assert_eq!(replicas, 1);
     cluster.nodes[master].kill();
 
     for i in 20..40 {
         post_until_accepted(&s, &transfer(i)).await;
     }
+    // The promoted replica has no replica of its own: the consumer holds
+    // its offsets back until the old master returns, as its replica.
+    assert_ne!(
+        cluster.master_of(slot).unwrap(),
+        master,
+        "a replica took over"
+    );
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.nodes[master].restart().unwrap();
+        cluster
+    })
+    .await
+    .unwrap();
     let settled = s
         .wait_settled(&ids(0..40), Duration::from_secs(60))
         .await
@@ -162,13 +163,88 @@ async fn engine_runs_on_a_cluster_through_a_master_failover() {
         settled.values().all(|v| v["status"] == "applied"),
         "{settled:?}"
     );
-    assert_ne!(
-        cluster.master_of(slot).unwrap(),
-        master,
-        "a replica took over"
-    );
+    harness::load::wait_drained(
+        &infra.kafka_brokers,
+        &s.config.group,
+        &s.config.topic,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
     assert_eq!(s.balance("a").await.unwrap(), Some(600));
     assert_eq!(s.balance("b").await.unwrap(), Some(400));
+    s.stop().await.unwrap();
+    drop(cluster);
+}
+
+/// With `--redis-wait-replicas 1`, a batch whose writes cannot reach a
+/// replica (the replica is killed) is applied but its offsets are held
+/// back, shown by `/ready`; once the replica is back, they are stored and
+/// the group's lag drains.
+#[tokio::test(flavor = "multi_thread")]
+async fn offsets_wait_for_a_replica() {
+    let infra = crate::infra();
+    let mut cluster = tokio::task::spawn_blocking(|| LocalRedisCluster::start(3, "always"))
+        .await
+        .unwrap()
+        .expect("a local cluster forms");
+    let mut config = isolated_config(infra, "waitrepl");
+    config.redis_topology = RedisTopology::Cluster;
+    config.redis_url = cluster.urls().join(",");
+    config.redis_wait_replicas = 1;
+    let s = Stack::start_with(config).await.unwrap();
+    s.set_balance("a", 100).await.unwrap();
+    post_until_accepted(&s, &json!({"id": "before", "account": "a", "amount": 1})).await;
+    s.wait_settled(&["before".into()], Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    let fence = format!("{{{}}}:fence", s.config.namespace);
+    let slot: u16 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(&fence)
+        .query(&mut connection(&cluster.nodes[0].url()))
+        .unwrap();
+    let master = cluster.master_of(slot).unwrap();
+    let replica = cluster.replica_of(master).unwrap();
+    cluster.nodes[replica].kill();
+    post_until_accepted(&s, &json!({"id": "held", "account": "a", "amount": 2})).await;
+    s.wait_settled(&["held".into()], Duration::from_secs(30))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = s.get("/ready").await.unwrap();
+        if status == StatusCode::SERVICE_UNAVAILABLE
+            && body["stalled"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("replicas"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no stall shown: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let lag = harness::load::consumer_lag(&infra.kafka_brokers, &s.config.group, &s.config.topic)
+        .unwrap();
+    assert!(lag > 0, "the offset moved past writes no replica has");
+
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.nodes[replica].restart().unwrap();
+        cluster
+    })
+    .await
+    .unwrap();
+    harness::load::wait_drained(
+        &infra.kafka_brokers,
+        &s.config.group,
+        &s.config.topic,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let (status, body) = s.get("/ready").await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
     s.stop().await.unwrap();
     drop(cluster);
 }
