@@ -15,6 +15,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Script, Value};
 
 use crate::config::RedisTopology;
@@ -234,17 +235,24 @@ impl Store {
     }
 
     /// Waits until `replicas` replicas hold every write made so far through
-    /// this store's connections (Redis `WAIT`, at most `timeout`), and says
-    /// how many do. On a cluster the question goes to every master and the
-    /// answer is the smallest.
+    /// this store's connection (Redis `WAIT`, at most `timeout`), and says
+    /// how many do. On a cluster it asks the master of the namespace's slot,
+    /// where every write of the store goes (redis-rs would ask every master
+    /// and take the smallest answer, so a replica down in another shard
+    /// would hold this one back).
     pub async fn wait_replicas(&self, replicas: u32, timeout: Duration) -> Result<u32, StoreError> {
-        let mut conn = self.conn.clone();
-        let acknowledged: u32 = redis::cmd("WAIT")
-            .arg(replicas)
-            .arg(timeout.as_millis() as u64)
-            .query_async(&mut conn)
-            .await?;
-        Ok(acknowledged)
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas).arg(timeout.as_millis() as u64);
+        let answer: Value = match self.conn.clone() {
+            Connection::Single(mut conn) => wait.query_async(&mut conn).await?,
+            Connection::Cluster(mut conn) => {
+                let route = Route::with_key(keys::seq(&self.namespace), SlotAddr::Master);
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                conn.route_command(wait, routing).await?
+            }
+        };
+        redis::from_redis_value(answer)
+            .map_err(|e| StoreError::Unexpected(format!("WAIT answered {e}")))
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
