@@ -10,12 +10,18 @@ use crate::load::{self, LoadProfile};
 use crate::report::cpu_time_us;
 use crate::stack::{isolated_config, EngineProcess};
 use crate::workload::{account_name, Ledger};
+use txengine::config::RedisTopology;
 use txengine::domain::{AccountId, Balance};
 use txengine::store::{Store, StoreSettings};
 
 /// Runs `harness backlog` (see the README's performance section).
-pub async fn run_backlog(count: usize, accounts: usize, partitions: i32) -> anyhow::Result<()> {
-    let infra = Infra::start_chosen().await?;
+pub async fn run_backlog(
+    count: usize,
+    accounts: usize,
+    partitions: i32,
+    topology: RedisTopology,
+) -> anyhow::Result<()> {
+    let infra = Infra::start_chosen(topology).await?;
     let profile = LoadProfile {
         accounts,
         ..LoadProfile::default()
@@ -29,7 +35,7 @@ pub async fn run_backlog(count: usize, accounts: usize, partitions: i32) -> anyh
     )
     .await?;
     let store = Store::connect(StoreSettings {
-        topology: txengine::config::RedisTopology::Single,
+        topology: infra.redis_topology,
         url: &infra.redis_url,
         namespace: &config.namespace,
         outcome_ttl_secs: config.outcome_ttl_secs,
@@ -72,7 +78,12 @@ pub async fn run_backlog(count: usize, accounts: usize, partitions: i32) -> anyh
         .zip(cpu_before)
         .and_then(|(after, before)| after.checked_sub(before));
     let elapsed = started.elapsed().max(drained);
-    let verdict = invariants::check(&infra.redis_url, &config.namespace, &ledger).await?;
+    let verdict = invariants::check(
+        &infra.redis_url_of(&config.namespace)?,
+        &config.namespace,
+        &ledger,
+    )
+    .await?;
     consumer.terminate(Duration::from_secs(10));
     println!("backlog: {count} transactions over {accounts} accounts, {partitions} partitions, one consumer process");
     println!(

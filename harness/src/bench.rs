@@ -16,6 +16,7 @@ use crate::report::{
 };
 use crate::stack::{isolated_config, EngineProcess};
 use crate::workload::{account_name, Ledger, SentTx};
+use txengine::config::RedisTopology;
 use txengine::domain::{AccountId, Balance};
 use txengine::store::{Store, StoreSettings};
 
@@ -132,7 +133,7 @@ async fn measure_bare_http(
 async fn measure_redis_script(infra: &Infra, profile: &LoadProfile) -> anyhow::Result<HttpResult> {
     let namespace = format!("limit-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let store = Store::connect(StoreSettings {
-        topology: txengine::config::RedisTopology::Single,
+        topology: infra.redis_topology,
         url: &infra.redis_url,
         namespace: &namespace,
         outcome_ttl_secs: 3600,
@@ -232,10 +233,11 @@ pub async fn run_load(
     limits: bool,
     warmup_seconds: usize,
     generator: Generator,
+    topology: RedisTopology,
 ) -> anyhow::Result<()> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let started_at = time_now_rfc3339();
-    let infra = Infra::start_chosen().await?;
+    let infra = Infra::start_chosen(topology).await?;
 
     let bare_http = if limits {
         Some(measure_bare_http(generator, &profile).await?)
@@ -334,10 +336,11 @@ pub async fn run_load(
     )
     .await?;
     if generator == Generator::Wrk {
+        let redis_of_namespace = infra.redis_url_of(&config.namespace)?;
         // wrk keeps no ledger: rebuild both runs' from the ids in Redis.
         let rebuild = |run: &'static str| {
             crate::wrk::ledger_from_redis(
-                &infra.redis_url,
+                &redis_of_namespace,
                 &config.namespace,
                 run,
                 profile.accounts,
@@ -356,7 +359,12 @@ pub async fn run_load(
         ledger.accepted.extend(measured);
     }
     let lag_samples = lag_sampler.stop().await;
-    let verdict = invariants::check(&infra.redis_url, &config.namespace, &ledger).await?;
+    let verdict = invariants::check(
+        &infra.redis_url_of(&config.namespace)?,
+        &config.namespace,
+        &ledger,
+    )
+    .await?;
     let rss = engine
         .pid()
         .and_then(rss_kib)

@@ -12,6 +12,7 @@ use harness::bench::{run_load, Generator};
 use harness::infra::Infra;
 use harness::load::LoadProfile;
 use harness::stack::{isolated_config, Stack};
+use txengine::config::RedisTopology;
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +32,9 @@ enum Command {
         /// Port for the API (0: any free port).
         #[arg(long, default_value_t = 8080)]
         port: u16,
+        /// One Redis, or a local Redis Cluster (3 masters + 3 replicas).
+        #[arg(long, value_enum, default_value = "single")]
+        redis_topology: RedisTopology,
     },
     /// Start the embedded stack, drive it with goose, wait for the consumers
     /// to drain the topic, check the invariants, measure the bare limits with
@@ -61,6 +65,9 @@ enum Command {
         /// Skip the bare limits (engine only).
         #[arg(long)]
         no_limits: bool,
+        /// One Redis, or a local Redis Cluster (3 masters + 3 replicas).
+        #[arg(long, value_enum, default_value = "single")]
+        redis_topology: RedisTopology,
     },
     /// Publish a backlog of transactions straight into a topic, then start a
     /// consumer and measure how fast it applies them; checks the invariants.
@@ -74,6 +81,9 @@ enum Command {
         /// Partitions of the topic (consumers apply partitions in parallel).
         #[arg(long, default_value_t = 8)]
         partitions: i32,
+        /// One Redis, or a local Redis Cluster (3 masters + 3 replicas).
+        #[arg(long, value_enum, default_value = "single")]
+        redis_topology: RedisTopology,
     },
     /// Serve the bare HTTP limit: an axum handler that only answers 202.
     #[command(hide = true)]
@@ -98,7 +108,10 @@ fn main() -> anyhow::Result<()> {
     txengine::app::init_logging(default_filter);
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
-        Command::Up { port } => runtime.block_on(up(port)),
+        Command::Up {
+            port,
+            redis_topology,
+        } => runtime.block_on(up(port, redis_topology)),
         Command::Load {
             users,
             seconds,
@@ -108,6 +121,7 @@ fn main() -> anyhow::Result<()> {
             no_limits,
             warmup_seconds,
             generator,
+            redis_topology,
         } => {
             let profile = LoadProfile {
                 users,
@@ -122,13 +136,20 @@ fn main() -> anyhow::Result<()> {
                 !no_limits,
                 warmup_seconds,
                 generator,
+                redis_topology,
             ))
         }
         Command::Backlog {
             count,
             accounts,
             partitions,
-        } => runtime.block_on(harness::backlog::run_backlog(count, accounts, partitions)),
+            redis_topology,
+        } => runtime.block_on(harness::backlog::run_backlog(
+            count,
+            accounts,
+            partitions,
+            redis_topology,
+        )),
         Command::Bare { listen } => runtime.block_on(harness::bare::serve(listen)),
         Command::Engine { args } => {
             let config = <txengine::Config as clap::Parser>::parse_from(
@@ -142,8 +163,8 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn up(port: u16) -> anyhow::Result<()> {
-    let infra = Infra::start_chosen().await?;
+async fn up(port: u16, redis_topology: RedisTopology) -> anyhow::Result<()> {
+    let infra = Infra::start_chosen(redis_topology).await?;
     let mut config = isolated_config(&infra, "up");
     config.listen = format!("127.0.0.1:{port}").parse()?;
     config.topic = "transactions".into();
@@ -154,6 +175,7 @@ async fn up(port: u16) -> anyhow::Result<()> {
     println!("TXENGINE_URL={}", stack.url);
     println!("TXENGINE_ADMIN_TOKEN={}", stack.admin_token);
     println!("TXENGINE_REDIS_URL={}", infra.redis_url);
+    println!("TXENGINE_REDIS_TOPOLOGY={}", infra.redis_topology.name());
     println!("TXENGINE_KAFKA_BROKERS={}", infra.kafka_brokers);
     txengine::app::shutdown_signal().await;
     eprintln!("stopping ...");

@@ -351,7 +351,12 @@ pub async fn run(scenario: &Scenario, infra: &Infra, exe: &Path) -> anyhow::Resu
         refused: results.refused,
         uncertain: results.uncertain,
     };
-    let verdict = invariants::check(&infra.redis_url, &config.namespace, &ledger).await?;
+    let verdict = invariants::check(
+        &infra.redis_url_of(&config.namespace)?,
+        &config.namespace,
+        &ledger,
+    )
+    .await?;
     check_expectations(scenario, &verdict, &mut failures);
     if let Some(dlq) = scenario.expect.dlq {
         let found = topic_size(&infra.kafka_brokers, &config.dlq_topic)?;

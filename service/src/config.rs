@@ -58,6 +58,16 @@ pub enum RedisTopology {
     Cluster,
 }
 
+impl RedisTopology {
+    /// The name `--redis-topology` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Single => "single",
+            Self::Cluster => "cluster",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Parser)]
 #[command(
     name = "txengine",

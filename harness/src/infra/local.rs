@@ -230,33 +230,62 @@ impl LocalRedisCluster {
     /// cluster), by index into `nodes`.
     pub fn master_of(&self, slot: u16) -> anyhow::Result<usize> {
         let node = self.live_nodes().next().context("no live node")?;
-        let client = redis::Client::open(node.url())?;
-        let mut conn = client.get_connection_with_timeout(Duration::from_secs(1))?;
-        let table: String = redis::cmd("CLUSTER").arg("NODES").query(&mut conn)?;
-        // <id> <ip:port@cport> <flags> <master> <ping> <pong> <epoch> <link> <slot ranges>...
-        for line in table.lines() {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (Some(address), Some(flags)) = (fields.get(1), fields.get(2)) else {
-                continue;
-            };
-            if !flags.contains("master") || flags.contains("fail") {
-                continue;
-            }
-            let serves = fields.iter().skip(8).any(|range| {
-                let (start, end) = range.split_once('-').unwrap_or((range, range));
-                matches!((start.parse::<u16>(), end.parse::<u16>()), (Ok(a), Ok(b)) if (a..=b).contains(&slot))
-            });
-            let address = address.split('@').next().unwrap_or_default();
-            if serves {
-                return self
-                    .nodes
-                    .iter()
-                    .position(|n| n.address() == address)
-                    .with_context(|| format!("{address} is not one of ours"));
-            }
-        }
-        anyhow::bail!("no live master serves slot {slot}:\n{table}")
+        let address = master_address(&node.url(), slot)?;
+        self.nodes
+            .iter()
+            .position(|n| n.address() == address)
+            .with_context(|| format!("{address} is not one of ours"))
     }
+}
+
+/// The `host:port` of the master serving `slot`, as the node at `url` sees
+/// the cluster (`CLUSTER NODES`).
+fn master_address(url: &str, slot: u16) -> anyhow::Result<String> {
+    let client = redis::Client::open(url)?;
+    let mut conn = client.get_connection_with_timeout(Duration::from_secs(1))?;
+    let table: String = redis::cmd("CLUSTER").arg("NODES").query(&mut conn)?;
+    // <id> <ip:port@cport> <flags> <master> <ping> <pong> <epoch> <link> <slot ranges>...
+    for line in table.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(address), Some(flags)) = (fields.get(1), fields.get(2)) else {
+            continue;
+        };
+        if !flags.contains("master") || flags.contains("fail") {
+            continue;
+        }
+        let serves = fields.iter().skip(8).any(|range| {
+            let (start, end) = range.split_once('-').unwrap_or((range, range));
+            matches!((start.parse::<u16>(), end.parse::<u16>()), (Ok(a), Ok(b)) if (a..=b).contains(&slot))
+        });
+        if serves {
+            return Ok(address.split('@').next().unwrap_or_default().to_owned());
+        }
+    }
+    anyhow::bail!("no live master serves slot {slot}:\n{table}")
+}
+
+/// The URL of the master that serves `key`, asking the first seed of
+/// `seeds` (comma separated) that answers.
+pub fn cluster_master_url(seeds: &str, key: &str) -> anyhow::Result<String> {
+    let mut last_error = None;
+    for seed in seeds.split(',').map(str::trim) {
+        let slot = redis::Client::open(seed)
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+            .and_then(|mut c| {
+                redis::cmd("CLUSTER")
+                    .arg("KEYSLOT")
+                    .arg(key)
+                    .query::<u16>(&mut c)
+            });
+        match slot
+            .map_err(anyhow::Error::from)
+            .and_then(|slot| master_address(seed, slot))
+        {
+            Ok(address) => return Ok(format!("redis://{address}")),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no seed in {seeds:?}")))
 }
 
 impl LocalRedisCluster {

@@ -8,7 +8,9 @@
 //! `TXENGINE_INFRA=local|docker|external` forces one; unset, `external` is
 //! used if both addresses are set, else `docker` if a daemon answers, else `local`.
 //! `TXENGINE_REDIS_APPENDFSYNC` (`always` by default, or `everysec`) sets the
-//! local Redis's AOF fsync policy.
+//! local Redis's AOF fsync policy. The Redis topology (one Redis or, with
+//! the local provider, a Redis Cluster of 3 masters and 3 replicas) is the
+//! caller's choice (`harness up|load|backlog --redis-topology`).
 
 pub mod docker;
 pub mod local;
@@ -19,6 +21,7 @@ use std::sync::{Mutex, OnceLock};
 use anyhow::{bail, Context};
 
 pub use local::{LocalKafka, LocalRedis, LocalRedisCluster, LocalService};
+use txengine::config::RedisTopology;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Provider {
@@ -54,40 +57,70 @@ impl Provider {
 /// Where Redis and Kafka are, and the handles to fault them when local.
 pub struct Infra {
     pub provider: Provider,
+    pub redis_topology: RedisTopology,
+    /// One URL, or for a cluster every node's URL, comma separated.
     pub redis_url: String,
     pub kafka_brokers: String,
     /// The local Redis, for kill/restart faults (local provider only).
     pub redis: Option<Mutex<LocalRedis>>,
     /// The local Kafka, for kill/restart faults (local provider only).
     pub kafka: Option<Mutex<LocalKafka>>,
+    /// The local Redis Cluster, when that is the topology (local provider only).
+    pub redis_cluster: Option<Mutex<LocalRedisCluster>>,
 }
 
 impl Infra {
-    pub fn start(provider: Provider) -> anyhow::Result<Self> {
+    pub fn start(provider: Provider, topology: RedisTopology) -> anyhow::Result<Self> {
         match provider {
             Provider::Local => {
                 // `TXENGINE_REDIS_APPENDFSYNC=everysec` measures the looser policy.
                 let fsync =
                     std::env::var("TXENGINE_REDIS_APPENDFSYNC").unwrap_or_else(|_| "always".into());
-                let redis = LocalRedis::start(&fsync)?;
                 let kafka = LocalKafka::start()?;
-                Ok(Self {
-                    provider,
-                    redis_url: redis.url(),
-                    kafka_brokers: kafka.brokers(),
-                    redis: Some(Mutex::new(redis)),
-                    kafka: Some(Mutex::new(kafka)),
-                })
+                let kafka_brokers = kafka.brokers();
+                let kafka = Some(Mutex::new(kafka));
+                match topology {
+                    RedisTopology::Single => {
+                        let redis = LocalRedis::start(&fsync)?;
+                        Ok(Self {
+                            provider,
+                            redis_topology: topology,
+                            redis_url: redis.url(),
+                            kafka_brokers,
+                            redis: Some(Mutex::new(redis)),
+                            kafka,
+                            redis_cluster: None,
+                        })
+                    }
+                    RedisTopology::Cluster => {
+                        let cluster = LocalRedisCluster::start(3, &fsync)?;
+                        Ok(Self {
+                            provider,
+                            redis_topology: topology,
+                            redis_url: cluster.urls().join(","),
+                            kafka_brokers,
+                            redis: None,
+                            kafka,
+                            redis_cluster: Some(Mutex::new(cluster)),
+                        })
+                    }
+                }
             }
             Provider::External => Ok(Self {
                 provider,
+                redis_topology: topology,
                 redis_url: std::env::var("TXENGINE_REDIS_URL").context("TXENGINE_REDIS_URL")?,
                 kafka_brokers: std::env::var("TXENGINE_KAFKA_BROKERS")
                     .context("TXENGINE_KAFKA_BROKERS")?,
                 redis: None,
                 kafka: None,
+                redis_cluster: None,
             }),
             Provider::Docker => {
+                anyhow::ensure!(
+                    topology == RedisTopology::Single,
+                    "the docker provider runs one Redis; a cluster needs the local provider"
+                );
                 // The containers live on a runtime of their own for as long as
                 // the process: tests come and go on runtimes of theirs.
                 let (tx, rx) = std::sync::mpsc::channel();
@@ -108,10 +141,12 @@ impl Infra {
                 let (redis_url, kafka_brokers) = rx.recv().context("docker provider thread")??;
                 Ok(Self {
                     provider,
+                    redis_topology: topology,
                     redis_url,
                     kafka_brokers,
                     redis: None,
                     kafka: None,
+                    redis_cluster: None,
                 })
             }
         }
@@ -119,18 +154,34 @@ impl Infra {
 
     /// The provider [`Provider::choose`] picks, started off the async runtime,
     /// saying which one it is.
-    pub async fn start_chosen() -> anyhow::Result<Self> {
+    pub async fn start_chosen(topology: RedisTopology) -> anyhow::Result<Self> {
         let provider = Provider::choose()?;
-        eprintln!("starting {provider:?} infra (Redis, Kafka) ...");
-        tokio::task::spawn_blocking(move || Infra::start(provider)).await?
+        eprintln!("starting {provider:?} infra (Redis {topology:?}, Kafka) ...");
+        tokio::task::spawn_blocking(move || Infra::start(provider, topology)).await?
+    }
+
+    /// A URL of the Redis that holds `namespace`'s keys, for reading them
+    /// with a plain client (SCAN, pipelines): the Redis itself, or on a
+    /// cluster the master of the namespace's slot (all of its keys share
+    /// the hash tag `{namespace}`).
+    pub fn redis_url_of(&self, namespace: &str) -> anyhow::Result<String> {
+        match self.redis_topology {
+            RedisTopology::Single => Ok(self.redis_url.clone()),
+            RedisTopology::Cluster => {
+                let key = txengine::store::keys::seq(namespace);
+                local::cluster_master_url(&self.redis_url, &key)
+            }
+        }
     }
 
     /// One stack per process (per test binary): started on first use.
     pub fn shared() -> &'static Infra {
         static SHARED: OnceLock<Result<Infra, String>> = OnceLock::new();
         let result = SHARED.get_or_init(|| {
+            // The test binaries run on one Redis; the cluster tests start
+            // clusters of their own.
             Provider::choose()
-                .and_then(Infra::start)
+                .and_then(|provider| Infra::start(provider, RedisTopology::Single))
                 .map_err(|e| format!("{e:#}"))
         });
         match result {
