@@ -175,13 +175,6 @@ impl Scenario {
         Ok(())
     }
 
-    /// True if a fault needs the local provider (processes it can kill).
-    pub fn needs_local_infra(&self) -> bool {
-        self.faults
-            .iter()
-            .any(|f| matches!(f.kind, FaultKind::RestartRedis | FaultKind::RestartKafka))
-    }
-
     /// The `i`-th transaction of the run: a pure function of the seed and `i`.
     fn transaction(&self, run: &str, i: usize) -> SentTx {
         let mut rng = rand::rngs::StdRng::seed_from_u64(i as u64 ^ 0x5eed);
@@ -243,11 +236,19 @@ impl Topology {
 /// are in the returned [`Outcome`].
 pub async fn run(scenario: &Scenario, infra: &Infra, exe: &Path) -> anyhow::Result<Outcome> {
     let started = Instant::now();
-    if scenario.needs_local_infra() && infra.redis.is_none() {
-        bail!(
-            "scenario {} injects Redis/Kafka faults, which need TXENGINE_INFRA=local",
-            scenario.name
-        );
+    for fault in &scenario.faults {
+        let missing = match fault.kind {
+            FaultKind::RestartRedis => infra.redis.is_none() && infra.redis_cluster.is_none(),
+            FaultKind::RestartKafka => infra.kafka.is_none(),
+            _ => false,
+        };
+        if missing {
+            bail!(
+                "scenario {} injects {:?}, which needs processes the harness started (TXENGINE_INFRA=local)",
+                scenario.name,
+                fault.kind
+            );
+        }
     }
     let mut config = isolated_config(infra, &scenario.name);
     config.partitions = scenario.load.partitions;
@@ -435,7 +436,10 @@ async fn inject(fault: &Fault, topology: &mut Topology, infra: &Infra) -> anyhow
             topology.add_consumer().await?;
         }
         FaultKind::RestartApi => topology.restart_api().await?,
-        FaultKind::RestartRedis => tokio::task::block_in_place(|| infra.restart_redis())?,
+        FaultKind::RestartRedis => {
+            let namespace = topology.config.namespace.clone();
+            tokio::task::block_in_place(|| infra.restart_redis(&namespace))?
+        }
         FaultKind::RestartKafka => tokio::task::block_in_place(|| infra.restart_kafka())?,
         FaultKind::AddConsumer => topology.add_consumer().await?,
         FaultKind::RemoveConsumer => {

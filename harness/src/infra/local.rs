@@ -289,6 +289,37 @@ pub fn cluster_master_url(seeds: &str, key: &str) -> anyhow::Result<String> {
 }
 
 impl LocalRedisCluster {
+    /// kill -9 of the master serving `key`; waits until its replica took
+    /// over, then starts the old master again, which rejoins as the new
+    /// master's replica, and waits until it is in sync.
+    pub fn fail_over(&mut self, key: &str) -> anyhow::Result<()> {
+        let slot = {
+            let node = self.live_nodes().next().context("no live node")?;
+            let client = redis::Client::open(node.url())?;
+            let mut conn = client.get_connection_with_timeout(Duration::from_secs(1))?;
+            redis::cmd("CLUSTER")
+                .arg("KEYSLOT")
+                .arg(key)
+                .query::<u16>(&mut conn)?
+        };
+        let master = self.master_of(slot)?;
+        self.nodes[master].kill();
+        let log = self.nodes[master].dir.path().join("redis.log");
+        wait_until(
+            "a replica to take over",
+            || self.master_of(slot).is_ok_and(|node| node != master),
+            &log,
+        )?;
+        self.nodes[master].launch()?;
+        let promoted = self.master_of(slot)?;
+        let url = self.nodes[promoted].url();
+        wait_until(
+            "the old master back as a replica",
+            || replicas_online(&url) >= 1,
+            &log,
+        )
+    }
+
     /// The replica of the master at index `master`, by index into `nodes`.
     pub fn replica_of(&self, master: usize) -> anyhow::Result<usize> {
         let client = redis::Client::open(self.nodes[master].url())?;

@@ -197,13 +197,43 @@ impl Infra {
         (redis, kafka)
     }
 
-    /// kill -9 of the local Redis and a restart with its AOF.
-    pub fn restart_redis(&self) -> anyhow::Result<()> {
+    /// kill -9 of the local Redis and a restart with its AOF; on a local
+    /// cluster, kill -9 of the master holding `namespace`, its replica
+    /// promoted, and the old master back as the new one's replica.
+    pub fn restart_redis(&self, namespace: &str) -> anyhow::Result<()> {
+        if let Some(cluster) = &self.redis_cluster {
+            let key = txengine::store::keys::seq(namespace);
+            return cluster.lock().expect("cluster lock").fail_over(&key);
+        }
         let redis = self
             .redis
             .as_ref()
             .context("redis faults need the local provider")?;
         redis.lock().expect("redis lock").restart()
+    }
+
+    /// For a test binary's cluster runs: a local Redis Cluster beside the
+    /// shared Kafka of [`Infra::shared`] (Kafka faults are not offered).
+    pub fn shared_cluster() -> &'static Infra {
+        static SHARED: OnceLock<Result<Infra, String>> = OnceLock::new();
+        let result = SHARED.get_or_init(|| {
+            let kafka_brokers = Infra::shared().kafka_brokers.clone();
+            LocalRedisCluster::start(3, "always")
+                .map(|cluster| Infra {
+                    provider: Provider::Local,
+                    redis_topology: RedisTopology::Cluster,
+                    redis_url: cluster.urls().join(","),
+                    kafka_brokers,
+                    redis: None,
+                    kafka: None,
+                    redis_cluster: Some(Mutex::new(cluster)),
+                })
+                .map_err(|e| format!("{e:#}"))
+        });
+        match result {
+            Ok(infra) => infra,
+            Err(e) => panic!("the test cluster did not start: {e}"),
+        }
     }
 
     /// kill -9 of the local Kafka and a restart on the same log dir.
