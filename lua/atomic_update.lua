@@ -1,12 +1,19 @@
 -- Apply one transaction atomically: read the processed flag, check the
 -- balance, move the money and record the outcome, all in one script.
 --
--- KEYS[1] tx record hash  ({ns}:tx:<id>): the processed flag, holding the outcome
--- KEYS[2] apply-order counter            ({ns}:seq): each outcome records its
---         position in the namespace's total order of applies, so an audit
---         (the harness) can replay the log in that order and check each one
--- KEYS[3] balance of the checked account ({ns}:bal:<account>)
--- KEYS[4] balance of the destination     ({ns}:bal:<to>), transfers only
+-- Every key is in one slot, the checked account's ({tag} below: `{ns}` on
+-- one Redis, `{ns:<shard>}` on a cluster, see store.rs):
+-- KEYS[1] the processed flag, holding the outcome: the tx record
+--         ({tag}:tx:<id>) when it shares the slot, else {tag}:step:<id>:apply
+--         (the consumer then copies the outcome into the tx record)
+-- KEYS[2] apply-order counter            ({tag}:seq): each outcome records its
+--         position in the slot's order of applies, so an audit (the
+--         harness) can replay the log in that order and check each one
+-- KEYS[3] balance of the checked account ({tag}:bal:<account>)
+-- KEYS[4] balance of the destination     ({tag}:bal:<to>), transfers only
+-- KEYS[5] money in flight out of the credited account ({tag}:held:<account
+--         or to>), cluster only: what sagas debited from it and may refund,
+--         so a credit never leaves a refund no room below 2^53-1
 -- ARGV[1] kind: debit | credit | transfer
 -- ARGV[2] amount in minor units, 1 ..= 2^53-1 (validated before it gets here)
 -- ARGV[3] fingerprint of the request (kind|account|to|amount)
@@ -33,6 +40,11 @@ end
 local kind = ARGV[1]
 local amount = tonumber(ARGV[2])
 
+local held = 0
+if KEYS[5] then
+  held = tonumber(redis.call('GET', KEYS[5]) or '0')
+end
+
 local function digits(n)
   return string.format('%d', n)
 end
@@ -52,7 +64,7 @@ end
 source = tonumber(source)
 
 if kind == 'credit' then
-  if amount > MAX - source then
+  if amount > MAX - source - held then
     return settle('rejected', 'balance_overflow', '')
   end
   return settle('applied', '', digits(redis.call('INCRBY', KEYS[3], ARGV[2])))
@@ -67,7 +79,7 @@ if kind == 'transfer' then
   if not destination then
     return settle('rejected', 'unknown_account', '')
   end
-  if amount > MAX - tonumber(destination) then
+  if amount > MAX - tonumber(destination) - held then
     return settle('rejected', 'balance_overflow', '')
   end
   redis.call('INCRBY', KEYS[4], ARGV[2])

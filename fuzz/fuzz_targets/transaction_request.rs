@@ -34,6 +34,7 @@ fuzz_target!(|data: &[u8]| {
     let record = Record {
         tx,
         accepted_at_ms: 1,
+        saga: None,
     };
     assert_eq!(Record::decode(&record.encode()).ok(), Some(record));
 });

@@ -79,7 +79,8 @@ pub async fn run_backlog(
         .and_then(|(after, before)| after.checked_sub(before));
     let elapsed = started.elapsed().max(drained);
     let verdict = invariants::check(
-        &infra.redis_url_of(&config.namespace)?,
+        &infra.redis_url,
+        infra.redis_topology,
         &config.namespace,
         &ledger,
     )

@@ -336,15 +336,11 @@ pub async fn run_load(
     )
     .await?;
     if generator == Generator::Wrk {
-        let redis_of_namespace = infra.redis_url_of(&config.namespace)?;
+        let masters = infra.redis_masters()?;
+        let layout = txengine::store::Layout::new(&config.namespace, infra.redis_topology);
         // wrk keeps no ledger: rebuild both runs' from the ids in Redis.
         let rebuild = |run: &'static str| {
-            crate::wrk::ledger_from_redis(
-                &redis_of_namespace,
-                &config.namespace,
-                run,
-                profile.accounts,
-            )
+            crate::wrk::ledger_from_redis(&masters, &layout, run, profile.accounts)
         };
         ledger.accepted.extend(rebuild("warmup").await?.accepted);
         let measured = rebuild("engine").await?.accepted;
@@ -360,7 +356,8 @@ pub async fn run_load(
     }
     let lag_samples = lag_sampler.stop().await;
     let verdict = invariants::check(
-        &infra.redis_url_of(&config.namespace)?,
+        &infra.redis_url,
+        infra.redis_topology,
         &config.namespace,
         &ledger,
     )

@@ -1,20 +1,29 @@
-//! Invariants checked after a run, read straight from Redis:
+//! Invariants checked after a run, read straight from Redis (one Redis or a
+//! cluster, where keys spread over slots):
 //! - every accepted transaction has exactly one outcome (applied or rejected);
 //! - every account's balance equals its start plus the applied movements
 //!   (so money is conserved: transfers move it, credits and debits are counted);
 //! - no balance is below 0 or above 2^53-1;
 //! - no outcome exists for a refused request;
-//! - every outcome (applied with its `balance_after`, or rejected with its
-//!   reason) is what a plain model gives when the log is replayed from the
-//!   starting balances in the order the outcomes were decided (`seq`), and
-//!   no outcome exists that the log does not explain (no gap in `seq`).
+//! - every saga (a transfer between slots) ended: debited, then credited and
+//!   released, or refused and refunded; a refund only where the credit was
+//!   refused; its outcome is what its steps say; no money is left in flight
+//!   or held;
+//! - every outcome and saga step (applied with its `balance_after`, or
+//!   rejected with its reason) is what a plain model gives when the log is
+//!   replayed from the starting balances in the order each slot decided them
+//!   (`seq`), and no step exists that the log does not explain (no gap in
+//!   any slot's `seq`, so no step was applied twice).
 
 use std::collections::HashMap;
 
 use anyhow::Context;
+use redis::{Cmd, FromRedisValue};
+use txengine::config::RedisTopology;
 use txengine::domain::MAX_MINOR_UNITS;
-use txengine::store::keys;
+use txengine::store::{Connection, Layout};
 
+use crate::model::{Books, SagaStep};
 use crate::workload::{Kind, Ledger, SentTx};
 
 #[derive(Debug, Default)]
@@ -25,6 +34,10 @@ pub struct Verdict {
     pub rejected_by_reason: HashMap<String, usize>,
     pub start_total: u128,
     pub end_total: u128,
+    /// Transfers between slots among the accepted (0 on one Redis).
+    pub sagas: usize,
+    /// Money debited by sagas and neither credited nor refunded at the end.
+    pub in_flight: u128,
     /// From the client's 2xx to the apply (Redis clock), over tracked transactions.
     /// `None` when no accepted transaction carried a client timestamp.
     pub accept_to_applied_ms_p50: Option<f64>,
@@ -44,16 +57,56 @@ impl Verdict {
     }
 }
 
+/// Reads Redis with the engine's own connection type, in pipelines per slot.
+struct Reader {
+    conn: Connection,
+    layout: Layout,
+}
+
+impl Reader {
+    /// Runs `commands` (each with the shard it goes to), in chunks.
+    async fn query<T: FromRedisValue>(&self, commands: Vec<(u32, Cmd)>) -> anyhow::Result<Vec<T>> {
+        let mut answers = Vec::with_capacity(commands.len());
+        let mut commands = commands.into_iter();
+        loop {
+            let chunk: Vec<(u32, Cmd)> = commands.by_ref().take(5000).collect();
+            if chunk.is_empty() {
+                return Ok(answers);
+            }
+            answers.extend(self.conn.run_by_slot(chunk).await?);
+        }
+    }
+
+    /// HMGET of `key`, which lives in `owner`'s shard (an account or an id).
+    fn hmget(&self, owner: &str, key: String, fields: &[&str]) -> (u32, Cmd) {
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(key).arg(fields);
+        (self.layout.shard_of(owner), cmd)
+    }
+
+    fn get(&self, owner: &str, key: String) -> (u32, Cmd) {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(key);
+        (self.layout.shard_of(owner), cmd)
+    }
+}
+
 /// Reads outcomes and balances from Redis (keys under `namespace`) and checks
 /// the ledger against them. Only a failure to read is an `Err`.
-pub async fn check(redis_url: &str, namespace: &str, ledger: &Ledger) -> anyhow::Result<Verdict> {
-    let client = redis::Client::open(redis_url)?;
-    let mut conn = client
-        .get_multiplexed_async_connection()
+pub async fn check(
+    redis_url: &str,
+    topology: RedisTopology,
+    namespace: &str,
+    ledger: &Ledger,
+) -> anyhow::Result<Verdict> {
+    let conn = Connection::open(redis_url, topology, std::time::Duration::from_secs(10))
         .await
         .context("redis")?;
-    let tx_key = |id: &str| keys::tx(namespace, id);
-    let bal_key = |account: &str| keys::balance(namespace, account);
+    let reader = Reader {
+        conn,
+        layout: Layout::new(namespace, topology),
+    };
+    let layout = &reader.layout;
 
     let mut verdict = Verdict {
         accepted: ledger.accepted.len(),
@@ -66,59 +119,62 @@ pub async fn check(redis_url: &str, namespace: &str, ledger: &Ledger) -> anyhow:
         .collect();
 
     let mut accept_to_applied_ms = crate::load::precise_histogram();
-    for chunk in ledger.uncertain.chunks(2000) {
-        let mut pipe = redis::pipe();
-        for tx in chunk {
-            pipe.cmd("HGET").arg(tx_key(&tx.id)).arg("state");
-        }
-        let states: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
-        for (tx, state) in chunk.iter().zip(states) {
-            if state.as_deref() == Some("applied") {
-                apply_to(&mut expected, tx);
-            }
+    let states: Vec<Option<String>> = reader
+        .query(
+            ledger
+                .uncertain
+                .iter()
+                .map(|tx| {
+                    let mut cmd = redis::cmd("HGET");
+                    cmd.arg(layout.tx(&tx.id)).arg("state");
+                    (layout.shard_of(&tx.id), cmd)
+                })
+                .collect(),
+        )
+        .await?;
+    for (tx, state) in ledger.uncertain.iter().zip(states) {
+        if state.as_deref() == Some("applied") {
+            apply_to(&mut expected, tx);
         }
     }
-    for chunk in ledger.accepted.chunks(2000) {
-        let mut pipe = redis::pipe();
-        for tx in chunk {
-            pipe.cmd("HMGET")
-                .arg(tx_key(&tx.id))
-                .arg("state")
-                .arg("reason")
-                .arg("applied_at_ms");
+    type Row = (Option<String>, Option<String>, Option<u64>);
+    let rows: Vec<Row> = reader
+        .query(
+            ledger
+                .accepted
+                .iter()
+                .map(|tx| reader.hmget(&tx.id, layout.tx(&tx.id), &["state", "reason", "applied_at_ms"]))
+                .collect(),
+        )
+        .await?;
+    for (tx, (state, reason, applied_at_ms)) in ledger.accepted.iter().zip(rows) {
+        if let Some(applied) = applied_at_ms {
+            verdict.last_applied_at_ms = verdict.last_applied_at_ms.max(applied);
+            verdict.settled_at_ms.push(applied);
+            if tx.accepted_at_ms > 0 {
+                accept_to_applied_ms.saturating_record(applied.saturating_sub(tx.accepted_at_ms));
+            }
         }
-        type Row = (Option<String>, Option<String>, Option<u64>);
-        let states: Vec<Row> = pipe.query_async(&mut conn).await?;
-        for (tx, (state, reason, applied_at_ms)) in chunk.iter().zip(states) {
-            if let Some(applied) = applied_at_ms {
-                verdict.last_applied_at_ms = verdict.last_applied_at_ms.max(applied);
-                verdict.settled_at_ms.push(applied);
-                if tx.accepted_at_ms > 0 {
-                    accept_to_applied_ms
-                        .saturating_record(applied.saturating_sub(tx.accepted_at_ms));
-                }
+        match state.as_deref() {
+            Some("applied") => {
+                verdict.applied += 1;
+                apply_to(&mut expected, tx);
             }
-            match state.as_deref() {
-                Some("applied") => {
-                    verdict.applied += 1;
-                    apply_to(&mut expected, tx);
-                }
-                Some("rejected") => {
-                    verdict.rejected += 1;
-                    *verdict
-                        .rejected_by_reason
-                        .entry(reason.unwrap_or_default())
-                        .or_default() += 1;
-                }
-                other => verdict.violations.push(format!(
-                    "accepted {} {} {}->{:?} {} has no outcome (state {other:?})",
-                    tx.id,
-                    tx.kind.as_str(),
-                    tx.account,
-                    tx.to,
-                    tx.amount
-                )),
+            Some("rejected") => {
+                verdict.rejected += 1;
+                *verdict
+                    .rejected_by_reason
+                    .entry(reason.unwrap_or_default())
+                    .or_default() += 1;
             }
+            other => verdict.violations.push(format!(
+                "accepted {} {} {}->{:?} {} has no outcome (state {other:?})",
+                tx.id,
+                tx.kind.as_str(),
+                tx.account,
+                tx.to,
+                tx.amount
+            )),
         }
     }
 
@@ -129,62 +185,66 @@ pub async fn check(redis_url: &str, namespace: &str, ledger: &Ledger) -> anyhow:
     verdict.accept_to_applied_ms_p50 = percentile(0.50);
     verdict.accept_to_applied_ms_p99 = percentile(0.99);
 
-    for chunk in ledger.refused.chunks(2000) {
-        let mut pipe = redis::pipe();
-        for id in chunk {
-            pipe.cmd("HGET").arg(tx_key(id)).arg("state");
-        }
-        let states: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
-        for (id, state) in chunk.iter().zip(states) {
-            if let Some(state @ ("applied" | "rejected" | "pending")) = state.as_deref() {
-                verdict
-                    .violations
-                    .push(format!("refused request {id} has state {state}"));
-            }
+    let states: Vec<Option<String>> = reader
+        .query(
+            ledger
+                .refused
+                .iter()
+                .map(|id| {
+                    let mut cmd = redis::cmd("HGET");
+                    cmd.arg(layout.tx(id)).arg("state");
+                    (layout.shard_of(id), cmd)
+                })
+                .collect(),
+        )
+        .await?;
+    for (id, state) in ledger.refused.iter().zip(states) {
+        if let Some(state @ ("applied" | "rejected" | "pending")) = state.as_deref() {
+            verdict
+                .violations
+                .push(format!("refused request {id} has state {state}"));
         }
     }
 
-    verdict
-        .violations
-        .extend(replay_in_apply_order(&mut conn, namespace, ledger).await?);
+    let steps = read_steps(&reader, ledger).await?;
+    check_sagas(&reader, ledger, &steps, &mut verdict).await?;
+    verdict.violations.extend(replay_in_apply_order(&reader, ledger, &steps).await?);
 
     let accounts: Vec<&str> = expected.keys().copied().collect();
-    for chunk in accounts.chunks(2000) {
-        let keys: Vec<String> = chunk.iter().map(|a| bal_key(a)).collect();
-        let balances: Vec<Option<String>> =
-            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
-        for (account, balance) in chunk.iter().zip(balances) {
-            let want = expected[account];
-            let start = ledger.start.get(*account).copied();
-            verdict.start_total += start.unwrap_or(0) as u128;
-            match balance.as_deref().map(str::parse::<i128>) {
-                None if start.is_none() && want == 0 => {}
-                None => verdict.violations.push(format!(
-                    "account {account} is missing; expected balance {want}"
-                )),
-                Some(Err(_)) => verdict
-                    .violations
-                    .push(format!("account {account} holds a non-integer {balance:?}")),
-                Some(Ok(have)) => {
-                    verdict.end_total += have.max(0) as u128;
-                    if have < 0 || have > MAX_MINOR_UNITS as i128 {
-                        verdict.violations.push(format!(
-                            "account {account} balance {have} is out of 0..=2^53-1"
-                        ));
-                    }
-                    if have != want {
-                        let involved: Vec<&str> = ledger
-                            .accepted
-                            .iter()
-                            .filter(|t| t.account == *account || t.to.as_deref() == Some(*account))
-                            .take(20)
-                            .map(|t| t.id.as_str())
-                            .collect();
-                        verdict.violations.push(format!(
-                            "account {account}: balance {have}, expected {want} from start {start:?} and the log; \
-                             transactions involved (first 20): {involved:?}"
-                        ));
-                    }
+    let balances: Vec<Option<String>> = reader
+        .query(accounts.iter().map(|a| reader.get(a, layout.balance(a))).collect())
+        .await?;
+    for (account, balance) in accounts.iter().zip(balances) {
+        let want = expected[account];
+        let start = ledger.start.get(*account).copied();
+        verdict.start_total += start.unwrap_or(0) as u128;
+        match balance.as_deref().map(str::parse::<i128>) {
+            None if start.is_none() && want == 0 => {}
+            None => verdict.violations.push(format!(
+                "account {account} is missing; expected balance {want}"
+            )),
+            Some(Err(_)) => verdict
+                .violations
+                .push(format!("account {account} holds a non-integer {balance:?}")),
+            Some(Ok(have)) => {
+                verdict.end_total += have.max(0) as u128;
+                if have < 0 || have > MAX_MINOR_UNITS as i128 {
+                    verdict.violations.push(format!(
+                        "account {account} balance {have} is out of 0..=2^53-1"
+                    ));
+                }
+                if have != want {
+                    let involved: Vec<&str> = ledger
+                        .accepted
+                        .iter()
+                        .filter(|t| t.account == *account || t.to.as_deref() == Some(*account))
+                        .take(20)
+                        .map(|t| t.id.as_str())
+                        .collect();
+                    verdict.violations.push(format!(
+                        "account {account}: balance {have}, expected {want} from start {start:?} and the log; \
+                         transactions involved (first 20): {involved:?}"
+                    ));
                 }
             }
         }
@@ -207,80 +267,255 @@ fn apply_to<'a>(expected: &mut HashMap<&'a str, i128>, tx: &'a SentTx) {
     }
 }
 
-/// One settled transaction as Redis recorded it.
-struct Recorded<'a> {
-    tx: &'a SentTx,
-    seq: u64,
-    state: String,
+/// What one flag (an apply's, or a saga step's) recorded.
+#[derive(Debug, Clone, Default)]
+struct Flag {
+    seq: Option<u64>,
+    state: Option<String>,
     reason: String,
     balance_after: Option<u64>,
 }
 
-/// Replays every settled transaction of the ledger in apply order with a
-/// plain model of the rules and returns where Redis disagrees with it.
-async fn replay_in_apply_order(
-    conn: &mut redis::aio::MultiplexedConnection,
-    namespace: &str,
-    ledger: &Ledger,
-) -> anyhow::Result<Vec<String>> {
-    let mut recorded = Vec::new();
-    let all: Vec<&SentTx> = ledger.accepted.iter().chain(&ledger.uncertain).collect();
-    for chunk in all.chunks(2000) {
-        let mut pipe = redis::pipe();
-        for tx in chunk {
-            pipe.cmd("HMGET")
-                .arg(keys::tx(namespace, &tx.id))
-                .arg("seq")
-                .arg("state")
-                .arg("reason")
-                .arg("balance_after");
-        }
-        // balance_after is "" on a rejection.
-        type Row = (Option<u64>, Option<String>, Option<String>, Option<String>);
-        let rows: Vec<Row> = pipe.query_async(conn).await?;
-        for (tx, (seq, state, reason, balance_after)) in chunk.iter().zip(rows) {
-            if let (Some(seq), Some(state)) = (seq, state) {
-                let reason = reason.unwrap_or_default();
-                let balance_after = balance_after.and_then(|b| b.parse().ok());
-                recorded.push(Recorded {
-                    tx,
-                    seq,
-                    state,
-                    reason,
-                    balance_after,
-                });
+/// The flags of one transaction: one apply, or the steps of its saga.
+enum Steps {
+    Apply(Flag),
+    Saga {
+        debit: Flag,
+        credit: Flag,
+        settle: Flag,
+    },
+}
+
+impl Steps {
+    /// Every recorded step: the shard-owning account, the step (None for
+    /// a one-script apply) and its flag.
+    fn recorded<'a>(&'a self, tx: &'a SentTx) -> Vec<(&'a str, Option<SagaStep>, &'a Flag)> {
+        let to = tx.to.as_deref().unwrap_or_default();
+        let all = match self {
+            Steps::Apply(flag) => vec![(tx.account.as_str(), None, flag)],
+            Steps::Saga {
+                debit,
+                credit,
+                settle,
+            } => {
+                let settle_step = if settle.state.as_deref() == Some("refunded") {
+                    SagaStep::Refund
+                } else {
+                    SagaStep::Release
+                };
+                vec![
+                    (tx.account.as_str(), Some(SagaStep::Debit), debit),
+                    (to, Some(SagaStep::Credit), credit),
+                    (tx.account.as_str(), Some(settle_step), settle),
+                ]
             }
+        };
+        all.into_iter().filter(|(_, _, f)| f.seq.is_some()).collect()
+    }
+}
+
+/// Reads the flags of every transaction of the ledger that may have been
+/// applied (accepted and uncertain), in ledger order.
+async fn read_steps<'l>(reader: &Reader, ledger: &'l Ledger) -> anyhow::Result<Vec<(&'l SentTx, Steps)>> {
+    let layout = &reader.layout;
+    let all: Vec<&SentTx> = ledger.accepted.iter().chain(&ledger.uncertain).collect();
+    const FIELDS: [&str; 4] = ["seq", "state", "reason", "balance_after"];
+    let mut commands = Vec::new();
+    for tx in &all {
+        match tx.to.as_deref() {
+            Some(to) if !layout.same_slot(&tx.account, to) => {
+                commands.push(reader.hmget(&tx.account, layout.step(&tx.account, &tx.id, "debit"), &FIELDS));
+                commands.push(reader.hmget(to, layout.step(to, &tx.id, "credit"), &FIELDS));
+                commands.push(reader.hmget(&tx.account, layout.step(&tx.account, &tx.id, "settle"), &FIELDS));
+            }
+            _ => commands.push(reader.hmget(&tx.account, layout.apply_flag(&tx.id, &tx.account), &FIELDS)),
         }
     }
-    recorded.sort_by_key(|r| r.seq);
-    let mut violations = Vec::new();
-    let decided: Option<u64> = redis::cmd("GET")
-        .arg(keys::seq(namespace))
-        .query_async(conn)
+    // balance_after is "" on a rejection.
+    type Row = (Option<u64>, Option<String>, Option<String>, Option<String>);
+    let rows: Vec<Row> = reader.query(commands).await?;
+    let mut flags = rows.into_iter().map(|(seq, state, reason, balance_after)| Flag {
+        seq,
+        state,
+        reason: reason.unwrap_or_default(),
+        balance_after: balance_after.and_then(|b| b.parse().ok()),
+    });
+    let mut next = || flags.next().unwrap_or_default();
+    Ok(all
+        .into_iter()
+        .map(|tx| {
+            let steps = match tx.to.as_deref() {
+                Some(to) if !layout.same_slot(&tx.account, to) => Steps::Saga {
+                    debit: next(),
+                    credit: next(),
+                    settle: next(),
+                },
+                _ => Steps::Apply(next()),
+            };
+            (tx, steps)
+        })
+        .collect())
+}
+
+/// Every saga ended, a refund only after a refused credit, each outcome is
+/// what its steps say, and nothing is in flight or held.
+async fn check_sagas(
+    reader: &Reader,
+    ledger: &Ledger,
+    steps: &[(&SentTx, Steps)],
+    verdict: &mut Verdict,
+) -> anyhow::Result<()> {
+    let layout = &reader.layout;
+    let sagas: Vec<(&SentTx, &Flag, &Flag, &Flag)> = steps
+        .iter()
+        .filter_map(|(tx, steps)| match steps {
+            Steps::Saga {
+                debit,
+                credit,
+                settle,
+            } => Some((*tx, debit, credit, settle)),
+            Steps::Apply(_) => None,
+        })
+        .collect();
+    let outcomes: Vec<(Option<String>, Option<String>, Option<String>)> = reader
+        .query(
+            sagas
+                .iter()
+                .map(|(tx, ..)| reader.hmget(&tx.id, layout.tx(&tx.id), &["state", "reason", "balance_after"]))
+                .collect(),
+        )
         .await?;
-    if decided.unwrap_or(0) != recorded.len() as u64 {
-        violations.push(format!(
-            "{} outcomes were decided in this namespace, but the log explains {}",
-            decided.unwrap_or(0),
-            recorded.len()
-        ));
+    let accepted: std::collections::HashSet<&str> =
+        ledger.accepted.iter().map(|t| t.id.as_str()).collect();
+    for ((tx, debit_flag, credit_flag, settle), (state, reason, balance_after)) in
+        sagas.iter().zip(outcomes)
+    {
+        if accepted.contains(tx.id.as_str()) {
+            verdict.sagas += 1;
+        }
+        let (debit, credit, settle) = (
+            debit_flag.state.as_deref(),
+            credit_flag.state.as_deref(),
+            settle.state.as_deref(),
+        );
+        let mut broken = |what: String| {
+            verdict.violations.push(format!(
+                "saga {} ({} -> {:?} {}): {what}; steps debit {debit:?} credit {credit:?} settle {settle:?}, outcome {state:?} {reason:?}",
+                tx.id, tx.account, tx.to, tx.amount
+            ))
+        };
+        let in_flight = debit == Some("debited") && credit != Some("credited") && settle != Some("refunded");
+        if in_flight {
+            verdict.in_flight += u128::from(tx.amount);
+        }
+        match (debit, credit, settle) {
+            (None, None, None) => {}
+            (Some("rejected"), None, None) => {
+                if state.as_deref() != Some("rejected") || reason.as_deref() != Some(debit_flag.reason.as_str()) {
+                    broken("a refused debit must end the saga as rejected with its reason".into());
+                }
+            }
+            (Some("debited"), Some("credited"), Some("released")) => {
+                if state.as_deref() != Some("applied")
+                    || balance_after.as_deref().and_then(|b| b.parse().ok()) != debit_flag.balance_after
+                {
+                    broken("a released saga must be applied with the debit's balance_after".into());
+                }
+            }
+            (Some("debited"), Some("refused"), Some("refunded")) => {
+                if state.as_deref() != Some("rejected") || reason.as_deref() != Some(credit_flag.reason.as_str()) {
+                    broken("a refunded saga must be rejected with the credit's reason".into());
+                }
+            }
+            (Some("debited"), Some("credited"), None) | (Some("debited"), Some("refused"), None) | (Some("debited"), None, None) => {
+                broken("the saga did not end".into())
+            }
+            _ => broken("these steps do not make a saga (a refund without a refused credit?)".into()),
+        }
+    }
+    let accounts: Vec<&String> = ledger.start.keys().collect();
+    let held: Vec<Option<u64>> = reader
+        .query(accounts.iter().map(|a| reader.get(a, layout.held(a))).collect())
+        .await?;
+    for (account, held) in accounts.iter().zip(held) {
+        if let Some(held) = held.filter(|h| *h != 0) {
+            verdict
+                .violations
+                .push(format!("account {account} still holds {held} for sagas that ended"));
+        }
+    }
+    Ok(())
+}
+
+/// Replays every recorded step of the ledger, slot by slot in the order
+/// each slot decided them, with a plain model of the rules, and returns
+/// where Redis disagrees with it.
+async fn replay_in_apply_order(
+    reader: &Reader,
+    ledger: &Ledger,
+    steps: &[(&SentTx, Steps)],
+) -> anyhow::Result<Vec<String>> {
+    let layout = &reader.layout;
+    let mut by_shard: HashMap<u32, Vec<(u64, &SentTx, Option<SagaStep>, &Flag)>> = HashMap::new();
+    for (tx, steps) in steps {
+        for (owner, step, flag) in steps.recorded(tx) {
+            let seq = flag.seq.unwrap_or_default();
+            by_shard.entry(layout.shard_of(owner)).or_default().push((seq, tx, step, flag));
+        }
+    }
+    let mut violations = Vec::new();
+    let shards: Vec<u32> = (0..layout.shards()).collect();
+    let decided: Vec<Option<u64>> = reader
+        .query(
+            shards
+                .iter()
+                .map(|shard| {
+                    let mut cmd = redis::cmd("GET");
+                    cmd.arg(layout.seq(*shard));
+                    (*shard, cmd)
+                })
+                .collect(),
+        )
+        .await?;
+    for (shard, decided) in shards.iter().zip(decided) {
+        let explained = by_shard.get(shard).map_or(0, Vec::len) as u64;
+        if decided.unwrap_or(0) != explained {
+            violations.push(format!(
+                "{} outcomes and saga steps were decided in {}, but the log explains {explained}",
+                decided.unwrap_or(0),
+                layout.tag(*shard)
+            ));
+        }
+    }
+    if !violations.is_empty() {
         return Ok(violations);
     }
-    let mut balances: HashMap<String, u64> = ledger.start.clone();
-    for r in &recorded {
-        let tx = r.tx;
-        let model = crate::model::decide(&mut balances, tx);
-        let agrees = match model {
-            Ok(after) => r.state == "applied" && r.balance_after == Some(after),
-            Err(reason) => r.state == "rejected" && r.reason == reason,
-        };
-        if !agrees {
-            violations.push(format!(
-                "{} (seq {}, {} {} -> {:?} {}): recorded {} {} balance_after {:?}, a replay in apply order gives {:?}",
-                tx.id, r.seq, tx.kind.as_str(), tx.account, tx.to, tx.amount, r.state, r.reason, r.balance_after, model
-            ));
-            if violations.len() >= 50 {
-                break;
+    let mut books = Books::new(ledger.start.clone());
+    let mut shards: Vec<_> = by_shard.into_iter().collect();
+    shards.sort_by_key(|(shard, _)| *shard);
+    for (_, mut events) in shards {
+        events.sort_by_key(|(seq, ..)| *seq);
+        for (seq, tx, step, flag) in events {
+            let (model, ok_state, refused_state) = match step {
+                None => (crate::model::decide(&mut books, tx), "applied", "rejected"),
+                Some(step) => {
+                    let (ok, refused) = step.states();
+                    (crate::model::decide_step(&mut books, tx, step), ok, refused)
+                }
+            };
+            let state = flag.state.as_deref().unwrap_or_default();
+            let agrees = match model {
+                Ok(after) => state == ok_state && flag.balance_after == Some(after),
+                Err(reason) => state == refused_state && flag.reason == reason,
+            };
+            if !agrees {
+                violations.push(format!(
+                    "{} {step:?} (seq {seq}, {} {} -> {:?} {}): recorded {state} {} balance_after {:?}, a replay in apply order gives {model:?}",
+                    tx.id, tx.kind.as_str(), tx.account, tx.to, tx.amount, flag.reason, flag.balance_after
+                ));
+                if violations.len() >= 50 {
+                    return Ok(violations);
+                }
             }
         }
     }

@@ -478,6 +478,7 @@ pub async fn publish_backlog(
         let record = txengine::wire::Record {
             tx: to_domain(&tx)?,
             accepted_at_ms: txengine::wire::now_ms(),
+            saga: None,
         };
         let payload = record.encode();
         let delivery = producer

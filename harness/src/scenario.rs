@@ -353,7 +353,8 @@ pub async fn run(scenario: &Scenario, infra: &Infra, exe: &Path) -> anyhow::Resu
         uncertain: results.uncertain,
     };
     let verdict = invariants::check(
-        &infra.redis_url_of(&config.namespace)?,
+        &infra.redis_url,
+        infra.redis_topology,
         &config.namespace,
         &ledger,
     )

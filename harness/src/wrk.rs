@@ -158,19 +158,32 @@ pub fn parse(
 }
 
 /// Rebuilds a wrk run's ledger from Redis: every id of the run that has a
-/// record there was accepted (202) by the engine.
+/// record there was accepted (202) by the engine. `redis_urls` are every
+/// master that holds keys (one Redis, or each master of a cluster).
 pub async fn ledger_from_redis(
-    redis_url: &str,
-    namespace: &str,
+    redis_urls: &[String],
+    layout: &txengine::store::Layout,
     run: &str,
     accounts: usize,
 ) -> anyhow::Result<Ledger> {
+    let mut ledger = Ledger::default();
+    for url in redis_urls {
+        scan_accepted(url, layout, run, accounts, &mut ledger).await?;
+    }
+    Ok(ledger)
+}
+
+async fn scan_accepted(
+    redis_url: &str,
+    layout: &txengine::store::Layout,
+    run: &str,
+    accounts: usize,
+    ledger: &mut Ledger,
+) -> anyhow::Result<()> {
     let client = redis::Client::open(redis_url)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
-    let prefix = txengine::store::keys::tx_prefix(namespace);
-    let pattern = format!("{prefix}{run}-*");
+    let pattern = layout.tx_pattern(&format!("{run}-*"));
     let mut cursor: u64 = 0;
-    let mut ledger = Ledger::default();
     loop {
         let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
             .arg(cursor)
@@ -192,13 +205,13 @@ pub async fn ledger_from_redis(
             if !settled && accepted.is_none() {
                 continue;
             }
-            let id = &key[prefix.len()..];
+            let id = key.split_once(":tx:").map_or("", |(_, id)| id);
             let tx =
                 sent_tx(id, run, accounts as u64).with_context(|| format!("unexpected id {id}"))?;
             ledger.accepted.push(tx);
         }
         if next == 0 {
-            return Ok(ledger);
+            return Ok(());
         }
         cursor = next;
     }

@@ -104,6 +104,7 @@ impl Admission {
         let record = Record {
             tx,
             accepted_at_ms: now_ms(),
+            saga: None,
         };
         if let Err(e) = self.publisher.publish(&record).await {
             // The binding stays (the record may still land); only the lease

@@ -21,9 +21,9 @@ use rdkafka::util::Timeout;
 use rdkafka::ClientConfig;
 use tokio::sync::watch;
 
-use crate::domain::{Outcome, Transaction};
-use crate::store::{Applied, Store};
-use crate::wire::{now_ms, Record};
+use crate::domain::Outcome;
+use crate::store::{Progress, Store, StoreError};
+use crate::wire::{now_ms, Record, SagaStep};
 
 /// Longest a batch waits to fill after its first record.
 const BATCH_LINGER: Duration = Duration::from_millis(2);
@@ -139,7 +139,9 @@ impl ConsumerHealth {
 
 pub struct TxConsumer {
     consumer: StreamConsumer<LagReporter>,
-    dlq: FutureProducer,
+    /// Publishes poison records to the DLQ and a saga's next steps to the topic.
+    producer: FutureProducer,
+    topic: String,
     dlq_topic: String,
     store: Store,
     batch_size: usize,
@@ -172,7 +174,7 @@ impl TxConsumer {
             .set("statistics.interval.ms", "5000")
             .create_with_context(LagReporter)?;
         consumer.subscribe(&[settings.topic])?;
-        let dlq: FutureProducer = ClientConfig::new()
+        let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", settings.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -180,7 +182,8 @@ impl TxConsumer {
             .create()?;
         Ok(Self {
             consumer,
-            dlq,
+            producer,
+            topic: settings.topic.to_owned(),
             dlq_topic: settings.dlq_topic.to_owned(),
             store,
             batch_size: settings.batch_size,
@@ -236,18 +239,25 @@ impl TxConsumer {
 
     /// Applies one batch and stores its offsets. Returns false if shutdown
     /// came first (the offsets of the batch are not stored).
+    ///
+    /// In order: apply every record's step (and write the outcomes decided
+    /// in another slot than their tx record), wait until replicas have all
+    /// of it, publish the next steps of sagas, then store the offsets. A
+    /// crash anywhere in between redelivers the batch, and every step of it
+    /// is a no-op the second time that answers as the first, so the same
+    /// next steps are published again (and are no-ops in turn). A next step
+    /// is published only once its step's writes are on the replicas: a
+    /// failover cannot lose a debit whose credit is on its way.
     async fn process(&self, batch: &[OwnedMessage], shutdown: &watch::Receiver<bool>) -> bool {
         let started = Instant::now();
-        let mut txs: Vec<Transaction> = Vec::with_capacity(batch.len());
-        // The message each decoded transaction came from, for the logs.
+        let mut records: Vec<Record> = Vec::with_capacity(batch.len());
+        // The message each decoded record came from, for the logs.
         let mut sources: Vec<&OwnedMessage> = Vec::with_capacity(batch.len());
-        let mut accepted_at_ms = Vec::with_capacity(batch.len());
         for message in batch {
             match Record::decode(message.payload().unwrap_or_default()) {
                 Ok(record) => {
-                    txs.push(record.tx);
+                    records.push(record);
                     sources.push(message);
-                    accepted_at_ms.push(record.accepted_at_ms);
                 }
                 Err(e) => {
                     if !self.dead_letter(message, &e.to_string(), shutdown).await {
@@ -256,25 +266,37 @@ impl TxConsumer {
                 }
             }
         }
-        let Some(applied) = self.apply_until_done(&txs, &sources, shutdown).await else {
+        let Some(progress) = self.apply_until_done(&records, &sources, shutdown).await else {
             return false;
         };
-        if !txs.is_empty() && !self.wait_for_replicas(&sources, shutdown).await {
+        if !records.is_empty() && !self.wait_for_replicas(&sources, shutdown).await {
             return false;
         }
-        debug_assert_eq!(applied.len(), txs.len(), "one outcome per transaction");
-        debug_assert_eq!(accepted_at_ms.len(), txs.len());
+        debug_assert_eq!(progress.len(), records.len(), "one progress per record");
+        let next_steps: Vec<&Record> = progress
+            .iter()
+            .filter_map(|p| match p {
+                Progress::Next(record) => Some(record),
+                Progress::Ended { .. } => None,
+            })
+            .collect();
+        if !self.publish_steps(&next_steps, shutdown).await {
+            return false;
+        }
         let now_ms = now_ms();
-        for (accepted_at_ms, result) in accepted_at_ms.iter().zip(&applied) {
-            let label = match result.outcome {
+        for (record, progress) in records.iter().zip(&progress) {
+            let Progress::Ended { applied, .. } = progress else {
+                continue;
+            };
+            let label = match applied.outcome {
                 Outcome::Applied { .. } => "applied",
                 Outcome::Rejected { reason } => reason.as_str(),
             };
-            let duplicate = if result.duplicate { "true" } else { "false" };
+            let duplicate = if applied.duplicate { "true" } else { "false" };
             metrics::counter!("txengine_apply_outcomes_total", "outcome" => label, "duplicate" => duplicate)
                 .increment(1);
-            if !result.duplicate {
-                let e2e_ms = now_ms.saturating_sub(*accepted_at_ms);
+            if !applied.duplicate {
+                let e2e_ms = now_ms.saturating_sub(record.accepted_at_ms);
                 metrics::histogram!("txengine_accept_to_applied_seconds")
                     .record(e2e_ms as f64 / 1000.0);
             }
@@ -285,28 +307,100 @@ impl TxConsumer {
         true
     }
 
-    /// Applies `txs` in one pipelined call, retrying with backoff until it
-    /// works or shutdown comes (`None`): no offset may move past a record
-    /// that is not applied. When Redis answers with an error rather than not
-    /// answering, the record it fails on is found, logged at error level and
-    /// shown by `/ready` while the retries go on.
-    async fn apply_until_done(
-        &self,
-        txs: &[Transaction],
-        sources: &[&OwnedMessage],
-        shutdown: &watch::Receiver<bool>,
-    ) -> Option<Vec<Applied>> {
-        debug_assert_eq!(txs.len(), sources.len());
+    /// Applies the records' steps and writes the outcomes decided in another
+    /// slot into their tx records. Both are idempotent, so a retry repeats
+    /// the whole.
+    async fn apply_and_record(&self, records: &[Record]) -> Result<Vec<Progress>, StoreError> {
+        let progress = self.store.apply_records(records).await?;
+        let unrecorded: Vec<_> = records
+            .iter()
+            .zip(&progress)
+            .filter_map(|(record, p)| match p {
+                Progress::Ended {
+                    applied,
+                    recorded: false,
+                } => Some((&record.tx, applied.outcome)),
+                _ => None,
+            })
+            .collect();
+        self.store.finish(&unrecorded).await?;
+        Ok(progress)
+    }
+
+    /// Publishes the next steps of sagas to the topic, keyed by the account
+    /// each runs on, and waits until the broker has them all (acks=all);
+    /// retried until it does or shutdown comes (false).
+    async fn publish_steps(&self, steps: &[&Record], shutdown: &watch::Receiver<bool>) -> bool {
         let mut shutdown = shutdown.clone();
         let mut backoff = RETRY_MIN;
         loop {
-            let error = match self.store.apply_batch(txs).await {
-                Ok(applied) => {
+            let sends = steps.iter().map(|record| {
+                let payload = record.encode();
+                let key = record.key().as_str().to_owned();
+                async move {
+                    self.producer
+                        .send(
+                            FutureRecord::to(&self.topic).key(&key).payload(&payload),
+                            Timeout::After(Duration::from_secs(5)),
+                        )
+                        .await
+                        .map_err(|(e, _)| e)
+                }
+            });
+            let failed = futures_util::future::join_all(sends)
+                .await
+                .into_iter()
+                .filter_map(Result::err)
+                .next();
+            let Some(error) = failed else {
+                for record in steps {
+                    let step = match record.saga {
+                        Some(SagaStep::Credit { .. }) => "credit",
+                        Some(SagaStep::Settle { refused: None, .. }) => "release",
+                        Some(SagaStep::Settle { .. }) => "refund",
+                        None => "none",
+                    };
+                    metrics::counter!("txengine_saga_steps_published_total", "step" => step)
+                        .increment(1);
+                }
+                return true;
+            };
+            // The ones that did land are published again: their steps are
+            // idempotent, so that changes nothing.
+            tracing::warn!(error = %error, steps = steps.len(), retry_in_ms = backoff.as_millis() as u64, "publishing the next saga steps failed; retrying");
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.wait_for(|stopped| *stopped) => return false,
+            }
+            if *shutdown.borrow() {
+                return false;
+            }
+            backoff = (backoff * 2).min(RETRY_MAX);
+        }
+    }
+
+    /// Applies `records` in one pipelined call per slot, retrying with
+    /// backoff until it works or shutdown comes (`None`): no offset may move
+    /// past a record that is not applied. When Redis answers with an error
+    /// rather than not answering, the record it fails on is found, logged at
+    /// error level and shown by `/ready` while the retries go on.
+    async fn apply_until_done(
+        &self,
+        records: &[Record],
+        sources: &[&OwnedMessage],
+        shutdown: &watch::Receiver<bool>,
+    ) -> Option<Vec<Progress>> {
+        debug_assert_eq!(records.len(), sources.len());
+        let mut shutdown = shutdown.clone();
+        let mut backoff = RETRY_MIN;
+        loop {
+            let error = match self.apply_and_record(records).await {
+                Ok(progress) => {
                     if self.health.stall().is_some() {
                         tracing::info!("the stalled record is applied; going on");
                         self.health.set(None);
                     }
-                    return Some(applied);
+                    return Some(progress);
                 }
                 Err(e) => e,
             };
@@ -314,7 +408,7 @@ impl TxConsumer {
             if error.is_unreachable() {
                 tracing::warn!(error = %error, retry_in_ms = backoff.as_millis() as u64, "redis unreachable; retrying the batch");
             } else {
-                self.report_stall(txs, sources, &error).await;
+                self.report_stall(records, sources, &error).await;
             }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
@@ -391,25 +485,26 @@ impl TxConsumer {
     /// makes safe to repeat), and reports it.
     async fn report_stall(
         &self,
-        txs: &[Transaction],
+        records: &[Record],
         sources: &[&OwnedMessage],
-        batch_error: &crate::store::StoreError,
+        batch_error: &StoreError,
     ) {
         let mut culprit = None;
-        for (tx, message) in txs.iter().zip(sources) {
-            if let Err(e) = self.store.apply_batch(std::slice::from_ref(tx)).await {
-                culprit = Some((tx, *message, e.to_string()));
+        for (record, message) in records.iter().zip(sources) {
+            if let Err(e) = self.apply_and_record(std::slice::from_ref(record)).await {
+                culprit = Some((record, *message, e.to_string()));
                 break;
             }
         }
-        let (tx, message, error) = match culprit {
+        let (record, message, error) = match culprit {
             Some(found) => found,
             // It passed one at a time: report the batch's first record.
-            None => match (txs.first(), sources.first()) {
-                (Some(tx), Some(message)) => (tx, *message, batch_error.to_string()),
+            None => match (records.first(), sources.first()) {
+                (Some(record), Some(message)) => (record, *message, batch_error.to_string()),
                 _ => return,
             },
         };
+        let tx = &record.tx;
         let stall = Stall {
             topic: message.topic().to_owned(),
             partition: message.partition(),
@@ -491,7 +586,7 @@ impl TxConsumer {
                 record = record.key(key);
             }
             match self
-                .dlq
+                .producer
                 .send(record, Timeout::After(Duration::from_secs(1)))
                 .await
             {

@@ -129,6 +129,12 @@ impl<'de> Deserialize<'de> for Amount {
 #[serde(transparent)]
 pub struct Balance(u64);
 
+impl<'de> Deserialize<'de> for Balance {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::new(u64::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
 impl Balance {
     pub fn new(minor_units: u64) -> Result<Self, RuleError> {
         if minor_units <= MAX_MINOR_UNITS {

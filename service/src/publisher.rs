@@ -81,7 +81,7 @@ impl Publisher {
             .map_err(|_| PublishError::QueueFull)?;
         metrics::gauge!("txengine_producer_in_flight").set(self.in_flight_count() as f64);
         let payload = record.encode();
-        let key = record.tx.movement.account().as_str();
+        let key = record.key().as_str();
         let delivery = self.producer.send(
             FutureRecord::to(&self.topic).key(key).payload(&payload),
             Timeout::After(Duration::ZERO),

@@ -1,48 +1,146 @@
 //! The Redis store: balances, the per-transaction record (claim, pending,
 //! outcome) and the Lua scripts that change them.
 //!
-//! Key layout, all under one hash tag so every script's keys share a Redis
-//! Cluster slot (transfers touch two accounts):
-//! - `{ns}:bal:<account>`  balance in minor units, a decimal string
-//! - `{ns}:tx:<id>`        hash: `fp` (the body the id is bound to, from the
+//! Key layout ([`Layout`]). Every key carries a hash tag, `{tag}`, naming its
+//! Redis Cluster slot: `{ns}` for every key on one Redis, `{ns:<shard>}` on a
+//! cluster, where an account's shard (and a transaction id's) is a hash of
+//! its name over [`CLUSTER_SHARDS`] shards, so accounts spread over the
+//! cluster's masters.
+//! - `{tag}:bal:<account>`  balance in minor units, a decimal string
+//! - `{tag}:tx:<id>`        hash: `fp` (the body the id is bound to, from the
 //!   first claim on), `lease` + `lease_until_ms` (which request may publish
 //!   it now), `accepted` (1 once Kafka has the record), and once settled
-//!   `state` applied|rejected, `reason`, `balance_after`, `applied_at_ms`, `seq`
-//! - `{ns}:seq`            counter: the order in which outcomes were decided
+//!   `state` applied|rejected, `reason`, `balance_after`, `applied_at_ms`,
+//!   and `seq` when the outcome was decided in this slot
+//! - `{tag}:seq`            counter: the order in which this slot's outcomes
+//!   and saga steps were decided
+//! - cluster only, in the account's slot: `{tag}:step:<id>:<step>` (the
+//!   flag of an apply whose tx record is in another slot, `apply`, or of a
+//!   saga step, `debit` | `credit` | `settle`) and `{tag}:held:<account>`
+//!   (money sagas debited from the account and have not settled)
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Script, Value};
 
 use crate::config::RedisTopology;
 
 use crate::domain::{AccountId, Balance, Outcome, RejectReason, Transaction, TxId, TxStatus};
+use crate::wire::{Record, SagaStep};
 
-/// The key layout, spelled out here only: the store and the harness (which
-/// reads Redis to check invariants) both build keys with these.
-pub mod keys {
-    /// `{ns}:bal:<account>`
-    pub fn balance(namespace: &str, account: &str) -> String {
-        format!("{{{namespace}}}:bal:{account}")
+/// How many shards accounts and transaction ids are hashed over on a
+/// cluster: each shard is one hash tag, so one slot. Enough to spread over
+/// every master (a shard moves with its slot when the cluster reshards).
+pub const CLUSTER_SHARDS: u32 = 1024;
+
+/// Key names and the slot each lives in; the store and the harness (which
+/// reads Redis to check invariants) both build keys with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    namespace: String,
+    shards: u32,
+}
+
+impl Layout {
+    pub fn new(namespace: &str, topology: RedisTopology) -> Self {
+        let shards = match topology {
+            RedisTopology::Single => 1,
+            RedisTopology::Cluster => CLUSTER_SHARDS,
+        };
+        Self {
+            namespace: namespace.to_owned(),
+            shards,
+        }
     }
 
-    /// `{ns}:tx:`, the prefix of every transaction record (for SCAN).
-    pub fn tx_prefix(namespace: &str) -> String {
-        format!("{{{namespace}}}:tx:")
+    pub fn namespace(&self) -> &str {
+        &self.namespace
     }
 
-    /// `{ns}:tx:<id>`
-    pub fn tx(namespace: &str, id: &str) -> String {
-        format!("{}{id}", tx_prefix(namespace))
+    pub fn shards(&self) -> u32 {
+        self.shards
     }
 
-    /// `{ns}:seq`
-    pub fn seq(namespace: &str) -> String {
-        format!("{{{namespace}}}:seq")
+    /// The shard of an account or a transaction id (FNV-1a of its name).
+    pub fn shard_of(&self, name: &str) -> u32 {
+        if self.shards == 1 {
+            return 0;
+        }
+        let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        (hash % u64::from(self.shards)) as u32
+    }
+
+    /// `{ns}` on one Redis, `{ns:<shard>}` on a cluster.
+    pub fn tag(&self, shard: u32) -> String {
+        if self.shards == 1 {
+            format!("{{{}}}", self.namespace)
+        } else {
+            format!("{{{}:{shard}}}", self.namespace)
+        }
+    }
+
+    /// True when one script can touch both names' keys.
+    pub fn same_slot(&self, a: &str, b: &str) -> bool {
+        self.shard_of(a) == self.shard_of(b)
+    }
+
+    /// `{tag}:bal:<account>`
+    pub fn balance(&self, account: &str) -> String {
+        format!("{}:bal:{account}", self.tag(self.shard_of(account)))
+    }
+
+    /// `{tag}:held:<account>`: money in flight out of the account.
+    pub fn held(&self, account: &str) -> String {
+        format!("{}:held:{account}", self.tag(self.shard_of(account)))
+    }
+
+    /// `{tag}:tx:<id>`, in the id's own slot.
+    pub fn tx(&self, id: &str) -> String {
+        format!("{}:tx:{id}", self.tag(self.shard_of(id)))
+    }
+
+    /// A SCAN pattern for the tx records whose ids match `id_glob`, and
+    /// what precedes the id in every such key (up to and with `:tx:`).
+    pub fn tx_pattern(&self, id_glob: &str) -> String {
+        if self.shards == 1 {
+            format!("{}:tx:{id_glob}", self.tag(0))
+        } else {
+            format!("{{{}:*}}:tx:{id_glob}", self.namespace)
+        }
+    }
+
+    /// `{tag}:seq` of one shard.
+    pub fn seq(&self, shard: u32) -> String {
+        format!("{}:seq", self.tag(shard))
+    }
+
+    /// `{tag}:step:<id>:<step>`, in `account`'s slot.
+    pub fn step(&self, account: &str, id: &str, step: &str) -> String {
+        format!("{}:step:{id}:{step}", self.tag(self.shard_of(account)))
+    }
+
+    /// The processed flag of a one-script apply checked on `account`: the
+    /// tx record itself when it shares the account's slot (always on one
+    /// Redis), else a flag in the account's slot.
+    pub fn apply_flag(&self, id: &str, account: &str) -> String {
+        if self.same_slot(id, account) {
+            self.tx(id)
+        } else {
+            self.step(account, id, "apply")
+        }
+    }
+
+    /// How `tx` is applied: in one script, or as a saga between slots.
+    pub fn needs_saga(&self, tx: &Transaction) -> bool {
+        tx.movement
+            .to()
+            .is_some_and(|to| !self.same_slot(tx.movement.account().as_str(), to.as_str()))
     }
 }
 
@@ -53,6 +151,8 @@ mod lua {
     pub const CLAIM: &str = include_str!("../../lua/claim.lua");
     pub const RELEASE: &str = include_str!("../../lua/release.lua");
     pub const ACCEPT: &str = include_str!("../../lua/accept.lua");
+    pub const SAGA_STEP: &str = include_str!("../../lua/saga_step.lua");
+    pub const FINISH: &str = include_str!("../../lua/finish.lua");
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,10 +213,20 @@ pub struct Applied {
     pub duplicate: bool,
 }
 
+/// Where the saga of a record stands once its step is applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// The transaction's outcome is decided. `recorded` is false when its tx
+    /// record is in another slot: [`Store::finish`] writes it there.
+    Ended { applied: Applied, recorded: bool },
+    /// The saga goes on with this record, to be published.
+    Next(Record),
+}
+
 /// A connection to one Redis, or to a Redis Cluster (which routes each
 /// command by its keys' slot and follows MOVED, ASK and TRYAGAIN).
 #[derive(Clone)]
-enum Connection {
+pub enum Connection {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
 }
@@ -149,16 +259,90 @@ impl ConnectionLike for Connection {
     }
 }
 
+impl Connection {
+    /// Connects to `url` (for a cluster, seed URLs separated by commas).
+    pub async fn open(
+        url: &str,
+        topology: RedisTopology,
+        response_timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        Ok(match topology {
+            RedisTopology::Single => {
+                let client = redis::Client::open(url)?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_response_timeout(Some(response_timeout))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_millis(500));
+                Self::Single(ConnectionManager::new_with_config(client, config).await?)
+            }
+            RedisTopology::Cluster => {
+                let seeds: Vec<&str> = url.split(',').map(str::trim).collect();
+                // redis-rs waits about 1.28 s before its first retry by
+                // default; a slot migration or a failover should cost
+                // tens of milliseconds a retry, not seconds.
+                let client = ClusterClientBuilder::new(seeds)
+                    .connection_timeout(Duration::from_secs(2))
+                    .response_timeout(response_timeout)
+                    .retries(8)
+                    .min_retry_wait(20)
+                    .max_retry_wait(500)
+                    .build()?;
+                Self::Cluster(client.get_async_connection().await?)
+            }
+        })
+    }
+
+    /// Runs `commands`, one answer each, in order. A cluster pipeline must
+    /// stay in one slot, so they go as one pipeline per slot (`slot_of`
+    /// names it), all slots at once; on one Redis, as one pipeline.
+    pub async fn run_by_slot<T: redis::FromRedisValue>(
+        &self,
+        commands: Vec<(u32, Cmd)>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut pipes: BTreeMap<u32, (Vec<usize>, Pipeline)> = BTreeMap::new();
+        for (index, (slot, cmd)) in commands.into_iter().enumerate() {
+            let (indices, pipe) = pipes.entry(slot).or_insert_with(|| (Vec::new(), redis::pipe()));
+            indices.push(index);
+            pipe.add_command(cmd);
+        }
+        let total = pipes.values().map(|(indices, _)| indices.len()).sum();
+        let runs = pipes.into_values().map(|(indices, pipe)| {
+            let mut conn = self.clone();
+            async move {
+                let values: Vec<Value> = pipe.query_async(&mut conn).await?;
+                Ok::<_, redis::RedisError>((indices, values))
+            }
+        });
+        let mut answers: Vec<Option<Value>> = vec![None; total];
+        for (indices, values) in futures_util::future::try_join_all(runs).await? {
+            debug_assert_eq!(indices.len(), values.len(), "one answer per command");
+            for (index, value) in indices.into_iter().zip(values) {
+                answers[index] = Some(value);
+            }
+        }
+        answers
+            .into_iter()
+            .map(|value| {
+                let value = value.ok_or_else(|| StoreError::Unexpected("a command had no answer".into()))?;
+                redis::from_redis_value(value).map_err(|e| StoreError::Unexpected(e.to_string()))
+            })
+            .collect()
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     conn: Connection,
-    namespace: String,
+    layout: Layout,
     outcome_ttl_secs: u64,
     lease_ms: u64,
     apply: Script,
     claim: Script,
     release: Script,
     accept: Script,
+    saga_step: Script,
+    finish: Script,
 }
 
 pub struct StoreSettings<'a> {
@@ -177,40 +361,19 @@ pub struct StoreSettings<'a> {
 
 impl Store {
     pub async fn connect(settings: StoreSettings<'_>) -> Result<Self, StoreError> {
-        let conn = match settings.topology {
-            RedisTopology::Single => {
-                let client = redis::Client::open(settings.url)?;
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(Duration::from_secs(2)))
-                    .set_response_timeout(Some(settings.response_timeout))
-                    .set_number_of_retries(2)
-                    .set_max_delay(Duration::from_millis(500));
-                Connection::Single(ConnectionManager::new_with_config(client, config).await?)
-            }
-            RedisTopology::Cluster => {
-                let seeds: Vec<&str> = settings.url.split(',').map(str::trim).collect();
-                // redis-rs waits about 1.28 s before its first retry by
-                // default; a slot migration or a failover should cost
-                // tens of milliseconds a retry, not seconds.
-                let client = ClusterClientBuilder::new(seeds)
-                    .connection_timeout(Duration::from_secs(2))
-                    .response_timeout(settings.response_timeout)
-                    .retries(8)
-                    .min_retry_wait(20)
-                    .max_retry_wait(500)
-                    .build()?;
-                Connection::Cluster(client.get_async_connection().await?)
-            }
-        };
+        let conn =
+            Connection::open(settings.url, settings.topology, settings.response_timeout).await?;
         let store = Self {
             conn,
-            namespace: settings.namespace.to_owned(),
+            layout: Layout::new(settings.namespace, settings.topology),
             outcome_ttl_secs: settings.outcome_ttl_secs,
             lease_ms: settings.lease_ms,
             apply: Script::new(lua::APPLY),
             claim: Script::new(lua::CLAIM),
             release: Script::new(lua::RELEASE),
             accept: Script::new(lua::ACCEPT),
+            saga_step: Script::new(lua::SAGA_STEP),
+            finish: Script::new(lua::FINISH),
         };
         store.load_scripts().await?;
         Ok(store)
@@ -220,37 +383,42 @@ impl Store {
     /// (a restarted Redis has an empty script cache).
     pub async fn load_scripts(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        for script in [&self.apply, &self.claim, &self.release, &self.accept] {
+        for script in [
+            &self.apply,
+            &self.claim,
+            &self.release,
+            &self.accept,
+            &self.saga_step,
+            &self.finish,
+        ] {
             script.prepare_invoke().load_async(&mut conn).await?;
         }
         Ok(())
     }
 
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
     pub fn balance_key(&self, account: &AccountId) -> String {
-        keys::balance(&self.namespace, account.as_str())
+        self.layout.balance(account.as_str())
     }
 
     pub fn tx_key(&self, id: &TxId) -> String {
-        keys::tx(&self.namespace, id.as_str())
+        self.layout.tx(id.as_str())
     }
 
     /// Waits until `replicas` replicas hold every write made so far through
     /// this store's connection (Redis `WAIT`, at most `timeout`), and says
-    /// how many do. On a cluster it asks the master of the namespace's slot,
-    /// where every write of the store goes (redis-rs would ask every master
-    /// and take the smallest answer, so a replica down in another shard
-    /// would hold this one back).
+    /// how many do. On a cluster, writes go to every master, so redis-rs
+    /// asks every master and answers the smallest count.
     pub async fn wait_replicas(&self, replicas: u32, timeout: Duration) -> Result<u32, StoreError> {
-        let mut wait = redis::cmd("WAIT");
-        wait.arg(replicas).arg(timeout.as_millis() as u64);
-        let answer: Value = match self.conn.clone() {
-            Connection::Single(mut conn) => wait.query_async(&mut conn).await?,
-            Connection::Cluster(mut conn) => {
-                let route = Route::with_key(keys::seq(&self.namespace), SlotAddr::Master);
-                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
-                conn.route_command(wait, routing).await?
-            }
-        };
+        let mut conn = self.conn.clone();
+        let answer: Value = redis::cmd("WAIT")
+            .arg(replicas)
+            .arg(timeout.as_millis() as u64)
+            .query_async(&mut conn)
+            .await?;
         redis::from_redis_value(answer)
             .map_err(|e| StoreError::Unexpected(format!("WAIT answered {e}")))
     }
@@ -378,71 +546,268 @@ impl Store {
         Ok(released == 1)
     }
 
-    /// Applies a batch in one pipelined round trip of EVALSHA, in order.
-    /// Safe to call again with the same batch: the processed flag inside the
-    /// script turns a repeat into a no-op that returns the first outcome.
+    /// Applies transactions that end in one script (debits, credits,
+    /// transfers within a slot), in order. Safe to call again with the same
+    /// batch: the processed flag inside the script turns a repeat into a
+    /// no-op that returns the first outcome.
     pub async fn apply_batch(&self, batch: &[Transaction]) -> Result<Vec<Applied>, StoreError> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        let now_ms = crate::wire::now_ms();
-        let seq_key = keys::seq(&self.namespace);
-        let raw: Vec<(String, String, String, i64)> = self
-            .with_scripts(|| {
-                let mut conn = self.conn.clone();
-                let mut pipe = redis::pipe();
-                for tx in batch {
-                    let mut invocation = self.apply.key(self.tx_key(&tx.id));
-                    invocation
-                        .key(&seq_key)
-                        .key(self.balance_key(tx.movement.account()));
-                    if let Some(to) = tx.movement.to() {
-                        invocation.key(self.balance_key(to));
-                    }
-                    invocation
-                        .arg(tx.movement.kind())
-                        .arg(tx.movement.amount().minor_units())
-                        .arg(tx.movement.fingerprint())
-                        .arg(self.outcome_ttl_secs)
-                        .arg(now_ms);
-                    pipe.invoke_script(&invocation);
-                }
-                async move { pipe.query_async(&mut conn).await }
+        let records: Vec<Record> = batch
+            .iter()
+            .map(|tx| Record {
+                tx: tx.clone(),
+                accepted_at_ms: 0,
+                saga: None,
             })
-            .await?;
-        // One reply per script call of the pipeline, in order.
-        debug_assert_eq!(raw.len(), batch.len(), "one apply reply per record");
-        raw.into_iter()
-            .map(|(state, reason, balance_after, duplicate)| {
-                match parse_status(&state, &reason, &balance_after)? {
-                    TxStatus::Settled(outcome) => Ok(Applied {
-                        outcome,
-                        duplicate: duplicate == 1,
-                    }),
-                    TxStatus::Pending => Err(StoreError::Unexpected(
-                        "apply script left a transaction pending".into(),
-                    )),
-                }
+            .collect();
+        self.apply_records(&records)
+            .await?
+            .into_iter()
+            .map(|progress| match progress {
+                Progress::Ended { applied, .. } => Ok(applied),
+                Progress::Next(_) => Err(StoreError::Unexpected(
+                    "apply_batch got a transfer between slots (a saga)".into(),
+                )),
             })
             .collect()
     }
 
-    /// Runs a script call; on NOSCRIPT (Redis restarted and lost its script
-    /// cache) loads the scripts and runs it once more.
-    async fn with_scripts<T, F, Fut>(&self, call: F) -> Result<T, StoreError>
-    where
-        F: Fn() -> Fut,
-        Fut: std::future::Future<Output = redis::RedisResult<T>>,
-    {
-        match call().await {
-            Err(e) if e.code() == Some("NOSCRIPT") => {
-                tracing::warn!("redis lost its scripts (restart?); loading them again");
-                self.load_scripts().await?;
-                Ok(call().await?)
+    /// Applies each record's step, one script each, pipelined per slot
+    /// (all slots at once, in order within a slot), and says where each
+    /// transaction stands. Safe to call again with the same records: every
+    /// step's flag turns a repeat into a no-op that answers as the first.
+    pub async fn apply_records(&self, records: &[Record]) -> Result<Vec<Progress>, StoreError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now_ms = crate::wire::now_ms();
+        let replies: Vec<(String, String, String, i64)> = self
+            .with_scripts(|| {
+                let commands = records
+                    .iter()
+                    .map(|record| self.step_command(record, now_ms))
+                    .collect::<Result<Vec<_>, _>>();
+                async move { self.conn.run_by_slot(commands?).await }
+            })
+            .await?;
+        // One reply per script call, in order.
+        debug_assert_eq!(replies.len(), records.len(), "one reply per record");
+        records
+            .iter()
+            .zip(replies)
+            .map(|(record, reply)| self.progress(record, reply))
+            .collect()
+    }
+
+    /// The script call that applies `record`'s step, and the shard it runs in.
+    fn step_command(&self, record: &Record, now_ms: u64) -> Result<(u32, Cmd), StoreError> {
+        let layout = &self.layout;
+        let tx = &record.tx;
+        let id = tx.id.as_str();
+        let account = tx.movement.account().as_str();
+        let amount = tx.movement.amount().minor_units();
+        let fingerprint = tx.movement.fingerprint();
+        let saga_step = |on: &str, step: &str, flag: &str| {
+            let shard = layout.shard_of(on);
+            let keys = [
+                layout.step(on, id, flag),
+                layout.seq(shard),
+                layout.balance(on),
+                layout.held(on),
+            ];
+            let mut cmd = evalsha(&self.saga_step, &keys);
+            cmd.arg(step)
+                .arg(amount)
+                .arg(&fingerprint)
+                .arg(self.outcome_ttl_secs)
+                .arg(now_ms);
+            (shard, cmd)
+        };
+        Ok(match (&record.saga, tx.movement.to()) {
+            (None, _) if !layout.needs_saga(tx) => {
+                let shard = layout.shard_of(account);
+                let mut keys = vec![
+                    layout.apply_flag(id, account),
+                    layout.seq(shard),
+                    layout.balance(account),
+                ];
+                if let Some(to) = tx.movement.to() {
+                    keys.push(layout.balance(to.as_str()));
+                }
+                if layout.shards() > 1 && tx.movement.kind() != "debit" {
+                    let credited = tx.movement.to().map_or(account, AccountId::as_str);
+                    keys.push(layout.held(credited));
+                }
+                let mut cmd = evalsha(&self.apply, &keys);
+                cmd.arg(tx.movement.kind())
+                    .arg(amount)
+                    .arg(&fingerprint)
+                    .arg(self.outcome_ttl_secs)
+                    .arg(now_ms);
+                (shard, cmd)
             }
-            other => Ok(other?),
+            (None, Some(_)) => saga_step(account, "debit", "debit"),
+            (Some(SagaStep::Credit { .. }), Some(to)) => saga_step(to.as_str(), "credit", "credit"),
+            (Some(SagaStep::Settle { refused, .. }), Some(_)) => {
+                let step = if refused.is_some() { "refund" } else { "release" };
+                saga_step(account, step, "settle")
+            }
+            (Some(_), None) => {
+                return Err(StoreError::Unexpected(format!(
+                    "saga step of {id}, which is not a transfer"
+                )))
+            }
+            (None, None) => unreachable!("a movement without `to` never needs a saga"),
+        })
+    }
+
+    /// Reads a step's reply `(state, reason, balance_after, duplicate)`.
+    fn progress(
+        &self,
+        record: &Record,
+        (state, reason, balance_after, duplicate): (String, String, String, i64),
+    ) -> Result<Progress, StoreError> {
+        let tx = &record.tx;
+        let duplicate = duplicate == 1;
+        let unexpected = || {
+            StoreError::Unexpected(format!(
+                "{} step {:?} answered state={state} reason={reason} balance_after={balance_after}",
+                tx.id, record.saga
+            ))
+        };
+        let ended = |outcome, recorded| {
+            Ok(Progress::Ended {
+                applied: Applied { outcome, duplicate },
+                recorded,
+            })
+        };
+        let next = |step| {
+            Ok(Progress::Next(Record {
+                saga: Some(step),
+                ..record.clone()
+            }))
+        };
+        let rejected = || {
+            RejectReason::parse(&reason)
+                .map(|reason| Outcome::Rejected { reason })
+                .ok_or_else(unexpected)
+        };
+        match (&record.saga, state.as_str()) {
+            (None, _) if !self.layout.needs_saga(tx) => {
+                match parse_status(&state, &reason, &balance_after)? {
+                    TxStatus::Settled(outcome) => {
+                        let account = tx.movement.account().as_str();
+                        ended(outcome, self.layout.same_slot(tx.id.as_str(), account))
+                    }
+                    TxStatus::Pending => Err(StoreError::Unexpected(
+                        "apply script left a transaction pending".into(),
+                    )),
+                }
+            }
+            (None, "rejected") => ended(rejected()?, false),
+            (None, "debited") => {
+                let debited_balance_after = parse_balance(&balance_after).ok_or_else(unexpected)?;
+                next(SagaStep::Credit {
+                    debited_balance_after,
+                })
+            }
+            (Some(SagaStep::Credit { debited_balance_after }), "credited" | "refused") => {
+                let refused = if state == "refused" {
+                    Some(RejectReason::parse(&reason).ok_or_else(unexpected)?)
+                } else {
+                    None
+                };
+                next(SagaStep::Settle {
+                    debited_balance_after: *debited_balance_after,
+                    refused,
+                })
+            }
+            (
+                Some(SagaStep::Settle {
+                    debited_balance_after,
+                    refused: None,
+                }),
+                "released",
+            ) => ended(
+                Outcome::Applied {
+                    balance_after: *debited_balance_after,
+                },
+                false,
+            ),
+            (
+                Some(SagaStep::Settle {
+                    refused: Some(reason),
+                    ..
+                }),
+                "refunded",
+            ) => ended(Outcome::Rejected { reason: *reason }, false),
+            _ => Err(unexpected()),
         }
     }
+
+    /// Writes the outcomes of transactions whose outcome was decided in
+    /// another slot than their tx record's (see `lua/finish.lua`); the first
+    /// write wins, so a repeat is harmless.
+    pub async fn finish(&self, ended: &[(&Transaction, Outcome)]) -> Result<(), StoreError> {
+        if ended.is_empty() {
+            return Ok(());
+        }
+        let now_ms = crate::wire::now_ms();
+        let _: Vec<i64> = self
+            .with_scripts(|| {
+                let commands: Vec<(u32, Cmd)> = ended
+                    .iter()
+                    .map(|(tx, outcome)| {
+                        let (state, reason, balance_after) = match outcome {
+                            Outcome::Applied { balance_after } => {
+                                ("applied", "", balance_after.minor_units().to_string())
+                            }
+                            Outcome::Rejected { reason } => ("rejected", reason.as_str(), String::new()),
+                        };
+                        let mut cmd = evalsha(&self.finish, &[self.tx_key(&tx.id)]);
+                        cmd.arg(state)
+                            .arg(reason)
+                            .arg(balance_after)
+                            .arg(now_ms)
+                            .arg(tx.movement.fingerprint())
+                            .arg(self.outcome_ttl_secs);
+                        (self.layout.shard_of(tx.id.as_str()), cmd)
+                    })
+                    .collect();
+                async move { self.conn.run_by_slot(commands).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Runs a script call; on NOSCRIPT (Redis restarted, or a replica was
+    /// promoted, and lost its script cache) loads the scripts and runs it
+    /// once more.
+    async fn with_scripts<T, E, F, Fut>(&self, call: F) -> Result<T, StoreError>
+    where
+        E: Into<StoreError>,
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        match call().await.map_err(Into::into) {
+            Err(StoreError::Redis(e)) if e.code() == Some("NOSCRIPT") => {
+                tracing::warn!("redis lost its scripts (restart?); loading them again");
+                self.load_scripts().await?;
+                call().await.map_err(Into::into)
+            }
+            other => other,
+        }
+    }
+}
+
+/// `EVALSHA <sha> <numkeys> <keys...>`; the caller adds the ARGV.
+fn evalsha(script: &Script, keys: &[String]) -> Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(keys.len()).arg(keys);
+    cmd
+}
+
+fn parse_balance(raw: &str) -> Option<Balance> {
+    raw.parse::<u64>().ok().and_then(|b| Balance::new(b).ok())
 }
 
 /// Turns the scripts' `(state, reason, balance_after)` into a status.
@@ -455,11 +820,7 @@ fn parse_status(state: &str, reason: &str, balance_after: &str) -> Result<TxStat
     match state {
         "pending" => Ok(TxStatus::Pending),
         "applied" => {
-            let balance = balance_after
-                .parse::<u64>()
-                .ok()
-                .and_then(|b| Balance::new(b).ok())
-                .ok_or_else(unexpected)?;
+            let balance = parse_balance(balance_after).ok_or_else(unexpected)?;
             Ok(TxStatus::Settled(Outcome::Applied {
                 balance_after: balance,
             }))

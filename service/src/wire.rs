@@ -3,19 +3,53 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Movement, Transaction, TxId};
+use crate::domain::{AccountId, Balance, Movement, RejectReason, Transaction, TxId};
 
-/// The version this build writes. Decoding refuses any other.
+/// The version of a transaction as the API publishes it.
 pub const WIRE_VERSION: u32 = 1;
+/// The version of a saga's follow-up step (a transfer between Redis Cluster
+/// slots). Its own number, so a build that knows no sagas sends it to the
+/// DLQ instead of taking it for a new transfer.
+pub const SAGA_WIRE_VERSION: u32 = 2;
 
-/// One transaction as it travels through Kafka. The record key is
-/// `tx.movement.account()`.
+/// One transaction as it travels through Kafka, or one later step of its
+/// saga. The record key is [`Record::key`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     pub tx: Transaction,
     /// Wall clock (ms since the Unix epoch) when the API accepted it; lets the
     /// consumer measure accept-to-applied latency.
     pub accepted_at_ms: u64,
+    /// `None` for the transaction as accepted; for a transfer between slots,
+    /// the step of its saga that comes next.
+    pub saga: Option<SagaStep>,
+}
+
+/// The steps of a saga after its debit, each published by the consumer that
+/// did the step before (see `lua/saga_step.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "lowercase")]
+pub enum SagaStep {
+    /// Credit the destination. `debited_balance_after` is the source's
+    /// balance after the debit: the outcome's `balance_after`.
+    Credit { debited_balance_after: Balance },
+    /// End the hold on the source: a release if the credit happened, a
+    /// refund if it was refused (`refused` says why).
+    Settle {
+        debited_balance_after: Balance,
+        refused: Option<RejectReason>,
+    },
+}
+
+impl Record {
+    /// The account whose slot the record's step runs in: the Kafka key, so
+    /// one account's steps are applied in order.
+    pub fn key(&self) -> &AccountId {
+        match (&self.saga, self.tx.movement.to()) {
+            (Some(SagaStep::Credit { .. }), Some(to)) => to,
+            _ => self.tx.movement.account(),
+        }
+    }
 }
 
 /// The wall clock in ms since the Unix epoch: the unit of `accepted_at_ms`
@@ -33,6 +67,8 @@ pub enum DecodeError {
     Malformed(#[from] serde_json::Error),
     #[error("unsupported record version {0} (this build reads {WIRE_VERSION})")]
     UnsupportedVersion(u32),
+    #[error("a saga step must be a transfer in version {SAGA_WIRE_VERSION}, and only a step may be")]
+    NotASagaStep,
     #[error("record breaks a rule: {0}")]
     Invalid(#[from] crate::domain::RuleError),
 }
@@ -44,6 +80,8 @@ struct RecordV1 {
     #[serde(flatten)]
     movement: Movement,
     accepted_at_ms: u64,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    saga: Option<SagaStep>,
 }
 
 /// Only the version field, read first so an unknown version is named as such.
@@ -55,22 +93,33 @@ struct VersionOnly {
 impl Record {
     pub fn encode(&self) -> Vec<u8> {
         let v1 = RecordV1 {
-            v: WIRE_VERSION,
+            v: if self.saga.is_some() {
+                SAGA_WIRE_VERSION
+            } else {
+                WIRE_VERSION
+            },
             id: self.tx.id.clone(),
             movement: self.tx.movement.clone(),
             accepted_at_ms: self.accepted_at_ms,
+            saga: self.saga,
         };
         serde_json::to_vec(&v1).expect("a record always serialises")
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let VersionOnly { v } = serde_json::from_slice(bytes)?;
-        if v != WIRE_VERSION {
+        if v != WIRE_VERSION && v != SAGA_WIRE_VERSION {
             return Err(DecodeError::UnsupportedVersion(v));
         }
         let v1: RecordV1 = serde_json::from_slice(bytes)?;
         if v1.movement.to() == Some(v1.movement.account()) {
             return Err(crate::domain::RuleError::TransferToSelf.into());
+        }
+        // A step only follows a transfer, and only in its own version.
+        if (v == SAGA_WIRE_VERSION) != v1.saga.is_some()
+            || (v1.saga.is_some() && v1.movement.to().is_none())
+        {
+            return Err(DecodeError::NotASagaStep);
         }
         Ok(Self {
             tx: Transaction {
@@ -78,6 +127,7 @@ impl Record {
                 movement: v1.movement,
             },
             accepted_at_ms: v1.accepted_at_ms,
+            saga: v1.saga,
         })
     }
 }

@@ -264,6 +264,33 @@ fn master_address(url: &str, slot: u16) -> anyhow::Result<String> {
     anyhow::bail!("no live master serves slot {slot}:\n{table}")
 }
 
+/// The URLs of every live master, asking the first seed of `seeds` (comma
+/// separated) that answers.
+pub fn cluster_masters(seeds: &str) -> anyhow::Result<Vec<String>> {
+    let mut last_error = None;
+    for seed in seeds.split(',').map(str::trim) {
+        let table = redis::Client::open(seed)
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+            .and_then(|mut c| redis::cmd("CLUSTER").arg("NODES").query::<String>(&mut c));
+        match table {
+            Ok(table) => {
+                return Ok(table
+                    .lines()
+                    .filter_map(|line| {
+                        let fields: Vec<&str> = line.split_whitespace().collect();
+                        let flags = fields.get(2)?;
+                        let serves_slots = fields.len() > 8;
+                        (flags.contains("master") && !flags.contains("fail") && serves_slots)
+                            .then(|| format!("redis://{}", fields[1].split('@').next().unwrap_or_default()))
+                    })
+                    .collect())
+            }
+            Err(e) => last_error = Some(e.into()),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no seed in {seeds:?}")))
+}
+
 /// The URL of the master that serves `key`, asking the first seed of
 /// `seeds` (comma separated) that answers.
 pub fn cluster_master_url(seeds: &str, key: &str) -> anyhow::Result<String> {

@@ -160,17 +160,12 @@ impl Infra {
         tokio::task::spawn_blocking(move || Infra::start(provider, topology)).await?
     }
 
-    /// A URL of the Redis that holds `namespace`'s keys, for reading them
-    /// with a plain client (SCAN, pipelines): the Redis itself, or on a
-    /// cluster the master of the namespace's slot (all of its keys share
-    /// the hash tag `{namespace}`).
-    pub fn redis_url_of(&self, namespace: &str) -> anyhow::Result<String> {
+    /// The URL of every Redis that holds keys, for SCAN with a plain
+    /// client: the Redis itself, or every master of the cluster.
+    pub fn redis_masters(&self) -> anyhow::Result<Vec<String>> {
         match self.redis_topology {
-            RedisTopology::Single => Ok(self.redis_url.clone()),
-            RedisTopology::Cluster => {
-                let key = txengine::store::keys::seq(namespace);
-                local::cluster_master_url(&self.redis_url, &key)
-            }
+            RedisTopology::Single => Ok(vec![self.redis_url.clone()]),
+            RedisTopology::Cluster => local::cluster_masters(&self.redis_url),
         }
     }
 
@@ -202,7 +197,8 @@ impl Infra {
     /// promoted, and the old master back as the new one's replica.
     pub fn restart_redis(&self, namespace: &str) -> anyhow::Result<()> {
         if let Some(cluster) = &self.redis_cluster {
-            let key = txengine::store::keys::seq(namespace);
+            // The master of the namespace's first shard.
+            let key = txengine::store::Layout::new(namespace, RedisTopology::Cluster).seq(0);
             return cluster.lock().expect("cluster lock").fail_over(&key);
         }
         let redis = self

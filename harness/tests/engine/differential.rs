@@ -93,11 +93,11 @@ proptest! {
             })
             .await
             .unwrap();
-            let mut balances = HashMap::new();
+            let mut books = harness::model::Books::default();
             for (name, balance) in ACCOUNTS.iter().zip(&start) {
                 if let Some(balance) = balance {
                     store.set_balance(&AccountId::parse(name).unwrap(), Balance::new(*balance).unwrap()).await.unwrap();
-                    balances.insert(name.to_string(), *balance);
+                    books.balances.insert(name.to_string(), *balance);
                 }
             }
             let mut first_outcome: HashMap<String, Result<u64, &'static str>> = HashMap::new();
@@ -108,7 +108,7 @@ proptest! {
                     let (expected, duplicate) = match first_outcome.get(&tx.id) {
                         Some(first) => (*first, true),
                         None => {
-                            let decided = harness::model::decide(&mut balances, tx);
+                            let decided = harness::model::decide(&mut books, tx);
                             first_outcome.insert(tx.id.clone(), decided);
                             (decided, false)
                         }
@@ -119,7 +119,7 @@ proptest! {
             }
             for name in ACCOUNTS {
                 let stored = store.balance(&AccountId::parse(name).unwrap()).await.unwrap().map(Balance::minor_units);
-                prop_assert_eq!(stored, balances.get(name).copied(), "final balance of {}", name);
+                prop_assert_eq!(stored, books.balances.get(name).copied(), "final balance of {}", name);
             }
             Ok(())
         })?;

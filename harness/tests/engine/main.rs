@@ -65,7 +65,7 @@ pub async fn repair_account(s: &Stack, account: &str, balance: u64) {
 }
 
 fn balance_key(s: &Stack, account: &str) -> String {
-    txengine::store::keys::balance(&s.config.namespace, account)
+    txengine::store::Layout::new(&s.config.namespace, s.config.redis_topology).balance(account)
 }
 
 async fn redis_command(s: &Stack, command: &redis::Cmd) {

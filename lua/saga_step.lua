@@ -1,0 +1,90 @@
+-- One step of a saga: a transfer whose two accounts live in different Redis
+-- Cluster slots. Each step runs in one account's slot and is idempotent on
+-- its own flag, so a redelivered step changes nothing twice.
+--
+--   debit   (source slot)       take the amount, hold it as money in flight
+--   credit  (destination slot)  add it, or refuse (unknown account, overflow)
+--   release (source slot)       the credit happened: the money has landed
+--   refund  (source slot)       the credit was refused: give the money back
+--
+-- KEYS[1] the step's flag          ({tag}:step:<id>:<step>)
+-- KEYS[2] the slot's apply order   ({tag}:seq)
+-- KEYS[3] the account's balance    ({tag}:bal:<account>)
+-- KEYS[4] money in flight out of the account ({tag}:held:<account>)
+-- ARGV[1] step: debit | credit | release | refund
+-- ARGV[2] amount in minor units, 1 ..= 2^53-1
+-- ARGV[3] fingerprint of the transaction
+-- ARGV[4] seconds to keep the flag (>= the topic's retention)
+-- ARGV[5] the consumer's clock (ms since the epoch)
+--
+-- Returns {state, reason, balance_after, duplicate}: state is the step's
+-- name in the past tense (debited, credited, released, refunded) when it
+-- moved money, `rejected` when the debit is refused (the saga ends there)
+-- or `refused` when the credit is (a refund follows). duplicate is 1 when
+-- the flag was set already (nothing changed this time).
+--
+-- Balances follow atomic_update.lua's rules: integers in 0 ..= 2^53-1,
+-- changed with INCRBY/DECRBY, printed with '%d'.
+
+local MAX = 9007199254740991
+
+local done = redis.call('HMGET', KEYS[1], 'state', 'reason', 'balance_after')
+if done[1] then
+  return {done[1], done[2] or '', done[3] or '', 1}
+end
+
+local step = ARGV[1]
+local amount = tonumber(ARGV[2])
+
+local function settle(state, reason, balance_after)
+  redis.call('HSET', KEYS[1], 'state', state, 'reason', reason,
+    'balance_after', balance_after, 'fp', ARGV[3], 'applied_at_ms', ARGV[5],
+    'seq', redis.call('INCR', KEYS[2]))
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  return {state, reason, balance_after, 0}
+end
+
+local function digits(n)
+  return string.format('%d', n)
+end
+
+local balance = redis.call('GET', KEYS[3])
+local held = tonumber(redis.call('GET', KEYS[4]) or '0')
+
+if step == 'debit' then
+  if not balance then
+    return settle('rejected', 'unknown_account', '')
+  end
+  if tonumber(balance) < amount then
+    return settle('rejected', 'insufficient_funds', '')
+  end
+  redis.call('INCRBY', KEYS[4], ARGV[2])
+  return settle('debited', '', digits(redis.call('DECRBY', KEYS[3], ARGV[2])))
+end
+
+if step == 'credit' then
+  if not balance then
+    return settle('refused', 'unknown_account', '')
+  end
+  if amount > MAX - tonumber(balance) - held then
+    return settle('refused', 'balance_overflow', '')
+  end
+  return settle('credited', '', digits(redis.call('INCRBY', KEYS[3], ARGV[2])))
+end
+
+-- release and refund end the hold the debit made; the debit ran in this
+-- slot before them (the consumer publishes them only after it), so the
+-- hold is there.
+if held < amount then
+  return redis.error_reply('saga ' .. step .. ' of ' .. ARGV[3] .. ': held ' .. held .. ' < ' .. ARGV[2])
+end
+if redis.call('DECRBY', KEYS[4], ARGV[2]) == 0 then
+  redis.call('DEL', KEYS[4])
+end
+if step == 'release' then
+  return settle('released', '', digits(tonumber(balance)))
+end
+if step == 'refund' then
+  return settle('refunded', '', digits(redis.call('INCRBY', KEYS[3], ARGV[2])))
+end
+return redis.error_reply('unknown saga step ' .. tostring(step))
