@@ -11,9 +11,11 @@
 --         harness) can replay the log in that order and check each one
 -- KEYS[3] balance of the checked account ({tag}:bal:<account>)
 -- KEYS[4] balance of the destination     ({tag}:bal:<to>), transfers only
--- KEYS[5] money in flight out of the credited account ({tag}:held:<account
---         or to>), cluster only: what sagas debited from it and may refund,
---         so a credit never leaves a refund no room below 2^53-1
+-- then, on a cluster only, for credits and transfers: money in flight out
+--         of the credited account ({tag}:held:<account or to>), what sagas
+--         debited from it and may refund, so that a credit never leaves a
+--         refund no room below 2^53-1 (KEYS[4] for a credit, KEYS[5] for a
+--         transfer)
 -- ARGV[1] kind: debit | credit | transfer
 -- ARGV[2] amount in minor units, 1 ..= 2^53-1 (validated before it gets here)
 -- ARGV[3] fingerprint of the request (kind|account|to|amount)
@@ -40,9 +42,13 @@ end
 local kind = ARGV[1]
 local amount = tonumber(ARGV[2])
 
+local held_key = KEYS[4]
+if kind == 'transfer' then
+  held_key = KEYS[5]
+end
 local held = 0
-if KEYS[5] then
-  held = tonumber(redis.call('GET', KEYS[5]) or '0')
+if kind ~= 'debit' and held_key then
+  held = tonumber(redis.call('GET', held_key) or '0')
 end
 
 local function digits(n)

@@ -143,7 +143,13 @@ pub async fn check(
             ledger
                 .accepted
                 .iter()
-                .map(|tx| reader.hmget(&tx.id, layout.tx(&tx.id), &["state", "reason", "applied_at_ms"]))
+                .map(|tx| {
+                    reader.hmget(
+                        &tx.id,
+                        layout.tx(&tx.id),
+                        &["state", "reason", "applied_at_ms"],
+                    )
+                })
                 .collect(),
         )
         .await?;
@@ -208,11 +214,18 @@ pub async fn check(
 
     let steps = read_steps(&reader, ledger).await?;
     check_sagas(&reader, ledger, &steps, &mut verdict).await?;
-    verdict.violations.extend(replay_in_apply_order(&reader, ledger, &steps).await?);
+    verdict
+        .violations
+        .extend(replay_in_apply_order(&reader, ledger, &steps).await?);
 
     let accounts: Vec<&str> = expected.keys().copied().collect();
     let balances: Vec<Option<String>> = reader
-        .query(accounts.iter().map(|a| reader.get(a, layout.balance(a))).collect())
+        .query(
+            accounts
+                .iter()
+                .map(|a| reader.get(a, layout.balance(a)))
+                .collect(),
+        )
         .await?;
     for (account, balance) in accounts.iter().zip(balances) {
         let want = expected[account];
@@ -310,13 +323,18 @@ impl Steps {
                 ]
             }
         };
-        all.into_iter().filter(|(_, _, f)| f.seq.is_some()).collect()
+        all.into_iter()
+            .filter(|(_, _, f)| f.seq.is_some())
+            .collect()
     }
 }
 
 /// Reads the flags of every transaction of the ledger that may have been
 /// applied (accepted and uncertain), in ledger order.
-async fn read_steps<'l>(reader: &Reader, ledger: &'l Ledger) -> anyhow::Result<Vec<(&'l SentTx, Steps)>> {
+async fn read_steps<'l>(
+    reader: &Reader,
+    ledger: &'l Ledger,
+) -> anyhow::Result<Vec<(&'l SentTx, Steps)>> {
     let layout = &reader.layout;
     let all: Vec<&SentTx> = ledger.accepted.iter().chain(&ledger.uncertain).collect();
     const FIELDS: [&str; 4] = ["seq", "state", "reason", "balance_after"];
@@ -324,22 +342,36 @@ async fn read_steps<'l>(reader: &Reader, ledger: &'l Ledger) -> anyhow::Result<V
     for tx in &all {
         match tx.to.as_deref() {
             Some(to) if !layout.same_slot(&tx.account, to) => {
-                commands.push(reader.hmget(&tx.account, layout.step(&tx.account, &tx.id, "debit"), &FIELDS));
+                commands.push(reader.hmget(
+                    &tx.account,
+                    layout.step(&tx.account, &tx.id, "debit"),
+                    &FIELDS,
+                ));
                 commands.push(reader.hmget(to, layout.step(to, &tx.id, "credit"), &FIELDS));
-                commands.push(reader.hmget(&tx.account, layout.step(&tx.account, &tx.id, "settle"), &FIELDS));
+                commands.push(reader.hmget(
+                    &tx.account,
+                    layout.step(&tx.account, &tx.id, "settle"),
+                    &FIELDS,
+                ));
             }
-            _ => commands.push(reader.hmget(&tx.account, layout.apply_flag(&tx.id, &tx.account), &FIELDS)),
+            _ => commands.push(reader.hmget(
+                &tx.account,
+                layout.apply_flag(&tx.id, &tx.account),
+                &FIELDS,
+            )),
         }
     }
     // balance_after is "" on a rejection.
     type Row = (Option<u64>, Option<String>, Option<String>, Option<String>);
     let rows: Vec<Row> = reader.query(commands).await?;
-    let mut flags = rows.into_iter().map(|(seq, state, reason, balance_after)| Flag {
-        seq,
-        state,
-        reason: reason.unwrap_or_default(),
-        balance_after: balance_after.and_then(|b| b.parse().ok()),
-    });
+    let mut flags = rows
+        .into_iter()
+        .map(|(seq, state, reason, balance_after)| Flag {
+            seq,
+            state,
+            reason: reason.unwrap_or_default(),
+            balance_after: balance_after.and_then(|b| b.parse().ok()),
+        });
     let mut next = || flags.next().unwrap_or_default();
     Ok(all
         .into_iter()
@@ -381,7 +413,13 @@ async fn check_sagas(
         .query(
             sagas
                 .iter()
-                .map(|(tx, ..)| reader.hmget(&tx.id, layout.tx(&tx.id), &["state", "reason", "balance_after"]))
+                .map(|(tx, ..)| {
+                    reader.hmget(
+                        &tx.id,
+                        layout.tx(&tx.id),
+                        &["state", "reason", "balance_after"],
+                    )
+                })
                 .collect(),
         )
         .await?;
@@ -404,44 +442,57 @@ async fn check_sagas(
                 tx.id, tx.account, tx.to, tx.amount
             ))
         };
-        let in_flight = debit == Some("debited") && credit != Some("credited") && settle != Some("refunded");
+        let in_flight =
+            debit == Some("debited") && credit != Some("credited") && settle != Some("refunded");
         if in_flight {
             verdict.in_flight += u128::from(tx.amount);
         }
         match (debit, credit, settle) {
             (None, None, None) => {}
             (Some("rejected"), None, None) => {
-                if state.as_deref() != Some("rejected") || reason.as_deref() != Some(debit_flag.reason.as_str()) {
+                if state.as_deref() != Some("rejected")
+                    || reason.as_deref() != Some(debit_flag.reason.as_str())
+                {
                     broken("a refused debit must end the saga as rejected with its reason".into());
                 }
             }
             (Some("debited"), Some("credited"), Some("released")) => {
                 if state.as_deref() != Some("applied")
-                    || balance_after.as_deref().and_then(|b| b.parse().ok()) != debit_flag.balance_after
+                    || balance_after.as_deref().and_then(|b| b.parse().ok())
+                        != debit_flag.balance_after
                 {
                     broken("a released saga must be applied with the debit's balance_after".into());
                 }
             }
             (Some("debited"), Some("refused"), Some("refunded")) => {
-                if state.as_deref() != Some("rejected") || reason.as_deref() != Some(credit_flag.reason.as_str()) {
+                if state.as_deref() != Some("rejected")
+                    || reason.as_deref() != Some(credit_flag.reason.as_str())
+                {
                     broken("a refunded saga must be rejected with the credit's reason".into());
                 }
             }
-            (Some("debited"), Some("credited"), None) | (Some("debited"), Some("refused"), None) | (Some("debited"), None, None) => {
-                broken("the saga did not end".into())
+            (Some("debited"), Some("credited"), None)
+            | (Some("debited"), Some("refused"), None)
+            | (Some("debited"), None, None) => broken("the saga did not end".into()),
+            _ => {
+                broken("these steps do not make a saga (a refund without a refused credit?)".into())
             }
-            _ => broken("these steps do not make a saga (a refund without a refused credit?)".into()),
         }
     }
     let accounts: Vec<&String> = ledger.start.keys().collect();
     let held: Vec<Option<u64>> = reader
-        .query(accounts.iter().map(|a| reader.get(a, layout.held(a))).collect())
+        .query(
+            accounts
+                .iter()
+                .map(|a| reader.get(a, layout.held(a)))
+                .collect(),
+        )
         .await?;
     for (account, held) in accounts.iter().zip(held) {
         if let Some(held) = held.filter(|h| *h != 0) {
-            verdict
-                .violations
-                .push(format!("account {account} still holds {held} for sagas that ended"));
+            verdict.violations.push(format!(
+                "account {account} still holds {held} for sagas that ended"
+            ));
         }
     }
     Ok(())
@@ -460,7 +511,10 @@ async fn replay_in_apply_order(
     for (tx, steps) in steps {
         for (owner, step, flag) in steps.recorded(tx) {
             let seq = flag.seq.unwrap_or_default();
-            by_shard.entry(layout.shard_of(owner)).or_default().push((seq, tx, step, flag));
+            by_shard
+                .entry(layout.shard_of(owner))
+                .or_default()
+                .push((seq, tx, step, flag));
         }
     }
     let mut violations = Vec::new();

@@ -70,7 +70,9 @@ pub fn decide(books: &mut Books, tx: &SentTx) -> Result<u64, &'static str> {
             if tx.amount > books.room(&tx.account, source) {
                 return Err("balance_overflow");
             }
-            books.balances.insert(tx.account.clone(), source + tx.amount);
+            books
+                .balances
+                .insert(tx.account.clone(), source + tx.amount);
             Ok(source + tx.amount)
         }
         Kind::Debit | Kind::Transfer => {
@@ -82,9 +84,13 @@ pub fn decide(books: &mut Books, tx: &SentTx) -> Result<u64, &'static str> {
                 if tx.amount > books.room(to, destination) {
                     return Err("balance_overflow");
                 }
-                books.balances.insert(to.to_owned(), destination + tx.amount);
+                books
+                    .balances
+                    .insert(to.to_owned(), destination + tx.amount);
             }
-            books.balances.insert(tx.account.clone(), source - tx.amount);
+            books
+                .balances
+                .insert(tx.account.clone(), source - tx.amount);
             Ok(source - tx.amount)
         }
     }
@@ -107,7 +113,9 @@ pub fn decide_step(books: &mut Books, tx: &SentTx, step: SagaStep) -> Result<u64
                 return Err("insufficient_funds");
             }
             books.held.insert(account.to_owned(), held + tx.amount);
-            books.balances.insert(account.to_owned(), balance - tx.amount);
+            books
+                .balances
+                .insert(account.to_owned(), balance - tx.amount);
             Ok(balance - tx.amount)
         }
         SagaStep::Credit => {
@@ -115,7 +123,9 @@ pub fn decide_step(books: &mut Books, tx: &SentTx, step: SagaStep) -> Result<u64
             if tx.amount > books.room(account, balance) {
                 return Err("balance_overflow");
             }
-            books.balances.insert(account.to_owned(), balance + tx.amount);
+            books
+                .balances
+                .insert(account.to_owned(), balance + tx.amount);
             Ok(balance + tx.amount)
         }
         SagaStep::Release | SagaStep::Refund => {
@@ -127,7 +137,9 @@ pub fn decide_step(books: &mut Books, tx: &SentTx, step: SagaStep) -> Result<u64
             if step == SagaStep::Release {
                 return Ok(balance);
             }
-            books.balances.insert(account.to_owned(), balance + tx.amount);
+            books
+                .balances
+                .insert(account.to_owned(), balance + tx.amount);
             Ok(balance + tx.amount)
         }
     }

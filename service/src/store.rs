@@ -302,7 +302,9 @@ impl Connection {
     ) -> Result<Vec<T>, StoreError> {
         let mut pipes: BTreeMap<u32, (Vec<usize>, Pipeline)> = BTreeMap::new();
         for (index, (slot, cmd)) in commands.into_iter().enumerate() {
-            let (indices, pipe) = pipes.entry(slot).or_insert_with(|| (Vec::new(), redis::pipe()));
+            let (indices, pipe) = pipes
+                .entry(slot)
+                .or_insert_with(|| (Vec::new(), redis::pipe()));
             indices.push(index);
             pipe.add_command(cmd);
         }
@@ -324,7 +326,8 @@ impl Connection {
         answers
             .into_iter()
             .map(|value| {
-                let value = value.ok_or_else(|| StoreError::Unexpected("a command had no answer".into()))?;
+                let value = value
+                    .ok_or_else(|| StoreError::Unexpected("a command had no answer".into()))?;
                 redis::from_redis_value(value).map_err(|e| StoreError::Unexpected(e.to_string()))
             })
             .collect()
@@ -648,7 +651,11 @@ impl Store {
             (None, Some(_)) => saga_step(account, "debit", "debit"),
             (Some(SagaStep::Credit { .. }), Some(to)) => saga_step(to.as_str(), "credit", "credit"),
             (Some(SagaStep::Settle { refused, .. }), Some(_)) => {
-                let step = if refused.is_some() { "refund" } else { "release" };
+                let step = if refused.is_some() {
+                    "refund"
+                } else {
+                    "release"
+                };
                 saga_step(account, step, "settle")
             }
             (Some(_), None) => {
@@ -710,7 +717,12 @@ impl Store {
                     debited_balance_after,
                 })
             }
-            (Some(SagaStep::Credit { debited_balance_after }), "credited" | "refused") => {
+            (
+                Some(SagaStep::Credit {
+                    debited_balance_after,
+                }),
+                "credited" | "refused",
+            ) => {
                 let refused = if state == "refused" {
                     Some(RejectReason::parse(&reason).ok_or_else(unexpected)?)
                 } else {
@@ -761,7 +773,9 @@ impl Store {
                             Outcome::Applied { balance_after } => {
                                 ("applied", "", balance_after.minor_units().to_string())
                             }
-                            Outcome::Rejected { reason } => ("rejected", reason.as_str(), String::new()),
+                            Outcome::Rejected { reason } => {
+                                ("rejected", reason.as_str(), String::new())
+                            }
                         };
                         let mut cmd = evalsha(&self.finish, &[self.tx_key(&tx.id)]);
                         cmd.arg(state)

@@ -67,7 +67,9 @@ pub enum DecodeError {
     Malformed(#[from] serde_json::Error),
     #[error("unsupported record version {0} (this build reads {WIRE_VERSION})")]
     UnsupportedVersion(u32),
-    #[error("a saga step must be a transfer in version {SAGA_WIRE_VERSION}, and only a step may be")]
+    #[error(
+        "a saga step must be a transfer in version {SAGA_WIRE_VERSION}, and only a step may be"
+    )]
     NotASagaStep,
     #[error("record breaks a rule: {0}")]
     Invalid(#[from] crate::domain::RuleError),

@@ -280,8 +280,14 @@ pub fn cluster_masters(seeds: &str) -> anyhow::Result<Vec<String>> {
                         let fields: Vec<&str> = line.split_whitespace().collect();
                         let flags = fields.get(2)?;
                         let serves_slots = fields.len() > 8;
-                        (flags.contains("master") && !flags.contains("fail") && serves_slots)
-                            .then(|| format!("redis://{}", fields[1].split('@').next().unwrap_or_default()))
+                        (flags.contains("master") && !flags.contains("fail") && serves_slots).then(
+                            || {
+                                format!(
+                                    "redis://{}",
+                                    fields[1].split('@').next().unwrap_or_default()
+                                )
+                            },
+                        )
                     })
                     .collect())
             }

@@ -102,7 +102,7 @@ async fn post_until_accepted(s: &Stack, body: &serde_json::Value) {
 
 /// The engine on a Redis Cluster (`--redis-topology cluster`, seeds in
 /// `--redis-url`, `--redis-wait-replicas 1`): transfers apply; the master
-/// of the namespace's slot is killed with -9; the replica takes over, the
+/// of the source's slot is killed with -9; the replica takes over, the
 /// scripts are loaded into it again (its script cache is empty); once the
 /// old master is back as its replica, every transfer, before and after the
 /// failover, is applied exactly once and the group's lag drains.
@@ -129,11 +129,12 @@ async fn engine_runs_on_a_cluster_through_a_master_failover() {
         .await
         .unwrap();
 
-    // Every key of the namespace is in one slot. No fence before the kill:
-    // the consumer stored offsets only for batches a replica acknowledged.
+    // The master of the source's slot. No fence before the kill: the
+    // consumer stored offsets only for batches a replica acknowledged.
+    let layout = txengine::store::Layout::new(&s.config.namespace, RedisTopology::Cluster);
     let slot: u16 = redis::cmd("CLUSTER")
         .arg("KEYSLOT")
-        .arg(format!("{{{}}}:any", s.config.namespace))
+        .arg(layout.balance("a"))
         .query(&mut connection(&cluster.nodes[0].url()))
         .unwrap();
     let master = cluster.master_of(slot).unwrap();
@@ -199,10 +200,10 @@ async fn offsets_wait_for_a_replica() {
         .await
         .unwrap();
 
-    let fence = format!("{{{}}}:fence", s.config.namespace);
+    let layout = txengine::store::Layout::new(&s.config.namespace, RedisTopology::Cluster);
     let slot: u16 = redis::cmd("CLUSTER")
         .arg("KEYSLOT")
-        .arg(&fence)
+        .arg(layout.balance("a"))
         .query(&mut connection(&cluster.nodes[0].url()))
         .unwrap();
     let master = cluster.master_of(slot).unwrap();

@@ -11,6 +11,7 @@ mod differential;
 mod limits;
 mod observability;
 mod pipeline;
+mod saga;
 
 use std::sync::Once;
 
