@@ -38,6 +38,9 @@ pub struct Scenario {
     pub name: String,
     /// What it proves, for the README table.
     pub description: String,
+    /// Runs on a Redis Cluster only (its faults need one).
+    #[serde(default)]
+    pub cluster_only: bool,
     pub accounts: Accounts,
     pub mix: Mix,
     pub load: Load,
@@ -88,7 +91,7 @@ pub struct Fault {
     /// Fires once this share (0..=100 %) of the transactions has been sent.
     pub at_percent: u32,
     pub kind: FaultKind,
-    /// Records to publish, for `poison` only.
+    /// Records to publish (`poison`), or slots to move (`reshard`).
     pub count: Option<usize>,
 }
 
@@ -109,6 +112,9 @@ pub enum FaultKind {
     RemoveConsumer,
     /// `count` undecodable records published into the topic.
     Poison,
+    /// On a Redis Cluster only: `count` slots (default 2000) move, keys
+    /// and all, from one master to another while the load goes on.
+    Reshard,
 }
 
 /// Checks beyond the invariants, each optional.
@@ -166,9 +172,9 @@ impl Scenario {
             }
             match (f.kind, f.count) {
                 (FaultKind::Poison, None) => bail!("faults[{i}].count: poison needs a count"),
-                (FaultKind::Poison, Some(_)) | (_, None) => {}
+                (FaultKind::Poison | FaultKind::Reshard, Some(_)) | (_, None) => {}
                 (kind, Some(_)) => {
-                    bail!("faults[{i}].count: only poison takes a count, not {kind:?}")
+                    bail!("faults[{i}].count: only poison and reshard take a count, not {kind:?}")
                 }
             }
         }
@@ -240,6 +246,7 @@ pub async fn run(scenario: &Scenario, infra: &Infra, exe: &Path) -> anyhow::Resu
         let missing = match fault.kind {
             FaultKind::RestartRedis => infra.redis.is_none() && infra.redis_cluster.is_none(),
             FaultKind::RestartKafka => infra.kafka.is_none(),
+            FaultKind::Reshard => infra.redis_cluster.is_none(),
             _ => false,
         };
         if missing {
@@ -442,6 +449,11 @@ async fn inject(fault: &Fault, topology: &mut Topology, infra: &Infra) -> anyhow
             tokio::task::block_in_place(|| infra.restart_redis(&namespace))?
         }
         FaultKind::RestartKafka => tokio::task::block_in_place(|| infra.restart_kafka())?,
+        FaultKind::Reshard => {
+            let namespace = topology.config.namespace.clone();
+            let slots = fault.count.unwrap_or(2000) as u32;
+            tokio::task::block_in_place(|| infra.reshard(&namespace, slots))?
+        }
         FaultKind::AddConsumer => topology.add_consumer().await?,
         FaultKind::RemoveConsumer => {
             if topology.consumers.len() > 1 {

@@ -18,25 +18,42 @@ fn one_at_a_time() -> &'static tokio::sync::Mutex<()> {
 
 /// One case per file of `scenarios/`, found when this test is compiled
 /// (`harness/build.rs` rebuilds it when a file is added or removed), so no
-/// file can be left out.
+/// file can be left out; files marked `cluster_only` are skipped here.
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_holds(#[files("../scenarios/*.toml")] file: PathBuf) {
+    if Scenario::load(&file).unwrap().cluster_only {
+        eprintln!("{}: cluster only, see scenario_holds_on_a_cluster", file.display());
+        return;
+    }
     run_and_judge(&file, Infra::shared()).await;
 }
 
-/// The same scenarios on a local Redis Cluster (3 masters + 3 replicas, the
-/// engine with `--redis-wait-replicas 1`); a Redis restart there is a kill -9
-/// of the namespace's master, its replica promoted, the old master back as
-/// a replica. A subset, to keep CI short: `harness/tests/scenarios.rs` runs
-/// every file on one Redis.
+/// The scenarios that run on the cluster in every `cargo test`: the ones
+/// about the cluster, its sagas and its failover. `TXENGINE_SCENARIOS=all`
+/// runs every file on it (the whole matrix; README, "Scenarios").
+const ON_THE_CLUSTER_BY_DEFAULT: &[&str] = &[
+    "race",
+    "duplicate-replay",
+    "bank",
+    "saga-crash",
+    "master-failover",
+    "reshard",
+];
+
+/// The same files on a local Redis Cluster (3 masters + 3 replicas, the
+/// engine with `--redis-wait-replicas 1`, accounts spread over slots, so
+/// most transfers are sagas); a Redis restart there is a kill -9 of a
+/// master, its replica promoted, the old master back as a replica.
 #[rstest]
-#[case::race("race")]
-#[case::duplicate_replay("duplicate-replay")]
-#[case::bank("bank")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scenario_holds_on_a_cluster(#[case] name: &str) {
-    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../scenarios/{name}.toml"));
+async fn scenario_holds_on_a_cluster(#[files("../scenarios/*.toml")] file: PathBuf) {
+    let name = file.file_stem().unwrap().to_string_lossy().into_owned();
+    let all = std::env::var("TXENGINE_SCENARIOS").is_ok_and(|v| v == "all");
+    if !all && !ON_THE_CLUSTER_BY_DEFAULT.contains(&name.as_str()) {
+        eprintln!("{name}: on the cluster only with TXENGINE_SCENARIOS=all");
+        return;
+    }
     let infra = tokio::task::spawn_blocking(Infra::shared_cluster)
         .await
         .unwrap();
@@ -55,12 +72,13 @@ async fn run_and_judge(file: &std::path::Path, infra: &'static Infra) {
     .await
     .unwrap();
     eprintln!(
-        "scenario {name} ({:?}): {:.1} s, {} accepted, {} applied, {} rejected",
+        "scenario {name} ({:?}): {:.1} s, {} accepted, {} applied, {} rejected, {} sagas",
         infra.redis_topology,
         outcome.elapsed.as_secs_f64(),
         outcome.verdict.accepted,
         outcome.verdict.applied,
-        outcome.verdict.rejected
+        outcome.verdict.rejected,
+        outcome.verdict.sagas
     );
     assert!(
         outcome.passed(),

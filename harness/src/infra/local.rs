@@ -353,6 +353,48 @@ impl LocalRedisCluster {
         )
     }
 
+    /// Moves `slots` slots, with their keys, from the master serving `key`
+    /// to another master, while clients go on (`redis-cli --cluster
+    /// reshard`: each slot is MIGRATING/IMPORTING while its keys move, so
+    /// scripts on it meet ASK and TRYAGAIN).
+    pub fn reshard(&mut self, key: &str, slots: u32) -> anyhow::Result<()> {
+        let node = self.live_nodes().next().context("no live node")?;
+        let url = node.url();
+        let slot: u16 = {
+            let client = redis::Client::open(url.as_str())?;
+            let mut conn = client.get_connection_with_timeout(Duration::from_secs(1))?;
+            redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).query(&mut conn)?
+        };
+        let from = self.master_of(slot)?;
+        let to = self
+            .live_nodes()
+            .map(|n| n.url())
+            .filter(|u| role_of(u).as_deref() == Some("master"))
+            .find(|u| *u != self.nodes[from].url())
+            .context("no other master")?;
+        let id_of = |url: &str| -> anyhow::Result<String> {
+            let client = redis::Client::open(url)?;
+            let mut conn = client.get_connection_with_timeout(Duration::from_secs(1))?;
+            Ok(redis::cmd("CLUSTER").arg("MYID").query(&mut conn)?)
+        };
+        let output = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("reshard")
+            .arg(self.nodes[from].address())
+            .args(["--cluster-from", &id_of(&self.nodes[from].url())?])
+            .args(["--cluster-to", &id_of(&to)?])
+            .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
+            .output()
+            .context("running redis-cli --cluster reshard")?;
+        anyhow::ensure!(
+            output.status.success(),
+            "redis-cli --cluster reshard failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        self.wait_healthy()
+    }
+
     /// The replica of the master at index `master`, by index into `nodes`.
     pub fn replica_of(&self, master: usize) -> anyhow::Result<usize> {
         let client = redis::Client::open(self.nodes[master].url())?;

@@ -16,7 +16,7 @@ pub mod docker;
 pub mod local;
 pub mod process;
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::{bail, Context};
 
@@ -64,7 +64,7 @@ pub struct Infra {
     /// The local Redis, for kill/restart faults (local provider only).
     pub redis: Option<Mutex<LocalRedis>>,
     /// The local Kafka, for kill/restart faults (local provider only).
-    pub kafka: Option<Mutex<LocalKafka>>,
+    pub kafka: Option<Arc<Mutex<LocalKafka>>>,
     /// The local Redis Cluster, when that is the topology (local provider only).
     pub redis_cluster: Option<Mutex<LocalRedisCluster>>,
 }
@@ -78,7 +78,7 @@ impl Infra {
                     std::env::var("TXENGINE_REDIS_APPENDFSYNC").unwrap_or_else(|_| "always".into());
                 let kafka = LocalKafka::start()?;
                 let kafka_brokers = kafka.brokers();
-                let kafka = Some(Mutex::new(kafka));
+                let kafka = Some(Arc::new(Mutex::new(kafka)));
                 match topology {
                     RedisTopology::Single => {
                         let redis = LocalRedis::start(&fsync)?;
@@ -208,12 +208,25 @@ impl Infra {
         redis.lock().expect("redis lock").restart()
     }
 
+    /// On a local cluster: moves `slots` slots, keys and all, from the
+    /// master of `namespace`'s first shard to another master.
+    pub fn reshard(&self, namespace: &str, slots: u32) -> anyhow::Result<()> {
+        let cluster = self
+            .redis_cluster
+            .as_ref()
+            .context("a reshard needs a local Redis Cluster")?;
+        let key = txengine::store::Layout::new(namespace, RedisTopology::Cluster).seq(0);
+        cluster.lock().expect("cluster lock").reshard(&key, slots)
+    }
+
     /// For a test binary's cluster runs: a local Redis Cluster beside the
-    /// shared Kafka of [`Infra::shared`] (Kafka faults are not offered).
+    /// shared Kafka of [`Infra::shared`] (a Kafka restart restarts that one).
     pub fn shared_cluster() -> &'static Infra {
         static SHARED: OnceLock<Result<Infra, String>> = OnceLock::new();
         let result = SHARED.get_or_init(|| {
-            let kafka_brokers = Infra::shared().kafka_brokers.clone();
+            let shared = Infra::shared();
+            let kafka_brokers = shared.kafka_brokers.clone();
+            let kafka = shared.kafka.clone();
             LocalRedisCluster::start(3, "always")
                 .map(|cluster| Infra {
                     provider: Provider::Local,
@@ -221,7 +234,7 @@ impl Infra {
                     redis_url: cluster.urls().join(","),
                     kafka_brokers,
                     redis: None,
-                    kafka: None,
+                    kafka,
                     redis_cluster: Some(Mutex::new(cluster)),
                 })
                 .map_err(|e| format!("{e:#}"))
