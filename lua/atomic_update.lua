@@ -36,16 +36,16 @@ local MAX = 9007199254740991
 
 local settled = redis.call('HMGET', KEYS[1], 'state', 'reason', 'balance_after')
 if settled[1] == 'applied' or settled[1] == 'rejected' then
+  -- A repeat still writes (it renews the flag's TTL): a WAIT after it then
+  -- covers the first apply's writes, even through a new connection.
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
   return {settled[1], settled[2] or '', settled[3] or '', 1}
 end
 
 local kind = ARGV[1]
 local amount = tonumber(ARGV[2])
 
-local held_key = KEYS[4]
-if kind == 'transfer' then
-  held_key = KEYS[5]
-end
+local held_key = KEYS[kind == 'transfer' and 5 or 4]
 local held = 0
 if kind ~= 'debit' and held_key then
   held = tonumber(redis.call('GET', held_key) or '0')

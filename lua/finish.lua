@@ -12,10 +12,12 @@
 -- ARGV[5] fingerprint of the transaction (bound here if no claim bound it)
 -- ARGV[6] seconds to keep the record
 --
--- Returns 1 if it wrote the outcome, 0 if one was there.
+-- Returns 1 if it wrote the outcome, 0 if one was there (its TTL renewed).
 
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'applied' or state == 'rejected' then
+  -- Still a write (the TTL renewed), so a WAIT after it covers the first.
+  redis.call('EXPIRE', KEYS[1], ARGV[6])
   return 0
 end
 redis.call('HSETNX', KEYS[1], 'fp', ARGV[5])

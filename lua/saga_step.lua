@@ -30,6 +30,9 @@ local MAX = 9007199254740991
 
 local done = redis.call('HMGET', KEYS[1], 'state', 'reason', 'balance_after')
 if done[1] then
+  -- A repeat still writes (it renews the flag's TTL): a WAIT after it then
+  -- covers the first run's writes, even through a new connection.
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
   return {done[1], done[2] or '', done[3] or '', 1}
 end
 
@@ -48,14 +51,14 @@ local function digits(n)
   return string.format('%d', n)
 end
 
-local balance = redis.call('GET', KEYS[3])
 local held = tonumber(redis.call('GET', KEYS[4]) or '0')
 
 if step == 'debit' then
-  if not balance then
+  local source = redis.call('GET', KEYS[3])
+  if not source then
     return settle('rejected', 'unknown_account', '')
   end
-  if tonumber(balance) < amount then
+  if tonumber(source) < amount then
     return settle('rejected', 'insufficient_funds', '')
   end
   redis.call('INCRBY', KEYS[4], ARGV[2])
@@ -63,10 +66,11 @@ if step == 'debit' then
 end
 
 if step == 'credit' then
-  if not balance then
+  local destination = redis.call('GET', KEYS[3])
+  if not destination then
     return settle('refused', 'unknown_account', '')
   end
-  if amount > MAX - tonumber(balance) - held then
+  if amount > MAX - tonumber(destination) - held then
     return settle('refused', 'balance_overflow', '')
   end
   return settle('credited', '', digits(redis.call('INCRBY', KEYS[3], ARGV[2])))
@@ -74,7 +78,7 @@ end
 
 -- release and refund end the hold the debit made; the debit ran in this
 -- slot before them (the consumer publishes them only after it), so the
--- hold is there.
+-- hold is there, unless something else wrote these keys: then stop, loudly.
 if held < amount then
   return redis.error_reply('saga ' .. step .. ' of ' .. ARGV[3] .. ': held ' .. held .. ' < ' .. ARGV[2])
 end
@@ -82,7 +86,7 @@ if redis.call('DECRBY', KEYS[4], ARGV[2]) == 0 then
   redis.call('DEL', KEYS[4])
 end
 if step == 'release' then
-  return settle('released', '', digits(tonumber(balance)))
+  return settle('released', '', digits(tonumber(redis.call('GET', KEYS[3]) or '0')))
 end
 if step == 'refund' then
   return settle('refunded', '', digits(redis.call('INCRBY', KEYS[3], ARGV[2])))

@@ -1,20 +1,60 @@
 //! `harness backlog`: a backlog published straight into a topic, then one
 //! consumer process timed until it has applied all of it; the invariants
-//! (with the replay of every outcome) checked after.
+//! (with the replay of every outcome and saga step) checked after.
+//!
+//! `--compare-topologies` does it three times in one run, with the same
+//! count, accounts and partitions: one Redis; a Redis Cluster where
+//! transfers go between slots (sagas); the cluster with every transfer
+//! within one slot. It reports CPU per transaction per process (the
+//! consumer, Redis summed over its nodes, Kafka) and writes
+//! `reports/<time>-backlog-topologies.{json,md}`.
 
+use std::collections::HashMap;
 use std::time::Duration;
+
+use serde::Serialize;
+use txengine::config::RedisTopology;
+use txengine::domain::{AccountId, Balance};
+use txengine::store::{Layout, Store, StoreSettings};
 
 use crate::infra::Infra;
 use crate::invariants;
 use crate::load::{self, LoadProfile};
-use crate::report::cpu_time_us;
+use crate::report::{cpu_time_sum_us, cpu_time_us, Machine};
 use crate::stack::{isolated_config, EngineProcess};
 use crate::workload::{account_name, Ledger};
-use txengine::config::RedisTopology;
-use txengine::domain::{AccountId, Balance};
-use txengine::store::{Store, StoreSettings};
 
-/// Runs `harness backlog` (see the README's performance section).
+/// How a backlog's transfers pick their destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transfers {
+    /// Any other account (on a cluster, nearly always another slot: a saga).
+    AsDrawn,
+    /// The source's partner, an account named to share its slot.
+    WithinSlot,
+}
+
+/// What one backlog run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BacklogRun {
+    pub topology: RedisTopology,
+    pub transfers: Transfers,
+    pub count: usize,
+    pub drained_s: f64,
+    pub apply_rate_tx_per_s: f64,
+    /// CPU per transaction of the backlog, µs; null when a process was gone.
+    pub consumer_cpu_us: Option<f64>,
+    /// Summed over every Redis process (6 on the cluster: masters and replicas).
+    pub redis_cpu_us: Option<f64>,
+    pub redis_processes: usize,
+    pub kafka_cpu_us: Option<f64>,
+    pub applied: usize,
+    pub rejected: usize,
+    pub sagas: usize,
+    pub invariants_hold: bool,
+}
+
+/// Runs `harness backlog` on one topology and prints what it measured.
 pub async fn run_backlog(
     count: usize,
     accounts: usize,
@@ -22,11 +62,84 @@ pub async fn run_backlog(
     topology: RedisTopology,
 ) -> anyhow::Result<()> {
     let infra = Infra::start_chosen(topology).await?;
+    let run = backlog_once(&infra, count, accounts, partitions, Transfers::AsDrawn).await?;
+    drop(infra);
+    print_run(&run, accounts, partitions);
+    anyhow::ensure!(run.invariants_hold, "invariant violations (listed above)");
+    Ok(())
+}
+
+/// Runs the three backlogs of `--compare-topologies`, one after the other
+/// in this process, prints them side by side and writes the report.
+pub async fn compare_topologies(
+    count: usize,
+    accounts: usize,
+    partitions: i32,
+) -> anyhow::Result<()> {
+    let started_at = crate::bench::time_now_rfc3339();
+    let mut runs = Vec::new();
+    for (topology, transfers) in [
+        (RedisTopology::Single, Transfers::AsDrawn),
+        (RedisTopology::Cluster, Transfers::AsDrawn),
+        (RedisTopology::Cluster, Transfers::WithinSlot),
+    ] {
+        eprintln!("== backlog on {topology:?}, transfers {transfers:?}");
+        let infra = Infra::start_chosen(topology).await?;
+        let run = backlog_once(&infra, count, accounts, partitions, transfers).await?;
+        drop(infra);
+        print_run(&run, accounts, partitions);
+        runs.push(run);
+    }
+    let markdown = comparison_markdown(&runs, accounts, partitions);
+    println!("\n{markdown}");
+    let dir = std::path::Path::new("reports");
+    std::fs::create_dir_all(dir)?;
+    let stamp: String = started_at
+        .replace([':', '-'], "")
+        .chars()
+        .take(15)
+        .collect();
+    let stem = format!("{stamp}-backlog-topologies");
+    let report = serde_json::json!({
+        "kind": "backlog-topologies",
+        "started_at": started_at,
+        "command": format!("cargo run --release -p harness -- backlog --compare-topologies --count {count} --accounts {accounts} --partitions {partitions}"),
+        "machine": Machine::describe(),
+        "runs": runs,
+    });
+    std::fs::write(
+        dir.join(format!("{stem}.json")),
+        serde_json::to_string_pretty(&report)? + "\n",
+    )?;
+    std::fs::write(dir.join(format!("{stem}.md")), markdown)?;
+    eprintln!("report: reports/{stem}.{{json,md}}");
+    anyhow::ensure!(
+        runs.iter().all(|r| r.invariants_hold),
+        "invariant violations (listed above)"
+    );
+    Ok(())
+}
+
+/// The first `<account>.p<k>` that shares `account`'s slot.
+fn partner_in_slot(layout: &Layout, account: &str) -> String {
+    (0..)
+        .map(|k| format!("{account}.p{k}"))
+        .find(|name| layout.same_slot(name, account))
+        .expect("some name lands in the slot")
+}
+
+async fn backlog_once(
+    infra: &Infra,
+    count: usize,
+    accounts: usize,
+    partitions: i32,
+    transfers: Transfers,
+) -> anyhow::Result<BacklogRun> {
     let profile = LoadProfile {
         accounts,
         ..LoadProfile::default()
     };
-    let mut config = isolated_config(&infra, "backlog");
+    let mut config = isolated_config(infra, "backlog");
     config.partitions = partitions;
     txengine::publisher::ensure_topics(
         &infra.kafka_brokers,
@@ -44,8 +157,18 @@ pub async fn run_backlog(
     })
     .await?;
     let mut ledger = Ledger::default();
-    for i in 0..accounts {
-        let account = account_name(i);
+    let mut funded: Vec<String> = (0..accounts).map(account_name).collect();
+    let partners: Option<HashMap<String, String>> =
+        (transfers == Transfers::WithinSlot).then(|| {
+            funded
+                .iter()
+                .map(|a| (a.clone(), partner_in_slot(store.layout(), a)))
+                .collect()
+        });
+    if let Some(partners) = &partners {
+        funded.extend(partners.values().cloned());
+    }
+    for account in funded {
         store
             .set_balance(
                 &AccountId::parse(&account)?,
@@ -54,19 +177,30 @@ pub async fn run_backlog(
             .await?;
         ledger.start.insert(account, profile.start_balance);
     }
-    eprintln!(
-        "publishing a backlog of {count} transactions into {} partitions ...",
-        partitions
-    );
-    ledger.accepted =
-        load::publish_backlog(&infra.kafka_brokers, &config.topic, &profile, count).await?;
+    eprintln!("publishing a backlog of {count} transactions into {partitions} partitions ...");
+    ledger.accepted = load::publish_backlog(
+        &infra.kafka_brokers,
+        &config.topic,
+        &profile,
+        count,
+        partners.as_ref(),
+    )
+    .await?;
 
     eprintln!("starting a consumer (its own process) on the backlog ...");
     config.role = txengine::Role::Consumer;
     let exe = std::env::current_exe()?;
+    let (redis_pids, kafka_pid) = infra.pids();
     let started = std::time::Instant::now();
     let consumer = EngineProcess::spawn_consumer(&exe, config.clone()).await?;
-    let cpu_before = cpu_time_us(consumer.pid());
+    let cpu_now = || {
+        [
+            cpu_time_us(consumer.pid()),
+            cpu_time_sum_us(&redis_pids),
+            cpu_time_us(kafka_pid),
+        ]
+    };
+    let cpu_before = cpu_now();
     let drained = load::wait_drained(
         &infra.kafka_brokers,
         &config.group,
@@ -74,10 +208,12 @@ pub async fn run_backlog(
         Duration::from_secs(1800),
     )
     .await?;
-    let cpu = cpu_time_us(consumer.pid())
-        .zip(cpu_before)
-        .and_then(|(after, before)| after.checked_sub(before));
+    let cpu_after = cpu_now();
     let elapsed = started.elapsed().max(drained);
+    let per_tx = |i: usize| {
+        let used = cpu_after[i]?.checked_sub(cpu_before[i]?)?;
+        Some(used as f64 / count.max(1) as f64)
+    };
     let verdict = invariants::check(
         &infra.redis_url,
         infra.redis_topology,
@@ -86,42 +222,105 @@ pub async fn run_backlog(
     )
     .await?;
     consumer.terminate(Duration::from_secs(10));
-    println!("backlog: {count} transactions over {accounts} accounts, {partitions} partitions, one consumer process");
+    for violation in verdict.violations.iter().take(20) {
+        println!("  VIOLATION         {violation}");
+    }
+    Ok(BacklogRun {
+        topology: infra.redis_topology,
+        transfers,
+        count,
+        drained_s: elapsed.as_secs_f64(),
+        apply_rate_tx_per_s: count as f64 / elapsed.as_secs_f64(),
+        consumer_cpu_us: per_tx(0),
+        redis_cpu_us: per_tx(1),
+        redis_processes: redis_pids.len(),
+        kafka_cpu_us: per_tx(2),
+        applied: verdict.applied,
+        rejected: verdict.rejected,
+        sagas: verdict.sagas,
+        invariants_hold: verdict.holds(),
+    })
+}
+
+fn micros(value: Option<f64>) -> String {
+    value.map_or_else(|| "not measured".to_owned(), |v| format!("{v:.1} µs"))
+}
+
+fn print_run(run: &BacklogRun, accounts: usize, partitions: i32) {
+    println!(
+        "backlog: {} transactions over {accounts} accounts, {partitions} partitions, one consumer process, {:?} Redis, transfers {:?}",
+        run.count, run.topology, run.transfers
+    );
     println!(
         "  drained in        {:.1} s (consumer start, group join and fetches included)",
-        elapsed.as_secs_f64()
+        run.drained_s
+    );
+    println!("  apply rate        {:.0} tx/s", run.apply_rate_tx_per_s);
+    println!(
+        "  CPU per tx        consumer {}, Redis {} ({} processes), Kafka {}",
+        micros(run.consumer_cpu_us),
+        micros(run.redis_cpu_us),
+        run.redis_processes,
+        micros(run.kafka_cpu_us)
     );
     println!(
-        "  apply rate        {:.0} tx/s",
-        count as f64 / elapsed.as_secs_f64()
-    );
-    match cpu {
-        Some(cpu) => println!(
-            "  consumer CPU      {:.1} µs per transaction",
-            cpu as f64 / count.max(1) as f64
-        ),
-        None => println!("  consumer CPU      not measured (the process was gone)"),
-    }
-    println!(
-        "  outcomes          {} applied, {} rejected {:?}",
-        verdict.applied, verdict.rejected, verdict.rejected_by_reason
+        "  outcomes          {} applied, {} rejected, {} sagas",
+        run.applied, run.rejected, run.sagas
     );
     println!(
         "  invariants        {}",
-        if verdict.holds() {
+        if run.invariants_hold {
             "all hold"
         } else {
             "BROKEN"
         }
     );
-    for violation in verdict.violations.iter().take(20) {
-        println!("  VIOLATION         {violation}");
-    }
-    drop(infra);
-    anyhow::ensure!(
-        verdict.holds(),
-        "{} invariant violations",
-        verdict.violations.len()
+}
+
+/// The side-by-side table, with what the measured CPU implies for more
+/// Redis nodes.
+fn comparison_markdown(runs: &[BacklogRun], accounts: usize, partitions: i32) -> String {
+    let mut md = format!(
+        "# Backlog on one Redis and on a Redis Cluster\n\n{} transactions over {accounts} accounts \
+         (60% transfers, 25% debits, 15% credits), {partitions} partitions, one consumer process, \
+         release build, one after the other in one run. CPU is per transaction of the backlog.\n\n\
+         | Redis | transfers | apply rate | consumer CPU | Redis CPU (processes) | Kafka CPU | sagas | invariants |\n\
+         | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |\n",
+        runs.first().map_or(0, |r| r.count)
     );
-    Ok(())
+    for r in runs {
+        md.push_str(&format!(
+            "| {:?} | {:?} | {:.0} tx/s | {} | {} ({}) | {} | {} | {} |\n",
+            r.topology,
+            r.transfers,
+            r.apply_rate_tx_per_s,
+            micros(r.consumer_cpu_us),
+            micros(r.redis_cpu_us),
+            r.redis_processes,
+            micros(r.kafka_cpu_us),
+            r.sagas,
+            if r.invariants_hold { "hold" } else { "BROKEN" }
+        ));
+    }
+    md.push_str(
+        "\nWhat the CPU implies: with Redis CPU T µs per transaction summed over all of the \
+         cluster's processes, and transactions spread evenly over the masters, a master and its \
+         replica spend T µs on each transaction they handle (a saga's three steps included). \
+         With each pair on a core of its own, Redis alone caps the apply rate near \
+         N x 1,000,000 / T for N masters:\n\n",
+    );
+    for r in runs.iter().filter(|r| r.topology == RedisTopology::Cluster) {
+        if let (Some(redis), Some(consumer)) = (r.redis_cpu_us, r.consumer_cpu_us) {
+            md.push_str(&format!(
+                "- {:?} transfers: T = {redis:.1} µs: 3 / 6 / 12 masters cap near {:.0} / {:.0} / {:.0} tx/s; \
+                 a consumer on one core caps near {:.0} tx/s (consumers scale with partitions).\n",
+                r.transfers,
+                3.0 * 1e6 / redis,
+                6.0 * 1e6 / redis,
+                12.0 * 1e6 / redis,
+                1e6 / consumer
+            ));
+        }
+    }
+    md
 }

@@ -11,8 +11,8 @@ use crate::infra::Infra;
 use crate::invariants;
 use crate::load::{self, HttpResult, LoadProfile, Target};
 use crate::report::{
-    cpu_time_us, cpu_time_with_children_us, rss_kib, CpuPerRequest, InvariantResult, Machine,
-    PipelineResult, PipelineSecond, Ratios, Report,
+    cpu_time_sum_us, cpu_time_us, cpu_time_with_children_us, rss_kib, CpuPerRequest,
+    InvariantResult, Machine, PipelineResult, PipelineSecond, Ratios, Report,
 };
 use crate::stack::{isolated_config, EngineProcess};
 use crate::workload::{account_name, Ledger, SentTx};
@@ -287,16 +287,16 @@ pub async fn run_load(
     }
     let load_started_ms = txengine::wire::now_ms();
     let lag_sampler = LagSampler::start(&infra.kafka_brokers, &config.group, &config.topic);
-    let (redis_pid, kafka_pid) = infra.pids();
-    let pids = [engine.pid(), kafka_pid, redis_pid, Some(std::process::id())];
-    // The generator is this process (goose) or a child it waits for (wrk).
+    let (redis_pids, kafka_pid) = infra.pids();
+    let (engine_pid, generator_pid) = (engine.pid(), Some(std::process::id()));
+    // The generator is this process (goose) or a child it waits for (wrk);
+    // Redis is every node of a cluster.
     let cpu_now = || {
-        let [engine, kafka, redis, generator] = pids;
         [
-            cpu_time_us(engine),
-            cpu_time_us(kafka),
-            cpu_time_us(redis),
-            cpu_time_with_children_us(generator),
+            cpu_time_us(engine_pid),
+            cpu_time_us(kafka_pid),
+            cpu_time_sum_us(&redis_pids),
+            cpu_time_with_children_us(generator_pid),
         ]
     };
     let cpu_before = cpu_now();
@@ -435,7 +435,7 @@ pub async fn run_load(
 }
 
 /// Now as RFC 3339 UTC, from the `date` the machine has (no time crate needed).
-fn time_now_rfc3339() -> String {
+pub(crate) fn time_now_rfc3339() -> String {
     std::process::Command::new("date")
         .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
         .output()

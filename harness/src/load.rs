@@ -454,6 +454,7 @@ pub async fn publish_backlog(
     topic: &str,
     profile: &LoadProfile,
     count: usize,
+    partners: Option<&HashMap<String, String>>,
 ) -> anyhow::Result<Vec<SentTx>> {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let producer: FutureProducer = ClientConfig::new()
@@ -474,7 +475,11 @@ pub async fn publish_backlog(
     let mut sent = Vec::with_capacity(count);
     let mut deliveries = Vec::with_capacity(10_000);
     for i in 0..count {
-        let tx = state.next_tx();
+        let mut tx = state.next_tx();
+        // Transfers to the source's partner instead, when given.
+        if let (Some(partners), Some(_)) = (partners, &tx.to) {
+            tx.to = partners.get(&tx.account).cloned();
+        }
         let record = txengine::wire::Record {
             tx: to_domain(&tx)?,
             accepted_at_ms: txengine::wire::now_ms(),

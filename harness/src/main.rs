@@ -84,6 +84,11 @@ enum Command {
         /// One Redis, or a local Redis Cluster (3 masters + 3 replicas).
         #[arg(long, value_enum, default_value = "single")]
         redis_topology: RedisTopology,
+        /// Run three backlogs side by side instead: one Redis, the cluster
+        /// with transfers between slots (sagas), the cluster with transfers
+        /// within a slot; writes reports/<time>-backlog-topologies.{json,md}.
+        #[arg(long, conflicts_with = "redis_topology")]
+        compare_topologies: bool,
     },
     /// Serve the bare HTTP limit: an axum handler that only answers 202.
     #[command(hide = true)]
@@ -143,7 +148,17 @@ fn main() -> anyhow::Result<()> {
             count,
             accounts,
             partitions,
+            compare_topologies: true,
+            ..
+        } => runtime.block_on(harness::backlog::compare_topologies(
+            count, accounts, partitions,
+        )),
+        Command::Backlog {
+            count,
+            accounts,
+            partitions,
             redis_topology,
+            compare_topologies: false,
         } => runtime.block_on(harness::backlog::run_backlog(
             count,
             accounts,

@@ -114,6 +114,15 @@ pub fn cpu_time_us(pid: Option<u32>) -> Option<u64> {
     process_cpu_us(pid, false)
 }
 
+/// The CPU time of several processes together (every node of a Redis
+/// Cluster); `None` when there are none or one is gone.
+pub fn cpu_time_sum_us(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|pid| cpu_time_us(Some(*pid))).sum()
+}
+
 /// As [`cpu_time_us`], plus the children it has waited for (a finished wrk).
 pub fn cpu_time_with_children_us(pid: Option<u32>) -> Option<u64> {
     process_cpu_us(pid, true)

@@ -350,6 +350,13 @@ pub async fn run(scenario: &Scenario, infra: &Infra, exe: &Path) -> anyhow::Resu
     .await;
     if let Err(e) = drain {
         failures.push(format!("consumer lag did not return to 0: {e:#}"));
+        // What the consumers were doing, to tell a stall from a slow drain.
+        for (i, consumer) in topology.consumers.iter().enumerate() {
+            failures.push(format!(
+                "consumer {i}, last log lines:\n{}",
+                consumer.log_tail(15)
+            ));
+        }
     }
 
     let results = std::mem::take(&mut *results.lock().expect("results lock"));

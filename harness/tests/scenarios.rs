@@ -23,7 +23,10 @@ fn one_at_a_time() -> &'static tokio::sync::Mutex<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_holds(#[files("../scenarios/*.toml")] file: PathBuf) {
     if Scenario::load(&file).unwrap().cluster_only {
-        eprintln!("{}: cluster only, see scenario_holds_on_a_cluster", file.display());
+        eprintln!(
+            "{}: cluster only, see scenario_holds_on_a_cluster",
+            file.display()
+        );
         return;
     }
     run_and_judge(&file, Infra::shared()).await;

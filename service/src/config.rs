@@ -49,7 +49,8 @@ pub enum Role {
 }
 
 /// How Redis is deployed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RedisTopology {
     /// One Redis server (with replicas or not): `--redis-url` is its URL.
     Single,

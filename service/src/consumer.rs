@@ -266,12 +266,27 @@ impl TxConsumer {
                 }
             }
         }
-        let Some(progress) = self.apply_until_done(&records, &sources, shutdown).await else {
-            return false;
+        // A short WAIT applies the batch again before it waits again: the
+        // writes may have died with a master that failed over, and the
+        // promoted replica's WAIT (on a new connection) would not cover
+        // them. Where they survived, the flags make the second apply a no-op.
+        let mut wait_backoff = RETRY_MIN;
+        let progress = loop {
+            let Some(progress) = self.apply_until_done(&records, &sources, shutdown).await else {
+                return false;
+            };
+            if records.is_empty() {
+                break progress;
+            }
+            match self
+                .replicas_have_writes(&sources, &mut wait_backoff, shutdown)
+                .await
+            {
+                Some(true) => break progress,
+                Some(false) => continue,
+                None => return false,
+            }
         };
-        if !records.is_empty() && !self.wait_for_replicas(&sources, shutdown).await {
-            return false;
-        }
         debug_assert_eq!(progress.len(), records.len(), "one progress per record");
         let next_steps: Vec<&Record> = progress
             .iter()
@@ -396,7 +411,13 @@ impl TxConsumer {
         loop {
             let error = match self.apply_and_record(records).await {
                 Ok(progress) => {
-                    if self.health.stall().is_some() {
+                    // A record's stall ends here; a wait for replicas, in
+                    // replicas_have_writes.
+                    if self
+                        .health
+                        .stall()
+                        .is_some_and(|stall| !stall.id.is_empty())
+                    {
                         tracing::info!("the stalled record is applied; going on");
                         self.health.set(None);
                     }
@@ -421,63 +442,63 @@ impl TxConsumer {
         }
     }
 
-    /// Waits until the batch's writes are on `wait_replicas` replicas, so
-    /// that a master failing over after its offsets are stored loses
-    /// nothing; retried (and shown by `/ready`) while too few replicas
-    /// acknowledge. False if shutdown came first.
-    async fn wait_for_replicas(
+    /// Asks whether the batch's writes are on `wait_replicas` replicas
+    /// (`WAIT`), so that a master failing over after its offsets are stored
+    /// loses nothing. `Some(true)`: they are. `Some(false)`: too few
+    /// acknowledged (shown by `/ready`), and `backoff` was waited out.
+    /// `None`: shutdown came first.
+    async fn replicas_have_writes(
         &self,
         sources: &[&OwnedMessage],
+        backoff: &mut Duration,
         shutdown: &watch::Receiver<bool>,
-    ) -> bool {
+    ) -> Option<bool> {
         if self.wait_replicas == 0 {
-            return true;
+            return Some(true);
+        }
+        let error = match self
+            .store
+            .wait_replicas(self.wait_replicas, self.wait_timeout)
+            .await
+        {
+            Ok(acknowledged) if acknowledged >= self.wait_replicas => {
+                if self.health.stall().is_some() {
+                    tracing::info!("the replicas caught up; going on");
+                    self.health.set(None);
+                }
+                return Some(true);
+            }
+            Ok(acknowledged) => format!(
+                "the batch's writes reached {acknowledged} of {} replicas within {} ms",
+                self.wait_replicas,
+                self.wait_timeout.as_millis()
+            ),
+            Err(e) => format!("WAIT failed: {e}"),
+        };
+        metrics::counter!("txengine_replica_wait_short_total").increment(1);
+        if let Some(first) = sources.first() {
+            let stall = Stall {
+                topic: first.topic().to_owned(),
+                partition: first.partition(),
+                offset: first.offset(),
+                id: String::new(),
+                error,
+            };
+            if self.health.stall().as_ref() != Some(&stall) {
+                tracing::warn!(error = %stall.error, "offsets held back until the replicas have the writes; the batch is applied again first");
+            }
+            self.health.set(Some(stall));
         }
         let mut shutdown = shutdown.clone();
-        let mut backoff = RETRY_MIN;
-        loop {
-            let error = match self
-                .store
-                .wait_replicas(self.wait_replicas, self.wait_timeout)
-                .await
-            {
-                Ok(acknowledged) if acknowledged >= self.wait_replicas => {
-                    if self.health.stall().is_some() {
-                        tracing::info!("the replicas caught up; going on");
-                        self.health.set(None);
-                    }
-                    return true;
-                }
-                Ok(acknowledged) => format!(
-                    "the batch's writes reached {acknowledged} of {} replicas within {} ms",
-                    self.wait_replicas,
-                    self.wait_timeout.as_millis()
-                ),
-                Err(e) => format!("WAIT failed: {e}"),
-            };
-            metrics::counter!("txengine_replica_wait_short_total").increment(1);
-            if let Some(first) = sources.first() {
-                let stall = Stall {
-                    topic: first.topic().to_owned(),
-                    partition: first.partition(),
-                    offset: first.offset(),
-                    id: String::new(),
-                    error,
-                };
-                if self.health.stall().as_ref() != Some(&stall) {
-                    tracing::warn!(error = %stall.error, "offsets held back until the replicas have the writes");
-                }
-                self.health.set(Some(stall));
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = shutdown.wait_for(|stopped| *stopped) => return false,
-            }
-            if *shutdown.borrow() {
-                return false;
-            }
-            backoff = (backoff * 2).min(RETRY_MAX);
+        tokio::select! {
+            _ = tokio::time::sleep(*backoff) => {}
+            _ = shutdown.wait_for(|stopped| *stopped) => return None,
         }
+        if *shutdown.borrow() {
+            return None;
+        }
+        *backoff = (*backoff * 2).min(RETRY_MAX);
+        Some(false)
     }
 
     /// Finds the record a batch fails on by applying its records one at a

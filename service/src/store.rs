@@ -20,6 +20,8 @@
 //!   (money sagas debited from the account and have not settled)
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -228,14 +230,71 @@ pub enum Progress {
 #[derive(Clone)]
 pub enum Connection {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(Cluster),
+}
+
+/// A cluster connection that can be replaced by a fresh one: redis-rs's
+/// cluster connection can keep timing out on a node that was killed and
+/// came back (seen after two failovers of one shard: every command to that
+/// shard timed out for minutes, while a new connection worked at once).
+#[derive(Clone)]
+pub struct Cluster {
+    client: redis::cluster::ClusterClient,
+    current: Arc<Mutex<ClusterConnection>>,
+    /// Commands in a row that found the cluster unreachable.
+    failures: Arc<AtomicU32>,
+}
+
+/// Unreachable answers in a row after which a cluster connection is
+/// replaced.
+const CLUSTER_FAILURES_BEFORE_RECONNECT: u32 = 3;
+
+impl Cluster {
+    fn current(&self) -> ClusterConnection {
+        self.current
+            .lock()
+            .expect("cluster connection lock")
+            .clone()
+    }
+
+    /// Counts unreachable answers; after a few in a row, connects afresh.
+    async fn observe<T>(&self, result: &redis::RedisResult<T>) {
+        let unreachable = result.as_ref().err().is_some_and(|e| {
+            e.is_io_error()
+                || e.is_timeout()
+                || e.is_connection_dropped()
+                || e.is_connection_refusal()
+        });
+        if !unreachable {
+            self.failures.store(0, Ordering::Relaxed);
+            return;
+        }
+        if self.failures.fetch_add(1, Ordering::Relaxed) + 1 < CLUSTER_FAILURES_BEFORE_RECONNECT {
+            return;
+        }
+        self.failures.store(0, Ordering::Relaxed);
+        match self.client.get_async_connection().await {
+            Ok(fresh) => {
+                tracing::warn!("redis cluster kept failing; connected afresh");
+                metrics::counter!("txengine_redis_cluster_reconnects_total").increment(1);
+                *self.current.lock().expect("cluster connection lock") = fresh;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "redis cluster kept failing; a fresh connection failed too")
+            }
+        }
+    }
 }
 
 impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Single(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
+            Self::Cluster(cluster) => Box::pin(async move {
+                let result = cluster.current().req_packed_command(cmd).await;
+                cluster.observe(&result).await;
+                result
+            }),
         }
     }
 
@@ -247,14 +306,21 @@ impl ConnectionLike for Connection {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(cluster) => Box::pin(async move {
+                let result = cluster
+                    .current()
+                    .req_packed_commands(pipeline, offset, count)
+                    .await;
+                cluster.observe(&result).await;
+                result
+            }),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Self::Single(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
+            Self::Cluster(cluster) => cluster.current().get_db(),
         }
     }
 }
@@ -288,7 +354,12 @@ impl Connection {
                     .min_retry_wait(20)
                     .max_retry_wait(500)
                     .build()?;
-                Self::Cluster(client.get_async_connection().await?)
+                let conn = client.get_async_connection().await?;
+                Self::Cluster(Cluster {
+                    client,
+                    current: Arc::new(Mutex::new(conn)),
+                    failures: Arc::new(AtomicU32::new(0)),
+                })
             }
         })
     }

@@ -363,7 +363,10 @@ impl LocalRedisCluster {
         let slot: u16 = {
             let client = redis::Client::open(url.as_str())?;
             let mut conn = client.get_connection_with_timeout(Duration::from_secs(1))?;
-            redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).query(&mut conn)?
+            redis::cmd("CLUSTER")
+                .arg("KEYSLOT")
+                .arg(key)
+                .query(&mut conn)?
         };
         let from = self.master_of(slot)?;
         let to = self
@@ -377,21 +380,31 @@ impl LocalRedisCluster {
             let mut conn = client.get_connection_with_timeout(Duration::from_secs(1))?;
             Ok(redis::cmd("CLUSTER").arg("MYID").query(&mut conn)?)
         };
-        let output = Command::new("redis-cli")
-            .arg("--cluster")
-            .arg("reshard")
-            .arg(self.nodes[from].address())
-            .args(["--cluster-from", &id_of(&self.nodes[from].url())?])
-            .args(["--cluster-to", &id_of(&to)?])
-            .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
-            .output()
-            .context("running redis-cli --cluster reshard")?;
-        anyhow::ensure!(
-            output.status.success(),
-            "redis-cli --cluster reshard failed: {}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        // redis-cli refuses to reshard until every node agrees on the
+        // configuration, which gossip spreads within about a second of the
+        // last change (a failover, an earlier reshard).
+        let started = std::time::Instant::now();
+        loop {
+            let output = Command::new("redis-cli")
+                .arg("--cluster")
+                .arg("reshard")
+                .arg(self.nodes[from].address())
+                .args(["--cluster-from", &id_of(&self.nodes[from].url())?])
+                .args(["--cluster-to", &id_of(&to)?])
+                .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
+                .output()
+                .context("running redis-cli --cluster reshard")?;
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            if output.status.success() {
+                break;
+            }
+            anyhow::ensure!(
+                stdout.contains("Nodes don't agree") && started.elapsed() < Duration::from_secs(30),
+                "redis-cli --cluster reshard failed: {stdout}{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
         self.wait_healthy()
     }
 

@@ -185,9 +185,20 @@ impl Infra {
         }
     }
 
-    /// Process ids of the local Redis and Kafka (for CPU accounting).
-    pub fn pids(&self) -> (Option<u32>, Option<u32>) {
-        let redis = self.redis.as_ref().and_then(|r| r.lock().ok()?.pid());
+    /// Process ids of the local Redis (every node of a local cluster) and
+    /// Kafka, for CPU accounting; empty or `None` when not local.
+    pub fn pids(&self) -> (Vec<u32>, Option<u32>) {
+        let mut redis: Vec<u32> = self
+            .redis
+            .as_ref()
+            .and_then(|r| r.lock().ok()?.pid())
+            .into_iter()
+            .collect();
+        if let Some(cluster) = &self.redis_cluster {
+            if let Ok(mut cluster) = cluster.lock() {
+                redis.extend(cluster.nodes.iter_mut().filter_map(|node| node.pid()));
+            }
+        }
         let kafka = self.kafka.as_ref().and_then(|k| k.lock().ok()?.pid());
         (redis, kafka)
     }

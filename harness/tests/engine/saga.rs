@@ -263,6 +263,54 @@ async fn saga_steps_move_money_once_even_when_redelivered() {
         }
     );
 
+    // An unknown source ends it too, with nothing written but the flag.
+    let Progress::Ended { applied, .. } =
+        apply_twice(&store, &transfer("t-nobody", "nobody-src", &to, 5)).await
+    else {
+        panic!("a refused debit ends the saga")
+    };
+    assert_eq!(
+        applied.outcome,
+        Outcome::Rejected {
+            reason: RejectReason::UnknownAccount
+        }
+    );
+
+    // Boundaries: a debit of the whole balance, a credit up to 2^53-1 exactly.
+    let exact = account_in(&layout, "exact", &to, false);
+    let to_max = account_in(&layout, "tomax", &exact, false);
+    set(exact.clone(), 10).await;
+    set(to_max.clone(), MAX_MINOR_UNITS - 10).await;
+    let record = transfer("t-exact", &exact, &to_max, 10);
+    let Progress::Next(credit) = apply_twice(&store, &record).await else {
+        panic!("the whole balance can go")
+    };
+    let Progress::Next(release) = apply_twice(&store, &credit).await else {
+        panic!("credited")
+    };
+    assert_eq!(
+        release.saga,
+        Some(SagaStep::Settle {
+            debited_balance_after: Balance::new(0).unwrap(),
+            refused: None
+        }),
+        "credited up to the maximum exactly"
+    );
+    assert_eq!(balance(&store, &to_max).await, Some(MAX_MINOR_UNITS));
+
+    // A release or refund with no hold to end (no debit ran) is an error
+    // that stalls its partition, never money out of nowhere.
+    let orphan = Record {
+        saga: Some(SagaStep::Settle {
+            debited_balance_after: Balance::new(0).unwrap(),
+            refused: Some(RejectReason::UnknownAccount),
+        }),
+        ..transfer("t-orphan", source, &to, 1)
+    };
+    let error = store.apply_records(&[orphan]).await.unwrap_err();
+    assert!(error.to_string().contains("held"), "{error}");
+    assert_eq!(balance(&store, source).await, Some(700));
+
     // Money in flight counts against a credit's room: with 5 held out of
     // `full`, a credit of 1 to it would leave a refund no room.
     let record = transfer("t-hold", &near_max, source, 5);
