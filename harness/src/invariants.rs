@@ -507,7 +507,9 @@ async fn replay_in_apply_order(
     steps: &[(&SentTx, Steps)],
 ) -> anyhow::Result<Vec<String>> {
     let layout = &reader.layout;
-    let mut by_shard: HashMap<u32, Vec<(u64, &SentTx, Option<SagaStep>, &Flag)>> = HashMap::new();
+    // Per shard: (seq, transaction, step or None for one script, its flag).
+    type Event<'a> = (u64, &'a SentTx, Option<SagaStep>, &'a Flag);
+    let mut by_shard: HashMap<u32, Vec<Event>> = HashMap::new();
     for (tx, steps) in steps {
         for (owner, step, flag) in steps.recorded(tx) {
             let seq = flag.seq.unwrap_or_default();

@@ -239,7 +239,7 @@ pub enum Connection {
 /// shard timed out for minutes, while a new connection worked at once).
 #[derive(Clone)]
 pub struct Cluster {
-    client: redis::cluster::ClusterClient,
+    client: Arc<redis::cluster::ClusterClient>,
     current: Arc<Mutex<ClusterConnection>>,
     /// Commands in a row that found the cluster unreachable.
     failures: Arc<AtomicU32>,
@@ -356,7 +356,7 @@ impl Connection {
                     .build()?;
                 let conn = client.get_async_connection().await?;
                 Self::Cluster(Cluster {
-                    client,
+                    client: Arc::new(client),
                     current: Arc::new(Mutex::new(conn)),
                     failures: Arc::new(AtomicU32::new(0)),
                 })

@@ -137,7 +137,7 @@ impl Record {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{AccountId, Amount};
+    use crate::domain::Amount;
 
     #[test]
     fn round_trip_each_kind() {
@@ -165,8 +165,82 @@ mod tests {
                     movement,
                 },
                 accepted_at_ms: 42,
+                saga: None,
             };
             assert_eq!(Record::decode(&record.encode()).unwrap(), record);
+        }
+    }
+
+    fn transfer() -> Transaction {
+        Transaction {
+            id: TxId::parse("t-1").unwrap(),
+            movement: Movement::Transfer {
+                account: AccountId::parse("a").unwrap(),
+                to: AccountId::parse("b").unwrap(),
+                amount: Amount::new(5).unwrap(),
+            },
+        }
+    }
+
+    #[test]
+    fn saga_steps_round_trip_in_their_own_version_keyed_by_their_account() {
+        let after = Balance::new(7).unwrap();
+        for (step, key) in [
+            (
+                SagaStep::Credit {
+                    debited_balance_after: after,
+                },
+                "b",
+            ),
+            (
+                SagaStep::Settle {
+                    debited_balance_after: after,
+                    refused: None,
+                },
+                "a",
+            ),
+            (
+                SagaStep::Settle {
+                    debited_balance_after: after,
+                    refused: Some(RejectReason::BalanceOverflow),
+                },
+                "a",
+            ),
+        ] {
+            let record = Record {
+                tx: transfer(),
+                accepted_at_ms: 1,
+                saga: Some(step),
+            };
+            let bytes = record.encode();
+            assert!(
+                bytes.starts_with(br#"{"v":2,"#),
+                "{}",
+                String::from_utf8_lossy(&bytes)
+            );
+            assert_eq!(Record::decode(&bytes).unwrap(), record);
+            assert_eq!(record.key().as_str(), key);
+        }
+    }
+
+    #[test]
+    fn a_step_is_only_a_transfer_in_version_2() {
+        let step = r#""step":"credit","debited_balance_after":1"#;
+        let transfer = r#""type":"transfer","account":"a","to":"b","amount":1,"accepted_at_ms":1"#;
+        let debit = r#""type":"debit","account":"a","amount":1,"accepted_at_ms":1"#;
+        for (bytes, ok) in [
+            (format!(r#"{{"v":2,"id":"x",{transfer},{step}}}"#), true),
+            (format!(r#"{{"v":1,"id":"x",{transfer},{step}}}"#), false),
+            (format!(r#"{{"v":2,"id":"x",{transfer}}}"#), false),
+            (format!(r#"{{"v":2,"id":"x",{debit},{step}}}"#), false),
+            (
+                format!(
+                    r#"{{"v":2,"id":"x",{transfer},"step":"credit","debited_balance_after":9007199254740992}}"#
+                ),
+                false,
+            ),
+        ] {
+            assert_eq!(Record::decode(bytes.as_bytes()).is_ok(), ok, "{bytes}");
         }
     }
 
