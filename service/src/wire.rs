@@ -248,8 +248,8 @@ mod tests {
     fn refuses_poison() {
         assert!(Record::decode(b"not json").is_err());
         assert!(matches!(
-            Record::decode(br#"{"v":2}"#),
-            Err(DecodeError::UnsupportedVersion(2))
+            Record::decode(br#"{"v":3}"#),
+            Err(DecodeError::UnsupportedVersion(3))
         ));
         // Valid shape, invalid values: the domain rules hold on decode too.
         let zero =

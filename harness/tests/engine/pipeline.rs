@@ -35,7 +35,7 @@ async fn poison_records_go_to_the_dlq_and_the_rest_apply() {
         .unwrap();
     let poison: [&[u8]; 4] = [
         b"not json at all",
-        br#"{"v":2,"id":"future"}"#,
+        br#"{"v":3,"id":"future"}"#,
         br#"{"v":1,"id":"zero","type":"debit","account":"acct","amount":0,"accepted_at_ms":1}"#,
         br#"{"v":1,"id":"self","type":"transfer","account":"acct","to":"acct","amount":1,"accepted_at_ms":1}"#,
     ];
