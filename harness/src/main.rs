@@ -90,6 +90,15 @@ enum Command {
         #[arg(long, conflicts_with = "redis_topology")]
         compare_topologies: bool,
     },
+    /// Run one scenario file (faults under load, judged by the invariants)
+    /// on a Redis or a local Redis Cluster; exits non-zero if it fails.
+    Scenario {
+        /// The scenario file, e.g. scenarios/saga-crash.toml.
+        file: std::path::PathBuf,
+        /// One Redis, or a local Redis Cluster (3 masters + 3 replicas).
+        #[arg(long, value_enum, default_value = "single")]
+        redis_topology: RedisTopology,
+    },
     /// Serve the bare HTTP limit: an axum handler that only answers 202.
     #[command(hide = true)]
     Bare {
@@ -165,6 +174,10 @@ fn main() -> anyhow::Result<()> {
             partitions,
             redis_topology,
         )),
+        Command::Scenario {
+            file,
+            redis_topology,
+        } => runtime.block_on(run_scenario(&file, redis_topology)),
         Command::Bare { listen } => runtime.block_on(harness::bare::serve(listen)),
         Command::Engine { args } => {
             let config = <txengine::Config as clap::Parser>::parse_from(
@@ -196,5 +209,30 @@ async fn up(port: u16, redis_topology: RedisTopology) -> anyhow::Result<()> {
     eprintln!("stopping ...");
     stack.stop().await?;
     drop(infra);
+    Ok(())
+}
+
+/// `harness scenario`: one file, on the chosen topology, with a verdict.
+async fn run_scenario(file: &std::path::Path, topology: RedisTopology) -> anyhow::Result<()> {
+    let scenario = harness::scenario::Scenario::load(file)?;
+    anyhow::ensure!(
+        !scenario.cluster_only || topology == RedisTopology::Cluster,
+        "{} runs on a Redis Cluster only: add --redis-topology cluster",
+        scenario.name
+    );
+    let infra = Infra::start_chosen(topology).await?;
+    let outcome = harness::scenario::run(&scenario, &infra, &std::env::current_exe()?).await?;
+    let v = &outcome.verdict;
+    println!(
+        "scenario {} ({topology:?}): {:.1} s, {} accepted, {} applied, {} rejected, {} sagas",
+        scenario.name,
+        outcome.elapsed.as_secs_f64(),
+        v.accepted,
+        v.applied,
+        v.rejected,
+        v.sagas
+    );
+    anyhow::ensure!(outcome.passed(), "scenario failed:\n{}", outcome.explain());
+    println!("every invariant holds");
     Ok(())
 }

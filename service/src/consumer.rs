@@ -107,6 +107,19 @@ fn partition_list(list: &TopicPartitionList) -> String {
         .join(", ")
 }
 
+/// Waits out `backoff` and doubles it (up to [`RETRY_MAX`]), unless shutdown
+/// comes first: then false.
+async fn back_off(backoff: &mut Duration, shutdown: &watch::Receiver<bool>) -> bool {
+    let mut shutdown = shutdown.clone();
+    tokio::select! {
+        _ = tokio::time::sleep(*backoff) => {}
+        _ = shutdown.wait_for(|stopped| *stopped) => return false,
+    }
+    *backoff = (*backoff * 2).min(RETRY_MAX);
+    let stopped = *shutdown.borrow();
+    !stopped
+}
+
 /// A record the consumer cannot apply (Redis answers it with an error), so
 /// its partition does not move: shown by `/ready` until it applies.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
@@ -346,7 +359,6 @@ impl TxConsumer {
     /// each runs on, and waits until the broker has them all (acks=all);
     /// retried until it does or shutdown comes (false).
     async fn publish_steps(&self, steps: &[&Record], shutdown: &watch::Receiver<bool>) -> bool {
-        let mut shutdown = shutdown.clone();
         let mut backoff = RETRY_MIN;
         loop {
             let sends = steps.iter().map(|record| {
@@ -383,14 +395,9 @@ impl TxConsumer {
             // The ones that did land are published again: their steps are
             // idempotent, so that changes nothing.
             tracing::warn!(error = %error, steps = steps.len(), retry_in_ms = backoff.as_millis() as u64, "publishing the next saga steps failed; retrying");
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = shutdown.wait_for(|stopped| *stopped) => return false,
-            }
-            if *shutdown.borrow() {
+            if !back_off(&mut backoff, shutdown).await {
                 return false;
             }
-            backoff = (backoff * 2).min(RETRY_MAX);
         }
     }
 
@@ -406,7 +413,6 @@ impl TxConsumer {
         shutdown: &watch::Receiver<bool>,
     ) -> Option<Vec<Progress>> {
         debug_assert_eq!(records.len(), sources.len());
-        let mut shutdown = shutdown.clone();
         let mut backoff = RETRY_MIN;
         loop {
             let error = match self.apply_and_record(records).await {
@@ -431,14 +437,9 @@ impl TxConsumer {
             } else {
                 self.report_stall(records, sources, &error).await;
             }
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = shutdown.wait_for(|stopped| *stopped) => return None,
-            }
-            if *shutdown.borrow() {
+            if !back_off(&mut backoff, shutdown).await {
                 return None;
             }
-            backoff = (backoff * 2).min(RETRY_MAX);
         }
     }
 
@@ -489,16 +490,7 @@ impl TxConsumer {
             }
             self.health.set(Some(stall));
         }
-        let mut shutdown = shutdown.clone();
-        tokio::select! {
-            _ = tokio::time::sleep(*backoff) => {}
-            _ = shutdown.wait_for(|stopped| *stopped) => return None,
-        }
-        if *shutdown.borrow() {
-            return None;
-        }
-        *backoff = (*backoff * 2).min(RETRY_MAX);
-        Some(false)
+        back_off(backoff, shutdown).await.then_some(false)
     }
 
     /// Finds the record a batch fails on by applying its records one at a
