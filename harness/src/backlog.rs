@@ -9,30 +9,19 @@
 //! consumer, Redis summed over its nodes, Kafka) and writes
 //! `reports/<time>-backlog-topologies.{json,md}`.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use serde::Serialize;
 use txengine::config::RedisTopology;
 use txengine::domain::{AccountId, Balance};
-use txengine::store::{Layout, Store, StoreSettings};
+use txengine::store::{Store, StoreSettings};
 
 use crate::infra::Infra;
 use crate::invariants;
 use crate::load::{self, LoadProfile};
 use crate::report::{cpu_time_sum_us, cpu_time_us, Machine};
 use crate::stack::{isolated_config, EngineProcess};
-use crate::workload::{account_name, Ledger};
-
-/// How a backlog's transfers pick their destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Transfers {
-    /// Any other account (on a cluster, nearly always another slot: a saga).
-    AsDrawn,
-    /// The source's partner, an account named to share its slot.
-    WithinSlot,
-}
+use crate::workload::{account_name, partners, Ledger, Transfers};
 
 /// What one backlog run measured.
 #[derive(Debug, Clone, Serialize)]
@@ -120,14 +109,6 @@ pub async fn compare_topologies(
     Ok(())
 }
 
-/// The first `<account>.p<k>` that shares `account`'s slot.
-fn partner_in_slot(layout: &Layout, account: &str) -> String {
-    (0..)
-        .map(|k| format!("{account}.p{k}"))
-        .find(|name| layout.same_slot(name, account))
-        .expect("some name lands in the slot")
-}
-
 async fn backlog_once(
     infra: &Infra,
     count: usize,
@@ -135,12 +116,14 @@ async fn backlog_once(
     partitions: i32,
     transfers: Transfers,
 ) -> anyhow::Result<BacklogRun> {
-    let profile = LoadProfile {
-        accounts,
-        ..LoadProfile::default()
-    };
     let mut config = isolated_config(infra, "backlog");
     config.partitions = partitions;
+    let layout = txengine::store::Layout::new(&config.namespace, infra.redis_topology);
+    let profile = LoadProfile {
+        accounts,
+        partners: (transfers == Transfers::WithinSlot).then(|| partners(&layout, accounts)),
+        ..LoadProfile::default()
+    };
     txengine::publisher::ensure_topics(
         &infra.kafka_brokers,
         &[(&config.topic, config.partitions), (&config.dlq_topic, 1)],
@@ -158,14 +141,7 @@ async fn backlog_once(
     .await?;
     let mut ledger = Ledger::default();
     let mut funded: Vec<String> = (0..accounts).map(account_name).collect();
-    let partners: Option<HashMap<String, String>> =
-        (transfers == Transfers::WithinSlot).then(|| {
-            funded
-                .iter()
-                .map(|a| (a.clone(), partner_in_slot(store.layout(), a)))
-                .collect()
-        });
-    if let Some(partners) = &partners {
+    if let Some(partners) = &profile.partners {
         funded.extend(partners.values().cloned());
     }
     for account in funded {
@@ -178,14 +154,8 @@ async fn backlog_once(
         ledger.start.insert(account, profile.start_balance);
     }
     eprintln!("publishing a backlog of {count} transactions into {partitions} partitions ...");
-    ledger.accepted = load::publish_backlog(
-        &infra.kafka_brokers,
-        &config.topic,
-        &profile,
-        count,
-        partners.as_ref(),
-    )
-    .await?;
+    ledger.accepted =
+        load::publish_backlog(&infra.kafka_brokers, &config.topic, &profile, count).await?;
 
     eprintln!("starting a consumer (its own process) on the backlog ...");
     config.role = txengine::Role::Consumer;

@@ -141,10 +141,13 @@ async fn measure_redis_script(infra: &Infra, profile: &LoadProfile) -> anyhow::R
         response_timeout: Duration::from_secs(5),
     })
     .await?;
-    for i in 0..profile.accounts {
-        let account = AccountId::parse(&account_name(i))?;
+    let partners = profile.partners.iter().flat_map(|p| p.values().cloned());
+    for name in (0..profile.accounts).map(account_name).chain(partners) {
         store
-            .set_balance(&account, Balance::new(profile.start_balance)?)
+            .set_balance(
+                &AccountId::parse(&name)?,
+                Balance::new(profile.start_balance)?,
+            )
             .await?;
     }
     eprintln!(
@@ -260,10 +263,14 @@ pub async fn run_load(
         "funding {} accounts with {} each ...",
         profile.accounts, profile.start_balance
     );
-    let start = engine
-        .api()?
+    let api = engine.api()?;
+    let mut start = api
         .fund_accounts(profile.accounts, profile.start_balance)
         .await?;
+    for partner in profile.partners.iter().flat_map(|p| p.values()) {
+        api.set_balance(partner, profile.start_balance).await?;
+        start.insert(partner.clone(), profile.start_balance);
+    }
 
     eprintln!(
         "engine: {}, {} users for {} s against {} ...",

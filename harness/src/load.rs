@@ -28,6 +28,9 @@ pub struct LoadProfile {
     pub accounts: usize,
     pub start_balance: u64,
     pub mix: Mix,
+    /// When set, every transfer goes to its source's partner (see
+    /// [`crate::workload::Transfers::WithinSlot`]); the partners are funded too.
+    pub partners: Option<std::sync::Arc<HashMap<String, String>>>,
 }
 
 impl Default for LoadProfile {
@@ -39,6 +42,7 @@ impl Default for LoadProfile {
             accounts: 1000,
             start_balance: 1_000_000,
             mix: Mix::LOAD,
+            partners: None,
         }
     }
 }
@@ -138,9 +142,14 @@ impl RunState {
     fn next_tx(&self) -> SentTx {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         let id = format!("{}-{n}", self.run_tag);
-        self.profile
+        let mut tx = self
+            .profile
             .mix
-            .draw(id, self.profile.accounts.max(2), &mut rand::rng())
+            .draw(id, self.profile.accounts.max(2), &mut rand::rng());
+        if let (Some(partners), Some(_)) = (&self.profile.partners, &tx.to) {
+            tx.to = partners.get(&tx.account).cloned();
+        }
+        tx
     }
 
     fn record(&self, began: Instant, error: Option<String>) {
@@ -245,8 +254,14 @@ async fn send_transaction(user: &mut GooseUser) -> TransactionResult {
             }
         }
         Target::RedisScript { store } => {
-            let domain = to_domain(&tx).expect("the runner makes valid transactions");
-            match store.apply_batch(std::slice::from_ref(&domain)).await {
+            // One script per call: on a cluster, a transfer between slots
+            // runs its first step only (the debit of its saga).
+            let record = txengine::wire::Record {
+                tx: to_domain(&tx).expect("the runner makes valid transactions"),
+                accepted_at_ms: 0,
+                saga: None,
+            };
+            match store.apply_records(std::slice::from_ref(&record)).await {
                 Ok(_) => state.record(began, None),
                 Err(e) => state.record(began, Some(format!("redis: {e}"))),
             }
@@ -454,7 +469,6 @@ pub async fn publish_backlog(
     topic: &str,
     profile: &LoadProfile,
     count: usize,
-    partners: Option<&HashMap<String, String>>,
 ) -> anyhow::Result<Vec<SentTx>> {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let producer: FutureProducer = ClientConfig::new()
@@ -475,11 +489,7 @@ pub async fn publish_backlog(
     let mut sent = Vec::with_capacity(count);
     let mut deliveries = Vec::with_capacity(10_000);
     for i in 0..count {
-        let mut tx = state.next_tx();
-        // Transfers to the source's partner instead, when given.
-        if let (Some(partners), Some(_)) = (partners, &tx.to) {
-            tx.to = partners.get(&tx.account).cloned();
-        }
+        let tx = state.next_tx();
         let record = txengine::wire::Record {
             tx: to_domain(&tx)?,
             accepted_at_ms: txengine::wire::now_ms(),

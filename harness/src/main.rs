@@ -12,6 +12,7 @@ use harness::bench::{run_load, Generator};
 use harness::infra::Infra;
 use harness::load::LoadProfile;
 use harness::stack::{isolated_config, Stack};
+use harness::workload::Transfers;
 use txengine::config::RedisTopology;
 
 #[derive(Parser)]
@@ -68,6 +69,10 @@ enum Command {
         /// One Redis, or a local Redis Cluster (3 masters + 3 replicas).
         #[arg(long, value_enum, default_value = "single")]
         redis_topology: RedisTopology,
+        /// Transfers to any account, or each to a partner account in its
+        /// source's slot (goose only): on a cluster, sagas or one script.
+        #[arg(long, value_enum, default_value = "as-drawn")]
+        transfers: Transfers,
     },
     /// Publish a backlog of transactions straight into a topic, then start a
     /// consumer and measure how fast it applies them; checks the invariants.
@@ -136,11 +141,20 @@ fn main() -> anyhow::Result<()> {
             warmup_seconds,
             generator,
             redis_topology,
+            transfers,
         } => {
+            anyhow::ensure!(
+                transfers == Transfers::AsDrawn || generator == Generator::Goose,
+                "--transfers within-slot needs goose (wrk's script draws its own transfers)"
+            );
+            // The shard of a name does not depend on the namespace.
+            let layout = txengine::store::Layout::new("", redis_topology);
             let profile = LoadProfile {
                 users,
                 seconds,
                 accounts,
+                partners: (transfers == Transfers::WithinSlot)
+                    .then(|| harness::workload::partners(&layout, accounts)),
                 ..LoadProfile::default()
             };
             runtime.block_on(run_load(

@@ -13,6 +13,42 @@ pub fn account_name(index: usize) -> String {
     format!("acct-{index}")
 }
 
+/// How a run's transfers pick their destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transfers {
+    /// Any other account (on a cluster, nearly always another slot: a saga).
+    #[default]
+    AsDrawn,
+    /// The source's partner: an account named to share its slot, so a
+    /// transfer is one script on a cluster too.
+    WithinSlot,
+}
+
+/// The first `<account>.p<k>` that shares `account`'s slot in `layout`.
+pub fn partner_in_slot(layout: &txengine::store::Layout, account: &str) -> String {
+    (0..)
+        .map(|k| format!("{account}.p{k}"))
+        .find(|name| layout.same_slot(name, account))
+        .expect("some name lands in the slot")
+}
+
+/// Each of accounts `0..accounts` with its partner in `layout`.
+pub fn partners(
+    layout: &txengine::store::Layout,
+    accounts: usize,
+) -> std::sync::Arc<HashMap<String, String>> {
+    std::sync::Arc::new(
+        (0..accounts)
+            .map(account_name)
+            .map(|a| {
+                let partner = partner_in_slot(layout, &a);
+                (a, partner)
+            })
+            .collect(),
+    )
+}
+
 /// Percentages of each kind of movement (summing to 100) and the range
 /// amounts are drawn from. Scenario files have one as `[mix]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

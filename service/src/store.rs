@@ -20,7 +20,7 @@
 //!   (money sagas debited from the account and have not settled)
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -67,7 +67,8 @@ impl Layout {
         self.shards
     }
 
-    /// The shard of an account or a transaction id (FNV-1a of its name).
+    /// The shard of an account or a transaction id (FNV-1a of its name;
+    /// the same in every namespace).
     pub fn shard_of(&self, name: &str) -> u32 {
         if self.shards == 1 {
             return 0;
@@ -171,15 +172,33 @@ impl StoreError {
     /// error, a key of the wrong type): that one needs someone to look.
     pub fn is_unreachable(&self) -> bool {
         match self {
-            Self::Redis(e) => {
-                e.is_io_error()
-                    || e.is_timeout()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal()
-            }
+            Self::Redis(e) => is_transient(e),
             Self::Unexpected(_) => false,
         }
     }
+}
+
+/// True for an error that says Redis could not be reached, did not answer
+/// in time, or is moving (a cluster's redirect or state the client could
+/// not follow: MOVED to a node it cannot reach, TRYAGAIN, CLUSTERDOWN):
+/// worth retrying as is.
+fn is_transient(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.code(),
+            Some(
+                "MOVED"
+                    | "ASK"
+                    | "TRYAGAIN"
+                    | "CLUSTERDOWN"
+                    | "MASTERDOWN"
+                    | "LOADING"
+                    | "READONLY"
+            )
+        )
 }
 
 /// What the claim script found for an id.
@@ -243,6 +262,8 @@ pub struct Cluster {
     current: Arc<Mutex<ClusterConnection>>,
     /// Commands in a row that found the cluster unreachable.
     failures: Arc<AtomicU32>,
+    /// True while a fresh connection is being made.
+    reconnecting: Arc<AtomicBool>,
 }
 
 /// Unreachable answers in a row after which a cluster connection is
@@ -257,32 +278,44 @@ impl Cluster {
             .clone()
     }
 
-    /// Counts unreachable answers; after a few in a row, connects afresh.
-    async fn observe<T>(&self, result: &redis::RedisResult<T>) {
-        let unreachable = result.as_ref().err().is_some_and(|e| {
-            e.is_io_error()
-                || e.is_timeout()
-                || e.is_connection_dropped()
-                || e.is_connection_refusal()
-        });
+    /// Counts unreachable answers; after a few in a row, connects afresh in
+    /// a task of its own (a caller's future may be dropped at any await:
+    /// a batch's pipelines run together and the first error drops the rest).
+    fn observe<T>(&self, result: &redis::RedisResult<T>) {
+        let unreachable = result.as_ref().err().is_some_and(is_transient);
         if !unreachable {
             self.failures.store(0, Ordering::Relaxed);
             return;
         }
-        if self.failures.fetch_add(1, Ordering::Relaxed) + 1 < CLUSTER_FAILURES_BEFORE_RECONNECT {
+        if self.failures.fetch_add(1, Ordering::Relaxed) + 1 < CLUSTER_FAILURES_BEFORE_RECONNECT
+            || self.reconnecting.swap(true, Ordering::AcqRel)
+        {
             return;
         }
-        self.failures.store(0, Ordering::Relaxed);
-        match self.client.get_async_connection().await {
-            Ok(fresh) => {
-                tracing::warn!("redis cluster kept failing; connected afresh");
-                metrics::counter!("txengine_redis_cluster_reconnects_total").increment(1);
-                *self.current.lock().expect("cluster connection lock") = fresh;
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            // redis-rs's connect can hang (redis-rs#1953): bound it.
+            let fresh = tokio::time::timeout(
+                Duration::from_secs(10),
+                cluster.client.get_async_connection(),
+            )
+            .await;
+            match fresh {
+                Ok(Ok(fresh)) => {
+                    tracing::warn!("redis cluster kept failing; connected afresh");
+                    metrics::counter!("txengine_redis_cluster_reconnects_total").increment(1);
+                    *cluster.current.lock().expect("cluster connection lock") = fresh;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "redis cluster kept failing; a fresh connection failed too")
+                }
+                Err(_) => tracing::warn!(
+                    "redis cluster kept failing; a fresh connection did not come within 10 s"
+                ),
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "redis cluster kept failing; a fresh connection failed too")
-            }
-        }
+            cluster.failures.store(0, Ordering::Relaxed);
+            cluster.reconnecting.store(false, Ordering::Release);
+        });
     }
 }
 
@@ -292,7 +325,7 @@ impl ConnectionLike for Connection {
             Self::Single(c) => c.req_packed_command(cmd),
             Self::Cluster(cluster) => Box::pin(async move {
                 let result = cluster.current().req_packed_command(cmd).await;
-                cluster.observe(&result).await;
+                cluster.observe(&result);
                 result
             }),
         }
@@ -311,7 +344,7 @@ impl ConnectionLike for Connection {
                     .current()
                     .req_packed_commands(pipeline, offset, count)
                     .await;
-                cluster.observe(&result).await;
+                cluster.observe(&result);
                 result
             }),
         }
@@ -359,6 +392,7 @@ impl Connection {
                     client: Arc::new(client),
                     current: Arc::new(Mutex::new(conn)),
                     failures: Arc::new(AtomicU32::new(0)),
+                    reconnecting: Arc::new(AtomicBool::new(false)),
                 })
             }
         })
