@@ -84,6 +84,18 @@ impl Reader {
         (self.layout.shard_of(owner), cmd)
     }
 
+    /// HMGET of `fields` of transaction `id`'s record.
+    fn tx_fields(&self, id: &str, fields: &[&str]) -> (u32, Cmd) {
+        self.hmget(id, self.layout.tx(id), fields)
+    }
+
+    /// The `state` of transaction `id`'s record.
+    fn tx_state(&self, id: &str) -> (u32, Cmd) {
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(self.layout.tx(id)).arg("state");
+        (self.layout.shard_of(id), cmd)
+    }
+
     fn get(&self, owner: &str, key: String) -> (u32, Cmd) {
         let mut cmd = redis::cmd("GET");
         cmd.arg(key);
@@ -124,11 +136,7 @@ pub async fn check(
             ledger
                 .uncertain
                 .iter()
-                .map(|tx| {
-                    let mut cmd = redis::cmd("HGET");
-                    cmd.arg(layout.tx(&tx.id)).arg("state");
-                    (layout.shard_of(&tx.id), cmd)
-                })
+                .map(|tx| reader.tx_state(&tx.id))
                 .collect(),
         )
         .await?;
@@ -143,13 +151,7 @@ pub async fn check(
             ledger
                 .accepted
                 .iter()
-                .map(|tx| {
-                    reader.hmget(
-                        &tx.id,
-                        layout.tx(&tx.id),
-                        &["state", "reason", "applied_at_ms"],
-                    )
-                })
+                .map(|tx| reader.tx_fields(&tx.id, &["state", "reason", "applied_at_ms"]))
                 .collect(),
         )
         .await?;
@@ -196,11 +198,7 @@ pub async fn check(
             ledger
                 .refused
                 .iter()
-                .map(|id| {
-                    let mut cmd = redis::cmd("HGET");
-                    cmd.arg(layout.tx(id)).arg("state");
-                    (layout.shard_of(id), cmd)
-                })
+                .map(|id| reader.tx_state(id))
                 .collect(),
         )
         .await?;
@@ -413,13 +411,7 @@ async fn check_sagas(
         .query(
             sagas
                 .iter()
-                .map(|(tx, ..)| {
-                    reader.hmget(
-                        &tx.id,
-                        layout.tx(&tx.id),
-                        &["state", "reason", "balance_after"],
-                    )
-                })
+                .map(|(tx, ..)| reader.tx_fields(&tx.id, &["state", "reason", "balance_after"]))
                 .collect(),
         )
         .await?;

@@ -72,6 +72,18 @@ impl Stack {
         })
     }
 
+    /// Waits until the engine's consumer group has stored an offset past
+    /// every record of its topic (lag 0).
+    pub async fn wait_drained(&self, timeout: Duration) -> anyhow::Result<Duration> {
+        crate::load::wait_drained(
+            &self.config.kafka_brokers,
+            &self.config.group,
+            &self.config.topic,
+            timeout,
+        )
+        .await
+    }
+
     /// Stops the engine gracefully (drains in-flight work, commits offsets).
     pub async fn stop(mut self) -> anyhow::Result<()> {
         match self.engine.take() {

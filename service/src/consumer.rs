@@ -568,7 +568,6 @@ impl TxConsumer {
         reason: &str,
         shutdown: &watch::Receiver<bool>,
     ) -> bool {
-        let mut shutdown = shutdown.clone();
         tracing::warn!(
             partition = message.partition(),
             offset = message.offset(),
@@ -609,9 +608,10 @@ impl TxConsumer {
                 }
                 Err((e, _)) => {
                     tracing::error!(error = %e, "DLQ publish failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(RETRY_MAX) => {}
-                        _ = shutdown.wait_for(|stopped| *stopped) => return false,
+                    // Every wait RETRY_MAX: the backoff starts at its cap.
+                    let mut backoff = RETRY_MAX;
+                    if !back_off(&mut backoff, shutdown).await {
+                        return false;
                     }
                 }
             }

@@ -226,6 +226,17 @@ impl LocalRedisCluster {
         self.nodes.iter().filter(|node| node.process.is_some())
     }
 
+    /// The slot of `key`, as a live node computes it (`CLUSTER KEYSLOT`).
+    pub fn slot_of(&self, key: &str) -> anyhow::Result<u16> {
+        let node = self.live_nodes().next().context("no live node")?;
+        let client = redis::Client::open(node.url())?;
+        let mut conn = client.get_connection_with_timeout(Duration::from_secs(1))?;
+        Ok(redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut conn)?)
+    }
+
     /// The node serving `slot` as master now (as a live node sees the
     /// cluster), by index into `nodes`.
     pub fn master_of(&self, slot: u16) -> anyhow::Result<usize> {
@@ -297,44 +308,12 @@ pub fn cluster_masters(seeds: &str) -> anyhow::Result<Vec<String>> {
     Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no seed in {seeds:?}")))
 }
 
-/// The URL of the master that serves `key`, asking the first seed of
-/// `seeds` (comma separated) that answers.
-pub fn cluster_master_url(seeds: &str, key: &str) -> anyhow::Result<String> {
-    let mut last_error = None;
-    for seed in seeds.split(',').map(str::trim) {
-        let slot = redis::Client::open(seed)
-            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
-            .and_then(|mut c| {
-                redis::cmd("CLUSTER")
-                    .arg("KEYSLOT")
-                    .arg(key)
-                    .query::<u16>(&mut c)
-            });
-        match slot
-            .map_err(anyhow::Error::from)
-            .and_then(|slot| master_address(seed, slot))
-        {
-            Ok(address) => return Ok(format!("redis://{address}")),
-            Err(e) => last_error = Some(e),
-        }
-    }
-    Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no seed in {seeds:?}")))
-}
-
 impl LocalRedisCluster {
     /// kill -9 of the master serving `key`; waits until its replica took
     /// over, then starts the old master again, which rejoins as the new
     /// master's replica, and waits until it is in sync.
     pub fn fail_over(&mut self, key: &str) -> anyhow::Result<()> {
-        let slot = {
-            let node = self.live_nodes().next().context("no live node")?;
-            let client = redis::Client::open(node.url())?;
-            let mut conn = client.get_connection_with_timeout(Duration::from_secs(1))?;
-            redis::cmd("CLUSTER")
-                .arg("KEYSLOT")
-                .arg(key)
-                .query::<u16>(&mut conn)?
-        };
+        let slot = self.slot_of(key)?;
         let master = self.master_of(slot)?;
         self.nodes[master].kill();
         let log = self.nodes[master].dir.path().join("redis.log");
@@ -358,17 +337,7 @@ impl LocalRedisCluster {
     /// reshard`: each slot is MIGRATING/IMPORTING while its keys move, so
     /// scripts on it meet ASK and TRYAGAIN).
     pub fn reshard(&mut self, key: &str, slots: u32) -> anyhow::Result<()> {
-        let node = self.live_nodes().next().context("no live node")?;
-        let url = node.url();
-        let slot: u16 = {
-            let client = redis::Client::open(url.as_str())?;
-            let mut conn = client.get_connection_with_timeout(Duration::from_secs(1))?;
-            redis::cmd("CLUSTER")
-                .arg("KEYSLOT")
-                .arg(key)
-                .query(&mut conn)?
-        };
-        let from = self.master_of(slot)?;
+        let from = self.master_of(self.slot_of(key)?)?;
         let to = self
             .live_nodes()
             .map(|n| n.url())

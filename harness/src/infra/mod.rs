@@ -204,12 +204,11 @@ impl Infra {
     }
 
     /// kill -9 of the local Redis and a restart with its AOF; on a local
-    /// cluster, kill -9 of the master holding `namespace`, its replica
+    /// cluster, kill -9 of the master of `namespace`'s first shard, its replica
     /// promoted, and the old master back as the new one's replica.
     pub fn restart_redis(&self, namespace: &str) -> anyhow::Result<()> {
         if let Some(cluster) = &self.redis_cluster {
-            // The master of the namespace's first shard.
-            let key = txengine::store::Layout::new(namespace, RedisTopology::Cluster).seq(0);
+            let key = first_shard_key(namespace);
             return cluster.lock().expect("cluster lock").fail_over(&key);
         }
         let redis = self
@@ -226,8 +225,10 @@ impl Infra {
             .redis_cluster
             .as_ref()
             .context("a reshard needs a local Redis Cluster")?;
-        let key = txengine::store::Layout::new(namespace, RedisTopology::Cluster).seq(0);
-        cluster.lock().expect("cluster lock").reshard(&key, slots)
+        cluster
+            .lock()
+            .expect("cluster lock")
+            .reshard(&first_shard_key(namespace), slots)
     }
 
     /// For a test binary's cluster runs: a local Redis Cluster beside the
@@ -264,4 +265,10 @@ impl Infra {
             .context("kafka faults need the local provider")?;
         kafka.lock().expect("kafka lock").restart()
     }
+}
+
+/// A key of `namespace`'s first shard on a cluster: where the cluster
+/// faults (a master's failover, a reshard) aim.
+fn first_shard_key(namespace: &str) -> String {
+    txengine::store::Layout::new(namespace, RedisTopology::Cluster).seq(0)
 }

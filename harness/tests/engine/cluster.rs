@@ -29,11 +29,7 @@ fn local_cluster_forms_fails_over_and_cleans_up() {
     assert_eq!(pids.len(), 6);
 
     let key = "acct-1";
-    let slot: u16 = redis::cmd("CLUSTER")
-        .arg("KEYSLOT")
-        .arg(key)
-        .query(&mut connection(&cluster.nodes[0].url()))
-        .unwrap();
+    let slot = cluster.slot_of(key).unwrap();
     let master = cluster.master_of(slot).unwrap();
     let mut conn = connection(&cluster.nodes[master].url());
     let _: () = redis::cmd("SET").arg(key).arg(42).query(&mut conn).unwrap();
@@ -83,6 +79,20 @@ fn local_cluster_forms_fails_over_and_cleans_up() {
     }
 }
 
+/// A local cluster of the test's own (its nodes get killed) and the engine
+/// on it with `--redis-topology cluster --redis-wait-replicas 1`.
+async fn engine_on_a_cluster_of_its_own(name: &str) -> (LocalRedisCluster, Stack) {
+    let cluster = tokio::task::spawn_blocking(|| LocalRedisCluster::start(3, "always"))
+        .await
+        .unwrap()
+        .expect("a local cluster forms");
+    let mut config = isolated_config(crate::infra(), name);
+    config.redis_topology = RedisTopology::Cluster;
+    config.redis_url = cluster.urls().join(",");
+    config.redis_wait_replicas = 1;
+    (cluster, Stack::start_with(config).await.unwrap())
+}
+
 /// POSTs `body` until it is accepted (202/200), retrying 503s while the
 /// cluster fails over.
 async fn post_until_accepted(s: &Stack, body: &serde_json::Value) {
@@ -108,16 +118,7 @@ async fn post_until_accepted(s: &Stack, body: &serde_json::Value) {
 /// failover, is applied exactly once and the group's lag drains.
 #[tokio::test(flavor = "multi_thread")]
 async fn engine_runs_on_a_cluster_through_a_master_failover() {
-    let infra = crate::infra();
-    let mut cluster = tokio::task::spawn_blocking(|| LocalRedisCluster::start(3, "always"))
-        .await
-        .unwrap()
-        .expect("a local cluster forms");
-    let mut config = isolated_config(infra, "cluster");
-    config.redis_topology = RedisTopology::Cluster;
-    config.redis_url = cluster.urls().join(",");
-    config.redis_wait_replicas = 1;
-    let s = Stack::start_with(config).await.unwrap();
+    let (mut cluster, s) = engine_on_a_cluster_of_its_own("cluster").await;
     s.set_balance("a", 1_000).await.unwrap();
     s.set_balance("b", 0).await.unwrap();
     let transfer = |i: usize| json!({"id": format!("t-{i}"), "type": "transfer", "account": "a", "to": "b", "amount": 10});
@@ -132,11 +133,7 @@ async fn engine_runs_on_a_cluster_through_a_master_failover() {
     // The master of the source's slot. No fence before the kill: the
     // consumer stored offsets only for batches a replica acknowledged.
     let layout = txengine::store::Layout::new(&s.config.namespace, RedisTopology::Cluster);
-    let slot: u16 = redis::cmd("CLUSTER")
-        .arg("KEYSLOT")
-        .arg(layout.balance("a"))
-        .query(&mut connection(&cluster.nodes[0].url()))
-        .unwrap();
+    let slot = cluster.slot_of(&layout.balance("a")).unwrap();
     let master = cluster.master_of(slot).unwrap();
     cluster.nodes[master].kill();
 
@@ -164,14 +161,7 @@ async fn engine_runs_on_a_cluster_through_a_master_failover() {
         settled.values().all(|v| v["status"] == "applied"),
         "{settled:?}"
     );
-    harness::load::wait_drained(
-        &infra.kafka_brokers,
-        &s.config.group,
-        &s.config.topic,
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap();
+    s.wait_drained(Duration::from_secs(60)).await.unwrap();
     assert_eq!(s.balance("a").await.unwrap(), Some(600));
     assert_eq!(s.balance("b").await.unwrap(), Some(400));
     s.stop().await.unwrap();
@@ -185,15 +175,7 @@ async fn engine_runs_on_a_cluster_through_a_master_failover() {
 #[tokio::test(flavor = "multi_thread")]
 async fn offsets_wait_for_a_replica() {
     let infra = crate::infra();
-    let mut cluster = tokio::task::spawn_blocking(|| LocalRedisCluster::start(3, "always"))
-        .await
-        .unwrap()
-        .expect("a local cluster forms");
-    let mut config = isolated_config(infra, "waitrepl");
-    config.redis_topology = RedisTopology::Cluster;
-    config.redis_url = cluster.urls().join(",");
-    config.redis_wait_replicas = 1;
-    let s = Stack::start_with(config).await.unwrap();
+    let (mut cluster, s) = engine_on_a_cluster_of_its_own("waitrepl").await;
     s.set_balance("a", 100).await.unwrap();
     post_until_accepted(&s, &json!({"id": "before", "account": "a", "amount": 1})).await;
     s.wait_settled(&["before".into()], Duration::from_secs(30))
@@ -201,11 +183,7 @@ async fn offsets_wait_for_a_replica() {
         .unwrap();
 
     let layout = txengine::store::Layout::new(&s.config.namespace, RedisTopology::Cluster);
-    let slot: u16 = redis::cmd("CLUSTER")
-        .arg("KEYSLOT")
-        .arg(layout.balance("a"))
-        .query(&mut connection(&cluster.nodes[0].url()))
-        .unwrap();
+    let slot = cluster.slot_of(&layout.balance("a")).unwrap();
     let master = cluster.master_of(slot).unwrap();
     let replica = cluster.replica_of(master).unwrap();
     cluster.nodes[replica].kill();
@@ -236,14 +214,7 @@ async fn offsets_wait_for_a_replica() {
     })
     .await
     .unwrap();
-    harness::load::wait_drained(
-        &infra.kafka_brokers,
-        &s.config.group,
-        &s.config.topic,
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap();
+    s.wait_drained(Duration::from_secs(60)).await.unwrap();
     let (status, body) = s.get("/ready").await.unwrap();
     assert_eq!(status, StatusCode::OK, "{body}");
     s.stop().await.unwrap();

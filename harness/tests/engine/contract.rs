@@ -131,14 +131,7 @@ async fn schemathesis_finds_no_undocumented_answer_and_moves_no_money() {
     .await;
 
     // What it got accepted is applied (or rejected) before we look.
-    harness::load::wait_drained(
-        &infra.kafka_brokers,
-        &s.config.group,
-        &s.config.topic,
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap();
+    s.wait_drained(Duration::from_secs(60)).await.unwrap();
     let after = balances(&infra.redis_url, &s.config.namespace).await;
     assert_eq!(before, after, "invalid requests moved money");
     s.stop().await.unwrap();
