@@ -184,13 +184,7 @@ async fn backlog_once(
         let used = cpu_after[i]?.checked_sub(cpu_before[i]?)?;
         Some(used as f64 / count.max(1) as f64)
     };
-    let verdict = invariants::check(
-        &infra.redis_url,
-        infra.redis_topology,
-        &config.namespace,
-        &ledger,
-    )
-    .await?;
+    let verdict = invariants::check(infra, &config.namespace, &ledger).await?;
     consumer.terminate(Duration::from_secs(10));
     for violation in verdict.violations.iter().take(20) {
         println!("  VIOLATION         {violation}");

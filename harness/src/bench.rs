@@ -362,13 +362,7 @@ pub async fn run_load(
         ledger.accepted.extend(measured);
     }
     let lag_samples = lag_sampler.stop().await;
-    let verdict = invariants::check(
-        &infra.redis_url,
-        infra.redis_topology,
-        &config.namespace,
-        &ledger,
-    )
-    .await?;
+    let verdict = invariants::check(&infra, &config.namespace, &ledger).await?;
     let rss = engine
         .pid()
         .and_then(rss_kib)

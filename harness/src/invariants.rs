@@ -19,10 +19,10 @@ use std::collections::HashMap;
 
 use anyhow::Context;
 use redis::{Cmd, FromRedisValue};
-use txengine::config::RedisTopology;
 use txengine::domain::MAX_MINOR_UNITS;
 use txengine::store::{Connection, Layout};
 
+use crate::infra::Infra;
 use crate::model::{Books, SagaStep};
 use crate::workload::{Kind, Ledger, SentTx};
 
@@ -103,17 +103,18 @@ impl Reader {
     }
 }
 
-/// Reads outcomes and balances from Redis (keys under `namespace`) and checks
-/// the ledger against them. Only a failure to read is an `Err`.
-pub async fn check(
-    redis_url: &str,
-    topology: RedisTopology,
-    namespace: &str,
-    ledger: &Ledger,
-) -> anyhow::Result<Verdict> {
-    let conn = Connection::open(redis_url, topology, std::time::Duration::from_secs(10))
-        .await
-        .context("redis")?;
+/// Reads outcomes and balances from `infra`'s Redis (keys under
+/// `namespace`) and checks the ledger against them. Only a failure to read
+/// is an `Err`.
+pub async fn check(infra: &Infra, namespace: &str, ledger: &Ledger) -> anyhow::Result<Verdict> {
+    let topology = infra.redis_topology;
+    let conn = Connection::open(
+        &infra.redis_url,
+        topology,
+        std::time::Duration::from_secs(10),
+    )
+    .await
+    .context("redis")?;
     let reader = Reader {
         conn,
         layout: Layout::new(namespace, topology),
