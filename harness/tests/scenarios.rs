@@ -34,7 +34,7 @@ async fn scenario_holds(#[files("../scenarios/*.toml")] file: PathBuf) {
 
 /// The scenarios that run on the cluster in every `cargo test`: the ones
 /// about the cluster, its sagas and its failover. `TXENGINE_SCENARIOS=all`
-/// runs every file on it (the whole matrix; README, "Scenarios").
+/// runs every file on it (the whole matrix; README, "Correctness under faults").
 const ON_THE_CLUSTER_BY_DEFAULT: &[&str] = &[
     "race",
     "duplicate-replay",
