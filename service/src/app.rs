@@ -11,9 +11,10 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::admission::{Admission, MAX_BACKGROUND_RELEASES};
-use crate::config::{Config, Role};
+use crate::config::{Config, RateLimitMode, Role};
 use crate::consumer::{ConsumerHealth, ConsumerSettings, TxConsumer};
 use crate::http::{self, ApiState};
+use crate::keys::KeyCache;
 use crate::publisher::{ensure_topics, Publisher, PublisherSettings};
 use crate::server::{serve_until_shutdown, ConnectionLimits};
 use crate::store::{Store, StoreSettings};
@@ -102,6 +103,8 @@ impl Engine {
                 ),
                 consumer: runs_consumer.then(|| consumer_health.clone()),
                 admin_token,
+                keys: KeyCache::new(Duration::from_millis(config.key_cache_ms)),
+                enforce_rate_limits: config.rate_limit == RateLimitMode::Enforce,
                 retry_after_secs: config.retry_after_secs,
                 body_read_timeout: Duration::from_millis(config.body_read_timeout_ms),
                 metrics: metrics.clone(),

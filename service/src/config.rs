@@ -198,7 +198,34 @@ pub struct Config {
     /// How long a client may take to send a request's body (ms); then 408.
     #[arg(long, env = "TXENGINE_BODY_READ_TIMEOUT_MS", default_value_t = 5_000)]
     pub body_read_timeout_ms: u64,
+
+    /// Whether the API enforces each key's rate limit. `off` is for
+    /// measuring what the limiter costs; keys are checked either way.
+    #[arg(
+        long,
+        value_enum,
+        env = "TXENGINE_RATE_LIMIT",
+        default_value = "enforce"
+    )]
+    pub rate_limit: RateLimitMode,
+
+    /// How long an API process may use a key read from Redis before it
+    /// reads it again (ms): a revoked key is refused everywhere within this.
+    #[arg(long, env = "TXENGINE_KEY_CACHE_MS", default_value_t = 500)]
+    pub key_cache_ms: u64,
 }
+
+/// Whether the API enforces rate limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RateLimitMode {
+    /// Every request of a limited key runs the limiter script.
+    Enforce,
+    /// No limiter (for measuring its cost): keys and scopes still apply.
+    Off,
+}
+
+/// Longest `--key-cache-ms`: the contract refuses a revoked key within 1 s.
+pub const MAX_KEY_CACHE_MS: u64 = 1_000;
 
 impl Config {
     /// The admin token from the flag, the variable or the file, if any.
@@ -235,6 +262,9 @@ impl Config {
         ];
         if let Some((flag, _)) = at_least_one.iter().find(|(_, value)| *value == 0) {
             return Err(ConfigError::Zero(flag));
+        }
+        if self.key_cache_ms > MAX_KEY_CACHE_MS {
+            return Err(ConfigError::KeyCacheTooLong(self.key_cache_ms));
         }
         // The id's binding is written at the claim and must outlive the
         // publish, or a late record could meet an id bound to another body.
@@ -291,6 +321,8 @@ impl Config {
             max_connections,
             header_read_timeout_ms,
             body_read_timeout_ms,
+            rate_limit,
+            key_cache_ms,
         } = self;
         let role = value_name(*role);
         let optional = [
@@ -325,6 +357,8 @@ impl Config {
                 header_read_timeout_ms.to_string(),
             ),
             ("--body-read-timeout-ms", body_read_timeout_ms.to_string()),
+            ("--rate-limit", value_name(*rate_limit)),
+            ("--key-cache-ms", key_cache_ms.to_string()),
         ]
         .into_iter()
         .chain(
@@ -359,6 +393,8 @@ pub enum ConfigError {
     Zero(&'static str),
     #[error("{0} must not be empty")]
     Empty(&'static str),
+    #[error("--key-cache-ms ({0}) must be at most {MAX_KEY_CACHE_MS}: a revoked key must be refused within 1 s")]
+    KeyCacheTooLong(u64),
     #[error("--topic and --dlq-topic must differ")]
     SameTopics,
     #[error("--outcome-ttl-secs ({outcome_ttl_secs} s) must be longer than --publish-timeout-ms ({publish_timeout_ms} ms): an id must stay bound to its body for as long as its publish can land")]
@@ -400,6 +436,8 @@ mod tests {
             "--max-connections=91",
             "--header-read-timeout-ms=90",
             "--body-read-timeout-ms=89",
+            "--rate-limit=off",
+            "--key-cache-ms=88",
         ])
     }
 
@@ -481,5 +519,12 @@ mod tests {
             "--publish-timeout-ms=5000",
         ]);
         assert_eq!(long_enough.validate(), Ok(()));
+        let cache =
+            |ms: u64| Config::parse_from(["txengine".to_owned(), format!("--key-cache-ms={ms}")]);
+        assert_eq!(cache(MAX_KEY_CACHE_MS).validate(), Ok(()));
+        assert_eq!(
+            cache(MAX_KEY_CACHE_MS + 1).validate(),
+            Err(ConfigError::KeyCacheTooLong(MAX_KEY_CACHE_MS + 1))
+        );
     }
 }

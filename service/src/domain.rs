@@ -34,6 +34,14 @@ pub enum RuleError {
     UnknownKind(String),
     #[error("the `id` field and the Idempotency-Key header differ")]
     IdMismatch,
+    #[error("a key id is 16 lowercase hex digits")]
+    BadKeyId,
+    #[error("`{pattern}` is not an account pattern: an account id, a prefix of one followed by `*`, or `*`")]
+    BadScope { pattern: String },
+    #[error("`accounts` needs 1..={} patterns", crate::keys::MAX_SCOPE_PATTERNS)]
+    ScopeSize,
+    #[error("{field} must be an integer in 1..={}", crate::keys::MAX_RATE)]
+    LimitOutOfRange { field: &'static str },
 }
 
 fn is_valid_id(raw: &str) -> bool {
@@ -234,6 +242,16 @@ impl Movement {
             self.amount().minor_units()
         )
     }
+
+    /// The accounts a [`Movement::fingerprint`] names: the checked account
+    /// and, for a transfer, the destination.
+    pub fn parties_of_fingerprint(fingerprint: &str) -> impl Iterator<Item = &str> {
+        fingerprint
+            .split('|')
+            .skip(1)
+            .take(2)
+            .filter(|part| !part.is_empty())
+    }
 }
 
 /// A validated transaction: an id and a movement.
@@ -342,5 +360,9 @@ mod tests {
         ));
         let t = Movement::new(Some("transfer"), a, Some(b), one).unwrap();
         assert_eq!(t.fingerprint(), "transfer|a|b|1");
+        let parties: Vec<_> = Movement::parties_of_fingerprint("transfer|a|b|1").collect();
+        assert_eq!(parties, ["a", "b"]);
+        let parties: Vec<_> = Movement::parties_of_fingerprint("debit|a||1").collect();
+        assert_eq!(parties, ["a"]);
     }
 }

@@ -7,6 +7,8 @@
 //!
 //! # Layout
 //! - [`domain`]: ids, amounts, movements, outcomes. Knows no I/O crate.
+//! - [`keys`]: API keys: secrets and their hashes, account scopes, rate
+//!   limits, the short-lived cache of keys.
 //! - [`wire`]: the versioned Kafka record (one encode, one decode).
 //! - [`store`]: Redis keys and the Lua scripts of `lua/`.
 //! - [`admission`]: claim -> publish -> accept or release; the id binding rules.
@@ -23,6 +25,7 @@ pub mod config;
 pub mod consumer;
 pub mod domain;
 pub mod http;
+pub mod keys;
 pub mod publisher;
 pub mod server;
 pub mod store;

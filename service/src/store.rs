@@ -18,8 +18,13 @@
 //!   flag of an apply whose tx record is in another slot, `apply`, or of a
 //!   saga step, `debit` | `credit` | `settle`) and `{tag}:held:<account>`
 //!   (money sagas debited from the account and have not settled)
+//! - API keys, all in one slot (`{ns}` on one Redis, `{ns:keys}` on a
+//!   cluster): `{keys}:apikey:<key id>` (hash: `hash` of the secret,
+//!   `accounts` as a JSON array, `rate_per_s` and `burst` when limited,
+//!   `created_at_ms`) and `{keys}:apikeys` (the set of key ids)
+//! - `{tag}:rate:<key id>`: the key's GCRA state, in the key id's shard
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,6 +37,7 @@ use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Script, Value};
 use crate::config::RedisTopology;
 
 use crate::domain::{AccountId, Balance, Outcome, RejectReason, Transaction, TxId, TxStatus};
+use crate::keys::{ApiKey, KeyId, RateLimit, Scope};
 use crate::wire::{Record, SagaStep};
 
 /// How many shards accounts and transaction ids are hashed over on a
@@ -139,6 +145,32 @@ impl Layout {
         }
     }
 
+    /// The tag of the API keys' slot: every key record and their index
+    /// share one slot, so admin operations are single-slot pipelines.
+    fn keys_tag(&self) -> String {
+        if self.shards == 1 {
+            self.tag(0)
+        } else {
+            format!("{{{}:keys}}", self.namespace)
+        }
+    }
+
+    /// `{keys}:apikey:<key id>`: the key's record.
+    pub fn api_key(&self, id: &str) -> String {
+        format!("{}:apikey:{id}", self.keys_tag())
+    }
+
+    /// `{keys}:apikeys`: the ids of every key.
+    pub fn api_key_index(&self) -> String {
+        format!("{}:apikeys", self.keys_tag())
+    }
+
+    /// `{tag}:rate:<key id>`: the key's rate limit state, in its own shard
+    /// (the limiter's load spreads over a cluster's masters).
+    pub fn rate(&self, key_id: &str) -> String {
+        format!("{}:rate:{key_id}", self.tag(self.shard_of(key_id)))
+    }
+
     /// How `tx` is applied: in one script, or as a saga between slots.
     pub fn needs_saga(&self, tx: &Transaction) -> bool {
         tx.movement
@@ -156,6 +188,7 @@ mod lua {
     pub const ACCEPT: &str = include_str!("../../lua/accept.lua");
     pub const SAGA_STEP: &str = include_str!("../../lua/saga_step.lua");
     pub const FINISH: &str = include_str!("../../lua/finish.lua");
+    pub const RATE_LIMIT: &str = include_str!("../../lua/rate_limit.lua");
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -224,6 +257,19 @@ pub enum Acceptance {
     NotOwner,
     /// The id is bound to another body; nothing was changed.
     Conflict,
+}
+
+/// What the rate limit script said about one request of a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateVerdict {
+    /// The request may go ahead (and was counted).
+    pub allowed: bool,
+    /// Requests the key may still send right now.
+    pub remaining: u64,
+    /// When refused: how long until one request may come.
+    pub retry_after: Duration,
+    /// How long until the whole burst is available again.
+    pub reset: Duration,
 }
 
 /// One applied transaction as the apply script reported it.
@@ -451,6 +497,7 @@ pub struct Store {
     accept: Script,
     saga_step: Script,
     finish: Script,
+    rate_limit: Script,
 }
 
 pub struct StoreSettings<'a> {
@@ -482,6 +529,7 @@ impl Store {
             accept: Script::new(lua::ACCEPT),
             saga_step: Script::new(lua::SAGA_STEP),
             finish: Script::new(lua::FINISH),
+            rate_limit: Script::new(lua::RATE_LIMIT),
         };
         store.load_scripts().await?;
         Ok(store)
@@ -498,6 +546,7 @@ impl Store {
             &self.accept,
             &self.saga_step,
             &self.finish,
+            &self.rate_limit,
         ] {
             script.prepare_invoke().load_async(&mut conn).await?;
         }
@@ -558,31 +607,135 @@ impl Store {
 
     /// Where an id stands; `None` if unknown or only claimed (not yet accepted).
     pub async fn status(&self, id: &TxId) -> Result<Option<TxStatus>, StoreError> {
+        Ok(self.lookup(id).await?.map(|(status, _)| status))
+    }
+
+    /// Where an id stands and the fingerprint of the body it is bound to
+    /// (which names its accounts); `None` if unknown or only claimed.
+    pub async fn lookup(&self, id: &TxId) -> Result<Option<(TxStatus, String)>, StoreError> {
         let mut conn = self.conn.clone();
         type Fields = (
             Option<String>,
             Option<String>,
             Option<String>,
             Option<String>,
+            Option<String>,
         );
-        let (state, reason, balance_after, accepted): Fields = redis::cmd("HMGET")
+        let (state, reason, balance_after, accepted, fingerprint): Fields = redis::cmd("HMGET")
             .arg(self.tx_key(id))
             .arg("state")
             .arg("reason")
             .arg("balance_after")
             .arg("accepted")
+            .arg("fp")
             .query_async(&mut conn)
             .await?;
-        match (state.as_deref(), accepted) {
+        let status = match (state.as_deref(), accepted) {
             (Some(state @ ("applied" | "rejected")), _) => parse_status(
                 state,
                 reason.as_deref().unwrap_or(""),
                 balance_after.as_deref().unwrap_or(""),
-            )
-            .map(Some),
-            (_, Some(_)) => Ok(Some(TxStatus::Pending)),
-            _ => Ok(None),
+            )?,
+            (_, Some(_)) => TxStatus::Pending,
+            _ => return Ok(None),
+        };
+        Ok(Some((status, fingerprint.unwrap_or_default())))
+    }
+
+    /// Stores a new API key and lists it. False (nothing written) when a
+    /// key with its id exists: make another id.
+    pub async fn create_key(&self, key: &ApiKey) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let record = self.layout.api_key(key.id.as_str());
+        let exists: bool = conn.exists(&record).await?;
+        if exists {
+            return Ok(false);
         }
+        let mut fields: Vec<(&str, String)> = vec![
+            ("hash", key.secret_hash.clone()),
+            (
+                "accounts",
+                serde_json::to_string(&key.scope.patterns()).expect("strings"),
+            ),
+            ("created_at_ms", key.created_at_ms.to_string()),
+        ];
+        if let Some(limit) = key.limit {
+            fields.push(("rate_per_s", limit.rate_per_s.to_string()));
+            fields.push(("burst", limit.burst.to_string()));
+        }
+        // Listed first, then written: a crash in between leaves an id in the
+        // index with no record (lists skip it), never a key that works but
+        // is not listed.
+        let _: () = redis::pipe()
+            .sadd(self.layout.api_key_index(), key.id.as_str())
+            .ignore()
+            .hset_multiple(&record, &fields)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(true)
+    }
+
+    /// The key `id`, if it exists.
+    pub async fn api_key(&self, id: &KeyId) -> Result<Option<ApiKey>, StoreError> {
+        let mut conn = self.conn.clone();
+        let fields: HashMap<String, String> =
+            conn.hgetall(self.layout.api_key(id.as_str())).await?;
+        parse_key(id, &fields)
+    }
+
+    /// Every key, by id.
+    pub async fn api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut ids: Vec<String> = conn.smembers(self.layout.api_key_index()).await?;
+        ids.sort();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.hgetall(self.layout.api_key(id));
+        }
+        let records: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
+        let mut keys = Vec::new();
+        for (id, fields) in ids.iter().zip(records) {
+            let id = KeyId::parse(id).map_err(|e| StoreError::Unexpected(e.to_string()))?;
+            keys.extend(parse_key(&id, &fields)?);
+        }
+        Ok(keys)
+    }
+
+    /// Deletes the key `id` (its record first, so it stops working at once
+    /// for every reader of Redis) and its rate limit state. False when
+    /// there was no such key.
+    pub async fn delete_key(&self, id: &KeyId) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let (deleted, _): (u32, u32) = redis::pipe()
+            .del(self.layout.api_key(id.as_str()))
+            .srem(self.layout.api_key_index(), id.as_str())
+            .query_async(&mut conn)
+            .await?;
+        let _: () = conn.del(self.layout.rate(id.as_str())).await?;
+        Ok(deleted == 1)
+    }
+
+    /// Counts one request of key `id` against `limit` (GCRA, one script on
+    /// Redis's clock), unless it is over the limit.
+    pub async fn spend(&self, id: &KeyId, limit: RateLimit) -> Result<RateVerdict, StoreError> {
+        let (allowed, remaining, retry_after_us, reset_us): (u8, u64, u64, u64) = self
+            .with_scripts(|| {
+                let mut conn = self.conn.clone();
+                let mut invocation = self.rate_limit.key(self.layout.rate(id.as_str()));
+                invocation.arg(limit.interval_us()).arg(limit.burst);
+                async move { invocation.invoke_async(&mut conn).await }
+            })
+            .await?;
+        Ok(RateVerdict {
+            allowed: allowed == 1,
+            remaining,
+            retry_after: Duration::from_micros(retry_after_us),
+            reset: Duration::from_micros(reset_us),
+        })
     }
 
     /// How long a claim lasts unless released or accepted.
@@ -923,6 +1076,32 @@ fn evalsha(script: &Script, keys: &[String]) -> Cmd {
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(script.get_hash()).arg(keys.len()).arg(keys);
     cmd
+}
+
+/// A key record's fields (an empty map: no such key).
+fn parse_key(id: &KeyId, fields: &HashMap<String, String>) -> Result<Option<ApiKey>, StoreError> {
+    if fields.is_empty() {
+        return Ok(None);
+    }
+    let broken = |what: &str| StoreError::Unexpected(format!("api key {id}: {what}"));
+    let number = |field: &str| -> Result<Option<u64>, StoreError> {
+        fields
+            .get(field)
+            .map(|raw| raw.parse().map_err(|_| broken(field)))
+            .transpose()
+    };
+    let patterns: Vec<String> = fields
+        .get("accounts")
+        .and_then(|raw| serde_json::from_str(raw).ok())
+        .ok_or_else(|| broken("accounts"))?;
+    Ok(Some(ApiKey {
+        id: id.clone(),
+        secret_hash: fields.get("hash").cloned().ok_or_else(|| broken("hash"))?,
+        scope: Scope::parse(&patterns).map_err(|e| broken(&e.to_string()))?,
+        limit: RateLimit::parse(number("rate_per_s")?, number("burst")?)
+            .map_err(|e| broken(&e.to_string()))?,
+        created_at_ms: number("created_at_ms")?.ok_or_else(|| broken("created_at_ms"))?,
+    }))
 }
 
 fn parse_balance(raw: &str) -> Option<Balance> {

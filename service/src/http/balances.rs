@@ -4,12 +4,13 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::auth::{authenticate, authorize_admin, require_scope, spend};
 use super::problem::{not_found, Problem, ProblemBody};
 use super::transactions::read_body;
 use super::ApiState;
@@ -24,16 +25,23 @@ pub(super) struct BalanceView {
     balance: Balance,
 }
 
-/// An account's balance.
+/// An account's balance (an API key whose scope matches the account).
 #[utoipa::path(
     get,
     path = "/balance/{account}",
     tag = "balances",
+    security(("api_key" = [])),
     params(("account" = String, Path, description = "Account id", pattern = "^[A-Za-z0-9_.:-]{1,64}$")),
     responses(
-        (status = 200, description = "The balance in minor units", body = BalanceView),
+        (status = 200, description = "The balance in minor units", body = BalanceView,
+            headers(("RateLimit-Policy" = String, description = "a limited key's policy"), ("RateLimit" = String, description = "what a limited key has left"))),
+        (status = 401, description = "No API key, or an unknown, revoked or wrong one", body = ProblemBody, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "Bearer"))),
+        (status = 403, description = "The key's scope does not match the account", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such account", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "Not a valid account id", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "The key is over its rate limit", body = ProblemBody, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "seconds"), ("RateLimit-Policy" = String), ("RateLimit" = String))),
         (status = 503, description = "Redis is unavailable", body = ProblemBody, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "seconds"))),
     )
@@ -41,17 +49,25 @@ pub(super) struct BalanceView {
 pub(super) async fn get_balance(
     State(api): State<Arc<ApiState>>,
     Path(account): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, Problem> {
+    let key = authenticate(&api, &headers).await?;
     let account = AccountId::parse(&account).map_err(Problem::rule)?;
-    match api
+    require_scope(&key, &account)?;
+    let quota = spend(&api, &key).await?;
+    let mut response = match api
         .store
         .balance(&account)
         .await
         .map_err(|e| Problem::from_store(e, api.retry_after_secs))?
     {
-        Some(balance) => Ok(Json(BalanceView { account, balance }).into_response()),
-        None => Err(not_found(format!("no account {account}"))),
-    }
+        Some(balance) => Json(BalanceView { account, balance }).into_response(),
+        None => not_found(format!("no account {account}")).into_response(),
+    };
+    response
+        .headers_mut()
+        .extend(quota.iter().flat_map(|q| q.headers()));
+    Ok(response)
 }
 
 /// The body of `PUT /balance/{account}`.
@@ -61,40 +77,6 @@ pub(super) struct BalanceRequest {
     /// Minor units, 0 ..= 2^53-1.
     #[schema(value_type = u64, minimum = 0, maximum = 9007199254740991_u64)]
     balance: serde_json::Number,
-}
-
-/// Compares two secrets in time independent of where they differ.
-pub(super) fn same_secret(given: &[u8], expected: &[u8]) -> bool {
-    given.len() == expected.len()
-        && given
-            .iter()
-            .zip(expected)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
-}
-
-pub(super) fn authorize_admin(api: &ApiState, headers: &HeaderMap) -> Result<(), Problem> {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            Problem::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "Admin token required",
-                "send Authorization: Bearer <admin token>",
-            )
-        })?;
-    match &api.admin_token {
-        Some(expected) if same_secret(given.as_bytes(), expected.expose().as_bytes()) => Ok(()),
-        _ => Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "Not allowed",
-            "the admin token is wrong or no admin token is configured",
-        )),
-    }
 }
 
 /// Set an account's balance (the seed's setter; an admin operation).

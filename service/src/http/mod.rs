@@ -1,6 +1,8 @@
 //! The HTTP API (axum): the router and its request metrics. One module per
 //! concern:
 //! - [`problem`]: problem+json errors;
+//! - [`auth`]: the admin token, API keys, scopes and the rate limit;
+//! - [`keys`]: the admin's key endpoints;
 //! - [`transactions`]: `POST /transactions`, `GET /transactions/{id}`, the
 //!   request decoder (public for the fuzzer);
 //! - [`balances`]: balance reads and the admin's setter;
@@ -9,12 +11,15 @@
 //!
 //! The HTTP server loop itself (connection limits) is [`crate::server`].
 
+mod auth;
 mod balances;
+mod keys;
 mod openapi;
 mod ops;
 mod problem;
 mod transactions;
 
+pub use keys::KeyRequest;
 pub use openapi::openapi_document;
 pub use ops::metrics_router;
 pub use transactions::{decode_transaction, RequestError};
@@ -25,13 +30,14 @@ use std::time::{Duration, Instant};
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::admission::Admission;
 use crate::config::Secret;
 use crate::consumer::ConsumerHealth;
+use crate::keys::KeyCache;
 use crate::publisher::Publisher;
 use crate::store::Store;
 
@@ -45,6 +51,10 @@ pub struct ApiState {
     /// The consumer of this process (role `all`), for `/ready`.
     pub consumer: Option<ConsumerHealth>,
     pub admin_token: Option<Secret>,
+    /// API keys read from Redis, each kept at most `--key-cache-ms`.
+    pub keys: KeyCache,
+    /// False with `--rate-limit off`.
+    pub enforce_rate_limits: bool,
     pub retry_after_secs: u64,
     /// How long a client may take to send a body; then 408.
     pub body_read_timeout: Duration,
@@ -63,6 +73,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/balance/{account}",
             get(balances::get_balance).put(balances::put_balance),
         )
+        .route("/admin/keys", post(keys::create_key).get(keys::list_keys))
+        .route("/admin/keys/{id}", delete(keys::delete_key))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::render_metrics))

@@ -6,6 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::balances::{__path_get_balance, __path_put_balance};
+use super::keys::{__path_create_key, __path_delete_key, __path_list_keys};
 use super::ops::{__path_health, __path_ready, __path_render_metrics};
 use super::transactions::{
     __path_get_transaction, __path_post_transaction, __path_post_transaction_seed_path,
@@ -46,24 +47,38 @@ pub fn openapi_document() -> &'static str {
         get_transaction,
         get_balance,
         put_balance,
+        create_key,
+        list_keys,
+        delete_key,
         health,
         ready,
         render_metrics,
         openapi_json
     ),
-    modifiers(&AdminToken)
+    modifiers(&BearerSchemes)
 )]
 pub(super) struct ApiDoc;
 
-/// The bearer scheme of `PUT /balance/{account}`.
-pub(super) struct AdminToken;
+/// The two bearer schemes: the admin token (balance setter, keys) and API
+/// keys (the money endpoints).
+pub(super) struct BearerSchemes;
 
-impl Modify for AdminToken {
+impl Modify for BearerSchemes {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "admin_token",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("txk_<key id>_<secret>")
+                    .description(Some("An API key made with POST /admin/keys"))
+                    .build(),
+            ),
         );
     }
 }

@@ -1,6 +1,6 @@
 //! Problem answers (RFC 9457 `application/problem+json`): every error of the API.
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -18,6 +18,8 @@ pub struct Problem {
     title: &'static str,
     detail: String,
     retry_after_secs: Option<u64>,
+    /// More fields for the answer (the rate limit fields of a 429).
+    headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Problem {
@@ -33,6 +35,7 @@ impl Problem {
             title,
             detail: detail.into(),
             retry_after_secs: None,
+            headers: Vec::new(),
         }
     }
 
@@ -61,6 +64,23 @@ impl Problem {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "The engine cannot take the request now",
+                detail,
+            )
+        }
+    }
+
+    pub(super) fn rate_limited(
+        detail: String,
+        retry_after_secs: u64,
+        headers: impl IntoIterator<Item = (HeaderName, HeaderValue)>,
+    ) -> Self {
+        Self {
+            retry_after_secs: Some(retry_after_secs),
+            headers: headers.into_iter().collect(),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "The API key is over its rate limit",
                 detail,
             )
         }
@@ -104,7 +124,7 @@ impl Problem {
 pub(super) struct ProblemBody {
     /// `urn:txengine:problem:<slug>`; slugs: malformed, too-large, not-json,
     /// body-timeout, rule-broken, id-conflict, in-flight, not-found,
-    /// unauthorized, forbidden, method-not-allowed, unavailable.
+    /// unauthorized, forbidden, rate-limited, method-not-allowed, unavailable.
     #[serde(rename = "type")]
     #[schema(pattern = "^urn:txengine:problem:[a-z-]+$")]
     kind: String,
@@ -136,6 +156,7 @@ impl IntoResponse for Problem {
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        headers.extend(self.headers);
         response
     }
 }

@@ -11,11 +11,13 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::auth::{authenticate, forbidden, require_scope, spend, Quota};
 use super::problem::{not_found, Problem, ProblemBody};
 use super::{ApiState, MAX_BODY_BYTES};
 use crate::domain::{
     AccountId, Amount, Movement, Outcome, RuleError, Transaction, TxId, TxStatus, MAX_MINOR_UNITS,
 };
+use crate::keys::ApiKey;
 
 /// The body of `POST /transactions`, before any rule is checked. Wrong JSON
 /// types and unknown fields are 400; broken rules are 422.
@@ -263,10 +265,12 @@ pub(super) fn status_response(id: &TxId, status: TxStatus) -> Response {
 #[allow(dead_code)]
 pub(super) enum PostAnswers {
     #[response(status = 202, description = "Kafka has the transaction (or it was accepted before and is still pending)",
-        headers(("Location" = String, description = "/transactions/{id}")))]
+        headers(("Location" = String, description = "/transactions/{id}"),
+            ("RateLimit-Policy" = String, description = "a limited key's policy"), ("RateLimit" = String, description = "what a limited key has left")))]
     Accepted(TransactionView<'static>),
     #[response(status = 200, description = "The same transaction was accepted before and is settled: its outcome",
-        headers(("Location" = String, description = "/transactions/{id}")))]
+        headers(("Location" = String, description = "/transactions/{id}"),
+            ("RateLimit-Policy" = String, description = "a limited key's policy"), ("RateLimit" = String, description = "what a limited key has left")))]
     Settled(TransactionView<'static>),
     #[response(
         status = 400,
@@ -274,6 +278,15 @@ pub(super) enum PostAnswers {
         content_type = "application/problem+json"
     )]
     Malformed(ProblemBody),
+    #[response(status = 401, description = "No API key, or an unknown, revoked or wrong one; nothing was done", content_type = "application/problem+json",
+        headers(("WWW-Authenticate" = String, description = "Bearer")))]
+    Unauthorized(ProblemBody),
+    #[response(
+        status = 403,
+        description = "The key's scope does not match `account`; nothing was done",
+        content_type = "application/problem+json"
+    )]
+    Forbidden(ProblemBody),
     #[response(
         status = 408,
         description = "The body arrived too slowly; nothing was done",
@@ -304,16 +317,21 @@ pub(super) enum PostAnswers {
         content_type = "application/problem+json"
     )]
     RuleBroken(ProblemBody),
+    #[response(status = 429, description = "The key is over its rate limit; nothing was done", content_type = "application/problem+json",
+        headers(("Retry-After" = u64, description = "seconds"), ("RateLimit-Policy" = String), ("RateLimit" = String)))]
+    RateLimited(ProblemBody),
     #[response(status = 503, description = "Kafka or Redis cannot take the request; retry after Retry-After seconds", content_type = "application/problem+json",
         headers(("Retry-After" = u64, description = "seconds")))]
     Unavailable(ProblemBody),
 }
 
-/// Submit a money movement; 202 once Kafka has it.
+/// Submit a money movement; 202 once Kafka has it. The API key's scope must
+/// match `account` (the account debited, credited, or paying in a transfer).
 #[utoipa::path(
     post,
     path = "/transactions",
     tag = "transactions",
+    security(("api_key" = [])),
     request_body(content = TransactionRequest, content_type = "application/json"),
     params(("Idempotency-Key" = Option<String>, Header, description = "The transaction id, instead of `id` in the body (both given: they must match)", pattern = "^[A-Za-z0-9_.:-]{1,64}$")),
     responses(PostAnswers)
@@ -323,17 +341,36 @@ pub(super) async fn post_transaction(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
+    let key = authenticate(&api, &headers).await?;
     let body = read_body(&api, &headers, body).await?;
     let idempotency_key = headers.get("idempotency-key").map(|v| v.as_bytes());
     let tx = decode_transaction(&body, idempotency_key).map_err(|e| match e {
         RequestError::Malformed(detail) => Problem::malformed(detail),
         RequestError::Rule(rule) => Problem::rule(rule),
     })?;
+    require_scope(&key, tx.movement.account())?;
+    let quota = spend(&api, &key).await?;
     let id = tx.id.clone();
-    match api.admission.admit(tx).await {
-        Ok(status) => Ok(status_response(&id, status)),
-        Err(refused) => Err(Problem::refused(refused, api.retry_after_secs)),
-    }
+    let response = match api.admission.admit(tx).await {
+        Ok(status) => status_response(&id, status),
+        Err(refused) => Problem::refused(refused, api.retry_after_secs).into_response(),
+    };
+    Ok(with_quota(response, quota))
+}
+
+/// True when `key`'s scope matches an account the transaction names.
+fn visible(key: &ApiKey, fingerprint: &str) -> bool {
+    Movement::parties_of_fingerprint(fingerprint)
+        .filter_map(|party| AccountId::parse(party).ok())
+        .any(|party| key.scope.allows(&party))
+}
+
+/// Adds a limited key's `RateLimit-Policy` and `RateLimit` fields.
+fn with_quota(mut response: Response, quota: Option<Quota>) -> Response {
+    response
+        .headers_mut()
+        .extend(quota.iter().flat_map(Quota::headers));
+    response
 }
 
 /// The seed's path: the same as `POST /transactions`.
@@ -341,6 +378,7 @@ pub(super) async fn post_transaction(
     post,
     path = "/transaction",
     tag = "transactions",
+    security(("api_key" = [])),
     request_body(content = TransactionRequest, content_type = "application/json"),
     params(("Idempotency-Key" = Option<String>, Header, description = "As for POST /transactions", pattern = "^[A-Za-z0-9_.:-]{1,64}$")),
     responses(PostAnswers)
@@ -353,16 +391,24 @@ pub(super) async fn post_transaction_seed_path(
     post_transaction(api, headers, body).await
 }
 
-/// Where a transaction stands.
+/// Where a transaction stands (an API key whose scope matches its account
+/// or, for a transfer, its destination).
 #[utoipa::path(
     get,
     path = "/transactions/{id}",
     tag = "transactions",
+    security(("api_key" = [])),
     params(("id" = String, Path, description = "Transaction id", pattern = "^[A-Za-z0-9_.:-]{1,64}$")),
     responses(
-        (status = 200, description = "Pending, applied or rejected", body = TransactionView),
+        (status = 200, description = "Pending, applied or rejected", body = TransactionView,
+            headers(("RateLimit-Policy" = String, description = "a limited key's policy"), ("RateLimit" = String, description = "what a limited key has left"))),
+        (status = 401, description = "No API key, or an unknown, revoked or wrong one", body = ProblemBody, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "Bearer"))),
+        (status = 403, description = "The key's scope matches none of the transaction's accounts", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such transaction (never accepted, or its outcome has expired)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "Not a valid id", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "The key is over its rate limit", body = ProblemBody, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "seconds"), ("RateLimit-Policy" = String), ("RateLimit" = String))),
         (status = 503, description = "Redis is unavailable", body = ProblemBody, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "seconds"))),
     )
@@ -370,17 +416,24 @@ pub(super) async fn post_transaction_seed_path(
 pub(super) async fn get_transaction(
     State(api): State<Arc<ApiState>>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, Problem> {
+    let key = authenticate(&api, &headers).await?;
     let id = TxId::parse(&id).map_err(Problem::rule)?;
-    match api
+    let quota = spend(&api, &key).await?;
+    let found = api
         .store
-        .status(&id)
+        .lookup(&id)
         .await
-        .map_err(|e| Problem::from_store(e, api.retry_after_secs))?
-    {
-        Some(status) => Ok(Json(view(&id, status)).into_response()),
-        None => Err(not_found(format!("no transaction {id}"))),
-    }
+        .map_err(|e| Problem::from_store(e, api.retry_after_secs))?;
+    let response = match found {
+        None => not_found(format!("no transaction {id}")).into_response(),
+        Some((status, fingerprint)) if visible(&key, &fingerprint) => {
+            Json(view(&id, status)).into_response()
+        }
+        Some(_) => forbidden(&key, format!("transaction {id}")).into_response(),
+    };
+    Ok(with_quota(response, quota))
 }
 
 #[cfg(test)]
