@@ -47,6 +47,7 @@ struct HttpRun {
 async fn drive_http(
     generator: Generator,
     url: &str,
+    api_key: &str,
     name: &str,
     run: &str,
     profile: &LoadProfile,
@@ -56,6 +57,7 @@ async fn drive_http(
             let driven = load::drive(
                 Target::Http {
                     base_url: url.to_owned(),
+                    api_key: api_key.to_owned(),
                 },
                 name,
                 profile,
@@ -68,8 +70,9 @@ async fn drive_http(
             })
         }
         Generator::Wrk => {
-            let (url, name, run, profile) = (
+            let (url, api_key, name, run, profile) = (
                 url.to_owned(),
+                api_key.to_owned(),
                 name.to_owned(),
                 run.to_owned(),
                 profile.clone(),
@@ -77,6 +80,7 @@ async fn drive_http(
             let result = tokio::task::spawn_blocking(move || {
                 crate::wrk::drive(
                     &url,
+                    &api_key,
                     &name,
                     &run,
                     profile.users,
@@ -124,7 +128,17 @@ async fn measure_bare_http(
         profile.users, profile.seconds
     );
     let url = format!("http://127.0.0.1:{port}");
-    let driven = drive_http(generator, &url, "bare-http-202", "bare", profile).await?;
+    // The bare handler checks nothing; it gets the same header as the engine.
+    let (_, unchecked_key) = txengine::keys::generate();
+    let driven = drive_http(
+        generator,
+        &url,
+        &unchecked_key,
+        "bare-http-202",
+        "bare",
+        profile,
+    )
+    .await?;
     server.terminate(Duration::from_secs(5));
     Ok(driven.result)
 }
@@ -263,7 +277,8 @@ pub async fn run_load(
         "funding {} accounts with {} each ...",
         profile.accounts, profile.start_balance
     );
-    let api = engine.api()?;
+    let api = engine.api()?.with_new_key().await?;
+    let api_key = api.api_key.clone().expect("a key was just made");
     let mut start = api
         .fund_accounts(profile.accounts, profile.start_balance)
         .await?;
@@ -288,7 +303,14 @@ pub async fn run_load(
             seconds: warmup_seconds,
             ..profile.clone()
         };
-        warmup_ledger = drive_http(generator, &engine.url, "warm-up", "warmup", &warmup)
+        warmup_ledger = drive_http(
+            generator,
+            &engine.url,
+            &api_key,
+            "warm-up",
+            "warmup",
+            &warmup,
+        )
             .await?
             .ledger;
     }
@@ -307,7 +329,15 @@ pub async fn run_load(
         ]
     };
     let cpu_before = cpu_now();
-    let driven = drive_http(generator, &engine.url, "engine", "engine", &profile).await?;
+    let driven = drive_http(
+        generator,
+        &engine.url,
+        &api_key,
+        "engine",
+        "engine",
+        &profile,
+    )
+    .await?;
     let cpu_after = cpu_now();
     // None when a process was gone at either reading: not measured.
     let per_request = |i: usize| {

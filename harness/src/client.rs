@@ -12,24 +12,125 @@ use serde_json::{json, Value};
 
 use crate::workload::account_name;
 
+/// The rate limit of the keys the harness makes for itself: the largest a
+/// key may have, far above any load here, so every request pays for the
+/// limiter and none is refused by it.
+pub const HARNESS_KEY_RATE: u64 = txengine::keys::MAX_RATE;
+
 #[derive(Clone)]
 pub struct ApiClient {
     /// `http://host:port`, no trailing slash.
     pub base_url: String,
-    /// The admin token, for the balance setter.
+    /// The admin token, for the balance setter and the key endpoints.
     pub admin_token: String,
-    /// The underlying client, for requests the methods below do not cover.
+    /// The API key every request sends (as `Authorization: Bearer`), unless
+    /// it sets its own: [`ApiClient::with_api_key`].
+    pub api_key: Option<String>,
+    /// The underlying client, for requests the methods below do not cover;
+    /// it sends the API key too.
     pub http: reqwest::Client,
+    timeout: Duration,
+}
+
+/// A key as `POST /admin/keys` made it.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub id: String,
+    pub secret: String,
 }
 
 impl ApiClient {
-    /// A client for `base_url` whose requests give up after `timeout`.
+    /// A client for `base_url` whose requests give up after `timeout`; it
+    /// sends no API key until [`ApiClient::with_api_key`].
     pub fn new(base_url: &str, admin_token: &str, timeout: Duration) -> anyhow::Result<Self> {
         Ok(Self {
             base_url: base_url.trim_end_matches('/').to_owned(),
             admin_token: admin_token.to_owned(),
+            api_key: None,
             http: reqwest::Client::builder().timeout(timeout).build()?,
+            timeout,
         })
+    }
+
+    /// The same client sending `secret` as its API key on every request
+    /// (a request that sets `Authorization` itself, as the admin calls do,
+    /// sends that instead).
+    pub fn with_api_key(&self, secret: &str) -> anyhow::Result<Self> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {secret}"))?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        Ok(Self {
+            api_key: Some(secret.to_owned()),
+            http: reqwest::Client::builder()
+                .timeout(self.timeout)
+                .default_headers(headers)
+                .build()?,
+            ..self.clone()
+        })
+    }
+
+    /// Makes a key for every account, limited at [`HARNESS_KEY_RATE`], and
+    /// returns this client sending it.
+    pub async fn with_new_key(&self) -> anyhow::Result<Self> {
+        let key = self
+            .create_key(&["*"], Some(HARNESS_KEY_RATE), Some(HARNESS_KEY_RATE))
+            .await?;
+        self.with_api_key(&key.secret)
+    }
+
+    /// POST /admin/keys with the admin token.
+    pub async fn create_key(
+        &self,
+        accounts: &[&str],
+        rate_per_s: Option<u64>,
+        burst: Option<u64>,
+    ) -> anyhow::Result<NewKey> {
+        let mut body = json!({ "accounts": accounts });
+        if let Some(rate) = rate_per_s {
+            body["rate_per_s"] = json!(rate);
+        }
+        if let Some(burst) = burst {
+            body["burst"] = json!(burst);
+        }
+        let response = self
+            .http
+            .post(self.url("/admin/keys"))
+            .bearer_auth(&self.admin_token)
+            .json(&body)
+            .send()
+            .await?;
+        let (status, body) = read(response).await?;
+        anyhow::ensure!(
+            status == StatusCode::CREATED,
+            "POST /admin/keys: {status} {body}"
+        );
+        let field = |name: &str| {
+            body[name]
+                .as_str()
+                .map(str::to_owned)
+                .with_context(|| format!("POST /admin/keys: no {name} in {body}"))
+        };
+        Ok(NewKey {
+            id: field("id")?,
+            secret: field("secret")?,
+        })
+    }
+
+    /// DELETE /admin/keys/{id} with the admin token.
+    pub async fn revoke_key(&self, id: &str) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .delete(self.url(&format!("/admin/keys/{id}")))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await?;
+        let status = response.status();
+        anyhow::ensure!(
+            status == StatusCode::NO_CONTENT,
+            "DELETE /admin/keys/{id}: {status}"
+        );
+        Ok(())
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -50,8 +50,8 @@ impl Default for LoadProfile {
 /// What goose users drive.
 #[derive(Clone)]
 pub enum Target {
-    /// `POST {base_url}/transactions`.
-    Http { base_url: String },
+    /// `POST {base_url}/transactions` with `api_key` as the bearer token.
+    Http { base_url: String, api_key: String },
     /// The apply script called directly, one transaction per call; the
     /// multiplexed connection pipelines the users' concurrent calls.
     RedisScript { store: Box<Store> },
@@ -212,14 +212,23 @@ async fn send_transaction(user: &mut GooseUser) -> TransactionResult {
     let mut tx = state.next_tx();
     let began = Instant::now();
     match &state.target {
-        Target::Http { .. } => {
+        Target::Http { api_key, .. } => {
             let body = tx.request_body();
             state
                 .in_flight
                 .lock()
                 .expect("in-flight lock")
                 .insert(tx.id.clone(), tx.clone());
-            let sent = user.post_json("/transactions", &body).await;
+            let builder = user
+                .get_request_builder(&GooseMethod::Post, "/transactions")?
+                .header("authorization", format!("Bearer {api_key}"))
+                .json(&body);
+            let request = GooseRequest::builder()
+                .method(GooseMethod::Post)
+                .path("/transactions")
+                .set_request_builder(builder)
+                .build();
+            let sent = user.request(request).await;
             state
                 .in_flight
                 .lock()
@@ -295,7 +304,7 @@ pub async fn drive(target: Target, name: &str, profile: &LoadProfile) -> anyhow:
     let state = Arc::new(RunState::new(target.clone(), profile, name));
     *current_run().lock().expect("run lock") = Some(state.clone());
     let host = match &target {
-        Target::Http { base_url } => base_url.clone(),
+        Target::Http { base_url, .. } => base_url.clone(),
         // goose needs a host; this target makes no HTTP calls.
         Target::RedisScript { .. } => "http://127.0.0.1:9".to_owned(),
     };
@@ -482,6 +491,7 @@ pub async fn publish_backlog(
     let state = RunState::new(
         Target::Http {
             base_url: String::new(),
+            api_key: String::new(),
         },
         profile,
         "backlog",

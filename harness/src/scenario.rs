@@ -273,7 +273,13 @@ pub async fn run(scenario: &Scenario, infra: &Infra, exe: &Path) -> anyhow::Resu
     for _ in 0..scenario.load.consumers {
         topology.add_consumer().await?;
     }
-    let api = topology.api.as_ref().expect("started").api()?;
+    let api = topology
+        .api
+        .as_ref()
+        .expect("started")
+        .api()?
+        .with_new_key()
+        .await?;
     let start = api
         .fund_accounts(scenario.accounts.count, scenario.accounts.balance)
         .await?;

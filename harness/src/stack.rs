@@ -37,8 +37,9 @@ pub fn isolated_config(infra: &Infra, name: &str) -> Config {
     config
 }
 
-/// A running engine and a client for it (the stack derefs to its
-/// [`ApiClient`]: `stack.post(..)`, `stack.balance(..)`).
+/// A running engine and a client for it with an API key of its own, scoped
+/// to every account (the stack derefs to its [`ApiClient`]:
+/// `stack.post(..)`, `stack.balance(..)`).
 pub struct Stack {
     pub config: Config,
     /// The API's base URL.
@@ -64,8 +65,11 @@ impl Stack {
         let engine = Engine::start(&config).await?;
         let addr = engine.addr.context("the stack needs the api role")?;
         let url = format!("http://{addr}");
+        let api = ApiClient::new(&url, admin_token(&config), Duration::from_secs(30))?
+            .with_new_key()
+            .await?;
         Ok(Self {
-            api: ApiClient::new(&url, admin_token(&config), Duration::from_secs(30))?,
+            api,
             url,
             engine: Some(engine),
             config,
@@ -185,7 +189,8 @@ impl EngineProcess {
         self.process.terminate(grace);
     }
 
-    /// A client for this process's API.
+    /// A client for this process's API, without an API key (see
+    /// [`ApiClient::with_new_key`]).
     pub fn api(&self) -> anyhow::Result<ApiClient> {
         ApiClient::new(
             &self.url,

@@ -48,6 +48,7 @@ pub fn sent_tx(id: &str, run: &str, accounts: u64) -> Option<SentTx> {
 /// Runs wrk against `base_url` and reads its summary.
 pub fn drive(
     base_url: &str,
+    api_key: &str,
     name: &str,
     run: &str,
     connections: usize,
@@ -62,6 +63,8 @@ pub fn drive(
         .arg(format!("-t{threads}"))
         .arg(format!("-c{connections}"))
         .arg(format!("-d{seconds}s"))
+        // In the environment, where `ps` does not show it.
+        .env("TXENGINE_API_KEY", api_key)
         .args([
             "--latency",
             "--timeout",

@@ -1,7 +1,10 @@
 -- wrk script for txengine: POST /transactions with unique ids and the same
 -- mix as the goose runner (60% transfers, 25% debits, 15% credits).
 --
---   wrk -t2 -c200 -d20s --latency -s harness/wrk/post.lua http://127.0.0.1:8080 -- <run> <accounts>
+--   TXENGINE_API_KEY=txk_... wrk -t2 -c200 -d20s --latency -s harness/wrk/post.lua http://127.0.0.1:8080 -- <run> <accounts>
+--
+-- The API key comes from the environment (`harness up` prints it), so that
+-- the process list does not show it.
 --
 -- The movement is a pure function of (thread, counter), mirrored by
 -- `harness::wrk::movement_for`, so the harness can rebuild the ledger of a
@@ -22,6 +25,10 @@ function init(args)
   counter = 0
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
+  local key = os.getenv("TXENGINE_API_KEY")
+  if key and key ~= "" then
+    wrk.headers["Authorization"] = "Bearer " .. key
+  end
 end
 
 -- Keep in step with movement_for() in harness/src/wrk.rs.

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use harness::client::ApiClient;
 use harness::infra::LocalService;
 use harness::stack::{isolated_config, Stack};
 use reqwest::StatusCode;
@@ -474,8 +475,10 @@ async fn served_openapi_document_is_the_committed_copy() {
 #[tokio::test]
 async fn balance_setter_needs_the_admin_token() {
     let s = stack("admin").await;
+    // Not the stack's client: it sends its API key, which is no admin token.
+    let http = reqwest::Client::new();
     let put = |token: Option<&str>, body: Value| {
-        let mut request = s.http.put(s.url("/balance/acct")).json(&body);
+        let mut request = http.put(s.url("/balance/acct")).json(&body);
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -549,14 +552,26 @@ async fn health_ready_and_metrics() {
     s.stop().await.unwrap();
 }
 
-/// Serves the real router on an ephemeral port with a given publisher.
-async fn serve(store: Store, publisher: Publisher) -> String {
+/// Serves the real router on an ephemeral port with a given publisher; a
+/// client for it with an API key for every account.
+async fn serve(store: Store, publisher: Publisher) -> ApiClient {
+    let (id, secret) = txengine::keys::generate();
+    let key = txengine::keys::ApiKey {
+        secret_hash: txengine::keys::hash_secret(&secret),
+        id,
+        scope: txengine::keys::Scope::parse(&["*"]).unwrap(),
+        limit: None,
+        created_at_ms: 0,
+    };
+    assert!(store.create_key(&key).await.unwrap());
     let state = Arc::new(ApiState {
         admission: Admission::new(store.clone(), publisher.clone(), 16),
         consumer: None,
         store,
         publisher,
         admin_token: None,
+        keys: txengine::keys::KeyCache::new(Duration::from_millis(500)),
+        enforce_rate_limits: true,
         retry_after_secs: 2,
         body_read_timeout: Duration::from_secs(5),
         metrics: metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -566,12 +581,15 @@ async fn serve(store: Store, publisher: Publisher) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
-    url
+    ApiClient::new(&url, "", Duration::from_secs(30))
+        .unwrap()
+        .with_api_key(&secret)
+        .unwrap()
 }
 
-async fn post_raw(url: &str, body: Value) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(format!("{url}/transactions"))
+async fn post_raw(api: &ApiClient, body: Value) -> reqwest::Response {
+    api.http
+        .post(api.url("/transactions"))
         .json(&body)
         .send()
         .await
@@ -606,12 +624,12 @@ async fn kafka_unreachable_is_503_and_records_nothing() {
         linger: Duration::from_millis(1),
     })
     .unwrap();
-    let url = serve(store.clone(), publisher).await;
+    let api = serve(store.clone(), publisher).await;
     for _ in 0..2 {
-        assert_503(post_raw(&url, json!({"id": "lost", "account": "acct", "amount": 1})).await)
+        assert_503(post_raw(&api, json!({"id": "lost", "account": "acct", "amount": 1})).await)
             .await;
     }
-    let other_body = post_raw(&url, json!({"id": "lost", "account": "acct", "amount": 2})).await;
+    let other_body = post_raw(&api, json!({"id": "lost", "account": "acct", "amount": 2})).await;
     assert_eq!(other_body.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let status = store
         .status(&txengine::domain::TxId::parse("lost").unwrap())
@@ -634,9 +652,9 @@ async fn full_producer_queue_is_503() {
         linger: Duration::from_millis(1),
     })
     .unwrap();
-    let url = serve(store, publisher).await;
+    let api = serve(store, publisher).await;
     let started = std::time::Instant::now();
-    assert_503(post_raw(&url, json!({"id": "x", "account": "acct", "amount": 1})).await).await;
+    assert_503(post_raw(&api, json!({"id": "x", "account": "acct", "amount": 1})).await).await;
     // At once, not after the publish timeout (5 s): a generous bound.
     let waited = started.elapsed();
     assert!(waited < Duration::from_secs(2), "answered after {waited:?}");
@@ -656,7 +674,7 @@ async fn redis_unreachable_is_503() {
         linger: Duration::from_millis(1),
     })
     .unwrap();
-    let url = serve(store, publisher).await;
+    let api = serve(store, publisher).await;
     tokio::task::block_in_place(|| redis.kill());
-    assert_503(post_raw(&url, json!({"id": "x", "account": "acct", "amount": 1})).await).await;
+    assert_503(post_raw(&api, json!({"id": "x", "account": "acct", "amount": 1})).await).await;
 }

@@ -77,6 +77,9 @@ async fn abuse_is_refused_and_memory_stays_flat() {
     let log = engine.log_tail(50);
     assert!(log.contains("api listening"), "{log}");
     assert!(!log.contains('\x1b'), "colour codes in a log file: {log:?}");
+    // A valid key, so the body limits (not the 401) answer.
+    let key = engine.api().unwrap().with_new_key().await.unwrap().api_key;
+    let auth = format!("Authorization: Bearer {}\r\n", key.unwrap());
     let big_header = format!("X-Filler: {}\r\n", "h".repeat(64 * 1024));
     let big_body = vec![b' '; 4 * MAX_BODY_BYTES];
     let chunked_body = {
@@ -95,7 +98,7 @@ async fn abuse_is_refused_and_memory_stays_flat() {
         assert_eq!(status, Some(431), "round {round}: {text}");
         let (status, text) = exchange(
             &engine.url,
-            &post_head("", Some(big_body.len())),
+            &post_head(&auth, Some(big_body.len())),
             &big_body,
             wait,
         )
@@ -104,7 +107,7 @@ async fn abuse_is_refused_and_memory_stays_flat() {
         assert!(text.contains("urn:txengine:problem:too-large"), "{text}");
         let (status, text) = exchange(
             &engine.url,
-            &post_head("", None),
+            &post_head(&auth, None),
             chunked_body.as_bytes(),
             wait,
         )
@@ -114,7 +117,7 @@ async fn abuse_is_refused_and_memory_stays_flat() {
     for wave in 0..3 {
         let mut clients = tokio::task::JoinSet::new();
         for i in 0..200 {
-            let url = engine.url.clone();
+            let (url, auth) = (engine.url.clone(), auth.clone());
             clients.spawn(async move {
                 if i % 2 == 0 {
                     // Half a head, then silence: the connection is closed.
@@ -128,7 +131,7 @@ async fn abuse_is_refused_and_memory_stays_flat() {
                     .0
                 } else {
                     // A whole head, half a body: 408.
-                    exchange(&url, &post_head("", Some(100)), b"{\"account\":", wait)
+                    exchange(&url, &post_head(&auth, Some(100)), b"{\"account\":", wait)
                         .await
                         .0
                 }
@@ -215,7 +218,10 @@ async fn slow_body_is_408_and_records_nothing() {
     let half = &body.as_bytes()[..body.len() / 2];
     let (status, text) = exchange(
         &s.url,
-        &post_head("", Some(body.len())),
+        &post_head(
+            &format!("Authorization: Bearer {}\r\n", s.api_key.as_ref().unwrap()),
+            Some(body.len()),
+        ),
         half,
         Duration::from_secs(5),
     )
