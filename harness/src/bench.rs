@@ -311,8 +311,8 @@ pub async fn run_load(
             "warmup",
             &warmup,
         )
-            .await?
-            .ledger;
+        .await?
+        .ledger;
     }
     let load_started_ms = txengine::wire::now_ms();
     let lag_sampler = LagSampler::start(&infra.kafka_brokers, &config.group, &config.topic);

@@ -75,6 +75,11 @@ pub struct Load {
     /// load over the faults.
     #[serde(default)]
     pub pause_ms: u64,
+    /// The clients' API key's rate limit (requests per second); far above
+    /// the load when absent.
+    pub rate_per_s: Option<u64>,
+    /// The clients' key's burst; `rate_per_s` when absent.
+    pub burst: Option<u64>,
 }
 
 fn one() -> usize {
@@ -115,6 +120,9 @@ pub enum FaultKind {
     /// On a Redis Cluster only: `count` slots (default 2000) move, keys
     /// and all, from one master to another while the load goes on.
     Reshard,
+    /// The admin revokes the clients' API key: from then on (give or take
+    /// the API's key cache, at most 1 s) every request is refused with 401.
+    RevokeKey,
 }
 
 /// Checks beyond the invariants, each optional.
@@ -131,6 +139,15 @@ pub struct Expect {
     /// Re-consume the whole topic from offset 0 in a new group: no money moves.
     #[serde(default)]
     pub replay_topic: bool,
+    /// At least this many requests refused with 401 (a revoked key).
+    pub min_unauthorized: Option<usize>,
+    /// At least this many requests refused with 429 (over the key's rate).
+    pub min_rate_limited: Option<usize>,
+    /// The topic holds exactly the accepted transactions: nothing was
+    /// published for a refused request (for runs without faults that can
+    /// publish a record twice).
+    #[serde(default)]
+    pub topic_holds_accepted: bool,
 }
 
 impl Scenario {
@@ -155,6 +172,9 @@ impl Scenario {
         }
         if self.accounts.balance > MAX_MINOR_UNITS {
             bail!("accounts.balance: must be at most 2^53-1");
+        }
+        if self.load.burst.is_some() && self.load.rate_per_s.is_none() {
+            bail!("load.burst: needs load.rate_per_s");
         }
         if self.load.concurrency == 0
             || self.load.count == 0
@@ -273,16 +293,23 @@ pub async fn run(scenario: &Scenario, infra: &Infra, exe: &Path) -> anyhow::Resu
     for _ in 0..scenario.load.consumers {
         topology.add_consumer().await?;
     }
-    let api = topology
-        .api
-        .as_ref()
-        .expect("started")
-        .api()?
-        .with_new_key()
-        .await?;
-    let start = api
+    let admin = topology.api.as_ref().expect("started").api()?;
+    let start = admin
         .fund_accounts(scenario.accounts.count, scenario.accounts.balance)
         .await?;
+    // The clients' key: every account, at the scenario's rate or far above it.
+    let key = match scenario.load.rate_per_s {
+        Some(rate) => {
+            admin
+                .create_key(&["*"], Some(rate), scenario.load.burst)
+                .await?
+        }
+        None => {
+            let top = Some(crate::client::HARNESS_KEY_RATE);
+            admin.create_key(&["*"], top, top).await?
+        }
+    };
+    let api = admin.with_api_key(&key.secret)?;
 
     // Clients and faults run side by side.
     let run_tag = format!(
@@ -317,6 +344,7 @@ pub async fn run(scenario: &Scenario, infra: &Infra, exe: &Path) -> anyhow::Resu
         });
     }
     let mut failures = Vec::new();
+    let mut revoked_at = None;
     let mut faults = scenario.faults.clone();
     faults.sort_by_key(|f| f.at_percent);
     for fault in &faults {
@@ -338,7 +366,12 @@ pub async fn run(scenario: &Scenario, infra: &Infra, exe: &Path) -> anyhow::Resu
             "  [{}] fault at {}%: {:?}",
             scenario.name, fault.at_percent, fault.kind
         );
-        inject(fault, &mut topology, infra).await?;
+        if fault.kind == FaultKind::RevokeKey {
+            admin.revoke_key(&key.id).await?;
+            revoked_at = Some(Instant::now());
+        } else {
+            inject(fault, &mut topology, infra).await?;
+        }
     }
     while let Some(joined) = clients.join_next().await {
         joined??;
@@ -366,6 +399,16 @@ pub async fn run(scenario: &Scenario, infra: &Infra, exe: &Path) -> anyhow::Resu
     }
 
     let results = std::mem::take(&mut *results.lock().expect("results lock"));
+    check_refusals(scenario, &results, revoked_at, &mut failures);
+    if scenario.expect.topic_holds_accepted {
+        let published = topic_size(&infra.kafka_brokers, &config.topic)?;
+        if published != results.accepted.len() as i64 {
+            failures.push(format!(
+                "the topic holds {published} records for {} accepted transactions",
+                results.accepted.len()
+            ));
+        }
+    }
     let ledger = Ledger {
         start,
         accepted: results.accepted,
@@ -381,6 +424,8 @@ pub async fn run(scenario: &Scenario, infra: &Infra, exe: &Path) -> anyhow::Resu
         }
     }
 
+    // Reads with a key of its own: the clients' may be revoked.
+    let api = admin.with_new_key().await?;
     let before = api.balances(scenario.accounts.count).await?;
     if scenario.expect.duplicate_posts {
         for tx in &ledger.accepted {
@@ -456,6 +501,7 @@ async fn inject(fault: &Fault, topology: &mut Topology, infra: &Infra) -> anyhow
             tokio::task::block_in_place(|| infra.restart_redis(&namespace))?
         }
         FaultKind::RestartKafka => tokio::task::block_in_place(|| infra.restart_kafka())?,
+        FaultKind::RevokeKey => unreachable!("the runner revokes the key itself"),
         FaultKind::Reshard => {
             let namespace = topology.config.namespace.clone();
             let slots = fault.count.unwrap_or(2000) as u32;
@@ -522,10 +568,53 @@ fn check_expectations(
     }
 }
 
+/// The 401s and 429s the scenario expects, and after a revocation no
+/// transaction accepted later than the key cache allows (1 s).
+fn check_refusals(
+    scenario: &Scenario,
+    results: &ClientResults,
+    revoked_at: Option<Instant>,
+    failures: &mut Vec<String>,
+) {
+    let count = |status: StatusCode| {
+        results
+            .refused_by_status
+            .get(&status.as_u16())
+            .copied()
+            .unwrap_or(0)
+    };
+    for (least, status) in [
+        (scenario.expect.min_unauthorized, StatusCode::UNAUTHORIZED),
+        (
+            scenario.expect.min_rate_limited,
+            StatusCode::TOO_MANY_REQUESTS,
+        ),
+    ] {
+        if let Some(least) = least {
+            if count(status) < least {
+                failures.push(format!(
+                    "{} requests refused with {status}, expected at least {least} (refusals: {:?})",
+                    count(status),
+                    results.refused_by_status
+                ));
+            }
+        }
+    }
+    if let Some(revoked_at) = revoked_at {
+        let bound = revoked_at + Duration::from_millis(txengine::config::MAX_KEY_CACHE_MS);
+        let late = results.accepted_at.iter().filter(|at| **at > bound).count();
+        if late > 0 {
+            failures.push(format!(
+                "{late} transactions accepted more than 1 s after their key was revoked"
+            ));
+        }
+    }
+}
+
 /// How a client's attempts at one transaction ended.
 enum Answer {
     Accepted,
-    Refused,
+    Refused(StatusCode),
     /// No answer ever came (the API stayed unreachable): it may or may not
     /// have been published.
     Unknown,
@@ -534,15 +623,24 @@ enum Answer {
 #[derive(Default)]
 struct ClientResults {
     accepted: Vec<SentTx>,
+    /// When each accepted transaction's answer came.
+    accepted_at: Vec<Instant>,
     refused: Vec<String>,
+    refused_by_status: std::collections::BTreeMap<u16, usize>,
     uncertain: Vec<SentTx>,
 }
 
 impl ClientResults {
     fn record(&mut self, tx: SentTx, answer: Answer) {
         match answer {
-            Answer::Accepted => self.accepted.push(tx),
-            Answer::Refused => self.refused.push(tx.id),
+            Answer::Accepted => {
+                self.accepted.push(tx);
+                self.accepted_at.push(Instant::now());
+            }
+            Answer::Refused(status) => {
+                *self.refused_by_status.entry(status.as_u16()).or_default() += 1;
+                self.refused.push(tx.id);
+            }
             Answer::Unknown => self.uncertain.push(tx),
         }
     }
@@ -557,7 +655,7 @@ async fn send_until_answered(api: &ApiClient, tx: &SentTx) -> anyhow::Result<Ans
         match api.post(&tx.request_body()).await {
             Ok((StatusCode::OK | StatusCode::ACCEPTED, _)) => return Ok(Answer::Accepted),
             Ok((StatusCode::CONFLICT | StatusCode::SERVICE_UNAVAILABLE, _)) => {}
-            Ok(_) => return Ok(Answer::Refused),
+            Ok((status, _)) => return Ok(Answer::Refused(status)),
             Err(e) if e.downcast_ref::<reqwest::Error>().is_some() => {}
             Err(e) => return Err(e.context(format!("POST of {}", tx.id))),
         }
@@ -566,8 +664,8 @@ async fn send_until_answered(api: &ApiClient, tx: &SentTx) -> anyhow::Result<Ans
     Ok(Answer::Unknown)
 }
 
-/// Records in a topic (high - low watermark over its partitions).
-fn topic_size(brokers: &str, topic: &str) -> anyhow::Result<i64> {
+/// Records in `topic`, over every partition (high minus low watermarks).
+pub fn topic_size(brokers: &str, topic: &str) -> anyhow::Result<i64> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()?;
@@ -639,6 +737,8 @@ count = 3
                 .contains("faults[0].at_percent")
         );
         assert!(error_of(&VALID.replace("count = 3\n", "")).contains("faults[1].count"));
+        let burst_alone = VALID.replace("concurrency = 2", "concurrency = 2\nburst = 5");
+        assert!(error_of(&burst_alone).contains("load.burst"));
         assert!(
             error_of(&VALID.replace("[load]\nconcurrency = 2\n", "[load]\n"))
                 .contains("concurrency")

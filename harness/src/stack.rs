@@ -123,11 +123,24 @@ impl EngineProcess {
     /// `exe` is the harness binary (`std::env::current_exe()` from it,
     /// `env!("CARGO_BIN_EXE_harness")` from its tests).
     pub async fn spawn(exe: &std::path::Path, config: Config) -> anyhow::Result<Self> {
+        Self::spawn_with_env(exe, config, &[]).await
+    }
+
+    /// [`EngineProcess::spawn`] with more environment variables (say
+    /// `RUST_LOG`) for the child.
+    pub async fn spawn_with_env(
+        exe: &std::path::Path,
+        config: Config,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let log_dir = tempfile::Builder::new()
             .prefix("txengine-engine-")
             .tempdir()?;
         let mut command = std::process::Command::new(exe);
-        command.arg("engine").args(config.to_args());
+        command
+            .arg("engine")
+            .args(config.to_args())
+            .envs(env.iter().copied());
         if let Some(token) = &config.admin_token {
             command.env("TXENGINE_ADMIN_TOKEN", token.expose());
         }

@@ -8,6 +8,7 @@ mod apply;
 mod cluster;
 mod contract;
 mod differential;
+mod keys;
 mod limits;
 mod observability;
 mod pipeline;
