@@ -4,13 +4,19 @@
 //
 //   k6 run -e TXENGINE_URL=http://127.0.0.1:8080 -e TXENGINE_ADMIN_TOKEN=... k6/load.js
 //
-// With TXENGINE_ADMIN_TOKEN set, setup() funds the accounts first.
+// With TXENGINE_ADMIN_TOKEN set, setup() funds the accounts and makes an API
+// key for every account (its rate limit far above the load, so every request
+// pays for the limiter); else it uses TXENGINE_API_KEY (`harness up` prints
+// one).
 import http from 'k6/http';
 import { check } from 'k6';
 import exec from 'k6/execution';
 
 const BASE_URL = __ENV.TXENGINE_URL || 'http://127.0.0.1:8080';
 const ADMIN_TOKEN = __ENV.TXENGINE_ADMIN_TOKEN || '';
+const API_KEY = __ENV.TXENGINE_API_KEY || '';
+/** The largest rate a key may have: far above what 200 VUs send. */
+export const KEY_RATE_PER_S = 1000000;
 const ACCOUNTS = parseInt(__ENV.ACCOUNTS || '1000', 10);
 const START_BALANCE = 1000000;
 const RUN_ID = __ENV.RUN_ID || `k6-${Date.now().toString(36)}`;
@@ -67,9 +73,16 @@ function parse(body) {
   }
 }
 
+/**
+ * Funds the accounts and makes the run's API key with the admin token, or
+ * takes TXENGINE_API_KEY; returns `{ apiKey }` for the VUs.
+ */
 export function setup() {
   if (!ADMIN_TOKEN) {
-    return;
+    if (!API_KEY) {
+      throw new Error('set TXENGINE_API_KEY (harness up prints one) or TXENGINE_ADMIN_TOKEN');
+    }
+    return { apiKey: API_KEY };
   }
   const params = {
     headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${ADMIN_TOKEN}` },
@@ -78,12 +91,22 @@ export function setup() {
     const res = http.put(`${BASE_URL}/balance/${accountName(i)}`, JSON.stringify({ balance: START_BALANCE }), params);
     check(res, { 'account funded': (r) => r.status === 200 });
   }
+  const key = http.post(
+    `${BASE_URL}/admin/keys`,
+    JSON.stringify({ accounts: ['*'], rate_per_s: KEY_RATE_PER_S, burst: KEY_RATE_PER_S }),
+    params,
+  );
+  const made = key.status === 201 ? parse(key.body) : null;
+  if (made === null || typeof made.secret !== 'string') {
+    throw new Error(`POST /admin/keys answered ${key.status}: ${key.body}`);
+  }
+  return { apiKey: made.secret };
 }
 
-export default function () {
+export default function (data) {
   const tx = makeTransaction(exec.vu.idInTest, exec.vu.iterationInScenario, ACCOUNTS, Math.random);
   const res = http.post(`${BASE_URL}/transactions`, JSON.stringify(tx), {
-    headers: { 'Content-Type': 'application/json' },
+    headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${data.apiKey}` },
     tags: { name: 'POST /transactions' },
   });
   check(res, {

@@ -1,20 +1,30 @@
-//! The API's request decoder and validator (`POST /transactions` body plus
-//! `Idempotency-Key`) on arbitrary bytes: it must never panic, and whatever
-//! it accepts must be within the rules and survive the Kafka wire format.
+//! The API's request decoders on arbitrary bytes: the `POST /transactions`
+//! body plus `Idempotency-Key`, the `POST /admin/keys` body, and an API key
+//! as `Authorization` carries it. None may panic; whatever they accept must
+//! be within the rules (and a transaction must survive the Kafka wire format).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use txengine::domain::MAX_MINOR_UNITS;
-use txengine::http::decode_transaction;
+use txengine::http::{decode_key_request, decode_transaction};
+use txengine::keys::{key_id_of, Scope, MAX_RATE};
 use txengine::wire::Record;
 
 fuzz_target!(|data: &[u8]| {
     // Everything after the first 0xFF (never in JSON text) is the header.
-    let (body, key) = match data.iter().position(|b| *b == 0xFF) {
+    let (body, header) = match data.iter().position(|b| *b == 0xFF) {
         Some(at) => (&data[..at], Some(&data[at + 1..])),
         None => (data, None),
     };
-    let Ok(tx) = decode_transaction(body, key) else {
+    check_key_request(body);
+    if let Some(id) = header
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .and_then(key_id_of)
+    {
+        let id = id.as_str();
+        assert!(id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()), "key id {id:?}");
+    }
+    let Ok(tx) = decode_transaction(body, header) else {
         return;
     };
     let id = tx.id.as_str();
@@ -38,3 +48,18 @@ fuzz_target!(|data: &[u8]| {
     };
     assert_eq!(Record::decode(&record.encode()).ok(), Some(record));
 });
+
+/// A key request the API accepts has a scope that reads back as itself and
+/// a limit within range.
+fn check_key_request(body: &[u8]) {
+    let Ok((scope, limit)) = decode_key_request(body) else {
+        return;
+    };
+    let patterns = scope.patterns();
+    assert_eq!(Scope::parse(&patterns).as_ref(), Ok(&scope), "{patterns:?}");
+    if let Some(limit) = limit {
+        assert!((1..=MAX_RATE).contains(&limit.rate_per_s));
+        assert!((1..=MAX_RATE).contains(&limit.burst));
+        assert!(limit.interval_us() >= 1 && limit.window_secs() >= 1);
+    }
+}

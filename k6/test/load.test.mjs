@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { results } from './stubs/k6.mjs';
 import { requests, stub } from './stubs/http.mjs';
 import exec from './stubs/execution.mjs';
-import script, { options, makeTransaction, acceptedAnswer, handleSummary } from '../load.js';
+import script, { options, makeTransaction, acceptedAnswer, handleSummary, setup, KEY_RATE_PER_S } from '../load.js';
 
 test('options are the seed profile with thresholds', () => {
   assert.equal(options.vus, 200);
@@ -56,17 +56,35 @@ test('an iteration posts JSON to /transactions and checks the answer', () => {
   results.length = 0;
   requests.length = 0;
   exec.vu.iterationInScenario = 7;
-  script();
+  script({ apiKey: 'txk_key' });
   assert.equal(requests.length, 1);
   assert.equal(requests[0].method, 'POST');
   assert.match(requests[0].url, /\/transactions$/);
   assert.equal(requests[0].params.headers['Content-Type'], 'application/json');
+  assert.equal(requests[0].params.headers.Authorization, 'Bearer txk_key');
   assert.equal(JSON.parse(requests[0].body).id, 'test-run-1-7');
   assert.deepEqual(results.map((r) => r.ok), [true]);
 
   stub.respond = () => ({ status: 503, body: '{"status":503}' });
-  script();
+  script({ apiKey: 'txk_key' });
   assert.deepEqual(results.map((r) => r.ok), [true, false]);
+});
+
+test('setup funds the accounts and makes a key for every account with the admin token', () => {
+  const original = stub.respond;
+  requests.length = 0;
+  stub.respond = (method, url) => (url.endsWith('/admin/keys')
+    ? { status: 201, body: JSON.stringify({ id: 'k', secret: 'txk_made' }) }
+    : { status: 200, body: '{}' });
+  assert.deepEqual(setup(), { apiKey: 'txk_made' });
+  assert.equal(requests.filter((r) => r.method === 'PUT').length, 3);
+  const key = requests.find((r) => r.url.endsWith('/admin/keys'));
+  assert.equal(key.method, 'POST');
+  assert.equal(key.params.headers.Authorization, 'Bearer admin-token');
+  assert.deepEqual(JSON.parse(key.body), { accounts: ['*'], rate_per_s: KEY_RATE_PER_S, burst: KEY_RATE_PER_S });
+  stub.respond = () => ({ status: 403, body: '{"status":403}' });
+  assert.throws(() => setup(), /admin\/keys answered 403/);
+  stub.respond = original;
 });
 
 test('handleSummary writes the JSON summary under reports/', () => {

@@ -2,4 +2,4 @@
 import { register } from 'node:module';
 
 register('./stub-hooks.mjs', import.meta.url);
-globalThis.__ENV = { RUN_ID: 'test-run' };
+globalThis.__ENV = { RUN_ID: 'test-run', TXENGINE_ADMIN_TOKEN: 'admin-token', ACCOUNTS: '3' };

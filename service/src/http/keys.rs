@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 
 use super::auth::authorize_admin;
 use super::problem::{not_found, Problem, ProblemBody};
-use super::transactions::read_body;
+use super::transactions::{read_body, RequestError};
 use super::ApiState;
 use crate::domain::RuleError;
 use crate::keys::{self, ApiKey, KeyId, RateLimit, Scope};
@@ -22,18 +22,18 @@ use crate::wire::now_ms;
 /// The body of `POST /admin/keys`.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct KeyRequest {
+pub(super) struct KeyRequest {
     /// The accounts the key may touch: account ids, prefixes ending in `*`
     /// (`shop-*`), or `*` for every account; 1 ..= 100 of them.
     #[schema(required = true, min_items = 1, max_items = 100)]
-    pub accounts: Option<Vec<String>>,
+    accounts: Option<Vec<String>>,
     /// Requests per second the key may make on average; no limit when
     /// absent (and `burst` absent too).
     #[schema(value_type = Option<u64>, minimum = 1, maximum = 1000000)]
-    pub rate_per_s: Option<serde_json::Number>,
+    rate_per_s: Option<serde_json::Number>,
     /// How many requests may come at once; `rate_per_s` when absent.
     #[schema(value_type = Option<u64>, minimum = 1, maximum = 1000000)]
-    pub burst: Option<serde_json::Number>,
+    burst: Option<serde_json::Number>,
 }
 
 /// Reads a limit field: a whole number, else out of range.
@@ -48,7 +48,7 @@ fn limit_field(
 
 impl KeyRequest {
     /// The key's scope and limit, or the rule the request breaks.
-    pub fn into_policy(self) -> Result<(Scope, Option<RateLimit>), RuleError> {
+    fn into_policy(self) -> Result<(Scope, Option<RateLimit>), RuleError> {
         let accounts = self.accounts.ok_or(RuleError::Missing("accounts"))?;
         let scope = Scope::parse(&accounts)?;
         let limit = RateLimit::parse(
@@ -57,6 +57,14 @@ impl KeyRequest {
         )?;
         Ok((scope, limit))
     }
+}
+
+/// Decodes and checks the body of `POST /admin/keys` (raw bytes): the
+/// whole of what the API checks before it makes a key. Public for the fuzzer.
+pub fn decode_key_request(body: &[u8]) -> Result<(Scope, Option<RateLimit>), RequestError> {
+    let request: KeyRequest =
+        serde_json::from_slice(body).map_err(|e| RequestError::Malformed(e.to_string()))?;
+    request.into_policy().map_err(RequestError::Rule)
 }
 
 /// A key as `GET /admin/keys` lists it: never its secret.
@@ -132,9 +140,10 @@ pub(super) async fn create_key(
 ) -> Result<Response, Problem> {
     authorize_admin(&api, &headers)?;
     let body = read_body(&api, &headers, body).await?;
-    let request: KeyRequest =
-        serde_json::from_slice(&body).map_err(|e| Problem::malformed(e.to_string()))?;
-    let (scope, limit) = request.into_policy().map_err(Problem::rule)?;
+    let (scope, limit) = decode_key_request(&body).map_err(|e| match e {
+        RequestError::Malformed(detail) => Problem::malformed(detail),
+        RequestError::Rule(rule) => Problem::rule(rule),
+    })?;
     // 64-bit ids clash about never; the store refuses one that does.
     for _ in 0..3 {
         let (id, secret) = keys::generate();

@@ -19,7 +19,7 @@ mod ops;
 mod problem;
 mod transactions;
 
-pub use keys::KeyRequest;
+pub use keys::decode_key_request;
 pub use openapi::openapi_document;
 pub use ops::metrics_router;
 pub use transactions::{decode_transaction, RequestError};
