@@ -11,7 +11,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::auth::{authenticate, forbidden, require_scope, spend, Quota};
+use super::auth::{authenticate, forbidden, spend, Quota};
 use super::problem::{not_found, Problem, ProblemBody};
 use super::{ApiState, MAX_BODY_BYTES};
 use crate::domain::{
@@ -348,7 +348,9 @@ pub(super) async fn post_transaction(
         RequestError::Malformed(detail) => Problem::malformed(detail),
         RequestError::Rule(rule) => Problem::rule(rule),
     })?;
-    require_scope(&key, tx.movement.account())?;
+    if let Some(account) = key.scope.refuses(&tx.movement) {
+        return Err(forbidden(&key, format!("account {account}")));
+    }
     let quota = spend(&api, &key).await?;
     let id = tx.id.clone();
     let response = match api.admission.admit(tx).await {
