@@ -98,6 +98,16 @@ async fn every_dashboard_query_returns_data_from_a_live_engine() {
         .await
         .unwrap();
     post_on_broken_account(&s, "refused", "broken").await;
+    // A 401 (no key), a 403 (out of scope) and a 429 (a key with burst 1).
+    let keyless = reqwest::Client::new();
+    let response = keyless.get(s.url("/balance/acct")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let narrow = s.create_key(&["other"], Some(1), Some(1)).await.unwrap();
+    let narrow = s.with_api_key(&narrow.secret).unwrap();
+    assert_eq!(narrow.get("/balance/acct").await.unwrap().0, StatusCode::FORBIDDEN);
+    assert_eq!(narrow.get("/balance/other").await.unwrap().0, StatusCode::NOT_FOUND);
+    let (status, _) = narrow.get("/balance/other").await.unwrap();
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     let full = Publisher::new(PublisherSettings {
         brokers: &infra.kafka_brokers,
         topic: &s.config.topic,
