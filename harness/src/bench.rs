@@ -12,7 +12,7 @@ use crate::invariants;
 use crate::load::{self, HttpResult, LoadProfile, Target};
 use crate::report::{
     cpu_time_sum_us, cpu_time_us, cpu_time_with_children_us, rss_kib, CpuPerRequest,
-    InvariantResult, Machine, PipelineResult, PipelineSecond, Ratios, Report,
+    InvariantResult, LimiterOff, Machine, PipelineResult, PipelineSecond, Ratios, Report,
 };
 use crate::stack::{isolated_config, EngineProcess};
 use crate::workload::{account_name, Ledger, SentTx};
@@ -314,6 +314,64 @@ pub async fn run_load(
         .await?
         .ledger;
     }
+    // The same load through an API process with the limiter off (the
+    // engine's consumer applies it), drained before the measured run: what
+    // the limiter costs, in this run.
+    let limiter_off = if limits {
+        let mut off_config = config.clone();
+        off_config.role = txengine::Role::Api;
+        off_config.rate_limit = txengine::config::RateLimitMode::Off;
+        off_config.listen = format!("127.0.0.1:{}", crate::infra::process::free_port()?).parse()?;
+        let off_api = EngineProcess::spawn(&exe, off_config).await?;
+        eprintln!(
+            "the same load with the rate limiter off ({}, {} users for {} s) ...",
+            generator.name(),
+            profile.users,
+            profile.seconds
+        );
+        let (redis_pids, kafka_pid) = infra.pids();
+        let (engine_pid, generator_pid) = (engine.pid(), Some(std::process::id()));
+        let cpu_off = || {
+            let engine = cpu_time_us(engine_pid)
+                .zip(cpu_time_us(off_api.pid()))
+                .map(|(a, b)| a + b);
+            [
+                engine,
+                cpu_time_us(kafka_pid),
+                cpu_time_sum_us(&redis_pids),
+                cpu_time_with_children_us(generator_pid),
+            ]
+        };
+        let before = cpu_off();
+        let off = drive_http(
+            generator,
+            &off_api.url,
+            &api_key,
+            "engine-limiter-off",
+            "nolimit",
+            &profile,
+        )
+        .await?;
+        let after = cpu_off();
+        off_api.terminate(Duration::from_secs(10));
+        let cpu_per_request = CpuPerRequest::between(before, after, off.result.ok);
+        warmup_ledger.accepted.extend(off.ledger.accepted);
+        warmup_ledger.refused.extend(off.ledger.refused);
+        warmup_ledger.uncertain.extend(off.ledger.uncertain);
+        load::wait_drained(
+            &infra.kafka_brokers,
+            &config.group,
+            &config.topic,
+            Duration::from_secs(300),
+        )
+        .await?;
+        Some(LimiterOff {
+            result: off.result,
+            cpu_per_request,
+        })
+    } else {
+        None
+    };
     let load_started_ms = txengine::wire::now_ms();
     let lag_sampler = LagSampler::start(&infra.kafka_brokers, &config.group, &config.topic);
     let (redis_pids, kafka_pid) = infra.pids();
@@ -340,21 +398,13 @@ pub async fn run_load(
     .await?;
     let cpu_after = cpu_now();
     // None when a process was gone at either reading: not measured.
-    let per_request = |i: usize| {
-        let used = cpu_after[i]?.checked_sub(cpu_before[i]?)?;
-        (driven.result.ok > 0).then(|| used as f64 / driven.result.ok as f64)
-    };
-    let cpu_per_request = CpuPerRequest {
-        engine_us: per_request(0),
-        kafka_us: per_request(1),
-        redis_us: per_request(2),
-        load_generator_us: per_request(3),
-    };
+    let cpu_per_request = CpuPerRequest::between(cpu_before, cpu_after, driven.result.ok);
     let mut ledger = Ledger {
         start,
         ..driven.ledger
     };
-    // Warm-up transactions count for the invariants, not for the latencies.
+    // Warm-up (and limiter-off) transactions count for the invariants, not
+    // for the latencies.
     ledger
         .accepted
         .extend(warmup_ledger.accepted.into_iter().map(|tx| SentTx {
@@ -380,6 +430,9 @@ pub async fn run_load(
             crate::wrk::ledger_from_redis(&masters, &layout, run, profile.accounts)
         };
         ledger.accepted.extend(rebuild("warmup").await?.accepted);
+        if limiter_off.is_some() {
+            ledger.accepted.extend(rebuild("nolimit").await?.accepted);
+        }
         let measured = rebuild("engine").await?.accepted;
         // Requests cut off at the end may have been accepted after wrk
         // stopped counting: more records than 2xx answers is expected, fewer is not.
@@ -419,10 +472,14 @@ pub async fn run_load(
         ratios: Ratios {
             engine_vs_bare_http: bare_http.as_ref().map(|b| engine_result.rps / b.rps),
             engine_vs_redis_script: redis_script.as_ref().map(|r| engine_result.rps / r.rps),
+            engine_vs_limiter_off: limiter_off
+                .as_ref()
+                .map(|off| engine_result.rps / off.result.rps),
         },
         engine: engine_result,
         bare_http,
         redis_script,
+        limiter_off,
         pipeline: PipelineResult {
             drain_seconds: drain.as_secs_f64(),
             apply_rate_tx_per_s: settled as f64 / apply_seconds,

@@ -216,6 +216,11 @@ async fn up(port: u16, redis_topology: RedisTopology) -> anyhow::Result<()> {
     let stack = Stack::start_with(config).await?;
     println!("TXENGINE_URL={}", stack.url);
     println!("TXENGINE_ADMIN_TOKEN={}", stack.admin_token);
+    // The stack's own key: every account, limited far above any load here.
+    println!(
+        "TXENGINE_API_KEY={}",
+        stack.api_key.as_deref().expect("the stack makes a key")
+    );
     println!("TXENGINE_REDIS_URL={}", infra.redis_url);
     println!("TXENGINE_REDIS_TOPOLOGY={}", infra.redis_topology.name());
     println!("TXENGINE_KAFKA_BROKERS={}", infra.kafka_brokers);

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::load::{HttpResult, SecondStats};
 
 /// Bumped whenever a field changes meaning or goes away.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Machine {
@@ -103,6 +103,24 @@ pub struct CpuPerRequest {
     pub load_generator_us: Option<f64>,
 }
 
+impl CpuPerRequest {
+    /// From CPU readings (µs; engine, Kafka, Redis, load generator) taken
+    /// before and after a run that got `ok` requests through; a process
+    /// missing at either reading is not measured.
+    pub fn between(before: [Option<u64>; 4], after: [Option<u64>; 4], ok: usize) -> Self {
+        let per_request = |i: usize| {
+            let used = after[i]?.checked_sub(before[i]?)?;
+            (ok > 0).then(|| used as f64 / ok as f64)
+        };
+        Self {
+            engine_us: per_request(0),
+            kafka_us: per_request(1),
+            redis_us: per_request(2),
+            load_generator_us: per_request(3),
+        }
+    }
+}
+
 /// A figure with `decimals`, or "n/a" where it was not measured.
 fn or_not_measured(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.decimals$}"))
@@ -180,6 +198,19 @@ pub struct Ratios {
     pub engine_vs_bare_http: Option<f64>,
     /// Engine accepted RPS / Redis apply-script calls per second.
     pub engine_vs_redis_script: Option<f64>,
+    /// Engine accepted RPS / the same with the rate limiter off: what the
+    /// limiter costs (API keys are checked in both).
+    pub engine_vs_limiter_off: Option<f64>,
+}
+
+/// The same load on the same engine with `--rate-limit off`, run right
+/// after the measured one: what the limiter costs.
+#[derive(Debug, Clone, Serialize)]
+pub struct LimiterOff {
+    pub result: HttpResult,
+    /// The engine's share is both processes' (an API without the limiter,
+    /// and the measured engine, whose consumer applies this run too).
+    pub cpu_per_request: CpuPerRequest,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -193,6 +224,8 @@ pub struct Report {
     pub engine: HttpResult,
     pub bare_http: Option<HttpResult>,
     pub redis_script: Option<HttpResult>,
+    /// `None` with `--no-limits`.
+    pub limiter_off: Option<LimiterOff>,
     pub ratios: Ratios,
     pub pipeline: PipelineResult,
     pub cpu_per_request: CpuPerRequest,
@@ -250,6 +283,7 @@ impl Report {
         );
         for run in [
             Some(&self.engine),
+            self.limiter_off.as_ref().map(|off| &off.result),
             self.bare_http.as_ref(),
             self.redis_script.as_ref(),
         ]
@@ -279,6 +313,12 @@ impl Report {
         if let Some(r) = self.ratios.engine_vs_redis_script {
             let _ = writeln!(md, "Engine / Redis apply script: **{r:.2}**");
         }
+        if let Some(r) = self.ratios.engine_vs_limiter_off {
+            let _ = writeln!(
+                md,
+                "Engine / engine with the rate limiter off (every request still checks its API key): **{r:.2}**"
+            );
+        }
         let p = &self.pipeline;
         let accept_to_applied = match (p.accept_to_applied_ms_p50, p.accept_to_applied_ms_p99) {
             (Some(p50), Some(p99)) => format!("p50 {p50:.1} ms, p99 {p99:.1} ms"),
@@ -300,6 +340,17 @@ impl Report {
             or_not_measured(c.redis_us, 0),
             or_not_measured(c.load_generator_us, 0)
         );
+        if let Some(off) = &self.limiter_off {
+            let c = &off.cpu_per_request;
+            let _ = writeln!(
+                md,
+                "With the rate limiter off: engine {} µs, Kafka {} µs, Redis {} µs, load generator {} µs.",
+                or_not_measured(c.engine_us, 0),
+                or_not_measured(c.kafka_us, 0),
+                or_not_measured(c.redis_us, 0),
+                or_not_measured(c.load_generator_us, 0)
+            );
+        }
         let i = &self.invariants;
         let _ = writeln!(
             md,
@@ -466,9 +517,11 @@ mod tests {
             engine: run,
             bare_http: None,
             redis_script: None,
+            limiter_off: None,
             ratios: Ratios {
                 engine_vs_bare_http: None,
                 engine_vs_redis_script: None,
+                engine_vs_limiter_off: None,
             },
             pipeline: PipelineResult {
                 drain_seconds: 0.1,

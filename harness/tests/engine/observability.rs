@@ -104,8 +104,14 @@ async fn every_dashboard_query_returns_data_from_a_live_engine() {
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     let narrow = s.create_key(&["other"], Some(1), Some(1)).await.unwrap();
     let narrow = s.with_api_key(&narrow.secret).unwrap();
-    assert_eq!(narrow.get("/balance/acct").await.unwrap().0, StatusCode::FORBIDDEN);
-    assert_eq!(narrow.get("/balance/other").await.unwrap().0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        narrow.get("/balance/acct").await.unwrap().0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        narrow.get("/balance/other").await.unwrap().0,
+        StatusCode::NOT_FOUND
+    );
     let (status, _) = narrow.get("/balance/other").await.unwrap();
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     let full = Publisher::new(PublisherSettings {
