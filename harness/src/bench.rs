@@ -11,8 +11,8 @@ use crate::infra::Infra;
 use crate::invariants;
 use crate::load::{self, HttpResult, LoadProfile, Target};
 use crate::report::{
-    cpu_time_sum_us, cpu_time_us, cpu_time_with_children_us, rss_kib, CpuPerRequest,
-    InvariantResult, LimiterOff, Machine, PipelineResult, PipelineSecond, Ratios, Report,
+    cpu_readings, rss_kib, CpuPerRequest, InvariantResult, LimiterOff, Machine, PipelineResult,
+    PipelineSecond, Ratios, Report,
 };
 use crate::stack::{isolated_config, EngineProcess};
 use crate::workload::{account_name, Ledger, SentTx};
@@ -331,17 +331,8 @@ pub async fn run_load(
         );
         let (redis_pids, kafka_pid) = infra.pids();
         let (engine_pid, generator_pid) = (engine.pid(), Some(std::process::id()));
-        let cpu_off = || {
-            let engine = cpu_time_us(engine_pid)
-                .zip(cpu_time_us(off_api.pid()))
-                .map(|(a, b)| a + b);
-            [
-                engine,
-                cpu_time_us(kafka_pid),
-                cpu_time_sum_us(&redis_pids),
-                cpu_time_with_children_us(generator_pid),
-            ]
-        };
+        let engines: Vec<u32> = engine_pid.into_iter().chain(off_api.pid()).collect();
+        let cpu_off = || cpu_readings(&engines, kafka_pid, &redis_pids, generator_pid);
         let before = cpu_off();
         let off = drive_http(
             generator,
@@ -378,14 +369,8 @@ pub async fn run_load(
     let (engine_pid, generator_pid) = (engine.pid(), Some(std::process::id()));
     // The generator is this process (goose) or a child it waits for (wrk);
     // Redis is every node of a cluster.
-    let cpu_now = || {
-        [
-            cpu_time_us(engine_pid),
-            cpu_time_us(kafka_pid),
-            cpu_time_sum_us(&redis_pids),
-            cpu_time_with_children_us(generator_pid),
-        ]
-    };
+    let engine_pids: Vec<u32> = engine_pid.into_iter().collect();
+    let cpu_now = || cpu_readings(&engine_pids, kafka_pid, &redis_pids, generator_pid);
     let cpu_before = cpu_now();
     let driven = drive_http(
         generator,

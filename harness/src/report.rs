@@ -121,6 +121,36 @@ impl CpuPerRequest {
     }
 }
 
+impl CpuPerRequest {
+    /// "engine 12 µs, Kafka 3 µs, ..." for the report.
+    fn describe(&self) -> String {
+        format!(
+            "engine {} µs, Kafka {} µs, Redis {} µs, load generator {} µs",
+            or_not_measured(self.engine_us, 0),
+            or_not_measured(self.kafka_us, 0),
+            or_not_measured(self.redis_us, 0),
+            or_not_measured(self.load_generator_us, 0)
+        )
+    }
+}
+
+/// CPU time so far (µs) of the engine's processes, Kafka, Redis's
+/// processes and the load generator (with its children), in the order
+/// [`CpuPerRequest::between`] takes; a process missing: `None`.
+pub fn cpu_readings(
+    engine: &[u32],
+    kafka: Option<u32>,
+    redis: &[u32],
+    generator: Option<u32>,
+) -> [Option<u64>; 4] {
+    [
+        cpu_time_sum_us(engine),
+        cpu_time_us(kafka),
+        cpu_time_sum_us(redis),
+        cpu_time_with_children_us(generator),
+    ]
+}
+
 /// A figure with `decimals`, or "n/a" where it was not measured.
 fn or_not_measured(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.decimals$}"))
@@ -331,24 +361,16 @@ impl Report {
             p.apply_rate_tx_per_s,
             or_not_measured(p.service_peak_rss_mib, 0)
         );
-        let c = &self.cpu_per_request;
         let _ = writeln!(
             md,
-            "\nCPU per accepted request during the engine run: engine {} µs, Kafka {} µs, Redis {} µs, load generator {} µs.",
-            or_not_measured(c.engine_us, 0),
-            or_not_measured(c.kafka_us, 0),
-            or_not_measured(c.redis_us, 0),
-            or_not_measured(c.load_generator_us, 0)
+            "\nCPU per accepted request during the engine run: {}.",
+            self.cpu_per_request.describe()
         );
         if let Some(off) = &self.limiter_off {
-            let c = &off.cpu_per_request;
             let _ = writeln!(
                 md,
-                "With the rate limiter off: engine {} µs, Kafka {} µs, Redis {} µs, load generator {} µs.",
-                or_not_measured(c.engine_us, 0),
-                or_not_measured(c.kafka_us, 0),
-                or_not_measured(c.redis_us, 0),
-                or_not_measured(c.load_generator_us, 0)
+                "With the rate limiter off: {}.",
+                off.cpu_per_request.describe()
             );
         }
         let i = &self.invariants;
