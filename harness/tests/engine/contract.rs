@@ -59,18 +59,33 @@ async fn schemathesis(document: String, base_url: &str, excluded: &str, extra: &
         .map(String::from),
     );
     args.extend(extra.iter().map(|a| a.to_string()));
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("st").current_dir(cwd).args(args).output()
-    })
-    .await
-    .unwrap()
-    .expect("schemathesis (`st`) is installed: run scripts/install-deps");
-    assert!(
-        output.status.success(),
-        "schemathesis found failures:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    for attempt in 1..=3 {
+        let (cwd, args) = (cwd.clone(), args.clone());
+        let output = tokio::task::spawn_blocking(move || {
+            Command::new("st").current_dir(cwd).args(args).output()
+        })
+        .await
+        .unwrap()
+        .expect("schemathesis (`st`) is installed: run scripts/install-deps");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        // CPython 3.11's ast.parse can fail inside hypothesis with this
+        // SystemError (a bug of the interpreter, not of the API: no request
+        // was judged). Only that is run again, and only when no test case
+        // failed.
+        let interpreter_bug = stdout.contains("AST constructor recursion depth mismatch")
+            && !stdout.contains("FAILURES");
+        if output.status.success() || !interpreter_bug || attempt == 3 {
+            assert!(
+                output.status.success(),
+                "schemathesis found failures:\n{stdout}\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            return;
+        }
+        eprintln!(
+            "schemathesis hit CPython's ast SystemError (attempt {attempt}); running it again"
+        );
+    }
 }
 
 /// Two runs. First every check, valid and invalid data, from the document
