@@ -264,7 +264,9 @@ pub async fn run(scenario: &Scenario, infra: &Infra, exe: &Path) -> anyhow::Resu
     let started = Instant::now();
     for fault in &scenario.faults {
         let missing = match fault.kind {
-            FaultKind::RestartRedis => infra.redis.is_none() && infra.redis_cluster.is_none(),
+            FaultKind::RestartRedis => {
+                infra.redis.is_none() && infra.redis_cluster.is_none() && infra.docker.is_none()
+            }
             FaultKind::RestartKafka => infra.kafka.is_none(),
             FaultKind::Reshard => infra.redis_cluster.is_none(),
             _ => false,

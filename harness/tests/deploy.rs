@@ -1,6 +1,7 @@
-//! The Docker files cannot be built here (no Docker engine), so their
-//! promises are checked statically: the image builds the binary the tests
-//! use, and the dashboard only asks for metrics the service emits.
+//! Static promises of the Docker files (`.ci/run` also builds and runs them
+//! on Podman: `harness/tests/compose.rs`): the image builds the binary the
+//! tests use, the dashboard only asks for metrics the service emits, and
+//! every image is one the local build makes.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -98,4 +99,42 @@ fn prometheus_scrapes_the_compose_ports() {
         prometheus.contains("port: 9100")
             && compose.contains("TXENGINE_METRICS_LISTEN: 0.0.0.0:9100")
     );
+}
+
+/// Compose, the docker provider and the local image build
+/// (`scripts/install-containers`) name the same images, so the images built
+/// here are the ones both container paths ask for.
+#[test]
+fn compose_the_docker_provider_and_the_local_build_name_the_same_images() {
+    use harness::infra::docker::{KAFKA_IMAGE, REDIS_IMAGE};
+    let compose = read("docker-compose.yml") + &read("docker-compose.cluster.yml");
+    let script = read("scripts/install-containers");
+    for (name, tag) in [REDIS_IMAGE, KAFKA_IMAGE] {
+        assert!(
+            compose.contains(&format!("image: {name}:{tag}")),
+            "compose asks for another {name} than {tag}"
+        );
+    }
+    let images: Vec<&str> = compose
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("image: "))
+        .collect();
+    assert!(images.len() >= 6, "{images:?}");
+    for image in images {
+        // Grafana and k6 have no Debian package: they are not built here.
+        if image.starts_with("grafana/") {
+            continue;
+        }
+        let local = if image.contains('/') {
+            format!("docker.io/{image}")
+        } else {
+            format!("docker.io/library/{image}")
+        };
+        let built = script.contains(&local)
+            || (image == "txengine:local" && script.contains("localhost/txengine:local"));
+        assert!(
+            built,
+            "scripts/install-containers does not build {image} ({local})"
+        );
+    }
 }

@@ -1,9 +1,17 @@
 //! The `docker` provider: Redis and Apache Kafka (KRaft) in containers via
-//! testcontainers. Chosen only where a Docker daemon answers; this machine
-//! has none, so here it is compiled and its container requests unit-tested.
+//! testcontainers, on a Docker daemon or on Podman's Docker API
+//! (`scripts/install-containers` serves one and builds the images here).
+//!
+//! Podman needs ports bound to 127.0.0.1 with a port chosen up front (it
+//! reports no host port for publish-all ports, and a 0.0.0.0 binding never
+//! matches); Docker takes the same. Clients connect to 127.0.0.1, never to
+//! the host testcontainers reports (the bridge gateway inside a container).
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::mpsc;
 
+use testcontainers::bollard::models::PortBinding;
 use testcontainers::core::{IntoContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, ContainerRequest, GenericImage, ImageExt};
@@ -11,29 +19,65 @@ use testcontainers::{ContainerAsync, ContainerRequest, GenericImage, ImageExt};
 use super::process::free_port;
 
 /// Pinned images, the same as `docker-compose.yml`.
-pub const REDIS_IMAGE: (&str, &str) = ("redis", "7.2.5");
+pub const REDIS_IMAGE: (&str, &str) = ("redis", "7.0.15");
 pub const KAFKA_IMAGE: (&str, &str) = ("apache/kafka", super::local::KAFKA_VERSION);
+/// Every container this provider starts carries this label (its value: the
+/// process id), so a leftover one can be found.
+pub const LABEL: &str = "txengine.harness";
 
-/// True if a Docker daemon socket accepts a connection.
-pub fn daemon_answers() -> bool {
-    let socket = std::env::var("DOCKER_HOST")
-        .ok()
-        .and_then(|h| h.strip_prefix("unix://").map(str::to_owned))
-        .unwrap_or_else(|| "/var/run/docker.sock".to_owned());
-    Path::new(&socket).exists() && std::os::unix::net::UnixStream::connect(&socket).is_ok()
+/// The Docker API's unix socket: `DOCKER_HOST` if it names one, else Docker's.
+fn socket() -> Option<String> {
+    match std::env::var("DOCKER_HOST") {
+        Ok(host) => host.strip_prefix("unix://").map(str::to_owned),
+        Err(_) => Some("/var/run/docker.sock".to_owned()),
+    }
 }
 
-pub fn redis_request() -> ContainerRequest<GenericImage> {
-    GenericImage::new(REDIS_IMAGE.0, REDIS_IMAGE.1)
+/// True if a Docker API socket accepts a connection.
+pub fn daemon_answers() -> bool {
+    socket().is_some_and(|socket| {
+        Path::new(&socket).exists() && std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    })
+}
+
+/// Publishes `container_port` on 127.0.0.1:`host_port` only.
+fn on_loopback(
+    request: ContainerRequest<GenericImage>,
+    host_port: u16,
+    container_port: u16,
+) -> ContainerRequest<GenericImage> {
+    request
+        .with_mapped_port(host_port, container_port.tcp())
+        .with_label(LABEL, std::process::id().to_string())
+        .with_host_config_modifier(move |config| {
+            let binding = PortBinding {
+                host_ip: Some("127.0.0.1".to_owned()),
+                host_port: Some(host_port.to_string()),
+            };
+            config.port_bindings = Some(HashMap::from([(
+                format!("{container_port}/tcp"),
+                Some(vec![binding]),
+            )]));
+        })
+}
+
+/// Redis with its AOF fsynced on every write, on 127.0.0.1:`host_port`
+/// (chosen up front, so it stays the same across a restart).
+pub fn redis_request(host_port: u16) -> ContainerRequest<GenericImage> {
+    let image = GenericImage::new(REDIS_IMAGE.0, REDIS_IMAGE.1)
         .with_exposed_port(6379.tcp())
-        .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
-        .with_cmd([
+        .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"));
+    on_loopback(
+        image.with_cmd([
             "redis-server",
             "--appendonly",
             "yes",
             "--appendfsync",
             "always",
-        ])
+        ]),
+        host_port,
+        6379,
+    )
 }
 
 /// Kafka must advertise the host port clients use, so the port is chosen
@@ -72,31 +116,118 @@ pub fn kafka_request(host_port: u16) -> ContainerRequest<GenericImage> {
         .with_exposed_port(9092.tcp())
         .with_wait_for(WaitFor::message_on_stdout("Kafka Server started"));
     env.into_iter().fold(
-        image.with_mapped_port(host_port, 9092.tcp()),
+        on_loopback(image.into(), host_port, 9092),
         |request, (k, v)| request.with_env_var(k, v),
     )
 }
 
-/// Running containers; removed when dropped.
+/// What the containers' thread is asked to do.
+enum Request {
+    /// kill -9 of Redis (stop with no grace) and a start on its AOF.
+    RestartRedis(mpsc::Sender<anyhow::Result<()>>),
+}
+
+/// Redis and Kafka in containers, run on a thread and runtime of their own
+/// (tests come and go on runtimes of theirs). Dropping it removes them; a
+/// process that ends without dropping it (the shared test infra is a
+/// static) has them removed by a watcher once it is gone.
 pub struct DockerStack {
     pub redis_url: String,
     pub kafka_brokers: String,
-    _redis: ContainerAsync<GenericImage>,
-    _kafka: ContainerAsync<GenericImage>,
+    requests: mpsc::Sender<Request>,
+}
+
+struct Containers {
+    redis: ContainerAsync<GenericImage>,
+    kafka: ContainerAsync<GenericImage>,
 }
 
 impl DockerStack {
-    pub async fn start() -> anyhow::Result<Self> {
-        let redis = redis_request().start().await?;
-        let redis_port = redis.get_host_port_ipv4(6379.tcp()).await?;
+    pub fn start() -> anyhow::Result<Self> {
+        let redis_port = free_port()?;
         let kafka_port = free_port()?;
-        let kafka = kafka_request(kafka_port).start().await?;
+        let (ready, started) = mpsc::channel();
+        let (requests, incoming) = mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the containers");
+            let containers = runtime.block_on(async {
+                let redis = redis_request(redis_port).start().await?;
+                remove_when_gone(redis.id());
+                let kafka = kafka_request(kafka_port).start().await?;
+                remove_when_gone(kafka.id());
+                anyhow::Ok(Containers { redis, kafka })
+            });
+            let containers = match containers {
+                Ok(containers) => containers,
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                    return;
+                }
+            };
+            let _ = ready.send(Ok(()));
+            for request in incoming {
+                match request {
+                    Request::RestartRedis(reply) => {
+                        let redis = &containers.redis;
+                        let restarted = runtime.block_on(async {
+                            redis.stop_with_timeout(Some(0)).await?;
+                            redis.start().await?;
+                            anyhow::Ok(())
+                        });
+                        let _ = reply.send(restarted);
+                    }
+                }
+            }
+            // The stack was dropped: remove the containers now.
+            runtime.block_on(async {
+                let _ = containers.kafka.rm().await;
+                let _ = containers.redis.rm().await;
+            });
+        });
+        started.recv()??;
         Ok(Self {
             redis_url: format!("redis://127.0.0.1:{redis_port}"),
             kafka_brokers: format!("127.0.0.1:{kafka_port}"),
-            _redis: redis,
-            _kafka: kafka,
+            requests,
         })
+    }
+
+    /// kill -9 of the Redis container and a start on its AOF (same port).
+    pub fn restart_redis(&self) -> anyhow::Result<()> {
+        let (reply, answer) = mpsc::channel();
+        self.requests
+            .send(Request::RestartRedis(reply))
+            .map_err(|_| anyhow::anyhow!("the containers' thread is gone"))?;
+        answer.recv()?
+    }
+}
+
+/// Starts a detached watcher that removes container `id` (with its anonymous
+/// volumes) through the Docker API once this process has ended.
+fn remove_when_gone(id: &str) {
+    let Some(socket) = socket() else {
+        tracing::warn!(
+            id,
+            "DOCKER_HOST is not a unix socket: the container is left to Drop"
+        );
+        return;
+    };
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
+         curl -s -o /dev/null -X DELETE --unix-socket '{socket}' 'http://d/containers/{id}?force=true&v=true'",
+        pid = std::process::id()
+    );
+    let spawned = std::process::Command::new("setsid")
+        .args(["sh", "-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    if let Err(e) = spawned {
+        tracing::warn!(id, error = %e, "no watcher for the container: remove it by hand if it stays");
     }
 }
 
@@ -117,6 +248,6 @@ mod tests {
             "PLAINTEXT://127.0.0.1:49999".to_owned()
         )));
         assert_eq!(request.image().tag(), crate::infra::local::KAFKA_VERSION);
-        assert_eq!(redis_request().image().name(), "redis");
+        assert_eq!(redis_request(49_998).image().name(), "redis");
     }
 }

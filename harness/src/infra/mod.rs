@@ -2,7 +2,8 @@
 //!
 //! - `local` (default): spawns `redis-server` and a KRaft Apache Kafka on free
 //!   loopback ports ([`local`]); supports kill -9 and restart for faults.
-//! - `docker`: testcontainers ([`docker`]), picked when a Docker daemon answers.
+//! - `docker`: testcontainers ([`docker`]), picked when a Docker API answers
+//!   (Docker, or Podman's: `scripts/install-containers`); Redis restarts too.
 //! - `external`: `TXENGINE_REDIS_URL` and `TXENGINE_KAFKA_BROKERS` from the env.
 //!
 //! `TXENGINE_INFRA=local|docker|external` forces one; unset, `external` is
@@ -67,6 +68,8 @@ pub struct Infra {
     pub kafka: Option<Arc<Mutex<LocalKafka>>>,
     /// The local Redis Cluster, when that is the topology (local provider only).
     pub redis_cluster: Option<Mutex<LocalRedisCluster>>,
+    /// The containers (docker provider only), for Redis restarts.
+    pub docker: Option<docker::DockerStack>,
 }
 
 impl Infra {
@@ -90,6 +93,7 @@ impl Infra {
                             redis: Some(Mutex::new(redis)),
                             kafka,
                             redis_cluster: None,
+                            docker: None,
                         })
                     }
                     RedisTopology::Cluster => {
@@ -102,6 +106,7 @@ impl Infra {
                             redis: None,
                             kafka,
                             redis_cluster: Some(Mutex::new(cluster)),
+                            docker: None,
                         })
                     }
                 }
@@ -115,38 +120,23 @@ impl Infra {
                 redis: None,
                 kafka: None,
                 redis_cluster: None,
+                docker: None,
             }),
             Provider::Docker => {
                 anyhow::ensure!(
                     topology == RedisTopology::Single,
                     "the docker provider runs one Redis; a cluster needs the local provider"
                 );
-                // The containers live on a runtime of their own for as long as
-                // the process: tests come and go on runtimes of theirs.
-                let (tx, rx) = std::sync::mpsc::channel();
-                std::thread::spawn(move || {
-                    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-                    match runtime.block_on(docker::DockerStack::start()) {
-                        Ok(stack) => {
-                            let _ =
-                                tx.send(Ok((stack.redis_url.clone(), stack.kafka_brokers.clone())));
-                            runtime.block_on(std::future::pending::<()>());
-                            drop(stack);
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Err(e));
-                        }
-                    }
-                });
-                let (redis_url, kafka_brokers) = rx.recv().context("docker provider thread")??;
+                let stack = docker::DockerStack::start()?;
                 Ok(Self {
                     provider,
                     redis_topology: topology,
-                    redis_url,
-                    kafka_brokers,
+                    redis_url: stack.redis_url.clone(),
+                    kafka_brokers: stack.kafka_brokers.clone(),
                     redis: None,
                     kafka: None,
                     redis_cluster: None,
+                    docker: Some(stack),
                 })
             }
         }
@@ -203,10 +193,14 @@ impl Infra {
         (redis, kafka)
     }
 
-    /// kill -9 of the local Redis and a restart with its AOF; on a local
-    /// cluster, kill -9 of the master of `namespace`'s first shard, its replica
-    /// promoted, and the old master back as the new one's replica.
+    /// kill -9 of the local Redis (or its container) and a restart with its
+    /// AOF; on a local cluster, kill -9 of the master of `namespace`'s first
+    /// shard, its replica promoted, and the old master back as the new one's
+    /// replica.
     pub fn restart_redis(&self, namespace: &str) -> anyhow::Result<()> {
+        if let Some(docker) = &self.docker {
+            return docker.restart_redis();
+        }
         if let Some(cluster) = &self.redis_cluster {
             let key = first_shard_key(namespace);
             return cluster.lock().expect("cluster lock").fail_over(&key);
@@ -248,6 +242,7 @@ impl Infra {
                     redis: None,
                     kafka,
                     redis_cluster: Some(Mutex::new(cluster)),
+                    docker: None,
                 })
                 .map_err(|e| format!("{e:#}"))
         });

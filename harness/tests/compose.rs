@@ -1,0 +1,241 @@
+//! The compose stack for real: `docker-compose up` of Redis, Kafka, the
+//! topics, the API, two consumers and Prometheus (Grafana and k6 have no
+//! image here), then a smoke test through it: accounts funded, transactions
+//! posted and applied, consumers scaled to three and still applying,
+//! Prometheus scraping the API and the consumers and a dashboard query
+//! answering, and `down -v` leaving no container, network or volume.
+//!
+//! Needs a Docker API (Docker, or Podman's: `scripts/install-containers`
+//! serves one and builds the images), so it is ignored by `cargo test`;
+//! `.ci/run` runs it with `cargo test -p harness --test compose -- --ignored`.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use harness::client::ApiClient;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const PROJECT: &str = "txengine-compose-test";
+const ADMIN_TOKEN: &str = "compose-test-admin-token";
+
+fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `docker-compose -p PROJECT <args>` in the repository; panics with its
+/// output if it fails.
+fn compose(args: &[&str]) -> String {
+    let output = Command::new("docker-compose")
+        .current_dir(root())
+        .args(["-p", PROJECT, "-f", "docker-compose.yml"])
+        .args(args)
+        .env("TXENGINE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .expect("docker-compose runs (scripts/install-containers installs it)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "docker-compose {args:?}:\n{text}");
+    text
+}
+
+/// The project's containers, networks or volumes that Podman (or Docker)
+/// still lists.
+fn leftovers() -> Vec<String> {
+    let cli = if which("podman") { "podman" } else { "docker" };
+    let label = format!("label=com.docker.compose.project={PROJECT}");
+    let mut left = Vec::new();
+    for kind in [
+        vec!["ps", "-a", "--filter", &label, "--format", "{{.Names}}"],
+        vec!["network", "ls", "--filter", &label, "--format", "{{.Name}}"],
+        vec!["volume", "ls", "--filter", &label, "--format", "{{.Name}}"],
+    ] {
+        let output = Command::new(cli).args(&kind).output().unwrap();
+        left.extend(
+            String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(|l| format!("{} {l}", kind[0])),
+        );
+    }
+    left
+}
+
+fn which(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Podman runs healthchecks only from systemd timers, which this machine
+/// does not have: run every healthcheck of the project every 2 s, so
+/// `depends_on: service_healthy` sees them. (Docker runs them itself.)
+fn run_healthchecks(stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        if !which("podman") {
+            return;
+        }
+        let label = format!("label=com.docker.compose.project={PROJECT}");
+        while !stop.load(Ordering::Relaxed) {
+            let ids = Command::new("podman")
+                .args(["ps", "-q", "--filter", &label])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            for id in ids.lines() {
+                // Containers without a healthcheck answer an error: fine.
+                let _ = Command::new("podman")
+                    .args(["healthcheck", "run", id])
+                    .output();
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    })
+}
+
+async fn until<T>(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what}: not after {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A Prometheus instant query's result vector (empty while it does not answer).
+async fn prometheus(http: &reqwest::Client, query: &str) -> Vec<Value> {
+    let url =
+        reqwest::Url::parse_with_params("http://127.0.0.1:9090/api/v1/query", [("query", query)])
+            .unwrap();
+    let Ok(response) = http.get(url).send().await else {
+        return Vec::new();
+    };
+    let answer: Value = response.json().await.unwrap_or(Value::Null);
+    answer["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a Docker API and the images: scripts/install-containers, then --ignored"]
+async fn the_compose_stack_runs_applies_scales_is_scraped_and_leaves_nothing() {
+    // A stack left by an earlier, interrupted run.
+    compose(&["down", "-v", "--remove-orphans"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let healthchecks = run_healthchecks(stop.clone());
+    let started = Instant::now();
+    compose(&["up", "-d", "--no-build", "api", "consumer", "prometheus"]);
+    eprintln!("compose up: {:.0} s", started.elapsed().as_secs_f64());
+
+    let admin = ApiClient::new(
+        "http://127.0.0.1:8080",
+        ADMIN_TOKEN,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    until("the API is ready", Duration::from_secs(120), async || {
+        let (status, _) = admin.get("/ready").await.ok()?;
+        (status == StatusCode::OK).then_some(())
+    })
+    .await;
+    let api = admin.with_new_key().await.unwrap();
+    for account in ["alice", "bob"] {
+        api.set_balance(account, 1_000).await.unwrap();
+    }
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        let id = format!("compose-{n}");
+        let body =
+            json!({"id": id, "type": "transfer", "account": "alice", "to": "bob", "amount": 10});
+        let (status, answer) = api.post(&body).await.unwrap();
+        assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+        ids.push(id);
+    }
+    let settled = api
+        .wait_settled(&ids, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(
+        settled.values().all(|v| v["status"] == "applied"),
+        "{settled:?}"
+    );
+    assert_eq!(api.balance("alice").await.unwrap(), Some(800));
+    assert_eq!(api.balance("bob").await.unwrap(), Some(1_200));
+
+    // Three consumers; transactions still applied, every one once.
+    compose(&[
+        "up",
+        "-d",
+        "--no-build",
+        "--no-recreate",
+        "--scale",
+        "consumer=3",
+        "consumer",
+    ]);
+    let running = compose(&["ps", "-q", "consumer"]);
+    assert_eq!(
+        running.lines().filter(|l| !l.is_empty()).count(),
+        3,
+        "{running}"
+    );
+    let mut more = Vec::new();
+    for n in 0..20 {
+        let id = format!("compose-scaled-{n}");
+        let body = json!({"id": id, "type": "debit", "account": "bob", "amount": 1});
+        assert_eq!(api.post(&body).await.unwrap().0, StatusCode::ACCEPTED);
+        more.push(id);
+    }
+    api.wait_settled(&more, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(api.balance("bob").await.unwrap(), Some(1_180));
+
+    // Prometheus scrapes the API and the consumers; a dashboard query answers.
+    let http = reqwest::Client::new();
+    until(
+        "prometheus scrapes the API and 3 consumers",
+        Duration::from_secs(90),
+        async || {
+            let up = prometheus(&http, "up == 1").await;
+            let jobs: Vec<&str> = up
+                .iter()
+                .filter_map(|s| s["metric"]["job"].as_str())
+                .collect();
+            let consumers = jobs.iter().filter(|j| **j == "txengine-consumer").count();
+            (jobs.contains(&"txengine-api") && consumers == 3).then_some(())
+        },
+    )
+    .await;
+    until(
+        "a dashboard query answers",
+        Duration::from_secs(60),
+        async || {
+            let series = prometheus(
+                &http,
+                "sum by (route, status) (rate(txengine_http_requests_total[1m]))",
+            )
+            .await;
+            (!series.is_empty()).then_some(())
+        },
+    )
+    .await;
+
+    stop.store(true, Ordering::Relaxed);
+    healthchecks.join().unwrap();
+    compose(&["down", "-v", "--remove-orphans"]);
+    let left = leftovers();
+    assert!(left.is_empty(), "left behind by down -v: {left:?}");
+    eprintln!(
+        "compose smoke test: {:.0} s in all",
+        started.elapsed().as_secs_f64()
+    );
+}
