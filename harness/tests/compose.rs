@@ -5,9 +5,14 @@
 //! Prometheus scraping the API and the consumers and a dashboard query
 //! answering, and `down -v` leaving no container, network or volume.
 //!
+//! And the Redis Cluster override: six Redis containers joined by the
+//! one-shot `redis-cli --cluster create`, the engine on them, transfers
+//! between slots (sagas) applied.
+//!
 //! Needs a Docker API (Docker, or Podman's: `scripts/install-containers`
-//! serves one and builds the images), so it is ignored by `cargo test`;
-//! `.ci/run` runs it with `cargo test -p harness --test compose -- --ignored`.
+//! serves one and builds the images), so both are ignored by `cargo test`;
+//! `.ci/run` runs them one after the other (both publish port 8080) with
+//! `cargo test -p harness --test compose -- --ignored --test-threads 1`.
 
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,19 +23,36 @@ use harness::client::ApiClient;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-const PROJECT: &str = "txengine-compose-test";
+/// The compose project of each test (its containers', networks' and
+/// volumes' label), and its compose files.
+struct Stack {
+    project: &'static str,
+    files: &'static [&'static str],
+}
+
+const ONE_REDIS: Stack = Stack {
+    project: "txengine-compose-test",
+    files: &["docker-compose.yml"],
+};
+const CLUSTER: Stack = Stack {
+    project: "txengine-compose-cluster-test",
+    files: &["docker-compose.yml", "docker-compose.cluster.yml"],
+};
 const ADMIN_TOKEN: &str = "compose-test-admin-token";
 
 fn root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// `docker-compose -p PROJECT <args>` in the repository; panics with its
-/// output if it fails.
-fn compose(args: &[&str]) -> String {
-    let output = Command::new("docker-compose")
-        .current_dir(root())
-        .args(["-p", PROJECT, "-f", "docker-compose.yml"])
+/// `docker-compose -p <project> -f <files> <args>` in the repository;
+/// panics with its output if it fails.
+fn compose(stack: &Stack, args: &[&str]) -> String {
+    let mut command = Command::new("docker-compose");
+    command.current_dir(root()).args(["-p", stack.project]);
+    for file in stack.files {
+        command.args(["-f", file]);
+    }
+    let output = command
         .args(args)
         .env("TXENGINE_ADMIN_TOKEN", ADMIN_TOKEN)
         .output()
@@ -46,9 +68,9 @@ fn compose(args: &[&str]) -> String {
 
 /// The project's containers, networks or volumes that Podman (or Docker)
 /// still lists.
-fn leftovers() -> Vec<String> {
+fn leftovers(stack: &Stack) -> Vec<String> {
     let cli = if which("podman") { "podman" } else { "docker" };
-    let label = format!("label=com.docker.compose.project={PROJECT}");
+    let label = format!("label=com.docker.compose.project={}", stack.project);
     let mut left = Vec::new();
     for kind in [
         vec!["ps", "-a", "--filter", &label, "--format", "{{.Names}}"],
@@ -76,12 +98,12 @@ fn which(program: &str) -> bool {
 /// Podman runs healthchecks only from systemd timers, which this machine
 /// does not have: run every healthcheck of the project every 2 s, so
 /// `depends_on: service_healthy` sees them. (Docker runs them itself.)
-fn run_healthchecks(stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+fn run_healthchecks(stack: &Stack, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    let label = format!("label=com.docker.compose.project={}", stack.project);
     std::thread::spawn(move || {
         if !which("podman") {
             return;
         }
-        let label = format!("label=com.docker.compose.project={PROJECT}");
         while !stop.load(Ordering::Relaxed) {
             let ids = Command::new("podman")
                 .args(["ps", "-q", "--filter", &label])
@@ -128,26 +150,8 @@ async fn prometheus(http: &reqwest::Client, query: &str) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs a Docker API and the images: scripts/install-containers, then --ignored"]
 async fn the_compose_stack_runs_applies_scales_is_scraped_and_leaves_nothing() {
-    // A stack left by an earlier, interrupted run.
-    compose(&["down", "-v", "--remove-orphans"]);
-    let stop = Arc::new(AtomicBool::new(false));
-    let healthchecks = run_healthchecks(stop.clone());
-    let started = Instant::now();
-    compose(&["up", "-d", "--no-build", "api", "consumer", "prometheus"]);
-    eprintln!("compose up: {:.0} s", started.elapsed().as_secs_f64());
-
-    let admin = ApiClient::new(
-        "http://127.0.0.1:8080",
-        ADMIN_TOKEN,
-        Duration::from_secs(10),
-    )
-    .unwrap();
-    until("the API is ready", Duration::from_secs(120), async || {
-        let (status, _) = admin.get("/ready").await.ok()?;
-        (status == StatusCode::OK).then_some(())
-    })
-    .await;
-    let api = admin.with_new_key().await.unwrap();
+    let stack = &ONE_REDIS;
+    let (api, stop, healthchecks, started) = up(stack, &["api", "consumer", "prometheus"]).await;
     for account in ["alice", "bob"] {
         api.set_balance(account, 1_000).await.unwrap();
     }
@@ -172,16 +176,19 @@ async fn the_compose_stack_runs_applies_scales_is_scraped_and_leaves_nothing() {
     assert_eq!(api.balance("bob").await.unwrap(), Some(1_200));
 
     // Three consumers; transactions still applied, every one once.
-    compose(&[
-        "up",
-        "-d",
-        "--no-build",
-        "--no-recreate",
-        "--scale",
-        "consumer=3",
-        "consumer",
-    ]);
-    let running = compose(&["ps", "-q", "consumer"]);
+    compose(
+        stack,
+        &[
+            "up",
+            "-d",
+            "--no-build",
+            "--no-recreate",
+            "--scale",
+            "consumer=3",
+            "consumer",
+        ],
+    );
+    let running = compose(stack, &["ps", "-q", "consumer"]);
     assert_eq!(
         running.lines().filter(|l| !l.is_empty()).count(),
         3,
@@ -229,13 +236,110 @@ async fn the_compose_stack_runs_applies_scales_is_scraped_and_leaves_nothing() {
     )
     .await;
 
-    stop.store(true, Ordering::Relaxed);
-    healthchecks.join().unwrap();
-    compose(&["down", "-v", "--remove-orphans"]);
-    let left = leftovers();
-    assert!(left.is_empty(), "left behind by down -v: {left:?}");
+    down(stack, stop, healthchecks, started);
+}
+
+/// `up -d` of `services` (their dependencies with them) with the
+/// healthchecks running, until the API is ready; a client with a key.
+async fn up(
+    stack: &Stack,
+    services: &[&str],
+) -> (
+    ApiClient,
+    Arc<AtomicBool>,
+    std::thread::JoinHandle<()>,
+    Instant,
+) {
+    // A stack left by an earlier, interrupted run.
+    compose(stack, &["down", "-v", "--remove-orphans"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let healthchecks = run_healthchecks(stack, stop.clone());
+    let started = Instant::now();
+    let mut args = vec!["up", "-d", "--no-build"];
+    args.extend(services);
+    compose(stack, &args);
     eprintln!(
-        "compose smoke test: {:.0} s in all",
+        "{}: up in {:.0} s",
+        stack.project,
         started.elapsed().as_secs_f64()
     );
+    let admin = ApiClient::new(
+        "http://127.0.0.1:8080",
+        ADMIN_TOKEN,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    until("the API is ready", Duration::from_secs(120), async || {
+        let (status, _) = admin.get("/ready").await.ok()?;
+        (status == StatusCode::OK).then_some(())
+    })
+    .await;
+    (
+        admin.with_new_key().await.unwrap(),
+        stop,
+        healthchecks,
+        started,
+    )
+}
+
+/// `down -v`, and nothing of the project may be left.
+fn down(
+    stack: &Stack,
+    stop: Arc<AtomicBool>,
+    healthchecks: std::thread::JoinHandle<()>,
+    started: Instant,
+) {
+    stop.store(true, Ordering::Relaxed);
+    healthchecks.join().unwrap();
+    compose(stack, &["down", "-v", "--remove-orphans"]);
+    let left = leftovers(stack);
+    assert!(left.is_empty(), "left behind by down -v: {left:?}");
+    eprintln!(
+        "{}: {:.0} s in all",
+        stack.project,
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a Docker API and the images: scripts/install-containers, then --ignored"]
+async fn the_cluster_override_forms_a_cluster_and_applies_sagas() {
+    let stack = &CLUSTER;
+    let (api, stop, healthchecks, started) = up(stack, &["api", "consumer"]).await;
+    // Transfers among 8 accounts: on a cluster most are between slots (sagas).
+    let accounts: Vec<String> = (0..8).map(|i| format!("acct-{i}")).collect();
+    for account in &accounts {
+        api.set_balance(account, 1_000).await.unwrap();
+    }
+    let mut ids = Vec::new();
+    for n in 0..40 {
+        let id = format!("cluster-{n}");
+        let (from, to) = (&accounts[n % 8], &accounts[(n + 3) % 8]);
+        let body = json!({"id": id, "type": "transfer", "account": from, "to": to, "amount": 7});
+        let (status, answer) = api.post(&body).await.unwrap();
+        assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+        ids.push(id);
+    }
+    let settled = api
+        .wait_settled(&ids, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert!(
+        settled.values().all(|v| v["status"] == "applied"),
+        "{settled:?}"
+    );
+    let mut total = 0;
+    for account in &accounts {
+        total += api.balance(account).await.unwrap().unwrap();
+    }
+    assert_eq!(total, 8_000, "transfers move money, they do not make it");
+    let info = compose(
+        stack,
+        &["exec", "-T", "redis-1", "redis-cli", "cluster", "info"],
+    );
+    assert!(
+        info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:6"),
+        "{info}"
+    );
+    down(stack, stop, healthchecks, started);
 }
