@@ -140,10 +140,7 @@ pub(super) async fn create_key(
 ) -> Result<Response, Problem> {
     authorize_admin(&api, &headers)?;
     let body = read_body(&api, &headers, body).await?;
-    let (scope, limit) = decode_key_request(&body).map_err(|e| match e {
-        RequestError::Malformed(detail) => Problem::malformed(detail),
-        RequestError::Rule(rule) => Problem::rule(rule),
-    })?;
+    let (scope, limit) = decode_key_request(&body).map_err(Problem::request)?;
     // 64-bit ids clash about never; the store refuses one that does.
     for _ in 0..3 {
         let (id, secret) = keys::generate();

@@ -48,6 +48,14 @@ impl Problem {
         )
     }
 
+    /// 400 or 422 for a body the decoder refused.
+    pub(super) fn request(error: super::RequestError) -> Self {
+        match error {
+            super::RequestError::Malformed(detail) => Self::malformed(detail),
+            super::RequestError::Rule(rule) => Self::rule(rule),
+        }
+    }
+
     pub(super) fn malformed(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,

@@ -344,10 +344,7 @@ pub(super) async fn post_transaction(
     let key = authenticate(&api, &headers).await?;
     let body = read_body(&api, &headers, body).await?;
     let idempotency_key = headers.get("idempotency-key").map(|v| v.as_bytes());
-    let tx = decode_transaction(&body, idempotency_key).map_err(|e| match e {
-        RequestError::Malformed(detail) => Problem::malformed(detail),
-        RequestError::Rule(rule) => Problem::rule(rule),
-    })?;
+    let tx = decode_transaction(&body, idempotency_key).map_err(Problem::request)?;
     if let Some(account) = key.scope.refuses(&tx.movement) {
         return Err(forbidden(&key, format!("account {account}")));
     }
