@@ -47,6 +47,13 @@ fn root() -> std::path::PathBuf {
 /// `docker-compose -p <project> -f <files> <args>` in the repository;
 /// panics with its output if it fails.
 fn compose(stack: &Stack, args: &[&str]) -> String {
+    let (ok, text) = try_compose(stack, args);
+    assert!(ok, "docker-compose {args:?}:\n{text}");
+    text
+}
+
+/// `docker-compose ...`: whether it succeeded, and what it printed.
+fn try_compose(stack: &Stack, args: &[&str]) -> (bool, String) {
     let mut command = Command::new("docker-compose");
     command.current_dir(root()).args(["-p", stack.project]);
     for file in stack.files {
@@ -62,8 +69,7 @@ fn compose(stack: &Stack, args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(output.status.success(), "docker-compose {args:?}:\n{text}");
-    text
+    (output.status.success(), text)
 }
 
 /// The project's containers, networks or volumes that Podman (or Docker)
@@ -151,7 +157,7 @@ async fn prometheus(http: &reqwest::Client, query: &str) -> Vec<Value> {
 #[ignore = "needs a Docker API and the images: scripts/install-containers, then --ignored"]
 async fn the_compose_stack_runs_applies_scales_is_scraped_and_leaves_nothing() {
     let stack = &ONE_REDIS;
-    let (api, stop, healthchecks, started) = up(stack, &["api", "consumer", "prometheus"]).await;
+    let (api, running) = up(stack, &["api", "consumer", "prometheus"]).await;
     for account in ["alice", "bob"] {
         api.set_balance(account, 1_000).await.unwrap();
     }
@@ -188,11 +194,11 @@ async fn the_compose_stack_runs_applies_scales_is_scraped_and_leaves_nothing() {
             "consumer",
         ],
     );
-    let running = compose(stack, &["ps", "-q", "consumer"]);
+    let consumers = compose(stack, &["ps", "-q", "consumer"]);
     assert_eq!(
-        running.lines().filter(|l| !l.is_empty()).count(),
+        consumers.lines().filter(|l| !l.is_empty()).count(),
         3,
-        "{running}"
+        "{consumers}"
     );
     let mut more = Vec::new();
     for n in 0..20 {
@@ -236,32 +242,81 @@ async fn the_compose_stack_runs_applies_scales_is_scraped_and_leaves_nothing() {
     )
     .await;
 
-    down(stack, stop, healthchecks, started);
+    running.down();
+}
+
+/// A stack that is up: torn down (`down -v`) when dropped, so a failed
+/// test leaves nothing running (nor holding port 8080 for the next one).
+struct Running {
+    stack: &'static Stack,
+    stop: Arc<AtomicBool>,
+    healthchecks: Option<std::thread::JoinHandle<()>>,
+    started: Instant,
+}
+
+impl Running {
+    /// `down -v`, and nothing of the project may be left.
+    fn down(mut self) {
+        self.stop_healthchecks();
+        compose(self.stack, &["down", "-v", "--remove-orphans"]);
+        let left = leftovers(self.stack);
+        assert!(left.is_empty(), "left behind by down -v: {left:?}");
+        eprintln!(
+            "{}: {:.0} s in all",
+            self.stack.project,
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+
+    fn stop_healthchecks(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.healthchecks.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.healthchecks.is_none() {
+            return; // down() ran
+        }
+        self.stop_healthchecks();
+        if std::thread::panicking() {
+            // What the engine said is the first thing a failure needs.
+            let (_, logs) = try_compose(
+                self.stack,
+                &["logs", "--no-color", "--tail", "40", "api", "consumer"],
+            );
+            eprintln!("{}: the last log lines:\n{logs}", self.stack.project);
+        }
+        // Never panic here: a second panic while unwinding aborts the tests.
+        let (ok, text) = try_compose(self.stack, &["down", "-v", "--remove-orphans"]);
+        if !ok {
+            eprintln!("{}: down -v failed:\n{text}", self.stack.project);
+        }
+    }
 }
 
 /// `up -d` of `services` (their dependencies with them) with the
 /// healthchecks running, until the API is ready; a client with a key.
-async fn up(
-    stack: &Stack,
-    services: &[&str],
-) -> (
-    ApiClient,
-    Arc<AtomicBool>,
-    std::thread::JoinHandle<()>,
-    Instant,
-) {
+async fn up(stack: &'static Stack, services: &[&str]) -> (ApiClient, Running) {
     // A stack left by an earlier, interrupted run.
     compose(stack, &["down", "-v", "--remove-orphans"]);
     let stop = Arc::new(AtomicBool::new(false));
-    let healthchecks = run_healthchecks(stack, stop.clone());
-    let started = Instant::now();
+    let running = Running {
+        stack,
+        stop: stop.clone(),
+        healthchecks: Some(run_healthchecks(stack, stop)),
+        started: Instant::now(),
+    };
     let mut args = vec!["up", "-d", "--no-build"];
     args.extend(services);
     compose(stack, &args);
     eprintln!(
         "{}: up in {:.0} s",
         stack.project,
-        started.elapsed().as_secs_f64()
+        running.started.elapsed().as_secs_f64()
     );
     let admin = ApiClient::new(
         "http://127.0.0.1:8080",
@@ -274,38 +329,14 @@ async fn up(
         (status == StatusCode::OK).then_some(())
     })
     .await;
-    (
-        admin.with_new_key().await.unwrap(),
-        stop,
-        healthchecks,
-        started,
-    )
-}
-
-/// `down -v`, and nothing of the project may be left.
-fn down(
-    stack: &Stack,
-    stop: Arc<AtomicBool>,
-    healthchecks: std::thread::JoinHandle<()>,
-    started: Instant,
-) {
-    stop.store(true, Ordering::Relaxed);
-    healthchecks.join().unwrap();
-    compose(stack, &["down", "-v", "--remove-orphans"]);
-    let left = leftovers(stack);
-    assert!(left.is_empty(), "left behind by down -v: {left:?}");
-    eprintln!(
-        "{}: {:.0} s in all",
-        stack.project,
-        started.elapsed().as_secs_f64()
-    );
+    (admin.with_new_key().await.unwrap(), running)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs a Docker API and the images: scripts/install-containers, then --ignored"]
 async fn the_cluster_override_forms_a_cluster_and_applies_sagas() {
     let stack = &CLUSTER;
-    let (api, stop, healthchecks, started) = up(stack, &["api", "consumer"]).await;
+    let (api, running) = up(stack, &["api", "consumer"]).await;
     // Transfers among 8 accounts: on a cluster most are between slots (sagas).
     let accounts: Vec<String> = (0..8).map(|i| format!("acct-{i}")).collect();
     for account in &accounts {
@@ -341,5 +372,5 @@ async fn the_cluster_override_forms_a_cluster_and_applies_sagas() {
         info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:6"),
         "{info}"
     );
-    down(stack, stop, healthchecks, started);
+    running.down();
 }
