@@ -11,8 +11,8 @@ use crate::infra::Infra;
 use crate::invariants;
 use crate::load::{self, HttpResult, LoadProfile, Target};
 use crate::report::{
-    cpu_readings, rss_kib, CpuPerRequest, InvariantResult, LimiterOff, Machine, PipelineResult,
-    PipelineSecond, Ratios, Report,
+    cpu_readings, rss_kib, BareRun, CpuPerRequest, InvariantResult, LimiterOff, Machine,
+    PipelineResult, PipelineSecond, Ratios, Report,
 };
 use crate::stack::{isolated_config, EngineProcess};
 use crate::workload::{account_name, Ledger, SentTx};
@@ -99,10 +99,7 @@ async fn drive_http(
 }
 
 /// The bare HTTP limit, in a child process like the engine.
-async fn measure_bare_http(
-    generator: Generator,
-    profile: &LoadProfile,
-) -> anyhow::Result<HttpResult> {
+async fn measure_bare_http(generator: Generator, profile: &LoadProfile) -> anyhow::Result<BareRun> {
     let exe = std::env::current_exe()?;
     let port = crate::infra::process::free_port()?;
     let dir = tempfile::Builder::new()
@@ -130,6 +127,10 @@ async fn measure_bare_http(
     let url = format!("http://127.0.0.1:{port}");
     // The bare handler checks nothing; it gets the same header as the engine.
     let (_, unchecked_key) = txengine::keys::generate();
+    // The handler's process in the engine's place; Kafka and Redis idle.
+    let server_pid: Vec<u32> = server.pid().into_iter().collect();
+    let cpu_now = || cpu_readings(&server_pid, None, &[], Some(std::process::id()));
+    let before = cpu_now();
     let driven = drive_http(
         generator,
         &url,
@@ -139,12 +140,16 @@ async fn measure_bare_http(
         profile,
     )
     .await?;
+    let after = cpu_now();
     server.terminate(Duration::from_secs(5));
-    Ok(driven.result)
+    Ok(BareRun {
+        cpu_per_request: CpuPerRequest::between(before, after, driven.result.ok),
+        result: driven.result,
+    })
 }
 
 /// The bare Redis limit: the apply script called directly by the same users.
-async fn measure_redis_script(infra: &Infra, profile: &LoadProfile) -> anyhow::Result<HttpResult> {
+async fn measure_redis_script(infra: &Infra, profile: &LoadProfile) -> anyhow::Result<BareRun> {
     let namespace = format!("limit-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let store = Store::connect(StoreSettings {
         topology: infra.redis_topology,
@@ -168,7 +173,10 @@ async fn measure_redis_script(infra: &Infra, profile: &LoadProfile) -> anyhow::R
         "limit: Redis apply script directly, {} users for {} s ...",
         profile.users, profile.seconds
     );
-    Ok(load::drive(
+    let (redis_pids, _) = infra.pids();
+    let cpu_now = || cpu_readings(&[], None, &redis_pids, Some(std::process::id()));
+    let before = cpu_now();
+    let result = load::drive(
         Target::RedisScript {
             store: Box::new(store),
         },
@@ -176,7 +184,12 @@ async fn measure_redis_script(infra: &Infra, profile: &LoadProfile) -> anyhow::R
         profile,
     )
     .await?
-    .result)
+    .result;
+    let after = cpu_now();
+    Ok(BareRun {
+        cpu_per_request: CpuPerRequest::between(before, after, result.ok),
+        result,
+    })
 }
 
 /// The consumer group's lag, read once a second on a thread of its own
@@ -447,6 +460,7 @@ pub async fn run_load(
     let apply_seconds =
         (verdict.last_applied_at_ms.saturating_sub(load_started_ms) as f64 / 1000.0).max(0.001);
     let engine_result = driven.result;
+    let cpu_vs_generator = Ratios::cpu_vs_load_generator(&cpu_per_request);
     let report = Report {
         schema_version: crate::report::SCHEMA_VERSION,
         scenario: scenario.to_owned(),
@@ -455,8 +469,15 @@ pub async fn run_load(
         started_at,
         machine: Machine::describe(),
         ratios: Ratios {
-            engine_vs_bare_http: bare_http.as_ref().map(|b| engine_result.rps / b.rps),
-            engine_vs_redis_script: redis_script.as_ref().map(|r| engine_result.rps / r.rps),
+            engine_vs_bare_http: bare_http
+                .as_ref()
+                .map(|b| engine_result.rps / b.result.rps),
+            engine_vs_redis_script: redis_script
+                .as_ref()
+                .map(|r| engine_result.rps / r.result.rps),
+            engine_cpu_vs_load_generator: cpu_vs_generator[0],
+            kafka_cpu_vs_load_generator: cpu_vs_generator[1],
+            redis_cpu_vs_load_generator: cpu_vs_generator[2],
             engine_vs_limiter_off: limiter_off
                 .as_ref()
                 .map(|off| engine_result.rps / off.result.rps),

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::load::{HttpResult, SecondStats};
 
 /// Bumped whenever a field changes meaning or goes away.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Machine {
@@ -221,6 +221,16 @@ pub struct InvariantResult {
     pub violations: Vec<String>,
 }
 
+/// A bare limit's run: what the generator saw, and the CPU per request of
+/// the bare server (in `engine_us`: the axum 202 handler's process) or of
+/// Redis (the apply script), and of the generator.
+#[derive(Debug, Clone, Serialize)]
+pub struct BareRun {
+    #[serde(flatten)]
+    pub result: HttpResult,
+    pub cpu_per_request: CpuPerRequest,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Ratios {
     /// Engine accepted RPS / bare axum 202 RPS, same generator and settings;
@@ -231,6 +241,20 @@ pub struct Ratios {
     /// Engine accepted RPS / the same with the rate limiter off: what the
     /// limiter costs (API keys are checked in both).
     pub engine_vs_limiter_off: Option<f64>,
+    /// Engine CPU per accepted request / the load generator's CPU per
+    /// request, in the engine run (the machine's speed cancels out).
+    pub engine_cpu_vs_load_generator: Option<f64>,
+    /// The same for Kafka's and Redis's CPU per accepted request.
+    pub kafka_cpu_vs_load_generator: Option<f64>,
+    pub redis_cpu_vs_load_generator: Option<f64>,
+}
+
+impl Ratios {
+    /// The CPU ratios of `cpu` (the engine run) to its load generator.
+    pub fn cpu_vs_load_generator(cpu: &CpuPerRequest) -> [Option<f64>; 3] {
+        let ratio = |us: Option<f64>| Some(us? / cpu.load_generator_us.filter(|g| *g > 0.0)?);
+        [ratio(cpu.engine_us), ratio(cpu.kafka_us), ratio(cpu.redis_us)]
+    }
 }
 
 /// The same load on the same engine with `--rate-limit off`, run right
@@ -252,8 +276,8 @@ pub struct Report {
     pub started_at: String,
     pub machine: Machine,
     pub engine: HttpResult,
-    pub bare_http: Option<HttpResult>,
-    pub redis_script: Option<HttpResult>,
+    pub bare_http: Option<BareRun>,
+    pub redis_script: Option<BareRun>,
     /// `None` with `--no-limits`.
     pub limiter_off: Option<LimiterOff>,
     pub ratios: Ratios,
@@ -314,8 +338,8 @@ impl Report {
         for run in [
             Some(&self.engine),
             self.limiter_off.as_ref().map(|off| &off.result),
-            self.bare_http.as_ref(),
-            self.redis_script.as_ref(),
+            self.bare_http.as_ref().map(|bare| &bare.result),
+            self.redis_script.as_ref().map(|bare| &bare.result),
         ]
         .into_iter()
         .flatten()
@@ -371,6 +395,33 @@ impl Report {
                 md,
                 "With the rate limiter off: {}.",
                 off.cpu_per_request.describe()
+            );
+        }
+        if let Some(bare) = &self.bare_http {
+            let c = &bare.cpu_per_request;
+            let _ = writeln!(
+                md,
+                "Bare HTTP 202, per request: the handler's process {} µs, load generator {} µs.",
+                or_not_measured(c.engine_us, 0),
+                or_not_measured(c.load_generator_us, 0)
+            );
+        }
+        if let Some(bare) = &self.redis_script {
+            let c = &bare.cpu_per_request;
+            let _ = writeln!(
+                md,
+                "Redis apply script, per call: Redis {} µs, load generator {} µs.",
+                or_not_measured(c.redis_us, 0),
+                or_not_measured(c.load_generator_us, 0)
+            );
+        }
+        let r = &self.ratios;
+        if let Some(engine) = r.engine_cpu_vs_load_generator {
+            let _ = writeln!(
+                md,
+                "CPU per accepted request as a multiple of the load generator's: engine **{engine:.2}**, Kafka {}, Redis {}.",
+                or_not_measured(r.kafka_cpu_vs_load_generator, 2),
+                or_not_measured(r.redis_cpu_vs_load_generator, 2)
             );
         }
         let i = &self.invariants;
@@ -501,6 +552,28 @@ impl Report {
 mod tests {
     use super::*;
 
+    /// CPU ratios are to the generator's CPU; none without it (or at 0).
+    #[test]
+    fn cpu_ratios_are_to_the_load_generator() {
+        let cpu = CpuPerRequest {
+            engine_us: Some(40.0),
+            kafka_us: Some(10.0),
+            redis_us: None,
+            load_generator_us: Some(20.0),
+        };
+        assert_eq!(
+            Ratios::cpu_vs_load_generator(&cpu),
+            [Some(2.0), Some(0.5), None]
+        );
+        for generator in [None, Some(0.0)] {
+            let cpu = CpuPerRequest {
+                load_generator_us: generator,
+                ..cpu.clone()
+            };
+            assert_eq!(Ratios::cpu_vs_load_generator(&cpu), [None, None, None]);
+        }
+    }
+
     /// The chart is plotters' SVG with labelled time axes, and says "not
     /// measured" for a panel without data (wrk gives no per-second data).
     #[test]
@@ -544,6 +617,9 @@ mod tests {
                 engine_vs_bare_http: None,
                 engine_vs_redis_script: None,
                 engine_vs_limiter_off: None,
+                engine_cpu_vs_load_generator: None,
+                kafka_cpu_vs_load_generator: None,
+                redis_cpu_vs_load_generator: None,
             },
             pipeline: PipelineResult {
                 drain_seconds: 0.1,
