@@ -19,7 +19,7 @@ use txengine::store::{Store, StoreSettings};
 use crate::infra::Infra;
 use crate::invariants;
 use crate::load::{self, LoadProfile};
-use crate::report::{cpu_time_sum_us, cpu_time_us, Machine};
+use crate::report::{cpu_time_sum_us, cpu_time_us, file_stamp, Machine};
 use crate::stack::{isolated_config, EngineProcess};
 use crate::workload::{account_name, partners, Ledger, Transfers};
 
@@ -41,6 +41,12 @@ pub struct BacklogRun {
     pub rejected: usize,
     pub sagas: usize,
     pub invariants_hold: bool,
+    /// `harness backlog` on one topology: the apply script called directly
+    /// by 200 goose users (one transaction per call, unpipelined) right
+    /// after the drain, on the same Redis; null with --compare-topologies.
+    pub direct_script: Option<crate::report::BareRun>,
+    /// `apply_rate_tx_per_s` / the direct script's calls per second.
+    pub apply_rate_vs_direct_script: Option<f64>,
 }
 
 /// Runs `harness backlog` on one topology and prints what it measured.
@@ -50,10 +56,40 @@ pub async fn run_backlog(
     partitions: i32,
     topology: RedisTopology,
 ) -> anyhow::Result<()> {
+    let started_at = crate::bench::time_now_rfc3339();
     let infra = Infra::start_chosen(topology).await?;
-    let run = backlog_once(&infra, count, accounts, partitions, Transfers::AsDrawn).await?;
+    let mut run = backlog_once(&infra, count, accounts, partitions, Transfers::AsDrawn).await?;
+    // The bare limit of the same Redis, same machine, same run: what the
+    // consumer's batching and pipelining buy over calling the script.
+    let direct = LoadProfile {
+        accounts,
+        seconds: 10,
+        ..LoadProfile::default()
+    };
+    let direct = crate::bench::measure_redis_script(&infra, &direct).await?;
+    run.apply_rate_vs_direct_script = Some(run.apply_rate_tx_per_s / direct.result.rps);
+    run.direct_script = Some(direct);
     drop(infra);
     print_run(&run, accounts, partitions);
+    let command = format!(
+        "cargo run --release -p harness -- backlog --count {count} --accounts {accounts} --partitions {partitions} --redis-topology {}",
+        match topology {
+            RedisTopology::Single => "single",
+            RedisTopology::Cluster => "cluster",
+        }
+    );
+    let report = serde_json::json!({
+        "kind": "backlog",
+        "started_at": started_at,
+        "command": command,
+        "machine": Machine::describe(),
+        "run": run,
+    });
+    let stamp = file_stamp(&started_at);
+    let path = std::path::Path::new("reports").join(format!("{stamp}-backlog.json"));
+    std::fs::create_dir_all("reports")?;
+    std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
+    eprintln!("report: {}", path.display());
     anyhow::ensure!(run.invariants_hold, "invariant violations (listed above)");
     Ok(())
 }
@@ -83,11 +119,7 @@ pub async fn compare_topologies(
     println!("\n{markdown}");
     let dir = std::path::Path::new("reports");
     std::fs::create_dir_all(dir)?;
-    let stamp: String = started_at
-        .replace([':', '-'], "")
-        .chars()
-        .take(15)
-        .collect();
+    let stamp = file_stamp(&started_at);
     let stem = format!("{stamp}-backlog-topologies");
     let report = serde_json::json!({
         "kind": "backlog-topologies",
@@ -203,6 +235,8 @@ async fn backlog_once(
         rejected: verdict.rejected,
         sagas: verdict.sagas,
         invariants_hold: verdict.holds(),
+        direct_script: None,
+        apply_rate_vs_direct_script: None,
     })
 }
 
@@ -220,6 +254,14 @@ fn print_run(run: &BacklogRun, accounts: usize, partitions: i32) {
         run.drained_s
     );
     println!("  apply rate        {:.0} tx/s", run.apply_rate_tx_per_s);
+    if let (Some(direct), Some(ratio)) = (&run.direct_script, run.apply_rate_vs_direct_script) {
+        println!(
+            "  script directly   {:.0} calls/s ({} users, one transaction per call, Redis {} per call); backlog / direct: {ratio:.2}",
+            direct.result.rps,
+            direct.result.users,
+            micros(direct.cpu_per_request.redis_us)
+        );
+    }
     println!(
         "  CPU per tx        consumer {}, Redis {} ({} processes), Kafka {}",
         micros(run.consumer_cpu_us),

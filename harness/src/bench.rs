@@ -149,7 +149,10 @@ async fn measure_bare_http(generator: Generator, profile: &LoadProfile) -> anyho
 }
 
 /// The bare Redis limit: the apply script called directly by the same users.
-async fn measure_redis_script(infra: &Infra, profile: &LoadProfile) -> anyhow::Result<BareRun> {
+pub(crate) async fn measure_redis_script(
+    infra: &Infra,
+    profile: &LoadProfile,
+) -> anyhow::Result<BareRun> {
     let namespace = format!("limit-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let store = Store::connect(StoreSettings {
         topology: infra.redis_topology,
@@ -469,9 +472,7 @@ pub async fn run_load(
         started_at,
         machine: Machine::describe(),
         ratios: Ratios {
-            engine_vs_bare_http: bare_http
-                .as_ref()
-                .map(|b| engine_result.rps / b.result.rps),
+            engine_vs_bare_http: bare_http.as_ref().map(|b| engine_result.rps / b.result.rps),
             engine_vs_redis_script: redis_script
                 .as_ref()
                 .map(|r| engine_result.rps / r.result.rps),

@@ -151,6 +151,15 @@ pub fn cpu_readings(
     ]
 }
 
+/// `20261128T114110` from an RFC 3339 start time: report file names.
+pub fn file_stamp(started_at: &str) -> String {
+    started_at
+        .replace([':', '-'], "")
+        .chars()
+        .take(15)
+        .collect()
+}
+
 /// A figure with `decimals`, or "n/a" where it was not measured.
 fn or_not_measured(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.decimals$}"))
@@ -253,7 +262,11 @@ impl Ratios {
     /// The CPU ratios of `cpu` (the engine run) to its load generator.
     pub fn cpu_vs_load_generator(cpu: &CpuPerRequest) -> [Option<f64>; 3] {
         let ratio = |us: Option<f64>| Some(us? / cpu.load_generator_us.filter(|g| *g > 0.0)?);
-        [ratio(cpu.engine_us), ratio(cpu.kafka_us), ratio(cpu.redis_us)]
+        [
+            ratio(cpu.engine_us),
+            ratio(cpu.kafka_us),
+            ratio(cpu.redis_us),
+        ]
     }
 }
 
@@ -297,11 +310,7 @@ impl Report {
         std::fs::create_dir_all(dir)?;
         let stem = format!(
             "{}-{}-{}",
-            self.started_at
-                .replace([':', '-'], "")
-                .chars()
-                .take(15)
-                .collect::<String>(),
+            file_stamp(&self.started_at),
             self.scenario,
             self.generator
         );
