@@ -488,16 +488,18 @@ impl Connection {
 #[derive(Clone)]
 pub struct Store {
     conn: Connection,
-    layout: Layout,
+    // Shared, not copied: the API clones a store for every request (the
+    // profile showed the scripts' sources copied per request).
+    layout: Arc<Layout>,
     outcome_ttl_secs: u64,
     lease_ms: u64,
-    apply: Script,
-    claim: Script,
-    release: Script,
-    accept: Script,
-    saga_step: Script,
-    finish: Script,
-    rate_limit: Script,
+    apply: Arc<Script>,
+    claim: Arc<Script>,
+    release: Arc<Script>,
+    accept: Arc<Script>,
+    saga_step: Arc<Script>,
+    finish: Arc<Script>,
+    rate_limit: Arc<Script>,
 }
 
 pub struct StoreSettings<'a> {
@@ -520,16 +522,16 @@ impl Store {
             Connection::open(settings.url, settings.topology, settings.response_timeout).await?;
         let store = Self {
             conn,
-            layout: Layout::new(settings.namespace, settings.topology),
+            layout: Arc::new(Layout::new(settings.namespace, settings.topology)),
             outcome_ttl_secs: settings.outcome_ttl_secs,
             lease_ms: settings.lease_ms,
-            apply: Script::new(lua::APPLY),
-            claim: Script::new(lua::CLAIM),
-            release: Script::new(lua::RELEASE),
-            accept: Script::new(lua::ACCEPT),
-            saga_step: Script::new(lua::SAGA_STEP),
-            finish: Script::new(lua::FINISH),
-            rate_limit: Script::new(lua::RATE_LIMIT),
+            apply: Arc::new(Script::new(lua::APPLY)),
+            claim: Arc::new(Script::new(lua::CLAIM)),
+            release: Arc::new(Script::new(lua::RELEASE)),
+            accept: Arc::new(Script::new(lua::ACCEPT)),
+            saga_step: Arc::new(Script::new(lua::SAGA_STEP)),
+            finish: Arc::new(Script::new(lua::FINISH)),
+            rate_limit: Arc::new(Script::new(lua::RATE_LIMIT)),
         };
         store.load_scripts().await?;
         Ok(store)
