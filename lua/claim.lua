@@ -1,11 +1,14 @@
 -- Claim a transaction id for the API before it publishes: bind the id to
 -- this body for good, and take the lease that lets one request publish it.
+-- A function, `claim`: the store runs it alone (KEYS[1], ARGV[1..4], in the
+-- order of its arguments) or after `rate_limit` in one script (on one
+-- Redis, where both keys can go to one script: one round trip, not two).
 --
--- KEYS[1] tx record hash ({ns}:tx:<id>)
--- ARGV[1] fingerprint of the request
--- ARGV[2] lease length in milliseconds
--- ARGV[3] lease token (random, identifies this claim)
--- ARGV[4] seconds to keep the record (the outcome TTL)
+-- record     tx record hash ({ns}:tx:<id>)
+-- request_fp fingerprint of the request
+-- lease_ms   lease length in milliseconds
+-- token      lease token (random, identifies this claim)
+-- ttl_secs   seconds to keep the record (the outcome TTL)
 --
 -- Returns {verdict, reason, balance_after}, verdict one of:
 --   claimed   this request holds the lease and may publish
@@ -24,29 +27,31 @@
 --   body may be claimed again, and the processed flag of the apply script
 --   catches a record that landed twice.
 
-local time = redis.call('TIME')
-local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local lease_until = string.format('%d', now_ms + tonumber(ARGV[2]))
+local function claim(record, request_fp, lease_ms, token, ttl_secs)
+  local time = redis.call('TIME')
+  local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  local lease_until = string.format('%d', now_ms + tonumber(lease_ms))
 
-local current = redis.call('HMGET', KEYS[1], 'fp', 'state', 'reason', 'balance_after',
-  'accepted', 'lease_until_ms')
-local fp, state = current[1], current[2]
-if not fp then
-  redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'lease', ARGV[3], 'lease_until_ms', lease_until)
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  local current = redis.call('HMGET', record, 'fp', 'state', 'reason', 'balance_after',
+    'accepted', 'lease_until_ms')
+  local fp, state = current[1], current[2]
+  if not fp then
+    redis.call('HSET', record, 'fp', request_fp, 'lease', token, 'lease_until_ms', lease_until)
+    redis.call('EXPIRE', record, ttl_secs)
+    return {'claimed', '', ''}
+  end
+  if fp ~= request_fp then
+    return {'conflict', '', ''}
+  end
+  if state == 'applied' or state == 'rejected' then
+    return {state, current[3] or '', current[4] or ''}
+  end
+  if current[5] then
+    return {'pending', '', ''}
+  end
+  if current[6] and tonumber(current[6]) > now_ms then
+    return {'leased', '', ''}
+  end
+  redis.call('HSET', record, 'lease', token, 'lease_until_ms', lease_until)
   return {'claimed', '', ''}
 end
-if fp ~= ARGV[1] then
-  return {'conflict', '', ''}
-end
-if state == 'applied' or state == 'rejected' then
-  return {state, current[3] or '', current[4] or ''}
-end
-if current[5] then
-  return {'pending', '', ''}
-end
-if current[6] and tonumber(current[6]) > now_ms then
-  return {'leased', '', ''}
-end
-redis.call('HSET', KEYS[1], 'lease', ARGV[3], 'lease_until_ms', lease_until)
-return {'claimed', '', ''}

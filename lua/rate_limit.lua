@@ -1,9 +1,12 @@
 -- Rate limit of one API key: GCRA (the generic cell rate algorithm), on
 -- Redis's clock, so every API process shares one limit and one clock.
 --
--- KEYS[1] the key's theoretical arrival time (TAT), microseconds, a string
--- ARGV[1] emission interval in microseconds (1e6 / rate, rounded up)
--- ARGV[2] burst: how many requests may come at once
+-- A function, `rate_limit`: the store runs it alone (KEYS[1], ARGV[1..2])
+-- or before `claim` (claim.lua) in one script.
+--
+-- tat_key   the key's theoretical arrival time (TAT), microseconds, a string
+-- interval  emission interval in microseconds (1e6 / rate, rounded up)
+-- burst     how many requests may come at once
 --
 -- Returns {allowed, remaining, retry_after_us, reset_us}:
 --   allowed         1 when this request may go ahead (and is counted), else 0
@@ -17,22 +20,22 @@
 -- Times stay below 2^53 (seconds since 1970 in microseconds ~ 1.8e15), so
 -- doubles hold them exactly; '%d' writes them exactly.
 
-local interval = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local function rate_limit(tat_key, interval, burst)
+  local time = redis.call('TIME')
+  local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then
-  tat = now
-end
-local tolerance = (burst - 1) * interval
-if tat - now > tolerance then
-  return {0, 0, tat - now - tolerance, tat - now}
-end
+  local tat = tonumber(redis.call('GET', tat_key) or '0')
+  if tat < now then
+    tat = now
+  end
+  local tolerance = (burst - 1) * interval
+  if tat - now > tolerance then
+    return {0, 0, tat - now - tolerance, tat - now}
+  end
 
-local new_tat = tat + interval
-local ttl_ms = math.ceil((new_tat - now) / 1000)
-redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', string.format('%d', ttl_ms))
-local remaining = math.floor((burst * interval - (new_tat - now)) / interval)
-return {1, remaining, 0, new_tat - now}
+  local new_tat = tat + interval
+  local ttl_ms = math.ceil((new_tat - now) / 1000)
+  redis.call('SET', tat_key, string.format('%d', new_tat), 'PX', string.format('%d', ttl_ms))
+  local remaining = math.floor((burst * interval - (new_tat - now)) / interval)
+  return {1, remaining, 0, new_tat - now}
+end

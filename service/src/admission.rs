@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use crate::domain::{Transaction, TxId, TxStatus};
+use crate::keys::{KeyId, RateLimit};
 use crate::publisher::{PublishError, Publisher};
-use crate::store::{Acceptance, Claim, Store, StoreError};
+use crate::store::{Acceptance, Claim, RateVerdict, Store, StoreError};
 use crate::wire::{now_ms, Record};
 
 /// Most releases retried in the background at once (after a Redis error the
@@ -36,6 +37,9 @@ pub enum Refused {
     Conflict(TxId),
     #[error("transaction {0} is in flight; retry shortly")]
     InFlight(TxId),
+    /// The key is over its rate limit (the caller has the verdict).
+    #[error("the API key is over its rate limit")]
+    RateLimited,
     #[error("redis is unavailable")]
     Redis(#[source] StoreError),
     #[error("too many transactions are waiting for kafka")]
@@ -69,13 +73,18 @@ impl Admission {
         }
     }
 
-    /// Admits `tx`: `Pending` once Kafka acknowledged it (202), or where
-    /// the same body accepted before stands now.
-    pub async fn admit(&self, tx: Transaction) -> Result<TxStatus, Refused> {
+    /// Admits `tx`, counted against its key's rate `limit` first (if any):
+    /// `Pending` once Kafka acknowledged it (202), or where the same body
+    /// accepted before stands now; with what the limit said, if it was asked.
+    pub async fn admit(
+        &self,
+        tx: Transaction,
+        limit: Option<(KeyId, RateLimit)>,
+    ) -> (Result<TxStatus, Refused>, Option<RateVerdict>) {
         let admission = self.clone();
-        tokio::spawn(async move { admission.run(tx).await })
+        tokio::spawn(async move { admission.run(tx, limit).await })
             .await
-            .unwrap_or_else(|e| Err(Refused::Internal(e.to_string())))
+            .unwrap_or_else(|e| (Err(Refused::Internal(e.to_string())), None))
     }
 
     /// Releases retried in the background right now.
@@ -83,24 +92,38 @@ impl Admission {
         self.max_background_releases - self.background_releases.available_permits()
     }
 
-    async fn run(&self, tx: Transaction) -> Result<TxStatus, Refused> {
+    async fn run(
+        &self,
+        tx: Transaction,
+        limit: Option<(KeyId, RateLimit)>,
+    ) -> (Result<TxStatus, Refused>, Option<RateVerdict>) {
         let token = Store::lease_token();
-        let claim = match self.store.claim(&tx, &token).await {
-            Ok(claim) => claim,
+        let limit = limit.as_ref().map(|(key, limit)| (key, *limit));
+        let (claim, rate) = match self.store.claim_within_limit(&tx, &token, limit).await {
+            Ok(answer) => answer,
             Err(e) => {
                 // The claim may still land once a stalled Redis wakes up; end
                 // its lease, or the client's retry meets 409 until it runs out.
                 self.release_in_background(tx.id, token);
-                return Err(Refused::Redis(e));
+                return (Err(Refused::Redis(e)), None);
             }
         };
-        match claim {
-            Claim::Claimed => {}
-            Claim::Conflict => return Err(Refused::Conflict(tx.id)),
-            Claim::InFlight => return Err(Refused::InFlight(tx.id)),
-            Claim::Known(status) => return Ok(status),
-        }
+        let refused = match claim {
+            Claim::Claimed => return (self.publish_and_accept(tx, token).await, rate),
+            Claim::Conflict => Refused::Conflict(tx.id),
+            Claim::InFlight => Refused::InFlight(tx.id),
+            Claim::RateLimited => Refused::RateLimited,
+            Claim::Known(status) => return (Ok(status), rate),
+        };
+        (Err(refused), rate)
+    }
 
+    /// Publishes a claimed transaction and accepts it.
+    async fn publish_and_accept(
+        &self,
+        tx: Transaction,
+        token: String,
+    ) -> Result<TxStatus, Refused> {
         let record = Record {
             tx,
             accepted_at_ms: now_ms(),

@@ -183,12 +183,23 @@ impl Layout {
 /// they are loaded into Redis (SCRIPT LOAD) when the store starts.
 mod lua {
     pub const APPLY: &str = include_str!("../../lua/atomic_update.lua");
-    pub const CLAIM: &str = include_str!("../../lua/claim.lua");
+    pub const CLAIM: &str = concat!(
+        include_str!("../../lua/claim.lua"),
+        "\nreturn claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])\n"
+    );
     pub const RELEASE: &str = include_str!("../../lua/release.lua");
     pub const ACCEPT: &str = include_str!("../../lua/accept.lua");
     pub const SAGA_STEP: &str = include_str!("../../lua/saga_step.lua");
     pub const FINISH: &str = include_str!("../../lua/finish.lua");
-    pub const RATE_LIMIT: &str = include_str!("../../lua/rate_limit.lua");
+    pub const RATE_LIMIT: &str = concat!(
+        include_str!("../../lua/rate_limit.lua"),
+        "\nreturn rate_limit(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))\n"
+    );
+    pub const RATE_LIMIT_THEN_CLAIM: &str = concat!(
+        include_str!("../../lua/rate_limit.lua"),
+        include_str!("../../lua/claim.lua"),
+        include_str!("../../lua/rate_limit_then_claim.lua")
+    );
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -245,6 +256,8 @@ pub enum Claim {
     InFlight,
     /// The same request was accepted before; this is where it stands.
     Known(TxStatus),
+    /// The key is over its rate limit: nothing was claimed.
+    RateLimited,
 }
 
 /// What the accept script did with a published record.
@@ -500,6 +513,8 @@ pub struct Store {
     saga_step: Arc<Script>,
     finish: Arc<Script>,
     rate_limit: Arc<Script>,
+    rate_limit_then_claim: Arc<Script>,
+    topology: RedisTopology,
 }
 
 pub struct StoreSettings<'a> {
@@ -532,6 +547,8 @@ impl Store {
             saga_step: Arc::new(Script::new(lua::SAGA_STEP)),
             finish: Arc::new(Script::new(lua::FINISH)),
             rate_limit: Arc::new(Script::new(lua::RATE_LIMIT)),
+            rate_limit_then_claim: Arc::new(Script::new(lua::RATE_LIMIT_THEN_CLAIM)),
+            topology: settings.topology,
         };
         store.load_scripts().await?;
         Ok(store)
@@ -549,6 +566,7 @@ impl Store {
             &self.saga_step,
             &self.finish,
             &self.rate_limit,
+            &self.rate_limit_then_claim,
         ] {
             script.prepare_invoke().load_async(&mut conn).await?;
         }
@@ -768,12 +786,57 @@ impl Store {
                 async move { invocation.invoke_async(&mut conn).await }
             })
             .await?;
-        Ok(match verdict.as_str() {
-            "claimed" => Claim::Claimed,
-            "conflict" => Claim::Conflict,
-            "leased" => Claim::InFlight,
-            state => Claim::Known(parse_status(state, &reason, &balance_after)?),
-        })
+        parse_claim(&verdict, &reason, &balance_after)
+    }
+
+    /// Counts the request against its key's `limit`, then claims `tx.id`
+    /// as [`Store::claim`] does if the limit allows it ([`Claim::RateLimited`]
+    /// and nothing claimed if not); no limit: only the claim. On one Redis
+    /// in one script (one round trip); on a cluster the key's rate is in
+    /// another slot, so in two calls, the limit first. After an error,
+    /// release `token` as after a failed claim.
+    pub async fn claim_within_limit(
+        &self,
+        tx: &Transaction,
+        token: &str,
+        limit: Option<(&KeyId, RateLimit)>,
+    ) -> Result<(Claim, Option<RateVerdict>), StoreError> {
+        let Some((key, limit)) = limit else {
+            return Ok((self.claim(tx, token).await?, None));
+        };
+        if self.topology == RedisTopology::Cluster {
+            let verdict = self.spend(key, limit).await?;
+            if !verdict.allowed {
+                return Ok((Claim::RateLimited, Some(verdict)));
+            }
+            return Ok((self.claim(tx, token).await?, Some(verdict)));
+        }
+        type Answer = (String, String, String, u8, u64, u64, u64);
+        let (verdict, reason, balance_after, allowed, remaining, retry_after_us, reset_us): Answer =
+            self.with_scripts(|| {
+                let mut conn = self.conn.clone();
+                let mut invocation = self.rate_limit_then_claim.key(self.tx_key(&tx.id));
+                invocation
+                    .key(self.layout.rate(key.as_str()))
+                    .arg(tx.movement.fingerprint())
+                    .arg(self.lease_ms)
+                    .arg(token)
+                    .arg(self.outcome_ttl_secs)
+                    .arg(limit.interval_us())
+                    .arg(limit.burst);
+                async move { invocation.invoke_async(&mut conn).await }
+            })
+            .await?;
+        let rate = RateVerdict {
+            allowed: allowed == 1,
+            remaining,
+            retry_after: Duration::from_micros(retry_after_us),
+            reset: Duration::from_micros(reset_us),
+        };
+        if !rate.allowed {
+            return Ok((Claim::RateLimited, Some(rate)));
+        }
+        Ok((parse_claim(&verdict, &reason, &balance_after)?, Some(rate)))
     }
 
     /// Marks an id as accepted once Kafka acknowledged its record, if the
@@ -1071,6 +1134,16 @@ impl Store {
             other => other,
         }
     }
+}
+
+/// claim.lua's answer.
+fn parse_claim(verdict: &str, reason: &str, balance_after: &str) -> Result<Claim, StoreError> {
+    Ok(match verdict {
+        "claimed" => Claim::Claimed,
+        "conflict" => Claim::Conflict,
+        "leased" => Claim::InFlight,
+        state => Claim::Known(parse_status(state, reason, balance_after)?),
+    })
 }
 
 /// `EVALSHA <sha> <numkeys> <keys...>`; the caller adds the ARGV.

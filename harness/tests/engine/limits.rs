@@ -437,7 +437,7 @@ async fn background_releases_are_capped() {
     for i in 0..5 {
         let body = format!(r#"{{"id":"cap-{i}","account":"acct","amount":1}}"#);
         let tx = txengine::http::decode_transaction(body.as_bytes(), None).unwrap();
-        let refused = admission.admit(tx).await;
+        let (refused, _) = admission.admit(tx, None).await;
         assert!(matches!(refused, Err(Refused::Redis(_))), "{refused:?}");
     }
     let pending = admission.background_releases();

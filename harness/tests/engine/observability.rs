@@ -126,7 +126,11 @@ async fn every_dashboard_query_returns_data_from_a_live_engine() {
     let tx =
         txengine::http::decode_transaction(br#"{"id":"full","account":"acct","amount":1}"#, None)
             .unwrap();
-    assert!(Admission::new(store, full, 1).admit(tx).await.is_err());
+    assert!(Admission::new(store, full, 1)
+        .admit(tx, None)
+        .await
+        .0
+        .is_err());
     tokio::time::sleep(Duration::from_secs(2)).await;
     repair_account(&s, "broken", 1).await;
 

@@ -148,7 +148,7 @@ impl Quota {
 /// a limit (or with the limiter off), the quota left when allowed, 429 when
 /// over it, 503 when Redis does not answer (never unlimited).
 pub(super) async fn spend(api: &ApiState, key: &ApiKey) -> Result<Option<Quota>, Problem> {
-    let Some(limit) = key.limit.filter(|_| api.enforce_rate_limits) else {
+    let Some(limit) = limit_of(api, key) else {
         return Ok(None);
     };
     let verdict = api
@@ -156,9 +156,23 @@ pub(super) async fn spend(api: &ApiState, key: &ApiKey) -> Result<Option<Quota>,
         .spend(&key.id, limit)
         .await
         .map_err(|e| Problem::from_store(e, api.retry_after_secs))?;
+    within_limit(key, limit, verdict).map(Some)
+}
+
+/// The rate limit the limiter enforces for `key`, if any.
+pub(super) fn limit_of(api: &ApiState, key: &ApiKey) -> Option<RateLimit> {
+    key.limit.filter(|_| api.enforce_rate_limits)
+}
+
+/// The quota left after an allowed request; 429 (counted) for a refused one.
+pub(super) fn within_limit(
+    key: &ApiKey,
+    limit: RateLimit,
+    verdict: RateVerdict,
+) -> Result<Quota, Problem> {
     let quota = Quota { limit, verdict };
     if verdict.allowed {
-        return Ok(Some(quota));
+        return Ok(quota);
     }
     metrics::counter!("txengine_rate_limited_total", "key" => key.id.as_str().to_owned())
         .increment(1);

@@ -109,6 +109,9 @@ impl Problem {
                 "The same transaction is being accepted right now",
                 detail,
             ),
+            // The handler answers from the verdict first (with the fields);
+            // this is only the fallback.
+            Refused::RateLimited => Self::rate_limited(detail, retry_after_secs, []),
             Refused::Redis(e) => Self::from_store(e, retry_after_secs),
             Refused::Kafka(e) => {
                 tracing::warn!(error = %e, "publish failed");

@@ -11,7 +11,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::auth::{authenticate, forbidden, spend, Quota};
+use super::auth::{authenticate, forbidden, limit_of, spend, within_limit, Quota};
 use super::problem::{not_found, Problem, ProblemBody};
 use super::{ApiState, MAX_BODY_BYTES};
 use crate::domain::{
@@ -348,9 +348,18 @@ pub(super) async fn post_transaction(
     if let Some(account) = key.scope.refuses(&tx.movement) {
         return Err(forbidden(&key, format!("account {account}")));
     }
-    let quota = spend(&api, &key).await?;
+    // The rate limit is counted with the claim (one round trip on one Redis).
+    let limit = limit_of(&api, &key);
     let id = tx.id.clone();
-    let response = match api.admission.admit(tx).await {
+    let (admitted, verdict) = api
+        .admission
+        .admit(tx, limit.map(|limit| (key.id.clone(), limit)))
+        .await;
+    let quota = match (limit, verdict) {
+        (Some(limit), Some(verdict)) => Some(within_limit(&key, limit, verdict)?),
+        _ => None,
+    };
+    let response = match admitted {
         Ok(status) => status_response(&id, status),
         Err(refused) => Problem::refused(refused, api.retry_after_secs).into_response(),
     };
