@@ -406,23 +406,30 @@ impl Report {
                 off.cpu_per_request.describe()
             );
         }
-        if let Some(bare) = &self.bare_http {
-            let c = &bare.cpu_per_request;
-            let _ = writeln!(
-                md,
-                "Bare HTTP 202, per request: the handler's process {} µs, load generator {} µs.",
-                or_not_measured(c.engine_us, 0),
-                or_not_measured(c.load_generator_us, 0)
-            );
-        }
-        if let Some(bare) = &self.redis_script {
-            let c = &bare.cpu_per_request;
-            let _ = writeln!(
-                md,
-                "Redis apply script, per call: Redis {} µs, load generator {} µs.",
-                or_not_measured(c.redis_us, 0),
-                or_not_measured(c.load_generator_us, 0)
-            );
+        // The bare runs' server (the 202 handler's process, or Redis) and generator.
+        type ServerUs = fn(&CpuPerRequest) -> Option<f64>;
+        let bare_runs: [(&Option<BareRun>, &str, ServerUs); 2] = [
+            (
+                &self.bare_http,
+                "Bare HTTP 202, per request: the handler's process",
+                |c| c.engine_us,
+            ),
+            (
+                &self.redis_script,
+                "Redis apply script, per call: Redis",
+                |c| c.redis_us,
+            ),
+        ];
+        for (run, what, server_us) in bare_runs {
+            if let Some(bare) = run {
+                let c = &bare.cpu_per_request;
+                let _ = writeln!(
+                    md,
+                    "{what} {} µs, load generator {} µs.",
+                    or_not_measured(server_us(c), 0),
+                    or_not_measured(c.load_generator_us, 0)
+                );
+            }
         }
         let r = &self.ratios;
         if let Some(engine) = r.engine_cpu_vs_load_generator {
