@@ -73,10 +73,7 @@ pub async fn run_backlog(
     print_run(&run, accounts, partitions);
     let command = format!(
         "cargo run --release -p harness -- backlog --count {count} --accounts {accounts} --partitions {partitions} --redis-topology {}",
-        match topology {
-            RedisTopology::Single => "single",
-            RedisTopology::Cluster => "cluster",
-        }
+        topology.name()
     );
     let report = serde_json::json!({
         "kind": "backlog",
