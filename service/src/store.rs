@@ -285,6 +285,18 @@ pub struct RateVerdict {
     pub reset: Duration,
 }
 
+impl RateVerdict {
+    /// rate_limit.lua's `{allowed, remaining, retry_after_us, reset_us}`.
+    fn from_script((allowed, remaining, retry_after_us, reset_us): (u8, u64, u64, u64)) -> Self {
+        Self {
+            allowed: allowed == 1,
+            remaining,
+            retry_after: Duration::from_micros(retry_after_us),
+            reset: Duration::from_micros(reset_us),
+        }
+    }
+}
+
 /// One applied transaction as the apply script reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
@@ -742,7 +754,7 @@ impl Store {
     /// Counts one request of key `id` against `limit` (GCRA, one script on
     /// Redis's clock), unless it is over the limit.
     pub async fn spend(&self, id: &KeyId, limit: RateLimit) -> Result<RateVerdict, StoreError> {
-        let (allowed, remaining, retry_after_us, reset_us): (u8, u64, u64, u64) = self
+        let answer: (u8, u64, u64, u64) = self
             .with_scripts(|| {
                 let mut conn = self.conn.clone();
                 let mut invocation = self.rate_limit.key(self.layout.rate(id.as_str()));
@@ -750,12 +762,7 @@ impl Store {
                 async move { invocation.invoke_async(&mut conn).await }
             })
             .await?;
-        Ok(RateVerdict {
-            allowed: allowed == 1,
-            remaining,
-            retry_after: Duration::from_micros(retry_after_us),
-            reset: Duration::from_micros(reset_us),
-        })
+        Ok(RateVerdict::from_script(answer))
     }
 
     /// How long a claim lasts unless released or accepted.
@@ -827,12 +834,7 @@ impl Store {
                 async move { invocation.invoke_async(&mut conn).await }
             })
             .await?;
-        let rate = RateVerdict {
-            allowed: allowed == 1,
-            remaining,
-            retry_after: Duration::from_micros(retry_after_us),
-            reset: Duration::from_micros(reset_us),
-        };
+        let rate = RateVerdict::from_script((allowed, remaining, retry_after_us, reset_us));
         if !rate.allowed {
             return Ok((Claim::RateLimited, Some(rate)));
         }
