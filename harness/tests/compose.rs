@@ -138,6 +138,28 @@ async fn until<T>(what: &str, timeout: Duration, mut check: impl AsyncFnMut() ->
     }
 }
 
+/// POSTs each `(id, from, to, amount)` transfer (every one 202), then
+/// waits until every one is applied.
+async fn transfer_and_wait_applied<'a>(
+    api: &ApiClient,
+    transfers: impl Iterator<Item = (String, &'a str, &'a str, u64)>,
+    timeout: Duration,
+) {
+    let mut ids = Vec::new();
+    for (id, from, to, amount) in transfers {
+        let body =
+            json!({"id": id, "type": "transfer", "account": from, "to": to, "amount": amount});
+        let (status, answer) = api.post(&body).await.unwrap();
+        assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+        ids.push(id);
+    }
+    let settled = api.wait_settled(&ids, timeout).await.unwrap();
+    assert!(
+        settled.values().all(|v| v["status"] == "applied"),
+        "{settled:?}"
+    );
+}
+
 /// A Prometheus instant query's result vector (empty while it does not answer).
 async fn prometheus(http: &reqwest::Client, query: &str) -> Vec<Value> {
     let url =
@@ -161,23 +183,8 @@ async fn the_compose_stack_runs_applies_scales_is_scraped_and_leaves_nothing() {
     for account in ["alice", "bob"] {
         api.set_balance(account, 1_000).await.unwrap();
     }
-    let mut ids = Vec::new();
-    for n in 0..20 {
-        let id = format!("compose-{n}");
-        let body =
-            json!({"id": id, "type": "transfer", "account": "alice", "to": "bob", "amount": 10});
-        let (status, answer) = api.post(&body).await.unwrap();
-        assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
-        ids.push(id);
-    }
-    let settled = api
-        .wait_settled(&ids, Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert!(
-        settled.values().all(|v| v["status"] == "applied"),
-        "{settled:?}"
-    );
+    let transfers = (0..20).map(|n| (format!("compose-{n}"), "alice", "bob", 10));
+    transfer_and_wait_applied(&api, transfers, Duration::from_secs(60)).await;
     assert_eq!(api.balance("alice").await.unwrap(), Some(800));
     assert_eq!(api.balance("bob").await.unwrap(), Some(1_200));
 
@@ -342,23 +349,11 @@ async fn the_cluster_override_forms_a_cluster_and_applies_sagas() {
     for account in &accounts {
         api.set_balance(account, 1_000).await.unwrap();
     }
-    let mut ids = Vec::new();
-    for n in 0..40 {
-        let id = format!("cluster-{n}");
+    let transfers = (0..40).map(|n| {
         let (from, to) = (&accounts[n % 8], &accounts[(n + 3) % 8]);
-        let body = json!({"id": id, "type": "transfer", "account": from, "to": to, "amount": 7});
-        let (status, answer) = api.post(&body).await.unwrap();
-        assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
-        ids.push(id);
-    }
-    let settled = api
-        .wait_settled(&ids, Duration::from_secs(120))
-        .await
-        .unwrap();
-    assert!(
-        settled.values().all(|v| v["status"] == "applied"),
-        "{settled:?}"
-    );
+        (format!("cluster-{n}"), from.as_str(), to.as_str(), 7)
+    });
+    transfer_and_wait_applied(&api, transfers, Duration::from_secs(120)).await;
     let mut total = 0;
     for account in &accounts {
         total += api.balance(account).await.unwrap().unwrap();
