@@ -153,12 +153,7 @@ async fn backlog_once(
         partners: (transfers == Transfers::WithinSlot).then(|| partners(&layout, accounts)),
         ..LoadProfile::default()
     };
-    txengine::publisher::ensure_topics(
-        &infra.kafka_brokers,
-        &[(&config.topic, config.partitions), (&config.dlq_topic, 1)],
-        config.outcome_ttl_secs * 1000,
-    )
-    .await?;
+    txengine::topics::ensure_topics(&config.topic_settings()).await?;
     let store = Store::connect(StoreSettings {
         topology: infra.redis_topology,
         url: &infra.redis_url,

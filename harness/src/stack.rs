@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use reqwest::StatusCode;
-use txengine::config::{RedisTopology, Secret};
+use txengine::config::Secret;
 use txengine::{Config, Engine, Role};
 
 use crate::client::ApiClient;
@@ -21,11 +21,7 @@ pub fn isolated_config(infra: &Infra, name: &str) -> Config {
     config.listen = "127.0.0.1:0".parse().expect("loopback address");
     config.redis_url = infra.redis_url.clone();
     config.redis_topology = infra.redis_topology;
-    // On a cluster, no offset moves past writes a replica does not hold.
-    config.redis_wait_replicas = match infra.redis_topology {
-        RedisTopology::Single => 0,
-        RedisTopology::Cluster => 1,
-    };
+    // On a cluster the default waits for a replica (Config::wait_replicas).
     config.kafka_brokers = infra.kafka_brokers.clone();
     config.topic = format!("tx-{unique}");
     config.dlq_topic = format!("tx-{unique}.dlq");

@@ -138,3 +138,23 @@ fn compose_the_docker_provider_and_the_local_build_name_the_same_images() {
         );
     }
 }
+
+/// Compose's kafka-init creates the topics with the segment.ms and
+/// retention.ms the engine would choose for its default outcome TTL on a
+/// broker with Kafka's default retention check: the engine refuses a topic
+/// that keeps records longer than their flags.
+#[test]
+fn compose_topics_keep_records_shorter_than_their_flags() {
+    let compose = read("docker-compose.yml");
+    let ttl_ms = txengine::Config::defaults().outcome_ttl_secs * 1000;
+    let wanted = txengine::topics::Retention::for_ttl(ttl_ms, 300_000).unwrap();
+    let settings = format!(
+        "--config cleanup.policy=delete --config segment.ms={} --config retention.ms={}",
+        wanted.segment_ms, wanted.retention_ms
+    );
+    assert_eq!(
+        compose.matches(&settings).count(),
+        2,
+        "both topics with {settings}"
+    );
+}

@@ -15,9 +15,10 @@ use crate::config::{Config, RateLimitMode, Role};
 use crate::consumer::{ConsumerHealth, ConsumerSettings, TxConsumer};
 use crate::http::{self, ApiState};
 use crate::keys::KeyCache;
-use crate::publisher::{ensure_topics, Publisher, PublisherSettings};
+use crate::publisher::{Publisher, PublisherSettings};
 use crate::server::{serve_until_shutdown, ConnectionLimits};
 use crate::store::{Store, StoreSettings};
+use crate::topics::ensure_topics;
 
 /// A running engine: its HTTP address (if it serves one) and its tasks.
 pub struct Engine {
@@ -57,13 +58,9 @@ impl Engine {
         config.validate()?;
         let admin_token = config.admin_token()?;
         let metrics = metrics_handle();
-        ensure_topics(
-            &config.kafka_brokers,
-            &[(&config.topic, config.partitions), (&config.dlq_topic, 1)],
-            config.outcome_ttl_secs * 1000,
-        )
-        .await
-        .with_context(|| format!("creating topics on {}", config.kafka_brokers))?;
+        ensure_topics(&config.topic_settings())
+            .await
+            .with_context(|| format!("checking the topics on {}", config.kafka_brokers))?;
         let store = Store::connect(StoreSettings {
             url: &config.redis_url,
             topology: config.redis_topology,
@@ -73,7 +70,12 @@ impl Engine {
             response_timeout: Duration::from_millis(config.redis_timeout_ms),
         })
         .await
-        .with_context(|| format!("connecting to redis at {}", config.redis_url))?;
+        .with_context(|| {
+            format!(
+                "connecting to redis at {}",
+                crate::config::redacted_url(&config.redis_url)
+            )
+        })?;
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let consumer_health = ConsumerHealth::default();
@@ -147,7 +149,7 @@ impl Engine {
                     topic: &config.topic,
                     dlq_topic: &config.dlq_topic,
                     batch_size: config.batch_size,
-                    wait_replicas: config.redis_wait_replicas,
+                    wait_replicas: config.wait_replicas(),
                     // Half the Redis answer timeout, so WAIT answers before
                     // the client gives up on it (never 0: WAIT 0 waits forever).
                     wait_timeout: Duration::from_millis((config.redis_timeout_ms / 2).max(1)),

@@ -123,6 +123,16 @@ pub struct Config {
     #[arg(long, env = "TXENGINE_PARTITIONS", default_value_t = 8)]
     pub partitions: i32,
 
+    /// Replicas of each partition of a topic this process creates. 1 fits
+    /// one broker; in production 3, with `--topic-min-insync-replicas 2`.
+    #[arg(long, env = "TXENGINE_TOPIC_REPLICATION_FACTOR", default_value_t = 1)]
+    pub topic_replication_factor: i32,
+
+    /// `min.insync.replicas` of a topic this process creates: how many
+    /// replicas have a record before `acks=all` answers (and so a 202).
+    #[arg(long, env = "TXENGINE_TOPIC_MIN_INSYNC_REPLICAS", default_value_t = 1)]
+    pub topic_min_insync_replicas: u32,
+
     /// Consumer group id.
     #[arg(long, env = "TXENGINE_GROUP", default_value = "txengine")]
     pub group: String,
@@ -144,10 +154,11 @@ pub struct Config {
     )]
     pub admin_token_file: Option<PathBuf>,
 
-    /// How long outcomes (the processed flags) are kept, in seconds. Also the
-    /// retention given to a topic this process creates: a duplicate arriving
-    /// later than this could be applied again, so never make it shorter than
-    /// the topic's retention.
+    /// How long outcomes (the processed flags) are kept, in seconds. Every
+    /// record must be gone from the topic before its flag expires, so a
+    /// topic this process creates gets `segment.ms` and `retention.ms` whose
+    /// sum plus the brokers' `log.retention.check.interval.ms` is below it,
+    /// and an existing topic that keeps records longer is refused.
     #[arg(long, env = "TXENGINE_OUTCOME_TTL_SECS", default_value_t = 7 * 24 * 3600)]
     pub outcome_ttl_secs: u64,
 
@@ -181,9 +192,16 @@ pub struct Config {
 
     /// Replicas that must hold a batch's writes (Redis `WAIT`) before a
     /// consumer stores the offsets past it, so that a failover to a replica
-    /// loses no apply. 0: do not wait (one Redis with its AOF).
-    #[arg(long, env = "TXENGINE_REDIS_WAIT_REPLICAS", default_value_t = 0)]
-    pub redis_wait_replicas: u32,
+    /// loses no apply. Default: 0 on one Redis (its AOF), 1 on a cluster,
+    /// where 0 is refused without `--redis-accept-failover-loss`.
+    #[arg(long, env = "TXENGINE_REDIS_WAIT_REPLICAS")]
+    pub redis_wait_replicas: Option<u32>,
+
+    /// Lets a cluster run with `--redis-wait-replicas 0`: the operator
+    /// accepts that a master failing over can lose applies (and, in a saga,
+    /// create money: the debit lost, its credit already on its way).
+    #[arg(long, env = "TXENGINE_REDIS_ACCEPT_FAILOVER_LOSS")]
+    pub redis_accept_failover_loss: bool,
 
     /// Seconds a 503 tells the client to wait (Retry-After).
     #[arg(long, env = "TXENGINE_RETRY_AFTER_SECS", default_value_t = 1)]
@@ -232,6 +250,28 @@ pub enum RateLimitMode {
 pub const MAX_KEY_CACHE_MS: u64 = 1_000;
 
 impl Config {
+    /// Replicas a consumer waits for (`WAIT`) before it stores offsets.
+    pub fn wait_replicas(&self) -> u32 {
+        self.redis_wait_replicas
+            .unwrap_or(match self.redis_topology {
+                RedisTopology::Single => 0,
+                RedisTopology::Cluster => 1,
+            })
+    }
+
+    /// What the topics are created with and checked against.
+    pub fn topic_settings(&self) -> crate::topics::TopicSettings<'_> {
+        crate::topics::TopicSettings {
+            brokers: &self.kafka_brokers,
+            topic: &self.topic,
+            partitions: self.partitions,
+            dlq_topic: &self.dlq_topic,
+            replication_factor: self.topic_replication_factor,
+            min_insync_replicas: self.topic_min_insync_replicas,
+            outcome_ttl: std::time::Duration::from_secs(self.outcome_ttl_secs),
+        }
+    }
+
     /// The admin token from the flag, the variable or the file, if any.
     pub fn admin_token(&self) -> anyhow::Result<Option<Secret>> {
         use anyhow::Context;
@@ -266,6 +306,21 @@ impl Config {
         ];
         if let Some((flag, _)) = at_least_one.iter().find(|(_, value)| *value == 0) {
             return Err(ConfigError::Zero(flag));
+        }
+        if self.redis_topology == RedisTopology::Cluster
+            && self.wait_replicas() == 0
+            && !self.redis_accept_failover_loss
+        {
+            return Err(ConfigError::ClusterWithoutWait);
+        }
+        if self.topic_replication_factor < 1
+            || self.topic_min_insync_replicas < 1
+            || self.topic_min_insync_replicas as i32 > self.topic_replication_factor
+        {
+            return Err(ConfigError::Replication {
+                replication_factor: self.topic_replication_factor,
+                min_insync_replicas: self.topic_min_insync_replicas,
+            });
         }
         if self.key_cache_ms > MAX_KEY_CACHE_MS {
             return Err(ConfigError::KeyCacheTooLong(self.key_cache_ms));
@@ -309,6 +364,8 @@ impl Config {
             topic,
             dlq_topic,
             partitions,
+            topic_replication_factor,
+            topic_min_insync_replicas,
             group,
             namespace,
             admin_token: _,
@@ -321,6 +378,7 @@ impl Config {
             batch_size,
             redis_timeout_ms,
             redis_wait_replicas,
+            redis_accept_failover_loss,
             retry_after_secs,
             max_connections,
             header_read_timeout_ms,
@@ -331,6 +389,10 @@ impl Config {
         let role = value_name(*role);
         let optional = [
             ("--metrics-listen", metrics_listen.map(|a| a.to_string())),
+            (
+                "--redis-wait-replicas",
+                redis_wait_replicas.map(|n| n.to_string()),
+            ),
             (
                 "--admin-token-file",
                 admin_token_file.as_ref().map(|p| p.display().to_string()),
@@ -344,6 +406,14 @@ impl Config {
             ("--topic", topic.clone()),
             ("--dlq-topic", dlq_topic.clone()),
             ("--partitions", partitions.to_string()),
+            (
+                "--topic-replication-factor",
+                topic_replication_factor.to_string(),
+            ),
+            (
+                "--topic-min-insync-replicas",
+                topic_min_insync_replicas.to_string(),
+            ),
             ("--group", group.clone()),
             ("--namespace", namespace.clone()),
             ("--outcome-ttl-secs", outcome_ttl_secs.to_string()),
@@ -353,7 +423,6 @@ impl Config {
             ("--linger-ms", linger_ms.to_string()),
             ("--batch-size", batch_size.to_string()),
             ("--redis-timeout-ms", redis_timeout_ms.to_string()),
-            ("--redis-wait-replicas", redis_wait_replicas.to_string()),
             ("--retry-after-secs", retry_after_secs.to_string()),
             ("--max-connections", max_connections.to_string()),
             (
@@ -370,8 +439,14 @@ impl Config {
                 .into_iter()
                 .filter_map(|(flag, v)| Some((flag, v?))),
         );
+        // A switch is a flag alone (clap takes no value for it).
+        let switches = [("--redis-accept-failover-loss", *redis_accept_failover_loss)]
+            .into_iter()
+            .filter(|(_, on)| *on)
+            .map(|(flag, _)| flag.to_owned());
         std::iter::once(role)
             .chain(pairs.flat_map(|(flag, value)| [flag.to_owned(), value]))
+            .chain(switches)
             .collect()
     }
 
@@ -379,6 +454,27 @@ impl Config {
     pub fn defaults() -> Self {
         Self::parse_from(["txengine"])
     }
+}
+
+/// `url` (or comma-separated URLs) with any password replaced by `***`,
+/// for logs and errors.
+pub fn redacted_url(url: &str) -> String {
+    url.split(',')
+        .map(|one| {
+            let Some((scheme, rest)) = one.split_once("://") else {
+                return one.to_owned();
+            };
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => {
+                    let user = rest[..at].split(':').next().unwrap_or("");
+                    format!("{scheme}://{user}:***{}", &rest[at..])
+                }
+                None => one.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The command-line name of a value of a `ValueEnum`.
@@ -399,6 +495,13 @@ pub enum ConfigError {
     Empty(&'static str),
     #[error("--key-cache-ms ({0}) must be at most {MAX_KEY_CACHE_MS}: a revoked key must be refused within 1 s")]
     KeyCacheTooLong(u64),
+    #[error("--redis-wait-replicas 0 on a Redis Cluster: a master that fails over can lose applies (a saga's debit lost while its credit is on its way creates money); wait for 1 replica (the default), or say --redis-accept-failover-loss")]
+    ClusterWithoutWait,
+    #[error("--topic-replication-factor ({replication_factor}) must be at least 1, and --topic-min-insync-replicas ({min_insync_replicas}) between 1 and it")]
+    Replication {
+        replication_factor: i32,
+        min_insync_replicas: u32,
+    },
     #[error("--topic and --dlq-topic must differ")]
     SameTopics,
     #[error("--outcome-ttl-secs ({outcome_ttl_secs} s) must be longer than --publish-timeout-ms ({publish_timeout_ms} ms): an id must stay bound to its body for as long as its publish can land")]
@@ -425,6 +528,8 @@ mod tests {
             "--topic=t",
             "--dlq-topic=d",
             "--partitions=3",
+            "--topic-replication-factor=3",
+            "--topic-min-insync-replicas=2",
             "--group=g",
             "--namespace=n",
             "--admin-token-file=/tmp/token",
@@ -436,6 +541,7 @@ mod tests {
             "--batch-size=94",
             "--redis-timeout-ms=93",
             "--redis-wait-replicas=2",
+            "--redis-accept-failover-loss",
             "--retry-after-secs=92",
             "--max-connections=91",
             "--header-read-timeout-ms=90",
@@ -475,6 +581,16 @@ mod tests {
         let printed = format!("{config:?}");
         assert!(!printed.contains("s3cr3t"), "{printed}");
         assert!(printed.contains("redacted"), "{printed}");
+    }
+
+    #[test]
+    fn redis_passwords_are_not_printed() {
+        assert_eq!(
+            redacted_url("redis://:hunter2@r:6379/0,redis://app:pw@q:1"),
+            "redis://:***@r:6379/0,redis://app:***@q:1"
+        );
+        assert_eq!(redacted_url("redis://r:6379"), "redis://r:6379");
+        assert_eq!(redacted_url("rediss://u@r"), "rediss://u:***@r");
     }
 
     #[test]
@@ -523,6 +639,31 @@ mod tests {
             "--publish-timeout-ms=5000",
         ]);
         assert_eq!(long_enough.validate(), Ok(()));
+        let cluster = |extra: &[&str]| {
+            Config::parse_from(["txengine", "--redis-topology=cluster"].iter().chain(extra))
+        };
+        assert_eq!(cluster(&[]).wait_replicas(), 1);
+        assert_eq!(Config::defaults().wait_replicas(), 0);
+        assert_eq!(cluster(&[]).validate(), Ok(()));
+        assert_eq!(
+            cluster(&["--redis-wait-replicas=0"]).validate(),
+            Err(ConfigError::ClusterWithoutWait)
+        );
+        assert_eq!(
+            cluster(&["--redis-wait-replicas=0", "--redis-accept-failover-loss"]).validate(),
+            Ok(())
+        );
+        for (factor, min_insync) in [("0", "1"), ("1", "0"), ("1", "2")] {
+            let config = Config::parse_from([
+                "txengine".to_owned(),
+                format!("--topic-replication-factor={factor}"),
+                format!("--topic-min-insync-replicas={min_insync}"),
+            ]);
+            assert!(
+                matches!(config.validate(), Err(ConfigError::Replication { .. })),
+                "{factor} {min_insync}"
+            );
+        }
         let cache =
             |ms: u64| Config::parse_from(["txengine".to_owned(), format!("--key-cache-ms={ms}")]);
         assert_eq!(cache(MAX_KEY_CACHE_MS).validate(), Ok(()));

@@ -130,7 +130,8 @@ pub struct Stall {
     /// The transaction id of the record; empty when what holds the
     /// partition is not one record (replicas behind with a batch's writes).
     pub id: String,
-    /// What Redis answered.
+    /// What went wrong, without the record's accounts or amounts (those
+    /// are in the log): `/ready` answers anyone who asks.
     pub error: String,
 }
 
@@ -505,15 +506,15 @@ impl TxConsumer {
         let mut culprit = None;
         for (record, message) in records.iter().zip(sources) {
             if let Err(e) = self.apply_and_record(std::slice::from_ref(record)).await {
-                culprit = Some((record, *message, e.to_string()));
+                culprit = Some((record, *message, e));
                 break;
             }
         }
-        let (record, message, error) = match culprit {
-            Some(found) => found,
+        let (record, message, error) = match &culprit {
+            Some((record, message, e)) => (*record, *message, e),
             // It passed one at a time: report the batch's first record.
             None => match (records.first(), sources.first()) {
-                (Some(record), Some(message)) => (record, *message, batch_error.to_string()),
+                (Some(record), Some(message)) => (record, *message, batch_error),
                 _ => return,
             },
         };
@@ -523,7 +524,7 @@ impl TxConsumer {
             partition: message.partition(),
             offset: message.offset(),
             id: tx.id.to_string(),
-            error,
+            error: error.summary(),
         };
         if self.health.stall().as_ref() != Some(&stall) {
             metrics::counter!("txengine_consumer_stalls_total").increment(1);
@@ -535,7 +536,7 @@ impl TxConsumer {
                 kind = tx.movement.kind(),
                 account = %tx.movement.account(),
                 amount = tx.movement.amount().minor_units(),
-                error = %stall.error,
+                error = %error,
                 "redis refuses to apply this record; its partition is stalled until it applies (see /ready)"
             );
         }

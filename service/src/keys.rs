@@ -199,12 +199,6 @@ impl RateLimit {
     pub fn interval_us(&self) -> u64 {
         1_000_000u64.div_ceil(self.rate_per_s)
     }
-
-    /// The window of the `RateLimit-Policy` field: how long the whole
-    /// burst takes to come back, in whole seconds (at least 1).
-    pub fn window_secs(&self) -> u64 {
-        (self.burst * self.interval_us()).div_ceil(1_000_000).max(1)
-    }
 }
 
 /// An API key as the store keeps it (the secret only as its hash).
@@ -382,10 +376,8 @@ mod tests {
         let limit = RateLimit::parse(Some(100), None).unwrap().unwrap();
         assert_eq!((limit.rate_per_s, limit.burst), (100, 100));
         assert_eq!(limit.interval_us(), 10_000);
-        assert_eq!(limit.window_secs(), 1);
         let slow = RateLimit::parse(Some(3), Some(10)).unwrap().unwrap();
         assert_eq!(slow.interval_us(), 333_334);
-        assert_eq!(slow.window_secs(), 4);
         assert_eq!(
             RateLimit::parse(None, Some(5)),
             Err(RuleError::Missing("rate_per_s"))

@@ -12,7 +12,8 @@
 //! - [`wire`]: the versioned Kafka record (one encode, one decode).
 //! - [`store`]: Redis keys and the Lua scripts of `lua/`.
 //! - [`admission`]: claim -> publish -> accept or release; the id binding rules.
-//! - [`publisher`]: the idempotent Kafka producer with a bounded queue; topics.
+//! - [`publisher`]: the idempotent Kafka producer with a bounded queue.
+//! - [`topics`]: topic creation, and the retention rule every topic must keep.
 //! - [`consumer`]: the consumer group loop: batch, apply, store offsets, DLQ.
 //! - [`http`]: the axum routes (one module per concern) and problem+json errors.
 //! - [`server`]: the hyper serve loop with the connection limits.
@@ -29,6 +30,7 @@ pub mod keys;
 pub mod publisher;
 pub mod server;
 pub mod store;
+pub mod topics;
 pub mod wire;
 
 pub use app::Engine;

@@ -1,11 +1,9 @@
 //! The Kafka producer side: idempotent, acks=all, with a bounded number of
-//! publishes in flight, plus topic creation.
+//! publishes in flight (topics: [`crate::topics`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
@@ -123,37 +121,4 @@ impl Publisher {
             tracing::warn!(error = %e, "producer flush did not finish");
         }
     }
-}
-
-/// Creates the topics if missing: `topic` with `partitions`, and the DLQ with
-/// one. Retention is set to `retention_ms` so that no record outlives the
-/// processed flags that catch its duplicates.
-pub async fn ensure_topics(
-    brokers: &str,
-    topics: &[(&str, i32)],
-    retention_ms: u64,
-) -> Result<(), KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
-    let retention = retention_ms.to_string();
-    let new_topics: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|(name, partitions)| {
-            NewTopic::new(name, *partitions, TopicReplication::Fixed(1))
-                .set("retention.ms", &retention)
-        })
-        .collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for result in admin.create_topics(&new_topics, &options).await? {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => {
-                return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
-                    tracing::error!(topic = %name, ?code, "could not create topic");
-                })
-            }
-        }
-    }
-    Ok(())
 }

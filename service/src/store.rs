@@ -211,6 +211,20 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// What went wrong, without the data of the command (no accounts,
+    /// amounts or balances): Redis's error code, or the kind of failure.
+    pub fn summary(&self) -> String {
+        match self {
+            Self::Redis(e) => match e.code() {
+                Some(code) => format!("redis answered {code} (details in the log)"),
+                None => format!("redis failed: {:?} (details in the log)", e.kind()),
+            },
+            Self::Unexpected(_) => {
+                "redis answered what this build does not expect (details in the log)".into()
+            }
+        }
+    }
+
     /// True when Redis could not be reached or did not answer in time (worth
     /// retrying as is), false when it answered with an error (a script
     /// error, a key of the wrong type): that one needs someone to look.

@@ -628,6 +628,9 @@ transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+# Due segments deleted within a second, so a test can keep outcomes for
+# seconds (the engine's topics keep records shorter than outcomes).
+log.retention.check.interval.ms=1000
 auto.create.topics.enable=false
 num.network.threads=1
 num.io.threads=2

@@ -89,7 +89,7 @@ async fn engine_on_a_cluster_of_its_own(name: &str) -> (LocalRedisCluster, Stack
     let mut config = isolated_config(crate::infra(), name);
     config.redis_topology = RedisTopology::Cluster;
     config.redis_url = cluster.urls().join(",");
-    config.redis_wait_replicas = 1;
+    config.redis_wait_replicas = Some(1);
     (cluster, Stack::start_with(config).await.unwrap())
 }
 

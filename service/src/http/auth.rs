@@ -112,8 +112,9 @@ pub(super) fn forbidden(key: &ApiKey, what: String) -> Problem {
 }
 
 /// What a limited key has left, for the `RateLimit-Policy` and `RateLimit`
-/// fields (draft-ietf-httpapi-ratelimit-headers-10): the policy is `burst`
-/// requests per the seconds the whole burst takes to come back.
+/// fields (draft-ietf-httpapi-ratelimit-headers-10): the policy is the
+/// key's quota, `rate_per_s` requests per 1-second window (the draft has no
+/// burst parameter; the burst shows in `r`, what is left right now).
 pub(super) struct Quota {
     limit: RateLimit,
     verdict: RateVerdict,
@@ -121,11 +122,7 @@ pub(super) struct Quota {
 
 impl Quota {
     pub(super) fn headers(&self) -> [(HeaderName, HeaderValue); 2] {
-        let policy = format!(
-            "\"key\";q={};w={}",
-            self.limit.burst,
-            self.limit.window_secs()
-        );
+        let policy = format!("\"key\";q={};w=1", self.limit.rate_per_s);
         let state = format!(
             "\"key\";r={};t={}",
             self.verdict.remaining,

@@ -20,6 +20,9 @@ pub struct Problem {
     retry_after_secs: Option<u64>,
     /// More fields for the answer (the rate limit fields of a 429).
     headers: Vec<(HeaderName, HeaderValue)>,
+    /// The transaction this answer is about, when the client must retry
+    /// with its id (see [`Problem::naming`]).
+    id: Option<String>,
 }
 
 impl Problem {
@@ -36,7 +39,23 @@ impl Problem {
             detail: detail.into(),
             retry_after_secs: None,
             headers: Vec::new(),
+            id: None,
         }
+    }
+
+    /// Names the transaction `id` in the answer (an `id` field, and
+    /// `Location` on a 503): after a claim, a publish that failed may
+    /// still land, so the client's retry must carry this id (the server
+    /// may have made it), or it could pay twice.
+    pub(super) fn naming(mut self, id: &crate::domain::TxId) -> Self {
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            if let Ok(location) = HeaderValue::from_str(&format!("/transactions/{id}")) {
+                self.headers.push((header::LOCATION, location));
+            }
+            self.detail = format!("{}; retry with id {id}", self.detail);
+        }
+        self.id = Some(id.to_string());
+        self
     }
 
     pub(super) fn rule(error: RuleError) -> Self {
@@ -145,6 +164,12 @@ pub(super) struct ProblemBody {
     status: u16,
     /// What went wrong with this request.
     detail: String,
+    /// The transaction the answer is about, when a transaction was claimed
+    /// (the server makes the id when the request has none): a 503 may still
+    /// be applied, so retry with this id, never with a new one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
+    id: Option<String>,
 }
 
 impl IntoResponse for Problem {
@@ -154,6 +179,7 @@ impl IntoResponse for Problem {
             title: self.title,
             status: self.status.as_u16(),
             detail: self.detail,
+            id: self.id,
         };
         let mut response = (self.status, Json(body)).into_response();
         let headers = response.headers_mut();

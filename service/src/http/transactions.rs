@@ -320,8 +320,8 @@ pub(super) enum PostAnswers {
     #[response(status = 429, description = "The key is over its rate limit; nothing was done", content_type = "application/problem+json",
         headers(("Retry-After" = u64, description = "seconds"), ("RateLimit-Policy" = String), ("RateLimit" = String)))]
     RateLimited(ProblemBody),
-    #[response(status = 503, description = "Kafka or Redis cannot take the request; retry after Retry-After seconds", content_type = "application/problem+json",
-        headers(("Retry-After" = u64, description = "seconds")))]
+    #[response(status = 503, description = "Kafka or Redis cannot take the request; retry after Retry-After seconds with the `id` the problem names (a publish that failed may still land)", content_type = "application/problem+json",
+        headers(("Retry-After" = u64, description = "seconds"), ("Location" = String, description = "/transactions/{id} of the claimed transaction")))]
     Unavailable(ProblemBody),
 }
 
@@ -341,8 +341,12 @@ pub(super) async fn post_transaction(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let key = authenticate(&api, &headers).await?;
+    // Refused at once without a valid key; checked again once the body is
+    // in: a key revoked while the body was on its way (up to the body
+    // deadline) must not move money.
+    authenticate(&api, &headers).await?;
     let body = read_body(&api, &headers, body).await?;
+    let key = authenticate(&api, &headers).await?;
     let idempotency_key = headers.get("idempotency-key").map(|v| v.as_bytes());
     let tx = decode_transaction(&body, idempotency_key).map_err(Problem::request)?;
     if let Some(account) = key.scope.refuses(&tx.movement) {
@@ -361,16 +365,34 @@ pub(super) async fn post_transaction(
     };
     let response = match admitted {
         Ok(status) => status_response(&id, status),
-        Err(refused) => Problem::refused(refused, api.retry_after_secs).into_response(),
+        Err(refused) => Problem::refused(refused, api.retry_after_secs)
+            .naming(&id)
+            .into_response(),
     };
     Ok(with_quota(response, quota))
 }
 
-/// True when `key`'s scope matches an account the transaction names.
-fn visible(key: &ApiKey, fingerprint: &str) -> bool {
-    Movement::parties_of_fingerprint(fingerprint)
-        .filter_map(|party| AccountId::parse(party).ok())
-        .any(|party| key.scope.allows(&party))
+/// What a key may see of a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sight {
+    /// The key's scope matches the checked account (the source): everything.
+    Whole,
+    /// It matches only the destination of a transfer: the status, not the
+    /// source's balance after it or why the source could not pay.
+    StatusOnly,
+    /// It matches neither: answered as an unknown id (no existence oracle).
+    Nothing,
+}
+
+/// What `key` may see of the transaction bound to `fingerprint`.
+fn sight(key: &ApiKey, fingerprint: &str) -> Sight {
+    let mut parties = Movement::parties_of_fingerprint(fingerprint)
+        .map(|party| AccountId::parse(party).is_ok_and(|party| key.scope.allows(&party)));
+    match (parties.next(), parties.next()) {
+        (Some(true), _) => Sight::Whole,
+        (_, Some(true)) => Sight::StatusOnly,
+        _ => Sight::Nothing,
+    }
 }
 
 /// Adds a limited key's `RateLimit-Policy` and `RateLimit` fields.
@@ -399,8 +421,9 @@ pub(super) async fn post_transaction_seed_path(
     post_transaction(api, headers, body).await
 }
 
-/// Where a transaction stands (an API key whose scope matches its account
-/// or, for a transfer, its destination).
+/// Where a transaction stands. A key whose scope matches its account (the
+/// source) sees everything; one that matches only a transfer's destination
+/// sees the status; any other key gets 404, as for an unknown id.
 #[utoipa::path(
     get,
     path = "/transactions/{id}",
@@ -412,8 +435,7 @@ pub(super) async fn post_transaction_seed_path(
             headers(("RateLimit-Policy" = String, description = "a limited key's policy"), ("RateLimit" = String, description = "what a limited key has left"))),
         (status = 401, description = "No API key, or an unknown, revoked or wrong one", body = ProblemBody, content_type = "application/problem+json",
             headers(("WWW-Authenticate" = String, description = "Bearer"))),
-        (status = 403, description = "The key's scope matches none of the transaction's accounts", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "No such transaction (never accepted, or its outcome has expired)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such transaction (never accepted, or its outcome has expired), or none the key's scope may see", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "Not a valid id", body = ProblemBody, content_type = "application/problem+json"),
         (status = 429, description = "The key is over its rate limit", body = ProblemBody, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "seconds"), ("RateLimit-Policy" = String), ("RateLimit" = String))),
@@ -434,12 +456,19 @@ pub(super) async fn get_transaction(
         .lookup(&id)
         .await
         .map_err(|e| Problem::from_store(e, api.retry_after_secs))?;
+    let unknown = || not_found(format!("no transaction {id}")).into_response();
     let response = match found {
-        None => not_found(format!("no transaction {id}")).into_response(),
-        Some((status, fingerprint)) if visible(&key, &fingerprint) => {
-            Json(view(&id, status)).into_response()
-        }
-        Some(_) => forbidden(&key, format!("transaction {id}")).into_response(),
+        None => unknown(),
+        Some((status, fingerprint)) => match sight(&key, &fingerprint) {
+            Sight::Whole => Json(view(&id, status)).into_response(),
+            Sight::StatusOnly => {
+                let mut seen = view(&id, status);
+                seen.reason = None;
+                seen.balance_after = None;
+                Json(seen).into_response()
+            }
+            Sight::Nothing => unknown(),
+        },
     };
     Ok(with_quota(response, quota))
 }
