@@ -34,6 +34,13 @@
 
 local MAX = 9007199254740991
 
+local kind = ARGV[1]
+-- Checked before anything is written: an unknown kind changes nothing
+-- (never taken for a debit).
+if kind ~= 'debit' and kind ~= 'credit' and kind ~= 'transfer' then
+  return redis.error_reply('unknown kind ' .. tostring(kind))
+end
+
 local settled = redis.call('HMGET', KEYS[1], 'state', 'reason', 'balance_after')
 if settled[1] == 'applied' or settled[1] == 'rejected' then
   -- A repeat still writes (it renews the flag's TTL): a WAIT after it then
@@ -42,7 +49,6 @@ if settled[1] == 'applied' or settled[1] == 'rejected' then
   return {settled[1], settled[2] or '', settled[3] or '', 1}
 end
 
-local kind = ARGV[1]
 local amount = tonumber(ARGV[2])
 
 local held_key = KEYS[kind == 'transfer' and 5 or 4]

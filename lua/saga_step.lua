@@ -28,6 +28,13 @@
 
 local MAX = 9007199254740991
 
+local step = ARGV[1]
+local steps = {debit = true, credit = true, release = true, refund = true}
+-- Checked before anything is written: an unknown step changes nothing.
+if not steps[step] then
+  return redis.error_reply('unknown saga step ' .. tostring(step))
+end
+
 local done = redis.call('HMGET', KEYS[1], 'state', 'reason', 'balance_after')
 if done[1] then
   -- A repeat still writes (it renews the flag's TTL): a WAIT after it then
@@ -36,7 +43,6 @@ if done[1] then
   return {done[1], done[2] or '', done[3] or '', 1}
 end
 
-local step = ARGV[1]
 local amount = tonumber(ARGV[2])
 
 local function settle(state, reason, balance_after)
@@ -80,7 +86,12 @@ end
 -- slot before them (the consumer publishes them only after it), so the
 -- hold is there, unless something else wrote these keys: then stop, loudly.
 if held < amount then
-  return redis.error_reply('saga ' .. step .. ' of ' .. ARGV[3] .. ': held ' .. held .. ' < ' .. ARGV[2])
+  return redis.error_reply('saga ' .. step .. ': held ' .. held .. ' < ' .. ARGV[2])
+end
+-- No balance may pass 2^53-1, not even by a refund (credits and the admin
+-- setter leave room for what is held, so this stops only a foreign write).
+if step == 'refund' and amount > MAX - tonumber(redis.call('GET', KEYS[3]) or '0') then
+  return redis.error_reply('saga refund would pass 2^53-1')
 end
 if redis.call('DECRBY', KEYS[4], ARGV[2]) == 0 then
   redis.call('DEL', KEYS[4])
@@ -88,7 +99,4 @@ end
 if step == 'release' then
   return settle('released', '', digits(tonumber(redis.call('GET', KEYS[3]) or '0')))
 end
-if step == 'refund' then
-  return settle('refunded', '', digits(redis.call('INCRBY', KEYS[3], ARGV[2])))
-end
-return redis.error_reply('unknown saga step ' .. tostring(step))
+return settle('refunded', '', digits(redis.call('INCRBY', KEYS[3], ARGV[2])))

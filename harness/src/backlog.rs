@@ -174,7 +174,8 @@ async fn backlog_once(
                 &AccountId::parse(&account)?,
                 Balance::new(profile.start_balance)?,
             )
-            .await?;
+            .await?
+            .ensure_set()?;
         ledger.start.insert(account, profile.start_balance);
     }
     eprintln!("publishing a backlog of {count} transactions into {partitions} partitions ...");

@@ -170,7 +170,8 @@ pub(crate) async fn measure_redis_script(
                 &AccountId::parse(&name)?,
                 Balance::new(profile.start_balance)?,
             )
-            .await?;
+            .await?
+            .ensure_set()?;
     }
     eprintln!(
         "limit: Redis apply script directly, {} users for {} s ...",

@@ -24,6 +24,8 @@ pub enum RuleError {
     AmountOutOfRange { field: &'static str },
     #[error("balance must be an integer in 0..={MAX_MINOR_UNITS}")]
     BalanceOutOfRange,
+    #[error("{held} minor units are in flight out of this account (a transfer that may be refunded): the balance must be at most {MAX_MINOR_UNITS} minus that")]
+    NoRoomForHeld { held: u64 },
     #[error("`{0}` is required")]
     Missing(&'static str),
     #[error("`to` is only allowed for a transfer")]

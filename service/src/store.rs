@@ -191,6 +191,7 @@ mod lua {
     pub const ACCEPT: &str = include_str!("../../lua/accept.lua");
     pub const SAGA_STEP: &str = include_str!("../../lua/saga_step.lua");
     pub const FINISH: &str = include_str!("../../lua/finish.lua");
+    pub const SET_BALANCE: &str = include_str!("../../lua/set_balance.lua");
     pub const RATE_LIMIT: &str = concat!(
         include_str!("../../lua/rate_limit.lua"),
         "\nreturn rate_limit(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))\n"
@@ -200,6 +201,26 @@ mod lua {
         include_str!("../../lua/claim.lua"),
         include_str!("../../lua/rate_limit_then_claim.lua")
     );
+}
+
+/// What the admin setter did.
+#[must_use = "a refused set wrote nothing"]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BalanceSet {
+    Set,
+    /// Refused: `held` minor units are in flight out of the account, and
+    /// the balance plus them would pass 2^53-1.
+    NoRoom { held: u64 },
+}
+
+impl BalanceSet {
+    /// `Ok` when the balance was set, else the rule it broke.
+    pub fn ensure_set(self) -> Result<(), crate::domain::RuleError> {
+        match self {
+            Self::Set => Ok(()),
+            Self::NoRoom { held } => Err(crate::domain::RuleError::NoRoomForHeld { held }),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -538,6 +559,7 @@ pub struct Store {
     accept: Arc<Script>,
     saga_step: Arc<Script>,
     finish: Arc<Script>,
+    set_balance: Arc<Script>,
     rate_limit: Arc<Script>,
     rate_limit_then_claim: Arc<Script>,
     topology: RedisTopology,
@@ -572,6 +594,7 @@ impl Store {
             accept: Arc::new(Script::new(lua::ACCEPT)),
             saga_step: Arc::new(Script::new(lua::SAGA_STEP)),
             finish: Arc::new(Script::new(lua::FINISH)),
+            set_balance: Arc::new(Script::new(lua::SET_BALANCE)),
             rate_limit: Arc::new(Script::new(lua::RATE_LIMIT)),
             rate_limit_then_claim: Arc::new(Script::new(lua::RATE_LIMIT_THEN_CLAIM)),
             topology: settings.topology,
@@ -591,6 +614,7 @@ impl Store {
             &self.accept,
             &self.saga_step,
             &self.finish,
+            &self.set_balance,
             &self.rate_limit,
             &self.rate_limit_then_claim,
         ] {
@@ -639,16 +663,32 @@ impl Store {
             .transpose()
     }
 
+    /// Sets `account`'s balance (the admin setter), unless the balance and
+    /// the money in flight out of the account (sagas may refund it) would
+    /// pass 2^53-1: then nothing is written.
     pub async fn set_balance(
         &self,
         account: &AccountId,
         balance: Balance,
-    ) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        let _: () = conn
-            .set(self.balance_key(account), balance.minor_units())
+    ) -> Result<BalanceSet, StoreError> {
+        let (set, held): (i64, String) = self
+            .with_scripts(|| {
+                let mut conn = self.conn.clone();
+                let mut invocation = self.set_balance.key(self.balance_key(account));
+                invocation
+                    .key(self.layout.held(account.as_str()))
+                    .arg(balance.minor_units());
+                async move { invocation.invoke_async(&mut conn).await }
+            })
             .await?;
-        Ok(())
+        let held = held
+            .parse()
+            .map_err(|_| StoreError::Unexpected(format!("set_balance answered held={held}")))?;
+        Ok(if set == 1 {
+            BalanceSet::Set
+        } else {
+            BalanceSet::NoRoom { held }
+        })
     }
 
     /// Where an id stands; `None` if unknown or only claimed (not yet accepted).

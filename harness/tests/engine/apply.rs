@@ -52,6 +52,8 @@ async fn set(store: &Store, name: &str, balance: u64) {
     store
         .set_balance(&account(name), Balance::new(balance).unwrap())
         .await
+        .unwrap()
+        .ensure_set()
         .unwrap();
 }
 
@@ -386,4 +388,66 @@ async fn claim_binds_the_id_and_leases_it() {
         store.accept(&bound, &bound_token).await.unwrap(),
         Acceptance::Conflict
     );
+}
+
+/// An unknown kind (apply script) or saga step is refused before anything
+/// is written: no flag, no order number, no balance or hold changed, never
+/// taken for a debit or a settle. Called with EVAL straight from the files,
+/// as nothing in Rust can build such a call.
+#[tokio::test]
+async fn unknown_kinds_and_saga_steps_write_nothing() {
+    let store = store().await;
+    set(&store, "a", 100).await;
+    let layout = store.layout();
+    let held = layout.held("a");
+    let client = redis::Client::open(crate::infra().redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&held)
+        .arg(50)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let source = |name: &str| {
+        std::fs::read_to_string(format!("{}/../lua/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    };
+    let keys = [
+        layout.tx("bogus"),
+        layout.seq(0),
+        layout.balance("a"),
+        held.clone(),
+    ];
+    for (script, kind) in [("atomic_update.lua", "refund"), ("saga_step.lua", "steal")] {
+        let error = redis::cmd("EVAL")
+            .arg(source(script))
+            .arg(keys.len())
+            .arg(&keys)
+            .arg(kind)
+            .arg(10)
+            .arg("fp")
+            .arg(60)
+            .arg(1)
+            .query_async::<redis::Value>(&mut conn)
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains(kind), "{script}: {error}");
+        let state: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(layout.balance("a"))
+            .arg(&held)
+            .arg(layout.seq(0))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(
+            state,
+            [Some("100".to_owned()), Some("50".to_owned()), None],
+            "{script} wrote before it refused {kind}"
+        );
+        let flag: bool = redis::cmd("EXISTS")
+            .arg(layout.tx("bogus"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(!flag, "{script} set the flag");
+    }
 }

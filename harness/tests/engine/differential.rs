@@ -96,7 +96,7 @@ proptest! {
             let mut books = harness::model::Books::default();
             for (name, balance) in ACCOUNTS.iter().zip(&start) {
                 if let Some(balance) = balance {
-                    store.set_balance(&AccountId::parse(name).unwrap(), Balance::new(*balance).unwrap()).await.unwrap();
+                    store.set_balance(&AccountId::parse(name).unwrap(), Balance::new(*balance).unwrap()).await.unwrap().ensure_set().unwrap();
                     books.balances.insert(name.to_string(), *balance);
                 }
             }

@@ -136,6 +136,8 @@ async fn saga_steps_move_money_once_even_when_redelivered() {
                 )
                 .await
                 .unwrap()
+                .ensure_set()
+                .unwrap()
         }
     };
     set(source.into(), 1_000).await;
@@ -385,4 +387,81 @@ async fn transfers_between_slots_end_applied_or_refunded() {
     assert_eq!(s.balance(&near).await.unwrap(), Some(5));
     assert_eq!(s.balance(&ghost).await.unwrap(), None);
     s.stop().await.unwrap();
+}
+
+/// The admin setter leaves room for money in flight: with 300 held out of
+/// the source, a balance that the refund would push past 2^53-1 is refused
+/// (nothing written), one just below is set, and the refund then lands the
+/// balance exactly on the limit. A refund that finds no room anyway (a
+/// foreign write) stops with an error and changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_setter_and_a_refund_never_pass_the_limit_with_money_in_flight() {
+    let namespace = format!("saga-{}", uuid::Uuid::new_v4().simple());
+    let store = cluster_store(&namespace).await;
+    let layout = store.layout().clone();
+    let source = "src";
+    let ghost = account_in(&layout, "ghost", source, false);
+    let set = |balance: u64| {
+        let store = store.clone();
+        async move {
+            store
+                .set_balance(
+                    &AccountId::parse(source).unwrap(),
+                    Balance::new(balance).unwrap(),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    set(1_000).await.ensure_set().unwrap();
+    let Progress::Next(credit) = apply_twice(&store, &transfer("t-1", source, &ghost, 300)).await
+    else {
+        panic!("debited")
+    };
+    assert_eq!(held(&store, source).await, Some(300));
+    assert_eq!(
+        set(MAX_MINOR_UNITS - 299).await,
+        txengine::store::BalanceSet::NoRoom { held: 300 }
+    );
+    assert_eq!(balance(&store, source).await, Some(700), "nothing written");
+    set(MAX_MINOR_UNITS - 300).await.ensure_set().unwrap();
+    let Progress::Next(refund) = apply_twice(&store, &credit).await else {
+        panic!("refused: unknown destination")
+    };
+    let Progress::Ended { .. } = apply_twice(&store, &refund).await else {
+        panic!("refunded")
+    };
+    assert_eq!(balance(&store, source).await, Some(MAX_MINOR_UNITS));
+
+    // A foreign write leaves the refund no room: it refuses, writes nothing.
+    let Progress::Next(credit) = apply_twice(&store, &transfer("t-2", source, &ghost, 5)).await
+    else {
+        panic!("debited")
+    };
+    let Progress::Next(refund) = apply_twice(&store, &credit).await else {
+        panic!("refused")
+    };
+    raw_set_balance(&store, source, MAX_MINOR_UNITS).await;
+    let error = store
+        .apply_records(std::slice::from_ref(&refund))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("would pass 2^53-1"), "{error}");
+    assert_eq!(balance(&store, source).await, Some(MAX_MINOR_UNITS));
+    assert_eq!(held(&store, source).await, Some(5), "the hold stays");
+}
+
+/// SET of an account's balance straight on the cluster (a write the engine
+/// did not make).
+async fn raw_set_balance(store: &Store, account: &str, value: u64) {
+    let url = &Infra::shared_cluster().redis_url;
+    let conn =
+        txengine::store::Connection::open(url, RedisTopology::Cluster, Duration::from_secs(5))
+            .await
+            .unwrap();
+    let mut set = redis::cmd("SET");
+    set.arg(store.layout().balance(account)).arg(value);
+    let shard = store.layout().shard_of(account);
+    let _: Vec<String> = conn.run_by_slot(vec![(shard, set)]).await.unwrap();
 }

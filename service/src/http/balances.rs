@@ -96,7 +96,7 @@ pub(super) struct BalanceRequest {
         (status = 408, description = "The body arrived too slowly; nothing was done", body = ProblemBody, content_type = "application/problem+json"),
         (status = 413, description = "Body over 16 KiB", body = ProblemBody, content_type = "application/problem+json"),
         (status = 415, description = "Content-Type is not JSON", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "Not a valid account id or balance", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Not a valid account id or balance, or a balance that leaves no room below 2^53-1 for the money in flight out of the account (nothing written)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 503, description = "Redis is unavailable", body = ProblemBody, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "seconds"))),
     )
@@ -118,9 +118,11 @@ pub(super) async fn put_balance(
         .ok_or(RuleError::BalanceOutOfRange)
         .and_then(Balance::new)
         .map_err(Problem::rule)?;
-    api.store
+    let set = api
+        .store
         .set_balance(&account, balance)
         .await
         .map_err(|e| Problem::from_store(e, api.retry_after_secs))?;
+    set.ensure_set().map_err(Problem::rule)?;
     Ok(Json(BalanceView { account, balance }).into_response())
 }
