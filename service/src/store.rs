@@ -210,7 +210,9 @@ pub enum BalanceSet {
     Set,
     /// Refused: `held` minor units are in flight out of the account, and
     /// the balance plus them would pass 2^53-1.
-    NoRoom { held: u64 },
+    NoRoom {
+        held: u64,
+    },
 }
 
 impl BalanceSet {
@@ -236,10 +238,17 @@ impl StoreError {
     /// amounts or balances): Redis's error code, or the kind of failure.
     pub fn summary(&self) -> String {
         match self {
-            Self::Redis(e) => match e.code() {
-                Some(code) => format!("redis answered {code} (details in the log)"),
-                None => format!("redis failed: {:?} (details in the log)", e.kind()),
-            },
+            Self::Redis(e) => {
+                // A pipeline's failure carries the failed commands' errors.
+                let code = e.code().map(str::to_owned).or_else(|| {
+                    let errors = e.clone().into_server_errors()?;
+                    errors.first().map(|(_, error)| error.code().to_owned())
+                });
+                match code {
+                    Some(code) => format!("redis answered {code} (details in the log)"),
+                    None => format!("redis failed: {:?} (details in the log)", e.kind()),
+                }
+            }
             Self::Unexpected(_) => {
                 "redis answered what this build does not expect (details in the log)".into()
             }
@@ -529,7 +538,13 @@ impl Connection {
         });
         let mut answers: Vec<Option<Value>> = vec![None; total];
         for (indices, values) in futures_util::future::try_join_all(runs).await? {
-            debug_assert_eq!(indices.len(), values.len(), "one answer per command");
+            if indices.len() != values.len() {
+                return Err(StoreError::Unexpected(format!(
+                    "a pipeline of {} commands had {} answers",
+                    indices.len(),
+                    values.len()
+                )));
+            }
             for (index, value) in indices.into_iter().zip(values) {
                 answers[index] = Some(value);
             }
@@ -971,8 +986,15 @@ impl Store {
                 async move { self.conn.run_by_slot(commands?).await }
             })
             .await?;
-        // One reply per script call, in order.
-        debug_assert_eq!(replies.len(), records.len(), "one reply per record");
+        // One reply per script call, in order: checked in every build, or a
+        // short answer would let offsets pass records never applied.
+        if replies.len() != records.len() {
+            return Err(StoreError::Unexpected(format!(
+                "{} replies for {} records",
+                replies.len(),
+                records.len()
+            )));
+        }
         records
             .iter()
             .zip(replies)

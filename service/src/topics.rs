@@ -144,10 +144,7 @@ pub async fn ensure_topics(settings: &TopicSettings<'_>) -> Result<Retention, To
         }
     }
 
-    let described = admin
-        .describe_configs(&[ResourceSpecifier::Topic(settings.topic)], &options)
-        .await?;
-    let config = first_resource(described, &format!("describe topic {}", settings.topic))?;
+    let config = describe_topic(&admin, settings.topic, &options).await?;
     check_topic(settings.topic, &config, outcome_ttl_ms, check_interval_ms)?;
     let topic_min_insync = number(&config, "min.insync.replicas").unwrap_or(1);
     if brokers.len() > 1 && topic_min_insync < 2 {
@@ -236,6 +233,30 @@ async fn longest_check_interval(
     } else {
         longest
     })
+}
+
+/// The config of `topic`. A topic created a moment ago may not be known to
+/// the broker that answers yet (no entries, or unknown): asked again for up
+/// to 10 s.
+async fn describe_topic(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    options: &AdminOptions,
+) -> Result<ConfigResource, TopicError> {
+    let what = format!("describe topic {topic}");
+    let mut attempts = 0;
+    loop {
+        let described = admin
+            .describe_configs(&[ResourceSpecifier::Topic(topic)], options)
+            .await?;
+        match first_resource(described, &what) {
+            Ok(config) if config.get("cleanup.policy").is_some() => return Ok(config),
+            Ok(_) | Err(TopicError::Admin { .. }) if attempts < 40 => {}
+            other => return other,
+        }
+        attempts += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 fn first_resource(

@@ -65,8 +65,15 @@ pub fn now_ms() -> u64 {
 pub enum DecodeError {
     #[error("not a valid record: {0}")]
     Malformed(#[from] serde_json::Error),
-    #[error("unsupported record version {0} (this build reads {WIRE_VERSION})")]
+    #[error(
+        "unsupported record version {0} (this build reads {WIRE_VERSION} and {SAGA_WIRE_VERSION})"
+    )]
     UnsupportedVersion(u32),
+    /// Written by a newer build: not malformed, only not understood here.
+    /// Its partition waits for a build that reads it (never the DLQ: the
+    /// transaction was accepted, or a saga holds money for it).
+    #[error("record version {0} is newer than this build reads ({SAGA_WIRE_VERSION}); a newer build must apply it")]
+    NewerVersion(u32),
     #[error(
         "a saga step must be a transfer in version {SAGA_WIRE_VERSION}, and only a step may be"
     )]
@@ -110,6 +117,9 @@ impl Record {
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let VersionOnly { v } = serde_json::from_slice(bytes)?;
+        if v > SAGA_WIRE_VERSION {
+            return Err(DecodeError::NewerVersion(v));
+        }
         if v != WIRE_VERSION && v != SAGA_WIRE_VERSION {
             return Err(DecodeError::UnsupportedVersion(v));
         }
@@ -249,7 +259,11 @@ mod tests {
         assert!(Record::decode(b"not json").is_err());
         assert!(matches!(
             Record::decode(br#"{"v":3}"#),
-            Err(DecodeError::UnsupportedVersion(3))
+            Err(DecodeError::NewerVersion(3))
+        ));
+        assert!(matches!(
+            Record::decode(br#"{"v":0,"id":"x"}"#),
+            Err(DecodeError::UnsupportedVersion(0))
         ));
         // Valid shape, invalid values: the domain rules hold on decode too.
         let zero =

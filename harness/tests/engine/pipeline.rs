@@ -5,9 +5,14 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use harness::stack::Stack;
+use std::collections::HashMap;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientConfig;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -35,7 +40,7 @@ async fn poison_records_go_to_the_dlq_and_the_rest_apply() {
         .unwrap();
     let poison: [&[u8]; 4] = [
         b"not json at all",
-        br#"{"v":3,"id":"future"}"#,
+        br#"{"v":0,"id":"ancient"}"#,
         br#"{"v":1,"id":"zero","type":"debit","account":"acct","amount":0,"accepted_at_ms":1}"#,
         br#"{"v":1,"id":"self","type":"transfer","account":"acct","to":"acct","amount":1,"accepted_at_ms":1}"#,
     ];
@@ -167,6 +172,260 @@ async fn a_restarted_engine_carries_on() {
     second.stop().await.unwrap();
 }
 
+/// Where each transaction id sits in `topic`: (partition, offset), read
+/// from the start of every partition.
+fn positions(brokers: &str, topic: &str) -> HashMap<String, (i32, i64)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("positions-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .unwrap();
+    let mut list = TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for partition in metadata.topics()[0].partitions() {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition.id(), Duration::from_secs(5))
+            .unwrap();
+        list.add_partition_offset(topic, partition.id(), Offset::Offset(low))
+            .unwrap();
+        ends.insert(partition.id(), high);
+    }
+    consumer.assign(&list).unwrap();
+    let mut read: HashMap<i32, i64> = HashMap::new();
+    let mut found = HashMap::new();
+    let deadline = std::time::Instant::now() + SETTLE;
+    while ends
+        .iter()
+        .any(|(p, high)| read.get(p).copied().unwrap_or(-1) + 1 < *high)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "topic not read to its end"
+        );
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            read.insert(m.partition(), m.offset());
+            let id = serde_json::from_slice::<serde_json::Value>(m.payload().unwrap_or_default())
+                .ok()
+                .and_then(|v| v["id"].as_str().map(str::to_owned));
+            if let Some(id) = id {
+                found.insert(id, (m.partition(), m.offset()));
+            }
+        }
+    }
+    found
+}
+
+/// Posts debits on fresh accounts (funded) until ten landed in partitions
+/// other than `stalled`; returns their ids.
+async fn post_to_other_partitions(s: &Stack, prefix: &str, stalled: i32) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let account = format!("{prefix}-acct-{i}");
+        s.set_balance(&account, 10).await.unwrap();
+        let id = format!("{prefix}-{i}");
+        let (status, body) = s
+            .post(&json!({"id": id, "account": account, "amount": 1}))
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        ids.push(id);
+    }
+    let positions = positions(&s.config.kafka_brokers, &s.config.topic);
+    let others: Vec<String> = ids
+        .into_iter()
+        .filter(|id| positions[id].0 != stalled)
+        .collect();
+    assert!(
+        others.len() >= 10,
+        "only {} in other partitions",
+        others.len()
+    );
+    others
+}
+
+/// A record of a newer wire version (a newer build published it: not
+/// malformed) pauses its own partition, shown by `/ready`; it is not sent
+/// to the DLQ, and nothing after it in that partition is applied or
+/// skipped, while the other partitions go on. A newer build taking the
+/// partition would apply it (here: the engine stops, nothing committed past it).
+#[tokio::test]
+async fn a_record_of_a_newer_version_pauses_only_its_partition() {
+    let infra = crate::infra();
+    let s = Stack::start(infra, "newer").await.unwrap();
+    s.set_balance("acct", 10).await.unwrap();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &infra.kafka_brokers)
+        .create()
+        .unwrap();
+    let newer = br#"{"v":9,"id":"from-the-future","type":"debit","account":"acct","amount":1,"accepted_at_ms":1,"hold":"h"}"#;
+    let delivery = producer
+        .send(
+            FutureRecord::to(&s.config.topic)
+                .key("acct")
+                .payload(&newer[..]),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let (partition, offset) = (delivery.partition, delivery.offset);
+    let (status, _) = s
+        .post(&json!({"id": "behind-it", "account": "acct", "amount": 2}))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let body = wait_ready_until(&s, "pause shown", |status, body| {
+        status == StatusCode::SERVICE_UNAVAILABLE && body["stalled"]["partition"] == partition
+    })
+    .await;
+    assert_eq!(body["stalled"]["offset"], offset, "{body}");
+    assert!(
+        body["stalled"]["error"].as_str().unwrap().contains("newer"),
+        "{body}"
+    );
+    let others = post_to_other_partitions(&s, "around-newer", partition).await;
+    let settled = s.wait_settled(&others, SETTLE).await.unwrap();
+    assert!(
+        settled.values().all(|v| v["status"] == "applied"),
+        "{settled:?}"
+    );
+    let (_, behind) = s.get("/transactions/behind-it").await.unwrap();
+    assert_eq!(
+        behind["status"], "pending",
+        "nothing passes the paused record"
+    );
+    assert_eq!(s.balance("acct").await.unwrap(), Some(10));
+    let group = s.config.group.clone();
+    let (brokers, topic) = (s.config.kafka_brokers.clone(), s.config.topic.clone());
+    s.stop().await.unwrap();
+    let committed = committed_offset(&brokers, &group, &topic, partition);
+    assert!(
+        committed.is_none_or(|c| c <= offset),
+        "committed {committed:?} past the paused record at {offset}"
+    );
+    assert!(
+        dead_letters(&brokers, &format!("{topic}.dlq"), Duration::from_secs(2)).is_empty(),
+        "the newer record is not a poison record"
+    );
+}
+
+/// While Kafka does not take a poison record into the DLQ (the DLQ topic
+/// is gone), `/ready` says so and no offset moves past it; once the topic
+/// is back, the record lands there and the consumer goes on.
+#[tokio::test]
+async fn a_dlq_that_refuses_stalls_visibly_until_it_takes_the_record() {
+    let infra = crate::infra();
+    let s = Stack::start(infra, "dlq-down").await.unwrap();
+    s.set_balance("acct", 10).await.unwrap();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &infra.kafka_brokers)
+        .create()
+        .unwrap();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    admin
+        .delete_topics(&[&s.config.dlq_topic], &options)
+        .await
+        .unwrap();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &infra.kafka_brokers)
+        .create()
+        .unwrap();
+    producer
+        .send(
+            FutureRecord::to(&s.config.topic)
+                .key("acct")
+                .payload("poison"),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let (status, _) = s
+        .post(&json!({"id": "after-poison", "account": "acct", "amount": 1}))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let body = wait_ready_until(&s, "DLQ stall shown", |status, body| {
+        status == StatusCode::SERVICE_UNAVAILABLE
+            && body["stalled"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("DLQ"))
+    })
+    .await;
+    assert_eq!(body["kafka"], true, "{body}");
+    let (_, after) = s.get("/transactions/after-poison").await.unwrap();
+    assert_eq!(after["status"], "pending");
+    admin
+        .create_topics(
+            &[NewTopic::new(
+                &s.config.dlq_topic,
+                1,
+                TopicReplication::Fixed(1),
+            )],
+            &options,
+        )
+        .await
+        .unwrap();
+    s.wait_settled(&["after-poison".into()], SETTLE)
+        .await
+        .unwrap();
+    wait_ready_until(&s, "DLQ stall cleared", |status, body| {
+        status == StatusCode::OK && body.get("stalled").is_none()
+    })
+    .await;
+    let dead = dead_letters(&infra.kafka_brokers, &s.config.dlq_topic, SETTLE);
+    assert_eq!(dead, [b"poison".to_vec()]);
+    s.stop().await.unwrap();
+}
+
+/// The group's committed offset of one partition, if any.
+fn committed_offset(brokers: &str, group: &str, topic: &str, partition: i32) -> Option<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut list = TopicPartitionList::new();
+    list.add_partition(topic, partition);
+    let committed = consumer
+        .committed_offsets(list, Duration::from_secs(5))
+        .unwrap();
+    committed
+        .find_partition(topic, partition)
+        .and_then(|e| e.offset().to_raw())
+        .filter(|offset| *offset >= 0)
+}
+
+/// The first payload of a DLQ topic, if one comes within `patience`.
+fn dead_letters(brokers: &str, dlq: &str, patience: Duration) -> Vec<Vec<u8>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("dlq-reader-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[dlq]).unwrap();
+    let mut payloads = Vec::new();
+    let deadline = std::time::Instant::now() + patience;
+    while std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            payloads.push(m.payload().unwrap_or_default().to_vec());
+            if payloads.len() == 1 {
+                break;
+            }
+        }
+    }
+    payloads
+}
+
 /// Polls `/ready` until `done` holds for its (status, body), or panics.
 async fn wait_ready_until(
     s: &Stack,
@@ -209,6 +468,14 @@ async fn a_record_redis_refuses_stalls_visibly_and_applies_once_fixed() {
         "{body}"
     );
     assert_eq!(body["redis"], true, "{body}");
+    // Only the stalled record's partition waits: the others go on.
+    let stalled_partition = body["stalled"]["partition"].as_i64().unwrap() as i32;
+    let others = post_to_other_partitions(&s, "around-stall", stalled_partition).await;
+    let settled = s.wait_settled(&others, SETTLE).await.unwrap();
+    assert!(
+        settled.values().all(|v| v["status"] == "applied"),
+        "{settled:?}"
+    );
 
     repair_account(&s, "broken", 5).await;
     let settled = s.wait_settled(&["refused".into()], SETTLE).await.unwrap();

@@ -1,0 +1,650 @@
+//! The consumer side: reads the topic in a group, applies records to Redis in
+//! pipelined batches, and stores each offset only after its outcome is in
+//! Redis (the rust-rdkafka at-least-once pattern). The processed flag inside
+//! the apply script turns every redelivery into a no-op.
+//!
+//! - [`context`]: librdkafka's callbacks (metrics, commits, rebalances).
+//! - [`health`]: what holds the consumer back, for `/ready`.
+//! - [`paused`]: partitions held on one record while the others go on.
+//! - [`publish`]: the saga steps and poison records the consumer publishes.
+
+mod context;
+mod health;
+mod paused;
+mod publish;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::FutureProducer;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+pub use context::LagReporter;
+use context::Partition;
+use health::Cause;
+pub use health::{ConsumerHealth, Stall};
+use paused::{offsets_to_store, partition_of, Paused, PausedOn};
+pub use publish::DLQ_REASON_HEADER;
+
+use crate::domain::Outcome;
+use crate::store::{Progress, Store, StoreError};
+use crate::wire::{now_ms, DecodeError, Record};
+
+/// Longest a batch waits to fill after its first record.
+const BATCH_LINGER: Duration = Duration::from_millis(2);
+/// Backoff bounds while Redis cannot apply a batch.
+const RETRY_MIN: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+pub struct ConsumerSettings<'a> {
+    pub brokers: &'a str,
+    pub group: &'a str,
+    pub topic: &'a str,
+    pub dlq_topic: &'a str,
+    pub batch_size: usize,
+    /// Replicas that must hold a batch's writes before its offsets are
+    /// stored (0: none).
+    pub wait_replicas: u32,
+    /// Longest a single `WAIT` blocks.
+    pub wait_timeout: Duration,
+}
+
+/// Waits out `backoff` and doubles it (up to [`RETRY_MAX`]), unless shutdown
+/// comes first: then false.
+async fn back_off(backoff: &mut Duration, shutdown: &watch::Receiver<bool>) -> bool {
+    let mut shutdown = shutdown.clone();
+    tokio::select! {
+        _ = tokio::time::sleep(*backoff) => {}
+        _ = shutdown.wait_for(|stopped| *stopped) => return false,
+    }
+    *backoff = (*backoff * 2).min(RETRY_MAX);
+    let stopped = *shutdown.borrow();
+    !stopped
+}
+
+pub struct TxConsumer {
+    consumer: StreamConsumer<LagReporter>,
+    /// Publishes poison records to the DLQ and a saga's next steps to the topic.
+    producer: FutureProducer,
+    topic: String,
+    dlq_topic: String,
+    store: Store,
+    batch_size: usize,
+    wait_replicas: u32,
+    wait_timeout: Duration,
+    health: ConsumerHealth,
+    /// Partitions rebalances moved since the loop last looked.
+    moved: Arc<Mutex<Vec<Partition>>>,
+}
+
+impl TxConsumer {
+    pub fn new(
+        settings: ConsumerSettings<'_>,
+        store: Store,
+        health: ConsumerHealth,
+    ) -> Result<Self, KafkaError> {
+        let context = LagReporter::default();
+        let moved = context.moved();
+        let consumer: StreamConsumer<LagReporter> = ClientConfig::new()
+            .set("bootstrap.servers", settings.brokers)
+            .set("group.id", settings.group)
+            .set("auto.offset.reset", "earliest")
+            // Commit only offsets we stored, i.e. records whose outcome is in Redis.
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "500")
+            .set("enable.auto.offset.store", "false")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("enable.partition.eof", "false")
+            // Fewer, fuller fetches: the broker answers once 64 KiB are ready
+            // or 10 ms passed. Saves broker CPU under load; adds <= 10 ms idle.
+            .set("fetch.min.bytes", "65536")
+            .set("fetch.wait.max.ms", "10")
+            .set("statistics.interval.ms", "5000")
+            .create_with_context(context)?;
+        consumer.subscribe(&[settings.topic])?;
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", settings.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", "10000")
+            .create()?;
+        Ok(Self {
+            consumer,
+            producer,
+            topic: settings.topic.to_owned(),
+            dlq_topic: settings.dlq_topic.to_owned(),
+            store,
+            batch_size: settings.batch_size,
+            wait_replicas: settings.wait_replicas,
+            wait_timeout: settings.wait_timeout,
+            health,
+            moved,
+        })
+    }
+
+    /// Applies records until `shutdown` turns true, then commits what it
+    /// stored and returns. A batch in progress is finished first.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        tracing::info!(dlq = %self.dlq_topic, batch_size = self.batch_size, "consumer started");
+        let mut paused = Paused::default();
+        while !*shutdown.borrow() {
+            // Wake for a paused record's next try even when nothing comes.
+            let retry_at = paused.next_retry();
+            let first = tokio::select! {
+                _ = shutdown.changed() => break,
+                message = self.consumer.recv() => Some(message),
+                _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => None,
+            };
+            let mut batch = Vec::with_capacity(self.batch_size);
+            match first {
+                Some(Ok(m)) => batch.push(m.detach()),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "kafka receive failed");
+                    tokio::time::sleep(RETRY_MIN).await;
+                    continue;
+                }
+                None => {}
+            }
+            let deadline = Instant::now() + BATCH_LINGER;
+            while !batch.is_empty() && batch.len() < self.batch_size {
+                match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                    Ok(Ok(m)) => batch.push(m.detach()),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "kafka receive failed");
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            // Rebalances run inside recv, before the messages they concern.
+            self.forget_moved(&mut paused);
+            batch.retain(|message| !paused.holds(message));
+            if !batch.is_empty() && !self.process(&batch, &mut paused, &shutdown).await {
+                break;
+            }
+            if !self.retry_paused(&mut paused, &shutdown).await {
+                break;
+            }
+        }
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            // Nothing stored since the last commit: nothing to do.
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "final offset commit failed; the next owner re-applies from the last commit (no-ops)")
+            }
+        }
+        tracing::info!("consumer stopped");
+        Ok(())
+    }
+
+    /// Applies one batch and stores its offsets. Returns false if shutdown
+    /// came first (the offsets of the batch are not stored).
+    ///
+    /// In order: apply every record's step (and write the outcomes decided
+    /// in another slot than their tx record), wait until replicas have all
+    /// of it, publish the next steps of sagas, then store the offsets. A
+    /// crash anywhere in between redelivers the batch, and every step of it
+    /// is a no-op the second time that answers as the first, so the same
+    /// next steps are published again (and are no-ops in turn). A next step
+    /// is published only once its step's writes are on the replicas: a
+    /// failover cannot lose a debit whose credit is on its way.
+    ///
+    /// A record Redis refuses, or one of a newer wire version, pauses its
+    /// own partition (see [`paused`]); the rest of the batch goes on.
+    async fn process(
+        &self,
+        batch: &[OwnedMessage],
+        paused: &mut Paused,
+        shutdown: &watch::Receiver<bool>,
+    ) -> bool {
+        let started = std::time::Instant::now();
+        let mut records: Vec<Record> = Vec::with_capacity(batch.len());
+        // The message each decoded record came from.
+        let mut sources: Vec<&OwnedMessage> = Vec::with_capacity(batch.len());
+        // Messages whose work is done: applied, or in the DLQ.
+        let mut done: Vec<&OwnedMessage> = Vec::with_capacity(batch.len());
+        for message in batch {
+            if paused.holds(message) {
+                continue;
+            }
+            match Record::decode(message.payload().unwrap_or_default()) {
+                Ok(record) => {
+                    records.push(record);
+                    sources.push(message);
+                }
+                Err(e @ DecodeError::NewerVersion(_)) => {
+                    self.pause(paused, message, None, e.to_string(), e.to_string());
+                }
+                Err(e) => {
+                    if !self.dead_letter(message, &e.to_string(), shutdown).await {
+                        return false;
+                    }
+                    done.push(message);
+                }
+            }
+        }
+        // A short WAIT applies the batch again before it waits again: the
+        // writes may have died with a master that failed over, and the
+        // promoted replica's WAIT (on a new connection) would not cover
+        // them. Where they survived, the flags make the second apply a no-op.
+        let mut live: Vec<usize> = (0..records.len()).collect();
+        let mut wait_backoff = RETRY_MIN;
+        let applied = loop {
+            let Some(applied) = self
+                .apply_pausing_culprits(&records, &sources, &live, paused, shutdown)
+                .await
+            else {
+                return false;
+            };
+            let Some(first) = applied.first().map(|(i, _)| sources[*i]) else {
+                break applied;
+            };
+            match self
+                .replicas_have_writes(first, &mut wait_backoff, shutdown)
+                .await
+            {
+                Some(true) => break applied,
+                Some(false) => live = applied.iter().map(|(i, _)| *i).collect(),
+                None => return false,
+            }
+        };
+        let next_steps: Vec<&Record> = applied
+            .iter()
+            .filter_map(|(_, p)| match p {
+                Progress::Next(record) => Some(record),
+                Progress::Ended { .. } => None,
+            })
+            .collect();
+        if let Some((first, _)) = applied.first() {
+            if !self
+                .publish_steps(&next_steps, sources[*first], shutdown)
+                .await
+            {
+                return false;
+            }
+        }
+        count_outcomes(applied.iter().map(|(i, p)| (&records[*i], p)));
+        done.extend(applied.iter().map(|(i, _)| sources[*i]));
+        metrics::histogram!("txengine_apply_batch_size").record(batch.len() as f64);
+        metrics::histogram!("txengine_apply_batch_seconds").record(started.elapsed().as_secs_f64());
+        self.store_offsets(&offsets_to_store(&done, paused));
+        true
+    }
+
+    /// Applies the records at `live` in one pipelined call per slot,
+    /// retrying with backoff while Redis does not answer, or shutdown comes
+    /// (`None`): no offset may move past a record that is not applied. When
+    /// Redis answers with an error instead, the records are applied one at a
+    /// time, once, to find those it refuses: each pauses its partition (and
+    /// the records after it in that partition wait with it). Returns the
+    /// records applied (their index) and where each stands.
+    async fn apply_pausing_culprits(
+        &self,
+        records: &[Record],
+        sources: &[&OwnedMessage],
+        live: &[usize],
+        paused: &mut Paused,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Option<Vec<(usize, Progress)>> {
+        let mut backoff = RETRY_MIN;
+        loop {
+            let result = if live.len() == records.len() {
+                self.apply_and_record(records).await
+            } else {
+                let subset: Vec<Record> = live.iter().map(|i| records[*i].clone()).collect();
+                self.apply_and_record(&subset).await
+            };
+            let error = match result {
+                Ok(progress) => return Some(live.iter().copied().zip(progress).collect()),
+                Err(e) if e.is_unreachable() => e,
+                Err(_) => match self.apply_one_by_one(records, sources, live, paused).await {
+                    Ok(applied) => return Some(applied),
+                    Err(e) => e,
+                },
+            };
+            metrics::counter!("txengine_redis_errors_total", "op" => "apply").increment(1);
+            tracing::warn!(error = %error, retry_in_ms = backoff.as_millis() as u64, "redis unreachable; retrying the batch");
+            if !back_off(&mut backoff, shutdown).await {
+                return None;
+            }
+        }
+    }
+
+    /// Applies the records at `live` one at a time, in order, pausing the
+    /// partition of each one Redis refuses. Stops with the error if Redis
+    /// stops answering (the whole batch is tried again).
+    async fn apply_one_by_one(
+        &self,
+        records: &[Record],
+        sources: &[&OwnedMessage],
+        live: &[usize],
+        paused: &mut Paused,
+    ) -> Result<Vec<(usize, Progress)>, StoreError> {
+        let mut applied = Vec::with_capacity(live.len());
+        for &i in live {
+            if paused.holds(sources[i]) {
+                continue;
+            }
+            match self
+                .apply_and_record(std::slice::from_ref(&records[i]))
+                .await
+            {
+                Ok(mut progress) => applied.push((i, progress.remove(0))),
+                Err(e) if e.is_unreachable() => return Err(e),
+                Err(e) => {
+                    metrics::counter!("txengine_redis_errors_total", "op" => "apply").increment(1);
+                    self.pause(
+                        paused,
+                        sources[i],
+                        Some(records[i].clone()),
+                        e.summary(),
+                        e.to_string(),
+                    );
+                }
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Applies the records' steps and writes the outcomes decided in another
+    /// slot into their tx records. Both are idempotent, so a retry repeats
+    /// the whole. One progress per record, or an error.
+    async fn apply_and_record(&self, records: &[Record]) -> Result<Vec<Progress>, StoreError> {
+        let progress = self.store.apply_records(records).await?;
+        if progress.len() != records.len() {
+            return Err(StoreError::Unexpected(format!(
+                "{} answers for {} records",
+                progress.len(),
+                records.len()
+            )));
+        }
+        let unrecorded: Vec<_> = records
+            .iter()
+            .zip(&progress)
+            .filter_map(|(record, p)| match p {
+                Progress::Ended {
+                    applied,
+                    recorded: false,
+                } => Some((&record.tx, applied.outcome)),
+                _ => None,
+            })
+            .collect();
+        self.store.finish(&unrecorded).await?;
+        Ok(progress)
+    }
+
+    /// Holds `message`'s partition on it: paused in Kafka (the others go
+    /// on), shown by `/ready` (`summary`, no account or amount) and logged
+    /// at error level (`detail`). `record` is what to try again; `None` for
+    /// a record this build cannot read.
+    fn pause(
+        &self,
+        paused: &mut Paused,
+        message: &OwnedMessage,
+        record: Option<Record>,
+        summary: String,
+        detail: String,
+    ) {
+        let (topic, partition) = partition_of(message);
+        let mut list = TopicPartitionList::new();
+        list.add_partition(&topic, partition);
+        if let Err(e) = self.consumer.pause(&list) {
+            // Its messages are skipped all the same, and read again from
+            // the paused record once it resumes (a seek).
+            tracing::warn!(error = %e, topic, partition, "could not pause the partition");
+        }
+        let id = record
+            .as_ref()
+            .map(|r| r.tx.id.to_string())
+            .unwrap_or_default();
+        let stall = Stall::at(message, &id, summary);
+        if self
+            .health
+            .set(Cause::Partition(topic.clone(), partition), stall)
+        {
+            metrics::counter!("txengine_consumer_stalls_total").increment(1);
+        }
+        match &record {
+            Some(record) => tracing::error!(
+                topic,
+                partition,
+                offset = message.offset(),
+                id = %record.tx.id,
+                kind = record.tx.movement.kind(),
+                account = %record.tx.movement.account(),
+                amount = record.tx.movement.amount().minor_units(),
+                error = %detail,
+                "redis refuses to apply this record; its partition is paused until it applies (see /ready), the others go on"
+            ),
+            None => tracing::error!(
+                topic,
+                partition,
+                offset = message.offset(),
+                error = %detail,
+                "a record this build cannot read; its partition is paused until a build that reads it takes the partition (see /ready), the others go on"
+            ),
+        }
+        paused.insert(PausedOn {
+            message: message.clone(),
+            record,
+            retry_at: Instant::now() + RETRY_MIN,
+            backoff: RETRY_MIN,
+        });
+    }
+
+    /// Tries again each paused record that is due. One that applies has its
+    /// writes waited on, its next step published and its offset stored;
+    /// then its partition is read again from the record after it (a seek,
+    /// since messages skipped while paused were never applied) and resumed.
+    async fn retry_paused(&self, paused: &mut Paused, shutdown: &watch::Receiver<bool>) -> bool {
+        for partition in paused.due(Instant::now()) {
+            let Some(on) = paused.get_mut(&partition) else {
+                continue;
+            };
+            let Some(record) = on.record.clone() else {
+                continue;
+            };
+            let problem = match self.apply_and_record(std::slice::from_ref(&record)).await {
+                Ok(progress) => match self
+                    .settle_paused(&record, &on.message, &progress, shutdown)
+                    .await
+                {
+                    Ok(()) => None,
+                    Err(None) => return false,
+                    Err(Some(problem)) => Some(problem),
+                },
+                Err(e) => Some((e.summary(), e.to_string())),
+            };
+            let Some((summary, detail)) = problem else {
+                paused.remove(&partition);
+                self.health
+                    .clear(&Cause::Partition(partition.0.clone(), partition.1));
+                tracing::info!(topic = %partition.0, partition = partition.1, "the paused record is applied; its partition goes on");
+                continue;
+            };
+            on.backoff = (on.backoff * 2).min(RETRY_MAX);
+            on.retry_at = Instant::now() + on.backoff;
+            let stall = Stall::at(&on.message, record.tx.id.as_str(), summary);
+            if self
+                .health
+                .set(Cause::Partition(partition.0.clone(), partition.1), stall)
+            {
+                tracing::warn!(topic = %partition.0, partition = partition.1, error = %detail, "the paused record still does not apply");
+            }
+        }
+        true
+    }
+
+    /// After a paused record applied: its writes on the replicas, its next
+    /// step in Kafka, its offset stored, the partition sought to the record
+    /// after it and resumed. `Err(None)`: shutdown came; `Err(Some(..))`:
+    /// not yet (try again later: every step of it is idempotent).
+    async fn settle_paused(
+        &self,
+        record: &Record,
+        message: &OwnedMessage,
+        progress: &[Progress],
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<(), Option<(String, String)>> {
+        if self.wait_replicas > 0 {
+            match self
+                .store
+                .wait_replicas(self.wait_replicas, self.wait_timeout)
+                .await
+            {
+                Ok(acknowledged) if acknowledged >= self.wait_replicas => {}
+                Ok(acknowledged) => {
+                    let text = format!(
+                        "its writes reached {acknowledged} of {} replicas",
+                        self.wait_replicas
+                    );
+                    return Err(Some((text.clone(), text)));
+                }
+                Err(e) => return Err(Some((e.summary(), e.to_string()))),
+            }
+        }
+        let next: Vec<&Record> = progress
+            .iter()
+            .filter_map(|p| match p {
+                Progress::Next(record) => Some(record),
+                Progress::Ended { .. } => None,
+            })
+            .collect();
+        if !self.publish_steps(&next, message, shutdown).await {
+            return Err(None);
+        }
+        count_outcomes(progress.iter().map(|p| (record, p)));
+        let (topic, partition) = partition_of(message);
+        if let Err(e) = self
+            .consumer
+            .store_offset(&topic, partition, message.offset())
+        {
+            tracing::info!(topic, partition, error = %e, "offset not stored (revoked?)");
+        }
+        let resume_at = Offset::Offset(message.offset() + 1);
+        if let Err(e) = self
+            .consumer
+            .seek(&topic, partition, resume_at, Duration::from_secs(5))
+        {
+            let text = format!("could not seek the partition past the paused record: {e}");
+            return Err(Some((text.clone(), text)));
+        }
+        let mut list = TopicPartitionList::new();
+        list.add_partition(&topic, partition);
+        if let Err(e) = self.consumer.resume(&list) {
+            let text = format!("could not resume the partition: {e}");
+            return Err(Some((text.clone(), text)));
+        }
+        Ok(())
+    }
+
+    /// Forgets the paused partitions a rebalance moved: their new owner (or
+    /// this consumer, given them again) reads them from the last commit.
+    fn forget_moved(&self, paused: &mut Paused) {
+        let moved = std::mem::take(&mut *self.moved.lock().expect("rebalance lock"));
+        if paused.is_empty() {
+            return;
+        }
+        for (topic, partition) in moved {
+            let key = (topic.clone(), partition);
+            if paused.remove(&key).is_none() {
+                continue;
+            }
+            self.health
+                .clear(&Cause::Partition(topic.clone(), partition));
+            // Given back to this consumer, it must not stay paused.
+            let mut list = TopicPartitionList::new();
+            list.add_partition(&topic, partition);
+            let _ = self.consumer.resume(&list);
+            tracing::info!(
+                topic,
+                partition,
+                "a paused partition moved in a rebalance; it is read again from its last commit"
+            );
+        }
+    }
+
+    /// Asks whether the batch's writes are on `wait_replicas` replicas
+    /// (`WAIT`), so that a master failing over after its offsets are stored
+    /// loses nothing. `Some(true)`: they are. `Some(false)`: too few
+    /// acknowledged (shown by `/ready`), and `backoff` was waited out.
+    /// `None`: shutdown came first.
+    async fn replicas_have_writes(
+        &self,
+        first: &OwnedMessage,
+        backoff: &mut Duration,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Option<bool> {
+        if self.wait_replicas == 0 {
+            return Some(true);
+        }
+        let error = match self
+            .store
+            .wait_replicas(self.wait_replicas, self.wait_timeout)
+            .await
+        {
+            Ok(acknowledged) if acknowledged >= self.wait_replicas => {
+                if self.health.clear(&Cause::Replicas) {
+                    tracing::info!("the replicas caught up; going on");
+                }
+                return Some(true);
+            }
+            Ok(acknowledged) => format!(
+                "the batch's writes reached {acknowledged} of {} replicas within {} ms",
+                self.wait_replicas,
+                self.wait_timeout.as_millis()
+            ),
+            Err(e) => format!("WAIT failed: {}", e.summary()),
+        };
+        metrics::counter!("txengine_replica_wait_short_total").increment(1);
+        if self
+            .health
+            .set(Cause::Replicas, Stall::at(first, "", error))
+        {
+            tracing::warn!("offsets held back until the replicas have the writes; the batch is applied again first");
+        }
+        back_off(backoff, shutdown).await.then_some(false)
+    }
+
+    /// Stores, per partition, the offset after the given record: every
+    /// earlier record of that partition is applied by now.
+    fn store_offsets(&self, offsets: &std::collections::BTreeMap<Partition, i64>) {
+        for ((topic, partition), offset) in offsets {
+            // Fails only if the partition was revoked meanwhile; its new owner
+            // re-applies from the last commit and the flags make that a no-op.
+            if let Err(e) = self.consumer.store_offset(topic, *partition, *offset) {
+                tracing::info!(topic, partition, offset, error = %e, "offset not stored (revoked?)");
+            }
+        }
+    }
+}
+
+/// Counts the outcomes of the transactions that ended, and their
+/// accept-to-applied latency (first applies only).
+fn count_outcomes<'a>(ended: impl Iterator<Item = (&'a Record, &'a Progress)>) {
+    let now_ms = now_ms();
+    for (record, progress) in ended {
+        let Progress::Ended { applied, .. } = progress else {
+            continue;
+        };
+        let label = match applied.outcome {
+            Outcome::Applied { .. } => "applied",
+            Outcome::Rejected { reason } => reason.as_str(),
+        };
+        let duplicate = if applied.duplicate { "true" } else { "false" };
+        metrics::counter!("txengine_apply_outcomes_total", "outcome" => label, "duplicate" => duplicate)
+            .increment(1);
+        if !applied.duplicate {
+            let e2e_ms = now_ms.saturating_sub(record.accepted_at_ms);
+            metrics::histogram!("txengine_accept_to_applied_seconds")
+                .record(e2e_ms as f64 / 1000.0);
+        }
+    }
+}

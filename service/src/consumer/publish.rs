@@ -1,0 +1,152 @@
+//! What the consumer itself publishes: the next steps of sagas (to the
+//! topic) and poison records (to the DLQ). Both are retried until Kafka has
+//! them, since no offset may move past them before; while Kafka refuses,
+//! the stall shows in `/ready`.
+
+use std::time::Duration;
+
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::FutureRecord;
+use rdkafka::util::Timeout;
+use tokio::sync::watch;
+
+use super::health::{Cause, Stall};
+use super::{back_off, TxConsumer, RETRY_MIN};
+use crate::wire::{Record, SagaStep};
+
+/// Header carrying why a record went to the DLQ.
+pub const DLQ_REASON_HEADER: &str = "txengine-dlq-reason";
+
+impl TxConsumer {
+    /// Publishes the next steps of sagas to the topic, keyed by the account
+    /// each runs on, and waits until the broker has them all (acks=all);
+    /// retried until it does or shutdown comes (false). `at` is the first
+    /// record of the batch, for `/ready`.
+    pub(super) async fn publish_steps(
+        &self,
+        steps: &[&Record],
+        at: &OwnedMessage,
+        shutdown: &watch::Receiver<bool>,
+    ) -> bool {
+        let mut backoff = RETRY_MIN;
+        loop {
+            let sends = steps.iter().map(|record| {
+                let payload = record.encode();
+                let key = record.key().as_str().to_owned();
+                async move {
+                    self.producer
+                        .send(
+                            FutureRecord::to(&self.topic).key(&key).payload(&payload),
+                            Timeout::After(Duration::from_secs(5)),
+                        )
+                        .await
+                        .map_err(|(e, _)| e)
+                }
+            });
+            let failed = futures_util::future::join_all(sends)
+                .await
+                .into_iter()
+                .filter_map(Result::err)
+                .next();
+            let Some(error) = failed else {
+                for record in steps {
+                    let step = match record.saga {
+                        Some(SagaStep::Credit { .. }) => "credit",
+                        Some(SagaStep::Settle { refused: None, .. }) => "release",
+                        Some(SagaStep::Settle { .. }) => "refund",
+                        None => "none",
+                    };
+                    metrics::counter!("txengine_saga_steps_published_total", "step" => step)
+                        .increment(1);
+                }
+                if self.health.clear(&Cause::NextSteps) {
+                    tracing::info!("kafka took the next saga steps; going on");
+                }
+                return true;
+            };
+            // The ones that did land are published again: their steps are
+            // idempotent, so that changes nothing.
+            let stall = Stall::at(
+                at,
+                "",
+                format!("kafka does not take the next steps of sagas: {error}"),
+            );
+            if self.health.set(Cause::NextSteps, stall) {
+                metrics::counter!("txengine_consumer_stalls_total").increment(1);
+            }
+            tracing::warn!(error = %error, steps = steps.len(), retry_in_ms = backoff.as_millis() as u64, "publishing the next saga steps failed; retrying");
+            if !back_off(&mut backoff, shutdown).await {
+                return false;
+            }
+        }
+    }
+
+    /// Sends an undecodable record to the DLQ, retrying until the broker has
+    /// it (its offset must not be stored before that) or shutdown comes
+    /// (false: the record is read again by the next owner of its partition).
+    pub(super) async fn dead_letter(
+        &self,
+        message: &OwnedMessage,
+        reason: &str,
+        shutdown: &watch::Receiver<bool>,
+    ) -> bool {
+        tracing::warn!(
+            partition = message.partition(),
+            offset = message.offset(),
+            reason,
+            "poison record to DLQ"
+        );
+        let origin = format!(
+            "{}/{}/{}",
+            message.topic(),
+            message.partition(),
+            message.offset()
+        );
+        let mut backoff = RETRY_MIN;
+        loop {
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: DLQ_REASON_HEADER,
+                    value: Some(reason),
+                })
+                .insert(Header {
+                    key: "txengine-origin",
+                    value: Some(&origin),
+                });
+            let mut record = FutureRecord::to(&self.dlq_topic).headers(headers);
+            if let Some(payload) = message.payload() {
+                record = record.payload(payload);
+            }
+            if let Some(key) = message.key() {
+                record = record.key(key);
+            }
+            match self
+                .producer
+                .send(record, Timeout::After(Duration::from_secs(1)))
+                .await
+            {
+                Ok(_) => {
+                    metrics::counter!("txengine_dlq_total").increment(1);
+                    if self.health.clear(&Cause::DeadLetter) {
+                        tracing::info!("the DLQ took the poison record; going on");
+                    }
+                    return true;
+                }
+                Err((e, _)) => {
+                    let stall = Stall::at(
+                        message,
+                        "",
+                        format!("kafka does not take a poison record into the DLQ: {e}"),
+                    );
+                    if self.health.set(Cause::DeadLetter, stall) {
+                        metrics::counter!("txengine_consumer_stalls_total").increment(1);
+                    }
+                    tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "DLQ publish failed; retrying");
+                    if !back_off(&mut backoff, shutdown).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+}
