@@ -7,9 +7,11 @@
 //! (`log.retention.check.interval.ms`). A segment rolls once it is older
 //! than `segment.ms`, so a record can be read for up to
 //! `segment.ms + retention.ms + log.retention.check.interval.ms` after it
-//! was written. Its flag is written when it is applied (later than that)
-//! and kept for the outcome TTL. So: that sum < outcome TTL, or a replay
-//! from offset 0 applies again every record whose flag has expired.
+//! was written (the first check runs `log.initial.task.delay.ms` after the
+//! broker starts: the longer of the two bounds the wait for a check). Its
+//! flag is written when it is applied (later than that) and kept for the
+//! outcome TTL. So: that sum < outcome TTL, or a replay from offset 0
+//! applies again every record whose flag has expired.
 
 use std::time::Duration;
 
@@ -20,10 +22,12 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::ClientConfig;
 
-/// The broker setting that bounds how late a due segment is deleted.
+/// The broker settings that bound how late a due segment is deleted, with
+/// Kafka's defaults for a broker that does not say.
 const CHECK_INTERVAL: &str = "log.retention.check.interval.ms";
-/// Kafka's default for [`CHECK_INTERVAL`], when a broker does not say.
 const DEFAULT_CHECK_INTERVAL_MS: u64 = 300_000;
+const FIRST_CHECK_DELAY: &str = "log.initial.task.delay.ms";
+const DEFAULT_FIRST_CHECK_DELAY_MS: u64 = 30_000;
 
 /// What the engine's topics are created with.
 #[derive(Debug, Clone)]
@@ -86,7 +90,7 @@ pub enum TopicError {
         what: String,
         code: RDKafkaErrorCode,
     },
-    #[error("--outcome-ttl-secs ({} s) leaves no room for a topic's retention: the brokers' {CHECK_INTERVAL} alone is {check_interval_ms} ms; keep outcomes longer", outcome_ttl_ms / 1000)]
+    #[error("--outcome-ttl-secs ({} s) leaves no room for a topic's retention: the brokers' wait for a retention check ({CHECK_INTERVAL}, or {FIRST_CHECK_DELAY} if longer) alone is {check_interval_ms} ms; keep outcomes longer", outcome_ttl_ms / 1000)]
     TtlTooShort {
         outcome_ttl_ms: u64,
         check_interval_ms: u64,
@@ -192,7 +196,7 @@ pub fn check_topic(
     let life_ms = found.longest_life_ms(check_interval_ms);
     if life_ms >= outcome_ttl_ms {
         return Err(refuse(format!(
-            "segment.ms ({segment_ms}) + retention.ms ({retention_ms}) + {CHECK_INTERVAL} ({check_interval_ms}) = {life_ms} ms is not below {outcome_ttl_ms} ms"
+            "segment.ms ({segment_ms}) + retention.ms ({retention_ms}) + the wait for a retention check ({CHECK_INTERVAL} or {FIRST_CHECK_DELAY}: {check_interval_ms}) = {life_ms} ms is not below {outcome_ttl_ms} ms"
         )));
     }
     Ok(())
@@ -210,7 +214,9 @@ async fn broker_ids(
     Ok(metadata.brokers().iter().map(|b| b.id()).collect())
 }
 
-/// The longest `log.retention.check.interval.ms` of any broker.
+/// The longest wait for a retention check on any broker: its
+/// `log.retention.check.interval.ms`, or its `log.initial.task.delay.ms`
+/// (the first check after a start) if longer.
 async fn longest_check_interval(
     admin: &AdminClient<DefaultClientContext>,
     brokers: &[i32],
@@ -223,10 +229,12 @@ async fn longest_check_interval(
     let mut longest = 0;
     for result in admin.describe_configs(&specifiers, options).await? {
         let config = result.map_err(|code| TopicError::Admin {
-            what: format!("read the brokers' {CHECK_INTERVAL}"),
+            what: format!("read the brokers' {CHECK_INTERVAL} and {FIRST_CHECK_DELAY}"),
             code,
         })?;
-        longest = longest.max(number(&config, CHECK_INTERVAL).unwrap_or(DEFAULT_CHECK_INTERVAL_MS));
+        let interval = number(&config, CHECK_INTERVAL).unwrap_or(DEFAULT_CHECK_INTERVAL_MS);
+        let first = number(&config, FIRST_CHECK_DELAY).unwrap_or(DEFAULT_FIRST_CHECK_DELAY_MS);
+        longest = longest.max(interval).max(first);
     }
     Ok(if brokers.is_empty() {
         DEFAULT_CHECK_INTERVAL_MS

@@ -112,6 +112,7 @@ pub fn kafka_request(host_port: u16) -> ContainerRequest<GenericImage> {
         ("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0".to_owned()),
         // As the local broker: due segments deleted within a second.
         ("KAFKA_LOG_RETENTION_CHECK_INTERVAL_MS", "1000".to_owned()),
+        ("KAFKA_LOG_INITIAL_TASK_DELAY_MS", "1000".to_owned()),
         ("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false".to_owned()),
     ];
     let image = GenericImage::new(KAFKA_IMAGE.0, KAFKA_IMAGE.1)

@@ -628,9 +628,11 @@ transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
-# Due segments deleted within a second, so a test can keep outcomes for
-# seconds (the engine's topics keep records shorter than outcomes).
+# Due segments deleted within a second, from a second after the start, so
+# a test can keep outcomes for seconds (the engine's topics keep records
+# shorter than outcomes, counting the wait for a retention check).
 log.retention.check.interval.ms=1000
+log.initial.task.delay.ms=1000
 auto.create.topics.enable=false
 num.network.threads=1
 num.io.threads=2

@@ -678,3 +678,58 @@ async fn redis_unreachable_is_503() {
     tokio::task::block_in_place(|| redis.kill());
     assert_503(post_raw(&api, json!({"id": "x", "account": "acct", "amount": 1})).await).await;
 }
+
+/// A 503 after the claim names the transaction: the request had no id, the
+/// server made one, and the publish timed out (the record may still land),
+/// so the problem's `id` and `Location` give it, and the client's retry
+/// with it (here through a healthy API on the same topic and Redis) is
+/// applied once.
+#[tokio::test]
+async fn a_503_names_the_id_it_made_and_the_retry_with_it_applies_once() {
+    let infra = crate::infra();
+    let config = isolated_config(infra, "named503");
+    let dead_port = harness::infra::process::free_port().unwrap();
+    let store = isolated_store(&config.namespace, &infra.redis_url).await;
+    let stalled_kafka = Publisher::new(PublisherSettings {
+        brokers: &format!("127.0.0.1:{dead_port}"),
+        topic: &config.topic,
+        max_in_flight: 100,
+        publish_timeout: Duration::from_millis(500),
+        linger: Duration::from_millis(1),
+    })
+    .unwrap();
+    let api = serve(store, stalled_kafka).await;
+    let body = json!({"account": "acct", "amount": 3});
+    let response = post_raw(&api, body.clone()).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let problem: Value = response.json().await.unwrap();
+    let id = problem["id"].as_str().expect("the problem names the id");
+    assert_eq!(location, format!("/transactions/{id}"));
+    assert!(
+        problem["detail"].as_str().unwrap().contains(id),
+        "{problem}"
+    );
+    assert_eq!(id.len(), 36, "a UUID the server made: {id}");
+
+    let healthy = Stack::start_with(config).await.unwrap();
+    healthy.set_balance("acct", 10).await.unwrap();
+    let mut retry = body.clone();
+    retry["id"] = json!(id);
+    for _ in 0..2 {
+        let (status, answer) = healthy.post(&retry).await.unwrap();
+        assert!(status.is_success(), "{status} {answer}");
+    }
+    let settled = healthy
+        .wait_settled(&[id.to_owned()], Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(settled[id]["balance_after"], 7);
+    healthy.wait_drained(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(
+        healthy.balance("acct").await.unwrap(),
+        Some(7),
+        "applied once"
+    );
+    healthy.stop().await.unwrap();
+}

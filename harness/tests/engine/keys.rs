@@ -341,9 +341,14 @@ async fn keys_and_scopes_guard_every_money_endpoint_and_refusals_write_nothing()
         scoped_client.get("/transactions/in-3").await.unwrap().0,
         StatusCode::OK
     );
+    // Out of scope reads as unknown: no oracle of which ids exist.
+    let (status, hidden) = scoped_client.get("/transactions/bobs").await.unwrap();
+    let (_, unknown) = scoped_client.get("/transactions/nope").await.unwrap();
+    assert_eq!(status, StatusCode::NOT_FOUND, "{hidden}");
     assert_eq!(
-        scoped_client.get("/transactions/bobs").await.unwrap().0,
-        StatusCode::FORBIDDEN
+        hidden.to_string().replace("bobs", "nope"),
+        unknown.to_string(),
+        "the same answer as for an id never seen"
     );
     assert_eq!(
         scoped_client.get("/transactions/nope").await.unwrap().0,
@@ -351,14 +356,16 @@ async fn keys_and_scopes_guard_every_money_endpoint_and_refusals_write_nothing()
     );
     let bob_key = s.create_key(&["bob"], None, None).await.unwrap();
     let bob = client_with(&s, Some(&bob_key.secret));
-    assert_eq!(
-        bob.get("/transactions/in-3").await.unwrap().0,
-        StatusCode::OK,
-        "paid to bob"
-    );
+    // Paid to bob: bob's key sees that it was applied, not the source's
+    // balance after it; the source's key sees that too.
+    let (status, paid) = bob.get("/transactions/in-3").await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{paid}");
+    assert_eq!(paid, json!({"id": "in-3", "status": "applied"}));
+    let (_, whole) = scoped_client.get("/transactions/in-3").await.unwrap();
+    assert!(whole["balance_after"].is_u64(), "{whole}");
     assert_eq!(
         bob.get("/transactions/in-1").await.unwrap().0,
-        StatusCode::FORBIDDEN
+        StatusCode::NOT_FOUND
     );
 
     s.wait_drained(Duration::from_secs(30)).await.unwrap();
@@ -377,6 +384,50 @@ async fn keys_and_scopes_guard_every_money_endpoint_and_refusals_write_nothing()
         );
     }
     assert_eq!(s.balance("bob").await.unwrap(), Some(1_000 + 5 - 5));
+    s.stop().await.unwrap();
+}
+
+/// A key revoked while its request's body is on its way moves no money:
+/// the headers arrive with a valid key, the key is revoked, and the body
+/// that comes after the key cache's lifetime meets 401.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_revoked_while_the_body_is_on_its_way_moves_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Stack::start(crate::infra(), "revoke-body").await.unwrap();
+    s.set_balance("acct", 100).await.unwrap();
+    let key = s.create_key(&["*"], None, None).await.unwrap();
+    let body = r#"{"id":"slow-body","account":"acct","amount":7}"#;
+    let addr = s.url.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /transactions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        key.secret,
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.revoke_key(&key.id).await.unwrap();
+    // Past --key-cache-ms (500 ms by default): every cache forgot the key.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    conn.write_all(body.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert_eq!(
+        topic_size(&s.config.kafka_brokers, &s.config.topic),
+        0,
+        "nothing published"
+    );
+    assert_eq!(
+        s.balance("acct").await.unwrap(),
+        Some(100),
+        "no money moved"
+    );
+    assert_eq!(
+        s.get("/transactions/slow-body").await.unwrap().0,
+        StatusCode::NOT_FOUND,
+        "nothing claimed"
+    );
     s.stop().await.unwrap();
 }
 

@@ -383,6 +383,78 @@ async fn a_dlq_that_refuses_stalls_visibly_until_it_takes_the_record() {
     s.stop().await.unwrap();
 }
 
+/// Outcomes kept 20 s: the topic the engine creates keeps a record for
+/// less, so by the time the record's flag has expired, the record is gone
+/// from the topic (the low watermark passed it) and no replay from offset 0
+/// can apply it again. A topic that keeps records as long as the TTL (what
+/// the engine used to create) is refused at start, naming the setting.
+#[tokio::test]
+async fn no_record_outlives_its_flag_and_a_topic_that_would_is_refused() {
+    let infra = crate::infra();
+    let mut config = harness::stack::isolated_config(infra, "retention");
+    config.outcome_ttl_secs = 20;
+    config.partitions = 1;
+    let s = Stack::start_with(config).await.unwrap();
+    s.set_balance("acct", 10).await.unwrap();
+    let (status, _) = s
+        .post(&json!({"id": "old", "account": "acct", "amount": 1}))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED);
+    s.wait_settled(&["old".into()], SETTLE).await.unwrap();
+    let flag = txengine::store::Layout::new(&s.config.namespace, s.config.redis_topology).tx("old");
+    let client = redis::Client::open(s.config.redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(&flag)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !exists {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flag never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &infra.kafka_brokers)
+        .create()
+        .unwrap();
+    let (low, high) = consumer
+        .fetch_watermarks(&s.config.topic, 0, Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(
+        (low, high),
+        (1, 1),
+        "the flag expired while the topic still holds offsets {low}..{high}"
+    );
+    s.stop().await.unwrap();
+
+    let old = harness::stack::isolated_config(infra, "old-retention");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &infra.kafka_brokers)
+        .create()
+        .unwrap();
+    let ttl_ms = (old.outcome_ttl_secs * 1000).to_string();
+    let topic =
+        NewTopic::new(&old.topic, 1, TopicReplication::Fixed(1)).set("retention.ms", &ttl_ms);
+    admin
+        .create_topics(&[topic], &AdminOptions::new())
+        .await
+        .unwrap();
+    let error = txengine::Engine::start(&old).await.err().expect("refused");
+    let error = format!("{error:#}");
+    assert!(
+        error.contains("segment.ms (604800000) + retention.ms (604800000)"),
+        "{error}"
+    );
+}
+
 /// The group's committed offset of one partition, if any.
 fn committed_offset(brokers: &str, group: &str, topic: &str, partition: i32) -> Option<i64> {
     let consumer: BaseConsumer = ClientConfig::new()
