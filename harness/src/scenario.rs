@@ -16,12 +16,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rand::SeedableRng;
+use std::collections::HashMap;
+
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientConfig;
 use reqwest::StatusCode;
 use serde::Deserialize;
 use txengine::domain::MAX_MINOR_UNITS;
+use txengine::wire::Record;
 use txengine::Role;
 
 use crate::client::ApiClient;
@@ -143,9 +148,9 @@ pub struct Expect {
     pub min_unauthorized: Option<usize>,
     /// At least this many requests refused with 429 (over the key's rate).
     pub min_rate_limited: Option<usize>,
-    /// The topic holds exactly the accepted transactions: nothing was
-    /// published for a refused request (for runs without faults that can
-    /// publish a record twice).
+    /// The topic holds each accepted transaction once and nothing for a
+    /// refused request, by id (saga steps aside: the saga invariants count
+    /// them); for runs without faults that can publish a record twice.
     #[serde(default)]
     pub topic_holds_accepted: bool,
 }
@@ -403,13 +408,13 @@ pub async fn run(scenario: &Scenario, infra: &Infra, exe: &Path) -> anyhow::Resu
     let results = std::mem::take(&mut *results.lock().expect("results lock"));
     check_refusals(scenario, &results, revoked_at, &mut failures);
     if scenario.expect.topic_holds_accepted {
-        let published = topic_size(&infra.kafka_brokers, &config.topic)?;
-        if published != results.accepted.len() as i64 {
-            failures.push(format!(
-                "the topic holds {published} records for {} accepted transactions",
-                results.accepted.len()
-            ));
-        }
+        let published = published_transactions(&infra.kafka_brokers, &config.topic)?;
+        let accepted: Vec<&str> = results.accepted.iter().map(|tx| tx.id.as_str()).collect();
+        failures.extend(publication_failures(
+            &published,
+            &accepted,
+            &results.refused,
+        ));
     }
     let ledger = Ledger {
         start,
@@ -570,6 +575,115 @@ fn check_expectations(
     }
 }
 
+/// Every record of `topic`, read from the start of each partition to its
+/// end as it was when asked.
+pub fn read_topic(brokers: &str, topic: &str) -> anyhow::Result<Vec<OwnedMessage>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("reader-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let timeout = Duration::from_secs(5);
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let mut assignment = TopicPartitionList::new();
+    let mut left: HashMap<i32, (i64, i64)> = HashMap::new();
+    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        let (low, high) = consumer.fetch_watermarks(topic, partition.id(), timeout)?;
+        if low < high {
+            assignment.add_partition_offset(topic, partition.id(), Offset::Offset(low))?;
+            left.insert(partition.id(), (low, high));
+        }
+    }
+    consumer.assign(&assignment)?;
+    let mut records = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while left.values().any(|(next, high)| next < high) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{topic} not read to its end in 60 s"
+        );
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) => {
+                if let Some((next, _)) = left.get_mut(&message.partition()) {
+                    *next = message.offset() + 1;
+                }
+                records.push(message.detach());
+            }
+            Some(Err(e)) => bail!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    Ok(records)
+}
+
+/// How many records of `topic` carry each transaction as the API publishes
+/// it (saga steps, which the consumers publish, are not counted).
+pub fn published_transactions(
+    brokers: &str,
+    topic: &str,
+) -> anyhow::Result<HashMap<String, usize>> {
+    let mut published = HashMap::new();
+    for message in read_topic(brokers, topic)? {
+        let Ok(record) = Record::decode(message.payload().unwrap_or_default()) else {
+            continue;
+        };
+        if record.saga.is_none() {
+            *published.entry(record.tx.id.to_string()).or_insert(0) += 1;
+        }
+    }
+    Ok(published)
+}
+
+/// What the topic says against the answers the clients got: every
+/// accepted transaction published once, and nothing for a refused request.
+pub fn publication_failures(
+    published: &HashMap<String, usize>,
+    accepted: &[&str],
+    refused: &[String],
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    let leaked: Vec<&str> = refused
+        .iter()
+        .filter(|id| published.contains_key(id.as_str()))
+        .map(String::as_str)
+        .collect();
+    if !leaked.is_empty() {
+        failures.push(format!(
+            "{} refused requests were published anyway: {}",
+            leaked.len(),
+            leaked
+                .iter()
+                .take(10)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let not_once: Vec<String> = accepted
+        .iter()
+        .filter_map(|id| match published.get(*id).copied().unwrap_or(0) {
+            1 => None,
+            n => Some(format!("{id} ({n} records)")),
+        })
+        .collect();
+    if !not_once.is_empty() {
+        failures.push(format!(
+            "{} accepted transactions are not in the topic exactly once: {}",
+            not_once.len(),
+            not_once
+                .iter()
+                .take(10)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    failures
+}
+
 /// The 401s and 429s the scenario expects, and after a revocation no
 /// transaction accepted later than the key cache allows (1 s).
 fn check_refusals(
@@ -684,6 +798,19 @@ pub fn topic_size(brokers: &str, topic: &str) -> anyhow::Result<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn publication_is_judged_by_id_not_by_count() {
+        let published: HashMap<String, usize> = [("a".to_owned(), 1), ("b".to_owned(), 1)]
+            .into_iter()
+            .collect();
+        assert!(publication_failures(&published, &["a", "b"], &["c".into()]).is_empty());
+        let leak = publication_failures(&published, &["a"], &["b".into()]);
+        assert_eq!(leak, ["1 refused requests were published anyway: b"]);
+        let twice: HashMap<String, usize> = [("a".to_owned(), 2)].into_iter().collect();
+        let failures = publication_failures(&twice, &["a", "b"], &[]);
+        assert!(failures[0].contains("a (2 records)") && failures[0].contains("b (0 records)"));
+    }
 
     const VALID: &str = r#"
 name = "t"

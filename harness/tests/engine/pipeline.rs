@@ -12,7 +12,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::ClientConfig;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -172,54 +172,79 @@ async fn a_restarted_engine_carries_on() {
     second.stop().await.unwrap();
 }
 
-/// Where each transaction id sits in `topic`: (partition, offset), read
-/// from the start of every partition.
+/// Where each transaction id sits in `topic`: (partition, offset).
 fn positions(brokers: &str, topic: &str) -> HashMap<String, (i32, i64)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set(
-            "group.id",
-            format!("positions-{}", uuid::Uuid::new_v4().simple()),
-        )
-        .set("enable.auto.commit", "false")
+    harness::scenario::read_topic(brokers, topic)
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| {
+            let record: serde_json::Value =
+                serde_json::from_slice(m.payload().unwrap_or_default()).ok()?;
+            Some((
+                record["id"].as_str()?.to_owned(),
+                (m.partition(), m.offset()),
+            ))
+        })
+        .collect()
+}
+
+/// The scenarios' judge of "nothing published for a refused request" finds
+/// a real leak: a request refused with 422 whose record is then published
+/// anyway (on purpose here, as a build that leaked it would) is named.
+#[tokio::test]
+async fn the_publication_judge_names_a_refused_request_that_was_published() {
+    let infra = crate::infra();
+    let s = Stack::start(infra, "leak").await.unwrap();
+    s.set_balance("acct", 10).await.unwrap();
+    let (status, _) = s
+        .post(&json!({"id": "ok-1", "account": "acct", "amount": 1}))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, _) = s
+        .post(&json!({"id": "refused-1", "account": "acct", "amount": 0}))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let published =
+        harness::scenario::published_transactions(&infra.kafka_brokers, &s.config.topic).unwrap();
+    let judge = |published: &HashMap<String, usize>| {
+        harness::scenario::publication_failures(published, &["ok-1"], &["refused-1".to_owned()])
+    };
+    assert!(judge(&published).is_empty(), "{:?}", judge(&published));
+    let leaked = txengine::wire::Record {
+        tx: txengine::domain::Transaction {
+            id: txengine::domain::TxId::parse("refused-1").unwrap(),
+            movement: txengine::domain::Movement::new(
+                None,
+                txengine::domain::AccountId::parse("acct").unwrap(),
+                None,
+                txengine::domain::Amount::new(1).unwrap(),
+            )
+            .unwrap(),
+        },
+        accepted_at_ms: 1,
+        saga: None,
+    };
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &infra.kafka_brokers)
         .create()
         .unwrap();
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(5))
+    producer
+        .send(
+            FutureRecord::to(&s.config.topic)
+                .key("acct")
+                .payload(&leaked.encode()),
+            Duration::from_secs(5),
+        )
+        .await
         .unwrap();
-    let mut list = TopicPartitionList::new();
-    let mut ends = HashMap::new();
-    for partition in metadata.topics()[0].partitions() {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, partition.id(), Duration::from_secs(5))
-            .unwrap();
-        list.add_partition_offset(topic, partition.id(), Offset::Offset(low))
-            .unwrap();
-        ends.insert(partition.id(), high);
-    }
-    consumer.assign(&list).unwrap();
-    let mut read: HashMap<i32, i64> = HashMap::new();
-    let mut found = HashMap::new();
-    let deadline = std::time::Instant::now() + SETTLE;
-    while ends
-        .iter()
-        .any(|(p, high)| read.get(p).copied().unwrap_or(-1) + 1 < *high)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "topic not read to its end"
-        );
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            read.insert(m.partition(), m.offset());
-            let id = serde_json::from_slice::<serde_json::Value>(m.payload().unwrap_or_default())
-                .ok()
-                .and_then(|v| v["id"].as_str().map(str::to_owned));
-            if let Some(id) = id {
-                found.insert(id, (m.partition(), m.offset()));
-            }
-        }
-    }
-    found
+    let published =
+        harness::scenario::published_transactions(&infra.kafka_brokers, &s.config.topic).unwrap();
+    let failures = judge(&published);
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(failures[0].contains("refused-1"), "{failures:?}");
+    s.stop().await.unwrap();
 }
 
 /// Posts debits on fresh accounts (funded) until ten landed in partitions
