@@ -41,7 +41,7 @@ use crate::workload::{Ledger, Mix, SentTx};
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
     pub name: String,
-    /// What it proves, for the README table.
+    /// What it proves, for the scenario table of docs/faults.md.
     pub description: String,
     /// Runs on a Redis Cluster only (its faults need one).
     #[serde(default)]

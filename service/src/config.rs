@@ -48,26 +48,7 @@ pub enum Role {
     Openapi,
 }
 
-/// How Redis is deployed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RedisTopology {
-    /// One Redis server (with replicas or not): `--redis-url` is its URL.
-    Single,
-    /// A Redis Cluster: `--redis-url` is one or more seed nodes, comma
-    /// separated; MOVED, ASK and TRYAGAIN are followed and retried.
-    Cluster,
-}
-
-impl RedisTopology {
-    /// The name `--redis-topology` takes.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Single => "single",
-            Self::Cluster => "cluster",
-        }
-    }
-}
+pub use crate::store::RedisTopology;
 
 #[derive(Debug, Clone, PartialEq, Parser)]
 #[command(
@@ -178,7 +159,7 @@ pub struct Config {
     /// waits up to this long; in exchange, fewer and fuller produce
     /// requests: under wrk, 10 instead of 2 cut librdkafka's broker thread
     /// from 1.8 to 0.4 s of CPU per 10 s and the broker's CPU per request
-    /// by half (README, Performance).
+    /// by half (docs/performance.md).
     #[arg(long, env = "TXENGINE_LINGER_MS", default_value_t = 10)]
     pub linger_ms: u64,
 

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 
-/// What one client may hold of the HTTP server (see the README's limits).
+/// What one client may hold of the HTTP server (see docs/api.md, Limits).
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
     pub max_connections: usize,

@@ -120,7 +120,7 @@ pub trait LocalService {
 pub struct LocalRedis {
     process: Option<Supervised>,
     port: u16,
-    /// AOF fsync policy: `always` or `everysec` (see the README's guarantees).
+    /// AOF fsync policy: `always` or `everysec` (see docs/design.md, Redis durability).
     appendfsync: String,
     /// A node of a Redis Cluster (its `nodes.conf` lives in `dir`).
     cluster_node: bool,

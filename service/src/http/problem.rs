@@ -21,8 +21,9 @@ pub struct Problem {
     /// More fields for the answer (the rate limit fields of a 429).
     headers: Vec<(HeaderName, HeaderValue)>,
     /// The transaction this answer is about, when the client must retry
-    /// with its id (see [`Problem::naming`]).
-    id: Option<String>,
+    /// with its id (see [`Problem::naming`]). Boxed: a `Problem` is the
+    /// error of every handler, kept small.
+    id: Option<Box<str>>,
 }
 
 impl Problem {
@@ -54,7 +55,7 @@ impl Problem {
             }
             self.detail = format!("{}; retry with id {id}", self.detail);
         }
-        self.id = Some(id.to_string());
+        self.id = Some(id.as_str().into());
         self
     }
 
@@ -179,7 +180,7 @@ impl IntoResponse for Problem {
             title: self.title,
             status: self.status.as_u16(),
             detail: self.detail,
-            id: self.id,
+            id: self.id.map(String::from),
         };
         let mut response = (self.status, Json(body)).into_response();
         let headers = response.headers_mut();

@@ -1,0 +1,362 @@
+//! The consumer's side: each record's step applied in one script call
+//! (pipelined per slot), its reply read into where the transaction stands,
+//! and outcomes decided in another slot written to their tx record.
+
+use redis::Cmd;
+
+use crate::domain::Balance;
+
+use super::balances::parse_balance;
+use super::outcomes::parse_status;
+use super::{evalsha, Store, StoreError};
+use crate::domain::{AccountId, Outcome, RejectReason, Transaction, TxStatus};
+use crate::wire::{Record, SagaStep};
+
+/// One applied transaction as the apply script reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub outcome: Outcome,
+    /// True when an earlier apply had settled the id; nothing changed.
+    pub duplicate: bool,
+}
+
+/// Where the saga of a record stands once its step is applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// The transaction's outcome is decided. `recorded` is false when its tx
+    /// record is in another slot: [`Store::finish`] writes it there.
+    Ended { applied: Applied, recorded: bool },
+    /// The saga goes on with this record, to be published.
+    Next(Record),
+}
+
+impl Store {
+    /// Applies transactions that end in one script (debits, credits,
+    /// transfers within a slot), in order. Safe to call again with the same
+    /// batch: the processed flag inside the script turns a repeat into a
+    /// no-op that returns the first outcome.
+    pub async fn apply_batch(&self, batch: &[Transaction]) -> Result<Vec<Applied>, StoreError> {
+        let records: Vec<Record> = batch
+            .iter()
+            .map(|tx| Record {
+                tx: tx.clone(),
+                accepted_at_ms: 0,
+                saga: None,
+            })
+            .collect();
+        self.apply_records(&records)
+            .await?
+            .into_iter()
+            .map(|progress| match progress {
+                Progress::Ended { applied, .. } => Ok(applied),
+                Progress::Next(_) => Err(StoreError::Unexpected(
+                    "apply_batch got a transfer between slots (a saga)".into(),
+                )),
+            })
+            .collect()
+    }
+
+    /// Applies each record's step, one script each, pipelined per slot
+    /// (all slots at once, in order within a slot), and says where each
+    /// transaction stands. Safe to call again with the same records: every
+    /// step's flag turns a repeat into a no-op that answers as the first.
+    pub async fn apply_records(&self, records: &[Record]) -> Result<Vec<Progress>, StoreError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now_ms = crate::wire::now_ms();
+        let replies: Vec<(String, String, String, i64)> = self
+            .with_scripts(|| {
+                let commands = records
+                    .iter()
+                    .map(|record| self.step_command(record, now_ms))
+                    .collect::<Result<Vec<_>, _>>();
+                async move { self.conn.run_by_slot(commands?).await }
+            })
+            .await?;
+        // One reply per script call, in order: checked in every build, or a
+        // short answer would let offsets pass records never applied.
+        if replies.len() != records.len() {
+            return Err(StoreError::Unexpected(format!(
+                "{} replies for {} records",
+                replies.len(),
+                records.len()
+            )));
+        }
+        records
+            .iter()
+            .zip(replies)
+            .map(|(record, reply)| self.progress(record, reply))
+            .collect()
+    }
+
+    /// The script call that applies `record`'s step, and the shard it runs in.
+    fn step_command(&self, record: &Record, now_ms: u64) -> Result<(u32, Cmd), StoreError> {
+        let layout = &self.layout;
+        let tx = &record.tx;
+        let id = tx.id.as_str();
+        let account = tx.movement.account().as_str();
+        let amount = tx.movement.amount().minor_units();
+        let fingerprint = tx.movement.fingerprint();
+        let saga_step = |on: &str, step: &str, flag: &str| {
+            let shard = layout.shard_of(on);
+            let keys = [
+                layout.step(on, id, flag),
+                layout.seq(shard),
+                layout.balance(on),
+                layout.held(on),
+            ];
+            let mut cmd = evalsha(&self.scripts.saga_step, &keys);
+            cmd.arg(step)
+                .arg(amount)
+                .arg(&fingerprint)
+                .arg(self.outcome_ttl_secs)
+                .arg(now_ms);
+            (shard, cmd)
+        };
+        Ok(match (&record.saga, tx.movement.to()) {
+            (None, _) if !layout.needs_saga(tx) => {
+                let shard = layout.shard_of(account);
+                let mut keys = vec![
+                    layout.apply_flag(id, account),
+                    layout.seq(shard),
+                    layout.balance(account),
+                ];
+                if let Some(to) = tx.movement.to() {
+                    keys.push(layout.balance(to.as_str()));
+                }
+                if layout.shards() > 1 && tx.movement.kind() != "debit" {
+                    let credited = tx.movement.to().map_or(account, AccountId::as_str);
+                    keys.push(layout.held(credited));
+                }
+                let mut cmd = evalsha(&self.scripts.apply, &keys);
+                cmd.arg(tx.movement.kind())
+                    .arg(amount)
+                    .arg(&fingerprint)
+                    .arg(self.outcome_ttl_secs)
+                    .arg(now_ms);
+                (shard, cmd)
+            }
+            (None, Some(_)) => saga_step(account, "debit", "debit"),
+            (Some(SagaStep::Credit { .. }), Some(to)) => saga_step(to.as_str(), "credit", "credit"),
+            (Some(SagaStep::Settle { refused, .. }), Some(_)) => {
+                let step = if refused.is_some() {
+                    "refund"
+                } else {
+                    "release"
+                };
+                saga_step(account, step, "settle")
+            }
+            (Some(_), None) => {
+                return Err(StoreError::Unexpected(format!(
+                    "saga step of {id}, which is not a transfer"
+                )))
+            }
+            (None, None) => unreachable!("a movement without `to` never needs a saga"),
+        })
+    }
+
+    /// Reads a step's reply `(state, reason, balance_after, duplicate)`.
+    fn progress(
+        &self,
+        record: &Record,
+        (state, reason, balance_after, duplicate): (String, String, String, i64),
+    ) -> Result<Progress, StoreError> {
+        let tx = &record.tx;
+        let duplicate = duplicate == 1;
+        let unexpected = || {
+            StoreError::Unexpected(format!(
+                "{} step {:?} answered state={state} reason={reason} balance_after={balance_after}",
+                tx.id, record.saga
+            ))
+        };
+        let ended = |outcome, recorded| {
+            Ok(Progress::Ended {
+                applied: Applied { outcome, duplicate },
+                recorded,
+            })
+        };
+        let next = |step| {
+            Ok(Progress::Next(Record {
+                saga: Some(step),
+                ..record.clone()
+            }))
+        };
+        let reply = StepReply::parse(&state, &reason, &balance_after).ok_or_else(unexpected)?;
+        let saga = self.layout.needs_saga(tx);
+        match (&record.saga, reply) {
+            (None, StepReply::Settled(outcome)) if !saga => {
+                let account = tx.movement.account().as_str();
+                ended(outcome, self.layout.same_slot(tx.id.as_str(), account))
+            }
+            // A saga's debit refused: it ends there.
+            (None, StepReply::Settled(outcome @ Outcome::Rejected { .. })) => ended(outcome, false),
+            (None, StepReply::Debited { balance_after }) if saga => next(SagaStep::Credit {
+                debited_balance_after: balance_after,
+            }),
+            (
+                Some(SagaStep::Credit {
+                    debited_balance_after,
+                }),
+                StepReply::Credited,
+            ) => next(SagaStep::Settle {
+                debited_balance_after: *debited_balance_after,
+                refused: None,
+            }),
+            (
+                Some(SagaStep::Credit {
+                    debited_balance_after,
+                }),
+                StepReply::Refused(reason),
+            ) => next(SagaStep::Settle {
+                debited_balance_after: *debited_balance_after,
+                refused: Some(reason),
+            }),
+            (
+                Some(SagaStep::Settle {
+                    debited_balance_after,
+                    refused: None,
+                }),
+                StepReply::Released,
+            ) => ended(
+                Outcome::Applied {
+                    balance_after: *debited_balance_after,
+                },
+                false,
+            ),
+            (
+                Some(SagaStep::Settle {
+                    refused: Some(reason),
+                    ..
+                }),
+                StepReply::Refunded,
+            ) => ended(Outcome::Rejected { reason: *reason }, false),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// Writes the outcomes of transactions whose outcome was decided in
+    /// another slot than their tx record's (see `lua/finish.lua`); the first
+    /// write wins, so a repeat is harmless.
+    pub async fn finish(&self, ended: &[(&Transaction, Outcome)]) -> Result<(), StoreError> {
+        if ended.is_empty() {
+            return Ok(());
+        }
+        let now_ms = crate::wire::now_ms();
+        let _: Vec<i64> = self
+            .with_scripts(|| {
+                let commands: Vec<(u32, Cmd)> = ended
+                    .iter()
+                    .map(|(tx, outcome)| {
+                        let (state, reason, balance_after) = match outcome {
+                            Outcome::Applied { balance_after } => {
+                                ("applied", "", balance_after.minor_units().to_string())
+                            }
+                            Outcome::Rejected { reason } => {
+                                ("rejected", reason.as_str(), String::new())
+                            }
+                        };
+                        let mut cmd = evalsha(&self.scripts.finish, &[self.tx_key(&tx.id)]);
+                        cmd.arg(state)
+                            .arg(reason)
+                            .arg(balance_after)
+                            .arg(now_ms)
+                            .arg(tx.movement.fingerprint())
+                            .arg(self.outcome_ttl_secs);
+                        (self.layout.shard_of(tx.id.as_str()), cmd)
+                    })
+                    .collect();
+                async move { self.conn.run_by_slot(commands).await }
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// What a step's script answered (`state`, `reason`, `balance_after`),
+/// parsed once: the apply script's outcome, or what a saga step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StepReply {
+    /// A one-script apply's outcome, or a saga's refused debit.
+    Settled(Outcome),
+    /// A saga's debit took the money and holds it.
+    Debited {
+        balance_after: Balance,
+    },
+    Credited,
+    /// The credit was refused: a refund follows.
+    Refused(RejectReason),
+    Released,
+    Refunded,
+}
+
+impl StepReply {
+    fn parse(state: &str, reason: &str, balance_after: &str) -> Option<Self> {
+        Some(match state {
+            "applied" | "rejected" => match parse_status(state, reason, balance_after).ok()? {
+                TxStatus::Settled(outcome) => Self::Settled(outcome),
+                TxStatus::Pending => return None,
+            },
+            "debited" => Self::Debited {
+                balance_after: parse_balance(balance_after)?,
+            },
+            "credited" => Self::Credited,
+            "refused" => Self::Refused(RejectReason::parse(reason)?),
+            "released" => Self::Released,
+            "refunded" => Self::Refunded,
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_parse_into_what_the_step_did_or_nothing() {
+        let five = Balance::new(5).unwrap();
+        for (reply, expected) in [
+            (
+                ("applied", "", "5"),
+                Some(StepReply::Settled(Outcome::Applied {
+                    balance_after: five,
+                })),
+            ),
+            (
+                ("rejected", "insufficient_funds", ""),
+                Some(StepReply::Settled(Outcome::Rejected {
+                    reason: RejectReason::InsufficientFunds,
+                })),
+            ),
+            (
+                ("debited", "", "5"),
+                Some(StepReply::Debited {
+                    balance_after: five,
+                }),
+            ),
+            (("credited", "", "9"), Some(StepReply::Credited)),
+            (
+                ("refused", "unknown_account", ""),
+                Some(StepReply::Refused(RejectReason::UnknownAccount)),
+            ),
+            (("released", "", "5"), Some(StepReply::Released)),
+            (("refunded", "", "5"), Some(StepReply::Refunded)),
+            // Broken answers are nothing, never a guess.
+            (("applied", "", "9007199254740992"), None),
+            (("applied", "", ""), None),
+            (("rejected", "bored", ""), None),
+            (("refused", "", ""), None),
+            (("debited", "", "-1"), None),
+            (("pending", "", ""), None),
+            (("stolen", "", "1"), None),
+        ] {
+            let (state, reason, balance_after) = reply;
+            assert_eq!(
+                StepReply::parse(state, reason, balance_after),
+                expected,
+                "{reply:?}"
+            );
+        }
+    }
+}

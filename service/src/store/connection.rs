@@ -1,0 +1,239 @@
+//! One Redis or a Redis Cluster behind one connection type, a cluster
+//! connection that is replaced when it keeps failing, and pipelines split
+//! by slot.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+
+use super::{RedisTopology, StoreError};
+
+/// True for an error that says Redis could not be reached, did not answer
+/// in time, or is moving (a cluster's redirect or state the client could
+/// not follow: MOVED to a node it cannot reach, TRYAGAIN, CLUSTERDOWN):
+/// worth retrying as is.
+pub(super) fn is_transient(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.code(),
+            Some(
+                "MOVED"
+                    | "ASK"
+                    | "TRYAGAIN"
+                    | "CLUSTERDOWN"
+                    | "MASTERDOWN"
+                    | "LOADING"
+                    | "READONLY"
+            )
+        )
+}
+
+/// A connection to one Redis, or to a Redis Cluster (which routes each
+/// command by its keys' slot and follows MOVED, ASK and TRYAGAIN).
+#[derive(Clone)]
+pub enum Connection {
+    Single(ConnectionManager),
+    Cluster(Cluster),
+}
+
+/// A cluster connection that can be replaced by a fresh one: redis-rs's
+/// cluster connection can keep timing out on a node that was killed and
+/// came back (seen after two failovers of one shard: every command to that
+/// shard timed out for minutes, while a new connection worked at once).
+#[derive(Clone)]
+pub struct Cluster {
+    client: Arc<redis::cluster::ClusterClient>,
+    current: Arc<Mutex<ClusterConnection>>,
+    /// Commands in a row that found the cluster unreachable.
+    failures: Arc<AtomicU32>,
+    /// True while a fresh connection is being made.
+    reconnecting: Arc<AtomicBool>,
+}
+
+/// Unreachable answers in a row after which a cluster connection is
+/// replaced.
+const CLUSTER_FAILURES_BEFORE_RECONNECT: u32 = 3;
+
+impl Cluster {
+    fn current(&self) -> ClusterConnection {
+        self.current
+            .lock()
+            .expect("cluster connection lock")
+            .clone()
+    }
+
+    /// Counts unreachable answers; after a few in a row, connects afresh in
+    /// a task of its own (a caller's future may be dropped at any await:
+    /// a batch's pipelines run together and the first error drops the rest).
+    fn observe<T>(&self, result: &redis::RedisResult<T>) {
+        let unreachable = result.as_ref().err().is_some_and(is_transient);
+        if !unreachable {
+            self.failures.store(0, Ordering::Relaxed);
+            return;
+        }
+        if self.failures.fetch_add(1, Ordering::Relaxed) + 1 < CLUSTER_FAILURES_BEFORE_RECONNECT
+            || self.reconnecting.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            // redis-rs's connect can hang (redis-rs#1953): bound it.
+            let fresh = tokio::time::timeout(
+                Duration::from_secs(10),
+                cluster.client.get_async_connection(),
+            )
+            .await;
+            match fresh {
+                Ok(Ok(fresh)) => {
+                    tracing::warn!("redis cluster kept failing; connected afresh");
+                    metrics::counter!("txengine_redis_cluster_reconnects_total").increment(1);
+                    *cluster.current.lock().expect("cluster connection lock") = fresh;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "redis cluster kept failing; a fresh connection failed too")
+                }
+                Err(_) => tracing::warn!(
+                    "redis cluster kept failing; a fresh connection did not come within 10 s"
+                ),
+            }
+            cluster.failures.store(0, Ordering::Relaxed);
+            cluster.reconnecting.store(false, Ordering::Release);
+        });
+    }
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(cluster) => Box::pin(async move {
+                let result = cluster.current().req_packed_command(cmd).await;
+                cluster.observe(&result);
+                result
+            }),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(cluster) => Box::pin(async move {
+                let result = cluster
+                    .current()
+                    .req_packed_commands(pipeline, offset, count)
+                    .await;
+                cluster.observe(&result);
+                result
+            }),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(cluster) => cluster.current().get_db(),
+        }
+    }
+}
+
+impl Connection {
+    /// Connects to `url` (for a cluster, seed URLs separated by commas).
+    pub async fn open(
+        url: &str,
+        topology: RedisTopology,
+        response_timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        Ok(match topology {
+            RedisTopology::Single => {
+                let client = redis::Client::open(url)?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_response_timeout(Some(response_timeout))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_millis(500));
+                Self::Single(ConnectionManager::new_with_config(client, config).await?)
+            }
+            RedisTopology::Cluster => {
+                let seeds: Vec<&str> = url.split(',').map(str::trim).collect();
+                // redis-rs waits about 1.28 s before its first retry by
+                // default; a slot migration or a failover should cost
+                // tens of milliseconds a retry, not seconds.
+                let client = ClusterClientBuilder::new(seeds)
+                    .connection_timeout(Duration::from_secs(2))
+                    .response_timeout(response_timeout)
+                    .retries(8)
+                    .min_retry_wait(20)
+                    .max_retry_wait(500)
+                    .build()?;
+                let conn = client.get_async_connection().await?;
+                Self::Cluster(Cluster {
+                    client: Arc::new(client),
+                    current: Arc::new(Mutex::new(conn)),
+                    failures: Arc::new(AtomicU32::new(0)),
+                    reconnecting: Arc::new(AtomicBool::new(false)),
+                })
+            }
+        })
+    }
+
+    /// Runs `commands`, one answer each, in order. A cluster pipeline must
+    /// stay in one slot, so they go as one pipeline per slot (`slot_of`
+    /// names it), all slots at once; on one Redis, as one pipeline.
+    pub async fn run_by_slot<T: redis::FromRedisValue>(
+        &self,
+        commands: Vec<(u32, Cmd)>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut pipes: BTreeMap<u32, (Vec<usize>, Pipeline)> = BTreeMap::new();
+        for (index, (slot, cmd)) in commands.into_iter().enumerate() {
+            let (indices, pipe) = pipes
+                .entry(slot)
+                .or_insert_with(|| (Vec::new(), redis::pipe()));
+            indices.push(index);
+            pipe.add_command(cmd);
+        }
+        let total = pipes.values().map(|(indices, _)| indices.len()).sum();
+        let runs = pipes.into_values().map(|(indices, pipe)| {
+            let mut conn = self.clone();
+            async move {
+                let values: Vec<Value> = pipe.query_async(&mut conn).await?;
+                Ok::<_, redis::RedisError>((indices, values))
+            }
+        });
+        let mut answers: Vec<Option<Value>> = vec![None; total];
+        for (indices, values) in futures_util::future::try_join_all(runs).await? {
+            if indices.len() != values.len() {
+                return Err(StoreError::Unexpected(format!(
+                    "a pipeline of {} commands had {} answers",
+                    indices.len(),
+                    values.len()
+                )));
+            }
+            for (index, value) in indices.into_iter().zip(values) {
+                answers[index] = Some(value);
+            }
+        }
+        answers
+            .into_iter()
+            .map(|value| {
+                let value = value
+                    .ok_or_else(|| StoreError::Unexpected("a command had no answer".into()))?;
+                redis::from_redis_value(value).map_err(|e| StoreError::Unexpected(e.to_string()))
+            })
+            .collect()
+    }
+}

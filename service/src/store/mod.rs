@@ -1,0 +1,191 @@
+//! The Redis store: balances, the per-transaction record (claim, pending,
+//! outcome) and the Lua scripts that change them. One concern per file:
+//!
+//! - [`layout`]: key names and slots (the key layout is described there).
+//! - [`connection`]: one Redis or a cluster, and pipelines split by slot.
+//! - `scripts`: the Lua sources of `lua/`.
+//! - `balances`, `outcomes`, `api_keys`, `rate_limit`: reads and writes of
+//!   each kind of record.
+//! - `claim`: the API's claim, accept and release of an id.
+//! - `apply`: the consumer's apply, saga steps and their replies.
+
+mod api_keys;
+mod apply;
+mod balances;
+mod claim;
+pub mod connection;
+pub mod layout;
+mod outcomes;
+mod rate_limit;
+mod scripts;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::{Cmd, Script, Value};
+
+pub use apply::{Applied, Progress};
+pub use balances::BalanceSet;
+pub use claim::{Acceptance, Claim};
+use connection::is_transient;
+pub use connection::{Cluster, Connection};
+pub use layout::{Layout, RedisTopology, CLUSTER_SHARDS};
+pub use rate_limit::RateVerdict;
+use scripts::Scripts;
+
+use crate::domain::{AccountId, TxId};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis answered something unexpected: {0}")]
+    Unexpected(String),
+}
+
+impl StoreError {
+    /// What went wrong, without the data of the command (no accounts,
+    /// amounts or balances): Redis's error code, or the kind of failure.
+    pub fn summary(&self) -> String {
+        match self {
+            Self::Redis(e) => {
+                // A pipeline's failure carries the failed commands' errors.
+                let code = e.code().map(str::to_owned).or_else(|| {
+                    let errors = e.clone().into_server_errors()?;
+                    errors.first().map(|(_, error)| error.code().to_owned())
+                });
+                match code {
+                    Some(code) => format!("redis answered {code} (details in the log)"),
+                    None => format!("redis failed: {:?} (details in the log)", e.kind()),
+                }
+            }
+            Self::Unexpected(_) => {
+                "redis answered what this build does not expect (details in the log)".into()
+            }
+        }
+    }
+
+    /// True when Redis could not be reached or did not answer in time (worth
+    /// retrying as is), false when it answered with an error (a script
+    /// error, a key of the wrong type): that one needs someone to look.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            Self::Redis(e) => is_transient(e),
+            Self::Unexpected(_) => false,
+        }
+    }
+}
+
+/// The store: a connection, the key layout and the scripts, cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    conn: Connection,
+    // Shared, not copied: the API clones a store for every request (the
+    // profile showed the scripts' sources copied per request).
+    layout: Arc<Layout>,
+    outcome_ttl_secs: u64,
+    lease_ms: u64,
+    scripts: Arc<Scripts>,
+    topology: RedisTopology,
+}
+
+pub struct StoreSettings<'a> {
+    /// One URL, or for a cluster seed URLs separated by commas.
+    pub url: &'a str,
+    pub topology: RedisTopology,
+    /// Key prefix; also the Redis Cluster hash tag of every key.
+    pub namespace: &'a str,
+    /// How long a settled outcome (the processed flag) is kept.
+    pub outcome_ttl_secs: u64,
+    /// How long an API claim on an id lasts while its publish is in flight.
+    pub lease_ms: u64,
+    /// Longest wait for one Redis answer.
+    pub response_timeout: Duration,
+}
+
+impl Store {
+    pub async fn connect(settings: StoreSettings<'_>) -> Result<Self, StoreError> {
+        let conn =
+            Connection::open(settings.url, settings.topology, settings.response_timeout).await?;
+        let store = Self {
+            conn,
+            layout: Arc::new(Layout::new(settings.namespace, settings.topology)),
+            outcome_ttl_secs: settings.outcome_ttl_secs,
+            lease_ms: settings.lease_ms,
+            scripts: Arc::new(Scripts::new()),
+            topology: settings.topology,
+        };
+        store.load_scripts().await?;
+        Ok(store)
+    }
+
+    /// SCRIPT LOAD every script; run at start and after a NOSCRIPT answer
+    /// (a restarted Redis has an empty script cache).
+    pub async fn load_scripts(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        for script in self.scripts.all() {
+            script.prepare_invoke().load_async(&mut conn).await?;
+        }
+        Ok(())
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn balance_key(&self, account: &AccountId) -> String {
+        self.layout.balance(account.as_str())
+    }
+
+    pub fn tx_key(&self, id: &TxId) -> String {
+        self.layout.tx(id.as_str())
+    }
+
+    /// Waits until `replicas` replicas hold every write made so far through
+    /// this store's connection (Redis `WAIT`, at most `timeout`), and says
+    /// how many do. On a cluster, writes go to every master, so redis-rs
+    /// asks every master and answers the smallest count.
+    pub async fn wait_replicas(&self, replicas: u32, timeout: Duration) -> Result<u32, StoreError> {
+        let mut conn = self.conn.clone();
+        let answer: Value = redis::cmd("WAIT")
+            .arg(replicas)
+            .arg(timeout.as_millis() as u64)
+            .query_async(&mut conn)
+            .await?;
+        redis::from_redis_value(answer)
+            .map_err(|e| StoreError::Unexpected(format!("WAIT answered {e}")))
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Runs a script call; on NOSCRIPT (Redis restarted, or a replica was
+    /// promoted, and lost its script cache) loads the scripts and runs it
+    /// once more.
+    async fn with_scripts<T, E, F, Fut>(&self, call: F) -> Result<T, StoreError>
+    where
+        E: Into<StoreError>,
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        match call().await.map_err(Into::into) {
+            Err(StoreError::Redis(e)) if e.code() == Some("NOSCRIPT") => {
+                tracing::warn!("redis lost its scripts (restart?); loading them again");
+                self.load_scripts().await?;
+                call().await.map_err(Into::into)
+            }
+            other => other,
+        }
+    }
+}
+
+/// `EVALSHA <sha> <numkeys> <keys...>`; the caller adds the ARGV.
+fn evalsha(script: &Script, keys: &[String]) -> Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(keys.len()).arg(keys);
+    cmd
+}

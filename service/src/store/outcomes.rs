@@ -1,0 +1,71 @@
+//! Where a transaction stands, read from its tx record.
+
+use super::balances::parse_balance;
+use super::{Store, StoreError};
+use crate::domain::{Outcome, RejectReason, TxId, TxStatus};
+
+impl Store {
+    /// Where an id stands; `None` if unknown or only claimed (not yet accepted).
+    pub async fn status(&self, id: &TxId) -> Result<Option<TxStatus>, StoreError> {
+        Ok(self.lookup(id).await?.map(|(status, _)| status))
+    }
+
+    /// Where an id stands and the fingerprint of the body it is bound to
+    /// (which names its accounts); `None` if unknown or only claimed.
+    pub async fn lookup(&self, id: &TxId) -> Result<Option<(TxStatus, String)>, StoreError> {
+        let mut conn = self.conn.clone();
+        type Fields = (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let (state, reason, balance_after, accepted, fingerprint): Fields = redis::cmd("HMGET")
+            .arg(self.tx_key(id))
+            .arg("state")
+            .arg("reason")
+            .arg("balance_after")
+            .arg("accepted")
+            .arg("fp")
+            .query_async(&mut conn)
+            .await?;
+        let status = match (state.as_deref(), accepted) {
+            (Some(state @ ("applied" | "rejected")), _) => parse_status(
+                state,
+                reason.as_deref().unwrap_or(""),
+                balance_after.as_deref().unwrap_or(""),
+            )?,
+            (_, Some(_)) => TxStatus::Pending,
+            _ => return Ok(None),
+        };
+        Ok(Some((status, fingerprint.unwrap_or_default())))
+    }
+}
+
+/// Turns the scripts' `(state, reason, balance_after)` into a status.
+pub(super) fn parse_status(
+    state: &str,
+    reason: &str,
+    balance_after: &str,
+) -> Result<TxStatus, StoreError> {
+    let unexpected = || {
+        StoreError::Unexpected(format!(
+            "state={state} reason={reason} balance_after={balance_after}"
+        ))
+    };
+    match state {
+        "pending" => Ok(TxStatus::Pending),
+        "applied" => {
+            let balance = parse_balance(balance_after).ok_or_else(unexpected)?;
+            Ok(TxStatus::Settled(Outcome::Applied {
+                balance_after: balance,
+            }))
+        }
+        "rejected" => {
+            let reason = RejectReason::parse(reason).ok_or_else(unexpected)?;
+            Ok(TxStatus::Settled(Outcome::Rejected { reason }))
+        }
+        _ => Err(unexpected()),
+    }
+}

@@ -1,0 +1,72 @@
+//! The Lua scripts, compiled in from `lua/` so the binary is self-contained
+//! and loaded into Redis (SCRIPT LOAD) when the store starts and after a
+//! NOSCRIPT answer.
+
+use redis::Script;
+
+/// Every script the store runs. Built in one place ([`Scripts::new`]) and
+/// listed in one ([`Scripts::all`]): both name every field, so a script
+/// added here cannot be left out of either.
+pub(super) struct Scripts {
+    pub apply: Script,
+    pub claim: Script,
+    pub release: Script,
+    pub accept: Script,
+    pub saga_step: Script,
+    pub finish: Script,
+    pub set_balance: Script,
+    pub rate_limit: Script,
+    pub rate_limit_then_claim: Script,
+}
+
+impl Scripts {
+    pub fn new() -> Self {
+        Self {
+            apply: Script::new(include_str!("../../../lua/atomic_update.lua")),
+            claim: Script::new(concat!(
+                include_str!("../../../lua/claim.lua"),
+                "\nreturn claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])\n"
+            )),
+            release: Script::new(include_str!("../../../lua/release.lua")),
+            accept: Script::new(include_str!("../../../lua/accept.lua")),
+            saga_step: Script::new(include_str!("../../../lua/saga_step.lua")),
+            finish: Script::new(include_str!("../../../lua/finish.lua")),
+            set_balance: Script::new(include_str!("../../../lua/set_balance.lua")),
+            rate_limit: Script::new(concat!(
+                include_str!("../../../lua/rate_limit.lua"),
+                "\nreturn rate_limit(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))\n"
+            )),
+            rate_limit_then_claim: Script::new(concat!(
+                include_str!("../../../lua/rate_limit.lua"),
+                include_str!("../../../lua/claim.lua"),
+                include_str!("../../../lua/rate_limit_then_claim.lua")
+            )),
+        }
+    }
+
+    /// Every script, for SCRIPT LOAD.
+    pub fn all(&self) -> [&Script; 9] {
+        let Self {
+            apply,
+            claim,
+            release,
+            accept,
+            saga_step,
+            finish,
+            set_balance,
+            rate_limit,
+            rate_limit_then_claim,
+        } = self;
+        [
+            apply,
+            claim,
+            release,
+            accept,
+            saga_step,
+            finish,
+            set_balance,
+            rate_limit,
+            rate_limit_then_claim,
+        ]
+    }
+}
