@@ -33,7 +33,7 @@ enum Command {
         /// Port for the API (0: any free port).
         #[arg(long, default_value_t = 8080)]
         port: u16,
-        /// One Redis, or a local Redis Cluster (3 masters + 3 replicas).
+        /// One Redis, or a local Redis Cluster (3 masters with 2 replicas each).
         #[arg(long, value_enum, default_value = "single")]
         redis_topology: RedisTopology,
     },
@@ -66,7 +66,7 @@ enum Command {
         /// Skip the bare limits (engine only).
         #[arg(long)]
         no_limits: bool,
-        /// One Redis, or a local Redis Cluster (3 masters + 3 replicas).
+        /// One Redis, or a local Redis Cluster (3 masters with 2 replicas each).
         #[arg(long, value_enum, default_value = "single")]
         redis_topology: RedisTopology,
         /// Transfers to any account, or each to a partner account in its
@@ -86,7 +86,7 @@ enum Command {
         /// Partitions of the topic (consumers apply partitions in parallel).
         #[arg(long, default_value_t = 8)]
         partitions: i32,
-        /// One Redis, or a local Redis Cluster (3 masters + 3 replicas).
+        /// One Redis, or a local Redis Cluster (3 masters with 2 replicas each).
         #[arg(long, value_enum, default_value = "single")]
         redis_topology: RedisTopology,
         /// Run three backlogs side by side instead: one Redis, the cluster
@@ -100,7 +100,7 @@ enum Command {
     Scenario {
         /// The scenario file, e.g. scenarios/saga-crash.toml.
         file: std::path::PathBuf,
-        /// One Redis, or a local Redis Cluster (3 masters + 3 replicas).
+        /// One Redis, or a local Redis Cluster (3 masters with 2 replicas each).
         #[arg(long, value_enum, default_value = "single")]
         redis_topology: RedisTopology,
     },

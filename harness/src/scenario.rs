@@ -122,6 +122,11 @@ pub enum FaultKind {
     RemoveConsumer,
     /// `count` undecodable records published into the topic.
     Poison,
+    /// On a Redis Cluster only: kill -9 of a master, never restarted (a
+    /// machine lost); its replica takes over and the other replica follows
+    /// it, so the ledger goes on. The node is started again, as a replica,
+    /// once the scenario is judged.
+    LoseRedisMaster,
     /// On a Redis Cluster only: `count` slots (default 2000) move, keys
     /// and all, from one master to another while the load goes on.
     Reshard,
@@ -273,7 +278,7 @@ pub async fn run(scenario: &Scenario, infra: &Infra, exe: &Path) -> anyhow::Resu
                 infra.redis.is_none() && infra.redis_cluster.is_none() && infra.docker.is_none()
             }
             FaultKind::RestartKafka => infra.kafka.is_none(),
-            FaultKind::Reshard => infra.redis_cluster.is_none(),
+            FaultKind::Reshard | FaultKind::LoseRedisMaster => infra.redis_cluster.is_none(),
             _ => false,
         };
         if missing {
@@ -487,6 +492,8 @@ pub async fn run(scenario: &Scenario, infra: &Infra, exe: &Path) -> anyhow::Resu
     for consumer in topology.consumers.drain(..) {
         consumer.terminate(Duration::from_secs(10));
     }
+    // A master lost for good comes back (as a replica) for the next run.
+    tokio::task::block_in_place(|| infra.heal_redis())?;
     Ok(Outcome {
         verdict,
         elapsed: started.elapsed(),
@@ -509,6 +516,10 @@ async fn inject(fault: &Fault, topology: &mut Topology, infra: &Infra) -> anyhow
         }
         FaultKind::RestartKafka => tokio::task::block_in_place(|| infra.restart_kafka())?,
         FaultKind::RevokeKey => unreachable!("the runner revokes the key itself"),
+        FaultKind::LoseRedisMaster => {
+            let namespace = topology.config.namespace.clone();
+            tokio::task::block_in_place(|| infra.lose_redis_master(&namespace))?
+        }
         FaultKind::Reshard => {
             let namespace = topology.config.namespace.clone();
             let slots = fault.count.unwrap_or(2000) as u32;

@@ -5,7 +5,8 @@
 //! Prometheus scraping the API and the consumers and a dashboard query
 //! answering, and `down -v` leaving no container, network or volume.
 //!
-//! And the Redis Cluster override: six Redis containers joined by the
+//! And the Redis Cluster override: nine Redis containers (3 masters with 2
+//! replicas each) joined by the
 //! one-shot `redis-cli --cluster create`, the engine on them, transfers
 //! between slots (sagas) applied.
 //!
@@ -364,7 +365,7 @@ async fn the_cluster_override_forms_a_cluster_and_applies_sagas() {
         &["exec", "-T", "redis-1", "redis-cli", "cluster", "info"],
     );
     assert!(
-        info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:6"),
+        info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:9"),
         "{info}"
     );
     running.down();

@@ -2,7 +2,7 @@
 //! from a `Config`, runs them, and stops them gracefully.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -10,11 +10,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::admission::{Admission, MAX_BACKGROUND_RELEASES};
-use crate::config::{Config, RateLimitMode, Role};
+use crate::config::{Config, Role};
 use crate::consumer::{ConsumerHealth, ConsumerSettings, TxConsumer};
 use crate::http::{self, ApiState};
-use crate::keys::KeyCache;
 use crate::publisher::{Publisher, PublisherSettings};
 use crate::server::{serve_until_shutdown, ConnectionLimits};
 use crate::store::{Store, StoreSettings};
@@ -56,7 +54,8 @@ impl Engine {
             "role openapi prints a document; it runs no engine"
         );
         config.validate()?;
-        let admin_token = config.admin_token()?;
+        // Read once here, so a bad token file stops the start before anything.
+        config.admin_token()?;
         let metrics = metrics_handle();
         ensure_topics(&config.topic_settings())
             .await
@@ -95,22 +94,13 @@ impl Engine {
                 .await
                 .with_context(|| format!("binding {}", config.listen))?;
             addr = Some(listener.local_addr()?);
-            let state = Arc::new(ApiState {
-                store: store.clone(),
-                publisher: publisher.clone(),
-                admission: Admission::new(
-                    store.clone(),
-                    publisher.clone(),
-                    MAX_BACKGROUND_RELEASES,
-                ),
-                consumer: runs_consumer.then(|| consumer_health.clone()),
-                admin_token,
-                keys: KeyCache::new(Duration::from_millis(config.key_cache_ms)),
-                enforce_rate_limits: config.rate_limit == RateLimitMode::Enforce,
-                retry_after_secs: config.retry_after_secs,
-                body_read_timeout: Duration::from_millis(config.body_read_timeout_ms),
-                metrics: metrics.clone(),
-            });
+            let state = ApiState::from_config(
+                config,
+                store.clone(),
+                publisher.clone(),
+                runs_consumer.then(|| consumer_health.clone()),
+                metrics.clone(),
+            )?;
             let serving = serve_until_shutdown(
                 listener,
                 http::router(state),

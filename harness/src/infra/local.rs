@@ -157,7 +157,7 @@ impl LocalRedis {
 }
 
 /// A Redis Cluster of Debian redis-servers on loopback ports: `masters`
-/// masters with one replica each, joined by `redis-cli --cluster create`,
+/// masters with `replicas` replicas each, joined by `redis-cli --cluster create`,
 /// with a short node timeout (1 s) so that a replica takes over a dead
 /// master within seconds. Every node is killed when this is dropped.
 pub struct LocalRedisCluster {
@@ -169,9 +169,10 @@ pub struct LocalRedisCluster {
 pub const CLUSTER_NODE_TIMEOUT_MS: u64 = 1_000;
 
 impl LocalRedisCluster {
-    pub fn start(masters: usize, appendfsync: &str) -> anyhow::Result<Self> {
+    pub fn start(masters: usize, replicas: usize, appendfsync: &str) -> anyhow::Result<Self> {
         anyhow::ensure!(masters >= 3, "Redis Cluster needs at least 3 masters");
-        let nodes = (0..masters * 2)
+        anyhow::ensure!(replicas >= 1, "every master needs a replica");
+        let nodes = (0..masters * (1 + replicas))
             .map(|_| LocalRedis::start_node(appendfsync, true))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let cluster = Self { nodes };
@@ -179,7 +180,7 @@ impl LocalRedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(cluster.nodes.iter().map(LocalRedis::address))
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .context("running redis-cli --cluster create")?;
         anyhow::ensure!(
@@ -199,7 +200,7 @@ impl LocalRedisCluster {
                     .nodes
                     .iter()
                     .filter(|node| role_of(&node.url()).as_deref() == Some("master"))
-                    .all(|master| replicas_online(&master.url()) >= 1)
+                    .all(|master| replicas_online(&master.url()) >= replicas)
             },
             &log,
         )?;
@@ -330,6 +331,64 @@ impl LocalRedisCluster {
             || replicas_online(&url) >= 1,
             &log,
         )
+    }
+
+    /// kill -9 of the master serving `key`, not started again (a machine
+    /// lost): waits until a replica took over and, where another replica
+    /// is left, until it follows the new master, so `WAIT 1` answers again.
+    /// [`LocalRedisCluster::heal`] brings the lost node back later.
+    pub fn lose_master(&mut self, key: &str) -> anyhow::Result<()> {
+        let slot = self.slot_of(key)?;
+        let master = self.master_of(slot)?;
+        self.nodes[master].kill();
+        let log = self.nodes[master].dir.path().join("redis.log");
+        wait_until(
+            "a replica to take over",
+            || self.master_of(slot).is_ok_and(|node| node != master),
+            &log,
+        )?;
+        let promoted = self.nodes[self.master_of(slot)?].url();
+        wait_until(
+            "the other replica to follow the new master",
+            || replicas_online(&promoted) >= 1,
+            &log,
+        )
+    }
+
+    /// Starts every node that was killed and not started again; each
+    /// rejoins as a replica (of the master its shard has now), and waits
+    /// until the cluster is healthy and every master has a replica in sync.
+    pub fn heal(&mut self) -> anyhow::Result<()> {
+        let mut healed = false;
+        for node in &mut self.nodes {
+            if node.process.is_none() {
+                node.launch()?;
+                healed = true;
+            }
+        }
+        if !healed {
+            return Ok(());
+        }
+        self.wait_healthy()?;
+        let log = self.nodes[0].dir.path().join("redis.log");
+        let replicas = self.nodes.len() / self.masters().len() - 1;
+        wait_until(
+            "every master with all its replicas again",
+            || {
+                self.masters()
+                    .iter()
+                    .all(|url| replicas_online(url) >= replicas)
+            },
+            &log,
+        )
+    }
+
+    /// The URLs of the live masters.
+    fn masters(&self) -> Vec<String> {
+        self.live_nodes()
+            .map(LocalRedis::url)
+            .filter(|url| role_of(url).as_deref() == Some("master"))
+            .collect()
     }
 
     /// Moves `slots` slots, with their keys, from the master serving `key`

@@ -10,7 +10,7 @@
 //! used if both addresses are set, else `docker` if a daemon answers, else `local`.
 //! `TXENGINE_REDIS_APPENDFSYNC` (`always` by default, or `everysec`) sets the
 //! local Redis's AOF fsync policy. The Redis topology (one Redis or, with
-//! the local provider, a Redis Cluster of 3 masters and 3 replicas) is the
+//! the local provider, a Redis Cluster of 3 masters with 2 replicas each) is the
 //! caller's choice (`harness up|load|backlog --redis-topology`).
 
 pub mod docker;
@@ -97,7 +97,9 @@ impl Infra {
                         })
                     }
                     RedisTopology::Cluster => {
-                        let cluster = LocalRedisCluster::start(3, &fsync)?;
+                        // Two replicas a master: a master lost for good
+                        // leaves its shard a master and a replica (WAIT 1).
+                        let cluster = LocalRedisCluster::start(3, 2, &fsync)?;
                         Ok(Self {
                             provider,
                             redis_topology: topology,
@@ -212,6 +214,27 @@ impl Infra {
         redis.lock().expect("redis lock").restart()
     }
 
+    /// On a local cluster: kill -9 of the master of `namespace`'s first
+    /// shard, not restarted (see [`LocalRedisCluster::lose_master`]).
+    pub fn lose_redis_master(&self, namespace: &str) -> anyhow::Result<()> {
+        let cluster = self
+            .redis_cluster
+            .as_ref()
+            .context("losing a master needs a local Redis Cluster")?;
+        cluster
+            .lock()
+            .expect("cluster lock")
+            .lose_master(&first_shard_key(namespace))
+    }
+
+    /// On a local cluster: every lost node started again, as a replica.
+    pub fn heal_redis(&self) -> anyhow::Result<()> {
+        match &self.redis_cluster {
+            Some(cluster) => cluster.lock().expect("cluster lock").heal(),
+            None => Ok(()),
+        }
+    }
+
     /// On a local cluster: moves `slots` slots, keys and all, from the
     /// master of `namespace`'s first shard to another master.
     pub fn reshard(&self, namespace: &str, slots: u32) -> anyhow::Result<()> {
@@ -233,7 +256,7 @@ impl Infra {
             let shared = Infra::shared();
             let kafka_brokers = shared.kafka_brokers.clone();
             let kafka = shared.kafka.clone();
-            LocalRedisCluster::start(3, "always")
+            LocalRedisCluster::start(3, 2, "always")
                 .map(|cluster| Infra {
                     provider: Provider::Local,
                     redis_topology: RedisTopology::Cluster,

@@ -1,7 +1,6 @@
 //! Every endpoint and every error row of the HTTP API, over real HTTP, with
 //! the real Redis and Kafka behind it.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use harness::client::ApiClient;
@@ -10,7 +9,6 @@ use harness::stack::{isolated_config, Stack};
 use reqwest::StatusCode;
 use rstest::rstest;
 use serde_json::{json, Value};
-use txengine::admission::Admission;
 use txengine::domain::MAX_MINOR_UNITS;
 use txengine::http::{router, ApiState, MAX_BODY_BYTES};
 use txengine::publisher::{Publisher, PublisherSettings};
@@ -564,23 +562,28 @@ async fn serve(store: Store, publisher: Publisher) -> ApiClient {
         created_at_ms: 0,
     };
     assert!(store.create_key(&key).await.unwrap());
-    let state = Arc::new(ApiState {
-        admission: Admission::new(store.clone(), publisher.clone(), 16),
-        consumer: None,
-        store,
-        publisher,
-        admin_token: None,
-        keys: txengine::keys::KeyCache::new(Duration::from_millis(500)),
-        enforce_rate_limits: true,
-        retry_after_secs: 2,
-        body_read_timeout: Duration::from_secs(5),
-        metrics: metrics_exporter_prometheus::PrometheusBuilder::new()
-            .build_recorder()
-            .handle(),
-    });
+    let mut config = txengine::Config::defaults();
+    config.retry_after_secs = 2;
+    config.admin_token = None;
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .build_recorder()
+        .handle();
+    let state = ApiState::from_config(&config, store, publisher, None, metrics).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    // Served as the engine serves it, with its connection limits; the
+    // server runs until the test ends.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let _keep_running = stop;
+        txengine::server::serve_until_shutdown(
+            listener,
+            router(state),
+            txengine::server::ConnectionLimits::from_config(&config),
+            stopped,
+        )
+        .await
+    });
     ApiClient::new(&url, "", Duration::from_secs(30))
         .unwrap()
         .with_api_key(&secret)

@@ -23,7 +23,7 @@ fn connection(url: &str) -> redis::Connection {
 
 #[test]
 fn local_cluster_forms_fails_over_and_cleans_up() {
-    let mut cluster = LocalRedisCluster::start(3, "always").expect("a local cluster forms");
+    let mut cluster = LocalRedisCluster::start(3, 1, "always").expect("a local cluster forms");
     assert_eq!(cluster.nodes.len(), 6);
     let pids: Vec<u32> = cluster.nodes.iter_mut().filter_map(|n| n.pid()).collect();
     assert_eq!(pids.len(), 6);
@@ -82,7 +82,7 @@ fn local_cluster_forms_fails_over_and_cleans_up() {
 /// A local cluster of the test's own (its nodes get killed) and the engine
 /// on it with `--redis-topology cluster --redis-wait-replicas 1`.
 async fn engine_on_a_cluster_of_its_own(name: &str) -> (LocalRedisCluster, Stack) {
-    let cluster = tokio::task::spawn_blocking(|| LocalRedisCluster::start(3, "always"))
+    let cluster = tokio::task::spawn_blocking(|| LocalRedisCluster::start(3, 1, "always"))
         .await
         .unwrap()
         .expect("a local cluster forms");

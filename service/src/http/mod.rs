@@ -34,8 +34,8 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::admission::Admission;
-use crate::config::Secret;
+use crate::admission::{Admission, MAX_BACKGROUND_RELEASES};
+use crate::config::{Config, RateLimitMode, Secret};
 use crate::consumer::ConsumerHealth;
 use crate::keys::KeyCache;
 use crate::publisher::Publisher;
@@ -59,6 +59,32 @@ pub struct ApiState {
     /// How long a client may take to send a body; then 408.
     pub body_read_timeout: Duration,
     pub metrics: PrometheusHandle,
+}
+
+impl ApiState {
+    /// The API's state as `config` sets it, around a store and a publisher
+    /// (and this process's consumer, for `/ready`): the one way to build it,
+    /// for the engine and for tests alike.
+    pub fn from_config(
+        config: &Config,
+        store: Store,
+        publisher: Publisher,
+        consumer: Option<ConsumerHealth>,
+        metrics: PrometheusHandle,
+    ) -> anyhow::Result<Arc<Self>> {
+        Ok(Arc::new(Self {
+            admission: Admission::new(store.clone(), publisher.clone(), MAX_BACKGROUND_RELEASES),
+            store,
+            publisher,
+            consumer,
+            admin_token: config.admin_token()?,
+            keys: KeyCache::new(Duration::from_millis(config.key_cache_ms)),
+            enforce_rate_limits: config.rate_limit == RateLimitMode::Enforce,
+            retry_after_secs: config.retry_after_secs,
+            body_read_timeout: Duration::from_millis(config.body_read_timeout_ms),
+            metrics,
+        }))
+    }
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
