@@ -445,14 +445,32 @@ pub fn redacted_url(url: &str) -> String {
             let Some((scheme, rest)) = one.split_once("://") else {
                 return one.to_owned();
             };
-            let authority_end = rest.find('/').unwrap_or(rest.len());
-            match rest[..authority_end].rfind('@') {
+            // The password ends at the last '@' (an unescaped '/' or '?' in it
+            // must not end the search early).
+            let (authority, tail) = match rest.rfind('@') {
                 Some(at) => {
                     let user = rest[..at].split(':').next().unwrap_or("");
-                    format!("{scheme}://{user}:***{}", &rest[at..])
+                    (format!("{user}:***@"), &rest[at + 1..])
                 }
-                None => one.to_owned(),
-            }
+                None => (String::new(), rest),
+            };
+            // redis+unix URLs carry it as a query parameter.
+            let tail = match tail.split_once('?') {
+                Some((path, query)) => {
+                    let query: Vec<String> = query
+                        .split('&')
+                        .map(|pair| match pair.split_once('=') {
+                            Some((key, _)) if key == "pass" || key == "password" => {
+                                format!("{key}=***")
+                            }
+                            _ => pair.to_owned(),
+                        })
+                        .collect();
+                    format!("{path}?{}", query.join("&"))
+                }
+                None => tail.to_owned(),
+            };
+            format!("{scheme}://{authority}{tail}")
         })
         .collect::<Vec<_>>()
         .join(",")
@@ -572,6 +590,11 @@ mod tests {
         );
         assert_eq!(redacted_url("redis://r:6379"), "redis://r:6379");
         assert_eq!(redacted_url("rediss://u@r"), "rediss://u:***@r");
+        assert_eq!(redacted_url("redis://:a/b@r:1"), "redis://:***@r:1");
+        assert_eq!(
+            redacted_url("redis+unix:///run/redis.sock?db=1&pass=hunter2"),
+            "redis+unix:///run/redis.sock?db=1&pass=***"
+        );
     }
 
     #[test]

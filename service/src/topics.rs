@@ -256,11 +256,19 @@ async fn describe_topic(
     loop {
         let described = admin
             .describe_configs(&[ResourceSpecifier::Topic(topic)], options)
-            .await?;
-        match first_resource(described, &what) {
+            .await
+            .map_err(TopicError::from)
+            .and_then(|described| first_resource(described, &what));
+        match described {
             Ok(config) if config.get("cleanup.policy").is_some() => return Ok(config),
-            Ok(_) | Err(TopicError::Admin { .. }) if attempts < 40 => {}
-            other => return other,
+            Ok(_) | Err(_) if attempts < 40 => {}
+            Ok(_) => {
+                return Err(TopicError::Admin {
+                    what: format!("{what}: the broker returned no settings for it"),
+                    code: RDKafkaErrorCode::UnknownTopicOrPartition,
+                })
+            }
+            Err(e) => return Err(e),
         }
         attempts += 1;
         tokio::time::sleep(Duration::from_millis(250)).await;

@@ -274,7 +274,7 @@ impl TxConsumer {
         done.extend(applied.iter().map(|(i, _)| sources[*i]));
         metrics::histogram!("txengine_apply_batch_size").record(batch.len() as f64);
         metrics::histogram!("txengine_apply_batch_seconds").record(started.elapsed().as_secs_f64());
-        self.store_offsets(&offsets_to_store(&done, paused));
+        self.store_offsets(&offsets_to_store(batch, &done));
         true
     }
 
@@ -392,6 +392,10 @@ impl TxConsumer {
         summary: String,
         detail: String,
     ) {
+        if paused.holds(message) {
+            // Held already, on an earlier record: that one goes first.
+            return;
+        }
         let (topic, partition) = partition_of(message);
         let mut list = TopicPartitionList::new();
         list.add_partition(&topic, partition);
@@ -527,6 +531,24 @@ impl TxConsumer {
             .store_offset(&topic, partition, message.offset())
         {
             tracing::info!(topic, partition, error = %e, "offset not stored (revoked?)");
+        }
+        // Records behind a long pause may have been deleted by retention
+        // before they were applied: then going on would skip them. Stop
+        // here, loudly, for someone to look (the topic's retention is also
+        // how far the consumers may fall behind).
+        let first_kept = self
+            .consumer
+            .fetch_watermarks(&topic, partition, Duration::from_secs(5))
+            .map(|(low, _)| low);
+        if let Ok(low) = first_kept {
+            if low > message.offset() + 1 {
+                let text = format!(
+                    "offsets {}..{low} were deleted by the topic's retention before they were applied",
+                    message.offset() + 1
+                );
+                tracing::error!(topic, partition, "{text}");
+                return Err(Some((text.clone(), text)));
+            }
         }
         let resume_at = Offset::Offset(message.offset() + 1);
         if let Err(e) = self

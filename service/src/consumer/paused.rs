@@ -4,7 +4,7 @@
 //! newer wire version). No offset of a paused partition moves past its
 //! record.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use rdkafka::message::{Message, OwnedMessage};
@@ -31,14 +31,26 @@ pub(super) fn partition_of(message: &OwnedMessage) -> Partition {
 }
 
 impl Paused {
-    /// True when `message`'s partition is paused: the message is read again
-    /// from Kafka once the partition resumes, so it is skipped now.
+    /// True when `message` is at or after the record its partition is
+    /// paused on: it is read again from Kafka once the partition resumes,
+    /// so it is skipped now. Records before it are not held.
     pub fn holds(&self, message: &OwnedMessage) -> bool {
-        self.0.contains_key(&partition_of(message))
+        self.0
+            .get(&partition_of(message))
+            .is_some_and(|on| message.offset() >= on.message.offset())
     }
 
+    /// Pauses a partition on `on`, or on an earlier record than the one it
+    /// was paused on (the later one is read again after the earlier).
     pub fn insert(&mut self, on: PausedOn) {
-        self.0.insert(partition_of(&on.message), on);
+        let partition = partition_of(&on.message);
+        if self
+            .0
+            .get(&partition)
+            .is_none_or(|paused| on.message.offset() < paused.message.offset())
+        {
+            self.0.insert(partition, on);
+        }
     }
 
     pub fn remove(&mut self, partition: &Partition) -> Option<PausedOn> {
@@ -75,23 +87,31 @@ impl Paused {
     }
 }
 
-/// The offset to store per partition for the messages that are `done`
-/// (applied, or sent to the DLQ): the last of them, but never the record
-/// a partition is paused on or anything after it.
+/// The offset to store per partition: the last of the batch's messages
+/// whose work is `done` (applied, or sent to the DLQ) with every message
+/// of that partition before it in the batch done too. A message not done
+/// (paused on, held behind a pause, skipped) stops its partition there.
 pub(super) fn offsets_to_store(
+    batch: &[OwnedMessage],
     done: &[&OwnedMessage],
-    paused: &Paused,
 ) -> BTreeMap<Partition, i64> {
+    let done: HashSet<(&str, i32, i64)> = done
+        .iter()
+        .map(|m| (m.topic(), m.partition(), m.offset()))
+        .collect();
     let mut last: BTreeMap<Partition, i64> = BTreeMap::new();
-    for message in done {
+    let mut blocked: HashSet<Partition> = HashSet::new();
+    // A batch holds each partition's messages in offset order.
+    for message in batch {
         let partition = partition_of(message);
-        if let Some(on) = paused.0.get(&partition) {
-            if message.offset() >= on.message.offset() {
-                continue;
-            }
+        if blocked.contains(&partition) {
+            continue;
         }
-        let entry = last.entry(partition).or_insert(message.offset());
-        *entry = (*entry).max(message.offset());
+        if done.contains(&(message.topic(), message.partition(), message.offset())) {
+            last.insert(partition, message.offset());
+        } else {
+            blocked.insert(partition);
+        }
     }
     last
 }
@@ -114,26 +134,52 @@ mod tests {
     }
 
     #[test]
-    fn no_offset_moves_to_or_past_a_paused_record() {
+    fn no_offset_moves_past_a_message_whose_work_is_not_done() {
+        let batch = [
+            message(0, 7),
+            message(1, 3),
+            message(0, 9),
+            message(1, 4),
+            message(1, 5),
+            message(1, 6),
+        ];
+        // 1/5 is paused on: not done; 1/6 is done (say, dead-lettered).
+        let done: Vec<&OwnedMessage> = [0, 1, 2, 3, 5].iter().map(|i| &batch[*i]).collect();
+        let offsets = offsets_to_store(&batch, &done);
+        assert_eq!(offsets[&("t".to_owned(), 0)], 9);
+        assert_eq!(
+            offsets[&("t".to_owned(), 1)],
+            4,
+            "not 5 or 6: 5 is not done"
+        );
+        // Nothing done in a partition: nothing stored for it.
+        let offsets = offsets_to_store(&batch, &done[..1]);
+        assert_eq!(offsets.len(), 1);
+    }
+
+    #[test]
+    fn a_pause_holds_its_record_and_what_follows_never_what_precedes() {
         let mut paused = Paused::default();
-        paused.insert(PausedOn {
-            message: message(1, 5),
+        let on = |offset| PausedOn {
+            message: message(1, offset),
             record: None,
             retry_at: Instant::now(),
             backoff: Duration::ZERO,
-        });
-        let done = [
-            message(0, 7),
-            message(0, 9),
-            message(1, 3),
-            message(1, 4),
-            message(1, 6),
-        ];
-        let done: Vec<&OwnedMessage> = done.iter().collect();
-        let offsets = offsets_to_store(&done, &paused);
-        assert_eq!(offsets[&("t".to_owned(), 0)], 9);
-        assert_eq!(offsets[&("t".to_owned(), 1)], 4, "not 5 or 6: 5 is paused");
-        assert!(paused.holds(&message(1, 8)) && !paused.holds(&message(0, 8)));
+        };
+        paused.insert(on(5));
+        assert!(paused.holds(&message(1, 5)) && paused.holds(&message(1, 8)));
+        assert!(!paused.holds(&message(1, 3)), "before the paused record");
+        assert!(!paused.holds(&message(0, 8)), "another partition");
+        paused.insert(on(7));
+        assert!(
+            !paused.holds(&message(1, 3)) && paused.holds(&message(1, 5)),
+            "the earlier pause stays"
+        );
+        paused.insert(on(2));
+        assert!(
+            paused.holds(&message(1, 3)),
+            "an earlier culprit takes its place"
+        );
         assert_eq!(
             paused.next_retry(),
             None,
