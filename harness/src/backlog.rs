@@ -196,7 +196,7 @@ async fn backlog_once(
         ]
     };
     let cpu_before = cpu_now();
-    let drained = load::wait_drained(
+    let drained = crate::measure::wait_drained(
         &infra.kafka_brokers,
         &config.group,
         &config.topic,

@@ -9,7 +9,8 @@ use anyhow::Context;
 use crate::infra::process::Supervised;
 use crate::infra::Infra;
 use crate::invariants;
-use crate::load::{self, HttpResult, LoadProfile, Target};
+use crate::load::{self, LoadProfile, Target};
+use crate::measure::{consumer_lag, wait_drained, HttpResult, SecondStats};
 use crate::report::{
     cpu_readings, rss_kib, BareRun, CpuPerRequest, InvariantResult, LimiterOff, Machine,
     PipelineResult, PipelineSecond, Ratios, Report,
@@ -38,7 +39,7 @@ impl Generator {
 /// What one generator run against an HTTP target gave.
 struct HttpRun {
     result: HttpResult,
-    timeline: Vec<crate::load::SecondStats>,
+    timeline: Vec<SecondStats>,
     /// goose keeps the ledger; for wrk it is rebuilt from Redis afterwards.
     ledger: Ledger,
 }
@@ -215,7 +216,7 @@ impl LagSampler {
             let mut samples = Vec::new();
             while !stopped.load(Ordering::Relaxed) {
                 let second = started.elapsed().as_secs() as usize;
-                samples.push((second, load::consumer_lag(&brokers, &group, &topic).ok()));
+                samples.push((second, consumer_lag(&brokers, &group, &topic).ok()));
                 let next = Duration::from_secs(second as u64 + 1);
                 std::thread::sleep(next.saturating_sub(started.elapsed()));
             }
@@ -366,7 +367,7 @@ pub async fn run_load(
         warmup_ledger.accepted.extend(off.ledger.accepted);
         warmup_ledger.refused.extend(off.ledger.refused);
         warmup_ledger.uncertain.extend(off.ledger.uncertain);
-        load::wait_drained(
+        wait_drained(
             &infra.kafka_brokers,
             &config.group,
             &config.topic,
@@ -417,7 +418,7 @@ pub async fn run_load(
     ledger.uncertain.extend(warmup_ledger.uncertain);
 
     eprintln!("waiting for the consumers to drain the topic ...");
-    let drain = load::wait_drained(
+    let drain = wait_drained(
         &infra.kafka_brokers,
         &config.group,
         &config.topic,

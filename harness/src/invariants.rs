@@ -131,7 +131,7 @@ pub async fn check(infra: &Infra, namespace: &str, ledger: &Ledger) -> anyhow::R
         .map(|(a, b)| (a.as_str(), *b as i128))
         .collect();
 
-    let mut accept_to_applied_ms = crate::load::precise_histogram();
+    let mut accept_to_applied_ms = crate::measure::precise_histogram();
     let states: Vec<Option<String>> = reader
         .query(
             ledger

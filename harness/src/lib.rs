@@ -11,7 +11,9 @@
 //! - [`bench`]: `harness load`: the engine against the bare limits, one report.
 //! - [`backlog`]: `harness backlog`: how fast one consumer drains a backlog.
 //! - [`bare`]: the bare HTTP limit (an axum handler that only answers 202).
-//! - [`load`]: the goose load runner, consumer lag and drain.
+//! - [`load`]: the goose load runner.
+//! - [`measure`]: what runs measure (result types, histograms) and the Kafka
+//!   probes (consumer lag and drain, a topic's records), for runners and judges.
 //! - [`wrk`]: the lean peak-capacity generator (Debian's wrk) and its output.
 //! - [`scenario`]: `scenarios/*.toml`: faults under load, judged by invariants.
 //! - [`report`]: JSON, Markdown and SVG load reports with machine facts.
@@ -26,6 +28,7 @@ pub mod client;
 pub mod infra;
 pub mod invariants;
 pub mod load;
+pub mod measure;
 pub mod model;
 pub mod report;
 pub mod scenario;

@@ -12,12 +12,11 @@ use anyhow::Context;
 use goose::config::{GooseConfiguration, GooseDefault, GooseDefaultType};
 use goose::prelude::*;
 use hdrhistogram::Histogram;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use serde::Serialize;
+use rdkafka::ClientConfig;
 use txengine::domain::{AccountId, Amount, Movement, TxId};
 use txengine::store::Store;
 
+use crate::measure::{precise_histogram, HttpResult, SecondStats};
 use crate::workload::{Ledger, Mix, SentTx};
 
 /// The shape of a load run.
@@ -55,36 +54,6 @@ pub enum Target {
     /// The apply script called directly, one transaction per call; the
     /// multiplexed connection pipelines the users' concurrent calls.
     RedisScript { store: Box<Store> },
-}
-
-/// Requests and latency within one second of a run.
-#[derive(Debug, Clone, Serialize)]
-pub struct SecondStats {
-    pub second: usize,
-    pub requests: usize,
-    pub errors: usize,
-    pub latency_ms_p50: f64,
-    pub latency_ms_p99: f64,
-}
-
-/// What one run measured.
-#[derive(Debug, Clone, Serialize)]
-pub struct HttpResult {
-    pub target: String,
-    pub users: usize,
-    pub seconds: usize,
-    pub requests: usize,
-    pub ok: usize,
-    pub errors_by_kind: BTreeMap<String, usize>,
-    /// Successful calls per second of the run.
-    pub rps: f64,
-    pub latency_ms_p50: f64,
-    /// `None` (null) where the generator does not give it (wrk prints
-    /// 50/75/90/99, k6 no 90th by default).
-    pub latency_ms_p90: Option<f64>,
-    pub latency_ms_p95: Option<f64>,
-    pub latency_ms_p99: f64,
-    pub latency_ms_max: f64,
 }
 
 struct Bucket {
@@ -279,12 +248,6 @@ async fn send_transaction(user: &mut GooseUser) -> TransactionResult {
     Ok(())
 }
 
-/// A histogram with 3 significant digits (0.1%), growing as needed: the
-/// runs' latencies (µs) and the invariants' accept-to-applied times (ms).
-pub fn precise_histogram() -> Histogram<u64> {
-    Histogram::new(3).expect("3 significant digits is a valid precision")
-}
-
 /// The `quantile` (0..=1) of a histogram of microseconds, in ms (0 if empty).
 fn quantile_ms(latencies_us: &Histogram<u64>, quantile: f64) -> f64 {
     latencies_us.value_at_quantile(quantile) as f64 / 1000.0
@@ -397,77 +360,6 @@ async fn report_progress(state: Arc<RunState>, name: String, seconds: usize) {
             (sent - last) as f64 / 5.0
         );
         last = sent;
-    }
-}
-
-/// Records not yet stored by `group` on `topic` (sum over partitions).
-pub fn consumer_lag(brokers: &str, group: &str, topic: &str) -> anyhow::Result<i64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let timeout = Duration::from_secs(5);
-    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    let mut tpl = TopicPartitionList::new();
-    for p in &partitions {
-        tpl.add_partition(topic, *p);
-    }
-    let committed = consumer.committed_offsets(tpl, timeout)?;
-    let mut lag = 0;
-    for p in partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
-        let done = match committed.find_partition(topic, p).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => o,
-            _ => low,
-        };
-        lag += (high - done).max(0);
-    }
-    Ok(lag)
-}
-
-/// Waits until the group has stored every record of the topic, printing
-/// progress; returns how long it took.
-pub async fn wait_drained(
-    brokers: &str,
-    group: &str,
-    topic: &str,
-    timeout: Duration,
-) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    let mut last_print = Instant::now();
-    loop {
-        let (b, g, t) = (brokers.to_owned(), group.to_owned(), topic.to_owned());
-        // Right after a start the group coordinator may not be loaded yet
-        // (NotCoordinator): that is "not known yet", not a failure.
-        let lag = match tokio::task::spawn_blocking(move || consumer_lag(&b, &g, &t)).await? {
-            Ok(lag) => lag,
-            Err(e) if started.elapsed() < timeout => {
-                tracing::debug!(error = %e, "lag not known yet");
-                i64::MAX
-            }
-            Err(e) => return Err(e),
-        };
-        if lag == 0 {
-            return Ok(started.elapsed());
-        }
-        anyhow::ensure!(
-            started.elapsed() < timeout,
-            "consumer lag still {lag} after {timeout:?}"
-        );
-        if last_print.elapsed() >= Duration::from_secs(2) {
-            eprintln!(
-                "  draining: lag {lag} records ({:.0}s)",
-                started.elapsed().as_secs_f64()
-            );
-            last_print = Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

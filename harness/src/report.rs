@@ -7,7 +7,7 @@ use std::process::Command;
 
 use serde::Serialize;
 
-use crate::load::{HttpResult, SecondStats};
+use crate::measure::{HttpResult, SecondStats};
 
 /// Bumped whenever a field changes meaning or goes away.
 pub const SCHEMA_VERSION: u32 = 5;

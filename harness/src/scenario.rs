@@ -18,21 +18,17 @@ use anyhow::{bail, Context};
 use rand::SeedableRng;
 use std::collections::HashMap;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientConfig;
 use reqwest::StatusCode;
 use serde::Deserialize;
 use txengine::domain::MAX_MINOR_UNITS;
-use txengine::wire::Record;
 use txengine::Role;
 
 use crate::client::ApiClient;
 use crate::infra::Infra;
 use crate::invariants;
-use crate::load::wait_drained;
+use crate::measure::{published_transactions, topic_size, wait_drained};
 use crate::stack::{isolated_config, EngineProcess};
 use crate::workload::{Ledger, Mix, SentTx};
 
@@ -586,68 +582,6 @@ fn check_expectations(
     }
 }
 
-/// Every record of `topic`, read from the start of each partition to its
-/// end as it was when asked.
-pub fn read_topic(brokers: &str, topic: &str) -> anyhow::Result<Vec<OwnedMessage>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set(
-            "group.id",
-            format!("reader-{}", uuid::Uuid::new_v4().simple()),
-        )
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let timeout = Duration::from_secs(5);
-    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    let mut assignment = TopicPartitionList::new();
-    let mut left: HashMap<i32, (i64, i64)> = HashMap::new();
-    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-        let (low, high) = consumer.fetch_watermarks(topic, partition.id(), timeout)?;
-        if low < high {
-            assignment.add_partition_offset(topic, partition.id(), Offset::Offset(low))?;
-            left.insert(partition.id(), (low, high));
-        }
-    }
-    consumer.assign(&assignment)?;
-    let mut records = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while left.values().any(|(next, high)| next < high) {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{topic} not read to its end in 60 s"
-        );
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(message)) => {
-                if let Some((next, _)) = left.get_mut(&message.partition()) {
-                    *next = message.offset() + 1;
-                }
-                records.push(message.detach());
-            }
-            Some(Err(e)) => bail!("reading {topic}: {e}"),
-            None => {}
-        }
-    }
-    Ok(records)
-}
-
-/// How many records of `topic` carry each transaction as the API publishes
-/// it (saga steps, which the consumers publish, are not counted).
-pub fn published_transactions(
-    brokers: &str,
-    topic: &str,
-) -> anyhow::Result<HashMap<String, usize>> {
-    let mut published = HashMap::new();
-    for message in read_topic(brokers, topic)? {
-        let Ok(record) = Record::decode(message.payload().unwrap_or_default()) else {
-            continue;
-        };
-        if record.saga.is_none() {
-            *published.entry(record.tx.id.to_string()).or_insert(0) += 1;
-        }
-    }
-    Ok(published)
-}
-
 /// What the topic says against the answers the clients got: every
 /// accepted transaction published once, and nothing for a refused request.
 pub fn publication_failures(
@@ -789,21 +723,6 @@ async fn send_until_answered(api: &ApiClient, tx: &SentTx) -> anyhow::Result<Ans
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(Answer::Unknown)
-}
-
-/// Records in `topic`, over every partition (high minus low watermarks).
-pub fn topic_size(brokers: &str, topic: &str) -> anyhow::Result<i64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
-    let timeout = Duration::from_secs(5);
-    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    let mut total = 0;
-    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-        let (low, high) = consumer.fetch_watermarks(topic, partition.id(), timeout)?;
-        total += high - low;
-    }
-    Ok(total)
 }
 
 #[cfg(test)]

@@ -75,7 +75,7 @@ impl Stack {
     /// Waits until the engine's consumer group has stored an offset past
     /// every record of its topic (lag 0).
     pub async fn wait_drained(&self, timeout: Duration) -> anyhow::Result<Duration> {
-        crate::load::wait_drained(
+        crate::measure::wait_drained(
             &self.config.kafka_brokers,
             &self.config.group,
             &self.config.topic,

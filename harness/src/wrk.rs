@@ -8,7 +8,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
-use crate::load::HttpResult;
+use crate::measure::HttpResult;
 use crate::workload::{account_name, Kind, Ledger, Mix, SentTx};
 
 /// The wrk script, relative to the harness crate.

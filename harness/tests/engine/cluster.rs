@@ -204,8 +204,9 @@ async fn offsets_wait_for_a_replica() {
         assert!(Instant::now() < deadline, "no stall shown: {status} {body}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let lag = harness::load::consumer_lag(&infra.kafka_brokers, &s.config.group, &s.config.topic)
-        .unwrap();
+    let lag =
+        harness::measure::consumer_lag(&infra.kafka_brokers, &s.config.group, &s.config.topic)
+            .unwrap();
     assert!(lag > 0, "the offset moved past writes no replica has");
 
     let cluster = tokio::task::spawn_blocking(move || {

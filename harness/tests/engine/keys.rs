@@ -16,7 +16,7 @@ use txengine::store::Layout;
 
 /// Records in the topic, over every partition.
 fn topic_size(brokers: &str, topic: &str) -> i64 {
-    harness::scenario::topic_size(brokers, topic).unwrap()
+    harness::measure::topic_size(brokers, topic).unwrap()
 }
 
 /// Every key of the namespace with a dump of its value, on one Redis.

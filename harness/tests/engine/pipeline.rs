@@ -174,7 +174,7 @@ async fn a_restarted_engine_carries_on() {
 
 /// Where each transaction id sits in `topic`: (partition, offset).
 fn positions(brokers: &str, topic: &str) -> HashMap<String, (i32, i64)> {
-    harness::scenario::read_topic(brokers, topic)
+    harness::measure::read_topic(brokers, topic)
         .unwrap()
         .into_iter()
         .filter_map(|m| {
@@ -207,7 +207,7 @@ async fn the_publication_judge_names_a_refused_request_that_was_published() {
         .unwrap();
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     let published =
-        harness::scenario::published_transactions(&infra.kafka_brokers, &s.config.topic).unwrap();
+        harness::measure::published_transactions(&infra.kafka_brokers, &s.config.topic).unwrap();
     let judge = |published: &HashMap<String, usize>| {
         harness::scenario::publication_failures(published, &["ok-1"], &["refused-1".to_owned()])
     };
@@ -240,7 +240,7 @@ async fn the_publication_judge_names_a_refused_request_that_was_published() {
         .await
         .unwrap();
     let published =
-        harness::scenario::published_transactions(&infra.kafka_brokers, &s.config.topic).unwrap();
+        harness::measure::published_transactions(&infra.kafka_brokers, &s.config.topic).unwrap();
     let failures = judge(&published);
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert!(failures[0].contains("refused-1"), "{failures:?}");
