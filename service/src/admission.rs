@@ -23,10 +23,7 @@ use crate::publisher::{PublishError, Publisher};
 use crate::store::{Acceptance, Claim, RateVerdict, Store, StoreError};
 use crate::wire::{now_ms, Record};
 
-/// Most releases retried in the background at once (after a Redis error the
-/// claim may have landed anyway). Past it the lease is left to run out: the
-/// retry of that id meets 409 until then, and nothing else is at stake.
-pub const MAX_BACKGROUND_RELEASES: usize = 256;
+pub use crate::limits::MAX_BACKGROUND_RELEASES;
 
 /// Why a transaction was not admitted. Nothing was published, except for
 /// [`Refused::Kafka`] (the record may still land) and

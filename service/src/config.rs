@@ -227,8 +227,7 @@ pub enum RateLimitMode {
     Off,
 }
 
-/// Longest `--key-cache-ms`: the contract refuses a revoked key within 1 s.
-pub const MAX_KEY_CACHE_MS: u64 = 1_000;
+pub use crate::limits::MAX_KEY_CACHE_MS;
 
 impl Config {
     /// Replicas a consumer waits for (`WAIT`) before it stores offsets.

@@ -8,12 +8,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// Largest amount or balance, in minor units: 2^53 - 1. Lua numbers are
-/// doubles, so nothing above this may ever reach a script as a number.
-pub const MAX_MINOR_UNITS: u64 = (1 << 53) - 1;
-
-/// Longest account or transaction id, in bytes.
-pub const MAX_ID_LEN: usize = 64;
+pub use crate::limits::{MAX_ID_LEN, MAX_MINOR_UNITS};
+use crate::limits::{MAX_RATE, MAX_SCOPE_PATTERNS};
 
 /// Why a request was refused before anything was published or written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,9 +36,9 @@ pub enum RuleError {
     BadKeyId,
     #[error("`{pattern}` is not an account pattern: an account id, a prefix of one followed by `*`, or `*`")]
     BadScope { pattern: String },
-    #[error("`accounts` needs 1..={} patterns", crate::keys::MAX_SCOPE_PATTERNS)]
+    #[error("`accounts` needs 1..={} patterns", MAX_SCOPE_PATTERNS)]
     ScopeSize,
-    #[error("{field} must be an integer in 1..={}", crate::keys::MAX_RATE)]
+    #[error("{field} must be an integer in 1..={}", MAX_RATE)]
     LimitOutOfRange { field: &'static str },
 }
 

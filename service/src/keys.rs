@@ -25,10 +25,8 @@ const SECRET_BYTES: usize = 32;
 /// Random bytes in a key id (64 bits: admins make few keys, and a clash is
 /// refused by the store).
 const ID_BYTES: usize = 8;
-/// Most patterns in one key's scope.
-pub const MAX_SCOPE_PATTERNS: usize = 100;
-/// Largest rate (requests per second) and burst a key may have.
-pub const MAX_RATE: u64 = 1_000_000;
+use crate::limits::MAX_CACHED_KEYS;
+pub use crate::limits::{MAX_RATE, MAX_SCOPE_PATTERNS};
 
 fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
@@ -227,10 +225,6 @@ pub struct KeyCache {
     ttl: Duration,
     entries: Mutex<HashMap<KeyId, (Instant, Arc<ApiKey>)>>,
 }
-
-/// Most keys cached at once; past it the cache starts over (keys are few;
-/// this only bounds memory against a flood of ids).
-const MAX_CACHED_KEYS: usize = 10_000;
 
 impl KeyCache {
     pub fn new(ttl: Duration) -> Self {

@@ -6,6 +6,7 @@
 //! balance, moves the money and records the outcome atomically.
 //!
 //! # Layout
+//! - [`limits`]: every named limit (a leaf: it imports nothing of the crate).
 //! - [`domain`]: ids, amounts, movements, outcomes. Knows no I/O crate.
 //! - [`keys`]: API keys: secrets and their hashes, account scopes, rate
 //!   limits, the short-lived cache of keys.
@@ -27,6 +28,7 @@ pub mod consumer;
 pub mod domain;
 pub mod http;
 pub mod keys;
+pub mod limits;
 pub mod publisher;
 pub mod server;
 pub mod store;

@@ -25,9 +25,7 @@ impl ConnectionLimits {
     }
 }
 
-/// Most bytes of a request head (request line and headers); past it hyper
-/// answers 431. Hyper's own floor is 8 KiB.
-pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+pub use crate::limits::MAX_HEAD_BYTES;
 
 /// Serves `router` over HTTP/1.1 until `shutdown` turns true, then lets
 /// in-flight requests finish. Hand-rolled over hyper rather than

@@ -34,15 +34,15 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::admission::{Admission, MAX_BACKGROUND_RELEASES};
+use crate::admission::Admission;
 use crate::config::{Config, RateLimitMode, Secret};
 use crate::consumer::ConsumerHealth;
 use crate::keys::KeyCache;
+use crate::limits::MAX_BACKGROUND_RELEASES;
 use crate::publisher::Publisher;
 use crate::store::Store;
 
-/// Largest request body accepted; a transaction is well under 1 KiB.
-pub const MAX_BODY_BYTES: usize = 16 * 1024;
+pub use crate::limits::MAX_BODY_BYTES;
 
 pub struct ApiState {
     pub store: Store,

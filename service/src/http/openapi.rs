@@ -82,3 +82,46 @@ impl Modify for BearerSchemes {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::limits::{MAX_ID_LEN, MAX_MINOR_UNITS, MAX_RATE, MAX_SCOPE_PATTERNS};
+
+    /// The document's bounds are the engine's limits: the schema
+    /// attributes are literals, so this is what keeps them from drifting.
+    #[test]
+    fn the_served_bounds_are_the_named_limits() {
+        let document: serde_json::Value =
+            serde_json::from_str(super::openapi_document()).expect("JSON");
+        let schemas = &document["components"]["schemas"];
+        let property = |schema: &str, field: &str| schemas[schema]["properties"][field].clone();
+        assert_eq!(
+            property("TransactionRequest", "amount")["maximum"],
+            MAX_MINOR_UNITS
+        );
+        assert_eq!(
+            property("BalanceRequest", "balance")["maximum"],
+            MAX_MINOR_UNITS
+        );
+        assert_eq!(
+            property("BalanceView", "balance")["maximum"],
+            MAX_MINOR_UNITS
+        );
+        assert_eq!(
+            property("KeyRequest", "accounts")["maxItems"],
+            MAX_SCOPE_PATTERNS
+        );
+        assert_eq!(property("KeyRequest", "rate_per_s")["maximum"], MAX_RATE);
+        assert_eq!(property("KeyRequest", "burst")["maximum"], MAX_RATE);
+        let id_pattern = format!("^[A-Za-z0-9_.:-]{{1,{MAX_ID_LEN}}}$");
+        let text = super::openapi_document();
+        let patterns = text.matches("\"pattern\": \"^[A-Za-z0-9_.:-]{1,").count();
+        assert!(patterns >= 5, "ids are patterned: {patterns}");
+        assert_eq!(
+            patterns,
+            text.matches(&format!("\"pattern\": \"{id_pattern}\""))
+                .count(),
+            "every id pattern allows {MAX_ID_LEN} characters"
+        );
+    }
+}

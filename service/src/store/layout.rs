@@ -47,10 +47,7 @@ impl RedisTopology {
     }
 }
 
-/// How many shards accounts and transaction ids are hashed over on a
-/// cluster: each shard is one hash tag, so one slot. Enough to spread over
-/// every master (a shard moves with its slot when the cluster reshards).
-pub const CLUSTER_SHARDS: u32 = 1024;
+pub use crate::limits::CLUSTER_SHARDS;
 
 /// Key names and the slot each lives in; the store and the harness (which
 /// reads Redis to check invariants) both build keys with it.

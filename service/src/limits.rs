@@ -1,0 +1,42 @@
+//! Every named limit of the engine, in one leaf module that imports
+//! nothing of the crate: the domain, the keys, the HTTP layer, the store
+//! and the configuration take their bounds from here, and the OpenAPI
+//! document's bounds are checked against these (`http::openapi` tests).
+
+/// Largest amount or balance, in minor units: 2^53 - 1. Lua numbers are
+/// doubles, so nothing above this may ever reach a script as a number
+/// (the scripts' `MAX` is the same number).
+pub const MAX_MINOR_UNITS: u64 = (1 << 53) - 1;
+
+/// Longest account, transaction or key id, in bytes.
+pub const MAX_ID_LEN: usize = 64;
+
+/// Most patterns in one API key's scope.
+pub const MAX_SCOPE_PATTERNS: usize = 100;
+
+/// Largest rate (requests per second) and burst an API key may have.
+pub const MAX_RATE: u64 = 1_000_000;
+
+/// Largest request body accepted; a transaction is well under 1 KiB.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// Most bytes of a request head (request line and headers); past it hyper
+/// answers 431. Hyper's own floor is 8 KiB.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// Longest `--key-cache-ms`: the contract refuses a revoked key within 1 s.
+pub const MAX_KEY_CACHE_MS: u64 = 1_000;
+
+/// Most API keys cached at once; past it the cache starts over (keys are
+/// few; this only bounds memory against a flood of ids).
+pub const MAX_CACHED_KEYS: usize = 10_000;
+
+/// How many shards accounts and transaction ids are hashed over on a
+/// cluster: each shard is one hash tag, so one slot. Enough to spread over
+/// every master (a shard moves with its slot when the cluster reshards).
+pub const CLUSTER_SHARDS: u32 = 1024;
+
+/// Most lease releases retried in the background at once (after a Redis
+/// error the claim may have landed anyway). Past it the lease is left to
+/// run out: the retry of that id meets 409 until then.
+pub const MAX_BACKGROUND_RELEASES: usize = 256;
