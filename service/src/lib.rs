@@ -1,3 +1,4 @@
+#![warn(unreachable_pub)]
 //! # txengine
 //!
 //! An atomic transaction engine: clients POST money movements over HTTP, the

@@ -34,7 +34,7 @@ impl Paused {
     /// True when `message` is at or after the record its partition is
     /// paused on: it is read again from Kafka once the partition resumes,
     /// so it is skipped now. Records before it are not held.
-    pub fn holds(&self, message: &OwnedMessage) -> bool {
+    pub(super) fn holds(&self, message: &OwnedMessage) -> bool {
         self.0
             .get(&partition_of(message))
             .is_some_and(|on| message.offset() >= on.message.offset())
@@ -42,7 +42,7 @@ impl Paused {
 
     /// Pauses a partition on `on`, or on an earlier record than the one it
     /// was paused on (the later one is read again after the earlier).
-    pub fn insert(&mut self, on: PausedOn) {
+    pub(super) fn insert(&mut self, on: PausedOn) {
         let partition = partition_of(&on.message);
         if self
             .0
@@ -53,20 +53,20 @@ impl Paused {
         }
     }
 
-    pub fn remove(&mut self, partition: &Partition) -> Option<PausedOn> {
+    pub(super) fn remove(&mut self, partition: &Partition) -> Option<PausedOn> {
         self.0.remove(partition)
     }
 
-    pub fn get_mut(&mut self, partition: &Partition) -> Option<&mut PausedOn> {
+    pub(super) fn get_mut(&mut self, partition: &Partition) -> Option<&mut PausedOn> {
         self.0.get_mut(partition)
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
     /// Partitions whose record is due for another try.
-    pub fn due(&self, now: Instant) -> Vec<Partition> {
+    pub(super) fn due(&self, now: Instant) -> Vec<Partition> {
         let mut due: Vec<Partition> = self
             .0
             .iter()
@@ -78,7 +78,7 @@ impl Paused {
     }
 
     /// When the next try is due, if any record can be tried again.
-    pub fn next_retry(&self) -> Option<Instant> {
+    pub(super) fn next_retry(&self) -> Option<Instant> {
         self.0
             .values()
             .filter(|on| on.record.is_some())

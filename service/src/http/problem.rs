@@ -12,7 +12,7 @@ use crate::store::StoreError;
 
 /// An RFC 9457 problem; every error answer of the API is one of these.
 #[derive(Debug)]
-pub struct Problem {
+pub(crate) struct Problem {
     status: StatusCode,
     slug: &'static str,
     title: &'static str,

@@ -20,7 +20,7 @@ pub(super) struct Scripts {
 }
 
 impl Scripts {
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             apply: Script::new(include_str!("../../../lua/atomic_update.lua")),
             claim: Script::new(concat!(
@@ -45,7 +45,7 @@ impl Scripts {
     }
 
     /// Every script, for SCRIPT LOAD.
-    pub fn all(&self) -> [&Script; 9] {
+    pub(super) fn all(&self) -> [&Script; 9] {
         let Self {
             apply,
             claim,
