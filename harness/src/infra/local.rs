@@ -316,13 +316,8 @@ impl LocalRedisCluster {
     pub fn fail_over(&mut self, key: &str) -> anyhow::Result<()> {
         let slot = self.slot_of(key)?;
         let master = self.master_of(slot)?;
-        self.nodes[master].kill();
+        self.lose_master(key)?;
         let log = self.nodes[master].dir.path().join("redis.log");
-        wait_until(
-            "a replica to take over",
-            || self.master_of(slot).is_ok_and(|node| node != master),
-            &log,
-        )?;
         self.nodes[master].launch()?;
         let promoted = self.master_of(slot)?;
         let url = self.nodes[promoted].url();

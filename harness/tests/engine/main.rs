@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use harness::infra::Infra;
 use harness::stack::Stack;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
 use reqwest::StatusCode;
 use txengine::store::{Store, StoreSettings};
 
@@ -58,6 +60,24 @@ pub async fn post_on_broken_account(s: &Stack, id: &str, account: &str) {
         .await
         .unwrap();
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+}
+
+/// Publishes `payload` keyed by `key` into the stack's topic, as a foreign
+/// producer would (a poison record, a newer build's record, a leak); says
+/// where it landed (partition, offset).
+pub async fn publish_raw(s: &Stack, key: &str, payload: &[u8]) -> (i32, i64) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &s.config.kafka_brokers)
+        .create()
+        .unwrap();
+    let delivery = producer
+        .send(
+            FutureRecord::to(&s.config.topic).key(key).payload(payload),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    (delivery.partition, delivery.offset)
 }
 
 /// Replaces the broken key of `account` by a real balance.

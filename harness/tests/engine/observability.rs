@@ -7,8 +7,6 @@ use std::time::{Duration, Instant};
 
 use harness::infra::process::{free_port, Supervised};
 use harness::stack::Stack;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use txengine::admission::Admission;
@@ -84,19 +82,7 @@ async fn every_dashboard_query_returns_data_from_a_live_engine() {
 
     // A poison record (DLQ), a record Redis refuses until it is fixed (Redis
     // errors), and a publish refused for a full queue.
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &infra.kafka_brokers)
-        .create()
-        .unwrap();
-    producer
-        .send(
-            FutureRecord::to(&s.config.topic)
-                .key("acct")
-                .payload("not a record"),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+    crate::publish_raw(&s, "acct", b"not a record").await;
     post_on_broken_account(&s, "refused", "broken").await;
     // A 401 (no key), a 403 (out of scope) and a 429 (a key with burst 1).
     let keyless = reqwest::Client::new();

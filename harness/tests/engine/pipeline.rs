@@ -11,13 +11,12 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::ClientConfig;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::{post_on_broken_account, repair_account};
+use crate::{post_on_broken_account, publish_raw, repair_account};
 
 const SETTLE: Duration = Duration::from_secs(30);
 
@@ -34,10 +33,6 @@ async fn poison_records_go_to_the_dlq_and_the_rest_apply() {
         .unwrap();
     assert_eq!(status, StatusCode::ACCEPTED);
 
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &infra.kafka_brokers)
-        .create()
-        .unwrap();
     let poison: [&[u8]; 4] = [
         b"not json at all",
         br#"{"v":0,"id":"ancient"}"#,
@@ -45,15 +40,7 @@ async fn poison_records_go_to_the_dlq_and_the_rest_apply() {
         br#"{"v":1,"id":"self","type":"transfer","account":"acct","to":"acct","amount":1,"accepted_at_ms":1}"#,
     ];
     for payload in poison {
-        producer
-            .send(
-                FutureRecord::to(&s.config.topic)
-                    .key("acct")
-                    .payload(payload),
-                Duration::from_secs(5),
-            )
-            .await
-            .unwrap();
+        publish_raw(&s, "acct", payload).await;
     }
     let (status, _) = s
         .post(&json!({"id": "after", "account": "acct", "amount": 2}))
@@ -226,19 +213,7 @@ async fn the_publication_judge_names_a_refused_request_that_was_published() {
         accepted_at_ms: 1,
         saga: None,
     };
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &infra.kafka_brokers)
-        .create()
-        .unwrap();
-    producer
-        .send(
-            FutureRecord::to(&s.config.topic)
-                .key("acct")
-                .payload(&leaked.encode()),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+    publish_raw(&s, "acct", &leaked.encode()).await;
     let published =
         harness::measure::published_transactions(&infra.kafka_brokers, &s.config.topic).unwrap();
     let failures = judge(&published);
@@ -285,21 +260,8 @@ async fn a_record_of_a_newer_version_pauses_only_its_partition() {
     let infra = crate::infra();
     let s = Stack::start(infra, "newer").await.unwrap();
     s.set_balance("acct", 10).await.unwrap();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &infra.kafka_brokers)
-        .create()
-        .unwrap();
     let newer = br#"{"v":9,"id":"from-the-future","type":"debit","account":"acct","amount":1,"accepted_at_ms":1,"hold":"h"}"#;
-    let delivery = producer
-        .send(
-            FutureRecord::to(&s.config.topic)
-                .key("acct")
-                .payload(&newer[..]),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
-    let (partition, offset) = (delivery.partition, delivery.offset);
+    let (partition, offset) = publish_raw(&s, "acct", newer).await;
     let (status, _) = s
         .post(&json!({"id": "behind-it", "account": "acct", "amount": 2}))
         .await
@@ -357,19 +319,7 @@ async fn a_dlq_that_refuses_stalls_visibly_until_it_takes_the_record() {
         .delete_topics(&[&s.config.dlq_topic], &options)
         .await
         .unwrap();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &infra.kafka_brokers)
-        .create()
-        .unwrap();
-    producer
-        .send(
-            FutureRecord::to(&s.config.topic)
-                .key("acct")
-                .payload("poison"),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+    publish_raw(&s, "acct", b"poison").await;
     let (status, _) = s
         .post(&json!({"id": "after-poison", "account": "acct", "amount": 1}))
         .await
