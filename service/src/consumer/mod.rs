@@ -22,6 +22,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::FutureProducer;
+use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::ClientConfig;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -256,13 +257,7 @@ impl TxConsumer {
                 None => return false,
             }
         };
-        let next_steps: Vec<&Record> = applied
-            .iter()
-            .filter_map(|(_, p)| match p {
-                Progress::Next(record) => Some(record),
-                Progress::Ended { .. } => None,
-            })
-            .collect();
+        let next_steps = next_steps(applied.iter().map(|(_, p)| p));
         if let Some((first, _)) = applied.first() {
             if !self
                 .publish_steps(&next_steps, sources[*first], shutdown)
@@ -395,23 +390,11 @@ impl TxConsumer {
         if self.wait_replicas == 0 {
             return Some(true);
         }
-        let error = match self
-            .store
-            .wait_replicas(self.wait_replicas, self.wait_timeout)
-            .await
-        {
-            Ok(acknowledged) if acknowledged >= self.wait_replicas => {
-                if self.health.clear(&Cause::Replicas) {
-                    tracing::info!("the replicas caught up; going on");
-                }
-                return Some(true);
+        let Err((error, _)) = self.writes_on_replicas().await else {
+            if self.health.clear(&Cause::Replicas) {
+                tracing::info!("the replicas caught up; going on");
             }
-            Ok(acknowledged) => format!(
-                "the batch's writes reached {acknowledged} of {} replicas within {} ms",
-                self.wait_replicas,
-                self.wait_timeout.as_millis()
-            ),
-            Err(e) => format!("WAIT failed: {}", e.summary()),
+            return Some(true);
         };
         metrics::counter!("txengine_replica_wait_short_total").increment(1);
         if self
@@ -421,6 +404,28 @@ impl TxConsumer {
             tracing::warn!("offsets held back until the replicas have the writes; the batch is applied again first");
         }
         back_off(backoff, shutdown).await.then_some(false)
+    }
+
+    /// One `WAIT`: `Ok` when `wait_replicas` replicas hold every write made
+    /// through this consumer's connection so far, else what fell short: a
+    /// summary for `/ready` and the detail for the log.
+    async fn writes_on_replicas(&self) -> Result<(), (String, String)> {
+        match self
+            .store
+            .wait_replicas(self.wait_replicas, self.wait_timeout)
+            .await
+        {
+            Ok(acknowledged) if acknowledged >= self.wait_replicas => Ok(()),
+            Ok(acknowledged) => {
+                let short = format!(
+                    "the writes reached {acknowledged} of {} replicas within {} ms",
+                    self.wait_replicas,
+                    self.wait_timeout.as_millis()
+                );
+                Err((short.clone(), short))
+            }
+            Err(e) => Err((format!("WAIT failed: {}", e.summary()), e.to_string())),
+        }
     }
 
     /// Stores, per partition, the offset after the given record: every
@@ -434,6 +439,23 @@ impl TxConsumer {
             }
         }
     }
+}
+
+/// The records that carry sagas on: the next steps to publish.
+fn next_steps<'a>(progress: impl Iterator<Item = &'a Progress>) -> Vec<&'a Record> {
+    progress
+        .filter_map(|p| match p {
+            Progress::Next(record) => Some(record),
+            Progress::Ended { .. } => None,
+        })
+        .collect()
+}
+
+/// `topic`/`partition` alone, for pause, resume and the like.
+fn one_partition(topic: &str, partition: i32) -> TopicPartitionList {
+    let mut list = TopicPartitionList::new();
+    list.add_partition(topic, partition);
+    list
 }
 
 /// Counts the outcomes of the transactions that ended, and their

@@ -3,17 +3,18 @@
 //! the resume once it applies (a seek past it), or the forgetting of it
 //! when a rebalance moves the partition.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::topic_partition_list::Offset;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::health::{Cause, Stall};
 use super::paused::{partition_of, Paused, PausedOn};
-use super::{count_outcomes, TxConsumer, RETRY_MAX, RETRY_MIN};
+use super::{count_outcomes, next_steps, one_partition, TxConsumer, RETRY_MAX, RETRY_MIN};
 use crate::store::Progress;
 use crate::wire::Record;
 
@@ -35,9 +36,7 @@ impl TxConsumer {
             return;
         }
         let (topic, partition) = partition_of(message);
-        let mut list = TopicPartitionList::new();
-        list.add_partition(&topic, partition);
-        if let Err(e) = self.consumer.pause(&list) {
+        if let Err(e) = self.consumer.pause(&one_partition(&topic, partition)) {
             // Its messages are skipped all the same, and read again from
             // the paused record once it resumes (a seek).
             tracing::warn!(error = %e, topic, partition, "could not pause the partition");
@@ -139,41 +138,23 @@ impl TxConsumer {
         progress: &[Progress],
         shutdown: &watch::Receiver<bool>,
     ) -> Result<(), Option<(String, String)>> {
+        // The same text for `/ready` and for the log.
+        let problem = |text: String| Err(Some((text.clone(), text)));
         if self.wait_replicas > 0 {
-            match self
-                .store
-                .wait_replicas(self.wait_replicas, self.wait_timeout)
-                .await
-            {
-                Ok(acknowledged) if acknowledged >= self.wait_replicas => {}
-                Ok(acknowledged) => {
-                    let text = format!(
-                        "its writes reached {acknowledged} of {} replicas",
-                        self.wait_replicas
-                    );
-                    return Err(Some((text.clone(), text)));
-                }
-                Err(e) => return Err(Some((e.summary(), e.to_string()))),
-            }
+            self.writes_on_replicas().await.map_err(Some)?;
         }
-        let next: Vec<&Record> = progress
-            .iter()
-            .filter_map(|p| match p {
-                Progress::Next(record) => Some(record),
-                Progress::Ended { .. } => None,
-            })
-            .collect();
-        if !self.publish_steps(&next, message, shutdown).await {
+        if !self
+            .publish_steps(&next_steps(progress.iter()), message, shutdown)
+            .await
+        {
             return Err(None);
         }
         count_outcomes(progress.iter().map(|p| (record, p)));
         let (topic, partition) = partition_of(message);
-        if let Err(e) = self
-            .consumer
-            .store_offset(&topic, partition, message.offset())
-        {
-            tracing::info!(topic, partition, error = %e, "offset not stored (revoked?)");
-        }
+        self.store_offsets(&BTreeMap::from([(
+            (topic.clone(), partition),
+            message.offset(),
+        )]));
         // Records behind a long pause may have been deleted by retention
         // before they were applied: then going on would skip them. Stop
         // here, loudly, for someone to look (the topic's retention is also
@@ -189,7 +170,7 @@ impl TxConsumer {
                     message.offset() + 1
                 );
                 tracing::error!(topic, partition, "{text}");
-                return Err(Some((text.clone(), text)));
+                return problem(text);
             }
         }
         let resume_at = Offset::Offset(message.offset() + 1);
@@ -197,14 +178,12 @@ impl TxConsumer {
             .consumer
             .seek(&topic, partition, resume_at, Duration::from_secs(5))
         {
-            let text = format!("could not seek the partition past the paused record: {e}");
-            return Err(Some((text.clone(), text)));
+            return problem(format!(
+                "could not seek the partition past the paused record: {e}"
+            ));
         }
-        let mut list = TopicPartitionList::new();
-        list.add_partition(&topic, partition);
-        if let Err(e) = self.consumer.resume(&list) {
-            let text = format!("could not resume the partition: {e}");
-            return Err(Some((text.clone(), text)));
+        if let Err(e) = self.consumer.resume(&one_partition(&topic, partition)) {
+            return problem(format!("could not resume the partition: {e}"));
         }
         Ok(())
     }
@@ -224,9 +203,7 @@ impl TxConsumer {
             self.health
                 .clear(&Cause::Partition(topic.clone(), partition));
             // Given back to this consumer, it must not stay paused.
-            let mut list = TopicPartitionList::new();
-            list.add_partition(&topic, partition);
-            let _ = self.consumer.resume(&list);
+            let _ = self.consumer.resume(&one_partition(&topic, partition));
             tracing::info!(
                 topic,
                 partition,
