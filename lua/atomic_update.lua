@@ -27,12 +27,8 @@
 -- "applied" or "rejected" and duplicate is 1 when an earlier apply had
 -- already settled this id (nothing was changed this time).
 --
--- Balances are strings of integers in 0 ..= 2^53-1, so tonumber() is exact;
--- the writes use INCRBY/DECRBY, which Redis does in exact 64-bit integers.
--- Never tostring() a balance: Lua 5.1 prints numbers with 14 significant
--- digits (9007199254740991 -> "9.007199254741e+15"); '%d' is exact.
-
-local MAX = 9007199254740991
+-- The store puts money.lua (MAX, digits, has_room, replayed, settle) before
+-- this file; KEYS[1], KEYS[2] and ARGV[3..5] follow its flag layout.
 
 local kind = ARGV[1]
 -- Checked before anything is written: an unknown kind changes nothing
@@ -41,12 +37,9 @@ if kind ~= 'debit' and kind ~= 'credit' and kind ~= 'transfer' then
   return redis.error_reply('unknown kind ' .. tostring(kind))
 end
 
-local settled = redis.call('HMGET', KEYS[1], 'state', 'reason', 'balance_after')
-if settled[1] == 'applied' or settled[1] == 'rejected' then
-  -- A repeat still writes (it renews the flag's TTL): a WAIT after it then
-  -- covers the first apply's writes, even through a new connection.
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
-  return {settled[1], settled[2] or '', settled[3] or '', 1}
+local earlier = replayed()
+if earlier then
+  return earlier
 end
 
 local amount = tonumber(ARGV[2])
@@ -57,18 +50,6 @@ if kind ~= 'debit' and held_key then
   held = tonumber(redis.call('GET', held_key) or '0')
 end
 
-local function digits(n)
-  return string.format('%d', n)
-end
-
-local function settle(state, reason, balance_after)
-  redis.call('HSET', KEYS[1], 'state', state, 'reason', reason,
-    'balance_after', balance_after, 'fp', ARGV[3], 'applied_at_ms', ARGV[5],
-    'seq', redis.call('INCR', KEYS[2]))
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
-  return {state, reason, balance_after, 0}
-end
-
 local source = redis.call('GET', KEYS[3])
 if not source then
   return settle('rejected', 'unknown_account', '')
@@ -76,7 +57,7 @@ end
 source = tonumber(source)
 
 if kind == 'credit' then
-  if amount > MAX - source - held then
+  if not has_room(amount, source, held) then
     return settle('rejected', 'balance_overflow', '')
   end
   return settle('applied', '', digits(redis.call('INCRBY', KEYS[3], ARGV[2])))
@@ -91,7 +72,7 @@ if kind == 'transfer' then
   if not destination then
     return settle('rejected', 'unknown_account', '')
   end
-  if amount > MAX - tonumber(destination) - held then
+  if not has_room(amount, tonumber(destination), held) then
     return settle('rejected', 'balance_overflow', '')
   end
   redis.call('INCRBY', KEYS[4], ARGV[2])

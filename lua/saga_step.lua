@@ -23,10 +23,8 @@
 -- or `refused` when the credit is (a refund follows). duplicate is 1 when
 -- the flag was set already (nothing changed this time).
 --
--- Balances follow atomic_update.lua's rules: integers in 0 ..= 2^53-1,
--- changed with INCRBY/DECRBY, printed with '%d'.
-
-local MAX = 9007199254740991
+-- The store puts money.lua (MAX, digits, has_room, replayed, settle) before
+-- this file; KEYS[1], KEYS[2] and ARGV[3..5] follow its flag layout.
 
 local step = ARGV[1]
 local steps = {debit = true, credit = true, release = true, refund = true}
@@ -35,27 +33,12 @@ if not steps[step] then
   return redis.error_reply('unknown saga step ' .. tostring(step))
 end
 
-local done = redis.call('HMGET', KEYS[1], 'state', 'reason', 'balance_after')
-if done[1] then
-  -- A repeat still writes (it renews the flag's TTL): a WAIT after it then
-  -- covers the first run's writes, even through a new connection.
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
-  return {done[1], done[2] or '', done[3] or '', 1}
+local earlier = replayed()
+if earlier then
+  return earlier
 end
 
 local amount = tonumber(ARGV[2])
-
-local function settle(state, reason, balance_after)
-  redis.call('HSET', KEYS[1], 'state', state, 'reason', reason,
-    'balance_after', balance_after, 'fp', ARGV[3], 'applied_at_ms', ARGV[5],
-    'seq', redis.call('INCR', KEYS[2]))
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
-  return {state, reason, balance_after, 0}
-end
-
-local function digits(n)
-  return string.format('%d', n)
-end
 
 local held = tonumber(redis.call('GET', KEYS[4]) or '0')
 
@@ -76,7 +59,7 @@ if step == 'credit' then
   if not destination then
     return settle('refused', 'unknown_account', '')
   end
-  if amount > MAX - tonumber(destination) - held then
+  if not has_room(amount, tonumber(destination), held) then
     return settle('refused', 'balance_overflow', '')
   end
   return settle('credited', '', digits(redis.call('INCRBY', KEYS[3], ARGV[2])))
@@ -90,7 +73,7 @@ if held < amount then
 end
 -- No balance may pass 2^53-1, not even by a refund (credits and the admin
 -- setter leave room for what is held, so this stops only a foreign write).
-if step == 'refund' and amount > MAX - tonumber(redis.call('GET', KEYS[3]) or '0') then
+if step == 'refund' and not has_room(amount, tonumber(redis.call('GET', KEYS[3]) or '0'), 0) then
   return redis.error_reply('saga refund would pass 2^53-1')
 end
 if redis.call('DECRBY', KEYS[4], ARGV[2]) == 0 then

@@ -9,11 +9,11 @@
 -- Returns {1, held} when set, {0, held} (nothing written) when the balance
 -- plus what is held would pass 2^53-1.
 
-local MAX = 9007199254740991
+-- The store puts money.lua (has_room, digits) before this file.
 
 local held = tonumber(redis.call('GET', KEYS[2]) or '0')
-if tonumber(ARGV[1]) > MAX - held then
-  return {0, string.format('%d', held)}
+if not has_room(tonumber(ARGV[1]), 0, held) then
+  return {0, digits(held)}
 end
 redis.call('SET', KEYS[1], ARGV[1])
-return {1, string.format('%d', held)}
+return {1, digits(held)}

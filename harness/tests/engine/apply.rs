@@ -408,9 +408,11 @@ async fn unknown_kinds_and_saga_steps_write_nothing() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let source = |name: &str| {
+    // As the store composes them: the shared prelude, then the script.
+    let file = |name: &str| {
         std::fs::read_to_string(format!("{}/../lua/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
     };
+    let source = |name: &str| file("money.lua") + &file(name);
     let keys = [
         layout.tx("bogus"),
         layout.seq(0),

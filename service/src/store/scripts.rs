@@ -1,6 +1,8 @@
 //! The Lua scripts, compiled in from `lua/` so the binary is self-contained
 //! and loaded into Redis (SCRIPT LOAD) when the store starts and after a
-//! NOSCRIPT answer.
+//! NOSCRIPT answer. What several scripts share is one file put before each
+//! (`money.lua` before the three that move money; `claim.lua` and
+//! `rate_limit.lua`, functions, before the one that runs both).
 
 use redis::Script;
 
@@ -22,16 +24,25 @@ pub(super) struct Scripts {
 impl Scripts {
     pub(super) fn new() -> Self {
         Self {
-            apply: Script::new(include_str!("../../../lua/atomic_update.lua")),
+            apply: Script::new(concat!(
+                include_str!("../../../lua/money.lua"),
+                include_str!("../../../lua/atomic_update.lua")
+            )),
             claim: Script::new(concat!(
                 include_str!("../../../lua/claim.lua"),
                 "\nreturn claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])\n"
             )),
             release: Script::new(include_str!("../../../lua/release.lua")),
             accept: Script::new(include_str!("../../../lua/accept.lua")),
-            saga_step: Script::new(include_str!("../../../lua/saga_step.lua")),
+            saga_step: Script::new(concat!(
+                include_str!("../../../lua/money.lua"),
+                include_str!("../../../lua/saga_step.lua")
+            )),
             finish: Script::new(include_str!("../../../lua/finish.lua")),
-            set_balance: Script::new(include_str!("../../../lua/set_balance.lua")),
+            set_balance: Script::new(concat!(
+                include_str!("../../../lua/money.lua"),
+                include_str!("../../../lua/set_balance.lua")
+            )),
             rate_limit: Script::new(concat!(
                 include_str!("../../../lua/rate_limit.lua"),
                 "\nreturn rate_limit(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))\n"

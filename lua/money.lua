@@ -1,0 +1,51 @@
+-- What the scripts that move money share: the store puts this file before
+-- atomic_update.lua, saga_step.lua and set_balance.lua (store/scripts.rs).
+-- Only definitions: nothing here runs or writes by itself.
+--
+-- Balances are strings of integers in 0 ..= 2^53-1, so tonumber() is exact;
+-- the writes use INCRBY/DECRBY, which Redis does in exact 64-bit integers.
+-- Never tostring() a balance: Lua 5.1 prints numbers with 14 significant
+-- digits (9007199254740991 -> "9.007199254741e+15"); '%d' is exact.
+
+local MAX = 9007199254740991
+
+local function digits(n)
+  return string.format('%d', n)
+end
+
+-- Whether `amount` can be added to `balance` and still leave room below
+-- 2^53-1 for `held`, the money in flight out of the account that a refund
+-- may give back (0 where nothing can be held).
+local function has_room(amount, balance, held)
+  return amount <= MAX - balance - held
+end
+
+-- The scripts that keep a processed flag (atomic_update.lua, saga_step.lua)
+-- share one layout, which the two functions below read:
+-- KEYS[1] the flag (a hash: state, reason, balance_after, ...)
+-- KEYS[2] the slot's apply-order counter ({tag}:seq)
+-- ARGV[3] the fingerprint of the transaction
+-- ARGV[4] seconds to keep the flag (>= the topic's retention)
+-- ARGV[5] the consumer's clock (ms since the epoch)
+
+-- The first run's answer, {state, reason, balance_after, 1}, when the flag
+-- is set (nil when not). A repeat still writes (it renews the flag's TTL):
+-- a WAIT after it then covers the first run's writes, even through a new
+-- connection.
+local function replayed()
+  local done = redis.call('HMGET', KEYS[1], 'state', 'reason', 'balance_after')
+  if not done[1] then
+    return nil
+  end
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  return {done[1], done[2] or '', done[3] or '', 1}
+end
+
+-- Set the flag to this outcome, in the slot's apply order, and answer it.
+local function settle(state, reason, balance_after)
+  redis.call('HSET', KEYS[1], 'state', state, 'reason', reason,
+    'balance_after', balance_after, 'fp', ARGV[3], 'applied_at_ms', ARGV[5],
+    'seq', redis.call('INCR', KEYS[2]))
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  return {state, reason, balance_after, 0}
+end
