@@ -1,9 +1,10 @@
 -- Mark an id accepted once Kafka acknowledged its record, if this request
--- still holds the lease.
+-- still holds the lease. A function, `accept`: the store runs it for one id
+-- or, in accept_batch.lua, for each id of a batch in one slot.
 --
--- KEYS[1] tx record hash ({ns}:tx:<id>)
--- ARGV[1] fingerprint of the published record
--- ARGV[2] lease token of this request's claim
+-- record  tx record hash ({ns}:tx:<id>)
+-- fp      fingerprint of the published record
+-- token   lease token of this request's claim
 --
 -- Returns:
 --   accepted   this request holds the lease: `accepted` is set (claims of the same
@@ -17,12 +18,14 @@
 --              claimed anew: only when the outcome TTL is shorter than a
 --              publish, which the config refuses); nothing is changed
 
-local current = redis.call('HMGET', KEYS[1], 'fp', 'lease')
-if current[1] ~= ARGV[1] then
-  return 'conflict'
+local function accept(record, fp, token)
+  local current = redis.call('HMGET', record, 'fp', 'lease')
+  if current[1] ~= fp then
+    return 'conflict'
+  end
+  if current[2] == token then
+    redis.call('HSET', record, 'accepted', '1')
+    return 'accepted'
+  end
+  return 'not_owner'
 end
-if current[2] == ARGV[2] then
-  redis.call('HSET', KEYS[1], 'accepted', '1')
-  return 'accepted'
-end
-return 'not_owner'

@@ -13,7 +13,7 @@
 -- retry_after_us, reset_us}: claim's answer (verdict `limited` when the
 -- rate refused the request: nothing was claimed) and rate_limit's.
 
-local rate = rate_limit(KEYS[2], tonumber(ARGV[5]), tonumber(ARGV[6]))
+local rate = rate_limit(KEYS[2], tonumber(ARGV[5]), tonumber(ARGV[6]), 1)
 if rate[1] == 0 then
   return {'limited', '', '', rate[1], rate[2], rate[3], rate[4]}
 end

@@ -1,12 +1,15 @@
 //! The API's request decoders on arbitrary bytes: the `POST /transactions`
-//! body plus `Idempotency-Key`, the `POST /admin/keys` body, and an API key
-//! as `Authorization` carries it. None may panic; whatever they accept must
-//! be within the rules (and a transaction must survive the Kafka wire format).
+//! body plus `Idempotency-Key`, the `POST /transactions/batch` body, the
+//! `POST /admin/keys` body, and an API key as `Authorization` carries it.
+//! None may panic; whatever they accept must be within the rules (and a
+//! transaction must survive the Kafka wire format).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use txengine::domain::MAX_MINOR_UNITS;
-use txengine::http::{decode_key_request, decode_transaction};
+use txengine::domain::Transaction;
+use txengine::http::{decode_batch, decode_key_request, decode_transaction};
+use txengine::limits::MAX_BATCH_ITEMS;
 use txengine::keys::{key_id_of, Scope, MAX_RATE};
 use txengine::wire::Record;
 
@@ -24,9 +27,29 @@ fuzz_target!(|data: &[u8]| {
         let id = id.as_str();
         assert!(id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()), "key id {id:?}");
     }
-    let Ok(tx) = decode_transaction(body, header) else {
+    check_batch(body);
+    if let Ok(tx) = decode_transaction(body, header) {
+        check_transaction(tx);
+    }
+});
+
+/// A batch the API reads has 1 ..= MAX_BATCH_ITEMS items; each item it
+/// takes is a transaction within the rules, whose id is the one reported.
+fn check_batch(body: &[u8]) {
+    let Ok(items) = decode_batch(body) else {
         return;
     };
+    assert!((1..=MAX_BATCH_ITEMS).contains(&items.len()), "{} items", items.len());
+    for item in items {
+        if let Ok(tx) = item.transaction {
+            assert_eq!(item.id.as_deref(), Some(tx.id.as_str()));
+            check_transaction(tx);
+        }
+    }
+}
+
+/// A transaction the API takes is within the rules and survives the wire.
+fn check_transaction(tx: Transaction) {
     let id = tx.id.as_str();
     assert!((1..=64).contains(&id.len()), "id length: {id:?}");
     assert!(
@@ -47,7 +70,7 @@ fuzz_target!(|data: &[u8]| {
         saga: None,
     };
     assert_eq!(Record::decode(&record.encode()).ok(), Some(record));
-});
+}
 
 /// A key request the API accepts has a scope that reads back as itself and
 /// a limit within range.

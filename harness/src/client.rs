@@ -148,6 +148,17 @@ impl ApiClient {
         read(response).await
     }
 
+    /// POST /transactions/batch with these items.
+    pub async fn post_batch(&self, items: &[Value]) -> anyhow::Result<(StatusCode, Value)> {
+        let response = self
+            .http
+            .post(self.url("/transactions/batch"))
+            .json(&json!({ "transactions": items }))
+            .send()
+            .await?;
+        read(response).await
+    }
+
     pub async fn get(&self, path: &str) -> anyhow::Result<(StatusCode, Value)> {
         read(self.http.get(self.url(path)).send().await?).await
     }

@@ -84,6 +84,97 @@ impl Admission {
             .unwrap_or_else(|e| (Err(Refused::Internal(e.to_string())), None))
     }
 
+    /// Admits the transactions of a batch (their ids all different), each
+    /// as [`Admission::admit`] admits one and counted against the key's
+    /// rate `limit` as one request: the first ones the limit lets go are
+    /// claimed (one script call per slot), published together and
+    /// accepted (one call per slot); one answer per item, in order.
+    pub async fn admit_batch(
+        &self,
+        txs: Vec<Transaction>,
+        limit: Option<(KeyId, RateLimit)>,
+    ) -> (Vec<Result<TxStatus, Refused>>, Option<RateVerdict>) {
+        let admission = self.clone();
+        let count = txs.len();
+        tokio::spawn(async move { admission.run_batch(txs, limit).await })
+            .await
+            .unwrap_or_else(|e| {
+                let answers = (0..count)
+                    .map(|_| Err(Refused::Internal(e.to_string())))
+                    .collect();
+                (answers, None)
+            })
+    }
+
+    async fn run_batch(
+        &self,
+        txs: Vec<Transaction>,
+        limit: Option<(KeyId, RateLimit)>,
+    ) -> (Vec<Result<TxStatus, Refused>>, Option<RateVerdict>) {
+        let mut granted = txs.len();
+        let mut rate = None;
+        if let Some((key, limit)) = &limit {
+            match self.store.spend_many(key, *limit, txs.len() as u64).await {
+                Ok(verdict) => {
+                    granted = (verdict.granted as usize).min(txs.len());
+                    rate = Some(verdict);
+                }
+                Err(e) => return (unavailable(&e, txs.len()), None),
+            }
+        }
+        let mut txs = txs;
+        let limited = txs.split_off(granted);
+        let tokens: Vec<String> = txs.iter().map(|_| Store::lease_token()).collect();
+        let items: Vec<(&Transaction, &str)> = txs
+            .iter()
+            .zip(&tokens)
+            .map(|(tx, token)| (tx, token.as_str()))
+            .collect();
+        let claims = match self.store.claim_batch(&items).await {
+            Ok(claims) => claims,
+            Err(e) => {
+                // Any claim may still land once a stalled Redis wakes up.
+                let leases = txs
+                    .iter()
+                    .map(|tx| tx.id.clone())
+                    .zip(tokens.clone())
+                    .collect();
+                self.release_in_background(leases);
+                let mut answers = unavailable(&e, txs.len());
+                answers.extend(limited.iter().map(|_| Err(Refused::RateLimited)));
+                return (answers, rate);
+            }
+        };
+        let mut answers: Vec<Option<Result<TxStatus, Refused>>> = Vec::new();
+        let mut claimed = Vec::new();
+        let mut claimed_at = Vec::new();
+        for (index, ((tx, token), claim)) in txs.into_iter().zip(tokens).zip(claims).enumerate() {
+            answers.push(match claim {
+                Claim::Claimed => {
+                    claimed.push((tx, token));
+                    claimed_at.push(index);
+                    None
+                }
+                Claim::Conflict => Some(Err(Refused::Conflict(tx.id))),
+                Claim::InFlight => Some(Err(Refused::InFlight(tx.id))),
+                Claim::RateLimited => Some(Err(Refused::RateLimited)),
+                Claim::Known(status) => Some(Ok(status)),
+            });
+        }
+        for (index, answer) in claimed_at
+            .into_iter()
+            .zip(self.publish_and_accept(claimed).await)
+        {
+            answers[index] = Some(answer);
+        }
+        let mut answers: Vec<_> = answers
+            .into_iter()
+            .map(|answer| answer.expect("every item answered"))
+            .collect();
+        answers.extend(limited.iter().map(|_| Err(Refused::RateLimited)));
+        (answers, rate)
+    }
+
     /// Releases retried in the background right now.
     pub fn background_releases(&self) -> usize {
         self.max_background_releases - self.background_releases.available_permits()
@@ -101,12 +192,15 @@ impl Admission {
             Err(e) => {
                 // The claim may still land once a stalled Redis wakes up; end
                 // its lease, or the client's retry meets 409 until it runs out.
-                self.release_in_background(tx.id, token);
+                self.release_in_background(vec![(tx.id, token)]);
                 return (Err(Refused::Redis(e)), None);
             }
         };
         let refused = match claim {
-            Claim::Claimed => return (self.publish_and_accept(tx, token).await, rate),
+            Claim::Claimed => {
+                let mut answers = self.publish_and_accept(vec![(tx, token)]).await;
+                return (answers.pop().expect("one answer"), rate);
+            }
             Claim::Conflict => Refused::Conflict(tx.id),
             Claim::InFlight => Refused::InFlight(tx.id),
             Claim::RateLimited => Refused::RateLimited,
@@ -115,72 +209,125 @@ impl Admission {
         (Err(refused), rate)
     }
 
-    /// Publishes a claimed transaction and accepts it.
+    /// Publishes claimed transactions (each under its lease token)
+    /// together and accepts those Kafka acknowledged, in one script call
+    /// per slot: one answer per item, in order.
     async fn publish_and_accept(
         &self,
-        tx: Transaction,
-        token: String,
-    ) -> Result<TxStatus, Refused> {
-        let record = Record {
-            tx,
-            accepted_at_ms: now_ms(),
-            saga: None,
-        };
-        if let Err(e) = self.publisher.publish(&record).await {
-            // The binding stays (the record may still land); only the lease
-            // ends, so the retry of this same body is not a 409.
-            if let Err(release_error) = self.store.release(&record.tx.id, &token).await {
-                tracing::warn!(error = %release_error, id = %record.tx.id, "could not release a lease; it runs out by itself");
-            }
-            metrics::counter!("txengine_publish_refused_total").increment(1);
-            return Err(match e {
-                PublishError::QueueFull => Refused::QueueFull,
-                PublishError::Kafka(e) => Refused::Kafka(e),
+        claimed: Vec<(Transaction, String)>,
+    ) -> Vec<Result<TxStatus, Refused>> {
+        let accepted_at_ms = now_ms();
+        let (records, tokens): (Vec<Record>, Vec<String>) = claimed
+            .into_iter()
+            .map(|(tx, token)| {
+                let record = Record {
+                    tx,
+                    accepted_at_ms,
+                    saga: None,
+                };
+                (record, token)
+            })
+            .unzip();
+        let published = self.publisher.publish_batch(&records).await;
+        let mut answers: Vec<Option<Result<TxStatus, Refused>>> = Vec::new();
+        let mut failed = Vec::new();
+        for (index, outcome) in published.into_iter().enumerate() {
+            answers.push(match outcome {
+                Ok(()) => None,
+                Err(e) => {
+                    failed.push(index);
+                    metrics::counter!("txengine_publish_refused_total").increment(1);
+                    Some(Err(match e {
+                        PublishError::QueueFull => Refused::QueueFull,
+                        PublishError::Kafka(e) => Refused::Kafka(e),
+                    }))
+                }
             });
         }
-        let id = &record.tx.id;
-        match self.store.accept(&record.tx, &token).await {
-            Ok(Acceptance::Accepted) => {}
-            Ok(Acceptance::NotOwner) => {
-                // The lease ran out during the publish and another request
-                // of the same body holds it; the record is the bound body.
-                tracing::info!(%id, "accepted after the lease ran out; another request holds it");
+        // The binding stays (a record may still land); only the lease ends,
+        // so the retry of this same body is not a 409.
+        let releases = failed.iter().map(|&index| {
+            let (id, token) = (&records[index].tx.id, &tokens[index]);
+            async move {
+                if let Err(e) = self.store.release(id, token).await {
+                    tracing::warn!(error = %e, %id, "could not release a lease; it runs out by itself");
+                }
             }
-            Ok(Acceptance::Conflict) => {
-                tracing::error!(%id, "the id was bound to another body during the publish");
-                return Err(Refused::BindingLost(record.tx.id));
-            }
-            Err(e) => {
-                // Kafka has the record, so it will be applied: still a 202.
-                // Until a consumer settles it, GET answers 404.
-                tracing::warn!(error = %e, %id, "accepted but could not mark it");
-            }
+        });
+        futures_util::future::join_all(releases).await;
+
+        let delivered: Vec<usize> = (0..records.len())
+            .filter(|&index| answers[index].is_none())
+            .collect();
+        let to_accept: Vec<(&Transaction, &str)> = delivered
+            .iter()
+            .map(|&index| (&records[index].tx, tokens[index].as_str()))
+            .collect();
+        let acceptances = self.store.accept_batch(&to_accept).await;
+        for (position, &index) in delivered.iter().enumerate() {
+            let id = &records[index].tx.id;
+            let acceptance = match &acceptances {
+                Ok(acceptances) => Ok(acceptances[position]),
+                Err(e) => Err(e),
+            };
+            answers[index] = Some(match acceptance {
+                Ok(Acceptance::Accepted) => Ok(TxStatus::Pending),
+                Ok(Acceptance::NotOwner) => {
+                    // The lease ran out during the publish and another request
+                    // of the same body holds it; the record is the bound body.
+                    tracing::info!(%id, "accepted after the lease ran out; another request holds it");
+                    Ok(TxStatus::Pending)
+                }
+                Ok(Acceptance::Conflict) => {
+                    tracing::error!(%id, "the id was bound to another body during the publish");
+                    Err(Refused::BindingLost(id.clone()))
+                }
+                Err(e) => {
+                    // Kafka has the record, so it will be applied: still a 202.
+                    // Until a consumer settles it, GET answers 404.
+                    tracing::warn!(error = %e, %id, "accepted but could not mark it");
+                    Ok(TxStatus::Pending)
+                }
+            });
         }
-        Ok(TxStatus::Pending)
+        answers
+            .into_iter()
+            .map(|answer| answer.expect("every item answered"))
+            .collect()
     }
 
-    /// Ends a lease whose claim's fate is unknown, retrying while Redis does
-    /// not answer, for as long as the lease would have lasted; a bounded
-    /// number at once.
-    fn release_in_background(&self, id: TxId, token: String) {
+    /// Ends the leases of claims whose fate is unknown (one request's, or a
+    /// batch's), retrying while Redis does not answer, for as long as a
+    /// lease would have lasted; a bounded number of requests at once.
+    fn release_in_background(&self, leases: Vec<(TxId, String)>) {
         let Ok(permit) = self.background_releases.clone().try_acquire_owned() else {
-            metrics::counter!("txengine_release_skipped_total").increment(1);
-            tracing::warn!(%id, "too many releases in the background; this lease runs out by itself");
+            metrics::counter!("txengine_release_skipped_total").increment(leases.len() as u64);
+            tracing::warn!(
+                leases = leases.len(),
+                "too many releases in the background; these leases run out by themselves"
+            );
             return;
         };
         let store = self.store.clone();
         tokio::spawn(async move {
             let give_up = Instant::now() + store.lease();
-            let mut pause = Duration::from_millis(100);
-            while let Err(e) = store.release(&id, &token).await {
-                if Instant::now() + pause > give_up {
-                    tracing::warn!(error = %e, %id, "could not release a lease; it runs out by itself");
-                    break;
+            for (id, token) in &leases {
+                let mut pause = Duration::from_millis(100);
+                while let Err(e) = store.release(id, token).await {
+                    if Instant::now() + pause > give_up {
+                        tracing::warn!(error = %e, %id, "could not release a lease; it runs out by itself");
+                        break;
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
                 }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(2));
             }
             drop(permit);
         });
     }
+}
+
+/// `count` answers of Redis being unavailable.
+fn unavailable(e: &StoreError, count: usize) -> Vec<Result<TxStatus, Refused>> {
+    (0..count).map(|_| Err(Refused::Redis(e.clone()))).collect()
 }

@@ -20,6 +20,13 @@ pub const MAX_RATE: u64 = 1_000_000;
 /// Largest request body accepted; a transaction is well under 1 KiB.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
+/// Most transactions in one `POST /transactions/batch`.
+pub const MAX_BATCH_ITEMS: usize = 1_000;
+
+/// Largest body of `POST /transactions/batch`: 1 KiB an item, four times
+/// what the longest transaction takes.
+pub const MAX_BATCH_BODY_BYTES: usize = MAX_BATCH_ITEMS * 1024;
+
 /// Most bytes of a request head (request line and headers); past it hyper
 /// answers 431. Hyper's own floor is 8 KiB.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;

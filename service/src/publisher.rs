@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::util::Timeout;
 use rdkafka::ClientConfig;
 use tokio::sync::Semaphore;
 
@@ -72,28 +71,48 @@ impl Publisher {
     /// Publishes one record keyed by its checked account and waits for the
     /// broker's acknowledgement.
     pub async fn publish(&self, record: &Record) -> Result<(), PublishError> {
-        let permit = self
-            .in_flight
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| PublishError::QueueFull)?;
+        let mut answers = self.publish_batch(std::slice::from_ref(record)).await;
+        answers.pop().expect("one answer per record")
+    }
+
+    /// Publishes records together (each keyed by its checked account;
+    /// librdkafka packs them into few produce requests) and waits for every
+    /// acknowledgement: one answer per record, in order. Each takes a place
+    /// in the in-flight bound; one past it is refused
+    /// [`PublishError::QueueFull`] and never sent.
+    pub async fn publish_batch(&self, records: &[Record]) -> Vec<Result<(), PublishError>> {
+        let deliveries: Vec<_> = records
+            .iter()
+            .map(|record| {
+                let sent = self
+                    .in_flight
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| PublishError::QueueFull)
+                    .and_then(|permit| {
+                        let payload = record.encode();
+                        let key = record.key().as_str();
+                        self.producer
+                            .send_result(FutureRecord::to(&self.topic).key(key).payload(&payload))
+                            .map(|delivery| (permit, delivery))
+                            .map_err(|(e, _)| refusal(e))
+                    });
+                async move {
+                    let (permit, delivery) = sent?;
+                    let delivered = delivery.await;
+                    drop(permit);
+                    match delivered {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err((e, _))) => Err(refusal(e)),
+                        Err(_) => Err(PublishError::Kafka(KafkaError::Canceled)),
+                    }
+                }
+            })
+            .collect();
         metrics::gauge!("txengine_producer_in_flight").set(self.in_flight_count() as f64);
-        let payload = record.encode();
-        let key = record.key().as_str();
-        let delivery = self.producer.send(
-            FutureRecord::to(&self.topic).key(key).payload(&payload),
-            Timeout::After(Duration::ZERO),
-        );
-        let delivered = delivery.await;
-        drop(permit);
+        let answers = futures_util::future::join_all(deliveries).await;
         metrics::gauge!("txengine_producer_in_flight").set(self.in_flight_count() as f64);
-        match delivered {
-            Ok(_) => Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                Err(PublishError::QueueFull)
-            }
-            Err((e, _)) => Err(PublishError::Kafka(e)),
-        }
+        answers
     }
 
     pub fn in_flight_count(&self) -> usize {
@@ -120,5 +139,13 @@ impl Publisher {
         if let Err(e) = self.producer.flush(timeout) {
             tracing::warn!(error = %e, "producer flush did not finish");
         }
+    }
+}
+
+/// A full librdkafka queue is the caller's to retry (503), like our bound.
+fn refusal(e: KafkaError) -> PublishError {
+    match e {
+        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => PublishError::QueueFull,
+        e => PublishError::Kafka(e),
     }
 }

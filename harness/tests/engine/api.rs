@@ -552,7 +552,7 @@ async fn health_ready_and_metrics() {
 
 /// Serves the real router on an ephemeral port with a given publisher; a
 /// client for it with an API key for every account.
-async fn serve(store: Store, publisher: Publisher) -> ApiClient {
+pub(crate) async fn serve(store: Store, publisher: Publisher) -> ApiClient {
     let (id, secret) = txengine::keys::generate();
     let key = txengine::keys::ApiKey {
         secret_hash: txengine::keys::hash_secret(&secret),

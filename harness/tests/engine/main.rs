@@ -5,6 +5,7 @@
 
 mod api;
 mod apply;
+mod batch;
 mod cluster;
 mod contract;
 mod differential;

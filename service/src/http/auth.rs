@@ -121,6 +121,10 @@ pub(super) struct Quota {
 }
 
 impl Quota {
+    pub(super) fn new(limit: RateLimit, verdict: RateVerdict) -> Self {
+        Self { limit, verdict }
+    }
+
     pub(super) fn headers(&self) -> [(HeaderName, HeaderValue); 2] {
         let policy = format!("\"key\";q={};w=1", self.limit.rate_per_s);
         let state = format!(

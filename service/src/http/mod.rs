@@ -5,6 +5,7 @@
 //! - [`keys`]: the admin's key endpoints;
 //! - [`transactions`]: `POST /transactions`, `GET /transactions/{id}`, the
 //!   request decoder (public for the fuzzer);
+//! - [`batch`]: `POST /transactions/batch`, its decoder (public too);
 //! - [`balances`]: balance reads and the admin's setter;
 //! - [`ops`]: health, readiness, metrics, unknown routes;
 //! - [`openapi`]: the generated OpenAPI document.
@@ -13,12 +14,14 @@
 
 mod auth;
 mod balances;
+mod batch;
 mod keys;
 mod openapi;
 mod ops;
 mod problem;
 mod transactions;
 
+pub use batch::{decode_batch, BatchError, BatchItem};
 pub use keys::decode_key_request;
 pub use openapi::openapi_document;
 pub use ops::metrics_router;
@@ -94,6 +97,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/transaction",
             post(transactions::post_transaction_seed_path),
         )
+        .route("/transactions/batch", post(batch::post_batch))
         .route("/transactions/{id}", get(transactions::get_transaction))
         .route(
             "/balance/{account}",

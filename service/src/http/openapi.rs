@@ -6,6 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::balances::{__path_get_balance, __path_put_balance};
+use super::batch::__path_post_batch;
 use super::keys::{__path_create_key, __path_delete_key, __path_list_keys};
 use super::ops::{__path_health, __path_ready, __path_render_metrics};
 use super::transactions::{
@@ -44,6 +45,7 @@ pub fn openapi_document() -> &'static str {
     paths(
         post_transaction,
         post_transaction_seed_path,
+        post_batch,
         get_transaction,
         get_balance,
         put_balance,

@@ -67,6 +67,15 @@ pub(super) fn parse_minor_units(
 }
 
 impl TransactionRequest {
+    /// A batch's item: it must carry its id (a batch has no header to give
+    /// one, and an id the server made could not be retried).
+    pub(super) fn into_batch_item(self) -> Result<Transaction, RuleError> {
+        if self.id.is_none() {
+            return Err(RuleError::Missing("id"));
+        }
+        self.into_transaction(None)
+    }
+
     pub(super) fn into_transaction(
         self,
         header_id: Option<&str>,
@@ -159,21 +168,31 @@ pub(super) async fn read_body(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Bytes, Problem> {
+    read_body_within(api, headers, body, MAX_BODY_BYTES).await
+}
+
+/// [`read_body`] with another limit (a batch's).
+pub(super) async fn read_body_within(
+    api: &ApiState,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, Problem> {
     let too_large = || {
         Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too-large",
             "The body is too large",
-            format!("the limit is {MAX_BODY_BYTES} bytes"),
+            format!("the limit is {limit} bytes"),
         )
     };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+    if declared.is_some_and(|length| length > limit as u64) {
         return Err(too_large());
     }
-    let read = axum::body::to_bytes(body, MAX_BODY_BYTES);
+    let read = axum::body::to_bytes(body, limit);
     let bytes = match tokio::time::timeout(api.body_read_timeout, read).await {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(e)) => {
@@ -209,13 +228,13 @@ pub(super) struct TransactionView<'a> {
     id: &'a str,
     /// `pending` until a consumer applied or rejected it.
     #[schema(value_type = TxState)]
-    status: &'static str,
+    pub(super) status: &'static str,
     /// Why it was rejected: insufficient_funds, unknown_account, balance_overflow.
     #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'static str>,
+    pub(super) reason: Option<&'static str>,
     /// The checked account's balance right after it was applied.
     #[serde(skip_serializing_if = "Option::is_none")]
-    balance_after: Option<u64>,
+    pub(super) balance_after: Option<u64>,
 }
 
 /// Where a transaction stands (documentation only).

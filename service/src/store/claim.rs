@@ -1,11 +1,14 @@
 //! The API's side of an id: claim (bind it to its body, lease it while
 //! the publish is in flight), accept once Kafka has it, or release.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+use redis::{Cmd, Script, Value};
 
 use super::outcomes::parse_status;
 use super::rate_limit::RateVerdict;
-use super::{RedisTopology, Store, StoreError};
+use super::{evalsha, RedisTopology, Store, StoreError};
 use crate::domain::{Transaction, TxId, TxStatus};
 use crate::keys::{KeyId, RateLimit};
 
@@ -90,7 +93,7 @@ impl Store {
             }
             return Ok((self.claim(tx, token).await?, Some(verdict)));
         }
-        type Answer = (String, String, String, u8, u64, u64, u64);
+        type Answer = (String, String, String, u64, u64, u64, u64);
         let (verdict, reason, balance_after, allowed, remaining, retry_after_us, reset_us): Answer =
             self.with_scripts(|| {
                 let mut conn = self.conn.clone();
@@ -124,12 +127,7 @@ impl Store {
                 async move { invocation.invoke_async(&mut conn).await }
             })
             .await?;
-        match verdict.as_str() {
-            "accepted" => Ok(Acceptance::Accepted),
-            "not_owner" => Ok(Acceptance::NotOwner),
-            "conflict" => Ok(Acceptance::Conflict),
-            other => Err(StoreError::Unexpected(format!("accept answered {other}"))),
-        }
+        parse_acceptance(&verdict)
     }
 
     /// Ends this request's lease after a failed publish (only if it is still
@@ -144,6 +142,128 @@ impl Store {
             })
             .await?;
         Ok(released == 1)
+    }
+}
+
+impl Store {
+    /// Claims every transaction of a batch under its own token, each as
+    /// [`Store::claim`] claims one, in one script call per slot (the slots
+    /// at once). One answer per item, in order; the ids must differ. After
+    /// an error no claim is known: release every token then.
+    pub async fn claim_batch(
+        &self,
+        items: &[(&Transaction, &str)],
+    ) -> Result<Vec<Claim>, StoreError> {
+        let common = [self.lease_ms, self.outcome_ttl_secs];
+        let answers: Vec<(String, String, String)> = self
+            .per_slot(
+                &self.scripts.claim_batch,
+                items,
+                &common,
+                |(tx, token), cmd| {
+                    cmd.arg(tx.movement.fingerprint()).arg(*token);
+                },
+            )
+            .await?;
+        answers
+            .iter()
+            .map(|(verdict, reason, balance_after)| parse_claim(verdict, reason, balance_after))
+            .collect()
+    }
+
+    /// Accepts every published transaction of a batch, each as
+    /// [`Store::accept`] accepts one, in one script call per slot.
+    pub async fn accept_batch(
+        &self,
+        items: &[(&Transaction, &str)],
+    ) -> Result<Vec<Acceptance>, StoreError> {
+        let verdicts: Vec<String> = self
+            .per_slot(
+                &self.scripts.accept_batch,
+                items,
+                &[],
+                |(tx, token), cmd| {
+                    cmd.arg(tx.movement.fingerprint()).arg(*token);
+                },
+            )
+            .await?;
+        verdicts
+            .iter()
+            .map(|verdict| parse_acceptance(verdict))
+            .collect()
+    }
+
+    /// Runs `script` once for each slot the items' tx records are in: its
+    /// KEYS the records of that slot's items, its ARGV the `common`
+    /// arguments, then each item's (`per_item`), in order. The script
+    /// answers one value per key; the answers come back in the items' order.
+    async fn per_slot<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        items: &[(&Transaction, &str)],
+        common: &[u64],
+        per_item: impl Fn(&(&Transaction, &str), &mut Cmd),
+    ) -> Result<Vec<T>, StoreError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut slots: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for (index, (tx, _)) in items.iter().enumerate() {
+            let shard = self.layout.shard_of(tx.id.as_str());
+            slots.entry(shard).or_default().push(index);
+        }
+        let answers: Vec<Vec<Value>> = self
+            .with_scripts(|| {
+                let commands = slots
+                    .iter()
+                    .map(|(shard, indices)| {
+                        let keys: Vec<String> = indices
+                            .iter()
+                            .map(|&i| self.tx_key(&items[i].0.id))
+                            .collect();
+                        let mut cmd = evalsha(script, &keys);
+                        cmd.arg(common);
+                        for &i in indices {
+                            per_item(&items[i], &mut cmd);
+                        }
+                        (*shard, cmd)
+                    })
+                    .collect();
+                async move { self.conn.run_by_slot(commands).await }
+            })
+            .await?;
+        let mut ordered: Vec<Option<T>> = (0..items.len()).map(|_| None).collect();
+        for (indices, values) in slots.values().zip(answers) {
+            if indices.len() != values.len() {
+                return Err(StoreError::Unexpected(format!(
+                    "a batch script had {} answers for {} keys",
+                    values.len(),
+                    indices.len()
+                )));
+            }
+            for (&index, value) in indices.iter().zip(values) {
+                ordered[index] = Some(
+                    redis::from_redis_value(value)
+                        .map_err(|e| StoreError::Unexpected(e.to_string()))?,
+                );
+            }
+        }
+        ordered
+            .into_iter()
+            .map(|answer| {
+                answer.ok_or_else(|| StoreError::Unexpected("an item had no answer".into()))
+            })
+            .collect()
+    }
+}
+
+/// accept.lua's answer.
+fn parse_acceptance(verdict: &str) -> Result<Acceptance, StoreError> {
+    match verdict {
+        "accepted" => Ok(Acceptance::Accepted),
+        "not_owner" => Ok(Acceptance::NotOwner),
+        "conflict" => Ok(Acceptance::Conflict),
+        other => Err(StoreError::Unexpected(format!("accept answered {other}"))),
     }
 }
 

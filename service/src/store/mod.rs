@@ -36,7 +36,7 @@ use scripts::Scripts;
 use crate::domain::{AccountId, TxId};
 
 /// Why a store operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),

@@ -12,8 +12,10 @@ use redis::Script;
 pub(super) struct Scripts {
     pub apply: Script,
     pub claim: Script,
+    pub claim_batch: Script,
     pub release: Script,
     pub accept: Script,
+    pub accept_batch: Script,
     pub saga_step: Script,
     pub finish: Script,
     pub set_balance: Script,
@@ -32,8 +34,19 @@ impl Scripts {
                 include_str!("../../../lua/claim.lua"),
                 "\nreturn claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])\n"
             )),
+            claim_batch: Script::new(concat!(
+                include_str!("../../../lua/claim.lua"),
+                include_str!("../../../lua/claim_batch.lua")
+            )),
             release: Script::new(include_str!("../../../lua/release.lua")),
-            accept: Script::new(include_str!("../../../lua/accept.lua")),
+            accept: Script::new(concat!(
+                include_str!("../../../lua/accept.lua"),
+                "\nreturn accept(KEYS[1], ARGV[1], ARGV[2])\n"
+            )),
+            accept_batch: Script::new(concat!(
+                include_str!("../../../lua/accept.lua"),
+                include_str!("../../../lua/accept_batch.lua")
+            )),
             saga_step: Script::new(concat!(
                 include_str!("../../../lua/money.lua"),
                 include_str!("../../../lua/saga_step.lua")
@@ -45,7 +58,7 @@ impl Scripts {
             )),
             rate_limit: Script::new(concat!(
                 include_str!("../../../lua/rate_limit.lua"),
-                "\nreturn rate_limit(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))\n"
+                "\nreturn rate_limit(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))\n"
             )),
             rate_limit_then_claim: Script::new(concat!(
                 include_str!("../../../lua/rate_limit.lua"),
@@ -56,12 +69,14 @@ impl Scripts {
     }
 
     /// Every script, for SCRIPT LOAD.
-    pub(super) fn all(&self) -> [&Script; 9] {
+    pub(super) fn all(&self) -> [&Script; 11] {
         let Self {
             apply,
             claim,
+            claim_batch,
             release,
             accept,
+            accept_batch,
             saga_step,
             finish,
             set_balance,
@@ -71,8 +86,10 @@ impl Scripts {
         [
             apply,
             claim,
+            claim_batch,
             release,
             accept,
+            accept_batch,
             saga_step,
             finish,
             set_balance,

@@ -1,0 +1,392 @@
+//! `POST /transactions/batch`: many transactions in one request, each
+//! decoded, checked and admitted on its own (no all-or-nothing), answered
+//! one result per item in order. The request as a whole is refused only
+//! when it cannot be read, or when no item could be taken (503).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use utoipa::ToSchema;
+
+use super::auth::{authenticate, limit_of, Quota};
+use super::problem::{Problem, ProblemBody};
+use super::transactions::{read_body_within, view, RequestError, TransactionRequest};
+use super::ApiState;
+use crate::admission::Refused;
+use crate::domain::{Transaction, TxId, TxStatus};
+use crate::limits::{MAX_BATCH_BODY_BYTES, MAX_BATCH_ITEMS};
+
+/// The body of `POST /transactions/batch` (documentation; the handler reads
+/// each item on its own, so one broken item does not refuse the others).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(super) struct BatchRequest {
+    /// 1 ..= 1000 items, each a transaction as `POST /transactions` takes
+    /// it (TransactionRequest), with its `id`. Any JSON value is read: an
+    /// item that is not a valid transaction is answered `invalid` with the
+    /// reason, and the other items go on.
+    #[schema(min_items = 1, max_items = 1000)]
+    transactions: Vec<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody<'a> {
+    #[serde(borrow)]
+    transactions: Vec<&'a RawValue>,
+}
+
+/// The `id` of an item that could not be decoded, if it has a string one.
+#[derive(Deserialize)]
+struct IdOnly {
+    id: Option<serde_json::Value>,
+}
+
+/// One item of a batch as decoded: its id as given (when it has a string
+/// one) and the transaction, or why it cannot be one.
+#[derive(Debug)]
+pub struct BatchItem {
+    pub id: Option<String>,
+    pub transaction: Result<Transaction, RequestError>,
+}
+
+/// Why a batch cannot be read at all.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BatchError {
+    /// Not JSON, or not `{"transactions": [...]}`: 400.
+    Malformed(String),
+    /// No items: 422.
+    Empty,
+    /// More than [`MAX_BATCH_ITEMS`]: 413.
+    TooMany(usize),
+}
+
+/// Decodes the body of `POST /transactions/batch`: the batch's shape, then
+/// each item as `POST /transactions` decodes one (an item must carry its
+/// id). Public for the fuzzer.
+pub fn decode_batch(body: &[u8]) -> Result<Vec<BatchItem>, BatchError> {
+    let batch: BatchBody<'_> =
+        serde_json::from_slice(body).map_err(|e| BatchError::Malformed(e.to_string()))?;
+    match batch.transactions.len() {
+        0 => return Err(BatchError::Empty),
+        n if n > MAX_BATCH_ITEMS => return Err(BatchError::TooMany(n)),
+        _ => {}
+    }
+    Ok(batch.transactions.into_iter().map(decode_item).collect())
+}
+
+fn decode_item(raw: &RawValue) -> BatchItem {
+    match serde_json::from_str::<TransactionRequest>(raw.get()) {
+        Ok(request) => {
+            let transaction = request.into_batch_item().map_err(RequestError::Rule);
+            let id = transaction
+                .as_ref()
+                .ok()
+                .map(|tx| tx.id.as_str().to_owned());
+            let id = id.or_else(|| id_as_given(raw));
+            BatchItem { id, transaction }
+        }
+        Err(e) => BatchItem {
+            id: id_as_given(raw),
+            transaction: Err(RequestError::Malformed(e.to_string())),
+        },
+    }
+}
+
+fn id_as_given(raw: &RawValue) -> Option<String> {
+    match serde_json::from_str::<IdOnly>(raw.get()).ok()?.id? {
+        serde_json::Value::String(id) => Some(id),
+        _ => None,
+    }
+}
+
+/// What happened to one item, as the single endpoint would have said it.
+#[derive(Serialize, ToSchema, Debug, Clone)]
+pub(super) struct ItemResult {
+    /// The item's id as given (null when it has no string id).
+    #[schema(required = true)]
+    id: Option<String>,
+    #[schema(value_type = ItemStatus)]
+    status: &'static str,
+    /// rejected: why (insufficient_funds, ...); invalid: the rule broken;
+    /// forbidden, conflict, in_flight, unavailable: what happened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    /// applied: the checked account's balance right after it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    balance_after: Option<u64>,
+    /// in_flight, rate_limited, unavailable: retry the item after this many
+    /// seconds, with the same id and body.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_s: Option<u64>,
+}
+
+/// Where an item stands (documentation only).
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub(super) enum ItemStatus {
+    /// Accepted: Kafka has it (or it was accepted before and is not settled).
+    Pending,
+    /// Accepted before and applied.
+    Applied,
+    /// Accepted before and rejected (reason).
+    Rejected,
+    /// The id is bound to another body: nothing was published.
+    Conflict,
+    /// The same transaction is being accepted by another request right now.
+    InFlight,
+    /// Not a valid transaction (reason): nothing was done.
+    Invalid,
+    /// The key's scope does not match `account`: nothing was done.
+    Forbidden,
+    /// Over the key's rate limit: nothing was done.
+    RateLimited,
+    /// Kafka or Redis could not take it: retry with the same id (a publish
+    /// that failed may still land).
+    Unavailable,
+}
+
+/// The answer of `POST /transactions/batch`.
+#[derive(Serialize, ToSchema)]
+pub(super) struct BatchAnswer {
+    /// One per item, in the request's order.
+    results: Vec<ItemResult>,
+}
+
+impl ItemResult {
+    fn new(id: Option<String>, status: &'static str) -> Self {
+        Self {
+            id,
+            status,
+            reason: None,
+            balance_after: None,
+            retry_after_s: None,
+        }
+    }
+
+    fn because(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+
+    fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_s = Some(secs);
+        self
+    }
+
+    fn of_status(id: &TxId, status: TxStatus) -> Self {
+        let seen = view(id, status);
+        let mut result = Self::new(Some(id.as_str().to_owned()), seen.status);
+        result.reason = seen.reason.map(str::to_owned);
+        result.balance_after = seen.balance_after;
+        result
+    }
+
+    fn of_refusal(id: &TxId, refused: Refused, rate_retry_s: u64, retry_s: u64) -> Self {
+        let id = Some(id.as_str().to_owned());
+        let detail = refused.to_string();
+        match refused {
+            Refused::Conflict(_) => Self::new(id, "conflict").because(detail),
+            Refused::InFlight(_) => Self::new(id, "in_flight").because(detail).retry_after(1),
+            Refused::RateLimited => Self::new(id, "rate_limited").retry_after(rate_retry_s),
+            Refused::Redis(e) => {
+                tracing::warn!(error = %e, "redis unavailable for a batch");
+                Self::new(id, "unavailable")
+                    .because(detail)
+                    .retry_after(retry_s)
+            }
+            Refused::Kafka(e) => {
+                tracing::warn!(error = %e, "publish failed");
+                Self::new(id, "unavailable")
+                    .because(detail)
+                    .retry_after(retry_s)
+            }
+            Refused::QueueFull | Refused::BindingLost(_) | Refused::Internal(_) => {
+                Self::new(id, "unavailable")
+                    .because(detail)
+                    .retry_after(retry_s)
+            }
+        }
+    }
+
+    fn is_unavailable(&self) -> bool {
+        self.status == "unavailable"
+    }
+}
+
+/// Submit up to 1000 money movements at once; each item is what `POST
+/// /transactions` takes, with its `id`. Items are independent: each is
+/// checked, claimed and published on its own, and one refused item does
+/// not refuse the others. The rate limit counts items; each item's
+/// `account` must be in the key's scope.
+#[utoipa::path(
+    post,
+    path = "/transactions/batch",
+    tag = "transactions",
+    security(("api_key" = [])),
+    request_body(content = BatchRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "One result per item, in order", body = BatchAnswer,
+            headers(("RateLimit-Policy" = String, description = "a limited key's policy"), ("RateLimit" = String, description = "what a limited key has left"),
+                ("Retry-After" = u64, description = "seconds, when an item is rate_limited or unavailable"))),
+        (status = 400, description = "Not JSON, or not `{\"transactions\": [...]}`", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No API key, or an unknown, revoked or wrong one; nothing was done", body = ProblemBody, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "Bearer"))),
+        (status = 408, description = "The body arrived too slowly; nothing was done", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 1000 KiB, or more than 1000 items; nothing was done", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type is not JSON", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "No items; nothing was done", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "No item could be taken (Kafka or Redis unavailable); retry the batch after Retry-After seconds with the same ids", body = ProblemBody, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "seconds"))),
+    )
+)]
+pub(super) async fn post_batch(
+    State(api): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    // As for one transaction: the key is checked again once the body is in.
+    authenticate(&api, &headers).await?;
+    let body = read_body_within(&api, &headers, body, MAX_BATCH_BODY_BYTES).await?;
+    let key = authenticate(&api, &headers).await?;
+    let items = decode_batch(&body).map_err(batch_problem)?;
+
+    // Each item's answer, or the transaction sent to admission (by its
+    // place among them) whose answer it is: the same id and body twice in
+    // one batch is one transaction, answered twice.
+    enum Slot {
+        Done(ItemResult),
+        Admitted(usize),
+    }
+    let mut slots = Vec::with_capacity(items.len());
+    let mut admitted: Vec<Transaction> = Vec::new();
+    let mut admitted_as: HashMap<String, usize> = HashMap::new();
+    for item in items {
+        let tx = match item.transaction {
+            Err(refused) => {
+                let reason = match refused {
+                    RequestError::Malformed(detail) => detail,
+                    RequestError::Rule(rule) => rule.to_string(),
+                };
+                slots.push(Slot::Done(
+                    ItemResult::new(item.id, "invalid").because(reason),
+                ));
+                continue;
+            }
+            Ok(tx) => tx,
+        };
+        if let Some(account) = key.scope.refuses(&tx.movement) {
+            let reason = format!("API key {} may not touch account {account}", key.id);
+            slots.push(Slot::Done(
+                ItemResult::new(item.id, "forbidden").because(reason),
+            ));
+            continue;
+        }
+        match admitted_as.get(tx.id.as_str()) {
+            Some(&n) => {
+                if admitted[n].movement.fingerprint() == tx.movement.fingerprint() {
+                    slots.push(Slot::Admitted(n));
+                } else {
+                    slots.push(Slot::Done(
+                        ItemResult::new(item.id, "conflict")
+                            .because(Refused::Conflict(tx.id).to_string()),
+                    ));
+                }
+            }
+            None => {
+                admitted_as.insert(tx.id.as_str().to_owned(), admitted.len());
+                slots.push(Slot::Admitted(admitted.len()));
+                admitted.push(tx);
+            }
+        }
+    }
+
+    let limit = limit_of(&api, &key);
+    let ids: Vec<TxId> = admitted.iter().map(|tx| tx.id.clone()).collect();
+    let (answers, verdict) = api
+        .admission
+        .admit_batch(admitted, limit.map(|limit| (key.id.clone(), limit)))
+        .await;
+    let rate_retry_s = verdict
+        .map(|verdict| verdict.retry_after.as_micros().div_ceil(1_000_000).max(1) as u64)
+        .unwrap_or(1);
+    let answered: Vec<ItemResult> = ids
+        .iter()
+        .zip(answers)
+        .map(|(id, answer)| match answer {
+            Ok(status) => ItemResult::of_status(id, status),
+            Err(refused) => ItemResult::of_refusal(id, refused, rate_retry_s, api.retry_after_secs),
+        })
+        .collect();
+    let none_taken = !answered.is_empty() && answered.iter().all(ItemResult::is_unavailable);
+    if none_taken {
+        return Err(Problem::unavailable(
+            "no item of the batch could be taken (Kafka or Redis is unavailable); retry it with the same ids",
+            api.retry_after_secs,
+        ));
+    }
+
+    let results: Vec<ItemResult> = slots
+        .into_iter()
+        .map(|slot| match slot {
+            Slot::Done(result) => result,
+            Slot::Admitted(n) => answered[n].clone(),
+        })
+        .collect();
+    count_items(&results);
+
+    let retry = results
+        .iter()
+        .filter_map(|result| match result.status {
+            "rate_limited" | "unavailable" => result.retry_after_s,
+            _ => None,
+        })
+        .max();
+    let mut response = (StatusCode::OK, Json(BatchAnswer { results })).into_response();
+    let fields = response.headers_mut();
+    if let Some(secs) = retry {
+        fields.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if let (Some(limit), Some(verdict)) = (limit, verdict) {
+        fields.extend(Quota::new(limit, verdict).headers());
+    }
+    Ok(response)
+}
+
+/// The problem of a batch that cannot be read.
+fn batch_problem(error: BatchError) -> Problem {
+    match error {
+        BatchError::Malformed(detail) => Problem::malformed(detail),
+        BatchError::Empty => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "rule-broken",
+            "A rule of the request is broken",
+            "`transactions` needs at least one item",
+        ),
+        BatchError::TooMany(n) => Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            "The body is too large",
+            format!("{n} items; a batch takes at most {MAX_BATCH_ITEMS}"),
+        ),
+    }
+}
+
+/// Counts the items of a batch by what happened to them.
+fn count_items(results: &[ItemResult]) {
+    let mut counts: HashMap<&'static str, u64> = HashMap::new();
+    for result in results {
+        *counts.entry(result.status).or_default() += 1;
+    }
+    for (status, count) in counts {
+        metrics::counter!("txengine_batch_items_total", "status" => status).increment(count);
+    }
+}
