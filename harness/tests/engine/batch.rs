@@ -343,8 +343,18 @@ async fn spending_many_grants_what_the_burst_holds_and_says_when_more_may_come()
         burst: 5,
     };
     let interval = Duration::from_millis(100);
+    let (other, _) = txengine::keys::generate();
+    let few = store.spend_many(&other, limit, 2).await.unwrap();
+    assert_eq!(
+        (few.granted, few.remaining),
+        (2, 3),
+        "no more than asked: {few:?}"
+    );
     let first = store.spend_many(&key, limit, 8).await.unwrap();
-    assert_eq!((first.granted, first.allowed, first.remaining), (5, true, 0));
+    assert_eq!(
+        (first.granted, first.allowed, first.remaining),
+        (5, true, 0)
+    );
     assert!(
         first.retry_after > Duration::ZERO && first.retry_after <= interval,
         "{first:?}"
@@ -357,4 +367,39 @@ async fn spending_many_grants_what_the_burst_holds_and_says_when_more_may_come()
     assert!((2..=4).contains(&later.granted), "{later:?}");
     let all = store.spend_many(&key, limit, 0).await.unwrap();
     assert_eq!(all.granted, 0, "asking for none counts none: {all:?}");
+}
+
+/// A refused request writes nothing (no write, so no fsync, for a request
+/// the limiter turns away): on a Redis of its own, Redis's count of
+/// changes stays put while a key over its limit is refused, alone or for
+/// a batch's items.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_spend_writes_nothing() {
+    let redis = harness::infra::LocalRedis::start("always").unwrap();
+    let store = isolated_store("refused", &redis.url()).await;
+    let (key, _) = txengine::keys::generate();
+    let limit = txengine::keys::RateLimit {
+        rate_per_s: 1,
+        burst: 2,
+    };
+    assert_eq!(store.spend_many(&key, limit, 2).await.unwrap().granted, 2);
+    let changes = || async {
+        let client = redis::Client::open(redis.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let info: String = redis::cmd("INFO")
+            .arg("persistence")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        info.lines()
+            .find_map(|line| line.strip_prefix("rdb_changes_since_last_save:"))
+            .map(|n| n.trim().parse::<u64>().unwrap())
+            .unwrap()
+    };
+    let before = changes().await;
+    for count in [1, 5, 1] {
+        let refused = store.spend_many(&key, limit, count).await.unwrap();
+        assert!(!refused.allowed, "{refused:?}");
+    }
+    assert_eq!(changes().await, before, "a refused spend wrote");
 }
