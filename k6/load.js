@@ -4,6 +4,9 @@
 //
 //   k6 run -e TXENGINE_URL=http://127.0.0.1:8080 -e TXENGINE_ADMIN_TOKEN=... k6/load.js
 //
+// With -e BATCH=<n> (2 ..= 1000), every iteration posts n transactions in
+// one POST /transactions/batch and checks each item's result instead.
+//
 // With TXENGINE_ADMIN_TOKEN set, setup() funds the accounts and makes an API
 // key for every account (its rate limit far above the load, so every request
 // pays for the limiter); else it uses TXENGINE_API_KEY (`harness up` prints
@@ -20,6 +23,8 @@ export const KEY_RATE_PER_S = 1000000;
 const ACCOUNTS = parseInt(__ENV.ACCOUNTS || '1000', 10);
 const START_BALANCE = 1000000;
 const RUN_ID = __ENV.RUN_ID || `k6-${Date.now().toString(36)}`;
+/** Transactions per request: 1 posts /transactions, more /transactions/batch. */
+export const BATCH = parseInt(__ENV.BATCH || '1', 10);
 
 export const options = {
   vus: parseInt(__ENV.VUS || '200', 10),
@@ -65,6 +70,17 @@ export function acceptedAnswer(status, body, id) {
     && ['pending', 'applied', 'rejected'].includes(body.status);
 }
 
+/**
+ * True when an answer to POST /transactions/batch accepted every item:
+ * 200 with one result per id, in order, each pending, applied or rejected.
+ */
+export function acceptedBatchAnswer(status, body, ids) {
+  return status === 200 && body !== null && Array.isArray(body.results)
+    && body.results.length === ids.length
+    && body.results.every((result, i) => result.id === ids[i]
+      && ['pending', 'applied', 'rejected'].includes(result.status));
+}
+
 function parse(body) {
   try {
     return JSON.parse(body);
@@ -103,15 +119,44 @@ export function setup() {
   return { apiKey: made.secret };
 }
 
-export default function (data) {
-  const tx = makeTransaction(exec.vu.idInTest, exec.vu.iterationInScenario, ACCOUNTS, Math.random);
-  const res = http.post(`${BASE_URL}/transactions`, JSON.stringify(tx), {
+/**
+ * One iteration: one transaction, or `batch` of them in one request (ids
+ * `<run>-<vu>-<iteration>-<item>`), and the check of the answer.
+ */
+export function send(data, batch) {
+  const vu = exec.vu.idInTest;
+  const iteration = exec.vu.iterationInScenario;
+  const params = (name) => ({
     headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${data.apiKey}` },
-    tags: { name: 'POST /transactions' },
+    tags: { name },
   });
+  if (batch <= 1) {
+    const tx = makeTransaction(vu, iteration, ACCOUNTS, Math.random);
+    const res = http.post(`${BASE_URL}/transactions`, JSON.stringify(tx), params('POST /transactions'));
+    check(res, {
+      'accepted (202/200 with the id and a status)': (r) => acceptedAnswer(r.status, parse(r.body), tx.id),
+    });
+    return;
+  }
+  const transactions = [];
+  for (let item = 0; item < batch; item++) {
+    const tx = makeTransaction(vu, iteration, ACCOUNTS, Math.random);
+    tx.id = `${tx.id}-${item}`;
+    transactions.push(tx);
+  }
+  const res = http.post(
+    `${BASE_URL}/transactions/batch`,
+    JSON.stringify({ transactions }),
+    params('POST /transactions/batch'),
+  );
+  const ids = transactions.map((tx) => tx.id);
   check(res, {
-    'accepted (202/200 with the id and a status)': (r) => acceptedAnswer(r.status, parse(r.body), tx.id),
+    'every item accepted (one result per id, in order)': (r) => acceptedBatchAnswer(r.status, parse(r.body), ids),
   });
+}
+
+export default function (data) {
+  send(data, BATCH);
 }
 
 /** The figures a report needs, picked out of k6's summary data. */
@@ -126,6 +171,7 @@ export function summarize(data) {
     target: BASE_URL,
     vus: options.vus,
     duration: options.duration,
+    batch: BATCH,
     requests: requests.count || 0,
     rps: requests.rate || 0,
     error_rate: failed.rate || 0,

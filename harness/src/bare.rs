@@ -1,6 +1,8 @@
 //! The bare HTTP limit: an axum server that answers every POST /transactions
-//! with 202 and does nothing else. Measured with the same generator and
-//! settings as the engine, it says how much of the machine HTTP alone takes.
+//! with 202 and does nothing else, and every POST /transactions/batch with
+//! one `pending` result per item (it counts the items, nothing more).
+//! Measured with the same generator and settings as the engine, it says how
+//! much of the machine HTTP alone takes.
 
 use axum::http::StatusCode;
 use axum::routing::post;
@@ -14,10 +16,22 @@ async fn accept() -> (StatusCode, Json<Value>) {
     )
 }
 
+#[derive(serde::Deserialize)]
+struct Items {
+    transactions: Vec<serde::de::IgnoredAny>,
+}
+
+async fn accept_batch(Json(items): Json<Items>) -> (StatusCode, String) {
+    let result = r#"{"id":"bare","status":"pending"}"#;
+    let results = vec![result; items.transactions.len()].join(",");
+    (StatusCode::OK, format!(r#"{{"results":[{results}]}}"#))
+}
+
 pub fn router() -> Router {
     Router::new()
         .route("/transactions", post(accept))
         .route("/transaction", post(accept))
+        .route("/transactions/batch", post(accept_batch))
 }
 
 /// Serves the bare router on `listen` until SIGINT/SIGTERM.

@@ -79,15 +79,7 @@ async fn drive_http(
                 profile.clone(),
             );
             let result = tokio::task::spawn_blocking(move || {
-                crate::wrk::drive(
-                    &url,
-                    &api_key,
-                    &name,
-                    &run,
-                    profile.users,
-                    profile.seconds,
-                    profile.accounts,
-                )
+                crate::wrk::drive(&url, &api_key, &name, &run, &profile)
             })
             .await??;
             Ok(HttpRun {
@@ -381,6 +373,42 @@ pub async fn run_load(
     } else {
         None
     };
+    // With batches: the same engine with single requests first, drained
+    // before the measured batch run, so that one report has both.
+    let engine_single = if profile.batch > 1 {
+        let single = LoadProfile {
+            batch: 1,
+            ..profile.clone()
+        };
+        eprintln!(
+            "the same engine with single requests ({}, {} users for {} s) ...",
+            generator.name(),
+            profile.users,
+            profile.seconds
+        );
+        let run = drive_http(
+            generator,
+            &engine.url,
+            &api_key,
+            "engine-single",
+            "single",
+            &single,
+        )
+        .await?;
+        warmup_ledger.accepted.extend(run.ledger.accepted);
+        warmup_ledger.refused.extend(run.ledger.refused);
+        warmup_ledger.uncertain.extend(run.ledger.uncertain);
+        wait_drained(
+            &infra.kafka_brokers,
+            &config.group,
+            &config.topic,
+            Duration::from_secs(300),
+        )
+        .await?;
+        Some(run.result)
+    } else {
+        None
+    };
     let load_started_ms = txengine::wire::now_ms();
     let lag_sampler = LagSampler::start(&infra.kafka_brokers, &config.group, &config.topic);
     let (redis_pids, kafka_pid) = infra.pids();
@@ -436,13 +464,18 @@ pub async fn run_load(
         if limiter_off.is_some() {
             ledger.accepted.extend(rebuild("nolimit").await?.accepted);
         }
+        if engine_single.is_some() {
+            ledger.accepted.extend(rebuild("single").await?.accepted);
+        }
         let measured = rebuild("engine").await?.accepted;
         // Requests cut off at the end may have been accepted after wrk
-        // stopped counting: more records than 2xx answers is expected, fewer is not.
+        // stopped counting: more records than 2xx answers (times the
+        // items of each) is expected, fewer is not: every item of a 2xx
+        // batch that wrk counted was accepted.
+        let counted = driven.result.ok * profile.batch;
         anyhow::ensure!(
-            measured.len() >= driven.result.ok,
-            "wrk counted {} accepted requests but Redis holds {}",
-            driven.result.ok,
+            measured.len() >= counted,
+            "wrk counted {counted} accepted transactions but Redis holds {}",
             measured.len()
         );
         ledger.accepted.extend(measured);
@@ -474,18 +507,24 @@ pub async fn run_load(
         started_at,
         machine: Machine::describe(),
         ratios: Ratios {
-            engine_vs_bare_http: bare_http.as_ref().map(|b| engine_result.rps / b.result.rps),
+            engine_vs_bare_http: bare_http
+                .as_ref()
+                .map(|b| engine_result.transactions_per_s / b.result.transactions_per_s),
             engine_vs_redis_script: redis_script
                 .as_ref()
-                .map(|r| engine_result.rps / r.result.rps),
+                .map(|r| engine_result.transactions_per_s / r.result.transactions_per_s),
             engine_cpu_vs_load_generator: cpu_vs_generator[0],
             kafka_cpu_vs_load_generator: cpu_vs_generator[1],
             redis_cpu_vs_load_generator: cpu_vs_generator[2],
             engine_vs_limiter_off: limiter_off
                 .as_ref()
                 .map(|off| engine_result.rps / off.result.rps),
+            engine_batch_vs_single: engine_single
+                .as_ref()
+                .map(|single| engine_result.transactions_per_s / single.transactions_per_s),
         },
         engine: engine_result,
+        engine_single,
         bare_http,
         redis_script,
         limiter_off,

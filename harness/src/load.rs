@@ -30,6 +30,10 @@ pub struct LoadProfile {
     /// When set, every transfer goes to its source's partner (see
     /// [`crate::workload::Transfers::WithinSlot`]); the partners are funded too.
     pub partners: Option<std::sync::Arc<HashMap<String, String>>>,
+    /// Transactions per request: 1 posts `POST /transactions`; more post
+    /// `POST /transactions/batch` with that many items (and the Redis
+    /// limit applies that many per call).
+    pub batch: usize,
 }
 
 impl Default for LoadProfile {
@@ -42,6 +46,7 @@ impl Default for LoadProfile {
             start_balance: 1_000_000,
             mix: Mix::LOAD,
             partners: None,
+            batch: 1,
         }
     }
 }
@@ -76,6 +81,8 @@ struct RunState {
     profile: LoadProfile,
     run_tag: String,
     next_id: AtomicU64,
+    /// Transactions accepted (HTTP) or applied (the Redis limit).
+    transactions_ok: AtomicU64,
     started: Instant,
     buckets: Mutex<Vec<Bucket>>,
     errors_by_kind: Mutex<BTreeMap<String, usize>>,
@@ -98,6 +105,7 @@ impl RunState {
             profile: profile.clone(),
             run_tag: format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
             next_id: AtomicU64::new(0),
+            transactions_ok: AtomicU64::new(0),
             started: Instant::now(),
             buckets: Mutex::new(Vec::new()),
             errors_by_kind: Mutex::new(BTreeMap::new()),
@@ -121,6 +129,16 @@ impl RunState {
         tx
     }
 
+    /// Counts an error that is not a whole request's (an item of a batch).
+    fn count_error(&self, kind: String) {
+        *self
+            .errors_by_kind
+            .lock()
+            .expect("errors lock")
+            .entry(kind)
+            .or_default() += 1;
+    }
+
     fn record(&self, began: Instant, error: Option<String>) {
         let second = began.duration_since(self.started).as_secs() as usize;
         let latency_us = began.elapsed().as_micros().min(u64::MAX as u128) as u64;
@@ -138,12 +156,7 @@ impl RunState {
             }
         }
         if let Some(kind) = error {
-            *self
-                .errors_by_kind
-                .lock()
-                .expect("errors lock")
-                .entry(kind)
-                .or_default() += 1;
+            self.count_error(kind);
         }
     }
 }
@@ -178,6 +191,9 @@ async fn join_run(user: &mut GooseUser) -> TransactionResult {
 
 async fn send_transaction(user: &mut GooseUser) -> TransactionResult {
     let state = user.get_session_data_unchecked::<Arc<RunState>>().clone();
+    if state.profile.batch > 1 {
+        return send_batch(user, &state).await;
+    }
     let mut tx = state.next_tx();
     let began = Instant::now();
     match &state.target {
@@ -208,6 +224,7 @@ async fn send_transaction(user: &mut GooseUser) -> TransactionResult {
             match status {
                 Ok(200 | 202) => {
                     state.record(began, None);
+                    state.transactions_ok.fetch_add(1, Ordering::Relaxed);
                     tx.accepted_at_ms = txengine::wire::now_ms();
                     state.accepted.lock().expect("ledger lock").push(tx);
                 }
@@ -240,8 +257,123 @@ async fn send_transaction(user: &mut GooseUser) -> TransactionResult {
                 saga: None,
             };
             match store.apply_records(std::slice::from_ref(&record)).await {
-                Ok(_) => state.record(began, None),
+                Ok(_) => {
+                    state.record(began, None);
+                    state.transactions_ok.fetch_add(1, Ordering::Relaxed);
+                }
                 Err(e) => state.record(began, Some(format!("redis: {e}"))),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One request of `batch` transactions: `POST /transactions/batch`, each
+/// item's result read into the ledger; or, for the Redis limit, one call of
+/// the apply script's pipeline with that many records.
+async fn send_batch(user: &mut GooseUser, state: &RunState) -> TransactionResult {
+    let mut txs: Vec<SentTx> = (0..state.profile.batch).map(|_| state.next_tx()).collect();
+    let began = Instant::now();
+    let api_key = match &state.target {
+        Target::Http { api_key, .. } => api_key,
+        Target::RedisScript { store } => {
+            let records: Vec<txengine::wire::Record> = txs
+                .iter()
+                .map(|tx| txengine::wire::Record {
+                    tx: to_domain(tx).expect("the runner makes valid transactions"),
+                    accepted_at_ms: 0,
+                    saga: None,
+                })
+                .collect();
+            match store.apply_records(&records).await {
+                Ok(_) => {
+                    state.record(began, None);
+                    state
+                        .transactions_ok
+                        .fetch_add(records.len() as u64, Ordering::Relaxed);
+                }
+                Err(e) => state.record(began, Some(format!("redis: {e}"))),
+            }
+            return Ok(());
+        }
+    };
+    let items: Vec<serde_json::Value> = txs.iter().map(SentTx::request_body).collect();
+    {
+        let mut in_flight = state.in_flight.lock().expect("in-flight lock");
+        for tx in &txs {
+            in_flight.insert(tx.id.clone(), tx.clone());
+        }
+    }
+    let builder = user
+        .get_request_builder(&GooseMethod::Post, "/transactions/batch")?
+        .header("authorization", format!("Bearer {api_key}"))
+        .json(&serde_json::json!({ "transactions": items }));
+    let request = GooseRequest::builder()
+        .method(GooseMethod::Post)
+        .path("/transactions/batch")
+        .set_request_builder(builder)
+        .build();
+    let sent = user.request(request).await;
+    let mut goose = sent?;
+    let answer = match goose.response {
+        Ok(response) if response.status() == 200 => response
+            .json::<serde_json::Value>()
+            .await
+            .map_err(|e| e.to_string()),
+        Ok(response) => Err(format!("http {}", response.status().as_u16())),
+        Err(e) if e.is_timeout() => Err("timeout".to_owned()),
+        Err(_) => Err("connection".to_owned()),
+    };
+    {
+        let mut in_flight = state.in_flight.lock().expect("in-flight lock");
+        for tx in &txs {
+            in_flight.remove(&tx.id);
+        }
+    }
+    let results = answer.and_then(|answer| match answer["results"].as_array() {
+        Some(results) if results.len() == txs.len() => Ok(results.clone()),
+        _ => Err("a batch answer without one result per item".to_owned()),
+    });
+    let results = match results {
+        Ok(results) => results,
+        Err(kind) => {
+            state.record(began, Some(kind.clone()));
+            // A 4xx refused the whole batch; anything else may still land.
+            let refused = kind.starts_with("http 4");
+            if refused {
+                let mut ledger = state.refused.lock().expect("ledger lock");
+                ledger.extend(txs.into_iter().map(|tx| tx.id));
+            } else {
+                state.unanswered.lock().expect("ledger lock").extend(txs);
+            }
+            return user.set_failure(&kind, &mut goose.request, None, None);
+        }
+    };
+    state.record(began, None);
+    let accepted_at_ms = txengine::wire::now_ms();
+    for (tx, result) in txs.iter_mut().zip(&results) {
+        match result["status"].as_str().unwrap_or_default() {
+            "pending" | "applied" | "rejected" => {
+                tx.accepted_at_ms = accepted_at_ms;
+                state.transactions_ok.fetch_add(1, Ordering::Relaxed);
+                state.accepted.lock().expect("ledger lock").push(tx.clone());
+            }
+            // May still land (a publish that failed), or in flight.
+            status @ ("unavailable" | "in_flight") => {
+                state.count_error(format!("item {status}"));
+                state
+                    .unanswered
+                    .lock()
+                    .expect("ledger lock")
+                    .push(tx.clone());
+            }
+            status => {
+                state.count_error(format!("item {status}"));
+                state
+                    .refused
+                    .lock()
+                    .expect("ledger lock")
+                    .push(tx.id.clone());
             }
         }
     }
@@ -315,15 +447,18 @@ pub async fn drive(target: Target, name: &str, profile: &LoadProfile) -> anyhow:
     }
     let ok = all.len() as usize;
     let errors_by_kind = std::mem::take(&mut *state.errors_by_kind.lock().expect("errors lock"));
-    let errors: usize = errors_by_kind.values().sum();
+    // Requests that failed (the errors by kind also count batch items).
+    let failed: usize = timeline.iter().map(|second| second.errors).sum();
     let result = HttpResult {
         target: name.to_owned(),
         users: profile.users,
         seconds: run_seconds.round() as usize,
-        requests: ok + errors,
+        requests: ok + failed,
         ok,
         errors_by_kind,
         rps: ok as f64 / run_seconds,
+        batch: profile.batch,
+        transactions_per_s: state.transactions_ok.load(Ordering::Relaxed) as f64 / run_seconds,
         latency_ms_p50: quantile_ms(&all, 0.50),
         latency_ms_p90: Some(quantile_ms(&all, 0.90)),
         latency_ms_p95: Some(quantile_ms(&all, 0.95)),

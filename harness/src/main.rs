@@ -73,6 +73,12 @@ enum Command {
         /// source's slot (goose only): on a cluster, sagas or one script.
         #[arg(long, value_enum, default_value = "as-drawn")]
         transfers: Transfers,
+        /// Transactions per request: above 1, every request is a POST
+        /// /transactions/batch of this many (and the Redis limit applies
+        /// this many a call), and the same engine is also measured with
+        /// single requests in the same run, side by side.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=txengine::limits::MAX_BATCH_ITEMS as u64))]
+        batch: u64,
     },
     /// Publish a backlog of transactions straight into a topic, then start a
     /// consumer and measure how fast it applies them; checks the invariants.
@@ -142,6 +148,7 @@ fn main() -> anyhow::Result<()> {
             generator,
             redis_topology,
             transfers,
+            batch,
         } => {
             anyhow::ensure!(
                 transfers == Transfers::AsDrawn || generator == Generator::Goose,
@@ -155,6 +162,7 @@ fn main() -> anyhow::Result<()> {
                 accounts,
                 partners: (transfers == Transfers::WithinSlot)
                     .then(|| harness::workload::partners(&layout, accounts)),
+                batch: batch as usize,
                 ..LoadProfile::default()
             };
             runtime.block_on(run_load(

@@ -36,6 +36,11 @@ pub struct HttpResult {
     pub errors_by_kind: BTreeMap<String, usize>,
     /// Successful calls per second of the run.
     pub rps: f64,
+    /// Transactions per request (1: `POST /transactions`; more: batches).
+    pub batch: usize,
+    /// Transactions accepted (or, for the bare limits, taken) per second:
+    /// `rps` times the items of each request that were accepted.
+    pub transactions_per_s: f64,
     pub latency_ms_p50: f64,
     /// `None` (null) where the generator does not give it (wrk prints
     /// 50/75/90/99, k6 no 90th by default).

@@ -242,14 +242,17 @@ pub struct BareRun {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Ratios {
-    /// Engine accepted RPS / bare axum 202 RPS, same generator and settings;
-    /// `None` when the bare limits were not measured (`--no-limits`).
+    /// Engine accepted transactions/s / bare axum 202 transactions/s, same
+    /// generator, settings and batch size; `None` when the bare limits were
+    /// not measured (`--no-limits`).
     pub engine_vs_bare_http: Option<f64>,
-    /// Engine accepted RPS / Redis apply-script calls per second.
+    /// Engine accepted transactions/s / Redis apply-script transactions/s.
     pub engine_vs_redis_script: Option<f64>,
     /// Engine accepted RPS / the same with the rate limiter off: what the
     /// limiter costs (API keys are checked in both).
     pub engine_vs_limiter_off: Option<f64>,
+    /// Engine transactions/s in batches / with single requests, same run.
+    pub engine_batch_vs_single: Option<f64>,
     /// Engine CPU per accepted request / the load generator's CPU per
     /// request, in the engine run (the machine's speed cancels out).
     pub engine_cpu_vs_load_generator: Option<f64>,
@@ -289,6 +292,9 @@ pub struct Report {
     pub started_at: String,
     pub machine: Machine,
     pub engine: HttpResult,
+    /// With `--batch` above 1: the same engine driven with single requests
+    /// in the same run (before the measured batch run), for the ratio.
+    pub engine_single: Option<HttpResult>,
     pub bare_http: Option<BareRun>,
     pub redis_script: Option<BareRun>,
     /// `None` with `--no-limits`.
@@ -339,13 +345,18 @@ impl Report {
             "- machine: {} cores, {} GiB, {}, Linux {}; {}; {}; {}\n",
             m.cores, m.memory_gib, m.cpu_model, m.kernel, m.rustc, m.redis_server, m.kafka
         );
-        let _ = writeln!(md, "| target | users | s | requests | ok | RPS | p50 ms | p90 ms | p95 ms | p99 ms | max ms | errors |");
         let _ = writeln!(
             md,
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+            "Latencies are per request (a batch's whole request when batch > 1).\n"
+        );
+        let _ = writeln!(md, "| target | users | s | batch | requests | ok | RPS | tx/s | p50 ms | p90 ms | p95 ms | p99 ms | max ms | errors |");
+        let _ = writeln!(
+            md,
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
         );
         for run in [
             Some(&self.engine),
+            self.engine_single.as_ref(),
             self.limiter_off.as_ref().map(|off| &off.result),
             self.bare_http.as_ref().map(|bare| &bare.result),
             self.redis_script.as_ref().map(|bare| &bare.result),
@@ -355,19 +366,28 @@ impl Report {
         {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {:.0} | {:.2} | {} | {} | {:.2} | {:.2} | {:?} |",
+                "| {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.2} | {} | {} | {:.2} | {:.2} | {:?} |",
                 run.target,
                 run.users,
                 run.seconds,
+                run.batch,
                 run.requests,
                 run.ok,
                 run.rps,
+                run.transactions_per_s,
                 run.latency_ms_p50,
                 or_not_measured(run.latency_ms_p90, 2),
                 or_not_measured(run.latency_ms_p95, 2),
                 run.latency_ms_p99,
                 run.latency_ms_max,
                 run.errors_by_kind
+            );
+        }
+        if let Some(r) = self.ratios.engine_batch_vs_single {
+            let _ = writeln!(
+                md,
+                "\nEngine transactions/s in batches of {} / with single requests: **{r:.2}**",
+                self.engine.batch
             );
         }
         if let Some(r) = self.ratios.engine_vs_bare_http {
@@ -612,6 +632,8 @@ mod tests {
             ok: 30,
             errors_by_kind: Default::default(),
             rps: 10.0,
+            batch: 1,
+            transactions_per_s: 10.0,
             latency_ms_p50: 1.0,
             latency_ms_p90: Some(2.0),
             latency_ms_p95: None,
@@ -628,11 +650,13 @@ mod tests {
             engine: run,
             bare_http: None,
             redis_script: None,
+            engine_single: None,
             limiter_off: None,
             ratios: Ratios {
                 engine_vs_bare_http: None,
                 engine_vs_redis_script: None,
                 engine_vs_limiter_off: None,
+                engine_batch_vs_single: None,
                 engine_cpu_vs_load_generator: None,
                 kafka_cpu_vs_load_generator: None,
                 redis_cpu_vs_load_generator: None,

@@ -8,6 +8,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
+use crate::load::LoadProfile;
 use crate::measure::HttpResult;
 use crate::workload::{account_name, Kind, Ledger, Mix, SentTx};
 
@@ -45,16 +46,17 @@ pub fn sent_tx(id: &str, run: &str, accounts: u64) -> Option<SentTx> {
     })
 }
 
-/// Runs wrk against `base_url` and reads its summary.
+/// Runs wrk against `base_url` as `profile` says (its users are wrk's
+/// connections) and reads its summary.
 pub fn drive(
     base_url: &str,
     api_key: &str,
     name: &str,
     run: &str,
-    connections: usize,
-    seconds: usize,
-    accounts: usize,
+    profile: &LoadProfile,
 ) -> anyhow::Result<HttpResult> {
+    let (connections, seconds) = (profile.users, profile.seconds);
+    let (accounts, batch) = (profile.accounts, profile.batch);
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
@@ -76,6 +78,7 @@ pub fn drive(
             run,
         ])
         .arg(accounts.to_string())
+        .arg(batch.to_string())
         .output()
         .context("running wrk (install it: scripts/install-deps)")?;
     let text = String::from_utf8_lossy(&output.stdout);
@@ -85,7 +88,7 @@ pub fn drive(
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    parse(&text, name, connections, seconds)
+    parse(&text, name, connections, seconds, batch)
 }
 
 /// A wrk duration (`812.00us`, `1.23ms`, `2.00s`) in milliseconds.
@@ -110,6 +113,7 @@ pub fn parse(
     name: &str,
     connections: usize,
     seconds: usize,
+    batch: usize,
 ) -> anyhow::Result<HttpResult> {
     let mut percentiles: HashMap<&str, f64> = HashMap::new();
     let mut requests = None;
@@ -151,6 +155,10 @@ pub fn parse(
         ok,
         errors_by_kind,
         rps: ok as f64 / seconds.max(1) as f64,
+        // Every item of a 2xx batch counts here; the harness checks
+        // against Redis that each was accepted (`bench::run_load`).
+        batch,
+        transactions_per_s: (ok * batch) as f64 / seconds.max(1) as f64,
         latency_ms_p50: percentiles.get("50%").copied().unwrap_or(0.0),
         // wrk prints 50/75/90/99: no 95th.
         latency_ms_p90: percentiles.get("90%").copied(),
@@ -243,7 +251,7 @@ Transfer/sec:      4.05MB
 
     #[test]
     fn reads_the_latency_summary() {
-        let result = parse(SAMPLE, "engine", 200, 20).unwrap();
+        let result = parse(SAMPLE, "engine", 200, 20, 1).unwrap();
         assert_eq!(result.requests, 653_210);
         assert_eq!(result.ok, 653_210 - 12);
         assert_eq!(result.latency_ms_p50, 5.9);

@@ -1,7 +1,8 @@
 -- wrk script for txengine: POST /transactions with unique ids and the same
--- mix as the goose runner (60% transfers, 25% debits, 15% credits).
+-- mix as the goose runner (60% transfers, 25% debits, 15% credits); with a
+-- batch size above 1, POST /transactions/batch with that many items.
 --
---   TXENGINE_API_KEY=txk_... wrk -t2 -c200 -d20s --latency -s harness/wrk/post.lua http://127.0.0.1:8080 -- <run> <accounts>
+--   TXENGINE_API_KEY=txk_... wrk -t2 -c200 -d20s --latency -s harness/wrk/post.lua http://127.0.0.1:8080 -- <run> <accounts> [batch]
 --
 -- The API key comes from the environment (`harness up` prints it), so that
 -- the process list does not show it.
@@ -22,6 +23,7 @@ end
 function init(args)
   run = args[1] or "wrk"
   accounts = tonumber(args[2] or "1000")
+  batch = tonumber(args[3] or "1")
   counter = 0
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
@@ -47,17 +49,27 @@ function movement(thread_id, n)
   return kind, from, to, amount
 end
 
-function request()
+-- The JSON of transaction n of this thread (the next counter value).
+function next_transaction()
   local n = counter
   counter = counter + 1
   local kind, from, to, amount = movement(tid, n)
-  local body
   if to then
-    body = string.format('{"id":"%s-%d-%d","type":"%s","account":"acct-%d","to":"acct-%d","amount":%d}',
+    return string.format('{"id":"%s-%d-%d","type":"%s","account":"acct-%d","to":"acct-%d","amount":%d}',
       run, tid, n, kind, from, to, amount)
-  else
-    body = string.format('{"id":"%s-%d-%d","type":"%s","account":"acct-%d","amount":%d}',
-      run, tid, n, kind, from, amount)
   end
-  return wrk.format(nil, "/transactions", nil, body)
+  return string.format('{"id":"%s-%d-%d","type":"%s","account":"acct-%d","amount":%d}',
+    run, tid, n, kind, from, amount)
+end
+
+function request()
+  if batch <= 1 then
+    return wrk.format(nil, "/transactions", nil, next_transaction())
+  end
+  local items = {}
+  for i = 1, batch do
+    items[i] = next_transaction()
+  end
+  local body = '{"transactions":[' .. table.concat(items, ",") .. ']}'
+  return wrk.format(nil, "/transactions/batch", nil, body)
 end

@@ -4,7 +4,9 @@ import assert from 'node:assert/strict';
 import { results } from './stubs/k6.mjs';
 import { requests, stub } from './stubs/http.mjs';
 import exec from './stubs/execution.mjs';
-import script, { options, makeTransaction, acceptedAnswer, handleSummary, setup, KEY_RATE_PER_S } from '../load.js';
+import script, {
+  options, makeTransaction, acceptedAnswer, acceptedBatchAnswer, handleSummary, send, setup, BATCH, KEY_RATE_PER_S,
+} from '../load.js';
 
 test('options are the seed profile with thresholds', () => {
   assert.equal(options.vus, 200);
@@ -68,6 +70,38 @@ test('an iteration posts JSON to /transactions and checks the answer', () => {
   stub.respond = () => ({ status: 503, body: '{"status":503}' });
   script({ apiKey: 'txk_key' });
   assert.deepEqual(results.map((r) => r.ok), [true, false]);
+});
+
+test('a batch iteration posts its items to /transactions/batch and checks each result', () => {
+  const original = stub.respond;
+  results.length = 0;
+  requests.length = 0;
+  assert.equal(BATCH, 1, 'single requests unless BATCH is set');
+  exec.vu.iterationInScenario = 3;
+  stub.respond = (method, url, body) => ({
+    status: 200,
+    body: JSON.stringify({ results: JSON.parse(body).transactions.map((tx) => ({ id: tx.id, status: 'pending' })) }),
+  });
+  send({ apiKey: 'txk_key' }, 4);
+  assert.equal(requests.length, 1);
+  assert.match(requests[0].url, /\/transactions\/batch$/);
+  const ids = JSON.parse(requests[0].body).transactions.map((tx) => tx.id);
+  assert.deepEqual(ids, ['test-run-1-3-0', 'test-run-1-3-1', 'test-run-1-3-2', 'test-run-1-3-3']);
+  assert.deepEqual(results.map((r) => r.ok), [true]);
+
+  // One item refused, or the results out of order: the check fails.
+  stub.respond = (method, url, body) => ({
+    status: 200,
+    body: JSON.stringify({
+      results: JSON.parse(body).transactions.map((tx, i) => ({ id: tx.id, status: i === 2 ? 'rate_limited' : 'pending' })),
+    }),
+  });
+  send({ apiKey: 'txk_key' }, 4);
+  assert.deepEqual(results.map((r) => r.ok), [true, false]);
+  assert.ok(!acceptedBatchAnswer(200, { results: [{ id: 'b', status: 'pending' }, { id: 'a', status: 'pending' }] }, ['a', 'b']));
+  assert.ok(!acceptedBatchAnswer(503, { status: 503 }, ['a']));
+  assert.ok(acceptedBatchAnswer(200, { results: [{ id: 'a', status: 'applied' }] }, ['a']));
+  stub.respond = original;
 });
 
 test('setup funds the accounts and makes a key for every account with the admin token', () => {
