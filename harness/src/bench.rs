@@ -217,9 +217,17 @@ impl LagSampler {
         Self { stop, samples }
     }
 
-    async fn stop(self) -> Vec<(usize, Option<i64>)> {
+    async fn stop(mut self) -> Vec<(usize, Option<i64>)> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.samples.await.unwrap_or_default()
+        (&mut self.samples).await.unwrap_or_default()
+    }
+}
+
+impl Drop for LagSampler {
+    /// A run that fails before `stop` must not leave the sampling thread
+    /// running: the runtime would wait for it forever at exit.
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -251,6 +259,9 @@ fn pipeline_timeline(
         })
         .collect()
 }
+
+/// Seconds of the sample that reads each script's cost from Redis's slow log.
+const REDIS_SAMPLE_SECONDS: usize = 3;
 
 /// Runs `harness load` (see the README's first command).
 pub async fn run_load(
@@ -453,8 +464,58 @@ pub async fn run_load(
         Duration::from_secs(900),
     )
     .await?;
+    // Redis's own work per transaction, script by script: a short sample
+    // of the same load with every command in Redis's slow log (which costs
+    // Redis time of its own, so it is not the measured run), then drained.
+    let masters = infra.redis_masters()?;
+    let hashes = txengine::store::Store::connect(txengine::store::StoreSettings {
+        topology: infra.redis_topology,
+        url: &infra.redis_url,
+        namespace: &config.namespace,
+        outcome_ttl_secs: config.outcome_ttl_secs,
+        lease_ms: 30_000,
+        response_timeout: Duration::from_secs(5),
+    })
+    .await?
+    .script_hashes();
+    let sample = LoadProfile {
+        seconds: REDIS_SAMPLE_SECONDS,
+        ..profile.clone()
+    };
+    eprintln!(
+        "Redis's work per script: {REDIS_SAMPLE_SECONDS} s of the same load with every command logged ..."
+    );
+    crate::measure::log_every_command(&masters, true).await?;
+    let sampled = drive_http(
+        generator,
+        &engine.url,
+        &api_key,
+        "redis-sample",
+        "costs",
+        &sample,
+    )
+    .await;
+    wait_drained(
+        &infra.kafka_brokers,
+        &config.group,
+        &config.topic,
+        Duration::from_secs(300),
+    )
+    .await?;
+    let sampled = sampled?;
+    let sampled_transactions = match generator {
+        Generator::Goose => sampled.ledger.accepted.len(),
+        Generator::Wrk => sampled.result.ok * profile.batch,
+    };
+    // Read before the log is shortened again.
+    let redis_scripts =
+        crate::measure::script_costs(&masters, &hashes, sampled_transactions as u64).await?;
+    crate::measure::log_every_command(&masters, false).await?;
+    ledger.accepted.extend(sampled.ledger.accepted);
+    ledger.refused.extend(sampled.ledger.refused);
+    ledger.uncertain.extend(sampled.ledger.uncertain);
+
     if generator == Generator::Wrk {
-        let masters = infra.redis_masters()?;
         let layout = txengine::store::Layout::new(&config.namespace, infra.redis_topology);
         // wrk keeps no ledger: rebuild both runs' from the ids in Redis.
         let rebuild = |run: &'static str| {
@@ -467,6 +528,7 @@ pub async fn run_load(
         if engine_single.is_some() {
             ledger.accepted.extend(rebuild("single").await?.accepted);
         }
+        ledger.accepted.extend(rebuild("costs").await?.accepted);
         let measured = rebuild("engine").await?.accepted;
         // Requests cut off at the end may have been accepted after wrk
         // stopped counting: more records than 2xx answers (times the
@@ -536,6 +598,7 @@ pub async fn run_load(
             service_peak_rss_mib: rss,
         },
         cpu_per_request,
+        redis_scripts,
         invariants: InvariantResult {
             holds: verdict.holds(),
             accepted: verdict.accepted,

@@ -302,6 +302,9 @@ pub struct Report {
     pub ratios: Ratios,
     pub pipeline: PipelineResult,
     pub cpu_per_request: CpuPerRequest,
+    /// Redis's time in each Lua script, from a short sample after the
+    /// measured run with every command in Redis's slow log.
+    pub redis_scripts: Vec<crate::measure::ScriptCost>,
     pub invariants: InvariantResult,
     /// Per second of the engine run: requests answered and latency.
     pub timeline: Vec<SecondStats>,
@@ -459,6 +462,34 @@ impl Report {
                 or_not_measured(r.kafka_cpu_vs_load_generator, 2),
                 or_not_measured(r.redis_cpu_vs_load_generator, 2)
             );
+        }
+        if !self.redis_scripts.is_empty() {
+            let _ = writeln!(
+                md,
+                "\nRedis's time per script, from a short sample of the same load with every command in the slow log (scripts only; the AOF's fsync is not in it):\n"
+            );
+            let _ = writeln!(
+                md,
+                "| script | calls | keys per call | µs per call | µs per transaction |"
+            );
+            let _ = writeln!(md, "| --- | ---: | ---: | ---: | ---: |");
+            for cost in &self.redis_scripts {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {:.1} | {:.1} | {:.1} |",
+                    cost.script,
+                    cost.calls,
+                    cost.keys_per_call,
+                    cost.us_per_call,
+                    cost.us_per_transaction
+                );
+            }
+            let total: f64 = self
+                .redis_scripts
+                .iter()
+                .map(|c| c.us_per_transaction)
+                .sum();
+            let _ = writeln!(md, "\nIn all, {total:.1} µs of scripts per transaction.");
         }
         let i = &self.invariants;
         let _ = writeln!(
@@ -669,6 +700,7 @@ mod tests {
                 service_peak_rss_mib: None,
             },
             cpu_per_request: CpuPerRequest::default(),
+            redis_scripts: Vec::new(),
             invariants: InvariantResult {
                 holds: true,
                 accepted: 30,

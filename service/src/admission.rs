@@ -94,6 +94,10 @@ impl Admission {
         txs: Vec<Transaction>,
         limit: Option<(KeyId, RateLimit)>,
     ) -> (Vec<Result<TxStatus, Refused>>, Option<RateVerdict>) {
+        if txs.is_empty() {
+            // Nothing to count or claim: no write at all.
+            return (Vec::new(), None);
+        }
         let admission = self.clone();
         let count = txs.len();
         tokio::spawn(async move { admission.run_batch(txs, limit).await })

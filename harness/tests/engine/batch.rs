@@ -239,6 +239,15 @@ async fn the_rate_limit_counts_items() {
     s.set_balance("acct", 100).await.unwrap();
     let key = s.create_key(&["acct"], Some(1), Some(5)).await.unwrap();
     let client = s.with_api_key(&key.secret).unwrap();
+    // Items refused before admission (invalid, out of scope) are not counted.
+    let refused = [
+        json!({"id": "r-bad", "account": "acct", "amount": 0}),
+        json!({"id": "r-scope", "account": "other", "amount": 1}),
+    ];
+    let (status, answer) = client.post_batch(&refused).await.unwrap();
+    let got = results(status, &answer, 2);
+    assert_eq!(got[0]["status"], "invalid", "{answer}");
+    assert_eq!(got[1]["status"], "forbidden", "{answer}");
     let items: Vec<Value> = (0..8)
         .map(|i| json!({"id": format!("r-{i}"), "account": "acct", "amount": 1}))
         .collect();

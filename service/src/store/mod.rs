@@ -130,6 +130,16 @@ impl Store {
         Ok(())
     }
 
+    /// Each script's name and SHA1 (what EVALSHA names it by in Redis's
+    /// slow log), for reports of what each costs.
+    pub fn script_hashes(&self) -> Vec<(&'static str, String)> {
+        self.scripts
+            .named()
+            .into_iter()
+            .map(|(name, script)| (name, script.get_hash().to_owned()))
+            .collect()
+    }
+
     pub fn layout(&self) -> &Layout {
         &self.layout
     }

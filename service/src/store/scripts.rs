@@ -7,7 +7,7 @@
 use redis::Script;
 
 /// Every script the store runs. Built in one place ([`Scripts::new`]) and
-/// listed in one ([`Scripts::all`]): both name every field, so a script
+/// listed in one ([`Scripts::named`]): both name every field, so a script
 /// added here cannot be left out of either.
 pub(super) struct Scripts {
     pub apply: Script,
@@ -70,6 +70,12 @@ impl Scripts {
 
     /// Every script, for SCRIPT LOAD.
     pub(super) fn all(&self) -> [&Script; 11] {
+        self.named().map(|(_, script)| script)
+    }
+
+    /// Every script with its name (the name of its file in `lua/`, the
+    /// apply script's `atomic_update`), for reports of what each costs.
+    pub(super) fn named(&self) -> [(&'static str, &Script); 11] {
         let Self {
             apply,
             claim,
@@ -84,17 +90,17 @@ impl Scripts {
             rate_limit_then_claim,
         } = self;
         [
-            apply,
-            claim,
-            claim_batch,
-            release,
-            accept,
-            accept_batch,
-            saga_step,
-            finish,
-            set_balance,
-            rate_limit,
-            rate_limit_then_claim,
+            ("atomic_update", apply),
+            ("claim", claim),
+            ("claim_batch", claim_batch),
+            ("release", release),
+            ("accept", accept),
+            ("accept_batch", accept_batch),
+            ("saga_step", saga_step),
+            ("finish", finish),
+            ("set_balance", set_balance),
+            ("rate_limit", rate_limit),
+            ("rate_limit_then_claim", rate_limit_then_claim),
         ]
     }
 }
