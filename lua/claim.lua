@@ -33,7 +33,7 @@ local function claim(record, request_fp, lease_ms, token, ttl_secs)
   local lease_until = string.format('%d', now_ms + tonumber(lease_ms))
 
   local current = redis.call('HMGET', record, 'fp', 'state', 'reason', 'balance_after',
-    'accepted', 'lease_until_ms')
+    'accepted', 'lease_until_ms', 'lease')
   local fp, state = current[1], current[2]
   if not fp then
     redis.call('HSET', record, 'fp', request_fp, 'lease', token, 'lease_until_ms', lease_until)
@@ -49,7 +49,10 @@ local function claim(record, request_fp, lease_ms, token, ttl_secs)
   if current[5] then
     return {'pending', '', ''}
   end
-  if current[6] and tonumber(current[6]) > now_ms then
+  -- Another request's lease that has not ended. This request's own (a
+  -- batch claimed again after some of its slots answered NOSCRIPT) is
+  -- still this request's: claimed.
+  if current[6] and tonumber(current[6]) > now_ms and current[7] ~= token then
     return {'leased', '', ''}
   end
   redis.call('HSET', record, 'lease', token, 'lease_until_ms', lease_until)

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use crate::domain::{Transaction, TxId, TxStatus};
+use crate::gather::AcceptGatherer;
 use crate::keys::{KeyId, RateLimit};
 use crate::publisher::{PublishError, Publisher};
 use crate::store::{Acceptance, Claim, RateVerdict, Store, StoreError};
@@ -56,6 +57,7 @@ pub enum Refused {
 pub struct Admission {
     store: Store,
     publisher: Publisher,
+    accepts: AcceptGatherer,
     background_releases: Arc<Semaphore>,
     max_background_releases: usize,
 }
@@ -63,6 +65,7 @@ pub struct Admission {
 impl Admission {
     pub fn new(store: Store, publisher: Publisher, max_background_releases: usize) -> Self {
         Self {
+            accepts: AcceptGatherer::start(store.clone()),
             store,
             publisher,
             background_releases: Arc::new(Semaphore::new(max_background_releases)),
@@ -267,7 +270,16 @@ impl Admission {
             .iter()
             .map(|&index| (&records[index].tx, tokens[index].as_str()))
             .collect();
-        let acceptances = self.store.accept_batch(&to_accept).await;
+        // One request's accept joins those of other requests (one call);
+        // a batch's are one call already.
+        let acceptances = match to_accept.as_slice() {
+            [(tx, token)] => self
+                .accepts
+                .accept((*tx).clone(), (*token).to_owned())
+                .await
+                .map(|acceptance| vec![acceptance]),
+            _ => self.store.accept_batch(&to_accept).await,
+        };
         for (position, &index) in delivered.iter().enumerate() {
             let id = &records[index].tx.id;
             let acceptance = match &acceptances {
@@ -316,6 +328,10 @@ impl Admission {
         tokio::spawn(async move {
             let give_up = Instant::now() + store.lease();
             for (id, token) in &leases {
+                // Past the lease's end every lease left has run out.
+                if Instant::now() > give_up {
+                    break;
+                }
                 let mut pause = Duration::from_millis(100);
                 while let Err(e) = store.release(id, token).await {
                     if Instant::now() + pause > give_up {

@@ -14,6 +14,7 @@
 //! - [`wire`]: the versioned Kafka record (one encode, one decode).
 //! - [`store`]: Redis keys and the Lua scripts of `lua/`.
 //! - [`admission`]: claim -> publish -> accept or release; the id binding rules.
+//! - [`gather`]: the accepts of concurrent requests, gathered into one script call.
 //! - [`publisher`]: the idempotent Kafka producer with a bounded queue.
 //! - [`topics`]: topic creation, and the retention rule every topic must keep.
 //! - [`consumer`]: the consumer group loop: batch, apply, store offsets, DLQ.
@@ -27,6 +28,7 @@ pub mod app;
 pub mod config;
 pub mod consumer;
 pub mod domain;
+pub mod gather;
 pub mod http;
 pub mod keys;
 pub mod limits;

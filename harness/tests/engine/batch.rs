@@ -57,7 +57,14 @@ async fn a_mixed_batch_answers_each_item_as_one_request_would(#[case] topology: 
         .await
         .unwrap();
     assert_eq!(status, StatusCode::ACCEPTED);
-    s.wait_settled(&["known".into()], SETTLE).await.unwrap();
+    let (status, _) = s
+        .post(&json!({"id": "known-2", "account": "a-2", "amount": 10}))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED);
+    s.wait_settled(&["known".into(), "known-2".into()], SETTLE)
+        .await
+        .unwrap();
     let key = s.create_key(&["a-*"], None, None).await.unwrap();
     let client = s.with_api_key(&key.secret).unwrap();
 
@@ -77,6 +84,9 @@ async fn a_mixed_batch_answers_each_item_as_one_request_would(#[case] topology: 
         json!({"id": "b-twice", "account": "a-4", "amount": 2}),
         json!({"id": "b-twice", "account": "a-4", "amount": 2}),
         json!({"id": "b-debit", "account": "a-1", "amount": 6}),
+        // The other body first, then the bound one: as if sent one by one.
+        json!({"id": "known-2", "account": "a-2", "amount": 13}),
+        json!({"id": "known-2", "account": "a-2", "amount": 10}),
     ];
     let (status, answer) = client.post_batch(&items).await.unwrap();
     let got = results(status, &answer, items.len());
@@ -100,6 +110,8 @@ async fn a_mixed_batch_answers_each_item_as_one_request_would(#[case] topology: 
         ("b-twice", "pending"),
         ("b-twice", "pending"),
         ("b-debit", "conflict"),
+        ("known-2", "conflict"),
+        ("known-2", "applied"),
     ];
     let expected: Vec<(Value, Value)> = expected
         .iter()
@@ -114,6 +126,7 @@ async fn a_mixed_batch_answers_each_item_as_one_request_would(#[case] topology: 
         .collect();
     assert_eq!(summary, expected, "{answer}");
     assert_eq!(got[10]["balance_after"], 90, "{answer}");
+    assert_eq!(got[16]["balance_after"], 90, "{answer}");
     for (index, needle) in [(4, "amount"), (5, "`id` is required"), (7, "memo")] {
         let reason = got[index]["reason"].as_str().unwrap_or_default();
         assert!(reason.contains(needle), "item {index}: {reason}");
@@ -127,7 +140,7 @@ async fn a_mixed_batch_answers_each_item_as_one_request_would(#[case] topology: 
     s.wait_drained(SETTLE).await.unwrap();
     let balances = [
         ("a-1", 85),
-        ("a-2", 70),
+        ("a-2", 60),
         ("a-3", 130),
         ("a-4", 105),
         ("other", 100),
@@ -411,4 +424,43 @@ async fn a_refused_spend_writes_nothing() {
         assert!(!refused.allowed, "{refused:?}");
     }
     assert_eq!(changes().await, before, "a refused spend wrote");
+}
+
+/// A batch's claims made again under the same tokens (on a cluster, a
+/// batch whose call is retried after some slots answered NOSCRIPT and the
+/// others had claimed) are still the batch's: claimed, not `in_flight`;
+/// under another token they are in flight.
+#[tokio::test]
+async fn a_batch_claimed_again_with_its_tokens_is_still_claimed() {
+    use txengine::domain::{AccountId, Amount, Movement, Transaction, TxId};
+    use txengine::store::{Claim, Store};
+    let infra = crate::infra();
+    let namespace = format!("reclaim-{}", uuid::Uuid::new_v4().simple());
+    let store = isolated_store(&namespace, &infra.redis_url).await;
+    let txs: Vec<Transaction> = (0..3)
+        .map(|i| Transaction {
+            id: TxId::parse(&format!("c-{i}")).unwrap(),
+            movement: Movement::new(
+                Some("debit"),
+                AccountId::parse("acct").unwrap(),
+                None,
+                Amount::new(1 + i).unwrap(),
+            )
+            .unwrap(),
+        })
+        .collect();
+    let tokens: Vec<String> = txs.iter().map(|_| Store::lease_token()).collect();
+    let items: Vec<(&Transaction, &str)> = txs
+        .iter()
+        .zip(&tokens)
+        .map(|(tx, t)| (tx, t.as_str()))
+        .collect();
+    for _ in 0..2 {
+        let claims = store.claim_batch(&items).await.unwrap();
+        assert_eq!(claims, vec![Claim::Claimed; 3]);
+    }
+    let other = Store::lease_token();
+    let others: Vec<(&Transaction, &str)> = txs.iter().map(|tx| (tx, other.as_str())).collect();
+    let claims = store.claim_batch(&others).await.unwrap();
+    assert_eq!(claims, vec![Claim::InFlight; 3]);
 }

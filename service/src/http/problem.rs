@@ -59,6 +59,15 @@ impl Problem {
         self
     }
 
+    /// More header fields for the answer (a limited key's quota).
+    pub(super) fn with_headers(
+        mut self,
+        headers: impl IntoIterator<Item = (HeaderName, HeaderValue)>,
+    ) -> Self {
+        self.headers.extend(headers);
+        self
+    }
+
     pub(super) fn rule(error: RuleError) -> Self {
         Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,
