@@ -21,7 +21,9 @@ use super::transactions::{read_body_within, view, RequestError, TransactionReque
 use super::ApiState;
 use crate::admission::Refused;
 use crate::domain::{Transaction, TxId, TxStatus};
+use crate::keys::{ApiKey, RateLimit};
 use crate::limits::{MAX_BATCH_BODY_BYTES, MAX_BATCH_ITEMS};
+use crate::store::RateVerdict;
 
 /// The body of `POST /transactions/batch` (documentation; the handler reads
 /// each item on its own, so one broken item does not refuse the others).
@@ -261,10 +263,13 @@ pub(super) async fn post_batch(
 
     // Each item's answer, or the transaction sent to admission (by its
     // place among them) whose answer it is: the same id and body twice in
-    // one batch is one transaction, answered twice.
+    // one batch is one transaction, answered twice. An id given again with
+    // another body waits for the first body's answer (`Rebound`).
     enum Slot {
         Done(ItemResult),
         Admitted(usize),
+        Rebound(usize, Transaction),
+        Second(usize),
     }
     let mut slots = Vec::with_capacity(items.len());
     let mut admitted: Vec<Transaction> = Vec::new();
@@ -291,16 +296,10 @@ pub(super) async fn post_batch(
             continue;
         }
         match admitted_as.get(tx.id.as_str()) {
-            Some(&n) => {
-                if admitted[n].movement.fingerprint() == tx.movement.fingerprint() {
-                    slots.push(Slot::Admitted(n));
-                } else {
-                    slots.push(Slot::Done(
-                        ItemResult::new(item.id, "conflict")
-                            .because(Refused::Conflict(tx.id).to_string()),
-                    ));
-                }
+            Some(&n) if admitted[n].movement.fingerprint() == tx.movement.fingerprint() => {
+                slots.push(Slot::Admitted(n));
             }
+            Some(&n) => slots.push(Slot::Rebound(n, tx)),
             None => {
                 admitted_as.insert(tx.id.as_str().to_owned(), admitted.len());
                 slots.push(Slot::Admitted(admitted.len()));
@@ -310,28 +309,46 @@ pub(super) async fn post_batch(
     }
 
     let limit = limit_of(&api, &key);
-    let ids: Vec<TxId> = admitted.iter().map(|tx| tx.id.clone()).collect();
-    let (answers, verdict) = api
-        .admission
-        .admit_batch(admitted, limit.map(|limit| (key.id.clone(), limit)))
-        .await;
-    let rate_retry_s = verdict
-        .map(|verdict| verdict.retry_after.as_micros().div_ceil(1_000_000).max(1) as u64)
-        .unwrap_or(1);
-    let answered: Vec<ItemResult> = ids
-        .iter()
-        .zip(answers)
-        .map(|(id, answer)| match answer {
-            Ok(status) => ItemResult::of_status(id, status),
-            Err(refused) => ItemResult::of_refusal(id, refused, rate_retry_s, api.retry_after_secs),
-        })
-        .collect();
+    let (answered, mut verdict) = admit_round(&api, &key, limit, admitted).await;
     let none_taken = !answered.is_empty() && answered.iter().all(ItemResult::is_unavailable);
     if none_taken {
+        let quota = limit
+            .zip(verdict)
+            .map(|(limit, verdict)| Quota::new(limit, verdict));
         return Err(Problem::unavailable(
             "no item of the batch could be taken (Kafka or Redis is unavailable); retry it with the same ids",
             api.retry_after_secs,
-        ));
+        )
+        .with_headers(quota.iter().flat_map(Quota::headers)));
+    }
+
+    // A later body of an id: a conflict when the first body holds the id
+    // (accepted now or before); when the id was bound to neither (the
+    // first was a conflict), it is admitted in a second round, as if sent
+    // after; otherwise (not taken) it shares the first's answer.
+    let mut second: Vec<Transaction> = Vec::new();
+    let mut second_as: HashMap<String, usize> = HashMap::new();
+    for slot in &mut slots {
+        let Slot::Rebound(n, tx) = slot else { continue };
+        let conflict = || {
+            let detail = Refused::Conflict(tx.id.clone()).to_string();
+            Slot::Done(ItemResult::new(Some(tx.id.as_str().to_owned()), "conflict").because(detail))
+        };
+        *slot = match answered[*n].status {
+            "conflict" if !second_as.contains_key(tx.id.as_str()) => {
+                second_as.insert(tx.id.as_str().to_owned(), second.len());
+                second.push(tx.clone());
+                Slot::Second(second.len() - 1)
+            }
+            "conflict" | "pending" | "applied" | "rejected" => conflict(),
+            _ => Slot::Admitted(*n),
+        };
+    }
+    let mut answered_second = Vec::new();
+    if !second.is_empty() {
+        let (answers, later_verdict) = admit_round(&api, &key, limit, second).await;
+        answered_second = answers;
+        verdict = later_verdict.or(verdict);
     }
 
     let results: Vec<ItemResult> = slots
@@ -339,9 +356,11 @@ pub(super) async fn post_batch(
         .map(|slot| match slot {
             Slot::Done(result) => result,
             Slot::Admitted(n) => answered[n].clone(),
+            Slot::Second(n) => answered_second[n].clone(),
+            Slot::Rebound(..) => unreachable!("every later body was decided"),
         })
         .collect();
-    count_items(&results);
+    count_items(&results, key.id.as_str());
 
     let retry = results
         .iter()
@@ -355,10 +374,38 @@ pub(super) async fn post_batch(
     if let Some(secs) = retry {
         fields.insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
-    if let (Some(limit), Some(verdict)) = (limit, verdict) {
-        fields.extend(Quota::new(limit, verdict).headers());
-    }
+    let quota = limit
+        .zip(verdict)
+        .map(|(limit, verdict)| Quota::new(limit, verdict));
+    fields.extend(quota.iter().flat_map(Quota::headers));
     Ok(response)
+}
+
+/// Admits one round of a batch's transactions (their ids all different):
+/// each one's result, and what the rate limit said.
+async fn admit_round(
+    api: &ApiState,
+    key: &ApiKey,
+    limit: Option<RateLimit>,
+    txs: Vec<Transaction>,
+) -> (Vec<ItemResult>, Option<RateVerdict>) {
+    let ids: Vec<TxId> = txs.iter().map(|tx| tx.id.clone()).collect();
+    let (answers, verdict) = api
+        .admission
+        .admit_batch(txs, limit.map(|limit| (key.id.clone(), limit)))
+        .await;
+    let rate_retry_s = verdict
+        .map(|verdict| verdict.retry_after.as_micros().div_ceil(1_000_000).max(1) as u64)
+        .unwrap_or(1);
+    let results = ids
+        .iter()
+        .zip(answers)
+        .map(|(id, answer)| match answer {
+            Ok(status) => ItemResult::of_status(id, status),
+            Err(refused) => ItemResult::of_refusal(id, refused, rate_retry_s, api.retry_after_secs),
+        })
+        .collect();
+    (results, verdict)
 }
 
 /// The problem of a batch that cannot be read.
@@ -381,12 +428,16 @@ fn batch_problem(error: BatchError) -> Problem {
 }
 
 /// Counts the items of a batch by what happened to them.
-fn count_items(results: &[ItemResult]) {
+fn count_items(results: &[ItemResult], key_id: &str) {
     let mut counts: HashMap<&'static str, u64> = HashMap::new();
     for result in results {
         *counts.entry(result.status).or_default() += 1;
     }
-    for (status, count) in counts {
-        metrics::counter!("txengine_batch_items_total", "status" => status).increment(count);
+    for (status, count) in &counts {
+        metrics::counter!("txengine_batch_items_total", "status" => *status).increment(*count);
+    }
+    if let Some(limited) = counts.get("rate_limited") {
+        metrics::counter!("txengine_rate_limited_total", "key" => key_id.to_owned())
+            .increment(*limited);
     }
 }
