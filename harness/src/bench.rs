@@ -367,9 +367,7 @@ pub async fn run_load(
         let after = cpu_off();
         off_api.terminate(Duration::from_secs(10));
         let cpu_per_request = CpuPerRequest::between(before, after, off.result.ok);
-        warmup_ledger.accepted.extend(off.ledger.accepted);
-        warmup_ledger.refused.extend(off.ledger.refused);
-        warmup_ledger.uncertain.extend(off.ledger.uncertain);
+        warmup_ledger.absorb(off.ledger);
         wait_drained(
             &infra.kafka_brokers,
             &config.group,
@@ -406,9 +404,7 @@ pub async fn run_load(
             &single,
         )
         .await?;
-        warmup_ledger.accepted.extend(run.ledger.accepted);
-        warmup_ledger.refused.extend(run.ledger.refused);
-        warmup_ledger.uncertain.extend(run.ledger.uncertain);
+        warmup_ledger.absorb(run.ledger);
         wait_drained(
             &infra.kafka_brokers,
             &config.group,
@@ -468,16 +464,7 @@ pub async fn run_load(
     // of the same load with every command in Redis's slow log (which costs
     // Redis time of its own, so it is not the measured run), then drained.
     let masters = infra.redis_masters()?;
-    let hashes = txengine::store::Store::connect(txengine::store::StoreSettings {
-        topology: infra.redis_topology,
-        url: &infra.redis_url,
-        namespace: &config.namespace,
-        outcome_ttl_secs: config.outcome_ttl_secs,
-        lease_ms: 30_000,
-        response_timeout: Duration::from_secs(5),
-    })
-    .await?
-    .script_hashes();
+    let hashes = txengine::store::Store::script_hashes();
     let sample = LoadProfile {
         seconds: REDIS_SAMPLE_SECONDS,
         ..profile.clone()
@@ -511,9 +498,7 @@ pub async fn run_load(
     let redis_scripts =
         crate::measure::script_costs(&masters, &hashes, sampled_transactions as u64).await?;
     crate::measure::log_every_command(&masters, false).await?;
-    ledger.accepted.extend(sampled.ledger.accepted);
-    ledger.refused.extend(sampled.ledger.refused);
-    ledger.uncertain.extend(sampled.ledger.uncertain);
+    ledger.absorb(sampled.ledger);
 
     if generator == Generator::Wrk {
         let layout = txengine::store::Layout::new(&config.namespace, infra.redis_topology);

@@ -177,6 +177,15 @@ pub struct Ledger {
     pub uncertain: Vec<SentTx>,
 }
 
+impl Ledger {
+    /// Takes in another run's accepted, refused and uncertain requests.
+    pub fn absorb(&mut self, other: Ledger) {
+        self.accepted.extend(other.accepted);
+        self.refused.extend(other.refused);
+        self.uncertain.extend(other.uncertain);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use rand::SeedableRng;

@@ -552,6 +552,20 @@ async fn health_ready_and_metrics() {
 
 /// Serves the real router on an ephemeral port with a given publisher; a
 /// client for it with an API key for every account.
+/// A publisher whose brokers are a free port where nothing listens: every
+/// publish fails once `publish_timeout` has passed.
+pub(crate) fn unreachable_kafka(topic: &str, publish_timeout: Duration) -> Publisher {
+    let dead_port = harness::infra::process::free_port().unwrap();
+    Publisher::new(PublisherSettings {
+        brokers: &format!("127.0.0.1:{dead_port}"),
+        topic,
+        max_in_flight: 100,
+        publish_timeout,
+        linger: Duration::from_millis(1),
+    })
+    .unwrap()
+}
+
 pub(crate) async fn serve(store: Store, publisher: Publisher) -> ApiClient {
     let (id, secret) = txengine::keys::generate();
     let key = txengine::keys::ApiKey {
@@ -617,16 +631,8 @@ async fn assert_503(response: reqwest::Response) {
 async fn kafka_unreachable_is_503_and_records_nothing() {
     let infra = crate::infra();
     let config = isolated_config(infra, "nokafka");
-    let dead_port = harness::infra::process::free_port().unwrap();
     let store = isolated_store(&config.namespace, &infra.redis_url).await;
-    let publisher = Publisher::new(PublisherSettings {
-        brokers: &format!("127.0.0.1:{dead_port}"),
-        topic: &config.topic,
-        max_in_flight: 100,
-        publish_timeout: Duration::from_millis(1500),
-        linger: Duration::from_millis(1),
-    })
-    .unwrap();
+    let publisher = unreachable_kafka(&config.topic, Duration::from_millis(1500));
     let api = serve(store.clone(), publisher).await;
     for _ in 0..2 {
         assert_503(post_raw(&api, json!({"id": "lost", "account": "acct", "amount": 1})).await)
@@ -691,16 +697,8 @@ async fn redis_unreachable_is_503() {
 async fn a_503_names_the_id_it_made_and_the_retry_with_it_applies_once() {
     let infra = crate::infra();
     let config = isolated_config(infra, "named503");
-    let dead_port = harness::infra::process::free_port().unwrap();
     let store = isolated_store(&config.namespace, &infra.redis_url).await;
-    let stalled_kafka = Publisher::new(PublisherSettings {
-        brokers: &format!("127.0.0.1:{dead_port}"),
-        topic: &config.topic,
-        max_in_flight: 100,
-        publish_timeout: Duration::from_millis(500),
-        linger: Duration::from_millis(1),
-    })
-    .unwrap();
+    let stalled_kafka = unreachable_kafka(&config.topic, Duration::from_millis(500));
     let api = serve(store, stalled_kafka).await;
     let body = json!({"account": "acct", "amount": 3});
     let response = post_raw(&api, body.clone()).await;

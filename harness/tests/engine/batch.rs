@@ -12,7 +12,6 @@ use rstest::rstest;
 use serde_json::{json, Value};
 use txengine::config::RedisTopology;
 use txengine::limits::MAX_BATCH_ITEMS;
-use txengine::publisher::{Publisher, PublisherSettings};
 
 use crate::isolated_store;
 
@@ -306,16 +305,8 @@ async fn the_rate_limit_counts_items() {
 async fn a_batch_retried_whole_after_a_503_applies_each_item_once() {
     let infra = crate::infra();
     let config = isolated_config(infra, "batch503");
-    let dead_port = harness::infra::process::free_port().unwrap();
     let store = isolated_store(&config.namespace, &infra.redis_url).await;
-    let stalled_kafka = Publisher::new(PublisherSettings {
-        brokers: &format!("127.0.0.1:{dead_port}"),
-        topic: &config.topic,
-        max_in_flight: 100,
-        publish_timeout: Duration::from_millis(500),
-        linger: Duration::from_millis(1),
-    })
-    .unwrap();
+    let stalled_kafka = crate::api::unreachable_kafka(&config.topic, Duration::from_millis(500));
     let api = crate::api::serve(store, stalled_kafka).await;
     let items: Vec<Value> = (0..20)
         .map(|i| json!({"id": format!("u-{i}"), "account": format!("acct-{}", i % 4), "amount": 1}))
