@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use crate::domain::{Transaction, TxId, TxStatus};
-use crate::gather::AcceptGatherer;
+use crate::gather::Gatherer;
 use crate::keys::{KeyId, RateLimit};
 use crate::publisher::{PublishError, Publisher};
-use crate::store::{Acceptance, Claim, RateVerdict, Store, StoreError};
+use crate::store::{Acceptance, Claim, LimitedClaim, RateVerdict, Store, StoreError};
 use crate::wire::{now_ms, Record};
 
 pub use crate::limits::MAX_BACKGROUND_RELEASES;
@@ -52,20 +52,52 @@ pub enum Refused {
     Internal(String),
 }
 
+/// A single request's claim as the claim gatherer holds it (owned).
+type OwnedClaim = (Transaction, String, Option<(KeyId, RateLimit)>);
+
 /// Claims, publishes and accepts transactions.
 #[derive(Clone)]
 pub struct Admission {
     store: Store,
     publisher: Publisher,
-    accepts: AcceptGatherer,
+    /// Single requests' claims (each with its key's limit), gathered.
+    claims: Gatherer<OwnedClaim, (Claim, Option<RateVerdict>)>,
+    /// Single requests' accepts, gathered.
+    accepts: Gatherer<(Transaction, String), Acceptance>,
     background_releases: Arc<Semaphore>,
     max_background_releases: usize,
 }
 
 impl Admission {
     pub fn new(store: Store, publisher: Publisher, max_background_releases: usize) -> Self {
+        let claiming = store.clone();
+        let accepting = store.clone();
         Self {
-            accepts: AcceptGatherer::start(store.clone()),
+            claims: Gatherer::start("txengine_claims_gathered", move |items: Vec<OwnedClaim>| {
+                let store = claiming.clone();
+                async move {
+                    let items: Vec<LimitedClaim> = items
+                        .iter()
+                        .map(|(tx, token, limit)| {
+                            (tx, token.as_str(), limit.as_ref().map(|(key, l)| (key, *l)))
+                        })
+                        .collect();
+                    store.claim_within_limits(&items).await
+                }
+            }),
+            accepts: Gatherer::start(
+                "txengine_accepts_gathered",
+                move |items: Vec<(Transaction, String)>| {
+                    let store = accepting.clone();
+                    async move {
+                        let items: Vec<(&Transaction, &str)> = items
+                            .iter()
+                            .map(|(tx, token)| (tx, token.as_str()))
+                            .collect();
+                        store.accept_batch(&items).await
+                    }
+                },
+            ),
             store,
             publisher,
             background_releases: Arc::new(Semaphore::new(max_background_releases)),
@@ -193,8 +225,9 @@ impl Admission {
         limit: Option<(KeyId, RateLimit)>,
     ) -> (Result<TxStatus, Refused>, Option<RateVerdict>) {
         let token = Store::lease_token();
-        let limit = limit.as_ref().map(|(key, limit)| (key, *limit));
-        let (claim, rate) = match self.store.claim_within_limit(&tx, &token, limit).await {
+        // Claimed with the claims of other requests waiting now (one call).
+        let claimed = self.claims.run((tx.clone(), token.clone(), limit)).await;
+        let (claim, rate) = match claimed {
             Ok(answer) => answer,
             Err(e) => {
                 // The claim may still land once a stalled Redis wakes up; end
@@ -275,7 +308,7 @@ impl Admission {
         let acceptances = match to_accept.as_slice() {
             [(tx, token)] => self
                 .accepts
-                .accept((*tx).clone(), (*token).to_owned())
+                .run(((*tx).clone(), (*token).to_owned()))
                 .await
                 .map(|acceptance| vec![acceptance]),
             _ => self.store.accept_batch(&to_accept).await,

@@ -1,39 +1,50 @@
-//! Accepts of concurrent single requests, gathered into one script call.
-//! Each request hands its accept to one gatherer task, which takes every
-//! accept waiting at that moment (no timer: it never waits for more) into
-//! one `accept_batch` call per slot, at most [`MAX_GATHERED_ACCEPTS`] of
-//! them, with at most [`MAX_ACCEPT_CALLS_IN_FLIGHT`] calls at once. Alone,
-//! an accept goes at once, by itself; under load the accepts that come
-//! while calls are in flight go together in the next one. Each accept is
-//! checked and written exactly as alone (accept.lua, per id).
+//! Work of concurrent single requests, gathered into one script call: the
+//! claims (each with its key's rate limit) and the accepts. Each request
+//! hands its item to a gatherer task, which takes every item waiting at that
+//! moment (no timer: it never waits for more) into one call, at most
+//! [`MAX_GATHERED`] of them, with at most [`MAX_GATHER_CALLS_IN_FLIGHT`]
+//! calls at once. Alone, an item goes at once, by itself; under load the
+//! items that come while calls are in flight go together in the next one.
+//! The batch call does for each item exactly what the single call would
+//! (the same Lua function, per id, in order).
 
+use std::future::Future;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::domain::Transaction;
-use crate::store::{Acceptance, Store, StoreError};
+use crate::store::StoreError;
 
-pub use crate::limits::{MAX_ACCEPT_CALLS_IN_FLIGHT, MAX_GATHERED_ACCEPTS};
+pub use crate::limits::{MAX_GATHERED, MAX_GATHER_CALLS_IN_FLIGHT};
 
-struct Waiting {
-    tx: Transaction,
-    token: String,
-    answer: oneshot::Sender<Result<Acceptance, StoreError>>,
+type Answer<A> = oneshot::Sender<Result<A, StoreError>>;
+
+/// Hands items of type `I` to the gatherer task, which answers each with an
+/// `A`; cheap to clone.
+pub struct Gatherer<I, A> {
+    waiting: mpsc::UnboundedSender<(I, Answer<A>)>,
 }
 
-/// Hands accepts to the gatherer task; cheap to clone.
-#[derive(Clone)]
-pub struct AcceptGatherer {
-    waiting: mpsc::UnboundedSender<Waiting>,
+impl<I, A> Clone for Gatherer<I, A> {
+    fn clone(&self) -> Self {
+        Self {
+            waiting: self.waiting.clone(),
+        }
+    }
 }
 
-impl AcceptGatherer {
+impl<I: Send + 'static, A: Send + 'static> Gatherer<I, A> {
     /// Starts the gatherer task on the current tokio runtime; it ends once
-    /// every handle is dropped.
-    pub fn start(store: Store) -> Self {
-        let (waiting, mut queue) = mpsc::unbounded_channel::<Waiting>();
-        let calls = Arc::new(Semaphore::new(MAX_ACCEPT_CALLS_IN_FLIGHT));
+    /// every handle is dropped. `call` does the work of the items gathered
+    /// (one answer per item, in order); `metric` is the histogram of how
+    /// many each call took.
+    pub fn start<F, Fut>(metric: &'static str, call: F) -> Self
+    where
+        F: Fn(Vec<I>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Vec<A>, StoreError>> + Send + 'static,
+    {
+        let (waiting, mut queue) = mpsc::unbounded_channel::<(I, Answer<A>)>();
+        let calls = Arc::new(Semaphore::new(MAX_GATHER_CALLS_IN_FLIGHT));
         tokio::spawn(async move {
             while let Some(first) = queue.recv().await {
                 // A place for the call first: what comes while every call
@@ -42,33 +53,17 @@ impl AcceptGatherer {
                     return;
                 };
                 let mut gathered = vec![first];
-                while gathered.len() < MAX_GATHERED_ACCEPTS {
+                while gathered.len() < MAX_GATHERED {
                     match queue.try_recv() {
                         Ok(next) => gathered.push(next),
                         Err(_) => break,
                     }
                 }
-                metrics::histogram!("txengine_accepts_gathered").record(gathered.len() as f64);
-                let store = store.clone();
+                metrics::histogram!(metric).record(gathered.len() as f64);
+                let (items, answers): (Vec<I>, Vec<Answer<A>>) = gathered.into_iter().unzip();
+                let work = call(items);
                 tokio::spawn(async move {
-                    let items: Vec<(&Transaction, &str)> = gathered
-                        .iter()
-                        .map(|waiting| (&waiting.tx, waiting.token.as_str()))
-                        .collect();
-                    let answers = store.accept_batch(&items).await;
-                    drop(items);
-                    match answers {
-                        Ok(answers) => {
-                            for (waiting, answer) in gathered.into_iter().zip(answers) {
-                                let _ = waiting.answer.send(Ok(answer));
-                            }
-                        }
-                        Err(e) => {
-                            for waiting in gathered {
-                                let _ = waiting.answer.send(Err(e.clone()));
-                            }
-                        }
-                    }
+                    answer_each(answers, work.await);
                     drop(place);
                 });
             }
@@ -76,14 +71,77 @@ impl AcceptGatherer {
         Self { waiting }
     }
 
-    /// Accepts `tx` under its lease `token`, as [`Store::accept`] does,
-    /// in the gatherer's next call.
-    pub async fn accept(&self, tx: Transaction, token: String) -> Result<Acceptance, StoreError> {
+    /// Does `item`'s work in the gatherer's next call.
+    pub async fn run(&self, item: I) -> Result<A, StoreError> {
         let (answer, answered) = oneshot::channel();
-        let stopped = || StoreError::Unexpected("the accept gatherer stopped".into());
-        self.waiting
-            .send(Waiting { tx, token, answer })
-            .map_err(|_| stopped())?;
+        let stopped = || StoreError::Unexpected("a gatherer stopped".into());
+        self.waiting.send((item, answer)).map_err(|_| stopped())?;
         answered.await.map_err(|_| stopped())?
+    }
+}
+
+/// Sends each waiting request its answer, or the call's error to all.
+fn answer_each<A>(waiting: Vec<Answer<A>>, answers: Result<Vec<A>, StoreError>) {
+    match answers {
+        Ok(answers) if answers.len() == waiting.len() => {
+            for (answer, value) in waiting.into_iter().zip(answers) {
+                let _ = answer.send(Ok(value));
+            }
+        }
+        Ok(answers) => {
+            let e = StoreError::Unexpected(format!(
+                "a gathered call had {} answers for {} items",
+                answers.len(),
+                waiting.len()
+            ));
+            for answer in waiting {
+                let _ = answer.send(Err(e.clone()));
+            }
+        }
+        Err(e) => {
+            for answer in waiting {
+                let _ = answer.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Items sent while a call is in flight go together in the next one,
+    /// each answered with its own answer; a call's error reaches each of
+    /// its items, and a wrong count of answers is an error, not a shift.
+    #[tokio::test]
+    async fn waiting_items_go_together_and_each_gets_its_answer() {
+        let (calls, mut seen) = mpsc::unbounded_channel::<Vec<u32>>();
+        let gatherer = Gatherer::start("test_gathered", move |items: Vec<u32>| {
+            let calls = calls.clone();
+            async move {
+                calls.send(items.clone()).unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                match items[0] {
+                    0 => Err(StoreError::Unexpected("down".into())),
+                    100 => Ok(vec![1]),
+                    _ => Ok(items.iter().map(|i| i * 10).collect()),
+                }
+            }
+        });
+        let many: Vec<_> = (1..=20).map(|i| gatherer.run(i)).collect();
+        let answers = futures_util::future::join_all(many).await;
+        let answers: Vec<u32> = answers.into_iter().map(Result::unwrap).collect();
+        assert_eq!(answers, (1..=20).map(|i| i * 10).collect::<Vec<_>>());
+        let mut sizes = Vec::new();
+        while let Ok(items) = seen.try_recv() {
+            sizes.push(items.len());
+        }
+        assert!(sizes.len() < 20, "some items went together: {sizes:?}");
+        assert_eq!(sizes.iter().sum::<usize>(), 20);
+
+        let failed = futures_util::future::join(gatherer.run(0), gatherer.run(0)).await;
+        assert!(failed.0.is_err() && failed.1.is_err());
+        let short = futures_util::future::join(gatherer.run(100), gatherer.run(100)).await;
+        assert!(short.0.is_err() && short.1.is_err(), "{short:?}");
     }
 }

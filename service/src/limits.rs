@@ -27,10 +27,10 @@ pub const MAX_BATCH_ITEMS: usize = 1_000;
 /// what the longest transaction takes.
 pub const MAX_BATCH_BODY_BYTES: usize = MAX_BATCH_ITEMS * 1024;
 
-/// Most accepts of concurrent single requests in one script call
-/// ([`crate::gather`]), and most calls of them in flight at once.
-pub const MAX_GATHERED_ACCEPTS: usize = 1_000;
-pub const MAX_ACCEPT_CALLS_IN_FLIGHT: usize = 4;
+/// Most claims (or accepts) of concurrent single requests in one script
+/// call ([`crate::gather`]), and most such calls in flight at once, each.
+pub const MAX_GATHERED: usize = 1_000;
+pub const MAX_GATHER_CALLS_IN_FLIGHT: usize = 4;
 
 /// Most bytes of a request head (request line and headers); past it hyper
 /// answers 431. Hyper's own floor is 8 KiB.

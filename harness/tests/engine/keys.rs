@@ -705,3 +705,98 @@ async fn no_secret_reaches_the_logs_or_redis() {
     }
     engine.terminate(Duration::from_secs(10));
 }
+
+/// Concurrent single requests' claims gathered into one call (one script
+/// on one Redis; keys counted, then one call per slot, on a cluster): each
+/// answered as if it came alone, in order: a key of burst 2 lets its first
+/// two go and the third is `RateLimited` with nothing written for it; a
+/// request without a limit is claimed with no verdict; the same id twice
+/// is claimed by the first and found in flight by the second; another
+/// body of a claimed id is a conflict.
+#[rstest::rstest]
+#[case::single(txengine::config::RedisTopology::Single)]
+#[case::cluster(txengine::config::RedisTopology::Cluster)]
+#[tokio::test(flavor = "multi_thread")]
+async fn gathered_claims_are_each_what_one_claim_would_be(
+    #[case] topology: txengine::config::RedisTopology,
+) {
+    use txengine::domain::{AccountId, Amount, Movement, Transaction, TxId};
+    use txengine::keys::RateLimit;
+    use txengine::store::{Claim, LimitedClaim, Store};
+    let infra = match topology {
+        txengine::config::RedisTopology::Single => crate::infra(),
+        txengine::config::RedisTopology::Cluster => Infra::shared_cluster(),
+    };
+    let namespace = format!("gathered-{}", uuid::Uuid::new_v4().simple());
+    let store = crate::isolated_store_on(infra, &namespace).await;
+    let tx = |id: &str, amount: u64| Transaction {
+        id: TxId::parse(id).unwrap(),
+        movement: Movement::new(
+            Some("debit"),
+            AccountId::parse("acct").unwrap(),
+            None,
+            Amount::new(amount).unwrap(),
+        )
+        .unwrap(),
+    };
+    let txs = [
+        tx("k-1", 1),
+        tx("k-2", 1),
+        tx("free", 1),
+        tx("k-3", 1),
+        tx("twice", 1),
+        tx("twice", 1),
+        tx("bound", 1),
+        tx("bound", 2),
+    ];
+    let tokens: Vec<String> = txs.iter().map(|_| Store::lease_token()).collect();
+    let (key, _) = txengine::keys::generate();
+    let limit = RateLimit {
+        rate_per_s: 1,
+        burst: 2,
+    };
+    let limited = |index: usize| !matches!(index, 2 | 4..);
+    let items: Vec<LimitedClaim> = txs
+        .iter()
+        .zip(&tokens)
+        .enumerate()
+        .map(|(index, (tx, token))| (tx, token.as_str(), limited(index).then_some((&key, limit))))
+        .collect();
+    let answers = store.claim_within_limits(&items).await.unwrap();
+    let claims: Vec<&Claim> = answers.iter().map(|(claim, _)| claim).collect();
+    assert_eq!(
+        claims,
+        [
+            &Claim::Claimed,
+            &Claim::Claimed,
+            &Claim::Claimed,
+            &Claim::RateLimited,
+            &Claim::Claimed,
+            &Claim::InFlight,
+            &Claim::Claimed,
+            &Claim::Conflict,
+        ],
+        "{answers:?}"
+    );
+    for (index, (_, rate)) in answers.iter().enumerate() {
+        match rate {
+            Some(rate) => {
+                assert!(
+                    limited(index),
+                    "a verdict for an unlimited claim: {answers:?}"
+                );
+                assert_eq!(rate.allowed, index != 3, "{answers:?}");
+            }
+            None => assert!(!limited(index), "no verdict for a limited one: {answers:?}"),
+        }
+    }
+    let refused = store
+        .claim_batch(&[(&txs[3], "another token")])
+        .await
+        .unwrap();
+    assert_eq!(
+        refused,
+        [Claim::Claimed],
+        "the rate-limited claim wrote nothing: its id is free"
+    );
+}

@@ -40,8 +40,18 @@ pub fn infra() -> &'static Infra {
 
 /// A store of its own on `namespace` of the Redis at `url`.
 pub async fn isolated_store(namespace: &str, url: &str) -> Store {
+    store_of(txengine::config::RedisTopology::Single, namespace, url).await
+}
+
+/// A store of its own on `namespace` of the `infra`'s Redis (one, or a
+/// cluster).
+pub async fn isolated_store_on(infra: &Infra, namespace: &str) -> Store {
+    store_of(infra.redis_topology, namespace, &infra.redis_url).await
+}
+
+async fn store_of(topology: txengine::config::RedisTopology, namespace: &str, url: &str) -> Store {
     Store::connect(StoreSettings {
-        topology: txengine::config::RedisTopology::Single,
+        topology,
         url,
         namespace,
         outcome_ttl_secs: 60,

@@ -12,6 +12,10 @@ use super::{evalsha, RedisTopology, Store, StoreError};
 use crate::domain::{Transaction, TxId, TxStatus};
 use crate::keys::{KeyId, RateLimit};
 
+/// One single request's claim: its transaction, its lease token and, when
+/// its key has one, the key's rate limit.
+pub type LimitedClaim<'a> = (&'a Transaction, &'a str, Option<(&'a KeyId, RateLimit)>);
+
 /// What the claim script found for an id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
@@ -71,49 +75,124 @@ impl Store {
         parse_claim(&verdict, &reason, &balance_after)
     }
 
-    /// Counts the request against its key's `limit`, then claims `tx.id`
-    /// as [`Store::claim`] does if the limit allows it ([`Claim::RateLimited`]
-    /// and nothing claimed if not); no limit: only the claim. On one Redis
-    /// in one script (one round trip); on a cluster the key's rate is in
-    /// another slot, so in two calls, the limit first. After an error,
-    /// release `token` as after a failed claim.
-    pub async fn claim_within_limit(
+    /// Claims the transactions of concurrent single requests, each under
+    /// its own token (an id given twice is claimed in order, the second
+    /// then finding the first's lease) and counted against its key's
+    /// `limit` first when it has one: each as if alone, [`Claim::RateLimited`]
+    /// and nothing claimed or counted when its limit refuses it; with what
+    /// its limit said. On one Redis in one script call (one round trip); on
+    /// a cluster a key's rate is in another slot than the transactions, so
+    /// the keys are counted first (one call per key), then what they let go
+    /// is claimed (one call per slot). After an error no claim is known:
+    /// release every token then.
+    pub async fn claim_within_limits(
         &self,
-        tx: &Transaction,
-        token: &str,
-        limit: Option<(&KeyId, RateLimit)>,
-    ) -> Result<(Claim, Option<RateVerdict>), StoreError> {
-        let Some((key, limit)) = limit else {
-            return Ok((self.claim(tx, token).await?, None));
-        };
+        items: &[LimitedClaim<'_>],
+    ) -> Result<Vec<(Claim, Option<RateVerdict>)>, StoreError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
         if self.topology == RedisTopology::Cluster {
-            let verdict = self.spend(key, limit).await?;
-            if !verdict.allowed {
-                return Ok((Claim::RateLimited, Some(verdict)));
-            }
-            return Ok((self.claim(tx, token).await?, Some(verdict)));
+            return self.count_then_claim(items).await;
         }
         type Answer = (String, String, String, u64, u64, u64, u64);
-        let (verdict, reason, balance_after, allowed, remaining, retry_after_us, reset_us): Answer =
-            self.with_scripts(|| {
+        let answers: Vec<Answer> = self
+            .with_scripts(|| {
+                let mut keys = Vec::with_capacity(2 * items.len());
+                for (tx, _, limit) in items {
+                    let record = self.tx_key(&tx.id);
+                    let rate = match limit {
+                        Some((key, _)) => self.layout.rate(key.as_str()),
+                        None => record.clone(),
+                    };
+                    keys.extend([record, rate]);
+                }
+                let mut cmd = evalsha(&self.scripts.rate_limit_then_claim, &keys);
+                cmd.arg(self.lease_ms).arg(self.outcome_ttl_secs);
+                for (tx, token, limit) in items {
+                    cmd.arg(tx.movement.fingerprint()).arg(*token);
+                    match limit {
+                        Some((_, limit)) => cmd.arg(limit.interval_us()).arg(limit.burst),
+                        None => cmd.arg(0).arg(0),
+                    };
+                }
                 let mut conn = self.conn.clone();
-                let mut invocation = self.scripts.rate_limit_then_claim.key(self.tx_key(&tx.id));
-                invocation
-                    .key(self.layout.rate(key.as_str()))
-                    .arg(tx.movement.fingerprint())
-                    .arg(self.lease_ms)
-                    .arg(token)
-                    .arg(self.outcome_ttl_secs)
-                    .arg(limit.interval_us())
-                    .arg(limit.burst);
-                async move { invocation.invoke_async(&mut conn).await }
+                async move { cmd.query_async::<Vec<Answer>>(&mut conn).await }
             })
             .await?;
-        let rate = RateVerdict::from_script((allowed, remaining, retry_after_us, reset_us));
-        if !rate.allowed {
-            return Ok((Claim::RateLimited, Some(rate)));
+        if answers.len() != items.len() {
+            return Err(StoreError::Unexpected(format!(
+                "rate_limit_then_claim had {} answers for {} claims",
+                answers.len(),
+                items.len()
+            )));
         }
-        Ok((parse_claim(&verdict, &reason, &balance_after)?, Some(rate)))
+        items
+            .iter()
+            .zip(answers)
+            .map(|((_, _, limit), answer)| {
+                let (verdict, reason, balance_after, allowed, remaining, retry_us, reset_us) =
+                    answer;
+                let rate = limit
+                    .map(|_| RateVerdict::from_script((allowed, remaining, retry_us, reset_us)));
+                if rate.is_some_and(|rate| !rate.allowed) {
+                    return Ok((Claim::RateLimited, rate));
+                }
+                Ok((parse_claim(&verdict, &reason, &balance_after)?, rate))
+            })
+            .collect()
+    }
+
+    /// [`Store::claim_within_limits`] on a cluster: each key counted once
+    /// for all its requests (the first ones go), then one claim call per
+    /// slot for the requests their keys let go.
+    async fn count_then_claim(
+        &self,
+        items: &[LimitedClaim<'_>],
+    ) -> Result<Vec<(Claim, Option<RateVerdict>)>, StoreError> {
+        let mut by_key: BTreeMap<&KeyId, (RateLimit, Vec<usize>)> = BTreeMap::new();
+        for (index, (_, _, limit)) in items.iter().enumerate() {
+            if let Some((key, limit)) = limit {
+                by_key
+                    .entry(key)
+                    .or_insert((*limit, Vec::new()))
+                    .1
+                    .push(index);
+            }
+        }
+        let counts = by_key
+            .iter()
+            .map(|(key, (limit, indices))| self.spend_many(key, *limit, indices.len() as u64));
+        let verdicts = futures_util::future::try_join_all(counts).await?;
+        let mut rates: Vec<Option<RateVerdict>> = vec![None; items.len()];
+        for ((_, indices), verdict) in by_key.values().zip(verdicts) {
+            for (position, &index) in indices.iter().enumerate() {
+                let allowed = (position as u64) < verdict.granted;
+                rates[index] = Some(RateVerdict {
+                    allowed,
+                    granted: u64::from(allowed),
+                    ..verdict
+                });
+            }
+        }
+        let let_go: Vec<usize> = (0..items.len())
+            .filter(|&index| rates[index].is_none_or(|rate| rate.allowed))
+            .collect();
+        let to_claim: Vec<(&Transaction, &str)> = let_go
+            .iter()
+            .map(|&index| (items[index].0, items[index].1))
+            .collect();
+        let mut claims = self.claim_batch(&to_claim).await?.into_iter();
+        let mut answers: Vec<(Claim, Option<RateVerdict>)> = rates
+            .iter()
+            .map(|rate| (Claim::RateLimited, *rate))
+            .collect();
+        for index in let_go {
+            answers[index].0 = claims
+                .next()
+                .ok_or_else(|| StoreError::Unexpected("a claim had no answer".into()))?;
+        }
+        Ok(answers)
     }
 
     /// Marks an id as accepted once Kafka acknowledged its record, if the

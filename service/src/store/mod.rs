@@ -26,7 +26,7 @@ use redis::{Cmd, Script, Value};
 
 pub use apply::{Applied, Progress};
 pub use balances::BalanceSet;
-pub use claim::{Acceptance, Claim};
+pub use claim::{Acceptance, Claim, LimitedClaim};
 use connection::is_transient;
 pub use connection::{Cluster, Connection};
 pub use layout::{Layout, RedisTopology, CLUSTER_SHARDS};
