@@ -110,8 +110,7 @@ pub(super) async fn put_balance(
     authorize_admin(&api, &headers)?;
     let account = AccountId::parse(&account).map_err(Problem::rule)?;
     let body = read_body(&api, &headers, body).await?;
-    let request: BalanceRequest =
-        serde_json::from_slice(&body).map_err(|e| Problem::malformed(e.to_string()))?;
+    let request: BalanceRequest = super::from_json_object(&body).map_err(Problem::malformed)?;
     let balance = request
         .balance
         .as_u64()

@@ -74,8 +74,7 @@ pub enum BatchError {
 /// each item as `POST /transactions` decodes one (an item must carry its
 /// id). Public for the fuzzer.
 pub fn decode_batch(body: &[u8]) -> Result<Vec<BatchItem>, BatchError> {
-    let batch: BatchBody<'_> =
-        serde_json::from_slice(body).map_err(|e| BatchError::Malformed(e.to_string()))?;
+    let batch: BatchBody<'_> = super::from_json_object(body).map_err(BatchError::Malformed)?;
     match batch.transactions.len() {
         0 => return Err(BatchError::Empty),
         n if n > MAX_BATCH_ITEMS => return Err(BatchError::TooMany(n)),
@@ -85,7 +84,7 @@ pub fn decode_batch(body: &[u8]) -> Result<Vec<BatchItem>, BatchError> {
 }
 
 fn decode_item(raw: &RawValue) -> BatchItem {
-    match serde_json::from_str::<TransactionRequest>(raw.get()) {
+    match super::from_json_object::<TransactionRequest>(raw.get().as_bytes()) {
         Ok(request) => {
             let transaction = request.into_batch_item().map_err(RequestError::Rule);
             let id = transaction
@@ -97,7 +96,7 @@ fn decode_item(raw: &RawValue) -> BatchItem {
         }
         Err(e) => BatchItem {
             id: id_as_given(raw),
-            transaction: Err(RequestError::Malformed(e.to_string())),
+            transaction: Err(RequestError::Malformed(e)),
         },
     }
 }

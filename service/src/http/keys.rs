@@ -62,8 +62,7 @@ impl KeyRequest {
 /// Decodes and checks the body of `POST /admin/keys` (raw bytes): the
 /// whole of what the API checks before it makes a key. Public for the fuzzer.
 pub fn decode_key_request(body: &[u8]) -> Result<(Scope, Option<RateLimit>), RequestError> {
-    let request: KeyRequest =
-        serde_json::from_slice(body).map_err(|e| RequestError::Malformed(e.to_string()))?;
+    let request: KeyRequest = super::from_json_object(body).map_err(RequestError::Malformed)?;
     request.into_policy().map_err(RequestError::Rule)
 }
 

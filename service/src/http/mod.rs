@@ -38,6 +38,16 @@ use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::admission::Admission;
+
+/// Decodes a request body that must be a JSON object into `T`. serde would
+/// also read a struct from a JSON array (its fields by position), a form the
+/// API documents nowhere; it is refused, as any other shape is.
+pub(super) fn from_json_object<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, String> {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err("expected a JSON object, not an array".into());
+    }
+    serde_json::from_slice(body).map_err(|e| e.to_string())
+}
 use crate::config::{Config, RateLimitMode, Secret};
 use crate::consumer::ConsumerHealth;
 use crate::keys::KeyCache;

@@ -142,7 +142,7 @@ pub fn decode_transaction(
     idempotency_key: Option<&[u8]>,
 ) -> Result<Transaction, RequestError> {
     let request: TransactionRequest =
-        serde_json::from_slice(body).map_err(|e| RequestError::Malformed(e.to_string()))?;
+        super::from_json_object(body).map_err(RequestError::Malformed)?;
     // Header values may carry any byte; only ASCII can be an id, and what is
     // not is refused as the header's fault, not the body's.
     let header_id = idempotency_key
@@ -506,5 +506,30 @@ mod tests {
         assert_eq!(decode_transaction(body, Some(&[0xff])), header_error);
         let tx = decode_transaction(body, Some(b"key-1")).unwrap();
         assert_eq!(tx.id.as_str(), "key-1");
+    }
+
+    /// serde reads a struct from a JSON array too (fields by position); no
+    /// decoder of the API takes one, top-level or as a batch's item.
+    #[test]
+    fn a_body_that_is_an_array_is_refused_by_every_decoder() {
+        let positional = br#" ["t-1", "debit", "acct", null, 5]"#;
+        let object = br#"{"id": "t-1", "type": "debit", "account": "acct", "amount": 5}"#;
+        assert!(decode_transaction(object, None).is_ok());
+        assert!(matches!(
+            decode_transaction(positional, None),
+            Err(RequestError::Malformed(_))
+        ));
+        let batch_of_arrays = br#"{"transactions": [["t-1", "debit", "acct", null, 5]]}"#;
+        let items = crate::http::decode_batch(batch_of_arrays).unwrap();
+        assert!(matches!(
+            items[0].transaction,
+            Err(RequestError::Malformed(_))
+        ));
+        assert!(
+            crate::http::decode_batch(br#"[[{"id": "t-1", "account": "a", "amount": 1}]]"#)
+                .is_err()
+        );
+        assert!(crate::http::decode_key_request(br#"{"accounts": ["*"]}"#).is_ok());
+        assert!(crate::http::decode_key_request(br#"[["*"]]"#).is_err());
     }
 }
