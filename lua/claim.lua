@@ -1,14 +1,16 @@
 -- Claim a transaction id for the API before it publishes: bind the id to
 -- this body for good, and take the lease that lets one request publish it.
 -- A function, `claim`: the store runs it alone (KEYS[1], ARGV[1..4], in the
--- order of its arguments) or after `rate_limit` in one script (on one
--- Redis, where both keys can go to one script: one round trip, not two).
+-- order of its arguments), for each id of a batch (claim_batch.lua) or
+-- after `rate_limit` in one script (on one Redis, where both keys can go to
+-- one script: one round trip, not two).
 --
 -- record     tx record hash ({ns}:tx:<id>)
 -- request_fp fingerprint of the request
 -- lease_ms   lease length in milliseconds
 -- token      lease token (random, identifies this claim)
 -- ttl_secs   seconds to keep the record (the outcome TTL)
+-- now_us     Redis's clock (clock.lua's `clock_us`, read once per call)
 --
 -- Returns {verdict, reason, balance_after}, verdict one of:
 --   claimed   this request holds the lease and may publish
@@ -27,9 +29,8 @@
 --   body may be claimed again, and the processed flag of the apply script
 --   catches a record that landed twice.
 
-local function claim(record, request_fp, lease_ms, token, ttl_secs)
-  local time = redis.call('TIME')
-  local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local function claim(record, request_fp, lease_ms, token, ttl_secs, now_us)
+  local now_ms = math.floor(now_us / 1000)
   local lease_until = string.format('%d', now_ms + tonumber(lease_ms))
 
   local current = redis.call('HMGET', record, 'fp', 'state', 'reason', 'balance_after',

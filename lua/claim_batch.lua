@@ -1,6 +1,7 @@
 -- Claim every id of a batch that lives in one slot, in one script call:
--- claim.lua's `claim` (the store puts that file before this one) for each,
--- in order, exactly as if each were claimed alone.
+-- claim.lua's `claim` (the store puts clock.lua and that file before this
+-- one) for each, in order, exactly as if each were claimed alone, at one
+-- instant of Redis's clock.
 --
 -- KEYS[i]        tx record hash of the i-th id
 -- ARGV[1]        lease length in milliseconds
@@ -10,8 +11,9 @@
 --
 -- Returns one {verdict, reason, balance_after} per key, in order.
 
+local now = clock_us()
 local answers = {}
 for i, record in ipairs(KEYS) do
-  answers[i] = claim(record, ARGV[2 * i + 1], ARGV[1], ARGV[2 * i + 2], ARGV[2])
+  answers[i] = claim(record, ARGV[2 * i + 1], ARGV[1], ARGV[2 * i + 2], ARGV[2], now)
 end
 return answers

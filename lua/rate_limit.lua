@@ -8,6 +8,8 @@
 -- interval  emission interval in microseconds (1e6 / rate, rounded up)
 -- burst     how many requests may come at once
 -- count     how many are asked for at once (1, or the items of a batch)
+-- now       Redis's clock in microseconds (clock.lua's `clock_us`, read
+--           once per call)
 --
 -- Returns {allowed, remaining, retry_after_us, reset_us}:
 --   allowed         how many of `count` may go ahead (and are counted): the
@@ -24,10 +26,7 @@
 -- Times stay below 2^53 (seconds since 1970 in microseconds ~ 1.8e15), so
 -- doubles hold them exactly; '%d' writes them exactly.
 
-local function rate_limit(tat_key, interval, burst, count)
-  local time = redis.call('TIME')
-  local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
-
+local function rate_limit(tat_key, interval, burst, count, now)
   local tat = tonumber(redis.call('GET', tat_key) or '0')
   if tat < now then
     tat = now

@@ -169,36 +169,32 @@ impl Admission {
             .zip(&tokens)
             .map(|(tx, token)| (tx, token.as_str()))
             .collect();
-        let claims = match self.store.claim_batch(&items).await {
-            Ok(claims) => claims,
-            Err(e) => {
-                // Any claim may still land once a stalled Redis wakes up.
-                let leases = txs
-                    .iter()
-                    .map(|tx| tx.id.clone())
-                    .zip(tokens.clone())
-                    .collect();
-                self.release_in_background(leases);
-                let mut answers = unavailable(&e, txs.len());
-                answers.extend(limited.iter().map(|_| Err(Refused::RateLimited)));
-                return (answers, rate);
-            }
-        };
+        let claims = self.store.claim_batch(&items).await;
+        drop(items);
         let mut answers: Vec<Option<Result<TxStatus, Refused>>> = Vec::new();
         let mut claimed = Vec::new();
         let mut claimed_at = Vec::new();
+        let mut unknown = Vec::new();
         for (index, ((tx, token), claim)) in txs.into_iter().zip(tokens).zip(claims).enumerate() {
             answers.push(match claim {
-                Claim::Claimed => {
+                Ok(Claim::Claimed) => {
                     claimed.push((tx, token));
                     claimed_at.push(index);
                     None
                 }
-                Claim::Conflict => Some(Err(Refused::Conflict(tx.id))),
-                Claim::InFlight => Some(Err(Refused::InFlight(tx.id))),
-                Claim::RateLimited => Some(Err(Refused::RateLimited)),
-                Claim::Known(status) => Some(Ok(status)),
+                Ok(Claim::Conflict) => Some(Err(Refused::Conflict(tx.id))),
+                Ok(Claim::InFlight) => Some(Err(Refused::InFlight(tx.id))),
+                Ok(Claim::RateLimited) => Some(Err(Refused::RateLimited)),
+                Ok(Claim::Known(status)) => Some(Ok(status)),
+                Err(e) => {
+                    // The claim may still land once a stalled Redis wakes up.
+                    unknown.push((tx.id, token));
+                    Some(Err(Refused::Redis(e)))
+                }
             });
+        }
+        if !unknown.is_empty() {
+            self.release_in_background(unknown);
         }
         for (index, answer) in claimed_at
             .into_iter()
@@ -306,19 +302,11 @@ impl Admission {
         // One request's accept joins those of other requests (one call);
         // a batch's are one call already.
         let acceptances = match to_accept.as_slice() {
-            [(tx, token)] => self
-                .accepts
-                .run(((*tx).clone(), (*token).to_owned()))
-                .await
-                .map(|acceptance| vec![acceptance]),
+            [(tx, token)] => vec![self.accepts.run(((*tx).clone(), (*token).to_owned())).await],
             _ => self.store.accept_batch(&to_accept).await,
         };
-        for (position, &index) in delivered.iter().enumerate() {
+        for (&index, acceptance) in delivered.iter().zip(acceptances) {
             let id = &records[index].tx.id;
-            let acceptance = match &acceptances {
-                Ok(acceptances) => Ok(acceptances[position]),
-                Err(e) => Err(e),
-            };
             answers[index] = Some(match acceptance {
                 Ok(Acceptance::Accepted) => Ok(TxStatus::Pending),
                 Ok(Acceptance::NotOwner) => {

@@ -40,9 +40,10 @@ impl<I: Send + 'static, A: Send + 'static> Gatherer<I, A> {
     /// many each call took.
     pub fn start<F, Fut>(metric: &'static str, call: F) -> Self
     where
-        F: Fn(Vec<I>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Vec<A>, StoreError>> + Send + 'static,
+        F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<Result<A, StoreError>>> + Send + 'static,
     {
+        let call = Arc::new(call);
         let (waiting, mut queue) = mpsc::unbounded_channel::<(I, Answer<A>)>();
         let calls = Arc::new(Semaphore::new(MAX_GATHER_CALLS_IN_FLIGHT));
         tokio::spawn(async move {
@@ -61,9 +62,12 @@ impl<I: Send + 'static, A: Send + 'static> Gatherer<I, A> {
                 }
                 metrics::histogram!(metric).record(gathered.len() as f64);
                 let (items, answers): (Vec<I>, Vec<Answer<A>>) = gathered.into_iter().unzip();
-                let work = call(items);
+                // The work in a task of its own: should it panic, its
+                // requests are answered (their senders dropped) and the
+                // gatherer goes on.
+                let call = call.clone();
                 tokio::spawn(async move {
-                    answer_each(answers, work.await);
+                    answer_each(answers, call(items).await);
                     drop(place);
                 });
             }
@@ -74,35 +78,28 @@ impl<I: Send + 'static, A: Send + 'static> Gatherer<I, A> {
     /// Does `item`'s work in the gatherer's next call.
     pub async fn run(&self, item: I) -> Result<A, StoreError> {
         let (answer, answered) = oneshot::channel();
-        let stopped = || StoreError::Unexpected("a gatherer stopped".into());
+        let stopped = || StoreError::Unexpected("a gathered call stopped unanswered".into());
         self.waiting.send((item, answer)).map_err(|_| stopped())?;
         answered.await.map_err(|_| stopped())?
     }
 }
 
-/// Sends each waiting request its answer, or the call's error to all.
-fn answer_each<A>(waiting: Vec<Answer<A>>, answers: Result<Vec<A>, StoreError>) {
-    match answers {
-        Ok(answers) if answers.len() == waiting.len() => {
-            for (answer, value) in waiting.into_iter().zip(answers) {
-                let _ = answer.send(Ok(value));
-            }
+/// Sends each waiting request its answer; a wrong count of answers is an
+/// error for all (never an answer shifted to another request).
+fn answer_each<A>(waiting: Vec<Answer<A>>, answers: Vec<Result<A, StoreError>>) {
+    if answers.len() == waiting.len() {
+        for (answer, value) in waiting.into_iter().zip(answers) {
+            let _ = answer.send(value);
         }
-        Ok(answers) => {
-            let e = StoreError::Unexpected(format!(
-                "a gathered call had {} answers for {} items",
-                answers.len(),
-                waiting.len()
-            ));
-            for answer in waiting {
-                let _ = answer.send(Err(e.clone()));
-            }
-        }
-        Err(e) => {
-            for answer in waiting {
-                let _ = answer.send(Err(e.clone()));
-            }
-        }
+        return;
+    }
+    let e = StoreError::Unexpected(format!(
+        "a gathered call had {} answers for {} items",
+        answers.len(),
+        waiting.len()
+    ));
+    for answer in waiting {
+        let _ = answer.send(Err(e.clone()));
     }
 }
 
@@ -111,8 +108,9 @@ mod tests {
     use super::*;
 
     /// Items sent while a call is in flight go together in the next one,
-    /// each answered with its own answer; a call's error reaches each of
-    /// its items, and a wrong count of answers is an error, not a shift.
+    /// each answered with its own answer; a wrong count of answers is an
+    /// error, not a shift; a call that panics answers its items with an
+    /// error and the gatherer goes on.
     #[tokio::test]
     async fn waiting_items_go_together_and_each_gets_its_answer() {
         let (calls, mut seen) = mpsc::unbounded_channel::<Vec<u32>>();
@@ -122,9 +120,13 @@ mod tests {
                 calls.send(items.clone()).unwrap();
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 match items[0] {
-                    0 => Err(StoreError::Unexpected("down".into())),
-                    100 => Ok(vec![1]),
-                    _ => Ok(items.iter().map(|i| i * 10).collect()),
+                    0 => items
+                        .iter()
+                        .map(|_| Err(StoreError::Unexpected("down".into())))
+                        .collect(),
+                    100 => vec![Ok(1)],
+                    200 => panic!("the work panicked"),
+                    _ => items.iter().map(|i| Ok(i * 10)).collect(),
                 }
             }
         });
@@ -143,5 +145,14 @@ mod tests {
         assert!(failed.0.is_err() && failed.1.is_err());
         let short = futures_util::future::join(gatherer.run(100), gatherer.run(100)).await;
         assert!(short.0.is_err() && short.1.is_err(), "{short:?}");
+        assert!(
+            gatherer.run(200).await.is_err(),
+            "a panic answers its items"
+        );
+        assert_eq!(
+            gatherer.run(3).await.unwrap(),
+            30,
+            "and the gatherer goes on"
+        );
     }
 }

@@ -606,7 +606,9 @@ async fn without_redis_the_limiter_answers_503_never_unlimited() {
     let mut redis = harness::infra::LocalRedis::start("always").unwrap();
     let mut config = isolated_config(crate::infra(), "limiter503");
     config.redis_url = redis.url();
-    config.redis_timeout_ms = 500;
+    // Short, so the request after the kill fails fast; not so short that
+    // a busy machine's Redis misses it while alive.
+    config.redis_timeout_ms = 1_500;
     // No consumer: it would only retry against the dead Redis.
     config.role = txengine::Role::Api;
     let s = Stack::start_with(config).await.unwrap();
@@ -762,7 +764,12 @@ async fn gathered_claims_are_each_what_one_claim_would_be(
         .enumerate()
         .map(|(index, (tx, token))| (tx, token.as_str(), limited(index).then_some((&key, limit))))
         .collect();
-    let answers = store.claim_within_limits(&items).await.unwrap();
+    let answers: Vec<_> = store
+        .claim_within_limits(&items)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
     let claims: Vec<&Claim> = answers.iter().map(|(claim, _)| claim).collect();
     assert_eq!(
         claims,
@@ -790,13 +797,87 @@ async fn gathered_claims_are_each_what_one_claim_would_be(
             None => assert!(!limited(index), "no verdict for a limited one: {answers:?}"),
         }
     }
-    let refused = store
-        .claim_batch(&[(&txs[3], "another token")])
-        .await
-        .unwrap();
+    let refused = store.claim_batch(&[(&txs[3], "another token")]).await;
     assert_eq!(
-        refused,
+        refused.into_iter().map(Result::unwrap).collect::<Vec<_>>(),
         [Claim::Claimed],
         "the rate-limited claim wrote nothing: its id is free"
     );
+}
+
+/// On a Redis Cluster a slot whose call fails (here a tx record that is
+/// not a hash, so its script errs: as a lost master would, for its slot)
+/// fails its own claims only, and a key that cannot be counted fails its
+/// own requests only: the other gathered requests, in other slots and of
+/// other keys, are claimed.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_a_cluster_a_failing_slot_or_key_fails_only_its_own_claims() {
+    use txengine::config::RedisTopology;
+    use txengine::domain::{AccountId, Amount, Movement, Transaction, TxId};
+    use txengine::keys::RateLimit;
+    use txengine::store::{Claim, Connection, LimitedClaim, Store};
+    let infra = Infra::shared_cluster();
+    let namespace = format!("isolated-{}", uuid::Uuid::new_v4().simple());
+    let store = crate::isolated_store_on(infra, &namespace).await;
+    let layout = store.layout();
+    let tx = |id: &str| Transaction {
+        id: TxId::parse(id).unwrap(),
+        movement: Movement::new(
+            Some("debit"),
+            AccountId::parse("acct").unwrap(),
+            None,
+            Amount::new(1).unwrap(),
+        )
+        .unwrap(),
+    };
+    // Two ids in different shards, so in different script calls.
+    let broken = "p-0".to_owned();
+    let healthy = (1..)
+        .map(|i| format!("p-{i}"))
+        .find(|id| layout.shard_of(id) != layout.shard_of(&broken))
+        .unwrap();
+    let conn = Connection::open(
+        &infra.redis_url,
+        RedisTopology::Cluster,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let (good_key, _) = txengine::keys::generate();
+    let (bad_key, _) = txengine::keys::generate();
+    let poison = |key: String, owner: &str| {
+        let mut set = redis::cmd("RPUSH");
+        set.arg(key).arg("x");
+        (layout.shard_of(owner), set)
+    };
+    let commands = vec![
+        poison(layout.tx(&broken), &broken),
+        poison(layout.rate(bad_key.as_str()), bad_key.as_str()),
+    ];
+    let _: Vec<i64> = conn.run_by_slot(commands).await.unwrap();
+
+    let txs = [tx(&broken), tx(&healthy), tx("q-1")];
+    let tokens: Vec<String> = txs.iter().map(|_| Store::lease_token()).collect();
+    let items: Vec<(&Transaction, &str)> = txs[..2]
+        .iter()
+        .zip(&tokens)
+        .map(|(tx, token)| (tx, token.as_str()))
+        .collect();
+    let claims = store.claim_batch(&items).await;
+    assert!(claims[0].is_err(), "{claims:?}");
+    assert_eq!(claims[1].as_ref().unwrap(), &Claim::Claimed, "{claims:?}");
+
+    let limit = RateLimit {
+        rate_per_s: 100,
+        burst: 100,
+    };
+    let gathered: Vec<LimitedClaim> = vec![
+        (&txs[2], &tokens[2], Some((&bad_key, limit))),
+        (&txs[1], &tokens[1], Some((&good_key, limit))),
+    ];
+    let answers = store.claim_within_limits(&gathered).await;
+    assert!(answers[0].is_err(), "{answers:?}");
+    let (claim, rate) = answers[1].as_ref().unwrap();
+    assert_eq!(claim, &Claim::Claimed, "claimed again under its token");
+    assert!(rate.unwrap().allowed);
 }

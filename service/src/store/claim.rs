@@ -83,20 +83,20 @@ impl Store {
     /// its limit said. On one Redis in one script call (one round trip); on
     /// a cluster a key's rate is in another slot than the transactions, so
     /// the keys are counted first (one call per key), then what they let go
-    /// is claimed (one call per slot). After an error no claim is known:
-    /// release every token then.
+    /// is claimed (one call per slot). One answer per request, in order;
+    /// after an error the claim may still have been made: release its token.
     pub async fn claim_within_limits(
         &self,
         items: &[LimitedClaim<'_>],
-    ) -> Result<Vec<(Claim, Option<RateVerdict>)>, StoreError> {
-        if items.is_empty() {
-            return Ok(Vec::new());
-        }
+    ) -> Vec<Result<(Claim, Option<RateVerdict>), StoreError>> {
         if self.topology == RedisTopology::Cluster {
             return self.count_then_claim(items).await;
         }
+        if items.is_empty() {
+            return Vec::new();
+        }
         type Answer = (String, String, String, u64, u64, u64, u64);
-        let answers: Vec<Answer> = self
+        let answers: Result<Vec<Answer>, StoreError> = self
             .with_scripts(|| {
                 let mut keys = Vec::with_capacity(2 * items.len());
                 for (tx, _, limit) in items {
@@ -119,14 +119,19 @@ impl Store {
                 let mut conn = self.conn.clone();
                 async move { cmd.query_async::<Vec<Answer>>(&mut conn).await }
             })
-            .await?;
-        if answers.len() != items.len() {
-            return Err(StoreError::Unexpected(format!(
-                "rate_limit_then_claim had {} answers for {} claims",
-                answers.len(),
-                items.len()
-            )));
-        }
+            .await;
+        let answers = match answers {
+            Ok(answers) if answers.len() == items.len() => answers,
+            Ok(answers) => {
+                let e = StoreError::Unexpected(format!(
+                    "rate_limit_then_claim had {} answers for {} claims",
+                    answers.len(),
+                    items.len()
+                ));
+                return items.iter().map(|_| Err(e.clone())).collect();
+            }
+            Err(e) => return items.iter().map(|_| Err(e.clone())).collect(),
+        };
         items
             .iter()
             .zip(answers)
@@ -144,12 +149,14 @@ impl Store {
     }
 
     /// [`Store::claim_within_limits`] on a cluster: each key counted once
-    /// for all its requests (the first ones go), then one claim call per
-    /// slot for the requests their keys let go.
+    /// for all its requests (the first ones go; each told what it would
+    /// have been told alone), then one claim call per slot for the requests
+    /// their keys let go. A key that could not be counted fails its own
+    /// requests only, a slot that could not be claimed in its own.
     async fn count_then_claim(
         &self,
         items: &[LimitedClaim<'_>],
-    ) -> Result<Vec<(Claim, Option<RateVerdict>)>, StoreError> {
+    ) -> Vec<Result<(Claim, Option<RateVerdict>), StoreError>> {
         let mut by_key: BTreeMap<&KeyId, (RateLimit, Vec<usize>)> = BTreeMap::new();
         for (index, (_, _, limit)) in items.iter().enumerate() {
             if let Some((key, limit)) = limit {
@@ -163,36 +170,37 @@ impl Store {
         let counts = by_key
             .iter()
             .map(|(key, (limit, indices))| self.spend_many(key, *limit, indices.len() as u64));
-        let verdicts = futures_util::future::try_join_all(counts).await?;
-        let mut rates: Vec<Option<RateVerdict>> = vec![None; items.len()];
-        for ((_, indices), verdict) in by_key.values().zip(verdicts) {
+        let verdicts = futures_util::future::join_all(counts).await;
+        // Each request's rate verdict, or why its key could not be counted.
+        let mut rates: Vec<Result<Option<RateVerdict>, StoreError>> =
+            (0..items.len()).map(|_| Ok(None)).collect();
+        for ((limit, indices), verdict) in by_key.values().zip(verdicts) {
             for (position, &index) in indices.iter().enumerate() {
-                let allowed = (position as u64) < verdict.granted;
-                rates[index] = Some(RateVerdict {
-                    allowed,
-                    granted: u64::from(allowed),
-                    ..verdict
-                });
+                rates[index] = match &verdict {
+                    Ok(verdict) => Ok(Some(alone(verdict, position as u64, limit))),
+                    Err(e) => Err(e.clone()),
+                };
             }
         }
         let let_go: Vec<usize> = (0..items.len())
-            .filter(|&index| rates[index].is_none_or(|rate| rate.allowed))
+            .filter(|&index| matches!(&rates[index], Ok(rate) if rate.is_none_or(|r| r.allowed)))
             .collect();
         let to_claim: Vec<(&Transaction, &str)> = let_go
             .iter()
             .map(|&index| (items[index].0, items[index].1))
             .collect();
-        let mut claims = self.claim_batch(&to_claim).await?.into_iter();
-        let mut answers: Vec<(Claim, Option<RateVerdict>)> = rates
-            .iter()
-            .map(|rate| (Claim::RateLimited, *rate))
+        let claims = self.claim_batch(&to_claim).await;
+        let mut answers: Vec<Result<(Claim, Option<RateVerdict>), StoreError>> = rates
+            .into_iter()
+            .map(|rate| rate.map(|rate| (Claim::RateLimited, rate)))
             .collect();
-        for index in let_go {
-            answers[index].0 = claims
-                .next()
-                .ok_or_else(|| StoreError::Unexpected("a claim had no answer".into()))?;
+        for (index, claim) in let_go.into_iter().zip(claims) {
+            answers[index] = claim.and_then(|claim| {
+                let rate = answers[index].as_ref().map_err(Clone::clone)?.1;
+                Ok((claim, rate))
+            });
         }
-        Ok(answers)
+        answers
     }
 
     /// Marks an id as accepted once Kafka acknowledged its record, if the
@@ -227,112 +235,169 @@ impl Store {
 impl Store {
     /// Claims every transaction of a batch under its own token, each as
     /// [`Store::claim`] claims one, in one script call per slot (the slots
-    /// at once). One answer per item, in order; the ids must differ. After
-    /// an error no claim is known: release every token then.
+    /// at once). One answer per item, in order; after an error (its slot's
+    /// call failed) the claim may still have been made: release its token.
     pub async fn claim_batch(
         &self,
         items: &[(&Transaction, &str)],
-    ) -> Result<Vec<Claim>, StoreError> {
+    ) -> Vec<Result<Claim, StoreError>> {
         let common = [self.lease_ms, self.outcome_ttl_secs];
-        let answers: Vec<(String, String, String)> = self
-            .per_slot(
-                &self.scripts.claim_batch,
-                items,
-                &common,
-                |(tx, token), cmd| {
-                    cmd.arg(tx.movement.fingerprint()).arg(*token);
-                },
-            )
-            .await?;
-        answers
-            .iter()
-            .map(|(verdict, reason, balance_after)| parse_claim(verdict, reason, balance_after))
-            .collect()
+        self.per_slot(
+            &self.scripts.claim_batch,
+            items,
+            &common,
+            |(tx, token), cmd| {
+                cmd.arg(tx.movement.fingerprint()).arg(*token);
+            },
+        )
+        .await
+        .into_iter()
+        .map(|answer| {
+            let (verdict, reason, balance_after): (String, String, String) = answer?;
+            parse_claim(&verdict, &reason, &balance_after)
+        })
+        .collect()
     }
 
     /// Accepts every published transaction of a batch, each as
-    /// [`Store::accept`] accepts one, in one script call per slot.
+    /// [`Store::accept`] accepts one, in one script call per slot. One
+    /// answer per item, in order.
     pub async fn accept_batch(
         &self,
         items: &[(&Transaction, &str)],
-    ) -> Result<Vec<Acceptance>, StoreError> {
-        let verdicts: Vec<String> = self
-            .per_slot(
-                &self.scripts.accept_batch,
-                items,
-                &[],
-                |(tx, token), cmd| {
-                    cmd.arg(tx.movement.fingerprint()).arg(*token);
-                },
-            )
-            .await?;
-        verdicts
-            .iter()
-            .map(|verdict| parse_acceptance(verdict))
-            .collect()
+    ) -> Vec<Result<Acceptance, StoreError>> {
+        self.per_slot(
+            &self.scripts.accept_batch,
+            items,
+            &[],
+            |(tx, token), cmd| {
+                cmd.arg(tx.movement.fingerprint()).arg(*token);
+            },
+        )
+        .await
+        .into_iter()
+        .map(|answer: Result<String, StoreError>| parse_acceptance(&answer?))
+        .collect()
     }
 
     /// Runs `script` once for each slot the items' tx records are in: its
     /// KEYS the records of that slot's items, its ARGV the `common`
     /// arguments, then each item's (`per_item`), in order. The script
-    /// answers one value per key; the answers come back in the items' order.
+    /// answers one value per key; the answers come back in the items' order,
+    /// each item with its slot's error if that slot's call failed. Slots
+    /// that lost the scripts (NOSCRIPT) are run again once they are loaded.
     async fn per_slot<T: redis::FromRedisValue>(
         &self,
         script: &Script,
         items: &[(&Transaction, &str)],
         common: &[u64],
         per_item: impl Fn(&(&Transaction, &str), &mut Cmd),
-    ) -> Result<Vec<T>, StoreError> {
-        if items.is_empty() {
-            return Ok(Vec::new());
-        }
+    ) -> Vec<Result<T, StoreError>> {
         let mut slots: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
         for (index, (tx, _)) in items.iter().enumerate() {
             let shard = self.layout.shard_of(tx.id.as_str());
             slots.entry(shard).or_default().push(index);
         }
-        let answers: Vec<Vec<Value>> = self
-            .with_scripts(|| {
-                let commands = slots
-                    .iter()
-                    .map(|(shard, indices)| {
-                        let keys: Vec<String> = indices
-                            .iter()
-                            .map(|&i| self.tx_key(&items[i].0.id))
-                            .collect();
-                        let mut cmd = evalsha(script, &keys);
-                        cmd.arg(common);
-                        for &i in indices {
-                            per_item(&items[i], &mut cmd);
-                        }
-                        (*shard, cmd)
-                    })
-                    .collect();
-                async move { self.conn.run_by_slot(commands).await }
-            })
-            .await?;
-        let mut ordered: Vec<Option<T>> = (0..items.len()).map(|_| None).collect();
-        for (indices, values) in slots.values().zip(answers) {
-            if indices.len() != values.len() {
-                return Err(StoreError::Unexpected(format!(
-                    "a batch script had {} answers for {} keys",
-                    values.len(),
-                    indices.len()
-                )));
+        let run = |slots: Vec<(u32, Vec<usize>)>| {
+            let commands = slots
+                .iter()
+                .map(|(shard, indices)| {
+                    let keys: Vec<String> = indices
+                        .iter()
+                        .map(|&i| self.tx_key(&items[i].0.id))
+                        .collect();
+                    let mut cmd = evalsha(script, &keys);
+                    cmd.arg(common);
+                    for &i in indices {
+                        per_item(&items[i], &mut cmd);
+                    }
+                    (*shard, cmd)
+                })
+                .collect();
+            async move {
+                let answers = self.conn.run_by_slot_each::<Vec<Value>>(commands).await;
+                slots.into_iter().zip(answers).collect::<Vec<_>>()
             }
-            for (&index, value) in indices.iter().zip(values) {
-                ordered[index] = Some(
-                    redis::from_redis_value(value)
-                        .map_err(|e| StoreError::Unexpected(e.to_string()))?,
-                );
+        };
+        let mut done = run(slots.into_iter().collect()).await;
+        let lost = |answer: &Result<Vec<Value>, StoreError>| matches!(answer, Err(StoreError::Redis(e)) if e.code() == Some("NOSCRIPT"));
+        if done.iter().any(|(_, answer)| lost(answer)) {
+            tracing::warn!("redis lost its scripts (restart?); loading them again");
+            match self.load_scripts().await {
+                Ok(()) => {
+                    let (again, kept): (Vec<_>, Vec<_>) =
+                        done.into_iter().partition(|(_, answer)| lost(answer));
+                    done = kept;
+                    done.extend(run(again.into_iter().map(|(slot, _)| slot).collect()).await);
+                }
+                Err(e) => {
+                    for (_, answer) in done.iter_mut().filter(|(_, answer)| lost(answer)) {
+                        *answer = Err(e.clone());
+                    }
+                }
+            }
+        }
+        let mut ordered: Vec<Option<Result<T, StoreError>>> =
+            (0..items.len()).map(|_| None).collect();
+        for ((_, indices), answer) in done {
+            let values = answer.and_then(|values| {
+                if values.len() == indices.len() {
+                    Ok(values)
+                } else {
+                    Err(StoreError::Unexpected(format!(
+                        "a batch script had {} answers for {} keys",
+                        values.len(),
+                        indices.len()
+                    )))
+                }
+            });
+            match values {
+                Ok(values) => {
+                    for (index, value) in indices.into_iter().zip(values) {
+                        ordered[index] = Some(
+                            redis::from_redis_value(value)
+                                .map_err(|e| StoreError::Unexpected(e.to_string())),
+                        );
+                    }
+                }
+                Err(e) => {
+                    for index in indices {
+                        ordered[index] = Some(Err(e.clone()));
+                    }
+                }
             }
         }
         ordered
             .into_iter()
             .map(|answer| {
-                answer.ok_or_else(|| StoreError::Unexpected("an item had no answer".into()))
+                answer
+                    .unwrap_or_else(|| Err(StoreError::Unexpected("an item had no answer".into())))
             })
             .collect()
+    }
+}
+
+/// What the `position`-th (from 0) of a key's requests counted together
+/// would have been told alone, from the `verdict` on all of them: GCRA
+/// counts one interval a request, so each earlier one saw one more left
+/// and a reset one interval sooner; an allowed one has no retry advice.
+fn alone(verdict: &RateVerdict, position: u64, limit: &RateLimit) -> RateVerdict {
+    if position >= verdict.granted {
+        return RateVerdict {
+            allowed: false,
+            granted: 0,
+            ..*verdict
+        };
+    }
+    let later = verdict.granted - 1 - position;
+    RateVerdict {
+        allowed: true,
+        granted: 1,
+        remaining: verdict.remaining + later,
+        retry_after: Duration::ZERO,
+        reset: verdict
+            .reset
+            .saturating_sub(Duration::from_micros(later * limit.interval_us())),
     }
 }
 
@@ -364,6 +429,50 @@ pub(super) fn parse_claim(
 mod tests {
     use super::*;
     use crate::domain::{Balance, Outcome, RejectReason};
+
+    /// Three requests of a key of burst 10 counted together on a cluster
+    /// are each told what they would have been told one after the other
+    /// (9, 8, 7 left; resets one interval apart); past what was granted,
+    /// refused with the verdict's retry advice.
+    #[test]
+    fn requests_counted_together_are_each_told_what_alone_would_say() {
+        let limit = RateLimit {
+            rate_per_s: 10,
+            burst: 10,
+        };
+        let together = RateVerdict {
+            allowed: true,
+            granted: 3,
+            remaining: 7,
+            retry_after: Duration::from_millis(100),
+            reset: Duration::from_millis(300),
+        };
+        let told: Vec<(bool, u64, u64)> = (0..4)
+            .map(|position| {
+                let verdict = alone(&together, position, &limit);
+                (
+                    verdict.allowed,
+                    verdict.remaining,
+                    verdict.reset.as_millis() as u64,
+                )
+            })
+            .collect();
+        assert_eq!(
+            told,
+            [
+                (true, 9, 100),
+                (true, 8, 200),
+                (true, 7, 300),
+                (false, 7, 300)
+            ]
+        );
+        assert_eq!(alone(&together, 0, &limit).retry_after, Duration::ZERO);
+        assert_eq!(
+            alone(&together, 3, &limit).retry_after,
+            Duration::from_millis(100)
+        );
+        assert_eq!(alone(&together, 3, &limit).granted, 0);
+    }
 
     #[test]
     fn claim_answers_parse_or_are_refused() {

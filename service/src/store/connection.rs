@@ -193,12 +193,25 @@ impl Connection {
 
     /// Runs `commands`, one answer each, in order. A cluster pipeline must
     /// stay in one slot, so they go as one pipeline per slot (`slot_of`
-    /// names it), all slots at once; on one Redis, as one pipeline.
+    /// names it), all slots at once; on one Redis, as one pipeline. Any
+    /// failure fails the whole: see [`Connection::run_by_slot_each`].
     pub async fn run_by_slot<T: redis::FromRedisValue>(
         &self,
         commands: Vec<(u32, Cmd)>,
     ) -> Result<Vec<T>, StoreError> {
+        self.run_by_slot_each(commands).await.into_iter().collect()
+    }
+
+    /// As [`Connection::run_by_slot`], but each command has its own result:
+    /// a slot whose pipeline failed (its master lost, a timeout) fails its
+    /// own commands only, and an answer that does not convert fails only
+    /// its command.
+    pub async fn run_by_slot_each<T: redis::FromRedisValue>(
+        &self,
+        commands: Vec<(u32, Cmd)>,
+    ) -> Vec<Result<T, StoreError>> {
         let mut pipes: BTreeMap<u32, (Vec<usize>, Pipeline)> = BTreeMap::new();
+        let total = commands.len();
         for (index, (slot, cmd)) in commands.into_iter().enumerate() {
             let (indices, pipe) = pipes
                 .entry(slot)
@@ -206,33 +219,48 @@ impl Connection {
             indices.push(index);
             pipe.add_command(cmd);
         }
-        let total = pipes.values().map(|(indices, _)| indices.len()).sum();
         let runs = pipes.into_values().map(|(indices, pipe)| {
             let mut conn = self.clone();
             async move {
-                let values: Vec<Value> = pipe.query_async(&mut conn).await?;
-                Ok::<_, redis::RedisError>((indices, values))
+                let values: Result<Vec<Value>, _> = pipe.query_async(&mut conn).await;
+                (indices, values)
             }
         });
-        let mut answers: Vec<Option<Value>> = vec![None; total];
-        for (indices, values) in futures_util::future::try_join_all(runs).await? {
-            if indices.len() != values.len() {
-                return Err(StoreError::Unexpected(format!(
-                    "a pipeline of {} commands had {} answers",
-                    indices.len(),
-                    values.len()
-                )));
-            }
-            for (index, value) in indices.into_iter().zip(values) {
-                answers[index] = Some(value);
+        let mut answers: Vec<Option<Result<T, StoreError>>> = (0..total).map(|_| None).collect();
+        for (indices, values) in futures_util::future::join_all(runs).await {
+            let values = values.map_err(StoreError::from).and_then(|values| {
+                if indices.len() == values.len() {
+                    Ok(values)
+                } else {
+                    Err(StoreError::Unexpected(format!(
+                        "a pipeline of {} commands had {} answers",
+                        indices.len(),
+                        values.len()
+                    )))
+                }
+            });
+            match values {
+                Ok(values) => {
+                    for (index, value) in indices.into_iter().zip(values) {
+                        answers[index] = Some(
+                            redis::from_redis_value(value)
+                                .map_err(|e| StoreError::Unexpected(e.to_string())),
+                        );
+                    }
+                }
+                Err(e) => {
+                    for index in indices {
+                        answers[index] = Some(Err(e.clone()));
+                    }
+                }
             }
         }
         answers
             .into_iter()
-            .map(|value| {
-                let value = value
-                    .ok_or_else(|| StoreError::Unexpected("a command had no answer".into()))?;
-                redis::from_redis_value(value).map_err(|e| StoreError::Unexpected(e.to_string()))
+            .map(|answer| {
+                answer.unwrap_or_else(|| {
+                    Err(StoreError::Unexpected("a command had no answer".into()))
+                })
             })
             .collect()
     }

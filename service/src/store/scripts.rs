@@ -1,8 +1,9 @@
 //! The Lua scripts, compiled in from `lua/` so the binary is self-contained
 //! and loaded into Redis (SCRIPT LOAD) when the store starts and after a
 //! NOSCRIPT answer. What several scripts share is one file put before each
-//! (`money.lua` before the three that move money; `claim.lua` and
-//! `rate_limit.lua`, functions, before the one that runs both).
+//! (`money.lua` before the three that move money; `clock.lua` before the
+//! ones that claim or count; `claim.lua` and `rate_limit.lua`, functions,
+//! before the ones that run them for many requests).
 
 use redis::Script;
 
@@ -31,10 +32,12 @@ impl Scripts {
                 include_str!("../../../lua/atomic_update.lua")
             )),
             claim: Script::new(concat!(
+                include_str!("../../../lua/clock.lua"),
                 include_str!("../../../lua/claim.lua"),
-                "\nreturn claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])\n"
+                "\nreturn claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], clock_us())\n"
             )),
             claim_batch: Script::new(concat!(
+                include_str!("../../../lua/clock.lua"),
                 include_str!("../../../lua/claim.lua"),
                 include_str!("../../../lua/claim_batch.lua")
             )),
@@ -57,10 +60,12 @@ impl Scripts {
                 include_str!("../../../lua/set_balance.lua")
             )),
             rate_limit: Script::new(concat!(
+                include_str!("../../../lua/clock.lua"),
                 include_str!("../../../lua/rate_limit.lua"),
-                "\nreturn rate_limit(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))\n"
+                "\nreturn rate_limit(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), clock_us())\n"
             )),
             rate_limit_then_claim: Script::new(concat!(
+                include_str!("../../../lua/clock.lua"),
                 include_str!("../../../lua/rate_limit.lua"),
                 include_str!("../../../lua/claim.lua"),
                 include_str!("../../../lua/rate_limit_then_claim.lua")
