@@ -102,7 +102,11 @@ fn decode_item(raw: &RawValue) -> BatchItem {
 }
 
 fn id_as_given(raw: &RawValue) -> Option<String> {
-    match serde_json::from_str::<IdOnly>(raw.get()).ok()?.id? {
+    // Only an object names an id (an array would be read by position).
+    match super::from_json_object::<IdOnly>(raw.get().as_bytes())
+        .ok()?
+        .id?
+    {
         serde_json::Value::String(id) => Some(id),
         _ => None,
     }

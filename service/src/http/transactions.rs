@@ -525,6 +525,8 @@ mod tests {
             items[0].transaction,
             Err(RequestError::Malformed(_))
         ));
+        let short_array = crate::http::decode_batch(br#"{"transactions": [["t-1"]]}"#).unwrap();
+        assert_eq!(short_array[0].id, None, "an array names no id");
         assert!(
             crate::http::decode_batch(br#"[[{"id": "t-1", "account": "a", "amount": 1}]]"#)
                 .is_err()

@@ -72,8 +72,8 @@ impl Cluster {
     }
 
     /// Counts unreachable answers; after a few in a row, connects afresh in
-    /// a task of its own (a caller's future may be dropped at any await:
-    /// a batch's pipelines run together and the first error drops the rest).
+    /// a task of its own (a caller's future may be dropped at any await: a
+    /// client that goes away, a timeout around the call).
     fn observe<T>(&self, result: &redis::RedisResult<T>) {
         let unreachable = result.as_ref().err().is_some_and(is_transient);
         if !unreachable {
