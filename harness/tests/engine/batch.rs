@@ -475,21 +475,11 @@ async fn a_batch_claimed_again_with_its_tokens_is_still_claimed() {
         .map(|(tx, t)| (tx, t.as_str()))
         .collect();
     for _ in 0..2 {
-        let claims: Vec<Claim> = store
-            .claim_batch(&items)
-            .await
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
+        let claims = crate::each_ok(store.claim_batch(&items).await);
         assert_eq!(claims, vec![Claim::Claimed; 3]);
     }
     let other = Store::lease_token();
     let others: Vec<(&Transaction, &str)> = txs.iter().map(|tx| (tx, other.as_str())).collect();
-    let claims: Vec<Claim> = store
-        .claim_batch(&others)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let claims = crate::each_ok(store.claim_batch(&others).await);
     assert_eq!(claims, vec![Claim::InFlight; 3]);
 }

@@ -764,12 +764,7 @@ async fn gathered_claims_are_each_what_one_claim_would_be(
         .enumerate()
         .map(|(index, (tx, token))| (tx, token.as_str(), limited(index).then_some((&key, limit))))
         .collect();
-    let answers: Vec<_> = store
-        .claim_within_limits(&items)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let answers = crate::each_ok(store.claim_within_limits(&items).await);
     let claims: Vec<&Claim> = answers.iter().map(|(claim, _)| claim).collect();
     assert_eq!(
         claims,
@@ -799,7 +794,7 @@ async fn gathered_claims_are_each_what_one_claim_would_be(
     }
     let refused = store.claim_batch(&[(&txs[3], "another token")]).await;
     assert_eq!(
-        refused.into_iter().map(Result::unwrap).collect::<Vec<_>>(),
+        crate::each_ok(refused),
         [Claim::Claimed],
         "the rate-limited claim wrote nothing: its id is free"
     );

@@ -38,6 +38,12 @@ pub fn infra() -> &'static Infra {
     Infra::shared()
 }
 
+/// Each item's answer of a store call that answers per item, every one
+/// expected to be Ok (the test fails naming the first error).
+pub fn each_ok<T>(answers: Vec<Result<T, txengine::store::StoreError>>) -> Vec<T> {
+    answers.into_iter().map(Result::unwrap).collect()
+}
+
 /// A store of its own on `namespace` of the Redis at `url`.
 pub async fn isolated_store(namespace: &str, url: &str) -> Store {
     store_of(txengine::config::RedisTopology::Single, namespace, url).await

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use redis::{Cmd, Script, Value};
 
+use super::connection::spread;
 use super::outcomes::parse_status;
 use super::rate_limit::RateVerdict;
 use super::{evalsha, RedisTopology, Store, StoreError};
@@ -337,43 +338,10 @@ impl Store {
                 }
             }
         }
-        let mut ordered: Vec<Option<Result<T, StoreError>>> =
-            (0..items.len()).map(|_| None).collect();
-        for ((_, indices), answer) in done {
-            let values = answer.and_then(|values| {
-                if values.len() == indices.len() {
-                    Ok(values)
-                } else {
-                    Err(StoreError::Unexpected(format!(
-                        "a batch script had {} answers for {} keys",
-                        values.len(),
-                        indices.len()
-                    )))
-                }
-            });
-            match values {
-                Ok(values) => {
-                    for (index, value) in indices.into_iter().zip(values) {
-                        ordered[index] = Some(
-                            redis::from_redis_value(value)
-                                .map_err(|e| StoreError::Unexpected(e.to_string())),
-                        );
-                    }
-                }
-                Err(e) => {
-                    for index in indices {
-                        ordered[index] = Some(Err(e.clone()));
-                    }
-                }
-            }
-        }
-        ordered
+        let groups = done
             .into_iter()
-            .map(|answer| {
-                answer
-                    .unwrap_or_else(|| Err(StoreError::Unexpected("an item had no answer".into())))
-            })
-            .collect()
+            .map(|((_, indices), answer)| (indices, answer));
+        spread(items.len(), groups, "batch script")
     }
 }
 

@@ -223,45 +223,60 @@ impl Connection {
             let mut conn = self.clone();
             async move {
                 let values: Result<Vec<Value>, _> = pipe.query_async(&mut conn).await;
-                (indices, values)
+                (indices, values.map_err(StoreError::from))
             }
         });
-        let mut answers: Vec<Option<Result<T, StoreError>>> = (0..total).map(|_| None).collect();
-        for (indices, values) in futures_util::future::join_all(runs).await {
-            let values = values.map_err(StoreError::from).and_then(|values| {
-                if indices.len() == values.len() {
-                    Ok(values)
-                } else {
-                    Err(StoreError::Unexpected(format!(
-                        "a pipeline of {} commands had {} answers",
-                        indices.len(),
-                        values.len()
-                    )))
+        spread(
+            total,
+            futures_util::future::join_all(runs).await,
+            "pipeline",
+        )
+    }
+}
+
+/// Puts the answers of groups of commands (a pipeline, a script over many
+/// keys) back in the places of their items, `total` of them: a group's
+/// values go one to each of its `indices`, in order, each converted alone;
+/// a group's error, or a wrong count of values, fails its own items only.
+/// `what` names a group in that error.
+pub(super) fn spread<T: redis::FromRedisValue>(
+    total: usize,
+    groups: impl IntoIterator<Item = (Vec<usize>, Result<Vec<Value>, StoreError>)>,
+    what: &str,
+) -> Vec<Result<T, StoreError>> {
+    let mut answers: Vec<Option<Result<T, StoreError>>> = (0..total).map(|_| None).collect();
+    for (indices, values) in groups {
+        let values = values.and_then(|values| {
+            if values.len() == indices.len() {
+                Ok(values)
+            } else {
+                Err(StoreError::Unexpected(format!(
+                    "a {what} had {} answers for {} items",
+                    values.len(),
+                    indices.len()
+                )))
+            }
+        });
+        match values {
+            Ok(values) => {
+                for (index, value) in indices.into_iter().zip(values) {
+                    answers[index] = Some(
+                        redis::from_redis_value(value)
+                            .map_err(|e| StoreError::Unexpected(e.to_string())),
+                    );
                 }
-            });
-            match values {
-                Ok(values) => {
-                    for (index, value) in indices.into_iter().zip(values) {
-                        answers[index] = Some(
-                            redis::from_redis_value(value)
-                                .map_err(|e| StoreError::Unexpected(e.to_string())),
-                        );
-                    }
-                }
-                Err(e) => {
-                    for index in indices {
-                        answers[index] = Some(Err(e.clone()));
-                    }
+            }
+            Err(e) => {
+                for index in indices {
+                    answers[index] = Some(Err(e.clone()));
                 }
             }
         }
-        answers
-            .into_iter()
-            .map(|answer| {
-                answer.unwrap_or_else(|| {
-                    Err(StoreError::Unexpected("a command had no answer".into()))
-                })
-            })
-            .collect()
     }
+    answers
+        .into_iter()
+        .map(|answer| {
+            answer.unwrap_or_else(|| Err(StoreError::Unexpected("an item had no answer".into())))
+        })
+        .collect()
 }
