@@ -10,11 +10,13 @@
 --         position in the slot's order of applies, so an audit (the
 --         harness) can replay the log in that order and check each one
 -- KEYS[3] balance of the checked account ({tag}:bal:<account>)
--- KEYS[4] balance of the destination     ({tag}:bal:<to>), transfers only
+-- KEYS[4] money held on it by holds      ({tag}:pending:<account>): a
+--         debit or transfer may take only balance - pending
+-- KEYS[5] balance of the destination     ({tag}:bal:<to>), transfers only
 -- then, on a cluster only, for credits and transfers: money in flight out
 --         of the credited account ({tag}:held:<account or to>), what sagas
 --         debited from it and may refund, so that a credit never leaves a
---         refund no room below 2^53-1 (KEYS[4] for a credit, KEYS[5] for a
+--         refund no room below 2^53-1 (KEYS[5] for a credit, KEYS[6] for a
 --         transfer)
 -- ARGV[1] kind: debit | credit | transfer
 -- ARGV[2] amount in minor units, 1 ..= 2^53-1 (validated before it gets here)
@@ -44,7 +46,7 @@ end
 
 local amount = tonumber(ARGV[2])
 
-local held_key = KEYS[kind == 'transfer' and 5 or 4]
+local held_key = KEYS[kind == 'transfer' and 6 or 5]
 local held = 0
 if kind ~= 'debit' and held_key then
   held = tonumber(redis.call('GET', held_key) or '0')
@@ -63,19 +65,19 @@ if kind == 'credit' then
   return settle('applied', '', digits(redis.call('INCRBY', KEYS[3], ARGV[2])))
 end
 
-if source < amount then
+if source - tonumber(redis.call('GET', KEYS[4]) or '0') < amount then
   return settle('rejected', 'insufficient_funds', '')
 end
 
 if kind == 'transfer' then
-  local destination = redis.call('GET', KEYS[4])
+  local destination = redis.call('GET', KEYS[5])
   if not destination then
     return settle('rejected', 'unknown_account', '')
   end
   if not has_room(amount, tonumber(destination), held) then
     return settle('rejected', 'balance_overflow', '')
   end
-  redis.call('INCRBY', KEYS[4], ARGV[2])
+  redis.call('INCRBY', KEYS[5], ARGV[2])
 end
 
 return settle('applied', '', digits(redis.call('DECRBY', KEYS[3], ARGV[2])))

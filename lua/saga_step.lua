@@ -11,6 +11,11 @@
 -- KEYS[2] the slot's apply order   ({tag}:seq)
 -- KEYS[3] the account's balance    ({tag}:bal:<account>)
 -- KEYS[4] money in flight out of the account ({tag}:held:<account>)
+-- KEYS[5] money held on the account by holds ({tag}:pending:<account>):
+--         the debit may take only balance - pending
+-- KEYS[6] settle of a capture's saga only: the hold ({tag}:hold:<id>),
+--         `capturing` until now, then captured (release) or voided (refund:
+--         the money is back and the hold is gone)
 -- ARGV[1] step: debit | credit | release | refund
 -- ARGV[2] amount in minor units, 1 ..= 2^53-1
 -- ARGV[3] fingerprint of the transaction
@@ -47,7 +52,7 @@ if step == 'debit' then
   if not source then
     return settle('rejected', 'unknown_account', '')
   end
-  if tonumber(source) < amount then
+  if tonumber(source) - tonumber(redis.call('GET', KEYS[5]) or '0') < amount then
     return settle('rejected', 'insufficient_funds', '')
   end
   redis.call('INCRBY', KEYS[4], ARGV[2])
@@ -78,6 +83,10 @@ if step == 'refund' and not has_room(amount, tonumber(redis.call('GET', KEYS[3])
 end
 if redis.call('DECRBY', KEYS[4], ARGV[2]) == 0 then
   redis.call('DEL', KEYS[4])
+end
+if KEYS[6] then
+  redis.call('HSET', KEYS[6], 'state', step == 'release' and 'captured' or 'voided')
+  redis.call('EXPIRE', KEYS[6], ARGV[4])
 end
 if step == 'release' then
   return settle('released', '', digits(tonumber(redis.call('GET', KEYS[3]) or '0')))

@@ -4,16 +4,23 @@
 --
 -- KEYS[1] the account's balance              ({tag}:bal:<account>)
 -- KEYS[2] money in flight out of the account ({tag}:held:<account>)
+-- KEYS[3] money held on the account by holds ({tag}:pending:<account>)
 -- ARGV[1] the balance, 0 ..= 2^53-1 (validated before it gets here)
 --
--- Returns {1, held} when set, {0, held} (nothing written) when the balance
--- plus what is held would pass 2^53-1.
+-- Returns {1, held, pending} when set; {0, held, pending} (nothing
+-- written) when the balance plus what is in flight would pass 2^53-1;
+-- {2, held, pending} (nothing written) when the balance would be below
+-- what holds keep (their captures must find the money).
 
 -- The store puts money.lua (has_room, digits) before this file.
 
 local held = tonumber(redis.call('GET', KEYS[2]) or '0')
+local pending = tonumber(redis.call('GET', KEYS[3]) or '0')
 if not has_room(tonumber(ARGV[1]), 0, held) then
-  return {0, digits(held)}
+  return {0, digits(held), digits(pending)}
+end
+if tonumber(ARGV[1]) < pending then
+  return {2, digits(held), digits(pending)}
 end
 redis.call('SET', KEYS[1], ARGV[1])
-return {1, digits(held)}
+return {1, digits(held), digits(pending)}

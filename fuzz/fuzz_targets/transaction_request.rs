@@ -7,8 +7,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use txengine::domain::MAX_MINOR_UNITS;
-use txengine::domain::Transaction;
-use txengine::http::{decode_batch, decode_key_request, decode_transaction};
+use txengine::domain::{AccountId, Amount, HoldTerms, Movement, Transaction};
+use txengine::http::{decode_batch, decode_key_request, decode_transaction, HoldTimeouts, Posted};
 use txengine::limits::MAX_BATCH_ITEMS;
 use txengine::keys::{key_id_of, Scope, MAX_RATE};
 use txengine::wire::Record;
@@ -28,10 +28,34 @@ fuzz_target!(|data: &[u8]| {
         assert!(id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()), "key id {id:?}");
     }
     check_batch(body);
-    if let Ok(tx) = decode_transaction(body, header) {
-        check_transaction(tx);
+    if let Ok(posted) = decode_transaction(body, header) {
+        check_posted(posted);
     }
 });
+
+/// A request the API reads becomes a transaction within the rules once
+/// admission completes it: under the hold timeouts, and for a capture or
+/// void with its hold's terms (none known: refused, never a transaction).
+fn check_posted(posted: Posted) {
+    let timeouts = HoldTimeouts {
+        default_s: 600,
+        max_s: 86_400,
+    };
+    if posted.ended_hold().is_some() {
+        assert!(posted.clone().complete(timeouts, None).is_err(), "an unknown hold");
+    }
+    let terms = HoldTerms {
+        account: AccountId::parse("held-acct").unwrap(),
+        to: Some(AccountId::parse("held-to").unwrap()),
+        amount: Amount::new(7).unwrap(),
+    };
+    if let Ok(tx) = posted.complete(timeouts, Some(terms)) {
+        if let Movement::Hold { timeout_s, .. } = tx.movement {
+            assert!((1..=timeouts.max_s).contains(&timeout_s), "timeout {timeout_s}");
+        }
+        check_transaction(tx);
+    }
+}
 
 /// A batch the API reads has 1 ..= MAX_BATCH_ITEMS items; each item it
 /// takes is a transaction within the rules, whose id is the one reported.
@@ -41,9 +65,9 @@ fn check_batch(body: &[u8]) {
     };
     assert!((1..=MAX_BATCH_ITEMS).contains(&items.len()), "{} items", items.len());
     for item in items {
-        if let Ok(tx) = item.transaction {
-            assert_eq!(item.id.as_deref(), Some(tx.id.as_str()));
-            check_transaction(tx);
+        if let Ok(posted) = item.transaction {
+            assert_eq!(item.id.as_deref(), Some(posted.id().as_str()));
+            check_posted(posted);
         }
     }
 }

@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 
 use crate::config::{Config, Role};
 use crate::consumer::{ConsumerHealth, ConsumerSettings, TxConsumer};
+use crate::expirer::Expirer;
 use crate::http::{self, ApiState};
 use crate::publisher::{Publisher, PublisherSettings};
 use crate::server::{serve_until_shutdown, ConnectionLimits};
@@ -82,14 +83,16 @@ impl Engine {
         let mut tasks = JoinSet::new();
         let mut addr = None;
 
+        // The API's records and the expirer's share one producer.
+        let publisher = Publisher::new(PublisherSettings {
+            brokers: &config.kafka_brokers,
+            topic: &config.topic,
+            max_in_flight: config.max_in_flight,
+            publish_timeout: Duration::from_millis(config.publish_timeout_ms),
+            linger: Duration::from_millis(config.linger_ms),
+        })?;
         if matches!(config.role, Role::Api | Role::All) {
-            let publisher = Publisher::new(PublisherSettings {
-                brokers: &config.kafka_brokers,
-                topic: &config.topic,
-                max_in_flight: config.max_in_flight,
-                publish_timeout: Duration::from_millis(config.publish_timeout_ms),
-                linger: Duration::from_millis(config.linger_ms),
-            })?;
+            let publisher = publisher.clone();
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("binding {}", config.listen))?;
@@ -132,6 +135,12 @@ impl Engine {
             tracing::info!(%listen, "consumer metrics listening");
         }
         if runs_consumer {
+            let expirer = Expirer::new(
+                store.clone(),
+                publisher.clone(),
+                Duration::from_millis(config.expire_scan_ms),
+            );
+            tasks.spawn(expirer.run(shutdown_rx.clone()));
             let consumer = TxConsumer::new(
                 ConsumerSettings {
                     brokers: &config.kafka_brokers,

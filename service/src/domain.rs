@@ -26,10 +26,23 @@ pub enum RuleError {
     Missing(&'static str),
     #[error("`to` is only allowed for a transfer")]
     ToNotAllowed,
-    #[error("a transfer needs `to` different from `account`")]
+    #[error("`to` must differ from `account`")]
     TransferToSelf,
-    #[error("unknown type `{0}`: expected debit, credit or transfer")]
+    #[error("unknown type `{0}`: expected debit, credit, transfer, hold, capture or void")]
     UnknownKind(String),
+    #[error("`{field}` is not a field of a {kind}")]
+    NotAField {
+        field: &'static str,
+        kind: &'static str,
+    },
+    #[error("timeout_s must be an integer in 1..={max} (this server's longest hold)")]
+    HoldTimeoutOutOfRange { max: u64 },
+    #[error("no hold `{0}` is known: never accepted, not a hold, or ended so long ago that its record expired")]
+    UnknownHold(String),
+    #[error(
+        "the balance may not be below {pending}, the money held on the account (active holds)"
+    )]
+    BelowPending { pending: u64 },
     #[error("the `id` field and the Idempotency-Key header differ")]
     IdMismatch,
     #[error("a key id is 16 lowercase hex digits")]
@@ -169,6 +182,70 @@ pub enum Movement {
         to: AccountId,
         amount: Amount,
     },
+    /// Reserve `amount` of `account` (for `to`, when given) for at most
+    /// `timeout_s` from its apply: no balance changes, the account's
+    /// `pending` rises, and what may leave it is `balance - pending`.
+    Hold {
+        account: AccountId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<AccountId>,
+        amount: Amount,
+        timeout_s: u32,
+    },
+    /// End hold `hold` by moving `amount` (at most what it holds) out of
+    /// its account, to its `to` when it has one; the rest is released.
+    /// `account` and `to` are the hold's, as its binding names them.
+    Capture {
+        hold: TxId,
+        account: AccountId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<AccountId>,
+        amount: Amount,
+    },
+    /// End hold `hold` by releasing all of it (`amount`, the hold's).
+    Void {
+        hold: TxId,
+        account: AccountId,
+        amount: Amount,
+    },
+    /// The engine's void of a hold past its deadline (made by the expirer,
+    /// never posted): nothing happens unless the hold is still held and due.
+    Expire {
+        hold: TxId,
+        account: AccountId,
+        amount: Amount,
+    },
+}
+
+/// A hold as its binding (the fingerprint of its body) names it: what a
+/// capture or void of it needs to be routed, checked and keyed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldTerms {
+    pub account: AccountId,
+    pub to: Option<AccountId>,
+    pub amount: Amount,
+}
+
+impl HoldTerms {
+    /// The terms of the hold a fingerprint binds, or `None` when it binds
+    /// another kind of transaction.
+    pub fn of_fingerprint(fingerprint: &str) -> Option<Self> {
+        let mut parts = fingerprint.split('|');
+        if parts.next()? != "hold" {
+            return None;
+        }
+        let account = AccountId::parse(parts.next()?).ok()?;
+        let to = match parts.next()? {
+            "" => None,
+            to => Some(AccountId::parse(to).ok()?),
+        };
+        let amount = Amount::new(parts.next()?.parse().ok()?).ok()?;
+        Some(Self {
+            account,
+            to,
+            amount,
+        })
+    }
 }
 
 impl Movement {
@@ -201,6 +278,39 @@ impl Movement {
             Self::Debit { .. } => "debit",
             Self::Credit { .. } => "credit",
             Self::Transfer { .. } => "transfer",
+            Self::Hold { .. } => "hold",
+            Self::Capture { .. } => "capture",
+            Self::Void { .. } => "void",
+            Self::Expire { .. } => "expire",
+        }
+    }
+
+    /// True for the kinds that begin or end a hold (records of the hold
+    /// wire version).
+    pub fn is_of_a_hold(&self) -> bool {
+        matches!(
+            self,
+            Self::Hold { .. } | Self::Capture { .. } | Self::Void { .. } | Self::Expire { .. }
+        )
+    }
+
+    /// The hold a capture, void or expiry ends.
+    pub fn ended_hold(&self) -> Option<&TxId> {
+        match self {
+            Self::Capture { hold, .. } | Self::Void { hold, .. } | Self::Expire { hold, .. } => {
+                Some(hold)
+            }
+            _ => None,
+        }
+    }
+
+    /// Where money lands in another account when this is applied: a
+    /// transfer's or a capture's `to` (a saga when it is in another slot).
+    pub fn credited(&self) -> Option<&AccountId> {
+        match self {
+            Self::Transfer { to, .. } => Some(to),
+            Self::Capture { to, .. } => to.as_ref(),
+            _ => None,
         }
     }
 
@@ -210,35 +320,56 @@ impl Movement {
         match self {
             Self::Debit { account, .. }
             | Self::Credit { account, .. }
-            | Self::Transfer { account, .. } => account,
+            | Self::Transfer { account, .. }
+            | Self::Hold { account, .. }
+            | Self::Capture { account, .. }
+            | Self::Void { account, .. }
+            | Self::Expire { account, .. } => account,
         }
     }
 
+    /// The other account named: a transfer's destination, a hold's (or
+    /// its capture's) `to`.
     pub fn to(&self) -> Option<&AccountId> {
         match self {
             Self::Transfer { to, .. } => Some(to),
+            Self::Hold { to, .. } | Self::Capture { to, .. } => to.as_ref(),
             _ => None,
         }
     }
 
+    /// The amount moved; for a hold, void or expiry the amount held.
     pub fn amount(&self) -> Amount {
         match self {
             Self::Debit { amount, .. }
             | Self::Credit { amount, .. }
-            | Self::Transfer { amount, .. } => *amount,
+            | Self::Transfer { amount, .. }
+            | Self::Hold { amount, .. }
+            | Self::Capture { amount, .. }
+            | Self::Void { amount, .. }
+            | Self::Expire { amount, .. } => *amount,
         }
     }
 
     /// A canonical text of the movement. Two requests with one id are the
     /// same request exactly when their fingerprints are equal.
+    /// `kind|account|to|amount`, then a hold's timeout or the id of the
+    /// hold a capture or void ends.
     pub fn fingerprint(&self) -> String {
-        format!(
+        let base = format!(
             "{}|{}|{}|{}",
             self.kind(),
             self.account(),
             self.to().map(AccountId::as_str).unwrap_or(""),
             self.amount().minor_units()
-        )
+        );
+        match self {
+            Self::Hold { timeout_s, .. } => format!("{base}|{timeout_s}"),
+            _ => match self.ended_hold() {
+                Some(hold) => format!("{base}|{hold}"),
+                None => base,
+            },
+        }
     }
 
     /// The accounts a [`Movement::fingerprint`] names: the checked account
@@ -266,6 +397,14 @@ pub enum RejectReason {
     InsufficientFunds,
     UnknownAccount,
     BalanceOverflow,
+    /// A capture or void of an id that is no hold the account knows (it
+    /// was never applied).
+    UnknownHold,
+    /// A capture or void of a hold that ended (captured, voided, expired)
+    /// or was rejected.
+    HoldNotActive,
+    /// A capture of more than the hold holds (the hold stays).
+    ExceedsHold,
 }
 
 impl RejectReason {
@@ -274,6 +413,9 @@ impl RejectReason {
             Self::InsufficientFunds => "insufficient_funds",
             Self::UnknownAccount => "unknown_account",
             Self::BalanceOverflow => "balance_overflow",
+            Self::UnknownHold => "unknown_hold",
+            Self::HoldNotActive => "hold_not_active",
+            Self::ExceedsHold => "exceeds_hold",
         }
     }
 
@@ -282,6 +424,9 @@ impl RejectReason {
             Self::InsufficientFunds,
             Self::UnknownAccount,
             Self::BalanceOverflow,
+            Self::UnknownHold,
+            Self::HoldNotActive,
+            Self::ExceedsHold,
         ]
         .into_iter()
         .find(|r| r.as_str() == raw)
@@ -361,6 +506,56 @@ mod tests {
         let parties: Vec<_> = Movement::parties_of_fingerprint("transfer|a|b|1").collect();
         assert_eq!(parties, ["a", "b"]);
         let parties: Vec<_> = Movement::parties_of_fingerprint("debit|a||1").collect();
+        assert_eq!(parties, ["a"]);
+    }
+
+    #[test]
+    fn a_hold_s_fingerprint_names_its_terms_and_nothing_else_does() {
+        let a = AccountId::parse("a").unwrap();
+        let b = AccountId::parse("b").unwrap();
+        let five = Amount::new(5).unwrap();
+        let hold = Movement::Hold {
+            account: a.clone(),
+            to: Some(b.clone()),
+            amount: five,
+            timeout_s: 30,
+        };
+        assert_eq!(hold.fingerprint(), "hold|a|b|5|30");
+        assert_eq!(
+            HoldTerms::of_fingerprint(&hold.fingerprint()),
+            Some(HoldTerms {
+                account: a.clone(),
+                to: Some(b.clone()),
+                amount: five
+            })
+        );
+        let alone = Movement::Hold {
+            account: a.clone(),
+            to: None,
+            amount: five,
+            timeout_s: 30,
+        };
+        assert_eq!(
+            HoldTerms::of_fingerprint(&alone.fingerprint()).map(|t| t.to),
+            Some(None)
+        );
+        let capture = Movement::Capture {
+            hold: TxId::parse("h").unwrap(),
+            account: a.clone(),
+            to: Some(b),
+            amount: five,
+        };
+        assert_eq!(capture.fingerprint(), "capture|a|b|5|h");
+        for other in [
+            "capture|a|b|5|h",
+            "debit|a||5",
+            "hold|a||x|1",
+            "hold|a b||5|1",
+            "",
+        ] {
+            assert_eq!(HoldTerms::of_fingerprint(other), None, "{other}");
+        }
+        let parties: Vec<_> = Movement::parties_of_fingerprint("hold|a||5|30").collect();
         assert_eq!(parties, ["a"]);
     }
 }

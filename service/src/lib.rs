@@ -28,6 +28,7 @@ pub mod app;
 pub mod config;
 pub mod consumer;
 pub mod domain;
+pub mod expirer;
 pub mod gather;
 pub mod http;
 pub mod keys;

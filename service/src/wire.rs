@@ -11,6 +11,10 @@ pub const WIRE_VERSION: u32 = 1;
 /// slots). Its own number, so a build that knows no sagas sends it to the
 /// DLQ instead of taking it for a new transfer.
 pub const SAGA_WIRE_VERSION: u32 = 2;
+/// The version of a hold, its capture, void or expiry (and of a capture's
+/// saga steps): its own number, so a build that knows no holds leaves the
+/// partition waiting for one that does instead of refusing the record.
+pub const HOLD_WIRE_VERSION: u32 = 3;
 
 /// One transaction as it travels through Kafka, or one later step of its
 /// saga. The record key is [`Record::key`].
@@ -45,7 +49,7 @@ impl Record {
     /// The account whose slot the record's step runs in: the Kafka key, so
     /// one account's steps are applied in order.
     pub fn key(&self) -> &AccountId {
-        match (&self.saga, self.tx.movement.to()) {
+        match (&self.saga, self.tx.movement.credited()) {
             (Some(SagaStep::Credit { .. }), Some(to)) => to,
             _ => self.tx.movement.account(),
         }
@@ -66,18 +70,20 @@ pub enum DecodeError {
     #[error("not a valid record: {0}")]
     Malformed(#[from] serde_json::Error),
     #[error(
-        "unsupported record version {0} (this build reads {WIRE_VERSION} and {SAGA_WIRE_VERSION})"
+        "unsupported record version {0} (this build reads {WIRE_VERSION} to {HOLD_WIRE_VERSION})"
     )]
     UnsupportedVersion(u32),
     /// Written by a newer build: not malformed, only not understood here.
     /// Its partition waits for a build that reads it (never the DLQ: the
     /// transaction was accepted, or a saga holds money for it).
-    #[error("record version {0} is newer than this build reads ({SAGA_WIRE_VERSION}); a newer build must apply it")]
+    #[error("record version {0} is newer than this build reads ({HOLD_WIRE_VERSION}); a newer build must apply it")]
     NewerVersion(u32),
     #[error(
-        "a saga step must be a transfer in version {SAGA_WIRE_VERSION}, and only a step may be"
+        "a saga step must be a transfer in version {SAGA_WIRE_VERSION} (only a step may be) or a capture to an account in version {HOLD_WIRE_VERSION}"
     )]
     NotASagaStep,
+    #[error("holds, captures, voids and expiries are version {HOLD_WIRE_VERSION}, and only they")]
+    NotAHold,
     #[error("record breaks a rule: {0}")]
     Invalid(#[from] crate::domain::RuleError),
 }
@@ -102,11 +108,7 @@ struct VersionOnly {
 impl Record {
     pub fn encode(&self) -> Vec<u8> {
         let v1 = RecordV1 {
-            v: if self.saga.is_some() {
-                SAGA_WIRE_VERSION
-            } else {
-                WIRE_VERSION
-            },
+            v: self.version(),
             id: self.tx.id.clone(),
             movement: self.tx.movement.clone(),
             accepted_at_ms: self.accepted_at_ms,
@@ -115,22 +117,42 @@ impl Record {
         serde_json::to_vec(&v1).expect("a record always serialises")
     }
 
+    /// The wire version this record is written in.
+    fn version(&self) -> u32 {
+        if self.tx.movement.is_of_a_hold() {
+            HOLD_WIRE_VERSION
+        } else if self.saga.is_some() {
+            SAGA_WIRE_VERSION
+        } else {
+            WIRE_VERSION
+        }
+    }
+
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let VersionOnly { v } = serde_json::from_slice(bytes)?;
-        if v > SAGA_WIRE_VERSION {
+        if v > HOLD_WIRE_VERSION {
             return Err(DecodeError::NewerVersion(v));
         }
-        if v != WIRE_VERSION && v != SAGA_WIRE_VERSION {
+        if v < WIRE_VERSION {
             return Err(DecodeError::UnsupportedVersion(v));
         }
         let v1: RecordV1 = serde_json::from_slice(bytes)?;
-        if v1.movement.to() == Some(v1.movement.account()) {
+        let movement = &v1.movement;
+        if movement.to() == Some(movement.account()) {
             return Err(crate::domain::RuleError::TransferToSelf.into());
         }
-        // A step only follows a transfer, and only in its own version.
-        if (v == SAGA_WIRE_VERSION) != v1.saga.is_some()
-            || (v1.saga.is_some() && v1.movement.to().is_none())
-        {
+        if (v == HOLD_WIRE_VERSION) != movement.is_of_a_hold() {
+            return Err(DecodeError::NotAHold);
+        }
+        // A step only follows a transfer (in its own version) or a capture
+        // to an account.
+        let steps_ok = match (&v1.saga, movement) {
+            (None, _) => v != SAGA_WIRE_VERSION,
+            (Some(_), Movement::Transfer { .. }) => v == SAGA_WIRE_VERSION,
+            (Some(_), Movement::Capture { to: Some(_), .. }) => true,
+            (Some(_), _) => false,
+        };
+        if !steps_ok {
             return Err(DecodeError::NotASagaStep);
         }
         Ok(Self {
@@ -178,6 +200,93 @@ mod tests {
                 saga: None,
             };
             assert_eq!(Record::decode(&record.encode()).unwrap(), record);
+        }
+    }
+
+    #[test]
+    fn holds_round_trip_in_their_own_version_and_only_there() {
+        let a = AccountId::parse("a").unwrap();
+        let b = AccountId::parse("b").unwrap();
+        let hold = TxId::parse("h-1").unwrap();
+        let amount = Amount::new(5).unwrap();
+        let capture = Movement::Capture {
+            hold: hold.clone(),
+            account: a.clone(),
+            to: Some(b.clone()),
+            amount,
+        };
+        for (movement, saga) in [
+            (
+                Movement::Hold {
+                    account: a.clone(),
+                    to: None,
+                    amount,
+                    timeout_s: 60,
+                },
+                None,
+            ),
+            (
+                Movement::Hold {
+                    account: a.clone(),
+                    to: Some(b.clone()),
+                    amount,
+                    timeout_s: 1,
+                },
+                None,
+            ),
+            (capture.clone(), None),
+            (
+                capture.clone(),
+                Some(SagaStep::Credit {
+                    debited_balance_after: Balance::new(3).unwrap(),
+                }),
+            ),
+            (
+                Movement::Void {
+                    hold: hold.clone(),
+                    account: a.clone(),
+                    amount,
+                },
+                None,
+            ),
+            (
+                Movement::Expire {
+                    hold: hold.clone(),
+                    account: a.clone(),
+                    amount,
+                },
+                None,
+            ),
+        ] {
+            let record = Record {
+                tx: Transaction {
+                    id: TxId::parse("t-1").unwrap(),
+                    movement,
+                },
+                accepted_at_ms: 9,
+                saga,
+            };
+            let bytes = record.encode();
+            assert!(
+                bytes.starts_with(br#"{"v":3,"#),
+                "{}",
+                String::from_utf8_lossy(&bytes)
+            );
+            assert_eq!(Record::decode(&bytes).unwrap(), record);
+        }
+        let hold = r#""type":"hold","account":"a","amount":1,"timeout_s":5,"accepted_at_ms":1"#;
+        let void = r#""type":"void","hold":"h","account":"a","amount":1,"accepted_at_ms":1"#;
+        let debit = r#""type":"debit","account":"a","amount":1,"accepted_at_ms":1"#;
+        let step = r#""step":"credit","debited_balance_after":1"#;
+        for (bytes, ok) in [
+            (format!(r#"{{"v":3,"id":"x",{hold}}}"#), true),
+            (format!(r#"{{"v":1,"id":"x",{hold}}}"#), false),
+            (format!(r#"{{"v":2,"id":"x",{void}}}"#), false),
+            (format!(r#"{{"v":3,"id":"x",{debit}}}"#), false),
+            (format!(r#"{{"v":3,"id":"x",{void},{step}}}"#), false),
+            (format!(r#"{{"v":3,"id":"x",{hold},"to":"a"}}"#), false),
+        ] {
+            assert_eq!(Record::decode(bytes.as_bytes()).is_ok(), ok, "{bytes}");
         }
     }
 
@@ -258,8 +367,8 @@ mod tests {
     fn refuses_poison() {
         assert!(Record::decode(b"not json").is_err());
         assert!(matches!(
-            Record::decode(br#"{"v":3}"#),
-            Err(DecodeError::NewerVersion(3))
+            Record::decode(br#"{"v":4}"#),
+            Err(DecodeError::NewerVersion(4))
         ));
         assert!(matches!(
             Record::decode(br#"{"v":0,"id":"x"}"#),

@@ -436,7 +436,11 @@ async fn background_releases_are_capped() {
     kill(pid, Signal::SIGSTOP).unwrap();
     for i in 0..5 {
         let body = format!(r#"{{"id":"cap-{i}","account":"acct","amount":1}}"#);
-        let tx = txengine::http::decode_transaction(body.as_bytes(), None).unwrap();
+        let Ok(txengine::http::Posted::Ready(tx)) =
+            txengine::http::decode_transaction(body.as_bytes(), None)
+        else {
+            panic!("a debit decodes ready")
+        };
         let (refused, _) = admission.admit(tx, None).await;
         assert!(matches!(refused, Err(Refused::Redis(_))), "{refused:?}");
     }

@@ -109,9 +109,11 @@ async fn every_dashboard_query_returns_data_from_a_live_engine() {
     })
     .unwrap();
     let store = isolated_store(&s.config.namespace, &infra.redis_url).await;
-    let tx =
+    let Ok(txengine::http::Posted::Ready(tx)) =
         txengine::http::decode_transaction(br#"{"id":"full","account":"acct","amount":1}"#, None)
-            .unwrap();
+    else {
+        panic!("a debit decodes ready")
+    };
     assert!(Admission::new(store, full, 1)
         .admit(tx, None)
         .await

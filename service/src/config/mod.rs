@@ -216,6 +216,22 @@ pub struct Config {
     /// reads it again (ms): a revoked key is refused everywhere within this.
     #[arg(long, env = "TXENGINE_KEY_CACHE_MS", default_value_t = 500)]
     pub key_cache_ms: u64,
+
+    /// A hold's life when it names no `timeout_s` (s; at most
+    /// `--max-hold-timeout-s`, which it is lowered to).
+    #[arg(long, env = "TXENGINE_HOLD_TIMEOUT_S", default_value_t = 600)]
+    pub hold_timeout_s: u32,
+
+    /// The longest hold (s). At most half of `--outcome-ttl-secs`, so that a
+    /// hold ends (and its capture can still be caught as a duplicate) while
+    /// its records and flags exist.
+    #[arg(long, env = "TXENGINE_MAX_HOLD_TIMEOUT_S", default_value_t = 86_400)]
+    pub max_hold_timeout_s: u32,
+
+    /// How often a consumer process looks for holds past their deadline and
+    /// publishes their expiry (ms).
+    #[arg(long, env = "TXENGINE_EXPIRE_SCAN_MS", default_value_t = 1_000)]
+    pub expire_scan_ms: u64,
 }
 
 /// Whether the API enforces rate limits.
@@ -283,6 +299,9 @@ impl Config {
             ("--max-connections", self.max_connections as u64),
             ("--header-read-timeout-ms", self.header_read_timeout_ms),
             ("--body-read-timeout-ms", self.body_read_timeout_ms),
+            ("--hold-timeout-s", u64::from(self.hold_timeout_s)),
+            ("--max-hold-timeout-s", u64::from(self.max_hold_timeout_s)),
+            ("--expire-scan-ms", self.expire_scan_ms),
         ];
         if let Some((flag, _)) = at_least_one.iter().find(|(_, value)| *value == 0) {
             return Err(ConfigError::Zero(flag));
@@ -311,6 +330,12 @@ impl Config {
             return Err(ConfigError::OutcomeTtlTooShort {
                 outcome_ttl_secs: self.outcome_ttl_secs,
                 publish_timeout_ms: self.publish_timeout_ms,
+            });
+        }
+        if u64::from(self.max_hold_timeout_s) * 2 > self.outcome_ttl_secs {
+            return Err(ConfigError::HoldOutlivesOutcomes {
+                max_hold_timeout_s: self.max_hold_timeout_s,
+                outcome_ttl_secs: self.outcome_ttl_secs,
             });
         }
         for (flag, value) in [
@@ -365,6 +390,9 @@ impl Config {
             body_read_timeout_ms,
             rate_limit,
             key_cache_ms,
+            hold_timeout_s,
+            max_hold_timeout_s,
+            expire_scan_ms,
         } = self;
         let role = value_name(*role);
         let optional = [
@@ -412,6 +440,9 @@ impl Config {
             ("--body-read-timeout-ms", body_read_timeout_ms.to_string()),
             ("--rate-limit", value_name(*rate_limit)),
             ("--key-cache-ms", key_cache_ms.to_string()),
+            ("--hold-timeout-s", hold_timeout_s.to_string()),
+            ("--max-hold-timeout-s", max_hold_timeout_s.to_string()),
+            ("--expire-scan-ms", expire_scan_ms.to_string()),
         ]
         .into_iter()
         .chain(
@@ -506,6 +537,11 @@ pub enum ConfigError {
     OutcomeTtlTooShort {
         outcome_ttl_secs: u64,
         publish_timeout_ms: u64,
+    },
+    #[error("--max-hold-timeout-s ({max_hold_timeout_s} s) must be at most half of --outcome-ttl-secs ({outcome_ttl_secs} s): a hold must end while its records and flags exist")]
+    HoldOutlivesOutcomes {
+        max_hold_timeout_s: u32,
+        outcome_ttl_secs: u64,
     },
 }
 

@@ -36,6 +36,9 @@ fn unusual() -> Config {
         "--body-read-timeout-ms=89",
         "--rate-limit=off",
         "--key-cache-ms=88",
+        "--hold-timeout-s=7",
+        "--max-hold-timeout-s=49",
+        "--expire-scan-ms=77",
     ])
 }
 
@@ -105,6 +108,9 @@ fn nonsense_is_refused_naming_the_flag() {
         "--max-connections",
         "--header-read-timeout-ms",
         "--body-read-timeout-ms",
+        "--hold-timeout-s",
+        "--max-hold-timeout-s",
+        "--expire-scan-ms",
     ] {
         let config = Config::parse_from(["txengine", &format!("{flag}=0")]);
         let error = config.validate().unwrap_err();
@@ -130,8 +136,26 @@ fn nonsense_is_refused_naming_the_flag() {
         "txengine",
         "--outcome-ttl-secs=6",
         "--publish-timeout-ms=5000",
+        "--max-hold-timeout-s=3",
     ]);
     assert_eq!(long_enough.validate(), Ok(()));
+    // A hold must end while its records and flags exist.
+    let holds = |max: &str| {
+        Config::parse_from([
+            "txengine",
+            "--outcome-ttl-secs=100",
+            &format!("--max-hold-timeout-s={max}"),
+        ])
+        .validate()
+    };
+    assert_eq!(holds("50"), Ok(()));
+    assert_eq!(
+        holds("51"),
+        Err(ConfigError::HoldOutlivesOutcomes {
+            max_hold_timeout_s: 51,
+            outcome_ttl_secs: 100
+        })
+    );
     let cluster = |extra: &[&str]| {
         Config::parse_from(["txengine", "--redis-topology=cluster"].iter().chain(extra))
     };

@@ -446,7 +446,7 @@ fn next_steps<'a>(progress: impl Iterator<Item = &'a Progress>) -> Vec<&'a Recor
     progress
         .filter_map(|p| match p {
             Progress::Next(record) => Some(record),
-            Progress::Ended { .. } => None,
+            Progress::Ended { .. } | Progress::Expiry { .. } => None,
         })
         .collect()
 }
@@ -463,6 +463,11 @@ fn one_partition(topic: &str, partition: i32) -> TopicPartitionList {
 fn count_outcomes<'a>(ended: impl Iterator<Item = (&'a Record, &'a Progress)>) {
     let now_ms = now_ms();
     for (record, progress) in ended {
+        if let Progress::Expiry { expired } = progress {
+            let expired = if *expired { "true" } else { "false" };
+            metrics::counter!("txengine_hold_expiries_total", "expired" => expired).increment(1);
+            continue;
+        }
         let Progress::Ended { applied, .. } = progress else {
             continue;
         };

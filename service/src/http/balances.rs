@@ -15,14 +15,31 @@ use super::problem::{not_found, Problem, ProblemBody};
 use super::transactions::read_body;
 use super::ApiState;
 use crate::domain::{AccountId, Balance, RuleError};
+use crate::store::Funds;
 
-/// An account's balance in minor units.
+/// An account's money in minor units: its balance, what its active holds
+/// keep of it (`pending`), and what may leave it (`available`).
 #[derive(Serialize, ToSchema)]
 pub(super) struct BalanceView {
     #[schema(value_type = String)]
     account: AccountId,
     #[schema(value_type = u64, maximum = 9007199254740991_u64)]
     balance: Balance,
+    #[schema(maximum = 9007199254740991_u64)]
+    pending: u64,
+    #[schema(maximum = 9007199254740991_u64)]
+    available: u64,
+}
+
+impl BalanceView {
+    fn new(account: AccountId, funds: Funds) -> Self {
+        Self {
+            account,
+            balance: funds.balance,
+            pending: funds.pending,
+            available: funds.available(),
+        }
+    }
 }
 
 /// An account's balance (an API key whose scope matches the account).
@@ -33,7 +50,7 @@ pub(super) struct BalanceView {
     security(("api_key" = [])),
     params(("account" = String, Path, description = "Account id", pattern = "^[A-Za-z0-9_.:-]{1,64}$")),
     responses(
-        (status = 200, description = "The balance in minor units", body = BalanceView,
+        (status = 200, description = "The balance, pending and available, in minor units", body = BalanceView,
             headers(("RateLimit-Policy" = String, description = "a limited key's policy"), ("RateLimit" = String, description = "what a limited key has left"))),
         (status = 401, description = "No API key, or an unknown, revoked or wrong one", body = ProblemBody, content_type = "application/problem+json",
             headers(("WWW-Authenticate" = String, description = "Bearer"))),
@@ -57,11 +74,11 @@ pub(super) async fn get_balance(
     let quota = spend(&api, &key).await?;
     let mut response = match api
         .store
-        .balance(&account)
+        .funds(&account)
         .await
         .map_err(|e| Problem::from_store(e, api.retry_after_secs))?
     {
-        Some(balance) => Json(BalanceView { account, balance }).into_response(),
+        Some(funds) => Json(BalanceView::new(account, funds)).into_response(),
         None => not_found(format!("no account {account}")).into_response(),
     };
     response
@@ -96,7 +113,7 @@ pub(super) struct BalanceRequest {
         (status = 408, description = "The body arrived too slowly; nothing was done", body = ProblemBody, content_type = "application/problem+json"),
         (status = 413, description = "Body over 16 KiB", body = ProblemBody, content_type = "application/problem+json"),
         (status = 415, description = "Content-Type is not JSON", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "Not a valid account id or balance, or a balance that leaves no room below 2^53-1 for the money in flight out of the account (nothing written)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Not a valid account id or balance, a balance that leaves no room below 2^53-1 for the money in flight out of the account, or one below what its active holds keep (nothing written)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 503, description = "Redis is unavailable", body = ProblemBody, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "seconds"))),
     )
@@ -122,6 +139,7 @@ pub(super) async fn put_balance(
         .set_balance(&account, balance)
         .await
         .map_err(|e| Problem::from_store(e, api.retry_after_secs))?;
-    set.ensure_set().map_err(Problem::rule)?;
-    Ok(Json(BalanceView { account, balance }).into_response())
+    let pending = set.ensure_set().map_err(Problem::rule)?;
+    let funds = Funds { balance, pending };
+    Ok(Json(BalanceView::new(account, funds)).into_response())
 }

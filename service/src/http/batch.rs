@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 
 use super::auth::{authenticate, limit_of, Quota};
 use super::problem::{Problem, ProblemBody};
-use super::transactions::{read_body_within, view, RequestError, TransactionRequest};
+use super::transactions::{read_body_within, view, Posted, RequestError, TransactionRequest};
 use super::ApiState;
 use crate::admission::Refused;
 use crate::domain::{Transaction, TxId, TxStatus};
@@ -56,7 +56,7 @@ struct IdOnly {
 #[derive(Debug)]
 pub struct BatchItem {
     pub id: Option<String>,
-    pub transaction: Result<Transaction, RequestError>,
+    pub transaction: Result<Posted, RequestError>,
 }
 
 /// Why a batch cannot be read at all.
@@ -90,7 +90,7 @@ fn decode_item(raw: &RawValue) -> BatchItem {
             let id = transaction
                 .as_ref()
                 .ok()
-                .map(|tx| tx.id.as_str().to_owned());
+                .map(|posted| posted.id().as_str().to_owned());
             let id = id.or_else(|| id_as_given(raw));
             BatchItem { id, transaction }
         }
@@ -277,19 +277,47 @@ pub(super) async fn post_batch(
     let mut slots = Vec::with_capacity(items.len());
     let mut admitted: Vec<Transaction> = Vec::new();
     let mut admitted_as: HashMap<String, usize> = HashMap::new();
+    // The terms of the holds the captures and voids end, read at once.
+    let holds: Vec<TxId> = items
+        .iter()
+        .filter_map(|item| item.transaction.as_ref().ok()?.ended_hold().cloned())
+        .collect();
+    let mut terms = match holds.is_empty() {
+        true => Ok(Vec::new().into_iter()),
+        false => api.store.hold_terms(&holds).await.map(Vec::into_iter),
+    };
     for item in items {
-        let tx = match item.transaction {
-            Err(refused) => {
-                let reason = match refused {
-                    RequestError::Malformed(detail) => detail,
-                    RequestError::Rule(rule) => rule.to_string(),
-                };
+        let refused = |reason: String| ItemResult::new(item.id.clone(), "invalid").because(reason);
+        let posted = match item.transaction {
+            Err(RequestError::Malformed(detail)) => {
+                slots.push(Slot::Done(refused(detail)));
+                continue;
+            }
+            Err(RequestError::Rule(rule)) => {
+                slots.push(Slot::Done(refused(rule.to_string())));
+                continue;
+            }
+            Ok(posted) => posted,
+        };
+        let terms_of_hold = match (posted.ended_hold(), &mut terms) {
+            (None, _) => None,
+            (Some(_), Ok(found)) => found.next().flatten(),
+            (Some(_), Err(e)) => {
+                tracing::warn!(error = %e, "redis unavailable for a batch's holds");
                 slots.push(Slot::Done(
-                    ItemResult::new(item.id, "invalid").because(reason),
+                    ItemResult::new(item.id, "unavailable")
+                        .because(format!("the hold could not be read: {}", e.summary()))
+                        .retry_after(api.retry_after_secs),
                 ));
                 continue;
             }
+        };
+        let tx = match posted.complete(api.hold_timeouts, terms_of_hold) {
             Ok(tx) => tx,
+            Err(rule) => {
+                slots.push(Slot::Done(refused(rule.to_string())));
+                continue;
+            }
         };
         if let Some(account) = key.scope.refuses(&tx.movement) {
             let reason = format!("API key {} may not touch account {account}", key.id);

@@ -15,9 +15,11 @@ use super::auth::{authenticate, forbidden, limit_of, spend, within_limit, Quota}
 use super::problem::{not_found, Problem, ProblemBody};
 use super::{ApiState, MAX_BODY_BYTES};
 use crate::domain::{
-    AccountId, Amount, Movement, Outcome, RuleError, Transaction, TxId, TxStatus, MAX_MINOR_UNITS,
+    AccountId, Amount, HoldTerms, Movement, Outcome, RuleError, Transaction, TxId, TxStatus,
+    MAX_MINOR_UNITS,
 };
 use crate::keys::ApiKey;
+use crate::store::HoldPhase;
 
 /// The body of `POST /transactions`, before any rule is checked. Wrong JSON
 /// types and unknown fields are 400; broken rules are 422.
@@ -32,15 +34,125 @@ pub(super) struct TransactionRequest {
     #[serde(rename = "type")]
     #[schema(value_type = Option<MovementKind>)]
     kind: Option<String>,
-    /// The account whose balance is checked: debited, credited, or the source of a transfer.
-    #[schema(value_type = String, required = true, pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
+    /// The account whose balance is checked: debited, credited, the source
+    /// of a transfer, or the account a hold reserves money of. Not for a
+    /// capture or void (they act on their hold's account).
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
     account: Option<String>,
-    /// The destination of a transfer; only for transfers.
+    /// The destination of a transfer, or of a hold's capture (optional for a hold).
     #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
     to: Option<String>,
-    /// Minor units (an integer).
-    #[schema(value_type = u64, required = true, minimum = 1, maximum = 9007199254740991_u64)]
+    /// Minor units (an integer). Required but for a capture (default: all
+    /// the hold holds) and a void (none).
+    #[schema(value_type = Option<u64>, minimum = 1, maximum = 9007199254740991_u64)]
     amount: Option<serde_json::Number>,
+    /// A capture's or void's hold: the id of the hold it ends.
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
+    hold: Option<String>,
+    /// A hold's longest life in seconds from when it is applied (default
+    /// and most: see the server's `--hold-timeout-s` and `--max-hold-timeout-s`).
+    #[schema(value_type = Option<u64>, minimum = 1)]
+    timeout_s: Option<serde_json::Number>,
+}
+
+/// A request as decoded, before admission: ready, or a hold whose timeout
+/// this server's limits judge, or a capture or void whose hold's terms
+/// (account, `to`, amount) are looked up first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Posted {
+    Ready(Transaction),
+    Hold {
+        id: TxId,
+        account: AccountId,
+        to: Option<AccountId>,
+        amount: Amount,
+        timeout_s: Option<u64>,
+    },
+    /// `capture`: `Some(amount)` (`Some(None)`: all of it); `None`: a void.
+    EndsHold {
+        id: TxId,
+        hold: TxId,
+        capture: Option<Option<Amount>>,
+    },
+}
+
+/// How long holds last on this server: a hold naming no timeout gets
+/// `default_s` (lowered to `max_s`); one naming more than `max_s` is 422.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldTimeouts {
+    pub default_s: u32,
+    pub max_s: u32,
+}
+
+impl Posted {
+    pub fn id(&self) -> &TxId {
+        match self {
+            Self::Ready(tx) => &tx.id,
+            Self::Hold { id, .. } | Self::EndsHold { id, .. } => id,
+        }
+    }
+
+    /// The hold whose terms a capture or void needs.
+    pub fn ended_hold(&self) -> Option<&TxId> {
+        match self {
+            Self::EndsHold { hold, .. } => Some(hold),
+            _ => None,
+        }
+    }
+
+    /// The transaction this request is, under this server's hold
+    /// timeouts and, for a capture or void, the terms of its hold as its
+    /// binding names them (`None`: no hold of that id is known).
+    pub fn complete(
+        self,
+        timeouts: HoldTimeouts,
+        terms: Option<HoldTerms>,
+    ) -> Result<Transaction, RuleError> {
+        let id = self.id().clone();
+        let movement = match self {
+            Self::Ready(tx) => return Ok(tx),
+            Self::Hold {
+                account,
+                to,
+                amount,
+                timeout_s,
+                ..
+            } => {
+                let timeout_s = match timeout_s {
+                    None => timeouts.default_s.min(timeouts.max_s),
+                    Some(t) if t <= u64::from(timeouts.max_s) => t as u32,
+                    Some(_) => {
+                        return Err(RuleError::HoldTimeoutOutOfRange {
+                            max: u64::from(timeouts.max_s),
+                        })
+                    }
+                };
+                Movement::Hold {
+                    account,
+                    to,
+                    amount,
+                    timeout_s,
+                }
+            }
+            Self::EndsHold { hold, capture, .. } => {
+                let terms = terms.ok_or_else(|| RuleError::UnknownHold(hold.to_string()))?;
+                match capture {
+                    Some(amount) => Movement::Capture {
+                        hold,
+                        account: terms.account,
+                        to: terms.to,
+                        amount: amount.unwrap_or(terms.amount),
+                    },
+                    None => Movement::Void {
+                        hold,
+                        account: terms.account,
+                        amount: terms.amount,
+                    },
+                }
+            }
+        };
+        Ok(Transaction { id, movement })
+    }
 }
 
 /// The kinds of movement (documentation only: the request keeps the raw
@@ -52,6 +164,9 @@ pub(super) enum MovementKind {
     Debit,
     Credit,
     Transfer,
+    Hold,
+    Capture,
+    Void,
 }
 
 /// Parses an integer amount in minor units, refusing fractions, signs and
@@ -69,22 +184,55 @@ pub(super) fn parse_minor_units(
 impl TransactionRequest {
     /// A batch's item: it must carry its id (a batch has no header to give
     /// one, and an id the server made could not be retried).
-    pub(super) fn into_batch_item(self) -> Result<Transaction, RuleError> {
+    pub(super) fn into_batch_item(self) -> Result<Posted, RuleError> {
         if self.id.is_none() {
             return Err(RuleError::Missing("id"));
         }
-        self.into_transaction(None)
+        self.into_posted(None)
     }
 
-    pub(super) fn into_transaction(
-        self,
-        header_id: Option<&str>,
-    ) -> Result<Transaction, RuleError> {
+    pub(super) fn into_posted(self, header_id: Option<&str>) -> Result<Posted, RuleError> {
         let id = match (self.id.as_deref(), header_id) {
             (Some(body), Some(header)) if body != header => return Err(RuleError::IdMismatch),
             (Some(raw), _) | (None, Some(raw)) => TxId::parse(raw)?,
             (None, None) => TxId::generate(),
         };
+        let kind = self.kind.as_deref().unwrap_or("debit");
+        let kind_name = ["debit", "credit", "transfer", "hold", "capture", "void"]
+            .into_iter()
+            .find(|known| *known == kind)
+            .unwrap_or("transaction");
+        let not_a_field = |field| RuleError::NotAField {
+            field,
+            kind: kind_name,
+        };
+        let amount = self
+            .amount
+            .as_ref()
+            .map(|amount| Amount::new(parse_minor_units(amount, "amount")?))
+            .transpose()?;
+        if matches!(kind, "capture" | "void") {
+            for (field, given) in [
+                ("account", self.account.is_some()),
+                ("to", self.to.is_some()),
+                ("timeout_s", self.timeout_s.is_some()),
+                ("amount", kind == "void" && amount.is_some()),
+            ] {
+                if given {
+                    return Err(not_a_field(field));
+                }
+            }
+            let hold = self.hold.as_deref().ok_or(RuleError::Missing("hold"))?;
+            let hold = TxId::parse(hold).map_err(|_| RuleError::BadId { field: "hold" })?;
+            let capture = (kind == "capture").then_some(amount);
+            return Ok(Posted::EndsHold { id, hold, capture });
+        }
+        if self.hold.is_some() {
+            return Err(not_a_field("hold"));
+        }
+        if kind != "hold" && self.timeout_s.is_some() {
+            return Err(not_a_field("timeout_s"));
+        }
         let account = AccountId::parse(
             self.account
                 .as_deref()
@@ -95,10 +243,32 @@ impl TransactionRequest {
             .as_deref()
             .map(|raw| AccountId::parse(raw).map_err(|_| RuleError::BadId { field: "to" }))
             .transpose()?;
-        let amount = self.amount.as_ref().ok_or(RuleError::Missing("amount"))?;
-        let amount = Amount::new(parse_minor_units(amount, "amount")?)?;
-        let movement = Movement::new(self.kind.as_deref(), account, to, amount)?;
-        Ok(Transaction { id, movement })
+        let amount = amount.ok_or(RuleError::Missing("amount"))?;
+        if kind == "hold" {
+            if to.as_ref() == Some(&account) {
+                return Err(RuleError::TransferToSelf);
+            }
+            let timeout_s = self
+                .timeout_s
+                .as_ref()
+                .map(|t| {
+                    t.as_u64()
+                        .filter(|t| *t >= 1)
+                        .ok_or(RuleError::HoldTimeoutOutOfRange {
+                            max: u64::from(u32::MAX),
+                        })
+                })
+                .transpose()?;
+            return Ok(Posted::Hold {
+                id,
+                account,
+                to,
+                amount,
+                timeout_s,
+            });
+        }
+        let movement = Movement::new(Some(kind), account, to, amount)?;
+        Ok(Posted::Ready(Transaction { id, movement }))
     }
 }
 
@@ -140,7 +310,7 @@ pub enum RequestError {
 pub fn decode_transaction(
     body: &[u8],
     idempotency_key: Option<&[u8]>,
-) -> Result<Transaction, RequestError> {
+) -> Result<Posted, RequestError> {
     let request: TransactionRequest =
         super::from_json_object(body).map_err(RequestError::Malformed)?;
     // Header values may carry any byte; only ASCII can be an id, and what is
@@ -156,9 +326,7 @@ pub fn decode_transaction(
         })
         .transpose()
         .map_err(RequestError::Rule)?;
-    request
-        .into_transaction(header_id)
-        .map_err(RequestError::Rule)
+    request.into_posted(header_id).map_err(RequestError::Rule)
 }
 
 /// Reads a JSON body of at most [`MAX_BODY_BYTES`] that arrives within the
@@ -235,9 +403,14 @@ pub(super) struct TransactionView<'a> {
     /// The checked account's balance right after it was applied.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) balance_after: Option<u64>,
+    /// A captured hold: the amount its capture moved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) captured_amount: Option<u64>,
 }
 
-/// Where a transaction stands (documentation only).
+/// Where a transaction stands (documentation only). A hold, once applied,
+/// is `held`, then `captured`, `voided` or `expired` (`capturing` while a
+/// capture to an account in another Redis Cluster slot is under way).
 #[derive(ToSchema)]
 #[schema(rename_all = "lowercase")]
 #[allow(dead_code)]
@@ -245,6 +418,11 @@ pub(super) enum TxState {
     Pending,
     Applied,
     Rejected,
+    Held,
+    Capturing,
+    Captured,
+    Voided,
+    Expired,
 }
 
 pub(super) fn view(id: &TxId, status: TxStatus) -> TransactionView<'_> {
@@ -262,7 +440,18 @@ pub(super) fn view(id: &TxId, status: TxStatus) -> TransactionView<'_> {
         status,
         reason,
         balance_after,
+        captured_amount: None,
     }
+}
+
+/// The view of an applied hold, in its phase.
+fn hold_view(id: &TxId, status: TxStatus, phase: HoldPhase) -> TransactionView<'_> {
+    let mut seen = view(id, status);
+    seen.status = phase.as_str();
+    if let HoldPhase::Captured { amount } = phase {
+        seen.captured_amount = Some(amount);
+    }
+    seen
 }
 
 /// 202 while pending, 200 once settled; with the transaction's location.
@@ -367,7 +556,20 @@ pub(super) async fn post_transaction(
     let body = read_body(&api, &headers, body).await?;
     let key = authenticate(&api, &headers).await?;
     let idempotency_key = headers.get("idempotency-key").map(|v| v.as_bytes());
-    let tx = decode_transaction(&body, idempotency_key).map_err(Problem::request)?;
+    let posted = decode_transaction(&body, idempotency_key).map_err(Problem::request)?;
+    let terms = match posted.ended_hold() {
+        Some(hold) => api
+            .store
+            .hold_terms(std::slice::from_ref(hold))
+            .await
+            .map_err(|e| Problem::from_store(e, api.retry_after_secs))?
+            .pop()
+            .flatten(),
+        None => None,
+    };
+    let tx = posted
+        .complete(api.hold_timeouts, terms)
+        .map_err(Problem::rule)?;
     if let Some(account) = key.scope.refuses(&tx.movement) {
         return Err(forbidden(&key, format!("account {account}")));
     }
@@ -476,6 +678,24 @@ pub(super) async fn get_transaction(
         .await
         .map_err(|e| Problem::from_store(e, api.retry_after_secs))?;
     let unknown = || not_found(format!("no transaction {id}")).into_response();
+    // An applied hold answers in its phase (held, captured, ...).
+    let phase = match (
+        &found,
+        found
+            .as_ref()
+            .and_then(|(_, fp)| HoldTerms::of_fingerprint(fp)),
+    ) {
+        (Some((TxStatus::Settled(Outcome::Applied { .. }), _)), Some(terms)) => api
+            .store
+            .hold_phase(&terms.account, &id)
+            .await
+            .map_err(|e| Problem::from_store(e, api.retry_after_secs))?,
+        _ => None,
+    };
+    let view = |id, status| match phase {
+        Some(phase) => hold_view(id, status, phase),
+        None => view(id, status),
+    };
     let response = match found {
         None => unknown(),
         Some((status, fingerprint)) => match sight(&key, &fingerprint) {
@@ -505,7 +725,120 @@ mod tests {
         assert_eq!(decode_transaction(body, Some("é".as_bytes())), header_error);
         assert_eq!(decode_transaction(body, Some(&[0xff])), header_error);
         let tx = decode_transaction(body, Some(b"key-1")).unwrap();
-        assert_eq!(tx.id.as_str(), "key-1");
+        assert_eq!(tx.id().as_str(), "key-1");
+    }
+
+    #[test]
+    fn holds_captures_and_voids_take_their_own_fields_only() {
+        let rule = |body: &str| match decode_transaction(body.as_bytes(), None) {
+            Err(RequestError::Rule(rule)) => Some(rule),
+            Ok(_) => None,
+            Err(other) => panic!("{body}: {other:?}"),
+        };
+        let not = |field, kind| Some(RuleError::NotAField { field, kind });
+        for (body, expected) in [
+            (
+                r#"{"type":"capture","hold":"h","account":"a"}"#,
+                not("account", "capture"),
+            ),
+            (
+                r#"{"type":"capture","hold":"h","to":"b"}"#,
+                not("to", "capture"),
+            ),
+            (
+                r#"{"type":"void","hold":"h","amount":1}"#,
+                not("amount", "void"),
+            ),
+            (
+                r#"{"type":"void","hold":"h","timeout_s":1}"#,
+                not("timeout_s", "void"),
+            ),
+            (r#"{"type":"capture"}"#, Some(RuleError::Missing("hold"))),
+            (
+                r#"{"type":"void","hold":"a b"}"#,
+                Some(RuleError::BadId { field: "hold" }),
+            ),
+            (
+                r#"{"account":"a","amount":1,"hold":"h"}"#,
+                not("hold", "debit"),
+            ),
+            (
+                r#"{"type":"transfer","account":"a","to":"b","amount":1,"timeout_s":5}"#,
+                not("timeout_s", "transfer"),
+            ),
+            (
+                r#"{"type":"hold","account":"a","amount":1,"timeout_s":0}"#,
+                Some(RuleError::HoldTimeoutOutOfRange {
+                    max: u64::from(u32::MAX),
+                }),
+            ),
+            (
+                r#"{"type":"hold","account":"a","to":"a","amount":1}"#,
+                Some(RuleError::TransferToSelf),
+            ),
+            (
+                r#"{"type":"hold","account":"a"}"#,
+                Some(RuleError::Missing("amount")),
+            ),
+            (
+                r#"{"type":"expire","account":"a","amount":1}"#,
+                Some(RuleError::UnknownKind("expire".into())),
+            ),
+            (r#"{"type":"hold","account":"a","amount":1}"#, None),
+            (r#"{"type":"capture","hold":"h"}"#, None),
+            (r#"{"type":"capture","hold":"h","amount":2}"#, None),
+            (r#"{"type":"void","hold":"h"}"#, None),
+        ] {
+            assert_eq!(rule(body), expected, "{body}");
+        }
+        let timeouts = HoldTimeouts {
+            default_s: 600,
+            max_s: 60,
+        };
+        let posted = |body: &str| decode_transaction(body.as_bytes(), None).unwrap();
+        let timeout_of = |body: &str| match posted(body).complete(timeouts, None) {
+            Ok(Transaction {
+                movement: Movement::Hold { timeout_s, .. },
+                ..
+            }) => Ok(timeout_s),
+            other => Err(other),
+        };
+        assert_eq!(
+            timeout_of(r#"{"type":"hold","account":"a","amount":1}"#),
+            Ok(60)
+        );
+        assert_eq!(
+            timeout_of(r#"{"type":"hold","account":"a","amount":1,"timeout_s":60}"#),
+            Ok(60)
+        );
+        assert_eq!(
+            timeout_of(r#"{"type":"hold","account":"a","amount":1,"timeout_s":61}"#),
+            Err(Err(RuleError::HoldTimeoutOutOfRange { max: 60 }))
+        );
+        let capture = posted(r#"{"id":"c","type":"capture","hold":"h"}"#);
+        assert_eq!(
+            capture.clone().complete(timeouts, None),
+            Err(RuleError::UnknownHold("h".into()))
+        );
+        let terms = HoldTerms {
+            account: AccountId::parse("a").unwrap(),
+            to: None,
+            amount: Amount::new(9).unwrap(),
+        };
+        let all = capture.complete(timeouts, Some(terms.clone())).unwrap();
+        assert_eq!(
+            all.movement.fingerprint(),
+            "capture|a||9|h",
+            "all of it by default"
+        );
+        let void = posted(r#"{"id":"v","type":"void","hold":"h"}"#);
+        assert_eq!(
+            void.complete(timeouts, Some(terms))
+                .unwrap()
+                .movement
+                .fingerprint(),
+            "void|a||9|h"
+        );
     }
 
     /// serde reads a struct from a JSON array too (fields by position); no

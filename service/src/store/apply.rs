@@ -8,8 +8,9 @@ use crate::domain::Balance;
 
 use super::balances::parse_balance;
 use super::outcomes::parse_status;
+use super::Layout;
 use super::{evalsha, Store, StoreError};
-use crate::domain::{AccountId, Outcome, RejectReason, Transaction, TxStatus};
+use crate::domain::{AccountId, Movement, Outcome, RejectReason, Transaction, TxStatus};
 use crate::wire::{Record, SagaStep};
 
 /// One applied transaction as the apply script reported it.
@@ -28,6 +29,9 @@ pub enum Progress {
     Ended { applied: Applied, recorded: bool },
     /// The saga goes on with this record, to be published.
     Next(Record),
+    /// An expiry was looked at: `expired` when it ended the hold now,
+    /// false when the hold had ended or was not due (nothing changed).
+    Expiry { expired: bool },
 }
 
 impl Store {
@@ -49,8 +53,8 @@ impl Store {
             .into_iter()
             .map(|progress| match progress {
                 Progress::Ended { applied, .. } => Ok(applied),
-                Progress::Next(_) => Err(StoreError::Unexpected(
-                    "apply_batch got a transfer between slots (a saga)".into(),
+                Progress::Next(_) | Progress::Expiry { .. } => Err(StoreError::Unexpected(
+                    "apply_batch takes transactions that end in one script".into(),
                 )),
             })
             .collect()
@@ -100,12 +104,17 @@ impl Store {
         let fingerprint = tx.movement.fingerprint();
         let saga_step = |on: &str, step: &str, flag: &str| {
             let shard = layout.shard_of(on);
-            let keys = [
+            let mut keys = vec![
                 layout.step(on, id, flag),
                 layout.seq(shard),
                 layout.balance(on),
                 layout.held(on),
+                layout.pending(on),
             ];
+            // A capture's saga ends its hold when it settles.
+            if let (Some(hold), "settle") = (tx.movement.ended_hold(), flag) {
+                keys.push(layout.hold(on, hold.as_str()));
+            }
             let mut cmd = evalsha(&self.scripts.saga_step, &keys);
             cmd.arg(step)
                 .arg(amount)
@@ -114,13 +123,15 @@ impl Store {
                 .arg(now_ms);
             (shard, cmd)
         };
-        Ok(match (&record.saga, tx.movement.to()) {
+        Ok(match (&record.saga, tx.movement.credited()) {
+            (None, _) if tx.movement.is_of_a_hold() => self.hold_command(record, now_ms),
             (None, _) if !layout.needs_saga(tx) => {
                 let shard = layout.shard_of(account);
                 let mut keys = vec![
                     layout.apply_flag(id, account),
                     layout.seq(shard),
                     layout.balance(account),
+                    layout.pending(account),
                 ];
                 if let Some(to) = tx.movement.to() {
                     keys.push(layout.balance(to.as_str()));
@@ -149,11 +160,62 @@ impl Store {
             }
             (Some(_), None) => {
                 return Err(StoreError::Unexpected(format!(
-                    "saga step of {id}, which is not a transfer"
+                    "saga step of {id}, which credits no other account"
                 )))
             }
             (None, None) => unreachable!("a movement without `to` never needs a saga"),
         })
+    }
+
+    /// The call of `lua/hold.lua` for a hold, or a capture, void or expiry
+    /// of one: in the slot of the hold's account.
+    fn hold_command(&self, record: &Record, now_ms: u64) -> (u32, Cmd) {
+        let layout = &self.layout;
+        let tx = &record.tx;
+        let id = tx.id.as_str();
+        let movement = &tx.movement;
+        let account = movement.account().as_str();
+        let hold = movement.ended_hold().unwrap_or(&tx.id).as_str();
+        let shard = layout.shard_of(account);
+        let (op, flag) = match movement {
+            Movement::Capture { .. } if layout.needs_saga(tx) => {
+                ("capture_out", layout.step(account, id, "debit"))
+            }
+            Movement::Expire { .. } => ("expire", layout.hold(account, hold)),
+            _ => (movement.kind(), layout.apply_flag(id, account)),
+        };
+        let mut keys = vec![
+            flag,
+            layout.seq(shard),
+            layout.balance(account),
+            layout.pending(account),
+            layout.hold(account, hold),
+            layout.holds_due(shard),
+        ];
+        match (op, movement.credited()) {
+            ("capture_out", _) => keys.push(layout.held(account)),
+            ("capture", Some(to)) => {
+                keys.push(layout.balance(to.as_str()));
+                if layout.shards() > 1 {
+                    keys.push(layout.held(to.as_str()));
+                }
+            }
+            _ => {}
+        }
+        let timeout_ms = match movement {
+            Movement::Hold { timeout_s, .. } => u64::from(*timeout_s) * 1000,
+            _ => 0,
+        };
+        let mut cmd = evalsha(&self.scripts.hold, &keys);
+        cmd.arg(op)
+            .arg(movement.amount().minor_units())
+            .arg(movement.fingerprint())
+            .arg(self.outcome_ttl_secs)
+            .arg(now_ms)
+            .arg(Layout::due_member(account, hold))
+            .arg(timeout_ms)
+            .arg(movement.to().map_or("", AccountId::as_str));
+        (shard, cmd)
     }
 
     /// Reads a step's reply `(state, reason, balance_after, duplicate)`.
@@ -185,6 +247,7 @@ impl Store {
         let reply = StepReply::parse(&state, &reason, &balance_after).ok_or_else(unexpected)?;
         let saga = self.layout.needs_saga(tx);
         match (&record.saga, reply) {
+            (None, StepReply::Expiry { expired }) => Ok(Progress::Expiry { expired }),
             (None, StepReply::Settled(outcome)) if !saga => {
                 let account = tx.movement.account().as_str();
                 ended(outcome, self.layout.same_slot(tx.id.as_str(), account))
@@ -288,6 +351,10 @@ enum StepReply {
     Refused(RejectReason),
     Released,
     Refunded,
+    /// An expiry ended the hold (`true`), or found it ended or not due.
+    Expiry {
+        expired: bool,
+    },
 }
 
 impl StepReply {
@@ -304,6 +371,8 @@ impl StepReply {
             "refused" => Self::Refused(RejectReason::parse(reason)?),
             "released" => Self::Released,
             "refunded" => Self::Refunded,
+            "expired" => Self::Expiry { expired: true },
+            "ended" | "not_due" => Self::Expiry { expired: false },
             _ => return None,
         })
     }

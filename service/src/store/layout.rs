@@ -18,6 +18,12 @@
 //!   flag of an apply whose tx record is in another slot, `apply`, or of a
 //!   saga step, `debit` | `credit` | `settle`) and `{tag}:held:<account>`
 //!   (money sagas debited from the account and have not settled)
+//! - in the account's slot: `{tag}:pending:<account>` (money its active
+//!   holds keep), `{tag}:hold:<hold id>` (hash: `state`
+//!   held|capturing|captured|voided|expired|rejected, `amount`, `to`,
+//!   `deadline_ms` on Redis's clock, `captured`, `ended_seq`) and, one per
+//!   slot, `{tag}:holds_due` (sorted set of `<account>|<hold id>` by when
+//!   the expirer should next look at the hold)
 //! - API keys, all in one slot (`{ns}` on one Redis, `{ns:keys}` on a
 //!   cluster): `{keys}:apikey:<key id>` (hash: `hash` of the secret,
 //!   `accounts` as a JSON array, `rate_per_s` and `burst` when limited,
@@ -113,6 +119,27 @@ impl Layout {
         format!("{}:held:{account}", self.tag(self.shard_of(account)))
     }
 
+    /// `{tag}:pending:<account>`: money the account's active holds keep.
+    pub fn pending(&self, account: &str) -> String {
+        format!("{}:pending:{account}", self.tag(self.shard_of(account)))
+    }
+
+    /// `{tag}:hold:<hold id>`, in the hold's account's slot.
+    pub fn hold(&self, account: &str, hold: &str) -> String {
+        format!("{}:hold:{hold}", self.tag(self.shard_of(account)))
+    }
+
+    /// `{tag}:holds_due` of one shard.
+    pub fn holds_due(&self, shard: u32) -> String {
+        format!("{}:holds_due", self.tag(shard))
+    }
+
+    /// A hold's member of its slot's due set: `<account>|<hold id>` (`|`
+    /// is in neither alphabet).
+    pub fn due_member(account: &str, hold: &str) -> String {
+        format!("{account}|{hold}")
+    }
+
     /// `{tag}:tx:<id>`, in the id's own slot.
     pub fn tx(&self, id: &str) -> String {
         format!("{}:tx:{id}", self.tag(self.shard_of(id)))
@@ -178,7 +205,7 @@ impl Layout {
     /// How `tx` is applied: in one script, or as a saga between slots.
     pub fn needs_saga(&self, tx: &Transaction) -> bool {
         tx.movement
-            .to()
+            .credited()
             .is_some_and(|to| !self.same_slot(tx.movement.account().as_str(), to.as_str()))
     }
 }

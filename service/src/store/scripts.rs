@@ -1,7 +1,7 @@
 //! The Lua scripts, compiled in from `lua/` so the binary is self-contained
 //! and loaded into Redis (SCRIPT LOAD) when the store starts and after a
 //! NOSCRIPT answer. What several scripts share is one file put before each
-//! (`money.lua` before the three that move money; `clock.lua` before the
+//! (`money.lua` before the four that move money; `clock.lua` before the
 //! ones that claim or count; `claim.lua` and `rate_limit.lua`, functions,
 //! before the ones that run them for many requests).
 
@@ -18,6 +18,7 @@ pub(super) struct Scripts {
     pub accept: Script,
     pub accept_batch: Script,
     pub saga_step: Script,
+    pub hold: Script,
     pub finish: Script,
     pub set_balance: Script,
     pub rate_limit: Script,
@@ -54,6 +55,11 @@ impl Scripts {
                 include_str!("../../../lua/money.lua"),
                 include_str!("../../../lua/saga_step.lua")
             )),
+            hold: Script::new(concat!(
+                include_str!("../../../lua/money.lua"),
+                include_str!("../../../lua/clock.lua"),
+                include_str!("../../../lua/hold.lua")
+            )),
             finish: Script::new(include_str!("../../../lua/finish.lua")),
             set_balance: Script::new(concat!(
                 include_str!("../../../lua/money.lua"),
@@ -74,13 +80,13 @@ impl Scripts {
     }
 
     /// Every script, for SCRIPT LOAD.
-    pub(super) fn all(&self) -> [&Script; 11] {
+    pub(super) fn all(&self) -> [&Script; 12] {
         self.named().map(|(_, script)| script)
     }
 
     /// Every script with its name (the name of its file in `lua/`, the
     /// apply script's `atomic_update`), for reports of what each costs.
-    pub(super) fn named(&self) -> [(&'static str, &Script); 11] {
+    pub(super) fn named(&self) -> [(&'static str, &Script); 12] {
         let Self {
             apply,
             claim,
@@ -89,6 +95,7 @@ impl Scripts {
             accept,
             accept_batch,
             saga_step,
+            hold,
             finish,
             set_balance,
             rate_limit,
@@ -102,6 +109,7 @@ impl Scripts {
             ("accept", accept),
             ("accept_batch", accept_batch),
             ("saga_step", saga_step),
+            ("hold", hold),
             ("finish", finish),
             ("set_balance", set_balance),
             ("rate_limit", rate_limit),

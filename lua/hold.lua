@@ -1,0 +1,194 @@
+-- Holds (two-phase): reserve money, then capture it (in part or whole),
+-- void it, or let it expire. Every key is in the slot of the hold's
+-- account. A hold ends once: the first of capture, void and expiry to be
+-- applied wins; whatever comes after finds it ended.
+--
+--   hold         check the available balance (balance - pending), raise
+--                pending, write the hold and its deadline (Redis's clock)
+--   capture      end it: take `amount` (at most what it holds) from the
+--                balance, to `to` when the hold names one in this slot,
+--                and release all it held from pending
+--   capture_out  the same, but `to` is in another slot: the amount becomes
+--                money in flight (as a saga's debit) and the saga credits
+--                `to`, then releases or refunds (saga_step.lua)
+--   void         end it: release all it held
+--   expire       the expirer's void of a due hold (no flag of its own: the
+--                hold's state is its flag)
+-- A capture or void that comes after the deadline first expires the hold.
+--
+-- KEYS[1] the flag of this transaction (its tx record, or a step flag in
+--         the account's slot); the hold hash itself for expire
+-- KEYS[2] the slot's apply order          ({tag}:seq)
+-- KEYS[3] the account's balance           ({tag}:bal:<account>)
+-- KEYS[4] money held on the account       ({tag}:pending:<account>)
+-- KEYS[5] the hold                        ({tag}:hold:<hold id>): hash of
+--         state held|capturing|captured|voided|expired|rejected, amount,
+--         to, deadline_ms, captured, ended_seq
+-- KEYS[6] the slot's due holds            ({tag}:holds_due): sorted set of
+--         ARGV[6] by when the expirer should next look at them
+-- KEYS[7] capture: `to`'s balance (in this slot); capture_out: money in
+--         flight out of the account ({tag}:held:<account>)
+-- KEYS[8] capture on a cluster: money in flight out of `to`, so that a
+--         credit leaves every refund room below 2^53-1
+-- ARGV[1] hold | capture | capture_out | void | expire
+-- ARGV[2] amount: held (hold, void, expire) or captured (capture)
+-- ARGV[3..5] fingerprint, seconds to keep flags, consumer clock (money.lua)
+-- ARGV[6] the hold's member of the due set: "<account>|<hold id>"
+-- ARGV[7] hold: its timeout in ms
+-- ARGV[8] hold, capture: the hold's `to` ('' when none)
+--
+-- Returns {state, reason, balance_after, duplicate} as atomic_update.lua;
+-- capture_out answers `debited` (a saga goes on); expire answers
+-- `expired`, or `ended` / `not_due` with duplicate 1 (nothing changed).
+--
+-- The store puts money.lua and clock.lua before this file.
+
+local op = ARGV[1]
+local ops = {hold = true, capture = true, capture_out = true, void = true, expire = true}
+-- Checked before anything is written: an unknown op changes nothing.
+if not ops[op] then
+  return redis.error_reply('unknown hold op ' .. tostring(op))
+end
+
+local now_ms = math.floor(clock_us() / 1000)
+local amount = tonumber(ARGV[2])
+
+-- End the active hold `h` (its HMGET below) in `state`, releasing what it
+-- held from pending; `captured` is what left the balance (0 if none).
+local function end_hold(h, state, captured)
+  local pending = tonumber(redis.call('GET', KEYS[4]) or '0')
+  -- Checked before anything is written (an error does not undo writes).
+  if pending < h[2] then
+    return redis.error_reply('pending ' .. pending .. ' < held ' .. h[2] .. ' on ' .. KEYS[4])
+  end
+  if pending == h[2] then
+    redis.call('DEL', KEYS[4])
+  else
+    redis.call('DECRBY', KEYS[4], h[2])
+  end
+  redis.call('HSET', KEYS[5], 'state', state, 'captured', digits(captured),
+    'ended_seq', redis.call('INCR', KEYS[2]))
+  redis.call('EXPIRE', KEYS[5], ARGV[4])
+  redis.call('ZREM', KEYS[6], ARGV[6])
+  return nil
+end
+
+local function balance()
+  return tonumber(redis.call('GET', KEYS[3]) or '0')
+end
+
+-- state, amount, to, deadline_ms
+local h = redis.call('HMGET', KEYS[5], 'state', 'amount', 'to', 'deadline_ms')
+if h[2] then
+  h[2] = tonumber(h[2])
+end
+local active = h[1] == 'held'
+
+if op == 'expire' then
+  if not active then
+    return {'ended', h[1] or '', '', 1}
+  end
+  if now_ms < tonumber(h[4]) then
+    return {'not_due', '', '', 1}
+  end
+  local failed = end_hold(h, 'expired', 0)
+  if failed then
+    return failed
+  end
+  return {'expired', '', digits(balance()), 0}
+end
+
+local earlier = replayed()
+if earlier then
+  return earlier
+end
+
+if op == 'hold' then
+  if h[1] then
+    -- Its own flag is unset but the hold exists: a foreign write.
+    return redis.error_reply('hold ' .. ARGV[6] .. ' exists without its flag')
+  end
+  local refuse = function(reason)
+    redis.call('HSET', KEYS[5], 'state', 'rejected', 'amount', ARGV[2], 'to', ARGV[8])
+    redis.call('EXPIRE', KEYS[5], ARGV[4])
+    return settle('rejected', reason, '')
+  end
+  local source = redis.call('GET', KEYS[3])
+  if not source then
+    return refuse('unknown_account')
+  end
+  local pending = tonumber(redis.call('GET', KEYS[4]) or '0')
+  if tonumber(source) - pending < amount then
+    return refuse('insufficient_funds')
+  end
+  redis.call('INCRBY', KEYS[4], ARGV[2])
+  local deadline = now_ms + tonumber(ARGV[7])
+  redis.call('HSET', KEYS[5], 'state', 'held', 'amount', ARGV[2], 'to', ARGV[8],
+    'deadline_ms', digits(deadline))
+  redis.call('EXPIRE', KEYS[5], ARGV[4])
+  redis.call('ZADD', KEYS[6], deadline, ARGV[6])
+  return settle('applied', '', source)
+end
+
+-- capture, capture_out, void: of a hold that exists and is held.
+if not h[1] then
+  return settle('rejected', 'unknown_hold', '')
+end
+if active and now_ms >= tonumber(h[4]) then
+  local failed = end_hold(h, 'expired', 0)
+  if failed then
+    return failed
+  end
+  active = false
+end
+if not active then
+  return settle('rejected', 'hold_not_active', '')
+end
+
+if op == 'void' then
+  local failed = end_hold(h, 'voided', 0)
+  if failed then
+    return failed
+  end
+  return settle('applied', '', digits(balance()))
+end
+
+-- The record was routed by the hold's terms as its binding names them;
+-- a hold that says otherwise was written by something else: stop, loudly.
+if (h[3] or '') ~= ARGV[8] then
+  return redis.error_reply('hold ' .. ARGV[6] .. ' is for `' .. (h[3] or '') .. '`, the capture for `' .. ARGV[8] .. '`')
+end
+if amount > h[2] then
+  return settle('rejected', 'exceeds_hold', '')
+end
+
+if op == 'capture_out' then
+  -- As a saga's debit: the amount leaves the balance and is in flight
+  -- until the credit lands (release) or is refused (refund).
+  local failed = end_hold(h, 'capturing', amount)
+  if failed then
+    return failed
+  end
+  redis.call('INCRBY', KEYS[7], ARGV[2])
+  return settle('debited', '', digits(redis.call('DECRBY', KEYS[3], ARGV[2])))
+end
+
+if ARGV[8] ~= '' then
+  local destination = redis.call('GET', KEYS[7])
+  if not destination then
+    return settle('rejected', 'unknown_account', '')
+  end
+  local held = 0
+  if KEYS[8] then
+    held = tonumber(redis.call('GET', KEYS[8]) or '0')
+  end
+  if not has_room(amount, tonumber(destination), held) then
+    return settle('rejected', 'balance_overflow', '')
+  end
+  redis.call('INCRBY', KEYS[7], ARGV[2])
+end
+local failed = end_hold(h, 'captured', amount)
+if failed then
+  return failed
+end
+return settle('applied', '', digits(redis.call('DECRBY', KEYS[3], ARGV[2])))
