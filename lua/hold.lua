@@ -23,7 +23,8 @@
 -- KEYS[4] money held on the account       ({tag}:pending:<account>)
 -- KEYS[5] the hold                        ({tag}:hold:<hold id>): hash of
 --         state held|capturing|captured|voided|expired|rejected, amount,
---         to, deadline_ms, captured, ended_seq
+--         to, deadline_ms, and once ended captured, ended_ms (Redis's
+--         clock) and ended_seq (the slot's apply order)
 -- KEYS[6] the slot's due holds            ({tag}:holds_due): sorted set of
 --         ARGV[6] by when the expirer should next look at them
 -- KEYS[7] capture: `to`'s balance (in this slot); capture_out: money in
@@ -67,7 +68,7 @@ local function end_hold(h, state, captured)
     redis.call('DECRBY', KEYS[4], h[2])
   end
   redis.call('HSET', KEYS[5], 'state', state, 'captured', digits(captured),
-    'ended_seq', redis.call('INCR', KEYS[2]))
+    'ended_ms', digits(now_ms), 'ended_seq', redis.call('INCR', KEYS[2]))
   redis.call('EXPIRE', KEYS[5], ARGV[4])
   redis.call('ZREM', KEYS[6], ARGV[6])
   return nil

@@ -163,8 +163,12 @@ impl ApiClient {
         read(self.http.get(self.url(path)).send().await?).await
     }
 
-    /// PUT /balance/{account} with the admin token.
-    pub async fn set_balance(&self, account: &str, balance: u64) -> anyhow::Result<()> {
+    /// PUT /balance/{account} with the admin token: its answer, whatever it is.
+    pub async fn put_balance_raw(
+        &self,
+        account: &str,
+        balance: u64,
+    ) -> anyhow::Result<(StatusCode, Value)> {
         let response = self
             .http
             .put(self.url(&format!("/balance/{account}")))
@@ -172,7 +176,12 @@ impl ApiClient {
             .json(&json!({ "balance": balance }))
             .send()
             .await?;
-        let (status, body) = read(response).await?;
+        read(response).await
+    }
+
+    /// PUT /balance/{account} with the admin token.
+    pub async fn set_balance(&self, account: &str, balance: u64) -> anyhow::Result<()> {
+        let (status, body) = self.put_balance_raw(account, balance).await?;
         anyhow::ensure!(
             status == StatusCode::OK,
             "set_balance({account}): {status} {body}"

@@ -9,6 +9,7 @@ mod batch;
 mod cluster;
 mod contract;
 mod differential;
+mod holds;
 mod keys;
 mod limits;
 mod observability;

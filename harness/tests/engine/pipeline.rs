@@ -370,6 +370,7 @@ async fn no_record_outlives_its_flag_and_a_topic_that_would_is_refused() {
     let infra = crate::infra();
     let mut config = harness::stack::isolated_config(infra, "retention");
     config.outcome_ttl_secs = 20;
+    config.max_hold_timeout_s = 10;
     config.partitions = 1;
     let s = Stack::start_with(config).await.unwrap();
     s.set_balance("acct", 10).await.unwrap();

@@ -38,7 +38,84 @@ impl HoldPhase {
     }
 }
 
+/// A hold as Redis keeps it (`{tag}:hold:<id>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldRecord {
+    /// held, capturing, captured, voided, expired or rejected.
+    pub state: String,
+    pub amount: u64,
+    pub to: Option<String>,
+    /// When it expires, on Redis's clock (ms); none when rejected.
+    pub deadline_ms: Option<u64>,
+    /// Once ended: what its capture moved (0 if none), and when.
+    pub captured: Option<u64>,
+    pub ended_ms: Option<u64>,
+    /// Once ended: its place in the slot's apply order.
+    pub ended_seq: Option<u64>,
+}
+
+impl HoldRecord {
+    /// Its phase, when it was applied (not rejected).
+    pub fn phase(&self) -> Result<Option<HoldPhase>, StoreError> {
+        Ok(match self.state.as_str() {
+            "held" => Some(HoldPhase::Held),
+            "capturing" => Some(HoldPhase::Capturing),
+            "captured" => Some(HoldPhase::Captured {
+                amount: self.captured.unwrap_or(0),
+            }),
+            "voided" => Some(HoldPhase::Voided),
+            "expired" => Some(HoldPhase::Expired),
+            "rejected" => None,
+            other => return Err(StoreError::Unexpected(format!("a hold in state {other}"))),
+        })
+    }
+}
+
 impl Store {
+    /// Hold `hold` of `account` as Redis keeps it; `None` when absent.
+    pub async fn hold_record(
+        &self,
+        account: &AccountId,
+        hold: &TxId,
+    ) -> Result<Option<HoldRecord>, StoreError> {
+        let mut conn = self.conn.clone();
+        type Fields = (
+            Option<String>,
+            Option<u64>,
+            Option<String>,
+            Option<u64>,
+            Option<u64>,
+            Option<u64>,
+            Option<u64>,
+        );
+        let (state, amount, to, deadline_ms, captured, ended_ms, ended_seq): Fields =
+            redis::cmd("HMGET")
+                .arg(self.layout.hold(account.as_str(), hold.as_str()))
+                .arg(&[
+                    "state",
+                    "amount",
+                    "to",
+                    "deadline_ms",
+                    "captured",
+                    "ended_ms",
+                    "ended_seq",
+                ])
+                .query_async(&mut conn)
+                .await?;
+        let Some(state) = state else {
+            return Ok(None);
+        };
+        Ok(Some(HoldRecord {
+            state,
+            amount: amount.unwrap_or(0),
+            to: to.filter(|to| !to.is_empty()),
+            deadline_ms,
+            captured,
+            ended_ms,
+            ended_seq,
+        }))
+    }
+
     /// Where hold `hold` of `account` stands; `None` when it is not there
     /// (rejected, or expired from Redis).
     pub async fn hold_phase(
@@ -46,28 +123,10 @@ impl Store {
         account: &AccountId,
         hold: &TxId,
     ) -> Result<Option<HoldPhase>, StoreError> {
-        let mut conn = self.conn.clone();
-        let (state, captured): (Option<String>, Option<u64>) = redis::cmd("HMGET")
-            .arg(self.layout.hold(account.as_str(), hold.as_str()))
-            .arg("state")
-            .arg("captured")
-            .query_async(&mut conn)
-            .await?;
-        Ok(match state.as_deref() {
-            Some("held") => Some(HoldPhase::Held),
-            Some("capturing") => Some(HoldPhase::Capturing),
-            Some("captured") => Some(HoldPhase::Captured {
-                amount: captured.unwrap_or(0),
-            }),
-            Some("voided") => Some(HoldPhase::Voided),
-            Some("expired") => Some(HoldPhase::Expired),
-            Some("rejected") | None => None,
-            Some(other) => {
-                return Err(StoreError::Unexpected(format!(
-                    "hold {hold} of {account} in state {other}"
-                )))
-            }
-        })
+        match self.hold_record(account, hold).await? {
+            Some(record) => record.phase(),
+            None => Ok(None),
+        }
     }
 
     /// The terms of each id's hold as its binding names them (`None`: the

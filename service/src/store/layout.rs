@@ -21,7 +21,7 @@
 //! - in the account's slot: `{tag}:pending:<account>` (money its active
 //!   holds keep), `{tag}:hold:<hold id>` (hash: `state`
 //!   held|capturing|captured|voided|expired|rejected, `amount`, `to`,
-//!   `deadline_ms` on Redis's clock, `captured`, `ended_seq`) and, one per
+//!   `deadline_ms` on Redis's clock, `captured`, `ended_ms`, `ended_seq`) and, one per
 //!   slot, `{tag}:holds_due` (sorted set of `<account>|<hold id>` by when
 //!   the expirer should next look at the hold)
 //! - API keys, all in one slot (`{ns}` on one Redis, `{ns:keys}` on a

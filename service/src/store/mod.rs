@@ -30,7 +30,7 @@ pub use balances::{BalanceSet, Funds};
 pub use claim::{Acceptance, Claim, LimitedClaim};
 use connection::is_transient;
 pub use connection::{Cluster, Connection};
-pub use holds::{DueHold, HoldPhase};
+pub use holds::{DueHold, HoldPhase, HoldRecord};
 pub use layout::{Layout, RedisTopology, CLUSTER_SHARDS};
 pub use rate_limit::RateVerdict;
 use scripts::Scripts;

@@ -1,0 +1,386 @@
+//! Holds (two-phase) through the whole engine: a hold reserves, a capture
+//! moves part or all of it, a void or the engine's expiry releases it, and
+//! a hold ends exactly once, on one Redis and on a Redis Cluster (where a
+//! capture to an account in another slot is a saga).
+
+use std::time::{Duration, Instant};
+
+use harness::infra::Infra;
+use harness::stack::{isolated_config, Stack};
+use reqwest::StatusCode;
+use rstest::rstest;
+use serde_json::{json, Value};
+use txengine::store::{Layout, RedisTopology};
+
+const SETTLE: Duration = Duration::from_secs(60);
+
+fn infra_of(topology: RedisTopology) -> &'static Infra {
+    match topology {
+        RedisTopology::Single => crate::infra(),
+        RedisTopology::Cluster => Infra::shared_cluster(),
+    }
+}
+
+/// An account of `prefix` whose slot differs from `of`'s on a cluster (on
+/// one Redis every account shares the slot).
+fn elsewhere(layout: &Layout, of: &str, prefix: &str) -> String {
+    (0..)
+        .map(|k| format!("{prefix}{k}"))
+        .find(|name| layout.shards() == 1 || !layout.same_slot(name, of))
+        .expect("some name lands elsewhere")
+}
+
+async fn funds(s: &Stack, account: &str) -> (u64, u64, u64) {
+    let (status, body) = s.get(&format!("/balance/{account}")).await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let field = |name: &str| body[name].as_u64().unwrap_or_else(|| panic!("{body}"));
+    assert_eq!(
+        field("available"),
+        field("balance") - field("pending"),
+        "{body}"
+    );
+    (field("balance"), field("pending"), field("available"))
+}
+
+/// Posts `body` (expecting 202) and waits for its outcome.
+async fn settle(s: &Stack, body: Value) -> Value {
+    let (status, answer) = s.post(&body).await.unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED, "{body} -> {answer}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    let mut settled = s.wait_settled(&[id.clone()], SETTLE).await.unwrap();
+    settled.remove(&id).unwrap()
+}
+
+fn rejected(view: &Value, reason: &str) {
+    assert_eq!(
+        (view["status"].as_str(), view["reason"].as_str()),
+        (Some("rejected"), Some(reason)),
+        "{view}"
+    );
+}
+
+/// Every rule of a hold's life, each checked against the balance it leaves:
+/// a hold keeps money from debits and other holds, a capture above it is
+/// refused and leaves it, a capture of part moves that part (to `to`, in
+/// another slot on a cluster: a saga) and releases the rest, and after it
+/// every capture or void finds the hold ended; a void releases all; the
+/// setter may not go below pending; unknown holds and foreign fields are
+/// 422; a key must see the hold's account.
+#[rstest]
+#[case::single(RedisTopology::Single)]
+#[case::cluster(RedisTopology::Cluster)]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hold_reserves_and_ends_once_by_capture_or_void(#[case] topology: RedisTopology) {
+    let s = Stack::start(infra_of(topology), "holds-life")
+        .await
+        .unwrap();
+    let layout = Layout::new(&s.config.namespace, topology);
+    let payer = "payer";
+    let payee = elsewhere(&layout, payer, "payee-");
+    s.set_balance(payer, 100).await.unwrap();
+    s.set_balance(&payee, 0).await.unwrap();
+
+    let held = settle(
+        &s,
+        json!({"id": "h-1", "type": "hold", "account": payer, "to": payee, "amount": 60}),
+    )
+    .await;
+    assert_eq!(held["status"], "held", "{held}");
+    assert_eq!(funds(&s, payer).await, (100, 60, 40));
+
+    // What the hold keeps may not leave by a debit, a transfer or a hold.
+    let short = settle(&s, json!({"id": "d-1", "account": payer, "amount": 41})).await;
+    rejected(&short, "insufficient_funds");
+    let too_much = settle(
+        &s,
+        json!({"id": "h-2", "type": "hold", "account": payer, "amount": 41}),
+    )
+    .await;
+    rejected(&too_much, "insufficient_funds");
+    let moved = settle(
+        &s,
+        json!({"id": "t-1", "type": "transfer", "account": payer, "to": payee, "amount": 40}),
+    )
+    .await;
+    assert_eq!(moved["status"], "applied", "{moved}");
+    assert_eq!(funds(&s, payer).await, (60, 60, 0));
+    // A capture or void of a hold rejected is refused as not active.
+    let of_rejected = settle(&s, json!({"id": "v-0", "type": "void", "hold": "h-2"})).await;
+    rejected(&of_rejected, "hold_not_active");
+
+    // The setter may not leave less than the holds keep.
+    let (status, body) = s
+        .put_balance_raw(payer, 59)
+        .await
+        .expect("PUT /balance answers");
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(funds(&s, payer).await, (60, 60, 0), "nothing written");
+
+    // A capture above the hold is refused and the hold stays.
+    let above = settle(
+        &s,
+        json!({"id": "c-0", "type": "capture", "hold": "h-1", "amount": 61}),
+    )
+    .await;
+    rejected(&above, "exceeds_hold");
+    assert_eq!(funds(&s, payer).await, (60, 60, 0));
+
+    // A key that may not touch the payer may not end its hold.
+    let payee_only = s.create_key(&[payee.as_str()], None, None).await.unwrap();
+    let payee_key = s.with_api_key(&payee_only.secret).unwrap();
+    let (status, body) = payee_key
+        .post(&json!({"id": "c-x", "type": "capture", "hold": "h-1"}))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+
+    let captured = settle(
+        &s,
+        json!({"id": "c-1", "type": "capture", "hold": "h-1", "amount": 25}),
+    )
+    .await;
+    assert_eq!(
+        (
+            captured["status"].as_str(),
+            captured["balance_after"].as_u64()
+        ),
+        (Some("applied"), Some(35)),
+        "{captured}"
+    );
+    assert_eq!(funds(&s, payer).await, (35, 0, 35), "the rest released");
+    assert_eq!(funds(&s, &payee).await, (65, 0, 65));
+    let (_, hold) = s.get("/transactions/h-1").await.unwrap();
+    assert_eq!(
+        (hold["status"].as_str(), hold["captured_amount"].as_u64()),
+        (Some("captured"), Some(25)),
+        "{hold}"
+    );
+    // The payee's key sees the hold's phase (it names the payee), not why.
+    let (status, seen) = payee_key.get("/transactions/h-1").await.unwrap();
+    assert_eq!(
+        (status, seen["status"].as_str()),
+        (StatusCode::OK, Some("captured")),
+        "{seen}"
+    );
+
+    // Ended: every later capture or void is refused and changes nothing.
+    for (id, body) in [
+        (
+            "c-2",
+            json!({"id": "c-2", "type": "capture", "hold": "h-1"}),
+        ),
+        ("v-1", json!({"id": "v-1", "type": "void", "hold": "h-1"})),
+    ] {
+        let late = settle(&s, body).await;
+        rejected(&late, "hold_not_active");
+        assert_eq!(funds(&s, payer).await, (35, 0, 35), "{id}");
+    }
+    // The capture again, same id and body: its first outcome.
+    let (status, again) = s
+        .post(&json!({"id": "c-1", "type": "capture", "hold": "h-1", "amount": 25}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, again["status"].as_str()),
+        (StatusCode::OK, Some("applied"))
+    );
+
+    // A void releases all and moves nothing.
+    let alone = settle(
+        &s,
+        json!({"id": "h-3", "type": "hold", "account": payer, "amount": 30}),
+    )
+    .await;
+    assert_eq!(alone["status"], "held");
+    assert_eq!(funds(&s, payer).await, (35, 30, 5));
+    let voided = settle(&s, json!({"id": "v-3", "type": "void", "hold": "h-3"})).await;
+    assert_eq!(voided["status"], "applied", "{voided}");
+    assert_eq!(funds(&s, payer).await, (35, 0, 35));
+    let (_, hold) = s.get("/transactions/h-3").await.unwrap();
+    assert_eq!(hold["status"], "voided", "{hold}");
+    let after_void = settle(&s, json!({"id": "c-3", "type": "capture", "hold": "h-3"})).await;
+    rejected(&after_void, "hold_not_active");
+
+    // No hold of that id: refused at once, nothing written.
+    for body in [
+        json!({"id": "c-9", "type": "capture", "hold": "never"}),
+        json!({"id": "c-9", "type": "void", "hold": "d-1"}),
+        json!({"id": "c-9", "type": "capture", "hold": "h-3", "account": payer}),
+        json!({"id": "c-9", "type": "void", "hold": "h-3", "amount": 1}),
+    ] {
+        let (status, answer) = s.post(&body).await.unwrap();
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body} -> {answer}"
+        );
+    }
+    let (status, _) = s.get("/transactions/c-9").await.unwrap();
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "a refused request leaves no trace"
+    );
+    assert_eq!(funds(&s, payer).await, (35, 0, 35));
+    s.stop().await.unwrap();
+}
+
+/// A hold nobody ends expires through the pipeline: the engine publishes
+/// its expiry and a consumer applies it. Measured: how long after its
+/// deadline it ended (the README's bound is the scan period plus the
+/// consumer's lag). After it, a capture finds the hold ended.
+#[rstest]
+#[case::single(RedisTopology::Single)]
+#[case::cluster(RedisTopology::Cluster)]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hold_left_alone_expires_through_the_pipeline(#[case] topology: RedisTopology) {
+    let mut config = isolated_config(infra_of(topology), "holds-expire");
+    config.expire_scan_ms = 200;
+    let s = Stack::start_with(config).await.unwrap();
+    s.set_balance("lapsing", 10).await.unwrap();
+    let started = Instant::now();
+    let held = settle(
+        &s,
+        json!({"id": "h-x", "type": "hold", "account": "lapsing", "amount": 7, "timeout_s": 1}),
+    )
+    .await;
+    assert_eq!(held["status"], "held", "{held}");
+    let ended = loop {
+        let (_, hold) = s.get("/transactions/h-x").await.unwrap();
+        if hold["status"] != "held" {
+            break hold;
+        }
+        assert!(
+            started.elapsed() < SETTLE,
+            "the hold did not expire within {SETTLE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(ended["status"], "expired", "{ended}");
+    // Both times are Redis's clock: the deadline set by the hold's apply,
+    // the end by the expiry's.
+    let store = crate::isolated_store_on(infra_of(topology), &s.config.namespace).await;
+    let record = store
+        .hold_record(
+            &txengine::domain::AccountId::parse("lapsing").unwrap(),
+            &txengine::domain::TxId::parse("h-x").unwrap(),
+        )
+        .await
+        .unwrap()
+        .expect("the hold is kept after it ended");
+    let (deadline, ended_ms) = (record.deadline_ms.unwrap(), record.ended_ms.unwrap());
+    assert!(
+        ended_ms >= deadline,
+        "{record:?}: ended before its deadline"
+    );
+    println!(
+        "{topology:?}: a hold of 1 s expired {} ms after its deadline (scan every 200 ms)",
+        ended_ms - deadline
+    );
+    assert_eq!(funds(&s, "lapsing").await, (10, 0, 10));
+    let late_capture = settle(&s, json!({"id": "c-x", "type": "capture", "hold": "h-x"})).await;
+    rejected(&late_capture, "hold_not_active");
+    assert_eq!(funds(&s, "lapsing").await, (10, 0, 10));
+    s.stop().await.unwrap();
+}
+
+/// A capture, a void and the expiry of one hold, all sent at its deadline
+/// for many holds: each hold ends exactly once (one of the three wins, the
+/// others find it ended), and the money adds up to what the winners did.
+#[rstest]
+#[case::single(RedisTopology::Single)]
+#[case::cluster(RedisTopology::Cluster)]
+#[tokio::test(flavor = "multi_thread")]
+async fn capture_void_and_expiry_race_and_exactly_one_wins(#[case] topology: RedisTopology) {
+    const HOLDS: usize = 20;
+    let mut config = isolated_config(infra_of(topology), "holds-race");
+    config.expire_scan_ms = 100;
+    let s = Stack::start_with(config).await.unwrap();
+    let layout = Layout::new(&s.config.namespace, topology);
+    let to = elsewhere(&layout, "racer", "racer-to-");
+    s.set_balance("racer", 1_000).await.unwrap();
+    s.set_balance(&to, 0).await.unwrap();
+    let holds: Vec<String> = (0..HOLDS).map(|i| format!("h-{i}")).collect();
+    futures::future::join_all(holds.iter().map(|id| {
+        let body = json!({"id": id, "type": "hold", "account": "racer", "to": to,
+                          "amount": 10, "timeout_s": 2});
+        let s = &s;
+        async move {
+            let (status, answer) = s.post(&body).await.unwrap();
+            assert_eq!(status, StatusCode::ACCEPTED, "{body} -> {answer}");
+        }
+    }))
+    .await;
+    let held_at = Instant::now();
+    for (id, held) in s.wait_settled(&holds, SETTLE).await.unwrap() {
+        assert_eq!(held["status"], "held", "{id}: {held}");
+    }
+    // The first half's capture and void race each other; the second half's
+    // go at about the deadline, and race the expiry too.
+    let sends = |range: std::ops::Range<usize>| {
+        let s = &s;
+        futures::future::join_all(range.flat_map(|i| {
+            [
+                json!({"id": format!("c-{i}"), "type": "capture", "hold": format!("h-{i}"), "amount": 4}),
+                json!({"id": format!("v-{i}"), "type": "void", "hold": format!("h-{i}")}),
+            ]
+            .map(|body| async move {
+                let (status, answer) = s.post(&body).await.unwrap();
+                assert_eq!(status, StatusCode::ACCEPTED, "{body} -> {answer}");
+            })
+        }))
+    };
+    sends(0..HOLDS / 2).await;
+    tokio::time::sleep(Duration::from_secs(2).saturating_sub(held_at.elapsed())).await;
+    sends(HOLDS / 2..HOLDS).await;
+    let ids: Vec<String> = (0..HOLDS)
+        .flat_map(|i| [format!("c-{i}"), format!("v-{i}")])
+        .collect();
+    let outcomes = s.wait_settled(&ids, SETTLE).await.unwrap();
+    // Every hold ends: wait out the expiries.
+    let started = Instant::now();
+    let mut phases = Vec::new();
+    for i in 0..HOLDS {
+        let phase = loop {
+            let (_, hold) = s.get(&format!("/transactions/h-{i}")).await.unwrap();
+            if !matches!(hold["status"].as_str(), Some("held" | "capturing")) {
+                break hold;
+            }
+            assert!(started.elapsed() < SETTLE, "h-{i} never ended: {hold}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        phases.push(phase);
+    }
+    let mut captured = 0;
+    let mut wins = [0; 3];
+    for (i, phase) in phases.iter().enumerate() {
+        let capture = &outcomes[&format!("c-{i}")];
+        let void = &outcomes[&format!("v-{i}")];
+        let applied = |view: &Value| view["status"] == "applied";
+        let winner = match phase["status"].as_str() {
+            Some("captured") => 0,
+            Some("voided") => 1,
+            Some("expired") => 2,
+            other => panic!("h-{i} ended as {other:?}: {phase}"),
+        };
+        wins[winner] += 1;
+        assert_eq!(
+            (applied(capture), applied(void)),
+            (winner == 0, winner == 1),
+            "h-{i} {phase}: exactly its winner applied: capture {capture}, void {void}"
+        );
+        for loser in [capture, void].into_iter().filter(|view| !applied(view)) {
+            rejected(loser, "hold_not_active");
+        }
+        if winner == 0 {
+            captured += 4;
+        }
+    }
+    println!("capture/void/expiry wins: {wins:?}");
+    assert_eq!(
+        funds(&s, "racer").await,
+        (1_000 - captured, 0, 1_000 - captured)
+    );
+    assert_eq!(funds(&s, &to).await.0, captured);
+    s.stop().await.unwrap();
+}
