@@ -86,7 +86,7 @@ end
 local active = h[1] == 'held'
 
 if op == 'expire' then
-  if not active then
+  if h[1] ~= 'held' then
     return {'ended', h[1] or '', '', 1}
   end
   if now_ms < tonumber(h[4]) then

@@ -187,7 +187,8 @@ pub fn read_topic(brokers: &str, topic: &str) -> anyhow::Result<Vec<OwnedMessage
 }
 
 /// How many records of `topic` carry each transaction as the API publishes
-/// it (saga steps, which the consumers publish, are not counted).
+/// it (saga steps and hold expiries, which the consumers' processes
+/// publish, are not counted).
 pub fn published_transactions(
     brokers: &str,
     topic: &str,
@@ -197,7 +198,11 @@ pub fn published_transactions(
         let Ok(record) = Record::decode(message.payload().unwrap_or_default()) else {
             continue;
         };
-        if record.saga.is_none() {
+        let expiry = matches!(
+            record.tx.movement,
+            txengine::domain::Movement::Expire { .. }
+        );
+        if record.saga.is_none() && !expiry {
             *published.entry(record.tx.id.to_string()).or_insert(0) += 1;
         }
     }

@@ -412,14 +412,18 @@ async fn unknown_kinds_and_saga_steps_write_nothing() {
     let file = |name: &str| {
         std::fs::read_to_string(format!("{}/../lua/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
     };
-    let source = |name: &str| file("money.lua") + &file(name);
+    let source = |name: &str| file("money.lua") + &file("clock.lua") + &file(name);
     let keys = [
         layout.tx("bogus"),
         layout.seq(0),
         layout.balance("a"),
         held.clone(),
     ];
-    for (script, kind) in [("atomic_update.lua", "refund"), ("saga_step.lua", "steal")] {
+    for (script, kind) in [
+        ("atomic_update.lua", "refund"),
+        ("saga_step.lua", "steal"),
+        ("hold.lua", "steal"),
+    ] {
         let error = redis::cmd("EVAL")
             .arg(source(script))
             .arg(keys.len())

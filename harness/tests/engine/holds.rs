@@ -47,7 +47,10 @@ async fn settle(s: &Stack, body: Value) -> Value {
     let (status, answer) = s.post(&body).await.unwrap();
     assert_eq!(status, StatusCode::ACCEPTED, "{body} -> {answer}");
     let id = body["id"].as_str().unwrap().to_owned();
-    let mut settled = s.wait_settled(&[id.clone()], SETTLE).await.unwrap();
+    let mut settled = s
+        .wait_settled(std::slice::from_ref(&id), SETTLE)
+        .await
+        .unwrap();
     settled.remove(&id).unwrap()
 }
 
@@ -185,14 +188,15 @@ async fn a_hold_reserves_and_ends_once_by_capture_or_void(#[case] topology: Redi
         (StatusCode::OK, Some("applied"))
     );
 
-    // A void releases all and moves nothing.
+    // A void releases all and moves nothing; a hold may take exactly what
+    // is available.
     let alone = settle(
         &s,
-        json!({"id": "h-3", "type": "hold", "account": payer, "amount": 30}),
+        json!({"id": "h-3", "type": "hold", "account": payer, "amount": 35}),
     )
     .await;
-    assert_eq!(alone["status"], "held");
-    assert_eq!(funds(&s, payer).await, (35, 30, 5));
+    assert_eq!(alone["status"], "held", "{alone}");
+    assert_eq!(funds(&s, payer).await, (35, 35, 0));
     let voided = settle(&s, json!({"id": "v-3", "type": "void", "hold": "h-3"})).await;
     assert_eq!(voided["status"], "applied", "{voided}");
     assert_eq!(funds(&s, payer).await, (35, 0, 35));
@@ -200,6 +204,36 @@ async fn a_hold_reserves_and_ends_once_by_capture_or_void(#[case] topology: Redi
     assert_eq!(hold["status"], "voided", "{hold}");
     let after_void = settle(&s, json!({"id": "c-3", "type": "capture", "hold": "h-3"})).await;
     rejected(&after_void, "hold_not_active");
+
+    // A capture to an account that does not exist (in the payer's slot) is
+    // refused and the hold stays; a capture naming no amount takes it all.
+    let ghost = harness::workload::partner_in_slot(&layout, payer);
+    let for_ghost = settle(
+        &s,
+        json!({"id": "h-5", "type": "hold", "account": payer, "to": ghost, "amount": 5}),
+    )
+    .await;
+    assert_eq!(for_ghost["status"], "held", "{for_ghost}");
+    let to_nobody = settle(&s, json!({"id": "c-5", "type": "capture", "hold": "h-5"})).await;
+    rejected(&to_nobody, "unknown_account");
+    assert_eq!(funds(&s, payer).await, (35, 5, 30), "the hold stays");
+    let all = settle(&s, json!({"id": "v-5", "type": "void", "hold": "h-5"})).await;
+    assert_eq!(all["status"], "applied", "{all}");
+    let whole = settle(
+        &s,
+        json!({"id": "h-4", "type": "hold", "account": payer, "amount": 5}),
+    )
+    .await;
+    assert_eq!(whole["status"], "held", "{whole}");
+    let all = settle(&s, json!({"id": "c-4", "type": "capture", "hold": "h-4"})).await;
+    assert_eq!(
+        (all["status"].as_str(), all["balance_after"].as_u64()),
+        (Some("applied"), Some(30)),
+        "{all}"
+    );
+    let (_, hold) = s.get("/transactions/h-4").await.unwrap();
+    assert_eq!(hold["captured_amount"], 5, "{hold}");
+    assert_eq!(funds(&s, payer).await, (30, 0, 30));
 
     // No hold of that id: refused at once, nothing written.
     for body in [
@@ -221,7 +255,7 @@ async fn a_hold_reserves_and_ends_once_by_capture_or_void(#[case] topology: Redi
         StatusCode::NOT_FOUND,
         "a refused request leaves no trace"
     );
-    assert_eq!(funds(&s, payer).await, (35, 0, 35));
+    assert_eq!(funds(&s, payer).await, (30, 0, 30));
     s.stop().await.unwrap();
 }
 
@@ -383,4 +417,201 @@ async fn capture_void_and_expiry_race_and_exactly_one_wins(#[case] topology: Red
     );
     assert_eq!(funds(&s, &to).await.0, captured);
     s.stop().await.unwrap();
+}
+
+/// The hold script at the edges the pipeline seldom reaches, applied
+/// straight through the store: a redelivered capture answers its first
+/// outcome and changes nothing; an expiry before the deadline, or of an
+/// ended hold, changes nothing; a capture after the deadline (before any
+/// expiry came) finds the hold expired; a capture of a hold never applied
+/// is `unknown_hold`; a hold on an unknown account is refused and its
+/// capture finds it not active.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_hold_script_at_its_edges() {
+    use txengine::domain::{AccountId, Amount, Movement, Outcome, RejectReason, Transaction, TxId};
+    use txengine::store::{Applied, Progress};
+    use txengine::wire::Record;
+
+    let namespace = format!("hold-edges-{}", uuid::Uuid::new_v4().simple());
+    let store = crate::isolated_store(&namespace, &crate::infra().redis_url).await;
+    let account = AccountId::parse("edge").unwrap();
+    store
+        .set_balance(&account, txengine::domain::Balance::new(100).unwrap())
+        .await
+        .unwrap()
+        .ensure_set()
+        .unwrap();
+    let amount = |n| Amount::new(n).unwrap();
+    let id = |raw: &str| TxId::parse(raw).unwrap();
+    let record = |tx_id: &str, movement| Record {
+        tx: Transaction {
+            id: id(tx_id),
+            movement,
+        },
+        accepted_at_ms: 1,
+        saga: None,
+    };
+    let hold = |tx_id: &str, on: &AccountId, timeout_s| {
+        record(
+            tx_id,
+            Movement::Hold {
+                account: on.clone(),
+                to: None,
+                amount: amount(10),
+                timeout_s,
+            },
+        )
+    };
+    let capture = |tx_id: &str, of: &str, n| {
+        record(
+            tx_id,
+            Movement::Capture {
+                hold: id(of),
+                account: account.clone(),
+                to: None,
+                amount: amount(n),
+            },
+        )
+    };
+    let expire = |of: &str| {
+        record(
+            of,
+            Movement::Expire {
+                hold: id(of),
+                account: account.clone(),
+                amount: amount(10),
+            },
+        )
+    };
+    let apply = |record: Record| {
+        let store = &store;
+        async move {
+            let mut progress = store.apply_records(&[record]).await.unwrap();
+            progress.pop().unwrap()
+        }
+    };
+    let ended = |outcome| Progress::Ended {
+        applied: Applied {
+            outcome,
+            duplicate: false,
+        },
+        recorded: true,
+    };
+    let funds = || async { store.funds(&account).await.unwrap().unwrap() };
+
+    // A hold of 60 s: an early expiry changes nothing.
+    assert!(matches!(
+        apply(hold("e-1", &account, 60)).await,
+        Progress::Ended { .. }
+    ));
+    assert_eq!(
+        apply(expire("e-1")).await,
+        Progress::Expiry { expired: false }
+    );
+    assert_eq!(funds().await.pending, 10, "still held");
+    // A capture, then the same record again: the first outcome, once.
+    let first = apply(capture("c-1", "e-1", 4)).await;
+    assert_eq!(
+        first,
+        ended(Outcome::Applied {
+            balance_after: txengine::domain::Balance::new(96).unwrap()
+        })
+    );
+    let again = apply(capture("c-1", "e-1", 4)).await;
+    let Progress::Ended { applied, .. } = again else {
+        panic!("{again:?}")
+    };
+    assert_eq!(
+        (applied.outcome, applied.duplicate),
+        (first_outcome(&first), true)
+    );
+    assert_eq!(
+        (funds().await.balance.minor_units(), funds().await.pending),
+        (96, 0)
+    );
+    let client = redis::Client::open(crate::infra().redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let pending_kept: bool = redis::cmd("EXISTS")
+        .arg(store.layout().pending("edge"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!pending_kept, "no pending key is left at 0");
+    // An expiry of an ended hold changes nothing.
+    assert_eq!(
+        apply(expire("e-1")).await,
+        Progress::Expiry { expired: false }
+    );
+    assert_eq!(
+        (funds().await.balance.minor_units(), funds().await.pending),
+        (96, 0)
+    );
+
+    // Past its deadline, before any expiry: a capture finds it expired.
+    assert!(matches!(
+        apply(hold("e-2", &account, 1)).await,
+        Progress::Ended { .. }
+    ));
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(
+        apply(capture("c-2", "e-2", 1)).await,
+        ended(Outcome::Rejected {
+            reason: RejectReason::HoldNotActive
+        })
+    );
+    let kept = store
+        .hold_record(&account, &id("e-2"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.state, "expired", "{kept:?}");
+    assert_eq!(
+        (funds().await.balance.minor_units(), funds().await.pending),
+        (96, 0)
+    );
+    // Its expiry, come late, changes nothing (it ended past its deadline).
+    assert_eq!(
+        apply(expire("e-2")).await,
+        Progress::Expiry { expired: false }
+    );
+    assert_eq!(
+        (funds().await.balance.minor_units(), funds().await.pending),
+        (96, 0)
+    );
+
+    // Never applied: unknown. On an unknown account: refused, then not active.
+    assert_eq!(
+        apply(capture("c-3", "never", 1)).await,
+        ended(Outcome::Rejected {
+            reason: RejectReason::UnknownHold
+        })
+    );
+    let ghost = AccountId::parse("ghost").unwrap();
+    assert_eq!(
+        apply(hold("e-4", &ghost, 60)).await,
+        ended(Outcome::Rejected {
+            reason: RejectReason::UnknownAccount
+        })
+    );
+    let of_ghost = record(
+        "v-4",
+        Movement::Void {
+            hold: id("e-4"),
+            account: ghost.clone(),
+            amount: amount(10),
+        },
+    );
+    assert_eq!(
+        apply(of_ghost).await,
+        ended(Outcome::Rejected {
+            reason: RejectReason::HoldNotActive
+        })
+    );
+}
+
+fn first_outcome(progress: &txengine::store::Progress) -> txengine::domain::Outcome {
+    match progress {
+        txengine::store::Progress::Ended { applied, .. } => applied.outcome,
+        other => panic!("{other:?}"),
+    }
 }
