@@ -9,6 +9,10 @@
 //!   released, or refused and refunded; a refund only where the credit was
 //!   refused; its outcome is what its steps say; no money is left in flight
 //!   or held;
+//! - every hold ended once, as what ended it says (one applied capture of
+//!   at most its amount, one void, or its expiry), none is left held long
+//!   past its deadline, and each account's `pending` is the sum of its
+//!   active holds and at most its balance;
 //! - every outcome and saga step (applied with its `balance_after`, or
 //!   rejected with its reason) is what a plain model gives when the log is
 //!   replayed from the starting balances in the order each slot decided them
@@ -38,6 +42,9 @@ pub struct Verdict {
     pub sagas: usize,
     /// Money debited by sagas and neither credited nor refunded at the end.
     pub in_flight: u128,
+    /// The holds of the ledger by how they stand: held, captured, voided,
+    /// expired, rejected.
+    pub hold_ends: std::collections::BTreeMap<String, usize>,
     /// From the client's 2xx to the apply (Redis clock), over tracked transactions.
     /// `None` when no accepted transaction carried a client timestamp.
     pub accept_to_applied_ms_p50: Option<f64>,
@@ -213,9 +220,11 @@ pub async fn check(infra: &Infra, namespace: &str, ledger: &Ledger) -> anyhow::R
 
     let steps = read_steps(&reader, ledger).await?;
     check_sagas(&reader, ledger, &steps, &mut verdict).await?;
+    let holds = read_holds(&reader, ledger).await?;
+    check_holds(&reader, ledger, &holds, &mut verdict).await?;
     verdict
         .violations
-        .extend(replay_in_apply_order(&reader, ledger, &steps).await?);
+        .extend(replay_in_apply_order(&reader, ledger, &steps, &holds).await?);
 
     let accounts: Vec<&str> = expected.keys().copied().collect();
     let balances: Vec<Option<String>> = reader
@@ -270,12 +279,14 @@ fn apply_to<'a>(expected: &mut HashMap<&'a str, i128>, tx: &'a SentTx) {
     match tx.kind {
         Kind::Debit => *expected.entry(&tx.account).or_default() -= amount,
         Kind::Credit => *expected.entry(&tx.account).or_default() += amount,
-        Kind::Transfer => {
+        Kind::Transfer | Kind::Capture => {
             *expected.entry(&tx.account).or_default() -= amount;
-            *expected
-                .entry(tx.to.as_deref().unwrap_or_default())
-                .or_default() += amount;
+            if let Some(to) = tx.to.as_deref() {
+                *expected.entry(to).or_default() += amount;
+            }
         }
+        // A hold moves no balance; a void releases it.
+        Kind::Hold { .. } | Kind::Void => {}
     }
 }
 
@@ -339,7 +350,7 @@ async fn read_steps<'l>(
     const FIELDS: [&str; 4] = ["seq", "state", "reason", "balance_after"];
     let mut commands = Vec::new();
     for tx in &all {
-        match tx.to.as_deref() {
+        match tx.credited() {
             Some(to) if !layout.same_slot(&tx.account, to) => {
                 commands.push(reader.hmget(
                     &tx.account,
@@ -375,7 +386,7 @@ async fn read_steps<'l>(
     Ok(all
         .into_iter()
         .map(|tx| {
-            let steps = match tx.to.as_deref() {
+            let steps = match tx.credited() {
                 Some(to) if !layout.same_slot(&tx.account, to) => Steps::Saga {
                     debit: next(),
                     credit: next(),
@@ -498,10 +509,16 @@ async fn replay_in_apply_order(
     reader: &Reader,
     ledger: &Ledger,
     steps: &[(&SentTx, Steps)],
+    holds: &[(&SentTx, Option<HoldRow>)],
 ) -> anyhow::Result<Vec<String>> {
     let layout = &reader.layout;
-    // Per shard: (seq, transaction, step or None for one script, its flag).
-    type Event<'a> = (u64, &'a SentTx, Option<SagaStep>, &'a Flag);
+    // Per shard: (seq, transaction, what happened: a step, with None for
+    // one script, and its flag; or the end of a hold, as its record says).
+    enum Happened<'a> {
+        Step(Option<SagaStep>, &'a Flag),
+        End(&'a str),
+    }
+    type Event<'a> = (u64, &'a SentTx, Happened<'a>);
     let mut by_shard: HashMap<u32, Vec<Event>> = HashMap::new();
     for (tx, steps) in steps {
         for (owner, step, flag) in steps.recorded(tx) {
@@ -509,7 +526,19 @@ async fn replay_in_apply_order(
             by_shard
                 .entry(layout.shard_of(owner))
                 .or_default()
-                .push((seq, tx, step, flag));
+                .push((seq, tx, Happened::Step(step, flag)));
+        }
+    }
+    for (hold, row) in holds {
+        if let Some(row @ HoldRow {
+            ended_seq: Some(seq),
+            ..
+        }) = row
+        {
+            by_shard
+                .entry(layout.shard_of(&hold.account))
+                .or_default()
+                .push((*seq, hold, Happened::End(row.state.as_str())));
         }
     }
     let mut violations = Vec::new();
@@ -544,7 +573,16 @@ async fn replay_in_apply_order(
     shards.sort_by_key(|(shard, _)| *shard);
     for (_, mut events) in shards {
         events.sort_by_key(|(seq, ..)| *seq);
-        for (seq, tx, step, flag) in events {
+        for (seq, tx, happened) in events {
+            let (step, flag) = match happened {
+                Happened::Step(step, flag) => (step, flag),
+                Happened::End(state) => {
+                    if let Err(e) = crate::model::end_hold(&mut books, &tx.id, &tx.account, state) {
+                        violations.push(format!("seq {seq}: {e}"));
+                    }
+                    continue;
+                }
+            };
             let (model, ok_state, refused_state) = match step {
                 None => (crate::model::decide(&mut books, tx), "applied", "rejected"),
                 Some(step) => {
@@ -569,4 +607,213 @@ async fn replay_in_apply_order(
         }
     }
     Ok(violations)
+}
+
+/// A hold as Redis keeps it (`{tag}:hold:<id>`).
+#[derive(Debug, Clone)]
+struct HoldRow {
+    state: String,
+    amount: u64,
+    captured: Option<u64>,
+    deadline_ms: Option<u64>,
+    ended_seq: Option<u64>,
+}
+
+/// The record of every hold of the ledger (accepted and uncertain), in
+/// ledger order; `None` where Redis has none.
+async fn read_holds<'l>(
+    reader: &Reader,
+    ledger: &'l Ledger,
+) -> anyhow::Result<Vec<(&'l SentTx, Option<HoldRow>)>> {
+    let layout = &reader.layout;
+    let holds: Vec<&SentTx> = ledger
+        .accepted
+        .iter()
+        .chain(&ledger.uncertain)
+        .filter(|tx| matches!(tx.kind, Kind::Hold { .. }))
+        .collect();
+    type Row = (
+        Option<String>,
+        Option<u64>,
+        Option<u64>,
+        Option<u64>,
+        Option<u64>,
+    );
+    let rows: Vec<Row> = reader
+        .query(
+            holds
+                .iter()
+                .map(|tx| {
+                    reader.hmget(
+                        &tx.account,
+                        layout.hold(&tx.account, &tx.id),
+                        &["state", "amount", "captured", "deadline_ms", "ended_seq"],
+                    )
+                })
+                .collect(),
+        )
+        .await?;
+    Ok(holds
+        .into_iter()
+        .zip(rows)
+        .map(|(tx, (state, amount, captured, deadline_ms, ended_seq))| {
+            let row = state.map(|state| HoldRow {
+                state,
+                amount: amount.unwrap_or(0),
+                captured,
+                deadline_ms,
+                ended_seq,
+            });
+            (tx, row)
+        })
+        .collect())
+}
+
+/// How long past its deadline a hold may still read `held` at the check:
+/// the expirer's scan and the consumers' lag, with room for a busy machine.
+const EXPIRY_GRACE_MS: u64 = 60_000;
+
+/// Every hold ended once, as what ended it says: a captured hold by one
+/// applied capture of at most its amount, a voided one by one applied void
+/// (or a capture whose saga was refunded), an expired or held one by none;
+/// a rejected hold holds nothing; no hold reads `held` long past its
+/// deadline, none is left `capturing`; and each account's `pending` is the
+/// sum of its active holds, at most its balance.
+async fn check_holds(
+    reader: &Reader,
+    ledger: &Ledger,
+    holds: &[(&SentTx, Option<HoldRow>)],
+    verdict: &mut Verdict,
+) -> anyhow::Result<()> {
+    let layout = &reader.layout;
+    let ends: Vec<&SentTx> = ledger
+        .accepted
+        .iter()
+        .chain(&ledger.uncertain)
+        .filter(|tx| matches!(tx.kind, Kind::Capture | Kind::Void))
+        .collect();
+    let states: Vec<Option<String>> = reader
+        .query(ends.iter().map(|tx| reader.tx_state(&tx.id)).collect())
+        .await?;
+    // Per hold: the amounts of its applied captures, and its applied voids.
+    let mut applied: HashMap<&str, (Vec<u64>, usize)> = HashMap::new();
+    for (tx, state) in ends.iter().zip(states) {
+        if state.as_deref() == Some("applied") {
+            let entry = applied
+                .entry(tx.hold.as_deref().unwrap_or_default())
+                .or_default();
+            match tx.kind {
+                Kind::Capture => entry.0.push(tx.amount),
+                _ => entry.1 += 1,
+            }
+        }
+    }
+    let outcomes: Vec<Option<String>> = reader
+        .query(holds.iter().map(|(tx, _)| reader.tx_state(&tx.id)).collect())
+        .await?;
+    let now_ms = txengine::wire::now_ms();
+    let mut pending_of: HashMap<&str, u64> = HashMap::new();
+    for ((tx, row), outcome) in holds.iter().zip(outcomes) {
+        let (captures, voids) = applied.remove(tx.id.as_str()).unwrap_or_default();
+        let mut broken = |what: &str| {
+            verdict.violations.push(format!(
+                "hold {} ({} -> {:?} {}): {what}; record {row:?}, outcome {outcome:?}, applied captures {captures:?}, voids {voids}",
+                tx.id, tx.account, tx.to, tx.amount
+            ))
+        };
+        let Some(row) = row else {
+            if outcome.is_some() {
+                broken("its outcome is set but its record is gone");
+            }
+            continue;
+        };
+        *verdict.hold_ends.entry(row.state.clone()).or_default() += 1;
+        if row.amount != tx.amount {
+            broken("its record holds another amount");
+        }
+        match (outcome.as_deref(), row.state.as_str()) {
+            (Some("rejected"), "rejected") => {
+                if !captures.is_empty() || voids > 0 {
+                    broken("a rejected hold was captured or voided");
+                }
+                continue;
+            }
+            (Some("applied"), _) => {}
+            _ => {
+                broken("its outcome and its record disagree");
+                continue;
+            }
+        }
+        match row.state.as_str() {
+            "held" => {
+                *pending_of.entry(tx.account.as_str()).or_default() += row.amount;
+                if !captures.is_empty() || voids > 0 {
+                    broken("still held after an applied capture or void");
+                }
+                if row
+                    .deadline_ms
+                    .is_none_or(|deadline| now_ms > deadline + EXPIRY_GRACE_MS)
+                {
+                    broken("still held long past its deadline");
+                }
+            }
+            "captured" => {
+                if captures.len() != 1
+                    || voids > 0
+                    || row.captured != Some(captures[0])
+                    || captures[0] > row.amount
+                {
+                    broken("captured, but not by exactly one applied capture of what it records");
+                }
+            }
+            "voided" => {
+                if !captures.is_empty() || voids > 1 {
+                    broken("voided, but a capture applied or more than one void");
+                }
+            }
+            "expired" => {
+                if !captures.is_empty() || voids > 0 {
+                    broken("expired, but a capture or void applied");
+                }
+            }
+            "capturing" => broken("its capture's saga did not end"),
+            _ => broken("an unknown state"),
+        }
+        if row.state != "held" && row.ended_seq.is_none() {
+            broken("ended without a place in its slot's order");
+        }
+    }
+    for (hold, (captures, voids)) in applied {
+        verdict.violations.push(format!(
+            "captures {captures:?} and {voids} voids applied for {hold}, a hold the ledger does not know"
+        ));
+    }
+    let accounts: Vec<&String> = ledger.start.keys().collect();
+    let rows: Vec<(Option<u64>, Option<u64>)> = reader
+        .query(
+            accounts
+                .iter()
+                .map(|a| {
+                    let mut cmd = redis::cmd("MGET");
+                    cmd.arg(layout.pending(a)).arg(layout.balance(a));
+                    (layout.shard_of(a), cmd)
+                })
+                .collect(),
+        )
+        .await?;
+    for (account, (pending, balance)) in accounts.iter().zip(rows) {
+        let pending = pending.unwrap_or(0);
+        let active = pending_of.get(account.as_str()).copied().unwrap_or(0);
+        if pending != active {
+            verdict.violations.push(format!(
+                "account {account}: pending {pending}, but its active holds keep {active}"
+            ));
+        }
+        if pending > balance.unwrap_or(0) {
+            verdict.violations.push(format!(
+                "account {account}: pending {pending} above its balance {balance:?} (available below 0)"
+            ));
+        }
+    }
+    Ok(())
 }

@@ -251,13 +251,14 @@ async fn run_scenario(file: &std::path::Path, topology: RedisTopology) -> anyhow
     let outcome = harness::scenario::run(&scenario, &infra, &std::env::current_exe()?).await?;
     let v = &outcome.verdict;
     println!(
-        "scenario {} ({topology:?}): {:.1} s, {} accepted, {} applied, {} rejected, {} sagas",
+        "scenario {} ({topology:?}): {:.1} s, {} accepted, {} applied, {} rejected, {} sagas, holds {:?}",
         scenario.name,
         outcome.elapsed.as_secs_f64(),
         v.accepted,
         v.applied,
         v.rejected,
-        v.sagas
+        v.sagas,
+        v.hold_ends
     );
     anyhow::ensure!(outcome.passed(), "scenario failed:\n{}", outcome.explain());
     println!("every invariant holds");

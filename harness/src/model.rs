@@ -1,5 +1,5 @@
-//! A plain model of the apply rules, in the order `lua/atomic_update.lua`
-//! and `lua/saga_step.lua` check them. The invariants replay whole runs
+//! A plain model of the apply rules, in the order `lua/atomic_update.lua`,
+//! `lua/saga_step.lua` and `lua/hold.lua` check them. The invariants replay whole runs
 //! through it, and a differential test feeds it and the real script the same
 //! random sequences.
 
@@ -9,23 +9,56 @@ use txengine::domain::MAX_MINOR_UNITS;
 
 use crate::workload::{Kind, SentTx};
 
-/// Balances, and money sagas took out of an account and have not settled.
+/// Balances, money sagas took out of an account and have not settled,
+/// money holds keep (`pending`), and the holds.
 #[derive(Debug, Clone, Default)]
 pub struct Books {
     pub balances: HashMap<String, u64>,
     pub held: HashMap<String, u64>,
+    pub pending: HashMap<String, u64>,
+    /// Each hold by id: its amount, and whether it is still active.
+    pub holds: HashMap<String, (u64, bool)>,
+    /// The hold the last step ended and how (`captured`, `voided`, ...):
+    /// a capture or void ends its hold in the same script, just before its
+    /// own outcome, so the step right after an end is the one that ended it.
+    pub just_ended: Option<(String, String)>,
 }
 
 impl Books {
     pub fn new(balances: HashMap<String, u64>) -> Self {
         Self {
             balances,
-            held: HashMap::new(),
+            ..Self::default()
         }
     }
 
     fn held(&self, account: &str) -> u64 {
         self.held.get(account).copied().unwrap_or(0)
+    }
+
+    fn pending(&self, account: &str) -> u64 {
+        self.pending.get(account).copied().unwrap_or(0)
+    }
+
+    /// What may leave `account` of `balance`.
+    fn available(&self, account: &str, balance: u64) -> u64 {
+        balance.saturating_sub(self.pending(account))
+    }
+
+    /// Whether the step just before ended `hold` as `state`.
+    fn ended_just_now(&self, hold: &str, states: &[&str]) -> bool {
+        self.just_ended
+            .as_ref()
+            .is_some_and(|(id, state)| id == hold && states.contains(&state.as_str()))
+    }
+
+    /// Why a capture or void of `hold` cannot go, if it cannot.
+    fn hold_refusal(&self, hold: &str) -> Option<&'static str> {
+        match self.holds.get(hold) {
+            None => Some("unknown_hold"),
+            Some((_, false)) => Some("hold_not_active"),
+            Some((_, true)) => None,
+        }
     }
 
     /// Room to credit `account` without passing 2^53-1, keeping what it
@@ -34,6 +67,27 @@ impl Books {
         MAX_MINOR_UNITS - balance - self.held(account)
     }
 }
+
+/// Ends hold `hold` (of `account`) in the books, as its record says it
+/// ended (`state`); `Err` when the books had it not active.
+pub fn end_hold(books: &mut Books, hold: &str, account: &str, state: &str) -> Result<(), String> {
+    let Some((amount, active)) = books.holds.get_mut(hold) else {
+        return Err(format!("hold {hold} ended ({state}) but never began"));
+    };
+    if !*active {
+        return Err(format!("hold {hold} ended ({state}) twice"));
+    }
+    *active = false;
+    let amount = *amount;
+    let pending = books.pending(account);
+    if pending < amount {
+        return Err(format!("hold {hold} released {amount}, pending was {pending}"));
+    }
+    books.pending.insert(account.to_owned(), pending - amount);
+    books.just_ended = Some((hold.to_owned(), state.to_owned()));
+    Ok(())
+}
+
 
 /// One step of a saga (see `lua/saga_step.lua`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +114,67 @@ impl SagaStep {
 /// Decides `tx` in one script against `books` and, when it applies, moves
 /// the money. `Ok(balance_after)` of the checked account, or `Err(reason)`.
 pub fn decide(books: &mut Books, tx: &SentTx) -> Result<u64, &'static str> {
+    let ended = books.just_ended.clone();
+    let decided = decide_after(books, tx);
+    // Only the step right after an end may be the one that made it.
+    if books.just_ended == ended {
+        books.just_ended = None;
+    }
+    decided
+}
+
+fn decide_after(books: &mut Books, tx: &SentTx) -> Result<u64, &'static str> {
+    let hold = tx.hold.as_deref().unwrap_or_default();
+    match tx.kind {
+        Kind::Hold { .. } => {
+            let Some(source) = books.balances.get(&tx.account).copied() else {
+                books.holds.insert(tx.id.clone(), (tx.amount, false));
+                return Err("unknown_account");
+            };
+            if books.available(&tx.account, source) < tx.amount {
+                books.holds.insert(tx.id.clone(), (tx.amount, false));
+                return Err("insufficient_funds");
+            }
+            let pending = books.pending(&tx.account);
+            books.pending.insert(tx.account.clone(), pending + tx.amount);
+            books.holds.insert(tx.id.clone(), (tx.amount, true));
+            return Ok(source);
+        }
+        Kind::Void => {
+            if books.ended_just_now(hold, &["voided"]) {
+                return Ok(books.balances.get(&tx.account).copied().unwrap_or(0));
+            }
+            return Err(books.hold_refusal(hold).unwrap_or("active_hold_not_voided"));
+        }
+        Kind::Capture => {
+            let source = books.balances.get(&tx.account).copied().unwrap_or(0);
+            if books.ended_just_now(hold, &["captured"]) {
+                if let Some(to) = tx.to.as_deref() {
+                    let destination = books.balances.get(to).copied().unwrap_or(0);
+                    books.balances.insert(to.to_owned(), destination + tx.amount);
+                }
+                books
+                    .balances
+                    .insert(tx.account.clone(), source - tx.amount);
+                return Ok(source - tx.amount);
+            }
+            if let Some(refusal) = books.hold_refusal(hold) {
+                return Err(refusal);
+            }
+            let held = books.holds[hold].0;
+            if tx.amount > held {
+                return Err("exceeds_hold");
+            }
+            if let Some(to) = tx.to.as_deref() {
+                let destination = books.balances.get(to).copied().ok_or("unknown_account")?;
+                if tx.amount > books.room(to, destination) {
+                    return Err("balance_overflow");
+                }
+            }
+            return Err("active_hold_not_captured");
+        }
+        _ => {}
+    }
     let source = books
         .balances
         .get(&tx.account)
@@ -75,8 +190,9 @@ pub fn decide(books: &mut Books, tx: &SentTx) -> Result<u64, &'static str> {
                 .insert(tx.account.clone(), source + tx.amount);
             Ok(source + tx.amount)
         }
+        Kind::Hold { .. } | Kind::Capture | Kind::Void => unreachable!("decided above"),
         Kind::Debit | Kind::Transfer => {
-            if source < tx.amount {
+            if books.available(&tx.account, source) < tx.amount {
                 return Err("insufficient_funds");
             }
             if let Some(to) = tx.to.as_deref().filter(|_| tx.kind == Kind::Transfer) {
@@ -100,6 +216,19 @@ pub fn decide(books: &mut Books, tx: &SentTx) -> Result<u64, &'static str> {
 /// the script does. `Ok(balance_after)` of the step's account, or
 /// `Err(reason)` when a debit or a credit is refused.
 pub fn decide_step(books: &mut Books, tx: &SentTx, step: SagaStep) -> Result<u64, &'static str> {
+    let ended = books.just_ended.clone();
+    let decided = decide_step_after(books, tx, step);
+    if books.just_ended == ended {
+        books.just_ended = None;
+    }
+    decided
+}
+
+fn decide_step_after(
+    books: &mut Books,
+    tx: &SentTx,
+    step: SagaStep,
+) -> Result<u64, &'static str> {
     let account = match step {
         SagaStep::Credit => tx.to.as_deref().unwrap_or_default(),
         _ => tx.account.as_str(),
@@ -107,9 +236,29 @@ pub fn decide_step(books: &mut Books, tx: &SentTx, step: SagaStep) -> Result<u64
     let balance = books.balances.get(account).copied();
     let held = books.held(account);
     match step {
+        SagaStep::Debit if tx.kind == Kind::Capture => {
+            // A capture to another slot: its hold, ended just before (as
+            // `capturing`, later `captured` or `voided`), pays the debit.
+            let hold = tx.hold.as_deref().unwrap_or_default();
+            if !books.ended_just_now(hold, &["capturing", "captured", "voided"]) {
+                if let Some(refusal) = books.hold_refusal(hold) {
+                    return Err(refusal);
+                }
+                if tx.amount > books.holds[hold].0 {
+                    return Err("exceeds_hold");
+                }
+                return Err("active_hold_not_captured");
+            }
+            let balance = balance.unwrap_or(0);
+            books.held.insert(account.to_owned(), held + tx.amount);
+            books
+                .balances
+                .insert(account.to_owned(), balance - tx.amount);
+            Ok(balance - tx.amount)
+        }
         SagaStep::Debit => {
             let balance = balance.ok_or("unknown_account")?;
-            if balance < tx.amount {
+            if books.available(account, balance) < tx.amount {
                 return Err("insufficient_funds");
             }
             books.held.insert(account.to_owned(), held + tx.amount);

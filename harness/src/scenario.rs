@@ -30,7 +30,7 @@ use crate::infra::Infra;
 use crate::invariants;
 use crate::measure::{published_transactions, topic_size, wait_drained};
 use crate::stack::{isolated_config, EngineProcess};
-use crate::workload::{Ledger, Mix, SentTx};
+use crate::workload::{Kind, Ledger, Mix, SentTx};
 
 /// One scenario file.
 #[derive(Debug, Clone, Deserialize)]
@@ -213,6 +213,16 @@ impl Scenario {
         self.mix
             .draw(format!("{run}-{i}"), self.accounts.count, &mut rng)
     }
+
+    /// What follows the `i`-th transaction once it was accepted, when it is
+    /// a hold: its capture, its void, or nothing (a pure function of `i`).
+    fn end_of_hold(&self, hold: &SentTx, i: usize) -> Option<SentTx> {
+        if !matches!(hold.kind, Kind::Hold { .. }) {
+            return None;
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(i as u64 ^ 0xe4d);
+        Mix::end_of(hold, &mut rng)
+    }
 }
 
 /// What a run found.
@@ -344,7 +354,14 @@ pub async fn run(scenario: &Scenario, infra: &Infra, exe: &Path) -> anyhow::Resu
                 }
                 let tx = scenario.transaction(&run_tag, i);
                 let verdict = send_until_answered(&api, &tx).await?;
+                let end = matches!(verdict, Answer::Accepted)
+                    .then(|| scenario.end_of_hold(&tx, i))
+                    .flatten();
                 results.lock().expect("results lock").record(tx, verdict);
+                if let Some(end) = end {
+                    let verdict = send_until_answered(&api, &end).await?;
+                    results.lock().expect("results lock").record(end, verdict);
+                }
                 if scenario.load.pause_ms > 0 {
                     tokio::time::sleep(Duration::from_millis(scenario.load.pause_ms)).await;
                 }

@@ -60,8 +60,19 @@ pub struct Mix {
     pub debit: u32,
     #[serde(default)]
     pub credit: u32,
+    /// Holds; each accepted one is followed by its capture (of part or all
+    /// of it), its void, or nothing (left to expire), drawn per hold.
+    #[serde(default)]
+    pub hold: u32,
+    /// The holds' `timeout_s`: short, so that some expire during a run.
+    #[serde(default = "default_hold_timeout_s")]
+    pub hold_timeout_s: u32,
     pub amount_min: u64,
     pub amount_max: u64,
+}
+
+fn default_hold_timeout_s() -> u32 {
+    2
 }
 
 impl Mix {
@@ -71,20 +82,46 @@ impl Mix {
         transfer: 60,
         debit: 25,
         credit: 15,
+        hold: 0,
+        hold_timeout_s: 2,
         amount_min: 1,
         amount_max: 1000,
     };
 
-    /// The kind for a `roll` in 0..100: transfers first, then debits, then credits.
+    /// The kind for a `roll` in 0..100: transfers first, then debits, then
+    /// credits, then holds.
     pub fn kind(&self, roll: u32) -> Kind {
         debug_assert!(roll < 100, "a roll is a percentage");
         if roll < self.transfer {
             Kind::Transfer
         } else if roll < self.transfer + self.debit {
             Kind::Debit
-        } else {
+        } else if roll < self.transfer + self.debit + self.credit {
             Kind::Credit
+        } else {
+            Kind::Hold {
+                timeout_s: self.hold_timeout_s,
+            }
         }
+    }
+
+    /// What follows accepted hold `hold`, drawn with `rng`: its capture (of
+    /// part or all of it), its void, or nothing (it expires).
+    pub fn end_of(hold: &SentTx, rng: &mut impl Rng) -> Option<SentTx> {
+        let (kind, amount) = match rng.random_range(0..100) {
+            0..45 => (Kind::Capture, rng.random_range(1..=hold.amount)),
+            45..75 => (Kind::Void, hold.amount),
+            _ => return None,
+        };
+        Some(SentTx {
+            id: format!("{}-end", hold.id),
+            kind,
+            account: hold.account.clone(),
+            to: hold.to.clone(),
+            amount,
+            accepted_at_ms: 0,
+            hold: Some(hold.id.clone()),
+        })
     }
 
     /// A transaction `id` over accounts `0..accounts`, drawn with `rng`; a
@@ -92,7 +129,12 @@ impl Mix {
     pub fn draw(&self, id: String, accounts: usize, rng: &mut impl Rng) -> SentTx {
         let kind = self.kind(rng.random_range(0..100));
         let from = rng.random_range(0..accounts);
-        let to = (kind == Kind::Transfer)
+        let pays_another = match kind {
+            Kind::Transfer => true,
+            Kind::Hold { .. } => rng.random_bool(0.5),
+            _ => false,
+        };
+        let to = pays_another
             .then(|| account_name((from + rng.random_range(1..accounts)) % accounts));
         SentTx {
             id,
@@ -101,14 +143,20 @@ impl Mix {
             to,
             amount: rng.random_range(self.amount_min..=self.amount_max),
             accepted_at_ms: 0,
+            hold: None,
         }
     }
 
     /// Shares summing to 100 and a valid amount range.
     pub fn validate(&self) -> Result<(), String> {
-        let sum = self.transfer + self.debit + self.credit;
+        let sum = self.transfer + self.debit + self.credit + self.hold;
         if sum != 100 {
-            return Err(format!("debit + credit + transfer must be 100, got {sum}"));
+            return Err(format!(
+                "debit + credit + transfer + hold must be 100, got {sum}"
+            ));
+        }
+        if self.hold > 0 && self.hold_timeout_s == 0 {
+            return Err("hold_timeout_s must be at least 1".into());
         }
         if !(1..=MAX_MINOR_UNITS).contains(&self.amount_min)
             || self.amount_min > self.amount_max
@@ -133,18 +181,41 @@ pub struct SentTx {
     pub amount: u64,
     /// When the client got its 2xx (ms since the epoch); 0 if not tracked.
     pub accepted_at_ms: u64,
+    /// A capture's or void's hold (its id); `account`, `to` and, for a
+    /// void, `amount` are the hold's.
+    pub hold: Option<String>,
 }
 
 impl SentTx {
     /// The `POST /transactions` body that sends it.
     pub fn request_body(&self) -> serde_json::Value {
-        serde_json::json!({
-            "id": self.id,
-            "type": self.kind.as_str(),
-            "account": self.account,
-            "to": self.to,
-            "amount": self.amount,
-        })
+        let kind = self.kind.as_str();
+        match self.kind {
+            Kind::Capture => serde_json::json!({
+                "id": self.id, "type": kind, "hold": self.hold, "amount": self.amount,
+            }),
+            Kind::Void => serde_json::json!({"id": self.id, "type": kind, "hold": self.hold}),
+            Kind::Hold { timeout_s } => serde_json::json!({
+                "id": self.id, "type": kind, "account": self.account, "to": self.to,
+                "amount": self.amount, "timeout_s": timeout_s,
+            }),
+            _ => serde_json::json!({
+                "id": self.id,
+                "type": kind,
+                "account": self.account,
+                "to": self.to,
+                "amount": self.amount,
+            }),
+        }
+    }
+
+    /// Where the money goes when it is applied: a transfer's or a
+    /// capture's `to` (a saga when that is in another slot).
+    pub fn credited(&self) -> Option<&str> {
+        match self.kind {
+            Kind::Transfer | Kind::Capture => self.to.as_deref(),
+            _ => None,
+        }
     }
 }
 
@@ -153,6 +224,9 @@ pub enum Kind {
     Debit,
     Credit,
     Transfer,
+    Hold { timeout_s: u32 },
+    Capture,
+    Void,
 }
 
 impl Kind {
@@ -161,6 +235,9 @@ impl Kind {
             Self::Debit => "debit",
             Self::Credit => "credit",
             Self::Transfer => "transfer",
+            Self::Hold { .. } => "hold",
+            Self::Capture => "capture",
+            Self::Void => "void",
         }
     }
 }

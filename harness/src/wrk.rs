@@ -43,6 +43,7 @@ pub fn sent_tx(id: &str, run: &str, accounts: u64) -> Option<SentTx> {
         to: to.map(|t| account_name(t as usize)),
         amount,
         accepted_at_ms: 0,
+        hold: None,
     })
 }
 

@@ -81,13 +81,14 @@ async fn run_and_judge(file: &std::path::Path, infra: &'static Infra) {
     .await
     .unwrap();
     eprintln!(
-        "scenario {name} ({:?}): {:.1} s, {} accepted, {} applied, {} rejected, {} sagas",
+        "scenario {name} ({:?}): {:.1} s, {} accepted, {} applied, {} rejected, {} sagas, holds {:?}",
         infra.redis_topology,
         outcome.elapsed.as_secs_f64(),
         outcome.verdict.accepted,
         outcome.verdict.applied,
         outcome.verdict.rejected,
-        outcome.verdict.sagas
+        outcome.verdict.sagas,
+        outcome.verdict.hold_ends
     );
     assert!(
         outcome.passed(),

@@ -47,6 +47,7 @@ fn transaction() -> impl Strategy<Value = SentTx> {
                 to,
                 amount,
                 accepted_at_ms: 0,
+                hold: None,
             }
         },
     )
