@@ -13,10 +13,10 @@ use crate::load::{self, LoadProfile, Target};
 use crate::measure::{consumer_lag, wait_drained, HttpResult, SecondStats};
 use crate::report::{
     cpu_readings, rss_kib, BareRun, CpuPerRequest, InvariantResult, LimiterOff, Machine,
-    PipelineResult, PipelineSecond, Ratios, Report,
+    PipelineResult, PipelineSecond, PlainDebits, Ratios, Report,
 };
 use crate::stack::{isolated_config, EngineProcess};
-use crate::workload::{account_name, Ledger, SentTx};
+use crate::workload::{account_name, Ledger, Mix, SentTx};
 use txengine::config::RedisTopology;
 use txengine::domain::{AccountId, Balance};
 use txengine::store::{Store, StoreSettings};
@@ -416,6 +416,55 @@ pub async fn run_load(
     } else {
         None
     };
+    // With holds: the same engine with plain debits first, drained before
+    // the measured hold-then-capture run, so that one report has both.
+    let plain_debits = if profile.holds {
+        let debits = LoadProfile {
+            holds: false,
+            mix: Mix {
+                debit: 100,
+                transfer: 0,
+                credit: 0,
+                hold: 0,
+                ..Mix::LOAD
+            },
+            ..profile.clone()
+        };
+        eprintln!(
+            "the same engine with plain debits ({}, {} users for {} s) ...",
+            generator.name(),
+            profile.users,
+            profile.seconds
+        );
+        let (redis_pids, kafka_pid) = infra.pids();
+        let engines: Vec<u32> = engine.pid().into_iter().collect();
+        let cpu = || cpu_readings(&engines, kafka_pid, &redis_pids, Some(std::process::id()));
+        let before = cpu();
+        let run = drive_http(
+            generator,
+            &engine.url,
+            &api_key,
+            "engine-debits",
+            "debits",
+            &debits,
+        )
+        .await?;
+        let after = cpu();
+        warmup_ledger.absorb(run.ledger);
+        wait_drained(
+            &infra.kafka_brokers,
+            &config.group,
+            &config.topic,
+            Duration::from_secs(300),
+        )
+        .await?;
+        Some(PlainDebits {
+            cpu_per_request: CpuPerRequest::between(before, after, run.result.ok),
+            result: run.result,
+        })
+    } else {
+        None
+    };
     let load_started_ms = txengine::wire::now_ms();
     let lag_sampler = LagSampler::start(&infra.kafka_brokers, &config.group, &config.topic);
     let (redis_pids, kafka_pid) = infra.pids();
@@ -566,6 +615,12 @@ pub async fn run_load(
             engine_vs_limiter_off: limiter_off
                 .as_ref()
                 .map(|off| engine_result.rps / off.result.rps),
+            holds_vs_debits: plain_debits
+                .as_ref()
+                .map(|d| engine_result.transactions_per_s / d.result.transactions_per_s),
+            holds_vs_debits_engine_cpu: plain_debits
+                .as_ref()
+                .and_then(|d| Some(cpu_per_request.engine_us? / d.cpu_per_request.engine_us?)),
             engine_batch_vs_single: engine_single
                 .as_ref()
                 .map(|single| engine_result.transactions_per_s / single.transactions_per_s),
@@ -575,6 +630,7 @@ pub async fn run_load(
         bare_http,
         redis_script,
         limiter_off,
+        plain_debits,
         pipeline: PipelineResult {
             drain_seconds: drain.as_secs_f64(),
             apply_rate_tx_per_s: settled as f64 / apply_seconds,

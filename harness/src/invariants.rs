@@ -523,17 +523,20 @@ async fn replay_in_apply_order(
     for (tx, steps) in steps {
         for (owner, step, flag) in steps.recorded(tx) {
             let seq = flag.seq.unwrap_or_default();
-            by_shard
-                .entry(layout.shard_of(owner))
-                .or_default()
-                .push((seq, tx, Happened::Step(step, flag)));
+            by_shard.entry(layout.shard_of(owner)).or_default().push((
+                seq,
+                tx,
+                Happened::Step(step, flag),
+            ));
         }
     }
     for (hold, row) in holds {
-        if let Some(row @ HoldRow {
-            ended_seq: Some(seq),
-            ..
-        }) = row
+        if let Some(
+            row @ HoldRow {
+                ended_seq: Some(seq),
+                ..
+            },
+        ) = row
         {
             by_shard
                 .entry(layout.shard_of(&hold.account))
@@ -709,7 +712,12 @@ async fn check_holds(
         }
     }
     let outcomes: Vec<Option<String>> = reader
-        .query(holds.iter().map(|(tx, _)| reader.tx_state(&tx.id)).collect())
+        .query(
+            holds
+                .iter()
+                .map(|(tx, _)| reader.tx_state(&tx.id))
+                .collect(),
+        )
         .await?;
     let now_ms = txengine::wire::now_ms();
     let mut pending_of: HashMap<&str, u64> = HashMap::new();

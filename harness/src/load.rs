@@ -17,7 +17,7 @@ use txengine::domain::{AccountId, Amount, Movement, TxId};
 use txengine::store::Store;
 
 use crate::measure::{precise_histogram, HttpResult, SecondStats};
-use crate::workload::{Ledger, Mix, SentTx};
+use crate::workload::{Kind, Ledger, Mix, SentTx};
 
 /// The shape of a load run.
 #[derive(Debug, Clone)]
@@ -34,7 +34,14 @@ pub struct LoadProfile {
     /// `POST /transactions/batch` with that many items (and the Redis
     /// limit applies that many per call).
     pub batch: usize,
+    /// Each user posts a hold, then its capture (all of it, to the drawn
+    /// transfer's `to` when there is one): two transactions a turn.
+    pub holds: bool,
 }
+
+/// How long the load's holds last: far past a run, so each ends by its
+/// capture, never by expiry.
+pub const LOAD_HOLD_TIMEOUT_S: u32 = 3_600;
 
 impl Default for LoadProfile {
     /// The seed's k6 profile: 200 users for 20 s; 1,000 accounts.
@@ -47,6 +54,7 @@ impl Default for LoadProfile {
             mix: Mix::LOAD,
             partners: None,
             batch: 1,
+            holds: false,
         }
     }
 }
@@ -194,59 +202,14 @@ async fn send_transaction(user: &mut GooseUser) -> TransactionResult {
     if state.profile.batch > 1 {
         return send_batch(user, &state).await;
     }
-    let mut tx = state.next_tx();
+    let tx = state.next_tx();
     let began = Instant::now();
     match &state.target {
         Target::Http { api_key, .. } => {
-            let body = tx.request_body();
-            state
-                .in_flight
-                .lock()
-                .expect("in-flight lock")
-                .insert(tx.id.clone(), tx.clone());
-            let builder = user
-                .get_request_builder(&GooseMethod::Post, "/transactions")?
-                .header("authorization", format!("Bearer {api_key}"))
-                .json(&body);
-            let request = GooseRequest::builder()
-                .method(GooseMethod::Post)
-                .path("/transactions")
-                .set_request_builder(builder)
-                .build();
-            let sent = user.request(request).await;
-            state
-                .in_flight
-                .lock()
-                .expect("in-flight lock")
-                .remove(&tx.id);
-            let mut goose = sent?;
-            let status = goose.response.as_ref().map(|r| r.status().as_u16());
-            match status {
-                Ok(200 | 202) => {
-                    state.record(began, None);
-                    state.transactions_ok.fetch_add(1, Ordering::Relaxed);
-                    tx.accepted_at_ms = txengine::wire::now_ms();
-                    state.accepted.lock().expect("ledger lock").push(tx);
-                }
-                Ok(code) if code < 500 => {
-                    let kind = format!("http {code}");
-                    state.record(began, Some(kind.clone()));
-                    state.refused.lock().expect("ledger lock").push(tx.id);
-                    return user.set_failure(&kind, &mut goose.request, None, None);
-                }
-                other => {
-                    // A 503 after a publish timeout, a timeout or a lost
-                    // connection: the record may still land and be applied.
-                    let kind = match other {
-                        Ok(code) => format!("http {code}"),
-                        Err(e) if e.is_timeout() => "timeout".to_owned(),
-                        Err(_) => "connection".to_owned(),
-                    };
-                    state.record(began, Some(kind.clone()));
-                    state.unanswered.lock().expect("ledger lock").push(tx);
-                    return user.set_failure(&kind, &mut goose.request, None, None);
-                }
+            if state.profile.holds {
+                return send_hold_then_capture(user, &state, api_key, tx).await;
             }
+            post_one(user, &state, api_key, tx).await?;
         }
         Target::RedisScript { store } => {
             // One script per call: on a cluster, a transfer between slots
@@ -264,6 +227,100 @@ async fn send_transaction(user: &mut GooseUser) -> TransactionResult {
                 Err(e) => state.record(began, Some(format!("redis: {e}"))),
             }
         }
+    }
+    Ok(())
+}
+
+/// Posts `tx` alone (`POST /transactions`) and reads the answer into the
+/// ledger; `Ok(true)` when it was accepted.
+async fn post_one(
+    user: &mut GooseUser,
+    state: &RunState,
+    api_key: &str,
+    mut tx: SentTx,
+) -> Result<bool, Box<goose::prelude::TransactionError>> {
+    let began = Instant::now();
+    let body = tx.request_body();
+    state
+        .in_flight
+        .lock()
+        .expect("in-flight lock")
+        .insert(tx.id.clone(), tx.clone());
+    let builder = user
+        .get_request_builder(&GooseMethod::Post, "/transactions")?
+        .header("authorization", format!("Bearer {api_key}"))
+        .json(&body);
+    let request = GooseRequest::builder()
+        .method(GooseMethod::Post)
+        .path("/transactions")
+        .set_request_builder(builder)
+        .build();
+    let sent = user.request(request).await;
+    state
+        .in_flight
+        .lock()
+        .expect("in-flight lock")
+        .remove(&tx.id);
+    let mut goose = sent?;
+    let status = goose.response.as_ref().map(|r| r.status().as_u16());
+    match status {
+        Ok(200 | 202) => {
+            state.record(began, None);
+            state.transactions_ok.fetch_add(1, Ordering::Relaxed);
+            tx.accepted_at_ms = txengine::wire::now_ms();
+            state.accepted.lock().expect("ledger lock").push(tx);
+            Ok(true)
+        }
+        Ok(code) if code < 500 => {
+            let kind = format!("http {code}");
+            state.record(began, Some(kind.clone()));
+            state.refused.lock().expect("ledger lock").push(tx.id);
+            user.set_failure(&kind, &mut goose.request, None, None)?;
+            Ok(false)
+        }
+        other => {
+            // A 503 after a publish timeout, a timeout or a lost
+            // connection: the record may still land and be applied.
+            let kind = match other {
+                Ok(code) => format!("http {code}"),
+                Err(e) if e.is_timeout() => "timeout".to_owned(),
+                Err(_) => "connection".to_owned(),
+            };
+            state.record(began, Some(kind.clone()));
+            state.unanswered.lock().expect("ledger lock").push(tx);
+            user.set_failure(&kind, &mut goose.request, None, None)?;
+            Ok(false)
+        }
+    }
+}
+
+/// A hold of the drawn transaction's amount (for its `to`, when it is a
+/// transfer), then, once it is accepted, its capture of all of it.
+async fn send_hold_then_capture(
+    user: &mut GooseUser,
+    state: &RunState,
+    api_key: &str,
+    drawn: SentTx,
+) -> TransactionResult {
+    let to = drawn.to.clone().filter(|_| drawn.kind == Kind::Transfer);
+    let hold = SentTx {
+        kind: Kind::Hold {
+            timeout_s: LOAD_HOLD_TIMEOUT_S,
+        },
+        to: to.clone(),
+        ..drawn
+    };
+    let capture = SentTx {
+        id: format!("{}-c", hold.id),
+        kind: Kind::Capture,
+        account: hold.account.clone(),
+        to,
+        amount: hold.amount,
+        accepted_at_ms: 0,
+        hold: Some(hold.id.clone()),
+    };
+    if post_one(user, state, api_key, hold).await? {
+        post_one(user, state, api_key, capture).await?;
     }
     Ok(())
 }

@@ -79,6 +79,11 @@ enum Command {
         /// single requests in the same run, side by side.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=txengine::limits::MAX_BATCH_ITEMS as u64))]
         batch: u64,
+        /// Two-phase (goose, single requests): each user posts a hold and
+        /// then its capture, and the same engine is also measured with
+        /// plain debits in the same run, side by side.
+        #[arg(long)]
+        holds: bool,
     },
     /// Publish a backlog of transactions straight into a topic, then start a
     /// consumer and measure how fast it applies them; checks the invariants.
@@ -149,10 +154,15 @@ fn main() -> anyhow::Result<()> {
             redis_topology,
             transfers,
             batch,
+            holds,
         } => {
             anyhow::ensure!(
                 transfers == Transfers::AsDrawn || generator == Generator::Goose,
                 "--transfers within-slot needs goose (wrk's script draws its own transfers)"
+            );
+            anyhow::ensure!(
+                !holds || (generator == Generator::Goose && batch == 1),
+                "--holds needs goose and single requests (a capture follows its hold's answer)"
             );
             // The shard of a name does not depend on the namespace.
             let layout = txengine::store::Layout::new("", redis_topology);
@@ -163,6 +173,7 @@ fn main() -> anyhow::Result<()> {
                 partners: (transfers == Transfers::WithinSlot)
                     .then(|| harness::workload::partners(&layout, accounts)),
                 batch: batch as usize,
+                holds,
                 ..LoadProfile::default()
             };
             runtime.block_on(run_load(

@@ -81,13 +81,14 @@ pub fn end_hold(books: &mut Books, hold: &str, account: &str, state: &str) -> Re
     let amount = *amount;
     let pending = books.pending(account);
     if pending < amount {
-        return Err(format!("hold {hold} released {amount}, pending was {pending}"));
+        return Err(format!(
+            "hold {hold} released {amount}, pending was {pending}"
+        ));
     }
     books.pending.insert(account.to_owned(), pending - amount);
     books.just_ended = Some((hold.to_owned(), state.to_owned()));
     Ok(())
 }
-
 
 /// One step of a saga (see `lua/saga_step.lua`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,7 +137,9 @@ fn decide_after(books: &mut Books, tx: &SentTx) -> Result<u64, &'static str> {
                 return Err("insufficient_funds");
             }
             let pending = books.pending(&tx.account);
-            books.pending.insert(tx.account.clone(), pending + tx.amount);
+            books
+                .pending
+                .insert(tx.account.clone(), pending + tx.amount);
             books.holds.insert(tx.id.clone(), (tx.amount, true));
             return Ok(source);
         }
@@ -151,7 +154,9 @@ fn decide_after(books: &mut Books, tx: &SentTx) -> Result<u64, &'static str> {
             if books.ended_just_now(hold, &["captured"]) {
                 if let Some(to) = tx.to.as_deref() {
                     let destination = books.balances.get(to).copied().unwrap_or(0);
-                    books.balances.insert(to.to_owned(), destination + tx.amount);
+                    books
+                        .balances
+                        .insert(to.to_owned(), destination + tx.amount);
                 }
                 books
                     .balances
@@ -224,11 +229,7 @@ pub fn decide_step(books: &mut Books, tx: &SentTx, step: SagaStep) -> Result<u64
     decided
 }
 
-fn decide_step_after(
-    books: &mut Books,
-    tx: &SentTx,
-    step: SagaStep,
-) -> Result<u64, &'static str> {
+fn decide_step_after(books: &mut Books, tx: &SentTx, step: SagaStep) -> Result<u64, &'static str> {
     let account = match step {
         SagaStep::Credit => tx.to.as_deref().unwrap_or_default(),
         _ => tx.account.as_str(),

@@ -251,6 +251,10 @@ pub struct Ratios {
     /// Engine accepted RPS / the same with the rate limiter off: what the
     /// limiter costs (API keys are checked in both).
     pub engine_vs_limiter_off: Option<f64>,
+    /// With `--holds`: transactions/s of hold-then-capture over plain
+    /// debits', and the engine's CPU per transaction of each, in the run.
+    pub holds_vs_debits: Option<f64>,
+    pub holds_vs_debits_engine_cpu: Option<f64>,
     /// Engine transactions/s in batches / with single requests, same run.
     pub engine_batch_vs_single: Option<f64>,
     /// Engine CPU per accepted request / the load generator's CPU per
@@ -283,6 +287,14 @@ pub struct LimiterOff {
     pub cpu_per_request: CpuPerRequest,
 }
 
+/// With `--holds`: the same engine driven with plain debits in the same
+/// run (before the measured hold-then-capture run), for the cost of holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlainDebits {
+    pub result: HttpResult,
+    pub cpu_per_request: CpuPerRequest,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub schema_version: u32,
@@ -299,6 +311,8 @@ pub struct Report {
     pub redis_script: Option<BareRun>,
     /// `None` with `--no-limits`.
     pub limiter_off: Option<LimiterOff>,
+    /// With `--holds`: the measured run posts holds and their captures.
+    pub plain_debits: Option<PlainDebits>,
     pub ratios: Ratios,
     pub pipeline: PipelineResult,
     pub cpu_per_request: CpuPerRequest,
@@ -427,6 +441,19 @@ impl Report {
                 md,
                 "With the rate limiter off: {}.",
                 off.cpu_per_request.describe()
+            );
+        }
+        if let Some(debits) = &self.plain_debits {
+            let _ = writeln!(
+                md,
+                "\nHolds: the measured run posts a hold and then its capture (two transactions, each one request). \
+                 Plain debits on the same engine, same users, in the same run: {:.0} transactions/s, p99 {:.1} ms; CPU per accepted request: {}. \
+                 Hold-then-capture / plain debits: **{}** transactions/s, **{}** engine CPU per transaction.",
+                debits.result.transactions_per_s,
+                debits.result.latency_ms_p99,
+                debits.cpu_per_request.describe(),
+                or_not_measured(self.ratios.holds_vs_debits, 2),
+                or_not_measured(self.ratios.holds_vs_debits_engine_cpu, 2),
             );
         }
         // The bare runs' server (the 202 handler's process, or Redis) and generator.
@@ -683,10 +710,13 @@ mod tests {
             redis_script: None,
             engine_single: None,
             limiter_off: None,
+            plain_debits: None,
             ratios: Ratios {
                 engine_vs_bare_http: None,
                 engine_vs_redis_script: None,
                 engine_vs_limiter_off: None,
+                holds_vs_debits: None,
+                holds_vs_debits_engine_cpu: None,
                 engine_batch_vs_single: None,
                 engine_cpu_vs_load_generator: None,
                 kafka_cpu_vs_load_generator: None,

@@ -134,8 +134,8 @@ impl Mix {
             Kind::Hold { .. } => rng.random_bool(0.5),
             _ => false,
         };
-        let to = pays_another
-            .then(|| account_name((from + rng.random_range(1..accounts)) % accounts));
+        let to =
+            pays_another.then(|| account_name((from + rng.random_range(1..accounts)) % accounts));
         SentTx {
             id,
             kind,

@@ -100,6 +100,14 @@ async fn a_hold_reserves_and_ends_once_by_capture_or_void(#[case] topology: Redi
     )
     .await;
     rejected(&too_much, "insufficient_funds");
+    // A transfer (on a cluster: a saga's debit) may take what is
+    // available and no more.
+    let short = settle(
+        &s,
+        json!({"id": "t-0", "type": "transfer", "account": payer, "to": payee, "amount": 41}),
+    )
+    .await;
+    rejected(&short, "insufficient_funds");
     let moved = settle(
         &s,
         json!({"id": "t-1", "type": "transfer", "account": payer, "to": payee, "amount": 40}),
