@@ -105,9 +105,14 @@ if earlier then
 end
 
 if op == 'hold' then
+  if h[1] == 'held' or h[1] == 'capturing' then
+    -- Its own flag is unset but the hold is active: a foreign write (an
+    -- active hold's flag outlives it: the longest hold is half the TTL).
+    return redis.error_reply('hold ' .. ARGV[6] .. ' is active without its flag')
+  end
   if h[1] then
-    -- Its own flag is unset but the hold exists: a foreign write.
-    return redis.error_reply('hold ' .. ARGV[6] .. ' exists without its flag')
+    -- An ended hold of this id whose flag expired: the id was reused.
+    redis.call('DEL', KEYS[5])
   end
   local refuse = function(reason)
     redis.call('HSET', KEYS[5], 'state', 'rejected', 'amount', ARGV[2], 'to', ARGV[8])
@@ -162,6 +167,12 @@ end
 if amount > h[2] then
   return settle('rejected', 'exceeds_hold', '')
 end
+-- Holds keep balance >= pending (every debit and the setter check it), so
+-- the money is there; if it is not, something else wrote: stop, loudly,
+-- before any write.
+if balance() < amount then
+  return redis.error_reply('hold ' .. ARGV[6] .. ': the balance is below what it holds')
+end
 
 if op == 'capture_out' then
   -- As a saga's debit: the amount leaves the balance and is in flight
@@ -174,8 +185,9 @@ if op == 'capture_out' then
   return settle('debited', '', digits(redis.call('DECRBY', KEYS[3], ARGV[2])))
 end
 
+local destination = nil
 if ARGV[8] ~= '' then
-  local destination = redis.call('GET', KEYS[7])
+  destination = redis.call('GET', KEYS[7])
   if not destination then
     return settle('rejected', 'unknown_account', '')
   end
@@ -186,10 +198,13 @@ if ARGV[8] ~= '' then
   if not has_room(amount, tonumber(destination), held) then
     return settle('rejected', 'balance_overflow', '')
   end
-  redis.call('INCRBY', KEYS[7], ARGV[2])
 end
+-- Ended first: end_hold may refuse, and nothing may be written before.
 local failed = end_hold(h, 'captured', amount)
 if failed then
   return failed
+end
+if destination then
+  redis.call('INCRBY', KEYS[7], ARGV[2])
 end
 return settle('applied', '', digits(redis.call('DECRBY', KEYS[3], ARGV[2])))

@@ -76,6 +76,9 @@ end
 if held < amount then
   return redis.error_reply('saga ' .. step .. ': held ' .. held .. ' < ' .. ARGV[2])
 end
+if KEYS[6] and redis.call('HGET', KEYS[6], 'state') ~= 'capturing' then
+  return redis.error_reply('saga ' .. step .. ': its hold is not capturing')
+end
 -- No balance may pass 2^53-1, not even by a refund (credits and the admin
 -- setter leave room for what is held, so this stops only a foreign write).
 if step == 'refund' and not has_room(amount, tonumber(redis.call('GET', KEYS[3]) or '0'), 0) then

@@ -619,6 +619,7 @@ struct HoldRow {
     amount: u64,
     captured: Option<u64>,
     deadline_ms: Option<u64>,
+    ended_ms: Option<u64>,
     ended_seq: Option<u64>,
 }
 
@@ -641,6 +642,7 @@ async fn read_holds<'l>(
         Option<u64>,
         Option<u64>,
         Option<u64>,
+        Option<u64>,
     );
     let rows: Vec<Row> = reader
         .query(
@@ -650,7 +652,14 @@ async fn read_holds<'l>(
                     reader.hmget(
                         &tx.account,
                         layout.hold(&tx.account, &tx.id),
-                        &["state", "amount", "captured", "deadline_ms", "ended_seq"],
+                        &[
+                            "state",
+                            "amount",
+                            "captured",
+                            "deadline_ms",
+                            "ended_ms",
+                            "ended_seq",
+                        ],
                     )
                 })
                 .collect(),
@@ -659,16 +668,19 @@ async fn read_holds<'l>(
     Ok(holds
         .into_iter()
         .zip(rows)
-        .map(|(tx, (state, amount, captured, deadline_ms, ended_seq))| {
-            let row = state.map(|state| HoldRow {
-                state,
-                amount: amount.unwrap_or(0),
-                captured,
-                deadline_ms,
-                ended_seq,
-            });
-            (tx, row)
-        })
+        .map(
+            |(tx, (state, amount, captured, deadline_ms, ended_ms, ended_seq))| {
+                let row = state.map(|state| HoldRow {
+                    state,
+                    amount: amount.unwrap_or(0),
+                    captured,
+                    deadline_ms,
+                    ended_ms,
+                    ended_seq,
+                });
+                (tx, row)
+            },
+        )
         .collect())
 }
 
@@ -695,20 +707,32 @@ async fn check_holds(
         .chain(&ledger.uncertain)
         .filter(|tx| matches!(tx.kind, Kind::Capture | Kind::Void))
         .collect();
-    let states: Vec<Option<String>> = reader
-        .query(ends.iter().map(|tx| reader.tx_state(&tx.id)).collect())
+    let states: Vec<(Option<String>, Option<String>)> = reader
+        .query(
+            ends.iter()
+                .map(|tx| reader.tx_fields(&tx.id, &["state", "reason"]))
+                .collect(),
+        )
         .await?;
     // Per hold: the amounts of its applied captures, and its applied voids.
     let mut applied: HashMap<&str, (Vec<u64>, usize)> = HashMap::new();
-    for (tx, state) in ends.iter().zip(states) {
+    // Holds a capture's saga gave back (its credit refused): voided by it.
+    let mut refunded: std::collections::HashSet<&str> = Default::default();
+    for (tx, (state, reason)) in ends.iter().zip(states) {
+        let hold = tx.hold.as_deref().unwrap_or_default();
         if state.as_deref() == Some("applied") {
-            let entry = applied
-                .entry(tx.hold.as_deref().unwrap_or_default())
-                .or_default();
+            let entry = applied.entry(hold).or_default();
             match tx.kind {
                 Kind::Capture => entry.0.push(tx.amount),
                 _ => entry.1 += 1,
             }
+        }
+        let credit_refused = matches!(
+            reason.as_deref(),
+            Some("unknown_account" | "balance_overflow")
+        );
+        if tx.kind == Kind::Capture && state.as_deref() == Some("rejected") && credit_refused {
+            refunded.insert(hold);
         }
     }
     let outcomes: Vec<Option<String>> = reader
@@ -775,13 +799,21 @@ async fn check_holds(
                 }
             }
             "voided" => {
-                if !captures.is_empty() || voids > 1 {
-                    broken("voided, but a capture applied or more than one void");
+                let by_refund = voids == 0 && refunded.contains(tx.id.as_str());
+                if !captures.is_empty() || !(voids == 1 || by_refund) {
+                    broken("voided, but not by exactly one applied void (nor a refunded capture)");
                 }
             }
             "expired" => {
                 if !captures.is_empty() || voids > 0 {
                     broken("expired, but a capture or void applied");
+                }
+                if row
+                    .ended_ms
+                    .zip(row.deadline_ms)
+                    .is_none_or(|(end, due)| end < due)
+                {
+                    broken("expired before its deadline");
                 }
             }
             "capturing" => broken("its capture's saga did not end"),

@@ -152,16 +152,20 @@ fn decide_after(books: &mut Books, tx: &SentTx) -> Result<u64, &'static str> {
         Kind::Capture => {
             let source = books.balances.get(&tx.account).copied().unwrap_or(0);
             if books.ended_just_now(hold, &["captured"]) {
+                // As the script checks before it ends the hold: `to`
+                // exists and has room, and the money is there.
                 if let Some(to) = tx.to.as_deref() {
-                    let destination = books.balances.get(to).copied().unwrap_or(0);
+                    let destination = books.balances.get(to).copied().ok_or("unknown_account")?;
+                    if tx.amount > books.room(to, destination) {
+                        return Err("balance_overflow");
+                    }
                     books
                         .balances
                         .insert(to.to_owned(), destination + tx.amount);
                 }
-                books
-                    .balances
-                    .insert(tx.account.clone(), source - tx.amount);
-                return Ok(source - tx.amount);
+                let after = source.checked_sub(tx.amount).ok_or("balance_below_hold")?;
+                books.balances.insert(tx.account.clone(), after);
+                return Ok(after);
             }
             if let Some(refusal) = books.hold_refusal(hold) {
                 return Err(refusal);
@@ -250,12 +254,13 @@ fn decide_step_after(books: &mut Books, tx: &SentTx, step: SagaStep) -> Result<u
                 }
                 return Err("active_hold_not_captured");
             }
-            let balance = balance.unwrap_or(0);
+            let after = balance
+                .unwrap_or(0)
+                .checked_sub(tx.amount)
+                .ok_or("balance_below_hold")?;
             books.held.insert(account.to_owned(), held + tx.amount);
-            books
-                .balances
-                .insert(account.to_owned(), balance - tx.amount);
-            Ok(balance - tx.amount)
+            books.balances.insert(account.to_owned(), after);
+            Ok(after)
         }
         SagaStep::Debit => {
             let balance = balance.ok_or("unknown_account")?;

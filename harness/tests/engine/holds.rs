@@ -136,14 +136,31 @@ async fn a_hold_reserves_and_ends_once_by_capture_or_void(#[case] topology: Redi
     rejected(&above, "exceeds_hold");
     assert_eq!(funds(&s, payer).await, (60, 60, 0));
 
-    // A key that may not touch the payer may not end its hold.
+    // A key that may not touch the payer may not end its hold, and learns
+    // no more than of a hold that does not exist (no 403 naming the payer).
     let payee_only = s.create_key(&[payee.as_str()], None, None).await.unwrap();
     let payee_key = s.with_api_key(&payee_only.secret).unwrap();
     let (status, body) = payee_key
         .post(&json!({"id": "c-x", "type": "capture", "hold": "h-1"}))
         .await
         .unwrap();
-    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (_, unknown) = payee_key
+        .post(&json!({"id": "c-y", "type": "capture", "hold": "no-such-hold"}))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(
+        body["detail"]
+            .as_str()
+            .map(|d| d.replace("h-1", "no-such-hold")),
+        unknown["detail"].as_str().map(str::to_owned),
+        "{body} / {unknown}"
+    );
+    let (_, batch) = payee_key
+        .post_batch(&[json!({"id": "c-z", "type": "void", "hold": "h-1"})])
+        .await
+        .unwrap();
+    assert_eq!(batch["results"][0]["status"], "invalid", "{batch}");
 
     let captured = settle(
         &s,
@@ -614,6 +631,161 @@ async fn the_hold_script_at_its_edges() {
         ended(Outcome::Rejected {
             reason: RejectReason::HoldNotActive
         })
+    );
+
+    // Balance below what a hold keeps (only a foreign write can do it): the
+    // capture stops with an error before any write.
+    assert!(matches!(
+        apply(hold("e-7", &account, 60)).await,
+        Progress::Ended { .. }
+    ));
+    let balance_key = store.layout().balance("edge");
+    let _: () = redis::cmd("SET")
+        .arg(&balance_key)
+        .arg(5)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let refused = store.apply_records(&[capture("c-7", "e-7", 10)]).await;
+    assert!(refused.is_err(), "{refused:?}");
+    let kept = store
+        .hold_record(&account, &id("e-7"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.state, "held", "nothing written: {kept:?}");
+    let pending: Option<u64> = redis::cmd("GET")
+        .arg(store.layout().pending("edge"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(pending, Some(10));
+    let _: () = redis::cmd("SET")
+        .arg(&balance_key)
+        .arg(96)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(matches!(
+        apply(capture("c-8", "e-7", 10)).await,
+        Progress::Ended { .. }
+    ));
+
+    // An id reused once its hold ended and its flag expired (here: deleted)
+    // holds anew; the ended hold's record is not in the way.
+    let _: () = redis::cmd("DEL")
+        .arg(store.layout().apply_flag("e-1", "edge"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(matches!(
+        apply(hold("e-1", &account, 60)).await,
+        Progress::Ended { .. }
+    ));
+    let anew = store
+        .hold_record(&account, &id("e-1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (anew.state.as_str(), anew.captured),
+        ("held", None),
+        "{anew:?}"
+    );
+}
+
+/// On a Redis Cluster, the settle of a capture's saga ends only a hold
+/// that its capture left `capturing`: a hold in any other state (only a
+/// foreign write can do that) stops it with an error, nothing written.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_capture_saga_settles_only_a_capturing_hold() {
+    use txengine::domain::{AccountId, Amount, Balance, Movement, Transaction, TxId};
+    use txengine::store::{Connection, Progress};
+    use txengine::wire::{Record, SagaStep};
+
+    let infra = Infra::shared_cluster();
+    let namespace = format!("hold-saga-{}", uuid::Uuid::new_v4().simple());
+    let store = crate::isolated_store_on(infra, &namespace).await;
+    let layout = store.layout().clone();
+    let payee = elsewhere(&layout, "saga-payer", "saga-payee-");
+    let (payer, payee) = (
+        AccountId::parse("saga-payer").unwrap(),
+        AccountId::parse(&payee).unwrap(),
+    );
+    for account in [&payer, &payee] {
+        store
+            .set_balance(account, Balance::new(100).unwrap())
+            .await
+            .unwrap()
+            .ensure_set()
+            .unwrap();
+    }
+    let amount = Amount::new(10).unwrap();
+    let record = |id: &str, movement| Record {
+        tx: Transaction {
+            id: TxId::parse(id).unwrap(),
+            movement,
+        },
+        accepted_at_ms: 1,
+        saga: None,
+    };
+    let hold = record(
+        "s-h",
+        Movement::Hold {
+            account: payer.clone(),
+            to: Some(payee.clone()),
+            amount,
+            timeout_s: 60,
+        },
+    );
+    store.apply_records(&[hold]).await.unwrap();
+    let capture = record(
+        "s-c",
+        Movement::Capture {
+            hold: TxId::parse("s-h").unwrap(),
+            account: payer.clone(),
+            to: Some(payee.clone()),
+            amount,
+        },
+    );
+    let Progress::Next(credit) = store.apply_records(&[capture]).await.unwrap().remove(0) else {
+        panic!("a capture to another slot goes on as a saga")
+    };
+    let Progress::Next(settle) = store.apply_records(&[credit]).await.unwrap().remove(0) else {
+        panic!("the credit lands and the settle follows")
+    };
+    assert!(matches!(
+        settle.saga,
+        Some(SagaStep::Settle { refused: None, .. })
+    ));
+    // A foreign write puts the hold back to `held`.
+    let conn = Connection::open(
+        &infra.redis_url,
+        RedisTopology::Cluster,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let mut hset = redis::cmd("HSET");
+    hset.arg(layout.hold(payer.as_str(), "s-h"))
+        .arg("state")
+        .arg("held");
+    let _: Vec<i64> = conn
+        .run_by_slot(vec![(layout.shard_of(payer.as_str()), hset)])
+        .await
+        .unwrap();
+    let refused = store.apply_records(std::slice::from_ref(&settle)).await;
+    assert!(refused.is_err(), "{refused:?}");
+    let mut get = redis::cmd("GET");
+    get.arg(layout.held(payer.as_str()));
+    let held: Vec<Option<u64>> = conn
+        .run_by_slot(vec![(layout.shard_of(payer.as_str()), get)])
+        .await
+        .unwrap();
+    assert_eq!(
+        held,
+        [Some(10)],
+        "nothing written: the money is still in flight"
     );
 }
 

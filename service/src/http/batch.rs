@@ -17,7 +17,9 @@ use utoipa::ToSchema;
 
 use super::auth::{authenticate, limit_of, Quota};
 use super::problem::{Problem, ProblemBody};
-use super::transactions::{read_body_within, view, Posted, RequestError, TransactionRequest};
+use super::transactions::{
+    hidden_hold, read_body_within, view, Posted, RequestError, TransactionRequest,
+};
 use super::ApiState;
 use crate::admission::Refused;
 use crate::domain::{Transaction, TxId, TxStatus};
@@ -312,7 +314,10 @@ pub(super) async fn post_batch(
                 continue;
             }
         };
-        let tx = match posted.complete(api.hold_timeouts, terms_of_hold) {
+        let completed = posted
+            .complete(api.hold_timeouts, terms_of_hold)
+            .and_then(|tx| hidden_hold(&key, tx));
+        let tx = match completed {
             Ok(tx) => tx,
             Err(rule) => {
                 slots.push(Slot::Done(refused(rule.to_string())));

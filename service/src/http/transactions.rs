@@ -120,7 +120,7 @@ impl Posted {
             } => {
                 let timeout_s = match timeout_s {
                     None => timeouts.default_s.min(timeouts.max_s),
-                    Some(t) if t <= u64::from(timeouts.max_s) => t as u32,
+                    Some(t) if (1..=u64::from(timeouts.max_s)).contains(&t) => t as u32,
                     Some(_) => {
                         return Err(RuleError::HoldTimeoutOutOfRange {
                             max: u64::from(timeouts.max_s),
@@ -248,17 +248,9 @@ impl TransactionRequest {
             if to.as_ref() == Some(&account) {
                 return Err(RuleError::TransferToSelf);
             }
-            let timeout_s = self
-                .timeout_s
-                .as_ref()
-                .map(|t| {
-                    t.as_u64()
-                        .filter(|t| *t >= 1)
-                        .ok_or(RuleError::HoldTimeoutOutOfRange {
-                            max: u64::from(u32::MAX),
-                        })
-                })
-                .transpose()?;
+            // Not a positive integer: 0, refused by `complete` naming this
+            // server's longest hold.
+            let timeout_s = self.timeout_s.as_ref().map(|t| t.as_u64().unwrap_or(0));
             return Ok(Posted::Hold {
                 id,
                 account,
@@ -569,6 +561,7 @@ pub(super) async fn post_transaction(
     };
     let tx = posted
         .complete(api.hold_timeouts, terms)
+        .and_then(|tx| hidden_hold(&key, tx))
         .map_err(Problem::rule)?;
     if let Some(account) = key.scope.refuses(&tx.movement) {
         return Err(forbidden(&key, format!("account {account}")));
@@ -591,6 +584,18 @@ pub(super) async fn post_transaction(
             .into_response(),
     };
     Ok(with_quota(response, quota))
+}
+
+/// A capture or void of a hold on an account the key may not touch is
+/// refused as if no such hold existed: a 403 naming the account would tell
+/// any key which holds exist, and whose they are.
+pub(super) fn hidden_hold(key: &ApiKey, tx: Transaction) -> Result<Transaction, RuleError> {
+    match tx.movement.ended_hold() {
+        Some(hold) if key.scope.refuses(&tx.movement).is_some() => {
+            Err(RuleError::UnknownHold(hold.to_string()))
+        }
+        _ => Ok(tx),
+    }
 }
 
 /// What a key may see of a transaction.
@@ -768,9 +773,7 @@ mod tests {
             ),
             (
                 r#"{"type":"hold","account":"a","amount":1,"timeout_s":0}"#,
-                Some(RuleError::HoldTimeoutOutOfRange {
-                    max: u64::from(u32::MAX),
-                }),
+                None,
             ),
             (
                 r#"{"type":"hold","account":"a","to":"a","amount":1}"#,
@@ -811,10 +814,15 @@ mod tests {
             timeout_of(r#"{"type":"hold","account":"a","amount":1,"timeout_s":60}"#),
             Ok(60)
         );
-        assert_eq!(
-            timeout_of(r#"{"type":"hold","account":"a","amount":1,"timeout_s":61}"#),
-            Err(Err(RuleError::HoldTimeoutOutOfRange { max: 60 }))
-        );
+        for refused in ["61", "0", "1.5", "-1"] {
+            assert_eq!(
+                timeout_of(&format!(
+                    r#"{{"type":"hold","account":"a","amount":1,"timeout_s":{refused}}}"#
+                )),
+                Err(Err(RuleError::HoldTimeoutOutOfRange { max: 60 })),
+                "{refused}"
+            );
+        }
         let capture = posted(r#"{"id":"c","type":"capture","hold":"h"}"#);
         assert_eq!(
             capture.clone().complete(timeouts, None),

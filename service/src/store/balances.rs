@@ -53,9 +53,11 @@ impl Store {
     /// (one slot); `None` for an unknown account.
     pub async fn funds(&self, account: &AccountId) -> Result<Option<Funds>, StoreError> {
         let mut conn = self.conn.clone();
-        let (balance, pending): (Option<u64>, Option<u64>) = redis::pipe()
-            .get(self.balance_key(account))
-            .get(self.layout.pending(account.as_str()))
+        // One MGET (both keys are in the account's slot): one instant, so
+        // no script runs between the two reads.
+        let (balance, pending): (Option<u64>, Option<u64>) = redis::cmd("MGET")
+            .arg(self.balance_key(account))
+            .arg(self.layout.pending(account.as_str()))
             .query_async(&mut conn)
             .await?;
         let Some(balance) = balance else {

@@ -194,6 +194,26 @@ impl Store {
             })
             .collect();
         let holds: Vec<(Option<String>, Option<u64>)> = self.conn.run_by_slot(commands).await?;
+        // A member whose hold is gone (its record expired while it was
+        // held: a consumer behind by more than the outcome TTL less the
+        // hold's timeout) can never be expired; it leaves the set, loudly,
+        // so it cannot crowd out the due ones.
+        let gone: Vec<(u32, redis::Cmd)> = due
+            .iter()
+            .zip(&holds)
+            .filter(|(_, (state, _))| state.is_none())
+            .map(|((account, hold), _)| {
+                tracing::error!(%account, %hold, "a due hold's record is gone: its pending amount stays until an operator releases it");
+                let shard = self.layout.shard_of(account.as_str());
+                let mut cmd = redis::cmd("ZREM");
+                cmd.arg(self.layout.holds_due(shard))
+                    .arg(Layout::due_member(account.as_str(), hold.as_str()));
+                (shard, cmd)
+            })
+            .collect();
+        if !gone.is_empty() {
+            let _: Vec<i64> = self.conn.run_by_slot(gone).await?;
+        }
         Ok(due
             .into_iter()
             .zip(holds)
