@@ -44,6 +44,42 @@ struct HttpRun {
     ledger: Ledger,
 }
 
+/// The same engine driven with `side` (`name` and `run` tag its ids)
+/// before the measured run, then drained so the measured run starts on an
+/// empty topic: its result and ledger, and the CPU per accepted request.
+#[allow(clippy::too_many_arguments)]
+async fn run_beside(
+    infra: &Infra,
+    config: &txengine::config::Config,
+    engine: &EngineProcess,
+    api_key: &str,
+    generator: Generator,
+    what: &str,
+    (name, run): (&str, &str),
+    side: &LoadProfile,
+) -> anyhow::Result<(HttpRun, CpuPerRequest)> {
+    eprintln!(
+        "the same engine with {what} ({}, {} users for {} s) ...",
+        generator.name(),
+        side.users,
+        side.seconds
+    );
+    let (redis_pids, kafka_pid) = infra.pids();
+    let engines: Vec<u32> = engine.pid().into_iter().collect();
+    let cpu = || cpu_readings(&engines, kafka_pid, &redis_pids, Some(std::process::id()));
+    let before = cpu();
+    let driven = drive_http(generator, &engine.url, api_key, name, run, side).await?;
+    let cpu_per_request = CpuPerRequest::between(before, cpu(), driven.result.ok);
+    wait_drained(
+        &infra.kafka_brokers,
+        &config.group,
+        &config.topic,
+        Duration::from_secs(300),
+    )
+    .await?;
+    Ok((driven, cpu_per_request))
+}
+
 /// Drives `url` with the chosen generator; `run` tags the ids (wrk).
 async fn drive_http(
     generator: Generator,
@@ -389,35 +425,23 @@ pub async fn run_load(
             batch: 1,
             ..profile.clone()
         };
-        eprintln!(
-            "the same engine with single requests ({}, {} users for {} s) ...",
-            generator.name(),
-            profile.users,
-            profile.seconds
-        );
-        let run = drive_http(
-            generator,
-            &engine.url,
+        let (run, _) = run_beside(
+            &infra,
+            &config,
+            &engine,
             &api_key,
-            "engine-single",
-            "single",
+            generator,
+            "single requests",
+            ("engine-single", "single"),
             &single,
         )
         .await?;
         warmup_ledger.absorb(run.ledger);
-        wait_drained(
-            &infra.kafka_brokers,
-            &config.group,
-            &config.topic,
-            Duration::from_secs(300),
-        )
-        .await?;
         Some(run.result)
     } else {
         None
     };
-    // With holds: the same engine with plain debits first, drained before
-    // the measured hold-then-capture run, so that one report has both.
+    // With holds: the same engine with plain debits first, likewise.
     let plain_debits = if profile.holds {
         let debits = LoadProfile {
             holds: false,
@@ -430,36 +454,20 @@ pub async fn run_load(
             },
             ..profile.clone()
         };
-        eprintln!(
-            "the same engine with plain debits ({}, {} users for {} s) ...",
-            generator.name(),
-            profile.users,
-            profile.seconds
-        );
-        let (redis_pids, kafka_pid) = infra.pids();
-        let engines: Vec<u32> = engine.pid().into_iter().collect();
-        let cpu = || cpu_readings(&engines, kafka_pid, &redis_pids, Some(std::process::id()));
-        let before = cpu();
-        let run = drive_http(
-            generator,
-            &engine.url,
+        let (run, cpu_per_request) = run_beside(
+            &infra,
+            &config,
+            &engine,
             &api_key,
-            "engine-debits",
-            "debits",
+            generator,
+            "plain debits",
+            ("engine-debits", "debits"),
             &debits,
         )
         .await?;
-        let after = cpu();
         warmup_ledger.absorb(run.ledger);
-        wait_drained(
-            &infra.kafka_brokers,
-            &config.group,
-            &config.topic,
-            Duration::from_secs(300),
-        )
-        .await?;
         Some(PlainDebits {
-            cpu_per_request: CpuPerRequest::between(before, after, run.result.ok),
+            cpu_per_request,
             result: run.result,
         })
     } else {

@@ -61,6 +61,14 @@ impl Books {
         }
     }
 
+    /// Decides one step; only the step right after an end may be the one
+    /// that made it, so the end is forgotten after it.
+    fn after_one_step<T>(&mut self, step: impl FnOnce(&mut Self) -> T) -> T {
+        let decided = step(self);
+        self.just_ended = None;
+        decided
+    }
+
     /// Room to credit `account` without passing 2^53-1, keeping what it
     /// may be refunded.
     fn room(&self, account: &str, balance: u64) -> u64 {
@@ -115,13 +123,7 @@ impl SagaStep {
 /// Decides `tx` in one script against `books` and, when it applies, moves
 /// the money. `Ok(balance_after)` of the checked account, or `Err(reason)`.
 pub fn decide(books: &mut Books, tx: &SentTx) -> Result<u64, &'static str> {
-    let ended = books.just_ended.clone();
-    let decided = decide_after(books, tx);
-    // Only the step right after an end may be the one that made it.
-    if books.just_ended == ended {
-        books.just_ended = None;
-    }
-    decided
+    books.after_one_step(|books| decide_after(books, tx))
 }
 
 fn decide_after(books: &mut Books, tx: &SentTx) -> Result<u64, &'static str> {
@@ -225,12 +227,7 @@ fn decide_after(books: &mut Books, tx: &SentTx) -> Result<u64, &'static str> {
 /// the script does. `Ok(balance_after)` of the step's account, or
 /// `Err(reason)` when a debit or a credit is refused.
 pub fn decide_step(books: &mut Books, tx: &SentTx, step: SagaStep) -> Result<u64, &'static str> {
-    let ended = books.just_ended.clone();
-    let decided = decide_step_after(books, tx, step);
-    if books.just_ended == ended {
-        books.just_ended = None;
-    }
-    decided
+    books.after_one_step(|books| decide_step_after(books, tx, step))
 }
 
 fn decide_step_after(books: &mut Books, tx: &SentTx, step: SagaStep) -> Result<u64, &'static str> {

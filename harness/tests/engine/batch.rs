@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use harness::infra::Infra;
 use harness::stack::{isolated_config, Stack};
 use reqwest::StatusCode;
 use rstest::rstest;
@@ -16,13 +15,6 @@ use txengine::limits::MAX_BATCH_ITEMS;
 use crate::isolated_store;
 
 const SETTLE: Duration = Duration::from_secs(60);
-
-fn infra_of(topology: RedisTopology) -> &'static Infra {
-    match topology {
-        RedisTopology::Single => crate::infra(),
-        RedisTopology::Cluster => Infra::shared_cluster(),
-    }
-}
 
 /// The results of a batch answer, checked to be one per item.
 fn results(status: StatusCode, answer: &Value, items: usize) -> Vec<Value> {
@@ -42,7 +34,7 @@ fn results(status: StatusCode, answer: &Value, items: usize) -> Vec<Value> {
 #[case::cluster(RedisTopology::Cluster)]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_mixed_batch_answers_each_item_as_one_request_would(#[case] topology: RedisTopology) {
-    let s = Stack::start(infra_of(topology), "batch-mixed")
+    let s = Stack::start(crate::infra_of(topology), "batch-mixed")
         .await
         .unwrap();
     for account in ["a-1", "a-2", "a-3", "a-4"] {

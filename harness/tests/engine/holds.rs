@@ -14,13 +14,6 @@ use txengine::store::{Layout, RedisTopology};
 
 const SETTLE: Duration = Duration::from_secs(60);
 
-fn infra_of(topology: RedisTopology) -> &'static Infra {
-    match topology {
-        RedisTopology::Single => crate::infra(),
-        RedisTopology::Cluster => Infra::shared_cluster(),
-    }
-}
-
 /// An account of `prefix` whose slot differs from `of`'s on a cluster (on
 /// one Redis every account shares the slot).
 fn elsewhere(layout: &Layout, of: &str, prefix: &str) -> String {
@@ -74,7 +67,7 @@ fn rejected(view: &Value, reason: &str) {
 #[case::cluster(RedisTopology::Cluster)]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hold_reserves_and_ends_once_by_capture_or_void(#[case] topology: RedisTopology) {
-    let s = Stack::start(infra_of(topology), "holds-life")
+    let s = Stack::start(crate::infra_of(topology), "holds-life")
         .await
         .unwrap();
     let layout = Layout::new(&s.config.namespace, topology);
@@ -293,7 +286,7 @@ async fn a_hold_reserves_and_ends_once_by_capture_or_void(#[case] topology: Redi
 #[case::cluster(RedisTopology::Cluster)]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hold_left_alone_expires_through_the_pipeline(#[case] topology: RedisTopology) {
-    let mut config = isolated_config(infra_of(topology), "holds-expire");
+    let mut config = isolated_config(crate::infra_of(topology), "holds-expire");
     config.expire_scan_ms = 200;
     let s = Stack::start_with(config).await.unwrap();
     s.set_balance("lapsing", 10).await.unwrap();
@@ -318,7 +311,7 @@ async fn a_hold_left_alone_expires_through_the_pipeline(#[case] topology: RedisT
     assert_eq!(ended["status"], "expired", "{ended}");
     // Both times are Redis's clock: the deadline set by the hold's apply,
     // the end by the expiry's.
-    let store = crate::isolated_store_on(infra_of(topology), &s.config.namespace).await;
+    let store = crate::isolated_store_on(crate::infra_of(topology), &s.config.namespace).await;
     let record = store
         .hold_record(
             &txengine::domain::AccountId::parse("lapsing").unwrap(),
@@ -352,7 +345,7 @@ async fn a_hold_left_alone_expires_through_the_pipeline(#[case] topology: RedisT
 #[tokio::test(flavor = "multi_thread")]
 async fn capture_void_and_expiry_race_and_exactly_one_wins(#[case] topology: RedisTopology) {
     const HOLDS: usize = 20;
-    let mut config = isolated_config(infra_of(topology), "holds-race");
+    let mut config = isolated_config(crate::infra_of(topology), "holds-race");
     config.expire_scan_ms = 100;
     let s = Stack::start_with(config).await.unwrap();
     let layout = Layout::new(&s.config.namespace, topology);

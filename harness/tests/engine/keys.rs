@@ -725,10 +725,7 @@ async fn gathered_claims_are_each_what_one_claim_would_be(
     use txengine::domain::{AccountId, Amount, Movement, Transaction, TxId};
     use txengine::keys::RateLimit;
     use txengine::store::{Claim, LimitedClaim, Store};
-    let infra = match topology {
-        txengine::config::RedisTopology::Single => crate::infra(),
-        txengine::config::RedisTopology::Cluster => Infra::shared_cluster(),
-    };
+    let infra = crate::infra_of(topology);
     let namespace = format!("gathered-{}", uuid::Uuid::new_v4().simple());
     let store = crate::isolated_store_on(infra, &namespace).await;
     let tx = |id: &str, amount: u64| Transaction {

@@ -39,6 +39,14 @@ pub fn infra() -> &'static Infra {
     Infra::shared()
 }
 
+/// The shared infra of a topology: one Redis, or the Redis Cluster.
+pub fn infra_of(topology: txengine::store::RedisTopology) -> &'static Infra {
+    match topology {
+        txengine::store::RedisTopology::Single => infra(),
+        txengine::store::RedisTopology::Cluster => Infra::shared_cluster(),
+    }
+}
+
 /// Each item's answer of a store call that answers per item, every one
 /// expected to be Ok (the test fails naming the first error).
 pub fn each_ok<T>(answers: Vec<Result<T, txengine::store::StoreError>>) -> Vec<T> {

@@ -16,10 +16,9 @@ use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
 use super::auth::{authenticate, limit_of, Quota};
+use super::holds::{hidden_hold, Posted};
 use super::problem::{Problem, ProblemBody};
-use super::transactions::{
-    hidden_hold, read_body_within, view, Posted, RequestError, TransactionRequest,
-};
+use super::transactions::{read_body_within, view, RequestError, TransactionRequest};
 use super::ApiState;
 use crate::admission::Refused;
 use crate::domain::{Transaction, TxId, TxStatus};

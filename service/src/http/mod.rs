@@ -15,6 +15,7 @@
 mod auth;
 mod balances;
 mod batch;
+mod holds;
 mod keys;
 mod openapi;
 mod ops;
@@ -22,10 +23,11 @@ mod problem;
 mod transactions;
 
 pub use batch::{decode_batch, BatchError, BatchItem};
+pub use holds::{HoldTimeouts, Posted};
 pub use keys::decode_key_request;
 pub use openapi::openapi_document;
 pub use ops::metrics_router;
-pub use transactions::{decode_transaction, HoldTimeouts, Posted, RequestError};
+pub use transactions::{decode_transaction, RequestError};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -71,7 +73,7 @@ pub struct ApiState {
     pub retry_after_secs: u64,
     /// How long a client may take to send a body; then 408.
     pub body_read_timeout: Duration,
-    pub hold_timeouts: transactions::HoldTimeouts,
+    pub hold_timeouts: holds::HoldTimeouts,
     pub metrics: PrometheusHandle,
 }
 
@@ -96,7 +98,7 @@ impl ApiState {
             enforce_rate_limits: config.rate_limit == RateLimitMode::Enforce,
             retry_after_secs: config.retry_after_secs,
             body_read_timeout: Duration::from_millis(config.body_read_timeout_ms),
-            hold_timeouts: transactions::HoldTimeouts {
+            hold_timeouts: holds::HoldTimeouts {
                 default_s: config.hold_timeout_s,
                 max_s: config.max_hold_timeout_s,
             },

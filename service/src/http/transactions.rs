@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::auth::{authenticate, forbidden, limit_of, spend, within_limit, Quota};
+use super::holds::{hidden_hold, Posted};
 use super::problem::{not_found, Problem, ProblemBody};
 use super::{ApiState, MAX_BODY_BYTES};
 use crate::domain::{
@@ -53,106 +54,6 @@ pub(super) struct TransactionRequest {
     /// and most: see the server's `--hold-timeout-s` and `--max-hold-timeout-s`).
     #[schema(value_type = Option<u64>, minimum = 1)]
     timeout_s: Option<serde_json::Number>,
-}
-
-/// A request as decoded, before admission: ready, or a hold whose timeout
-/// this server's limits judge, or a capture or void whose hold's terms
-/// (account, `to`, amount) are looked up first.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Posted {
-    Ready(Transaction),
-    Hold {
-        id: TxId,
-        account: AccountId,
-        to: Option<AccountId>,
-        amount: Amount,
-        timeout_s: Option<u64>,
-    },
-    /// `capture`: `Some(amount)` (`Some(None)`: all of it); `None`: a void.
-    EndsHold {
-        id: TxId,
-        hold: TxId,
-        capture: Option<Option<Amount>>,
-    },
-}
-
-/// How long holds last on this server: a hold naming no timeout gets
-/// `default_s` (lowered to `max_s`); one naming more than `max_s` is 422.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HoldTimeouts {
-    pub default_s: u32,
-    pub max_s: u32,
-}
-
-impl Posted {
-    pub fn id(&self) -> &TxId {
-        match self {
-            Self::Ready(tx) => &tx.id,
-            Self::Hold { id, .. } | Self::EndsHold { id, .. } => id,
-        }
-    }
-
-    /// The hold whose terms a capture or void needs.
-    pub fn ended_hold(&self) -> Option<&TxId> {
-        match self {
-            Self::EndsHold { hold, .. } => Some(hold),
-            _ => None,
-        }
-    }
-
-    /// The transaction this request is, under this server's hold
-    /// timeouts and, for a capture or void, the terms of its hold as its
-    /// binding names them (`None`: no hold of that id is known).
-    pub fn complete(
-        self,
-        timeouts: HoldTimeouts,
-        terms: Option<HoldTerms>,
-    ) -> Result<Transaction, RuleError> {
-        let id = self.id().clone();
-        let movement = match self {
-            Self::Ready(tx) => return Ok(tx),
-            Self::Hold {
-                account,
-                to,
-                amount,
-                timeout_s,
-                ..
-            } => {
-                let timeout_s = match timeout_s {
-                    None => timeouts.default_s.min(timeouts.max_s),
-                    Some(t) if (1..=u64::from(timeouts.max_s)).contains(&t) => t as u32,
-                    Some(_) => {
-                        return Err(RuleError::HoldTimeoutOutOfRange {
-                            max: u64::from(timeouts.max_s),
-                        })
-                    }
-                };
-                Movement::Hold {
-                    account,
-                    to,
-                    amount,
-                    timeout_s,
-                }
-            }
-            Self::EndsHold { hold, capture, .. } => {
-                let terms = terms.ok_or_else(|| RuleError::UnknownHold(hold.to_string()))?;
-                match capture {
-                    Some(amount) => Movement::Capture {
-                        hold,
-                        account: terms.account,
-                        to: terms.to,
-                        amount: amount.unwrap_or(terms.amount),
-                    },
-                    None => Movement::Void {
-                        hold,
-                        account: terms.account,
-                        amount: terms.amount,
-                    },
-                }
-            }
-        };
-        Ok(Transaction { id, movement })
-    }
 }
 
 /// The kinds of movement (documentation only: the request keeps the raw
@@ -586,18 +487,6 @@ pub(super) async fn post_transaction(
     Ok(with_quota(response, quota))
 }
 
-/// A capture or void of a hold on an account the key may not touch is
-/// refused as if no such hold existed: a 403 naming the account would tell
-/// any key which holds exist, and whose they are.
-pub(super) fn hidden_hold(key: &ApiKey, tx: Transaction) -> Result<Transaction, RuleError> {
-    match tx.movement.ended_hold() {
-        Some(hold) if key.scope.refuses(&tx.movement).is_some() => {
-            Err(RuleError::UnknownHold(hold.to_string()))
-        }
-        _ => Ok(tx),
-    }
-}
-
 /// What a key may see of a transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sight {
@@ -731,122 +620,6 @@ mod tests {
         assert_eq!(decode_transaction(body, Some(&[0xff])), header_error);
         let tx = decode_transaction(body, Some(b"key-1")).unwrap();
         assert_eq!(tx.id().as_str(), "key-1");
-    }
-
-    #[test]
-    fn holds_captures_and_voids_take_their_own_fields_only() {
-        let rule = |body: &str| match decode_transaction(body.as_bytes(), None) {
-            Err(RequestError::Rule(rule)) => Some(rule),
-            Ok(_) => None,
-            Err(other) => panic!("{body}: {other:?}"),
-        };
-        let not = |field, kind| Some(RuleError::NotAField { field, kind });
-        for (body, expected) in [
-            (
-                r#"{"type":"capture","hold":"h","account":"a"}"#,
-                not("account", "capture"),
-            ),
-            (
-                r#"{"type":"capture","hold":"h","to":"b"}"#,
-                not("to", "capture"),
-            ),
-            (
-                r#"{"type":"void","hold":"h","amount":1}"#,
-                not("amount", "void"),
-            ),
-            (
-                r#"{"type":"void","hold":"h","timeout_s":1}"#,
-                not("timeout_s", "void"),
-            ),
-            (r#"{"type":"capture"}"#, Some(RuleError::Missing("hold"))),
-            (
-                r#"{"type":"void","hold":"a b"}"#,
-                Some(RuleError::BadId { field: "hold" }),
-            ),
-            (
-                r#"{"account":"a","amount":1,"hold":"h"}"#,
-                not("hold", "debit"),
-            ),
-            (
-                r#"{"type":"transfer","account":"a","to":"b","amount":1,"timeout_s":5}"#,
-                not("timeout_s", "transfer"),
-            ),
-            (
-                r#"{"type":"hold","account":"a","amount":1,"timeout_s":0}"#,
-                None,
-            ),
-            (
-                r#"{"type":"hold","account":"a","to":"a","amount":1}"#,
-                Some(RuleError::TransferToSelf),
-            ),
-            (
-                r#"{"type":"hold","account":"a"}"#,
-                Some(RuleError::Missing("amount")),
-            ),
-            (
-                r#"{"type":"expire","account":"a","amount":1}"#,
-                Some(RuleError::UnknownKind("expire".into())),
-            ),
-            (r#"{"type":"hold","account":"a","amount":1}"#, None),
-            (r#"{"type":"capture","hold":"h"}"#, None),
-            (r#"{"type":"capture","hold":"h","amount":2}"#, None),
-            (r#"{"type":"void","hold":"h"}"#, None),
-        ] {
-            assert_eq!(rule(body), expected, "{body}");
-        }
-        let timeouts = HoldTimeouts {
-            default_s: 600,
-            max_s: 60,
-        };
-        let posted = |body: &str| decode_transaction(body.as_bytes(), None).unwrap();
-        let timeout_of = |body: &str| match posted(body).complete(timeouts, None) {
-            Ok(Transaction {
-                movement: Movement::Hold { timeout_s, .. },
-                ..
-            }) => Ok(timeout_s),
-            other => Err(other),
-        };
-        assert_eq!(
-            timeout_of(r#"{"type":"hold","account":"a","amount":1}"#),
-            Ok(60)
-        );
-        assert_eq!(
-            timeout_of(r#"{"type":"hold","account":"a","amount":1,"timeout_s":60}"#),
-            Ok(60)
-        );
-        for refused in ["61", "0", "1.5", "-1"] {
-            assert_eq!(
-                timeout_of(&format!(
-                    r#"{{"type":"hold","account":"a","amount":1,"timeout_s":{refused}}}"#
-                )),
-                Err(Err(RuleError::HoldTimeoutOutOfRange { max: 60 })),
-                "{refused}"
-            );
-        }
-        let capture = posted(r#"{"id":"c","type":"capture","hold":"h"}"#);
-        assert_eq!(
-            capture.clone().complete(timeouts, None),
-            Err(RuleError::UnknownHold("h".into()))
-        );
-        let terms = HoldTerms {
-            account: AccountId::parse("a").unwrap(),
-            to: None,
-            amount: Amount::new(9).unwrap(),
-        };
-        let all = capture.complete(timeouts, Some(terms.clone())).unwrap();
-        assert_eq!(
-            all.movement.fingerprint(),
-            "capture|a||9|h",
-            "all of it by default"
-        );
-        let void = posted(r#"{"id":"v","type":"void","hold":"h"}"#);
-        assert_eq!(
-            void.complete(timeouts, Some(terms))
-                .unwrap()
-                .movement
-                .fingerprint(),
-            "void|a||9|h"
-        );
     }
 
     /// serde reads a struct from a JSON array too (fields by position); no
