@@ -39,7 +39,11 @@ local function rate_limit(tat_key, interval, burst, count, now)
   local allowed = math.min(count, math.floor((tolerance - (tat - now)) / interval) + 1)
   local new_tat = tat + allowed * interval
   local ttl_ms = math.ceil((new_tat - now) / 1000)
-  redis.call('SET', tat_key, string.format('%d', new_tat), 'PX', string.format('%d', ttl_ms))
+  -- Asking for none counts none and writes nothing (on an idle key the
+  -- TAT would not move, and a PX of 0 is an error).
+  if allowed > 0 then
+    redis.call('SET', tat_key, string.format('%d', new_tat), 'PX', string.format('%d', ttl_ms))
+  end
   local remaining = math.floor((burst * interval - (new_tat - now)) / interval)
   local retry_after = 0
   if allowed < count then

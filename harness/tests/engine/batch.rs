@@ -400,6 +400,11 @@ async fn spending_many_grants_what_the_burst_holds_and_says_when_more_may_come()
     );
     let all = store.spend_many(&key, limit, 0).await.unwrap();
     assert_eq!(all.granted, 0, "asking for none counts none: {all:?}");
+    // Also on a key never used (its TAT would not move: nothing to write;
+    // a CI run found the write refused, PX 0, when the key had gone idle).
+    let (idle, _) = txengine::keys::generate();
+    let none = store.spend_many(&idle, limit, 0).await.unwrap();
+    assert_eq!((none.granted, none.remaining), (0, 5), "{none:?}");
 }
 
 /// A refused request writes nothing (no write, so no fsync, for a request
