@@ -3,8 +3,9 @@
 //! - [`problem`]: problem+json errors;
 //! - [`auth`]: the admin token, API keys, scopes and the rate limit;
 //! - [`keys`]: the admin's key endpoints;
-//! - [`transactions`]: `POST /transactions`, `GET /transactions/{id}`, the
-//!   request decoder (public for the fuzzer);
+//! - [`transactions`]: `POST /transactions` and the request decoder (public
+//!   for the fuzzer);
+//! - [`status`]: `GET /transactions/{id}` and the views of a transaction;
 //! - [`batch`]: `POST /transactions/batch`, its decoder (public too);
 //! - [`balances`]: balance reads and the admin's setter;
 //! - [`ops`]: health, readiness, metrics, unknown routes;
@@ -20,6 +21,7 @@ mod keys;
 mod openapi;
 mod ops;
 mod problem;
+mod status;
 mod transactions;
 
 pub use batch::{decode_batch, BatchError, BatchItem};
@@ -115,7 +117,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
             post(transactions::post_transaction_seed_path),
         )
         .route("/transactions/batch", post(batch::post_batch))
-        .route("/transactions/{id}", get(transactions::get_transaction))
+        .route("/transactions/{id}", get(status::get_transaction))
         .route(
             "/balance/{account}",
             get(balances::get_balance).put(balances::put_balance),

@@ -9,9 +9,8 @@ use super::balances::{__path_get_balance, __path_put_balance};
 use super::batch::__path_post_batch;
 use super::keys::{__path_create_key, __path_delete_key, __path_list_keys};
 use super::ops::{__path_health, __path_ready, __path_render_metrics};
-use super::transactions::{
-    __path_get_transaction, __path_post_transaction, __path_post_transaction_seed_path,
-};
+use super::status::__path_get_transaction;
+use super::transactions::{__path_post_transaction, __path_post_transaction_seed_path};
 
 /// This API's OpenAPI 3.1 document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",

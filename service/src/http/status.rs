@@ -1,0 +1,189 @@
+//! `GET /transactions/{id}`: where a transaction stands, and what a key may
+//! see of it; the views every answer about a transaction is built from.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::auth::{authenticate, spend};
+use super::problem::{not_found, Problem, ProblemBody};
+use super::transactions::with_quota;
+use super::ApiState;
+use crate::domain::{AccountId, HoldTerms, Movement, Outcome, TxId, TxStatus};
+use crate::keys::ApiKey;
+use crate::store::HoldPhase;
+
+/// The state of a transaction as clients see it.
+#[derive(Serialize, ToSchema)]
+pub(super) struct TransactionView<'a> {
+    id: &'a str,
+    /// `pending` until a consumer applied or rejected it.
+    #[schema(value_type = TxState)]
+    pub(super) status: &'static str,
+    /// Why it was rejected: insufficient_funds, unknown_account, balance_overflow.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) reason: Option<&'static str>,
+    /// The checked account's balance right after it was applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) balance_after: Option<u64>,
+    /// A captured hold: the amount its capture moved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) captured_amount: Option<u64>,
+}
+
+/// Where a transaction stands (documentation only). A hold, once applied,
+/// is `held`, then `captured`, `voided` or `expired` (`capturing` while a
+/// capture to an account in another Redis Cluster slot is under way).
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub(super) enum TxState {
+    Pending,
+    Applied,
+    Rejected,
+    Held,
+    Capturing,
+    Captured,
+    Voided,
+    Expired,
+}
+
+pub(super) fn view(id: &TxId, status: TxStatus) -> TransactionView<'_> {
+    let (status, reason, balance_after) = match status {
+        TxStatus::Pending => ("pending", None, None),
+        TxStatus::Settled(Outcome::Applied { balance_after }) => {
+            ("applied", None, Some(balance_after.minor_units()))
+        }
+        TxStatus::Settled(Outcome::Rejected { reason }) => {
+            ("rejected", Some(reason.as_str()), None)
+        }
+    };
+    TransactionView {
+        id: id.as_str(),
+        status,
+        reason,
+        balance_after,
+        captured_amount: None,
+    }
+}
+
+/// The view of an applied hold, in its phase.
+fn hold_view(id: &TxId, status: TxStatus, phase: HoldPhase) -> TransactionView<'_> {
+    let mut seen = view(id, status);
+    seen.status = phase.as_str();
+    if let HoldPhase::Captured { amount } = phase {
+        seen.captured_amount = Some(amount);
+    }
+    seen
+}
+
+/// 202 while pending, 200 once settled; with the transaction's location.
+pub(super) fn status_response(id: &TxId, status: TxStatus) -> Response {
+    let code = match status {
+        TxStatus::Pending => StatusCode::ACCEPTED,
+        TxStatus::Settled(_) => StatusCode::OK,
+    };
+    let mut response = (code, Json(view(id, status))).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/transactions/{id}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// What a key may see of a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sight {
+    /// The key's scope matches the checked account (the source): everything.
+    Whole,
+    /// It matches only the destination of a transfer: the status, not the
+    /// source's balance after it or why the source could not pay.
+    StatusOnly,
+    /// It matches neither: answered as an unknown id (no existence oracle).
+    Nothing,
+}
+
+/// What `key` may see of the transaction bound to `fingerprint`.
+fn sight(key: &ApiKey, fingerprint: &str) -> Sight {
+    let mut parties = Movement::parties_of_fingerprint(fingerprint)
+        .map(|party| AccountId::parse(party).is_ok_and(|party| key.scope.allows(&party)));
+    match (parties.next(), parties.next()) {
+        (Some(true), _) => Sight::Whole,
+        (_, Some(true)) => Sight::StatusOnly,
+        _ => Sight::Nothing,
+    }
+}
+
+/// Where a transaction stands. A key whose scope matches its account (the
+/// source) sees everything; one that matches only a transfer's destination
+/// sees the status; any other key gets 404, as for an unknown id.
+#[utoipa::path(
+    get,
+    path = "/transactions/{id}",
+    tag = "transactions",
+    security(("api_key" = [])),
+    params(("id" = String, Path, description = "Transaction id", pattern = "^[A-Za-z0-9_.:-]{1,64}$")),
+    responses(
+        (status = 200, description = "Pending, applied or rejected", body = TransactionView,
+            headers(("RateLimit-Policy" = String, description = "a limited key's policy"), ("RateLimit" = String, description = "what a limited key has left"))),
+        (status = 401, description = "No API key, or an unknown, revoked or wrong one", body = ProblemBody, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "Bearer"))),
+        (status = 404, description = "No such transaction (never accepted, or its outcome has expired), or none the key's scope may see", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Not a valid id", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "The key is over its rate limit", body = ProblemBody, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "seconds"), ("RateLimit-Policy" = String), ("RateLimit" = String))),
+        (status = 503, description = "Redis is unavailable", body = ProblemBody, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "seconds"))),
+    )
+)]
+pub(super) async fn get_transaction(
+    State(api): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let key = authenticate(&api, &headers).await?;
+    let id = TxId::parse(&id).map_err(Problem::rule)?;
+    let quota = spend(&api, &key).await?;
+    let found = api
+        .store
+        .lookup(&id)
+        .await
+        .map_err(|e| Problem::from_store(e, api.retry_after_secs))?;
+    let unknown = || not_found(format!("no transaction {id}")).into_response();
+    // An applied hold answers in its phase (held, captured, ...).
+    let phase = match (
+        &found,
+        found
+            .as_ref()
+            .and_then(|(_, fp)| HoldTerms::of_fingerprint(fp)),
+    ) {
+        (Some((TxStatus::Settled(Outcome::Applied { .. }), _)), Some(terms)) => api
+            .store
+            .hold_phase(&terms.account, &id)
+            .await
+            .map_err(|e| Problem::from_store(e, api.retry_after_secs))?,
+        _ => None,
+    };
+    let view = |id, status| match phase {
+        Some(phase) => hold_view(id, status, phase),
+        None => view(id, status),
+    };
+    let response = match found {
+        None => unknown(),
+        Some((status, fingerprint)) => match sight(&key, &fingerprint) {
+            Sight::Whole => Json(view(&id, status)).into_response(),
+            Sight::StatusOnly => {
+                let mut seen = view(&id, status);
+                seen.reason = None;
+                seen.balance_after = None;
+                Json(seen).into_response()
+            }
+            Sight::Nothing => unknown(),
+        },
+    };
+    Ok(with_quota(response, quota))
+}
