@@ -12,11 +12,13 @@
 -- KEYS[3] balance of the checked account ({tag}:bal:<account>)
 -- KEYS[4] money held on it by holds      ({tag}:pending:<account>): a
 --         debit or transfer may take only balance - pending
--- KEYS[5] balance of the destination     ({tag}:bal:<to>), transfers only
+-- KEYS[5] history of the checked account ({tag}:hist:<account>)
+-- KEYS[6] balance of the destination     ({tag}:bal:<to>), transfers only
+-- KEYS[7] history of the destination     ({tag}:hist:<to>), transfers only
 -- then, on a cluster only, for credits and transfers: money in flight out
 --         of the credited account ({tag}:held:<account or to>), what sagas
 --         debited from it and may refund, so that a credit never leaves a
---         refund no room below 2^53-1 (KEYS[5] for a credit, KEYS[6] for a
+--         refund no room below 2^53-1 (KEYS[6] for a credit, KEYS[8] for a
 --         transfer)
 -- ARGV[1] kind: debit | credit | transfer
 -- ARGV[2] amount in minor units, 1 ..= 2^53-1 (validated before it gets here)
@@ -24,13 +26,18 @@
 -- ARGV[4] seconds to keep the outcome (>= the topic's retention)
 -- ARGV[5] the consumer's clock (ms since the epoch), kept as applied_at_ms
 --         so the harness can measure accept-to-applied latency
+-- ARGV[6..8] id, history to keep, metadata (money.lua's log_tx)
+-- ARGV[9] the destination of a transfer ('' for a debit or credit)
+-- ARGV[10] the checked account (the destination's counterparty)
 --
 -- Returns {state, reason, balance_after, duplicate} where state is
 -- "applied" or "rejected" and duplicate is 1 when an earlier apply had
 -- already settled this id (nothing was changed this time).
 --
--- The store puts money.lua (MAX, digits, has_room, replayed, settle) before
--- this file; KEYS[1], KEYS[2] and ARGV[3..5] follow its flag layout.
+-- The store puts money.lua (MAX, digits, has_room, replayed, settle, log_tx)
+-- before this file; KEYS[1], KEYS[2] and ARGV[3..8] follow its flag layout.
+-- Each outcome is an entry in the history of each account it touched; a
+-- refusal, in the checked account's only (none when it does not exist).
 
 local kind = ARGV[1]
 -- Checked before anything is written: an unknown kind changes nothing
@@ -45,8 +52,10 @@ if earlier then
 end
 
 local amount = tonumber(ARGV[2])
+-- The other side of a transfer, named in each side's entry.
+local counterparty = ARGV[9]
 
-local held_key = KEYS[kind == 'transfer' and 6 or 5]
+local held_key = KEYS[kind == 'transfer' and 8 or 6]
 local held = 0
 if kind ~= 'debit' and held_key then
   held = tonumber(redis.call('GET', held_key) or '0')
@@ -58,26 +67,37 @@ if not source then
 end
 source = tonumber(source)
 
+-- Refused: an entry that changed nothing, then the outcome.
+local function refuse(reason)
+  log_tx(KEYS[5], kind, ARGV[2], '0', counterparty, 'rejected', reason, digits(source))
+  return settle('rejected', reason, '')
+end
+
 if kind == 'credit' then
   if not has_room(amount, source, held) then
-    return settle('rejected', 'balance_overflow', '')
+    return refuse('balance_overflow')
   end
-  return settle('applied', '', digits(redis.call('INCRBY', KEYS[3], ARGV[2])))
+  local after = digits(redis.call('INCRBY', KEYS[3], ARGV[2]))
+  log_tx(KEYS[5], kind, ARGV[2], ARGV[2], '', 'applied', '', after)
+  return settle('applied', '', after)
 end
 
 if source - tonumber(redis.call('GET', KEYS[4]) or '0') < amount then
-  return settle('rejected', 'insufficient_funds', '')
+  return refuse('insufficient_funds')
 end
 
 if kind == 'transfer' then
-  local destination = redis.call('GET', KEYS[5])
+  local destination = redis.call('GET', KEYS[6])
   if not destination then
-    return settle('rejected', 'unknown_account', '')
+    return refuse('unknown_account')
   end
   if not has_room(amount, tonumber(destination), held) then
-    return settle('rejected', 'balance_overflow', '')
+    return refuse('balance_overflow')
   end
-  redis.call('INCRBY', KEYS[5], ARGV[2])
+  local credited = digits(redis.call('INCRBY', KEYS[6], ARGV[2]))
+  log_tx(KEYS[7], kind, ARGV[2], ARGV[2], ARGV[10], 'applied', '', credited)
 end
 
-return settle('applied', '', digits(redis.call('DECRBY', KEYS[3], ARGV[2])))
+local after = digits(redis.call('DECRBY', KEYS[3], ARGV[2]))
+log_tx(KEYS[5], kind, ARGV[2], '-' .. ARGV[2], counterparty, 'applied', '', after)
+return settle('applied', '', after)

@@ -26,23 +26,35 @@
 --         to, deadline_ms, and once ended captured, ended_ms (Redis's
 --         clock) and ended_seq (the slot's apply order)
 -- KEYS[6] the slot's due holds            ({tag}:holds_due): sorted set of
---         ARGV[6] by when the expirer should next look at them
--- KEYS[7] capture: `to`'s balance (in this slot); capture_out: money in
+--         ARGV[9] by when the expirer should next look at them
+-- KEYS[7] the account's history           ({tag}:hist:<account>)
+-- KEYS[8] capture: `to`'s balance (in this slot); capture_out: money in
 --         flight out of the account ({tag}:held:<account>)
--- KEYS[8] capture on a cluster: money in flight out of `to`, so that a
+-- KEYS[9] capture to `to`: `to`'s history
+-- KEYS[10] capture on a cluster: money in flight out of `to`, so that a
 --         credit leaves every refund room below 2^53-1
 -- ARGV[1] hold | capture | capture_out | void | expire
 -- ARGV[2] amount: held (hold, void, expire) or captured (capture)
 -- ARGV[3..5] fingerprint, seconds to keep flags, consumer clock (money.lua)
--- ARGV[6] the hold's member of the due set: "<account>|<hold id>"
--- ARGV[7] hold: its timeout in ms
--- ARGV[8] hold, capture: the hold's `to` ('' when none)
+-- ARGV[6..8] id, history to keep, metadata (money.lua's log_tx)
+-- ARGV[9] the hold's member of the due set: "<account>|<hold id>"
+-- ARGV[10] hold: its timeout in ms
+-- ARGV[11] hold, capture: the hold's `to` ('' when none)
+-- ARGV[12] the hold's id
+-- ARGV[13] the account (`to`'s counterparty in a capture's entry)
+--
+-- Each change is an entry in the account's history (and a capture's in
+-- `to`'s): `held`, `captured` (or `capturing` when a saga goes on),
+-- `voided`, `expired` (its id the hold's, also when a late capture or void
+-- expires it first), and `rejected` for one refused, when the account
+-- exists.
 --
 -- Returns {state, reason, balance_after, duplicate} as atomic_update.lua;
 -- capture_out answers `debited` (a saga goes on); expire answers
 -- `expired`, or `ended` / `not_due` with duplicate 1 (nothing changed).
 --
--- The store puts money.lua and clock.lua before this file.
+-- The store puts money.lua and clock.lua before this file; KEYS[1], KEYS[2]
+-- and ARGV[3..8] follow money.lua's flag layout.
 
 local op = ARGV[1]
 local ops = {hold = true, capture = true, capture_out = true, void = true, expire = true}
@@ -70,12 +82,32 @@ local function end_hold(h, state, captured)
   redis.call('HSET', KEYS[5], 'state', state, 'captured', digits(captured),
     'ended_ms', digits(now_ms), 'ended_seq', redis.call('INCR', KEYS[2]))
   redis.call('EXPIRE', KEYS[5], ARGV[4])
-  redis.call('ZREM', KEYS[6], ARGV[6])
+  redis.call('ZREM', KEYS[6], ARGV[9])
   return nil
 end
 
 local function balance()
   return tonumber(redis.call('GET', KEYS[3]) or '0')
+end
+
+-- This transaction's entry in the account's history.
+local function entry(status, delta, reason)
+  log_tx(KEYS[7], op == 'capture_out' and 'capture' or op, ARGV[2], delta, ARGV[11],
+    status, reason or '', digits(balance()), ARGV[12])
+end
+
+-- The expiry's entry, also when a late capture or void finds it due.
+local function expired_entry(h)
+  log(KEYS[7], ARGV[7], ARGV[12], '', 'expire', digits(h[2]), '0', h[3] or '', 'expired', '',
+    digits(balance()), ARGV[12])
+end
+
+-- Refused: changes nothing; an entry when the account exists.
+local function refuse(reason)
+  if redis.call('EXISTS', KEYS[3]) == 1 then
+    entry('rejected', '0', reason)
+  end
+  return settle('rejected', reason, '')
 end
 
 -- state, amount, to, deadline_ms
@@ -96,6 +128,7 @@ if op == 'expire' then
   if failed then
     return failed
   end
+  expired_entry(h)
   return {'expired', '', digits(balance()), 0}
 end
 
@@ -108,47 +141,49 @@ if op == 'hold' then
   if h[1] == 'held' or h[1] == 'capturing' then
     -- Its own flag is unset but the hold is active: a foreign write (an
     -- active hold's flag outlives it: the longest hold is half the TTL).
-    return redis.error_reply('hold ' .. ARGV[6] .. ' is active without its flag')
+    return redis.error_reply('hold ' .. ARGV[9] .. ' is active without its flag')
   end
   if h[1] then
     -- An ended hold of this id whose flag expired: the id was reused.
     redis.call('DEL', KEYS[5])
   end
-  local refuse = function(reason)
-    redis.call('HSET', KEYS[5], 'state', 'rejected', 'amount', ARGV[2], 'to', ARGV[8])
+  local refuse_hold = function(reason)
+    redis.call('HSET', KEYS[5], 'state', 'rejected', 'amount', ARGV[2], 'to', ARGV[11])
     redis.call('EXPIRE', KEYS[5], ARGV[4])
-    return settle('rejected', reason, '')
+    return refuse(reason)
   end
   local source = redis.call('GET', KEYS[3])
   if not source then
-    return refuse('unknown_account')
+    return refuse_hold('unknown_account')
   end
   local pending = tonumber(redis.call('GET', KEYS[4]) or '0')
   if tonumber(source) - pending < amount then
-    return refuse('insufficient_funds')
+    return refuse_hold('insufficient_funds')
   end
   redis.call('INCRBY', KEYS[4], ARGV[2])
-  local deadline = now_ms + tonumber(ARGV[7])
-  redis.call('HSET', KEYS[5], 'state', 'held', 'amount', ARGV[2], 'to', ARGV[8],
+  local deadline = now_ms + tonumber(ARGV[10])
+  redis.call('HSET', KEYS[5], 'state', 'held', 'amount', ARGV[2], 'to', ARGV[11],
     'deadline_ms', digits(deadline))
   redis.call('EXPIRE', KEYS[5], ARGV[4])
-  redis.call('ZADD', KEYS[6], deadline, ARGV[6])
+  redis.call('ZADD', KEYS[6], deadline, ARGV[9])
+  entry('held', '0')
   return settle('applied', '', source)
 end
 
 -- capture, capture_out, void: of a hold that exists and is held.
 if not h[1] then
-  return settle('rejected', 'unknown_hold', '')
+  return refuse('unknown_hold')
 end
 if active and now_ms >= tonumber(h[4]) then
   local failed = end_hold(h, 'expired', 0)
   if failed then
     return failed
   end
+  expired_entry(h)
   active = false
 end
 if not active then
-  return settle('rejected', 'hold_not_active', '')
+  return refuse('hold_not_active')
 end
 
 if op == 'void' then
@@ -156,22 +191,23 @@ if op == 'void' then
   if failed then
     return failed
   end
+  entry('voided', '0')
   return settle('applied', '', digits(balance()))
 end
 
 -- The record was routed by the hold's terms as its binding names them;
 -- a hold that says otherwise was written by something else: stop, loudly.
-if (h[3] or '') ~= ARGV[8] then
-  return redis.error_reply('hold ' .. ARGV[6] .. ' is for `' .. (h[3] or '') .. '`, the capture for `' .. ARGV[8] .. '`')
+if (h[3] or '') ~= ARGV[11] then
+  return redis.error_reply('hold ' .. ARGV[9] .. ' is for `' .. (h[3] or '') .. '`, the capture for `' .. ARGV[11] .. '`')
 end
 if amount > h[2] then
-  return settle('rejected', 'exceeds_hold', '')
+  return refuse('exceeds_hold')
 end
 -- Holds keep balance >= pending (every debit and the setter check it), so
 -- the money is there; if it is not, something else wrote: stop, loudly,
 -- before any write.
 if balance() < amount then
-  return redis.error_reply('hold ' .. ARGV[6] .. ': the balance is below what it holds')
+  return redis.error_reply('hold ' .. ARGV[9] .. ': the balance is below what it holds')
 end
 
 if op == 'capture_out' then
@@ -181,22 +217,24 @@ if op == 'capture_out' then
   if failed then
     return failed
   end
-  redis.call('INCRBY', KEYS[7], ARGV[2])
-  return settle('debited', '', digits(redis.call('DECRBY', KEYS[3], ARGV[2])))
+  redis.call('INCRBY', KEYS[8], ARGV[2])
+  local after = digits(redis.call('DECRBY', KEYS[3], ARGV[2]))
+  entry('capturing', '-' .. ARGV[2])
+  return settle('debited', '', after)
 end
 
 local destination = nil
-if ARGV[8] ~= '' then
-  destination = redis.call('GET', KEYS[7])
+if ARGV[11] ~= '' then
+  destination = redis.call('GET', KEYS[8])
   if not destination then
-    return settle('rejected', 'unknown_account', '')
+    return refuse('unknown_account')
   end
   local held = 0
-  if KEYS[8] then
-    held = tonumber(redis.call('GET', KEYS[8]) or '0')
+  if KEYS[10] then
+    held = tonumber(redis.call('GET', KEYS[10]) or '0')
   end
   if not has_room(amount, tonumber(destination), held) then
-    return settle('rejected', 'balance_overflow', '')
+    return refuse('balance_overflow')
   end
 end
 -- Ended first: end_hold may refuse, and nothing may be written before.
@@ -205,6 +243,9 @@ if failed then
   return failed
 end
 if destination then
-  redis.call('INCRBY', KEYS[7], ARGV[2])
+  local credited = digits(redis.call('INCRBY', KEYS[8], ARGV[2]))
+  log_tx(KEYS[9], 'capture', ARGV[2], ARGV[2], ARGV[13], 'captured', '', credited, ARGV[12])
 end
-return settle('applied', '', digits(redis.call('DECRBY', KEYS[3], ARGV[2])))
+local after = digits(redis.call('DECRBY', KEYS[3], ARGV[2]))
+entry('captured', '-' .. ARGV[2])
+return settle('applied', '', after)

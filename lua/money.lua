@@ -49,3 +49,38 @@ local function settle(state, reason, balance_after)
   redis.call('EXPIRE', KEYS[1], ARGV[4])
   return {state, reason, balance_after, 0}
 end
+
+-- The account's history (its statement): a stream in the account's slot,
+-- one entry per transaction (or saga step, or hold state) that touched
+-- it, ids from Redis's clock, so the entries are in apply order and an
+-- entry's time is its id. Every entry has the same fields (a stream then
+-- stores their names once per node). `delta` is the account's signed
+-- change, `bal` its balance after. Trimmed here, on every write, to what
+-- is newer than `keep_ms`, keeping the newest entry older than that: the
+-- balance at any time within the retention stays readable. keep_ms 0:
+-- no history is kept (a switch for measuring what it costs).
+local function log(key, keep_ms, id, metadata, kind, amount, delta, counterparty,
+                   status, reason, balance_after, hold)
+  if keep_ms == '0' then
+    return
+  end
+  local at = redis.call('XADD', key, '*', 'id', id, 'type', kind, 'amount', amount,
+    'delta', delta, 'cp', counterparty, 'status', status, 'reason', reason,
+    'bal', balance_after, 'hold', hold, 'meta', metadata)
+  local cutoff = tonumber(string.match(at, '^%d+')) - tonumber(keep_ms)
+  local older = redis.call('XREVRANGE', key, '(' .. digits(cutoff) .. '-0', '-', 'COUNT', 1)
+  if older[1] then
+    -- `~`: whole nodes only (cheap); what stays is at least the retention.
+    redis.call('XTRIM', key, 'MINID', '~', older[1][1])
+  end
+end
+
+-- `log` for the scripts of the flag layout above, which also take
+-- ARGV[6] the transaction's id
+-- ARGV[7] milliseconds of history to keep (0: none)
+-- ARGV[8] the transaction's metadata, canonical JSON ('' when none)
+local function log_tx(key, kind, amount, delta, counterparty, status, reason,
+                      balance_after, hold)
+  log(key, ARGV[7], ARGV[6], ARGV[8], kind, amount, delta, counterparty, status,
+    reason, balance_after, hold or '')
+end

@@ -13,7 +13,8 @@
 -- KEYS[4] money in flight out of the account ({tag}:held:<account>)
 -- KEYS[5] money held on the account by holds ({tag}:pending:<account>):
 --         the debit may take only balance - pending
--- KEYS[6] settle of a capture's saga only: the hold ({tag}:hold:<id>),
+-- KEYS[6] the account's history          ({tag}:hist:<account>)
+-- KEYS[7] settle of a capture's saga only: the hold ({tag}:hold:<id>),
 --         `capturing` until now, then captured (release) or voided (refund:
 --         the money is back and the hold is gone)
 -- ARGV[1] step: debit | credit | release | refund
@@ -21,6 +22,15 @@
 -- ARGV[3] fingerprint of the transaction
 -- ARGV[4] seconds to keep the flag (>= the topic's retention)
 -- ARGV[5] the consumer's clock (ms since the epoch)
+-- ARGV[6..8] id, history to keep, metadata (money.lua's log_tx)
+-- ARGV[9] the other account of the saga (the entry's counterparty)
+-- ARGV[10] the transaction's kind: transfer | capture
+-- ARGV[11] a capture's hold ('' for a transfer)
+--
+-- Each step that finds its account is an entry in that account's history,
+-- named by what it did (debited, credited, released, refunded; a refused
+-- debit `rejected`); a refused credit changed nothing of an account that
+-- may not exist, and writes none.
 --
 -- Returns {state, reason, balance_after, duplicate}: state is the step's
 -- name in the past tense (debited, credited, released, refunded) when it
@@ -28,8 +38,8 @@
 -- or `refused` when the credit is (a refund follows). duplicate is 1 when
 -- the flag was set already (nothing changed this time).
 --
--- The store puts money.lua (MAX, digits, has_room, replayed, settle) before
--- this file; KEYS[1], KEYS[2] and ARGV[3..5] follow its flag layout.
+-- The store puts money.lua (MAX, digits, has_room, replayed, settle, log_tx)
+-- before this file; KEYS[1], KEYS[2] and ARGV[3..8] follow its flag layout.
 
 local step = ARGV[1]
 local steps = {debit = true, credit = true, release = true, refund = true}
@@ -47,16 +57,24 @@ local amount = tonumber(ARGV[2])
 
 local held = tonumber(redis.call('GET', KEYS[4]) or '0')
 
+-- This step's entry: what it moved (`delta`) and the balance after.
+local function entry(status, delta, after, reason)
+  log_tx(KEYS[6], ARGV[10], ARGV[2], delta, ARGV[9], status, reason or '', after, ARGV[11])
+end
+
 if step == 'debit' then
   local source = redis.call('GET', KEYS[3])
   if not source then
     return settle('rejected', 'unknown_account', '')
   end
   if tonumber(source) - tonumber(redis.call('GET', KEYS[5]) or '0') < amount then
+    entry('rejected', '0', source, 'insufficient_funds')
     return settle('rejected', 'insufficient_funds', '')
   end
   redis.call('INCRBY', KEYS[4], ARGV[2])
-  return settle('debited', '', digits(redis.call('DECRBY', KEYS[3], ARGV[2])))
+  local after = digits(redis.call('DECRBY', KEYS[3], ARGV[2]))
+  entry('debited', '-' .. ARGV[2], after)
+  return settle('debited', '', after)
 end
 
 if step == 'credit' then
@@ -67,7 +85,9 @@ if step == 'credit' then
   if not has_room(amount, tonumber(destination), held) then
     return settle('refused', 'balance_overflow', '')
   end
-  return settle('credited', '', digits(redis.call('INCRBY', KEYS[3], ARGV[2])))
+  local after = digits(redis.call('INCRBY', KEYS[3], ARGV[2]))
+  entry('credited', ARGV[2], after)
+  return settle('credited', '', after)
 end
 
 -- release and refund end the hold the debit made; the debit ran in this
@@ -76,7 +96,7 @@ end
 if held < amount then
   return redis.error_reply('saga ' .. step .. ': held ' .. held .. ' < ' .. ARGV[2])
 end
-if KEYS[6] and redis.call('HGET', KEYS[6], 'state') ~= 'capturing' then
+if KEYS[7] and redis.call('HGET', KEYS[7], 'state') ~= 'capturing' then
   return redis.error_reply('saga ' .. step .. ': its hold is not capturing')
 end
 -- No balance may pass 2^53-1, not even by a refund (credits and the admin
@@ -87,11 +107,15 @@ end
 if redis.call('DECRBY', KEYS[4], ARGV[2]) == 0 then
   redis.call('DEL', KEYS[4])
 end
-if KEYS[6] then
-  redis.call('HSET', KEYS[6], 'state', step == 'release' and 'captured' or 'voided')
-  redis.call('EXPIRE', KEYS[6], ARGV[4])
+if KEYS[7] then
+  redis.call('HSET', KEYS[7], 'state', step == 'release' and 'captured' or 'voided')
+  redis.call('EXPIRE', KEYS[7], ARGV[4])
 end
 if step == 'release' then
-  return settle('released', '', digits(tonumber(redis.call('GET', KEYS[3]) or '0')))
+  local balance = digits(tonumber(redis.call('GET', KEYS[3]) or '0'))
+  entry('released', '0', balance)
+  return settle('released', '', balance)
 end
-return settle('refunded', '', digits(redis.call('INCRBY', KEYS[3], ARGV[2])))
+local after = digits(redis.call('INCRBY', KEYS[3], ARGV[2]))
+entry('refunded', ARGV[2], after)
+return settle('refunded', '', after)

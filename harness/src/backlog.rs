@@ -159,6 +159,7 @@ async fn backlog_once(
         url: &infra.redis_url,
         namespace: &config.namespace,
         outcome_ttl_secs: config.outcome_ttl_secs,
+        history_keep_secs: config.history_retention_secs(),
         lease_ms: config.lease_ms,
         response_timeout: Duration::from_secs(5),
     })
@@ -209,7 +210,7 @@ async fn backlog_once(
         let used = cpu_after[i]?.checked_sub(cpu_before[i]?)?;
         Some(used as f64 / count.max(1) as f64)
     };
-    let verdict = invariants::check(infra, &config.namespace, &ledger).await?;
+    let verdict = invariants::check(infra, &config, &ledger).await?;
     consumer.terminate(Duration::from_secs(10));
     for violation in verdict.violations.iter().take(20) {
         println!("  VIOLATION         {violation}");

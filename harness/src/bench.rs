@@ -188,6 +188,7 @@ pub(crate) async fn measure_redis_script(
         url: &infra.redis_url,
         namespace: &namespace,
         outcome_ttl_secs: 3600,
+        history_keep_secs: 3600,
         lease_ms: 30_000,
         response_timeout: Duration::from_secs(5),
     })
@@ -585,7 +586,7 @@ pub async fn run_load(
         ledger.accepted.extend(measured);
     }
     let lag_samples = lag_sampler.stop().await;
-    let verdict = invariants::check(&infra, &config.namespace, &ledger).await?;
+    let verdict = invariants::check(&infra, &config, &ledger).await?;
     let rss = engine
         .pid()
         .and_then(rss_kib)

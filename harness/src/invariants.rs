@@ -17,11 +17,15 @@
 //!   rejected with its reason) is what a plain model gives when the log is
 //!   replayed from the starting balances in the order each slot decided them
 //!   (`seq`), and no step exists that the log does not explain (no gap in
-//!   any slot's `seq`, so no step was applied twice).
+//!   any slot's `seq`, so no step was applied twice);
+//! - each account's history replays to its balance: every entry's
+//!   `balance_after` is the sum of the deltas before it and its own, from 0,
+//!   and no transaction is in one history twice with one status.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::Context;
+
 use redis::{Cmd, FromRedisValue};
 use txengine::domain::MAX_MINOR_UNITS;
 use txengine::store::{Connection, Layout};
@@ -110,10 +114,15 @@ impl Reader {
     }
 }
 
-/// Reads outcomes and balances from `infra`'s Redis (keys under
-/// `namespace`) and checks the ledger against them. Only a failure to read
-/// is an `Err`.
-pub async fn check(infra: &Infra, namespace: &str, ledger: &Ledger) -> anyhow::Result<Verdict> {
+/// Reads outcomes, balances and histories from `infra`'s Redis (keys under
+/// the engine's namespace) and checks the ledger against them. Only a
+/// failure to read is an `Err`.
+pub async fn check(
+    infra: &Infra,
+    engine: &txengine::config::Config,
+    ledger: &Ledger,
+) -> anyhow::Result<Verdict> {
+    let namespace = engine.namespace.as_str();
     let topology = infra.redis_topology;
     let conn = Connection::open(
         &infra.redis_url,
@@ -227,6 +236,7 @@ pub async fn check(infra: &Infra, namespace: &str, ledger: &Ledger) -> anyhow::R
         .extend(replay_in_apply_order(&reader, ledger, &steps, &holds).await?);
 
     let accounts: Vec<&str> = expected.keys().copied().collect();
+    let mut history_balances = Vec::new();
     let balances: Vec<Option<String>> = reader
         .query(
             accounts
@@ -248,6 +258,9 @@ pub async fn check(infra: &Infra, namespace: &str, ledger: &Ledger) -> anyhow::R
                 .violations
                 .push(format!("account {account} holds a non-integer {balance:?}")),
             Some(Ok(have)) => {
+                if engine.history_retention_secs() > 0 {
+                    history_balances.push((*account, have));
+                }
                 verdict.end_total += have.max(0) as u128;
                 if have < 0 || have > MAX_MINOR_UNITS as i128 {
                     verdict.violations.push(format!(
@@ -270,7 +283,70 @@ pub async fn check(infra: &Infra, namespace: &str, ledger: &Ledger) -> anyhow::R
             }
         }
     }
+    check_histories(&reader, &history_balances, &mut verdict).await?;
     Ok(verdict)
+}
+
+/// Each account's history replays to its balance: from 0 (a scenario runs
+/// well within the retention, so nothing was trimmed), every entry's
+/// `balance_after` is the sum of the deltas so far, and the last is the
+/// balance now; no transaction has two entries of one status in it.
+async fn check_histories(
+    reader: &Reader,
+    balances: &[(&str, i128)],
+    verdict: &mut Verdict,
+) -> anyhow::Result<()> {
+    type Entry = (String, Vec<String>);
+    let histories: Vec<Vec<Entry>> = reader
+        .query(
+            balances
+                .iter()
+                .map(|(account, _)| {
+                    let mut cmd = redis::cmd("XRANGE");
+                    cmd.arg(reader.layout.history(account)).arg("-").arg("+");
+                    (reader.layout.shard_of(account), cmd)
+                })
+                .collect(),
+        )
+        .await?;
+    for ((account, balance), history) in balances.iter().zip(histories) {
+        let mut replayed: i128 = 0;
+        let mut seen = HashSet::new();
+        for (position, fields) in &history {
+            let field = |name: &str| {
+                fields
+                    .chunks(2)
+                    .find(|pair| pair.len() == 2 && pair[0] == name)
+                    .map(|pair| pair[1].as_str())
+                    .unwrap_or_default()
+            };
+            replayed += field("delta").parse::<i128>().unwrap_or(i128::MIN / 2);
+            if field("bal").parse::<i128>().ok() != Some(replayed) {
+                verdict.violations.push(format!(
+                    "account {account}: history entry {position} ({} {} {}) says balance_after {}, \
+                     its entries replay to {replayed}",
+                    field("id"),
+                    field("type"),
+                    field("status"),
+                    field("bal")
+                ));
+                break;
+            }
+            let (id, status) = (field("id"), field("status"));
+            if !id.is_empty() && !seen.insert((id.to_owned(), status.to_owned())) {
+                verdict.violations.push(format!(
+                    "account {account}: {id} is in its history twice as {status}"
+                ));
+            }
+        }
+        if replayed != *balance {
+            verdict.violations.push(format!(
+                "account {account}: its {} history entries replay to {replayed}, its balance is {balance}",
+                history.len()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Moves `tx`'s amount in the expected balances.

@@ -440,7 +440,7 @@ pub async fn run(scenario: &Scenario, infra: &Infra, exe: &Path) -> anyhow::Resu
         refused: results.refused,
         uncertain: results.uncertain,
     };
-    let verdict = invariants::check(infra, &config.namespace, &ledger).await?;
+    let verdict = invariants::check(infra, &config, &ledger).await?;
     check_expectations(scenario, &verdict, &mut failures);
     if let Some(dlq) = scenario.expect.dlq {
         let found = topic_size(&infra.kafka_brokers, &config.dlq_topic)?;

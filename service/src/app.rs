@@ -66,6 +66,7 @@ impl Engine {
             topology: config.redis_topology,
             namespace: &config.namespace,
             outcome_ttl_secs: config.outcome_ttl_secs,
+            history_keep_secs: config.history_retention_secs(),
             lease_ms: config.lease_ms,
             response_timeout: Duration::from_millis(config.redis_timeout_ms),
         })
@@ -76,6 +77,7 @@ impl Engine {
                 crate::config::redacted_url(&config.redis_url)
             )
         })?;
+        store.ensure_no_eviction().await?;
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let consumer_health = ConsumerHealth::default();

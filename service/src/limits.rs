@@ -52,3 +52,8 @@ pub const CLUSTER_SHARDS: u32 = 1024;
 /// error the claim may have landed anyway). Past it the lease is left to
 /// run out: the retry of that id meets 409 until then.
 pub const MAX_BACKGROUND_RELEASES: usize = 256;
+
+/// Most entries in one page of an account's history, and how many a page
+/// holds when `limit` is not given.
+pub const MAX_HISTORY_PAGE: usize = 1_000;
+pub const DEFAULT_HISTORY_PAGE: usize = 100;

@@ -244,6 +244,7 @@ async fn same_id_in_flight_is_409() {
         url: &s.config.redis_url,
         namespace: &s.config.namespace,
         outcome_ttl_secs: 60,
+        history_keep_secs: 60,
         lease_ms: 30_000,
         response_timeout: Duration::from_secs(5),
     })

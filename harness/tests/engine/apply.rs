@@ -24,6 +24,7 @@ async fn store_with_lease(lease_ms: u64) -> Store {
         url: &crate::infra().redis_url,
         namespace: &namespace,
         outcome_ttl_secs: 3600,
+        history_keep_secs: 3600,
         lease_ms,
         response_timeout: Duration::from_secs(5),
     })
@@ -259,6 +260,7 @@ async fn redis_restart_keeps_outcomes_and_reloads_scripts() {
         url: &redis.url(),
         namespace: "restart",
         outcome_ttl_secs: 3600,
+        history_keep_secs: 3600,
         lease_ms: 30_000,
         response_timeout: Duration::from_secs(5),
     })

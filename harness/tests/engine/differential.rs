@@ -89,6 +89,7 @@ proptest! {
                 url: &redis_url,
                 namespace: &format!("diff-{}", uuid::Uuid::new_v4().simple()),
                 outcome_ttl_secs: 600,
+                history_keep_secs: 600,
                 lease_ms: 30_000,
                 response_timeout: Duration::from_secs(5),
             })

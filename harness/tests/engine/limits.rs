@@ -418,6 +418,7 @@ async fn background_releases_are_capped() {
         url: &redis.url(),
         namespace: "cap",
         outcome_ttl_secs: 60,
+        history_keep_secs: 60,
         lease_ms: 10_000,
         response_timeout: Duration::from_millis(300),
     })

@@ -9,9 +9,11 @@ mod batch;
 mod cluster;
 mod contract;
 mod differential;
+mod history;
 mod holds;
 mod keys;
 mod limits;
+mod memory;
 mod observability;
 mod pipeline;
 mod saga;
@@ -70,6 +72,7 @@ async fn store_of(topology: txengine::config::RedisTopology, namespace: &str, ur
         url,
         namespace,
         outcome_ttl_secs: 60,
+        history_keep_secs: 60,
         lease_ms: 30_000,
         // As patient as the others' stores: on a busy machine one fsync of
         // the shared Redis can take longer than half a second (a CI run

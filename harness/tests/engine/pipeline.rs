@@ -461,7 +461,7 @@ fn dead_letters(brokers: &str, dlq: &str) -> Vec<Vec<u8>> {
 }
 
 /// Polls `/ready` until `done` holds for its (status, body), or panics.
-async fn wait_ready_until(
+pub async fn wait_ready_until(
     s: &Stack,
     what: &str,
     done: impl Fn(StatusCode, &serde_json::Value) -> bool,

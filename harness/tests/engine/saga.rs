@@ -30,6 +30,7 @@ async fn cluster_store(namespace: &str) -> Store {
         url: &Infra::shared_cluster().redis_url,
         namespace,
         outcome_ttl_secs: 3600,
+        history_keep_secs: 3600,
         lease_ms: 30_000,
         response_timeout: Duration::from_secs(5),
     })

@@ -143,6 +143,12 @@ pub struct Config {
     #[arg(long, env = "TXENGINE_OUTCOME_TTL_SECS", default_value_t = 7 * 24 * 3600)]
     pub outcome_ttl_secs: u64,
 
+    /// How long each account's history (`GET /accounts/{account}/transactions`,
+    /// `GET /balance/{account}?at=`) is kept, in seconds; by default as long
+    /// as the outcomes. 0 writes no history (to measure what it costs).
+    #[arg(long, env = "TXENGINE_HISTORY_RETENTION_SECS")]
+    pub history_retention_secs: Option<u64>,
+
     /// How long the API's claim on an id lasts while its publish is in flight.
     #[arg(long, env = "TXENGINE_LEASE_MS", default_value_t = 30_000)]
     pub lease_ms: u64,
@@ -253,6 +259,11 @@ impl Config {
                 RedisTopology::Single => 0,
                 RedisTopology::Cluster => 1,
             })
+    }
+
+    /// How long history is kept: the flag, else the outcomes' TTL.
+    pub fn history_retention_secs(&self) -> u64 {
+        self.history_retention_secs.unwrap_or(self.outcome_ttl_secs)
     }
 
     /// What the topics are created with and checked against.
@@ -376,6 +387,7 @@ impl Config {
             admin_token: _,
             admin_token_file,
             outcome_ttl_secs,
+            history_retention_secs,
             lease_ms,
             max_in_flight,
             publish_timeout_ms,
@@ -404,6 +416,10 @@ impl Config {
             (
                 "--admin-token-file",
                 admin_token_file.as_ref().map(|p| p.display().to_string()),
+            ),
+            (
+                "--history-retention-secs",
+                history_retention_secs.map(|s| s.to_string()),
             ),
         ];
         let pairs = [

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -11,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::auth::{authenticate, authorize_admin, require_scope, spend};
+use super::history::{balance_at, BalanceAtView, BalanceParams};
 use super::problem::{not_found, Problem, ProblemBody};
 use super::transactions::read_body;
 use super::ApiState;
@@ -31,6 +33,16 @@ pub(super) struct BalanceView {
     available: u64,
 }
 
+/// What `GET /balance/{account}` answers (documentation only): the money
+/// now, or with `at` the balance then.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub(super) enum BalanceAnswer {
+    Now(BalanceView),
+    At(BalanceAtView),
+}
+
 impl BalanceView {
     fn new(account: AccountId, funds: Funds) -> Self {
         Self {
@@ -42,21 +54,23 @@ impl BalanceView {
     }
 }
 
-/// An account's balance (an API key whose scope matches the account).
+/// An account's balance (an API key whose scope matches the account); with
+/// `at`, its balance at that time, from its history.
 #[utoipa::path(
     get,
     path = "/balance/{account}",
     tag = "balances",
     security(("api_key" = [])),
-    params(("account" = String, Path, description = "Account id", pattern = "^[A-Za-z0-9_.:-]{1,64}$")),
+    params(("account" = String, Path, description = "Account id", pattern = "^[A-Za-z0-9_.:-]{1,64}$"), BalanceParams),
     responses(
-        (status = 200, description = "The balance, pending and available, in minor units", body = BalanceView,
+        (status = 200, description = "The balance, pending and available, in minor units; with `at`, the balance then", body = BalanceAnswer,
             headers(("RateLimit-Policy" = String, description = "a limited key's policy"), ("RateLimit" = String, description = "what a limited key has left"))),
+        (status = 400, description = "A query parameter this endpoint does not take", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "No API key, or an unknown, revoked or wrong one", body = ProblemBody, content_type = "application/problem+json",
             headers(("WWW-Authenticate" = String, description = "Bearer"))),
         (status = 403, description = "The key's scope does not match the account", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "No such account", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "Not a valid account id", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such account; with `at`, no history of the account at or before it", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Not a valid account id or time; `at` earlier than the history goes back (the detail names its oldest time), or no history is kept", body = ProblemBody, content_type = "application/problem+json"),
         (status = 429, description = "The key is over its rate limit", body = ProblemBody, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "seconds"), ("RateLimit-Policy" = String), ("RateLimit" = String))),
         (status = 503, description = "Redis is unavailable", body = ProblemBody, content_type = "application/problem+json",
@@ -66,12 +80,21 @@ impl BalanceView {
 pub(super) async fn get_balance(
     State(api): State<Arc<ApiState>>,
     Path(account): Path<String>,
+    params: Result<Query<BalanceParams>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let key = authenticate(&api, &headers).await?;
     let account = AccountId::parse(&account).map_err(Problem::rule)?;
+    let Query(params) = params.map_err(|e| Problem::malformed(e.body_text()))?;
     require_scope(&key, &account)?;
     let quota = spend(&api, &key).await?;
+    if let Some(at) = &params.at {
+        let mut response = balance_at(&api, account, at).await?;
+        response
+            .headers_mut()
+            .extend(quota.iter().flat_map(|q| q.headers()));
+        return Ok(response);
+    }
     let mut response = match api
         .store
         .funds(&account)

@@ -8,6 +8,7 @@
 //! - [`status`]: `GET /transactions/{id}` and the views of a transaction;
 //! - [`batch`]: `POST /transactions/batch`, its decoder (public too);
 //! - [`balances`]: balance reads and the admin's setter;
+//! - [`history`]: an account's history, and its balance at a time;
 //! - [`ops`]: health, readiness, metrics, unknown routes;
 //! - [`openapi`]: the generated OpenAPI document.
 //!
@@ -16,6 +17,7 @@
 mod auth;
 mod balances;
 mod batch;
+mod history;
 mod holds;
 mod keys;
 mod openapi;
@@ -121,6 +123,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route(
             "/balance/{account}",
             get(balances::get_balance).put(balances::put_balance),
+        )
+        .route(
+            "/accounts/{account}/transactions",
+            get(history::get_history),
         )
         .route("/admin/keys", post(keys::create_key).get(keys::list_keys))
         .route("/admin/keys/{id}", delete(keys::delete_key))

@@ -7,6 +7,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::balances::{__path_get_balance, __path_put_balance};
 use super::batch::__path_post_batch;
+use super::history::__path_get_history;
 use super::keys::{__path_create_key, __path_delete_key, __path_list_keys};
 use super::ops::{__path_health, __path_ready, __path_render_metrics};
 use super::status::__path_get_transaction;
@@ -47,6 +48,7 @@ pub fn openapi_document() -> &'static str {
         post_batch,
         get_transaction,
         get_balance,
+        get_history,
         put_balance,
         create_key,
         list_keys,
@@ -96,6 +98,12 @@ mod tests {
             serde_json::from_str(super::openapi_document()).expect("JSON");
         let schemas = &document["components"]["schemas"];
         let property = |schema: &str, field: &str| schemas[schema]["properties"][field].clone();
+        let history = &document["paths"]["/accounts/{account}/transactions"]["get"]["parameters"];
+        let limit = history
+            .as_array()
+            .and_then(|params| params.iter().find(|p| p["name"] == "limit"))
+            .expect("the history's limit parameter");
+        assert_eq!(limit["schema"]["maximum"], crate::limits::MAX_HISTORY_PAGE);
         assert_eq!(
             property("TransactionRequest", "amount")["maximum"],
             MAX_MINOR_UNITS

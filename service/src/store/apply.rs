@@ -10,7 +10,7 @@ use super::balances::parse_balance;
 use super::outcomes::parse_status;
 use super::Layout;
 use super::{evalsha, Store, StoreError};
-use crate::domain::{AccountId, Movement, Outcome, RejectReason, Transaction, TxStatus};
+use crate::domain::{AccountId, Movement, Outcome, RejectReason, Transaction, TxId, TxStatus};
 use crate::wire::{Record, SagaStep};
 
 /// One applied transaction as the apply script reported it.
@@ -110,17 +110,26 @@ impl Store {
                 layout.balance(on),
                 layout.held(on),
                 layout.pending(on),
+                layout.history(on),
             ];
             // A capture's saga ends its hold when it settles.
             if let (Some(hold), "settle") = (tx.movement.ended_hold(), flag) {
                 keys.push(layout.hold(on, hold.as_str()));
             }
+            let counterparty = match tx.movement.to() {
+                Some(to) if to.as_str() != on => to.as_str(),
+                _ => account,
+            };
             let mut cmd = evalsha(&self.scripts.saga_step, &keys);
             cmd.arg(step)
                 .arg(amount)
                 .arg(&fingerprint)
                 .arg(self.outcome_ttl_secs)
                 .arg(now_ms);
+            self.history_args(&mut cmd, tx);
+            cmd.arg(counterparty)
+                .arg(tx.movement.kind())
+                .arg(tx.movement.ended_hold().map_or("", TxId::as_str));
             (shard, cmd)
         };
         Ok(match (&record.saga, tx.movement.credited()) {
@@ -132,9 +141,11 @@ impl Store {
                     layout.seq(shard),
                     layout.balance(account),
                     layout.pending(account),
+                    layout.history(account),
                 ];
                 if let Some(to) = tx.movement.to() {
                     keys.push(layout.balance(to.as_str()));
+                    keys.push(layout.history(to.as_str()));
                 }
                 if layout.shards() > 1 && tx.movement.kind() != "debit" {
                     let credited = tx.movement.to().map_or(account, AccountId::as_str);
@@ -146,6 +157,9 @@ impl Store {
                     .arg(&fingerprint)
                     .arg(self.outcome_ttl_secs)
                     .arg(now_ms);
+                self.history_args(&mut cmd, tx);
+                cmd.arg(tx.movement.to().map_or("", AccountId::as_str))
+                    .arg(account);
                 (shard, cmd)
             }
             (None, Some(_)) => saga_step(account, "debit", "debit"),
@@ -191,11 +205,13 @@ impl Store {
             layout.pending(account),
             layout.hold(account, hold),
             layout.holds_due(shard),
+            layout.history(account),
         ];
         match (op, movement.credited()) {
             ("capture_out", _) => keys.push(layout.held(account)),
             ("capture", Some(to)) => {
                 keys.push(layout.balance(to.as_str()));
+                keys.push(layout.history(to.as_str()));
                 if layout.shards() > 1 {
                     keys.push(layout.held(to.as_str()));
                 }
@@ -211,11 +227,20 @@ impl Store {
             .arg(movement.amount().minor_units())
             .arg(movement.fingerprint())
             .arg(self.outcome_ttl_secs)
-            .arg(now_ms)
-            .arg(Layout::due_member(account, hold))
+            .arg(now_ms);
+        self.history_args(&mut cmd, tx);
+        cmd.arg(Layout::due_member(account, hold))
             .arg(timeout_ms)
-            .arg(movement.to().map_or("", AccountId::as_str));
+            .arg(movement.to().map_or("", AccountId::as_str))
+            .arg(hold)
+            .arg(account);
         (shard, cmd)
+    }
+
+    /// ARGV[6..8] of the scripts that keep a flag (money.lua's `log_tx`):
+    /// the id, how long history is kept, the metadata.
+    fn history_args(&self, cmd: &mut Cmd, tx: &Transaction) {
+        cmd.arg(tx.id.as_str()).arg(self.history_keep_ms).arg("");
     }
 
     /// Reads a step's reply `(state, reason, balance_after, duplicate)`.

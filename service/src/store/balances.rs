@@ -89,7 +89,9 @@ impl Store {
                 invocation
                     .key(self.layout.held(account.as_str()))
                     .key(self.layout.pending(account.as_str()))
-                    .arg(balance.minor_units());
+                    .key(self.layout.history(account.as_str()))
+                    .arg(balance.minor_units())
+                    .arg(self.history_keep_ms);
                 async move { invocation.invoke_async(&mut conn).await }
             })
             .await?;

@@ -124,6 +124,11 @@ impl Layout {
         format!("{}:pending:{account}", self.tag(self.shard_of(account)))
     }
 
+    /// `{tag}:hist:<account>`: the account's history, a stream.
+    pub fn history(&self, account: &str) -> String {
+        format!("{}:hist:{account}", self.tag(self.shard_of(account)))
+    }
+
     /// `{tag}:hold:<hold id>`, in the hold's account's slot.
     pub fn hold(&self, account: &str, hold: &str) -> String {
         format!("{}:hold:{hold}", self.tag(self.shard_of(account)))

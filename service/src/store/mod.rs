@@ -8,12 +8,14 @@
 //!   each kind of record.
 //! - `claim`: the API's claim, accept and release of an id.
 //! - `apply`: the consumer's apply, saga steps and their replies.
+//! - `history`: each account's history, read by page and at a time.
 
 mod api_keys;
 mod apply;
 mod balances;
 mod claim;
 pub mod connection;
+mod history;
 mod holds;
 pub mod layout;
 mod outcomes;
@@ -30,6 +32,7 @@ pub use balances::{BalanceSet, Funds};
 pub use claim::{Acceptance, Claim, LimitedClaim};
 use connection::is_transient;
 pub use connection::{Cluster, Connection};
+pub use history::{is_position, BalanceAt, HistoryEntry, HistoryQuery};
 pub use holds::{DueHold, HoldPhase, HoldRecord};
 pub use layout::{Layout, RedisTopology, CLUSTER_SHARDS};
 pub use rate_limit::RateVerdict;
@@ -44,6 +47,20 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
     #[error("redis answered something unexpected: {0}")]
     Unexpected(String),
+    #[error("redis runs with maxmemory-policy {0}: it may evict a balance or a processed flag (money lost, or applied twice); run it with maxmemory-policy noeviction")]
+    Eviction(String),
+}
+
+/// Every text in an answer (one node's string, or a cluster's map of them).
+fn collect_texts(value: &Value, into: &mut Vec<String>) {
+    match value {
+        Value::BulkString(bytes) => into.push(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(text) => into.push(text.clone()),
+        Value::VerbatimString { text, .. } => into.push(text.clone()),
+        Value::Map(pairs) => pairs.iter().for_each(|(_, v)| collect_texts(v, into)),
+        Value::Array(items) => items.iter().for_each(|v| collect_texts(v, into)),
+        _ => {}
+    }
 }
 
 impl StoreError {
@@ -65,6 +82,7 @@ impl StoreError {
             Self::Unexpected(_) => {
                 "redis answered what this build does not expect (details in the log)".into()
             }
+            Self::Eviction(policy) => format!("redis runs with maxmemory-policy {policy}"),
         }
     }
 
@@ -74,7 +92,7 @@ impl StoreError {
     pub fn is_unreachable(&self) -> bool {
         match self {
             Self::Redis(e) => is_transient(e),
-            Self::Unexpected(_) => false,
+            Self::Unexpected(_) | Self::Eviction(_) => false,
         }
     }
 }
@@ -87,6 +105,7 @@ pub struct Store {
     // profile showed the scripts' sources copied per request).
     layout: Arc<Layout>,
     outcome_ttl_secs: u64,
+    history_keep_ms: u64,
     lease_ms: u64,
     scripts: Arc<Scripts>,
     topology: RedisTopology,
@@ -100,6 +119,8 @@ pub struct StoreSettings<'a> {
     pub namespace: &'a str,
     /// How long a settled outcome (the processed flag) is kept.
     pub outcome_ttl_secs: u64,
+    /// How long each account's history is kept (0: none is written).
+    pub history_keep_secs: u64,
     /// How long an API claim on an id lasts while its publish is in flight.
     pub lease_ms: u64,
     /// Longest wait for one Redis answer.
@@ -114,6 +135,7 @@ impl Store {
             conn,
             layout: Arc::new(Layout::new(settings.namespace, settings.topology)),
             outcome_ttl_secs: settings.outcome_ttl_secs,
+            history_keep_ms: settings.history_keep_secs.saturating_mul(1000),
             lease_ms: settings.lease_ms,
             scripts: Arc::new(Scripts::new()),
             topology: settings.topology,
@@ -168,6 +190,34 @@ impl Store {
             .await?;
         redis::from_redis_value(answer)
             .map_err(|e| StoreError::Unexpected(format!("WAIT answered {e}")))
+    }
+
+    /// Refuses a Redis that may evict keys: an evicted balance or flag is
+    /// money lost or applied twice. Every master is asked (`INFO memory`;
+    /// on a cluster redis-rs sends it to each and answers per node).
+    pub async fn ensure_no_eviction(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let answer: Value = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut conn)
+            .await?;
+        let mut texts = Vec::new();
+        collect_texts(&answer, &mut texts);
+        if texts.is_empty() {
+            return Err(StoreError::Unexpected(
+                "INFO memory answered no text".into(),
+            ));
+        }
+        for text in texts {
+            let policy = text
+                .lines()
+                .find_map(|line| line.trim().strip_prefix("maxmemory_policy:"))
+                .unwrap_or("(not reported)");
+            if policy != "noeviction" {
+                return Err(StoreError::Eviction(policy.to_owned()));
+            }
+        }
+        Ok(())
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

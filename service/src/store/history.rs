@@ -1,0 +1,298 @@
+//! Each account's history, as the money scripts write it (`log` in
+//! `lua/money.lua`): a stream in the account's slot whose ids are Redis's
+//! clock at the apply, read newest first by page, and the balance at a
+//! point in time.
+
+use redis::Value;
+
+use super::{Store, StoreError};
+use crate::domain::AccountId;
+
+/// One entry of an account's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    /// Where it is in the history (the stream id `<ms>-<n>`): a page's
+    /// cursor, and its time.
+    pub position: String,
+    pub at_ms: u64,
+    /// The transaction; none for an admin balance set.
+    pub id: Option<String>,
+    /// debit, credit, transfer, hold, capture, void, expire or set.
+    pub kind: String,
+    pub amount: u64,
+    /// This account's signed change (0 when nothing moved).
+    pub delta: i64,
+    pub counterparty: Option<String>,
+    /// applied, rejected; a saga's step (debited, credited, released,
+    /// refunded); a hold's change (held, capturing, captured, voided, expired).
+    pub status: String,
+    pub reason: Option<String>,
+    pub balance_after: u64,
+    /// The hold a hold's entry, or its capture's, void's or expiry's, is of.
+    pub hold: Option<String>,
+    /// The transaction's metadata, canonical JSON.
+    pub metadata: Option<String>,
+}
+
+/// Which entries a page holds: newest first, older than `before` (a
+/// position), at or after `since_ms`, before `until_ms`.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    pub before: Option<String>,
+    pub since_ms: Option<u64>,
+    pub until_ms: Option<u64>,
+    pub limit: usize,
+}
+
+/// An account's balance at a time, from its history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BalanceAt {
+    /// The balance after the last entry at or before the time.
+    Known { balance: u64, since_ms: u64 },
+    /// No entry that early, and none was ever trimmed: the account did not
+    /// exist yet (or has no history).
+    Unknown,
+    /// Earlier than the history goes back: its oldest entry is this.
+    BeforeRetention { oldest_ms: u64 },
+}
+
+/// A position in a history (`<ms>-<n>`, both below 2^64), as a cursor
+/// must be before it reaches Redis.
+pub fn is_position(text: &str) -> bool {
+    parse_position(text).is_some()
+}
+
+fn parse_position(text: &str) -> Option<(u64, u64)> {
+    let (ms, n) = text.split_once('-')?;
+    let part = |p: &str| {
+        (!p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| p.parse::<u64>().ok())
+            .flatten()
+    };
+    Some((part(ms)?, part(n)?))
+}
+
+/// The last position before `(ms, n)`, inclusive; none before `0-0`.
+/// (Redis refuses an exclusive `(0-0`, so the bound is computed here.)
+fn just_before((ms, n): (u64, u64)) -> Option<String> {
+    match (ms, n) {
+        (0, 0) => None,
+        (ms, 0) => Some(format!("{}-{}", ms - 1, u64::MAX)),
+        (ms, n) => Some(format!("{ms}-{}", n - 1)),
+    }
+}
+
+impl Store {
+    /// True when no history is written (`--history-retention-secs 0`).
+    pub fn history_is_off(&self) -> bool {
+        self.history_keep_ms == 0
+    }
+
+    /// How long history is kept (ms).
+    pub fn history_keep_ms(&self) -> u64 {
+        self.history_keep_ms
+    }
+
+    /// A page of `account`'s history, newest first.
+    pub async fn history(
+        &self,
+        account: &AccountId,
+        query: &HistoryQuery,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        // The newest position a page may hold: before the cursor, and
+        // before `until`; nothing when that is before the first.
+        let bounds = [
+            query.before.as_deref().map(|before| {
+                parse_position(before)
+                    .ok_or_else(|| StoreError::Unexpected(format!("not a position: {before}")))
+            }),
+            query.until_ms.map(|until| Ok((until, 0))),
+        ];
+        let mut end = None;
+        for bound in bounds.into_iter().flatten() {
+            let bound = bound?;
+            end = Some(end.map_or(bound, |end: (u64, u64)| end.min(bound)));
+        }
+        let end = match end {
+            None => "+".to_owned(),
+            Some(bound) => match just_before(bound) {
+                Some(end) => end,
+                None => return Ok(Vec::new()),
+            },
+        };
+        let start = query
+            .since_ms
+            .map_or_else(|| "-".to_owned(), |since| format!("{since}-0"));
+        let mut conn = self.conn.clone();
+        let raw: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
+            .arg(self.layout.history(account.as_str()))
+            .arg(end)
+            .arg(start)
+            .arg("COUNT")
+            .arg(query.limit)
+            .query_async(&mut conn)
+            .await?;
+        raw.into_iter()
+            .map(|(position, fields)| parse_entry(position, &fields))
+            .collect()
+    }
+
+    /// `account`'s balance at `at_ms` (Redis's clock), from its history.
+    pub async fn balance_at(
+        &self,
+        account: &AccountId,
+        at_ms: u64,
+    ) -> Result<BalanceAt, StoreError> {
+        let key = self.layout.history(account.as_str());
+        let mut conn = self.conn.clone();
+        let last: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
+            .arg(&key)
+            .arg(at_ms)
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await?;
+        if let Some((position, fields)) = last.into_iter().next() {
+            let entry = parse_entry(position, &fields)?;
+            return Ok(BalanceAt::Known {
+                balance: entry.balance_after,
+                since_ms: entry.at_ms,
+            });
+        }
+        // Nothing that early: trimmed away, or never written.
+        let first: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await?;
+        let Some(oldest_ms) = first
+            .first()
+            .and_then(|(position, _)| position_ms(position))
+        else {
+            return Ok(BalanceAt::Unknown);
+        };
+        let info: Value = redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await?;
+        // Trimmed when fewer entries are left than were ever added (XTRIM
+        // does not move `max-deleted-entry-id`; XDEL is never used).
+        let number = |name: &[u8]| -> Option<i64> {
+            let pairs: Vec<(&Value, &Value)> = match &info {
+                Value::Array(items) => items
+                    .chunks(2)
+                    .filter_map(|p| Some((p.first()?, p.get(1)?)))
+                    .collect(),
+                Value::Map(items) => items.iter().map(|(k, v)| (k, v)).collect(),
+                _ => Vec::new(),
+            };
+            pairs
+                .into_iter()
+                .find_map(|(key, value)| match (key, value) {
+                    (Value::BulkString(key), Value::Int(n)) if key.as_slice() == name => Some(*n),
+                    _ => None,
+                })
+        };
+        let trimmed = match (number(b"entries-added"), number(b"length")) {
+            (Some(added), Some(length)) => added > length,
+            _ => {
+                return Err(StoreError::Unexpected(
+                    "XINFO STREAM without entries-added or length".into(),
+                ))
+            }
+        };
+        Ok(if trimmed {
+            BalanceAt::BeforeRetention { oldest_ms }
+        } else {
+            BalanceAt::Unknown
+        })
+    }
+}
+
+fn position_ms(position: &str) -> Option<u64> {
+    position.split_once('-')?.0.parse().ok()
+}
+
+/// Reads one stream entry (field, value, ...) into a [`HistoryEntry`].
+fn parse_entry(position: String, fields: &[String]) -> Result<HistoryEntry, StoreError> {
+    let unexpected =
+        || StoreError::Unexpected(format!("history entry {position} of an unexpected shape"));
+    let get = |name: &str| -> Option<&str> {
+        fields
+            .chunks(2)
+            .find(|pair| pair.len() == 2 && pair[0] == name)
+            .map(|pair| pair[1].as_str())
+    };
+    let present = |name: &str| {
+        get(name)
+            .filter(|value| !value.is_empty())
+            .map(str::to_owned)
+    };
+    let number = |name: &str| get(name).and_then(|value| value.parse::<u64>().ok());
+    Ok(HistoryEntry {
+        at_ms: position_ms(&position).ok_or_else(unexpected)?,
+        id: present("id"),
+        kind: present("type").ok_or_else(unexpected)?,
+        amount: number("amount").ok_or_else(unexpected)?,
+        delta: get("delta")
+            .and_then(|value| value.parse().ok())
+            .ok_or_else(unexpected)?,
+        counterparty: present("cp"),
+        status: present("status").ok_or_else(unexpected)?,
+        reason: present("reason"),
+        balance_after: number("bal").ok_or_else(unexpected)?,
+        hold: present("hold"),
+        metadata: present("meta"),
+        position,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_position_is_two_runs_of_digits() {
+        assert!(is_position("1733000000000-0"));
+        assert!(is_position("1-12"));
+        for bad in [
+            "",
+            "-",
+            "1-",
+            "-1",
+            "1",
+            "1-2-3",
+            "a-1",
+            "1-+",
+            "(1-0",
+            "123456789012345678901-0",
+        ] {
+            assert!(!is_position(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_entry_reads_its_fields_and_refuses_a_broken_one() {
+        let fields: Vec<String> = [
+            "id", "t-1", "type", "transfer", "amount", "5", "delta", "-5", "cp", "b", "status",
+            "applied", "reason", "", "bal", "95", "hold", "", "meta", "",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let entry = parse_entry("1700000000123-4".into(), &fields).unwrap();
+        assert_eq!(entry.at_ms, 1_700_000_000_123);
+        assert_eq!(entry.id.as_deref(), Some("t-1"));
+        assert_eq!(entry.delta, -5);
+        assert_eq!(entry.counterparty.as_deref(), Some("b"));
+        assert_eq!(entry.reason, None);
+        assert_eq!(entry.balance_after, 95);
+        let mut broken = fields.clone();
+        broken[15] = "x".into();
+        assert!(parse_entry("1-0".into(), &broken).is_err());
+    }
+}
