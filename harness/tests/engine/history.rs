@@ -99,6 +99,9 @@ async fn every_change_is_an_entry_and_the_history_replays_to_the_balance(
         json!({"id": "t-2", "type": "transfer", "account": a, "to": "nobody", "amount": 1}),
         json!({"id": "h-1", "type": "hold", "account": a, "to": b, "amount": 30}),
         json!({"id": "h-2", "type": "hold", "account": a, "amount": 5}),
+        // Refused for an account that does not exist: no history made up.
+        json!({"id": "h-ghost", "type": "hold", "account": "ghost", "amount": 1}),
+        json!({"id": "d-ghost", "account": "ghost", "amount": 1}),
     ];
     for body in &posts {
         let (status, answer) = s.post(body).await.unwrap();
