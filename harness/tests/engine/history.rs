@@ -191,6 +191,12 @@ async fn every_change_is_an_entry_and_the_history_replays_to_the_balance(
         of_b.iter().all(|e| e["id"] != "t-2"),
         "a refusal is the source's only"
     );
+    let (status, ghost) = s.get("/accounts/ghost/transactions").await.unwrap();
+    assert_eq!(
+        (status, ghost["entries"].clone()),
+        (StatusCode::OK, json!([])),
+        "no history for an account that does not exist: {ghost}"
+    );
     let b_set = &of_b[0];
     assert_eq!(
         (b_set["type"].clone(), b_set["delta"].clone()),
