@@ -83,6 +83,26 @@ fn just_before((ms, n): (u64, u64)) -> Option<String> {
 }
 
 impl Store {
+    /// The position of the oldest entry of the stream `key`, if any.
+    async fn oldest_position(&self, key: &str) -> Result<Option<(u64, u64)>, StoreError> {
+        let mut conn = self.conn.clone();
+        let first: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(key)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await?;
+        first
+            .first()
+            .map(|(position, _)| {
+                parse_position(position)
+                    .ok_or_else(|| StoreError::Unexpected(format!("not a position: {position}")))
+            })
+            .transpose()
+    }
+
     /// True when no history is written (`--history-retention-secs 0`).
     pub fn history_is_off(&self) -> bool {
         self.history_keep_ms == 0
@@ -123,9 +143,19 @@ impl Store {
         let start = query
             .since_ms
             .map_or_else(|| "-".to_owned(), |since| format!("{since}-0"));
+        let key = self.layout.history(account.as_str());
         let mut conn = self.conn.clone();
+        // Redis 7.0's XREVRANGE scans the whole stream when nothing is at
+        // or below its end: look at the oldest entry first.
+        match self.oldest_position(&key).await? {
+            None => return Ok(Vec::new()),
+            Some(oldest) if end != "+" && parse_position(&end).is_some_and(|end| end < oldest) => {
+                return Ok(Vec::new())
+            }
+            Some(_) => {}
+        }
         let raw: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
-            .arg(self.layout.history(account.as_str()))
+            .arg(&key)
             .arg(end)
             .arg(start)
             .arg("COUNT")
@@ -145,36 +175,29 @@ impl Store {
     ) -> Result<BalanceAt, StoreError> {
         let key = self.layout.history(account.as_str());
         let mut conn = self.conn.clone();
-        let last: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
-            .arg(&key)
-            .arg(at_ms)
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut conn)
-            .await?;
-        if let Some((position, fields)) = last.into_iter().next() {
-            let entry = parse_entry(position, &fields)?;
-            return Ok(BalanceAt::Known {
-                balance: entry.balance_after,
-                since_ms: entry.at_ms,
-            });
-        }
-        // Nothing that early: trimmed away, or never written.
-        let first: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
-            .arg(&key)
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut conn)
-            .await?;
-        let Some(oldest_ms) = first
-            .first()
-            .and_then(|(position, _)| position_ms(position))
-        else {
+        // The oldest entry first: XREVRANGE would scan the whole stream
+        // for a time before it (see `history`).
+        let Some(oldest) = self.oldest_position(&key).await? else {
             return Ok(BalanceAt::Unknown);
         };
+        if at_ms >= oldest.0 {
+            let last: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
+                .arg(&key)
+                .arg(at_ms)
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut conn)
+                .await?;
+            if let Some((position, fields)) = last.into_iter().next() {
+                let entry = parse_entry(position, &fields)?;
+                return Ok(BalanceAt::Known {
+                    balance: entry.balance_after,
+                    since_ms: entry.at_ms,
+                });
+            }
+        }
+        let oldest_ms = oldest.0;
         let info: Value = redis::cmd("XINFO")
             .arg("STREAM")
             .arg(&key)
