@@ -409,3 +409,47 @@ async fn history_is_trimmed_to_its_retention_by_the_writes_themselves() {
         BalanceAt::Unknown
     );
 }
+
+/// The invariants judge each account's history: one that does not replay
+/// to its balance (an entry no script wrote) is a violation, named.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_invariants_catch_a_history_that_does_not_replay() {
+    let infra = crate::infra();
+    let s = Stack::start(infra, "history-judge").await.unwrap();
+    s.set_balance("judged", 10).await.unwrap();
+    let ledger = harness::workload::Ledger {
+        start: [("judged".to_owned(), 10)].into(),
+        ..Default::default()
+    };
+    let verdict = harness::invariants::check(infra, &s.config, &ledger)
+        .await
+        .unwrap();
+    assert!(verdict.holds(), "{:?}", verdict.violations);
+    let layout = Layout::new(&s.config.namespace, s.config.redis_topology);
+    let client = redis::Client::open(infra.redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(layout.history("judged"))
+        .arg("*")
+        .arg(&[
+            "id", "forged", "type", "credit", "amount", "5", "delta", "5", "cp", "",
+        ])
+        .arg(&[
+            "status", "applied", "reason", "", "bal", "15", "hold", "", "meta", "",
+        ])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let verdict = harness::invariants::check(infra, &s.config, &ledger)
+        .await
+        .unwrap();
+    assert!(
+        verdict
+            .violations
+            .iter()
+            .any(|v| v.contains("judged") && v.contains("replay to 15, its balance is 10")),
+        "{:?}",
+        verdict.violations
+    );
+    s.stop().await.unwrap();
+}
