@@ -122,8 +122,10 @@ pub struct LocalRedis {
     port: u16,
     /// AOF fsync policy: `always` or `everysec` (see docs/design.md, Redis durability).
     appendfsync: String,
-    /// A node of a Redis Cluster (its `nodes.conf` lives in `dir`).
-    cluster_node: bool,
+    /// A node of a Redis Cluster (its `nodes.conf` lives in `dir`): the
+    /// port of its cluster bus, picked free like `port` (Redis's default,
+    /// `port + 10000`, may be taken: a test run failed on it).
+    cluster_node: Option<u16>,
     dir: TempDir,
 }
 
@@ -137,7 +139,11 @@ impl LocalRedis {
             process: None,
             port: free_port()?,
             appendfsync: appendfsync.to_owned(),
-            cluster_node,
+            cluster_node: if cluster_node {
+                Some(free_port()?)
+            } else {
+                None
+            },
             dir: tempfile::Builder::new()
                 .prefix("txengine-redis-")
                 .tempdir()?,
@@ -498,9 +504,10 @@ impl LocalService for LocalRedis {
             .arg(self.dir.path())
             .args(["--appendonly", "yes", "--appendfsync", &self.appendfsync])
             .args(["--save", "", "--daemonize", "no", "--protected-mode", "yes"]);
-        if self.cluster_node {
+        if let Some(bus_port) = self.cluster_node {
             command
                 .args(["--cluster-enabled", "yes"])
+                .args(["--cluster-port", &bus_port.to_string()])
                 .args(["--cluster-config-file", "nodes.conf"])
                 .args([
                     "--cluster-node-timeout",
