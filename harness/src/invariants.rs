@@ -28,7 +28,7 @@ use anyhow::Context;
 
 use redis::{Cmd, FromRedisValue};
 use txengine::domain::MAX_MINOR_UNITS;
-use txengine::store::{Connection, Layout};
+use txengine::store::{Connection, HistoryEntry, Layout};
 
 use crate::infra::Infra;
 use crate::model::{Books, SagaStep};
@@ -310,39 +310,44 @@ async fn check_histories(
         )
         .await?;
     for ((account, balance), history) in balances.iter().zip(histories) {
+        let entries = history.len();
         let mut replayed: i128 = 0;
         let mut seen = HashSet::new();
-        for (position, fields) in &history {
-            let field = |name: &str| {
-                fields
-                    .chunks(2)
-                    .find(|pair| pair.len() == 2 && pair[0] == name)
-                    .map(|pair| pair[1].as_str())
-                    .unwrap_or_default()
+        for (position, fields) in history {
+            let entry = match HistoryEntry::parse(position, &fields) {
+                Ok(entry) => entry,
+                Err(e) => {
+                    verdict
+                        .violations
+                        .push(format!("account {account}: a history entry unread: {e}"));
+                    break;
+                }
             };
-            replayed += field("delta").parse::<i128>().unwrap_or(i128::MIN / 2);
-            if field("bal").parse::<i128>().ok() != Some(replayed) {
+            replayed += i128::from(entry.delta);
+            if i128::from(entry.balance_after) != replayed {
                 verdict.violations.push(format!(
-                    "account {account}: history entry {position} ({} {} {}) says balance_after {}, \
+                    "account {account}: history entry {} ({} {} {}) says balance_after {}, \
                      its entries replay to {replayed}",
-                    field("id"),
-                    field("type"),
-                    field("status"),
-                    field("bal")
+                    entry.position,
+                    entry.id.as_deref().unwrap_or_default(),
+                    entry.kind,
+                    entry.status,
+                    entry.balance_after
                 ));
                 break;
             }
-            let (id, status) = (field("id"), field("status"));
-            if !id.is_empty() && !seen.insert((id.to_owned(), status.to_owned())) {
-                verdict.violations.push(format!(
-                    "account {account}: {id} is in its history twice as {status}"
-                ));
+            if let Some(id) = &entry.id {
+                if !seen.insert((id.clone(), entry.status.clone())) {
+                    verdict.violations.push(format!(
+                        "account {account}: {id} is in its history twice as {}",
+                        entry.status
+                    ));
+                }
             }
         }
         if replayed != *balance {
             verdict.violations.push(format!(
-                "account {account}: its {} history entries replay to {replayed}, its balance is {balance}",
-                history.len()
+                "account {account}: its {entries} history entries replay to {replayed}, its balance is {balance}"
             ));
         }
     }

@@ -330,32 +330,18 @@ async fn history_is_trimmed_to_its_retention_by_the_writes_themselves() {
     // More than one stream node (100 entries), all older than a second soon.
     let old: Vec<Transaction> = (0..250).map(|k| credit(format!("old-{k}"))).collect();
     kept.apply_batch(&old).await.unwrap();
-    let before_all = kept
-        .history(
-            &account,
-            &HistoryQuery {
-                limit: 1000,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let whole = HistoryQuery {
+        limit: 1000,
+        ..Default::default()
+    };
+    let before_all = kept.history(&account, &whole).await.unwrap();
     assert_eq!(before_all.len(), 251, "the set and 250 credits");
     let newest_old = before_all[0].clone();
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     // The writes look for what to trim every 100th entry.
     let new: Vec<Transaction> = (0..100).map(|k| credit(format!("new-{k}"))).collect();
     kept.apply_batch(&new).await.unwrap();
-    let after = kept
-        .history(
-            &account,
-            &HistoryQuery {
-                limit: 1000,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let after = kept.history(&account, &whole).await.unwrap();
     assert!(
         after.len() < 351,
         "whole nodes of old entries are gone ({} left)",

@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 use super::auth::{authenticate, authorize_admin, require_scope, spend};
 use super::history::{balance_at, BalanceAtView, BalanceParams};
 use super::problem::{not_found, Problem, ProblemBody};
-use super::transactions::read_body;
+use super::transactions::{read_body, with_quota};
 use super::ApiState;
 use crate::domain::{AccountId, Balance, RuleError};
 use crate::store::Funds;
@@ -89,13 +89,9 @@ pub(super) async fn get_balance(
     require_scope(&key, &account)?;
     let quota = spend(&api, &key).await?;
     if let Some(at) = &params.at {
-        let mut response = balance_at(&api, account, at).await?;
-        response
-            .headers_mut()
-            .extend(quota.iter().flat_map(|q| q.headers()));
-        return Ok(response);
+        return Ok(with_quota(balance_at(&api, account, at).await?, quota));
     }
-    let mut response = match api
+    let response = match api
         .store
         .funds(&account)
         .await
@@ -104,10 +100,7 @@ pub(super) async fn get_balance(
         Some(funds) => Json(BalanceView::new(account, funds)).into_response(),
         None => not_found(format!("no account {account}")).into_response(),
     };
-    response
-        .headers_mut()
-        .extend(quota.iter().flat_map(|q| q.headers()));
-    Ok(response)
+    Ok(with_quota(response, quota))
 }
 
 /// The body of `PUT /balance/{account}`.

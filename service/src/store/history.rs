@@ -74,27 +74,41 @@ fn parse_position(text: &str) -> Option<(u64, u64)> {
 
 /// The last position before `(ms, n)`, inclusive; none before `0-0`.
 /// (Redis refuses an exclusive `(0-0`, so the bound is computed here.)
-fn just_before((ms, n): (u64, u64)) -> Option<String> {
+fn just_before((ms, n): (u64, u64)) -> Option<(u64, u64)> {
     match (ms, n) {
         (0, 0) => None,
-        (ms, 0) => Some(format!("{}-{}", ms - 1, u64::MAX)),
-        (ms, n) => Some(format!("{ms}-{}", n - 1)),
+        (ms, 0) => Some((ms - 1, u64::MAX)),
+        (ms, n) => Some((ms, n - 1)),
     }
 }
 
+type RawEntry = (String, Vec<String>);
+
 impl Store {
+    /// `XRANGE` or `XREVRANGE` (`command`) of the stream `key` from `from`
+    /// to `to`, at most `count` entries.
+    async fn range(
+        &self,
+        command: &str,
+        key: &str,
+        (from, to): (&str, &str),
+        count: usize,
+    ) -> Result<Vec<RawEntry>, StoreError> {
+        let mut conn = self.conn.clone();
+        Ok(redis::cmd(command)
+            .arg(key)
+            .arg(from)
+            .arg(to)
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut conn)
+            .await?)
+    }
+
     /// The position of the oldest entry of the stream `key`, if any.
     async fn oldest_position(&self, key: &str) -> Result<Option<(u64, u64)>, StoreError> {
-        let mut conn = self.conn.clone();
-        let first: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
-            .arg(key)
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut conn)
-            .await?;
-        first
+        self.range("XRANGE", key, ("-", "+"), 1)
+            .await?
             .first()
             .map(|(position, _)| {
                 parse_position(position)
@@ -134,35 +148,27 @@ impl Store {
             end = Some(end.map_or(bound, |end: (u64, u64)| end.min(bound)));
         }
         let end = match end {
-            None => "+".to_owned(),
+            None => None,
             Some(bound) => match just_before(bound) {
-                Some(end) => end,
+                Some(end) => Some(end),
                 None => return Ok(Vec::new()),
             },
         };
-        let start = query
-            .since_ms
-            .map_or_else(|| "-".to_owned(), |since| format!("{since}-0"));
         let key = self.layout.history(account.as_str());
-        let mut conn = self.conn.clone();
         // Redis 7.0's XREVRANGE scans the whole stream when nothing is at
         // or below its end: look at the oldest entry first.
         match self.oldest_position(&key).await? {
             None => return Ok(Vec::new()),
-            Some(oldest) if end != "+" && parse_position(&end).is_some_and(|end| end < oldest) => {
-                return Ok(Vec::new())
-            }
+            Some(oldest) if end.is_some_and(|end| end < oldest) => return Ok(Vec::new()),
             Some(_) => {}
         }
-        let raw: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
-            .arg(&key)
-            .arg(end)
-            .arg(start)
-            .arg("COUNT")
-            .arg(query.limit)
-            .query_async(&mut conn)
-            .await?;
-        raw.into_iter()
+        let end = end.map_or_else(|| "+".to_owned(), |(ms, n)| format!("{ms}-{n}"));
+        let start = query
+            .since_ms
+            .map_or_else(|| "-".to_owned(), |since| format!("{since}-0"));
+        self.range("XREVRANGE", &key, (&end, &start), query.limit)
+            .await?
+            .into_iter()
             .map(|(position, fields)| parse_entry(position, &fields))
             .collect()
     }
@@ -174,20 +180,14 @@ impl Store {
         at_ms: u64,
     ) -> Result<BalanceAt, StoreError> {
         let key = self.layout.history(account.as_str());
-        let mut conn = self.conn.clone();
         // The oldest entry first: XREVRANGE would scan the whole stream
         // for a time before it (see `history`).
         let Some(oldest) = self.oldest_position(&key).await? else {
             return Ok(BalanceAt::Unknown);
         };
         if at_ms >= oldest.0 {
-            let last: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
-                .arg(&key)
-                .arg(at_ms)
-                .arg("-")
-                .arg("COUNT")
-                .arg(1)
-                .query_async(&mut conn)
+            let last = self
+                .range("XREVRANGE", &key, (&at_ms.to_string(), "-"), 1)
                 .await?;
             if let Some((position, fields)) = last.into_iter().next() {
                 let entry = parse_entry(position, &fields)?;
@@ -198,6 +198,7 @@ impl Store {
             }
         }
         let oldest_ms = oldest.0;
+        let mut conn = self.conn.clone();
         let info: Value = redis::cmd("XINFO")
             .arg("STREAM")
             .arg(&key)
@@ -239,6 +240,14 @@ impl Store {
 
 fn position_ms(position: &str) -> Option<u64> {
     position.split_once('-')?.0.parse().ok()
+}
+
+impl HistoryEntry {
+    /// Reads one stream entry as XRANGE answers it (its position, then
+    /// field, value, ...); what the scripts wrote, or an error naming it.
+    pub fn parse(position: String, fields: &[String]) -> Result<Self, StoreError> {
+        parse_entry(position, fields)
+    }
 }
 
 /// Reads one stream entry (field, value, ...) into a [`HistoryEntry`].
