@@ -171,6 +171,7 @@ impl RunState {
 
 fn to_domain(tx: &SentTx) -> anyhow::Result<txengine::domain::Transaction> {
     Ok(txengine::domain::Transaction {
+        metadata: Default::default(),
         id: TxId::parse(&tx.id)?,
         movement: Movement::new(
             Some(tx.kind.as_str()),

@@ -4,12 +4,16 @@
 //! HTTP layer, the Kafka codec and the Redis store never re-check the rules.
 //! This module knows nothing of axum, rdkafka or redis.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 pub use crate::limits::{MAX_ID_LEN, MAX_MINOR_UNITS};
-use crate::limits::{MAX_RATE, MAX_SCOPE_PATTERNS};
+use crate::limits::{
+    MAX_METADATA_KEYS, MAX_METADATA_KEY_CHARS, MAX_METADATA_VALUE_CHARS, MAX_RATE,
+    MAX_SCOPE_PATTERNS,
+};
 
 /// Why a request was refused before anything was published or written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +47,12 @@ pub enum RuleError {
         "the balance may not be below {pending}, the money held on the account (active holds)"
     )]
     BelowPending { pending: u64 },
+    #[error("metadata has at most {MAX_METADATA_KEYS} keys")]
+    MetadataKeys,
+    #[error("metadata key `{key}` must be 1..={MAX_METADATA_KEY_CHARS} characters")]
+    MetadataKey { key: String },
+    #[error("metadata value of `{key}` must be at most {MAX_METADATA_VALUE_CHARS} characters")]
+    MetadataValue { key: String },
     #[error("the `id` field and the Idempotency-Key header differ")]
     IdMismatch,
     #[error("a key id is 16 lowercase hex digits")]
@@ -168,6 +178,60 @@ impl Balance {
     }
 }
 
+/// A transaction's metadata: a flat object of strings, within the named
+/// limits. Kept in key order, so one object has one canonical text (its
+/// JSON), which the fingerprint binds; empty is the same as none.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "BTreeMap<String, String>")]
+pub struct Metadata(BTreeMap<String, String>);
+
+impl TryFrom<BTreeMap<String, String>> for Metadata {
+    type Error = RuleError;
+
+    fn try_from(map: BTreeMap<String, String>) -> Result<Self, RuleError> {
+        if map.len() > MAX_METADATA_KEYS {
+            return Err(RuleError::MetadataKeys);
+        }
+        let short = |text: &str, most| text.chars().count() <= most;
+        for (key, value) in &map {
+            if key.is_empty() || !short(key, MAX_METADATA_KEY_CHARS) {
+                return Err(RuleError::MetadataKey { key: key.clone() });
+            }
+            if !short(value, MAX_METADATA_VALUE_CHARS) {
+                return Err(RuleError::MetadataValue { key: key.clone() });
+            }
+        }
+        Ok(Self(map))
+    }
+}
+
+impl Metadata {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn as_map(&self) -> &BTreeMap<String, String> {
+        &self.0
+    }
+
+    /// The canonical text: compact JSON in key order; `""` when empty.
+    pub fn to_json(&self) -> String {
+        if self.is_empty() {
+            return String::new();
+        }
+        serde_json::to_string(&self.0).expect("a map of strings always serialises")
+    }
+
+    /// The metadata a [`Transaction::fingerprint`] binds (none when it
+    /// binds none, or is not one).
+    pub fn of_fingerprint(fingerprint: &str) -> Self {
+        fingerprint
+            .split_once('\n')
+            .and_then(|(_, json)| serde_json::from_str(json).ok())
+            .unwrap_or_default()
+    }
+}
+
 /// What a transaction does to balances.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -230,7 +294,7 @@ impl HoldTerms {
     /// The terms of the hold a fingerprint binds, or `None` when it binds
     /// another kind of transaction.
     pub fn of_fingerprint(fingerprint: &str) -> Option<Self> {
-        let mut parts = fingerprint.split('|');
+        let mut parts = movement_part(fingerprint).split('|');
         if parts.next()? != "hold" {
             return None;
         }
@@ -375,7 +439,7 @@ impl Movement {
     /// The accounts a [`Movement::fingerprint`] names: the checked account
     /// and, for a transfer, the destination.
     pub fn parties_of_fingerprint(fingerprint: &str) -> impl Iterator<Item = &str> {
-        fingerprint
+        movement_part(fingerprint)
             .split('|')
             .skip(1)
             .take(2)
@@ -383,11 +447,34 @@ impl Movement {
     }
 }
 
-/// A validated transaction: an id and a movement.
+/// The movement's part of a [`Transaction::fingerprint`] (the text before
+/// its metadata).
+fn movement_part(fingerprint: &str) -> &str {
+    fingerprint
+        .split_once('\n')
+        .map_or(fingerprint, |(movement, _)| movement)
+}
+
+/// A validated transaction: an id, a movement and its metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transaction {
     pub id: TxId,
     pub movement: Movement,
+    pub metadata: Metadata,
+}
+
+impl Transaction {
+    /// What the id is bound to: the movement's fingerprint and, when there
+    /// is metadata, a newline and its canonical JSON (which escapes every
+    /// newline, so the first one always ends the movement's part).
+    pub fn fingerprint(&self) -> String {
+        let movement = self.movement.fingerprint();
+        if self.metadata.is_empty() {
+            movement
+        } else {
+            format!("{movement}\n{}", self.metadata.to_json())
+        }
+    }
 }
 
 /// Why an apply was refused. Final, like an applied outcome.
@@ -557,5 +644,66 @@ mod tests {
         }
         let parties: Vec<_> = Movement::parties_of_fingerprint("hold|a||5|30").collect();
         assert_eq!(parties, ["a"]);
+    }
+
+    #[test]
+    fn metadata_is_bound_in_key_order_within_its_limits() {
+        let meta = |json: &str| serde_json::from_str::<Metadata>(json);
+        let ab = meta(r#"{"b":"2","a":"1|x\ny"}"#).unwrap();
+        assert_eq!(ab.to_json(), r#"{"a":"1|x\ny","b":"2"}"#);
+        assert_eq!(Metadata::default().to_json(), "");
+        let tx = Transaction {
+            id: TxId::parse("t").unwrap(),
+            movement: Movement::Hold {
+                account: AccountId::parse("a").unwrap(),
+                to: Some(AccountId::parse("b").unwrap()),
+                amount: Amount::new(5).unwrap(),
+                timeout_s: 30,
+            },
+            metadata: ab.clone(),
+        };
+        let fingerprint = tx.fingerprint();
+        assert_eq!(
+            fingerprint,
+            "hold|a|b|5|30\n{\"a\":\"1|x\\ny\",\"b\":\"2\"}"
+        );
+        assert_eq!(Metadata::of_fingerprint(&fingerprint), ab);
+        assert_eq!(
+            Metadata::of_fingerprint("hold|a|b|5|30"),
+            Metadata::default()
+        );
+        assert_eq!(
+            HoldTerms::of_fingerprint(&fingerprint).map(|t| t.amount.minor_units()),
+            Some(5)
+        );
+        let parties: Vec<_> = Movement::parties_of_fingerprint(&fingerprint).collect();
+        assert_eq!(parties, ["a", "b"]);
+        let none = Transaction {
+            metadata: Metadata::default(),
+            ..tx
+        };
+        assert_eq!(none.fingerprint(), "hold|a|b|5|30");
+
+        let keys = |n: usize| {
+            let pairs: Vec<String> = (0..n).map(|i| format!(r#""k{i}":"v""#)).collect();
+            format!("{{{}}}", pairs.join(","))
+        };
+        assert!(meta(&keys(MAX_METADATA_KEYS)).is_ok());
+        assert!(meta(&keys(MAX_METADATA_KEYS + 1)).is_err());
+        let long = |n: usize| "é".repeat(n);
+        assert!(meta(&format!(r#"{{"{}":"v"}}"#, long(MAX_METADATA_KEY_CHARS))).is_ok());
+        assert!(meta(&format!(
+            r#"{{"{}":"v"}}"#,
+            long(MAX_METADATA_KEY_CHARS + 1)
+        ))
+        .is_err());
+        assert!(meta(r#"{"":"v"}"#).is_err());
+        assert!(meta(&format!(r#"{{"k":"{}"}}"#, long(MAX_METADATA_VALUE_CHARS))).is_ok());
+        assert!(meta(&format!(
+            r#"{{"k":"{}"}}"#,
+            long(MAX_METADATA_VALUE_CHARS + 1)
+        ))
+        .is_err());
+        assert!(meta(r#"{"k":{"nested":"v"}}"#).is_err());
     }
 }

@@ -68,6 +68,7 @@ impl Expirer {
             .iter()
             .map(|hold| Record {
                 tx: Transaction {
+                    metadata: Default::default(),
                     id: hold.hold.clone(),
                     movement: Movement::Expire {
                         hold: hold.hold.clone(),

@@ -57,3 +57,9 @@ pub const MAX_BACKGROUND_RELEASES: usize = 256;
 /// holds when `limit` is not given.
 pub const MAX_HISTORY_PAGE: usize = 1_000;
 pub const DEFAULT_HISTORY_PAGE: usize = 100;
+
+/// Most keys of a transaction's `metadata`, and the longest key and value,
+/// in characters.
+pub const MAX_METADATA_KEYS: usize = 16;
+pub const MAX_METADATA_KEY_CHARS: usize = 64;
+pub const MAX_METADATA_VALUE_CHARS: usize = 512;

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{AccountId, Balance, Movement, RejectReason, Transaction, TxId};
+use crate::domain::{AccountId, Balance, Metadata, Movement, RejectReason, Transaction, TxId};
 
 /// The version of a transaction as the API publishes it.
 pub const WIRE_VERSION: u32 = 1;
@@ -15,6 +15,13 @@ pub const SAGA_WIRE_VERSION: u32 = 2;
 /// saga steps): its own number, so a build that knows no holds leaves the
 /// partition waiting for one that does instead of refusing the record.
 pub const HOLD_WIRE_VERSION: u32 = 3;
+/// The version of a record whose transaction carries metadata (any kind,
+/// any step): its own number, so a build that knows no metadata leaves the
+/// partition waiting instead of applying it without (and recording another
+/// fingerprint than the one its id is bound to).
+pub const METADATA_WIRE_VERSION: u32 = 4;
+/// The newest version this build reads and writes.
+pub const NEWEST_WIRE_VERSION: u32 = METADATA_WIRE_VERSION;
 
 /// One transaction as it travels through Kafka, or one later step of its
 /// saga. The record key is [`Record::key`].
@@ -70,20 +77,22 @@ pub enum DecodeError {
     #[error("not a valid record: {0}")]
     Malformed(#[from] serde_json::Error),
     #[error(
-        "unsupported record version {0} (this build reads {WIRE_VERSION} to {HOLD_WIRE_VERSION})"
+        "unsupported record version {0} (this build reads {WIRE_VERSION} to {NEWEST_WIRE_VERSION})"
     )]
     UnsupportedVersion(u32),
     /// Written by a newer build: not malformed, only not understood here.
     /// Its partition waits for a build that reads it (never the DLQ: the
     /// transaction was accepted, or a saga holds money for it).
-    #[error("record version {0} is newer than this build reads ({HOLD_WIRE_VERSION}); a newer build must apply it")]
+    #[error("record version {0} is newer than this build reads ({NEWEST_WIRE_VERSION}); a newer build must apply it")]
     NewerVersion(u32),
     #[error(
         "a saga step must be a transfer in version {SAGA_WIRE_VERSION} (only a step may be) or a capture to an account in version {HOLD_WIRE_VERSION}"
     )]
     NotASagaStep,
-    #[error("holds, captures, voids and expiries are version {HOLD_WIRE_VERSION}, and only they")]
+    #[error("holds, captures, voids and expiries are version {HOLD_WIRE_VERSION}, and only they (or {METADATA_WIRE_VERSION} with metadata)")]
     NotAHold,
+    #[error("a record carries metadata exactly when it is version {METADATA_WIRE_VERSION}")]
+    NotMetadata,
     #[error("record breaks a rule: {0}")]
     Invalid(#[from] crate::domain::RuleError),
 }
@@ -97,6 +106,8 @@ struct RecordV1 {
     accepted_at_ms: u64,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     saga: Option<SagaStep>,
+    #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    metadata: Metadata,
 }
 
 /// Only the version field, read first so an unknown version is named as such.
@@ -113,13 +124,16 @@ impl Record {
             movement: self.tx.movement.clone(),
             accepted_at_ms: self.accepted_at_ms,
             saga: self.saga,
+            metadata: self.tx.metadata.clone(),
         };
         serde_json::to_vec(&v1).expect("a record always serialises")
     }
 
     /// The wire version this record is written in.
     fn version(&self) -> u32 {
-        if self.tx.movement.is_of_a_hold() {
+        if !self.tx.metadata.is_empty() {
+            METADATA_WIRE_VERSION
+        } else if self.tx.movement.is_of_a_hold() {
             HOLD_WIRE_VERSION
         } else if self.saga.is_some() {
             SAGA_WIRE_VERSION
@@ -130,7 +144,7 @@ impl Record {
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let VersionOnly { v } = serde_json::from_slice(bytes)?;
-        if v > HOLD_WIRE_VERSION {
+        if v > NEWEST_WIRE_VERSION {
             return Err(DecodeError::NewerVersion(v));
         }
         if v < WIRE_VERSION {
@@ -141,14 +155,20 @@ impl Record {
         if movement.to() == Some(movement.account()) {
             return Err(crate::domain::RuleError::TransferToSelf.into());
         }
-        if (v == HOLD_WIRE_VERSION) != movement.is_of_a_hold() {
+        // Version 4 is any kind or step, with metadata; 1 to 3 name the
+        // kind (and step) without.
+        let with_metadata = v == METADATA_WIRE_VERSION;
+        if with_metadata == v1.metadata.is_empty() {
+            return Err(DecodeError::NotMetadata);
+        }
+        if !with_metadata && (v == HOLD_WIRE_VERSION) != movement.is_of_a_hold() {
             return Err(DecodeError::NotAHold);
         }
         // A step only follows a transfer (in its own version) or a capture
         // to an account.
         let steps_ok = match (&v1.saga, movement) {
             (None, _) => v != SAGA_WIRE_VERSION,
-            (Some(_), Movement::Transfer { .. }) => v == SAGA_WIRE_VERSION,
+            (Some(_), Movement::Transfer { .. }) => v == SAGA_WIRE_VERSION || with_metadata,
             (Some(_), Movement::Capture { to: Some(_), .. }) => true,
             (Some(_), _) => false,
         };
@@ -159,6 +179,7 @@ impl Record {
             tx: Transaction {
                 id: v1.id,
                 movement: v1.movement,
+                metadata: v1.metadata,
             },
             accepted_at_ms: v1.accepted_at_ms,
             saga: v1.saga,
@@ -193,6 +214,7 @@ mod tests {
         ] {
             let record = Record {
                 tx: Transaction {
+                    metadata: Default::default(),
                     id: TxId::parse("t-1").unwrap(),
                     movement,
                 },
@@ -260,6 +282,7 @@ mod tests {
         ] {
             let record = Record {
                 tx: Transaction {
+                    metadata: Default::default(),
                     id: TxId::parse("t-1").unwrap(),
                     movement,
                 },
@@ -292,6 +315,7 @@ mod tests {
 
     fn transfer() -> Transaction {
         Transaction {
+            metadata: Default::default(),
             id: TxId::parse("t-1").unwrap(),
             movement: Movement::Transfer {
                 account: AccountId::parse("a").unwrap(),
@@ -364,11 +388,78 @@ mod tests {
     }
 
     #[test]
+    fn metadata_travels_in_version_4_with_any_kind_and_step_and_only_there() {
+        let metadata: Metadata =
+            serde_json::from_str(r#"{"order":"o-1","note":"a|b\nc"}"#).unwrap();
+        let hold = Movement::Hold {
+            account: AccountId::parse("a").unwrap(),
+            to: None,
+            amount: Amount::new(5).unwrap(),
+            timeout_s: 60,
+        };
+        let step = SagaStep::Credit {
+            debited_balance_after: Balance::new(3).unwrap(),
+        };
+        for (movement, saga) in [
+            (transfer().movement, None),
+            (transfer().movement, Some(step)),
+            (hold, None),
+        ] {
+            let record = Record {
+                tx: Transaction {
+                    id: TxId::parse("t-1").unwrap(),
+                    movement,
+                    metadata: metadata.clone(),
+                },
+                accepted_at_ms: 1,
+                saga,
+            };
+            let bytes = record.encode();
+            assert!(
+                bytes.starts_with(br#"{"v":4,"#),
+                "{}",
+                String::from_utf8_lossy(&bytes)
+            );
+            assert_eq!(Record::decode(&bytes).unwrap(), record);
+        }
+        let debit = r#""type":"debit","account":"a","amount":1,"accepted_at_ms":1"#;
+        let too_many: String = (0..17).map(|i| format!(r#""k{i}":"v","#)).collect();
+        for (bytes, ok) in [
+            (
+                format!(r#"{{"v":4,"id":"x",{debit},"metadata":{{"k":"v"}}}}"#),
+                true,
+            ),
+            (format!(r#"{{"v":4,"id":"x",{debit}}}"#), false),
+            (
+                format!(r#"{{"v":4,"id":"x",{debit},"metadata":{{}}}}"#),
+                false,
+            ),
+            (
+                format!(r#"{{"v":1,"id":"x",{debit},"metadata":{{"k":"v"}}}}"#),
+                false,
+            ),
+            (
+                format!(r#"{{"v":4,"id":"x",{debit},"metadata":{{"k":1}}}}"#),
+                false,
+            ),
+            (
+                format!(
+                    r#"{{"v":4,"id":"x",{debit},"metadata":{{{}"k":"v"}}}}"#,
+                    too_many
+                ),
+                false,
+            ),
+        ] {
+            assert_eq!(Record::decode(bytes.as_bytes()).is_ok(), ok, "{bytes}");
+        }
+    }
+
+    #[test]
     fn refuses_poison() {
         assert!(Record::decode(b"not json").is_err());
         assert!(matches!(
-            Record::decode(br#"{"v":4}"#),
-            Err(DecodeError::NewerVersion(4))
+            Record::decode(br#"{"v":5}"#),
+            Err(DecodeError::NewerVersion(5))
         ));
         assert!(matches!(
             Record::decode(br#"{"v":0,"id":"x"}"#),

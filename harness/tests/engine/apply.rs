@@ -38,6 +38,7 @@ fn account(name: &str) -> AccountId {
 
 fn tx(id: &str, kind: &str, to: Option<&str>, amount: u64) -> Transaction {
     Transaction {
+        metadata: Default::default(),
         id: TxId::parse(id).unwrap(),
         movement: Movement::new(
             Some(kind),

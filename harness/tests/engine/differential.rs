@@ -55,6 +55,7 @@ fn transaction() -> impl Strategy<Value = SentTx> {
 
 fn domain(tx: &SentTx) -> Transaction {
     Transaction {
+        metadata: Default::default(),
         id: TxId::parse(&tx.id).unwrap(),
         movement: Movement::new(
             Some(tx.kind.as_str()),

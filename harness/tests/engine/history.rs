@@ -299,6 +299,120 @@ async fn every_change_is_an_entry_and_the_history_replays_to_the_balance(
 /// stays, so the balance at any time within the retention is known and a
 /// time before the oldest entry kept is refused as before the retention.
 /// With retention 0 no history is written at all.
+/// Metadata is bound to the id with the movement (reordered keys are the
+/// same request, other metadata a conflict), answered by GET, and written
+/// in the history of every account the transaction touches: both sides of
+/// a transfer (each step of a saga on a cluster), a hold's and its
+/// capture's own; a refused one writes nothing.
+#[rstest]
+#[case::single(RedisTopology::Single)]
+#[case::cluster(RedisTopology::Cluster)]
+#[tokio::test(flavor = "multi_thread")]
+async fn metadata_is_bound_to_the_id_and_kept_wherever_the_transaction_is(
+    #[case] topology: RedisTopology,
+) {
+    let s = Stack::start(crate::infra_of(topology), "metadata")
+        .await
+        .unwrap();
+    let layout = Layout::new(&s.config.namespace, topology);
+    let a = "payer";
+    let b = elsewhere(&layout, a, "payee-");
+    s.set_balance(a, 100).await.unwrap();
+    s.set_balance(&b, 0).await.unwrap();
+    let order = json!({"order": "o-1", "note": "é | line\nbreak"});
+    let transfer = |metadata: Value| json!({"id": "t-m", "type": "transfer", "account": a, "to": b, "amount": 7, "metadata": metadata});
+    let (status, answer) = s.post(&transfer(order.clone())).await.unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let reordered = json!({"note": "é | line\nbreak", "order": "o-1"});
+    let (status, answer) = s.post(&transfer(reordered)).await.unwrap();
+    assert!(status.is_success(), "the same request: {status} {answer}");
+    for other in [
+        json!(null),
+        json!({"order": "o-2"}),
+        json!({"order": "o-1"}),
+    ] {
+        let (status, answer) = s.post(&transfer(other.clone())).await.unwrap();
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{other}: {answer}"
+        );
+        assert_eq!(
+            answer["type"], "urn:txengine:problem:id-conflict",
+            "{other}: {answer}"
+        );
+    }
+    let hold = json!({"id": "h-m", "type": "hold", "account": a, "amount": 5, "metadata": {"cart": "c-9"}});
+    let capture =
+        json!({"id": "cap-m", "type": "capture", "hold": "h-m", "metadata": {"shipped": "yes"}});
+    let batch_item = json!({"id": "b-m", "type": "credit", "account": a, "amount": 1, "metadata": {"batch": "1"}});
+    let too_big =
+        json!({"id": "big-m", "account": a, "amount": 1, "metadata": {"k": "v".repeat(513)}});
+    let (status, answer) = s.post(&too_big).await.unwrap();
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert!(
+        answer["detail"].as_str().unwrap().contains("512"),
+        "{answer}"
+    );
+    for body in [&hold, &capture] {
+        let (status, answer) = s.post(body).await.unwrap();
+        assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+        let id = body["id"].as_str().unwrap().to_owned();
+        s.wait_settled(&[id], SETTLE).await.unwrap();
+    }
+    let (status, answer) = s
+        .post_batch(std::slice::from_ref(&batch_item))
+        .await
+        .unwrap();
+    assert!(status.is_success(), "{answer}");
+    let ids = ["t-m", "b-m"].map(str::to_owned);
+    s.wait_settled(&ids, SETTLE).await.unwrap();
+    s.wait_drained(SETTLE).await.unwrap();
+
+    for (id, metadata) in [
+        ("t-m", &order),
+        ("h-m", &hold["metadata"]),
+        ("cap-m", &capture["metadata"]),
+        ("b-m", &batch_item["metadata"]),
+    ] {
+        let (status, got) = s.get(&format!("/transactions/{id}")).await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{got}");
+        assert_eq!(&got["metadata"], metadata, "{id}: {got}");
+    }
+    let (status, got) = s.get("/transactions/big-m").await.unwrap();
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "refused, nothing written: {got}"
+    );
+
+    let of_a = whole_history(&s, a, 1000).await;
+    let of_b = whole_history(&s, &b, 1000).await;
+    let saga = topology == RedisTopology::Cluster;
+    let (debited, credited) = if saga {
+        ("debited", "credited")
+    } else {
+        ("applied", "applied")
+    };
+    assert_eq!(find(&of_a, "t-m", debited)["metadata"], order);
+    assert_eq!(find(&of_b, "t-m", credited)["metadata"], order);
+    if saga {
+        assert_eq!(find(&of_a, "t-m", "released")["metadata"], order);
+    }
+    assert_eq!(find(&of_a, "h-m", "held")["metadata"], hold["metadata"]);
+    assert_eq!(
+        find(&of_a, "cap-m", "captured")["metadata"],
+        capture["metadata"]
+    );
+    assert_eq!(
+        find(&of_a, "b-m", "applied")["metadata"],
+        batch_item["metadata"]
+    );
+    assert!(of_a.iter().all(|e| e["id"] != "big-m"), "{of_a:#?}");
+    assert_eq!(replay(a, &of_a), s.balance(a).await.unwrap().unwrap());
+    s.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn history_is_trimmed_to_its_retention_by_the_writes_themselves() {
     let infra = crate::infra();
@@ -315,6 +429,7 @@ async fn history_is_trimmed_to_its_retention_by_the_writes_themselves() {
     };
     let account = AccountId::parse("trimmed").unwrap();
     let credit = |id: String| Transaction {
+        metadata: Default::default(),
         id: TxId::parse(&id).unwrap(),
         movement: Movement::Credit {
             account: account.clone(),

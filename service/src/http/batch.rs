@@ -332,7 +332,7 @@ pub(super) async fn post_batch(
             continue;
         }
         match admitted_as.get(tx.id.as_str()) {
-            Some(&n) if admitted[n].movement.fingerprint() == tx.movement.fingerprint() => {
+            Some(&n) if admitted[n].fingerprint() == tx.fingerprint() => {
                 slots.push(Slot::Admitted(n));
             }
             Some(&n) => slots.push(Slot::Rebound(n, tx)),

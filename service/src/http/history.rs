@@ -18,7 +18,7 @@ use super::auth::{authenticate, require_scope, spend};
 use super::problem::{not_found, Problem, ProblemBody};
 use super::transactions::with_quota;
 use super::ApiState;
-use crate::domain::AccountId;
+use crate::domain::{AccountId, Metadata};
 use crate::limits::{DEFAULT_HISTORY_PAGE, MAX_HISTORY_PAGE};
 use crate::store::{is_position, BalanceAt, HistoryEntry, HistoryQuery};
 
@@ -74,8 +74,8 @@ pub(super) struct EntryView {
     hold: Option<String>,
     /// The transaction's metadata.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    metadata: Option<serde_json::Value>,
+    #[schema(value_type = Option<std::collections::BTreeMap<String, String>>)]
+    metadata: Option<Metadata>,
 }
 
 /// A page of an account's history, newest first.
@@ -315,7 +315,7 @@ fn entry_view(entry: HistoryEntry) -> EntryView {
         hold: entry.hold,
         metadata: entry
             .metadata
-            .and_then(|raw| serde_json::from_str(&raw).ok()),
+            .and_then(|raw| serde_json::from_str::<Metadata>(&raw).ok()),
     }
 }
 

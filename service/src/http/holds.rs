@@ -2,7 +2,9 @@
 //! a capture's or void's hold, whose terms (account, `to`, amount) its
 //! binding names, completed into the transaction admission takes.
 
-use crate::domain::{AccountId, Amount, HoldTerms, Movement, RuleError, Transaction, TxId};
+use crate::domain::{
+    AccountId, Amount, HoldTerms, Metadata, Movement, RuleError, Transaction, TxId,
+};
 use crate::keys::ApiKey;
 
 /// A request as decoded, before admission: ready, or a hold whose timeout
@@ -17,12 +19,14 @@ pub enum Posted {
         to: Option<AccountId>,
         amount: Amount,
         timeout_s: Option<u64>,
+        metadata: Metadata,
     },
     /// `capture`: `Some(amount)` (`Some(None)`: all of it); `None`: a void.
     EndsHold {
         id: TxId,
         hold: TxId,
         capture: Option<Option<Amount>>,
+        metadata: Metadata,
     },
 }
 
@@ -59,13 +63,14 @@ impl Posted {
         terms: Option<HoldTerms>,
     ) -> Result<Transaction, RuleError> {
         let id = self.id().clone();
-        let movement = match self {
+        let (movement, metadata) = match self {
             Self::Ready(tx) => return Ok(tx),
             Self::Hold {
                 account,
                 to,
                 amount,
                 timeout_s,
+                metadata,
                 ..
             } => {
                 let timeout_s = match timeout_s {
@@ -77,16 +82,22 @@ impl Posted {
                         })
                     }
                 };
-                Movement::Hold {
+                let hold = Movement::Hold {
                     account,
                     to,
                     amount,
                     timeout_s,
-                }
+                };
+                (hold, metadata)
             }
-            Self::EndsHold { hold, capture, .. } => {
+            Self::EndsHold {
+                hold,
+                capture,
+                metadata,
+                ..
+            } => {
                 let terms = terms.ok_or_else(|| RuleError::UnknownHold(hold.to_string()))?;
-                match capture {
+                let ends = match capture {
                     Some(amount) => Movement::Capture {
                         hold,
                         account: terms.account,
@@ -98,10 +109,15 @@ impl Posted {
                         account: terms.account,
                         amount: terms.amount,
                     },
-                }
+                };
+                (ends, metadata)
             }
         };
-        Ok(Transaction { id, movement })
+        Ok(Transaction {
+            id,
+            movement,
+            metadata,
+        })
     }
 }
 
@@ -193,7 +209,7 @@ mod tests {
                 movement: Movement::Hold { timeout_s, .. },
                 ..
             }) => Ok(timeout_s),
-            other => Err(other),
+            other => Err(other.err()),
         };
         assert_eq!(
             timeout_of(r#"{"type":"hold","account":"a","amount":1}"#),
@@ -208,7 +224,7 @@ mod tests {
                 timeout_of(&format!(
                     r#"{{"type":"hold","account":"a","amount":1,"timeout_s":{refused}}}"#
                 )),
-                Err(Err(RuleError::HoldTimeoutOutOfRange { max: 60 })),
+                Err(Some(RuleError::HoldTimeoutOutOfRange { max: 60 })),
                 "{refused}"
             );
         }

@@ -14,7 +14,7 @@ use super::auth::{authenticate, spend};
 use super::problem::{not_found, Problem, ProblemBody};
 use super::transactions::with_quota;
 use super::ApiState;
-use crate::domain::{AccountId, HoldTerms, Movement, Outcome, TxId, TxStatus};
+use crate::domain::{AccountId, HoldTerms, Metadata, Movement, Outcome, TxId, TxStatus};
 use crate::keys::ApiKey;
 use crate::store::HoldPhase;
 
@@ -34,6 +34,11 @@ pub(super) struct TransactionView<'a> {
     /// A captured hold: the amount its capture moved.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) captured_amount: Option<u64>,
+    /// The metadata it was posted with (only `GET /transactions/{id}`
+    /// answers it, and only to a key that sees the source).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<std::collections::BTreeMap<String, String>>)]
+    pub(super) metadata: Option<Metadata>,
 }
 
 /// Where a transaction stands (documentation only). A hold, once applied,
@@ -69,6 +74,7 @@ pub(super) fn view(id: &TxId, status: TxStatus) -> TransactionView<'_> {
         reason,
         balance_after,
         captured_amount: None,
+        metadata: None,
     }
 }
 
@@ -175,7 +181,12 @@ pub(super) async fn get_transaction(
     let response = match found {
         None => unknown(),
         Some((status, fingerprint)) => match sight(&key, &fingerprint) {
-            Sight::Whole => Json(view(&id, status)).into_response(),
+            Sight::Whole => {
+                let mut seen = view(&id, status);
+                let metadata = Metadata::of_fingerprint(&fingerprint);
+                seen.metadata = (!metadata.is_empty()).then_some(metadata);
+                Json(seen).into_response()
+            }
             Sight::StatusOnly => {
                 let mut seen = view(&id, status);
                 seen.reason = None;

@@ -1,6 +1,7 @@
 //! `POST /transactions` (and the seed's `POST /transaction`): decoding and
 //! checking a request, then handing it to admission.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -15,7 +16,9 @@ use super::holds::{hidden_hold, Posted};
 use super::problem::{Problem, ProblemBody};
 use super::status::{status_response, TransactionView};
 use super::{ApiState, MAX_BODY_BYTES};
-use crate::domain::{AccountId, Amount, Movement, RuleError, Transaction, TxId, MAX_MINOR_UNITS};
+use crate::domain::{
+    AccountId, Amount, Metadata, Movement, RuleError, Transaction, TxId, MAX_MINOR_UNITS,
+};
 
 /// The body of `POST /transactions`, before any rule is checked. Wrong JSON
 /// types and unknown fields are 400; broken rules are 422.
@@ -49,6 +52,11 @@ pub(super) struct TransactionRequest {
     /// and most: see the server's `--hold-timeout-s` and `--max-hold-timeout-s`).
     #[schema(value_type = Option<u64>, minimum = 1)]
     timeout_s: Option<serde_json::Number>,
+    /// Your own data, kept with the transaction: a flat object of strings,
+    /// at most 16 keys of 1 to 64 characters, values of at most 512. Part
+    /// of what the id is bound to (absent, `null` and `{}` are the same).
+    /// Returned by `GET /transactions/{id}` and in the account's history.
+    metadata: Option<BTreeMap<String, String>>,
 }
 
 /// The kinds of movement (documentation only: the request keeps the raw
@@ -93,6 +101,7 @@ impl TransactionRequest {
             (Some(raw), _) | (None, Some(raw)) => TxId::parse(raw)?,
             (None, None) => TxId::generate(),
         };
+        let metadata = Metadata::try_from(self.metadata.unwrap_or_default())?;
         let kind = self.kind.as_deref().unwrap_or("debit");
         let kind_name = ["debit", "credit", "transfer", "hold", "capture", "void"]
             .into_iter()
@@ -121,7 +130,12 @@ impl TransactionRequest {
             let hold = self.hold.as_deref().ok_or(RuleError::Missing("hold"))?;
             let hold = TxId::parse(hold).map_err(|_| RuleError::BadId { field: "hold" })?;
             let capture = (kind == "capture").then_some(amount);
-            return Ok(Posted::EndsHold { id, hold, capture });
+            return Ok(Posted::EndsHold {
+                id,
+                hold,
+                capture,
+                metadata,
+            });
         }
         if self.hold.is_some() {
             return Err(not_a_field("hold"));
@@ -153,10 +167,15 @@ impl TransactionRequest {
                 to,
                 amount,
                 timeout_s,
+                metadata,
             });
         }
         let movement = Movement::new(Some(kind), account, to, amount)?;
-        Ok(Posted::Ready(Transaction { id, movement }))
+        Ok(Posted::Ready(Transaction {
+            id,
+            movement,
+            metadata,
+        }))
     }
 }
 
@@ -472,5 +491,64 @@ mod tests {
         );
         assert!(crate::http::decode_key_request(br#"{"accounts": ["*"]}"#).is_ok());
         assert!(crate::http::decode_key_request(br#"[["*"]]"#).is_err());
+    }
+
+    #[test]
+    fn metadata_is_a_flat_object_of_strings_within_its_limits_on_every_kind() {
+        let fingerprint = |body: &str| match decode_transaction(body.as_bytes(), None) {
+            Ok(Posted::Ready(tx)) => Ok(tx.fingerprint()),
+            Ok(other) => Ok(format!("{other:?}")),
+            Err(e) => Err(e),
+        };
+        let debit = r#""id":"t","account":"a","amount":1"#;
+        let bare = fingerprint(&format!("{{{debit}}}")).unwrap();
+        for same in [r#","metadata":null"#, r#","metadata":{}"#] {
+            assert_eq!(
+                fingerprint(&format!("{{{debit}{same}}}")).unwrap(),
+                bare,
+                "{same}"
+            );
+        }
+        assert_eq!(
+            fingerprint(&format!(r#"{{{debit},"metadata":{{"b":"2","a":"1"}}}}"#)).unwrap(),
+            format!("{bare}\n{{\"a\":\"1\",\"b\":\"2\"}}")
+        );
+        for wrong_type in [r#"{"k":1}"#, r#"{"k":{"n":"v"}}"#, r#"["k"]"#, r#""k""#] {
+            assert!(
+                matches!(
+                    fingerprint(&format!(r#"{{{debit},"metadata":{wrong_type}}}"#)),
+                    Err(RequestError::Malformed(_))
+                ),
+                "{wrong_type}"
+            );
+        }
+        let long_value = format!(r#"{{"k":"{}"}}"#, "v".repeat(513));
+        assert_eq!(
+            fingerprint(&format!(r#"{{{debit},"metadata":{long_value}}}"#)),
+            Err(RequestError::Rule(RuleError::MetadataValue {
+                key: "k".into()
+            }))
+        );
+        // A hold, a capture and a void carry theirs to the transaction.
+        let posted = |body: &str| decode_transaction(body.as_bytes(), None).unwrap();
+        let terms = crate::domain::HoldTerms {
+            account: AccountId::parse("a").unwrap(),
+            to: None,
+            amount: Amount::new(9).unwrap(),
+        };
+        let timeouts = super::super::holds::HoldTimeouts {
+            default_s: 60,
+            max_s: 60,
+        };
+        for body in [
+            r#"{"id":"h","type":"hold","account":"a","amount":1,"metadata":{"k":"v"}}"#,
+            r#"{"id":"c","type":"capture","hold":"h","metadata":{"k":"v"}}"#,
+            r#"{"id":"v","type":"void","hold":"h","metadata":{"k":"v"}}"#,
+        ] {
+            let tx = posted(body)
+                .complete(timeouts, Some(terms.clone()))
+                .unwrap();
+            assert_eq!(tx.metadata.to_json(), r#"{"k":"v"}"#, "{body}");
+        }
     }
 }

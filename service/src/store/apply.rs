@@ -101,7 +101,7 @@ impl Store {
         let id = tx.id.as_str();
         let account = tx.movement.account().as_str();
         let amount = tx.movement.amount().minor_units();
-        let fingerprint = tx.movement.fingerprint();
+        let fingerprint = tx.fingerprint();
         let saga_step = |on: &str, step: &str, flag: &str| {
             let shard = layout.shard_of(on);
             let mut keys = vec![
@@ -225,7 +225,7 @@ impl Store {
         let mut cmd = evalsha(&self.scripts.hold, &keys);
         cmd.arg(op)
             .arg(movement.amount().minor_units())
-            .arg(movement.fingerprint())
+            .arg(tx.fingerprint())
             .arg(self.outcome_ttl_secs)
             .arg(now_ms);
         self.history_args(&mut cmd, tx);
@@ -240,7 +240,9 @@ impl Store {
     /// ARGV[6..8] of the scripts that keep a flag (money.lua's `log_tx`):
     /// the id, how long history is kept, the metadata.
     fn history_args(&self, cmd: &mut Cmd, tx: &Transaction) {
-        cmd.arg(tx.id.as_str()).arg(self.history_keep_ms).arg("");
+        cmd.arg(tx.id.as_str())
+            .arg(self.history_keep_ms)
+            .arg(tx.metadata.to_json());
     }
 
     /// Reads a step's reply `(state, reason, balance_after, duplicate)`.
@@ -349,7 +351,7 @@ impl Store {
                             .arg(reason)
                             .arg(balance_after)
                             .arg(now_ms)
-                            .arg(tx.movement.fingerprint())
+                            .arg(tx.fingerprint())
                             .arg(self.outcome_ttl_secs);
                         (self.layout.shard_of(tx.id.as_str()), cmd)
                     })

@@ -66,7 +66,7 @@ impl Store {
                 let mut conn = self.conn.clone();
                 let mut invocation = self.scripts.claim.key(self.tx_key(&tx.id));
                 invocation
-                    .arg(tx.movement.fingerprint())
+                    .arg(tx.fingerprint())
                     .arg(self.lease_ms)
                     .arg(token)
                     .arg(self.outcome_ttl_secs);
@@ -111,7 +111,7 @@ impl Store {
                 let mut cmd = evalsha(&self.scripts.rate_limit_then_claim, &keys);
                 cmd.arg(self.lease_ms).arg(self.outcome_ttl_secs);
                 for (tx, token, limit) in items {
-                    cmd.arg(tx.movement.fingerprint()).arg(*token);
+                    cmd.arg(tx.fingerprint()).arg(*token);
                     match limit {
                         Some((_, limit)) => cmd.arg(limit.interval_us()).arg(limit.burst),
                         None => cmd.arg(0).arg(0),
@@ -211,7 +211,7 @@ impl Store {
             .with_scripts(|| {
                 let mut conn = self.conn.clone();
                 let mut invocation = self.scripts.accept.key(self.tx_key(&tx.id));
-                invocation.arg(tx.movement.fingerprint()).arg(token);
+                invocation.arg(tx.fingerprint()).arg(token);
                 async move { invocation.invoke_async(&mut conn).await }
             })
             .await?;
@@ -248,7 +248,7 @@ impl Store {
             items,
             &common,
             |(tx, token), cmd| {
-                cmd.arg(tx.movement.fingerprint()).arg(*token);
+                cmd.arg(tx.fingerprint()).arg(*token);
             },
         )
         .await
@@ -272,7 +272,7 @@ impl Store {
             items,
             &[],
             |(tx, token), cmd| {
-                cmd.arg(tx.movement.fingerprint()).arg(*token);
+                cmd.arg(tx.fingerprint()).arg(*token);
             },
         )
         .await

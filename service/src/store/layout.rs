@@ -282,6 +282,7 @@ mod tests {
             layout.step("alice", id, "apply")
         );
         let transfer = |to: &str| crate::domain::Transaction {
+            metadata: Default::default(),
             id: TxId::parse("t").unwrap(),
             movement: Movement::new(
                 Some("transfer"),
