@@ -51,7 +51,8 @@
 --
 -- Returns {state, reason, balance_after, duplicate} as atomic_update.lua;
 -- capture_out answers `debited` (a saga goes on); expire answers
--- `expired`, or `ended` / `not_due` with duplicate 1 (nothing changed).
+-- `expired`, or `ended` (the reason: the state it ended in) / `not_due`
+-- with duplicate 1 (nothing changed but the due member's removal).
 --
 -- The store puts money.lua and clock.lua before this file; KEYS[1], KEYS[2]
 -- and ARGV[3..8] follow money.lua's flag layout.
@@ -119,6 +120,9 @@ local active = h[1] == 'held'
 
 if op == 'expire' then
   if h[1] ~= 'held' then
+    -- Ended (how: the reason); a late capture or void that expired it
+    -- left its member due for this record (its outcome event).
+    redis.call('ZREM', KEYS[6], ARGV[9])
     return {'ended', h[1] or '', '', 1}
   end
   if now_ms < tonumber(h[4]) then
@@ -180,6 +184,9 @@ if active and now_ms >= tonumber(h[4]) then
     return failed
   end
   expired_entry(h)
+  -- Due again at once: the expirer publishes the expiry, whose apply finds
+  -- the hold expired and publishes its outcome event.
+  redis.call('ZADD', KEYS[6], now_ms, ARGV[9])
   active = false
 end
 if not active then

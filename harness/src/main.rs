@@ -230,6 +230,7 @@ async fn up(port: u16, redis_topology: RedisTopology) -> anyhow::Result<()> {
     config.listen = format!("127.0.0.1:{port}").parse()?;
     config.topic = "transactions".into();
     config.dlq_topic = "transactions.dlq".into();
+    config.outcomes_topic = "transactions.outcomes".into();
     config.group = "txengine".into();
     config.namespace = "txe".into();
     let stack = Stack::start_with(config).await?;

@@ -25,6 +25,7 @@ pub fn isolated_config(infra: &Infra, name: &str) -> Config {
     config.kafka_brokers = infra.kafka_brokers.clone();
     config.topic = format!("tx-{unique}");
     config.dlq_topic = format!("tx-{unique}.dlq");
+    config.outcomes_topic = format!("tx-{unique}.outcomes");
     config.group = format!("g-{unique}");
     config.namespace = unique;
     config.partitions = 4;

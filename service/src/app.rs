@@ -149,6 +149,9 @@ impl Engine {
                     group: &config.group,
                     topic: &config.topic,
                     dlq_topic: &config.dlq_topic,
+                    outcomes_topic: config
+                        .outcome_events
+                        .then_some(config.outcomes_topic.as_str()),
                     batch_size: config.batch_size,
                     wait_replicas: config.wait_replicas(),
                     // Half the Redis answer timeout, so WAIT answers before

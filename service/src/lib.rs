@@ -12,6 +12,7 @@
 //! - [`keys`]: API keys: secrets and their hashes, account scopes, rate
 //!   limits, the short-lived cache of keys.
 //! - [`wire`]: the versioned Kafka record (one encode, one decode).
+//! - [`events`]: the versioned event of the outcomes topic.
 //! - [`store`]: Redis keys and the Lua scripts of `lua/`.
 //! - [`admission`]: claim -> publish -> accept or release; the id binding rules.
 //! - [`gather`]: the accepts of concurrent requests, gathered into one script call.
@@ -28,6 +29,7 @@ pub mod app;
 pub mod config;
 pub mod consumer;
 pub mod domain;
+pub mod events;
 pub mod expirer;
 pub mod gather;
 pub mod http;

@@ -38,6 +38,9 @@ pub struct TopicSettings<'a> {
     pub partitions: i32,
     /// Records that cannot be decoded (one partition).
     pub dlq_topic: &'a str,
+    /// The outcome events (the transactions topic's partitions), when
+    /// they are published.
+    pub outcomes_topic: Option<&'a str>,
     /// Replicas of each partition (1 fits one broker; 3 in production).
     pub replication_factor: i32,
     /// Replicas that must have a record before `acks=all` answers.
@@ -120,10 +123,16 @@ pub async fn ensure_topics(settings: &TopicSettings<'_>) -> Result<Retention, To
     let segment = wanted.segment_ms.to_string();
     let retention = wanted.retention_ms.to_string();
     let min_insync = settings.min_insync_replicas.to_string();
-    let new_topics = [
-        (settings.topic, settings.partitions),
-        (settings.dlq_topic, 1),
+    let outcomes = settings
+        .outcomes_topic
+        .map(|name| (name, settings.partitions));
+    let new_topics: Vec<NewTopic> = [
+        Some((settings.topic, settings.partitions)),
+        Some((settings.dlq_topic, 1)),
+        outcomes,
     ]
+    .into_iter()
+    .flatten()
     .map(|(name, partitions)| {
         NewTopic::new(
             name,
@@ -134,7 +143,8 @@ pub async fn ensure_topics(settings: &TopicSettings<'_>) -> Result<Retention, To
         .set("segment.ms", &segment)
         .set("retention.ms", &retention)
         .set("min.insync.replicas", &min_insync)
-    });
+    })
+    .collect();
     for result in admin.create_topics(&new_topics, &options).await? {
         match result {
             Ok(name) => tracing::info!(topic = %name, "topic created"),

@@ -525,7 +525,10 @@ async fn the_hold_script_at_its_edges() {
     ));
     assert_eq!(
         apply(expire("e-1")).await,
-        Progress::Expiry { expired: false }
+        Progress::Expiry {
+            expired: false,
+            duplicate: true
+        }
     );
     assert_eq!(funds().await.pending, 10, "still held");
     // A capture, then the same record again: the first outcome, once.
@@ -559,7 +562,10 @@ async fn the_hold_script_at_its_edges() {
     // An expiry of an ended hold changes nothing.
     assert_eq!(
         apply(expire("e-1")).await,
-        Progress::Expiry { expired: false }
+        Progress::Expiry {
+            expired: false,
+            duplicate: true
+        }
     );
     assert_eq!(
         (funds().await.balance.minor_units(), funds().await.pending),
@@ -588,11 +594,29 @@ async fn the_hold_script_at_its_edges() {
         (funds().await.balance.minor_units(), funds().await.pending),
         (96, 0)
     );
-    // Its expiry, come late, changes nothing (it ended past its deadline).
+    // Its member is due again at once, so the expirer publishes its
+    // expiry, whose apply changes nothing but says it expired (the event).
+    let layout = store.layout();
+    let due = || {
+        let mut cmd = redis::cmd("ZSCORE");
+        cmd.arg(layout.holds_due(layout.shard_of(account.as_str())))
+            .arg(Layout::due_member(account.as_str(), "e-2"));
+        cmd
+    };
+    let score: Option<u64> = due().query_async(&mut conn).await.unwrap();
+    assert!(
+        score.is_some(),
+        "the late-expired hold is due for its expiry"
+    );
     assert_eq!(
         apply(expire("e-2")).await,
-        Progress::Expiry { expired: false }
+        Progress::Expiry {
+            expired: true,
+            duplicate: true
+        }
     );
+    let score: Option<u64> = due().query_async(&mut conn).await.unwrap();
+    assert_eq!(score, None, "its expiry removed the member");
     assert_eq!(
         (funds().await.balance.minor_units(), funds().await.pending),
         (96, 0)

@@ -100,6 +100,19 @@ pub struct Config {
     #[arg(long, env = "TXENGINE_DLQ_TOPIC", default_value = "transactions.dlq")]
     pub dlq_topic: String,
 
+    /// Topic the consumers publish an event to for each final outcome
+    /// (created with the transactions topic's partitions).
+    #[arg(
+        long,
+        env = "TXENGINE_OUTCOMES_TOPIC",
+        default_value = "transactions.outcomes"
+    )]
+    pub outcomes_topic: String,
+
+    /// Publish the outcome events (`false`: none, to measure what they cost).
+    #[arg(long, env = "TXENGINE_OUTCOME_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub outcome_events: bool,
+
     /// Partitions to create the topic with, if it does not exist.
     #[arg(long, env = "TXENGINE_PARTITIONS", default_value_t = 8)]
     pub partitions: i32,
@@ -273,6 +286,7 @@ impl Config {
             topic: &self.topic,
             partitions: self.partitions,
             dlq_topic: &self.dlq_topic,
+            outcomes_topic: self.outcome_events.then_some(self.outcomes_topic.as_str()),
             replication_factor: self.topic_replication_factor,
             min_insync_replicas: self.topic_min_insync_replicas,
             outcome_ttl: std::time::Duration::from_secs(self.outcome_ttl_secs),
@@ -352,6 +366,7 @@ impl Config {
         for (flag, value) in [
             ("--topic", &self.topic),
             ("--dlq-topic", &self.dlq_topic),
+            ("--outcomes-topic", &self.outcomes_topic),
             ("--group", &self.group),
             ("--namespace", &self.namespace),
         ] {
@@ -359,7 +374,13 @@ impl Config {
                 return Err(ConfigError::Empty(flag));
             }
         }
-        if self.topic == self.dlq_topic {
+        let topics = [&self.topic, &self.dlq_topic, &self.outcomes_topic];
+        if topics
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            < topics.len()
+        {
             return Err(ConfigError::SameTopics);
         }
         Ok(())
@@ -379,6 +400,8 @@ impl Config {
             kafka_brokers,
             topic,
             dlq_topic,
+            outcomes_topic,
+            outcome_events,
             partitions,
             topic_replication_factor,
             topic_min_insync_replicas,
@@ -429,6 +452,8 @@ impl Config {
             ("--kafka-brokers", kafka_brokers.clone()),
             ("--topic", topic.clone()),
             ("--dlq-topic", dlq_topic.clone()),
+            ("--outcomes-topic", outcomes_topic.clone()),
+            ("--outcome-events", outcome_events.to_string()),
             ("--partitions", partitions.to_string()),
             (
                 "--topic-replication-factor",
@@ -547,7 +572,7 @@ pub enum ConfigError {
         replication_factor: i32,
         min_insync_replicas: u32,
     },
-    #[error("--topic and --dlq-topic must differ")]
+    #[error("--topic, --dlq-topic and --outcomes-topic must differ")]
     SameTopics,
     #[error("--outcome-ttl-secs ({outcome_ttl_secs} s) must be longer than --publish-timeout-ms ({publish_timeout_ms} ms): an id must stay bound to its body for as long as its publish can land")]
     OutcomeTtlTooShort {

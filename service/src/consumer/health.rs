@@ -45,6 +45,8 @@ pub(super) enum Cause {
     NextSteps,
     /// Kafka does not take a poison record into the DLQ.
     DeadLetter,
+    /// Kafka does not take the outcome events.
+    OutcomeEvents,
 }
 
 /// The consumer's health as `/ready` shows it; shared with the HTTP side.

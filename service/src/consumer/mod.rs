@@ -7,7 +7,8 @@
 //! - [`health`]: what holds the consumer back, for `/ready`.
 //! - [`paused`]: which partitions are held on which record (the bookkeeping).
 //! - [`pausing`]: pausing, retrying and resuming them.
-//! - [`publish`]: the saga steps and poison records the consumer publishes.
+//! - [`publish`]: the saga steps, outcome events and poison records the
+//!   consumer publishes.
 
 mod context;
 mod health;
@@ -35,6 +36,7 @@ use paused::{offsets_to_store, Paused};
 pub use publish::DLQ_REASON_HEADER;
 
 use crate::domain::Outcome;
+use crate::events::{EventStatus, OutcomeEvent};
 use crate::store::{Progress, Store, StoreError};
 use crate::wire::{now_ms, DecodeError, Record};
 
@@ -49,6 +51,8 @@ pub struct ConsumerSettings<'a> {
     pub group: &'a str,
     pub topic: &'a str,
     pub dlq_topic: &'a str,
+    /// Where each final outcome is published as an event (`None`: nowhere).
+    pub outcomes_topic: Option<&'a str>,
     pub batch_size: usize,
     /// Replicas that must hold a batch's writes before its offsets are
     /// stored (0: none).
@@ -76,6 +80,7 @@ pub struct TxConsumer {
     producer: FutureProducer,
     topic: String,
     dlq_topic: String,
+    outcomes_topic: Option<String>,
     store: Store,
     batch_size: usize,
     wait_replicas: u32,
@@ -122,6 +127,7 @@ impl TxConsumer {
             producer,
             topic: settings.topic.to_owned(),
             dlq_topic: settings.dlq_topic.to_owned(),
+            outcomes_topic: settings.outcomes_topic.map(str::to_owned),
             store,
             batch_size: settings.batch_size,
             wait_replicas: settings.wait_replicas,
@@ -191,7 +197,8 @@ impl TxConsumer {
     ///
     /// In order: apply every record's step (and write the outcomes decided
     /// in another slot than their tx record), wait until replicas have all
-    /// of it, publish the next steps of sagas, then store the offsets. A
+    /// of it, publish the next steps of sagas and the outcome events, then
+    /// store the offsets. A
     /// crash anywhere in between redelivers the batch, and every step of it
     /// is a no-op the second time that answers as the first, so the same
     /// next steps are published again (and are no-ops in turn). A next step
@@ -261,6 +268,13 @@ impl TxConsumer {
         if let Some((first, _)) = applied.first() {
             if !self
                 .publish_steps(&next_steps, sources[*first], shutdown)
+                .await
+            {
+                return false;
+            }
+            let events = outcome_events(applied.iter().map(|(i, p)| (&records[*i], p)));
+            if !self
+                .publish_events(&events, sources[*first], shutdown)
                 .await
             {
                 return false;
@@ -451,6 +465,30 @@ fn next_steps<'a>(progress: impl Iterator<Item = &'a Progress>) -> Vec<&'a Recor
         .collect()
 }
 
+/// The events of the final outcomes among the steps applied: each
+/// transaction that ended (first time or again: a redelivery publishes its
+/// event again), and each expiry that found its hold expired (now, or
+/// before: by this record's earlier delivery or by a late capture or void).
+fn outcome_events<'a>(
+    applied: impl Iterator<Item = (&'a Record, &'a Progress)>,
+) -> Vec<OutcomeEvent> {
+    let at_ms = now_ms();
+    applied
+        .filter_map(|(record, progress)| {
+            let status = match progress {
+                Progress::Ended { applied, .. } => EventStatus::from(applied.outcome),
+                Progress::Expiry { expired: true, .. } => EventStatus::Expired,
+                Progress::Expiry { .. } | Progress::Next(_) => return None,
+            };
+            Some(OutcomeEvent {
+                tx: record.tx.clone(),
+                status,
+                at_ms,
+            })
+        })
+        .collect()
+}
+
 /// `topic`/`partition` alone, for pause, resume and the like.
 fn one_partition(topic: &str, partition: i32) -> TopicPartitionList {
     let mut list = TopicPartitionList::new();
@@ -463,8 +501,12 @@ fn one_partition(topic: &str, partition: i32) -> TopicPartitionList {
 fn count_outcomes<'a>(ended: impl Iterator<Item = (&'a Record, &'a Progress)>) {
     let now_ms = now_ms();
     for (record, progress) in ended {
-        if let Progress::Expiry { expired } = progress {
-            let expired = if *expired { "true" } else { "false" };
+        if let Progress::Expiry { expired, duplicate } = progress {
+            let expired = if *expired && !*duplicate {
+                "true"
+            } else {
+                "false"
+            };
             metrics::counter!("txengine_hold_expiries_total", "expired" => expired).increment(1);
             continue;
         }

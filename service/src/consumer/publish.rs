@@ -1,7 +1,7 @@
 //! What the consumer itself publishes: the next steps of sagas (to the
-//! topic) and poison records (to the DLQ). Both are retried until Kafka has
-//! them, since no offset may move past them before; while Kafka refuses,
-//! the stall shows in `/ready`.
+//! topic), the outcome events (to the outcomes topic) and poison records
+//! (to the DLQ). All are retried until Kafka has them, since no offset may
+//! move past them before; while Kafka refuses, the stall shows in `/ready`.
 
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use super::health::{Cause, Stall};
 use super::{back_off, TxConsumer, RETRY_MIN};
+use crate::events::OutcomeEvent;
 use crate::wire::{Record, SagaStep};
 
 /// Header carrying why a record went to the DLQ.
@@ -28,20 +29,98 @@ impl TxConsumer {
         at: &OwnedMessage,
         shutdown: &watch::Receiver<bool>,
     ) -> bool {
+        let records: Vec<(String, Vec<u8>)> = steps
+            .iter()
+            .map(|record| (record.key().as_str().to_owned(), record.encode()))
+            .collect();
+        let sent = self
+            .publish_all(
+                &self.topic,
+                &records,
+                Cause::NextSteps,
+                "the next steps of sagas",
+                at,
+                shutdown,
+            )
+            .await;
+        if sent {
+            for record in steps {
+                let step = match record.saga {
+                    Some(SagaStep::Credit { .. }) => "credit",
+                    Some(SagaStep::Settle { refused: None, .. }) => "release",
+                    Some(SagaStep::Settle { .. }) => "refund",
+                    None => "none",
+                };
+                metrics::counter!("txengine_saga_steps_published_total", "step" => step)
+                    .increment(1);
+            }
+        }
+        sent
+    }
+
+    /// Publishes the batch's outcome events to the outcomes topic, keyed by
+    /// account, and waits until the broker has them all; as
+    /// [`TxConsumer::publish_steps`]. A repeat (a redelivered batch, or a
+    /// retry after some landed) publishes an event again: readers
+    /// deduplicate by `(id, status)`.
+    pub(super) async fn publish_events(
+        &self,
+        events: &[OutcomeEvent],
+        at: &OwnedMessage,
+        shutdown: &watch::Receiver<bool>,
+    ) -> bool {
+        let Some(topic) = &self.outcomes_topic else {
+            return true;
+        };
+        let records: Vec<(String, Vec<u8>)> = events
+            .iter()
+            .map(|event| (event.key().as_str().to_owned(), event.encode()))
+            .collect();
+        let sent = self
+            .publish_all(
+                topic,
+                &records,
+                Cause::OutcomeEvents,
+                "the outcome events",
+                at,
+                shutdown,
+            )
+            .await;
+        if sent {
+            for event in events {
+                metrics::counter!("txengine_outcome_events_total", "status" => event.status.as_str())
+                    .increment(1);
+            }
+        }
+        sent
+    }
+
+    /// Sends `(key, payload)` records to `topic` and waits until the broker
+    /// has them all (acks=all); retried until it does or shutdown comes
+    /// (false). `cause` and `what` name the stall in `/ready`; `at` is the
+    /// first record of the batch.
+    async fn publish_all(
+        &self,
+        topic: &str,
+        records: &[(String, Vec<u8>)],
+        cause: Cause,
+        what: &str,
+        at: &OwnedMessage,
+        shutdown: &watch::Receiver<bool>,
+    ) -> bool {
+        if records.is_empty() {
+            return true;
+        }
         let mut backoff = RETRY_MIN;
         loop {
-            let sends = steps.iter().map(|record| {
-                let payload = record.encode();
-                let key = record.key().as_str().to_owned();
-                async move {
-                    self.producer
-                        .send(
-                            FutureRecord::to(&self.topic).key(&key).payload(&payload),
-                            Timeout::After(Duration::from_secs(5)),
-                        )
-                        .await
-                        .map_err(|(e, _)| e)
-                }
+            let sends = records.iter().map(|(key, payload)| async move {
+                self.producer
+                    .send(
+                        FutureRecord::to(topic).key(key).payload(payload),
+                        Timeout::After(Duration::from_secs(5)),
+                    )
+                    .await
+                    .map_err(|(e, _)| e)
             });
             let failed = futures_util::future::join_all(sends)
                 .await
@@ -49,32 +128,18 @@ impl TxConsumer {
                 .filter_map(Result::err)
                 .next();
             let Some(error) = failed else {
-                for record in steps {
-                    let step = match record.saga {
-                        Some(SagaStep::Credit { .. }) => "credit",
-                        Some(SagaStep::Settle { refused: None, .. }) => "release",
-                        Some(SagaStep::Settle { .. }) => "refund",
-                        None => "none",
-                    };
-                    metrics::counter!("txengine_saga_steps_published_total", "step" => step)
-                        .increment(1);
-                }
-                if self.health.clear(&Cause::NextSteps) {
-                    tracing::info!("kafka took the next saga steps; going on");
+                if self.health.clear(&cause) {
+                    tracing::info!(topic, "kafka took {what}; going on");
                 }
                 return true;
             };
-            // The ones that did land are published again: their steps are
-            // idempotent, so that changes nothing.
-            let stall = Stall::at(
-                at,
-                "",
-                format!("kafka does not take the next steps of sagas: {error}"),
-            );
-            if self.health.set(Cause::NextSteps, stall) {
+            // The ones that did land are published again: saga steps are
+            // idempotent, and events are deduplicated by their readers.
+            let stall = Stall::at(at, "", format!("kafka does not take {what}: {error}"));
+            if self.health.set(cause.clone(), stall) {
                 metrics::counter!("txengine_consumer_stalls_total").increment(1);
             }
-            tracing::warn!(error = %error, steps = steps.len(), retry_in_ms = backoff.as_millis() as u64, "publishing the next saga steps failed; retrying");
+            tracing::warn!(error = %error, topic, records = records.len(), retry_in_ms = backoff.as_millis() as u64, "publishing {what} failed; retrying");
             if !back_off(&mut backoff, shutdown).await {
                 return false;
             }

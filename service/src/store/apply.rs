@@ -29,9 +29,11 @@ pub enum Progress {
     Ended { applied: Applied, recorded: bool },
     /// The saga goes on with this record, to be published.
     Next(Record),
-    /// An expiry was looked at: `expired` when it ended the hold now,
-    /// false when the hold had ended or was not due (nothing changed).
-    Expiry { expired: bool },
+    /// An expiry was looked at: `expired` when the hold is expired (ended
+    /// by this record now, or `duplicate`: before, by its earlier delivery
+    /// or a late capture or void); false when the hold ended otherwise or
+    /// is not due (nothing changed).
+    Expiry { expired: bool, duplicate: bool },
 }
 
 impl Store {
@@ -274,7 +276,7 @@ impl Store {
         let reply = StepReply::parse(&state, &reason, &balance_after).ok_or_else(unexpected)?;
         let saga = self.layout.needs_saga(tx);
         match (&record.saga, reply) {
-            (None, StepReply::Expiry { expired }) => Ok(Progress::Expiry { expired }),
+            (None, StepReply::Expiry { expired }) => Ok(Progress::Expiry { expired, duplicate }),
             (None, StepReply::Settled(outcome)) if !saga => {
                 let account = tx.movement.account().as_str();
                 ended(outcome, self.layout.same_slot(tx.id.as_str(), account))
@@ -399,7 +401,11 @@ impl StepReply {
             "released" => Self::Released,
             "refunded" => Self::Refunded,
             "expired" => Self::Expiry { expired: true },
-            "ended" | "not_due" => Self::Expiry { expired: false },
+            // The hold had ended: `reason` is how.
+            "ended" => Self::Expiry {
+                expired: reason == "expired",
+            },
+            "not_due" => Self::Expiry { expired: false },
             _ => return None,
         })
     }

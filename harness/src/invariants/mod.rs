@@ -20,7 +20,11 @@
 //!   any slot's `seq`, so no step was applied twice);
 //! - each account's history replays to its balance: every entry's
 //!   `balance_after` is the sum of the deltas before it and its own, from 0,
-//!   and no transaction is in one history twice with one status.
+//!   and no transaction is in one history twice with one status;
+//! - the outcomes topic holds exactly these outcomes, each once after
+//!   deduplication (see [`events`]).
+
+mod events;
 
 use std::collections::{HashMap, HashSet};
 
@@ -284,6 +288,17 @@ pub async fn check(
         }
     }
     check_histories(&reader, &history_balances, &mut verdict).await?;
+    if engine.outcome_events {
+        verdict.violations.extend(
+            events::check_outcome_events(
+                &reader,
+                &infra.kafka_brokers,
+                &engine.outcomes_topic,
+                ledger,
+            )
+            .await?,
+        );
+    }
     Ok(verdict)
 }
 

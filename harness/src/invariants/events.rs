@@ -1,0 +1,180 @@
+//! The outcomes topic holds exactly the ledger's outcomes: after
+//! deduplication by `(id, status)`, one event for each transaction that
+//! has an outcome in Redis, saying what its record says (status, reason,
+//! balance after, the ledger's kind and account), one `expired` for each
+//! hold that expired, none for anything else; every copy of an event (at
+//! least once: a redelivery publishes it again) says the same.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use txengine::events::{EventStatus, OutcomeEvent};
+
+use super::Reader;
+use crate::workload::{Kind, Ledger, SentTx};
+
+/// How long the events may trail the outcomes in Redis at the check (an
+/// event is published after its apply, and a late capture's expiry after
+/// the expirer's next scan).
+const EVENTS_GRACE: Duration = Duration::from_secs(30);
+
+/// What the topic must hold for one `(id, status)`.
+struct Expected<'l> {
+    tx: &'l SentTx,
+    status: EventStatus,
+}
+
+/// Violations of the outcomes topic against the ledger and Redis.
+pub(super) async fn check_outcome_events(
+    reader: &Reader,
+    brokers: &str,
+    topic: &str,
+    ledger: &Ledger,
+) -> anyhow::Result<Vec<String>> {
+    let started = Instant::now();
+    loop {
+        let expected = expected_events(reader, ledger).await?;
+        let (b, t) = (brokers.to_owned(), topic.to_owned());
+        let messages =
+            tokio::task::spawn_blocking(move || crate::measure::read_topic(&b, &t)).await??;
+        let violations = compare(&expected, &messages);
+        if violations.is_empty() || started.elapsed() > EVENTS_GRACE {
+            return Ok(violations);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The events Redis's records call for, by `(id, status)`.
+async fn expected_events<'l>(
+    reader: &Reader,
+    ledger: &'l Ledger,
+) -> anyhow::Result<BTreeMap<(String, &'static str), Expected<'l>>> {
+    let txs: Vec<&SentTx> = ledger.accepted.iter().chain(&ledger.uncertain).collect();
+    type Row = (Option<String>, Option<String>, Option<String>);
+    let rows: Vec<Row> = reader
+        .query(
+            txs.iter()
+                .map(|tx| reader.tx_fields(&tx.id, &["state", "reason", "balance_after"]))
+                .collect(),
+        )
+        .await?;
+    let holds: Vec<&SentTx> = txs
+        .iter()
+        .copied()
+        .filter(|tx| matches!(tx.kind, Kind::Hold { .. }))
+        .collect();
+    let hold_states: Vec<Option<String>> = reader
+        .query(
+            holds
+                .iter()
+                .map(|tx| {
+                    let mut cmd = redis::cmd("HGET");
+                    cmd.arg(reader.layout.hold(&tx.account, &tx.id))
+                        .arg("state");
+                    (reader.layout.shard_of(&tx.account), cmd)
+                })
+                .collect(),
+        )
+        .await?;
+    let mut expected = BTreeMap::new();
+    for (tx, (state, reason, balance_after)) in txs.iter().zip(rows) {
+        let status = match state.as_deref() {
+            Some("applied") => balance_after
+                .and_then(|b| b.parse().ok())
+                .and_then(|b| txengine::domain::Balance::new(b).ok())
+                .map(|balance_after| EventStatus::Applied { balance_after }),
+            Some("rejected") => reason
+                .as_deref()
+                .and_then(txengine::domain::RejectReason::parse)
+                .map(|reason| EventStatus::Rejected { reason }),
+            _ => None,
+        };
+        if let Some(status) = status {
+            expected.insert((tx.id.clone(), status.as_str()), Expected { tx, status });
+        }
+    }
+    for (tx, state) in holds.into_iter().zip(hold_states) {
+        if state.as_deref() == Some("expired") {
+            let status = EventStatus::Expired;
+            expected.insert((tx.id.clone(), status.as_str()), Expected { tx, status });
+        }
+    }
+    Ok(expected)
+}
+
+/// What the messages break of `expected`.
+fn compare(
+    expected: &BTreeMap<(String, &'static str), Expected<'_>>,
+    messages: &[rdkafka::message::OwnedMessage],
+) -> Vec<String> {
+    use rdkafka::Message;
+    let mut violations = Vec::new();
+    let mut seen: HashMap<(String, &'static str), OutcomeEvent> = HashMap::new();
+    for message in messages {
+        let event = match OutcomeEvent::decode(message.payload().unwrap_or_default()) {
+            Ok(event) => event,
+            Err(e) => {
+                violations.push(format!("an outcome event unread: {e}"));
+                continue;
+            }
+        };
+        let key = message.key().map(String::from_utf8_lossy);
+        if key.as_deref() != Some(event.key().as_str()) {
+            violations.push(format!(
+                "event {} keyed {key:?}, not by its account",
+                event.tx.id
+            ));
+        }
+        let id = (event.tx.id.to_string(), event.status.as_str());
+        match seen.get(&id) {
+            // A copy (at least once) must say the same, but for its time.
+            Some(first) if (&first.tx, first.status) != (&event.tx, event.status) => violations
+                .push(format!(
+                    "event {id:?} published twice, differently: {first:?} then {event:?}"
+                )),
+            Some(_) => {}
+            None => {
+                seen.insert(id, event);
+            }
+        }
+    }
+    for (id, event) in &seen {
+        let Some(want) = expected.get(id) else {
+            violations.push(format!(
+                "event {id:?} for no such outcome in Redis: {event:?}"
+            ));
+            continue;
+        };
+        let kind = match want.status {
+            EventStatus::Expired => "expire",
+            _ => want.tx.kind.as_str(),
+        };
+        let movement = &event.tx.movement;
+        if event.status != want.status
+            || movement.kind() != kind
+            || movement.account().as_str() != want.tx.account
+        {
+            violations.push(format!(
+                "event {id:?} says {} {} {:?}, Redis and the ledger {kind} {} {:?}",
+                movement.kind(),
+                movement.account(),
+                event.status,
+                want.tx.account,
+                want.status
+            ));
+        }
+    }
+    let missing: Vec<&(String, &str)> = expected
+        .keys()
+        .filter(|id| !seen.contains_key(*id))
+        .collect();
+    if !missing.is_empty() {
+        violations.push(format!(
+            "{} outcomes have no event (first 10: {:?})",
+            missing.len(),
+            &missing[..missing.len().min(10)]
+        ));
+    }
+    violations
+}

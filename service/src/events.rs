@@ -1,0 +1,186 @@
+//! The outcomes topic's event: one type, one encode, one decode, versioned
+//! like the transaction record. The consumer publishes one for each final
+//! outcome it applies (and again for each redelivery of it: at least once),
+//! keyed by the checked account; readers deduplicate by `(id, status)`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{
+    AccountId, Balance, Metadata, Movement, Outcome, RejectReason, Transaction, TxId,
+};
+
+/// The version of the event as this build writes it.
+pub const EVENT_VERSION: u32 = 1;
+
+/// What became of a transaction: its outcome, or for an engine's expiry of
+/// a hold (id the hold's), that the hold expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum EventStatus {
+    /// The checked account's balance right after it.
+    Applied {
+        balance_after: Balance,
+    },
+    Rejected {
+        reason: RejectReason,
+    },
+    /// The hold ended by its deadline (the expiry's own, or a late capture
+    /// or void that found it due first).
+    Expired,
+}
+
+impl EventStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Applied { .. } => "applied",
+            Self::Rejected { .. } => "rejected",
+            Self::Expired => "expired",
+        }
+    }
+}
+
+impl From<Outcome> for EventStatus {
+    fn from(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Applied { balance_after } => Self::Applied { balance_after },
+            Outcome::Rejected { reason } => Self::Rejected { reason },
+        }
+    }
+}
+
+/// One final outcome as the outcomes topic carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutcomeEvent {
+    pub tx: Transaction,
+    pub status: EventStatus,
+    /// The consumer's wall clock (ms since the Unix epoch) when it applied
+    /// the record it publishes this for (a redelivery's is later).
+    pub at_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventDecodeError {
+    #[error("not a valid event: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("event version {0}; this build reads {EVENT_VERSION}")]
+    UnknownVersion(u32),
+}
+
+#[derive(Serialize, Deserialize)]
+struct EventV1 {
+    v: u32,
+    id: TxId,
+    #[serde(flatten)]
+    movement: Movement,
+    #[serde(flatten)]
+    status: EventStatus,
+    #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    metadata: Metadata,
+    at_ms: u64,
+}
+
+#[derive(Deserialize)]
+struct VersionOnly {
+    v: u32,
+}
+
+impl OutcomeEvent {
+    /// The record key: the checked account, so one account's events are in
+    /// order within a partition.
+    pub fn key(&self) -> &AccountId {
+        self.tx.movement.account()
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let v1 = EventV1 {
+            v: EVENT_VERSION,
+            id: self.tx.id.clone(),
+            movement: self.tx.movement.clone(),
+            status: self.status,
+            metadata: self.tx.metadata.clone(),
+            at_ms: self.at_ms,
+        };
+        serde_json::to_vec(&v1).expect("an event always serialises")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, EventDecodeError> {
+        let VersionOnly { v } = serde_json::from_slice(bytes)?;
+        if v != EVENT_VERSION {
+            return Err(EventDecodeError::UnknownVersion(v));
+        }
+        let v1: EventV1 = serde_json::from_slice(bytes)?;
+        Ok(Self {
+            tx: Transaction {
+                id: v1.id,
+                movement: v1.movement,
+                metadata: v1.metadata,
+            },
+            status: v1.status,
+            at_ms: v1.at_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Amount;
+
+    #[test]
+    fn events_round_trip_and_name_their_status_and_version() {
+        let a = AccountId::parse("a").unwrap();
+        let metadata: Metadata = serde_json::from_str(r#"{"order":"o-1"}"#).unwrap();
+        let transfer = Transaction {
+            id: TxId::parse("t-1").unwrap(),
+            movement: Movement::Transfer {
+                account: a.clone(),
+                to: AccountId::parse("b").unwrap(),
+                amount: Amount::new(5).unwrap(),
+            },
+            metadata,
+        };
+        let expire = Transaction {
+            id: TxId::parse("h-1").unwrap(),
+            movement: Movement::Expire {
+                hold: TxId::parse("h-1").unwrap(),
+                account: a,
+                amount: Amount::new(5).unwrap(),
+            },
+            metadata: Metadata::default(),
+        };
+        for (tx, status, text) in [
+            (
+                transfer.clone(),
+                EventStatus::Applied {
+                    balance_after: Balance::new(7).unwrap(),
+                },
+                r#""status":"applied","balance_after":7"#,
+            ),
+            (
+                transfer,
+                EventStatus::Rejected {
+                    reason: RejectReason::InsufficientFunds,
+                },
+                r#""status":"rejected","reason":"insufficient_funds""#,
+            ),
+            (expire, EventStatus::Expired, r#""status":"expired""#),
+        ] {
+            let event = OutcomeEvent {
+                tx,
+                status,
+                at_ms: 42,
+            };
+            let bytes = event.encode();
+            let json = String::from_utf8_lossy(&bytes);
+            assert!(json.starts_with(r#"{"v":1,"#), "{json}");
+            assert!(json.contains(text), "{json}");
+            assert_eq!(OutcomeEvent::decode(&bytes).unwrap(), event);
+            assert_eq!(event.key().as_str(), "a");
+        }
+        assert!(matches!(
+            OutcomeEvent::decode(br#"{"v":2}"#),
+            Err(EventDecodeError::UnknownVersion(2))
+        ));
+        assert!(OutcomeEvent::decode(br#"{"v":1,"id":"x","status":"applied"}"#).is_err());
+    }
+}
