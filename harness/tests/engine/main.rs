@@ -9,6 +9,7 @@ mod batch;
 mod cluster;
 mod contract;
 mod differential;
+mod events;
 mod history;
 mod holds;
 mod keys;
