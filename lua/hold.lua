@@ -122,7 +122,7 @@ if op == 'expire' then
   if h[1] ~= 'held' then
     -- Ended (how: the reason); a late capture or void that expired it
     -- left its member due for this record (its outcome event).
-    redis.call('ZREM', KEYS[6], ARGV[9])
+    redis.call('ZREM', KEYS[6], ARGV[9]) -- due no more
     return {'ended', h[1] or '', '', 1}
   end
   if now_ms < tonumber(h[4]) then

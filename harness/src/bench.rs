@@ -13,7 +13,7 @@ use crate::load::{self, LoadProfile, Target};
 use crate::measure::{consumer_lag, wait_drained, HttpResult, SecondStats};
 use crate::report::{
     cpu_readings, rss_kib, BareRun, CpuPerRequest, InvariantResult, LimiterOff, Machine,
-    PipelineResult, PipelineSecond, PlainDebits, Ratios, Report,
+    PipelineResult, PipelineSecond, PlainDebits, Ratios, Report, WithoutHistoryEvents,
 };
 use crate::stack::{isolated_config, EngineProcess};
 use crate::workload::{account_name, Ledger, Mix, SentTx};
@@ -297,6 +297,97 @@ fn pipeline_timeline(
         .collect()
 }
 
+/// What `harness load` measures beside the engine, in the same run.
+#[derive(Debug, Clone, Copy)]
+pub struct Beside {
+    /// The bare limits (an axum 202, the Redis script) and the limiter off.
+    pub limits: bool,
+    /// An engine that writes no history and publishes no outcome events.
+    pub history_events_off: bool,
+}
+
+/// Funds the profile's accounts (and partners) through `api`: the start
+/// balances of the ledger.
+async fn fund(
+    api: &crate::client::ApiClient,
+    profile: &LoadProfile,
+) -> anyhow::Result<std::collections::HashMap<String, u64>> {
+    eprintln!(
+        "funding {} accounts with {} each ...",
+        profile.accounts, profile.start_balance
+    );
+    let mut start = api
+        .fund_accounts(profile.accounts, profile.start_balance)
+        .await?;
+    for partner in profile.partners.iter().flat_map(|p| p.values()) {
+        api.set_balance(partner, profile.start_balance).await?;
+        start.insert(partner.clone(), profile.start_balance);
+    }
+    Ok(start)
+}
+
+/// The same load on a second engine (its own namespace, topics and group)
+/// that writes no history (`--history-retention-secs 0`) and publishes no
+/// outcome events, warmed up as the measured one is, run before it: its
+/// result, CPU per request and invariants (goose keeps the ledger).
+async fn run_without_history_events(
+    infra: &Infra,
+    exe: &std::path::Path,
+    profile: &LoadProfile,
+    generator: Generator,
+    warmup_seconds: usize,
+) -> anyhow::Result<WithoutHistoryEvents> {
+    let mut config = isolated_config(infra, "load-plain");
+    config.listen = format!("127.0.0.1:{}", crate::infra::process::free_port()?).parse()?;
+    config.history_retention_secs = Some(0);
+    config.outcome_events = false;
+    eprintln!("starting an engine without history and outcome events ...");
+    let engine = EngineProcess::spawn(exe, config.clone()).await?;
+    let api = engine.api()?.with_new_key().await?;
+    let api_key = api.api_key.clone().expect("a key was just made");
+    let start = fund(&api, profile).await?;
+    let mut ledger = Ledger::default();
+    if warmup_seconds > 0 {
+        let warmup = LoadProfile {
+            seconds: warmup_seconds,
+            ..profile.clone()
+        };
+        let url = &engine.url;
+        ledger = drive_http(generator, url, &api_key, "warm-up", "plainwarm", &warmup)
+            .await?
+            .ledger;
+    }
+    let (run, cpu_per_request) = run_beside(
+        infra,
+        &config,
+        &engine,
+        &api_key,
+        generator,
+        "no history and no outcome events",
+        ("engine-without-history-events", "plain"),
+        profile,
+    )
+    .await?;
+    ledger.absorb(run.ledger);
+    let invariants_hold = match generator {
+        Generator::Goose => {
+            let ledger = Ledger { start, ..ledger };
+            let verdict = invariants::check(infra, &config, &ledger).await?;
+            for violation in verdict.violations.iter().take(10) {
+                eprintln!("  violated (without history and events): {violation}");
+            }
+            Some(verdict.holds())
+        }
+        Generator::Wrk => None,
+    };
+    engine.terminate(Duration::from_secs(10));
+    Ok(WithoutHistoryEvents {
+        result: run.result,
+        cpu_per_request,
+        invariants_hold,
+    })
+}
+
 /// Seconds of the sample that reads each script's cost from Redis's slow log.
 const REDIS_SAMPLE_SECONDS: usize = 3;
 
@@ -305,7 +396,7 @@ pub async fn run_load(
     profile: LoadProfile,
     scenario: &str,
     report_dir: &std::path::Path,
-    limits: bool,
+    beside: Beside,
     warmup_seconds: usize,
     generator: Generator,
     topology: RedisTopology,
@@ -313,6 +404,7 @@ pub async fn run_load(
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let started_at = time_now_rfc3339();
     let infra = Infra::start_chosen(topology).await?;
+    let limits = beside.limits;
 
     let bare_http = if limits {
         Some(measure_bare_http(generator, &profile).await?)
@@ -329,6 +421,11 @@ pub async fn run_load(
     let mut config = isolated_config(&infra, "load");
     config.listen = format!("127.0.0.1:{}", crate::infra::process::free_port()?).parse()?;
     let exe = std::env::current_exe().context("locating the harness binary")?;
+    let without_history_events = if beside.history_events_off {
+        Some(run_without_history_events(&infra, &exe, &profile, generator, warmup_seconds).await?)
+    } else {
+        None
+    };
     eprintln!("starting the engine (api + consumer) as a child process ...");
     let engine = EngineProcess::spawn(&exe, config.clone()).await?;
     eprintln!(
@@ -337,13 +434,7 @@ pub async fn run_load(
     );
     let api = engine.api()?.with_new_key().await?;
     let api_key = api.api_key.clone().expect("a key was just made");
-    let mut start = api
-        .fund_accounts(profile.accounts, profile.start_balance)
-        .await?;
-    for partner in profile.partners.iter().flat_map(|p| p.values()) {
-        api.set_balance(partner, profile.start_balance).await?;
-        start.insert(partner.clone(), profile.start_balance);
-    }
+    let start = fund(&api, &profile).await?;
 
     eprintln!(
         "engine: {}, {} users for {} s against {} ...",
@@ -633,6 +724,9 @@ pub async fn run_load(
             engine_batch_vs_single: engine_single
                 .as_ref()
                 .map(|single| engine_result.transactions_per_s / single.transactions_per_s),
+            engine_vs_without_history_events: without_history_events
+                .as_ref()
+                .map(|w| engine_result.transactions_per_s / w.result.transactions_per_s),
         },
         engine: engine_result,
         engine_single,
@@ -640,6 +734,7 @@ pub async fn run_load(
         redis_script,
         limiter_off,
         plain_debits,
+        without_history_events,
         pipeline: PipelineResult {
             drain_seconds: drain.as_secs_f64(),
             apply_rate_tx_per_s: settled as f64 / apply_seconds,

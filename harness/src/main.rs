@@ -84,6 +84,11 @@ enum Command {
         /// plain debits in the same run, side by side.
         #[arg(long)]
         holds: bool,
+        /// Also drive an engine that writes no history and publishes no
+        /// outcome events (its own namespace and topics) with the same load
+        /// in the same run: what history and events cost per transaction.
+        #[arg(long)]
+        compare_history_events: bool,
     },
     /// Publish a backlog of transactions straight into a topic, then start a
     /// consumer and measure how fast it applies them; checks the invariants.
@@ -155,6 +160,7 @@ fn main() -> anyhow::Result<()> {
             transfers,
             batch,
             holds,
+            compare_history_events,
         } => {
             anyhow::ensure!(
                 transfers == Transfers::AsDrawn || generator == Generator::Goose,
@@ -180,7 +186,10 @@ fn main() -> anyhow::Result<()> {
                 profile,
                 &scenario,
                 &report_dir,
-                !no_limits,
+                harness::bench::Beside {
+                    limits: !no_limits,
+                    history_events_off: compare_history_events,
+                },
                 warmup_seconds,
                 generator,
                 redis_topology,

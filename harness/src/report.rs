@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::measure::{HttpResult, SecondStats};
 
 /// Bumped whenever a field changes meaning or goes away.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Machine {
@@ -257,6 +257,9 @@ pub struct Ratios {
     pub holds_vs_debits_engine_cpu: Option<f64>,
     /// Engine transactions/s in batches / with single requests, same run.
     pub engine_batch_vs_single: Option<f64>,
+    /// With `--compare-history-events`: engine transactions/s / an
+    /// engine's without history and outcome events, same run.
+    pub engine_vs_without_history_events: Option<f64>,
     /// Engine CPU per accepted request / the load generator's CPU per
     /// request, in the engine run (the machine's speed cancels out).
     pub engine_cpu_vs_load_generator: Option<f64>,
@@ -295,6 +298,16 @@ pub struct PlainDebits {
     pub cpu_per_request: CpuPerRequest,
 }
 
+/// With `--compare-history-events`: the same load, in the same run, on an
+/// engine that writes no history and publishes no outcome events.
+#[derive(Debug, Clone, Serialize)]
+pub struct WithoutHistoryEvents {
+    pub result: HttpResult,
+    pub cpu_per_request: CpuPerRequest,
+    /// Its own invariants (`None` with wrk, which keeps no ledger).
+    pub invariants_hold: Option<bool>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub schema_version: u32,
@@ -313,6 +326,7 @@ pub struct Report {
     pub limiter_off: Option<LimiterOff>,
     /// With `--holds`: the measured run posts holds and their captures.
     pub plain_debits: Option<PlainDebits>,
+    pub without_history_events: Option<WithoutHistoryEvents>,
     pub ratios: Ratios,
     pub pipeline: PipelineResult,
     pub cpu_per_request: CpuPerRequest,
@@ -375,6 +389,7 @@ impl Report {
             Some(&self.engine),
             self.engine_single.as_ref(),
             self.limiter_off.as_ref().map(|off| &off.result),
+            self.without_history_events.as_ref().map(|w| &w.result),
             self.bare_http.as_ref().map(|bare| &bare.result),
             self.redis_script.as_ref().map(|bare| &bare.result),
         ]
@@ -454,6 +469,32 @@ impl Report {
                 debits.cpu_per_request.describe(),
                 or_not_measured(self.ratios.holds_vs_debits, 2),
                 or_not_measured(self.ratios.holds_vs_debits_engine_cpu, 2),
+            );
+        }
+        if let Some(without) = &self.without_history_events {
+            let us = |c: &CpuPerRequest, of: fn(&CpuPerRequest) -> Option<f64>| {
+                or_not_measured(of(c), 1)
+            };
+            let (with, wo) = (&self.cpu_per_request, &without.cpu_per_request);
+            let _ = writeln!(
+                md,
+                "\nHistory and outcome events: the same load on an engine that writes no history and publishes no outcome events, in the same run: \
+                 {:.0} transactions/s, p99 {:.1} ms (its invariants: {}). Engine / that: **{}** transactions/s. \
+                 CPU per accepted request with and without: engine {} vs {} µs, Redis {} vs {} µs, Kafka {} vs {} µs.",
+                without.result.transactions_per_s,
+                without.result.latency_ms_p99,
+                match without.invariants_hold {
+                    Some(true) => "hold",
+                    Some(false) => "BROKEN",
+                    None => "not checked (wrk)",
+                },
+                or_not_measured(self.ratios.engine_vs_without_history_events, 2),
+                us(with, |c| c.engine_us),
+                us(wo, |c| c.engine_us),
+                us(with, |c| c.redis_us),
+                us(wo, |c| c.redis_us),
+                us(with, |c| c.kafka_us),
+                us(wo, |c| c.kafka_us),
             );
         }
         // The bare runs' server (the 202 handler's process, or Redis) and generator.
@@ -711,6 +752,7 @@ mod tests {
             engine_single: None,
             limiter_off: None,
             plain_debits: None,
+            without_history_events: None,
             ratios: Ratios {
                 engine_vs_bare_http: None,
                 engine_vs_redis_script: None,
@@ -718,6 +760,7 @@ mod tests {
                 holds_vs_debits: None,
                 holds_vs_debits_engine_cpu: None,
                 engine_batch_vs_single: None,
+                engine_vs_without_history_events: None,
                 engine_cpu_vs_load_generator: None,
                 kafka_cpu_vs_load_generator: None,
                 redis_cpu_vs_load_generator: None,
