@@ -30,7 +30,7 @@
 -- ARGV[9] the destination of a transfer ('' for a debit or credit)
 -- ARGV[10] the checked account (the destination's counterparty)
 --
--- Returns {state, reason, balance_after, duplicate} where state is
+-- Returns {state, reason, balance_after, duplicate, history entries written} where state is
 -- "applied" or "rejected" and duplicate is 1 when an earlier apply had
 -- already settled this id (nothing was changed this time).
 --

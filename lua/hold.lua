@@ -49,7 +49,7 @@
 -- expires it first), and `rejected` for one refused, when the account
 -- exists.
 --
--- Returns {state, reason, balance_after, duplicate} as atomic_update.lua;
+-- Returns {state, reason, balance_after, duplicate, entries} as atomic_update.lua;
 -- capture_out answers `debited` (a saga goes on); expire answers
 -- `expired`, or `ended` (the reason: the state it ended in) / `not_due`
 -- with duplicate 1 (nothing changed but the due member's removal).
@@ -123,17 +123,17 @@ if op == 'expire' then
     -- Ended (how: the reason); a late capture or void that expired it
     -- left its member due for this record (its outcome event).
     redis.call('ZREM', KEYS[6], ARGV[9]) -- due no more
-    return {'ended', h[1] or '', '', 1}
+    return {'ended', h[1] or '', '', 1, 0}
   end
   if now_ms < tonumber(h[4]) then
-    return {'not_due', '', '', 1}
+    return {'not_due', '', '', 1, 0}
   end
   local failed = end_hold(h, 'expired', 0)
   if failed then
     return failed
   end
   expired_entry(h)
-  return {'expired', '', digits(balance()), 0}
+  return {'expired', '', digits(balance()), 0, entries_written}
 end
 
 local earlier = replayed()

@@ -38,16 +38,20 @@ local function replayed()
     return nil
   end
   redis.call('EXPIRE', KEYS[1], ARGV[4])
-  return {done[1], done[2] or '', done[3] or '', 1}
+  return {done[1], done[2] or '', done[3] or '', 1, 0}
 end
 
--- Set the flag to this outcome, in the slot's apply order, and answer it.
+-- History entries this call wrote (`log`), the reply's fifth element.
+local entries_written = 0
+
+-- Set the flag to this outcome, in the slot's apply order, and answer it
+-- with the history entries written before.
 local function settle(state, reason, balance_after)
   redis.call('HSET', KEYS[1], 'state', state, 'reason', reason,
     'balance_after', balance_after, 'fp', ARGV[3], 'applied_at_ms', ARGV[5],
     'seq', redis.call('INCR', KEYS[2]))
   redis.call('EXPIRE', KEYS[1], ARGV[4])
-  return {state, reason, balance_after, 0}
+  return {state, reason, balance_after, 0, entries_written}
 end
 
 -- The account's history (its statement): a stream in the account's slot,
@@ -67,6 +71,7 @@ local function log(key, keep_ms, id, metadata, kind, amount, delta, counterparty
   local at = redis.call('XADD', key, '*', 'id', id, 'type', kind, 'amount', amount,
     'delta', delta, 'cp', counterparty, 'status', status, 'reason', reason,
     'bal', balance_after, 'hold', hold, 'meta', metadata)
+  entries_written = entries_written + 1
   local cutoff = tonumber(string.match(at, '^%d+')) - tonumber(keep_ms)
   -- Looked at every 100th entry (a stream node; XLEN is O(1)): checking
   -- on every write cost Redis about 15-25 us a call more (scripts/script-cost).

@@ -32,7 +32,7 @@
 -- debit `rejected`); a refused credit changed nothing of an account that
 -- may not exist, and writes none.
 --
--- Returns {state, reason, balance_after, duplicate}: state is the step's
+-- Returns {state, reason, balance_after, duplicate, entries written}: state is the step's
 -- name in the past tense (debited, credited, released, refunded) when it
 -- moved money, `rejected` when the debit is refused (the saga ends there)
 -- or `refused` when the credit is (a refund follows). duplicate is 1 when

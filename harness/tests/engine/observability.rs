@@ -123,8 +123,22 @@ async fn every_dashboard_query_returns_data_from_a_live_engine() {
     repair_account(&s, "broken", 1).await;
 
     // Steady traffic while Prometheus scrapes, until every query has data.
-    let queries = dashboard_queries();
+    let mut queries = dashboard_queries();
     assert!(queries.len() >= 10, "{queries:?}");
+    // Counted, not only registered: the debits below write history, and
+    // each writes an outcome event.
+    for (title, query) in [
+        (
+            "history entries counted",
+            "sum(txengine_history_entries_total) > 0",
+        ),
+        (
+            "outcome events counted",
+            "sum(txengine_outcome_events_total) > 0",
+        ),
+    ] {
+        queries.push((title.to_owned(), query.to_owned()));
+    }
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut n = 0;

@@ -71,7 +71,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let now_ms = crate::wire::now_ms();
-        let replies: Vec<(String, String, String, i64)> = self
+        let replies: Vec<(String, String, String, i64, u64)> = self
             .with_scripts(|| {
                 let commands = records
                     .iter()
@@ -89,10 +89,14 @@ impl Store {
                 records.len()
             )));
         }
+        let entries: u64 = replies.iter().map(|reply| reply.4).sum();
+        metrics::counter!("txengine_history_entries_total").increment(entries);
         records
             .iter()
             .zip(replies)
-            .map(|(record, reply)| self.progress(record, reply))
+            .map(|(record, (state, reason, balance_after, duplicate, _))| {
+                self.progress(record, (state, reason, balance_after, duplicate))
+            })
             .collect()
     }
 
