@@ -51,8 +51,8 @@
 --
 -- Returns {state, reason, balance_after, duplicate, entries} as atomic_update.lua;
 -- capture_out answers `debited` (a saga goes on); expire answers
--- `expired`, or `ended` (the reason: the state it ended in) / `not_due`
--- with duplicate 1 (nothing changed but the due member's removal).
+-- `expired`, or `ended` (the reason: the state it ended in; the due
+-- member removed) / `not_due`, with duplicate 1 (nothing else changed).
 --
 -- The store puts money.lua and clock.lua before this file; KEYS[1], KEYS[2]
 -- and ARGV[3..8] follow money.lua's flag layout.

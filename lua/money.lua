@@ -28,7 +28,7 @@ end
 -- ARGV[4] seconds to keep the flag (>= the topic's retention)
 -- ARGV[5] the consumer's clock (ms since the epoch)
 
--- The first run's answer, {state, reason, balance_after, 1}, when the flag
+-- The first run's answer, {state, reason, balance_after, 1, 0}, when the flag
 -- is set (nil when not). A repeat still writes (it renews the flag's TTL):
 -- a WAIT after it then covers the first run's writes, even through a new
 -- connection.

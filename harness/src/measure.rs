@@ -166,11 +166,15 @@ pub fn read_topic(brokers: &str, topic: &str) -> anyhow::Result<Vec<OwnedMessage
     }
     consumer.assign(&assignment)?;
     let mut records = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // A minute, and a second more for every 10,000 records (a backlog's
+    // outcomes topic holds a million).
+    let records_left: i64 = left.values().map(|(low, high)| high - low).sum();
+    let allowed = Duration::from_secs(60 + records_left.max(0) as u64 / 10_000);
+    let deadline = Instant::now() + allowed;
     while left.values().any(|(next, high)| next < high) {
         anyhow::ensure!(
             Instant::now() < deadline,
-            "{topic} not read to its end in 60 s"
+            "{topic} not read to its end in {allowed:?}"
         );
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(message)) => {

@@ -294,11 +294,6 @@ async fn every_change_is_an_entry_and_the_history_replays_to_the_balance(
     s.stop().await.unwrap();
 }
 
-/// History is trimmed by the scripts that write it: entries older than the
-/// retention go (a whole stream node at a time), the newest older one
-/// stays, so the balance at any time within the retention is known and a
-/// time before the oldest entry kept is refused as before the retention.
-/// With retention 0 no history is written at all.
 /// Metadata is bound to the id with the movement (reordered keys are the
 /// same request, other metadata a conflict), answered by GET, and written
 /// in the history of every account the transaction touches: both sides of
@@ -413,6 +408,11 @@ async fn metadata_is_bound_to_the_id_and_kept_wherever_the_transaction_is(
     s.stop().await.unwrap();
 }
 
+/// History is trimmed by the scripts that write it: entries older than the
+/// retention go (a whole stream node at a time), the newest older one
+/// stays, so the balance at any time within the retention is known and a
+/// time before the oldest entry kept is refused as before the retention.
+/// With retention 0 no history is written at all.
 #[tokio::test(flavor = "multi_thread")]
 async fn history_is_trimmed_to_its_retention_by_the_writes_themselves() {
     let infra = crate::infra();

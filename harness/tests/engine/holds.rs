@@ -608,6 +608,13 @@ async fn the_hold_script_at_its_edges() {
         score.is_some(),
         "the late-expired hold is due for its expiry"
     );
+    let expirer_sees =
+        |due: Vec<txengine::store::DueHold>| due.iter().any(|d| d.hold.as_str() == "e-2");
+    let now = txengine::wire::now_ms();
+    assert!(
+        expirer_sees(store.due_holds(now, 1000).await.unwrap()),
+        "the expirer publishes its expiry"
+    );
     assert_eq!(
         apply(expire("e-2")).await,
         Progress::Expiry {
@@ -617,6 +624,7 @@ async fn the_hold_script_at_its_edges() {
     );
     let score: Option<u64> = due().query_async(&mut conn).await.unwrap();
     assert_eq!(score, None, "its expiry removed the member");
+    assert!(!expirer_sees(store.due_holds(now, 1000).await.unwrap()));
     assert_eq!(
         (funds().await.balance.minor_units(), funds().await.pending),
         (96, 0)

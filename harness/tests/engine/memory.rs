@@ -105,5 +105,25 @@ async fn a_full_redis_stalls_visibly_loses_nothing_and_resumes_when_raised() {
         .await
         .unwrap();
     assert_eq!(status, StatusCode::ACCEPTED);
+    s.wait_settled(&["after".to_owned()], std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    s.wait_drained(std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    // The paused record's outcome is an event too (published before its
+    // offset, as any other's); the refused request has none.
+    let events: std::collections::BTreeSet<(String, &str)> =
+        harness::measure::read_topic(&s.config.kafka_brokers, &s.config.outcomes_topic)
+            .unwrap()
+            .iter()
+            .map(|m| {
+                use rdkafka::Message;
+                let event = txengine::events::OutcomeEvent::decode(m.payload().unwrap()).unwrap();
+                (event.tx.id.to_string(), event.status.as_str())
+            })
+            .collect();
+    let want = [("after", "applied"), ("landed", "applied")].map(|(id, st)| (id.to_owned(), st));
+    assert_eq!(events, want.into(), "the events");
     s.stop().await.unwrap();
 }

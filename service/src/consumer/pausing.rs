@@ -14,7 +14,9 @@ use tokio::time::Instant;
 
 use super::health::{Cause, Stall};
 use super::paused::{partition_of, Paused, PausedOn};
-use super::{count_outcomes, next_steps, one_partition, TxConsumer, RETRY_MAX, RETRY_MIN};
+use super::{
+    count_outcomes, next_steps, one_partition, outcome_events, TxConsumer, RETRY_MAX, RETRY_MIN,
+};
 use crate::store::Progress;
 use crate::wire::Record;
 
@@ -128,7 +130,7 @@ impl TxConsumer {
     }
 
     /// After a paused record applied: its writes on the replicas, its next
-    /// step in Kafka, its offset stored, the partition sought to the record
+    /// step and its outcome event in Kafka, its offset stored, the partition sought to the record
     /// after it and resumed. `Err(None)`: shutdown came; `Err(Some(..))`:
     /// not yet (try again later: every step of it is idempotent).
     async fn settle_paused(
@@ -147,6 +149,10 @@ impl TxConsumer {
             .publish_steps(&next_steps(progress.iter()), message, shutdown)
             .await
         {
+            return Err(None);
+        }
+        let events = outcome_events(progress.iter().map(|p| (record, p)));
+        if !self.publish_events(&events, message, shutdown).await {
             return Err(None);
         }
         count_outcomes(progress.iter().map(|p| (record, p)));

@@ -218,7 +218,10 @@ impl Store {
             .into_iter()
             .zip(holds)
             .filter_map(|((account, hold), (state, amount))| {
-                (state.as_deref() == Some("held")).then_some(())?;
+                // `expired`: a capture or void past the deadline expired it
+                // and left it due, so that its expiry, applied, says so
+                // (the outcome event) and removes the member.
+                matches!(state.as_deref(), Some("held" | "expired")).then_some(())?;
                 Some(DueHold {
                     account,
                     hold,
