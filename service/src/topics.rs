@@ -232,12 +232,15 @@ async fn longest_check_interval(
     brokers: &[i32],
     options: &AdminOptions,
 ) -> Result<u64, TopicError> {
-    let specifiers: Vec<ResourceSpecifier<'_>> = brokers
-        .iter()
-        .map(|id| ResourceSpecifier::Broker(*id))
-        .collect();
     let mut longest = 0;
-    for result in admin.describe_configs(&specifiers, options).await? {
+    // One broker a request: librdkafka refuses several broker resources
+    // in one DescribeConfigs ("Conflicting use").
+    let mut results = Vec::with_capacity(brokers.len());
+    for id in brokers {
+        let specifier = [ResourceSpecifier::Broker(*id)];
+        results.extend(admin.describe_configs(&specifier, options).await?);
+    }
+    for result in results {
         let config = result.map_err(|code| TopicError::Admin {
             what: format!("read the brokers' {CHECK_INTERVAL} and {FIRST_CHECK_DELAY}"),
             code,

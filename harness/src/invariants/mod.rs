@@ -292,7 +292,7 @@ pub async fn check(
         verdict.violations.extend(
             events::check_outcome_events(
                 &reader,
-                &infra.kafka_brokers,
+                &engine.kafka_brokers,
                 &engine.outcomes_topic,
                 ledger,
             )
