@@ -9,6 +9,7 @@
 //! # Layout
 //! - [`limits`]: every named limit (a leaf: it imports nothing of the crate).
 //! - [`domain`]: ids, amounts, movements, outcomes. Knows no I/O crate.
+//! - [`metadata`]: the flat object of strings a transaction may carry.
 //! - [`keys`]: API keys: secrets and their hashes, account scopes, rate
 //!   limits, the short-lived cache of keys.
 //! - [`wire`]: the versioned Kafka record (one encode, one decode).
@@ -35,6 +36,7 @@ pub mod gather;
 pub mod http;
 pub mod keys;
 pub mod limits;
+pub mod metadata;
 pub mod publisher;
 pub mod server;
 pub mod store;
