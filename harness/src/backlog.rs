@@ -55,9 +55,10 @@ pub async fn run_backlog(
     accounts: usize,
     partitions: i32,
     topology: RedisTopology,
+    kafka_nodes: usize,
 ) -> anyhow::Result<()> {
     let started_at = crate::bench::time_now_rfc3339();
-    let infra = Infra::start_chosen(topology).await?;
+    let infra = Infra::start_chosen(topology, kafka_nodes).await?;
     let mut run = backlog_once(&infra, count, accounts, partitions, Transfers::AsDrawn).await?;
     // The bare limit of the same Redis, same machine, same run: what the
     // consumer's batching and pipelining buy over calling the script.
@@ -97,6 +98,7 @@ pub async fn compare_topologies(
     count: usize,
     accounts: usize,
     partitions: i32,
+    kafka_nodes: usize,
 ) -> anyhow::Result<()> {
     let started_at = crate::bench::time_now_rfc3339();
     let mut runs = Vec::new();
@@ -106,7 +108,7 @@ pub async fn compare_topologies(
         (RedisTopology::Cluster, Transfers::WithinSlot),
     ] {
         eprintln!("== backlog on {topology:?}, transfers {transfers:?}");
-        let infra = Infra::start_chosen(topology).await?;
+        let infra = Infra::start_chosen(topology, kafka_nodes).await?;
         let run = backlog_once(&infra, count, accounts, partitions, transfers).await?;
         drop(infra);
         print_run(&run, accounts, partitions);
@@ -186,14 +188,14 @@ async fn backlog_once(
     eprintln!("starting a consumer (its own process) on the backlog ...");
     config.role = txengine::Role::Consumer;
     let exe = std::env::current_exe()?;
-    let (redis_pids, kafka_pid) = infra.pids();
+    let (redis_pids, kafka_pids) = infra.pids();
     let started = std::time::Instant::now();
     let consumer = EngineProcess::spawn_consumer(&exe, config.clone()).await?;
     let cpu_now = || {
         [
             cpu_time_us(consumer.pid()),
             cpu_time_sum_us(&redis_pids),
-            cpu_time_us(kafka_pid),
+            cpu_time_sum_us(&kafka_pids),
         ]
     };
     let cpu_before = cpu_now();

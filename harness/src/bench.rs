@@ -64,9 +64,9 @@ async fn run_beside(
         side.users,
         side.seconds
     );
-    let (redis_pids, kafka_pid) = infra.pids();
+    let (redis_pids, kafka_pids) = infra.pids();
     let engines: Vec<u32> = engine.pid().into_iter().collect();
-    let cpu = || cpu_readings(&engines, kafka_pid, &redis_pids, Some(std::process::id()));
+    let cpu = || cpu_readings(&engines, &kafka_pids, &redis_pids, Some(std::process::id()));
     let before = cpu();
     let driven = drive_http(generator, &engine.url, api_key, name, run, side).await?;
     let cpu_per_request = CpuPerRequest::between(before, cpu(), driven.result.ok);
@@ -158,7 +158,7 @@ async fn measure_bare_http(generator: Generator, profile: &LoadProfile) -> anyho
     let (_, unchecked_key) = txengine::keys::generate();
     // The handler's process in the engine's place; Kafka and Redis idle.
     let server_pid: Vec<u32> = server.pid().into_iter().collect();
-    let cpu_now = || cpu_readings(&server_pid, None, &[], Some(std::process::id()));
+    let cpu_now = || cpu_readings(&server_pid, &[], &[], Some(std::process::id()));
     let before = cpu_now();
     let driven = drive_http(
         generator,
@@ -208,7 +208,7 @@ pub(crate) async fn measure_redis_script(
         profile.users, profile.seconds
     );
     let (redis_pids, _) = infra.pids();
-    let cpu_now = || cpu_readings(&[], None, &redis_pids, Some(std::process::id()));
+    let cpu_now = || cpu_readings(&[], &[], &redis_pids, Some(std::process::id()));
     let before = cpu_now();
     let result = load::drive(
         Target::RedisScript {
@@ -304,6 +304,8 @@ pub struct Beside {
     pub limits: bool,
     /// An engine that writes no history and publishes no outcome events.
     pub history_events_off: bool,
+    /// An engine whose topics are on a Kafka of three brokers.
+    pub three_kafka_nodes: bool,
 }
 
 /// Funds the profile's accounts (and partners) through `api`: the start
@@ -392,6 +394,7 @@ async fn run_without_history_events(
 const REDIS_SAMPLE_SECONDS: usize = 3;
 
 /// Runs `harness load` (see the README's first command).
+#[allow(clippy::too_many_arguments)]
 pub async fn run_load(
     profile: LoadProfile,
     scenario: &str,
@@ -400,10 +403,11 @@ pub async fn run_load(
     warmup_seconds: usize,
     generator: Generator,
     topology: RedisTopology,
+    kafka_nodes: usize,
 ) -> anyhow::Result<()> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let started_at = time_now_rfc3339();
-    let infra = Infra::start_chosen(topology).await?;
+    let infra = Infra::start_chosen(topology, kafka_nodes).await?;
     let limits = beside.limits;
 
     let bare_http = if limits {
@@ -478,10 +482,10 @@ pub async fn run_load(
             profile.users,
             profile.seconds
         );
-        let (redis_pids, kafka_pid) = infra.pids();
+        let (redis_pids, kafka_pids) = infra.pids();
         let (engine_pid, generator_pid) = (engine.pid(), Some(std::process::id()));
         let engines: Vec<u32> = engine_pid.into_iter().chain(off_api.pid()).collect();
-        let cpu_off = || cpu_readings(&engines, kafka_pid, &redis_pids, generator_pid);
+        let cpu_off = || cpu_readings(&engines, &kafka_pids, &redis_pids, generator_pid);
         let before = cpu_off();
         let off = drive_http(
             generator,
@@ -567,12 +571,12 @@ pub async fn run_load(
     };
     let load_started_ms = txengine::wire::now_ms();
     let lag_sampler = LagSampler::start(&infra.kafka_brokers, &config.group, &config.topic);
-    let (redis_pids, kafka_pid) = infra.pids();
+    let (redis_pids, kafka_pids) = infra.pids();
     let (engine_pid, generator_pid) = (engine.pid(), Some(std::process::id()));
     // The generator is this process (goose) or a child it waits for (wrk);
     // Redis is every node of a cluster.
     let engine_pids: Vec<u32> = engine_pid.into_iter().collect();
-    let cpu_now = || cpu_readings(&engine_pids, kafka_pid, &redis_pids, generator_pid);
+    let cpu_now = || cpu_readings(&engine_pids, &kafka_pids, &redis_pids, generator_pid);
     let cpu_before = cpu_now();
     let driven = drive_http(
         generator,

@@ -36,6 +36,10 @@ enum Command {
         /// One Redis, or a local Redis Cluster (3 masters with 2 replicas each).
         #[arg(long, value_enum, default_value = "single")]
         redis_topology: RedisTopology,
+        /// Kafka brokers: 1, or 3 (local provider) whose topics keep 3
+        /// replicas, 2 of them in sync for every write.
+        #[arg(long, env = "TXENGINE_KAFKA_NODES", default_value_t = 1, value_parser = kafka_nodes)]
+        kafka_nodes: usize,
     },
     /// Start the embedded stack, drive it with goose, wait for the consumers
     /// to drain the topic, check the invariants, measure the bare limits with
@@ -69,6 +73,10 @@ enum Command {
         /// One Redis, or a local Redis Cluster (3 masters with 2 replicas each).
         #[arg(long, value_enum, default_value = "single")]
         redis_topology: RedisTopology,
+        /// Kafka brokers: 1, or 3 (local provider) whose topics keep 3
+        /// replicas, 2 of them in sync for every write.
+        #[arg(long, env = "TXENGINE_KAFKA_NODES", default_value_t = 1, value_parser = kafka_nodes)]
+        kafka_nodes: usize,
         /// Transfers to any account, or each to a partner account in its
         /// source's slot (goose only): on a cluster, sagas or one script.
         #[arg(long, value_enum, default_value = "as-drawn")]
@@ -89,6 +97,11 @@ enum Command {
         /// in the same run: what history and events cost per transaction.
         #[arg(long)]
         compare_history_events: bool,
+        /// Also drive an engine whose topics are on a Kafka of three
+        /// brokers (started beside, the same Redis) with the same load in
+        /// the same run: what replication costs per transaction.
+        #[arg(long, conflicts_with = "kafka_nodes")]
+        compare_kafka_nodes: bool,
     },
     /// Publish a backlog of transactions straight into a topic, then start a
     /// consumer and measure how fast it applies them; checks the invariants.
@@ -105,6 +118,10 @@ enum Command {
         /// One Redis, or a local Redis Cluster (3 masters with 2 replicas each).
         #[arg(long, value_enum, default_value = "single")]
         redis_topology: RedisTopology,
+        /// Kafka brokers: 1, or 3 (local provider) whose topics keep 3
+        /// replicas, 2 of them in sync for every write.
+        #[arg(long, env = "TXENGINE_KAFKA_NODES", default_value_t = 1, value_parser = kafka_nodes)]
+        kafka_nodes: usize,
         /// Run three backlogs side by side instead: one Redis, the cluster
         /// with transfers between slots (sagas), the cluster with transfers
         /// within a slot; writes reports/<time>-backlog-topologies.{json,md}.
@@ -119,6 +136,10 @@ enum Command {
         /// One Redis, or a local Redis Cluster (3 masters with 2 replicas each).
         #[arg(long, value_enum, default_value = "single")]
         redis_topology: RedisTopology,
+        /// Kafka brokers: 1, or 3 (local provider) whose topics keep 3
+        /// replicas, 2 of them in sync for every write.
+        #[arg(long, env = "TXENGINE_KAFKA_NODES", default_value_t = 1, value_parser = kafka_nodes)]
+        kafka_nodes: usize,
     },
     /// Serve the bare HTTP limit: an axum handler that only answers 202.
     #[command(hide = true)]
@@ -146,7 +167,8 @@ fn main() -> anyhow::Result<()> {
         Command::Up {
             port,
             redis_topology,
-        } => runtime.block_on(up(port, redis_topology)),
+            kafka_nodes,
+        } => runtime.block_on(up(port, redis_topology, kafka_nodes)),
         Command::Load {
             users,
             seconds,
@@ -157,10 +179,12 @@ fn main() -> anyhow::Result<()> {
             warmup_seconds,
             generator,
             redis_topology,
+            kafka_nodes,
             transfers,
             batch,
             holds,
             compare_history_events,
+            compare_kafka_nodes,
         } => {
             anyhow::ensure!(
                 transfers == Transfers::AsDrawn || generator == Generator::Goose,
@@ -189,37 +213,46 @@ fn main() -> anyhow::Result<()> {
                 harness::bench::Beside {
                     limits: !no_limits,
                     history_events_off: compare_history_events,
+                    three_kafka_nodes: compare_kafka_nodes,
                 },
                 warmup_seconds,
                 generator,
                 redis_topology,
+                kafka_nodes,
             ))
         }
         Command::Backlog {
             count,
             accounts,
             partitions,
+            kafka_nodes,
             compare_topologies: true,
             ..
         } => runtime.block_on(harness::backlog::compare_topologies(
-            count, accounts, partitions,
+            count,
+            accounts,
+            partitions,
+            kafka_nodes,
         )),
         Command::Backlog {
             count,
             accounts,
             partitions,
             redis_topology,
+            kafka_nodes,
             compare_topologies: false,
         } => runtime.block_on(harness::backlog::run_backlog(
             count,
             accounts,
             partitions,
             redis_topology,
+            kafka_nodes,
         )),
         Command::Scenario {
             file,
             redis_topology,
-        } => runtime.block_on(run_scenario(&file, redis_topology)),
+            kafka_nodes,
+        } => runtime.block_on(run_scenario(&file, redis_topology, kafka_nodes)),
         Command::Bare { listen } => runtime.block_on(harness::bare::serve(listen)),
         Command::Engine { args } => {
             let config = <txengine::Config as clap::Parser>::parse_from(
@@ -233,8 +266,17 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn up(port: u16, redis_topology: RedisTopology) -> anyhow::Result<()> {
-    let infra = Infra::start_chosen(redis_topology).await?;
+/// `--kafka-nodes`: 1 or 3.
+fn kafka_nodes(text: &str) -> Result<usize, String> {
+    match text {
+        "1" => Ok(1),
+        "3" => Ok(3),
+        _ => Err(format!("{text}: a local Kafka has 1 or 3 brokers")),
+    }
+}
+
+async fn up(port: u16, redis_topology: RedisTopology, kafka_nodes: usize) -> anyhow::Result<()> {
+    let infra = Infra::start_chosen(redis_topology, kafka_nodes).await?;
     let mut config = isolated_config(&infra, "up");
     config.listen = format!("127.0.0.1:{port}").parse()?;
     config.topic = "transactions".into();
@@ -253,6 +295,9 @@ async fn up(port: u16, redis_topology: RedisTopology) -> anyhow::Result<()> {
     println!("TXENGINE_REDIS_URL={}", infra.redis_url);
     println!("TXENGINE_REDIS_TOPOLOGY={}", infra.redis_topology.name());
     println!("TXENGINE_KAFKA_BROKERS={}", infra.kafka_brokers);
+    let (replicas, min_insync) = infra.topic_replication();
+    println!("TXENGINE_TOPIC_REPLICATION_FACTOR={replicas}");
+    println!("TXENGINE_TOPIC_MIN_INSYNC_REPLICAS={min_insync}");
     txengine::app::shutdown_signal().await;
     eprintln!("stopping ...");
     stack.stop().await?;
@@ -261,26 +306,25 @@ async fn up(port: u16, redis_topology: RedisTopology) -> anyhow::Result<()> {
 }
 
 /// `harness scenario`: one file, on the chosen topology, with a verdict.
-async fn run_scenario(file: &std::path::Path, topology: RedisTopology) -> anyhow::Result<()> {
+async fn run_scenario(
+    file: &std::path::Path,
+    topology: RedisTopology,
+    kafka_nodes: usize,
+) -> anyhow::Result<()> {
     let scenario = harness::scenario::Scenario::load(file)?;
     anyhow::ensure!(
         !scenario.cluster_only || topology == RedisTopology::Cluster,
         "{} runs on a Redis Cluster only: add --redis-topology cluster",
         scenario.name
     );
-    let infra = Infra::start_chosen(topology).await?;
-    let outcome = harness::scenario::run(&scenario, &infra, &std::env::current_exe()?).await?;
-    let v = &outcome.verdict;
-    println!(
-        "scenario {} ({topology:?}): {:.1} s, {} accepted, {} applied, {} rejected, {} sagas, holds {:?}",
-        scenario.name,
-        outcome.elapsed.as_secs_f64(),
-        v.accepted,
-        v.applied,
-        v.rejected,
-        v.sagas,
-        v.hold_ends
+    anyhow::ensure!(
+        !scenario.kafka_cluster_only || kafka_nodes == 3,
+        "{} runs on a Kafka of three brokers only: add --kafka-nodes 3",
+        scenario.name
     );
+    let infra = Infra::start_chosen(topology, kafka_nodes).await?;
+    let outcome = harness::scenario::run(&scenario, &infra, &std::env::current_exe()?).await?;
+    println!("{}", outcome.summary(&scenario.name, &infra));
     anyhow::ensure!(outcome.passed(), "scenario failed:\n{}", outcome.explain());
     println!("every invariant holds");
     Ok(())

@@ -69,7 +69,7 @@ impl Machine {
             redis_server: first_line("redis-server", &["--version"]),
             kafka: format!(
                 "Apache Kafka {} (KRaft, single node)",
-                crate::infra::local::KAFKA_VERSION
+                crate::infra::kafka::KAFKA_VERSION
             ),
             java: first_line("java", &["-version"]),
         }
@@ -139,13 +139,13 @@ impl CpuPerRequest {
 /// [`CpuPerRequest::between`] takes; a process missing: `None`.
 pub fn cpu_readings(
     engine: &[u32],
-    kafka: Option<u32>,
+    kafka: &[u32],
     redis: &[u32],
     generator: Option<u32>,
 ) -> [Option<u64>; 4] {
     [
         cpu_time_sum_us(engine),
-        cpu_time_us(kafka),
+        cpu_time_sum_us(kafka),
         cpu_time_sum_us(redis),
         cpu_time_with_children_us(generator),
     ]

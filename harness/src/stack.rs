@@ -23,6 +23,10 @@ pub fn isolated_config(infra: &Infra, name: &str) -> Config {
     config.redis_topology = infra.redis_topology;
     // On a cluster the default waits for a replica (Config::wait_replicas).
     config.kafka_brokers = infra.kafka_brokers.clone();
+    (
+        config.topic_replication_factor,
+        config.topic_min_insync_replicas,
+    ) = infra.topic_replication();
     config.topic = format!("tx-{unique}");
     config.dlq_topic = format!("tx-{unique}.dlq");
     config.outcomes_topic = format!("tx-{unique}.outcomes");

@@ -19,12 +19,14 @@ fn one_at_a_time() -> &'static tokio::sync::Mutex<()> {
 /// One case per file of `scenarios/`, found when this test is compiled
 /// (`harness/build.rs` rebuilds it when a file is added or removed), so no
 /// file can be left out, but the files marked `cluster_only` (excluded by
-/// name here, checked by `cluster_only_scenarios_are_skipped_on_one_redis_by_name`).
+/// name here, checked by `cluster_only_scenarios_are_skipped_on_one_redis_by_name`)
+/// and the `kafka-cluster-*` files (`kafka_cluster_only`), which run on
+/// three brokers below.
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_holds(
     #[files("../scenarios/*.toml")]
-    #[exclude("/(reshard|master-lost)\\.toml$")]
+    #[exclude("/(reshard|master-lost|kafka-cluster-[a-z-]+)\\.toml$")]
     file: PathBuf,
 ) {
     run_and_judge(&file, Infra::shared()).await;
@@ -49,6 +51,22 @@ fn cluster_only_scenarios_are_skipped_on_one_redis_by_name() {
         marked, CLUSTER_ONLY,
         "cluster_only files and the names scenario_holds excludes must agree"
     );
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let named = path
+                .file_stem()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("kafka-cluster-");
+            assert_eq!(
+                Scenario::load(&path).unwrap().kafka_cluster_only,
+                named,
+                "{}: kafka_cluster_only files, and only they, are named kafka-cluster-*",
+                path.display()
+            );
+        }
+    }
     for name in CLUSTER_ONLY {
         println!("scenarios/{name}.toml: skipped on one Redis (cluster_only); runs in scenario_holds_on_a_cluster");
     }
@@ -62,11 +80,55 @@ fn cluster_only_scenarios_are_skipped_on_one_redis_by_name() {
 /// the cluster unseen.
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scenario_holds_on_a_cluster(#[files("../scenarios/*.toml")] file: PathBuf) {
+async fn scenario_holds_on_a_cluster(
+    #[files("../scenarios/*.toml")]
+    #[exclude("/kafka-cluster-[a-z-]+\\.toml$")]
+    file: PathBuf,
+) {
     let infra = tokio::task::spawn_blocking(Infra::shared_cluster)
         .await
         .unwrap();
     run_and_judge(&file, infra).await;
+}
+
+/// The broker faults (`kafka-cluster-*`: a leader lost, two brokers lost,
+/// a broker stalled, a rolling restart) on a local Kafka of three KRaft
+/// nodes whose topics keep 3 replicas with `min.insync.replicas=2`, beside
+/// one Redis. `TXENGINE_KAFKA_NODES=3` runs every other file on three
+/// brokers too (docs/faults.md).
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_holds_on_three_brokers(
+    #[files("../scenarios/kafka-cluster-*.toml")] file: PathBuf,
+) {
+    let infra = tokio::task::spawn_blocking(Infra::shared_three_brokers)
+        .await
+        .unwrap();
+    run_and_judge(&file, infra).await;
+}
+
+/// The same broker faults on the whole stack distributed: the Redis
+/// Cluster and three Kafka brokers.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_holds_on_a_cluster_and_three_brokers(
+    #[files("../scenarios/kafka-cluster-*.toml")] file: PathBuf,
+) {
+    let infra = tokio::task::spawn_blocking(Infra::shared_cluster_three_brokers)
+        .await
+        .unwrap();
+    run_and_judge(&file, infra).await;
+}
+
+/// The bank with every fault, on the whole stack distributed: a Redis
+/// master and the busiest Kafka leader killed in the same run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bank_holds_on_a_cluster_and_three_brokers() {
+    let infra = tokio::task::spawn_blocking(Infra::shared_cluster_three_brokers)
+        .await
+        .unwrap();
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/bank.toml");
+    run_and_judge(std::path::Path::new(file), infra).await;
 }
 
 async fn run_and_judge(file: &std::path::Path, infra: &'static Infra) {
@@ -80,20 +142,11 @@ async fn run_and_judge(file: &std::path::Path, infra: &'static Infra) {
     )
     .await
     .unwrap();
-    eprintln!(
-        "scenario {name} ({:?}): {:.1} s, {} accepted, {} applied, {} rejected, {} sagas, holds {:?}",
-        infra.redis_topology,
-        outcome.elapsed.as_secs_f64(),
-        outcome.verdict.accepted,
-        outcome.verdict.applied,
-        outcome.verdict.rejected,
-        outcome.verdict.sagas,
-        outcome.verdict.hold_ends
-    );
+    let summary = outcome.summary(name, infra);
+    eprintln!("{summary}");
     assert!(
         outcome.passed(),
-        "scenario {name} ({:?}) failed:\n{}",
-        infra.redis_topology,
+        "{summary}\nfailed:\n{}",
         outcome.explain()
     );
 }

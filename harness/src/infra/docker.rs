@@ -20,7 +20,7 @@ use super::process::free_port;
 
 /// Pinned images, the same as `docker-compose.yml`.
 pub const REDIS_IMAGE: (&str, &str) = ("redis", "7.0.15");
-pub const KAFKA_IMAGE: (&str, &str) = ("apache/kafka", super::local::KAFKA_VERSION);
+pub const KAFKA_IMAGE: (&str, &str) = ("apache/kafka", super::kafka::KAFKA_VERSION);
 /// Every container this provider starts carries this label (its value: the
 /// process id), so a leftover one can be found.
 pub const LABEL: &str = "txengine.harness";
@@ -250,7 +250,7 @@ mod tests {
             "KAFKA_ADVERTISED_LISTENERS".to_owned(),
             "PLAINTEXT://127.0.0.1:49999".to_owned()
         )));
-        assert_eq!(request.image().tag(), crate::infra::local::KAFKA_VERSION);
+        assert_eq!(request.image().tag(), crate::infra::kafka::KAFKA_VERSION);
         assert_eq!(redis_request(49_998).image().name(), "redis");
     }
 }

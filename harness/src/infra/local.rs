@@ -1,24 +1,17 @@
-//! The `local` provider: Debian's `redis-server` and the real Apache Kafka
-//! (KRaft, single node) as child processes on free loopback ports, with data
-//! in temp dirs. Both can be killed (-9) and restarted on the same port and
-//! data dir, which is what the crash scenarios need.
+//! The `local` provider: Debian's `redis-server` (one, or a Redis Cluster)
+//! as child processes on free loopback ports, with data in temp dirs; Kafka's
+//! nodes are in [`super::kafka`]. Each can be killed (-9) and restarted on
+//! the same port and data dir, which is what the crash scenarios need.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use base64::Engine as _;
-use rdkafka::producer::{BaseProducer, Producer};
-use rdkafka::ClientConfig;
 use tempfile::TempDir;
 
 use super::process::{free_port, log_tail, Supervised};
 
-/// The Kafka version the pinned descriptor (`harness/kafka/pom.xml`) resolves.
-pub const KAFKA_VERSION: &str = "4.1.1";
-/// The pinned Maven descriptor that resolves the broker's jars.
-pub const KAFKA_POM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/kafka/pom.xml");
 /// How long a service may take to answer after it is started.
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -35,45 +28,11 @@ pub fn cache_dir() -> PathBuf {
     base.join("txengine")
 }
 
-/// The directory of Kafka's jars, resolved from Maven Central by the pinned
-/// descriptor on first use. Safe to call from several processes at once.
-pub fn kafka_libs() -> anyhow::Result<PathBuf> {
-    let dir = cache_dir().join(format!("kafka-{KAFKA_VERSION}"));
-    let libs = dir.join("libs");
-    let complete = dir.join(".complete");
-    if complete.exists() {
-        return Ok(libs);
-    }
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let lock = std::fs::File::create(dir.join(".lock"))?;
-    // Released when `lock` is closed.
-    lock.lock()
-        .with_context(|| format!("locking {}", dir.display()))?;
-    if complete.exists() {
-        return Ok(libs);
-    }
-    eprintln!(
-        "resolving Apache Kafka {KAFKA_VERSION} jars from Maven Central into {} ...",
-        libs.display()
-    );
-    let output = Command::new("mvn")
-        .args(["-q", "-B", "-f", KAFKA_POM, "dependency:copy-dependencies"])
-        .arg(format!("-DoutputDirectory={}", libs.display()))
-        .arg("-DincludeScope=runtime")
-        .output()
-        .context("running mvn (install Maven: scripts/install-deps)")?;
-    if !output.status.success() {
-        bail!(
-            "mvn could not resolve Kafka's jars:\n{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    std::fs::write(&complete, KAFKA_VERSION)?;
-    Ok(libs)
-}
-
-fn wait_until(what: &str, mut ready: impl FnMut() -> bool, log: &Path) -> anyhow::Result<()> {
+pub(super) fn wait_until(
+    what: &str,
+    mut ready: impl FnMut() -> bool,
+    log: &Path,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     while started.elapsed() < START_TIMEOUT {
         if ready() {
@@ -530,197 +489,5 @@ impl LocalService for LocalRedis {
             },
             &log,
         )
-    }
-}
-
-/// A single-node KRaft Apache Kafka broker+controller.
-pub struct LocalKafka {
-    process: Option<Supervised>,
-    port: u16,
-    libs: PathBuf,
-    dir: TempDir,
-}
-
-impl LocalKafka {
-    pub fn start() -> anyhow::Result<Self> {
-        let libs = kafka_libs()?;
-        let dir = tempfile::Builder::new()
-            .prefix("txengine-kafka-")
-            .tempdir()?;
-        let port = free_port()?;
-        let controller_port = free_port()?;
-        let data = dir.path().join("data");
-        std::fs::write(
-            dir.path().join("server.properties"),
-            server_properties(port, controller_port, &data),
-        )?;
-        std::fs::write(
-            dir.path().join("log4j.properties"),
-            log4j_properties(&dir.path().join("kafka.log")),
-        )?;
-        let mut kafka = Self {
-            process: None,
-            port,
-            libs,
-            dir,
-        };
-        kafka.format_storage()?;
-        kafka.launch()?;
-        Ok(kafka)
-    }
-
-    fn java(&self) -> Command {
-        let mut command = Command::new("java");
-        command
-            .args([
-                "-Xms256m",
-                "-Xmx768m",
-                "-XX:+UseG1GC",
-                "-XX:MaxGCPauseMillis=20",
-                // C1 only: on 2 shared cores the C2 compiler was still the
-                // broker's busiest thread 40 s into a load run; without it the
-                // broker used 30-36 instead of 60-69 us of CPU per request.
-                "-XX:TieredStopAtLevel=1",
-            ])
-            // Extra JVM flags for experiments (later flags win), e.g.
-            // TXENGINE_KAFKA_JVM_OPTS="-XX:TieredStopAtLevel=4" brings C2 back.
-            .args(
-                std::env::var("TXENGINE_KAFKA_JVM_OPTS")
-                    .unwrap_or_default()
-                    .split_whitespace(),
-            )
-            .arg(format!(
-                "-Dlog4j.configuration=file:{}",
-                self.dir.path().join("log4j.properties").display()
-            ))
-            .arg("-cp")
-            .arg(format!("{}/*", self.libs.display()));
-        command
-    }
-
-    fn format_storage(&self) -> anyhow::Result<()> {
-        // Kafka's cluster ids are URL-safe base64 UUIDs; one starting with
-        // '-' would be read by the tool as an option, so draw again.
-        let cluster_id = std::iter::repeat_with(|| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes())
-        })
-        .find(|id| !id.starts_with('-'))
-        .expect("an endless supply of ids");
-        let output = self
-            .java()
-            .args(["kafka.tools.StorageTool", "format", "-t", &cluster_id, "-c"])
-            .arg(self.dir.path().join("server.properties"))
-            .output()
-            .context("running java (install a JDK 17+: scripts/install-deps)")?;
-        if !output.status.success() {
-            bail!(
-                "formatting Kafka storage failed:\n{}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        Ok(())
-    }
-
-    pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl LocalService for LocalKafka {
-    fn process(&mut self) -> &mut Option<Supervised> {
-        &mut self.process
-    }
-
-    fn launch(&mut self) -> anyhow::Result<()> {
-        let mut command = self.java();
-        command
-            .arg("kafka.Kafka")
-            .arg(self.dir.path().join("server.properties"));
-        let log = self.dir.path().join("kafka.stdout.log");
-        self.process = Some(Supervised::spawn("kafka", command, &log)?);
-        let brokers = self.brokers();
-        let kafka_log = self.dir.path().join("kafka.log");
-        let process = self.process.as_mut().expect("just set");
-        wait_until(
-            "kafka",
-            || {
-                if !process.is_running() {
-                    return false;
-                }
-                let producer: Result<BaseProducer, _> = ClientConfig::new()
-                    .set("bootstrap.servers", &brokers)
-                    .set("log_level", "0")
-                    .create();
-                producer
-                    .and_then(|p| p.client().fetch_metadata(None, Duration::from_millis(500)))
-                    .map(|m| !m.brokers().is_empty())
-                    .unwrap_or(false)
-            },
-            if kafka_log.exists() { &kafka_log } else { &log },
-        )
-    }
-}
-
-fn server_properties(port: u16, controller_port: u16, data: &Path) -> String {
-    format!(
-        "\
-process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:{controller_port}
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port}
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-log.dirs={data}
-num.partitions=1
-default.replication.factor=1
-min.insync.replicas=1
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=4
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-group.initial.rebalance.delay.ms=0
-# Due segments deleted within a second, from a second after the start, so
-# a test can keep outcomes for seconds (the engine's topics keep records
-# shorter than outcomes, counting the wait for a retention check).
-log.retention.check.interval.ms=1000
-log.initial.task.delay.ms=1000
-auto.create.topics.enable=false
-num.network.threads=1
-num.io.threads=2
-",
-        data = data.display()
-    )
-}
-
-fn log4j_properties(file: &Path) -> String {
-    format!(
-        "\
-log4j.rootLogger=INFO, file
-log4j.appender.file=org.apache.log4j.FileAppender
-log4j.appender.file.File={}
-log4j.appender.file.layout=org.apache.log4j.PatternLayout
-log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n
-",
-        file.display()
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_pinned_descriptor_names_the_version_we_expect() {
-        let pom = std::fs::read_to_string(KAFKA_POM).unwrap();
-        assert!(pom.contains("<artifactId>kafka_2.13</artifactId>"));
-        assert!(
-            pom.contains(&format!("<version>{KAFKA_VERSION}</version>")),
-            "harness/kafka/pom.xml does not pin Kafka {KAFKA_VERSION}"
-        );
     }
 }

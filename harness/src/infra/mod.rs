@@ -1,7 +1,8 @@
 //! Infra providers behind one interface: where Redis and Kafka come from.
 //!
-//! - `local` (default): spawns `redis-server` and a KRaft Apache Kafka on free
-//!   loopback ports ([`local`]); supports kill -9 and restart for faults.
+//! - `local` (default): spawns `redis-server` ([`local`]) and KRaft Apache
+//!   Kafka nodes ([`kafka`]) on free loopback ports; supports kill -9,
+//!   SIGSTOP and restart for faults.
 //! - `docker`: testcontainers ([`docker`]), picked when a Docker API answers
 //!   (Docker, or Podman's: `scripts/install-containers`); Redis restarts too.
 //! - `external`: `TXENGINE_REDIS_URL` and `TXENGINE_KAFKA_BROKERS` from the env.
@@ -11,9 +12,13 @@
 //! `TXENGINE_REDIS_APPENDFSYNC` (`always` by default, or `everysec`) sets the
 //! local Redis's AOF fsync policy. The Redis topology (one Redis or, with
 //! the local provider, a Redis Cluster of 3 masters with 2 replicas each) is the
-//! caller's choice (`harness up|load|backlog --redis-topology`).
+//! caller's choice (`harness up|load|backlog --redis-topology`), and so is
+//! Kafka's: one broker, or with the local provider three
+//! (`--kafka-nodes 3`, or `TXENGINE_KAFKA_NODES=3` for the test binaries),
+//! whose topics keep 3 replicas with `min.insync.replicas=2`.
 
 pub mod docker;
+pub mod kafka;
 pub mod local;
 pub mod process;
 
@@ -21,7 +26,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::{bail, Context};
 
-pub use local::{LocalKafka, LocalRedis, LocalRedisCluster, LocalService};
+pub use kafka::{LocalKafka, LocalKafkaCluster};
+pub use local::{LocalRedis, LocalRedisCluster, LocalService};
 use txengine::config::RedisTopology;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,23 +69,33 @@ pub struct Infra {
     pub redis_url: String,
     pub kafka_brokers: String,
     /// The local Redis, for kill/restart faults (local provider only).
-    pub redis: Option<Mutex<LocalRedis>>,
+    pub redis: Option<Arc<Mutex<LocalRedis>>>,
+    /// Kafka brokers: 1, or 3 replicating every topic.
+    pub kafka_nodes: usize,
     /// The local Kafka, for kill/restart faults (local provider only).
-    pub kafka: Option<Arc<Mutex<LocalKafka>>>,
+    pub kafka: Option<Arc<Mutex<LocalKafkaCluster>>>,
     /// The local Redis Cluster, when that is the topology (local provider only).
-    pub redis_cluster: Option<Mutex<LocalRedisCluster>>,
+    pub redis_cluster: Option<Arc<Mutex<LocalRedisCluster>>>,
     /// The containers (docker provider only), for Redis restarts.
     pub docker: Option<docker::DockerStack>,
 }
 
 impl Infra {
-    pub fn start(provider: Provider, topology: RedisTopology) -> anyhow::Result<Self> {
+    pub fn start(
+        provider: Provider,
+        topology: RedisTopology,
+        kafka_nodes: usize,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            kafka_nodes == 1 || provider != Provider::Docker,
+            "the docker provider runs one Kafka broker; {kafka_nodes} need the local provider (TXENGINE_INFRA=local)"
+        );
         match provider {
             Provider::Local => {
                 // `TXENGINE_REDIS_APPENDFSYNC=everysec` measures the looser policy.
                 let fsync =
                     std::env::var("TXENGINE_REDIS_APPENDFSYNC").unwrap_or_else(|_| "always".into());
-                let kafka = LocalKafka::start()?;
+                let kafka = LocalKafkaCluster::start(kafka_nodes)?;
                 let kafka_brokers = kafka.brokers();
                 let kafka = Some(Arc::new(Mutex::new(kafka)));
                 match topology {
@@ -90,7 +106,8 @@ impl Infra {
                             redis_topology: topology,
                             redis_url: redis.url(),
                             kafka_brokers,
-                            redis: Some(Mutex::new(redis)),
+                            kafka_nodes,
+                            redis: Some(Arc::new(Mutex::new(redis))),
                             kafka,
                             redis_cluster: None,
                             docker: None,
@@ -105,9 +122,10 @@ impl Infra {
                             redis_topology: topology,
                             redis_url: cluster.urls().join(","),
                             kafka_brokers,
+                            kafka_nodes,
                             redis: None,
                             kafka,
-                            redis_cluster: Some(Mutex::new(cluster)),
+                            redis_cluster: Some(Arc::new(Mutex::new(cluster))),
                             docker: None,
                         })
                     }
@@ -119,6 +137,7 @@ impl Infra {
                 redis_url: std::env::var("TXENGINE_REDIS_URL").context("TXENGINE_REDIS_URL")?,
                 kafka_brokers: std::env::var("TXENGINE_KAFKA_BROKERS")
                     .context("TXENGINE_KAFKA_BROKERS")?,
+                kafka_nodes,
                 redis: None,
                 kafka: None,
                 redis_cluster: None,
@@ -135,6 +154,7 @@ impl Infra {
                     redis_topology: topology,
                     redis_url: stack.redis_url.clone(),
                     kafka_brokers: stack.kafka_brokers.clone(),
+                    kafka_nodes,
                     redis: None,
                     kafka: None,
                     redis_cluster: None,
@@ -146,10 +166,26 @@ impl Infra {
 
     /// The provider [`Provider::choose`] picks, started off the async runtime,
     /// saying which one it is.
-    pub async fn start_chosen(topology: RedisTopology) -> anyhow::Result<Self> {
+    pub async fn start_chosen(topology: RedisTopology, kafka_nodes: usize) -> anyhow::Result<Self> {
         let provider = Provider::choose()?;
-        eprintln!("starting {provider:?} infra (Redis {topology:?}, Kafka) ...");
-        tokio::task::spawn_blocking(move || Infra::start(provider, topology)).await?
+        eprintln!(
+            "starting {provider:?} infra (Redis {topology:?}, Kafka of {kafka_nodes} node{}) ...",
+            if kafka_nodes == 1 { "" } else { "s" }
+        );
+        tokio::task::spawn_blocking(move || Infra::start(provider, topology, kafka_nodes)).await?
+    }
+
+    /// Replicas the engine's topics get on this Kafka, and how many must
+    /// be in sync for a write (`acks=all`).
+    pub fn topic_replication(&self) -> (i32, u32) {
+        if self.kafka_nodes == 1 {
+            (1, 1)
+        } else {
+            (
+                kafka::CLUSTER_REPLICATION_FACTOR,
+                kafka::CLUSTER_MIN_INSYNC_REPLICAS,
+            )
+        }
     }
 
     /// The URL of every Redis that holds keys, for SCAN with a plain
@@ -168,7 +204,9 @@ impl Infra {
             // The test binaries run on one Redis; the cluster tests start
             // clusters of their own.
             Provider::choose()
-                .and_then(|provider| Infra::start(provider, RedisTopology::Single))
+                .and_then(|provider| {
+                    Infra::start(provider, RedisTopology::Single, kafka_nodes_of_env()?)
+                })
                 .map_err(|e| format!("{e:#}"))
         });
         match result {
@@ -178,8 +216,8 @@ impl Infra {
     }
 
     /// Process ids of the local Redis (every node of a local cluster) and
-    /// Kafka, for CPU accounting; empty or `None` when not local.
-    pub fn pids(&self) -> (Vec<u32>, Option<u32>) {
+    /// Kafka (every node), for CPU accounting; empty when not local.
+    pub fn pids(&self) -> (Vec<u32>, Vec<u32>) {
         let mut redis: Vec<u32> = self
             .redis
             .as_ref()
@@ -191,7 +229,10 @@ impl Infra {
                 redis.extend(cluster.nodes.iter_mut().filter_map(|node| node.pid()));
             }
         }
-        let kafka = self.kafka.as_ref().and_then(|k| k.lock().ok()?.pid());
+        let kafka = match &self.kafka {
+            Some(kafka) => kafka.lock().expect("kafka lock").pids(),
+            None => Vec::new(),
+        };
         (redis, kafka)
     }
 
@@ -262,9 +303,10 @@ impl Infra {
                     redis_topology: RedisTopology::Cluster,
                     redis_url: cluster.urls().join(","),
                     kafka_brokers,
+                    kafka_nodes: shared.kafka_nodes,
                     redis: None,
                     kafka,
-                    redis_cluster: Some(Mutex::new(cluster)),
+                    redis_cluster: Some(Arc::new(Mutex::new(cluster))),
                     docker: None,
                 })
                 .map_err(|e| format!("{e:#}"))
@@ -275,13 +317,90 @@ impl Infra {
         }
     }
 
-    /// kill -9 of the local Kafka and a restart on the same log dir.
-    pub fn restart_kafka(&self) -> anyhow::Result<()> {
+    /// The local Kafka, for its faults.
+    pub fn local_kafka(&self) -> anyhow::Result<std::sync::MutexGuard<'_, LocalKafkaCluster>> {
         let kafka = self
             .kafka
             .as_ref()
             .context("kafka faults need the local provider")?;
-        kafka.lock().expect("kafka lock").restart()
+        Ok(kafka.lock().expect("kafka lock"))
+    }
+
+    /// For the test binaries' runs on a Kafka cluster: [`Infra::shared`]'s
+    /// Redis beside three Kafka nodes (`shared` itself when it has them).
+    pub fn shared_three_brokers() -> &'static Infra {
+        static SHARED: OnceLock<Result<Infra, String>> = OnceLock::new();
+        let shared = Infra::shared();
+        if shared.kafka_nodes == 3 {
+            return shared;
+        }
+        let result = SHARED.get_or_init(|| {
+            LocalKafkaCluster::start(3)
+                .map(|kafka| Infra {
+                    provider: Provider::Local,
+                    redis_topology: RedisTopology::Single,
+                    redis_url: shared.redis_url.clone(),
+                    kafka_brokers: kafka.brokers(),
+                    kafka_nodes: 3,
+                    redis: shared.redis.clone(),
+                    kafka: Some(Arc::new(Mutex::new(kafka))),
+                    redis_cluster: None,
+                    docker: None,
+                })
+                .map_err(|e| format!("{e:#}"))
+        });
+        match result {
+            Ok(infra) => infra,
+            Err(e) => panic!("the test Kafka cluster did not start: {e}"),
+        }
+    }
+
+    /// The Redis Cluster of [`Infra::shared_cluster`] beside the Kafka
+    /// nodes of [`Infra::shared_three_brokers`]: the whole stack distributed.
+    pub fn shared_cluster_three_brokers() -> &'static Infra {
+        static SHARED: OnceLock<Infra> = OnceLock::new();
+        let cluster = Infra::shared_cluster();
+        if cluster.kafka_nodes == 3 {
+            return cluster;
+        }
+        SHARED.get_or_init(|| {
+            let kafka = Infra::shared_three_brokers();
+            Infra {
+                provider: Provider::Local,
+                redis_topology: RedisTopology::Cluster,
+                redis_url: cluster.redis_url.clone(),
+                kafka_brokers: kafka.kafka_brokers.clone(),
+                kafka_nodes: 3,
+                redis: None,
+                kafka: kafka.kafka.clone(),
+                redis_cluster: cluster.redis_cluster.clone(),
+                docker: None,
+            }
+        })
+    }
+
+    /// Every Kafka broker a fault left down started again (none: nothing).
+    pub fn heal_kafka(&self) -> anyhow::Result<()> {
+        match &self.kafka {
+            Some(kafka) => kafka.lock().expect("kafka lock").heal(),
+            None => Ok(()),
+        }
+    }
+
+    /// kill -9 of the local Kafka (on a cluster, of the node that leads the
+    /// most partitions) and a restart on the same log dir.
+    pub fn restart_kafka(&self) -> anyhow::Result<()> {
+        self.local_kafka()?.restart_busiest_leader()
+    }
+}
+
+/// Kafka nodes of the test binaries' infra: `TXENGINE_KAFKA_NODES`, 1
+/// when unset (`3` runs every test and scenario on a Kafka cluster).
+pub fn kafka_nodes_of_env() -> anyhow::Result<usize> {
+    match std::env::var("TXENGINE_KAFKA_NODES").ok().as_deref() {
+        None | Some("") | Some("1") => Ok(1),
+        Some("3") => Ok(3),
+        Some(other) => bail!("TXENGINE_KAFKA_NODES={other}: expected 1 or 3"),
     }
 }
 
