@@ -13,7 +13,7 @@ use crate::load::{self, LoadProfile, Target};
 use crate::measure::{consumer_lag, wait_drained, HttpResult, SecondStats};
 use crate::report::{
     cpu_readings, rss_kib, BareRun, CpuPerRequest, InvariantResult, LimiterOff, Machine,
-    PipelineResult, PipelineSecond, PlainDebits, Ratios, Report, WithoutHistoryEvents,
+    PipelineResult, PipelineSecond, PlainDebits, Ratios, Report, SideEngineRun,
 };
 use crate::stack::{isolated_config, EngineProcess};
 use crate::workload::{account_name, Ledger, Mix, SentTx};
@@ -328,22 +328,53 @@ async fn fund(
     Ok(start)
 }
 
+/// How a second engine, driven before the measured one, differs from it.
+#[derive(Debug, Clone, Copy)]
+enum SideEngine {
+    /// It writes no history (`--history-retention-secs 0`) and publishes
+    /// no outcome events.
+    WithoutHistoryEvents,
+    /// Its topics are on the Kafka of the infra it is given (three brokers).
+    OnThreeKafkaNodes,
+}
+
+impl SideEngine {
+    /// Its namespace's prefix, what it is (for the log) and its run names.
+    fn names(self) -> (&'static str, &'static str, (&'static str, &'static str)) {
+        match self {
+            Self::WithoutHistoryEvents => (
+                "load-plain",
+                "no history and no outcome events",
+                ("engine-without-history-events", "plain"),
+            ),
+            Self::OnThreeKafkaNodes => (
+                "load-three",
+                "its topics on three Kafka brokers",
+                ("engine-on-three-kafka-nodes", "three"),
+            ),
+        }
+    }
+}
+
 /// The same load on a second engine (its own namespace, topics and group)
-/// that writes no history (`--history-retention-secs 0`) and publishes no
-/// outcome events, warmed up as the measured one is, run before it: its
-/// result, CPU per request and invariants (goose keeps the ledger).
-async fn run_without_history_events(
+/// set up as `side` says, warmed up as the measured one is, run before it:
+/// its result, CPU per request and invariants (goose keeps the ledger).
+async fn run_side_engine(
     infra: &Infra,
     exe: &std::path::Path,
     profile: &LoadProfile,
     generator: Generator,
     warmup_seconds: usize,
-) -> anyhow::Result<WithoutHistoryEvents> {
-    let mut config = isolated_config(infra, "load-plain");
+    side: SideEngine,
+) -> anyhow::Result<SideEngineRun> {
+    let (prefix, what, names) = side.names();
+    let mut config = isolated_config(infra, prefix);
     config.listen = format!("127.0.0.1:{}", crate::infra::process::free_port()?).parse()?;
-    config.history_retention_secs = Some(0);
-    config.outcome_events = false;
-    eprintln!("starting an engine without history and outcome events ...");
+    if let SideEngine::WithoutHistoryEvents = side {
+        config.history_retention_secs = Some(0);
+        config.outcome_events = false;
+    }
+    eprintln!("starting an engine with {what} ...");
     let engine = EngineProcess::spawn(exe, config.clone()).await?;
     let api = engine.api()?.with_new_key().await?;
     let api_key = api.api_key.clone().expect("a key was just made");
@@ -355,19 +386,13 @@ async fn run_without_history_events(
             ..profile.clone()
         };
         let url = &engine.url;
-        ledger = drive_http(generator, url, &api_key, "warm-up", "plainwarm", &warmup)
+        let tag = format!("{}warm", names.1);
+        ledger = drive_http(generator, url, &api_key, "warm-up", &tag, &warmup)
             .await?
             .ledger;
     }
     let (run, cpu_per_request) = run_beside(
-        infra,
-        &config,
-        &engine,
-        &api_key,
-        generator,
-        "no history and no outcome events",
-        ("engine-without-history-events", "plain"),
-        profile,
+        infra, &config, &engine, &api_key, generator, what, names, profile,
     )
     .await?;
     ledger.absorb(run.ledger);
@@ -376,14 +401,14 @@ async fn run_without_history_events(
             let ledger = Ledger { start, ..ledger };
             let verdict = invariants::check(infra, &config, &ledger).await?;
             for violation in verdict.violations.iter().take(10) {
-                eprintln!("  violated (without history and events): {violation}");
+                eprintln!("  violated (the engine with {what}): {violation}");
             }
             Some(verdict.holds())
         }
         Generator::Wrk => None,
     };
     engine.terminate(Duration::from_secs(10));
-    Ok(WithoutHistoryEvents {
+    Ok(SideEngineRun {
         result: run.result,
         cpu_per_request,
         invariants_hold,
@@ -426,7 +451,18 @@ pub async fn run_load(
     config.listen = format!("127.0.0.1:{}", crate::infra::process::free_port()?).parse()?;
     let exe = std::env::current_exe().context("locating the harness binary")?;
     let without_history_events = if beside.history_events_off {
-        Some(run_without_history_events(&infra, &exe, &profile, generator, warmup_seconds).await?)
+        let side = SideEngine::WithoutHistoryEvents;
+        Some(run_side_engine(&infra, &exe, &profile, generator, warmup_seconds, side).await?)
+    } else {
+        None
+    };
+    let on_three_kafka_nodes = if beside.three_kafka_nodes {
+        let three = tokio::task::block_in_place(|| infra.beside_own_kafka(3))?;
+        let side = SideEngine::OnThreeKafkaNodes;
+        let run = run_side_engine(&three, &exe, &profile, generator, warmup_seconds, side).await?;
+        // Its brokers stop before the measured run.
+        drop(three);
+        Some(run)
     } else {
         None
     };
@@ -731,6 +767,9 @@ pub async fn run_load(
             engine_vs_without_history_events: without_history_events
                 .as_ref()
                 .map(|w| engine_result.transactions_per_s / w.result.transactions_per_s),
+            three_kafka_nodes_vs_engine: on_three_kafka_nodes
+                .as_ref()
+                .map(|t| t.result.transactions_per_s / engine_result.transactions_per_s),
         },
         engine: engine_result,
         engine_single,
@@ -739,6 +778,7 @@ pub async fn run_load(
         limiter_off,
         plain_debits,
         without_history_events,
+        on_three_kafka_nodes,
         pipeline: PipelineResult {
             drain_seconds: drain.as_secs_f64(),
             apply_rate_tx_per_s: settled as f64 / apply_seconds,

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::measure::{HttpResult, SecondStats};
 
 /// Bumped whenever a field changes meaning or goes away.
-pub const SCHEMA_VERSION: u32 = 6;
+pub const SCHEMA_VERSION: u32 = 7;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Machine {
@@ -160,6 +160,39 @@ pub fn file_stamp(started_at: &str) -> String {
         .collect()
 }
 
+/// The paragraph of a side engine's run: its rate, p99 and invariants, the
+/// ratio, and CPU per request of each process beside the measured engine's.
+fn side_engine_paragraph(
+    md: &mut String,
+    what: &str,
+    side: &SideEngineRun,
+    engine_cpu: &CpuPerRequest,
+    (ratio_name, ratio): (&str, Option<f64>),
+    pair: &str,
+) {
+    let us = |c: &CpuPerRequest, of: fn(&CpuPerRequest) -> Option<f64>| or_not_measured(of(c), 1);
+    let other = &side.cpu_per_request;
+    let _ = writeln!(
+        md,
+        "\n{what}, in the same run: {:.0} transactions/s, p99 {:.1} ms (its invariants: {}). {ratio_name}: **{}** transactions/s. \
+         CPU per accepted request {pair}: engine {} vs {} µs, Redis {} vs {} µs, Kafka {} vs {} µs.",
+        side.result.transactions_per_s,
+        side.result.latency_ms_p99,
+        match side.invariants_hold {
+            Some(true) => "hold",
+            Some(false) => "BROKEN",
+            None => "not checked (wrk)",
+        },
+        or_not_measured(ratio, 2),
+        us(engine_cpu, |c| c.engine_us),
+        us(other, |c| c.engine_us),
+        us(engine_cpu, |c| c.redis_us),
+        us(other, |c| c.redis_us),
+        us(engine_cpu, |c| c.kafka_us),
+        us(other, |c| c.kafka_us),
+    );
+}
+
 /// A figure with `decimals`, or "n/a" where it was not measured.
 fn or_not_measured(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.decimals$}"))
@@ -260,6 +293,9 @@ pub struct Ratios {
     /// With `--compare-history-events`: engine transactions/s / an
     /// engine's without history and outcome events, same run.
     pub engine_vs_without_history_events: Option<f64>,
+    /// With `--compare-kafka-nodes`: transactions/s on three Kafka brokers
+    /// / the engine's (on one), same run.
+    pub three_kafka_nodes_vs_engine: Option<f64>,
     /// Engine CPU per accepted request / the load generator's CPU per
     /// request, in the engine run (the machine's speed cancels out).
     pub engine_cpu_vs_load_generator: Option<f64>,
@@ -298,10 +334,11 @@ pub struct PlainDebits {
     pub cpu_per_request: CpuPerRequest,
 }
 
-/// With `--compare-history-events`: the same load, in the same run, on an
-/// engine that writes no history and publishes no outcome events.
+/// The same load, in the same run, on a second engine set up otherwise
+/// (`--compare-history-events`: no history and no outcome events;
+/// `--compare-kafka-nodes`: its topics on three Kafka brokers).
 #[derive(Debug, Clone, Serialize)]
-pub struct WithoutHistoryEvents {
+pub struct SideEngineRun {
     pub result: HttpResult,
     pub cpu_per_request: CpuPerRequest,
     /// Its own invariants (`None` with wrk, which keeps no ledger).
@@ -326,7 +363,9 @@ pub struct Report {
     pub limiter_off: Option<LimiterOff>,
     /// With `--holds`: the measured run posts holds and their captures.
     pub plain_debits: Option<PlainDebits>,
-    pub without_history_events: Option<WithoutHistoryEvents>,
+    pub without_history_events: Option<SideEngineRun>,
+    /// With `--compare-kafka-nodes`: the engine on three Kafka brokers.
+    pub on_three_kafka_nodes: Option<SideEngineRun>,
     pub ratios: Ratios,
     pub pipeline: PipelineResult,
     pub cpu_per_request: CpuPerRequest,
@@ -390,6 +429,7 @@ impl Report {
             self.engine_single.as_ref(),
             self.limiter_off.as_ref().map(|off| &off.result),
             self.without_history_events.as_ref().map(|w| &w.result),
+            self.on_three_kafka_nodes.as_ref().map(|t| &t.result),
             self.bare_http.as_ref().map(|bare| &bare.result),
             self.redis_script.as_ref().map(|bare| &bare.result),
         ]
@@ -472,29 +512,23 @@ impl Report {
             );
         }
         if let Some(without) = &self.without_history_events {
-            let us = |c: &CpuPerRequest, of: fn(&CpuPerRequest) -> Option<f64>| {
-                or_not_measured(of(c), 1)
-            };
-            let (with, wo) = (&self.cpu_per_request, &without.cpu_per_request);
-            let _ = writeln!(
-                md,
-                "\nHistory and outcome events: the same load on an engine that writes no history and publishes no outcome events, in the same run: \
-                 {:.0} transactions/s, p99 {:.1} ms (its invariants: {}). Engine / that: **{}** transactions/s. \
-                 CPU per accepted request with and without: engine {} vs {} µs, Redis {} vs {} µs, Kafka {} vs {} µs.",
-                without.result.transactions_per_s,
-                without.result.latency_ms_p99,
-                match without.invariants_hold {
-                    Some(true) => "hold",
-                    Some(false) => "BROKEN",
-                    None => "not checked (wrk)",
-                },
-                or_not_measured(self.ratios.engine_vs_without_history_events, 2),
-                us(with, |c| c.engine_us),
-                us(wo, |c| c.engine_us),
-                us(with, |c| c.redis_us),
-                us(wo, |c| c.redis_us),
-                us(with, |c| c.kafka_us),
-                us(wo, |c| c.kafka_us),
+            side_engine_paragraph(
+                &mut md,
+                "History and outcome events: the same load on an engine that writes no history and publishes no outcome events",
+                without,
+                &self.cpu_per_request,
+                ("Engine / that", self.ratios.engine_vs_without_history_events),
+                "with and without",
+            );
+        }
+        if let Some(three) = &self.on_three_kafka_nodes {
+            side_engine_paragraph(
+                &mut md,
+                "Replication: the same load on an engine whose topics are on three Kafka brokers (replication factor 3, min.insync.replicas 2; Kafka CPU summed over the three)",
+                three,
+                &self.cpu_per_request,
+                ("Three brokers / one", self.ratios.three_kafka_nodes_vs_engine),
+                "on one broker and on three",
             );
         }
         // The bare runs' server (the 202 handler's process, or Redis) and generator.
@@ -753,6 +787,7 @@ mod tests {
             limiter_off: None,
             plain_debits: None,
             without_history_events: None,
+            on_three_kafka_nodes: None,
             ratios: Ratios {
                 engine_vs_bare_http: None,
                 engine_vs_redis_script: None,
@@ -761,6 +796,7 @@ mod tests {
                 holds_vs_debits_engine_cpu: None,
                 engine_batch_vs_single: None,
                 engine_vs_without_history_events: None,
+                three_kafka_nodes_vs_engine: None,
                 engine_cpu_vs_load_generator: None,
                 kafka_cpu_vs_load_generator: None,
                 redis_cpu_vs_load_generator: None,

@@ -334,21 +334,8 @@ impl Infra {
         if shared.kafka_nodes == 3 {
             return shared;
         }
-        let result = SHARED.get_or_init(|| {
-            LocalKafkaCluster::start(3)
-                .map(|kafka| Infra {
-                    provider: Provider::Local,
-                    redis_topology: RedisTopology::Single,
-                    redis_url: shared.redis_url.clone(),
-                    kafka_brokers: kafka.brokers(),
-                    kafka_nodes: 3,
-                    redis: shared.redis.clone(),
-                    kafka: Some(Arc::new(Mutex::new(kafka))),
-                    redis_cluster: None,
-                    docker: None,
-                })
-                .map_err(|e| format!("{e:#}"))
-        });
+        let result =
+            SHARED.get_or_init(|| shared.beside_own_kafka(3).map_err(|e| format!("{e:#}")));
         match result {
             Ok(infra) => infra,
             Err(e) => panic!("the test Kafka cluster did not start: {e}"),
@@ -376,6 +363,27 @@ impl Infra {
                 redis_cluster: cluster.redis_cluster.clone(),
                 docker: None,
             }
+        })
+    }
+
+    /// This infra's Redis beside a local Kafka of its own of `nodes` nodes,
+    /// stopped when the returned infra is dropped (a side-by-side run).
+    pub fn beside_own_kafka(&self, nodes: usize) -> anyhow::Result<Infra> {
+        anyhow::ensure!(
+            self.provider == Provider::Local,
+            "a Kafka beside needs the local provider (TXENGINE_INFRA=local)"
+        );
+        let kafka = LocalKafkaCluster::start(nodes)?;
+        Ok(Infra {
+            provider: Provider::Local,
+            redis_topology: self.redis_topology,
+            redis_url: self.redis_url.clone(),
+            kafka_brokers: kafka.brokers(),
+            kafka_nodes: nodes,
+            redis: self.redis.clone(),
+            kafka: Some(Arc::new(Mutex::new(kafka))),
+            redis_cluster: self.redis_cluster.clone(),
+            docker: None,
         })
     }
 
