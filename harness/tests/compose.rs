@@ -10,9 +10,13 @@
 //! one-shot `redis-cli --cluster create`, the engine on them, transfers
 //! between slots (sagas) applied.
 //!
+//! And the Kafka cluster override: three KRaft brokers, the topics with 3
+//! replicas and `min.insync.replicas=2`; one broker killed, and the stack
+//! still accepts and applies.
+//!
 //! Needs a Docker API (Docker, or Podman's: `scripts/install-containers`
-//! serves one and builds the images), so both are ignored by `cargo test`;
-//! `.ci/run` runs them one after the other (both publish port 8080) with
+//! serves one and builds the images), so all are ignored by `cargo test`;
+//! `.ci/run` runs them one after the other (each publishes port 8080) with
 //! `cargo test -p harness --test compose -- --ignored --test-threads 1`.
 
 use std::process::Command;
@@ -38,6 +42,10 @@ const ONE_REDIS: Stack = Stack {
 const CLUSTER: Stack = Stack {
     project: "txengine-compose-cluster-test",
     files: &["docker-compose.yml", "docker-compose.cluster.yml"],
+};
+const THREE_BROKERS: Stack = Stack {
+    project: "txengine-compose-kafka-cluster-test",
+    files: &["docker-compose.yml", "docker-compose.kafka-cluster.yml"],
 };
 const ADMIN_TOKEN: &str = "compose-test-admin-token";
 
@@ -368,5 +376,65 @@ async fn the_cluster_override_forms_a_cluster_and_applies_sagas() {
         info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:9"),
         "{info}"
     );
+    running.down();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a Docker API and the images: scripts/install-containers, then --ignored"]
+async fn the_kafka_cluster_override_replicates_and_survives_a_broker_lost() {
+    let stack = &THREE_BROKERS;
+    let (api, running) = up(stack, &["api", "consumer"]).await;
+    let described = compose(
+        stack,
+        &[
+            "exec",
+            "-T",
+            "kafka",
+            "/opt/kafka/bin/kafka-topics.sh",
+            "--bootstrap-server",
+            "kafka:9092",
+            "--describe",
+            "--topic",
+            "transactions",
+        ],
+    );
+    assert!(
+        described.contains("ReplicationFactor: 3") && described.contains("min.insync.replicas=2"),
+        "{described}"
+    );
+    for account in ["alice", "bob"] {
+        api.set_balance(account, 1_000).await.unwrap();
+    }
+    let transfers = (0..20).map(|n| (format!("three-{n}"), "alice", "bob", 10));
+    transfer_and_wait_applied(&api, transfers, Duration::from_secs(60)).await;
+
+    // One broker lost: the partitions it led move to in-sync replicas; a
+    // 503 meanwhile is retried with the same id, as a client would.
+    compose(stack, &["kill", "kafka-3"]);
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        let id = format!("three-after-{n}");
+        let body = json!({"id": id, "type": "debit", "account": "bob", "amount": 1});
+        until(
+            "a debit accepted on two brokers",
+            Duration::from_secs(60),
+            async || {
+                let (status, _) = api.post(&body).await.ok()?;
+                matches!(status, StatusCode::ACCEPTED | StatusCode::OK).then_some(())
+            },
+        )
+        .await;
+        ids.push(id);
+    }
+    let settled = api
+        .wait_settled(&ids, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert!(
+        settled.values().all(|v| v["status"] == "applied"),
+        "{settled:?}"
+    );
+    assert_eq!(api.balance("alice").await.unwrap(), Some(800));
+    assert_eq!(api.balance("bob").await.unwrap(), Some(1_180));
     running.down();
 }

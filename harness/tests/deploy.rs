@@ -107,7 +107,9 @@ fn prometheus_scrapes_the_compose_ports() {
 #[test]
 fn compose_the_docker_provider_and_the_local_build_name_the_same_images() {
     use harness::infra::docker::{KAFKA_IMAGE, REDIS_IMAGE};
-    let compose = read("docker-compose.yml") + &read("docker-compose.cluster.yml");
+    let compose = read("docker-compose.yml")
+        + &read("docker-compose.cluster.yml")
+        + &read("docker-compose.kafka-cluster.yml");
     let script = read("scripts/install-containers");
     for (name, tag) in [REDIS_IMAGE, KAFKA_IMAGE] {
         assert!(
@@ -145,16 +147,25 @@ fn compose_the_docker_provider_and_the_local_build_name_the_same_images() {
 /// that keeps records longer than their flags.
 #[test]
 fn compose_topics_keep_records_shorter_than_their_flags() {
-    let compose = read("docker-compose.yml");
     let ttl_ms = txengine::Config::defaults().outcome_ttl_secs * 1000;
     let wanted = txengine::topics::Retention::for_ttl(ttl_ms, 300_000).unwrap();
     let settings = format!(
         "--config cleanup.policy=delete --config segment.ms={} --config retention.ms={}",
         wanted.segment_ms, wanted.retention_ms
     );
+    for file in ["docker-compose.yml", "docker-compose.kafka-cluster.yml"] {
+        assert_eq!(
+            read(file).matches(&settings).count(),
+            2,
+            "{file}: both topics with {settings}"
+        );
+    }
+    // On three brokers, each topic keeps 3 replicas with 2 in sync.
+    let three = read("docker-compose.kafka-cluster.yml");
     assert_eq!(
-        compose.matches(&settings).count(),
-        2,
-        "both topics with {settings}"
+        three
+            .matches("--replication-factor 3 --config min.insync.replicas=2")
+            .count(),
+        2
     );
 }

@@ -2,6 +2,10 @@
 //! testcontainers, on a Docker daemon or on Podman's Docker API
 //! (`scripts/install-containers` serves one and builds the images here).
 //!
+//! A Kafka of three brokers runs on the host's network instead, each node on
+//! loopback ports of its own, so the brokers and the clients use the same
+//! addresses.
+//!
 //! Podman needs ports bound to 127.0.0.1 with a port chosen up front (it
 //! reports no host port for publish-all ports, and a 0.0.0.0 binding never
 //! matches); Docker takes the same. Clients connect to 127.0.0.1, never to
@@ -16,6 +20,7 @@ use testcontainers::core::{IntoContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, ContainerRequest, GenericImage, ImageExt};
 
+use super::kafka::{NodePorts, CLUSTER_MIN_INSYNC_REPLICAS, CLUSTER_REPLICATION_FACTOR};
 use super::process::free_port;
 
 /// Pinned images, the same as `docker-compose.yml`.
@@ -124,6 +129,63 @@ pub fn kafka_request(host_port: u16) -> ContainerRequest<GenericImage> {
     )
 }
 
+/// Node `node_id` (1-based) of a Kafka of three in containers on the
+/// host's network (so the brokers reach each other and clients reach them
+/// at the same 127.0.0.1 addresses, as the local provider's nodes): topics
+/// with 3 replicas, 2 in sync for a write, unclean election off.
+pub fn kafka_node_request(node_id: usize, all: &[NodePorts]) -> ContainerRequest<GenericImage> {
+    let me = all[node_id - 1];
+    let voters: Vec<String> = all
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}@127.0.0.1:{}", i + 1, p.controller))
+        .collect();
+    let (replicas, min_insync) = (
+        CLUSTER_REPLICATION_FACTOR.to_string(),
+        CLUSTER_MIN_INSYNC_REPLICAS.to_string(),
+    );
+    let env = [
+        ("KAFKA_NODE_ID", node_id.to_string()),
+        ("KAFKA_PROCESS_ROLES", "broker,controller".to_owned()),
+        (
+            "KAFKA_LISTENERS",
+            format!(
+                "PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{}",
+                me.broker, me.controller
+            ),
+        ),
+        (
+            "KAFKA_ADVERTISED_LISTENERS",
+            format!("PLAINTEXT://127.0.0.1:{}", me.broker),
+        ),
+        ("KAFKA_CONTROLLER_LISTENER_NAMES", "CONTROLLER".to_owned()),
+        (
+            "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP",
+            "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT".to_owned(),
+        ),
+        ("KAFKA_CONTROLLER_QUORUM_VOTERS", voters.join(",")),
+        ("KAFKA_DEFAULT_REPLICATION_FACTOR", replicas.clone()),
+        ("KAFKA_MIN_INSYNC_REPLICAS", min_insync.clone()),
+        ("KAFKA_UNCLEAN_LEADER_ELECTION_ENABLE", "false".to_owned()),
+        ("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", replicas.clone()),
+        ("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", replicas),
+        ("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", min_insync),
+        ("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0".to_owned()),
+        ("KAFKA_LOG_RETENTION_CHECK_INTERVAL_MS", "1000".to_owned()),
+        ("KAFKA_LOG_INITIAL_TASK_DELAY_MS", "1000".to_owned()),
+        ("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false".to_owned()),
+        // Three JVMs share the cores and memory of one.
+        ("KAFKA_HEAP_OPTS", "-Xms256m -Xmx384m".to_owned()),
+    ];
+    let image = GenericImage::new(KAFKA_IMAGE.0, KAFKA_IMAGE.1)
+        .with_wait_for(WaitFor::message_on_stdout("Kafka Server started"));
+    let request = image
+        .with_label(LABEL, std::process::id().to_string())
+        .with_host_config_modifier(|config| config.network_mode = Some("host".to_owned()));
+    env.into_iter()
+        .fold(request, |request, (k, v)| request.with_env_var(k, v))
+}
+
 /// What the containers' thread is asked to do.
 enum Request {
     /// kill -9 of Redis (stop with no grace) and a start on its AOF.
@@ -142,13 +204,35 @@ pub struct DockerStack {
 
 struct Containers {
     redis: ContainerAsync<GenericImage>,
-    kafka: ContainerAsync<GenericImage>,
+    kafka: Vec<ContainerAsync<GenericImage>>,
 }
 
 impl DockerStack {
-    pub fn start() -> anyhow::Result<Self> {
+    /// Redis and a Kafka of `kafka_nodes` (1 or 3) brokers.
+    pub fn start(kafka_nodes: usize) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            kafka_nodes == 1 || kafka_nodes == CLUSTER_REPLICATION_FACTOR as usize,
+            "the docker provider runs 1 or {CLUSTER_REPLICATION_FACTOR} Kafka brokers, not {kafka_nodes}"
+        );
         let redis_port = free_port()?;
         let kafka_port = free_port()?;
+        let nodes = (0..kafka_nodes)
+            .map(|_| {
+                Ok(NodePorts {
+                    broker: free_port()?,
+                    controller: free_port()?,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let kafka_brokers = if kafka_nodes == 1 {
+            format!("127.0.0.1:{kafka_port}")
+        } else {
+            let all: Vec<String> = nodes
+                .iter()
+                .map(|n| format!("127.0.0.1:{}", n.broker))
+                .collect();
+            all.join(",")
+        };
         let (ready, started) = mpsc::channel();
         let (requests, incoming) = mpsc::channel();
         std::thread::spawn(move || {
@@ -159,8 +243,17 @@ impl DockerStack {
             let containers = runtime.block_on(async {
                 let redis = redis_request(redis_port).start().await?;
                 remove_when_gone(redis.id());
-                let kafka = kafka_request(kafka_port).start().await?;
-                remove_when_gone(kafka.id());
+                let kafka = if nodes.len() == 1 {
+                    vec![kafka_request(kafka_port).start().await?]
+                } else {
+                    // Together: a node answers only once a majority runs.
+                    let node = |id| kafka_node_request(id, &nodes).start();
+                    let (one, two, three) = tokio::try_join!(node(1), node(2), node(3))?;
+                    vec![one, two, three]
+                };
+                for broker in &kafka {
+                    remove_when_gone(broker.id());
+                }
                 anyhow::Ok(Containers { redis, kafka })
             });
             let containers = match containers {
@@ -186,14 +279,16 @@ impl DockerStack {
             }
             // The stack was dropped: remove the containers now.
             runtime.block_on(async {
-                let _ = containers.kafka.rm().await;
+                for broker in containers.kafka {
+                    let _ = broker.rm().await;
+                }
                 let _ = containers.redis.rm().await;
             });
         });
         started.recv()??;
         Ok(Self {
             redis_url: format!("redis://127.0.0.1:{redis_port}"),
-            kafka_brokers: format!("127.0.0.1:{kafka_port}"),
+            kafka_brokers,
             requests,
         })
     }
@@ -252,5 +347,32 @@ mod tests {
         )));
         assert_eq!(request.image().tag(), crate::infra::kafka::KAFKA_VERSION);
         assert_eq!(redis_request(49_998).image().name(), "redis");
+    }
+
+    #[test]
+    fn a_node_of_three_knows_every_voter_and_keeps_three_replicas() {
+        let all: Vec<NodePorts> = (0..3)
+            .map(|i| NodePorts {
+                broker: 100 + i,
+                controller: 200 + i,
+            })
+            .collect();
+        let request = kafka_node_request(2, &all);
+        let env: std::collections::HashMap<String, String> = request
+            .env_vars()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        assert_eq!(env["KAFKA_NODE_ID"], "2");
+        assert_eq!(
+            env["KAFKA_CONTROLLER_QUORUM_VOTERS"],
+            "1@127.0.0.1:200,2@127.0.0.1:201,3@127.0.0.1:202"
+        );
+        assert_eq!(
+            env["KAFKA_ADVERTISED_LISTENERS"],
+            "PLAINTEXT://127.0.0.1:101"
+        );
+        assert_eq!(env["KAFKA_DEFAULT_REPLICATION_FACTOR"], "3");
+        assert_eq!(env["KAFKA_MIN_INSYNC_REPLICAS"], "2");
+        assert_eq!(env["KAFKA_UNCLEAN_LEADER_ELECTION_ENABLE"], "false");
     }
 }

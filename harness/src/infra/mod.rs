@@ -4,7 +4,8 @@
 //!   Kafka nodes ([`kafka`]) on free loopback ports; supports kill -9,
 //!   SIGSTOP and restart for faults.
 //! - `docker`: testcontainers ([`docker`]), picked when a Docker API answers
-//!   (Docker, or Podman's: `scripts/install-containers`); Redis restarts too.
+//!   (Docker, or Podman's: `scripts/install-containers`); Redis restarts too;
+//!   one Kafka broker or three (on the host's network).
 //! - `external`: `TXENGINE_REDIS_URL` and `TXENGINE_KAFKA_BROKERS` from the env.
 //!
 //! `TXENGINE_INFRA=local|docker|external` forces one; unset, `external` is
@@ -13,7 +14,7 @@
 //! local Redis's AOF fsync policy. The Redis topology (one Redis or, with
 //! the local provider, a Redis Cluster of 3 masters with 2 replicas each) is the
 //! caller's choice (`harness up|load|backlog --redis-topology`), and so is
-//! Kafka's: one broker, or with the local provider three
+//! Kafka's: one broker, or with the local or docker provider three
 //! (`--kafka-nodes 3`, or `TXENGINE_KAFKA_NODES=3` for the test binaries),
 //! whose topics keep 3 replicas with `min.insync.replicas=2`.
 
@@ -86,10 +87,6 @@ impl Infra {
         topology: RedisTopology,
         kafka_nodes: usize,
     ) -> anyhow::Result<Self> {
-        anyhow::ensure!(
-            kafka_nodes == 1 || provider != Provider::Docker,
-            "the docker provider runs one Kafka broker; {kafka_nodes} need the local provider (TXENGINE_INFRA=local)"
-        );
         match provider {
             Provider::Local => {
                 // `TXENGINE_REDIS_APPENDFSYNC=everysec` measures the looser policy.
@@ -148,7 +145,7 @@ impl Infra {
                     topology == RedisTopology::Single,
                     "the docker provider runs one Redis; a cluster needs the local provider"
                 );
-                let stack = docker::DockerStack::start()?;
+                let stack = docker::DockerStack::start(kafka_nodes)?;
                 Ok(Self {
                     provider,
                     redis_topology: topology,
