@@ -36,7 +36,7 @@ enum Command {
         /// One Redis, or a local Redis Cluster (3 masters with 2 replicas each).
         #[arg(long, value_enum, default_value = "single")]
         redis_topology: RedisTopology,
-        /// Kafka brokers: 1, or 3 (local provider) whose topics keep 3
+        /// Kafka brokers: 1, or 3 (local or docker provider) whose topics keep 3
         /// replicas, 2 of them in sync for every write.
         #[arg(long, env = "TXENGINE_KAFKA_NODES", default_value_t = 1, value_parser = kafka_nodes)]
         kafka_nodes: usize,
@@ -73,7 +73,7 @@ enum Command {
         /// One Redis, or a local Redis Cluster (3 masters with 2 replicas each).
         #[arg(long, value_enum, default_value = "single")]
         redis_topology: RedisTopology,
-        /// Kafka brokers: 1, or 3 (local provider) whose topics keep 3
+        /// Kafka brokers: 1, or 3 (local or docker provider) whose topics keep 3
         /// replicas, 2 of them in sync for every write.
         #[arg(long, env = "TXENGINE_KAFKA_NODES", default_value_t = 1, value_parser = kafka_nodes)]
         kafka_nodes: usize,
@@ -118,7 +118,7 @@ enum Command {
         /// One Redis, or a local Redis Cluster (3 masters with 2 replicas each).
         #[arg(long, value_enum, default_value = "single")]
         redis_topology: RedisTopology,
-        /// Kafka brokers: 1, or 3 (local provider) whose topics keep 3
+        /// Kafka brokers: 1, or 3 (local or docker provider) whose topics keep 3
         /// replicas, 2 of them in sync for every write.
         #[arg(long, env = "TXENGINE_KAFKA_NODES", default_value_t = 1, value_parser = kafka_nodes)]
         kafka_nodes: usize,
@@ -136,7 +136,7 @@ enum Command {
         /// One Redis, or a local Redis Cluster (3 masters with 2 replicas each).
         #[arg(long, value_enum, default_value = "single")]
         redis_topology: RedisTopology,
-        /// Kafka brokers: 1, or 3 (local provider) whose topics keep 3
+        /// Kafka brokers: 1, or 3 (local or docker provider) whose topics keep 3
         /// replicas, 2 of them in sync for every write.
         #[arg(long, env = "TXENGINE_KAFKA_NODES", default_value_t = 1, value_parser = kafka_nodes)]
         kafka_nodes: usize,

@@ -68,7 +68,7 @@ impl Machine {
             rustc: first_line("rustc", &["--version"]),
             redis_server: first_line("redis-server", &["--version"]),
             kafka: format!(
-                "Apache Kafka {} (KRaft, single node)",
+                "Apache Kafka {} (KRaft; one node, or three with --kafka-nodes 3)",
                 crate::infra::kafka::KAFKA_VERSION
             ),
             java: first_line("java", &["-version"]),

@@ -20,7 +20,9 @@ use testcontainers::core::{IntoContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, ContainerRequest, GenericImage, ImageExt};
 
-use super::kafka::{NodePorts, CLUSTER_MIN_INSYNC_REPLICAS, CLUSTER_REPLICATION_FACTOR};
+use super::kafka::{
+    NodePorts, BROKER_SESSION_TIMEOUT_MS, CLUSTER_MIN_INSYNC_REPLICAS, CLUSTER_REPLICATION_FACTOR,
+};
 use super::process::free_port;
 
 /// Pinned images, the same as `docker-compose.yml`.
@@ -167,6 +169,15 @@ pub fn kafka_node_request(node_id: usize, all: &[NodePorts]) -> ContainerRequest
         ("KAFKA_DEFAULT_REPLICATION_FACTOR", replicas.clone()),
         ("KAFKA_MIN_INSYNC_REPLICAS", min_insync.clone()),
         ("KAFKA_UNCLEAN_LEADER_ELECTION_ENABLE", "false".to_owned()),
+        // Fenced after 4 s without a heartbeat, as the local nodes.
+        (
+            "KAFKA_BROKER_SESSION_TIMEOUT_MS",
+            BROKER_SESSION_TIMEOUT_MS.to_string(),
+        ),
+        (
+            "KAFKA_BROKER_HEARTBEAT_INTERVAL_MS",
+            (BROKER_SESSION_TIMEOUT_MS / 4).to_string(),
+        ),
         ("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", replicas.clone()),
         ("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", replicas),
         ("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", min_insync),

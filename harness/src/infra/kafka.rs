@@ -31,7 +31,7 @@ pub const CLUSTER_MIN_INSYNC_REPLICAS: u32 = 2;
 /// How long a broker that stopped heartbeating keeps its leaderships: the
 /// controller fences it after this, and the partitions it led get new
 /// leaders (Kafka's default is 9 s; see docs/faults.md for what it costs).
-const BROKER_SESSION_TIMEOUT_MS: u64 = 4_000;
+pub const BROKER_SESSION_TIMEOUT_MS: u64 = 4_000;
 /// How long the cluster may take to have every replica back in sync.
 const IN_SYNC_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -215,6 +215,11 @@ impl LocalKafka {
         format!("127.0.0.1:{}", self.ports.broker)
     }
 
+    /// Its process runs (a stalled one too).
+    fn is_running(&mut self) -> bool {
+        self.process.as_mut().is_some_and(Supervised::is_running)
+    }
+
     /// SIGSTOP or SIGCONT of the node's process.
     fn signal(&self, signal: Signal) {
         if let Some(process) = &self.process {
@@ -249,8 +254,6 @@ fn metadata_from(bootstrap: &str) -> anyhow::Result<Metadata> {
 /// broker and a voter of the controller quorum.
 pub struct LocalKafkaCluster {
     pub nodes: Vec<LocalKafka>,
-    /// Nodes killed and not started again yet (see [`Self::lose`]).
-    lost: Vec<usize>,
 }
 
 impl LocalKafkaCluster {
@@ -280,10 +283,7 @@ impl LocalKafkaCluster {
         for node in &mut nodes {
             node.wait_ready()?;
         }
-        let cluster = Self {
-            nodes,
-            lost: Vec::new(),
-        };
+        let cluster = Self { nodes };
         let bootstrap = cluster.brokers();
         wait_until(
             "every kafka broker",
@@ -340,40 +340,45 @@ impl LocalKafkaCluster {
         self.wait_in_sync()
     }
 
-    /// kill -9 of `count` nodes, the busiest leader first; not started
-    /// again until [`Self::heal`].
+    /// The nodes whose process is not running (killed, or failed to start).
+    pub fn down(&mut self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| !self.nodes[i].is_running())
+            .collect()
+    }
+
+    /// kill -9 of `count` running nodes, the busiest leader first; not
+    /// started again until [`Self::heal`].
     pub fn lose(&mut self, count: usize) -> anyhow::Result<()> {
+        let down = self.down();
         anyhow::ensure!(
-            count >= 1 && self.lost.len() + count <= self.nodes.len(),
-            "cannot lose {count} more of {} Kafka nodes ({} lost already)",
+            count >= 1 && down.len() + count <= self.nodes.len(),
+            "cannot lose {count} more of {} Kafka nodes ({} down already)",
             self.nodes.len(),
-            self.lost.len()
+            down.len()
         );
         let first = self.busiest_leader()?;
         let order = (0..self.nodes.len()).map(|i| (first + i) % self.nodes.len());
-        let doomed: Vec<usize> = order
-            .filter(|i| !self.lost.contains(i))
-            .take(count)
-            .collect();
-        for &node in &doomed {
+        let doomed: Vec<usize> = order.filter(|i| !down.contains(i)).take(count).collect();
+        for node in doomed {
             eprintln!("  kafka: kill -9 of node {}", node + 1);
             self.nodes[node].kill();
         }
-        self.lost.extend(doomed);
         Ok(())
     }
 
-    /// Every lost node started again, and every replica back in sync.
+    /// Every node that is down (lost, or one whose restart failed) started
+    /// again, and every replica back in sync.
     pub fn heal(&mut self) -> anyhow::Result<()> {
-        if self.lost.is_empty() {
+        let down = self.down();
+        if down.is_empty() {
             return Ok(());
         }
-        let lost = std::mem::take(&mut self.lost);
-        for &node in &lost {
+        for &node in &down {
             eprintln!("  kafka: node {} started again", node + 1);
             self.nodes[node].spawn()?;
         }
-        for &node in &lost {
+        for &node in &down {
             self.nodes[node].wait_ready()?;
         }
         self.wait_in_sync()
@@ -394,6 +399,10 @@ impl LocalKafkaCluster {
     /// its leaderships over), started again, and waited for until every
     /// replica is back in sync, as an operator upgrading the cluster does.
     pub fn rolling_restart(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.down().is_empty(),
+            "a rolling restart needs every Kafka node up"
+        );
         for node in 0..self.nodes.len() {
             eprintln!("  kafka: rolling restart of node {}", node + 1);
             if let Some(mut process) = self.nodes[node].process.take() {
@@ -405,17 +414,21 @@ impl LocalKafkaCluster {
         Ok(())
     }
 
-    /// Waits until every partition has every replica in sync (a no-op on
-    /// one node).
+    /// Waits until every partition has every replica in sync, as each node
+    /// sees it (a node just resumed from SIGSTOP still answers from what it
+    /// knew before); a no-op on one node.
     pub fn wait_in_sync(&self) -> anyhow::Result<()> {
         if self.nodes.len() == 1 {
             return Ok(());
         }
-        let bootstrap = self.brokers();
         let started = Instant::now();
         let mut behind = String::new();
+        let mut node = 0;
         while started.elapsed() < IN_SYNC_TIMEOUT {
-            match metadata_from(&bootstrap) {
+            if node == self.nodes.len() {
+                return Ok(());
+            }
+            match metadata_from(&self.nodes[node].brokers()) {
                 Ok(metadata) => {
                     let lagging: Vec<String> = metadata
                         .topics()
@@ -425,11 +438,12 @@ impl LocalKafkaCluster {
                         .map(|(topic, p)| format!("{topic}/{}", p.id()))
                         .collect();
                     if lagging.is_empty() {
-                        return Ok(());
+                        node += 1;
+                        continue;
                     }
-                    behind = lagging.join(", ");
+                    behind = format!("node {}: {}", node + 1, lagging.join(", "));
                 }
-                Err(e) => behind = format!("{e:#}"),
+                Err(e) => behind = format!("node {}: {e:#}", node + 1),
             }
             std::thread::sleep(Duration::from_millis(200));
         }

@@ -159,14 +159,19 @@ impl Availability {
     }
 }
 
-/// The transactions accepted afresh (202) by a request sent after `from`
-/// and answered before `to`: while too few brokers were up to take a write
-/// with `acks=all`, there must be none.
-pub(super) fn accepted_within(attempts: &[Attempt], from: Instant, to: Instant) -> usize {
-    attempts
-        .iter()
-        .filter(|a| a.status == Some(202) && a.sent >= from && a.answered <= to)
-        .count()
+/// Of the requests sent after `from` and answered before `to`: how many
+/// were accepted afresh (202), and how many refused with 503. While too few
+/// brokers were up to take a write with `acks=all` there must be no 202. A
+/// 200 is not counted: it answers from a record written before, which a
+/// request cut off by the fault may have left behind.
+pub(super) fn answered_within(attempts: &[Attempt], from: Instant, to: Instant) -> (usize, usize) {
+    let within = |status| {
+        attempts
+            .iter()
+            .filter(|a| a.status == Some(status) && a.sent >= from && a.answered <= to)
+            .count()
+    };
+    (within(202), within(503))
 }
 
 impl ClientResults {
@@ -254,9 +259,10 @@ mod tests {
         );
         assert_eq!(availability.unavailable_answers, 1);
         // Sent inside the window and answered inside it: only the last 202.
-        assert_eq!(accepted_within(&attempts, at(1), at(5000)), 1);
-        assert_eq!(accepted_within(&attempts, at(0), at(5000)), 2);
-        assert_eq!(accepted_within(&attempts, at(4001), at(5000)), 0);
-        assert_eq!(accepted_within(&attempts, at(1), at(4099)), 0);
+        assert_eq!(answered_within(&attempts, at(1), at(5000)), (1, 1));
+        assert_eq!(answered_within(&attempts, at(0), at(5000)), (2, 1));
+        assert_eq!(answered_within(&attempts, at(4001), at(5000)), (0, 0));
+        assert_eq!(answered_within(&attempts, at(1), at(4099)), (0, 1));
+        assert_eq!(answered_within(&attempts, at(21), at(4099)), (0, 0));
     }
 }
