@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use hdrhistogram::Histogram;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Serialize;
@@ -183,6 +184,11 @@ pub fn read_topic(brokers: &str, topic: &str) -> anyhow::Result<Vec<OwnedMessage
                 }
                 records.push(message.detach());
             }
+            // A broker that is down (a fault, until the run is healed) is
+            // reported as it is tried; the others still serve the reads.
+            Some(Err(KafkaError::MessageConsumption(
+                RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown,
+            ))) => {}
             Some(Err(e)) => bail!("reading {topic}: {e}"),
             None => {}
         }
