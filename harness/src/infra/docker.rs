@@ -21,7 +21,7 @@ use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, ContainerRequest, GenericImage, ImageExt};
 
 use super::kafka::{
-    NodePorts, BROKER_SESSION_TIMEOUT_MS, CLUSTER_MIN_INSYNC_REPLICAS, CLUSTER_REPLICATION_FACTOR,
+    free_node_ports, quorum_voters, replication_of, NodePorts, BROKER_SESSION_TIMEOUT_MS,
 };
 use super::process::free_port;
 
@@ -137,15 +137,8 @@ pub fn kafka_request(host_port: u16) -> ContainerRequest<GenericImage> {
 /// with 3 replicas, 2 in sync for a write, unclean election off.
 pub fn kafka_node_request(node_id: usize, all: &[NodePorts]) -> ContainerRequest<GenericImage> {
     let me = all[node_id - 1];
-    let voters: Vec<String> = all
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{}@127.0.0.1:{}", i + 1, p.controller))
-        .collect();
-    let (replicas, min_insync) = (
-        CLUSTER_REPLICATION_FACTOR.to_string(),
-        CLUSTER_MIN_INSYNC_REPLICAS.to_string(),
-    );
+    let (replicas, min_insync) = replication_of(all.len());
+    let (replicas, min_insync) = (replicas.to_string(), min_insync.to_string());
     let env = [
         ("KAFKA_NODE_ID", node_id.to_string()),
         ("KAFKA_PROCESS_ROLES", "broker,controller".to_owned()),
@@ -165,7 +158,7 @@ pub fn kafka_node_request(node_id: usize, all: &[NodePorts]) -> ContainerRequest
             "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP",
             "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT".to_owned(),
         ),
-        ("KAFKA_CONTROLLER_QUORUM_VOTERS", voters.join(",")),
+        ("KAFKA_CONTROLLER_QUORUM_VOTERS", quorum_voters(all)),
         ("KAFKA_DEFAULT_REPLICATION_FACTOR", replicas.clone()),
         ("KAFKA_MIN_INSYNC_REPLICAS", min_insync.clone()),
         ("KAFKA_UNCLEAN_LEADER_ELECTION_ENABLE", "false".to_owned()),
@@ -221,20 +214,9 @@ struct Containers {
 impl DockerStack {
     /// Redis and a Kafka of `kafka_nodes` (1 or 3) brokers.
     pub fn start(kafka_nodes: usize) -> anyhow::Result<Self> {
-        anyhow::ensure!(
-            kafka_nodes == 1 || kafka_nodes == CLUSTER_REPLICATION_FACTOR as usize,
-            "the docker provider runs 1 or {CLUSTER_REPLICATION_FACTOR} Kafka brokers, not {kafka_nodes}"
-        );
+        let nodes = free_node_ports(kafka_nodes, "the docker provider's Kafka")?;
         let redis_port = free_port()?;
         let kafka_port = free_port()?;
-        let nodes = (0..kafka_nodes)
-            .map(|_| {
-                Ok(NodePorts {
-                    broker: free_port()?,
-                    controller: free_port()?,
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
         let kafka_brokers = if kafka_nodes == 1 {
             format!("127.0.0.1:{kafka_port}")
         } else {

@@ -80,6 +80,44 @@ pub struct NodePorts {
     pub controller: u16,
 }
 
+/// Free loopback ports for the nodes of a Kafka of `count` (1 or 3; `what`
+/// names the Kafka in the error).
+pub fn free_node_ports(count: usize, what: &str) -> anyhow::Result<Vec<NodePorts>> {
+    anyhow::ensure!(
+        count == 1 || count == CLUSTER_REPLICATION_FACTOR as usize,
+        "{what} has 1 or {CLUSTER_REPLICATION_FACTOR} nodes, not {count}"
+    );
+    (0..count)
+        .map(|_| {
+            Ok(NodePorts {
+                broker: free_port()?,
+                controller: free_port()?,
+            })
+        })
+        .collect()
+}
+
+/// `controller.quorum.voters`: every node, by its 1-based id, at its
+/// controller port.
+pub fn quorum_voters(all: &[NodePorts]) -> String {
+    let voters: Vec<String> = all
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}@127.0.0.1:{}", i + 1, p.controller))
+        .collect();
+    voters.join(",")
+}
+
+/// Replicas a topic gets on a Kafka of `nodes`, and how many must have a
+/// write before it is acknowledged (`acks=all`).
+pub fn replication_of(nodes: usize) -> (i32, u32) {
+    if nodes == 1 {
+        (1, 1)
+    } else {
+        (CLUSTER_REPLICATION_FACTOR, CLUSTER_MIN_INSYNC_REPLICAS)
+    }
+}
+
 /// One KRaft node, broker and controller: a cluster of its own, or one node
 /// of a [`LocalKafkaCluster`].
 pub struct LocalKafka {
@@ -259,18 +297,7 @@ pub struct LocalKafkaCluster {
 impl LocalKafkaCluster {
     /// `count` nodes (1 or 3), started and answering, each listing all.
     pub fn start(count: usize) -> anyhow::Result<Self> {
-        anyhow::ensure!(
-            count == 1 || count == CLUSTER_REPLICATION_FACTOR as usize,
-            "a local Kafka has 1 or {CLUSTER_REPLICATION_FACTOR} nodes, not {count}"
-        );
-        let ports = (0..count)
-            .map(|_| {
-                Ok(NodePorts {
-                    broker: free_port()?,
-                    controller: free_port()?,
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let ports = free_node_ports(count, "a local Kafka")?;
         // Three JVMs share 2 cores and the memory of one.
         let heap_mib = if count == 1 { 768 } else { 384 };
         let cluster_id = new_cluster_id();
@@ -297,15 +324,6 @@ impl LocalKafkaCluster {
     pub fn brokers(&self) -> String {
         let all: Vec<String> = self.nodes.iter().map(LocalKafka::brokers).collect();
         all.join(",")
-    }
-
-    /// Replicas a topic gets and how many must be in sync for a write.
-    pub fn replication(&self) -> (i32, u32) {
-        if self.nodes.len() == 1 {
-            (1, 1)
-        } else {
-            (CLUSTER_REPLICATION_FACTOR, CLUSTER_MIN_INSYNC_REPLICAS)
-        }
     }
 
     pub fn pids(&mut self) -> Vec<u32> {
@@ -463,16 +481,7 @@ fn new_cluster_id() -> String {
 
 fn server_properties(node_id: i32, all: &[NodePorts], data: &Path) -> String {
     let me = all[(node_id - 1) as usize];
-    let voters: Vec<String> = all
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{}@127.0.0.1:{}", i + 1, p.controller))
-        .collect();
-    let (replicas, min_insync) = if all.len() == 1 {
-        (1, 1)
-    } else {
-        (CLUSTER_REPLICATION_FACTOR, CLUSTER_MIN_INSYNC_REPLICAS)
-    };
+    let (replicas, min_insync) = replication_of(all.len());
     // A lone broker keeps Kafka's defaults: fencing it helps nobody.
     let liveness = if all.len() == 1 {
         String::new()
@@ -513,7 +522,7 @@ auto.create.topics.enable=false
 num.network.threads=1
 num.io.threads=2
 ",
-        voters = voters.join(","),
+        voters = quorum_voters(all),
         port = me.broker,
         controller_port = me.controller,
         data = data.display()

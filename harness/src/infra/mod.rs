@@ -175,14 +175,7 @@ impl Infra {
     /// Replicas the engine's topics get on this Kafka, and how many must
     /// be in sync for a write (`acks=all`).
     pub fn topic_replication(&self) -> (i32, u32) {
-        if self.kafka_nodes == 1 {
-            (1, 1)
-        } else {
-            (
-                kafka::CLUSTER_REPLICATION_FACTOR,
-                kafka::CLUSTER_MIN_INSYNC_REPLICAS,
-            )
-        }
+        kafka::replication_of(self.kafka_nodes)
     }
 
     /// The URL of every Redis that holds keys, for SCAN with a plain
