@@ -31,13 +31,18 @@ end
 -- The first run's answer, {state, reason, balance_after, 1, 0}, when the flag
 -- is set (nil when not). A repeat still writes (it renews the flag's TTL):
 -- a WAIT after it then covers the first run's writes, even through a new
--- connection.
+-- connection. A record whose body is not the one its id was applied with
+-- is never answered the other's outcome: {'mismatch', '', '', 1, 0}, and
+-- nothing changes (the consumer sends it to the DLQ).
 local function replayed()
-  local done = redis.call('HMGET', KEYS[1], 'state', 'reason', 'balance_after')
+  local done = redis.call('HMGET', KEYS[1], 'state', 'reason', 'balance_after', 'fp')
   if not done[1] then
     return nil
   end
   redis.call('EXPIRE', KEYS[1], ARGV[4])
+  if done[4] and done[4] ~= ARGV[3] then
+    return {'mismatch', '', '', 1, 0}
+  end
   return {done[1], done[2] or '', done[3] or '', 1, 0}
 end
 

@@ -163,6 +163,12 @@ impl ApiClient {
         read(self.http.get(self.url(path)).send().await?).await
     }
 
+    /// GET `path` with the admin token (which `/ready` shows more to).
+    pub async fn get_as_admin(&self, path: &str) -> anyhow::Result<(StatusCode, Value)> {
+        let request = self.http.get(self.url(path)).bearer_auth(&self.admin_token);
+        read(request.send().await?).await
+    }
+
     /// PUT /balance/{account} with the admin token: its answer, whatever it is.
     pub async fn put_balance_raw(
         &self,

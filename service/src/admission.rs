@@ -55,10 +55,29 @@ pub enum Refused {
 /// A single request's claim as the claim gatherer holds it (owned).
 type OwnedClaim = (Transaction, String, Option<(KeyId, RateLimit)>);
 
+/// How many Redis replicas must hold a claim before its record is
+/// published (`WAIT`), and how long to wait: a master that fails over after
+/// a claim its replica never got would forget the id's binding, and a later
+/// request with another body would bind it too and get a 202 as well.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimReplication {
+    pub replicas: u32,
+    pub timeout: Duration,
+}
+
+impl ClaimReplication {
+    /// No replicas waited for (one Redis without replicas).
+    pub const NONE: Self = Self {
+        replicas: 0,
+        timeout: Duration::ZERO,
+    };
+}
+
 /// Claims, publishes and accepts transactions.
 #[derive(Clone)]
 pub struct Admission {
     store: Store,
+    replication: ClaimReplication,
     publisher: Publisher,
     /// Single requests' claims (each with its key's limit), gathered.
     claims: Gatherer<OwnedClaim, (Claim, Option<RateVerdict>)>,
@@ -69,7 +88,12 @@ pub struct Admission {
 }
 
 impl Admission {
-    pub fn new(store: Store, publisher: Publisher, max_background_releases: usize) -> Self {
+    pub fn new(
+        store: Store,
+        publisher: Publisher,
+        replication: ClaimReplication,
+        max_background_releases: usize,
+    ) -> Self {
         let claiming = store.clone();
         let accepting = store.clone();
         Self {
@@ -82,7 +106,13 @@ impl Admission {
                             (tx, token.as_str(), limit.as_ref().map(|(key, l)| (key, *l)))
                         })
                         .collect();
-                    store.claim_within_limits(&items).await
+                    let mut answers = store.claim_within_limits(&items).await;
+                    let ids: Vec<&TxId> = items.iter().map(|(tx, _, _)| &tx.id).collect();
+                    replicate_claims(&store, replication, &ids, &mut answers, |answer| {
+                        matches!(answer, (Claim::Claimed, _))
+                    })
+                    .await;
+                    answers
                 }
             }),
             accepts: Gatherer::start(
@@ -99,6 +129,7 @@ impl Admission {
                 },
             ),
             store,
+            replication,
             publisher,
             background_releases: Arc::new(Semaphore::new(max_background_releases)),
             max_background_releases,
@@ -119,7 +150,8 @@ impl Admission {
             .unwrap_or_else(|e| (Err(Refused::Internal(e.to_string())), None))
     }
 
-    /// Admits the transactions of a batch (their ids all different), each
+    /// Admits the transactions of a batch (an id given twice only with
+    /// different bodies: claimed in order, the later one a conflict), each
     /// as [`Admission::admit`] admits one and counted against the key's
     /// rate `limit` as one request: the first ones the limit lets go are
     /// claimed (one script call per slot), published together and
@@ -169,7 +201,13 @@ impl Admission {
             .zip(&tokens)
             .map(|(tx, token)| (tx, token.as_str()))
             .collect();
-        let claims = self.store.claim_batch(&items).await;
+        let mut claims = self.store.claim_batch(&items).await;
+        let ids: Vec<&TxId> = txs.iter().map(|tx| &tx.id).collect();
+        replicate_claims(&self.store, self.replication, &ids, &mut claims, |claim| {
+            *claim == Claim::Claimed
+        })
+        .await;
+        drop(ids);
         drop(items);
         let mut answers: Vec<Option<Result<TxStatus, Refused>>> = Vec::new();
         let mut claimed = Vec::new();
@@ -365,6 +403,40 @@ impl Admission {
             }
             drop(permit);
         });
+    }
+}
+
+/// Waits until the replicas hold the claims just made (those of `ids` whose
+/// answer is one, by `claimed`); if they do not in time, each such claim
+/// becomes the error, so it is released and answered 503, never published.
+async fn replicate_claims<T>(
+    store: &Store,
+    replication: ClaimReplication,
+    ids: &[&TxId],
+    answers: &mut [Result<T, StoreError>],
+    claimed: impl Fn(&T) -> bool,
+) {
+    let made: Vec<&TxId> = ids
+        .iter()
+        .zip(answers.iter())
+        .filter(|(_, answer)| answer.as_ref().is_ok_and(&claimed))
+        .map(|(id, _)| *id)
+        .collect();
+    if made.is_empty() || replication.replicas == 0 {
+        return;
+    }
+    let Err(e) = store
+        .replicated(made, replication.replicas, replication.timeout)
+        .await
+    else {
+        return;
+    };
+    metrics::counter!("txengine_claim_replica_wait_short_total").increment(1);
+    tracing::warn!(error = %e, "claims not on the replicas in time; not published");
+    for answer in answers.iter_mut() {
+        if answer.as_ref().is_ok_and(&claimed) {
+            *answer = Err(e.clone());
+        }
     }
 }
 

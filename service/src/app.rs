@@ -154,9 +154,7 @@ impl Engine {
                         .then_some(config.outcomes_topic.as_str()),
                     batch_size: config.batch_size,
                     wait_replicas: config.wait_replicas(),
-                    // Half the Redis answer timeout, so WAIT answers before
-                    // the client gives up on it (never 0: WAIT 0 waits forever).
-                    wait_timeout: Duration::from_millis((config.redis_timeout_ms / 2).max(1)),
+                    wait_timeout: config.wait_timeout(),
                 },
                 store,
                 consumer_health,

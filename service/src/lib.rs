@@ -16,10 +16,12 @@
 //! - [`events`]: the versioned event of the outcomes topic.
 //! - [`store`]: Redis keys and the Lua scripts of `lua/`.
 //! - [`admission`]: claim -> publish -> accept or release; the id binding rules.
-//! - [`gather`]: the accepts of concurrent requests, gathered into one script call.
+//! - [`gather`]: the claims and accepts of concurrent requests, gathered into
+//!   one script call.
 //! - [`publisher`]: the idempotent Kafka producer with a bounded queue.
 //! - [`topics`]: topic creation, and the retention rule every topic must keep.
 //! - [`consumer`]: the consumer group loop: batch, apply, store offsets, DLQ.
+//! - [`expirer`]: finds holds past their deadline and publishes their expiry.
 //! - [`http`]: the axum routes (one module per concern) and problem+json errors.
 //! - [`server`]: the hyper serve loop with the connection limits.
 //! - [`config`]: flags and `TXENGINE_*` variables.
@@ -45,3 +47,36 @@ pub mod wire;
 
 pub use app::Engine;
 pub use config::{Config, Role};
+
+#[cfg(test)]
+mod tests {
+    /// The modules `source` declares (`mod NAME;` or `pub mod NAME;` lines)
+    /// that its `//!` doc does not name as "[`NAME`]".
+    pub(crate) fn modules_missing_from_doc(source: &str) -> Vec<&str> {
+        let doc: Vec<&str> = source
+            .lines()
+            .filter(|line| line.starts_with("//!"))
+            .collect();
+        source
+            .lines()
+            .filter_map(|line| {
+                let line = line.trim();
+                let line = line.strip_prefix("pub ").unwrap_or(line);
+                line.strip_prefix("mod ")?.strip_suffix(';')
+            })
+            .filter(|name| {
+                let link = format!("[`{name}`]");
+                !doc.iter().any(|line| line.contains(link.as_str()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_module_is_in_the_layout_doc() {
+        let missing = modules_missing_from_doc(include_str!("lib.rs"));
+        assert!(
+            missing.is_empty(),
+            "modules missing from the `# Layout` doc of lib.rs: {missing:?}"
+        );
+    }
+}

@@ -359,7 +359,7 @@ mod tests {
             ("retention.ms", &wanted.retention_ms.to_string()),
         ]);
         check_topic("t", &ours, ttl_ms, 300_000).unwrap();
-        // What the engine used to create: retention = TTL, segment.ms default (7 days).
+        // Records kept as long as the TTL: retention = TTL, segment.ms default (7 days).
         let old = topic_config(&[
             ("cleanup.policy", "delete"),
             ("segment.ms", "604800000"),

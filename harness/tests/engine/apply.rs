@@ -9,7 +9,7 @@ use txengine::domain::TxStatus;
 use txengine::domain::{
     AccountId, Amount, Balance, Movement, Outcome, RejectReason, Transaction, TxId, MAX_MINOR_UNITS,
 };
-use txengine::store::{Acceptance, Applied, Claim, Store, StoreSettings};
+use txengine::store::{Acceptance, Applied, Claim, Progress, Store, StoreSettings};
 
 const MAX: u64 = MAX_MINOR_UNITS;
 
@@ -246,6 +246,33 @@ async fn duplicate_apply_returns_the_first_outcome_and_changes_nothing() {
         }
     );
     assert_eq!(get(&store, "a").await, Some(1000));
+}
+
+/// A record under an id that was applied with another body (a binding a
+/// failover lost, then bound again) changes nothing and is never answered
+/// the other body's outcome: it is a mismatch, for the consumer's DLQ.
+#[tokio::test]
+async fn another_body_under_an_applied_id_is_a_mismatch() {
+    let store = store().await;
+    set(&store, "a", 10).await;
+    let first = tx("bound", "debit", None, 4);
+    let other = tx("bound", "debit", None, 5);
+    let record = |tx: &Transaction| txengine::wire::Record {
+        tx: tx.clone(),
+        accepted_at_ms: 0,
+        saga: None,
+    };
+    let progress = store
+        .apply_records(&[record(&first), record(&other), record(&first)])
+        .await
+        .unwrap();
+    assert_eq!(progress[1], Progress::Mismatch);
+    assert!(
+        matches!(&progress[2], Progress::Ended { applied, .. } if applied.duplicate),
+        "{progress:?}"
+    );
+    assert_eq!(get(&store, "a").await, Some(6));
+    assert!(store.apply_batch(&[other]).await.is_err());
 }
 
 /// A Redis killed with -9 and restarted on its AOF keeps every applied

@@ -78,6 +78,15 @@ async fn a_mixed_batch_answers_each_item_as_one_request_would(#[case] topology: 
         // The other body first, then the bound one: as if sent one by one.
         json!({"id": "known-2", "account": "a-2", "amount": 13}),
         json!({"id": "known-2", "account": "a-2", "amount": 10}),
+        // Every further copy answers as the single endpoint would: the
+        // bound body its outcome, any other a conflict.
+        json!({"id": "known-2", "account": "a-2", "amount": 10}),
+        json!({"id": "known-2", "account": "a-2", "amount": 14}),
+        json!({"id": "known-2", "account": "a-2", "amount": 13}),
+        // An id bound by this batch: its first body binds it.
+        json!({"id": "b-new", "account": "a-3", "amount": 3}),
+        json!({"id": "b-new", "account": "a-3", "amount": 4}),
+        json!({"id": "b-new", "account": "a-3", "amount": 3}),
     ];
     let (status, answer) = client.post_batch(&items).await.unwrap();
     let got = results(status, &answer, items.len());
@@ -103,6 +112,12 @@ async fn a_mixed_batch_answers_each_item_as_one_request_would(#[case] topology: 
         ("b-debit", "conflict"),
         ("known-2", "conflict"),
         ("known-2", "applied"),
+        ("known-2", "applied"),
+        ("known-2", "conflict"),
+        ("known-2", "conflict"),
+        ("b-new", "pending"),
+        ("b-new", "conflict"),
+        ("b-new", "pending"),
     ];
     let expected: Vec<(Value, Value)> = expected
         .iter()
@@ -118,21 +133,29 @@ async fn a_mixed_batch_answers_each_item_as_one_request_would(#[case] topology: 
     assert_eq!(summary, expected, "{answer}");
     assert_eq!(got[10]["balance_after"], 90, "{answer}");
     assert_eq!(got[16]["balance_after"], 90, "{answer}");
+    assert_eq!(got[17]["balance_after"], 90, "{answer}");
     for (index, needle) in [(4, "amount"), (5, "`id` is required"), (7, "memo")] {
         let reason = got[index]["reason"].as_str().unwrap_or_default();
         assert!(reason.contains(needle), "item {index}: {reason}");
     }
 
-    let accepted: Vec<String> = ["b-debit", "b-transfer", "b-credit", "b-poor", "b-twice"]
-        .map(str::to_owned)
-        .to_vec();
+    let accepted: Vec<String> = [
+        "b-debit",
+        "b-transfer",
+        "b-credit",
+        "b-poor",
+        "b-twice",
+        "b-new",
+    ]
+    .map(str::to_owned)
+    .to_vec();
     let settled = s.wait_settled(&accepted, SETTLE).await.unwrap();
     assert_eq!(settled["b-poor"]["reason"], "insufficient_funds");
     s.wait_drained(SETTLE).await.unwrap();
     let balances = [
         ("a-1", 85),
         ("a-2", 60),
-        ("a-3", 130),
+        ("a-3", 127),
         ("a-4", 105),
         ("other", 100),
     ];

@@ -93,6 +93,70 @@ async fn engine_on_a_cluster_of_its_own(name: &str) -> (LocalRedisCluster, Stack
     (cluster, Stack::start_with(config).await.unwrap())
 }
 
+/// The first id `<prefix>-<n>` whose tx record is not on `master`.
+fn id_on_another_master(
+    cluster: &LocalRedisCluster,
+    layout: &txengine::store::Layout,
+    master: usize,
+    prefix: &str,
+) -> String {
+    (0..)
+        .map(|n| format!("{prefix}-{n}"))
+        .find(|id| {
+            cluster
+                .master_of(cluster.slot_of(&layout.tx(id)).unwrap())
+                .unwrap()
+                != master
+        })
+        .unwrap()
+}
+
+/// A claim is on its replica before its record is published: with the
+/// replica of the master that holds the id's record down, the request is a
+/// 503 and nothing is published (a failover then could lose the binding,
+/// and another body would be bound and accepted too); once the replica is
+/// back, the same request is accepted and applied once, and the binding
+/// holds against another body.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_waits_for_its_replica() {
+    let (mut cluster, s) = engine_on_a_cluster_of_its_own("claimwait").await;
+    s.set_balance("a", 100).await.unwrap();
+    let layout = txengine::store::Layout::new(&s.config.namespace, RedisTopology::Cluster);
+    let id = "unreplicated";
+    let master = cluster
+        .master_of(cluster.slot_of(&layout.tx(id)).unwrap())
+        .unwrap();
+    let replica = cluster.replica_of(master).unwrap();
+    cluster.nodes[replica].kill();
+    let body = json!({"id": id, "account": "a", "amount": 1});
+    let (status, problem) = s.post(&body).await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{problem}");
+    let (status, _) = s.get(&format!("/transactions/{id}")).await.unwrap();
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing accepted");
+
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.nodes[replica].restart().unwrap();
+        cluster
+    })
+    .await
+    .unwrap();
+    post_until_accepted(&s, &body).await;
+    let settled = s
+        .wait_settled(&[id.to_owned()], Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(settled[id]["balance_after"], 99, "{settled:?}");
+    let (status, answer) = s
+        .post(&json!({"id": id, "account": "a", "amount": 2}))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    s.wait_drained(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(s.balance("a").await.unwrap(), Some(99));
+    s.stop().await.unwrap();
+    drop(cluster);
+}
+
 /// POSTs `body` until it is accepted (202/200), retrying 503s while the
 /// cluster fails over.
 async fn post_until_accepted(s: &Stack, body: &serde_json::Value) {
@@ -187,13 +251,15 @@ async fn offsets_wait_for_a_replica() {
     let master = cluster.master_of(slot).unwrap();
     let replica = cluster.replica_of(master).unwrap();
     cluster.nodes[replica].kill();
-    post_until_accepted(&s, &json!({"id": "held", "account": "a", "amount": 2})).await;
-    s.wait_settled(&["held".into()], Duration::from_secs(30))
+    // Its claim on a master whose replica is up: only its apply waits.
+    let held = id_on_another_master(&cluster, &layout, master, "held");
+    post_until_accepted(&s, &json!({"id": held, "account": "a", "amount": 2})).await;
+    s.wait_settled(std::slice::from_ref(&held), Duration::from_secs(30))
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (status, body) = s.get("/ready").await.unwrap();
+        let (status, body) = s.get_as_admin("/ready").await.unwrap();
         if status == StatusCode::SERVICE_UNAVAILABLE
             && body["stalled"]["error"]
                 .as_str()

@@ -12,7 +12,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use txengine::admission::{Admission, Refused};
+use txengine::admission::{Admission, ClaimReplication, Refused};
 use txengine::http::MAX_BODY_BYTES;
 use txengine::publisher::{Publisher, PublisherSettings};
 use txengine::store::{Store, StoreSettings};
@@ -304,6 +304,47 @@ async fn stalled_redis_is_503_then_recovers() {
     s.stop().await.unwrap();
 }
 
+/// A batch of captures and voids while Redis stops answering: no hold's
+/// terms can be read, so no item can be taken, and the batch as a whole is
+/// a 503 with Retry-After (not a 200 of items each `unavailable`). The key
+/// is in the API's cache, so the refusal is the holds' read, not the key's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_whose_holds_cannot_be_read_is_503() {
+    crate::infra();
+    let mut redis = harness::infra::LocalRedis::start("always").unwrap();
+    let s = Stack::start_with(with_limits("holds503", |c| {
+        c.redis_url = redis.url();
+        c.redis_timeout_ms = 300;
+        c.key_cache_ms = txengine::limits::MAX_KEY_CACHE_MS;
+    }))
+    .await
+    .unwrap();
+    let items = vec![
+        json!({"id": "c-1", "type": "capture", "hold": "h-1"}),
+        json!({"id": "v-1", "type": "void", "hold": "h-2"}),
+    ];
+    // Answered while Redis runs (the holds are unknown), and the key cached.
+    let (status, answer) = s.post_batch(&items).await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let pid = Pid::from_raw(redis.pid().unwrap() as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let response = s
+        .http
+        .post(s.url("/transactions/batch"))
+        .json(&json!({ "transactions": items }))
+        .send()
+        .await;
+    kill(pid, Signal::SIGCONT).unwrap();
+    let response = response.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        response.headers().contains_key("retry-after"),
+        "{:?}",
+        response.headers()
+    );
+    s.stop().await.unwrap();
+}
+
 /// A Kafka broker that stops answering mid-publish (SIGSTOP), with a lease
 /// shorter than the publish timeout. Two interleavings, each of which once
 /// let an id be applied with a body its client never got 202 for:
@@ -432,7 +473,7 @@ async fn background_releases_are_capped() {
         linger: Duration::from_millis(1),
     })
     .unwrap();
-    let admission = Admission::new(store, publisher, 2);
+    let admission = Admission::new(store, publisher, ClaimReplication::NONE, 2);
     let pid = Pid::from_raw(redis.pid().unwrap() as i32);
     kill(pid, Signal::SIGSTOP).unwrap();
     for i in 0..5 {

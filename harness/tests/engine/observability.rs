@@ -9,7 +9,7 @@ use harness::infra::process::{free_port, Supervised};
 use harness::stack::Stack;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use txengine::admission::Admission;
+use txengine::admission::{Admission, ClaimReplication};
 use txengine::publisher::{Publisher, PublisherSettings};
 
 use crate::{isolated_store, post_on_broken_account, repair_account};
@@ -114,7 +114,7 @@ async fn every_dashboard_query_returns_data_from_a_live_engine() {
     else {
         panic!("a debit decodes ready")
     };
-    assert!(Admission::new(store, full, 1)
+    assert!(Admission::new(store, full, ClaimReplication::NONE, 1)
         .admit(tx, None)
         .await
         .0

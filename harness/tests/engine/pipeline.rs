@@ -33,11 +33,14 @@ async fn poison_records_go_to_the_dlq_and_the_rest_apply() {
         .unwrap();
     assert_eq!(status, StatusCode::ACCEPTED);
 
-    let poison: [&[u8]; 4] = [
+    let poison: [&[u8]; 5] = [
         b"not json at all",
         br#"{"v":0,"id":"ancient"}"#,
         br#"{"v":1,"id":"zero","type":"debit","account":"acct","amount":0,"accepted_at_ms":1}"#,
         br#"{"v":1,"id":"self","type":"transfer","account":"acct","to":"acct","amount":1,"accepted_at_ms":1}"#,
+        // A record under an id that was applied with another body (1, not
+        // 5): never answered the other's outcome in silence.
+        br#"{"v":1,"id":"before","type":"debit","account":"acct","amount":5,"accepted_at_ms":1}"#,
     ];
     for payload in poison {
         publish_raw(&s, "acct", payload).await;
@@ -86,6 +89,9 @@ async fn poison_records_go_to_the_dlq_and_the_rest_apply() {
             String::from_utf8_lossy(payload)
         );
     }
+    assert_eq!(dead[4].1, txengine::consumer::MISMATCH_REASON);
+    let (_, before) = s.get("/transactions/before").await.unwrap();
+    assert_eq!(before["balance_after"], 9, "{before}");
     s.stop().await.unwrap();
 }
 
@@ -469,7 +475,7 @@ pub async fn wait_ready_until(
 ) -> serde_json::Value {
     let deadline = std::time::Instant::now() + SETTLE;
     loop {
-        let (status, body) = s.get("/ready").await.unwrap();
+        let (status, body) = s.get_as_admin("/ready").await.unwrap();
         if done(status, &body) {
             return body;
         }
@@ -503,6 +509,19 @@ async fn a_record_redis_refuses_stalls_visibly_and_applies_once_fixed() {
         "{body}"
     );
     assert_eq!(body["redis"], true, "{body}");
+    // Without the admin token: that a partition is stalled and since when,
+    // never the id (a client's idempotency key) or the error.
+    let (status, seen) = s.get("/ready").await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{seen}");
+    assert_eq!(seen["stalled"]["partition"], body["stalled"]["partition"]);
+    assert!(
+        seen["stalled"]["since"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{seen}"
+    );
+    assert!(!seen.to_string().contains("refused"), "{seen}");
+    assert!(seen["stalled"].get("error").is_none(), "{seen}");
     // Only the stalled record's partition waits: the others go on.
     let stalled_partition = body["stalled"]["partition"].as_i64().unwrap() as i32;
     let others = post_to_other_partitions(&s, "around-stall", stalled_partition).await;

@@ -274,6 +274,22 @@ impl Config {
             })
     }
 
+    /// How long a `WAIT` for the replicas may take: half the Redis answer
+    /// timeout, so it answers before the client gives up on it (never 0:
+    /// `WAIT` with 0 waits forever).
+    pub fn wait_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis((self.redis_timeout_ms / 2).max(1))
+    }
+
+    /// What the API waits for before it publishes a claim's record: as many
+    /// replicas as a consumer waits for before it stores offsets.
+    pub fn claim_replication(&self) -> crate::admission::ClaimReplication {
+        crate::admission::ClaimReplication {
+            replicas: self.wait_replicas(),
+            timeout: self.wait_timeout(),
+        }
+    }
+
     /// How long history is kept: the flag, else the outcomes' TTL.
     pub fn history_retention_secs(&self) -> u64 {
         self.history_retention_secs.unwrap_or(self.outcome_ttl_secs)

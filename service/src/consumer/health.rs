@@ -16,8 +16,10 @@ pub struct Stall {
     /// partition is not one record (replicas behind with a batch's writes).
     pub id: String,
     /// What went wrong, without the record's accounts or amounts (those
-    /// are in the log): `/ready` answers anyone who asks.
+    /// are in the log).
     pub error: String,
+    /// When it began (ms since the epoch): kept while the same cause holds.
+    pub since_ms: u64,
 }
 
 impl Stall {
@@ -30,6 +32,7 @@ impl Stall {
             offset: message.offset(),
             id: id.to_owned(),
             error,
+            since_ms: crate::wire::now_ms(),
         }
     }
 }
@@ -70,8 +73,11 @@ impl ConsumerHealth {
     }
 
     /// Shows `stall` for `cause`; true if it was not shown already as is.
-    pub(super) fn set(&self, cause: Cause, stall: Stall) -> bool {
+    pub(super) fn set(&self, cause: Cause, mut stall: Stall) -> bool {
         let mut stalls = self.0.lock().expect("health lock");
+        if let Some(shown) = stalls.get(&cause) {
+            stall.since_ms = shown.since_ms;
+        }
         let new = stalls.get(&cause) != Some(&stall);
         stalls.insert(cause, stall);
         Self::publish(&stalls);
@@ -107,6 +113,7 @@ mod tests {
             offset: 1,
             id: String::new(),
             error: error.into(),
+            since_ms: 7,
         }
     }
 
@@ -126,5 +133,22 @@ mod tests {
         assert_eq!(health.stall().unwrap().error, "replicas");
         assert!(health.clear(&Cause::Replicas));
         assert_eq!(health.stall(), None);
+    }
+
+    /// A stall shown again (each retry of the held record) keeps the time
+    /// it began; once cleared, the next one begins anew.
+    #[test]
+    fn a_stall_keeps_when_it_began_until_cleared() {
+        let health = ConsumerHealth::default();
+        health.set(Cause::Replicas, stall(0, "replicas"));
+        let later = Stall {
+            since_ms: 99,
+            ..stall(0, "replicas")
+        };
+        assert!(!health.set(Cause::Replicas, later.clone()), "shown already");
+        assert_eq!(health.stall().unwrap().since_ms, 7);
+        health.clear(&Cause::Replicas);
+        health.set(Cause::Replicas, later);
+        assert_eq!(health.stall().unwrap().since_ms, 99);
     }
 }

@@ -44,6 +44,8 @@ use crate::wire::{now_ms, DecodeError, Record};
 const BATCH_LINGER: Duration = Duration::from_millis(2);
 /// Backoff bounds while Redis cannot apply a batch.
 const RETRY_MIN: Duration = Duration::from_millis(50);
+/// The DLQ reason of a record whose id was applied with another body.
+pub const MISMATCH_REASON: &str = "its id was applied with another body; this one was not applied";
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
 pub struct ConsumerSettings<'a> {
@@ -280,6 +282,17 @@ impl TxConsumer {
                 return false;
             }
         }
+        for (i, _) in applied.iter().filter(|(_, p)| *p == Progress::Mismatch) {
+            let id = &records[*i].tx.id;
+            metrics::counter!("txengine_body_mismatch_total").increment(1);
+            tracing::error!(%id, "a record whose body is not the one its id was applied with; to the DLQ");
+            if !self
+                .dead_letter(sources[*i], MISMATCH_REASON, shutdown)
+                .await
+            {
+                return false;
+            }
+        }
         count_outcomes(applied.iter().map(|(i, p)| (&records[*i], p)));
         done.extend(applied.iter().map(|(i, _)| sources[*i]));
         metrics::histogram!("txengine_apply_batch_size").record(batch.len() as f64);
@@ -460,7 +473,7 @@ fn next_steps<'a>(progress: impl Iterator<Item = &'a Progress>) -> Vec<&'a Recor
     progress
         .filter_map(|p| match p {
             Progress::Next(record) => Some(record),
-            Progress::Ended { .. } | Progress::Expiry { .. } => None,
+            Progress::Ended { .. } | Progress::Expiry { .. } | Progress::Mismatch => None,
         })
         .collect()
 }
@@ -478,7 +491,7 @@ fn outcome_events<'a>(
             let status = match progress {
                 Progress::Ended { applied, .. } => EventStatus::from(applied.outcome),
                 Progress::Expiry { expired: true, .. } => EventStatus::Expired,
-                Progress::Expiry { .. } | Progress::Next(_) => return None,
+                Progress::Expiry { .. } | Progress::Next(_) | Progress::Mismatch => return None,
             };
             Some(OutcomeEvent {
                 tx: record.tx.clone(),

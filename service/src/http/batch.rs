@@ -227,6 +227,12 @@ impl ItemResult {
     fn is_unavailable(&self) -> bool {
         self.status == "unavailable"
     }
+
+    /// Whether the item was valid and in the key's scope, so that taking it
+    /// was tried (whatever came of it).
+    fn was_tried(&self) -> bool {
+        !matches!(self.status, "invalid" | "forbidden")
+    }
 }
 
 /// Submit up to 1000 money movements at once; each item is what `POST
@@ -267,18 +273,19 @@ pub(super) async fn post_batch(
     let items = decode_batch(&body).map_err(batch_problem)?;
 
     // Each item's answer, or the transaction sent to admission (by its
-    // place among them) whose answer it is: the same id and body twice in
-    // one batch is one transaction, answered twice. An id given again with
-    // another body waits for the first body's answer (`Rebound`).
+    // place among them) whose answer it is. The same id and body twice is
+    // one transaction, answered twice; another body under an id already
+    // sent is admitted too, after it in the same claim call (one slot, in
+    // order), so each copy is answered as the single endpoint would answer
+    // it sent right after the copies before it: the first body the id is
+    // bound to gets the id's answer, every other body `conflict`.
     enum Slot {
         Done(ItemResult),
         Admitted(usize),
-        Rebound(usize, Transaction),
-        Second(usize),
     }
     let mut slots = Vec::with_capacity(items.len());
     let mut admitted: Vec<Transaction> = Vec::new();
-    let mut admitted_as: HashMap<String, usize> = HashMap::new();
+    let mut admitted_as: HashMap<(String, String), usize> = HashMap::new();
     // The terms of the holds the captures and voids end, read at once.
     let holds: Vec<TxId> = items
         .iter()
@@ -331,13 +338,11 @@ pub(super) async fn post_batch(
             ));
             continue;
         }
-        match admitted_as.get(tx.id.as_str()) {
-            Some(&n) if admitted[n].fingerprint() == tx.fingerprint() => {
-                slots.push(Slot::Admitted(n));
-            }
-            Some(&n) => slots.push(Slot::Rebound(n, tx)),
+        let same = (tx.id.as_str().to_owned(), tx.fingerprint());
+        match admitted_as.get(&same) {
+            Some(&n) => slots.push(Slot::Admitted(n)),
             None => {
-                admitted_as.insert(tx.id.as_str().to_owned(), admitted.len());
+                admitted_as.insert(same, admitted.len());
                 slots.push(Slot::Admitted(admitted.len()));
                 admitted.push(tx);
             }
@@ -345,8 +350,21 @@ pub(super) async fn post_batch(
     }
 
     let limit = limit_of(&api, &key);
-    let (answered, mut verdict) = admit_round(&api, &key, limit, admitted).await;
-    let none_taken = !answered.is_empty() && answered.iter().all(ItemResult::is_unavailable);
+    let (answered, verdict) = admit_round(&api, &key, limit, admitted).await;
+    let results: Vec<ItemResult> = slots
+        .into_iter()
+        .map(|slot| match slot {
+            Slot::Done(result) => result,
+            Slot::Admitted(n) => answered[n].clone(),
+        })
+        .collect();
+    // Of the items that were valid and in scope, none could be taken: the
+    // request as a whole is unavailable (retried with the same ids).
+    let mut tried = results
+        .iter()
+        .filter(|result| result.was_tried())
+        .peekable();
+    let none_taken = tried.peek().is_some() && tried.all(ItemResult::is_unavailable);
     if none_taken {
         let quota = limit
             .zip(verdict)
@@ -357,45 +375,6 @@ pub(super) async fn post_batch(
         )
         .with_headers(quota.iter().flat_map(Quota::headers)));
     }
-
-    // A later body of an id: a conflict when the first body holds the id
-    // (accepted now or before); when the id was bound to neither (the
-    // first was a conflict), it is admitted in a second round, as if sent
-    // after; otherwise (not taken) it shares the first's answer.
-    let mut second: Vec<Transaction> = Vec::new();
-    let mut second_as: HashMap<String, usize> = HashMap::new();
-    for slot in &mut slots {
-        let Slot::Rebound(n, tx) = slot else { continue };
-        let conflict = || {
-            let detail = Refused::Conflict(tx.id.clone()).to_string();
-            Slot::Done(ItemResult::new(Some(tx.id.as_str().to_owned()), "conflict").because(detail))
-        };
-        *slot = match answered[*n].status {
-            "conflict" if !second_as.contains_key(tx.id.as_str()) => {
-                second_as.insert(tx.id.as_str().to_owned(), second.len());
-                second.push(tx.clone());
-                Slot::Second(second.len() - 1)
-            }
-            "conflict" | "pending" | "applied" | "rejected" => conflict(),
-            _ => Slot::Admitted(*n),
-        };
-    }
-    let mut answered_second = Vec::new();
-    if !second.is_empty() {
-        let (answers, later_verdict) = admit_round(&api, &key, limit, second).await;
-        answered_second = answers;
-        verdict = later_verdict.or(verdict);
-    }
-
-    let results: Vec<ItemResult> = slots
-        .into_iter()
-        .map(|slot| match slot {
-            Slot::Done(result) => result,
-            Slot::Admitted(n) => answered[n].clone(),
-            Slot::Second(n) => answered_second[n].clone(),
-            Slot::Rebound(..) => unreachable!("every later body was decided"),
-        })
-        .collect();
     count_items(&results, key.id.as_str());
 
     let retry = results
@@ -417,8 +396,8 @@ pub(super) async fn post_batch(
     Ok(response)
 }
 
-/// Admits one round of a batch's transactions (their ids all different):
-/// each one's result, and what the rate limit said.
+/// Admits a batch's transactions (an id twice only with different bodies,
+/// claimed in order): each one's result, and what the rate limit said.
 async fn admit_round(
     api: &ApiState,
     key: &ApiKey,

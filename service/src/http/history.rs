@@ -285,7 +285,7 @@ fn time_ms(name: &str, text: &str) -> Result<u64, Problem> {
 
 /// An RFC 3339 time of milliseconds since the epoch: UTC, always three
 /// digits of milliseconds, so times sort as text too.
-fn rfc3339(ms: u64) -> String {
+pub(super) fn rfc3339(ms: u64) -> String {
     let Ok(t) = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) else {
         return String::new();
     };

@@ -7,6 +7,8 @@
 //!   for the fuzzer);
 //! - [`status`]: `GET /transactions/{id}` and the views of a transaction;
 //! - [`batch`]: `POST /transactions/batch`, its decoder (public too);
+//! - [`holds`]: a hold's timeout under this server's limits, and the terms
+//!   of the hold a capture or void ends;
 //! - [`balances`]: balance reads and the admin's setter;
 //! - [`history`]: an account's history, and its balance at a time;
 //! - [`ops`]: health, readiness, metrics, unknown routes;
@@ -93,7 +95,12 @@ impl ApiState {
         metrics: PrometheusHandle,
     ) -> anyhow::Result<Arc<Self>> {
         Ok(Arc::new(Self {
-            admission: Admission::new(store.clone(), publisher.clone(), MAX_BACKGROUND_RELEASES),
+            admission: Admission::new(
+                store.clone(),
+                publisher.clone(),
+                config.claim_replication(),
+                MAX_BACKGROUND_RELEASES,
+            ),
             store,
             publisher,
             consumer,
@@ -156,4 +163,16 @@ async fn record_request(request: Request, next: Next) -> Response {
     metrics::histogram!("txengine_http_request_seconds", "route" => route, "method" => method)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_module_is_in_the_module_doc() {
+        let missing = crate::tests::modules_missing_from_doc(include_str!("mod.rs"));
+        assert!(
+            missing.is_empty(),
+            "modules missing from the `//!` doc of http/mod.rs: {missing:?}"
+        );
+    }
 }

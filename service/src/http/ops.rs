@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -11,6 +11,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::auth::authorize_admin;
 use super::problem::{not_found, Problem};
 use super::ApiState;
 use crate::consumer::{ConsumerHealth, Stall};
@@ -37,19 +38,62 @@ pub(super) struct Readiness {
     /// The record this process's consumer cannot apply (its partition does
     /// not move until it applies); absent when none.
     #[serde(skip_serializing_if = "Option::is_none")]
-    stalled: Option<Stall>,
+    stalled: Option<StallShown>,
+}
+
+/// A stall as `/ready` shows it. The transaction id (a client's
+/// idempotency key, which often carries order or customer numbers) and the
+/// error are shown only to the admin token; the log and the stall metrics
+/// have them for everyone else who operates the engine.
+#[derive(Serialize, ToSchema)]
+pub(super) struct StallShown {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    /// When the stall began (RFC 3339, UTC).
+    since: String,
+    /// Admin token only: the id of the record held (empty when it is not
+    /// one record).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    /// Admin token only: what went wrong.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+impl StallShown {
+    /// `stall` as shown to the admin token (`to_admin`) or to anyone.
+    fn of(stall: Stall, to_admin: bool) -> Self {
+        let (id, error) = match to_admin {
+            true => (Some(stall.id), Some(stall.error)),
+            false => (None, None),
+        };
+        Self {
+            topic: stall.topic,
+            partition: stall.partition,
+            offset: stall.offset,
+            since: super::history::rfc3339(stall.since_ms),
+            id,
+            error,
+        }
+    }
 }
 
 /// Readiness: Redis and Kafka reachable, no stalled partition.
 #[utoipa::path(get, path = "/ready", tag = "operations",
     responses(
         (status = 200, description = "Both reachable, nothing stalled", body = Readiness),
-        (status = 503, description = "Redis or Kafka unreachable, or this process's consumer is stalled on a record", body = Readiness),
+        (status = 503, description = "Redis or Kafka unreachable, or this process's consumer is stalled on a record (its id and error only with the admin token)", body = Readiness),
     ))]
-pub(super) async fn ready(State(api): State<Arc<ApiState>>) -> Response {
+pub(super) async fn ready(State(api): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
     let redis = api.store.ping().await.is_ok();
     let kafka = api.publisher.ready().await;
-    let stalled = api.consumer.as_ref().and_then(ConsumerHealth::stall);
+    let to_admin = authorize_admin(&api, &headers).is_ok();
+    let stalled = api
+        .consumer
+        .as_ref()
+        .and_then(ConsumerHealth::stall)
+        .map(|stall| StallShown::of(stall, to_admin));
     let code = if redis && kafka && stalled.is_none() {
         StatusCode::OK
     } else {
@@ -92,8 +136,9 @@ pub fn metrics_router(handle: PrometheusHandle, consumer: ConsumerHealth) -> Rou
         .route("/health", get(health))
         .route(
             "/ready",
+            // No admin token here: the stall without its id and error.
             get(move || async move {
-                let stalled = consumer.stall();
+                let stalled = consumer.stall().map(|stall| StallShown::of(stall, false));
                 let code = match stalled {
                     None => StatusCode::OK,
                     Some(_) => StatusCode::SERVICE_UNAVAILABLE,

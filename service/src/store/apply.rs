@@ -29,6 +29,9 @@ pub enum Progress {
     Ended { applied: Applied, recorded: bool },
     /// The saga goes on with this record, to be published.
     Next(Record),
+    /// The id was applied with another body: nothing changed, and this
+    /// record is never answered the other's outcome (it goes to the DLQ).
+    Mismatch,
     /// An expiry was looked at: `expired` when the hold is expired (ended
     /// by this record now, or `duplicate`: before, by its earlier delivery
     /// or a late capture or void); false when the hold ended otherwise or
@@ -53,8 +56,13 @@ impl Store {
         self.apply_records(&records)
             .await?
             .into_iter()
-            .map(|progress| match progress {
+            .zip(batch)
+            .map(|(progress, tx)| match progress {
                 Progress::Ended { applied, .. } => Ok(applied),
+                Progress::Mismatch => Err(StoreError::Unexpected(format!(
+                    "{} was applied with another body",
+                    tx.id
+                ))),
                 Progress::Next(_) | Progress::Expiry { .. } => Err(StoreError::Unexpected(
                     "apply_batch takes transactions that end in one script".into(),
                 )),
@@ -280,6 +288,7 @@ impl Store {
         let reply = StepReply::parse(&state, &reason, &balance_after).ok_or_else(unexpected)?;
         let saga = self.layout.needs_saga(tx);
         match (&record.saga, reply) {
+            (_, StepReply::Mismatch) => Ok(Progress::Mismatch),
             (None, StepReply::Expiry { expired }) => Ok(Progress::Expiry { expired, duplicate }),
             (None, StepReply::Settled(outcome)) if !saga => {
                 let account = tx.movement.account().as_str();
@@ -388,6 +397,8 @@ enum StepReply {
     Expiry {
         expired: bool,
     },
+    /// The id's flag holds another body's outcome.
+    Mismatch,
 }
 
 impl StepReply {
@@ -410,6 +421,7 @@ impl StepReply {
                 expired: reason == "expired",
             },
             "not_due" => Self::Expiry { expired: false },
+            "mismatch" => Self::Mismatch,
             _ => return None,
         })
     }
@@ -448,6 +460,7 @@ mod tests {
             ),
             (("released", "", "5"), Some(StepReply::Released)),
             (("refunded", "", "5"), Some(StepReply::Refunded)),
+            (("mismatch", "", ""), Some(StepReply::Mismatch)),
             // Broken answers are nothing, never a guess.
             (("applied", "", "9007199254740992"), None),
             (("applied", "", ""), None),

@@ -10,6 +10,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use super::{RedisTopology, StoreError};
@@ -189,6 +190,33 @@ impl Connection {
                 })
             }
         })
+    }
+
+    /// `WAIT replicas timeout` on the node that holds `key` (a cluster's
+    /// master of its slot: redis-rs would otherwise ask every master and
+    /// answer the smallest count, so one replica down anywhere would hold
+    /// every write), or on the one Redis: how many replicas have every
+    /// write made through this connection to that node.
+    pub async fn wait_on(
+        &self,
+        key: &str,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<u32, StoreError> {
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(replicas).arg(timeout.as_millis() as u64);
+        let answer = match self {
+            Self::Single(c) => cmd.query_async::<Value>(&mut c.clone()).await,
+            Self::Cluster(cluster) => {
+                let route = Route::with_key(key, SlotAddr::Master);
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                let result = cluster.current().route_command(cmd, routing).await;
+                cluster.observe(&result);
+                result
+            }
+        }?;
+        redis::from_redis_value(answer)
+            .map_err(|e| StoreError::Unexpected(format!("WAIT answered {e}")))
     }
 
     /// Runs `commands`, one answer each, in order. A cluster pipeline must

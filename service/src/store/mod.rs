@@ -3,12 +3,14 @@
 //!
 //! - [`layout`]: key names and slots (the key layout is described there).
 //! - [`connection`]: one Redis or a cluster, and pipelines split by slot.
-//! - `scripts`: the Lua sources of `lua/`.
-//! - `balances`, `outcomes`, `api_keys`, `rate_limit`: reads and writes of
-//!   each kind of record.
-//! - `claim`: the API's claim, accept and release of an id.
-//! - `apply`: the consumer's apply, saga steps and their replies.
-//! - `history`: each account's history, read by page and at a time.
+//! - [`scripts`]: the Lua sources of `lua/`.
+//! - [`balances`], [`outcomes`], [`api_keys`], [`rate_limit`]: reads and
+//!   writes of each kind of record.
+//! - [`claim`]: the API's claim, accept and release of an id.
+//! - [`apply`]: the consumer's apply, saga steps and their replies.
+//! - [`history`]: each account's history, read by page and at a time.
+//! - [`holds`]: holds as the API and the expirer read them (their terms,
+//!   where they stand, which are past their deadline).
 
 mod api_keys;
 mod apply;
@@ -22,6 +24,7 @@ mod outcomes;
 mod rate_limit;
 mod scripts;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +52,10 @@ pub enum StoreError {
     Unexpected(String),
     #[error("redis runs with maxmemory-policy {0}: it may evict a balance or a processed flag (money lost, or applied twice); run it with maxmemory-policy noeviction")]
     Eviction(String),
+    /// `WAIT` counted fewer replicas than asked within its timeout: the
+    /// writes may be lost if a master fails over now.
+    #[error("the writes reached {acknowledged} of {wanted} replicas in time")]
+    ReplicasBehind { acknowledged: u32, wanted: u32 },
 }
 
 /// Every text in an answer (one node's string, or a cluster's map of them).
@@ -83,6 +90,7 @@ impl StoreError {
                 "redis answered what this build does not expect (details in the log)".into()
             }
             Self::Eviction(policy) => format!("redis runs with maxmemory-policy {policy}"),
+            Self::ReplicasBehind { .. } => self.to_string(),
         }
     }
 
@@ -92,6 +100,8 @@ impl StoreError {
     pub fn is_unreachable(&self) -> bool {
         match self {
             Self::Redis(e) => is_transient(e),
+            // Replicas catch up, or a failover ends: worth retrying.
+            Self::ReplicasBehind { .. } => true,
             Self::Unexpected(_) | Self::Eviction(_) => false,
         }
     }
@@ -192,6 +202,39 @@ impl Store {
             .map_err(|e| StoreError::Unexpected(format!("WAIT answered {e}")))
     }
 
+    /// `Ok` once `replicas` replicas hold every write made so far through
+    /// this store's connection to the nodes of the tx records of `ids` (one
+    /// `WAIT` a slot of theirs, at once); too few on any within `timeout` is
+    /// [`StoreError::ReplicasBehind`]. Nothing to wait for with `replicas` 0.
+    pub async fn replicated<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a TxId>,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<(), StoreError> {
+        if replicas == 0 {
+            return Ok(());
+        }
+        let mut keys: BTreeMap<u32, String> = BTreeMap::new();
+        for id in ids {
+            let shard = self.layout.shard_of(id.as_str());
+            keys.entry(shard).or_insert_with(|| self.tx_key(id));
+        }
+        let waits = keys
+            .values()
+            .map(|key| self.conn.wait_on(key, replicas, timeout));
+        for acknowledged in futures_util::future::join_all(waits).await {
+            let acknowledged = acknowledged?;
+            if acknowledged < replicas {
+                return Err(StoreError::ReplicasBehind {
+                    acknowledged,
+                    wanted: replicas,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Refuses a Redis that may evict keys: an evicted balance or flag is
     /// money lost or applied twice. Every master is asked (`INFO memory`;
     /// on a cluster redis-rs sends it to each and answers per node).
@@ -251,4 +294,16 @@ fn evalsha(script: &Script, keys: &[String]) -> Cmd {
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(script.get_hash()).arg(keys.len()).arg(keys);
     cmd
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_module_is_in_the_module_doc() {
+        let missing = crate::tests::modules_missing_from_doc(include_str!("mod.rs"));
+        assert!(
+            missing.is_empty(),
+            "modules missing from the `//!` doc of store/mod.rs: {missing:?}"
+        );
+    }
 }
