@@ -2,7 +2,7 @@
 -- balance, move the money and record the outcome, all in one script.
 --
 -- Every key is in one slot, the checked account's ({tag} below: `{ns}` on
--- one Redis, `{ns:<shard>}` on a cluster, see store.rs):
+-- one Redis, `{ns:<shard>}` on a cluster, see service/src/store/layout.rs):
 -- KEYS[1] the processed flag, holding the outcome: the tx record
 --         ({tag}:tx:<id>) when it shares the slot, else {tag}:step:<id>:apply
 --         (the consumer then copies the outcome into the tx record)
