@@ -275,6 +275,78 @@ async fn another_body_under_an_applied_id_is_a_mismatch() {
     assert!(store.apply_batch(&[other]).await.is_err());
 }
 
+/// Redis runs every command of a pipeline even when one fails: with only
+/// the apply script loaded (another client still loading the others after
+/// a restart), a hold then a debit on one account must still apply as the
+/// hold, then the debit refused for the money it keeps; never the debit,
+/// then the hold refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pipeline_that_lost_a_script_applies_in_order() {
+    crate::infra();
+    let redis = harness::infra::LocalRedis::start("always").unwrap();
+    let store = Store::connect(StoreSettings {
+        topology: txengine::config::RedisTopology::Single,
+        url: &redis.url(),
+        namespace: "in-order",
+        outcome_ttl_secs: 3600,
+        history_keep_secs: 3600,
+        lease_ms: 30_000,
+        response_timeout: Duration::from_secs(5),
+    })
+    .await
+    .unwrap();
+    set(&store, "a", 100).await;
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let apply = Store::script_source("atomic_update").unwrap();
+    let _: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(apply)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let hold = Transaction {
+        metadata: Default::default(),
+        id: TxId::parse("hold-all").unwrap(),
+        movement: Movement::Hold {
+            account: account("a"),
+            to: None,
+            amount: Amount::new(100).unwrap(),
+            timeout_s: 60,
+        },
+    };
+    let debit = tx("debit-half", "debit", None, 50);
+    let record = |tx: Transaction| txengine::wire::Record {
+        tx,
+        accepted_at_ms: 0,
+        saga: None,
+    };
+    let progress = store
+        .apply_records(&[record(hold), record(debit)])
+        .await
+        .unwrap();
+    let outcomes: Vec<Outcome> = progress
+        .iter()
+        .map(|p| match p {
+            Progress::Ended { applied, .. } => applied.outcome,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [applied(100), rejected(RejectReason::InsufficientFunds)]
+    );
+    assert_eq!(get(&store, "a").await, Some(100));
+}
+
 /// A Redis killed with -9 and restarted on its AOF keeps every applied
 /// balance and outcome, and has lost its script cache: the store reloads the
 /// scripts on NOSCRIPT and later batches still apply exactly once.
@@ -438,30 +510,31 @@ async fn unknown_kinds_and_saga_steps_write_nothing() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    // As the store composes them: the shared prelude, then the script.
-    let file = |name: &str| {
-        std::fs::read_to_string(format!("{}/../lua/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
-    };
-    let source = |name: &str| file("money.lua") + &file("clock.lua") + &file(name);
+    // As the store runs them (the prelude, the script as the body of
+    // in_order.lua, whose order key and place come last): an error answer
+    // does not count as run, so the pipeline's order key is not written.
+    let order = layout.order(0, "unknown-kinds");
     let keys = [
         layout.tx("bogus"),
         layout.seq(0),
         layout.balance("a"),
         held.clone(),
+        order.clone(),
     ];
     for (script, kind) in [
-        ("atomic_update.lua", "refund"),
-        ("saga_step.lua", "steal"),
-        ("hold.lua", "steal"),
+        ("atomic_update", "refund"),
+        ("saga_step", "steal"),
+        ("hold", "steal"),
     ] {
         let error = redis::cmd("EVAL")
-            .arg(source(script))
+            .arg(Store::script_source(script).unwrap())
             .arg(keys.len())
             .arg(&keys)
             .arg(kind)
             .arg(10)
             .arg("fp")
             .arg(60)
+            .arg(1)
             .arg(1)
             .query_async::<redis::Value>(&mut conn)
             .await
@@ -485,5 +558,11 @@ async fn unknown_kinds_and_saga_steps_write_nothing() {
             .await
             .unwrap();
         assert!(!flag, "{script} set the flag");
+        let ran: bool = redis::cmd("EXISTS")
+            .arg(&order)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(!ran, "{script}'s refusal counted as run");
     }
 }

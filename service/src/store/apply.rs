@@ -2,7 +2,9 @@
 //! (pipelined per slot), its reply read into where the transaction stands,
 //! and outcomes decided in another slot written to their tx record.
 
-use redis::Cmd;
+use std::collections::BTreeMap;
+
+use redis::{Arg, Cmd, Script, Value};
 
 use crate::domain::Balance;
 
@@ -79,24 +81,11 @@ impl Store {
             return Ok(Vec::new());
         }
         let now_ms = crate::wire::now_ms();
-        let replies: Vec<(String, String, String, i64, u64)> = self
-            .with_scripts(|| {
-                let commands = records
-                    .iter()
-                    .map(|record| self.step_command(record, now_ms))
-                    .collect::<Result<Vec<_>, _>>();
-                async move { self.conn.run_by_slot(commands?).await }
-            })
-            .await?;
-        // One reply per script call, in order: checked in every build, or a
-        // short answer would let offsets pass records never applied.
-        if replies.len() != records.len() {
-            return Err(StoreError::Unexpected(format!(
-                "{} replies for {} records",
-                replies.len(),
-                records.len()
-            )));
-        }
+        let calls = records
+            .iter()
+            .map(|record| self.step_command(record, now_ms))
+            .collect::<Result<Vec<_>, _>>()?;
+        let replies = self.run_in_order(&calls).await?;
         let entries: u64 = replies.iter().map(|reply| reply.4).sum();
         metrics::counter!("txengine_history_entries_total").increment(entries);
         records
@@ -108,8 +97,73 @@ impl Store {
             .collect()
     }
 
+    /// Runs the calls, in order within each slot, one pipeline per slot
+    /// (all slots at once), each guarded by `lua/in_order.lua`: a call
+    /// after one that did not run is skipped. What was skipped or failed on
+    /// NOSCRIPT is run again, from the first call of its slot that did not
+    /// run (the scripts loaded first), never before calls already applied;
+    /// any other error fails the whole (the caller retries it, and the
+    /// flags make what was applied a repeat). One reply per call, in order.
+    async fn run_in_order(&self, calls: &[StepCall<'_>]) -> Result<Vec<StepAnswer>, StoreError> {
+        let mut replies: Vec<Option<StepAnswer>> = calls.iter().map(|_| None).collect();
+        for _ in 0..MAX_IN_ORDER_ROUNDS {
+            let token = Store::lease_token();
+            let mut places: BTreeMap<u32, usize> = BTreeMap::new();
+            let waiting: Vec<usize> = (0..calls.len()).filter(|&i| replies[i].is_none()).collect();
+            let commands = waiting
+                .iter()
+                .map(|&i| {
+                    let call = &calls[i];
+                    let place = places.entry(call.shard).or_default();
+                    *place += 1;
+                    let order_key = self.layout.order(call.shard, &token);
+                    (call.shard, call.command(&order_key, *place))
+                })
+                .collect();
+            let answers = self.conn.run_by_slot_ignoring_errors(commands).await;
+            // The first call of each slot that did not run, and why.
+            let mut stopped: BTreeMap<u32, Option<StoreError>> = BTreeMap::new();
+            for (&i, answer) in waiting.iter().zip(answers) {
+                let shard = calls[i].shard;
+                if stopped.contains_key(&shard) {
+                    continue;
+                }
+                match answer.and_then(read_step) {
+                    Ok(Some(reply)) => replies[i] = Some(reply),
+                    Ok(None) => {
+                        stopped.insert(shard, None);
+                    }
+                    Err(e) => {
+                        stopped.insert(shard, Some(e));
+                    }
+                }
+            }
+            let mut errors = stopped.into_values().flatten();
+            let noscript =
+                |e: &StoreError| matches!(e, StoreError::Redis(e) if e.code() == Some("NOSCRIPT"));
+            match errors.find(|e| !noscript(e)) {
+                Some(e) => return Err(e),
+                None if replies.iter().all(Option::is_some) => break,
+                None => {
+                    tracing::warn!("redis lost its scripts (restart?); loading them again");
+                    self.load_scripts().await?;
+                }
+            }
+        }
+        replies
+            .into_iter()
+            .map(|reply| {
+                reply.ok_or_else(|| {
+                    StoreError::Unexpected(format!(
+                        "applies did not all run in {MAX_IN_ORDER_ROUNDS} rounds"
+                    ))
+                })
+            })
+            .collect()
+    }
+
     /// The script call that applies `record`'s step, and the shard it runs in.
-    fn step_command(&self, record: &Record, now_ms: u64) -> Result<(u32, Cmd), StoreError> {
+    fn step_command(&self, record: &Record, now_ms: u64) -> Result<StepCall<'_>, StoreError> {
         let layout = &self.layout;
         let tx = &record.tx;
         let id = tx.id.as_str();
@@ -134,7 +188,7 @@ impl Store {
                 Some(to) if to.as_str() != on => to.as_str(),
                 _ => account,
             };
-            let mut cmd = evalsha(&self.scripts.saga_step, &keys);
+            let mut cmd = Cmd::new();
             cmd.arg(step)
                 .arg(amount)
                 .arg(&fingerprint)
@@ -144,7 +198,12 @@ impl Store {
             cmd.arg(counterparty)
                 .arg(tx.movement.kind())
                 .arg(tx.movement.ended_hold().map_or("", TxId::as_str));
-            (shard, cmd)
+            StepCall {
+                shard,
+                script: &self.scripts.saga_step,
+                keys,
+                args: cmd,
+            }
         };
         Ok(match (&record.saga, tx.movement.credited()) {
             (None, _) if tx.movement.is_of_a_hold() => self.hold_command(record, now_ms),
@@ -165,7 +224,7 @@ impl Store {
                     let credited = tx.movement.to().map_or(account, AccountId::as_str);
                     keys.push(layout.held(credited));
                 }
-                let mut cmd = evalsha(&self.scripts.apply, &keys);
+                let mut cmd = Cmd::new();
                 cmd.arg(tx.movement.kind())
                     .arg(amount)
                     .arg(&fingerprint)
@@ -174,7 +233,12 @@ impl Store {
                 self.history_args(&mut cmd, tx);
                 cmd.arg(tx.movement.to().map_or("", AccountId::as_str))
                     .arg(account);
-                (shard, cmd)
+                StepCall {
+                    shard,
+                    script: &self.scripts.apply,
+                    keys,
+                    args: cmd,
+                }
             }
             (None, Some(_)) => saga_step(account, "debit", "debit"),
             (Some(SagaStep::Credit { .. }), Some(to)) => saga_step(to.as_str(), "credit", "credit"),
@@ -197,7 +261,7 @@ impl Store {
 
     /// The call of `lua/hold.lua` for a hold, or a capture, void or expiry
     /// of one: in the slot of the hold's account.
-    fn hold_command(&self, record: &Record, now_ms: u64) -> (u32, Cmd) {
+    fn hold_command(&self, record: &Record, now_ms: u64) -> StepCall<'_> {
         let layout = &self.layout;
         let tx = &record.tx;
         let id = tx.id.as_str();
@@ -236,7 +300,7 @@ impl Store {
             Movement::Hold { timeout_s, .. } => u64::from(*timeout_s) * 1000,
             _ => 0,
         };
-        let mut cmd = evalsha(&self.scripts.hold, &keys);
+        let mut cmd = Cmd::new();
         cmd.arg(op)
             .arg(movement.amount().minor_units())
             .arg(tx.fingerprint())
@@ -248,7 +312,12 @@ impl Store {
             .arg(movement.to().map_or("", AccountId::as_str))
             .arg(hold)
             .arg(account);
-        (shard, cmd)
+        StepCall {
+            shard,
+            script: &self.scripts.hold,
+            keys,
+            args: cmd,
+        }
     }
 
     /// ARGV[6..8] of the scripts that keep a flag (money.lua's `log_tx`):
@@ -376,6 +445,48 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+/// Rounds of a pipeline of applies run again after NOSCRIPT before the
+/// store gives up (the caller then retries the whole, with backoff).
+const MAX_IN_ORDER_ROUNDS: usize = 3;
+
+/// One apply script's call, before its place in a pipeline is known.
+struct StepCall<'a> {
+    shard: u32,
+    script: &'a Script,
+    keys: Vec<String>,
+    /// Its ARGV, in the order of the script's header.
+    args: Cmd,
+}
+
+impl StepCall<'_> {
+    /// `EVALSHA` with the pipeline's order key after the call's KEYS and
+    /// its `place` after its ARGV (`lua/in_order.lua`).
+    fn command(&self, order_key: &str, place: usize) -> Cmd {
+        let mut keys = self.keys.clone();
+        keys.push(order_key.to_owned());
+        let mut cmd = evalsha(self.script, &keys);
+        for arg in self.args.args_iter() {
+            if let Arg::Simple(bytes) = arg {
+                cmd.arg(bytes);
+            }
+        }
+        cmd.arg(place);
+        cmd
+    }
+}
+
+/// A step script's reply: `(state, reason, balance_after, duplicate,
+/// history entries written)`.
+type StepAnswer = (String, String, String, i64, u64);
+
+/// Reads a call's answer: its reply, or `None` when it was skipped
+/// (`lua/in_order.lua`: a call before it did not run).
+fn read_step(value: Value) -> Result<Option<StepAnswer>, StoreError> {
+    let reply: StepAnswer =
+        redis::from_redis_value(value).map_err(|e| StoreError::Unexpected(e.to_string()))?;
+    Ok((reply.0 != "skipped").then_some(reply))
 }
 
 /// What a step's script answered (`state`, `reason`, `balance_after`),

@@ -230,6 +230,60 @@ impl Connection {
         self.run_by_slot_each(commands).await.into_iter().collect()
     }
 
+    /// As [`Connection::run_by_slot`], but every command's answer is read,
+    /// Redis's error answers too (each its command's error), in order; a
+    /// slot whose pipeline failed as a whole (its master lost, a timeout)
+    /// fails each of its commands.
+    pub async fn run_by_slot_ignoring_errors(
+        &self,
+        commands: Vec<(u32, Cmd)>,
+    ) -> Vec<Result<Value, StoreError>> {
+        let mut pipes: BTreeMap<u32, (Vec<usize>, Pipeline)> = BTreeMap::new();
+        let total = commands.len();
+        for (index, (slot, cmd)) in commands.into_iter().enumerate() {
+            let (indices, pipe) = pipes.entry(slot).or_insert_with(|| {
+                let mut pipe = redis::pipe();
+                pipe.ignore_errors();
+                (Vec::new(), pipe)
+            });
+            indices.push(index);
+            pipe.add_command(cmd);
+        }
+        let runs = pipes.into_values().map(|(indices, pipe)| {
+            let mut conn = self.clone();
+            async move {
+                let values: Result<Vec<Value>, _> = pipe.query_async(&mut conn).await;
+                (indices, values.map_err(StoreError::from))
+            }
+        });
+        let mut answers: Vec<Result<Value, StoreError>> = (0..total)
+            .map(|_| Err(StoreError::Unexpected("a command had no answer".into())))
+            .collect();
+        for (indices, values) in futures_util::future::join_all(runs).await {
+            match values {
+                Ok(values) if values.len() == indices.len() => {
+                    for (index, value) in indices.into_iter().zip(values) {
+                        answers[index] = value.extract_error().map_err(StoreError::from);
+                    }
+                }
+                Ok(values) => {
+                    let e = StoreError::Unexpected(format!(
+                        "a pipeline had {} answers for {} commands",
+                        values.len(),
+                        indices.len()
+                    ));
+                    indices
+                        .into_iter()
+                        .for_each(|index| answers[index] = Err(e.clone()));
+                }
+                Err(e) => indices
+                    .into_iter()
+                    .for_each(|index| answers[index] = Err(e.clone())),
+            }
+        }
+        answers
+    }
+
     /// As [`Connection::run_by_slot`], but each command has its own result:
     /// a slot whose pipeline failed (its master lost, a timeout) fails its
     /// own commands only, and an answer that does not convert fails only

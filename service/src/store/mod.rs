@@ -175,6 +175,15 @@ impl Store {
             .collect()
     }
 
+    /// The source of the script `name` (as [`Store::script_hashes`] names
+    /// it) as Redis runs it, for tools that load or price one script alone.
+    pub fn script_source(name: &str) -> Option<&'static str> {
+        scripts::SOURCES
+            .iter()
+            .find(|(script, _)| *script == name)
+            .map(|(_, source)| *source)
+    }
+
     pub fn layout(&self) -> &Layout {
         &self.layout
     }

@@ -3,7 +3,9 @@
 //! NOSCRIPT answer. What several scripts share is one file put before each
 //! (`money.lua` before the four that move money; `clock.lua` before the
 //! ones that claim or count; `claim.lua` and `rate_limit.lua`, functions,
-//! before the ones that run them for many requests).
+//! before the ones that run them for many requests). The three that apply
+//! records (`atomic_update.lua`, `saga_step.lua`, `hold.lua`) run as the
+//! body of `in_order.lua`, which keeps a pipeline of them in order.
 
 use redis::Script;
 
@@ -25,57 +27,115 @@ pub(super) struct Scripts {
     pub rate_limit_then_claim: Script,
 }
 
+/// Each script's name (the name of its file in `lua/`, the apply script's
+/// `atomic_update`) and its source as Redis runs it, in [`Scripts`]' order.
+pub(super) const SOURCES: [(&str, &str); 12] = [
+    (
+        "atomic_update",
+        concat!(
+            include_str!("../../../lua/money.lua"),
+            "\nlocal function run()\n",
+            include_str!("../../../lua/atomic_update.lua"),
+            "\nend\n",
+            include_str!("../../../lua/in_order.lua")
+        ),
+    ),
+    (
+        "claim",
+        concat!(
+            include_str!("../../../lua/clock.lua"),
+            include_str!("../../../lua/claim.lua"),
+            "\nreturn claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], clock_us())\n"
+        ),
+    ),
+    (
+        "claim_batch",
+        concat!(
+            include_str!("../../../lua/clock.lua"),
+            include_str!("../../../lua/claim.lua"),
+            include_str!("../../../lua/claim_batch.lua")
+        ),
+    ),
+    ("release", include_str!("../../../lua/release.lua")),
+    (
+        "accept",
+        concat!(
+            include_str!("../../../lua/accept.lua"),
+            "\nreturn accept(KEYS[1], ARGV[1], ARGV[2])\n"
+        ),
+    ),
+    (
+        "accept_batch",
+        concat!(
+            include_str!("../../../lua/accept.lua"),
+            include_str!("../../../lua/accept_batch.lua")
+        ),
+    ),
+    (
+        "saga_step",
+        concat!(
+            include_str!("../../../lua/money.lua"),
+            "\nlocal function run()\n",
+            include_str!("../../../lua/saga_step.lua"),
+            "\nend\n",
+            include_str!("../../../lua/in_order.lua")
+        ),
+    ),
+    (
+        "hold",
+        concat!(
+            include_str!("../../../lua/money.lua"),
+            include_str!("../../../lua/clock.lua"),
+            "\nlocal function run()\n",
+            include_str!("../../../lua/hold.lua"),
+            "\nend\n",
+            include_str!("../../../lua/in_order.lua")
+        ),
+    ),
+    ("finish", include_str!("../../../lua/finish.lua")),
+    (
+        "set_balance",
+        concat!(
+            include_str!("../../../lua/money.lua"),
+            include_str!("../../../lua/set_balance.lua")
+        ),
+    ),
+    (
+        "rate_limit",
+        concat!(
+            include_str!("../../../lua/clock.lua"),
+            include_str!("../../../lua/rate_limit.lua"),
+            "\nreturn rate_limit(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), clock_us())\n"
+        ),
+    ),
+    (
+        "rate_limit_then_claim",
+        concat!(
+            include_str!("../../../lua/clock.lua"),
+            include_str!("../../../lua/rate_limit.lua"),
+            include_str!("../../../lua/claim.lua"),
+            include_str!("../../../lua/rate_limit_then_claim.lua")
+        ),
+    ),
+];
+
 impl Scripts {
     pub(super) fn new() -> Self {
+        let [apply, claim, claim_batch, release, accept, accept_batch, saga_step, hold, finish, set_balance, rate_limit, rate_limit_then_claim] =
+            SOURCES.map(|(_, source)| Script::new(source));
         Self {
-            apply: Script::new(concat!(
-                include_str!("../../../lua/money.lua"),
-                include_str!("../../../lua/atomic_update.lua")
-            )),
-            claim: Script::new(concat!(
-                include_str!("../../../lua/clock.lua"),
-                include_str!("../../../lua/claim.lua"),
-                "\nreturn claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], clock_us())\n"
-            )),
-            claim_batch: Script::new(concat!(
-                include_str!("../../../lua/clock.lua"),
-                include_str!("../../../lua/claim.lua"),
-                include_str!("../../../lua/claim_batch.lua")
-            )),
-            release: Script::new(include_str!("../../../lua/release.lua")),
-            accept: Script::new(concat!(
-                include_str!("../../../lua/accept.lua"),
-                "\nreturn accept(KEYS[1], ARGV[1], ARGV[2])\n"
-            )),
-            accept_batch: Script::new(concat!(
-                include_str!("../../../lua/accept.lua"),
-                include_str!("../../../lua/accept_batch.lua")
-            )),
-            saga_step: Script::new(concat!(
-                include_str!("../../../lua/money.lua"),
-                include_str!("../../../lua/saga_step.lua")
-            )),
-            hold: Script::new(concat!(
-                include_str!("../../../lua/money.lua"),
-                include_str!("../../../lua/clock.lua"),
-                include_str!("../../../lua/hold.lua")
-            )),
-            finish: Script::new(include_str!("../../../lua/finish.lua")),
-            set_balance: Script::new(concat!(
-                include_str!("../../../lua/money.lua"),
-                include_str!("../../../lua/set_balance.lua")
-            )),
-            rate_limit: Script::new(concat!(
-                include_str!("../../../lua/clock.lua"),
-                include_str!("../../../lua/rate_limit.lua"),
-                "\nreturn rate_limit(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), clock_us())\n"
-            )),
-            rate_limit_then_claim: Script::new(concat!(
-                include_str!("../../../lua/clock.lua"),
-                include_str!("../../../lua/rate_limit.lua"),
-                include_str!("../../../lua/claim.lua"),
-                include_str!("../../../lua/rate_limit_then_claim.lua")
-            )),
+            apply,
+            claim,
+            claim_batch,
+            release,
+            accept,
+            accept_batch,
+            saga_step,
+            hold,
+            finish,
+            set_balance,
+            rate_limit,
+            rate_limit_then_claim,
         }
     }
 
@@ -84,8 +144,7 @@ impl Scripts {
         self.named().map(|(_, script)| script)
     }
 
-    /// Every script with its name (the name of its file in `lua/`, the
-    /// apply script's `atomic_update`), for reports of what each costs.
+    /// Every script with its name, in [`SOURCES`]' order.
     pub(super) fn named(&self) -> [(&'static str, &Script); 12] {
         let Self {
             apply,
@@ -101,19 +160,20 @@ impl Scripts {
             rate_limit,
             rate_limit_then_claim,
         } = self;
-        [
-            ("atomic_update", apply),
-            ("claim", claim),
-            ("claim_batch", claim_batch),
-            ("release", release),
-            ("accept", accept),
-            ("accept_batch", accept_batch),
-            ("saga_step", saga_step),
-            ("hold", hold),
-            ("finish", finish),
-            ("set_balance", set_balance),
-            ("rate_limit", rate_limit),
-            ("rate_limit_then_claim", rate_limit_then_claim),
-        ]
+        let scripts = [
+            apply,
+            claim,
+            claim_batch,
+            release,
+            accept,
+            accept_batch,
+            saga_step,
+            hold,
+            finish,
+            set_balance,
+            rate_limit,
+            rate_limit_then_claim,
+        ];
+        std::array::from_fn(|i| (SOURCES[i].0, scripts[i]))
     }
 }
