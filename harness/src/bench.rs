@@ -15,6 +15,7 @@ use crate::report::{
     cpu_readings, rss_kib, BareRun, CpuPerRequest, InvariantResult, LimiterOff, Machine,
     PipelineResult, PipelineSecond, PlainDebits, Ratios, Report, SideEngineRun,
 };
+use crate::script_sample::ScriptSampler;
 use crate::stack::{isolated_config, EngineProcess};
 use crate::workload::{account_name, Ledger, Mix, SentTx};
 use txengine::config::RedisTopology;
@@ -652,16 +653,16 @@ pub async fn run_load(
     // Redis's own work per transaction, script by script: a short sample
     // of the same load with every command in Redis's slow log (which costs
     // Redis time of its own, so it is not the measured run), then drained.
+    // A sample that fails is reported missing; it never ends the run.
     let masters = infra.redis_masters()?;
-    let hashes = txengine::store::Store::script_hashes();
+    eprintln!(
+        "Redis's work per script: {REDIS_SAMPLE_SECONDS} s of the same load with every command logged ..."
+    );
     let sample = LoadProfile {
         seconds: REDIS_SAMPLE_SECONDS,
         ..profile.clone()
     };
-    eprintln!(
-        "Redis's work per script: {REDIS_SAMPLE_SECONDS} s of the same load with every command logged ..."
-    );
-    crate::measure::log_every_command(&masters, true).await?;
+    let sampler = ScriptSampler::start(&masters, txengine::store::Store::script_hashes()).await;
     let sampled = drive_http(
         generator,
         &engine.url,
@@ -683,10 +684,22 @@ pub async fn run_load(
         Generator::Goose => sampled.ledger.accepted.len(),
         Generator::Wrk => sampled.result.ok * profile.batch,
     };
-    // Read before the log is shortened again.
-    let redis_scripts =
-        crate::measure::script_costs(&masters, &hashes, sampled_transactions as u64).await?;
-    crate::measure::log_every_command(&masters, false).await?;
+    let redis_scripts = match sampler {
+        Ok(sampler) => sampler.finish(sampled_transactions as u64).await,
+        Err(e) => Err(e),
+    };
+    let (redis_scripts, redis_scripts_missing) = match redis_scripts {
+        Ok((costs, 0)) => (costs, None),
+        Ok((costs, dropped)) => {
+            let note = format!("{dropped} commands were dropped from the slow log before it was read: the figures are low");
+            eprintln!("warning: {note}");
+            (costs, Some(note))
+        }
+        Err(e) => {
+            eprintln!("warning: Redis's work per script was not measured: {e:#}");
+            (Vec::new(), Some(format!("not measured: {e:#}")))
+        }
+    };
     ledger.absorb(sampled.ledger);
 
     if generator == Generator::Wrk {
@@ -788,6 +801,7 @@ pub async fn run_load(
         },
         cpu_per_request,
         redis_scripts,
+        redis_scripts_missing,
         invariants: InvariantResult {
             holds: verdict.holds(),
             accepted: verdict.accepted,

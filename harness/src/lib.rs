@@ -14,6 +14,8 @@
 //! - [`load`]: the goose load runner.
 //! - [`measure`]: what runs measure (result types, histograms) and the Kafka
 //!   probes (consumer lag and drain, a topic's records), for runners and judges.
+//! - [`script_sample`]: Redis's time per Lua script, from its slow log
+//!   read in bounded pieces while a load runs.
 //! - [`wrk`]: the lean peak-capacity generator (Debian's wrk) and its output.
 //! - [`scenario`]: `scenarios/*.toml`: faults under load, judged by invariants.
 //! - [`report`]: JSON, Markdown and SVG load reports with machine facts.
@@ -32,6 +34,7 @@ pub mod measure;
 pub mod model;
 pub mod report;
 pub mod scenario;
+pub mod script_sample;
 pub mod stack;
 pub mod workload;
 pub mod wrk;

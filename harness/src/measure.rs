@@ -64,28 +64,11 @@ pub fn consumer_lag(brokers: &str, group: &str, topic: &str) -> anyhow::Result<i
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .create()?;
-    let timeout = Duration::from_secs(5);
-    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    let mut tpl = TopicPartitionList::new();
-    for p in &partitions {
-        tpl.add_partition(topic, *p);
-    }
-    let committed = consumer.committed_offsets(tpl, timeout)?;
-    let mut lag = 0;
-    for p in partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
-        let done = match committed.find_partition(topic, p).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => o,
-            _ => low,
-        };
-        lag += (high - done).max(0);
-    }
-    Ok(lag)
+    Ok(txengine::backlog::group_backlog(
+        &consumer,
+        topic,
+        Duration::from_secs(5),
+    )?)
 }
 
 /// Waits until the group has stored every record of the topic, printing
@@ -217,107 +200,4 @@ pub fn published_transactions(
         }
     }
     Ok(published)
-}
-
-/// What one Lua script cost Redis in a sample, read from Redis's slow log
-/// with every command logged: the time of each call as Redis measured it
-/// (its own commands included; not the AOF's fsync, which Redis does once
-/// per event loop for everything written in it).
-#[derive(Debug, Clone, Serialize)]
-pub struct ScriptCost {
-    pub script: String,
-    pub calls: u64,
-    /// Keys per call on average (a batch script's items).
-    pub keys_per_call: f64,
-    pub us_per_call: f64,
-    /// Of the sample's transactions: this script's µs for each one.
-    pub us_per_transaction: f64,
-}
-
-/// Logs every command (or, `on` false, only those over 10 ms, Redis's
-/// default) in the slow log of each of `redis_urls`, emptied first.
-pub async fn log_every_command(redis_urls: &[String], on: bool) -> anyhow::Result<()> {
-    for url in redis_urls {
-        let client = redis::Client::open(url.as_str())?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        let threshold = if on { "0" } else { "10000" };
-        redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("slowlog-max-len")
-            .arg(if on { "500000" } else { "128" })
-            .arg("slowlog-log-slower-than")
-            .arg(threshold)
-            .query_async::<()>(&mut conn)
-            .await?;
-        if on {
-            redis::cmd("SLOWLOG")
-                .arg("RESET")
-                .query_async::<()>(&mut conn)
-                .await?;
-        }
-    }
-    Ok(())
-}
-
-/// The EVALSHA calls in the slow logs of `redis_urls`, summed by script
-/// (`hashes`: name and SHA1 of each), over `transactions` accepted in the
-/// sample; most costly first.
-pub async fn script_costs(
-    redis_urls: &[String],
-    hashes: &[(&'static str, String)],
-    transactions: u64,
-) -> anyhow::Result<Vec<ScriptCost>> {
-    use redis::Value;
-    let text = |value: &Value| match value {
-        Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-        Value::SimpleString(text) => text.clone(),
-        _ => String::new(),
-    };
-    // name -> (calls, keys, µs)
-    let mut sums: BTreeMap<&'static str, (u64, u64, u64)> = BTreeMap::new();
-    for url in redis_urls {
-        let client = redis::Client::open(url.as_str())?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        // Hundreds of thousands of entries take a while to send.
-        conn.set_response_timeout(Duration::from_secs(120));
-        let entries: Vec<Value> = redis::cmd("SLOWLOG")
-            .arg("GET")
-            .arg(-1)
-            .query_async(&mut conn)
-            .await?;
-        for entry in entries {
-            let Value::Array(fields) = entry else {
-                continue;
-            };
-            let (Some(Value::Int(us)), Some(Value::Array(args))) = (fields.get(2), fields.get(3))
-            else {
-                continue;
-            };
-            if args.first().map(text).as_deref() != Some("EVALSHA") {
-                continue;
-            }
-            let sha = args.get(1).map(text).unwrap_or_default();
-            let keys: u64 = args
-                .get(2)
-                .map(text)
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
-            if let Some((name, _)) = hashes.iter().find(|(_, hash)| *hash == sha) {
-                let sum = sums.entry(name).or_default();
-                *sum = (sum.0 + 1, sum.1 + keys, sum.2 + *us as u64);
-            }
-        }
-    }
-    let mut costs: Vec<ScriptCost> = sums
-        .into_iter()
-        .map(|(name, (calls, keys, us))| ScriptCost {
-            script: name.to_owned(),
-            calls,
-            keys_per_call: keys as f64 / calls as f64,
-            us_per_call: us as f64 / calls as f64,
-            us_per_transaction: us as f64 / transactions.max(1) as f64,
-        })
-        .collect();
-    costs.sort_by(|a, b| b.us_per_transaction.total_cmp(&a.us_per_transaction));
-    Ok(costs)
 }

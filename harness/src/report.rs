@@ -371,7 +371,11 @@ pub struct Report {
     pub cpu_per_request: CpuPerRequest,
     /// Redis's time in each Lua script, from a short sample after the
     /// measured run with every command in Redis's slow log.
-    pub redis_scripts: Vec<crate::measure::ScriptCost>,
+    pub redis_scripts: Vec<crate::script_sample::ScriptCost>,
+    /// Why the figures above are missing or incomplete (the sample failed,
+    /// or the slow log dropped commands before they were read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_scripts_missing: Option<String>,
     pub invariants: InvariantResult,
     /// Per second of the engine run: requests answered and latency.
     pub timeline: Vec<SecondStats>,
@@ -593,6 +597,9 @@ impl Report {
                 .sum();
             let _ = writeln!(md, "\nIn all, {total:.1} µs of scripts per transaction.");
         }
+        if let Some(missing) = &self.redis_scripts_missing {
+            let _ = writeln!(md, "\nRedis's time per script: {missing}.");
+        }
         let i = &self.invariants;
         let _ = writeln!(
             md,
@@ -810,6 +817,7 @@ mod tests {
             },
             cpu_per_request: CpuPerRequest::default(),
             redis_scripts: Vec::new(),
+            redis_scripts_missing: None,
             invariants: InvariantResult {
                 holds: true,
                 accepted: 30,

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
+use crate::backlog::Backlog;
 use crate::domain::{Transaction, TxId, TxStatus};
 use crate::gather::Gatherer;
 use crate::keys::{KeyId, RateLimit};
@@ -42,6 +43,10 @@ pub enum Refused {
     Redis(#[source] StoreError),
     #[error("too many transactions are waiting for kafka")]
     QueueFull,
+    /// The consumers are too far behind: nothing new is taken until they
+    /// catch up (a 202's outcome would go stale).
+    #[error("the consumers are {0} records behind; retry shortly")]
+    Backlog(u64),
     #[error("kafka did not acknowledge the transaction")]
     Kafka(#[source] rdkafka::error::KafkaError),
     /// Published, but the id was bound to another body meanwhile (its record
@@ -78,6 +83,8 @@ impl ClaimReplication {
 pub struct Admission {
     store: Store,
     replication: ClaimReplication,
+    /// Over its bound, nothing new is taken (503).
+    backlog: Backlog,
     publisher: Publisher,
     /// Single requests' claims (each with its key's limit), gathered.
     claims: Gatherer<OwnedClaim, (Claim, Option<RateVerdict>)>,
@@ -92,6 +99,7 @@ impl Admission {
         store: Store,
         publisher: Publisher,
         replication: ClaimReplication,
+        backlog: Backlog,
         max_background_releases: usize,
     ) -> Self {
         let claiming = store.clone();
@@ -130,6 +138,7 @@ impl Admission {
             ),
             store,
             replication,
+            backlog,
             publisher,
             background_releases: Arc::new(Semaphore::new(max_background_releases)),
             max_background_releases,
@@ -182,6 +191,12 @@ impl Admission {
         txs: Vec<Transaction>,
         limit: Option<(KeyId, RateLimit)>,
     ) -> (Vec<Result<TxStatus, Refused>>, Option<RateVerdict>) {
+        if let Some(Refused::Backlog(records)) = self.shed(txs.len()) {
+            return (
+                txs.iter().map(|_| Err(Refused::Backlog(records))).collect(),
+                None,
+            );
+        }
         let mut granted = txs.len();
         let mut rate = None;
         if let Some((key, limit)) = &limit {
@@ -248,6 +263,17 @@ impl Admission {
         (answers, rate)
     }
 
+    /// [`Refused::Backlog`] while the consumers are over the backlog bound
+    /// (before the rate limit or any claim: nothing is written), counting
+    /// the `items` shed.
+    fn shed(&self, items: usize) -> Option<Refused> {
+        if !self.backlog.is_over() {
+            return None;
+        }
+        metrics::counter!("txengine_shed_total").increment(items as u64);
+        Some(Refused::Backlog(self.backlog.records().unwrap_or_default()))
+    }
+
     /// Releases retried in the background right now.
     pub fn background_releases(&self) -> usize {
         self.max_background_releases - self.background_releases.available_permits()
@@ -258,6 +284,9 @@ impl Admission {
         tx: Transaction,
         limit: Option<(KeyId, RateLimit)>,
     ) -> (Result<TxStatus, Refused>, Option<RateVerdict>) {
+        if let Some(refused) = self.shed(1) {
+            return (Err(refused), None);
+        }
         let token = Store::lease_token();
         // Claimed with the claims of other requests waiting now (one call).
         let claimed = self.claims.run((tx.clone(), token.clone(), limit)).await;

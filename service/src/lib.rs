@@ -16,6 +16,7 @@
 //! - [`events`]: the versioned event of the outcomes topic.
 //! - [`store`]: Redis keys and the Lua scripts of `lua/`.
 //! - [`admission`]: claim -> publish -> accept or release; the id binding rules.
+//! - [`backlog`]: how far the consumers are behind, the bound the API sheds at.
 //! - [`gather`]: the claims and accepts of concurrent requests, gathered into
 //!   one script call.
 //! - [`publisher`]: the idempotent Kafka producer with a bounded queue.
@@ -29,6 +30,7 @@
 
 pub mod admission;
 pub mod app;
+pub mod backlog;
 pub mod config;
 pub mod consumer;
 pub mod domain;

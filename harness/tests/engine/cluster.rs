@@ -200,23 +200,26 @@ async fn engine_runs_on_a_cluster_through_a_master_failover() {
     let slot = cluster.slot_of(&layout.balance("a")).unwrap();
     let master = cluster.master_of(slot).unwrap();
     cluster.nodes[master].kill();
-
-    for i in 20..40 {
-        post_until_accepted(&s, &transfer(i)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.master_of(slot).ok() == Some(master) || cluster.master_of(slot).is_err() {
+        assert!(Instant::now() < deadline, "no replica took over");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
     // The promoted replica has no replica of its own: the consumer holds
-    // its offsets back until the old master returns, as its replica.
-    assert_ne!(
-        cluster.master_of(slot).unwrap(),
-        master,
-        "a replica took over"
-    );
-    let cluster = tokio::task::spawn_blocking(move || {
+    // its offsets back, and a claim on its shard is refused (503, it could
+    // not reach a replica), until the old master returns as its replica.
+    let posting = async {
+        for i in 20..40 {
+            post_until_accepted(&s, &transfer(i)).await;
+        }
+    };
+    let restart = tokio::task::spawn_blocking(move || {
         cluster.nodes[master].restart().unwrap();
         cluster
-    })
-    .await
-    .unwrap();
+    });
+    let ((), cluster) = tokio::join!(posting, restart);
+    let cluster = cluster.unwrap();
     let settled = s
         .wait_settled(&ids(0..40), Duration::from_secs(60))
         .await

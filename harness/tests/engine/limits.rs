@@ -13,6 +13,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use txengine::admission::{Admission, ClaimReplication, Refused};
+use txengine::backlog::Backlog;
 use txengine::http::MAX_BODY_BYTES;
 use txengine::publisher::{Publisher, PublisherSettings};
 use txengine::store::{Store, StoreSettings};
@@ -473,7 +474,13 @@ async fn background_releases_are_capped() {
         linger: Duration::from_millis(1),
     })
     .unwrap();
-    let admission = Admission::new(store, publisher, ClaimReplication::NONE, 2);
+    let admission = Admission::new(
+        store,
+        publisher,
+        ClaimReplication::NONE,
+        Backlog::unwatched(),
+        2,
+    );
     let pid = Pid::from_raw(redis.pid().unwrap() as i32);
     kill(pid, Signal::SIGSTOP).unwrap();
     for i in 0..5 {
@@ -494,4 +501,75 @@ async fn background_releases_are_capped() {
         assert!(std::time::Instant::now() < deadline, "releases never ended");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The consumers fall behind (a partition stalls on a record Redis
+/// refuses, and records pile up behind it): once the backlog reaches its
+/// bound, the API takes nothing new, single or batch (503 + Retry-After,
+/// nothing claimed), and `/ready` says so; once the consumers catch up,
+/// the same request is accepted and applied once.
+#[tokio::test(flavor = "multi_thread")]
+async fn past_the_backlog_bound_nothing_new_is_taken() {
+    let s = Stack::start_with(with_limits("shed", |c| c.max_backlog_records = 10))
+        .await
+        .unwrap();
+    s.set_balance("acct", 100).await.unwrap();
+    crate::post_on_broken_account(&s, "stuck", "broken").await;
+    for i in 0..12 {
+        let record = txengine::wire::Record {
+            tx: txengine::domain::Transaction {
+                metadata: Default::default(),
+                id: txengine::domain::TxId::parse(&format!("behind-{i}")).unwrap(),
+                movement: txengine::domain::Movement::Credit {
+                    account: txengine::domain::AccountId::parse("broken").unwrap(),
+                    amount: txengine::domain::Amount::new(1).unwrap(),
+                },
+            },
+            accepted_at_ms: 1,
+            saga: None,
+        };
+        crate::publish_raw(&s, "broken", &record.encode()).await;
+    }
+    let ready = crate::pipeline::wait_ready_until(&s, "shedding shown", |status, body| {
+        status == StatusCode::SERVICE_UNAVAILABLE && body["backlog"]["shedding"] == true
+    })
+    .await;
+    assert!(
+        ready["backlog"]["records"].as_u64().unwrap() >= 10,
+        "{ready}"
+    );
+
+    let body = json!({"id": "shed-1", "account": "acct", "amount": 1});
+    let response = s
+        .http
+        .post(s.url("/transactions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    let problem: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("behind"),
+        "{problem}"
+    );
+    let (status, answer) = s.post_batch(std::slice::from_ref(&body)).await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    let (status, _) = s.get("/transactions/shed-1").await.unwrap();
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing claimed");
+
+    crate::repair_account(&s, "broken", 5).await;
+    crate::pipeline::wait_ready_until(&s, "caught up", |status, body| {
+        status == StatusCode::OK && body["backlog"]["shedding"] == false
+    })
+    .await;
+    let (status, answer) = s.post(&body).await.unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let settled = s
+        .wait_settled(&["shed-1".into()], Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(settled["shed-1"]["balance_after"], 99);
+    s.stop().await.unwrap();
 }

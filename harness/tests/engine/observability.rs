@@ -10,6 +10,7 @@ use harness::stack::Stack;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use txengine::admission::{Admission, ClaimReplication};
+use txengine::backlog::Backlog;
 use txengine::publisher::{Publisher, PublisherSettings};
 
 use crate::{isolated_store, post_on_broken_account, repair_account};
@@ -114,11 +115,13 @@ async fn every_dashboard_query_returns_data_from_a_live_engine() {
     else {
         panic!("a debit decodes ready")
     };
-    assert!(Admission::new(store, full, ClaimReplication::NONE, 1)
-        .admit(tx, None)
-        .await
-        .0
-        .is_err());
+    assert!(
+        Admission::new(store, full, ClaimReplication::NONE, Backlog::unwatched(), 1)
+            .admit(tx, None)
+            .await
+            .0
+            .is_err()
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     repair_account(&s, "broken", 1).await;
 

@@ -170,6 +170,13 @@ pub struct Config {
     #[arg(long, env = "TXENGINE_MAX_IN_FLIGHT", default_value_t = 20_000)]
     pub max_in_flight: usize,
 
+    /// The consumers' backlog (records of the topic the group has not
+    /// stored) at which the API stops taking new transactions (503 +
+    /// Retry-After, nothing claimed) until they catch up; 0: never. The
+    /// default is about 2.5 s of applies on 2 cores (docs/performance.md).
+    #[arg(long, env = "TXENGINE_MAX_BACKLOG_RECORDS", default_value_t = 50_000)]
+    pub max_backlog_records: u64,
+
     /// How long a publish may wait for the broker's acknowledgement (ms).
     #[arg(long, env = "TXENGINE_PUBLISH_TIMEOUT_MS", default_value_t = 5_000)]
     pub publish_timeout_ms: u64,
@@ -429,6 +436,7 @@ impl Config {
             history_retention_secs,
             lease_ms,
             max_in_flight,
+            max_backlog_records,
             publish_timeout_ms,
             linger_ms,
             batch_size,
@@ -484,6 +492,7 @@ impl Config {
             ("--outcome-ttl-secs", outcome_ttl_secs.to_string()),
             ("--lease-ms", lease_ms.to_string()),
             ("--max-in-flight", max_in_flight.to_string()),
+            ("--max-backlog-records", max_backlog_records.to_string()),
             ("--publish-timeout-ms", publish_timeout_ms.to_string()),
             ("--linger-ms", linger_ms.to_string()),
             ("--batch-size", batch_size.to_string()),

@@ -216,11 +216,12 @@ impl ItemResult {
                     .because(detail)
                     .retry_after(retry_s)
             }
-            Refused::QueueFull | Refused::BindingLost(_) | Refused::Internal(_) => {
-                Self::new(id, "unavailable")
-                    .because(detail)
-                    .retry_after(retry_s)
-            }
+            Refused::QueueFull
+            | Refused::Backlog(_)
+            | Refused::BindingLost(_)
+            | Refused::Internal(_) => Self::new(id, "unavailable")
+                .because(detail)
+                .retry_after(retry_s),
         }
     }
 

@@ -56,6 +56,7 @@ pub(super) fn from_json_object<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) ->
     }
     serde_json::from_slice(body).map_err(|e| e.to_string())
 }
+use crate::backlog::Backlog;
 use crate::config::{Config, RateLimitMode, Secret};
 use crate::consumer::ConsumerHealth;
 use crate::keys::KeyCache;
@@ -69,6 +70,8 @@ pub struct ApiState {
     pub store: Store,
     pub publisher: Publisher,
     pub admission: Admission,
+    /// The consumers' backlog, for `/ready` (admission sheds by it).
+    pub backlog: Backlog,
     /// The consumer of this process (role `all`), for `/ready`.
     pub consumer: Option<ConsumerHealth>,
     pub admin_token: Option<Secret>,
@@ -94,13 +97,21 @@ impl ApiState {
         consumer: Option<ConsumerHealth>,
         metrics: PrometheusHandle,
     ) -> anyhow::Result<Arc<Self>> {
+        let backlog = Backlog::watch(
+            &config.kafka_brokers,
+            &config.group,
+            &config.topic,
+            config.max_backlog_records,
+        )?;
         Ok(Arc::new(Self {
             admission: Admission::new(
                 store.clone(),
                 publisher.clone(),
                 config.claim_replication(),
+                backlog.clone(),
                 MAX_BACKGROUND_RELEASES,
             ),
+            backlog,
             store,
             publisher,
             consumer,

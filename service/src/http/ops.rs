@@ -35,10 +35,24 @@ pub(super) struct Health {
 pub(super) struct Readiness {
     redis: bool,
     kafka: bool,
+    /// The consumers' backlog (records of the topic not yet applied and
+    /// stored) and the bound at which the API sheds load; absent when not
+    /// watched (`--max-backlog-records 0`) or not known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backlog: Option<BacklogShown>,
     /// The record this process's consumer cannot apply (its partition does
     /// not move until it applies); absent when none.
     #[serde(skip_serializing_if = "Option::is_none")]
     stalled: Option<StallShown>,
+}
+
+/// The consumers' backlog as `/ready` shows it.
+#[derive(Serialize, ToSchema)]
+pub(super) struct BacklogShown {
+    records: u64,
+    max_records: u64,
+    /// True while new transactions are refused (503) until it shrinks.
+    shedding: bool,
 }
 
 /// A stall as `/ready` shows it. The transaction id (a client's
@@ -94,6 +108,14 @@ pub(super) async fn ready(State(api): State<Arc<ApiState>>, headers: HeaderMap) 
         .as_ref()
         .and_then(ConsumerHealth::stall)
         .map(|stall| StallShown::of(stall, to_admin));
+    let backlog = match api.backlog.max_records() {
+        0 => None,
+        max_records => api.backlog.records().map(|records| BacklogShown {
+            records,
+            max_records,
+            shedding: api.backlog.is_over(),
+        }),
+    };
     let code = if redis && kafka && stalled.is_none() {
         StatusCode::OK
     } else {
@@ -104,6 +126,7 @@ pub(super) async fn ready(State(api): State<Arc<ApiState>>, headers: HeaderMap) 
         Json(Readiness {
             redis,
             kafka,
+            backlog,
             stalled,
         }),
     )

@@ -146,9 +146,10 @@ impl Problem {
                 tracing::warn!(error = %e, "publish failed");
                 Self::unavailable(detail, retry_after_secs)
             }
-            Refused::QueueFull | Refused::BindingLost(_) | Refused::Internal(_) => {
-                Self::unavailable(detail, retry_after_secs)
-            }
+            Refused::QueueFull
+            | Refused::Backlog(_)
+            | Refused::BindingLost(_)
+            | Refused::Internal(_) => Self::unavailable(detail, retry_after_secs),
         }
     }
 
