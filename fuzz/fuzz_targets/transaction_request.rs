@@ -6,11 +6,12 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use txengine::domain::MAX_MINOR_UNITS;
+use txengine::limits::MAX_MINOR_UNITS;
 use txengine::domain::{AccountId, Amount, HoldTerms, Movement, Transaction};
 use txengine::http::{decode_batch, decode_key_request, decode_transaction, HoldTimeouts, Posted};
 use txengine::limits::MAX_BATCH_ITEMS;
-use txengine::keys::{key_id_of, Scope, MAX_RATE};
+use txengine::keys::{key_id_of, Scope};
+use txengine::limits::MAX_RATE;
 use txengine::wire::Record;
 
 fuzz_target!(|data: &[u8]| {

@@ -15,7 +15,7 @@ use crate::workload::account_name;
 /// The rate limit of the keys the harness makes for itself: the largest a
 /// key may have, far above any load here, so every request pays for the
 /// limiter and none is refused by it.
-pub const HARNESS_KEY_RATE: u64 = txengine::keys::MAX_RATE;
+pub const HARNESS_KEY_RATE: u64 = txengine::limits::MAX_RATE;
 
 #[derive(Clone)]
 pub struct ApiClient {

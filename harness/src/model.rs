@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use txengine::domain::MAX_MINOR_UNITS;
+use txengine::limits::MAX_MINOR_UNITS;
 
 use crate::workload::{Kind, SentTx};
 

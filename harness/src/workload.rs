@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use rand::Rng;
 use serde::Deserialize;
-use txengine::domain::MAX_MINOR_UNITS;
+use txengine::limits::MAX_MINOR_UNITS;
 
 /// The name of account number `index`: `acct-<index>`.
 pub fn account_name(index: usize) -> String {

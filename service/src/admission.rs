@@ -25,8 +25,6 @@ use crate::publisher::{PublishError, Publisher};
 use crate::store::{Acceptance, Claim, LimitedClaim, RateVerdict, Store, StoreError};
 use crate::wire::{now_ms, Record};
 
-pub use crate::limits::MAX_BACKGROUND_RELEASES;
-
 /// Why a transaction was not admitted. Nothing was published, except for
 /// [`Refused::Kafka`] (the record may still land) and
 /// [`Refused::BindingLost`] (it did land).

@@ -8,7 +8,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::limits::{MAX_ID_LEN, MAX_MINOR_UNITS};
+use crate::limits::{MAX_ID_LEN, MAX_MINOR_UNITS};
 use crate::limits::{
     MAX_METADATA_KEYS, MAX_METADATA_KEY_CHARS, MAX_METADATA_VALUE_CHARS, MAX_RATE,
     MAX_SCOPE_PATTERNS,

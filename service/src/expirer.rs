@@ -16,19 +16,19 @@ use crate::wire::{now_ms, Record};
 /// How long a published expiry is given to be applied before the expirer
 /// publishes it again (a record lost to a crash before it reached Kafka,
 /// or a consumer that is far behind: then the second is a no-op).
-pub const REPUBLISH_AFTER: Duration = Duration::from_secs(30);
+const REPUBLISH_AFTER: Duration = Duration::from_secs(30);
 
 /// Most due holds one scan takes from each slot; the next scan takes more.
-pub const MAX_DUE_PER_SLOT: usize = 1_000;
+const MAX_DUE_PER_SLOT: usize = 1_000;
 
-pub struct Expirer {
+pub(crate) struct Expirer {
     store: Store,
     publisher: Publisher,
     scan: Duration,
 }
 
 impl Expirer {
-    pub fn new(store: Store, publisher: Publisher, scan: Duration) -> Self {
+    pub(crate) fn new(store: Store, publisher: Publisher, scan: Duration) -> Self {
         Self {
             store,
             publisher,
@@ -38,7 +38,7 @@ impl Expirer {
 
     /// Scans every `scan` until shutdown; a scan that fails is logged and
     /// the next one tries again (a due hold stays due).
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    pub(crate) async fn run(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let mut tick = tokio::time::interval(self.scan);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -58,7 +58,7 @@ impl Expirer {
 
     /// Publishes the expiry of every hold due now, then puts each one
     /// published off by [`REPUBLISH_AFTER`]; how many were published.
-    pub async fn expire_due(&self) -> anyhow::Result<usize> {
+    pub(crate) async fn expire_due(&self) -> anyhow::Result<usize> {
         let now = now_ms();
         let due = self.store.due_holds(now, MAX_DUE_PER_SLOT).await?;
         if due.is_empty() {

@@ -3,7 +3,7 @@
 //! hands its item to a gatherer task, which takes every item waiting at that
 //! moment (no timer: it never waits for more) into one call, at most
 //! [`MAX_GATHERED`] of them, with at most [`MAX_GATHER_CALLS_IN_FLIGHT`]
-//! calls at once. Alone, an item goes at once, by itself; under load the
+//! calls at once, and at most [`MAX_GATHER_QUEUE`] waiting. Alone, an item goes at once, by itself; under load the
 //! items that come while calls are in flight go together in the next one.
 //! The batch call does for each item exactly what the single call would
 //! (the same Lua function, per id, in order).
@@ -15,14 +15,14 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::store::StoreError;
 
-pub use crate::limits::{MAX_GATHERED, MAX_GATHER_CALLS_IN_FLIGHT};
+use crate::limits::{MAX_GATHERED, MAX_GATHER_CALLS_IN_FLIGHT, MAX_GATHER_QUEUE};
 
 type Answer<A> = oneshot::Sender<Result<A, StoreError>>;
 
 /// Hands items of type `I` to the gatherer task, which answers each with an
 /// `A`; cheap to clone.
-pub struct Gatherer<I, A> {
-    waiting: mpsc::UnboundedSender<(I, Answer<A>)>,
+pub(crate) struct Gatherer<I, A> {
+    waiting: mpsc::Sender<(I, Answer<A>)>,
 }
 
 impl<I, A> Clone for Gatherer<I, A> {
@@ -38,13 +38,13 @@ impl<I: Send + 'static, A: Send + 'static> Gatherer<I, A> {
     /// every handle is dropped. `call` does the work of the items gathered
     /// (one answer per item, in order); `metric` is the histogram of how
     /// many each call took.
-    pub fn start<F, Fut>(metric: &'static str, call: F) -> Self
+    pub(crate) fn start<F, Fut>(metric: &'static str, call: F) -> Self
     where
         F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<Result<A, StoreError>>> + Send + 'static,
     {
         let call = Arc::new(call);
-        let (waiting, mut queue) = mpsc::unbounded_channel::<(I, Answer<A>)>();
+        let (waiting, mut queue) = mpsc::channel::<(I, Answer<A>)>(MAX_GATHER_QUEUE);
         let calls = Arc::new(Semaphore::new(MAX_GATHER_CALLS_IN_FLIGHT));
         tokio::spawn(async move {
             while let Some(first) = queue.recv().await {
@@ -76,10 +76,13 @@ impl<I: Send + 'static, A: Send + 'static> Gatherer<I, A> {
     }
 
     /// Does `item`'s work in the gatherer's next call.
-    pub async fn run(&self, item: I) -> Result<A, StoreError> {
+    pub(crate) async fn run(&self, item: I) -> Result<A, StoreError> {
         let (answer, answered) = oneshot::channel();
         let stopped = || StoreError::Unexpected("a gathered call stopped unanswered".into());
-        self.waiting.send((item, answer)).map_err(|_| stopped())?;
+        self.waiting
+            .send((item, answer))
+            .await
+            .map_err(|_| stopped())?;
         answered.await.map_err(|_| stopped())?
     }
 }

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::domain::{AccountId, Movement, RuleError, MAX_ID_LEN};
+use crate::domain::{AccountId, Movement, RuleError};
+use crate::limits::MAX_ID_LEN;
 
 /// What every secret starts with, so a leaked one is recognisable.
 pub const SECRET_PREFIX: &str = "txk_";
@@ -26,7 +27,7 @@ const SECRET_BYTES: usize = 32;
 /// refused by the store).
 const ID_BYTES: usize = 8;
 use crate::limits::MAX_CACHED_KEYS;
-pub use crate::limits::{MAX_RATE, MAX_SCOPE_PATTERNS};
+use crate::limits::{MAX_RATE, MAX_SCOPE_PATTERNS};
 
 fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];

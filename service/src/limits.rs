@@ -31,6 +31,9 @@ pub const MAX_BATCH_BODY_BYTES: usize = MAX_BATCH_ITEMS * 1024;
 /// call ([`crate::gather`]), and most such calls in flight at once, each.
 pub const MAX_GATHERED: usize = 1_000;
 pub const MAX_GATHER_CALLS_IN_FLIGHT: usize = 4;
+/// Most items waiting for a gatherer's next call; a request past it waits
+/// for a place (the queue never grows without limit).
+pub const MAX_GATHER_QUEUE: usize = 10_000;
 
 /// Most bytes of a request head (request line and headers); past it hyper
 /// answers 431. Hyper's own floor is 8 KiB.

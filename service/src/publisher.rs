@@ -30,6 +30,24 @@ pub struct Publisher {
     max_in_flight: usize,
 }
 
+/// What every producer of the engine sets (the API's and the consumer's,
+/// for sagas' next steps, the DLQ and outcome events): idempotent, so that
+/// retries cannot duplicate or reorder a record within a partition, and
+/// `acks=all`, so a record is acknowledged only once every in-sync replica
+/// has it; a record not acknowledged within `message_timeout` fails.
+pub fn producer_config(brokers: &str, message_timeout: Duration) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set(
+            "message.timeout.ms",
+            message_timeout.as_millis().to_string(),
+        );
+    config
+}
+
 pub struct PublisherSettings<'a> {
     pub brokers: &'a str,
     pub topic: &'a str,
@@ -40,19 +58,10 @@ pub struct PublisherSettings<'a> {
 
 impl Publisher {
     pub fn new(settings: PublisherSettings<'_>) -> Result<Self, KafkaError> {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", settings.brokers)
-            // Exactly-once per partition from the producer's side: retries
-            // cannot duplicate or reorder a record.
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
+        let producer: FutureProducer = producer_config(settings.brokers, settings.publish_timeout)
             .set("linger.ms", settings.linger.as_millis().to_string())
             .set("batch.num.messages", "10000")
             .set("compression.type", "none")
-            .set(
-                "message.timeout.ms",
-                settings.publish_timeout.as_millis().to_string(),
-            )
             // librdkafka's own queue is larger than our bound, so our
             // semaphore, not librdkafka, decides when to answer 503.
             .set(

@@ -25,7 +25,7 @@ impl ConnectionLimits {
     }
 }
 
-pub use crate::limits::MAX_HEAD_BYTES;
+use crate::limits::MAX_HEAD_BYTES;
 
 /// Serves `router` over HTTP/1.1 until `shutdown` turns true, then lets
 /// in-flight requests finish. Hand-rolled over hyper rather than

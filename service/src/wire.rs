@@ -196,7 +196,7 @@ mod tests {
     fn round_trip_each_kind() {
         let a = AccountId::parse("a").unwrap();
         let b = AccountId::parse("b").unwrap();
-        let amount = Amount::new(crate::domain::MAX_MINOR_UNITS).unwrap();
+        let amount = Amount::new(crate::limits::MAX_MINOR_UNITS).unwrap();
         for movement in [
             Movement::Debit {
                 account: a.clone(),

@@ -147,6 +147,7 @@ impl LocalKafka {
         let dir = tempfile::Builder::new()
             .prefix("txengine-kafka-")
             .tempdir()?;
+        super::process::remove_at_exit(dir.path());
         let data = dir.path().join("data");
         std::fs::write(
             dir.path().join("server.properties"),

@@ -107,6 +107,7 @@ impl LocalRedis {
                 .prefix("txengine-redis-")
                 .tempdir()?,
         };
+        super::process::remove_at_exit(redis.dir.path());
         redis.launch()?;
         Ok(redis)
     }

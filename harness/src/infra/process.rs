@@ -36,6 +36,30 @@ fn spawner() -> &'static Mutex<mpsc::Sender<SpawnRequest>> {
     })
 }
 
+/// Directories to remove when the process exits normally (`exit`, as a
+/// test binary ends): a test binary keeps its shared Redis and Kafka in
+/// statics, which are never dropped, so their temp dirs would stay behind,
+/// one set per run (1,551 of them once filled a disk). Their processes die
+/// with the process (the death signal above).
+pub fn remove_at_exit(dir: &Path) {
+    static DIRS: OnceLock<Mutex<Vec<PathBuf>>> = OnceLock::new();
+    extern "C" fn remove_all() {
+        if let Some(dirs) = DIRS.get() {
+            for dir in dirs.lock().map(|d| d.clone()).unwrap_or_default() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+    let dirs = DIRS.get_or_init(|| {
+        // SAFETY: registers a plain function with no arguments, once.
+        unsafe { nix::libc::atexit(remove_all) };
+        Mutex::new(Vec::new())
+    });
+    if let Ok(mut dirs) = dirs.lock() {
+        dirs.push(dir.to_owned());
+    }
+}
+
 /// A child process (and its process group), killed when dropped.
 pub struct Supervised {
     name: String,

@@ -31,7 +31,7 @@ use std::collections::{HashMap, HashSet};
 use anyhow::Context;
 
 use redis::{Cmd, FromRedisValue};
-use txengine::domain::MAX_MINOR_UNITS;
+use txengine::limits::MAX_MINOR_UNITS;
 use txengine::store::{Connection, HistoryEntry, Layout};
 
 use crate::infra::Infra;

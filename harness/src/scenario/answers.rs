@@ -92,7 +92,7 @@ pub(super) fn check_refusals(
         }
     }
     if let Some(revoked_at) = revoked_at {
-        let bound = revoked_at + Duration::from_millis(txengine::config::MAX_KEY_CACHE_MS);
+        let bound = revoked_at + Duration::from_millis(txengine::limits::MAX_KEY_CACHE_MS);
         let late = results.accepted_at.iter().filter(|at| **at > bound).count();
         if late > 0 {
             failures.push(format!(

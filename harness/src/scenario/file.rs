@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use rand::SeedableRng;
 use serde::Deserialize;
-use txengine::domain::MAX_MINOR_UNITS;
+use txengine::limits::MAX_MINOR_UNITS;
 
 use crate::workload::{Kind, Mix, SentTx};
 

@@ -9,8 +9,9 @@ use harness::stack::{isolated_config, Stack};
 use reqwest::StatusCode;
 use rstest::rstest;
 use serde_json::{json, Value};
-use txengine::domain::MAX_MINOR_UNITS;
-use txengine::http::{router, ApiState, MAX_BODY_BYTES};
+use txengine::http::{router, ApiState};
+use txengine::limits::MAX_BODY_BYTES;
+use txengine::limits::MAX_MINOR_UNITS;
 use txengine::publisher::{Publisher, PublisherSettings};
 use txengine::store::{Store, StoreSettings};
 

@@ -7,8 +7,9 @@ use harness::infra::LocalService;
 use rstest::rstest;
 use txengine::domain::TxStatus;
 use txengine::domain::{
-    AccountId, Amount, Balance, Movement, Outcome, RejectReason, Transaction, TxId, MAX_MINOR_UNITS,
+    AccountId, Amount, Balance, Movement, Outcome, RejectReason, Transaction, TxId,
 };
+use txengine::limits::MAX_MINOR_UNITS;
 use txengine::store::{Acceptance, Applied, Claim, Progress, Store, StoreSettings};
 
 const MAX: u64 = MAX_MINOR_UNITS;

@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use harness::workload::{Kind, SentTx};
 use proptest::prelude::*;
-use txengine::domain::{
-    AccountId, Amount, Balance, Movement, Outcome, Transaction, TxId, MAX_MINOR_UNITS,
-};
+use txengine::domain::{AccountId, Amount, Balance, Movement, Outcome, Transaction, TxId};
+use txengine::limits::MAX_MINOR_UNITS;
 use txengine::store::{Progress, Store, StoreSettings};
 use txengine::wire::Record;
 

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use txengine::admission::{Admission, ClaimReplication, Refused};
 use txengine::backlog::Backlog;
-use txengine::http::MAX_BODY_BYTES;
+use txengine::limits::MAX_BODY_BYTES;
 use txengine::publisher::{Publisher, PublisherSettings};
 use txengine::store::{Store, StoreSettings};
 use txengine::Config;

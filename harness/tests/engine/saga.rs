@@ -11,8 +11,8 @@ use serde_json::json;
 use txengine::config::RedisTopology;
 use txengine::domain::{
     AccountId, Amount, Balance, Movement, Outcome, RejectReason, Transaction, TxId, TxStatus,
-    MAX_MINOR_UNITS,
 };
+use txengine::limits::MAX_MINOR_UNITS;
 use txengine::store::{Applied, Layout, Progress, Store, StoreSettings};
 use txengine::wire::{Record, SagaStep};
 

@@ -269,7 +269,7 @@ pub enum RateLimitMode {
     Off,
 }
 
-pub use crate::limits::MAX_KEY_CACHE_MS;
+use crate::limits::MAX_KEY_CACHE_MS;
 
 impl Config {
     /// Replicas a consumer waits for (`WAIT`) before it stores offsets.

@@ -37,6 +37,7 @@ pub use publish::DLQ_REASON_HEADER;
 
 use crate::domain::Outcome;
 use crate::events::{EventStatus, OutcomeEvent};
+use crate::publisher::producer_config;
 use crate::store::{Progress, Store, StoreError};
 use crate::wire::{now_ms, DecodeError, Record};
 
@@ -118,12 +119,8 @@ impl TxConsumer {
             .set("statistics.interval.ms", "5000")
             .create_with_context(context)?;
         consumer.subscribe(&[settings.topic])?;
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", settings.brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("message.timeout.ms", "10000")
-            .create()?;
+        let producer: FutureProducer =
+            producer_config(settings.brokers, Duration::from_secs(10)).create()?;
         Ok(Self {
             consumer,
             producer,

@@ -64,7 +64,6 @@ use crate::limits::MAX_BACKGROUND_RELEASES;
 use crate::publisher::Publisher;
 use crate::store::Store;
 
-pub use crate::limits::MAX_BODY_BYTES;
 
 pub struct ApiState {
     pub store: Store,

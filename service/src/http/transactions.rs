@@ -15,10 +15,9 @@ use super::auth::{authenticate, forbidden, limit_of, within_limit, Quota};
 use super::holds::{hidden_hold, Posted};
 use super::problem::{Problem, ProblemBody};
 use super::status::{status_response, TransactionView};
-use super::{ApiState, MAX_BODY_BYTES};
-use crate::domain::{
-    AccountId, Amount, Metadata, Movement, RuleError, Transaction, TxId, MAX_MINOR_UNITS,
-};
+use super::ApiState;
+use crate::domain::{AccountId, Amount, Metadata, Movement, RuleError, Transaction, TxId};
+use crate::limits::{MAX_BODY_BYTES, MAX_MINOR_UNITS};
 
 /// The body of `POST /transactions`, before any rule is checked. Wrong JSON
 /// types and unknown fields are 400; broken rules are 422.

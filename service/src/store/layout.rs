@@ -53,7 +53,7 @@ impl RedisTopology {
     }
 }
 
-pub use crate::limits::CLUSTER_SHARDS;
+use crate::limits::CLUSTER_SHARDS;
 
 /// Key names and the slot each lives in; the store and the harness (which
 /// reads Redis to check invariants) both build keys with it.

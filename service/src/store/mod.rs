@@ -37,7 +37,7 @@ use connection::is_transient;
 pub use connection::{Cluster, Connection};
 pub use history::{is_position, BalanceAt, HistoryEntry, HistoryQuery};
 pub use holds::{DueHold, HoldPhase, HoldRecord};
-pub use layout::{Layout, RedisTopology, CLUSTER_SHARDS};
+pub use layout::{Layout, RedisTopology};
 pub use rate_limit::RateVerdict;
 use scripts::Scripts;
 
