@@ -208,25 +208,11 @@ impl Admission {
         }
         let mut txs = txs;
         let limited = txs.split_off(granted);
-        let tokens: Vec<String> = txs.iter().map(|_| Store::lease_token()).collect();
-        let items: Vec<(&Transaction, &str)> = txs
-            .iter()
-            .zip(&tokens)
-            .map(|(tx, token)| (tx, token.as_str()))
-            .collect();
-        let mut claims = self.store.claim_batch(&items).await;
-        let ids: Vec<&TxId> = txs.iter().map(|tx| &tx.id).collect();
-        replicate_claims(&self.store, self.replication, &ids, &mut claims, |claim| {
-            *claim == Claim::Claimed
-        })
-        .await;
-        drop(ids);
-        drop(items);
         let mut answers: Vec<Option<Result<TxStatus, Refused>>> = Vec::new();
         let mut claimed = Vec::new();
         let mut claimed_at = Vec::new();
         let mut unknown = Vec::new();
-        for (index, ((tx, token), claim)) in txs.into_iter().zip(tokens).zip(claims).enumerate() {
+        for (index, (tx, token, claim)) in self.claim_each(txs).await.into_iter().enumerate() {
             answers.push(match claim {
                 Ok(Claim::Claimed) => {
                     claimed.push((tx, token));
@@ -259,6 +245,34 @@ impl Admission {
             .collect();
         answers.extend(limited.iter().map(|_| Err(Refused::RateLimited)));
         (answers, rate)
+    }
+
+    /// Claims each of `txs` under a lease token of its own (one call per
+    /// slot), the claims made on the replicas before this answers: each
+    /// transaction with its token and what its claim found.
+    async fn claim_each(
+        &self,
+        txs: Vec<Transaction>,
+    ) -> Vec<(Transaction, String, Result<Claim, StoreError>)> {
+        let tokens: Vec<String> = txs.iter().map(|_| Store::lease_token()).collect();
+        let items: Vec<(&Transaction, &str)> = txs
+            .iter()
+            .zip(&tokens)
+            .map(|(tx, token)| (tx, token.as_str()))
+            .collect();
+        let mut claims = self.store.claim_batch(&items).await;
+        drop(items);
+        let ids: Vec<&TxId> = txs.iter().map(|tx| &tx.id).collect();
+        replicate_claims(&self.store, self.replication, &ids, &mut claims, |claim| {
+            *claim == Claim::Claimed
+        })
+        .await;
+        drop(ids);
+        txs.into_iter()
+            .zip(tokens)
+            .zip(claims)
+            .map(|((tx, token), claim)| (tx, token, claim))
+            .collect()
     }
 
     /// [`Refused::Backlog`] while the consumers are over the backlog bound
@@ -364,37 +378,48 @@ impl Admission {
             .iter()
             .map(|&index| (&records[index].tx, tokens[index].as_str()))
             .collect();
-        // One request's accept joins those of other requests (one call);
-        // a batch's are one call already.
-        let acceptances = match to_accept.as_slice() {
-            [(tx, token)] => vec![self.accepts.run(((*tx).clone(), (*token).to_owned())).await],
-            _ => self.store.accept_batch(&to_accept).await,
-        };
-        for (&index, acceptance) in delivered.iter().zip(acceptances) {
-            let id = &records[index].tx.id;
-            answers[index] = Some(match acceptance {
-                Ok(Acceptance::Accepted) => Ok(TxStatus::Pending),
-                Ok(Acceptance::NotOwner) => {
-                    // The lease ran out during the publish and another request
-                    // of the same body holds it; the record is the bound body.
-                    tracing::info!(%id, "accepted after the lease ran out; another request holds it");
-                    Ok(TxStatus::Pending)
-                }
-                Ok(Acceptance::Conflict) => {
-                    tracing::error!(%id, "the id was bound to another body during the publish");
-                    Err(Refused::BindingLost(id.clone()))
-                }
-                Err(e) => {
-                    // Kafka has the record, so it will be applied: still a 202.
-                    // Until a consumer settles it, GET answers 404.
-                    tracing::warn!(error = %e, %id, "accepted but could not mark it");
-                    Ok(TxStatus::Pending)
-                }
-            });
+        for (&index, answer) in delivered.iter().zip(self.accept(&to_accept).await) {
+            answers[index] = Some(answer);
         }
         answers
             .into_iter()
             .map(|answer| answer.expect("every item answered"))
+            .collect()
+    }
+
+    /// Marks published transactions accepted (each under its lease token):
+    /// one answer each, in order. One request's accept joins those of other
+    /// requests (one call); a batch's are one call already.
+    async fn accept(&self, published: &[(&Transaction, &str)]) -> Vec<Result<TxStatus, Refused>> {
+        let acceptances = match published {
+            [(tx, token)] => vec![self.accepts.run(((*tx).clone(), (*token).to_owned())).await],
+            _ => self.store.accept_batch(published).await,
+        };
+        published
+            .iter()
+            .zip(acceptances)
+            .map(|((tx, _), acceptance)| {
+                let id = &tx.id;
+                match acceptance {
+                    Ok(Acceptance::Accepted) => Ok(TxStatus::Pending),
+                    Ok(Acceptance::NotOwner) => {
+                        // The lease ran out during the publish and another request
+                        // of the same body holds it; the record is the bound body.
+                        tracing::info!(%id, "accepted after the lease ran out; another request holds it");
+                        Ok(TxStatus::Pending)
+                    }
+                    Ok(Acceptance::Conflict) => {
+                        tracing::error!(%id, "the id was bound to another body during the publish");
+                        Err(Refused::BindingLost(id.clone()))
+                    }
+                    Err(e) => {
+                        // Kafka has the record, so it will be applied: still a 202.
+                        // Until a consumer settles it, GET answers 404.
+                        tracing::warn!(error = %e, %id, "accepted but could not mark it");
+                        Ok(TxStatus::Pending)
+                    }
+                }
+            })
             .collect()
     }
 

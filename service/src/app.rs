@@ -46,6 +46,72 @@ fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// The store `config` names, connected.
+async fn connect_store(config: &Config) -> anyhow::Result<Store> {
+    Store::connect(StoreSettings {
+        url: &config.redis_url,
+        topology: config.redis_topology,
+        namespace: &config.namespace,
+        outcome_ttl_secs: config.outcome_ttl_secs,
+        history_keep_secs: config.history_retention_secs(),
+        lease_ms: config.lease_ms,
+        response_timeout: Duration::from_millis(config.redis_timeout_ms),
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "connecting to redis at {}",
+            crate::config::redacted_url(&config.redis_url)
+        )
+    })
+}
+
+/// Binds the API's listener and serves `state` in `tasks` until shutdown,
+/// then flushes its producer; the address it listens on.
+async fn spawn_api(
+    config: &Config,
+    state: std::sync::Arc<ApiState>,
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let publisher = state.publisher.clone();
+    let serving = serve_until_shutdown(
+        listener,
+        http::router(state),
+        ConnectionLimits::from_config(config),
+        shutdown,
+    );
+    tasks.spawn(async move {
+        serving.await?;
+        // In-flight requests have had their answers; nothing is left
+        // in the producer queue, but flush in case.
+        tokio::task::spawn_blocking(move || publisher.flush(Duration::from_secs(5))).await?;
+        Ok(())
+    });
+    tracing::info!(%addr, "api listening");
+    Ok(addr)
+}
+
+/// What the consumer of `config` reads, writes and waits for.
+fn consumer_settings(config: &Config) -> ConsumerSettings<'_> {
+    ConsumerSettings {
+        brokers: &config.kafka_brokers,
+        group: &config.group,
+        topic: &config.topic,
+        dlq_topic: &config.dlq_topic,
+        outcomes_topic: config
+            .outcome_events
+            .then_some(config.outcomes_topic.as_str()),
+        batch_size: config.batch_size,
+        wait_replicas: config.wait_replicas(),
+        wait_timeout: config.wait_timeout(),
+    }
+}
+
 impl Engine {
     /// Connects to Redis and Kafka, creates the topics if missing, binds the
     /// listener and starts the roles of `config`.
@@ -61,22 +127,7 @@ impl Engine {
         ensure_topics(&config.topic_settings())
             .await
             .with_context(|| format!("checking the topics on {}", config.kafka_brokers))?;
-        let store = Store::connect(StoreSettings {
-            url: &config.redis_url,
-            topology: config.redis_topology,
-            namespace: &config.namespace,
-            outcome_ttl_secs: config.outcome_ttl_secs,
-            history_keep_secs: config.history_retention_secs(),
-            lease_ms: config.lease_ms,
-            response_timeout: Duration::from_millis(config.redis_timeout_ms),
-        })
-        .await
-        .with_context(|| {
-            format!(
-                "connecting to redis at {}",
-                crate::config::redacted_url(&config.redis_url)
-            )
-        })?;
+        let store = connect_store(config).await?;
         store.ensure_no_eviction().await?;
 
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -94,33 +145,15 @@ impl Engine {
             linger: Duration::from_millis(config.linger_ms),
         })?;
         if matches!(config.role, Role::Api | Role::All) {
-            let publisher = publisher.clone();
-            let listener = tokio::net::TcpListener::bind(config.listen)
-                .await
-                .with_context(|| format!("binding {}", config.listen))?;
-            addr = Some(listener.local_addr()?);
+            let health = runs_consumer.then(|| consumer_health.clone());
             let state = ApiState::from_config(
                 config,
                 store.clone(),
                 publisher.clone(),
-                runs_consumer.then(|| consumer_health.clone()),
+                health,
                 metrics.clone(),
             )?;
-            let serving = serve_until_shutdown(
-                listener,
-                http::router(state),
-                ConnectionLimits::from_config(config),
-                shutdown_rx.clone(),
-            );
-            tasks.spawn(async move {
-                serving.await?;
-                // In-flight requests have had their answers; nothing is left
-                // in the producer queue, but flush in case.
-                tokio::task::spawn_blocking(move || publisher.flush(Duration::from_secs(5)))
-                    .await?;
-                Ok(())
-            });
-            tracing::info!(addr = %addr.expect("just set"), "api listening");
+            addr = Some(spawn_api(config, state, &mut tasks, shutdown_rx.clone()).await?);
         }
         if let (Role::Consumer, Some(listen)) = (config.role, config.metrics_listen) {
             let listener = tokio::net::TcpListener::bind(listen)
@@ -143,22 +176,7 @@ impl Engine {
                 Duration::from_millis(config.expire_scan_ms),
             );
             tasks.spawn(expirer.run(shutdown_rx.clone()));
-            let consumer = TxConsumer::new(
-                ConsumerSettings {
-                    brokers: &config.kafka_brokers,
-                    group: &config.group,
-                    topic: &config.topic,
-                    dlq_topic: &config.dlq_topic,
-                    outcomes_topic: config
-                        .outcome_events
-                        .then_some(config.outcomes_topic.as_str()),
-                    batch_size: config.batch_size,
-                    wait_replicas: config.wait_replicas(),
-                    wait_timeout: config.wait_timeout(),
-                },
-                store,
-                consumer_health,
-            )?;
+            let consumer = TxConsumer::new(consumer_settings(config), store, consumer_health)?;
             tasks.spawn(consumer.run(shutdown_rx));
         }
         Ok(Self {

@@ -108,37 +108,8 @@ fn compare(
     expected: &BTreeMap<(String, &'static str), Expected<'_>>,
     messages: &[rdkafka::message::OwnedMessage],
 ) -> Vec<String> {
-    use rdkafka::Message;
     let mut violations = Vec::new();
-    let mut seen: HashMap<(String, &'static str), OutcomeEvent> = HashMap::new();
-    for message in messages {
-        let event = match OutcomeEvent::decode(message.payload().unwrap_or_default()) {
-            Ok(event) => event,
-            Err(e) => {
-                violations.push(format!("an outcome event unread: {e}"));
-                continue;
-            }
-        };
-        let key = message.key().map(String::from_utf8_lossy);
-        if key.as_deref() != Some(event.key().as_str()) {
-            violations.push(format!(
-                "event {} keyed {key:?}, not by its account",
-                event.tx.id
-            ));
-        }
-        let id = (event.tx.id.to_string(), event.status.as_str());
-        match seen.get(&id) {
-            // A copy (at least once) must say the same, but for its time.
-            Some(first) if (&first.tx, first.status) != (&event.tx, event.status) => violations
-                .push(format!(
-                    "event {id:?} published twice, differently: {first:?} then {event:?}"
-                )),
-            Some(_) => {}
-            None => {
-                seen.insert(id, event);
-            }
-        }
-    }
+    let seen = distinct_events(messages, &mut violations);
     for (id, event) in &seen {
         let Some(want) = expected.get(id) else {
             violations.push(format!(
@@ -177,4 +148,44 @@ fn compare(
         ));
     }
     violations
+}
+
+/// The events of `messages` by `(id, status)`, first copies kept: adds to
+/// `violations` each message unread, keyed by another than its account, or
+/// a copy that says otherwise than its first (at least once allows copies).
+fn distinct_events(
+    messages: &[rdkafka::message::OwnedMessage],
+    violations: &mut Vec<String>,
+) -> HashMap<(String, &'static str), OutcomeEvent> {
+    use rdkafka::Message;
+    let mut seen: HashMap<(String, &'static str), OutcomeEvent> = HashMap::new();
+    for message in messages {
+        let event = match OutcomeEvent::decode(message.payload().unwrap_or_default()) {
+            Ok(event) => event,
+            Err(e) => {
+                violations.push(format!("an outcome event unread: {e}"));
+                continue;
+            }
+        };
+        let key = message.key().map(String::from_utf8_lossy);
+        if key.as_deref() != Some(event.key().as_str()) {
+            violations.push(format!(
+                "event {} keyed {key:?}, not by its account",
+                event.tx.id
+            ));
+        }
+        let id = (event.tx.id.to_string(), event.status.as_str());
+        match seen.get(&id) {
+            // A copy (at least once) must say the same, but for its time.
+            Some(first) if (&first.tx, first.status) != (&event.tx, event.status) => violations
+                .push(format!(
+                    "event {id:?} published twice, differently: {first:?} then {event:?}"
+                )),
+            Some(_) => {}
+            None => {
+                seen.insert(id, event);
+            }
+        }
+    }
+    seen
 }

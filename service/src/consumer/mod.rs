@@ -263,6 +263,31 @@ impl TxConsumer {
                 None => return false,
             }
         };
+        if !self
+            .publish_what_follows(&records, &sources, &applied, shutdown)
+            .await
+        {
+            return false;
+        }
+        count_outcomes(applied.iter().map(|(i, p)| (&records[*i], p)));
+        done.extend(applied.iter().map(|(i, _)| sources[*i]));
+        metrics::histogram!("txengine_apply_batch_size").record(batch.len() as f64);
+        metrics::histogram!("txengine_apply_batch_seconds").record(started.elapsed().as_secs_f64());
+        self.store_offsets(&offsets_to_store(batch, &done));
+        true
+    }
+
+    /// What follows the apply of a batch, before its offsets are stored:
+    /// the next steps of sagas and the outcome events published, and each
+    /// record whose id was applied with another body sent to the DLQ.
+    /// False when shutdown came first.
+    async fn publish_what_follows(
+        &self,
+        records: &[Record],
+        sources: &[&OwnedMessage],
+        applied: &[(usize, Progress)],
+        shutdown: &watch::Receiver<bool>,
+    ) -> bool {
         let next_steps = next_steps(applied.iter().map(|(_, p)| p));
         if let Some((first, _)) = applied.first() {
             if !self
@@ -290,11 +315,6 @@ impl TxConsumer {
                 return false;
             }
         }
-        count_outcomes(applied.iter().map(|(i, p)| (&records[*i], p)));
-        done.extend(applied.iter().map(|(i, _)| sources[*i]));
-        metrics::histogram!("txengine_apply_batch_size").record(batch.len() as f64);
-        metrics::histogram!("txengine_apply_batch_seconds").record(started.elapsed().as_secs_f64());
-        self.store_offsets(&offsets_to_store(batch, &done));
         true
     }
 

@@ -22,10 +22,10 @@ use super::status::view;
 use super::transactions::{read_body_within, RequestError, TransactionRequest};
 use super::ApiState;
 use crate::admission::Refused;
-use crate::domain::{Transaction, TxId, TxStatus};
+use crate::domain::{HoldTerms, Transaction, TxId, TxStatus};
 use crate::keys::{ApiKey, RateLimit};
 use crate::limits::{MAX_BATCH_BODY_BYTES, MAX_BATCH_ITEMS};
-use crate::store::RateVerdict;
+use crate::store::{RateVerdict, StoreError};
 
 /// The body of `POST /transactions/batch` (documentation; the handler reads
 /// each item on its own, so one broken item does not refuse the others).
@@ -272,18 +272,61 @@ pub(super) async fn post_batch(
     let body = read_body_within(&api, &headers, body, MAX_BATCH_BODY_BYTES).await?;
     let key = authenticate(&api, &headers).await?;
     let items = decode_batch(&body).map_err(batch_problem)?;
-
-    // Each item's answer, or the transaction sent to admission (by its
-    // place among them) whose answer it is. The same id and body twice is
-    // one transaction, answered twice; another body under an id already
-    // sent is admitted too, after it in the same claim call (one slot, in
-    // order), so each copy is answered as the single endpoint would answer
-    // it sent right after the copies before it: the first body the id is
-    // bound to gets the id's answer, every other body `conflict`.
-    enum Slot {
-        Done(ItemResult),
-        Admitted(usize),
+    let (slots, admitted) = sort_items(&api, &key, items).await;
+    let limit = limit_of(&api, &key);
+    let (answered, verdict) = admit_round(&api, &key, limit, admitted).await;
+    let results: Vec<ItemResult> = slots
+        .into_iter()
+        .map(|slot| match slot {
+            Slot::Done(result) => result,
+            Slot::Admitted(n) => answered[n].clone(),
+        })
+        .collect();
+    let quota = limit
+        .zip(verdict)
+        .map(|(limit, verdict)| Quota::new(limit, verdict));
+    if none_taken(&results) {
+        return Err(Problem::unavailable(
+            "no item of the batch could be taken (Kafka or Redis is unavailable); retry it with the same ids",
+            api.retry_after_secs,
+        )
+        .with_headers(quota.iter().flat_map(Quota::headers)));
     }
+    count_items(&results, key.id.as_str());
+    let retry = results
+        .iter()
+        .filter_map(|result| match result.status {
+            "rate_limited" | "unavailable" => result.retry_after_s,
+            _ => None,
+        })
+        .max();
+    let mut response = (StatusCode::OK, Json(BatchAnswer { results })).into_response();
+    let fields = response.headers_mut();
+    if let Some(secs) = retry {
+        fields.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    fields.extend(quota.iter().flat_map(Quota::headers));
+    Ok(response)
+}
+
+/// An item's answer, or the transaction sent to admission (by its place
+/// among them) whose answer it is.
+enum Slot {
+    Done(ItemResult),
+    Admitted(usize),
+}
+
+/// Each item's slot, and the transactions to admit. The same id and body
+/// twice is one transaction, answered twice; another body under an id
+/// already sent is admitted too, after it in the same claim call (one slot,
+/// in order), so each copy is answered as the single endpoint would answer
+/// it sent right after the copies before it: the first body the id is
+/// bound to gets the id's answer, every other body `conflict`.
+async fn sort_items(
+    api: &ApiState,
+    key: &ApiKey,
+    items: Vec<BatchItem>,
+) -> (Vec<Slot>, Vec<Transaction>) {
     let mut slots = Vec::with_capacity(items.len());
     let mut admitted: Vec<Transaction> = Vec::new();
     let mut admitted_as: HashMap<(String, String), usize> = HashMap::new();
@@ -297,48 +340,13 @@ pub(super) async fn post_batch(
         false => api.store.hold_terms(&holds).await.map(Vec::into_iter),
     };
     for item in items {
-        let refused = |reason: String| ItemResult::new(item.id.clone(), "invalid").because(reason);
-        let posted = match item.transaction {
-            Err(RequestError::Malformed(detail)) => {
-                slots.push(Slot::Done(refused(detail)));
-                continue;
-            }
-            Err(RequestError::Rule(rule)) => {
-                slots.push(Slot::Done(refused(rule.to_string())));
-                continue;
-            }
-            Ok(posted) => posted,
-        };
-        let terms_of_hold = match (posted.ended_hold(), &mut terms) {
-            (None, _) => None,
-            (Some(_), Ok(found)) => found.next().flatten(),
-            (Some(_), Err(e)) => {
-                tracing::warn!(error = %e, "redis unavailable for a batch's holds");
-                slots.push(Slot::Done(
-                    ItemResult::new(item.id, "unavailable")
-                        .because(format!("the hold could not be read: {}", e.summary()))
-                        .retry_after(api.retry_after_secs),
-                ));
-                continue;
-            }
-        };
-        let completed = posted
-            .complete(api.hold_timeouts, terms_of_hold)
-            .and_then(|tx| hidden_hold(&key, tx));
-        let tx = match completed {
+        let tx = match checked(api, key, item, &mut terms) {
             Ok(tx) => tx,
-            Err(rule) => {
-                slots.push(Slot::Done(refused(rule.to_string())));
+            Err(result) => {
+                slots.push(Slot::Done(result));
                 continue;
             }
         };
-        if let Some(account) = key.scope.refuses(&tx.movement) {
-            let reason = format!("API key {} may not touch account {account}", key.id);
-            slots.push(Slot::Done(
-                ItemResult::new(item.id, "forbidden").because(reason),
-            ));
-            continue;
-        }
         let same = (tx.id.as_str().to_owned(), tx.fingerprint());
         match admitted_as.get(&same) {
             Some(&n) => slots.push(Slot::Admitted(n)),
@@ -349,52 +357,53 @@ pub(super) async fn post_batch(
             }
         }
     }
+    (slots, admitted)
+}
 
-    let limit = limit_of(&api, &key);
-    let (answered, verdict) = admit_round(&api, &key, limit, admitted).await;
-    let results: Vec<ItemResult> = slots
-        .into_iter()
-        .map(|slot| match slot {
-            Slot::Done(result) => result,
-            Slot::Admitted(n) => answered[n].clone(),
-        })
-        .collect();
-    // Of the items that were valid and in scope, none could be taken: the
-    // request as a whole is unavailable (retried with the same ids).
+/// One item made a transaction the key may send: decoded, its hold's terms
+/// taken from `terms` (read for every capture and void, in order), in
+/// scope; else its answer (`invalid`, `unavailable` or `forbidden`).
+fn checked(
+    api: &ApiState,
+    key: &ApiKey,
+    item: BatchItem,
+    terms: &mut Result<std::vec::IntoIter<Option<HoldTerms>>, StoreError>,
+) -> Result<Transaction, ItemResult> {
+    let refused = |reason: String| ItemResult::new(item.id.clone(), "invalid").because(reason);
+    let posted = match item.transaction {
+        Err(RequestError::Malformed(detail)) => return Err(refused(detail)),
+        Err(RequestError::Rule(rule)) => return Err(refused(rule.to_string())),
+        Ok(posted) => posted,
+    };
+    let terms_of_hold = match (posted.ended_hold(), terms) {
+        (None, _) => None,
+        (Some(_), Ok(found)) => found.next().flatten(),
+        (Some(_), Err(e)) => {
+            tracing::warn!(error = %e, "redis unavailable for a batch's holds");
+            return Err(ItemResult::new(item.id, "unavailable")
+                .because(format!("the hold could not be read: {}", e.summary()))
+                .retry_after(api.retry_after_secs));
+        }
+    };
+    let tx = posted
+        .complete(api.hold_timeouts, terms_of_hold)
+        .and_then(|tx| hidden_hold(key, tx))
+        .map_err(|rule| refused(rule.to_string()))?;
+    if let Some(account) = key.scope.refuses(&tx.movement) {
+        let reason = format!("API key {} may not touch account {account}", key.id);
+        return Err(ItemResult::new(item.id, "forbidden").because(reason));
+    }
+    Ok(tx)
+}
+
+/// Of the items that were valid and in scope, none could be taken: the
+/// request as a whole is unavailable (retried with the same ids).
+fn none_taken(results: &[ItemResult]) -> bool {
     let mut tried = results
         .iter()
         .filter(|result| result.was_tried())
         .peekable();
-    let none_taken = tried.peek().is_some() && tried.all(ItemResult::is_unavailable);
-    if none_taken {
-        let quota = limit
-            .zip(verdict)
-            .map(|(limit, verdict)| Quota::new(limit, verdict));
-        return Err(Problem::unavailable(
-            "no item of the batch could be taken (Kafka or Redis is unavailable); retry it with the same ids",
-            api.retry_after_secs,
-        )
-        .with_headers(quota.iter().flat_map(Quota::headers)));
-    }
-    count_items(&results, key.id.as_str());
-
-    let retry = results
-        .iter()
-        .filter_map(|result| match result.status {
-            "rate_limited" | "unavailable" => result.retry_after_s,
-            _ => None,
-        })
-        .max();
-    let mut response = (StatusCode::OK, Json(BatchAnswer { results })).into_response();
-    let fields = response.headers_mut();
-    if let Some(secs) = retry {
-        fields.insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    }
-    let quota = limit
-        .zip(verdict)
-        .map(|(limit, verdict)| Quota::new(limit, verdict));
-    fields.extend(quota.iter().flat_map(Quota::headers));
-    Ok(response)
+    tried.peek().is_some() && tried.all(ItemResult::is_unavailable)
 }
 
 /// Admits a batch's transactions (an id twice only with different bodies,

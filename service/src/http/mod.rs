@@ -64,7 +64,6 @@ use crate::limits::MAX_BACKGROUND_RELEASES;
 use crate::publisher::Publisher;
 use crate::store::Store;
 
-
 pub struct ApiState {
     pub store: Store,
     pub publisher: Publisher,

@@ -94,13 +94,43 @@ impl TransactionRequest {
         self.into_posted(None)
     }
 
-    pub(super) fn into_posted(self, header_id: Option<&str>) -> Result<Posted, RuleError> {
+    /// A capture (`capture`) or a void of a hold: `hold`, and a capture's
+    /// `amount`; any field that is not theirs is refused.
+    fn into_hold_end(
+        self,
+        id: TxId,
+        metadata: Metadata,
+        capture: bool,
+        amount: Option<Amount>,
+    ) -> Result<Posted, RuleError> {
+        let kind = if capture { "capture" } else { "void" };
+        for (field, given) in [
+            ("account", self.account.is_some()),
+            ("to", self.to.is_some()),
+            ("timeout_s", self.timeout_s.is_some()),
+            ("amount", !capture && amount.is_some()),
+        ] {
+            if given {
+                return Err(RuleError::NotAField { field, kind });
+            }
+        }
+        let hold = self.hold.as_deref().ok_or(RuleError::Missing("hold"))?;
+        let hold = TxId::parse(hold).map_err(|_| RuleError::BadId { field: "hold" })?;
+        Ok(Posted::EndsHold {
+            id,
+            hold,
+            capture: capture.then_some(amount),
+            metadata,
+        })
+    }
+
+    pub(super) fn into_posted(mut self, header_id: Option<&str>) -> Result<Posted, RuleError> {
         let id = match (self.id.as_deref(), header_id) {
             (Some(body), Some(header)) if body != header => return Err(RuleError::IdMismatch),
             (Some(raw), _) | (None, Some(raw)) => TxId::parse(raw)?,
             (None, None) => TxId::generate(),
         };
-        let metadata = Metadata::try_from(self.metadata.unwrap_or_default())?;
+        let metadata = Metadata::try_from(self.metadata.take().unwrap_or_default())?;
         let kind = self.kind.as_deref().unwrap_or("debit");
         let kind_name = ["debit", "credit", "transfer", "hold", "capture", "void"]
             .into_iter()
@@ -116,25 +146,8 @@ impl TransactionRequest {
             .map(|amount| Amount::new(parse_minor_units(amount, "amount")?))
             .transpose()?;
         if matches!(kind, "capture" | "void") {
-            for (field, given) in [
-                ("account", self.account.is_some()),
-                ("to", self.to.is_some()),
-                ("timeout_s", self.timeout_s.is_some()),
-                ("amount", kind == "void" && amount.is_some()),
-            ] {
-                if given {
-                    return Err(not_a_field(field));
-                }
-            }
-            let hold = self.hold.as_deref().ok_or(RuleError::Missing("hold"))?;
-            let hold = TxId::parse(hold).map_err(|_| RuleError::BadId { field: "hold" })?;
-            let capture = (kind == "capture").then_some(amount);
-            return Ok(Posted::EndsHold {
-                id,
-                hold,
-                capture,
-                metadata,
-            });
+            let capture = kind == "capture";
+            return self.into_hold_end(id, metadata, capture, amount);
         }
         if self.hold.is_some() {
             return Err(not_a_field("hold"));

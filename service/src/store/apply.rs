@@ -2,13 +2,12 @@
 //! (pipelined per slot), its reply read into where the transaction stands,
 //! and outcomes decided in another slot written to their tx record.
 
-use std::collections::BTreeMap;
-
-use redis::{Arg, Cmd, Script, Value};
+use redis::Cmd;
 
 use crate::domain::Balance;
 
 use super::balances::parse_balance;
+use super::in_order::StepCall;
 use super::outcomes::parse_status;
 use super::Layout;
 use super::{evalsha, Store, StoreError};
@@ -97,149 +96,15 @@ impl Store {
             .collect()
     }
 
-    /// Runs the calls, in order within each slot, one pipeline per slot
-    /// (all slots at once), each guarded by `lua/in_order.lua`: a call
-    /// after one that did not run is skipped. What was skipped or failed on
-    /// NOSCRIPT is run again, from the first call of its slot that did not
-    /// run (the scripts loaded first), never before calls already applied;
-    /// any other error fails the whole (the caller retries it, and the
-    /// flags make what was applied a repeat). One reply per call, in order.
-    async fn run_in_order(&self, calls: &[StepCall<'_>]) -> Result<Vec<StepAnswer>, StoreError> {
-        let mut replies: Vec<Option<StepAnswer>> = calls.iter().map(|_| None).collect();
-        for _ in 0..MAX_IN_ORDER_ROUNDS {
-            let token = Store::lease_token();
-            let mut places: BTreeMap<u32, usize> = BTreeMap::new();
-            let waiting: Vec<usize> = (0..calls.len()).filter(|&i| replies[i].is_none()).collect();
-            let commands = waiting
-                .iter()
-                .map(|&i| {
-                    let call = &calls[i];
-                    let place = places.entry(call.shard).or_default();
-                    *place += 1;
-                    let order_key = self.layout.order(call.shard, &token);
-                    (call.shard, call.command(&order_key, *place))
-                })
-                .collect();
-            let answers = self.conn.run_by_slot_ignoring_errors(commands).await;
-            // The first call of each slot that did not run, and why.
-            let mut stopped: BTreeMap<u32, Option<StoreError>> = BTreeMap::new();
-            for (&i, answer) in waiting.iter().zip(answers) {
-                let shard = calls[i].shard;
-                if stopped.contains_key(&shard) {
-                    continue;
-                }
-                match answer.and_then(read_step) {
-                    Ok(Some(reply)) => replies[i] = Some(reply),
-                    Ok(None) => {
-                        stopped.insert(shard, None);
-                    }
-                    Err(e) => {
-                        stopped.insert(shard, Some(e));
-                    }
-                }
-            }
-            let mut errors = stopped.into_values().flatten();
-            let noscript =
-                |e: &StoreError| matches!(e, StoreError::Redis(e) if e.code() == Some("NOSCRIPT"));
-            match errors.find(|e| !noscript(e)) {
-                Some(e) => return Err(e),
-                None if replies.iter().all(Option::is_some) => break,
-                None => {
-                    tracing::warn!("redis lost its scripts (restart?); loading them again");
-                    self.load_scripts().await?;
-                }
-            }
-        }
-        replies
-            .into_iter()
-            .map(|reply| {
-                reply.ok_or_else(|| {
-                    StoreError::Unexpected(format!(
-                        "applies did not all run in {MAX_IN_ORDER_ROUNDS} rounds"
-                    ))
-                })
-            })
-            .collect()
-    }
-
     /// The script call that applies `record`'s step, and the shard it runs in.
     fn step_command(&self, record: &Record, now_ms: u64) -> Result<StepCall<'_>, StoreError> {
-        let layout = &self.layout;
         let tx = &record.tx;
-        let id = tx.id.as_str();
         let account = tx.movement.account().as_str();
-        let amount = tx.movement.amount().minor_units();
-        let fingerprint = tx.fingerprint();
-        let saga_step = |on: &str, step: &str, flag: &str| {
-            let shard = layout.shard_of(on);
-            let mut keys = vec![
-                layout.step(on, id, flag),
-                layout.seq(shard),
-                layout.balance(on),
-                layout.held(on),
-                layout.pending(on),
-                layout.history(on),
-            ];
-            // A capture's saga ends its hold when it settles.
-            if let (Some(hold), "settle") = (tx.movement.ended_hold(), flag) {
-                keys.push(layout.hold(on, hold.as_str()));
-            }
-            let counterparty = match tx.movement.to() {
-                Some(to) if to.as_str() != on => to.as_str(),
-                _ => account,
-            };
-            let mut cmd = Cmd::new();
-            cmd.arg(step)
-                .arg(amount)
-                .arg(&fingerprint)
-                .arg(self.outcome_ttl_secs)
-                .arg(now_ms);
-            self.history_args(&mut cmd, tx);
-            cmd.arg(counterparty)
-                .arg(tx.movement.kind())
-                .arg(tx.movement.ended_hold().map_or("", TxId::as_str));
-            StepCall {
-                shard,
-                script: &self.scripts.saga_step,
-                keys,
-                args: cmd,
-            }
-        };
+        let saga_step =
+            |on: &str, step: &str, flag: &str| self.saga_command(tx, now_ms, on, step, flag);
         Ok(match (&record.saga, tx.movement.credited()) {
             (None, _) if tx.movement.is_of_a_hold() => self.hold_command(record, now_ms),
-            (None, _) if !layout.needs_saga(tx) => {
-                let shard = layout.shard_of(account);
-                let mut keys = vec![
-                    layout.apply_flag(id, account),
-                    layout.seq(shard),
-                    layout.balance(account),
-                    layout.pending(account),
-                    layout.history(account),
-                ];
-                if let Some(to) = tx.movement.to() {
-                    keys.push(layout.balance(to.as_str()));
-                    keys.push(layout.history(to.as_str()));
-                }
-                if layout.shards() > 1 && tx.movement.kind() != "debit" {
-                    let credited = tx.movement.to().map_or(account, AccountId::as_str);
-                    keys.push(layout.held(credited));
-                }
-                let mut cmd = Cmd::new();
-                cmd.arg(tx.movement.kind())
-                    .arg(amount)
-                    .arg(&fingerprint)
-                    .arg(self.outcome_ttl_secs)
-                    .arg(now_ms);
-                self.history_args(&mut cmd, tx);
-                cmd.arg(tx.movement.to().map_or("", AccountId::as_str))
-                    .arg(account);
-                StepCall {
-                    shard,
-                    script: &self.scripts.apply,
-                    keys,
-                    args: cmd,
-                }
-            }
+            (None, _) if !self.layout.needs_saga(tx) => self.apply_command(tx, now_ms),
             (None, Some(_)) => saga_step(account, "debit", "debit"),
             (Some(SagaStep::Credit { .. }), Some(to)) => saga_step(to.as_str(), "credit", "credit"),
             (Some(SagaStep::Settle { refused, .. }), Some(_)) => {
@@ -252,11 +117,96 @@ impl Store {
             }
             (Some(_), None) => {
                 return Err(StoreError::Unexpected(format!(
-                    "saga step of {id}, which credits no other account"
+                    "saga step of {}, which credits no other account",
+                    tx.id
                 )))
             }
             (None, None) => unreachable!("a movement without `to` never needs a saga"),
         })
+    }
+
+    /// The call of `lua/atomic_update.lua` for a transaction that ends in
+    /// one script (its accounts in one slot).
+    fn apply_command(&self, tx: &Transaction, now_ms: u64) -> StepCall<'_> {
+        let layout = &self.layout;
+        let account = tx.movement.account().as_str();
+        let shard = layout.shard_of(account);
+        let mut keys = vec![
+            layout.apply_flag(tx.id.as_str(), account),
+            layout.seq(shard),
+            layout.balance(account),
+            layout.pending(account),
+            layout.history(account),
+        ];
+        if let Some(to) = tx.movement.to() {
+            keys.push(layout.balance(to.as_str()));
+            keys.push(layout.history(to.as_str()));
+        }
+        if layout.shards() > 1 && tx.movement.kind() != "debit" {
+            let credited = tx.movement.to().map_or(account, AccountId::as_str);
+            keys.push(layout.held(credited));
+        }
+        let mut cmd = Cmd::new();
+        cmd.arg(tx.movement.kind())
+            .arg(tx.movement.amount().minor_units())
+            .arg(tx.fingerprint())
+            .arg(self.outcome_ttl_secs)
+            .arg(now_ms);
+        self.history_args(&mut cmd, tx);
+        cmd.arg(tx.movement.to().map_or("", AccountId::as_str))
+            .arg(account);
+        StepCall {
+            shard,
+            script: &self.scripts.apply,
+            keys,
+            args: cmd,
+        }
+    }
+
+    /// The call of `lua/saga_step.lua` for `step` of a saga between slots,
+    /// on account `on`, under the step's own flag.
+    fn saga_command(
+        &self,
+        tx: &Transaction,
+        now_ms: u64,
+        on: &str,
+        step: &str,
+        flag: &str,
+    ) -> StepCall<'_> {
+        let layout = &self.layout;
+        let shard = layout.shard_of(on);
+        let mut keys = vec![
+            layout.step(on, tx.id.as_str(), flag),
+            layout.seq(shard),
+            layout.balance(on),
+            layout.held(on),
+            layout.pending(on),
+            layout.history(on),
+        ];
+        // A capture's saga ends its hold when it settles.
+        if let (Some(hold), "settle") = (tx.movement.ended_hold(), flag) {
+            keys.push(layout.hold(on, hold.as_str()));
+        }
+        let counterparty = match tx.movement.to() {
+            Some(to) if to.as_str() != on => to.as_str(),
+            _ => tx.movement.account().as_str(),
+        };
+        let mut cmd = Cmd::new();
+        cmd.arg(step)
+            .arg(tx.movement.amount().minor_units())
+            .arg(tx.fingerprint())
+            .arg(self.outcome_ttl_secs)
+            .arg(now_ms);
+        self.history_args(&mut cmd, tx);
+        cmd.arg(counterparty)
+            .arg(tx.movement.kind())
+            .arg(tx.movement.ended_hold().map_or("", TxId::as_str));
+        StepCall {
+            shard,
+            script: &self.scripts.saga_step,
+            keys,
+            args: cmd,
+        }
     }
 
     /// The call of `lua/hold.lua` for a hold, or a capture, void or expiry
@@ -329,6 +279,8 @@ impl Store {
     }
 
     /// Reads a step's reply `(state, reason, balance_after, duplicate)`.
+    /// One match, kept whole: it is the table of the saga's transitions
+    /// (which reply each step may give, and what follows it), read at once.
     fn progress(
         &self,
         record: &Record,
@@ -445,48 +397,6 @@ impl Store {
             .await?;
         Ok(())
     }
-}
-
-/// Rounds of a pipeline of applies run again after NOSCRIPT before the
-/// store gives up (the caller then retries the whole, with backoff).
-const MAX_IN_ORDER_ROUNDS: usize = 3;
-
-/// One apply script's call, before its place in a pipeline is known.
-struct StepCall<'a> {
-    shard: u32,
-    script: &'a Script,
-    keys: Vec<String>,
-    /// Its ARGV, in the order of the script's header.
-    args: Cmd,
-}
-
-impl StepCall<'_> {
-    /// `EVALSHA` with the pipeline's order key after the call's KEYS and
-    /// its `place` after its ARGV (`lua/in_order.lua`).
-    fn command(&self, order_key: &str, place: usize) -> Cmd {
-        let mut keys = self.keys.clone();
-        keys.push(order_key.to_owned());
-        let mut cmd = evalsha(self.script, &keys);
-        for arg in self.args.args_iter() {
-            if let Arg::Simple(bytes) = arg {
-                cmd.arg(bytes);
-            }
-        }
-        cmd.arg(place);
-        cmd
-    }
-}
-
-/// A step script's reply: `(state, reason, balance_after, duplicate,
-/// history entries written)`.
-type StepAnswer = (String, String, String, i64, u64);
-
-/// Reads a call's answer: its reply, or `None` when it was skipped
-/// (`lua/in_order.lua`: a call before it did not run).
-fn read_step(value: Value) -> Result<Option<StepAnswer>, StoreError> {
-    let reply: StepAnswer =
-        redis::from_redis_value(value).map_err(|e| StoreError::Unexpected(e.to_string()))?;
-    Ok((reply.0 != "skipped").then_some(reply))
 }
 
 /// What a step's script answered (`state`, `reason`, `balance_after`),

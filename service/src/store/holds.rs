@@ -158,28 +158,7 @@ impl Store {
         now_ms: u64,
         most_per_slot: usize,
     ) -> Result<Vec<DueHold>, StoreError> {
-        let shards = self.layout.shards();
-        let commands = (0..shards)
-            .map(|shard| {
-                let mut cmd = redis::cmd("ZRANGEBYSCORE");
-                cmd.arg(self.layout.holds_due(shard))
-                    .arg("-inf")
-                    .arg(now_ms)
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(most_per_slot);
-                (shard, cmd)
-            })
-            .collect();
-        let members: Vec<Vec<String>> = self.conn.run_by_slot(commands).await?;
-        let due: Vec<(AccountId, TxId)> = members
-            .iter()
-            .flatten()
-            .filter_map(|member| {
-                let (account, hold) = member.split_once('|')?;
-                Some((AccountId::parse(account).ok()?, TxId::parse(hold).ok()?))
-            })
-            .collect();
+        let due = self.due_members(now_ms, most_per_slot).await?;
         if due.is_empty() {
             return Ok(Vec::new());
         }
@@ -227,6 +206,36 @@ impl Store {
                     hold,
                     amount: Amount::new(amount?).ok()?,
                 })
+            })
+            .collect())
+    }
+
+    /// The members of every slot's set of due holds whose time came by
+    /// `now_ms`, at most `most_per_slot` of each: (account, hold).
+    async fn due_members(
+        &self,
+        now_ms: u64,
+        most_per_slot: usize,
+    ) -> Result<Vec<(AccountId, TxId)>, StoreError> {
+        let commands = (0..self.layout.shards())
+            .map(|shard| {
+                let mut cmd = redis::cmd("ZRANGEBYSCORE");
+                cmd.arg(self.layout.holds_due(shard))
+                    .arg("-inf")
+                    .arg(now_ms)
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(most_per_slot);
+                (shard, cmd)
+            })
+            .collect();
+        let members: Vec<Vec<String>> = self.conn.run_by_slot(commands).await?;
+        Ok(members
+            .iter()
+            .flatten()
+            .filter_map(|member| {
+                let (account, hold) = member.split_once('|')?;
+                Some((AccountId::parse(account).ok()?, TxId::parse(hold).ok()?))
             })
             .collect())
     }

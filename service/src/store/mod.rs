@@ -8,6 +8,7 @@
 //!   writes of each kind of record.
 //! - [`claim`]: the API's claim, accept and release of an id.
 //! - [`apply`]: the consumer's apply, saga steps and their replies.
+//! - [`in_order`]: a pipeline of applies kept in order within each slot.
 //! - [`history`]: each account's history, read by page and at a time.
 //! - [`holds`]: holds as the API and the expirer read them (their terms,
 //!   where they stand, which are past their deadline).
@@ -19,6 +20,7 @@ mod claim;
 pub mod connection;
 mod history;
 mod holds;
+mod in_order;
 pub mod layout;
 mod outcomes;
 mod rate_limit;

@@ -1,0 +1,136 @@
+//! Every saga (a transfer between slots) ended: debited, then credited and
+//! released, or refused and refunded; a refund only where the credit was
+//! refused; its outcome is what its steps say; no money is left in flight
+//! or held.
+
+use std::collections::HashSet;
+
+use super::steps::{Flag, Steps};
+use super::{Reader, Verdict};
+use crate::workload::{Ledger, SentTx};
+
+/// One saga: its transaction and the flags of its debit, credit and settle.
+type Saga<'a> = (&'a SentTx, &'a Flag, &'a Flag, &'a Flag);
+
+/// A transaction's record as a saga's outcome: state, reason, balance_after.
+type Outcome = (Option<String>, Option<String>, Option<String>);
+
+/// Every saga ended, a refund only after a refused credit, each outcome is
+/// what its steps say, and nothing is in flight or held.
+pub(super) async fn check_sagas(
+    reader: &Reader,
+    ledger: &Ledger,
+    steps: &[(&SentTx, Steps)],
+    verdict: &mut Verdict,
+) -> anyhow::Result<()> {
+    let sagas = sagas_of(steps);
+    let outcomes: Vec<Outcome> = reader
+        .query(
+            sagas
+                .iter()
+                .map(|(tx, ..)| reader.tx_fields(&tx.id, &["state", "reason", "balance_after"]))
+                .collect(),
+        )
+        .await?;
+    let accepted: HashSet<&str> = ledger.accepted.iter().map(|t| t.id.as_str()).collect();
+    for (saga, outcome) in sagas.iter().zip(outcomes) {
+        let counted = accepted.contains(saga.0.id.as_str());
+        check_saga(saga, outcome, counted, verdict);
+    }
+    check_nothing_held(reader, ledger, verdict).await
+}
+
+/// The sagas among `steps` (transfers between slots), in ledger order.
+fn sagas_of<'a>(steps: &'a [(&'a SentTx, Steps)]) -> Vec<Saga<'a>> {
+    steps
+        .iter()
+        .filter_map(|(tx, steps)| match steps {
+            Steps::Saga {
+                debit,
+                credit,
+                settle,
+            } => Some((*tx, debit, credit, settle)),
+            Steps::Apply(_) => None,
+        })
+        .collect()
+}
+
+/// One saga ended as its steps say, with the outcome they call for; counts
+/// it (if `counted`: an accepted one) and the money it left in flight.
+fn check_saga(saga: &Saga<'_>, outcome: Outcome, counted: bool, verdict: &mut Verdict) {
+    let (tx, debit_flag, credit_flag, settle) = saga;
+    let (state, reason, balance_after) = outcome;
+    if counted {
+        verdict.sagas += 1;
+    }
+    let (debit, credit, settle) = (
+        debit_flag.state.as_deref(),
+        credit_flag.state.as_deref(),
+        settle.state.as_deref(),
+    );
+    let mut broken = |what: String| {
+        verdict.violations.push(format!(
+            "saga {} ({} -> {:?} {}): {what}; steps debit {debit:?} credit {credit:?} settle {settle:?}, outcome {state:?} {reason:?}",
+            tx.id, tx.account, tx.to, tx.amount
+        ))
+    };
+    let in_flight =
+        debit == Some("debited") && credit != Some("credited") && settle != Some("refunded");
+    if in_flight {
+        verdict.in_flight += u128::from(tx.amount);
+    }
+    match (debit, credit, settle) {
+        (None, None, None) => {}
+        (Some("rejected"), None, None) => {
+            if state.as_deref() != Some("rejected")
+                || reason.as_deref() != Some(debit_flag.reason.as_str())
+            {
+                broken("a refused debit must end the saga as rejected with its reason".into());
+            }
+        }
+        (Some("debited"), Some("credited"), Some("released")) => {
+            if state.as_deref() != Some("applied")
+                || balance_after.as_deref().and_then(|b| b.parse().ok()) != debit_flag.balance_after
+            {
+                broken("a released saga must be applied with the debit's balance_after".into());
+            }
+        }
+        (Some("debited"), Some("refused"), Some("refunded")) => {
+            if state.as_deref() != Some("rejected")
+                || reason.as_deref() != Some(credit_flag.reason.as_str())
+            {
+                broken("a refunded saga must be rejected with the credit's reason".into());
+            }
+        }
+        (Some("debited"), Some("credited"), None)
+        | (Some("debited"), Some("refused"), None)
+        | (Some("debited"), None, None) => broken("the saga did not end".into()),
+        _ => broken("these steps do not make a saga (a refund without a refused credit?)".into()),
+    }
+}
+
+/// No account still holds money for sagas, all of which ended.
+async fn check_nothing_held(
+    reader: &Reader,
+    ledger: &Ledger,
+    verdict: &mut Verdict,
+) -> anyhow::Result<()> {
+    let layout = &reader.layout;
+    let accounts: Vec<&String> = ledger.start.keys().collect();
+    let held: Vec<Option<u64>> = reader
+        .query(
+            accounts
+                .iter()
+                .map(|a| reader.get(a, layout.held(a)))
+                .collect(),
+        )
+        .await?;
+    for (account, held) in accounts.iter().zip(held) {
+        if let Some(held) = held.filter(|h| *h != 0) {
+            verdict.violations.push(format!(
+                "account {account} still holds {held} for sagas that ended"
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! The flags that applies and saga steps leave in Redis (`seq`, state,
+//! reason, `balance_after`), read once per run for [`super::sagas`] and
+//! [`super::replay`].
+
+use super::Reader;
+use crate::model::SagaStep;
+use crate::workload::{Ledger, SentTx};
+
+/// What one flag (an apply's, or a saga step's) recorded.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Flag {
+    pub(super) seq: Option<u64>,
+    pub(super) state: Option<String>,
+    pub(super) reason: String,
+    pub(super) balance_after: Option<u64>,
+}
+
+/// The flags of one transaction: one apply, or the steps of its saga.
+pub(super) enum Steps {
+    Apply(Flag),
+    Saga {
+        debit: Flag,
+        credit: Flag,
+        settle: Flag,
+    },
+}
+
+impl Steps {
+    /// Every recorded step: the shard-owning account, the step (None for
+    /// a one-script apply) and its flag.
+    pub(super) fn recorded<'a>(
+        &'a self,
+        tx: &'a SentTx,
+    ) -> Vec<(&'a str, Option<SagaStep>, &'a Flag)> {
+        let to = tx.to.as_deref().unwrap_or_default();
+        let all = match self {
+            Steps::Apply(flag) => vec![(tx.account.as_str(), None, flag)],
+            Steps::Saga {
+                debit,
+                credit,
+                settle,
+            } => {
+                let settle_step = if settle.state.as_deref() == Some("refunded") {
+                    SagaStep::Refund
+                } else {
+                    SagaStep::Release
+                };
+                vec![
+                    (tx.account.as_str(), Some(SagaStep::Debit), debit),
+                    (to, Some(SagaStep::Credit), credit),
+                    (tx.account.as_str(), Some(settle_step), settle),
+                ]
+            }
+        };
+        all.into_iter()
+            .filter(|(_, _, f)| f.seq.is_some())
+            .collect()
+    }
+}
+
+/// Reads the flags of every transaction of the ledger that may have been
+/// applied (accepted and uncertain), in ledger order.
+pub(super) async fn read_steps<'l>(
+    reader: &Reader,
+    ledger: &'l Ledger,
+) -> anyhow::Result<Vec<(&'l SentTx, Steps)>> {
+    let layout = &reader.layout;
+    let all: Vec<&SentTx> = ledger.accepted.iter().chain(&ledger.uncertain).collect();
+    const FIELDS: [&str; 4] = ["seq", "state", "reason", "balance_after"];
+    let mut commands = Vec::new();
+    for tx in &all {
+        match tx.credited() {
+            Some(to) if !layout.same_slot(&tx.account, to) => {
+                commands.push(reader.hmget(
+                    &tx.account,
+                    layout.step(&tx.account, &tx.id, "debit"),
+                    &FIELDS,
+                ));
+                commands.push(reader.hmget(to, layout.step(to, &tx.id, "credit"), &FIELDS));
+                commands.push(reader.hmget(
+                    &tx.account,
+                    layout.step(&tx.account, &tx.id, "settle"),
+                    &FIELDS,
+                ));
+            }
+            _ => commands.push(reader.hmget(
+                &tx.account,
+                layout.apply_flag(&tx.id, &tx.account),
+                &FIELDS,
+            )),
+        }
+    }
+    // balance_after is "" on a rejection.
+    type Row = (Option<u64>, Option<String>, Option<String>, Option<String>);
+    let rows: Vec<Row> = reader.query(commands).await?;
+    let mut flags = rows
+        .into_iter()
+        .map(|(seq, state, reason, balance_after)| Flag {
+            seq,
+            state,
+            reason: reason.unwrap_or_default(),
+            balance_after: balance_after.and_then(|b| b.parse().ok()),
+        });
+    let mut next = || flags.next().unwrap_or_default();
+    Ok(all
+        .into_iter()
+        .map(|tx| {
+            let steps = match tx.credited() {
+                Some(to) if !layout.same_slot(&tx.account, to) => Steps::Saga {
+                    debit: next(),
+                    credit: next(),
+                    settle: next(),
+                },
+                _ => Steps::Apply(next()),
+            };
+            (tx, steps)
+        })
+        .collect())
+}

@@ -1,0 +1,122 @@
+//! A pipeline of apply calls run in order within each slot: each apply
+//! script runs as the body of `lua/in_order.lua`, which skips a call when
+//! the call before it in its pipeline did not run to the end; the store
+//! runs what was skipped again, from the first call that did not run.
+
+use std::collections::BTreeMap;
+
+use redis::{Arg, Cmd, Script, Value};
+
+use super::{evalsha, Store, StoreError};
+
+impl Store {
+    /// Runs the calls, in order within each slot, one pipeline per slot
+    /// (all slots at once), each guarded by `lua/in_order.lua`: a call
+    /// after one that did not run is skipped. What was skipped or failed on
+    /// NOSCRIPT is run again, from the first call of its slot that did not
+    /// run (the scripts loaded first), never before calls already applied;
+    /// any other error fails the whole (the caller retries it, and the
+    /// flags make what was applied a repeat). One reply per call, in order.
+    pub(super) async fn run_in_order(
+        &self,
+        calls: &[StepCall<'_>],
+    ) -> Result<Vec<StepAnswer>, StoreError> {
+        let mut replies: Vec<Option<StepAnswer>> = calls.iter().map(|_| None).collect();
+        for _ in 0..MAX_IN_ORDER_ROUNDS {
+            let token = Store::lease_token();
+            let mut places: BTreeMap<u32, usize> = BTreeMap::new();
+            let waiting: Vec<usize> = (0..calls.len()).filter(|&i| replies[i].is_none()).collect();
+            let commands = waiting
+                .iter()
+                .map(|&i| {
+                    let call = &calls[i];
+                    let place = places.entry(call.shard).or_default();
+                    *place += 1;
+                    let order_key = self.layout.order(call.shard, &token);
+                    (call.shard, call.command(&order_key, *place))
+                })
+                .collect();
+            let answers = self.conn.run_by_slot_ignoring_errors(commands).await;
+            // The first call of each slot that did not run, and why.
+            let mut stopped: BTreeMap<u32, Option<StoreError>> = BTreeMap::new();
+            for (&i, answer) in waiting.iter().zip(answers) {
+                let shard = calls[i].shard;
+                if stopped.contains_key(&shard) {
+                    continue;
+                }
+                match answer.and_then(read_step) {
+                    Ok(Some(reply)) => replies[i] = Some(reply),
+                    Ok(None) => {
+                        stopped.insert(shard, None);
+                    }
+                    Err(e) => {
+                        stopped.insert(shard, Some(e));
+                    }
+                }
+            }
+            let mut errors = stopped.into_values().flatten();
+            let noscript =
+                |e: &StoreError| matches!(e, StoreError::Redis(e) if e.code() == Some("NOSCRIPT"));
+            match errors.find(|e| !noscript(e)) {
+                Some(e) => return Err(e),
+                None if replies.iter().all(Option::is_some) => break,
+                None => {
+                    tracing::warn!("redis lost its scripts (restart?); loading them again");
+                    self.load_scripts().await?;
+                }
+            }
+        }
+        replies
+            .into_iter()
+            .map(|reply| {
+                reply.ok_or_else(|| {
+                    StoreError::Unexpected(format!(
+                        "applies did not all run in {MAX_IN_ORDER_ROUNDS} rounds"
+                    ))
+                })
+            })
+            .collect()
+    }
+}
+
+/// Rounds of a pipeline of applies run again after NOSCRIPT before the
+/// store gives up (the caller then retries the whole, with backoff).
+const MAX_IN_ORDER_ROUNDS: usize = 3;
+
+/// One apply script's call, before its place in a pipeline is known.
+pub(super) struct StepCall<'a> {
+    pub(super) shard: u32,
+    pub(super) script: &'a Script,
+    pub(super) keys: Vec<String>,
+    /// Its ARGV, in the order of the script's header.
+    pub(super) args: Cmd,
+}
+
+impl StepCall<'_> {
+    /// `EVALSHA` with the pipeline's order key after the call's KEYS and
+    /// its `place` after its ARGV (`lua/in_order.lua`).
+    fn command(&self, order_key: &str, place: usize) -> Cmd {
+        let mut keys = self.keys.clone();
+        keys.push(order_key.to_owned());
+        let mut cmd = evalsha(self.script, &keys);
+        for arg in self.args.args_iter() {
+            if let Arg::Simple(bytes) = arg {
+                cmd.arg(bytes);
+            }
+        }
+        cmd.arg(place);
+        cmd
+    }
+}
+
+/// A step script's reply: `(state, reason, balance_after, duplicate,
+/// history entries written)`.
+pub(super) type StepAnswer = (String, String, String, i64, u64);
+
+/// Reads a call's answer: its reply, or `None` when it was skipped
+/// (`lua/in_order.lua`: a call before it did not run).
+fn read_step(value: Value) -> Result<Option<StepAnswer>, StoreError> {
+    let reply: StepAnswer =
+        redis::from_redis_value(value).map_err(|e| StoreError::Unexpected(e.to_string()))?;
+    Ok((reply.0 != "skipped").then_some(reply))
+}
