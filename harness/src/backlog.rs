@@ -140,6 +140,10 @@ pub async fn compare_topologies(
     Ok(())
 }
 
+/// One backlog: published straight into a topic of its own, drained by
+/// one consumer process, timed, its CPU per transaction read, judged by
+/// the invariants. Kept whole: each step is a line or two of the one
+/// measurement, in the order it must happen.
 async fn backlog_once(
     infra: &Infra,
     count: usize,
@@ -156,31 +160,10 @@ async fn backlog_once(
         ..LoadProfile::default()
     };
     txengine::topics::ensure_topics(&config.topic_settings()).await?;
-    let store = Store::connect(StoreSettings {
-        topology: infra.redis_topology,
-        url: &infra.redis_url,
-        namespace: &config.namespace,
-        outcome_ttl_secs: config.outcome_ttl_secs,
-        history_keep_secs: config.history_retention_secs(),
-        lease_ms: config.lease_ms,
-        response_timeout: Duration::from_secs(5),
-    })
-    .await?;
-    let mut ledger = Ledger::default();
-    let mut funded: Vec<String> = (0..accounts).map(account_name).collect();
-    if let Some(partners) = &profile.partners {
-        funded.extend(partners.values().cloned());
-    }
-    for account in funded {
-        store
-            .set_balance(
-                &AccountId::parse(&account)?,
-                Balance::new(profile.start_balance)?,
-            )
-            .await?
-            .ensure_set()?;
-        ledger.start.insert(account, profile.start_balance);
-    }
+    let mut ledger = Ledger {
+        start: fund_directly(infra, &config, &profile).await?,
+        ..Ledger::default()
+    };
     eprintln!("publishing a backlog of {count} transactions into {partitions} partitions ...");
     ledger.accepted =
         load::publish_backlog(&infra.kafka_brokers, &config.topic, &profile, count).await?;
@@ -234,6 +217,41 @@ async fn backlog_once(
         direct_script: None,
         apply_rate_vs_direct_script: None,
     })
+}
+
+/// Sets the profile's accounts (and partners) straight in Redis, no API
+/// in between: the start balances of the ledger.
+async fn fund_directly(
+    infra: &Infra,
+    config: &txengine::config::Config,
+    profile: &LoadProfile,
+) -> anyhow::Result<std::collections::HashMap<String, u64>> {
+    let store = Store::connect(StoreSettings {
+        topology: infra.redis_topology,
+        url: &infra.redis_url,
+        namespace: &config.namespace,
+        outcome_ttl_secs: config.outcome_ttl_secs,
+        history_keep_secs: config.history_retention_secs(),
+        lease_ms: config.lease_ms,
+        response_timeout: Duration::from_secs(5),
+    })
+    .await?;
+    let mut funded: Vec<String> = (0..profile.accounts).map(account_name).collect();
+    if let Some(partners) = &profile.partners {
+        funded.extend(partners.values().cloned());
+    }
+    let mut start = std::collections::HashMap::new();
+    for account in funded {
+        store
+            .set_balance(
+                &AccountId::parse(&account)?,
+                Balance::new(profile.start_balance)?,
+            )
+            .await?
+            .ensure_set()?;
+        start.insert(account, profile.start_balance);
+    }
+    Ok(start)
 }
 
 fn micros(value: Option<f64>) -> String {

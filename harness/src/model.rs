@@ -129,98 +129,104 @@ pub fn decide(books: &mut Books, tx: &SentTx) -> Result<u64, &'static str> {
 fn decide_after(books: &mut Books, tx: &SentTx) -> Result<u64, &'static str> {
     let hold = tx.hold.as_deref().unwrap_or_default();
     match tx.kind {
-        Kind::Hold { .. } => {
-            let Some(source) = books.balances.get(&tx.account).copied() else {
-                books.holds.insert(tx.id.clone(), (tx.amount, false));
-                return Err("unknown_account");
-            };
-            if books.available(&tx.account, source) < tx.amount {
-                books.holds.insert(tx.id.clone(), (tx.amount, false));
-                return Err("insufficient_funds");
-            }
-            let pending = books.pending(&tx.account);
-            books
-                .pending
-                .insert(tx.account.clone(), pending + tx.amount);
-            books.holds.insert(tx.id.clone(), (tx.amount, true));
-            return Ok(source);
-        }
+        Kind::Hold { .. } => decide_hold(books, tx),
         Kind::Void => {
             if books.ended_just_now(hold, &["voided"]) {
                 return Ok(books.balances.get(&tx.account).copied().unwrap_or(0));
             }
-            return Err(books.hold_refusal(hold).unwrap_or("active_hold_not_voided"));
+            Err(books.hold_refusal(hold).unwrap_or("active_hold_not_voided"))
         }
-        Kind::Capture => {
-            let source = books.balances.get(&tx.account).copied().unwrap_or(0);
-            if books.ended_just_now(hold, &["captured"]) {
-                // As the script checks before it ends the hold: `to`
-                // exists and has room, and the money is there.
-                if let Some(to) = tx.to.as_deref() {
-                    let destination = books.balances.get(to).copied().ok_or("unknown_account")?;
-                    if tx.amount > books.room(to, destination) {
-                        return Err("balance_overflow");
-                    }
-                    books
-                        .balances
-                        .insert(to.to_owned(), destination + tx.amount);
-                }
-                let after = source.checked_sub(tx.amount).ok_or("balance_below_hold")?;
-                books.balances.insert(tx.account.clone(), after);
-                return Ok(after);
-            }
-            if let Some(refusal) = books.hold_refusal(hold) {
-                return Err(refusal);
-            }
-            let held = books.holds[hold].0;
-            if tx.amount > held {
-                return Err("exceeds_hold");
-            }
-            if let Some(to) = tx.to.as_deref() {
-                let destination = books.balances.get(to).copied().ok_or("unknown_account")?;
-                if tx.amount > books.room(to, destination) {
-                    return Err("balance_overflow");
-                }
-            }
-            return Err("active_hold_not_captured");
-        }
-        _ => {}
+        Kind::Capture => decide_capture(books, tx, hold),
+        Kind::Credit | Kind::Debit | Kind::Transfer => decide_movement(books, tx),
     }
+}
+
+/// A hold: the account's `pending` rises by its amount if it is available.
+fn decide_hold(books: &mut Books, tx: &SentTx) -> Result<u64, &'static str> {
+    let Some(source) = books.balances.get(&tx.account).copied() else {
+        books.holds.insert(tx.id.clone(), (tx.amount, false));
+        return Err("unknown_account");
+    };
+    if books.available(&tx.account, source) < tx.amount {
+        books.holds.insert(tx.id.clone(), (tx.amount, false));
+        return Err("insufficient_funds");
+    }
+    let pending = books.pending(&tx.account);
+    books
+        .pending
+        .insert(tx.account.clone(), pending + tx.amount);
+    books.holds.insert(tx.id.clone(), (tx.amount, true));
+    Ok(source)
+}
+
+/// A capture of `hold`: applied only when the hold ended captured just now
+/// (its amount moved), else the refusal the script would give.
+fn decide_capture(books: &mut Books, tx: &SentTx, hold: &str) -> Result<u64, &'static str> {
+    let source = books.balances.get(&tx.account).copied().unwrap_or(0);
+    if books.ended_just_now(hold, &["captured"]) {
+        // As the script checks before it ends the hold: `to`
+        // exists and has room, and the money is there.
+        if let Some(to) = tx.to.as_deref() {
+            let destination = books.balances.get(to).copied().ok_or("unknown_account")?;
+            if tx.amount > books.room(to, destination) {
+                return Err("balance_overflow");
+            }
+            books
+                .balances
+                .insert(to.to_owned(), destination + tx.amount);
+        }
+        let after = source.checked_sub(tx.amount).ok_or("balance_below_hold")?;
+        books.balances.insert(tx.account.clone(), after);
+        return Ok(after);
+    }
+    if let Some(refusal) = books.hold_refusal(hold) {
+        return Err(refusal);
+    }
+    let held = books.holds[hold].0;
+    if tx.amount > held {
+        return Err("exceeds_hold");
+    }
+    if let Some(to) = tx.to.as_deref() {
+        let destination = books.balances.get(to).copied().ok_or("unknown_account")?;
+        if tx.amount > books.room(to, destination) {
+            return Err("balance_overflow");
+        }
+    }
+    Err("active_hold_not_captured")
+}
+
+/// A credit, debit or transfer in one step.
+fn decide_movement(books: &mut Books, tx: &SentTx) -> Result<u64, &'static str> {
     let source = books
         .balances
         .get(&tx.account)
         .copied()
         .ok_or("unknown_account")?;
-    match tx.kind {
-        Kind::Credit => {
-            if tx.amount > books.room(&tx.account, source) {
-                return Err("balance_overflow");
-            }
-            books
-                .balances
-                .insert(tx.account.clone(), source + tx.amount);
-            Ok(source + tx.amount)
+    if tx.kind == Kind::Credit {
+        if tx.amount > books.room(&tx.account, source) {
+            return Err("balance_overflow");
         }
-        Kind::Hold { .. } | Kind::Capture | Kind::Void => unreachable!("decided above"),
-        Kind::Debit | Kind::Transfer => {
-            if books.available(&tx.account, source) < tx.amount {
-                return Err("insufficient_funds");
-            }
-            if let Some(to) = tx.to.as_deref().filter(|_| tx.kind == Kind::Transfer) {
-                let destination = books.balances.get(to).copied().ok_or("unknown_account")?;
-                if tx.amount > books.room(to, destination) {
-                    return Err("balance_overflow");
-                }
-                books
-                    .balances
-                    .insert(to.to_owned(), destination + tx.amount);
-            }
-            books
-                .balances
-                .insert(tx.account.clone(), source - tx.amount);
-            Ok(source - tx.amount)
-        }
+        books
+            .balances
+            .insert(tx.account.clone(), source + tx.amount);
+        return Ok(source + tx.amount);
     }
+    if books.available(&tx.account, source) < tx.amount {
+        return Err("insufficient_funds");
+    }
+    if let Some(to) = tx.to.as_deref().filter(|_| tx.kind == Kind::Transfer) {
+        let destination = books.balances.get(to).copied().ok_or("unknown_account")?;
+        if tx.amount > books.room(to, destination) {
+            return Err("balance_overflow");
+        }
+        books
+            .balances
+            .insert(to.to_owned(), destination + tx.amount);
+    }
+    books
+        .balances
+        .insert(tx.account.clone(), source - tx.amount);
+    Ok(source - tx.amount)
 }
 
 /// Decides one saga step of transfer `tx` against `books`, moving money as

@@ -213,6 +213,8 @@ struct Containers {
 
 impl DockerStack {
     /// Redis and a Kafka of `kafka_nodes` (1 or 3) brokers.
+    /// Kept whole: the thread that owns the containers, from their start
+    /// through the faults asked of them to their removal, reads in one place.
     pub fn start(kafka_nodes: usize) -> anyhow::Result<Self> {
         let nodes = free_node_ports(kafka_nodes, "the docker provider's Kafka")?;
         let redis_port = free_port()?;

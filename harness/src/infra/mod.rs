@@ -88,46 +88,7 @@ impl Infra {
         kafka_nodes: usize,
     ) -> anyhow::Result<Self> {
         match provider {
-            Provider::Local => {
-                // `TXENGINE_REDIS_APPENDFSYNC=everysec` measures the looser policy.
-                let fsync =
-                    std::env::var("TXENGINE_REDIS_APPENDFSYNC").unwrap_or_else(|_| "always".into());
-                let kafka = LocalKafkaCluster::start(kafka_nodes)?;
-                let kafka_brokers = kafka.brokers();
-                let kafka = Some(Arc::new(Mutex::new(kafka)));
-                match topology {
-                    RedisTopology::Single => {
-                        let redis = LocalRedis::start(&fsync)?;
-                        Ok(Self {
-                            provider,
-                            redis_topology: topology,
-                            redis_url: redis.url(),
-                            kafka_brokers,
-                            kafka_nodes,
-                            redis: Some(Arc::new(Mutex::new(redis))),
-                            kafka,
-                            redis_cluster: None,
-                            docker: None,
-                        })
-                    }
-                    RedisTopology::Cluster => {
-                        // Two replicas a master: a master lost for good
-                        // leaves its shard a master and a replica (WAIT 1).
-                        let cluster = LocalRedisCluster::start(3, 2, &fsync)?;
-                        Ok(Self {
-                            provider,
-                            redis_topology: topology,
-                            redis_url: cluster.urls().join(","),
-                            kafka_brokers,
-                            kafka_nodes,
-                            redis: None,
-                            kafka,
-                            redis_cluster: Some(Arc::new(Mutex::new(cluster))),
-                            docker: None,
-                        })
-                    }
-                }
-            }
+            Provider::Local => Self::start_local(topology, kafka_nodes),
             Provider::External => Ok(Self {
                 provider,
                 redis_topology: topology,
@@ -159,6 +120,40 @@ impl Infra {
                 })
             }
         }
+    }
+
+    /// Redis (one, or a cluster of 3 masters with 2 replicas each) and
+    /// Kafka as child processes of this one.
+    fn start_local(topology: RedisTopology, kafka_nodes: usize) -> anyhow::Result<Self> {
+        // `TXENGINE_REDIS_APPENDFSYNC=everysec` measures the looser policy.
+        let fsync = std::env::var("TXENGINE_REDIS_APPENDFSYNC").unwrap_or_else(|_| "always".into());
+        let kafka = LocalKafkaCluster::start(kafka_nodes)?;
+        let kafka_brokers = kafka.brokers();
+        let kafka = Some(Arc::new(Mutex::new(kafka)));
+        let (redis_url, redis, redis_cluster) = match topology {
+            RedisTopology::Single => {
+                let redis = LocalRedis::start(&fsync)?;
+                (redis.url(), Some(Arc::new(Mutex::new(redis))), None)
+            }
+            RedisTopology::Cluster => {
+                // Two replicas a master: a master lost for good leaves its
+                // shard a master and a replica (WAIT 1).
+                let cluster = LocalRedisCluster::start(3, 2, &fsync)?;
+                let url = cluster.urls().join(",");
+                (url, None, Some(Arc::new(Mutex::new(cluster))))
+            }
+        };
+        Ok(Self {
+            provider: Provider::Local,
+            redis_topology: topology,
+            redis_url,
+            kafka_brokers,
+            kafka_nodes,
+            redis,
+            kafka,
+            redis_cluster,
+            docker: None,
+        })
     }
 
     /// The provider [`Provider::choose`] picks, started off the async runtime,
@@ -406,4 +401,26 @@ pub fn kafka_nodes_of_env() -> anyhow::Result<usize> {
 /// faults (a master's failover, a reshard) aim.
 fn first_shard_key(namespace: &str) -> String {
     txengine::store::Layout::new(namespace, RedisTopology::Cluster).seq(0)
+}
+
+/// Where a command runs: one Redis or a local Redis Cluster, one Kafka
+/// broker or three (the flags every command of the harness takes).
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct TopologyArgs {
+    /// One Redis, or a local Redis Cluster (3 masters with 2 replicas each).
+    #[arg(long, value_enum, default_value = "single")]
+    pub redis_topology: RedisTopology,
+    /// Kafka brokers: 1, or 3 (local or docker provider) whose topics keep 3
+    /// replicas, 2 of them in sync for every write.
+    #[arg(long, env = "TXENGINE_KAFKA_NODES", default_value_t = 1, value_parser = kafka_nodes)]
+    pub kafka_nodes: usize,
+}
+
+/// `--kafka-nodes`: 1 or 3.
+fn kafka_nodes(text: &str) -> Result<usize, String> {
+    match text {
+        "1" => Ok(1),
+        "3" => Ok(3),
+        _ => Err(format!("{text}: a local Kafka has 1 or 3 brokers")),
+    }
 }

@@ -27,6 +27,7 @@ use crate::measure::{precise_histogram, HttpResult, SecondStats};
 use crate::workload::{Ledger, Mix, SentTx};
 pub use publish::publish_backlog;
 use send::send_transaction;
+pub use send::SHED;
 
 /// The shape of a load run.
 #[derive(Debug, Clone)]

@@ -58,6 +58,21 @@ async fn apply_with_script(state: &RunState, store: &Store, txs: &[SentTx], bega
     }
 }
 
+/// The kind of failure of a request the engine shed (503 `overloaded`: the
+/// consumers were too far behind; nothing was claimed or written).
+pub const SHED: &str = "shed (503 overloaded)";
+
+/// Whether a 503's problem says the engine shed the request.
+async fn shed(response: Result<reqwest::Response, reqwest::Error>) -> bool {
+    let Ok(response) = response else {
+        return false;
+    };
+    response
+        .text()
+        .await
+        .is_ok_and(|body| body.contains("urn:txengine:problem:overloaded"))
+}
+
 /// Posts `tx` alone (`POST /transactions`) and reads the answer into the
 /// ledger; `Ok(true)` when it was accepted.
 async fn post_one(
@@ -89,36 +104,47 @@ async fn post_one(
         .expect("in-flight lock")
         .remove(&tx.id);
     let mut goose = sent?;
-    let status = goose.response.as_ref().map(|r| r.status().as_u16());
-    match status {
+    // The status, or whether the request timed out.
+    let status = goose
+        .response
+        .as_ref()
+        .map(|r| r.status().as_u16())
+        .map_err(reqwest::Error::is_timeout);
+    let shed_503 = status == Ok(503) && shed(goose.response).await;
+    let failure = match status {
         Ok(200 | 202) => {
             state.record(began, None);
             state.transactions_ok.fetch_add(1, Ordering::Relaxed);
             tx.accepted_at_ms = txengine::wire::now_ms();
             state.accepted.lock().expect("ledger lock").push(tx);
-            Ok(true)
+            return Ok(true);
         }
-        Ok(code) if code < 500 => {
-            let kind = format!("http {code}");
-            state.record(began, Some(kind.clone()));
-            state.refused.lock().expect("ledger lock").push(tx.id);
-            user.set_failure(&kind, &mut goose.request, None, None)?;
-            Ok(false)
-        }
+        // Refused (a 4xx), or shed (503 overloaded): nothing was claimed
+        // or written.
+        Ok(code) if code < 500 => refused(state, tx, format!("http {code}")),
+        Ok(503) if shed_503 => refused(state, tx, SHED.to_owned()),
+        // A 503 after a publish timeout, a timeout or a lost connection:
+        // the record may still land and be applied.
         other => {
-            // A 503 after a publish timeout, a timeout or a lost
-            // connection: the record may still land and be applied.
             let kind = match other {
                 Ok(code) => format!("http {code}"),
-                Err(e) if e.is_timeout() => "timeout".to_owned(),
-                Err(_) => "connection".to_owned(),
+                Err(true) => "timeout".to_owned(),
+                Err(false) => "connection".to_owned(),
             };
-            state.record(began, Some(kind.clone()));
             state.unanswered.lock().expect("ledger lock").push(tx);
-            user.set_failure(&kind, &mut goose.request, None, None)?;
-            Ok(false)
+            kind
         }
-    }
+    };
+    state.record(began, Some(failure.clone()));
+    user.set_failure(&failure, &mut goose.request, None, None)?;
+    Ok(false)
+}
+
+/// Puts `tx` in the ledger as refused (nothing of it may exist); its kind of
+/// failure.
+fn refused(state: &RunState, tx: SentTx, kind: String) -> String {
+    state.refused.lock().expect("ledger lock").push(tx.id);
+    kind
 }
 
 /// A hold of the drawn transaction's amount (for its `to`, when it is a
@@ -200,6 +226,10 @@ async fn post_batch(
             .json::<serde_json::Value>()
             .await
             .map_err(|e| e.to_string()),
+        Ok(response) if response.status() == 503 => match shed(Ok(response)).await {
+            true => Err(SHED.to_owned()),
+            false => Err("http 503".to_owned()),
+        },
         Ok(response) => Err(format!("http {}", response.status().as_u16())),
         Err(e) if e.is_timeout() => Err("timeout".to_owned()),
         Err(_) => Err("connection".to_owned()),
@@ -229,8 +259,9 @@ async fn post_batch(
 /// transactions go into the ledger as refused or as possibly applied.
 fn record_failed_batch(state: &RunState, began: Instant, kind: &str, txs: Vec<SentTx>) {
     state.record(began, Some(kind.to_owned()));
-    // A 4xx refused the whole batch; anything else may still land.
-    let refused = kind.starts_with("http 4");
+    // A 4xx refused the whole batch, and so did a shed one; anything else
+    // may still land.
+    let refused = kind.starts_with("http 4") || kind == SHED;
     if refused {
         let mut ledger = state.refused.lock().expect("ledger lock");
         ledger.extend(txs.into_iter().map(|tx| tx.id));

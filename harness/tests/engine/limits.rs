@@ -550,12 +550,20 @@ async fn past_the_backlog_bound_nothing_new_is_taken() {
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(response.headers().contains_key("retry-after"));
     let problem: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        problem["type"], "urn:txengine:problem:overloaded",
+        "{problem}"
+    );
     assert!(
         problem["detail"].as_str().unwrap().contains("behind"),
         "{problem}"
     );
     let (status, answer) = s.post_batch(std::slice::from_ref(&body)).await.unwrap();
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    assert_eq!(
+        answer["type"], "urn:txengine:problem:overloaded",
+        "{answer}"
+    );
     let (status, _) = s.get("/transactions/shed-1").await.unwrap();
     assert_eq!(status, StatusCode::NOT_FOUND, "nothing claimed");
 

@@ -9,7 +9,8 @@ impl Config {
     /// The command-line arguments that make `txengine` run this config (for
     /// child processes). Every field is named here, so a new one cannot be
     /// forgotten; the admin token is left out: pass it in the environment
-    /// (`TXENGINE_ADMIN_TOKEN`), where `ps` does not show it.
+    /// (`TXENGINE_ADMIN_TOKEN`), where `ps` does not show it. Kept whole
+    /// for that: one destructuring names every field.
     pub fn to_args(&self) -> Vec<String> {
         let Self {
             role,

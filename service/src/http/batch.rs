@@ -133,6 +133,10 @@ pub(super) struct ItemResult {
     /// seconds, with the same id and body.
     #[serde(skip_serializing_if = "Option::is_none")]
     retry_after_s: Option<u64>,
+    /// Unavailable because the consumers are too far behind (the batch is
+    /// then `overloaded` as a whole when no item was taken).
+    #[serde(skip)]
+    shed: bool,
 }
 
 /// Where an item stands (documentation only).
@@ -176,6 +180,7 @@ impl ItemResult {
             reason: None,
             balance_after: None,
             retry_after_s: None,
+            shed: false,
         }
     }
 
@@ -216,12 +221,17 @@ impl ItemResult {
                     .because(detail)
                     .retry_after(retry_s)
             }
-            Refused::QueueFull
-            | Refused::Backlog(_)
-            | Refused::BindingLost(_)
-            | Refused::Internal(_) => Self::new(id, "unavailable")
-                .because(detail)
-                .retry_after(retry_s),
+            Refused::Backlog(_) => Self {
+                shed: true,
+                ..Self::new(id, "unavailable")
+                    .because(detail)
+                    .retry_after(retry_s)
+            },
+            Refused::QueueFull | Refused::BindingLost(_) | Refused::Internal(_) => {
+                Self::new(id, "unavailable")
+                    .because(detail)
+                    .retry_after(retry_s)
+            }
         }
     }
 
@@ -286,11 +296,17 @@ pub(super) async fn post_batch(
         .zip(verdict)
         .map(|(limit, verdict)| Quota::new(limit, verdict));
     if none_taken(&results) {
-        return Err(Problem::unavailable(
-            "no item of the batch could be taken (Kafka or Redis is unavailable); retry it with the same ids",
-            api.retry_after_secs,
-        )
-        .with_headers(quota.iter().flat_map(Quota::headers)));
+        let problem = match results.iter().any(|result| result.shed) {
+            true => Problem::overloaded(
+                "the consumers are too far behind: no item was taken; retry the batch with the same ids",
+                api.retry_after_secs,
+            ),
+            false => Problem::unavailable(
+                "no item of the batch could be taken (Kafka or Redis is unavailable); retry it with the same ids",
+                api.retry_after_secs,
+            ),
+        };
+        return Err(problem.with_headers(quota.iter().flat_map(Quota::headers)));
     }
     count_items(&results, key.id.as_str());
     let retry = results

@@ -106,6 +106,21 @@ impl Problem {
         }
     }
 
+    /// The consumers are too far behind: nothing new is taken until they
+    /// catch up (a 503 a client retries as any other, told apart so that a
+    /// load runner or an operator can count it).
+    pub(super) fn overloaded(detail: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self {
+            retry_after_secs: Some(retry_after_secs),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "The engine is behind and takes nothing new for now",
+                detail,
+            )
+        }
+    }
+
     pub(super) fn rate_limited(
         detail: String,
         retry_after_secs: u64,
@@ -146,10 +161,10 @@ impl Problem {
                 tracing::warn!(error = %e, "publish failed");
                 Self::unavailable(detail, retry_after_secs)
             }
-            Refused::QueueFull
-            | Refused::Backlog(_)
-            | Refused::BindingLost(_)
-            | Refused::Internal(_) => Self::unavailable(detail, retry_after_secs),
+            Refused::Backlog(_) => Self::overloaded(detail, retry_after_secs),
+            Refused::QueueFull | Refused::BindingLost(_) | Refused::Internal(_) => {
+                Self::unavailable(detail, retry_after_secs)
+            }
         }
     }
 
@@ -165,7 +180,8 @@ impl Problem {
 pub(super) struct ProblemBody {
     /// `urn:txengine:problem:<slug>`; slugs: malformed, too-large, not-json,
     /// body-timeout, rule-broken, id-conflict, in-flight, not-found,
-    /// unauthorized, forbidden, rate-limited, method-not-allowed, unavailable.
+    /// unauthorized, forbidden, rate-limited, method-not-allowed, unavailable,
+    /// overloaded.
     #[serde(rename = "type")]
     #[schema(pattern = "^urn:txengine:problem:[a-z-]+$")]
     kind: String,
