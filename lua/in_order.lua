@@ -7,7 +7,8 @@
 -- whose body it wraps as `run` (store/scripts.rs):
 --
 -- KEYS[#KEYS]  this pipeline's order key in the slot ({tag}:order:<token>)
--- ARGV[#ARGV]  this call's place in the slot's pipeline: 1, 2, ...
+-- ARGV[#ARGV]  this call's place in the slot's pipeline: 1, 2, ...; negative
+--              for the last call (nothing follows it: the key is not written)
 --
 -- Both are taken off before the body runs, so it sees its own KEYS and ARGV.
 -- A call runs only if the call before it in the pipeline ran to the end;
@@ -18,6 +19,8 @@
 
 local order_key = table.remove(KEYS)
 local place = tonumber(table.remove(ARGV))
+local last = place < 0
+place = math.abs(place)
 if place > 1 and tonumber(redis.call('GET', order_key) or '0') ~= place - 1 then
   return {'skipped', '', '', 0, 0}
 end
@@ -25,6 +28,8 @@ local reply = run()
 if type(reply) == 'table' and reply.err then
   return reply
 end
--- Kept a minute: far longer than one pipeline takes.
-redis.call('SET', order_key, place, 'PX', 60000)
+if not last then
+  -- Kept a minute: far longer than one pipeline takes.
+  redis.call('SET', order_key, place, 'PX', 60000)
+end
 return reply

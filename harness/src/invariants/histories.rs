@@ -18,8 +18,9 @@ pub(super) async fn check_histories(
     verdict: &mut Verdict,
 ) -> anyhow::Result<()> {
     type Entry = (String, Vec<String>);
+    // A history holds up to a retention's worth of entries: 16 a call.
     let histories: Vec<Vec<Entry>> = reader
-        .query(
+        .query_by(
             balances
                 .iter()
                 .map(|(account, _)| {
@@ -28,6 +29,7 @@ pub(super) async fn check_histories(
                     (reader.layout.shard_of(account), cmd)
                 })
                 .collect(),
+            16,
         )
         .await?;
     for ((account, balance), history) in balances.iter().zip(histories) {

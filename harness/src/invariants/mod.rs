@@ -110,10 +110,20 @@ struct Reader {
 impl Reader {
     /// Runs `commands` (each with the shard it goes to), in chunks.
     async fn query<T: FromRedisValue>(&self, commands: Vec<(u32, Cmd)>) -> anyhow::Result<Vec<T>> {
+        self.query_by(commands, 5000).await
+    }
+
+    /// Runs `commands` `per_call` at a time: few for commands whose answers
+    /// are large (a whole history), so no answer outlasts the timeout.
+    async fn query_by<T: FromRedisValue>(
+        &self,
+        commands: Vec<(u32, Cmd)>,
+        per_call: usize,
+    ) -> anyhow::Result<Vec<T>> {
         let mut answers = Vec::with_capacity(commands.len());
         let mut commands = commands.into_iter();
         loop {
-            let chunk: Vec<(u32, Cmd)> = commands.by_ref().take(5000).collect();
+            let chunk: Vec<(u32, Cmd)> = commands.by_ref().take(per_call).collect();
             if chunk.is_empty() {
                 return Ok(answers);
             }

@@ -24,16 +24,26 @@ impl Store {
         let mut replies: Vec<Option<StepAnswer>> = calls.iter().map(|_| None).collect();
         for _ in 0..MAX_IN_ORDER_ROUNDS {
             let token = Store::lease_token();
-            let mut places: BTreeMap<u32, usize> = BTreeMap::new();
             let waiting: Vec<usize> = (0..calls.len()).filter(|&i| replies[i].is_none()).collect();
+            // Each slot's count of calls, then each call's place among them.
+            let mut counts: BTreeMap<u32, i64> = BTreeMap::new();
+            for &i in &waiting {
+                *counts.entry(calls[i].shard).or_default() += 1;
+            }
+            let mut places: BTreeMap<u32, i64> = BTreeMap::new();
             let commands = waiting
                 .iter()
                 .map(|&i| {
                     let call = &calls[i];
                     let place = places.entry(call.shard).or_default();
                     *place += 1;
+                    // The last of its slot: negative (it writes no order key).
+                    let place = match *place == counts[&call.shard] {
+                        true => -*place,
+                        false => *place,
+                    };
                     let order_key = self.layout.order(call.shard, &token);
-                    (call.shard, call.command(&order_key, *place))
+                    (call.shard, call.command(&order_key, place))
                 })
                 .collect();
             let answers = self.conn.run_by_slot_ignoring_errors(commands).await;
@@ -94,8 +104,9 @@ pub(super) struct StepCall<'a> {
 
 impl StepCall<'_> {
     /// `EVALSHA` with the pipeline's order key after the call's KEYS and
-    /// its `place` after its ARGV (`lua/in_order.lua`).
-    fn command(&self, order_key: &str, place: usize) -> Cmd {
+    /// its `place` after its ARGV (`lua/in_order.lua`; negative for the
+    /// last call of its pipeline).
+    fn command(&self, order_key: &str, place: i64) -> Cmd {
         let mut keys = self.keys.clone();
         keys.push(order_key.to_owned());
         let mut cmd = evalsha(self.script, &keys);
