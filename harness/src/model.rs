@@ -167,10 +167,7 @@ fn decide_capture(books: &mut Books, tx: &SentTx, hold: &str) -> Result<u64, &'s
         // As the script checks before it ends the hold: `to`
         // exists and has room, and the money is there.
         if let Some(to) = tx.to.as_deref() {
-            let destination = books.balances.get(to).copied().ok_or("unknown_account")?;
-            if tx.amount > books.room(to, destination) {
-                return Err("balance_overflow");
-            }
+            let destination = room_for(books, to, tx.amount)?;
             books
                 .balances
                 .insert(to.to_owned(), destination + tx.amount);
@@ -187,12 +184,18 @@ fn decide_capture(books: &mut Books, tx: &SentTx, hold: &str) -> Result<u64, &'s
         return Err("exceeds_hold");
     }
     if let Some(to) = tx.to.as_deref() {
-        let destination = books.balances.get(to).copied().ok_or("unknown_account")?;
-        if tx.amount > books.room(to, destination) {
-            return Err("balance_overflow");
-        }
+        room_for(books, to, tx.amount)?;
     }
     Err("active_hold_not_captured")
+}
+
+/// The balance of `to` when it exists and has room for `amount` more.
+fn room_for(books: &Books, to: &str, amount: u64) -> Result<u64, &'static str> {
+    let destination = books.balances.get(to).copied().ok_or("unknown_account")?;
+    if amount > books.room(to, destination) {
+        return Err("balance_overflow");
+    }
+    Ok(destination)
 }
 
 /// A credit, debit or transfer in one step.
@@ -215,10 +218,7 @@ fn decide_movement(books: &mut Books, tx: &SentTx) -> Result<u64, &'static str> 
         return Err("insufficient_funds");
     }
     if let Some(to) = tx.to.as_deref().filter(|_| tx.kind == Kind::Transfer) {
-        let destination = books.balances.get(to).copied().ok_or("unknown_account")?;
-        if tx.amount > books.room(to, destination) {
-            return Err("balance_overflow");
-        }
+        let destination = room_for(books, to, tx.amount)?;
         books
             .balances
             .insert(to.to_owned(), destination + tx.amount);

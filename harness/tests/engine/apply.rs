@@ -20,10 +20,19 @@ async fn store() -> Store {
 
 async fn store_with_lease(lease_ms: u64) -> Store {
     let namespace = format!("apply-{}", uuid::Uuid::new_v4().simple());
+    store_on(&crate::infra().redis_url, &namespace, lease_ms).await
+}
+
+/// A store on a Redis of the test's own (`url`), in `namespace`.
+async fn store_at(url: &str, namespace: &str) -> Store {
+    store_on(url, namespace, 30_000).await
+}
+
+async fn store_on(url: &str, namespace: &str, lease_ms: u64) -> Store {
     Store::connect(StoreSettings {
         topology: txengine::config::RedisTopology::Single,
-        url: &crate::infra().redis_url,
-        namespace: &namespace,
+        url,
+        namespace,
         outcome_ttl_secs: 3600,
         history_keep_secs: 3600,
         lease_ms,
@@ -285,17 +294,7 @@ async fn another_body_under_an_applied_id_is_a_mismatch() {
 async fn a_pipeline_that_lost_a_script_applies_in_order() {
     crate::infra();
     let redis = harness::infra::LocalRedis::start("always").unwrap();
-    let store = Store::connect(StoreSettings {
-        topology: txengine::config::RedisTopology::Single,
-        url: &redis.url(),
-        namespace: "in-order",
-        outcome_ttl_secs: 3600,
-        history_keep_secs: 3600,
-        lease_ms: 30_000,
-        response_timeout: Duration::from_secs(5),
-    })
-    .await
-    .unwrap();
+    let store = store_at(&redis.url(), "in-order").await;
     set(&store, "a", 100).await;
     let mut conn = redis::Client::open(redis.url())
         .unwrap()
@@ -356,17 +355,7 @@ async fn redis_restart_keeps_outcomes_and_reloads_scripts() {
     crate::infra();
     // Its own Redis: a restart of the shared one would disturb other tests.
     let mut redis = harness::infra::LocalRedis::start("always").unwrap();
-    let store = Store::connect(StoreSettings {
-        topology: txengine::config::RedisTopology::Single,
-        url: &redis.url(),
-        namespace: "restart",
-        outcome_ttl_secs: 3600,
-        history_keep_secs: 3600,
-        lease_ms: 30_000,
-        response_timeout: Duration::from_secs(5),
-    })
-    .await
-    .unwrap();
+    let store = store_at(&redis.url(), "restart").await;
     set(&store, "a", 10).await;
     let before = tx("before-restart", "debit", None, 3);
     assert_eq!(

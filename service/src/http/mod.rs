@@ -173,15 +173,3 @@ async fn record_request(request: Request, next: Next) -> Response {
         .record(started.elapsed().as_secs_f64());
     response
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn every_module_is_in_the_module_doc() {
-        let missing = crate::tests::modules_missing_from_doc(include_str!("mod.rs"));
-        assert!(
-            missing.is_empty(),
-            "modules missing from the `//!` doc of http/mod.rs: {missing:?}"
-        );
-    }
-}

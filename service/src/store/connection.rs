@@ -238,24 +238,16 @@ impl Connection {
         &self,
         commands: Vec<(u32, Cmd)>,
     ) -> Vec<Result<Value, StoreError>> {
-        let mut pipes: BTreeMap<u32, (Vec<usize>, Pipeline)> = BTreeMap::new();
         let total = commands.len();
-        for (index, (slot, cmd)) in commands.into_iter().enumerate() {
-            let (indices, pipe) = pipes.entry(slot).or_insert_with(|| {
-                let mut pipe = redis::pipe();
-                pipe.ignore_errors();
-                (Vec::new(), pipe)
+        let runs = by_slot(commands, true)
+            .into_values()
+            .map(|(indices, pipe)| {
+                let mut conn = self.clone();
+                async move {
+                    let values: Result<Vec<Value>, _> = pipe.query_async(&mut conn).await;
+                    (indices, values.map_err(StoreError::from))
+                }
             });
-            indices.push(index);
-            pipe.add_command(cmd);
-        }
-        let runs = pipes.into_values().map(|(indices, pipe)| {
-            let mut conn = self.clone();
-            async move {
-                let values: Result<Vec<Value>, _> = pipe.query_async(&mut conn).await;
-                (indices, values.map_err(StoreError::from))
-            }
-        });
         let mut answers: Vec<Result<Value, StoreError>> = (0..total)
             .map(|_| Err(StoreError::Unexpected("a command had no answer".into())))
             .collect();
@@ -292,28 +284,44 @@ impl Connection {
         &self,
         commands: Vec<(u32, Cmd)>,
     ) -> Vec<Result<T, StoreError>> {
-        let mut pipes: BTreeMap<u32, (Vec<usize>, Pipeline)> = BTreeMap::new();
         let total = commands.len();
-        for (index, (slot, cmd)) in commands.into_iter().enumerate() {
-            let (indices, pipe) = pipes
-                .entry(slot)
-                .or_insert_with(|| (Vec::new(), redis::pipe()));
-            indices.push(index);
-            pipe.add_command(cmd);
-        }
-        let runs = pipes.into_values().map(|(indices, pipe)| {
-            let mut conn = self.clone();
-            async move {
-                let values: Result<Vec<Value>, _> = pipe.query_async(&mut conn).await;
-                (indices, values.map_err(StoreError::from))
-            }
-        });
+        let runs = by_slot(commands, false)
+            .into_values()
+            .map(|(indices, pipe)| {
+                let mut conn = self.clone();
+                async move {
+                    let values: Result<Vec<Value>, _> = pipe.query_async(&mut conn).await;
+                    (indices, values.map_err(StoreError::from))
+                }
+            });
         spread(
             total,
             futures_util::future::join_all(runs).await,
             "pipeline",
         )
     }
+}
+
+/// `commands` as one pipeline per slot, each with the places of its
+/// commands among them; `ignore_errors`: each command's error answer is
+/// read as its own, not as the whole pipeline's.
+fn by_slot(
+    commands: Vec<(u32, Cmd)>,
+    ignore_errors: bool,
+) -> BTreeMap<u32, (Vec<usize>, Pipeline)> {
+    let mut pipes: BTreeMap<u32, (Vec<usize>, Pipeline)> = BTreeMap::new();
+    for (index, (slot, cmd)) in commands.into_iter().enumerate() {
+        let (indices, pipe) = pipes.entry(slot).or_insert_with(|| {
+            let mut pipe = redis::pipe();
+            if ignore_errors {
+                pipe.ignore_errors();
+            }
+            (Vec::new(), pipe)
+        });
+        indices.push(index);
+        pipe.add_command(cmd);
+    }
+    pipes
 }
 
 /// Puts the answers of groups of commands (a pipeline, a script over many

@@ -306,15 +306,3 @@ fn evalsha(script: &Script, keys: &[String]) -> Cmd {
     cmd.arg(script.get_hash()).arg(keys.len()).arg(keys);
     cmd
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn every_module_is_in_the_module_doc() {
-        let missing = crate::tests::modules_missing_from_doc(include_str!("mod.rs"));
-        assert!(
-            missing.is_empty(),
-            "modules missing from the `//!` doc of store/mod.rs: {missing:?}"
-        );
-    }
-}

@@ -27,18 +27,31 @@ pub(super) struct Scripts {
     pub rate_limit_then_claim: Script,
 }
 
+/// A script of `lua/` that applies records (`$body`, its file name), as the
+/// store runs it: `money.lua` and a `$prelude` if given, then the script as
+/// the body of `run`, then `in_order.lua`, which calls it.
+macro_rules! in_order {
+    ($body:literal) => {
+        in_order!("", $body)
+    };
+    ($prelude:expr, $body:literal) => {
+        concat!(
+            include_str!("../../../lua/money.lua"),
+            $prelude,
+            "\nlocal function run()\n",
+            include_str!(concat!("../../../lua/", $body)),
+            "\nend\n",
+            include_str!("../../../lua/in_order.lua")
+        )
+    };
+}
+
 /// Each script's name (the name of its file in `lua/`, the apply script's
 /// `atomic_update`) and its source as Redis runs it, in [`Scripts`]' order.
 pub(super) const SOURCES: [(&str, &str); 12] = [
     (
         "atomic_update",
-        concat!(
-            include_str!("../../../lua/money.lua"),
-            "\nlocal function run()\n",
-            include_str!("../../../lua/atomic_update.lua"),
-            "\nend\n",
-            include_str!("../../../lua/in_order.lua")
-        ),
+        in_order!("atomic_update.lua"),
     ),
     (
         "claim",
@@ -73,24 +86,11 @@ pub(super) const SOURCES: [(&str, &str); 12] = [
     ),
     (
         "saga_step",
-        concat!(
-            include_str!("../../../lua/money.lua"),
-            "\nlocal function run()\n",
-            include_str!("../../../lua/saga_step.lua"),
-            "\nend\n",
-            include_str!("../../../lua/in_order.lua")
-        ),
+        in_order!("saga_step.lua"),
     ),
     (
         "hold",
-        concat!(
-            include_str!("../../../lua/money.lua"),
-            include_str!("../../../lua/clock.lua"),
-            "\nlocal function run()\n",
-            include_str!("../../../lua/hold.lua"),
-            "\nend\n",
-            include_str!("../../../lua/in_order.lua")
-        ),
+        in_order!(include_str!("../../../lua/clock.lua"), "hold.lua"),
     ),
     ("finish", include_str!("../../../lua/finish.lua")),
     (
