@@ -147,8 +147,10 @@ async fn until<T>(what: &str, timeout: Duration, mut check: impl AsyncFnMut() ->
     }
 }
 
-/// POSTs each `(id, from, to, amount)` transfer (every one 202), then
-/// waits until every one is applied.
+/// POSTs each `(id, from, to, amount)` transfer until it is accepted (a
+/// 503 is retried with the same id, as a client must: on a cluster just
+/// formed, a claim is refused until its replica has synced), then waits
+/// until every one is applied.
 async fn transfer_and_wait_applied<'a>(
     api: &ApiClient,
     transfers: impl Iterator<Item = (String, &'a str, &'a str, u64)>,
@@ -158,8 +160,19 @@ async fn transfer_and_wait_applied<'a>(
     for (id, from, to, amount) in transfers {
         let body =
             json!({"id": id, "type": "transfer", "account": from, "to": to, "amount": amount});
-        let (status, answer) = api.post(&body).await.unwrap();
-        assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+        until(
+            "the transfer accepted",
+            Duration::from_secs(60),
+            async || {
+                let (status, answer) = api.post(&body).await.unwrap();
+                match status {
+                    StatusCode::ACCEPTED | StatusCode::OK => Some(()),
+                    StatusCode::SERVICE_UNAVAILABLE => None,
+                    other => panic!("{other} {answer}"),
+                }
+            },
+        )
+        .await;
         ids.push(id);
     }
     let settled = api.wait_settled(&ids, timeout).await.unwrap();
