@@ -239,7 +239,21 @@ impl Connection {
         commands: Vec<(u32, Cmd)>,
     ) -> Vec<Result<Value, StoreError>> {
         let total = commands.len();
-        let runs = by_slot(commands, true)
+        let groups = self.run_pipelines(commands, true).await;
+        spread::<Value>(total, groups, "pipeline")
+            .into_iter()
+            .map(|value| value.and_then(|v| v.extract_error().map_err(StoreError::from)))
+            .collect()
+    }
+
+    /// Runs `commands` as one pipeline per slot, all at once: each
+    /// pipeline's places among the commands and its values, or its error.
+    async fn run_pipelines(
+        &self,
+        commands: Vec<(u32, Cmd)>,
+        ignore_errors: bool,
+    ) -> Vec<(Vec<usize>, Result<Vec<Value>, StoreError>)> {
+        let runs = by_slot(commands, ignore_errors)
             .into_values()
             .map(|(indices, pipe)| {
                 let mut conn = self.clone();
@@ -248,32 +262,7 @@ impl Connection {
                     (indices, values.map_err(StoreError::from))
                 }
             });
-        let mut answers: Vec<Result<Value, StoreError>> = (0..total)
-            .map(|_| Err(StoreError::Unexpected("a command had no answer".into())))
-            .collect();
-        for (indices, values) in futures_util::future::join_all(runs).await {
-            match values {
-                Ok(values) if values.len() == indices.len() => {
-                    for (index, value) in indices.into_iter().zip(values) {
-                        answers[index] = value.extract_error().map_err(StoreError::from);
-                    }
-                }
-                Ok(values) => {
-                    let e = StoreError::Unexpected(format!(
-                        "a pipeline had {} answers for {} commands",
-                        values.len(),
-                        indices.len()
-                    ));
-                    indices
-                        .into_iter()
-                        .for_each(|index| answers[index] = Err(e.clone()));
-                }
-                Err(e) => indices
-                    .into_iter()
-                    .for_each(|index| answers[index] = Err(e.clone())),
-            }
-        }
-        answers
+        futures_util::future::join_all(runs).await
     }
 
     /// As [`Connection::run_by_slot`], but each command has its own result:
@@ -285,20 +274,7 @@ impl Connection {
         commands: Vec<(u32, Cmd)>,
     ) -> Vec<Result<T, StoreError>> {
         let total = commands.len();
-        let runs = by_slot(commands, false)
-            .into_values()
-            .map(|(indices, pipe)| {
-                let mut conn = self.clone();
-                async move {
-                    let values: Result<Vec<Value>, _> = pipe.query_async(&mut conn).await;
-                    (indices, values.map_err(StoreError::from))
-                }
-            });
-        spread(
-            total,
-            futures_util::future::join_all(runs).await,
-            "pipeline",
-        )
+        spread(total, self.run_pipelines(commands, false).await, "pipeline")
     }
 }
 
