@@ -1,9 +1,9 @@
 -- Claim a transaction id for the API before it publishes: bind the id to
 -- this body for good, and take the lease that lets one request publish it.
 -- A function, `claim`: the store runs it alone (KEYS[1], ARGV[1..4], in the
--- order of its arguments), for each id of a batch (claim_batch.lua) or
--- after `rate_limit` in one script (on one Redis, where both keys can go to
--- one script: one round trip, not two).
+-- order of its arguments) or for each item of the requests of one call,
+-- after their keys' `rate_limit` (claim_batch.lua; on one Redis both keys
+-- go to one script: one round trip, not two).
 --
 -- record     tx record hash ({ns}:tx:<id>)
 -- request_fp fingerprint of the request

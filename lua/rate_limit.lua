@@ -1,8 +1,9 @@
 -- Rate limit of one API key: GCRA (the generic cell rate algorithm), on
 -- Redis's clock, so every API process shares one limit and one clock.
 --
--- A function, `rate_limit`: the store runs it alone (KEYS[1], ARGV[1..3])
--- or before `claim` (claim.lua) in one script.
+-- A function, `rate_limit`: the store runs it alone (KEYS[1], ARGV[1..3]:
+-- a read, or a key's count on a cluster) or before `claim` (claim.lua) for
+-- the items of each request (claim_batch.lua).
 --
 -- tat_key   the key's theoretical arrival time (TAT), microseconds, a string
 -- interval  emission interval in microseconds (1e6 / rate, rounded up)

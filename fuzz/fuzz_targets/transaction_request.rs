@@ -8,7 +8,8 @@
 use libfuzzer_sys::fuzz_target;
 use txengine::limits::MAX_MINOR_UNITS;
 use txengine::domain::{AccountId, Amount, HoldTerms, Movement, Transaction};
-use txengine::http::{decode_batch, decode_key_request, decode_transaction, HoldTimeouts, Posted};
+use txengine::admission::{HoldTimeouts, Posted};
+use txengine::http::{decode_batch, decode_key_request, decode_transaction};
 use txengine::limits::MAX_BATCH_ITEMS;
 use txengine::keys::{key_id_of, Scope};
 use txengine::limits::MAX_RATE;

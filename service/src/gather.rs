@@ -1,12 +1,13 @@
-//! Work of concurrent single requests, gathered into one script call: the
-//! claims (each with its key's rate limit) and the accepts. Each request
-//! hands its item to a gatherer task, which takes every item waiting at that
-//! moment (no timer: it never waits for more) into one call, at most
-//! [`MAX_GATHERED`] of them, with at most [`MAX_GATHER_CALLS_IN_FLIGHT`]
-//! calls at once, and at most [`MAX_GATHER_QUEUE`] waiting. Alone, an item goes at once, by itself; under load the
-//! items that come while calls are in flight go together in the next one.
-//! The batch call does for each item exactly what the single call would
-//! (the same Lua function, per id, in order).
+//! Work of concurrent requests, gathered into one script call: the claims
+//! (each request's with its key's rate limit) and the accepts. Each request
+//! hands its work to a gatherer task, which takes all the work waiting at
+//! that moment (no timer: it never waits for more) into one call, up to
+//! [`MAX_GATHERED`] transactions (a request's work is never split), with at
+//! most [`MAX_GATHER_CALLS_IN_FLIGHT`] calls at once, and at most
+//! [`MAX_GATHER_QUEUE`] requests waiting. Alone, a request goes at once, by
+//! itself; under load what comes while calls are in flight goes together in
+//! the next one. The call does for each transaction exactly what a call of
+//! its own would (the same Lua function, per id, in order).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -36,9 +37,9 @@ impl<I, A> Clone for Gatherer<I, A> {
 impl<I: Send + 'static, A: Send + 'static> Gatherer<I, A> {
     /// Starts the gatherer task on the current tokio runtime; it ends once
     /// every handle is dropped. `call` does the work of the items gathered
-    /// (one answer per item, in order); `metric` is the histogram of how
-    /// many each call took.
-    pub(crate) fn start<F, Fut>(metric: &'static str, call: F) -> Self
+    /// (one answer per item, in order); `size` is how many transactions an
+    /// item holds; `metric` is the histogram of how many each call took.
+    pub(crate) fn start<F, Fut>(metric: &'static str, size: fn(&I) -> usize, call: F) -> Self
     where
         F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<Result<A, StoreError>>> + Send + 'static,
@@ -53,14 +54,18 @@ impl<I: Send + 'static, A: Send + 'static> Gatherer<I, A> {
                 let Ok(place) = calls.clone().acquire_owned().await else {
                     return;
                 };
+                let mut taken = size(&first.0);
                 let mut gathered = vec![first];
-                while gathered.len() < MAX_GATHERED {
+                while taken < MAX_GATHERED {
                     match queue.try_recv() {
-                        Ok(next) => gathered.push(next),
+                        Ok(next) => {
+                            taken += size(&next.0);
+                            gathered.push(next);
+                        }
                         Err(_) => break,
                     }
                 }
-                metrics::histogram!(metric).record(gathered.len() as f64);
+                metrics::histogram!(metric).record(taken as f64);
                 let (items, answers): (Vec<I>, Vec<Answer<A>>) = gathered.into_iter().unzip();
                 // The work in a task of its own: should it panic, its
                 // requests are answered (their senders dropped) and the
@@ -117,22 +122,26 @@ mod tests {
     #[tokio::test]
     async fn waiting_items_go_together_and_each_gets_its_answer() {
         let (calls, mut seen) = mpsc::unbounded_channel::<Vec<u32>>();
-        let gatherer = Gatherer::start("test_gathered", move |items: Vec<u32>| {
-            let calls = calls.clone();
-            async move {
-                calls.send(items.clone()).unwrap();
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                match items[0] {
-                    0 => items
-                        .iter()
-                        .map(|_| Err(StoreError::Unexpected("down".into())))
-                        .collect(),
-                    100 => vec![Ok(1)],
-                    200 => panic!("the work panicked"),
-                    _ => items.iter().map(|i| Ok(i * 10)).collect(),
+        let gatherer = Gatherer::start(
+            "test_gathered",
+            |_| 1,
+            move |items: Vec<u32>| {
+                let calls = calls.clone();
+                async move {
+                    calls.send(items.clone()).unwrap();
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    match items[0] {
+                        0 => items
+                            .iter()
+                            .map(|_| Err(StoreError::Unexpected("down".into())))
+                            .collect(),
+                        100 => vec![Ok(1)],
+                        200 => panic!("the work panicked"),
+                        _ => items.iter().map(|i| Ok(i * 10)).collect(),
+                    }
                 }
-            }
-        });
+            },
+        );
         let many: Vec<_> = (1..=20).map(|i| gatherer.run(i)).collect();
         let answers = futures_util::future::join_all(many).await;
         let answers: Vec<u32> = answers.into_iter().map(Result::unwrap).collect();

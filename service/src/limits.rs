@@ -27,8 +27,9 @@ pub const MAX_BATCH_ITEMS: usize = 1_000;
 /// what the longest transaction takes.
 pub const MAX_BATCH_BODY_BYTES: usize = MAX_BATCH_ITEMS * 1024;
 
-/// Most claims (or accepts) of concurrent single requests in one script
-/// call ([`crate::gather`]), and most such calls in flight at once, each.
+/// Transactions of concurrent requests gathered into one claim (or accept)
+/// script call ([`crate::gather`]; the last request taken may pass it by
+/// its own size, never split), and most such calls in flight at once, each.
 pub const MAX_GATHERED: usize = 1_000;
 pub const MAX_GATHER_CALLS_IN_FLIGHT: usize = 4;
 /// Most items waiting for a gatherer's next call; a request past it waits

@@ -489,18 +489,17 @@ async fn a_batch_claimed_again_with_its_tokens_is_still_claimed() {
             .unwrap(),
         })
         .collect();
-    let tokens: Vec<String> = txs.iter().map(|_| Store::lease_token()).collect();
-    let items: Vec<(&Transaction, &str)> = txs
+    let items: Vec<(Transaction, String)> = txs
         .iter()
-        .zip(&tokens)
-        .map(|(tx, t)| (tx, t.as_str()))
+        .map(|tx| (tx.clone(), Store::lease_token()))
         .collect();
     for _ in 0..2 {
-        let claims = crate::each_ok(store.claim_batch(&items).await);
+        let claims = crate::each_ok(crate::claim_unlimited(&store, &items).await);
         assert_eq!(claims, vec![Claim::Claimed; 3]);
     }
     let other = Store::lease_token();
-    let others: Vec<(&Transaction, &str)> = txs.iter().map(|tx| (tx, other.as_str())).collect();
-    let claims = crate::each_ok(store.claim_batch(&others).await);
+    let others: Vec<(Transaction, String)> =
+        txs.iter().map(|tx| (tx.clone(), other.clone())).collect();
+    let claims = crate::each_ok(crate::claim_unlimited(&store, &others).await);
     assert_eq!(claims, vec![Claim::InFlight; 3]);
 }

@@ -724,7 +724,7 @@ async fn gathered_claims_are_each_what_one_claim_would_be(
 ) {
     use txengine::domain::{AccountId, Amount, Movement, Transaction, TxId};
     use txengine::keys::RateLimit;
-    use txengine::store::{Claim, LimitedClaim, Store};
+    use txengine::store::{Claim, ClaimRequest, Store};
     let infra = crate::infra_of(topology);
     let namespace = format!("gathered-{}", uuid::Uuid::new_v4().simple());
     let store = crate::isolated_store_on(infra, &namespace).await;
@@ -749,21 +749,30 @@ async fn gathered_claims_are_each_what_one_claim_would_be(
         tx("bound", 1),
         tx("bound", 2),
     ];
-    let tokens: Vec<String> = txs.iter().map(|_| Store::lease_token()).collect();
     let (key, _) = txengine::keys::generate();
     let limit = RateLimit {
         rate_per_s: 1,
         burst: 2,
     };
     let limited = |index: usize| !matches!(index, 2 | 4..);
-    let items: Vec<LimitedClaim> = txs
+    // Each transaction a single request of its own, gathered into one call.
+    let singles: Vec<[(Transaction, String); 1]> = txs
         .iter()
-        .zip(&tokens)
-        .enumerate()
-        .map(|(index, (tx, token))| (tx, token.as_str(), limited(index).then_some((&key, limit))))
+        .map(|tx| [(tx.clone(), Store::lease_token())])
         .collect();
-    let answers = crate::each_ok(store.claim_within_limits(&items).await);
-    let claims: Vec<&Claim> = answers.iter().map(|(claim, _)| claim).collect();
+    let requests: Vec<ClaimRequest> = singles
+        .iter()
+        .enumerate()
+        .map(|(index, items)| ClaimRequest {
+            limit: limited(index).then_some((&key, limit)),
+            items,
+        })
+        .collect();
+    let answers = store.claim_requests(&requests).await;
+    let claims: Vec<&Claim> = answers
+        .iter()
+        .map(|answer| answer.claims[0].as_ref().unwrap())
+        .collect();
     assert_eq!(
         claims,
         [
@@ -778,8 +787,8 @@ async fn gathered_claims_are_each_what_one_claim_would_be(
         ],
         "{answers:?}"
     );
-    for (index, (_, rate)) in answers.iter().enumerate() {
-        match rate {
+    for (index, answer) in answers.iter().enumerate() {
+        match answer.rate {
             Some(rate) => {
                 assert!(
                     limited(index),
@@ -790,12 +799,33 @@ async fn gathered_claims_are_each_what_one_claim_would_be(
             None => assert!(!limited(index), "no verdict for a limited one: {answers:?}"),
         }
     }
-    let refused = store.claim_batch(&[(&txs[3], "another token")]).await;
+    let refused = crate::claim_unlimited(&store, &[(txs[3].clone(), "another token".into())]).await;
     assert_eq!(
         crate::each_ok(refused),
         [Claim::Claimed],
         "the rate-limited claim wrote nothing: its id is free"
     );
+
+    // A request of three items on a key that lets two go: the first two are
+    // claimed, the third is limited and its id stays free.
+    let (batch_key, _) = txengine::keys::generate();
+    let batch: Vec<(Transaction, String)> = ["b-1", "b-2", "b-3"]
+        .into_iter()
+        .map(|id| (tx(id, 1), Store::lease_token()))
+        .collect();
+    let request = ClaimRequest {
+        limit: Some((&batch_key, limit)),
+        items: &batch,
+    };
+    let answer = store.claim_requests(&[request]).await.pop().unwrap();
+    assert_eq!(
+        crate::each_ok(answer.claims),
+        [Claim::Claimed, Claim::Claimed, Claim::RateLimited]
+    );
+    let rate = answer.rate.unwrap();
+    assert_eq!((rate.allowed, rate.granted), (true, 2), "{rate:?}");
+    let free = crate::claim_unlimited(&store, &[(tx("b-3", 1), "another token".into())]).await;
+    assert_eq!(crate::each_ok(free), [Claim::Claimed]);
 }
 
 /// On a Redis Cluster a slot whose call fails (here a tx record that is
@@ -808,7 +838,7 @@ async fn on_a_cluster_a_failing_slot_or_key_fails_only_its_own_claims() {
     use txengine::config::RedisTopology;
     use txengine::domain::{AccountId, Amount, Movement, Transaction, TxId};
     use txengine::keys::RateLimit;
-    use txengine::store::{Claim, Connection, LimitedClaim, Store};
+    use txengine::store::{Claim, ClaimRequest, Connection, Store};
     let infra = Infra::shared_cluster();
     let namespace = format!("isolated-{}", uuid::Uuid::new_v4().simple());
     let store = crate::isolated_store_on(infra, &namespace).await;
@@ -851,13 +881,11 @@ async fn on_a_cluster_a_failing_slot_or_key_fails_only_its_own_claims() {
     let _: Vec<i64> = conn.run_by_slot(commands).await.unwrap();
 
     let txs = [tx(&broken), tx(&healthy), tx("q-1")];
-    let tokens: Vec<String> = txs.iter().map(|_| Store::lease_token()).collect();
-    let items: Vec<(&Transaction, &str)> = txs[..2]
+    let items: Vec<(Transaction, String)> = txs
         .iter()
-        .zip(&tokens)
-        .map(|(tx, token)| (tx, token.as_str()))
+        .map(|tx| (tx.clone(), Store::lease_token()))
         .collect();
-    let claims = store.claim_batch(&items).await;
+    let claims = crate::claim_unlimited(&store, &items[..2]).await;
     assert!(claims[0].is_err(), "{claims:?}");
     assert_eq!(claims[1].as_ref().unwrap(), &Claim::Claimed, "{claims:?}");
 
@@ -865,13 +893,22 @@ async fn on_a_cluster_a_failing_slot_or_key_fails_only_its_own_claims() {
         rate_per_s: 100,
         burst: 100,
     };
-    let gathered: Vec<LimitedClaim> = vec![
-        (&txs[2], &tokens[2], Some((&bad_key, limit))),
-        (&txs[1], &tokens[1], Some((&good_key, limit))),
+    let gathered = [
+        ClaimRequest {
+            limit: Some((&bad_key, limit)),
+            items: &items[2..3],
+        },
+        ClaimRequest {
+            limit: Some((&good_key, limit)),
+            items: &items[1..2],
+        },
     ];
-    let answers = store.claim_within_limits(&gathered).await;
-    assert!(answers[0].is_err(), "{answers:?}");
-    let (claim, rate) = answers[1].as_ref().unwrap();
-    assert_eq!(claim, &Claim::Claimed, "claimed again under its token");
-    assert!(rate.unwrap().allowed);
+    let answers = store.claim_requests(&gathered).await;
+    assert!(answers[0].claims[0].is_err(), "{answers:?}");
+    assert_eq!(
+        answers[1].claims[0].as_ref().unwrap(),
+        &Claim::Claimed,
+        "claimed again under its token"
+    );
+    assert!(answers[1].rate.unwrap().allowed);
 }

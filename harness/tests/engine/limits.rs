@@ -12,8 +12,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use txengine::admission::{Admission, ClaimReplication, Refused};
-use txengine::backlog::Backlog;
+use txengine::admission::Refused;
 use txengine::limits::MAX_BODY_BYTES;
 use txengine::publisher::{Publisher, PublisherSettings};
 use txengine::store::{Store, StoreSettings};
@@ -474,23 +473,16 @@ async fn background_releases_are_capped() {
         linger: Duration::from_millis(1),
     })
     .unwrap();
-    let admission = Admission::new(
-        store,
-        publisher,
-        ClaimReplication::NONE,
-        Backlog::unwatched(),
-        2,
-    );
+    let admission = crate::admission_of(store, publisher, 2);
     let pid = Pid::from_raw(redis.pid().unwrap() as i32);
     kill(pid, Signal::SIGSTOP).unwrap();
     for i in 0..5 {
         let body = format!(r#"{{"id":"cap-{i}","account":"acct","amount":1}}"#);
-        let Ok(txengine::http::Posted::Ready(tx)) =
-            txengine::http::decode_transaction(body.as_bytes(), None)
-        else {
-            panic!("a debit decodes ready")
-        };
-        let (refused, _) = admission.admit(tx, None).await;
+        let posted = txengine::http::decode_transaction(body.as_bytes(), None).unwrap();
+        let admitted = admission
+            .admit(crate::any_account_key(), vec![posted])
+            .await;
+        let refused = &admitted.answers[0];
         assert!(matches!(refused, Err(Refused::Redis(_))), "{refused:?}");
     }
     let pending = admission.background_releases();

@@ -56,6 +56,54 @@ pub fn each_ok<T>(answers: Vec<Result<T, txengine::store::StoreError>>) -> Vec<T
     answers.into_iter().map(Result::unwrap).collect()
 }
 
+/// Claims `items` (each transaction under its token) as one request
+/// without a rate limit: one answer per item.
+pub async fn claim_unlimited(
+    store: &Store,
+    items: &[(txengine::domain::Transaction, String)],
+) -> Vec<Result<txengine::store::Claim, txengine::store::StoreError>> {
+    let request = txengine::store::ClaimRequest { limit: None, items };
+    let mut answers = store.claim_requests(&[request]).await;
+    answers.pop().expect("one answer per request").claims
+}
+
+/// Admission as tests drive it directly, around `store` and `publisher`:
+/// no replicas waited for, no backlog bound, rate limits enforced.
+pub fn admission_of(
+    store: Store,
+    publisher: txengine::publisher::Publisher,
+    max_background_releases: usize,
+) -> txengine::admission::Admission {
+    use txengine::admission::{Admission, AdmissionSettings, ClaimReplication, HoldTimeouts};
+    let settings = AdmissionSettings {
+        replication: ClaimReplication::NONE,
+        hold_timeouts: HoldTimeouts {
+            default_s: 60,
+            max_s: 60,
+        },
+        enforce_rate_limits: true,
+        max_background_releases,
+    };
+    Admission::new(
+        store,
+        publisher,
+        txengine::backlog::Backlog::unwatched(),
+        settings,
+    )
+}
+
+/// A key that may touch every account, without a rate limit.
+pub fn any_account_key() -> std::sync::Arc<txengine::keys::ApiKey> {
+    let (id, _) = txengine::keys::generate();
+    std::sync::Arc::new(txengine::keys::ApiKey {
+        id,
+        secret_hash: String::new(),
+        scope: txengine::keys::Scope::parse(&["*"]).unwrap(),
+        limit: None,
+        created_at_ms: 0,
+    })
+}
+
 /// A store of its own on `namespace` of the Redis at `url`.
 pub async fn isolated_store(namespace: &str, url: &str) -> Store {
     store_of(txengine::config::RedisTopology::Single, namespace, url).await

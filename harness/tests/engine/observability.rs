@@ -9,8 +9,6 @@ use harness::infra::process::{free_port, Supervised};
 use harness::stack::Stack;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use txengine::admission::{Admission, ClaimReplication};
-use txengine::backlog::Backlog;
 use txengine::publisher::{Publisher, PublisherSettings};
 
 use crate::{isolated_store, post_on_broken_account, repair_account};
@@ -110,18 +108,13 @@ async fn every_dashboard_query_returns_data_from_a_live_engine() {
     })
     .unwrap();
     let store = isolated_store(&s.config.namespace, &infra.redis_url).await;
-    let Ok(txengine::http::Posted::Ready(tx)) =
+    let posted =
         txengine::http::decode_transaction(br#"{"id":"full","account":"acct","amount":1}"#, None)
-    else {
-        panic!("a debit decodes ready")
-    };
-    assert!(
-        Admission::new(store, full, ClaimReplication::NONE, Backlog::unwatched(), 1)
-            .admit(tx, None)
-            .await
-            .0
-            .is_err()
-    );
+            .unwrap();
+    let admitted = crate::admission_of(store, full, 1)
+        .admit(crate::any_account_key(), vec![posted])
+        .await;
+    assert!(admitted.answers[0].is_err(), "{admitted:?}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     repair_account(&s, "broken", 1).await;
 

@@ -125,6 +125,27 @@ impl Quota {
         Self { limit, verdict }
     }
 
+    /// Seconds until the key may send again.
+    pub(super) fn retry_after_secs(&self) -> u64 {
+        self.verdict
+            .retry_after
+            .as_micros()
+            .div_ceil(1_000_000)
+            .max(1) as u64
+    }
+
+    /// The 429 of a request `key`'s limit refused, with its fields.
+    pub(super) fn refusal(&self, key: &ApiKey) -> Problem {
+        Problem::rate_limited(
+            format!(
+                "API key {} is over its limit of {} requests per second (burst {})",
+                key.id, self.limit.rate_per_s, self.limit.burst
+            ),
+            self.retry_after_secs(),
+            self.headers(),
+        )
+    }
+
     pub(super) fn headers(&self) -> [(HeaderName, HeaderValue); 2] {
         let policy = format!("\"key\";q={};w=1", self.limit.rate_per_s);
         let state = format!(
@@ -145,11 +166,12 @@ impl Quota {
     }
 }
 
-/// Counts one request against `key`'s rate limit: `None` for a key without
-/// a limit (or with the limiter off), the quota left when allowed, 429 when
-/// over it, 503 when Redis does not answer (never unlimited).
+/// Counts one read against `key`'s rate limit (the limit admission counts
+/// money requests by): `None` for a key without a limit (or with the
+/// limiter off), the quota left when allowed, 429 when over it, 503 when
+/// Redis does not answer (never unlimited).
 pub(super) async fn spend(api: &ApiState, key: &ApiKey) -> Result<Option<Quota>, Problem> {
-    let Some(limit) = limit_of(api, key) else {
+    let Some(limit) = api.admission.limit_of(key) else {
         return Ok(None);
     };
     let verdict = api
@@ -157,35 +179,13 @@ pub(super) async fn spend(api: &ApiState, key: &ApiKey) -> Result<Option<Quota>,
         .spend(&key.id, limit)
         .await
         .map_err(|e| Problem::from_store(e, api.retry_after_secs))?;
-    within_limit(key, limit, verdict).map(Some)
-}
-
-/// The rate limit the limiter enforces for `key`, if any.
-pub(super) fn limit_of(api: &ApiState, key: &ApiKey) -> Option<RateLimit> {
-    key.limit.filter(|_| api.enforce_rate_limits)
-}
-
-/// The quota left after an allowed request; 429 (counted) for a refused one.
-pub(super) fn within_limit(
-    key: &ApiKey,
-    limit: RateLimit,
-    verdict: RateVerdict,
-) -> Result<Quota, Problem> {
-    let quota = Quota { limit, verdict };
+    let quota = Quota::new(limit, verdict);
     if verdict.allowed {
-        return Ok(quota);
+        return Ok(Some(quota));
     }
     metrics::counter!("txengine_rate_limited_total", "key" => key.id.as_str().to_owned())
         .increment(1);
-    let retry_after_secs = verdict.retry_after.as_micros().div_ceil(1_000_000).max(1) as u64;
-    Err(Problem::rate_limited(
-        format!(
-            "API key {} is over its limit of {} requests per second (burst {})",
-            key.id, limit.rate_per_s, limit.burst
-        ),
-        retry_after_secs,
-        quota.headers(),
-    ))
+    Err(quota.refusal(key))
 }
 
 #[cfg(test)]

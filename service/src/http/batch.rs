@@ -15,17 +15,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
-use super::auth::{authenticate, limit_of, Quota};
-use super::holds::{hidden_hold, Posted};
+use super::auth::{authenticate, Quota};
 use super::problem::{Problem, ProblemBody};
 use super::status::view;
 use super::transactions::{read_body_within, RequestError, TransactionRequest};
 use super::ApiState;
-use crate::admission::Refused;
-use crate::domain::{HoldTerms, Transaction, TxId, TxStatus};
-use crate::keys::{ApiKey, RateLimit};
+use crate::admission::{Admitted, Answer, Posted, Refused};
+use crate::domain::{TxId, TxStatus};
 use crate::limits::{MAX_BATCH_BODY_BYTES, MAX_BATCH_ITEMS};
-use crate::store::{RateVerdict, StoreError};
 
 /// The body of `POST /transactions/batch` (documentation; the handler reads
 /// each item on its own, so one broken item does not refuse the others).
@@ -202,10 +199,23 @@ impl ItemResult {
         result
     }
 
-    fn of_refusal(id: &TxId, refused: Refused, rate_retry_s: u64, retry_s: u64) -> Self {
+    /// The result of the item of transaction `id` that admission answered.
+    fn of_answer(id: &TxId, answer: Answer, rate_retry_s: u64, retry_s: u64) -> Self {
+        let refused = match answer {
+            Ok(status) => return Self::of_status(id, status),
+            Err(refused) => refused,
+        };
         let id = Some(id.as_str().to_owned());
         let detail = refused.to_string();
         match refused {
+            Refused::Invalid(_) => Self::new(id, "invalid").because(detail),
+            Refused::Forbidden { .. } => Self::new(id, "forbidden").because(detail),
+            Refused::HoldUnreadable(e) => {
+                tracing::warn!(error = %e, "redis unavailable for a batch's holds");
+                Self::new(id, "unavailable")
+                    .because(detail)
+                    .retry_after(retry_s)
+            }
             Refused::Conflict(_) => Self::new(id, "conflict").because(detail),
             Refused::InFlight(_) => Self::new(id, "in_flight").because(detail).retry_after(1),
             Refused::RateLimited => Self::new(id, "rate_limited").retry_after(rate_retry_s),
@@ -282,19 +292,41 @@ pub(super) async fn post_batch(
     let body = read_body_within(&api, &headers, body, MAX_BATCH_BODY_BYTES).await?;
     let key = authenticate(&api, &headers).await?;
     let items = decode_batch(&body).map_err(batch_problem)?;
-    let (slots, admitted) = sort_items(&api, &key, items).await;
-    let limit = limit_of(&api, &key);
-    let (answered, verdict) = admit_round(&api, &key, limit, admitted).await;
-    let results: Vec<ItemResult> = slots
+    // Items that could not be decoded are answered here; the others go to
+    // admission, each answered there.
+    let mut results: Vec<Option<ItemResult>> = Vec::with_capacity(items.len());
+    let mut ids = Vec::new();
+    let mut posted = Vec::new();
+    for item in items {
+        match item.transaction {
+            Ok(transaction) => {
+                results.push(None);
+                ids.push(transaction.id().clone());
+                posted.push(transaction);
+            }
+            Err(RequestError::Malformed(detail)) => {
+                results.push(Some(ItemResult::new(item.id, "invalid").because(detail)))
+            }
+            Err(RequestError::Rule(rule)) => results.push(Some(
+                ItemResult::new(item.id, "invalid").because(rule.to_string()),
+            )),
+        }
+    }
+    let Admitted { answers, quota } = api.admission.admit(key.clone(), posted).await;
+    let quota = quota.map(|(limit, verdict)| Quota::new(limit, verdict));
+    let rate_retry_s = quota.as_ref().map_or(1, Quota::retry_after_secs);
+    let mut answered = ids
+        .iter()
+        .zip(answers)
+        .map(|(id, answer)| ItemResult::of_answer(id, answer, rate_retry_s, api.retry_after_secs));
+    let results: Vec<ItemResult> = results
         .into_iter()
-        .map(|slot| match slot {
-            Slot::Done(result) => result,
-            Slot::Admitted(n) => answered[n].clone(),
+        .map(|result| match result {
+            Some(result) => result,
+            None => answered.next().expect("one answer per item admitted"),
         })
         .collect();
-    let quota = limit
-        .zip(verdict)
-        .map(|(limit, verdict)| Quota::new(limit, verdict));
+
     if none_taken(&results) {
         let problem = match results.iter().any(|result| result.shed) {
             true => Problem::overloaded(
@@ -308,7 +340,7 @@ pub(super) async fn post_batch(
         };
         return Err(problem.with_headers(quota.iter().flat_map(Quota::headers)));
     }
-    count_items(&results, key.id.as_str());
+    count_items(&results);
     let retry = results
         .iter()
         .filter_map(|result| match result.status {
@@ -325,93 +357,6 @@ pub(super) async fn post_batch(
     Ok(response)
 }
 
-/// An item's answer, or the transaction sent to admission (by its place
-/// among them) whose answer it is.
-enum Slot {
-    Done(ItemResult),
-    Admitted(usize),
-}
-
-/// Each item's slot, and the transactions to admit. The same id and body
-/// twice is one transaction, answered twice; another body under an id
-/// already sent is admitted too, after it in the same claim call (one slot,
-/// in order), so each copy is answered as the single endpoint would answer
-/// it sent right after the copies before it: the first body the id is
-/// bound to gets the id's answer, every other body `conflict`.
-async fn sort_items(
-    api: &ApiState,
-    key: &ApiKey,
-    items: Vec<BatchItem>,
-) -> (Vec<Slot>, Vec<Transaction>) {
-    let mut slots = Vec::with_capacity(items.len());
-    let mut admitted: Vec<Transaction> = Vec::new();
-    let mut admitted_as: HashMap<(String, String), usize> = HashMap::new();
-    // The terms of the holds the captures and voids end, read at once.
-    let holds: Vec<TxId> = items
-        .iter()
-        .filter_map(|item| item.transaction.as_ref().ok()?.ended_hold().cloned())
-        .collect();
-    let mut terms = match holds.is_empty() {
-        true => Ok(Vec::new().into_iter()),
-        false => api.store.hold_terms(&holds).await.map(Vec::into_iter),
-    };
-    for item in items {
-        let tx = match checked(api, key, item, &mut terms) {
-            Ok(tx) => tx,
-            Err(result) => {
-                slots.push(Slot::Done(result));
-                continue;
-            }
-        };
-        let same = (tx.id.as_str().to_owned(), tx.fingerprint());
-        match admitted_as.get(&same) {
-            Some(&n) => slots.push(Slot::Admitted(n)),
-            None => {
-                admitted_as.insert(same, admitted.len());
-                slots.push(Slot::Admitted(admitted.len()));
-                admitted.push(tx);
-            }
-        }
-    }
-    (slots, admitted)
-}
-
-/// One item made a transaction the key may send: decoded, its hold's terms
-/// taken from `terms` (read for every capture and void, in order), in
-/// scope; else its answer (`invalid`, `unavailable` or `forbidden`).
-fn checked(
-    api: &ApiState,
-    key: &ApiKey,
-    item: BatchItem,
-    terms: &mut Result<std::vec::IntoIter<Option<HoldTerms>>, StoreError>,
-) -> Result<Transaction, ItemResult> {
-    let refused = |reason: String| ItemResult::new(item.id.clone(), "invalid").because(reason);
-    let posted = match item.transaction {
-        Err(RequestError::Malformed(detail)) => return Err(refused(detail)),
-        Err(RequestError::Rule(rule)) => return Err(refused(rule.to_string())),
-        Ok(posted) => posted,
-    };
-    let terms_of_hold = match (posted.ended_hold(), terms) {
-        (None, _) => None,
-        (Some(_), Ok(found)) => found.next().flatten(),
-        (Some(_), Err(e)) => {
-            tracing::warn!(error = %e, "redis unavailable for a batch's holds");
-            return Err(ItemResult::new(item.id, "unavailable")
-                .because(format!("the hold could not be read: {}", e.summary()))
-                .retry_after(api.retry_after_secs));
-        }
-    };
-    let tx = posted
-        .complete(api.hold_timeouts, terms_of_hold)
-        .and_then(|tx| hidden_hold(key, tx))
-        .map_err(|rule| refused(rule.to_string()))?;
-    if let Some(account) = key.scope.refuses(&tx.movement) {
-        let reason = format!("API key {} may not touch account {account}", key.id);
-        return Err(ItemResult::new(item.id, "forbidden").because(reason));
-    }
-    Ok(tx)
-}
-
 /// Of the items that were valid and in scope, none could be taken: the
 /// request as a whole is unavailable (retried with the same ids).
 fn none_taken(results: &[ItemResult]) -> bool {
@@ -420,33 +365,6 @@ fn none_taken(results: &[ItemResult]) -> bool {
         .filter(|result| result.was_tried())
         .peekable();
     tried.peek().is_some() && tried.all(ItemResult::is_unavailable)
-}
-
-/// Admits a batch's transactions (an id twice only with different bodies,
-/// claimed in order): each one's result, and what the rate limit said.
-async fn admit_round(
-    api: &ApiState,
-    key: &ApiKey,
-    limit: Option<RateLimit>,
-    txs: Vec<Transaction>,
-) -> (Vec<ItemResult>, Option<RateVerdict>) {
-    let ids: Vec<TxId> = txs.iter().map(|tx| tx.id.clone()).collect();
-    let (answers, verdict) = api
-        .admission
-        .admit_batch(txs, limit.map(|limit| (key.id.clone(), limit)))
-        .await;
-    let rate_retry_s = verdict
-        .map(|verdict| verdict.retry_after.as_micros().div_ceil(1_000_000).max(1) as u64)
-        .unwrap_or(1);
-    let results = ids
-        .iter()
-        .zip(answers)
-        .map(|(id, answer)| match answer {
-            Ok(status) => ItemResult::of_status(id, status),
-            Err(refused) => ItemResult::of_refusal(id, refused, rate_retry_s, api.retry_after_secs),
-        })
-        .collect();
-    (results, verdict)
 }
 
 /// The problem of a batch that cannot be read.
@@ -469,16 +387,12 @@ fn batch_problem(error: BatchError) -> Problem {
 }
 
 /// Counts the items of a batch by what happened to them.
-fn count_items(results: &[ItemResult], key_id: &str) {
+fn count_items(results: &[ItemResult]) {
     let mut counts: HashMap<&'static str, u64> = HashMap::new();
     for result in results {
         *counts.entry(result.status).or_default() += 1;
     }
     for (status, count) in &counts {
         metrics::counter!("txengine_batch_items_total", "status" => *status).increment(*count);
-    }
-    if let Some(limited) = counts.get("rate_limited") {
-        metrics::counter!("txengine_rate_limited_total", "key" => key_id.to_owned())
-            .increment(*limited);
     }
 }

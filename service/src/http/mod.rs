@@ -7,8 +7,6 @@
 //!   for the fuzzer);
 //! - [`status`]: `GET /transactions/{id}` and the views of a transaction;
 //! - [`batch`]: `POST /transactions/batch`, its decoder (public too);
-//! - [`holds`]: a hold's timeout under this server's limits, and the terms
-//!   of the hold a capture or void ends;
 //! - [`balances`]: balance reads and the admin's setter;
 //! - [`history`]: an account's history, and its balance at a time;
 //! - [`ops`]: health, readiness, metrics, unknown routes;
@@ -20,7 +18,6 @@ mod auth;
 mod balances;
 mod batch;
 mod history;
-mod holds;
 mod keys;
 mod openapi;
 mod ops;
@@ -29,7 +26,6 @@ mod status;
 mod transactions;
 
 pub use batch::{decode_batch, BatchError, BatchItem};
-pub use holds::{HoldTimeouts, Posted};
 pub use keys::decode_key_request;
 pub use openapi::openapi_document;
 pub use ops::metrics_router;
@@ -45,7 +41,7 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::admission::Admission;
+use crate::admission::{Admission, AdmissionSettings, HoldTimeouts};
 
 /// Decodes a request body that must be a JSON object into `T`. serde would
 /// also read a struct from a JSON array (its fields by position), a form the
@@ -75,12 +71,9 @@ pub struct ApiState {
     pub admin_token: Option<Secret>,
     /// API keys read from Redis, each kept at most `--key-cache-ms`.
     pub keys: KeyCache,
-    /// False with `--rate-limit off`.
-    pub enforce_rate_limits: bool,
     pub retry_after_secs: u64,
     /// How long a client may take to send a body; then 408.
     pub body_read_timeout: Duration,
-    pub hold_timeouts: holds::HoldTimeouts,
     pub metrics: PrometheusHandle,
 }
 
@@ -105,9 +98,16 @@ impl ApiState {
             admission: Admission::new(
                 store.clone(),
                 publisher.clone(),
-                config.claim_replication(),
                 backlog.clone(),
-                MAX_BACKGROUND_RELEASES,
+                AdmissionSettings {
+                    replication: config.claim_replication(),
+                    hold_timeouts: HoldTimeouts {
+                        default_s: config.hold_timeout_s,
+                        max_s: config.max_hold_timeout_s,
+                    },
+                    enforce_rate_limits: config.rate_limit == RateLimitMode::Enforce,
+                    max_background_releases: MAX_BACKGROUND_RELEASES,
+                },
             ),
             backlog,
             store,
@@ -115,13 +115,8 @@ impl ApiState {
             consumer,
             admin_token: config.admin_token()?,
             keys: KeyCache::new(Duration::from_millis(config.key_cache_ms)),
-            enforce_rate_limits: config.rate_limit == RateLimitMode::Enforce,
             retry_after_secs: config.retry_after_secs,
             body_read_timeout: Duration::from_millis(config.body_read_timeout_ms),
-            hold_timeouts: holds::HoldTimeouts {
-                default_s: config.hold_timeout_s,
-                max_s: config.max_hold_timeout_s,
-            },
             metrics,
         }))
     }

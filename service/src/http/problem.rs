@@ -141,6 +141,11 @@ impl Problem {
     pub(super) fn refused(refused: Refused, retry_after_secs: u64) -> Self {
         let detail = refused.to_string();
         match refused {
+            Refused::Invalid(rule) => Self::rule(rule),
+            Refused::Forbidden { .. } => {
+                Self::new(StatusCode::FORBIDDEN, "forbidden", "Not allowed", detail)
+            }
+            Refused::HoldUnreadable(e) => Self::from_store(e, retry_after_secs),
             Refused::Conflict(_) => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "id-conflict",

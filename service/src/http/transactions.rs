@@ -11,11 +11,11 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::auth::{authenticate, forbidden, limit_of, within_limit, Quota};
-use super::holds::{hidden_hold, Posted};
+use super::auth::{authenticate, forbidden, Quota};
 use super::problem::{Problem, ProblemBody};
 use super::status::{status_response, TransactionView};
 use super::ApiState;
+use crate::admission::{Admitted, Posted, Refused};
 use crate::domain::{AccountId, Amount, Metadata, Movement, RuleError, Transaction, TxId};
 use crate::limits::{MAX_BODY_BYTES, MAX_MINOR_UNITS};
 
@@ -399,36 +399,26 @@ pub(super) async fn post_transaction(
     let key = authenticate(&api, &headers).await?;
     let idempotency_key = headers.get("idempotency-key").map(|v| v.as_bytes());
     let posted = decode_transaction(&body, idempotency_key).map_err(Problem::request)?;
-    let terms = match posted.ended_hold() {
-        Some(hold) => api
-            .store
-            .hold_terms(std::slice::from_ref(hold))
-            .await
-            .map_err(|e| Problem::from_store(e, api.retry_after_secs))?
-            .pop()
-            .flatten(),
-        None => None,
-    };
-    let tx = posted
-        .complete(api.hold_timeouts, terms)
-        .and_then(|tx| hidden_hold(&key, tx))
-        .map_err(Problem::rule)?;
-    if let Some(account) = key.scope.refuses(&tx.movement) {
-        return Err(forbidden(&key, format!("account {account}")));
-    }
-    // The rate limit is counted with the claim (one round trip on one Redis).
-    let limit = limit_of(&api, &key);
-    let id = tx.id.clone();
-    let (admitted, verdict) = api
-        .admission
-        .admit(tx, limit.map(|limit| (key.id.clone(), limit)))
-        .await;
-    let quota = match (limit, verdict) {
-        (Some(limit), Some(verdict)) => Some(within_limit(&key, limit, verdict)?),
-        _ => None,
-    };
-    let response = match admitted {
+    let id = posted.id().clone();
+    let Admitted { answers, quota } = api.admission.admit(key.clone(), vec![posted]).await;
+    let quota = quota.map(|(limit, verdict)| Quota::new(limit, verdict));
+    let answer = answers
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| Err(Refused::Internal("admission gave no answer".into())));
+    let response = match answer {
         Ok(status) => status_response(&id, status),
+        // Its own fields: the quota's, once.
+        Err(Refused::RateLimited) => match quota {
+            Some(quota) => return Err(quota.refusal(&key)),
+            None => return Err(Problem::refused(Refused::RateLimited, api.retry_after_secs)),
+        },
+        Err(Refused::Forbidden { account, .. }) => {
+            forbidden(&key, format!("account {account}")).into_response()
+        }
+        Err(refused) if refused.is_the_request_s_fault() => {
+            Problem::refused(refused, api.retry_after_secs).into_response()
+        }
         Err(refused) => Problem::refused(refused, api.retry_after_secs)
             .naming(&id)
             .into_response(),
@@ -548,7 +538,7 @@ mod tests {
             to: None,
             amount: Amount::new(9).unwrap(),
         };
-        let timeouts = super::super::holds::HoldTimeouts {
+        let timeouts = crate::admission::HoldTimeouts {
             default_s: 60,
             max_s: 60,
         };

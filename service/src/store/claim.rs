@@ -13,9 +13,27 @@ use super::{evalsha, RedisTopology, Store, StoreError};
 use crate::domain::{Transaction, TxId, TxStatus};
 use crate::keys::{KeyId, RateLimit};
 
-/// One single request's claim: its transaction, its lease token and, when
-/// its key has one, the key's rate limit.
-pub type LimitedClaim<'a> = (&'a Transaction, &'a str, Option<(&'a KeyId, RateLimit)>);
+/// The claims of one request (a single one, or a batch's distinct
+/// transactions): each transaction under its lease token, counted first
+/// against its key's rate limit as one request of `items.len()` when the
+/// key has one.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimRequest<'a> {
+    pub limit: Option<(&'a KeyId, RateLimit)>,
+    pub items: &'a [(Transaction, String)],
+}
+
+/// What came of one request's claims.
+#[derive(Debug)]
+pub struct RequestClaims {
+    /// What its key's limit said (`None`: no limit, or it could not be
+    /// counted: then every item holds the error).
+    pub rate: Option<RateVerdict>,
+    /// One per item, in order: [`Claim::RateLimited`] past what the limit
+    /// let go (nothing claimed). After an error the claim may still have
+    /// been made: release its token.
+    pub claims: Vec<Result<Claim, StoreError>>,
+}
 
 /// What the claim script found for an id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,132 +94,159 @@ impl Store {
         parse_claim(&verdict, &reason, &balance_after)
     }
 
-    /// Claims the transactions of concurrent single requests, each under
-    /// its own token (an id given twice is claimed in order, the second
-    /// then finding the first's lease) and counted against its key's
-    /// `limit` first when it has one: each as if alone, [`Claim::RateLimited`]
-    /// and nothing claimed or counted when its limit refuses it; with what
-    /// its limit said. On one Redis in one script call (one round trip); on
-    /// a cluster a key's rate is in another slot than the transactions, so
-    /// the keys are counted first (one call per key), then what they let go
-    /// is claimed (one call per slot). One answer per request, in order;
-    /// after an error the claim may still have been made: release its token.
-    pub async fn claim_within_limits(
-        &self,
-        items: &[LimitedClaim<'_>],
-    ) -> Vec<Result<(Claim, Option<RateVerdict>), StoreError>> {
+    /// Claims the items of `requests` (one request, or those gathered into
+    /// one call), each request counted against its key's limit first: the
+    /// items its limit lets go (the first ones) are claimed, each exactly as
+    /// if claimed alone, in order (an id given twice is claimed in order, the
+    /// second finding the first's lease or binding). On one Redis this is one
+    /// script call (one round trip); on a cluster a key's rate is in another
+    /// slot than its transactions, so the keys are counted first (one call
+    /// per key), then what they let go is claimed (one call per slot). One
+    /// answer per request, in order.
+    pub async fn claim_requests(&self, requests: &[ClaimRequest<'_>]) -> Vec<RequestClaims> {
+        if requests.iter().all(|request| request.items.is_empty()) {
+            // Nothing to count or claim: no write at all.
+            return requests
+                .iter()
+                .map(|_| RequestClaims {
+                    rate: None,
+                    claims: Vec::new(),
+                })
+                .collect();
+        }
         if self.topology == RedisTopology::Cluster {
-            return self.count_then_claim(items).await;
+            return self.count_then_claim(requests).await;
         }
-        if items.is_empty() {
-            return Vec::new();
-        }
-        type Answer = (String, String, String, u64, u64, u64, u64);
-        let answers: Result<Vec<Answer>, StoreError> = self
+        type Answer = (Vec<(String, String, String)>, Vec<(u64, u64, u64, u64)>);
+        let answer: Result<Answer, StoreError> = self
             .with_scripts(|| {
-                let mut keys = Vec::with_capacity(2 * items.len());
-                for (tx, _, limit) in items {
-                    let record = self.tx_key(&tx.id);
-                    let rate = match limit {
-                        Some((key, _)) => self.layout.rate(key.as_str()),
-                        None => record.clone(),
-                    };
-                    keys.extend([record, rate]);
+                let mut keys = Vec::new();
+                for request in requests {
+                    if let Some((key, _)) = request.limit {
+                        keys.push(self.layout.rate(key.as_str()));
+                    }
+                    keys.extend(request.items.iter().map(|(tx, _)| self.tx_key(&tx.id)));
                 }
-                let mut cmd = evalsha(&self.scripts.rate_limit_then_claim, &keys);
+                let mut cmd = evalsha(&self.scripts.claim_batch, &keys);
                 cmd.arg(self.lease_ms).arg(self.outcome_ttl_secs);
-                for (tx, token, limit) in items {
-                    cmd.arg(tx.fingerprint()).arg(*token);
-                    match limit {
-                        Some((_, limit)) => cmd.arg(limit.interval_us()).arg(limit.burst),
-                        None => cmd.arg(0).arg(0),
-                    };
+                for request in requests {
+                    let (interval, burst) = request
+                        .limit
+                        .map_or((0, 0), |(_, limit)| (limit.interval_us(), limit.burst));
+                    cmd.arg(interval).arg(burst).arg(request.items.len());
+                    for (tx, token) in request.items {
+                        cmd.arg(tx.fingerprint()).arg(token);
+                    }
                 }
                 let mut conn = self.conn.clone();
-                async move { cmd.query_async::<Vec<Answer>>(&mut conn).await }
+                async move { cmd.query_async::<Answer>(&mut conn).await }
             })
             .await;
-        let answers = match answers {
-            Ok(answers) if answers.len() == items.len() => answers,
-            Ok(answers) => {
-                let e = StoreError::Unexpected(format!(
-                    "rate_limit_then_claim had {} answers for {} claims",
-                    answers.len(),
-                    items.len()
-                ));
-                return items.iter().map(|_| Err(e.clone())).collect();
+        let items: usize = requests.iter().map(|request| request.items.len()).sum();
+        let (claims, rates) = match answer {
+            Ok((claims, rates)) if claims.len() == items && rates.len() == requests.len() => {
+                (claims, rates)
             }
-            Err(e) => return items.iter().map(|_| Err(e.clone())).collect(),
+            Ok((claims, rates)) => {
+                let e = StoreError::Unexpected(format!(
+                    "claim_batch had {} claims and {} rates for {items} items of {} requests",
+                    claims.len(),
+                    rates.len(),
+                    requests.len()
+                ));
+                return failed(requests, &e);
+            }
+            Err(e) => return failed(requests, &e),
         };
-        items
+        let mut claims = claims.into_iter();
+        requests
             .iter()
-            .zip(answers)
-            .map(|((_, _, limit), answer)| {
-                let (verdict, reason, balance_after, allowed, remaining, retry_us, reset_us) =
-                    answer;
-                let rate = limit
-                    .map(|_| RateVerdict::from_script((allowed, remaining, retry_us, reset_us)));
-                if rate.is_some_and(|rate| !rate.allowed) {
-                    return Ok((Claim::RateLimited, rate));
-                }
-                Ok((parse_claim(&verdict, &reason, &balance_after)?, rate))
+            .zip(rates)
+            .map(|(request, rate)| RequestClaims {
+                rate: request.limit.map(|_| RateVerdict::from_script(rate)),
+                claims: claims
+                    .by_ref()
+                    .take(request.items.len())
+                    .map(|(verdict, reason, balance_after)| {
+                        parse_claim(&verdict, &reason, &balance_after)
+                    })
+                    .collect(),
             })
             .collect()
     }
 
-    /// [`Store::claim_within_limits`] on a cluster: each key counted once
-    /// for all its requests (the first ones go; each told what it would
-    /// have been told alone), then one claim call per slot for the requests
-    /// their keys let go. A key that could not be counted fails its own
-    /// requests only, a slot that could not be claimed in its own.
-    async fn count_then_claim(
-        &self,
-        items: &[LimitedClaim<'_>],
-    ) -> Vec<Result<(Claim, Option<RateVerdict>), StoreError>> {
+    /// [`Store::claim_requests`] on a cluster: each key counted once for
+    /// all the items of its requests (the first ones go; each request told
+    /// what it would have been told alone), then one claim call per slot
+    /// for the items their keys let go. A key that could not be counted
+    /// fails its own requests only, a slot that could not be claimed its
+    /// own items.
+    async fn count_then_claim(&self, requests: &[ClaimRequest<'_>]) -> Vec<RequestClaims> {
         let mut by_key: BTreeMap<&KeyId, (RateLimit, Vec<usize>)> = BTreeMap::new();
-        for (index, (_, _, limit)) in items.iter().enumerate() {
-            if let Some((key, limit)) = limit {
+        for (index, request) in requests.iter().enumerate() {
+            if let Some((key, limit)) = request.limit {
                 by_key
                     .entry(key)
-                    .or_insert((*limit, Vec::new()))
+                    .or_insert((limit, Vec::new()))
                     .1
                     .push(index);
             }
         }
-        let counts = by_key
-            .iter()
-            .map(|(key, (limit, indices))| self.spend_many(key, *limit, indices.len() as u64));
+        let counts = by_key.iter().map(|(key, (limit, indices))| {
+            let items = indices.iter().map(|&i| requests[i].items.len() as u64);
+            self.spend_many(key, *limit, items.sum())
+        });
         let verdicts = futures_util::future::join_all(counts).await;
         // Each request's rate verdict, or why its key could not be counted.
         let mut rates: Vec<Result<Option<RateVerdict>, StoreError>> =
-            (0..items.len()).map(|_| Ok(None)).collect();
+            requests.iter().map(|_| Ok(None)).collect();
         for ((limit, indices), verdict) in by_key.values().zip(verdicts) {
-            for (position, &index) in indices.iter().enumerate() {
+            let mut before = 0;
+            for &index in indices {
+                let count = requests[index].items.len() as u64;
                 rates[index] = match &verdict {
-                    Ok(verdict) => Ok(Some(alone(verdict, position as u64, limit))),
+                    Ok(verdict) => Ok(Some(share(verdict, before, count, limit))),
                     Err(e) => Err(e.clone()),
                 };
+                before += count;
             }
         }
-        let let_go: Vec<usize> = (0..items.len())
-            .filter(|&index| matches!(&rates[index], Ok(rate) if rate.is_none_or(|r| r.allowed)))
-            .collect();
-        let to_claim: Vec<(&Transaction, &str)> = let_go
+        // The items each request's limit let go (the first ones), claimed.
+        let granted: Vec<usize> = requests
             .iter()
-            .map(|&index| (items[index].0, items[index].1))
+            .zip(&rates)
+            .map(|(request, rate)| match rate {
+                Ok(None) => request.items.len(),
+                Ok(Some(rate)) => rate.granted as usize,
+                Err(_) => 0,
+            })
             .collect();
-        let claims = self.claim_batch(&to_claim).await;
-        let mut answers: Vec<Result<(Claim, Option<RateVerdict>), StoreError>> = rates
-            .into_iter()
-            .map(|rate| rate.map(|rate| (Claim::RateLimited, rate)))
+        let to_claim: Vec<(&Transaction, &str)> = requests
+            .iter()
+            .zip(&granted)
+            .flat_map(|(request, &n)| request.items[..n].iter())
+            .map(|(tx, token)| (tx, token.as_str()))
             .collect();
-        for (index, claim) in let_go.into_iter().zip(claims) {
-            answers[index] = claim.and_then(|claim| {
-                let rate = answers[index].as_ref().map_err(Clone::clone)?.1;
-                Ok((claim, rate))
-            });
-        }
-        answers
+        let mut claims = self.claim_each(&to_claim).await.into_iter();
+        requests
+            .iter()
+            .zip(rates)
+            .zip(granted)
+            .map(|((request, rate), n)| match rate {
+                Err(e) => RequestClaims {
+                    rate: None,
+                    claims: request.items.iter().map(|_| Err(e.clone())).collect(),
+                },
+                Ok(rate) => RequestClaims {
+                    rate,
+                    claims: claims
+                        .by_ref()
+                        .take(n)
+                        .chain((n..request.items.len()).map(|_| Ok(Claim::RateLimited)))
+                        .collect(),
+                },
+            })
+            .collect()
     }
 
     /// Marks an id as accepted once Kafka acknowledged its record, if the
@@ -234,22 +279,24 @@ impl Store {
 }
 
 impl Store {
-    /// Claims every transaction of a batch under its own token, each as
-    /// [`Store::claim`] claims one, in one script call per slot (the slots
-    /// at once). One answer per item, in order; after an error (its slot's
-    /// call failed) the claim may still have been made: release its token.
-    pub async fn claim_batch(
-        &self,
-        items: &[(&Transaction, &str)],
-    ) -> Vec<Result<Claim, StoreError>> {
-        let common = [self.lease_ms, self.outcome_ttl_secs];
+    /// Claims each of `items` under its own token, as one request without
+    /// a limit, in one script call per slot (the slots at once). One answer
+    /// per item, in order.
+    async fn claim_each(&self, items: &[(&Transaction, &str)]) -> Vec<Result<Claim, StoreError>> {
+        let head = |count: usize| vec![self.lease_ms, self.outcome_ttl_secs, 0, 0, count as u64];
+        // The answer is {claims, rates}: the slot's claims are the first.
+        let claims_of = |answer: Vec<Value>| match answer.into_iter().next() {
+            Some(Value::Array(claims)) => claims,
+            _ => Vec::new(),
+        };
         self.per_slot(
             &self.scripts.claim_batch,
             items,
-            &common,
+            head,
             |(tx, token), cmd| {
                 cmd.arg(tx.fingerprint()).arg(*token);
             },
+            claims_of,
         )
         .await
         .into_iter()
@@ -270,10 +317,11 @@ impl Store {
         self.per_slot(
             &self.scripts.accept_batch,
             items,
-            &[],
+            |_| Vec::new(),
             |(tx, token), cmd| {
                 cmd.arg(tx.fingerprint()).arg(*token);
             },
+            |answers| answers,
         )
         .await
         .into_iter()
@@ -282,17 +330,19 @@ impl Store {
     }
 
     /// Runs `script` once for each slot the items' tx records are in: its
-    /// KEYS the records of that slot's items, its ARGV the `common`
-    /// arguments, then each item's (`per_item`), in order. The script
-    /// answers one value per key; the answers come back in the items' order,
-    /// each item with its slot's error if that slot's call failed. Slots
-    /// that lost the scripts (NOSCRIPT) are run again once they are loaded.
+    /// KEYS the records of that slot's items, its ARGV `head` (of how many
+    /// items the slot has), then each item's (`per_item`), in order. Of the
+    /// script's answer, `answers_of` takes one value per key; they come back
+    /// in the items' order, each item with its slot's error if that slot's
+    /// call failed. Slots that lost the scripts (NOSCRIPT) are run again
+    /// once they are loaded.
     async fn per_slot<T: redis::FromRedisValue>(
         &self,
         script: &Script,
         items: &[(&Transaction, &str)],
-        common: &[u64],
+        head: impl Fn(usize) -> Vec<u64>,
         per_item: impl Fn(&(&Transaction, &str), &mut Cmd),
+        answers_of: impl Fn(Vec<Value>) -> Vec<Value>,
     ) -> Vec<Result<T, StoreError>> {
         let mut slots: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
         for (index, (tx, _)) in items.iter().enumerate() {
@@ -308,7 +358,7 @@ impl Store {
                         .map(|&i| self.tx_key(&items[i].0.id))
                         .collect();
                     let mut cmd = evalsha(script, &keys);
-                    cmd.arg(common);
+                    cmd.arg(head(indices.len()));
                     for &i in indices {
                         per_item(&items[i], &mut cmd);
                     }
@@ -340,33 +390,49 @@ impl Store {
         }
         let groups = done
             .into_iter()
-            .map(|((_, indices), answer)| (indices, answer));
+            .map(|((_, indices), answer)| (indices, answer.map(&answers_of)));
         spread(items.len(), groups, "batch script")
     }
 }
 
-/// What the `position`-th (from 0) of a key's requests counted together
-/// would have been told alone, from the `verdict` on all of them: GCRA
-/// counts one interval a request, so each earlier one saw one more left
-/// and a reset one interval sooner; an allowed one has no retry advice.
-fn alone(verdict: &RateVerdict, position: u64, limit: &RateLimit) -> RateVerdict {
-    if position >= verdict.granted {
+/// What a request of `count` items, counted together with others of its
+/// key after `before` items of theirs, would have been told alone, from the
+/// `verdict` on all of them: GCRA counts one interval an item, so a request
+/// counted earlier saw one more left for each item granted after it, and a
+/// reset one interval sooner; a request granted whole has no retry advice.
+fn share(verdict: &RateVerdict, before: u64, count: u64, limit: &RateLimit) -> RateVerdict {
+    let granted = count.min(verdict.granted.saturating_sub(before));
+    if granted == 0 {
         return RateVerdict {
             allowed: false,
             granted: 0,
             ..*verdict
         };
     }
-    let later = verdict.granted - 1 - position;
+    let later = verdict.granted - before - granted;
     RateVerdict {
         allowed: true,
-        granted: 1,
+        granted,
         remaining: verdict.remaining + later,
-        retry_after: Duration::ZERO,
+        retry_after: match granted < count {
+            true => verdict.retry_after,
+            false => Duration::ZERO,
+        },
         reset: verdict
             .reset
             .saturating_sub(Duration::from_micros(later * limit.interval_us())),
     }
+}
+
+/// Every item of every request failed with `e`.
+fn failed(requests: &[ClaimRequest<'_>], e: &StoreError) -> Vec<RequestClaims> {
+    requests
+        .iter()
+        .map(|request| RequestClaims {
+            rate: None,
+            claims: request.items.iter().map(|_| Err(e.clone())).collect(),
+        })
+        .collect()
 }
 
 /// accept.lua's answer.
@@ -379,7 +445,8 @@ fn parse_acceptance(verdict: &str) -> Result<Acceptance, StoreError> {
     }
 }
 
-/// claim.lua's answer.
+/// claim.lua's answer (`limited`: claim_batch.lua's, past what the rate
+/// limit let go).
 pub(super) fn parse_claim(
     verdict: &str,
     reason: &str,
@@ -389,6 +456,7 @@ pub(super) fn parse_claim(
         "claimed" => Claim::Claimed,
         "conflict" => Claim::Conflict,
         "leased" => Claim::InFlight,
+        "limited" => Claim::RateLimited,
         state => Claim::Known(parse_status(state, reason, balance_after)?),
     })
 }
@@ -417,7 +485,7 @@ mod tests {
         };
         let told: Vec<(bool, u64, u64)> = (0..4)
             .map(|position| {
-                let verdict = alone(&together, position, &limit);
+                let verdict = share(&together, position, 1, &limit);
                 (
                     verdict.allowed,
                     verdict.remaining,
@@ -434,12 +502,39 @@ mod tests {
                 (false, 7, 300)
             ]
         );
-        assert_eq!(alone(&together, 0, &limit).retry_after, Duration::ZERO);
+        assert_eq!(share(&together, 0, 1, &limit).retry_after, Duration::ZERO);
         assert_eq!(
-            alone(&together, 3, &limit).retry_after,
+            share(&together, 3, 1, &limit).retry_after,
             Duration::from_millis(100)
         );
-        assert_eq!(alone(&together, 3, &limit).granted, 0);
+        assert_eq!(share(&together, 3, 1, &limit).granted, 0);
+    }
+
+    /// Requests of several items (a batch) counted together: the first
+    /// granted whole, the next in part (with the retry advice), the last
+    /// refused; granted items add up to the verdict's.
+    #[test]
+    fn requests_of_many_items_share_what_was_granted_in_order() {
+        let limit = RateLimit {
+            rate_per_s: 10,
+            burst: 10,
+        };
+        let together = RateVerdict {
+            allowed: true,
+            granted: 4,
+            remaining: 0,
+            retry_after: Duration::from_millis(100),
+            reset: Duration::from_millis(1_000),
+        };
+        let whole = share(&together, 0, 2, &limit);
+        assert_eq!((whole.granted, whole.remaining), (2, 2));
+        assert_eq!(whole.reset, Duration::from_millis(800));
+        assert_eq!(whole.retry_after, Duration::ZERO);
+        let part = share(&together, 2, 3, &limit);
+        assert_eq!((part.allowed, part.granted, part.remaining), (true, 2, 0));
+        assert_eq!(part.retry_after, Duration::from_millis(100));
+        let none = share(&together, 5, 1, &limit);
+        assert_eq!((none.allowed, none.granted), (false, 0));
     }
 
     #[test]
@@ -447,6 +542,7 @@ mod tests {
         assert_eq!(parse_claim("claimed", "", "").unwrap(), Claim::Claimed);
         assert_eq!(parse_claim("conflict", "", "").unwrap(), Claim::Conflict);
         assert_eq!(parse_claim("leased", "", "").unwrap(), Claim::InFlight);
+        assert_eq!(parse_claim("limited", "", "").unwrap(), Claim::RateLimited);
         assert_eq!(
             parse_claim("pending", "", "").unwrap(),
             Claim::Known(TxStatus::Pending)

@@ -34,7 +34,7 @@ use redis::{Cmd, Script, Value};
 
 pub use apply::{Applied, Progress};
 pub use balances::{BalanceSet, Funds};
-pub use claim::{Acceptance, Claim, LimitedClaim};
+pub use claim::{Acceptance, Claim, ClaimRequest, RequestClaims};
 use connection::is_transient;
 pub use connection::{Cluster, Connection};
 pub use history::{is_position, BalanceAt, HistoryEntry, HistoryQuery};

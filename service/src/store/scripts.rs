@@ -24,7 +24,6 @@ pub(super) struct Scripts {
     pub finish: Script,
     pub set_balance: Script,
     pub rate_limit: Script,
-    pub rate_limit_then_claim: Script,
 }
 
 /// A script of `lua/` that applies records (`$body`, its file name), as the
@@ -48,7 +47,7 @@ macro_rules! in_order {
 
 /// Each script's name (the name of its file in `lua/`, the apply script's
 /// `atomic_update`) and its source as Redis runs it, in [`Scripts`]' order.
-pub(super) const SOURCES: [(&str, &str); 12] = [
+pub(super) const SOURCES: [(&str, &str); 11] = [
     (
         "atomic_update",
         in_order!("atomic_update.lua"),
@@ -65,6 +64,7 @@ pub(super) const SOURCES: [(&str, &str); 12] = [
         "claim_batch",
         concat!(
             include_str!("../../../lua/clock.lua"),
+            include_str!("../../../lua/rate_limit.lua"),
             include_str!("../../../lua/claim.lua"),
             include_str!("../../../lua/claim_batch.lua")
         ),
@@ -108,20 +108,11 @@ pub(super) const SOURCES: [(&str, &str); 12] = [
             "\nreturn rate_limit(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), clock_us())\n"
         ),
     ),
-    (
-        "rate_limit_then_claim",
-        concat!(
-            include_str!("../../../lua/clock.lua"),
-            include_str!("../../../lua/rate_limit.lua"),
-            include_str!("../../../lua/claim.lua"),
-            include_str!("../../../lua/rate_limit_then_claim.lua")
-        ),
-    ),
 ];
 
 impl Scripts {
     pub(super) fn new() -> Self {
-        let [apply, claim, claim_batch, release, accept, accept_batch, saga_step, hold, finish, set_balance, rate_limit, rate_limit_then_claim] =
+        let [apply, claim, claim_batch, release, accept, accept_batch, saga_step, hold, finish, set_balance, rate_limit] =
             SOURCES.map(|(_, source)| Script::new(source));
         Self {
             apply,
@@ -135,17 +126,16 @@ impl Scripts {
             finish,
             set_balance,
             rate_limit,
-            rate_limit_then_claim,
         }
     }
 
     /// Every script, for SCRIPT LOAD.
-    pub(super) fn all(&self) -> [&Script; 12] {
+    pub(super) fn all(&self) -> [&Script; 11] {
         self.named().map(|(_, script)| script)
     }
 
     /// Every script with its name, in [`SOURCES`]' order.
-    pub(super) fn named(&self) -> [(&'static str, &Script); 12] {
+    pub(super) fn named(&self) -> [(&'static str, &Script); 11] {
         let Self {
             apply,
             claim,
@@ -158,7 +148,6 @@ impl Scripts {
             finish,
             set_balance,
             rate_limit,
-            rate_limit_then_claim,
         } = self;
         let scripts = [
             apply,
@@ -172,7 +161,6 @@ impl Scripts {
             finish,
             set_balance,
             rate_limit,
-            rate_limit_then_claim,
         ];
         std::array::from_fn(|i| (SOURCES[i].0, scripts[i]))
     }

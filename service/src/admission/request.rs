@@ -1,6 +1,7 @@
-//! Holds at admission: a hold's timeout under this server's limits, and
-//! a capture's or void's hold, whose terms (account, `to`, amount) its
-//! binding names, completed into the transaction admission takes.
+//! A request as decoded ([`Posted`]), completed into the transaction
+//! admission takes: a hold's timeout under this server's limits, and a
+//! capture's or void's hold, whose terms (account, `to`, amount) its binding
+//! names.
 
 use crate::domain::{
     AccountId, Amount, HoldTerms, Metadata, Movement, RuleError, Transaction, TxId,
