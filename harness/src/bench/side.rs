@@ -19,7 +19,7 @@ use crate::workload::{Ledger, Mix};
 
 const BARE_HTTP: Kind = Kind {
     name: "bare_http",
-    what: "an axum handler in a process of its own that only answers 202 (its CPU in the engine column; Kafka and Redis idle): the most an HTTP service does here with this generator",
+    what: "an axum handler in a process of its own that only answers 202 (its CPU counted as the engine's; Kafka and Redis idle): the most an HTTP service does here with this generator",
     ratios: &[RatioSpec {
         name: "engine_vs_bare_http",
         meaning: "engine transactions/s / the bare 202 handler's",
