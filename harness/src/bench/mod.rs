@@ -2,8 +2,10 @@
 //! Redis and Kafka, the bare limits measured in the same run with the same
 //! generator, the drain, the invariants, and the report.
 //!
-//! - this file: the generators, the runs beside the engine (the bare
-//!   limits, the same engine with another load, a second engine).
+//! - this file: the generators, and how a run beside the engine is made
+//!   (the bare limits, the same engine with another load, a second engine).
+//! - [`side`]: which runs beside the engine there are, when each runs,
+//!   and what the report says of it.
 //! - [`args`]: `harness load`'s flags.
 //! - [`run`]: `harness load` from start to report, one step a function.
 //! - [`lag`]: the consumer group's lag sampled during the run.
@@ -11,6 +13,7 @@
 mod args;
 mod lag;
 mod run;
+mod side;
 
 pub use args::LoadArgs;
 pub use run::run_load;
@@ -22,7 +25,7 @@ use crate::infra::Infra;
 use crate::invariants;
 use crate::load::{self, LoadProfile, Target};
 use crate::measure::{wait_drained, HttpResult, SecondStats};
-use crate::report::{cpu_readings, BareRun, CpuPerRequest, SideEngineRun};
+use crate::report::{cpu_readings, BareRun, CpuPerRequest, SideMeasurement};
 use crate::stack::{isolated_config, EngineProcess};
 use crate::workload::{account_name, Ledger};
 use txengine::domain::{AccountId, Balance};
@@ -302,7 +305,7 @@ async fn run_side_engine(
     generator: Generator,
     warmup_seconds: usize,
     side: SideEngine,
-) -> anyhow::Result<SideEngineRun> {
+) -> anyhow::Result<SideMeasurement> {
     let (prefix, what, names) = side.names();
     let mut config = isolated_config(infra, prefix);
     config.listen = format!("127.0.0.1:{}", crate::infra::process::free_port()?).parse()?;
@@ -344,7 +347,7 @@ async fn run_side_engine(
         Generator::Wrk => None,
     };
     engine.terminate(Duration::from_secs(10));
-    Ok(SideEngineRun {
+    Ok(SideMeasurement {
         result: run.result,
         cpu_per_request,
         invariants_hold,

@@ -7,45 +7,31 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::lag::{pipeline_timeline, LagSampler};
-use super::{
-    drive_http, fund, measure_bare_http, measure_redis_script, run_beside, run_side_engine,
-    time_now_rfc3339, Beside, Generator, HttpRun, SideEngine,
-};
+use super::side::{run_alone, run_on_engine, Done};
+use super::{drive_http, fund, time_now_rfc3339, Beside, Generator, HttpRun};
 use crate::infra::Infra;
 use crate::invariants::{self, Verdict};
 use crate::load::LoadProfile;
-use crate::measure::{wait_drained, HttpResult};
+use crate::measure::wait_drained;
 use crate::report::{
-    cpu_readings, rss_kib, BareRun, CpuPerRequest, InvariantResult, LimiterOff, Machine,
-    PipelineResult, PlainDebits, Ratios, Report, SideEngineRun,
+    cpu_readings, rss_kib, Comparison, CpuPerRequest, InvariantResult, Machine, PipelineResult,
+    Ratios, Report,
 };
 use crate::script_sample::{ScriptCost, ScriptSampler};
 use crate::stack::{isolated_config, EngineProcess};
-use crate::workload::{Ledger, Mix, SentTx};
+use crate::workload::{Ledger, SentTx};
 use txengine::config::{Config, RedisTopology};
 
 /// Seconds of the sample that reads each script's cost from Redis's slow log.
 const REDIS_SAMPLE_SECONDS: usize = 3;
 
-/// What the run measured beside the engine, each when asked for.
-#[derive(Default)]
-struct RunsBeside {
-    bare_http: Option<BareRun>,
-    redis_script: Option<BareRun>,
-    limiter_off: Option<LimiterOff>,
-    engine_single: Option<HttpResult>,
-    plain_debits: Option<PlainDebits>,
-    without_history_events: Option<SideEngineRun>,
-    on_three_kafka_nodes: Option<SideEngineRun>,
-}
-
 /// The engine under test and what it needs to be driven.
-struct Engine<'a> {
-    infra: &'a Infra,
-    config: Config,
-    process: EngineProcess,
-    api_key: String,
-    generator: Generator,
+pub(super) struct Engine<'a> {
+    pub infra: &'a Infra,
+    pub config: Config,
+    pub process: EngineProcess,
+    pub api_key: String,
+    pub generator: Generator,
 }
 
 /// Runs `harness load` (see the README's first command).
@@ -64,14 +50,10 @@ pub async fn run_load(
     let started_at = time_now_rfc3339();
     let infra = Infra::start_chosen(topology, kafka_nodes).await?;
     let exe = std::env::current_exe().context("locating the harness binary")?;
-    let mut runs =
-        limits_and_side_engines(&infra, &exe, &profile, generator, warmup_seconds, beside).await?;
+    let mut runs = run_alone(&infra, &exe, &profile, (generator, warmup_seconds), beside).await?;
     let (engine, start) = start_engine(&infra, &exe, &profile, generator).await?;
     let mut earlier = warm_up(&engine, &profile, warmup_seconds).await?;
-    if beside.limits {
-        runs.limiter_off = Some(limiter_off(&engine, &exe, &profile, &mut earlier).await?);
-    }
-    runs_beside(&engine, &profile, &mut runs, &mut earlier).await?;
+    runs.extend(run_on_engine(&engine, &exe, &profile, beside, &mut earlier).await?);
     let (mut measured, lag) = measure(&engine, &profile).await?;
     let mut ledger = Ledger {
         start,
@@ -119,39 +101,6 @@ pub async fn run_load(
         )
     };
     finish(report, report_dir, &verdict)
-}
-
-/// The bare limits (before anything else runs) and the side engines asked
-/// for, each on its own and drained before the next.
-async fn limits_and_side_engines(
-    infra: &Infra,
-    exe: &std::path::Path,
-    profile: &LoadProfile,
-    generator: Generator,
-    warmup_seconds: usize,
-    beside: Beside,
-) -> anyhow::Result<RunsBeside> {
-    let mut runs = RunsBeside::default();
-    if beside.limits {
-        runs.bare_http = Some(measure_bare_http(generator, profile).await?);
-        // wrk speaks only HTTP: the Redis limit is measured with goose runs.
-        if generator == Generator::Goose {
-            runs.redis_script = Some(measure_redis_script(infra, profile).await?);
-        }
-    }
-    let side = |side| run_side_engine(infra, exe, profile, generator, warmup_seconds, side);
-    if beside.history_events_off {
-        runs.without_history_events = Some(side(SideEngine::WithoutHistoryEvents).await?);
-    }
-    if beside.three_kafka_nodes {
-        let three = tokio::task::block_in_place(|| infra.beside_own_kafka(3))?;
-        let side = SideEngine::OnThreeKafkaNodes;
-        let run = run_side_engine(&three, exe, profile, generator, warmup_seconds, side).await?;
-        // Its brokers stop before the measured run.
-        drop(three);
-        runs.on_three_kafka_nodes = Some(run);
-    }
-    Ok(runs)
 }
 
 /// The engine under test, started as a child process, with a key of its
@@ -213,102 +162,6 @@ async fn warm_up(
     Ok(run.await?.ledger)
 }
 
-/// The same load through an API process with the limiter off (the engine's
-/// consumer applies it), drained before the measured run: what the limiter
-/// costs, in this run. Its transactions go into `earlier`.
-async fn limiter_off(
-    engine: &Engine<'_>,
-    exe: &std::path::Path,
-    profile: &LoadProfile,
-    earlier: &mut Ledger,
-) -> anyhow::Result<LimiterOff> {
-    let mut off_config = engine.config.clone();
-    off_config.role = txengine::Role::Api;
-    off_config.rate_limit = txengine::config::RateLimitMode::Off;
-    off_config.listen = format!("127.0.0.1:{}", crate::infra::process::free_port()?).parse()?;
-    let off_api = EngineProcess::spawn(exe, off_config).await?;
-    eprintln!(
-        "the same load with the rate limiter off ({}, {} users for {} s) ...",
-        engine.generator.name(),
-        profile.users,
-        profile.seconds
-    );
-    let (redis_pids, kafka_pids) = engine.infra.pids();
-    let engines: Vec<u32> = engine
-        .process
-        .pid()
-        .into_iter()
-        .chain(off_api.pid())
-        .collect();
-    let cpu = || cpu_readings(&engines, &kafka_pids, &redis_pids, Some(std::process::id()));
-    let before = cpu();
-    let (url, key) = (&off_api.url, &engine.api_key);
-    let off = drive_http(
-        engine.generator,
-        url,
-        key,
-        "engine-limiter-off",
-        "nolimit",
-        profile,
-    )
-    .await?;
-    let after = cpu();
-    off_api.terminate(Duration::from_secs(10));
-    earlier.absorb(off.ledger);
-    drain(engine, Duration::from_secs(300)).await?;
-    Ok(LimiterOff {
-        cpu_per_request: CpuPerRequest::between(before, after, off.result.ok),
-        result: off.result,
-    })
-}
-
-/// With batches, the same engine with single requests first; with holds,
-/// with plain debits: each drained before the measured run, so that one
-/// report has both. Their transactions go into `earlier`.
-async fn runs_beside(
-    engine: &Engine<'_>,
-    profile: &LoadProfile,
-    runs: &mut RunsBeside,
-    earlier: &mut Ledger,
-) -> anyhow::Result<()> {
-    let beside = |what, names, side| {
-        let (infra, config, process) = (engine.infra, &engine.config, &engine.process);
-        let (key, generator) = (engine.api_key.as_str(), engine.generator);
-        async move { run_beside(infra, config, process, key, generator, what, names, &side).await }
-    };
-    if profile.batch > 1 {
-        let single = LoadProfile {
-            batch: 1,
-            ..profile.clone()
-        };
-        let (run, _) = beside("single requests", ("engine-single", "single"), single).await?;
-        earlier.absorb(run.ledger);
-        runs.engine_single = Some(run.result);
-    }
-    if profile.holds {
-        let mix = Mix {
-            debit: 100,
-            transfer: 0,
-            credit: 0,
-            hold: 0,
-            ..Mix::LOAD
-        };
-        let debits = LoadProfile {
-            holds: false,
-            mix,
-            ..profile.clone()
-        };
-        let names = ("engine-debits", "debits");
-        let (run, cpu_per_request) = beside("plain debits", names, debits).await?;
-        earlier.absorb(run.ledger);
-        runs.plain_debits = Some(PlainDebits {
-            cpu_per_request,
-            result: run.result,
-        });
-    }
-    Ok(())
-}
-
 /// The measured run.
 struct Measured {
     run: HttpRun,
@@ -351,7 +204,7 @@ async fn measure(
 }
 
 /// Waits until the engine's consumers stored every record of its topic.
-async fn drain(engine: &Engine<'_>, timeout: Duration) -> anyhow::Result<Duration> {
+pub(super) async fn drain(engine: &Engine<'_>, timeout: Duration) -> anyhow::Result<Duration> {
     let (brokers, config) = (&engine.infra.kafka_brokers, &engine.config);
     wait_drained(brokers, &config.group, &config.topic, timeout).await
 }
@@ -410,7 +263,7 @@ async fn sample_script_costs(
 async fn rebuild_wrk_ledger(
     engine: &Engine<'_>,
     profile: &LoadProfile,
-    runs: &RunsBeside,
+    runs: &[Done],
     measured: &HttpRun,
     ledger: &mut Ledger,
 ) -> anyhow::Result<()> {
@@ -419,13 +272,11 @@ async fn rebuild_wrk_ledger(
         txengine::store::Layout::new(&engine.config.namespace, engine.infra.redis_topology);
     let rebuild =
         |run: &'static str| crate::wrk::ledger_from_redis(&masters, &layout, run, profile.accounts);
-    let mut tags = vec!["warmup", "costs"];
-    if runs.limiter_off.is_some() {
-        tags.push("nolimit");
-    }
-    if runs.engine_single.is_some() {
-        tags.push("single");
-    }
+    // The runs on this engine: the warm-up, the script sample and the
+    // side runs on it.
+    let tags = ["warmup", "costs"]
+        .into_iter()
+        .chain(runs.iter().filter_map(|side| side.tag_on_engine));
     for tag in tags {
         ledger.accepted.extend(rebuild(tag).await?.accepted);
     }
@@ -465,47 +316,22 @@ fn pipeline_result(
     }
 }
 
-/// The engine against each run beside it.
-fn ratios(engine: &HttpResult, cpu: &CpuPerRequest, runs: &RunsBeside) -> Ratios {
-    let per_s = |other: &HttpResult| engine.transactions_per_s / other.transactions_per_s;
-    let cpu_vs_generator = Ratios::cpu_vs_load_generator(cpu);
-    Ratios {
-        engine_vs_bare_http: runs.bare_http.as_ref().map(|b| per_s(&b.result)),
-        engine_vs_redis_script: runs.redis_script.as_ref().map(|r| per_s(&r.result)),
-        engine_cpu_vs_load_generator: cpu_vs_generator[0],
-        kafka_cpu_vs_load_generator: cpu_vs_generator[1],
-        redis_cpu_vs_load_generator: cpu_vs_generator[2],
-        engine_vs_limiter_off: runs
-            .limiter_off
-            .as_ref()
-            .map(|off| engine.rps / off.result.rps),
-        holds_vs_debits: runs.plain_debits.as_ref().map(|d| per_s(&d.result)),
-        holds_vs_debits_engine_cpu: runs
-            .plain_debits
-            .as_ref()
-            .and_then(|d| Some(cpu.engine_us? / d.cpu_per_request.engine_us?)),
-        engine_batch_vs_single: runs.engine_single.as_ref().map(per_s),
-        engine_vs_without_history_events: runs
-            .without_history_events
-            .as_ref()
-            .map(|w| per_s(&w.result)),
-        three_kafka_nodes_vs_engine: runs
-            .on_three_kafka_nodes
-            .as_ref()
-            .map(|t| t.result.transactions_per_s / engine.transactions_per_s),
-    }
-}
-
 /// The report of the run (without Redis's time per script and the
 /// pipeline's timeline, which the caller adds).
 fn report_of(
     (scenario, generator, command, started_at): (&str, Generator, String, String),
     measured: Measured,
-    runs: RunsBeside,
+    runs: Vec<Done>,
     pipeline: PipelineResult,
     verdict: &Verdict,
 ) -> Report {
     let engine = measured.run.result;
+    let cpu = measured.cpu_per_request;
+    let comparisons = runs
+        .into_iter()
+        .map(|done| Comparison::new(done.kind, done.measured, &engine, &cpu))
+        .collect();
+    let [engine_cpu, kafka_cpu, redis_cpu] = Ratios::cpu_vs_load_generator(&cpu);
     Report {
         schema_version: crate::report::SCHEMA_VERSION,
         scenario: scenario.to_owned(),
@@ -513,17 +339,15 @@ fn report_of(
         command,
         started_at,
         machine: Machine::describe(),
-        ratios: ratios(&engine, &measured.cpu_per_request, &runs),
         engine,
-        engine_single: runs.engine_single,
-        bare_http: runs.bare_http,
-        redis_script: runs.redis_script,
-        limiter_off: runs.limiter_off,
-        plain_debits: runs.plain_debits,
-        without_history_events: runs.without_history_events,
-        on_three_kafka_nodes: runs.on_three_kafka_nodes,
+        comparisons,
+        ratios: Ratios {
+            engine_cpu_vs_load_generator: engine_cpu,
+            kafka_cpu_vs_load_generator: kafka_cpu,
+            redis_cpu_vs_load_generator: redis_cpu,
+        },
         pipeline,
-        cpu_per_request: measured.cpu_per_request,
+        cpu_per_request: cpu,
         redis_scripts: Vec::new(),
         redis_scripts_missing: None,
         invariants: InvariantResult {

@@ -136,11 +136,7 @@ fn draw_panel(
 
 #[cfg(test)]
 mod tests {
-    use crate::measure::HttpResult;
-    use crate::report::{
-        CpuPerRequest, InvariantResult, Machine, PipelineResult, PipelineSecond, Ratios, Report,
-        SCHEMA_VERSION,
-    };
+    use crate::report::tests::wrk_report;
 
     /// The chart is plotters' SVG with labelled time axes, and says "not
     /// measured" for a panel without data (wrk gives no per-second data).
@@ -152,82 +148,5 @@ mod tests {
         assert!(svg.contains("pipeline: consumer group lag"));
         assert!(svg.contains("engine: latency (wrk): not measured"));
         assert!(svg.contains("<polyline") || svg.contains("<path"));
-    }
-
-    /// A wrk run's report: no per-second latencies, a pipeline timeline.
-    fn wrk_report() -> Report {
-        let run = HttpResult {
-            target: "engine".into(),
-            users: 1,
-            seconds: 3,
-            requests: 30,
-            ok: 30,
-            errors_by_kind: Default::default(),
-            rps: 10.0,
-            batch: 1,
-            transactions_per_s: 10.0,
-            latency_ms_p50: 1.0,
-            latency_ms_p90: Some(2.0),
-            latency_ms_p95: None,
-            latency_ms_p99: 3.0,
-            latency_ms_max: 4.0,
-        };
-        Report {
-            schema_version: SCHEMA_VERSION,
-            scenario: "test".into(),
-            generator: "wrk".into(),
-            command: "test".into(),
-            started_at: "2026-01-01T00:00:00Z".into(),
-            machine: Machine::default(),
-            engine: run,
-            bare_http: None,
-            redis_script: None,
-            engine_single: None,
-            limiter_off: None,
-            plain_debits: None,
-            without_history_events: None,
-            on_three_kafka_nodes: None,
-            ratios: Ratios {
-                engine_vs_bare_http: None,
-                engine_vs_redis_script: None,
-                engine_vs_limiter_off: None,
-                holds_vs_debits: None,
-                holds_vs_debits_engine_cpu: None,
-                engine_batch_vs_single: None,
-                engine_vs_without_history_events: None,
-                three_kafka_nodes_vs_engine: None,
-                engine_cpu_vs_load_generator: None,
-                kafka_cpu_vs_load_generator: None,
-                redis_cpu_vs_load_generator: None,
-            },
-            pipeline: PipelineResult {
-                drain_seconds: 0.1,
-                apply_rate_tx_per_s: 10.0,
-                accept_to_applied_ms_p50: None,
-                accept_to_applied_ms_p99: None,
-                service_peak_rss_mib: None,
-            },
-            cpu_per_request: CpuPerRequest::default(),
-            redis_scripts: Vec::new(),
-            redis_scripts_missing: None,
-            invariants: InvariantResult {
-                holds: true,
-                accepted: 30,
-                applied: 30,
-                rejected: 0,
-                rejected_by_reason: Default::default(),
-                money_start_total: 0,
-                money_end_total: 0,
-                violations: Vec::new(),
-            },
-            timeline: Vec::new(),
-            pipeline_timeline: (0..3)
-                .map(|second| PipelineSecond {
-                    second,
-                    applied: 10,
-                    consumer_lag: Some(5 - second as i64),
-                })
-                .collect(),
-        }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::{BareRun, CpuPerRequest, Report, SideEngineRun};
+use super::{CpuPerRequest, Report};
 
 impl Report {
     /// The report as Markdown, linking the chart `svg_name`.
@@ -14,9 +14,7 @@ impl Report {
         self.write_ratios(&mut md);
         self.write_pipeline(&mut md);
         self.write_cpu_per_request(&mut md);
-        self.write_holds_vs_plain_debits(&mut md);
-        self.write_side_engines(&mut md);
-        self.write_bare_runs_cpu(&mut md);
+        self.write_comparisons(&mut md);
         self.write_cpu_vs_load_generator(&mut md);
         self.write_redis_scripts(&mut md);
         self.write_invariants(&mut md);
@@ -46,26 +44,16 @@ impl Report {
         );
     }
 
-    /// One row per run (the measured engine, then each comparison and bare
-    /// limit that ran), so the runs can be read side by side.
+    /// One row per run (the measured engine, then each run beside it), so
+    /// the runs can be read side by side.
     fn write_runs_table(&self, md: &mut String) {
         let _ = writeln!(md, "| target | users | s | batch | requests | ok | RPS | tx/s | p50 ms | p90 ms | p95 ms | p99 ms | max ms | errors |");
         let _ = writeln!(
             md,
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
         );
-        for run in [
-            Some(&self.engine),
-            self.engine_single.as_ref(),
-            self.limiter_off.as_ref().map(|off| &off.result),
-            self.without_history_events.as_ref().map(|w| &w.result),
-            self.on_three_kafka_nodes.as_ref().map(|t| &t.result),
-            self.bare_http.as_ref().map(|bare| &bare.result),
-            self.redis_script.as_ref().map(|bare| &bare.result),
-        ]
-        .into_iter()
-        .flatten()
-        {
+        let beside = self.comparisons.iter().map(|c| &c.side.result);
+        for run in std::iter::once(&self.engine).chain(beside) {
             let _ = writeln!(
                 md,
                 "| {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.2} | {} | {} | {:.2} | {:.2} | {:?} |",
@@ -87,26 +75,25 @@ impl Report {
         }
     }
 
-    /// The engine's rate over each comparison's that ran: the headline
-    /// figures.
+    /// Every ratio of every run beside the engine: the headline figures.
     fn write_ratios(&self, md: &mut String) {
-        if let Some(r) = self.ratios.engine_batch_vs_single {
+        let ratios = self
+            .comparisons
+            .iter()
+            .flat_map(|c| c.ratios.iter().map(move |r| (c.name, r)));
+        let mut ratios = ratios.peekable();
+        if ratios.peek().is_none() {
+            return;
+        }
+        let _ = writeln!(md, "\n| against | ratio | value | meaning |");
+        let _ = writeln!(md, "| --- | --- | ---: | --- |");
+        for (name, ratio) in ratios {
             let _ = writeln!(
                 md,
-                "\nEngine transactions/s in batches of {} / with single requests: **{r:.2}**",
-                self.engine.batch
-            );
-        }
-        if let Some(r) = self.ratios.engine_vs_bare_http {
-            let _ = writeln!(md, "\nEngine / bare HTTP 202: **{r:.2}**");
-        }
-        if let Some(r) = self.ratios.engine_vs_redis_script {
-            let _ = writeln!(md, "Engine / Redis apply script: **{r:.2}**");
-        }
-        if let Some(r) = self.ratios.engine_vs_limiter_off {
-            let _ = writeln!(
-                md,
-                "Engine / engine with the rate limiter off (every request still checks its API key): **{r:.2}**"
+                "| {name} | {} | **{}** | {} |",
+                ratio.name,
+                or_not_measured(ratio.value, 2),
+                ratio.meaning
             );
         }
     }
@@ -128,92 +115,47 @@ impl Report {
         );
     }
 
-    /// Where the CPU went per accepted request, with the limiter on and
-    /// (when it ran) off.
+    /// Where the CPU went per accepted request in the measured run.
     fn write_cpu_per_request(&self, md: &mut String) {
         let _ = writeln!(
             md,
             "\nCPU per accepted request during the engine run: {}.",
             self.cpu_per_request.describe()
         );
-        if let Some(off) = &self.limiter_off {
-            let _ = writeln!(
-                md,
-                "With the rate limiter off: {}.",
-                off.cpu_per_request.describe()
-            );
-        }
     }
 
-    /// With `--holds`: what hold-then-capture costs against plain debits.
-    fn write_holds_vs_plain_debits(&self, md: &mut String) {
-        if let Some(debits) = &self.plain_debits {
-            let _ = writeln!(
-                md,
-                "\nHolds: the measured run posts a hold and then its capture (two transactions, each one request). \
-                 Plain debits on the same engine, same users, in the same run: {:.0} transactions/s, p99 {:.1} ms; CPU per accepted request: {}. \
-                 Hold-then-capture / plain debits: **{}** transactions/s, **{}** engine CPU per transaction.",
-                debits.result.transactions_per_s,
-                debits.result.latency_ms_p99,
-                debits.cpu_per_request.describe(),
-                or_not_measured(self.ratios.holds_vs_debits, 2),
-                or_not_measured(self.ratios.holds_vs_debits_engine_cpu, 2),
-            );
+    /// What each run beside the engine is, its CPU per request beside the
+    /// measured run's, and its own invariants: one row each.
+    fn write_comparisons(&self, md: &mut String) {
+        if self.comparisons.is_empty() {
+            return;
         }
-    }
-
-    /// The paragraphs of the side engines that ran (no history events,
-    /// three Kafka brokers), beside the measured engine's.
-    fn write_side_engines(&self, md: &mut String) {
-        if let Some(without) = &self.without_history_events {
-            side_engine_paragraph(
-                md,
-                "History and outcome events: the same load on an engine that writes no history and publishes no outcome events",
-                without,
-                &self.cpu_per_request,
-                ("Engine / that", self.ratios.engine_vs_without_history_events),
-                "with and without",
-            );
-        }
-        if let Some(three) = &self.on_three_kafka_nodes {
-            side_engine_paragraph(
-                md,
-                "Replication: the same load on an engine whose topics are on three Kafka brokers (replication factor 3, min.insync.replicas 2; Kafka CPU summed over the three)",
-                three,
-                &self.cpu_per_request,
-                ("Three brokers / one", self.ratios.three_kafka_nodes_vs_engine),
-                "on one broker and on three",
-            );
-        }
-    }
-
-    /// CPU per request of the bare limits' server and generator, for the
-    /// engine's to be read against.
-    fn write_bare_runs_cpu(&self, md: &mut String) {
-        // The bare runs' server (the 202 handler's process, or Redis) and generator.
-        type ServerUs = fn(&CpuPerRequest) -> Option<f64>;
-        let bare_runs: [(&Option<BareRun>, &str, ServerUs); 2] = [
-            (
-                &self.bare_http,
-                "Bare HTTP 202, per request: the handler's process",
-                |c| c.engine_us,
-            ),
-            (
-                &self.redis_script,
-                "Redis apply script, per call: Redis",
-                |c| c.redis_us,
-            ),
-        ];
-        for (run, what, server_us) in bare_runs {
-            if let Some(bare) = run {
-                let c = &bare.cpu_per_request;
-                let _ = writeln!(
-                    md,
-                    "{what} {} µs, load generator {} µs.",
-                    or_not_measured(server_us(c), 0),
-                    or_not_measured(c.load_generator_us, 0)
-                );
-            }
+        let _ = writeln!(
+            md,
+            "\nThe runs beside the measured one, in the same run with the same generator, users and seconds:\n"
+        );
+        let _ = writeln!(md, "| run | what it is | CPU per accepted request µs: engine / Kafka / Redis / load generator | its own invariants |");
+        let _ = writeln!(md, "| --- | --- | --- | --- |");
+        let engine = &self.cpu_per_request;
+        // Not "engine": scripts/thread-cpu greps the runs table's row by it.
+        let measured = (
+            "measured",
+            "the engine run under test",
+            engine,
+            Some(self.invariants.holds),
+        );
+        let beside = self.comparisons.iter().map(|c| {
+            let side = &c.side;
+            (c.name, c.what, &side.cpu_per_request, side.invariants_hold)
+        });
+        for (name, what, cpu, holds) in std::iter::once(measured).chain(beside) {
+            let holds = match holds {
+                Some(true) => "hold",
+                Some(false) => "BROKEN",
+                // In the measured run's, or moves no money, or wrk.
+                None => "not checked on its own",
+            };
+            let _ = writeln!(md, "| {name} | {what} | {} | {holds} |", cpu.figures());
         }
     }
 
@@ -224,7 +166,7 @@ impl Report {
         if let Some(engine) = r.engine_cpu_vs_load_generator {
             let _ = writeln!(
                 md,
-                "CPU per accepted request as a multiple of the load generator's: engine **{engine:.2}**, Kafka {}, Redis {}.",
+                "\nCPU per accepted request as a multiple of the load generator's: engine **{engine:.2}**, Kafka {}, Redis {}.",
                 or_not_measured(r.kafka_cpu_vs_load_generator, 2),
                 or_not_measured(r.redis_cpu_vs_load_generator, 2)
             );
@@ -289,6 +231,18 @@ impl Report {
 }
 
 impl CpuPerRequest {
+    /// "12.0 / 3.1 / n/a / 20.2" for a table whose header names the processes.
+    fn figures(&self) -> String {
+        [
+            self.engine_us,
+            self.kafka_us,
+            self.redis_us,
+            self.load_generator_us,
+        ]
+        .map(|us| or_not_measured(us, 1))
+        .join(" / ")
+    }
+
     /// "engine 12 µs, Kafka 3 µs, ..." for the report.
     fn describe(&self) -> String {
         format!(
@@ -301,40 +255,81 @@ impl CpuPerRequest {
     }
 }
 
-/// The paragraph of a side engine's run: its rate, p99 and invariants, the
-/// ratio, and CPU per request of each process beside the measured engine's.
-fn side_engine_paragraph(
-    md: &mut String,
-    what: &str,
-    side: &SideEngineRun,
-    engine_cpu: &CpuPerRequest,
-    (ratio_name, ratio): (&str, Option<f64>),
-    pair: &str,
-) {
-    let us = |c: &CpuPerRequest, of: fn(&CpuPerRequest) -> Option<f64>| or_not_measured(of(c), 1);
-    let other = &side.cpu_per_request;
-    let _ = writeln!(
-        md,
-        "\n{what}, in the same run: {:.0} transactions/s, p99 {:.1} ms (its invariants: {}). {ratio_name}: **{}** transactions/s. \
-         CPU per accepted request {pair}: engine {} vs {} µs, Redis {} vs {} µs, Kafka {} vs {} µs.",
-        side.result.transactions_per_s,
-        side.result.latency_ms_p99,
-        match side.invariants_hold {
-            Some(true) => "hold",
-            Some(false) => "BROKEN",
-            None => "not checked (wrk)",
-        },
-        or_not_measured(ratio, 2),
-        us(engine_cpu, |c| c.engine_us),
-        us(other, |c| c.engine_us),
-        us(engine_cpu, |c| c.redis_us),
-        us(other, |c| c.redis_us),
-        us(engine_cpu, |c| c.kafka_us),
-        us(other, |c| c.kafka_us),
-    );
-}
-
 /// A figure with `decimals`, or "n/a" where it was not measured.
 fn or_not_measured(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.decimals$}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::report::comparison::tests::{cpu, result};
+    use crate::report::comparison::Ratio;
+    use crate::report::tests::wrk_report;
+    use crate::report::{Comparison, SideMeasurement};
+
+    /// A comparison as the report holds it, with one ratio of `value`.
+    fn comparison(name: &'static str, value: Option<f64>, holds: Option<bool>) -> Comparison {
+        Comparison {
+            name,
+            what: "what it is",
+            side: SideMeasurement {
+                result: result(&format!("{name}-target"), 5.0, 5.0),
+                cpu_per_request: cpu(if value.is_some() { Some(12.34) } else { None }),
+                invariants_hold: holds,
+            },
+            ratios: vec![Ratio {
+                name: "engine_vs_it",
+                value,
+                meaning: "engine / it",
+            }],
+        }
+    }
+
+    /// Each comparison gets its row in the runs table, its ratios in the
+    /// ratio table and its row in the comparisons table, from one loop
+    /// each; a figure not measured reads "n/a", the others stay.
+    #[test]
+    fn every_comparison_is_rendered_and_a_missing_figure_reads_n_a() {
+        let mut report = wrk_report();
+        report.comparisons = vec![
+            comparison("first", Some(0.456), Some(false)),
+            comparison("second", None, None),
+        ];
+        let md = report.markdown("chart.svg");
+        for target in ["| engine |", "| first-target |", "| second-target |"] {
+            assert!(md.contains(target), "no row {target} in:\n{md}");
+        }
+        assert!(
+            md.contains("| first | engine_vs_it | **0.46** | engine / it |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| second | engine_vs_it | **n/a** | engine / it |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| first | what it is | 12.3 / 5.0 / n/a / 20.0 | BROKEN |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| second | what it is | n/a / 5.0 / n/a / 20.0 | not checked on its own |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| measured | the engine run under test |"),
+            "{md}"
+        );
+    }
+
+    /// Without runs beside the engine (`--no-limits`), neither table is
+    /// written: no empty table in the report.
+    #[test]
+    fn no_comparison_writes_no_table_for_them() {
+        let md = wrk_report().markdown("chart.svg");
+        assert!(!md.contains("| against | ratio |"), "{md}");
+        assert!(!md.contains("runs beside the measured one"), "{md}");
+        assert!(md.contains("| engine |"), "{md}");
+    }
 }

@@ -3,11 +3,14 @@
 //!
 //! - this module: the report's types, machine facts and the JSON written
 //!   beside the other two;
+//! - [`comparison`]: the runs beside the measured engine and their ratios,
+//!   as a list of entries;
 //! - [`markdown`]: the Markdown report, one writer per paragraph or table;
 //! - [`chart`]: the SVG chart (plotters);
 //! - [`resources`]: CPU time and resident memory of processes, from /proc.
 
 mod chart;
+mod comparison;
 mod markdown;
 mod resources;
 
@@ -17,12 +20,13 @@ use std::process::Command;
 use serde::Serialize;
 
 use crate::measure::{HttpResult, SecondStats};
+pub use comparison::{Comparison, Direction, Figure, Kind, RatioSpec, SideMeasurement};
 pub use resources::{
     cpu_readings, cpu_time_sum_us, cpu_time_us, cpu_time_with_children_us, rss_kib,
 };
 
 /// Bumped whenever a field changes meaning or goes away.
-pub const SCHEMA_VERSION: u32 = 7;
+pub const SCHEMA_VERSION: u32 = 8;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Machine {
@@ -170,7 +174,8 @@ pub struct InvariantResult {
 
 /// A bare limit's run: what the generator saw, and the CPU per request of
 /// the bare server (in `engine_us`: the axum 202 handler's process) or of
-/// Redis (the apply script), and of the generator.
+/// Redis (the apply script), and of the generator. `harness backlog`'s
+/// report holds one as it is.
 #[derive(Debug, Clone, Serialize)]
 pub struct BareRun {
     #[serde(flatten)]
@@ -178,29 +183,21 @@ pub struct BareRun {
     pub cpu_per_request: CpuPerRequest,
 }
 
+impl From<BareRun> for SideMeasurement {
+    /// A bare limit moves no money: no invariants of its own.
+    fn from(bare: BareRun) -> Self {
+        Self {
+            result: bare.result,
+            cpu_per_request: bare.cpu_per_request,
+            invariants_hold: None,
+        }
+    }
+}
+
+/// The engine run's CPU against its own load generator's (the ratios
+/// between runs are in each [`Comparison`]).
 #[derive(Debug, Clone, Serialize)]
 pub struct Ratios {
-    /// Engine accepted transactions/s / bare axum 202 transactions/s, same
-    /// generator, settings and batch size; `None` when the bare limits were
-    /// not measured (`--no-limits`).
-    pub engine_vs_bare_http: Option<f64>,
-    /// Engine accepted transactions/s / Redis apply-script transactions/s.
-    pub engine_vs_redis_script: Option<f64>,
-    /// Engine accepted RPS / the same with the rate limiter off: what the
-    /// limiter costs (API keys are checked in both).
-    pub engine_vs_limiter_off: Option<f64>,
-    /// With `--holds`: transactions/s of hold-then-capture over plain
-    /// debits', and the engine's CPU per transaction of each, in the run.
-    pub holds_vs_debits: Option<f64>,
-    pub holds_vs_debits_engine_cpu: Option<f64>,
-    /// Engine transactions/s in batches / with single requests, same run.
-    pub engine_batch_vs_single: Option<f64>,
-    /// With `--compare-history-events`: engine transactions/s / an
-    /// engine's without history and outcome events, same run.
-    pub engine_vs_without_history_events: Option<f64>,
-    /// With `--compare-kafka-nodes`: transactions/s on three Kafka brokers
-    /// / the engine's (on one), same run.
-    pub three_kafka_nodes_vs_engine: Option<f64>,
     /// Engine CPU per accepted request / the load generator's CPU per
     /// request, in the engine run (the machine's speed cancels out).
     pub engine_cpu_vs_load_generator: Option<f64>,
@@ -221,35 +218,6 @@ impl Ratios {
     }
 }
 
-/// The same load on the same engine with `--rate-limit off`, run right
-/// after the measured one: what the limiter costs.
-#[derive(Debug, Clone, Serialize)]
-pub struct LimiterOff {
-    pub result: HttpResult,
-    /// The engine's share is both processes' (an API without the limiter,
-    /// and the measured engine, whose consumer applies this run too).
-    pub cpu_per_request: CpuPerRequest,
-}
-
-/// With `--holds`: the same engine driven with plain debits in the same
-/// run (before the measured hold-then-capture run), for the cost of holds.
-#[derive(Debug, Clone, Serialize)]
-pub struct PlainDebits {
-    pub result: HttpResult,
-    pub cpu_per_request: CpuPerRequest,
-}
-
-/// The same load, in the same run, on a second engine set up otherwise
-/// (`--compare-history-events`: no history and no outcome events;
-/// `--compare-kafka-nodes`: its topics on three Kafka brokers).
-#[derive(Debug, Clone, Serialize)]
-pub struct SideEngineRun {
-    pub result: HttpResult,
-    pub cpu_per_request: CpuPerRequest,
-    /// Its own invariants (`None` with wrk, which keeps no ledger).
-    pub invariants_hold: Option<bool>,
-}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub schema_version: u32,
@@ -259,18 +227,9 @@ pub struct Report {
     pub started_at: String,
     pub machine: Machine,
     pub engine: HttpResult,
-    /// With `--batch` above 1: the same engine driven with single requests
-    /// in the same run (before the measured batch run), for the ratio.
-    pub engine_single: Option<HttpResult>,
-    pub bare_http: Option<BareRun>,
-    pub redis_script: Option<BareRun>,
-    /// `None` with `--no-limits`.
-    pub limiter_off: Option<LimiterOff>,
-    /// With `--holds`: the measured run posts holds and their captures.
-    pub plain_debits: Option<PlainDebits>,
-    pub without_history_events: Option<SideEngineRun>,
-    /// With `--compare-kafka-nodes`: the engine on three Kafka brokers.
-    pub on_three_kafka_nodes: Option<SideEngineRun>,
+    /// The runs beside the measured one that the flags asked for, in the
+    /// order they ran, each with its ratios against it.
+    pub comparisons: Vec<Comparison>,
     pub ratios: Ratios,
     pub pipeline: PipelineResult,
     pub cpu_per_request: CpuPerRequest,
@@ -311,7 +270,7 @@ impl Report {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// CPU ratios are to the generator's CPU; none without it (or at 0).
@@ -333,6 +292,69 @@ mod tests {
                 ..cpu.clone()
             };
             assert_eq!(Ratios::cpu_vs_load_generator(&cpu), [None, None, None]);
+        }
+    }
+
+    /// A wrk run's report: no per-second latencies, a pipeline timeline.
+    pub(crate) fn wrk_report() -> Report {
+        let run = HttpResult {
+            target: "engine".into(),
+            users: 1,
+            seconds: 3,
+            requests: 30,
+            ok: 30,
+            errors_by_kind: Default::default(),
+            rps: 10.0,
+            batch: 1,
+            transactions_per_s: 10.0,
+            latency_ms_p50: 1.0,
+            latency_ms_p90: Some(2.0),
+            latency_ms_p95: None,
+            latency_ms_p99: 3.0,
+            latency_ms_max: 4.0,
+        };
+        Report {
+            schema_version: SCHEMA_VERSION,
+            scenario: "test".into(),
+            generator: "wrk".into(),
+            command: "test".into(),
+            started_at: "2026-01-01T00:00:00Z".into(),
+            machine: Machine::default(),
+            engine: run,
+            comparisons: Vec::new(),
+            ratios: Ratios {
+                engine_cpu_vs_load_generator: None,
+                kafka_cpu_vs_load_generator: None,
+                redis_cpu_vs_load_generator: None,
+            },
+            pipeline: PipelineResult {
+                drain_seconds: 0.1,
+                apply_rate_tx_per_s: 10.0,
+                accept_to_applied_ms_p50: None,
+                accept_to_applied_ms_p99: None,
+                service_peak_rss_mib: None,
+            },
+            cpu_per_request: CpuPerRequest::default(),
+            redis_scripts: Vec::new(),
+            redis_scripts_missing: None,
+            invariants: InvariantResult {
+                holds: true,
+                accepted: 30,
+                applied: 30,
+                rejected: 0,
+                rejected_by_reason: Default::default(),
+                money_start_total: 0,
+                money_end_total: 0,
+                violations: Vec::new(),
+            },
+            timeline: Vec::new(),
+            pipeline_timeline: (0..3)
+                .map(|second| PipelineSecond {
+                    second,
+                    applied: 10,
+                    consumer_lag: Some(5 - second as i64),
+                })
+                .collect(),
         }
     }
 }
