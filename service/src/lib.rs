@@ -15,7 +15,9 @@
 //! - [`wire`]: the versioned Kafka record (one encode, one decode).
 //! - [`events`]: the versioned event of the outcomes topic.
 //! - [`store`]: Redis keys and the Lua scripts of `lua/`.
-//! - [`admission`]: claim -> publish -> accept or release; the id binding rules.
+//! - [`admission`]: the one path of every money request, a single one being
+//!   a batch of one: completed, scope, backlog bound, rate limit with the
+//!   claim, publish, accept; the id binding rules.
 //! - [`backlog`]: how far the consumers are behind, the bound the API sheds at.
 //! - [`gather`]: the claims and accepts of concurrent requests, gathered into
 //!   one script call.
@@ -78,6 +80,7 @@ mod tests {
     fn every_module_is_in_the_layout_doc() {
         for (file, source) in [
             ("lib.rs", include_str!("lib.rs")),
+            ("admission/mod.rs", include_str!("admission/mod.rs")),
             ("http/mod.rs", include_str!("http/mod.rs")),
             ("store/mod.rs", include_str!("store/mod.rs")),
         ] {
