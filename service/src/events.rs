@@ -32,8 +32,11 @@ pub enum EventStatus {
 impl EventStatus {
     pub fn as_str(&self) -> &'static str {
         match self {
-            Self::Applied { .. } => "applied",
-            Self::Rejected { .. } => "rejected",
+            Self::Applied { balance_after } => Outcome::Applied {
+                balance_after: *balance_after,
+            }
+            .as_str(),
+            Self::Rejected { reason } => Outcome::Rejected { reason: *reason }.as_str(),
             Self::Expired => "expired",
         }
     }

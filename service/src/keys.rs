@@ -341,7 +341,13 @@ mod tests {
         let scope = Scope::parse(&["shop-*"]).unwrap();
         let amount = Amount::new(1).unwrap();
         let movement = |kind, from: &str, to: Option<&str>| {
-            Movement::new(Some(kind), account(from), to.map(account), amount).unwrap()
+            Movement::new(
+                crate::domain::Kind::parse(kind).unwrap(),
+                account(from),
+                to.map(account),
+                amount,
+            )
+            .unwrap()
         };
         assert_eq!(scope.refuses(&movement("debit", "shop-1", None)), None);
         assert_eq!(scope.refuses(&movement("credit", "shop-1", None)), None);

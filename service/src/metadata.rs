@@ -51,21 +51,12 @@ impl Metadata {
         }
         serde_json::to_string(&self.0).expect("a map of strings always serialises")
     }
-
-    /// The metadata a [`crate::domain::Transaction::fingerprint`] binds (none when it
-    /// binds none, or is not one).
-    pub fn of_fingerprint(fingerprint: &str) -> Self {
-        fingerprint
-            .split_once('\n')
-            .and_then(|(_, json)| serde_json::from_str(json).ok())
-            .unwrap_or_default()
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{AccountId, Amount, HoldTerms, Movement, Transaction, TxId};
+    use crate::domain::{AccountId, Amount, Binding, Movement, Transaction, TxId};
 
     #[test]
     fn metadata_is_bound_in_key_order_within_its_limits() {
@@ -88,17 +79,11 @@ mod tests {
             fingerprint,
             "hold|a|b|5|30\n{\"a\":\"1|x\\ny\",\"b\":\"2\"}"
         );
-        assert_eq!(Metadata::of_fingerprint(&fingerprint), ab);
+        assert_eq!(Binding::decode(&fingerprint).unwrap().metadata, ab);
         assert_eq!(
-            Metadata::of_fingerprint("hold|a|b|5|30"),
+            Binding::decode("hold|a|b|5|30").unwrap().metadata,
             Metadata::default()
         );
-        assert_eq!(
-            HoldTerms::of_fingerprint(&fingerprint).map(|t| t.amount.minor_units()),
-            Some(5)
-        );
-        let parties: Vec<_> = Movement::parties_of_fingerprint(&fingerprint).collect();
-        assert_eq!(parties, ["a", "b"]);
         let none = Transaction {
             metadata: Metadata::default(),
             ..tx

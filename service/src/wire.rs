@@ -52,6 +52,49 @@ pub enum SagaStep {
     },
 }
 
+/// The steps of a saga between slots, as `lua/saga_step.lua` names them:
+/// debit the source, credit the destination, then release the source's hold
+/// of the money (credited) or refund it (the credit was refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepKind {
+    Debit,
+    Credit,
+    Release,
+    Refund,
+}
+
+impl StepKind {
+    /// Its name (the script's ARGV[1], and the metric's label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Debit => "debit",
+            Self::Credit => "credit",
+            Self::Release => "release",
+            Self::Refund => "refund",
+        }
+    }
+
+    /// The name of its processed flag: a release and a refund share one
+    /// (a saga settles once, one way or the other).
+    pub fn flag(self) -> &'static str {
+        match self {
+            Self::Release | Self::Refund => "settle",
+            step => step.as_str(),
+        }
+    }
+}
+
+impl SagaStep {
+    /// The step this record runs.
+    pub fn kind(&self) -> StepKind {
+        match self {
+            Self::Credit { .. } => StepKind::Credit,
+            Self::Settle { refused: None, .. } => StepKind::Release,
+            Self::Settle { .. } => StepKind::Refund,
+        }
+    }
+}
+
 impl Record {
     /// The account whose slot the record's step runs in: the Kafka key, so
     /// one account's steps are applied in order.

@@ -123,7 +123,7 @@ fn compare(
         };
         let movement = &event.tx.movement;
         if event.status != want.status
-            || movement.kind() != kind
+            || movement.kind().as_str() != kind
             || movement.account().as_str() != want.tx.account
         {
             violations.push(format!(

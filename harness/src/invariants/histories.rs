@@ -60,7 +60,7 @@ pub(super) async fn check_histories(
                 break;
             }
             if let Some(id) = &entry.id {
-                if !seen.insert((id.clone(), entry.status.clone())) {
+                if !seen.insert((id.clone(), entry.status)) {
                     verdict.violations.push(format!(
                         "account {account}: {id} is in its history twice as {}",
                         entry.status

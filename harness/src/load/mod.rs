@@ -195,7 +195,8 @@ fn to_domain(tx: &SentTx) -> anyhow::Result<txengine::domain::Transaction> {
         metadata: Default::default(),
         id: TxId::parse(&tx.id)?,
         movement: Movement::new(
-            Some(tx.kind.as_str()),
+            txengine::domain::Kind::parse(tx.kind.as_str())
+                .ok_or_else(|| anyhow::anyhow!("unknown kind {}", tx.kind.as_str()))?,
             AccountId::parse(&tx.account)?,
             tx.to.as_deref().map(AccountId::parse).transpose()?,
             Amount::new(tx.amount)?,

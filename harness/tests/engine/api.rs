@@ -255,7 +255,7 @@ async fn same_id_in_flight_is_409() {
         metadata: Default::default(),
         id: txengine::domain::TxId::parse("busy").unwrap(),
         movement: txengine::domain::Movement::new(
-            None,
+            txengine::domain::Kind::Debit,
             txengine::domain::AccountId::parse("acct").unwrap(),
             None,
             txengine::domain::Amount::new(5).unwrap(),

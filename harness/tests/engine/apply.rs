@@ -51,7 +51,7 @@ fn tx(id: &str, kind: &str, to: Option<&str>, amount: u64) -> Transaction {
         metadata: Default::default(),
         id: TxId::parse(id).unwrap(),
         movement: Movement::new(
-            Some(kind),
+            txengine::domain::Kind::parse(kind).unwrap(),
             account("a"),
             to.map(account),
             Amount::new(amount).unwrap(),

@@ -481,7 +481,7 @@ async fn a_batch_claimed_again_with_its_tokens_is_still_claimed() {
             metadata: Default::default(),
             id: TxId::parse(&format!("c-{i}")).unwrap(),
             movement: Movement::new(
-                Some("debit"),
+                txengine::domain::Kind::Debit,
                 AccountId::parse("acct").unwrap(),
                 None,
                 Amount::new(1 + i).unwrap(),

@@ -59,7 +59,7 @@ fn domain(tx: &SentTx) -> Transaction {
         metadata: Default::default(),
         id: TxId::parse(&tx.id).unwrap(),
         movement: Movement::new(
-            Some(tx.kind.as_str()),
+            txengine::domain::Kind::parse(tx.kind.as_str()).unwrap(),
             AccountId::parse(&tx.account).unwrap(),
             tx.to.as_deref().map(|t| AccountId::parse(t).unwrap()),
             Amount::new(tx.amount).unwrap(),

@@ -732,7 +732,7 @@ async fn gathered_claims_are_each_what_one_claim_would_be(
         metadata: Default::default(),
         id: TxId::parse(id).unwrap(),
         movement: Movement::new(
-            Some("debit"),
+            txengine::domain::Kind::Debit,
             AccountId::parse("acct").unwrap(),
             None,
             Amount::new(amount).unwrap(),
@@ -847,7 +847,7 @@ async fn on_a_cluster_a_failing_slot_or_key_fails_only_its_own_claims() {
         metadata: Default::default(),
         id: TxId::parse(id).unwrap(),
         movement: Movement::new(
-            Some("debit"),
+            txengine::domain::Kind::Debit,
             AccountId::parse("acct").unwrap(),
             None,
             Amount::new(1).unwrap(),

@@ -210,7 +210,7 @@ async fn the_publication_judge_names_a_refused_request_that_was_published() {
             metadata: Default::default(),
             id: txengine::domain::TxId::parse("refused-1").unwrap(),
             movement: txengine::domain::Movement::new(
-                None,
+                txengine::domain::Kind::Debit,
                 txengine::domain::AccountId::parse("acct").unwrap(),
                 None,
                 txengine::domain::Amount::new(1).unwrap(),

@@ -44,7 +44,7 @@ fn transfer(id: &str, from: &str, to: &str, amount: u64) -> Record {
             metadata: Default::default(),
             id: TxId::parse(id).unwrap(),
             movement: Movement::new(
-                Some("transfer"),
+                txengine::domain::Kind::Transfer,
                 AccountId::parse(from).unwrap(),
                 Some(AccountId::parse(to).unwrap()),
                 Amount::new(amount).unwrap(),
@@ -326,7 +326,7 @@ async fn saga_steps_move_money_once_even_when_redelivered() {
             metadata: Default::default(),
             id: TxId::parse("c-1").unwrap(),
             movement: Movement::new(
-                Some("credit"),
+                txengine::domain::Kind::Credit,
                 AccountId::parse(&near_max).unwrap(),
                 None,
                 Amount::new(6).unwrap(),

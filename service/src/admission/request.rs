@@ -240,17 +240,10 @@ mod tests {
             amount: Amount::new(9).unwrap(),
         };
         let all = capture.complete(timeouts, Some(terms.clone())).unwrap();
-        assert_eq!(
-            all.movement.fingerprint(),
-            "capture|a||9|h",
-            "all of it by default"
-        );
+        assert_eq!(all.fingerprint(), "capture|a||9|h", "all of it by default");
         let void = posted(r#"{"id":"v","type":"void","hold":"h"}"#);
         assert_eq!(
-            void.complete(timeouts, Some(terms))
-                .unwrap()
-                .movement
-                .fingerprint(),
+            void.complete(timeouts, Some(terms)).unwrap().fingerprint(),
             "void|a||9|h"
         );
     }

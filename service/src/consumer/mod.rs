@@ -544,8 +544,8 @@ fn count_outcomes<'a>(ended: impl Iterator<Item = (&'a Record, &'a Progress)>) {
             continue;
         };
         let label = match applied.outcome {
-            Outcome::Applied { .. } => "applied",
             Outcome::Rejected { reason } => reason.as_str(),
+            applied => applied.as_str(),
         };
         let duplicate = if applied.duplicate { "true" } else { "false" };
         metrics::counter!("txengine_apply_outcomes_total", "outcome" => label, "duplicate" => duplicate)

@@ -60,7 +60,7 @@ impl TxConsumer {
                 partition,
                 offset = message.offset(),
                 id = %record.tx.id,
-                kind = record.tx.movement.kind(),
+                kind = record.tx.movement.kind().as_str(),
                 account = %record.tx.movement.account(),
                 amount = record.tx.movement.amount().minor_units(),
                 error = %detail,

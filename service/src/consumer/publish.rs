@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use super::health::{Cause, Stall};
 use super::{back_off, TxConsumer, RETRY_MIN};
 use crate::events::OutcomeEvent;
-use crate::wire::{Record, SagaStep};
+use crate::wire::Record;
 
 /// Header carrying why a record went to the DLQ.
 pub const DLQ_REASON_HEADER: &str = "txengine-dlq-reason";
@@ -45,12 +45,7 @@ impl TxConsumer {
             .await;
         if sent {
             for record in steps {
-                let step = match record.saga {
-                    Some(SagaStep::Credit { .. }) => "credit",
-                    Some(SagaStep::Settle { refused: None, .. }) => "release",
-                    Some(SagaStep::Settle { .. }) => "refund",
-                    None => "none",
-                };
+                let step = record.saga.map_or("none", |step| step.kind().as_str());
                 metrics::counter!("txengine_saga_steps_published_total", "step" => step)
                     .increment(1);
             }

@@ -21,7 +21,7 @@ use super::status::view;
 use super::transactions::{read_body_within, RequestError, TransactionRequest};
 use super::ApiState;
 use crate::admission::{Admitted, Answer, Posted, Refused};
-use crate::domain::{TxId, TxStatus};
+use crate::domain::{Outcome, TxId, TxStatus};
 use crate::limits::{MAX_BATCH_BODY_BYTES, MAX_BATCH_ITEMS};
 
 /// The body of `POST /transactions/batch` (documentation; the handler reads
@@ -117,8 +117,7 @@ pub(super) struct ItemResult {
     /// The item's id as given (null when it has no string id).
     #[schema(required = true)]
     id: Option<String>,
-    #[schema(value_type = ItemStatus)]
-    status: &'static str,
+    status: ItemStatus,
     /// rejected: why (insufficient_funds, ...); invalid: the rule broken;
     /// forbidden, conflict, in_flight, unavailable: what happened.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -136,10 +135,9 @@ pub(super) struct ItemResult {
     shed: bool,
 }
 
-/// Where an item stands (documentation only).
-#[derive(ToSchema)]
-#[schema(rename_all = "snake_case")]
-#[allow(dead_code)]
+/// Where an item stands.
+#[derive(Serialize, ToSchema, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
 pub(super) enum ItemStatus {
     /// Accepted: Kafka has it (or it was accepted before and is not settled).
     Pending,
@@ -162,6 +160,36 @@ pub(super) enum ItemStatus {
     Unavailable,
 }
 
+impl ItemStatus {
+    #[cfg(test)]
+    const ALL: [Self; 9] = [
+        Self::Pending,
+        Self::Applied,
+        Self::Rejected,
+        Self::Conflict,
+        Self::InFlight,
+        Self::Invalid,
+        Self::Forbidden,
+        Self::RateLimited,
+        Self::Unavailable,
+    ];
+
+    /// Its name in the answer (serde's) and the metric's label.
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Applied => "applied",
+            Self::Rejected => "rejected",
+            Self::Conflict => "conflict",
+            Self::InFlight => "in_flight",
+            Self::Invalid => "invalid",
+            Self::Forbidden => "forbidden",
+            Self::RateLimited => "rate_limited",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
 /// The answer of `POST /transactions/batch`.
 #[derive(Serialize, ToSchema)]
 pub(super) struct BatchAnswer {
@@ -170,7 +198,7 @@ pub(super) struct BatchAnswer {
 }
 
 impl ItemResult {
-    fn new(id: Option<String>, status: &'static str) -> Self {
+    fn new(id: Option<String>, status: ItemStatus) -> Self {
         Self {
             id,
             status,
@@ -193,7 +221,12 @@ impl ItemResult {
 
     fn of_status(id: &TxId, status: TxStatus) -> Self {
         let seen = view(id, status);
-        let mut result = Self::new(Some(id.as_str().to_owned()), seen.status);
+        let item_status = match status {
+            TxStatus::Pending => ItemStatus::Pending,
+            TxStatus::Settled(Outcome::Applied { .. }) => ItemStatus::Applied,
+            TxStatus::Settled(Outcome::Rejected { .. }) => ItemStatus::Rejected,
+        };
+        let mut result = Self::new(Some(id.as_str().to_owned()), item_status);
         result.reason = seen.reason.map(str::to_owned);
         result.balance_after = seen.balance_after;
         result
@@ -208,37 +241,41 @@ impl ItemResult {
         let id = Some(id.as_str().to_owned());
         let detail = refused.to_string();
         match refused {
-            Refused::Invalid(_) => Self::new(id, "invalid").because(detail),
-            Refused::Forbidden { .. } => Self::new(id, "forbidden").because(detail),
+            Refused::Invalid(_) => Self::new(id, ItemStatus::Invalid).because(detail),
+            Refused::Forbidden { .. } => Self::new(id, ItemStatus::Forbidden).because(detail),
             Refused::HoldUnreadable(e) => {
                 tracing::warn!(error = %e, "redis unavailable for a batch's holds");
-                Self::new(id, "unavailable")
+                Self::new(id, ItemStatus::Unavailable)
                     .because(detail)
                     .retry_after(retry_s)
             }
-            Refused::Conflict(_) => Self::new(id, "conflict").because(detail),
-            Refused::InFlight(_) => Self::new(id, "in_flight").because(detail).retry_after(1),
-            Refused::RateLimited => Self::new(id, "rate_limited").retry_after(rate_retry_s),
+            Refused::Conflict(_) => Self::new(id, ItemStatus::Conflict).because(detail),
+            Refused::InFlight(_) => Self::new(id, ItemStatus::InFlight)
+                .because(detail)
+                .retry_after(1),
+            Refused::RateLimited => {
+                Self::new(id, ItemStatus::RateLimited).retry_after(rate_retry_s)
+            }
             Refused::Redis(e) => {
                 tracing::warn!(error = %e, "redis unavailable for a batch");
-                Self::new(id, "unavailable")
+                Self::new(id, ItemStatus::Unavailable)
                     .because(detail)
                     .retry_after(retry_s)
             }
             Refused::Kafka(e) => {
                 tracing::warn!(error = %e, "publish failed");
-                Self::new(id, "unavailable")
+                Self::new(id, ItemStatus::Unavailable)
                     .because(detail)
                     .retry_after(retry_s)
             }
             Refused::Backlog(_) => Self {
                 shed: true,
-                ..Self::new(id, "unavailable")
+                ..Self::new(id, ItemStatus::Unavailable)
                     .because(detail)
                     .retry_after(retry_s)
             },
             Refused::QueueFull | Refused::BindingLost(_) | Refused::Internal(_) => {
-                Self::new(id, "unavailable")
+                Self::new(id, ItemStatus::Unavailable)
                     .because(detail)
                     .retry_after(retry_s)
             }
@@ -246,13 +283,13 @@ impl ItemResult {
     }
 
     fn is_unavailable(&self) -> bool {
-        self.status == "unavailable"
+        self.status == ItemStatus::Unavailable
     }
 
     /// Whether the item was valid and in the key's scope, so that taking it
     /// was tried (whatever came of it).
     fn was_tried(&self) -> bool {
-        !matches!(self.status, "invalid" | "forbidden")
+        !matches!(self.status, ItemStatus::Invalid | ItemStatus::Forbidden)
     }
 }
 
@@ -304,11 +341,11 @@ pub(super) async fn post_batch(
                 ids.push(transaction.id().clone());
                 posted.push(transaction);
             }
-            Err(RequestError::Malformed(detail)) => {
-                results.push(Some(ItemResult::new(item.id, "invalid").because(detail)))
-            }
+            Err(RequestError::Malformed(detail)) => results.push(Some(
+                ItemResult::new(item.id, ItemStatus::Invalid).because(detail),
+            )),
             Err(RequestError::Rule(rule)) => results.push(Some(
-                ItemResult::new(item.id, "invalid").because(rule.to_string()),
+                ItemResult::new(item.id, ItemStatus::Invalid).because(rule.to_string()),
             )),
         }
     }
@@ -344,7 +381,7 @@ pub(super) async fn post_batch(
     let retry = results
         .iter()
         .filter_map(|result| match result.status {
-            "rate_limited" | "unavailable" => result.retry_after_s,
+            ItemStatus::RateLimited | ItemStatus::Unavailable => result.retry_after_s,
             _ => None,
         })
         .max();
@@ -388,11 +425,26 @@ fn batch_problem(error: BatchError) -> Problem {
 
 /// Counts the items of a batch by what happened to them.
 fn count_items(results: &[ItemResult]) {
-    let mut counts: HashMap<&'static str, u64> = HashMap::new();
+    let mut counts: HashMap<ItemStatus, u64> = HashMap::new();
     for result in results {
         *counts.entry(result.status).or_default() += 1;
     }
     for (status, count) in &counts {
-        metrics::counter!("txengine_batch_items_total", "status" => *status).increment(*count);
+        metrics::counter!("txengine_batch_items_total", "status" => status.as_str())
+            .increment(*count);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An item's status has one name: the answer's (serde) is the metric's.
+    #[test]
+    fn each_item_status_is_named_once() {
+        for status in ItemStatus::ALL {
+            let json = serde_json::to_value(status).unwrap();
+            assert_eq!(json.as_str(), Some(status.as_str()), "{status:?}");
+        }
     }
 }

@@ -51,7 +51,7 @@ pub(super) struct EntryView {
     /// debit, credit, transfer, hold, capture, void, expire, or set (the
     /// admin's setter: its amount is the balance set).
     #[serde(rename = "type")]
-    kind: String,
+    kind: &'static str,
     amount: u64,
     /// This account's signed change (0 when nothing moved).
     delta: i64,
@@ -61,7 +61,7 @@ pub(super) struct EntryView {
     /// applied or rejected; a transfer between Redis Cluster slots as its
     /// steps: debited, credited, released, refunded; a hold's changes:
     /// held, capturing, captured, voided, expired.
-    status: String,
+    status: &'static str,
     /// Why it was rejected.
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
@@ -305,11 +305,11 @@ fn entry_view(entry: HistoryEntry) -> EntryView {
     EntryView {
         at: rfc3339(entry.at_ms),
         id: entry.id,
-        kind: entry.kind,
+        kind: entry.kind.as_str(),
         amount: entry.amount,
         delta: entry.delta,
         counterparty: entry.counterparty,
-        status: entry.status,
+        status: entry.status.as_str(),
         reason: entry.reason,
         balance_after: entry.balance_after,
         hold: entry.hold,

@@ -14,7 +14,7 @@ use super::auth::{authenticate, spend};
 use super::problem::{not_found, Problem, ProblemBody};
 use super::transactions::with_quota;
 use super::ApiState;
-use crate::domain::{AccountId, HoldTerms, Metadata, Movement, Outcome, TxId, TxStatus};
+use crate::domain::{Binding, Metadata, Outcome, TxId, TxStatus};
 use crate::keys::ApiKey;
 use crate::store::HoldPhase;
 
@@ -59,18 +59,16 @@ pub(super) enum TxState {
 }
 
 pub(super) fn view(id: &TxId, status: TxStatus) -> TransactionView<'_> {
-    let (status, reason, balance_after) = match status {
-        TxStatus::Pending => ("pending", None, None),
+    let (reason, balance_after) = match status {
+        TxStatus::Pending => (None, None),
         TxStatus::Settled(Outcome::Applied { balance_after }) => {
-            ("applied", None, Some(balance_after.minor_units()))
+            (None, Some(balance_after.minor_units()))
         }
-        TxStatus::Settled(Outcome::Rejected { reason }) => {
-            ("rejected", Some(reason.as_str()), None)
-        }
+        TxStatus::Settled(Outcome::Rejected { reason }) => (Some(reason.as_str()), None),
     };
     TransactionView {
         id: id.as_str(),
-        status,
+        status: status.as_str(),
         reason,
         balance_after,
         captured_amount: None,
@@ -113,14 +111,17 @@ enum Sight {
     Nothing,
 }
 
-/// What `key` may see of the transaction bound to `fingerprint`.
-fn sight(key: &ApiKey, fingerprint: &str) -> Sight {
-    let mut parties = Movement::parties_of_fingerprint(fingerprint)
-        .map(|party| AccountId::parse(party).is_ok_and(|party| key.scope.allows(&party)));
-    match (parties.next(), parties.next()) {
-        (Some(true), _) => Sight::Whole,
-        (_, Some(true)) => Sight::StatusOnly,
-        _ => Sight::Nothing,
+/// What `key` may see of the transaction of `binding` (none known: nothing).
+fn sight(key: &ApiKey, binding: Option<&Binding>) -> Sight {
+    let Some(movement) = binding.map(|binding| &binding.movement) else {
+        return Sight::Nothing;
+    };
+    if key.scope.allows(movement.account()) {
+        Sight::Whole
+    } else if movement.to().is_some_and(|to| key.scope.allows(to)) {
+        Sight::StatusOnly
+    } else {
+        Sight::Nothing
     }
 }
 
@@ -160,14 +161,14 @@ pub(super) async fn get_transaction(
         .await
         .map_err(|e| Problem::from_store(e, api.retry_after_secs))?;
     let unknown = || not_found(format!("no transaction {id}")).into_response();
+    let Some((status, fingerprint)) = found else {
+        return Ok(with_quota(unknown(), quota));
+    };
+    let binding = Binding::decode(&fingerprint);
     // An applied hold answers in its phase (held, captured, ...).
-    let phase = match (
-        &found,
-        found
-            .as_ref()
-            .and_then(|(_, fp)| HoldTerms::of_fingerprint(fp)),
-    ) {
-        (Some((TxStatus::Settled(Outcome::Applied { .. }), _)), Some(terms)) => api
+    let terms = binding.clone().and_then(Binding::hold_terms);
+    let phase = match (status, terms) {
+        (TxStatus::Settled(Outcome::Applied { .. }), Some(terms)) => api
             .store
             .hold_phase(&terms.account, &id)
             .await
@@ -178,23 +179,20 @@ pub(super) async fn get_transaction(
         Some(phase) => hold_view(id, status, phase),
         None => view(id, status),
     };
-    let response = match found {
-        None => unknown(),
-        Some((status, fingerprint)) => match sight(&key, &fingerprint) {
-            Sight::Whole => {
-                let mut seen = view(&id, status);
-                let metadata = Metadata::of_fingerprint(&fingerprint);
-                seen.metadata = (!metadata.is_empty()).then_some(metadata);
-                Json(seen).into_response()
-            }
-            Sight::StatusOnly => {
-                let mut seen = view(&id, status);
-                seen.reason = None;
-                seen.balance_after = None;
-                Json(seen).into_response()
-            }
-            Sight::Nothing => unknown(),
-        },
+    let response = match sight(&key, binding.as_ref()) {
+        Sight::Whole => {
+            let mut seen = view(&id, status);
+            let metadata = binding.map(|binding| binding.metadata);
+            seen.metadata = metadata.filter(|metadata| !metadata.is_empty());
+            Json(seen).into_response()
+        }
+        Sight::StatusOnly => {
+            let mut seen = view(&id, status);
+            seen.reason = None;
+            seen.balance_after = None;
+            Json(seen).into_response()
+        }
+        Sight::Nothing => unknown(),
     };
     Ok(with_quota(response, quota))
 }

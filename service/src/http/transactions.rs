@@ -16,7 +16,7 @@ use super::problem::{Problem, ProblemBody};
 use super::status::{status_response, TransactionView};
 use super::ApiState;
 use crate::admission::{Admitted, Posted, Refused};
-use crate::domain::{AccountId, Amount, Metadata, Movement, RuleError, Transaction, TxId};
+use crate::domain::{AccountId, Amount, Kind, Metadata, Movement, RuleError, Transaction, TxId};
 use crate::limits::{MAX_BODY_BYTES, MAX_MINOR_UNITS};
 
 /// The body of `POST /transactions`, before any rule is checked. Wrong JSON
@@ -58,8 +58,9 @@ pub(super) struct TransactionRequest {
     metadata: Option<BTreeMap<String, String>>,
 }
 
-/// The kinds of movement (documentation only: the request keeps the raw
-/// string, so an unknown kind is a 422 naming it, not a 400).
+/// The kinds of movement a request may name (documentation only: the
+/// request keeps the raw string, so an unknown kind is a 422 naming it, not
+/// a 400).
 #[derive(ToSchema)]
 #[schema(rename_all = "lowercase")]
 #[allow(dead_code)]
@@ -103,7 +104,7 @@ impl TransactionRequest {
         capture: bool,
         amount: Option<Amount>,
     ) -> Result<Posted, RuleError> {
-        let kind = if capture { "capture" } else { "void" };
+        let kind = if capture { Kind::Capture } else { Kind::Void }.as_str();
         for (field, given) in [
             ("account", self.account.is_some()),
             ("to", self.to.is_some()),
@@ -131,28 +132,26 @@ impl TransactionRequest {
             (None, None) => TxId::generate(),
         };
         let metadata = Metadata::try_from(self.metadata.take().unwrap_or_default())?;
-        let kind = self.kind.as_deref().unwrap_or("debit");
-        let kind_name = ["debit", "credit", "transfer", "hold", "capture", "void"]
-            .into_iter()
-            .find(|known| *known == kind)
-            .unwrap_or("transaction");
+        let kind = match self.kind.as_deref() {
+            Some(raw) => Kind::posted(raw)?,
+            None => Kind::Debit,
+        };
         let not_a_field = |field| RuleError::NotAField {
             field,
-            kind: kind_name,
+            kind: kind.as_str(),
         };
         let amount = self
             .amount
             .as_ref()
             .map(|amount| Amount::new(parse_minor_units(amount, "amount")?))
             .transpose()?;
-        if matches!(kind, "capture" | "void") {
-            let capture = kind == "capture";
-            return self.into_hold_end(id, metadata, capture, amount);
+        if matches!(kind, Kind::Capture | Kind::Void) {
+            return self.into_hold_end(id, metadata, kind == Kind::Capture, amount);
         }
         if self.hold.is_some() {
             return Err(not_a_field("hold"));
         }
-        if kind != "hold" && self.timeout_s.is_some() {
+        if kind != Kind::Hold && self.timeout_s.is_some() {
             return Err(not_a_field("timeout_s"));
         }
         let account = AccountId::parse(
@@ -166,7 +165,7 @@ impl TransactionRequest {
             .map(|raw| AccountId::parse(raw).map_err(|_| RuleError::BadId { field: "to" }))
             .transpose()?;
         let amount = amount.ok_or(RuleError::Missing("amount"))?;
-        if kind == "hold" {
+        if kind == Kind::Hold {
             if to.as_ref() == Some(&account) {
                 return Err(RuleError::TransferToSelf);
             }
@@ -182,7 +181,7 @@ impl TransactionRequest {
                 metadata,
             });
         }
-        let movement = Movement::new(Some(kind), account, to, amount)?;
+        let movement = Movement::new(kind, account, to, amount)?;
         Ok(Posted::Ready(Transaction {
             id,
             movement,

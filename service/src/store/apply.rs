@@ -11,8 +11,10 @@ use super::in_order::StepCall;
 use super::outcomes::parse_status;
 use super::Layout;
 use super::{evalsha, Store, StoreError};
-use crate::domain::{AccountId, Movement, Outcome, RejectReason, Transaction, TxId, TxStatus};
-use crate::wire::{Record, SagaStep};
+use crate::domain::{
+    AccountId, Kind, Movement, Outcome, RejectReason, Transaction, TxId, TxStatus,
+};
+use crate::wire::{Record, SagaStep, StepKind};
 
 /// One applied transaction as the apply script reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,21 +102,15 @@ impl Store {
     fn step_command(&self, record: &Record, now_ms: u64) -> Result<StepCall<'_>, StoreError> {
         let tx = &record.tx;
         let account = tx.movement.account().as_str();
-        let saga_step =
-            |on: &str, step: &str, flag: &str| self.saga_command(tx, now_ms, on, step, flag);
+        let saga_step = |on: &str, step: StepKind| {
+            self.saga_command(tx, now_ms, on, step.as_str(), step.flag())
+        };
         Ok(match (&record.saga, tx.movement.credited()) {
             (None, _) if tx.movement.is_of_a_hold() => self.hold_command(record, now_ms),
             (None, _) if !self.layout.needs_saga(tx) => self.apply_command(tx, now_ms),
-            (None, Some(_)) => saga_step(account, "debit", "debit"),
-            (Some(SagaStep::Credit { .. }), Some(to)) => saga_step(to.as_str(), "credit", "credit"),
-            (Some(SagaStep::Settle { refused, .. }), Some(_)) => {
-                let step = if refused.is_some() {
-                    "refund"
-                } else {
-                    "release"
-                };
-                saga_step(account, step, "settle")
-            }
+            (None, Some(_)) => saga_step(account, StepKind::Debit),
+            (Some(step @ SagaStep::Credit { .. }), Some(to)) => saga_step(to.as_str(), step.kind()),
+            (Some(step @ SagaStep::Settle { .. }), Some(_)) => saga_step(account, step.kind()),
             (Some(_), None) => {
                 return Err(StoreError::Unexpected(format!(
                     "saga step of {}, which credits no other account",
@@ -142,12 +138,12 @@ impl Store {
             keys.push(layout.balance(to.as_str()));
             keys.push(layout.history(to.as_str()));
         }
-        if layout.shards() > 1 && tx.movement.kind() != "debit" {
+        if layout.shards() > 1 && tx.movement.kind() != Kind::Debit {
             let credited = tx.movement.to().map_or(account, AccountId::as_str);
             keys.push(layout.held(credited));
         }
         let mut cmd = Cmd::new();
-        cmd.arg(tx.movement.kind())
+        cmd.arg(tx.movement.kind().as_str())
             .arg(tx.movement.amount().minor_units())
             .arg(tx.fingerprint())
             .arg(self.outcome_ttl_secs)
@@ -199,7 +195,7 @@ impl Store {
             .arg(now_ms);
         self.history_args(&mut cmd, tx);
         cmd.arg(counterparty)
-            .arg(tx.movement.kind())
+            .arg(tx.movement.kind().as_str())
             .arg(tx.movement.ended_hold().map_or("", TxId::as_str));
         StepCall {
             shard,
@@ -224,7 +220,7 @@ impl Store {
                 ("capture_out", layout.step(account, id, "debit"))
             }
             Movement::Expire { .. } => ("expire", layout.hold(account, hold)),
-            _ => (movement.kind(), layout.apply_flag(id, account)),
+            _ => (movement.kind().as_str(), layout.apply_flag(id, account)),
         };
         let mut keys = vec![
             flag,
@@ -374,14 +370,13 @@ impl Store {
                 let commands: Vec<(u32, Cmd)> = ended
                     .iter()
                     .map(|(tx, outcome)| {
-                        let (state, reason, balance_after) = match outcome {
+                        let (reason, balance_after) = match outcome {
                             Outcome::Applied { balance_after } => {
-                                ("applied", "", balance_after.minor_units().to_string())
+                                ("", balance_after.minor_units().to_string())
                             }
-                            Outcome::Rejected { reason } => {
-                                ("rejected", reason.as_str(), String::new())
-                            }
+                            Outcome::Rejected { reason } => (reason.as_str(), String::new()),
                         };
+                        let state = outcome.as_str();
                         let mut cmd = evalsha(&self.scripts.finish, &[self.tx_key(&tx.id)]);
                         cmd.arg(state)
                             .arg(reason)

@@ -6,7 +6,7 @@
 use redis::Value;
 
 use super::{Store, StoreError};
-use crate::domain::AccountId;
+use crate::domain::{AccountId, Kind};
 
 /// One entry of an account's history.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,21 +17,112 @@ pub struct HistoryEntry {
     pub at_ms: u64,
     /// The transaction; none for an admin balance set.
     pub id: Option<String>,
-    /// debit, credit, transfer, hold, capture, void, expire or set.
-    pub kind: String,
+    pub kind: EntryKind,
     pub amount: u64,
     /// This account's signed change (0 when nothing moved).
     pub delta: i64,
     pub counterparty: Option<String>,
-    /// applied, rejected; a saga's step (debited, credited, released,
-    /// refunded); a hold's change (held, capturing, captured, voided, expired).
-    pub status: String,
+    pub status: EntryStatus,
     pub reason: Option<String>,
     pub balance_after: u64,
     /// The hold a hold's entry, or its capture's, void's or expiry's, is of.
     pub hold: Option<String>,
     /// The transaction's metadata, canonical JSON.
     pub metadata: Option<String>,
+}
+
+/// What an entry is of: a movement, or an admin's balance set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EntryKind {
+    Movement(Kind),
+    Set,
+}
+
+impl EntryKind {
+    /// Its name in the stream and the API: the movement's kind, or `set`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Movement(kind) => kind.as_str(),
+            Self::Set => "set",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "set" => Some(Self::Set),
+            kind => Kind::parse(kind).map(Self::Movement),
+        }
+    }
+}
+
+/// What an entry records of its transaction on this account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EntryStatus {
+    /// Its outcome (a balance set is `applied`).
+    Applied,
+    Rejected,
+    /// A saga's step: the source `debited`, the destination `credited`,
+    /// the source's hold of it `released` or `refunded`.
+    Debited,
+    Credited,
+    Released,
+    Refunded,
+    /// A hold's change: `held`, `capturing` (its capture's saga under way),
+    /// `captured`, `voided`, `expired`.
+    Held,
+    Capturing,
+    Captured,
+    Voided,
+    Expired,
+}
+
+impl EntryStatus {
+    const ALL: [Self; 11] = [
+        Self::Applied,
+        Self::Rejected,
+        Self::Debited,
+        Self::Credited,
+        Self::Released,
+        Self::Refunded,
+        Self::Held,
+        Self::Capturing,
+        Self::Captured,
+        Self::Voided,
+        Self::Expired,
+    ];
+
+    /// Its name in the stream (the scripts write it) and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Rejected => "rejected",
+            Self::Debited => "debited",
+            Self::Credited => "credited",
+            Self::Released => "released",
+            Self::Refunded => "refunded",
+            Self::Held => "held",
+            Self::Capturing => "capturing",
+            Self::Captured => "captured",
+            Self::Voided => "voided",
+            Self::Expired => "expired",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == raw)
+    }
+}
+
+impl std::fmt::Display for EntryKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for EntryStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Which entries a page holds: newest first, older than `before` (a
@@ -269,13 +360,17 @@ fn parse_entry(position: String, fields: &[String]) -> Result<HistoryEntry, Stor
     Ok(HistoryEntry {
         at_ms: position_ms(&position).ok_or_else(unexpected)?,
         id: present("id"),
-        kind: present("type").ok_or_else(unexpected)?,
+        kind: get("type")
+            .and_then(EntryKind::parse)
+            .ok_or_else(unexpected)?,
         amount: number("amount").ok_or_else(unexpected)?,
         delta: get("delta")
             .and_then(|value| value.parse().ok())
             .ok_or_else(unexpected)?,
         counterparty: present("cp"),
-        status: present("status").ok_or_else(unexpected)?,
+        status: get("status")
+            .and_then(EntryStatus::parse)
+            .ok_or_else(unexpected)?,
         reason: present("reason"),
         balance_after: number("bal").ok_or_else(unexpected)?,
         hold: present("hold"),
@@ -323,8 +418,30 @@ mod tests {
         assert_eq!(entry.counterparty.as_deref(), Some("b"));
         assert_eq!(entry.reason, None);
         assert_eq!(entry.balance_after, 95);
+        assert_eq!(entry.kind, EntryKind::Movement(Kind::Transfer));
+        assert_eq!(entry.status, EntryStatus::Applied);
         let mut broken = fields.clone();
         broken[15] = "x".into();
         assert!(parse_entry("1-0".into(), &broken).is_err());
+        for (at, unknown) in [(3, "refund"), (11, "paid")] {
+            let mut broken = fields.clone();
+            broken[at] = unknown.into();
+            assert!(parse_entry("1-0".into(), &broken).is_err(), "{unknown}");
+        }
+    }
+
+    /// Each kind and status an entry may hold reads back from its name.
+    #[test]
+    fn entry_kinds_and_statuses_read_back_from_their_names() {
+        for status in EntryStatus::ALL {
+            assert_eq!(EntryStatus::parse(status.as_str()), Some(status));
+        }
+        assert_eq!(EntryKind::parse("set"), Some(EntryKind::Set));
+        for kind in Kind::ALL {
+            assert_eq!(
+                EntryKind::parse(kind.as_str()),
+                Some(EntryKind::Movement(kind))
+            );
+        }
     }
 }

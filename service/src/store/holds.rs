@@ -3,7 +3,7 @@
 
 use super::layout::Layout;
 use super::{Store, StoreError};
-use crate::domain::{AccountId, Amount, HoldTerms, TxId};
+use crate::domain::{AccountId, Amount, Binding, HoldTerms, TxId};
 
 /// A hold whose expirer's look is due: its account, id and amount.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,7 +144,7 @@ impl Store {
         let fingerprints: Vec<Option<String>> = self.conn.run_by_slot(commands).await?;
         Ok(fingerprints
             .iter()
-            .map(|fp| fp.as_deref().and_then(HoldTerms::of_fingerprint))
+            .map(|fp| fp.as_deref().and_then(Binding::hold_terms_of))
             .collect())
     }
 }

@@ -291,7 +291,7 @@ mod tests {
             metadata: Default::default(),
             id: TxId::parse("t").unwrap(),
             movement: Movement::new(
-                Some("transfer"),
+                crate::domain::Kind::Transfer,
                 AccountId::parse("alice").unwrap(),
                 Some(AccountId::parse(to).unwrap()),
                 Amount::new(1).unwrap(),

@@ -37,7 +37,7 @@ pub use balances::{BalanceSet, Funds};
 pub use claim::{Acceptance, Claim, ClaimRequest, RequestClaims};
 use connection::is_transient;
 pub use connection::{Cluster, Connection};
-pub use history::{is_position, BalanceAt, HistoryEntry, HistoryQuery};
+pub use history::{is_position, BalanceAt, EntryKind, EntryStatus, HistoryEntry, HistoryQuery};
 pub use holds::{DueHold, HoldPhase, HoldRecord};
 pub use layout::{Layout, RedisTopology};
 pub use rate_limit::RateVerdict;

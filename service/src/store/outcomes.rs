@@ -1,8 +1,7 @@
 //! Where a transaction stands, read from its tx record.
 
-use super::balances::parse_balance;
 use super::{Store, StoreError};
-use crate::domain::{Outcome, RejectReason, TxId, TxStatus};
+use crate::domain::{TxId, TxStatus};
 
 impl Store {
     /// Where an id stands; `None` if unknown or only claimed (not yet accepted).
@@ -54,18 +53,5 @@ pub(super) fn parse_status(
             "state={state} reason={reason} balance_after={balance_after}"
         ))
     };
-    match state {
-        "pending" => Ok(TxStatus::Pending),
-        "applied" => {
-            let balance = parse_balance(balance_after).ok_or_else(unexpected)?;
-            Ok(TxStatus::Settled(Outcome::Applied {
-                balance_after: balance,
-            }))
-        }
-        "rejected" => {
-            let reason = RejectReason::parse(reason).ok_or_else(unexpected)?;
-            Ok(TxStatus::Settled(Outcome::Rejected { reason }))
-        }
-        _ => Err(unexpected()),
-    }
+    TxStatus::from_parts(state, reason, balance_after).ok_or_else(unexpected)
 }

@@ -1,0 +1,146 @@
+//! Outcomes, rejections and where a transaction stands, each with its one
+//! text (what the store, the API, the events and the metrics say).
+
+use serde::{Deserialize, Serialize};
+
+use super::Balance;
+
+/// Why an apply was refused. Final, like an applied outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    InsufficientFunds,
+    UnknownAccount,
+    BalanceOverflow,
+    /// A capture or void of an id that is no hold the account knows (it
+    /// was never applied).
+    UnknownHold,
+    /// A capture or void of a hold that ended (captured, voided, expired)
+    /// or was rejected.
+    HoldNotActive,
+    /// A capture of more than the hold holds (the hold stays).
+    ExceedsHold,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InsufficientFunds => "insufficient_funds",
+            Self::UnknownAccount => "unknown_account",
+            Self::BalanceOverflow => "balance_overflow",
+            Self::UnknownHold => "unknown_hold",
+            Self::HoldNotActive => "hold_not_active",
+            Self::ExceedsHold => "exceeds_hold",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        [
+            Self::InsufficientFunds,
+            Self::UnknownAccount,
+            Self::BalanceOverflow,
+            Self::UnknownHold,
+            Self::HoldNotActive,
+            Self::ExceedsHold,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == raw)
+    }
+}
+
+/// The final result of applying a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Money moved; `balance_after` is the checked account's new balance.
+    Applied {
+        balance_after: Balance,
+    },
+    Rejected {
+        reason: RejectReason,
+    },
+}
+
+/// Where a transaction id stands, as read back by clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxStatus {
+    /// Accepted by Kafka, not yet applied.
+    Pending,
+    Settled(Outcome),
+}
+
+impl Outcome {
+    /// `applied` or `rejected`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Applied { .. } => "applied",
+            Self::Rejected { .. } => "rejected",
+        }
+    }
+}
+
+impl TxStatus {
+    /// `pending`, or its outcome's text.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Settled(outcome) => outcome.as_str(),
+        }
+    }
+
+    /// The status the store keeps as `(state, reason, balance_after)` (the
+    /// text [`TxStatus::as_str`] gives, the reason of a rejection, the
+    /// balance after an apply); `None` for anything else.
+    pub fn from_parts(state: &str, reason: &str, balance_after: &str) -> Option<Self> {
+        Some(match state {
+            "pending" => Self::Pending,
+            "applied" => Self::Settled(Outcome::Applied {
+                balance_after: Balance::new(balance_after.parse().ok()?).ok()?,
+            }),
+            "rejected" => Self::Settled(Outcome::Rejected {
+                reason: RejectReason::parse(reason)?,
+            }),
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each status reads back from the text it writes; anything else is
+    /// refused.
+    #[test]
+    fn a_status_reads_back_from_its_parts() {
+        let applied = TxStatus::Settled(Outcome::Applied {
+            balance_after: Balance::new(12).unwrap(),
+        });
+        let rejected = TxStatus::Settled(Outcome::Rejected {
+            reason: RejectReason::ExceedsHold,
+        });
+        assert_eq!(
+            TxStatus::from_parts("pending", "", ""),
+            Some(TxStatus::Pending)
+        );
+        assert_eq!(
+            TxStatus::from_parts(applied.as_str(), "", "12"),
+            Some(applied)
+        );
+        assert_eq!(
+            TxStatus::from_parts(rejected.as_str(), "exceeds_hold", ""),
+            Some(rejected)
+        );
+        for (state, reason, balance) in [
+            ("applied", "", ""),
+            ("applied", "", "9007199254740992"),
+            ("rejected", "bored", ""),
+            ("held", "", ""),
+        ] {
+            assert_eq!(
+                TxStatus::from_parts(state, reason, balance),
+                None,
+                "{state}"
+            );
+        }
+    }
+}
