@@ -89,17 +89,10 @@ impl Publish {
                 }
             });
         }
-        // The binding stays (a record may still land); only the lease ends,
-        // so the retry of this same body is not a 409.
-        let releases = failed.iter().map(|&index| {
-            let (id, token) = (&records[index].tx.id, &tokens[index]);
-            async move {
-                if let Err(e) = self.store.release(id, token).await {
-                    tracing::warn!(error = %e, %id, "could not release a lease; it runs out by itself");
-                }
-            }
-        });
-        futures_util::future::join_all(releases).await;
+        let failed_leases = failed
+            .iter()
+            .map(|&index| (&records[index].tx.id, &tokens[index]));
+        self.release(failed_leases).await;
 
         // The ones Kafka acknowledged, by their place.
         let (delivered, to_accept): (Vec<(usize, TxId)>, Work) = records
@@ -124,6 +117,20 @@ impl Publish {
             .into_iter()
             .map(|answer| answer.expect("every item answered"))
             .collect()
+    }
+}
+
+impl Publish {
+    /// Ends the leases of publishes that failed. The binding stays (a record
+    /// may still land); only the lease ends, so the retry of this same body
+    /// is not a 409.
+    async fn release(&self, leases: impl Iterator<Item = (&TxId, &String)>) {
+        let releases = leases.map(|(id, token)| async move {
+            if let Err(e) = self.store.release(id, token).await {
+                tracing::warn!(error = %e, %id, "could not release a lease; it runs out by itself");
+            }
+        });
+        futures_util::future::join_all(releases).await;
     }
 }
 

@@ -329,26 +329,7 @@ pub(super) async fn post_batch(
     let body = read_body_within(&api, &headers, body, MAX_BATCH_BODY_BYTES).await?;
     let key = authenticate(&api, &headers).await?;
     let items = decode_batch(&body).map_err(batch_problem)?;
-    // Items that could not be decoded are answered here; the others go to
-    // admission, each answered there.
-    let mut results: Vec<Option<ItemResult>> = Vec::with_capacity(items.len());
-    let mut ids = Vec::new();
-    let mut posted = Vec::new();
-    for item in items {
-        match item.transaction {
-            Ok(transaction) => {
-                results.push(None);
-                ids.push(transaction.id().clone());
-                posted.push(transaction);
-            }
-            Err(RequestError::Malformed(detail)) => results.push(Some(
-                ItemResult::new(item.id, ItemStatus::Invalid).because(detail),
-            )),
-            Err(RequestError::Rule(rule)) => results.push(Some(
-                ItemResult::new(item.id, ItemStatus::Invalid).because(rule.to_string()),
-            )),
-        }
-    }
+    let (results, ids, posted) = sort_decoded(items);
     let Admitted { answers, quota } = api.admission.admit(key.clone(), posted).await;
     let quota = quota.map(|(limit, verdict)| Quota::new(limit, verdict));
     let rate_retry_s = quota.as_ref().map_or(1, Quota::retry_after_secs);
@@ -392,6 +373,29 @@ pub(super) async fn post_batch(
     }
     fields.extend(quota.iter().flat_map(Quota::headers));
     Ok(response)
+}
+
+/// Each item's result when it could not be decoded (`None` for the others),
+/// and the ids and requests of the others, to admit.
+fn sort_decoded(items: Vec<BatchItem>) -> (Vec<Option<ItemResult>>, Vec<TxId>, Vec<Posted>) {
+    let mut results = Vec::with_capacity(items.len());
+    let mut ids = Vec::new();
+    let mut posted = Vec::new();
+    for item in items {
+        let invalid = |reason: String| {
+            Some(ItemResult::new(item.id.clone(), ItemStatus::Invalid).because(reason))
+        };
+        match item.transaction {
+            Ok(transaction) => {
+                results.push(None);
+                ids.push(transaction.id().clone());
+                posted.push(transaction);
+            }
+            Err(RequestError::Malformed(detail)) => results.push(invalid(detail)),
+            Err(RequestError::Rule(rule)) => results.push(invalid(rule.to_string())),
+        }
+    }
+    (results, ids, posted)
 }
 
 /// Of the items that were valid and in scope, none could be taken: the

@@ -158,21 +158,7 @@ impl Store {
             }
             Err(e) => return failed(requests, &e),
         };
-        let mut claims = claims.into_iter();
-        requests
-            .iter()
-            .zip(rates)
-            .map(|(request, rate)| RequestClaims {
-                rate: request.limit.map(|_| RateVerdict::from_script(rate)),
-                claims: claims
-                    .by_ref()
-                    .take(request.items.len())
-                    .map(|(verdict, reason, balance_after)| {
-                        parse_claim(&verdict, &reason, &balance_after)
-                    })
-                    .collect(),
-            })
-            .collect()
+        each_request(requests, claims, rates)
     }
 
     /// [`Store::claim_requests`] on a cluster: each key counted once for
@@ -422,6 +408,30 @@ fn share(verdict: &RateVerdict, before: u64, count: u64, limit: &RateLimit) -> R
             .reset
             .saturating_sub(Duration::from_micros(later * limit.interval_us())),
     }
+}
+
+/// claim_batch.lua's answer, one per request: its rate verdict (when it
+/// has a limit) and its items' claims.
+fn each_request(
+    requests: &[ClaimRequest<'_>],
+    claims: Vec<(String, String, String)>,
+    rates: Vec<(u64, u64, u64, u64)>,
+) -> Vec<RequestClaims> {
+    let mut claims = claims.into_iter();
+    requests
+        .iter()
+        .zip(rates)
+        .map(|(request, rate)| RequestClaims {
+            rate: request.limit.map(|_| RateVerdict::from_script(rate)),
+            claims: claims
+                .by_ref()
+                .take(request.items.len())
+                .map(|(verdict, reason, balance_after)| {
+                    parse_claim(&verdict, &reason, &balance_after)
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 /// Every item of every request failed with `e`.
