@@ -84,10 +84,14 @@ pub enum Refused {
 }
 
 impl Refused {
-    /// Refused before a claim was tried: the request itself is at fault
-    /// (invalid, out of the key's scope), so there is no id to retry with.
-    pub fn is_the_request_s_fault(&self) -> bool {
-        matches!(self, Self::Invalid(_) | Self::Forbidden { .. })
+    /// Whether the answer names the transaction's id for the retry: not
+    /// when the request could not be completed (invalid, out of the key's
+    /// scope, its hold unreadable), so nothing of it was claimed.
+    pub fn names_the_id(&self) -> bool {
+        !matches!(
+            self,
+            Self::Invalid(_) | Self::Forbidden { .. } | Self::HoldUnreadable(_)
+        )
     }
 }
 

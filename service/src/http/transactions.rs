@@ -415,7 +415,7 @@ pub(super) async fn post_transaction(
         Err(Refused::Forbidden { account, .. }) => {
             forbidden(&key, format!("account {account}")).into_response()
         }
-        Err(refused) if refused.is_the_request_s_fault() => {
+        Err(refused) if !refused.names_the_id() => {
             Problem::refused(refused, api.retry_after_secs).into_response()
         }
         Err(refused) => Problem::refused(refused, api.retry_after_secs)
