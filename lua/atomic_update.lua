@@ -1,25 +1,24 @@
 -- Apply one transaction atomically: read the processed flag, check the
 -- balance, move the money and record the outcome, all in one script.
 --
--- Every key is in one slot, the checked account's ({tag} below: `{ns}` on
--- one Redis, `{ns:<shard>}` on a cluster, see service/src/store/layout.rs):
--- KEYS[1] the processed flag, holding the outcome: the tx record
---         ({tag}:tx:<id>) when it shares the slot, else {tag}:step:<id>:apply
---         (the consumer then copies the outcome into the tx record)
--- KEYS[2] apply-order counter            ({tag}:seq): each outcome records its
---         position in the slot's order of applies, so an audit (the
---         harness) can replay the log in that order and check each one
+-- Every key is in one slot, the checked account's; KEYS[1..6] and
+-- ARGV[1..8] are money.lua's layout, the flag here being the tx record
+-- ({tag}:tx:<id>) when it shares the slot, else {tag}:step:<id>:apply (the
+-- consumer then copies the outcome into the tx record). Each outcome
+-- records its place in the slot's order of applies (KEYS[2]), so an audit
+-- (the harness) can replay the log in that order and check each one.
+-- KEYS[1] the processed flag, holding the outcome
+-- KEYS[2] the slot's apply order         ({tag}:seq)
 -- KEYS[3] balance of the checked account ({tag}:bal:<account>)
 -- KEYS[4] money held on it by holds      ({tag}:pending:<account>): a
 --         debit or transfer may take only balance - pending
 -- KEYS[5] history of the checked account ({tag}:hist:<account>)
--- KEYS[6] balance of the destination     ({tag}:bal:<to>), transfers only
--- KEYS[7] history of the destination     ({tag}:hist:<to>), transfers only
--- then, on a cluster only, for credits and transfers: money in flight out
---         of the credited account ({tag}:held:<account or to>), what sagas
---         debited from it and may refund, so that a credit never leaves a
---         refund no room below 2^53-1 (KEYS[6] for a credit, KEYS[8] for a
---         transfer)
+-- KEYS[6] money in flight out of it      ({tag}:held:<account>): a credit
+--         leaves a refund of it room below 2^53-1
+-- KEYS[7] balance of the destination     ({tag}:bal:<to>), transfers only
+-- KEYS[8] history of the destination     ({tag}:hist:<to>), transfers only
+-- KEYS[9] money in flight out of the destination ({tag}:held:<to>),
+--         transfers only
 -- ARGV[1] kind: debit | credit | transfer
 -- ARGV[2] amount in minor units, 1 ..= 2^53-1 (validated before it gets here)
 -- ARGV[3] fingerprint of the request (kind|account|to|amount)
@@ -34,8 +33,8 @@
 -- "applied" or "rejected" and duplicate is 1 when an earlier apply had
 -- already settled this id (nothing was changed this time).
 --
--- The store puts money.lua (MAX, digits, has_room, replayed, settle, log_tx)
--- before this file; KEYS[1], KEYS[2] and ARGV[3..8] follow its flag layout.
+-- The store puts money.lua (digits, replayed, pay_refusal, credit_refusal,
+-- settle, log_tx) before this file.
 -- Each outcome is an entry in the history of each account it touched; a
 -- refusal, in the checked account's only (none when it does not exist).
 
@@ -55,12 +54,6 @@ local amount = tonumber(ARGV[2])
 -- The other side of a transfer, named in each side's entry.
 local counterparty = ARGV[9]
 
-local held_key = KEYS[kind == 'transfer' and 8 or 6]
-local held = 0
-if kind ~= 'debit' and held_key then
-  held = tonumber(redis.call('GET', held_key) or '0')
-end
-
 local source = redis.call('GET', KEYS[3])
 if not source then
   return settle('rejected', 'unknown_account', '')
@@ -74,28 +67,27 @@ local function refuse(reason)
 end
 
 if kind == 'credit' then
-  if not has_room(amount, source, held) then
-    return refuse('balance_overflow')
+  local full = credit_refusal(source, KEYS[6], amount)
+  if full then
+    return refuse(full)
   end
   local after = digits(redis.call('INCRBY', KEYS[3], ARGV[2]))
   log_tx(KEYS[5], kind, ARGV[2], ARGV[2], '', 'applied', '', after)
   return settle('applied', '', after)
 end
 
-if source - tonumber(redis.call('GET', KEYS[4]) or '0') < amount then
-  return refuse('insufficient_funds')
+local short = pay_refusal(source, amount)
+if short then
+  return refuse(short)
 end
 
 if kind == 'transfer' then
-  local destination = redis.call('GET', KEYS[6])
-  if not destination then
-    return refuse('unknown_account')
+  local unfit = credit_refusal(redis.call('GET', KEYS[7]), KEYS[9], amount)
+  if unfit then
+    return refuse(unfit)
   end
-  if not has_room(amount, tonumber(destination), held) then
-    return refuse('balance_overflow')
-  end
-  local credited = digits(redis.call('INCRBY', KEYS[6], ARGV[2]))
-  log_tx(KEYS[7], kind, ARGV[2], ARGV[2], ARGV[10], 'applied', '', credited)
+  local credited = digits(redis.call('INCRBY', KEYS[7], ARGV[2]))
+  log_tx(KEYS[8], kind, ARGV[2], ARGV[2], ARGV[10], 'applied', '', credited)
 end
 
 local after = digits(redis.call('DECRBY', KEYS[3], ARGV[2]))

@@ -16,23 +16,25 @@
 --                hold's state is its flag)
 -- A capture or void that comes after the deadline first expires the hold.
 --
+-- KEYS[1..6] and ARGV[1..8] are money.lua's layout:
 -- KEYS[1] the flag of this transaction (its tx record, or a step flag in
 --         the account's slot); the hold hash itself for expire
 -- KEYS[2] the slot's apply order          ({tag}:seq)
 -- KEYS[3] the account's balance           ({tag}:bal:<account>)
 -- KEYS[4] money held on the account       ({tag}:pending:<account>)
--- KEYS[5] the hold                        ({tag}:hold:<hold id>): hash of
+-- KEYS[5] the account's history           ({tag}:hist:<account>)
+-- KEYS[6] money in flight out of the account ({tag}:held:<account>):
+--         capture_out adds to it
+-- KEYS[7] the hold                        ({tag}:hold:<hold id>): hash of
 --         state held|capturing|captured|voided|expired|rejected, amount,
 --         to, deadline_ms, and once ended captured, ended_ms (Redis's
 --         clock) and ended_seq (the slot's apply order)
--- KEYS[6] the slot's due holds            ({tag}:holds_due): sorted set of
+-- KEYS[8] the slot's due holds            ({tag}:holds_due): sorted set of
 --         ARGV[9] by when the expirer should next look at them
--- KEYS[7] the account's history           ({tag}:hist:<account>)
--- KEYS[8] capture: `to`'s balance (in this slot); capture_out: money in
---         flight out of the account ({tag}:held:<account>)
--- KEYS[9] capture to `to`: `to`'s history
--- KEYS[10] capture on a cluster: money in flight out of `to`, so that a
---         credit leaves every refund room below 2^53-1
+-- KEYS[9] capture to `to` (in this slot) only: `to`'s balance
+-- KEYS[10] the same: `to`'s history
+-- KEYS[11] the same: money in flight out of `to`, so that a credit leaves
+--         every refund room below 2^53-1
 -- ARGV[1] hold | capture | capture_out | void | expire
 -- ARGV[2] amount: held (hold, void, expire) or captured (capture)
 -- ARGV[3..5] fingerprint, seconds to keep flags, consumer clock (money.lua)
@@ -54,8 +56,8 @@
 -- `expired`, or `ended` (the reason: the state it ended in; the due
 -- member removed) / `not_due`, with duplicate 1 (nothing else changed).
 --
--- The store puts money.lua and clock.lua before this file; KEYS[1], KEYS[2]
--- and ARGV[3..8] follow money.lua's flag layout.
+-- The store puts money.lua (digits, replayed, pay_refusal, credit_refusal,
+-- settle, log, log_tx) and clock.lua before this file.
 
 local op = ARGV[1]
 local ops = {hold = true, capture = true, capture_out = true, void = true, expire = true}
@@ -80,10 +82,10 @@ local function end_hold(h, state, captured)
   else
     redis.call('DECRBY', KEYS[4], h[2])
   end
-  redis.call('HSET', KEYS[5], 'state', state, 'captured', digits(captured),
+  redis.call('HSET', KEYS[7], 'state', state, 'captured', digits(captured),
     'ended_ms', digits(now_ms), 'ended_seq', redis.call('INCR', KEYS[2]))
-  redis.call('EXPIRE', KEYS[5], ARGV[4])
-  redis.call('ZREM', KEYS[6], ARGV[9])
+  redis.call('EXPIRE', KEYS[7], ARGV[4])
+  redis.call('ZREM', KEYS[8], ARGV[9])
   return nil
 end
 
@@ -93,13 +95,13 @@ end
 
 -- This transaction's entry in the account's history.
 local function entry(status, delta, reason)
-  log_tx(KEYS[7], op == 'capture_out' and 'capture' or op, ARGV[2], delta, ARGV[11],
+  log_tx(KEYS[5], op == 'capture_out' and 'capture' or op, ARGV[2], delta, ARGV[11],
     status, reason or '', digits(balance()), ARGV[12])
 end
 
 -- The expiry's entry, also when a late capture or void finds it due.
 local function expired_entry(h)
-  log(KEYS[7], ARGV[7], ARGV[12], '', 'expire', digits(h[2]), '0', h[3] or '', 'expired', '',
+  log(KEYS[5], ARGV[7], ARGV[12], '', 'expire', digits(h[2]), '0', h[3] or '', 'expired', '',
     digits(balance()), ARGV[12])
 end
 
@@ -112,7 +114,7 @@ local function refuse(reason)
 end
 
 -- state, amount, to, deadline_ms
-local h = redis.call('HMGET', KEYS[5], 'state', 'amount', 'to', 'deadline_ms')
+local h = redis.call('HMGET', KEYS[7], 'state', 'amount', 'to', 'deadline_ms')
 if h[2] then
   h[2] = tonumber(h[2])
 end
@@ -122,7 +124,7 @@ if op == 'expire' then
   if h[1] ~= 'held' then
     -- Ended (how: the reason); a late capture or void that expired it
     -- left its member due for this record (its outcome event).
-    redis.call('ZREM', KEYS[6], ARGV[9]) -- due no more
+    redis.call('ZREM', KEYS[8], ARGV[9]) -- due no more
     return {'ended', h[1] or '', '', 1, 0}
   end
   if now_ms < tonumber(h[4]) then
@@ -149,27 +151,27 @@ if op == 'hold' then
   end
   if h[1] then
     -- An ended hold of this id whose flag expired: the id was reused.
-    redis.call('DEL', KEYS[5])
+    redis.call('DEL', KEYS[7])
   end
   local refuse_hold = function(reason)
-    redis.call('HSET', KEYS[5], 'state', 'rejected', 'amount', ARGV[2], 'to', ARGV[11])
-    redis.call('EXPIRE', KEYS[5], ARGV[4])
+    redis.call('HSET', KEYS[7], 'state', 'rejected', 'amount', ARGV[2], 'to', ARGV[11])
+    redis.call('EXPIRE', KEYS[7], ARGV[4])
     return refuse(reason)
   end
   local source = redis.call('GET', KEYS[3])
   if not source then
     return refuse_hold('unknown_account')
   end
-  local pending = tonumber(redis.call('GET', KEYS[4]) or '0')
-  if tonumber(source) - pending < amount then
-    return refuse_hold('insufficient_funds')
+  local short = pay_refusal(tonumber(source), amount)
+  if short then
+    return refuse_hold(short)
   end
   redis.call('INCRBY', KEYS[4], ARGV[2])
   local deadline = now_ms + tonumber(ARGV[10])
-  redis.call('HSET', KEYS[5], 'state', 'held', 'amount', ARGV[2], 'to', ARGV[11],
+  redis.call('HSET', KEYS[7], 'state', 'held', 'amount', ARGV[2], 'to', ARGV[11],
     'deadline_ms', digits(deadline))
-  redis.call('EXPIRE', KEYS[5], ARGV[4])
-  redis.call('ZADD', KEYS[6], deadline, ARGV[9])
+  redis.call('EXPIRE', KEYS[7], ARGV[4])
+  redis.call('ZADD', KEYS[8], deadline, ARGV[9])
   entry('held', '0')
   return settle('applied', '', source)
 end
@@ -186,7 +188,7 @@ if active and now_ms >= tonumber(h[4]) then
   expired_entry(h)
   -- Due again at once: the expirer publishes the expiry, whose apply finds
   -- the hold expired and publishes its outcome event.
-  redis.call('ZADD', KEYS[6], now_ms, ARGV[9])
+  redis.call('ZADD', KEYS[8], now_ms, ARGV[9])
   active = false
 end
 if not active then
@@ -224,7 +226,7 @@ if op == 'capture_out' then
   if failed then
     return failed
   end
-  redis.call('INCRBY', KEYS[8], ARGV[2])
+  redis.call('INCRBY', KEYS[6], ARGV[2])
   local after = digits(redis.call('DECRBY', KEYS[3], ARGV[2]))
   entry('capturing', '-' .. ARGV[2])
   return settle('debited', '', after)
@@ -232,16 +234,10 @@ end
 
 local destination = nil
 if ARGV[11] ~= '' then
-  destination = redis.call('GET', KEYS[8])
-  if not destination then
-    return refuse('unknown_account')
-  end
-  local held = 0
-  if KEYS[10] then
-    held = tonumber(redis.call('GET', KEYS[10]) or '0')
-  end
-  if not has_room(amount, tonumber(destination), held) then
-    return refuse('balance_overflow')
+  destination = redis.call('GET', KEYS[9])
+  local unfit = credit_refusal(destination, KEYS[11], amount)
+  if unfit then
+    return refuse(unfit)
   end
 end
 -- Ended first: end_hold may refuse, and nothing may be written before.
@@ -250,8 +246,8 @@ if failed then
   return failed
 end
 if destination then
-  local credited = digits(redis.call('INCRBY', KEYS[8], ARGV[2]))
-  log_tx(KEYS[9], 'capture', ARGV[2], ARGV[2], ARGV[13], 'captured', '', credited, ARGV[12])
+  local credited = digits(redis.call('INCRBY', KEYS[9], ARGV[2]))
+  log_tx(KEYS[10], 'capture', ARGV[2], ARGV[2], ARGV[13], 'captured', '', credited, ARGV[12])
 end
 local after = digits(redis.call('DECRBY', KEYS[3], ARGV[2]))
 entry('captured', '-' .. ARGV[2])

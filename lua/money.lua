@@ -1,5 +1,6 @@
 -- What the scripts that move money share: the store puts this file before
--- atomic_update.lua, saga_step.lua and set_balance.lua (store/scripts.rs).
+-- atomic_update.lua, saga_step.lua, hold.lua and set_balance.lua
+-- (store/scripts.rs).
 -- Only definitions: nothing here runs or writes by itself.
 --
 -- Balances are strings of integers in 0 ..= 2^53-1, so tonumber() is exact;
@@ -20,10 +21,20 @@ local function has_room(amount, balance, held)
   return amount <= MAX - balance - held
 end
 
--- The scripts that keep a processed flag (atomic_update.lua, saga_step.lua)
--- share one layout, which the two functions below read:
+-- The scripts that keep a processed flag (atomic_update.lua, saga_step.lua,
+-- hold.lua) share one layout, which the functions below read. Every key is
+-- in the slot of the account the call runs for ({tag}: see
+-- service/src/store/layout.rs), and the account's keys sit at the same
+-- index in every script; each script's own keys follow KEYS[6]:
 -- KEYS[1] the flag (a hash: state, reason, balance_after, ...)
 -- KEYS[2] the slot's apply-order counter ({tag}:seq)
+-- KEYS[3] the account's balance          ({tag}:bal:<account>)
+-- KEYS[4] money held on it by holds      ({tag}:pending:<account>)
+-- KEYS[5] the account's history          ({tag}:hist:<account>)
+-- KEYS[6] money in flight out of it      ({tag}:held:<account>): what
+--         sagas debited and may refund (never written on one Redis)
+-- ARGV[1] what to do (the script's kind, step or op)
+-- ARGV[2] amount in minor units, 1 ..= 2^53-1 (validated before it gets here)
 -- ARGV[3] the fingerprint of the transaction
 -- ARGV[4] seconds to keep the flag (>= the topic's retention)
 -- ARGV[5] the consumer's clock (ms since the epoch)
@@ -44,6 +55,31 @@ local function replayed()
     return {'mismatch', '', '', 1, 0}
   end
   return {done[1], done[2] or '', done[3] or '', 1, 0}
+end
+
+-- Why the account (KEYS[3..4]), whose balance is `balance`, may not pay
+-- `amount` (nil when it may): only what holds do not keep, balance -
+-- pending, may leave it, so a capture always finds the money it holds.
+local function pay_refusal(balance, amount)
+  if balance - tonumber(redis.call('GET', KEYS[4]) or '0') < amount then
+    return 'insufficient_funds'
+  end
+  return nil
+end
+
+-- Why `amount` may not be credited to an account whose balance is
+-- `balance` (nil: no such account) and whose money in flight out is kept
+-- at `held_key`, or nil when it may: a credit leaves every refund of that
+-- money room below 2^53-1.
+local function credit_refusal(balance, held_key, amount)
+  if not balance then
+    return 'unknown_account'
+  end
+  local held = tonumber(redis.call('GET', held_key) or '0')
+  if not has_room(amount, tonumber(balance), held) then
+    return 'balance_overflow'
+  end
+  return nil
 end
 
 -- History entries this call wrote (`log`), the reply's fifth element.

@@ -7,13 +7,15 @@
 --   release (source slot)       the credit happened: the money has landed
 --   refund  (source slot)       the credit was refused: give the money back
 --
+-- KEYS[1..6] and ARGV[1..8] are money.lua's layout:
 -- KEYS[1] the step's flag          ({tag}:step:<id>:<step>)
 -- KEYS[2] the slot's apply order   ({tag}:seq)
 -- KEYS[3] the account's balance    ({tag}:bal:<account>)
--- KEYS[4] money in flight out of the account ({tag}:held:<account>)
--- KEYS[5] money held on the account by holds ({tag}:pending:<account>):
+-- KEYS[4] money held on the account by holds ({tag}:pending:<account>):
 --         the debit may take only balance - pending
--- KEYS[6] the account's history          ({tag}:hist:<account>)
+-- KEYS[5] the account's history          ({tag}:hist:<account>)
+-- KEYS[6] money in flight out of the account ({tag}:held:<account>): the
+--         debit adds to it, the release and the refund take it back
 -- KEYS[7] settle of a capture's saga only: the hold ({tag}:hold:<id>),
 --         `capturing` until now, then captured (release) or voided (refund:
 --         the money is back and the hold is gone)
@@ -38,8 +40,8 @@
 -- or `refused` when the credit is (a refund follows). duplicate is 1 when
 -- the flag was set already (nothing changed this time).
 --
--- The store puts money.lua (MAX, digits, has_room, replayed, settle, log_tx)
--- before this file; KEYS[1], KEYS[2] and ARGV[3..8] follow its flag layout.
+-- The store puts money.lua (digits, has_room, replayed, pay_refusal,
+-- credit_refusal, settle, log_tx) before this file.
 
 local step = ARGV[1]
 local steps = {debit = true, credit = true, release = true, refund = true}
@@ -55,11 +57,9 @@ end
 
 local amount = tonumber(ARGV[2])
 
-local held = tonumber(redis.call('GET', KEYS[4]) or '0')
-
 -- This step's entry: what it moved (`delta`) and the balance after.
 local function entry(status, delta, after, reason)
-  log_tx(KEYS[6], ARGV[10], ARGV[2], delta, ARGV[9], status, reason or '', after, ARGV[11])
+  log_tx(KEYS[5], ARGV[10], ARGV[2], delta, ARGV[9], status, reason or '', after, ARGV[11])
 end
 
 if step == 'debit' then
@@ -67,23 +67,21 @@ if step == 'debit' then
   if not source then
     return settle('rejected', 'unknown_account', '')
   end
-  if tonumber(source) - tonumber(redis.call('GET', KEYS[5]) or '0') < amount then
-    entry('rejected', '0', source, 'insufficient_funds')
-    return settle('rejected', 'insufficient_funds', '')
+  local short = pay_refusal(tonumber(source), amount)
+  if short then
+    entry('rejected', '0', source, short)
+    return settle('rejected', short, '')
   end
-  redis.call('INCRBY', KEYS[4], ARGV[2])
+  redis.call('INCRBY', KEYS[6], ARGV[2])
   local after = digits(redis.call('DECRBY', KEYS[3], ARGV[2]))
   entry('debited', '-' .. ARGV[2], after)
   return settle('debited', '', after)
 end
 
 if step == 'credit' then
-  local destination = redis.call('GET', KEYS[3])
-  if not destination then
-    return settle('refused', 'unknown_account', '')
-  end
-  if not has_room(amount, tonumber(destination), held) then
-    return settle('refused', 'balance_overflow', '')
+  local unfit = credit_refusal(redis.call('GET', KEYS[3]), KEYS[6], amount)
+  if unfit then
+    return settle('refused', unfit, '')
   end
   local after = digits(redis.call('INCRBY', KEYS[3], ARGV[2]))
   entry('credited', ARGV[2], after)
@@ -93,6 +91,7 @@ end
 -- release and refund end the hold the debit made; the debit ran in this
 -- slot before them (the consumer publishes them only after it), so the
 -- hold is there, unless something else wrote these keys: then stop, loudly.
+local held = tonumber(redis.call('GET', KEYS[6]) or '0')
 if held < amount then
   return redis.error_reply('saga ' .. step .. ': held ' .. held .. ' < ' .. ARGV[2])
 end
@@ -104,8 +103,8 @@ end
 if step == 'refund' and not has_room(amount, tonumber(redis.call('GET', KEYS[3]) or '0'), 0) then
   return redis.error_reply('saga refund would pass 2^53-1')
 end
-if redis.call('DECRBY', KEYS[4], ARGV[2]) == 0 then
-  redis.call('DEL', KEYS[4])
+if redis.call('DECRBY', KEYS[6], ARGV[2]) == 0 then
+  redis.call('DEL', KEYS[6])
 end
 if KEYS[7] then
   redis.call('HSET', KEYS[7], 'state', step == 'release' and 'captured' or 'voided')

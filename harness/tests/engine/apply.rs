@@ -504,10 +504,14 @@ async fn unknown_kinds_and_saga_steps_write_nothing() {
     // in_order.lua, whose order key and place come last): an error answer
     // does not count as run, so the pipeline's order key is not written.
     let order = layout.order(0, "unknown-kinds");
+    // KEYS[1..6], the account's keys as every apply script takes them
+    // (lua/money.lua's layout), then the order key.
     let keys = [
         layout.tx("bogus"),
         layout.seq(0),
         layout.balance("a"),
+        layout.pending("a"),
+        layout.history("a"),
         held.clone(),
         order.clone(),
     ];

@@ -720,6 +720,109 @@ async fn the_hold_script_at_its_edges() {
     );
 }
 
+/// A capture to `to` in its slot credits `to` as a transfer would: never
+/// past 2^53-1, leaving room for the money in flight out of `to` (here
+/// written by hand: on one Redis no saga holds any). Refused, it changes
+/// nothing: the hold stays held, with all it keeps.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_capture_leaves_its_destination_room_for_what_is_in_flight() {
+    use txengine::domain::{AccountId, Amount, Balance, Movement, Outcome, RejectReason};
+    use txengine::domain::{Transaction, TxId};
+    use txengine::limits::MAX_MINOR_UNITS;
+    use txengine::store::{Applied, Progress};
+    use txengine::wire::Record;
+
+    let namespace = format!("hold-room-{}", uuid::Uuid::new_v4().simple());
+    let store = crate::isolated_store(&namespace, &crate::infra().redis_url).await;
+    let (payer, full) = (
+        AccountId::parse("payer").unwrap(),
+        AccountId::parse("full").unwrap(),
+    );
+    for (account, balance) in [(&payer, 100), (&full, MAX_MINOR_UNITS - 20)] {
+        let balance = Balance::new(balance).unwrap();
+        store
+            .set_balance(account, balance)
+            .await
+            .unwrap()
+            .ensure_set()
+            .unwrap();
+    }
+    let record = |id: &str, movement| Record {
+        tx: Transaction {
+            metadata: Default::default(),
+            id: TxId::parse(id).unwrap(),
+            movement,
+        },
+        accepted_at_ms: 1,
+        saga: None,
+    };
+    let hold = record(
+        "r-1",
+        Movement::Hold {
+            account: payer.clone(),
+            to: Some(full.clone()),
+            amount: Amount::new(10).unwrap(),
+            timeout_s: 60,
+        },
+    );
+    let capture = |id: &str| {
+        record(
+            id,
+            Movement::Capture {
+                hold: TxId::parse("r-1").unwrap(),
+                account: payer.clone(),
+                to: Some(full.clone()),
+                amount: Amount::new(10).unwrap(),
+            },
+        )
+    };
+    store.apply_records(&[hold]).await.unwrap();
+    // 10 fits below 2^53-1 (20 left), but not with 15 in flight out of `to`.
+    let client = redis::Client::open(crate::infra().redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let held = store.layout().held("full");
+    let _: () = redis::cmd("SET")
+        .arg(&held)
+        .arg(15)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let refused = store.apply_records(&[capture("c-1")]).await.unwrap();
+    let overflow = Outcome::Rejected {
+        reason: RejectReason::BalanceOverflow,
+    };
+    assert!(
+        matches!(refused[..], [Progress::Ended { applied: Applied { outcome, .. }, .. }] if outcome == overflow),
+        "{refused:?}"
+    );
+    let funds = store.funds(&payer).await.unwrap().unwrap();
+    assert_eq!((funds.balance.minor_units(), funds.pending), (100, 10));
+    let to = store.funds(&full).await.unwrap().unwrap();
+    assert_eq!(to.balance.minor_units(), MAX_MINOR_UNITS - 20);
+    // With the money in flight back, the same capture fits.
+    let _: () = redis::cmd("DEL")
+        .arg(&held)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let captured = store.apply_records(&[capture("c-2")]).await.unwrap();
+    assert!(
+        matches!(
+            captured[..],
+            [Progress::Ended {
+                applied: Applied {
+                    outcome: Outcome::Applied { .. },
+                    ..
+                },
+                ..
+            }]
+        ),
+        "{captured:?}"
+    );
+    let to = store.funds(&full).await.unwrap().unwrap();
+    assert_eq!(to.balance.minor_units(), MAX_MINOR_UNITS - 10);
+}
+
 /// On a Redis Cluster, the settle of a capture's saga ends only a hold
 /// that its capture left `capturing`: a hold in any other state (only a
 /// foreign write can do that) stops it with an error, nothing written.

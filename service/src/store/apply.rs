@@ -7,13 +7,12 @@ use redis::Cmd;
 use crate::domain::Balance;
 
 use super::balances::parse_balance;
+use super::calls::{AccountKeys, AtomicUpdateCall, CreditedKeys, FlagArgs, HoldCall, SagaStepCall};
 use super::in_order::StepCall;
 use super::outcomes::parse_status;
 use super::Layout;
 use super::{evalsha, Store, StoreError};
-use crate::domain::{
-    AccountId, Kind, Movement, Outcome, RejectReason, Transaction, TxId, TxStatus,
-};
+use crate::domain::{AccountId, Movement, Outcome, RejectReason, Transaction, TxId, TxStatus};
 use crate::wire::{Record, SagaStep, StepKind};
 
 /// One applied transaction as the apply script reported it.
@@ -126,37 +125,15 @@ impl Store {
     fn apply_command(&self, tx: &Transaction, now_ms: u64) -> StepCall<'_> {
         let layout = &self.layout;
         let account = tx.movement.account().as_str();
-        let shard = layout.shard_of(account);
-        let mut keys = vec![
-            layout.apply_flag(tx.id.as_str(), account),
-            layout.seq(shard),
-            layout.balance(account),
-            layout.pending(account),
-            layout.history(account),
-        ];
-        if let Some(to) = tx.movement.to() {
-            keys.push(layout.balance(to.as_str()));
-            keys.push(layout.history(to.as_str()));
-        }
-        if layout.shards() > 1 && tx.movement.kind() != Kind::Debit {
-            let credited = tx.movement.to().map_or(account, AccountId::as_str);
-            keys.push(layout.held(credited));
-        }
-        let mut cmd = Cmd::new();
-        cmd.arg(tx.movement.kind().as_str())
-            .arg(tx.movement.amount().minor_units())
-            .arg(tx.fingerprint())
-            .arg(self.outcome_ttl_secs)
-            .arg(now_ms);
-        self.history_args(&mut cmd, tx);
-        cmd.arg(tx.movement.to().map_or("", AccountId::as_str))
-            .arg(account);
-        StepCall {
-            shard,
-            script: &self.scripts.apply,
-            keys,
-            args: cmd,
-        }
+        let to = tx.movement.to().map(AccountId::as_str);
+        let call = AtomicUpdateCall {
+            account: AccountKeys::of(layout, account, layout.apply_flag(tx.id.as_str(), account)),
+            to: to.map(|to| CreditedKeys::of(layout, to)),
+            args: self.flag_args(tx, tx.movement.kind().as_str(), now_ms),
+            to_name: to.unwrap_or(""),
+            account_name: account,
+        };
+        StepCall::new(layout.shard_of(account), &self.scripts.apply, call.write())
     }
 
     /// The call of `lua/saga_step.lua` for `step` of a saga between slots,
@@ -170,39 +147,23 @@ impl Store {
         flag: &str,
     ) -> StepCall<'_> {
         let layout = &self.layout;
-        let shard = layout.shard_of(on);
-        let mut keys = vec![
-            layout.step(on, tx.id.as_str(), flag),
-            layout.seq(shard),
-            layout.balance(on),
-            layout.held(on),
-            layout.pending(on),
-            layout.history(on),
-        ];
-        // A capture's saga ends its hold when it settles.
-        if let (Some(hold), "settle") = (tx.movement.ended_hold(), flag) {
-            keys.push(layout.hold(on, hold.as_str()));
-        }
         let counterparty = match tx.movement.to() {
             Some(to) if to.as_str() != on => to.as_str(),
             _ => tx.movement.account().as_str(),
         };
-        let mut cmd = Cmd::new();
-        cmd.arg(step)
-            .arg(tx.movement.amount().minor_units())
-            .arg(tx.fingerprint())
-            .arg(self.outcome_ttl_secs)
-            .arg(now_ms);
-        self.history_args(&mut cmd, tx);
-        cmd.arg(counterparty)
-            .arg(tx.movement.kind().as_str())
-            .arg(tx.movement.ended_hold().map_or("", TxId::as_str));
-        StepCall {
-            shard,
-            script: &self.scripts.saga_step,
-            keys,
-            args: cmd,
-        }
+        let ended_hold = tx.movement.ended_hold().map(TxId::as_str);
+        let call = SagaStepCall {
+            account: AccountKeys::of(layout, on, layout.step(on, tx.id.as_str(), flag)),
+            // A capture's saga ends its hold when it settles.
+            hold: ended_hold
+                .filter(|_| flag == "settle")
+                .map(|hold| layout.hold(on, hold)),
+            args: self.flag_args(tx, step, now_ms),
+            counterparty,
+            kind: tx.movement.kind().as_str(),
+            hold_id: ended_hold.unwrap_or(""),
+        };
+        StepCall::new(layout.shard_of(on), &self.scripts.saga_step, call.write())
     }
 
     /// The call of `lua/hold.lua` for a hold, or a capture, void or expiry
@@ -222,56 +183,42 @@ impl Store {
             Movement::Expire { .. } => ("expire", layout.hold(account, hold)),
             _ => (movement.kind().as_str(), layout.apply_flag(id, account)),
         };
-        let mut keys = vec![
-            flag,
-            layout.seq(shard),
-            layout.balance(account),
-            layout.pending(account),
-            layout.hold(account, hold),
-            layout.holds_due(shard),
-            layout.history(account),
-        ];
-        match (op, movement.credited()) {
-            ("capture_out", _) => keys.push(layout.held(account)),
-            ("capture", Some(to)) => {
-                keys.push(layout.balance(to.as_str()));
-                keys.push(layout.history(to.as_str()));
-                if layout.shards() > 1 {
-                    keys.push(layout.held(to.as_str()));
-                }
-            }
-            _ => {}
-        }
+        let to = match (op, movement.credited()) {
+            ("capture", Some(to)) => Some(CreditedKeys::of(layout, to.as_str())),
+            _ => None,
+        };
         let timeout_ms = match movement {
             Movement::Hold { timeout_s, .. } => u64::from(*timeout_s) * 1000,
             _ => 0,
         };
-        let mut cmd = Cmd::new();
-        cmd.arg(op)
-            .arg(movement.amount().minor_units())
-            .arg(tx.fingerprint())
-            .arg(self.outcome_ttl_secs)
-            .arg(now_ms);
-        self.history_args(&mut cmd, tx);
-        cmd.arg(Layout::due_member(account, hold))
-            .arg(timeout_ms)
-            .arg(movement.to().map_or("", AccountId::as_str))
-            .arg(hold)
-            .arg(account);
-        StepCall {
-            shard,
-            script: &self.scripts.hold,
-            keys,
-            args: cmd,
-        }
+        let call = HoldCall {
+            account: AccountKeys::of(layout, account, flag),
+            hold: layout.hold(account, hold),
+            holds_due: layout.holds_due(shard),
+            to,
+            args: self.flag_args(tx, op, now_ms),
+            due_member: Layout::due_member(account, hold),
+            timeout_ms,
+            to_name: movement.to().map_or("", AccountId::as_str),
+            hold_id: hold,
+            account_name: account,
+        };
+        StepCall::new(shard, &self.scripts.hold, call.write())
     }
 
-    /// ARGV[6..8] of the scripts that keep a flag (money.lua's `log_tx`):
-    /// the id, how long history is kept, the metadata.
-    fn history_args(&self, cmd: &mut Cmd, tx: &Transaction) {
-        cmd.arg(tx.id.as_str())
-            .arg(self.history_keep_ms)
-            .arg(tx.metadata.to_json());
+    /// ARGV[1..8] of every apply script (`lua/money.lua`'s layout): `what`
+    /// (the kind, step or op) of `tx`, its flag's terms and its history's.
+    fn flag_args<'a>(&self, tx: &'a Transaction, what: &'a str, now_ms: u64) -> FlagArgs<'a> {
+        FlagArgs {
+            what,
+            amount_minor: tx.movement.amount().minor_units(),
+            fingerprint: tx.fingerprint(),
+            outcome_ttl_secs: self.outcome_ttl_secs,
+            now_ms,
+            id: tx.id.as_str(),
+            history_keep_ms: self.history_keep_ms,
+            metadata: tx.metadata.to_json(),
+        }
     }
 
     /// Reads a step's reply `(state, reason, balance_after, duplicate)`.

@@ -95,14 +95,26 @@ const MAX_IN_ORDER_ROUNDS: usize = 3;
 
 /// One apply script's call, before its place in a pipeline is known.
 pub(super) struct StepCall<'a> {
-    pub(super) shard: u32,
-    pub(super) script: &'a Script,
-    pub(super) keys: Vec<String>,
-    /// Its ARGV, in the order of the script's header.
-    pub(super) args: Cmd,
+    shard: u32,
+    script: &'a Script,
+    /// Its KEYS and ARGV, in the order of the script's header (its
+    /// contract in `store/calls.rs` wrote them).
+    keys: Vec<String>,
+    args: Cmd,
 }
 
-impl StepCall<'_> {
+impl<'a> StepCall<'a> {
+    /// The call of `script` in `shard` with its contract's KEYS and ARGV
+    /// (`store/calls.rs`).
+    pub(super) fn new(shard: u32, script: &'a Script, (keys, args): (Vec<String>, Cmd)) -> Self {
+        Self {
+            shard,
+            script,
+            keys,
+            args,
+        }
+    }
+
     /// `EVALSHA` with the pipeline's order key after the call's KEYS and
     /// its `place` after its ARGV (`lua/in_order.lua`; negative for the
     /// last call of its pipeline).

@@ -8,6 +8,8 @@
 //!   writes of each kind of record.
 //! - [`claim`]: the API's claim, accept and release of an id.
 //! - [`apply`]: the consumer's apply, saga steps and their replies.
+//! - [`calls`]: the call contract (KEYS and ARGV, in order) of each script
+//!   that applies records.
 //! - [`in_order`]: a pipeline of applies kept in order within each slot.
 //! - [`history`]: each account's history, read by page and at a time.
 //! - [`holds`]: holds as the API and the expirer read them (their terms,
@@ -16,6 +18,7 @@
 mod api_keys;
 mod apply;
 mod balances;
+mod calls;
 mod claim;
 pub mod connection;
 mod history;
