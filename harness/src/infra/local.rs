@@ -128,6 +128,8 @@ impl LocalRedis {
 /// master within seconds. Every node is killed when this is dropped.
 pub struct LocalRedisCluster {
     pub nodes: Vec<LocalRedis>,
+    /// How many replicas each master has when the cluster is whole.
+    replicas: usize,
 }
 
 /// A cluster node's timeout: how long a master may be unreachable before
@@ -141,7 +143,7 @@ impl LocalRedisCluster {
         let nodes = (0..masters * (1 + replicas))
             .map(|_| LocalRedis::start_node(appendfsync, true))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let cluster = Self { nodes };
+        let cluster = Self { nodes, replicas };
         let output = Command::new("redis-cli")
             .arg("--cluster")
             .arg("create")
@@ -327,13 +329,18 @@ impl LocalRedisCluster {
         }
         self.wait_healthy()?;
         let log = self.nodes[0].dir.path().join("redis.log");
-        let replicas = self.nodes.len() / self.masters().len() - 1;
+        // The shape is the one the cluster was made with, never counted from
+        // a poll: a node too busy to answer one poll in time must fail that
+        // poll, not make every later one ask for more replicas than exist.
+        let masters = self.nodes.len() / (1 + self.replicas);
         wait_until(
             "every master with all its replicas again",
             || {
-                self.masters()
-                    .iter()
-                    .all(|url| replicas_online(url) >= replicas)
+                let found = self.masters();
+                found.len() == masters
+                    && found
+                        .iter()
+                        .all(|url| replicas_online(url) >= self.replicas)
             },
             &log,
         )
