@@ -96,17 +96,17 @@ impl Binding {
     }
 
     /// The terms of the hold this binds, if it binds one.
-    pub fn hold_terms(self) -> Option<HoldTerms> {
-        match self.movement {
+    pub fn hold_terms(&self) -> Option<HoldTerms> {
+        match &self.movement {
             Movement::Hold {
                 account,
                 to,
                 amount,
                 ..
             } => Some(HoldTerms {
-                account,
-                to,
-                amount,
+                account: account.clone(),
+                to: to.clone(),
+                amount: *amount,
             }),
             _ => None,
         }

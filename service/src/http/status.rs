@@ -166,7 +166,7 @@ pub(super) async fn get_transaction(
     };
     let binding = Binding::decode(&fingerprint);
     // An applied hold answers in its phase (held, captured, ...).
-    let terms = binding.clone().and_then(Binding::hold_terms);
+    let terms = binding.as_ref().and_then(Binding::hold_terms);
     let phase = match (status, terms) {
         (TxStatus::Settled(Outcome::Applied { .. }), Some(terms)) => api
             .store
