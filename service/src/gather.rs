@@ -6,30 +6,45 @@
 //! most [`MAX_GATHER_CALLS_IN_FLIGHT`] calls at once, and at most
 //! [`MAX_GATHER_QUEUE`] requests waiting. Alone, a request goes at once, by
 //! itself; under load what comes while calls are in flight goes together in
-//! the next one. The call does for each transaction exactly what a call of
-//! its own would (the same Lua function, per id, in order).
+//! the next one. A request of [`GATHER_BELOW`] transactions or more makes
+//! its call at once, by itself: its call is amortised already, and a place
+//! among the gathered calls would only delay it. The call does for each
+//! transaction exactly what a call of its own would (the same Lua function,
+//! per id, in order).
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::store::StoreError;
 
-use crate::limits::{MAX_GATHERED, MAX_GATHER_CALLS_IN_FLIGHT, MAX_GATHER_QUEUE};
+use crate::limits::{GATHER_BELOW, MAX_GATHERED, MAX_GATHER_CALLS_IN_FLIGHT, MAX_GATHER_QUEUE};
 
 type Answer<A> = oneshot::Sender<Result<A, StoreError>>;
+
+/// The work of the items of one call: one answer per item, in order.
+type Call<I, A> = Arc<
+    dyn Fn(Vec<I>) -> Pin<Box<dyn Future<Output = Vec<Result<A, StoreError>>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// Hands items of type `I` to the gatherer task, which answers each with an
 /// `A`; cheap to clone.
 pub(crate) struct Gatherer<I, A> {
     waiting: mpsc::Sender<(I, Answer<A>)>,
+    call: Call<I, A>,
+    size: fn(&I) -> usize,
 }
 
 impl<I, A> Clone for Gatherer<I, A> {
     fn clone(&self) -> Self {
         Self {
             waiting: self.waiting.clone(),
+            call: self.call.clone(),
+            size: self.size,
         }
     }
 }
@@ -44,7 +59,8 @@ impl<I: Send + 'static, A: Send + 'static> Gatherer<I, A> {
         F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<Result<A, StoreError>>> + Send + 'static,
     {
-        let call = Arc::new(call);
+        let call: Call<I, A> = Arc::new(move |items| Box::pin(call(items)));
+        let gathering = call.clone();
         let (waiting, mut queue) = mpsc::channel::<(I, Answer<A>)>(MAX_GATHER_QUEUE);
         let calls = Arc::new(Semaphore::new(MAX_GATHER_CALLS_IN_FLIGHT));
         tokio::spawn(async move {
@@ -70,20 +86,35 @@ impl<I: Send + 'static, A: Send + 'static> Gatherer<I, A> {
                 // The work in a task of its own: should it panic, its
                 // requests are answered (their senders dropped) and the
                 // gatherer goes on.
-                let call = call.clone();
+                let call = gathering.clone();
                 tokio::spawn(async move {
                     answer_each(answers, call(items).await);
                     drop(place);
                 });
             }
         });
-        Self { waiting }
+        Self {
+            waiting,
+            call,
+            size,
+        }
     }
 
-    /// Does `item`'s work in the gatherer's next call.
+    /// Does `item`'s work in the gatherer's next call, or in a call of its
+    /// own at once when it holds [`GATHER_BELOW`] transactions or more.
     pub(crate) async fn run(&self, item: I) -> Result<A, StoreError> {
-        let (answer, answered) = oneshot::channel();
         let stopped = || StoreError::Unexpected("a gathered call stopped unanswered".into());
+        if (self.size)(&item) >= GATHER_BELOW {
+            // In a task of its own, as a gathered call is: a panic is an
+            // error for this request, never the end of the caller.
+            let answers = tokio::spawn((self.call)(vec![item]))
+                .await
+                .map_err(|_| stopped())?;
+            let (answer, answered) = oneshot::channel();
+            answer_each(vec![answer], answers);
+            return answered.await.map_err(|_| stopped())?;
+        }
+        let (answer, answered) = oneshot::channel();
         self.waiting
             .send((item, answer))
             .await
@@ -166,5 +197,47 @@ mod tests {
             30,
             "and the gatherer goes on"
         );
+    }
+
+    /// A request of `GATHER_BELOW` transactions or more makes its own call,
+    /// never in one with others, even while other calls are waiting; a
+    /// panic in it is an error for that request only.
+    #[tokio::test]
+    async fn a_large_item_goes_alone() {
+        let (calls, mut seen) = mpsc::unbounded_channel::<Vec<usize>>();
+        let gatherer = Gatherer::start(
+            "test_gathered",
+            |&size| size,
+            move |items: Vec<usize>| {
+                let calls = calls.clone();
+                async move {
+                    calls.send(items.clone()).unwrap();
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    if items[0] == GATHER_BELOW + 1 {
+                        panic!("the work panicked");
+                    }
+                    items.iter().map(|&i| Ok(i)).collect()
+                }
+            },
+        );
+        let mut items: Vec<usize> = vec![1; 12];
+        items.extend([GATHER_BELOW, GATHER_BELOW - 1, GATHER_BELOW]);
+        let answers = futures_util::future::join_all(items.iter().map(|&i| gatherer.run(i))).await;
+        let answers: Vec<usize> = answers.into_iter().map(Result::unwrap).collect();
+        assert_eq!(answers, items);
+        let mut calls = Vec::new();
+        while let Ok(items) = seen.try_recv() {
+            calls.push(items);
+        }
+        let alone = calls.iter().filter(|c| c == &&vec![GATHER_BELOW]).count();
+        assert_eq!(alone, 2, "each large item in a call of its own: {calls:?}");
+        assert!(
+            calls
+                .iter()
+                .all(|c| c.len() == 1 || !c.contains(&GATHER_BELOW)),
+            "{calls:?}"
+        );
+        assert!(gatherer.run(GATHER_BELOW + 1).await.is_err());
+        assert_eq!(gatherer.run(GATHER_BELOW).await.unwrap(), GATHER_BELOW);
     }
 }
