@@ -1,7 +1,7 @@
 -- Apply one transaction atomically: read the processed flag, check the
 -- balance, move the money and record the outcome, all in one script.
 --
--- Every key is in one slot, the checked account's; KEYS[1..6] and
+-- Every key is in one slot, the checked account's; KEYS[1..4] and
 -- ARGV[1..8] are money.lua's layout, the flag here being the tx record
 -- ({tag}:tx:<id>) when it shares the slot, else {tag}:step:<id>:apply (the
 -- consumer then copies the outcome into the tx record). Each outcome
@@ -9,16 +9,12 @@
 -- (the harness) can replay the log in that order and check each one.
 -- KEYS[1] the processed flag, holding the outcome
 -- KEYS[2] the slot's apply order         ({tag}:seq)
--- KEYS[3] balance of the checked account ({tag}:bal:<account>)
--- KEYS[4] money held on it by holds      ({tag}:pending:<account>): a
---         debit or transfer may take only balance - pending
--- KEYS[5] history of the checked account ({tag}:hist:<account>)
--- KEYS[6] money in flight out of it      ({tag}:held:<account>): a credit
---         leaves a refund of it room below 2^53-1
--- KEYS[7] balance of the destination     ({tag}:bal:<to>), transfers only
--- KEYS[8] history of the destination     ({tag}:hist:<to>), transfers only
--- KEYS[9] money in flight out of the destination ({tag}:held:<to>),
---         transfers only
+-- KEYS[3] the checked account           ({tag}:acct:<account>, money.lua):
+--         a debit or transfer may take only balance - pending; a credit
+--         leaves a refund of what is held room below 2^53-1
+-- KEYS[4] history of the checked account ({tag}:hist:<account>)
+-- KEYS[5] the destination                ({tag}:acct:<to>), transfers only
+-- KEYS[6] history of the destination     ({tag}:hist:<to>), transfers only
 -- ARGV[1] kind: debit | credit | transfer
 -- ARGV[2] amount in minor units, 1 ..= 2^53-1 (validated before it gets here)
 -- ARGV[3] fingerprint of the request (kind|account|to|amount)
@@ -33,8 +29,8 @@
 -- "applied" or "rejected" and duplicate is 1 when an earlier apply had
 -- already settled this id (nothing was changed this time).
 --
--- The store puts money.lua (digits, replayed, pay_refusal, credit_refusal,
--- settle, log_tx) before this file.
+-- The store puts money.lua (digits, account_at, replayed, pay_refusal,
+-- credit_refusal, settle, log_tx) before this file.
 -- Each outcome is an entry in the history of each account it touched; a
 -- refusal, in the checked account's only (none when it does not exist).
 
@@ -54,25 +50,25 @@ local amount = tonumber(ARGV[2])
 -- The other side of a transfer, named in each side's entry.
 local counterparty = ARGV[9]
 
-local source = redis.call('GET', KEYS[3])
+local source = account_at(KEYS[3])
 if not source then
   return settle('rejected', 'unknown_account', '')
 end
-source = tonumber(source)
 
 -- Refused: an entry that changed nothing, then the outcome.
 local function refuse(reason)
-  log_tx(KEYS[5], kind, ARGV[2], '0', counterparty, 'rejected', reason, digits(source))
+  log_tx(KEYS[4], kind, ARGV[2], '0', counterparty, 'rejected', reason, digits(source.balance))
   return settle('rejected', reason, '')
 end
 
 if kind == 'credit' then
-  local full = credit_refusal(source, KEYS[6], amount)
+  local full = credit_refusal(source, amount)
   if full then
     return refuse(full)
   end
-  local after = digits(redis.call('INCRBY', KEYS[3], ARGV[2]))
-  log_tx(KEYS[5], kind, ARGV[2], ARGV[2], '', 'applied', '', after)
+  local after = digits(source.balance + amount)
+  redis.call('HSET', KEYS[3], 'balance', after)
+  log_tx(KEYS[4], kind, ARGV[2], ARGV[2], '', 'applied', '', after)
   return settle('applied', '', after)
 end
 
@@ -82,14 +78,17 @@ if short then
 end
 
 if kind == 'transfer' then
-  local unfit = credit_refusal(redis.call('GET', KEYS[7]), KEYS[9], amount)
+  local destination = account_at(KEYS[5])
+  local unfit = credit_refusal(destination, amount)
   if unfit then
     return refuse(unfit)
   end
-  local credited = digits(redis.call('INCRBY', KEYS[7], ARGV[2]))
-  log_tx(KEYS[8], kind, ARGV[2], ARGV[2], ARGV[10], 'applied', '', credited)
+  local credited = digits(destination.balance + amount)
+  redis.call('HSET', KEYS[5], 'balance', credited)
+  log_tx(KEYS[6], kind, ARGV[2], ARGV[2], ARGV[10], 'applied', '', credited)
 end
 
-local after = digits(redis.call('DECRBY', KEYS[3], ARGV[2]))
-log_tx(KEYS[5], kind, ARGV[2], '-' .. ARGV[2], counterparty, 'applied', '', after)
+local after = digits(source.balance - amount)
+redis.call('HSET', KEYS[3], 'balance', after)
+log_tx(KEYS[4], kind, ARGV[2], '-' .. ARGV[2], counterparty, 'applied', '', after)
 return settle('applied', '', after)

@@ -16,25 +16,24 @@
 --                hold's state is its flag)
 -- A capture or void that comes after the deadline first expires the hold.
 --
--- KEYS[1..6] and ARGV[1..8] are money.lua's layout:
+-- KEYS[1..4] and ARGV[1..8] are money.lua's layout:
 -- KEYS[1] the flag of this transaction (its tx record, or a step flag in
 --         the account's slot); the hold hash itself for expire
 -- KEYS[2] the slot's apply order          ({tag}:seq)
--- KEYS[3] the account's balance           ({tag}:bal:<account>)
--- KEYS[4] money held on the account       ({tag}:pending:<account>)
--- KEYS[5] the account's history           ({tag}:hist:<account>)
--- KEYS[6] money in flight out of the account ({tag}:held:<account>):
---         capture_out adds to it
--- KEYS[7] the hold                        ({tag}:hold:<hold id>): hash of
+-- KEYS[3] the account                     ({tag}:acct:<account>, money.lua):
+--         a hold raises its `pending`, its end lowers it; capture_out
+--         adds what it takes to `held` (money in flight)
+-- KEYS[4] the account's history           ({tag}:hist:<account>)
+-- KEYS[5] the hold                        ({tag}:hold:<hold id>): hash of
 --         state held|capturing|captured|voided|expired|rejected, amount,
 --         to, deadline_ms, and once ended captured, ended_ms (Redis's
 --         clock) and ended_seq (the slot's apply order)
--- KEYS[8] the slot's due holds            ({tag}:holds_due): sorted set of
+-- KEYS[6] the slot's due holds            ({tag}:holds_due): sorted set of
 --         ARGV[9] by when the expirer should next look at them
--- KEYS[9] capture to `to` (in this slot) only: `to`'s balance
--- KEYS[10] the same: `to`'s history
--- KEYS[11] the same: money in flight out of `to`, so that a credit leaves
---         every refund room below 2^53-1
+-- KEYS[7] capture to `to` (in this slot) only: `to` ({tag}:acct:<to>); a
+--         credit leaves every refund of its money in flight room below
+--         2^53-1
+-- KEYS[8] the same: `to`'s history
 -- ARGV[1] hold | capture | capture_out | void | expire
 -- ARGV[2] amount: held (hold, void, expire) or captured (capture)
 -- ARGV[3..5] fingerprint, seconds to keep flags, consumer clock (money.lua)
@@ -56,8 +55,8 @@
 -- `expired`, or `ended` (the reason: the state it ended in; the due
 -- member removed) / `not_due`, with duplicate 1 (nothing else changed).
 --
--- The store puts money.lua (digits, replayed, pay_refusal, credit_refusal,
--- settle, log, log_tx) and clock.lua before this file.
+-- The store puts money.lua (digits, account_at, replayed, pay_refusal,
+-- credit_refusal, settle, log, log_tx) and clock.lua before this file.
 
 local op = ARGV[1]
 local ops = {hold = true, capture = true, capture_out = true, void = true, expire = true}
@@ -68,53 +67,59 @@ end
 
 local now_ms = math.floor(clock_us() / 1000)
 local amount = tonumber(ARGV[2])
-
--- End the active hold `h` (its HMGET below) in `state`, releasing what it
--- held from pending; `captured` is what left the balance (0 if none).
-local function end_hold(h, state, captured)
-  local pending = tonumber(redis.call('GET', KEYS[4]) or '0')
-  -- Checked before anything is written (an error does not undo writes).
-  if pending < h[2] then
-    return redis.error_reply('pending ' .. pending .. ' < held ' .. h[2] .. ' on ' .. KEYS[4])
-  end
-  if pending == h[2] then
-    redis.call('DEL', KEYS[4])
-  else
-    redis.call('DECRBY', KEYS[4], h[2])
-  end
-  redis.call('HSET', KEYS[7], 'state', state, 'captured', digits(captured),
-    'ended_ms', digits(now_ms), 'ended_seq', redis.call('INCR', KEYS[2]))
-  redis.call('EXPIRE', KEYS[7], ARGV[4])
-  redis.call('ZREM', KEYS[8], ARGV[9])
-  return nil
-end
+-- The account as read once here; the writes below keep it current, so
+-- each entry reads its balance after.
+local account = account_at(KEYS[3])
 
 local function balance()
-  return tonumber(redis.call('GET', KEYS[3]) or '0')
+  return account and account.balance or 0
+end
+
+-- End the active hold `h` (its HMGET below) in `state`, releasing what it
+-- held from pending; `captured` is what leaves the balance (0 if none),
+-- `in_flight` whether it leaves as money in flight (a saga's debit). The
+-- account is written here, once.
+local function end_hold(h, state, captured, in_flight)
+  -- Checked before anything is written (an error does not undo writes).
+  if not account or account.pending < h[2] then
+    return redis.error_reply('pending ' .. (account and account.pending or 'none') .. ' < held ' .. h[2] .. ' on ' .. KEYS[3])
+  end
+  account.pending = account.pending - h[2]
+  account.balance = account.balance - captured
+  if in_flight then
+    account.held = account.held + captured
+  end
+  redis.call('HSET', KEYS[3], 'balance', digits(account.balance),
+    'pending', digits(account.pending), 'held', digits(account.held))
+  redis.call('HSET', KEYS[5], 'state', state, 'captured', digits(captured),
+    'ended_ms', digits(now_ms), 'ended_seq', redis.call('INCR', KEYS[2]))
+  redis.call('EXPIRE', KEYS[5], ARGV[4])
+  redis.call('ZREM', KEYS[6], ARGV[9])
+  return nil
 end
 
 -- This transaction's entry in the account's history.
 local function entry(status, delta, reason)
-  log_tx(KEYS[5], op == 'capture_out' and 'capture' or op, ARGV[2], delta, ARGV[11],
+  log_tx(KEYS[4], op == 'capture_out' and 'capture' or op, ARGV[2], delta, ARGV[11],
     status, reason or '', digits(balance()), ARGV[12])
 end
 
 -- The expiry's entry, also when a late capture or void finds it due.
 local function expired_entry(h)
-  log(KEYS[5], ARGV[7], ARGV[12], '', 'expire', digits(h[2]), '0', h[3] or '', 'expired', '',
+  log(KEYS[4], ARGV[7], ARGV[12], '', 'expire', digits(h[2]), '0', h[3] or '', 'expired', '',
     digits(balance()), ARGV[12])
 end
 
 -- Refused: changes nothing; an entry when the account exists.
 local function refuse(reason)
-  if redis.call('EXISTS', KEYS[3]) == 1 then
+  if account then
     entry('rejected', '0', reason)
   end
   return settle('rejected', reason, '')
 end
 
 -- state, amount, to, deadline_ms
-local h = redis.call('HMGET', KEYS[7], 'state', 'amount', 'to', 'deadline_ms')
+local h = redis.call('HMGET', KEYS[5], 'state', 'amount', 'to', 'deadline_ms')
 if h[2] then
   h[2] = tonumber(h[2])
 end
@@ -124,13 +129,13 @@ if op == 'expire' then
   if h[1] ~= 'held' then
     -- Ended (how: the reason); a late capture or void that expired it
     -- left its member due for this record (its outcome event).
-    redis.call('ZREM', KEYS[8], ARGV[9]) -- due no more
+    redis.call('ZREM', KEYS[6], ARGV[9]) -- due no more
     return {'ended', h[1] or '', '', 1, 0}
   end
   if now_ms < tonumber(h[4]) then
     return {'not_due', '', '', 1, 0}
   end
-  local failed = end_hold(h, 'expired', 0)
+  local failed = end_hold(h, 'expired', 0, false)
   if failed then
     return failed
   end
@@ -151,29 +156,28 @@ if op == 'hold' then
   end
   if h[1] then
     -- An ended hold of this id whose flag expired: the id was reused.
-    redis.call('DEL', KEYS[7])
+    redis.call('DEL', KEYS[5])
   end
   local refuse_hold = function(reason)
-    redis.call('HSET', KEYS[7], 'state', 'rejected', 'amount', ARGV[2], 'to', ARGV[11])
-    redis.call('EXPIRE', KEYS[7], ARGV[4])
+    redis.call('HSET', KEYS[5], 'state', 'rejected', 'amount', ARGV[2], 'to', ARGV[11])
+    redis.call('EXPIRE', KEYS[5], ARGV[4])
     return refuse(reason)
   end
-  local source = redis.call('GET', KEYS[3])
-  if not source then
+  if not account then
     return refuse_hold('unknown_account')
   end
-  local short = pay_refusal(tonumber(source), amount)
+  local short = pay_refusal(account, amount)
   if short then
     return refuse_hold(short)
   end
-  redis.call('INCRBY', KEYS[4], ARGV[2])
+  redis.call('HSET', KEYS[3], 'pending', digits(account.pending + amount))
   local deadline = now_ms + tonumber(ARGV[10])
-  redis.call('HSET', KEYS[7], 'state', 'held', 'amount', ARGV[2], 'to', ARGV[11],
+  redis.call('HSET', KEYS[5], 'state', 'held', 'amount', ARGV[2], 'to', ARGV[11],
     'deadline_ms', digits(deadline))
-  redis.call('EXPIRE', KEYS[7], ARGV[4])
-  redis.call('ZADD', KEYS[8], deadline, ARGV[9])
+  redis.call('EXPIRE', KEYS[5], ARGV[4])
+  redis.call('ZADD', KEYS[6], deadline, ARGV[9])
   entry('held', '0')
-  return settle('applied', '', source)
+  return settle('applied', '', digits(account.balance))
 end
 
 -- capture, capture_out, void: of a hold that exists and is held.
@@ -181,14 +185,14 @@ if not h[1] then
   return refuse('unknown_hold')
 end
 if active and now_ms >= tonumber(h[4]) then
-  local failed = end_hold(h, 'expired', 0)
+  local failed = end_hold(h, 'expired', 0, false)
   if failed then
     return failed
   end
   expired_entry(h)
   -- Due again at once: the expirer publishes the expiry, whose apply finds
   -- the hold expired and publishes its outcome event.
-  redis.call('ZADD', KEYS[8], now_ms, ARGV[9])
+  redis.call('ZADD', KEYS[6], now_ms, ARGV[9])
   active = false
 end
 if not active then
@@ -196,7 +200,7 @@ if not active then
 end
 
 if op == 'void' then
-  local failed = end_hold(h, 'voided', 0)
+  local failed = end_hold(h, 'voided', 0, false)
   if failed then
     return failed
   end
@@ -222,33 +226,31 @@ end
 if op == 'capture_out' then
   -- As a saga's debit: the amount leaves the balance and is in flight
   -- until the credit lands (release) or is refused (refund).
-  local failed = end_hold(h, 'capturing', amount)
+  local failed = end_hold(h, 'capturing', amount, true)
   if failed then
     return failed
   end
-  redis.call('INCRBY', KEYS[6], ARGV[2])
-  local after = digits(redis.call('DECRBY', KEYS[3], ARGV[2]))
   entry('capturing', '-' .. ARGV[2])
-  return settle('debited', '', after)
+  return settle('debited', '', digits(account.balance))
 end
 
 local destination = nil
 if ARGV[11] ~= '' then
-  destination = redis.call('GET', KEYS[9])
-  local unfit = credit_refusal(destination, KEYS[11], amount)
+  destination = account_at(KEYS[7])
+  local unfit = credit_refusal(destination, amount)
   if unfit then
     return refuse(unfit)
   end
 end
 -- Ended first: end_hold may refuse, and nothing may be written before.
-local failed = end_hold(h, 'captured', amount)
+local failed = end_hold(h, 'captured', amount, false)
 if failed then
   return failed
 end
 if destination then
-  local credited = digits(redis.call('INCRBY', KEYS[9], ARGV[2]))
-  log_tx(KEYS[10], 'capture', ARGV[2], ARGV[2], ARGV[13], 'captured', '', credited, ARGV[12])
+  local credited = digits(destination.balance + amount)
+  redis.call('HSET', KEYS[7], 'balance', credited)
+  log_tx(KEYS[8], 'capture', ARGV[2], ARGV[2], ARGV[13], 'captured', '', credited, ARGV[12])
 end
-local after = digits(redis.call('DECRBY', KEYS[3], ARGV[2]))
 entry('captured', '-' .. ARGV[2])
-return settle('applied', '', after)
+return settle('applied', '', digits(account.balance))

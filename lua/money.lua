@@ -3,10 +3,11 @@
 -- (store/scripts.rs).
 -- Only definitions: nothing here runs or writes by itself.
 --
--- Balances are strings of integers in 0 ..= 2^53-1, so tonumber() is exact;
--- the writes use INCRBY/DECRBY, which Redis does in exact 64-bit integers.
--- Never tostring() a balance: Lua 5.1 prints numbers with 14 significant
--- digits (9007199254740991 -> "9.007199254741e+15"); '%d' is exact.
+-- Balances are strings of integers in 0 ..= 2^53-1, so tonumber() is exact,
+-- and so is Lua's arithmetic on them (doubles hold every integer up to
+-- 2^53). Never tostring() a balance: Lua 5.1 prints numbers with 14
+-- significant digits (9007199254740991 -> "9.007199254741e+15"); '%d' is
+-- exact.
 
 local MAX = 9007199254740991
 
@@ -21,18 +22,31 @@ local function has_room(amount, balance, held)
   return amount <= MAX - balance - held
 end
 
+-- An account is one record, a hash ({tag}:acct:<account>), read once and
+-- written once by each script that moves its money:
+--   balance  its balance; the account exists when this field does
+--   pending  what its active holds keep (absent: 0); only balance -
+--            pending may leave it
+--   held     money in flight out of it: what sagas debited and may still
+--            refund (absent: 0; never written on one Redis)
+local function account_at(key)
+  local a = redis.call('HMGET', key, 'balance', 'pending', 'held')
+  if not a[1] then
+    return nil
+  end
+  return {balance = tonumber(a[1]), pending = tonumber(a[2] or '0'),
+    held = tonumber(a[3] or '0')}
+end
+
 -- The scripts that keep a processed flag (atomic_update.lua, saga_step.lua,
 -- hold.lua) share one layout, which the functions below read. Every key is
 -- in the slot of the account the call runs for ({tag}: see
 -- service/src/store/layout.rs), and the account's keys sit at the same
--- index in every script; each script's own keys follow KEYS[6]:
+-- index in every script; each script's own keys follow KEYS[4]:
 -- KEYS[1] the flag (a hash: state, reason, balance_after, ...)
 -- KEYS[2] the slot's apply-order counter ({tag}:seq)
--- KEYS[3] the account's balance          ({tag}:bal:<account>)
--- KEYS[4] money held on it by holds      ({tag}:pending:<account>)
--- KEYS[5] the account's history          ({tag}:hist:<account>)
--- KEYS[6] money in flight out of it      ({tag}:held:<account>): what
---         sagas debited and may refund (never written on one Redis)
+-- KEYS[3] the account                    ({tag}:acct:<account>, above)
+-- KEYS[4] the account's history          ({tag}:hist:<account>)
 -- ARGV[1] what to do (the script's kind, step or op)
 -- ARGV[2] amount in minor units, 1 ..= 2^53-1 (validated before it gets here)
 -- ARGV[3] the fingerprint of the transaction
@@ -57,26 +71,24 @@ local function replayed()
   return {done[1], done[2] or '', done[3] or '', 1, 0}
 end
 
--- Why the account (KEYS[3..4]), whose balance is `balance`, may not pay
--- `amount` (nil when it may): only what holds do not keep, balance -
--- pending, may leave it, so a capture always finds the money it holds.
-local function pay_refusal(balance, amount)
-  if balance - tonumber(redis.call('GET', KEYS[4]) or '0') < amount then
+-- Why `account` (account_at's answer) may not pay `amount` (nil when it
+-- may): only what holds do not keep, balance - pending, may leave it, so
+-- a capture always finds the money it holds.
+local function pay_refusal(account, amount)
+  if account.balance - account.pending < amount then
     return 'insufficient_funds'
   end
   return nil
 end
 
--- Why `amount` may not be credited to an account whose balance is
--- `balance` (nil: no such account) and whose money in flight out is kept
--- at `held_key`, or nil when it may: a credit leaves every refund of that
--- money room below 2^53-1.
-local function credit_refusal(balance, held_key, amount)
-  if not balance then
+-- Why `amount` may not be credited to `account` (account_at's answer; nil:
+-- no such account), or nil when it may: a credit leaves every refund of
+-- the money in flight out of it room below 2^53-1.
+local function credit_refusal(account, amount)
+  if not account then
     return 'unknown_account'
   end
-  local held = tonumber(redis.call('GET', held_key) or '0')
-  if not has_room(amount, tonumber(balance), held) then
+  if not has_room(amount, account.balance, account.held) then
     return 'balance_overflow'
   end
   return nil

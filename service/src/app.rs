@@ -129,6 +129,10 @@ impl Engine {
             .with_context(|| format!("checking the topics on {}", config.kafka_brokers))?;
         let store = connect_store(config).await?;
         store.ensure_no_eviction().await?;
+        store
+            .migrate()
+            .await
+            .context("bringing Redis's data to this version's key layout")?;
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let consumer_health = ConsumerHealth::default();

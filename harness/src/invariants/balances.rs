@@ -45,18 +45,17 @@ pub(super) async fn check_balances<'l>(
     expected: &HashMap<&'l str, i128>,
     verdict: &mut Verdict,
 ) -> anyhow::Result<Vec<(&'l str, i128)>> {
-    let layout = &reader.layout;
     let accounts: Vec<&str> = expected.keys().copied().collect();
     let mut history_balances = Vec::new();
-    let balances: Vec<Option<String>> = reader
+    let balances: Vec<(Option<String>,)> = reader
         .query(
             accounts
                 .iter()
-                .map(|a| reader.get(a, layout.balance(a)))
+                .map(|a| reader.account_fields(a, &["balance"]))
                 .collect(),
         )
         .await?;
-    for (account, balance) in accounts.iter().zip(balances) {
+    for (account, (balance,)) in accounts.iter().zip(balances) {
         let want = expected[account];
         let start = ledger.start.get(*account).copied();
         verdict.start_total += start.unwrap_or(0) as u128;

@@ -290,17 +290,12 @@ async fn check_pending(
     pending_of: &HashMap<&str, u64>,
     verdict: &mut Verdict,
 ) -> anyhow::Result<()> {
-    let layout = &reader.layout;
     let accounts: Vec<&String> = ledger.start.keys().collect();
     let rows: Vec<(Option<u64>, Option<u64>)> = reader
         .query(
             accounts
                 .iter()
-                .map(|a| {
-                    let mut cmd = redis::cmd("MGET");
-                    cmd.arg(layout.pending(a)).arg(layout.balance(a));
-                    (layout.shard_of(a), cmd)
-                })
+                .map(|a| reader.account_fields(a, &["pending", "balance"]))
                 .collect(),
         )
         .await?;

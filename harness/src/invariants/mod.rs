@@ -150,11 +150,9 @@ impl Reader {
         (self.layout.shard_of(id), cmd)
     }
 
-    /// GET of `key`, which lives in `owner`'s shard (an account or an id).
-    fn get(&self, owner: &str, key: String) -> (u32, Cmd) {
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(key);
-        (self.layout.shard_of(owner), cmd)
+    /// HMGET of `fields` of `account`'s record (balance, pending, held).
+    fn account_fields(&self, account: &str, fields: &[&str]) -> (u32, Cmd) {
+        self.hmget(account, self.layout.account(account), fields)
     }
 }
 

@@ -115,17 +115,16 @@ async fn check_nothing_held(
     ledger: &Ledger,
     verdict: &mut Verdict,
 ) -> anyhow::Result<()> {
-    let layout = &reader.layout;
     let accounts: Vec<&String> = ledger.start.keys().collect();
-    let held: Vec<Option<u64>> = reader
+    let held: Vec<(Option<u64>,)> = reader
         .query(
             accounts
                 .iter()
-                .map(|a| reader.get(a, layout.held(a)))
+                .map(|a| reader.account_fields(a, &["held"]))
                 .collect(),
         )
         .await?;
-    for (account, held) in accounts.iter().zip(held) {
+    for (account, (held,)) in accounts.iter().zip(held) {
         if let Some(held) = held.filter(|h| *h != 0) {
             verdict.violations.push(format!(
                 "account {account} still holds {held} for sagas that ended"

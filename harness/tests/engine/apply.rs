@@ -491,11 +491,12 @@ async fn unknown_kinds_and_saga_steps_write_nothing() {
     let store = store().await;
     set(&store, "a", 100).await;
     let layout = store.layout();
-    let held = layout.held("a");
+    let account = layout.account("a");
     let client = redis::Client::open(crate::infra().redis_url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let _: () = redis::cmd("SET")
-        .arg(&held)
+    let _: () = redis::cmd("HSET")
+        .arg(&account)
+        .arg("held")
         .arg(50)
         .query_async(&mut conn)
         .await
@@ -504,15 +505,13 @@ async fn unknown_kinds_and_saga_steps_write_nothing() {
     // in_order.lua, whose order key and place come last): an error answer
     // does not count as run, so the pipeline's order key is not written.
     let order = layout.order(0, "unknown-kinds");
-    // KEYS[1..6], the account's keys as every apply script takes them
+    // KEYS[1..4], the account's keys as every apply script takes them
     // (lua/money.lua's layout), then the order key.
     let keys = [
         layout.tx("bogus"),
         layout.seq(0),
-        layout.balance("a"),
-        layout.pending("a"),
+        account.clone(),
         layout.history("a"),
-        held.clone(),
         order.clone(),
     ];
     for (script, kind) in [
@@ -534,16 +533,21 @@ async fn unknown_kinds_and_saga_steps_write_nothing() {
             .await
             .unwrap_err();
         assert!(error.to_string().contains(kind), "{script}: {error}");
-        let state: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(layout.balance("a"))
-            .arg(&held)
+        let record: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(&account)
+            .arg("balance")
+            .arg("held")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let seq: Option<String> = redis::cmd("GET")
             .arg(layout.seq(0))
             .query_async(&mut conn)
             .await
             .unwrap();
         assert_eq!(
-            state,
-            [Some("100".to_owned()), Some("50".to_owned()), None],
+            (record, seq),
+            (vec![Some("100".to_owned()), Some("50".to_owned())], None),
             "{script} wrote before it refused {kind}"
         );
         let flag: bool = redis::cmd("EXISTS")

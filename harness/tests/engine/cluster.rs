@@ -197,7 +197,7 @@ async fn engine_runs_on_a_cluster_through_a_master_failover() {
     // The master of the source's slot. No fence before the kill: the
     // consumer stored offsets only for batches a replica acknowledged.
     let layout = txengine::store::Layout::new(&s.config.namespace, RedisTopology::Cluster);
-    let slot = cluster.slot_of(&layout.balance("a")).unwrap();
+    let slot = cluster.slot_of(&layout.account("a")).unwrap();
     let master = cluster.master_of(slot).unwrap();
     cluster.nodes[master].kill();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -250,7 +250,7 @@ async fn offsets_wait_for_a_replica() {
         .unwrap();
 
     let layout = txengine::store::Layout::new(&s.config.namespace, RedisTopology::Cluster);
-    let slot = cluster.slot_of(&layout.balance("a")).unwrap();
+    let slot = cluster.slot_of(&layout.account("a")).unwrap();
     let master = cluster.master_of(slot).unwrap();
     let replica = cluster.replica_of(master).unwrap();
     cluster.nodes[replica].kill();

@@ -12,12 +12,12 @@ use redis::AsyncCommands;
 use txengine::config::RedisTopology;
 use txengine::store::Layout;
 
-/// Every balance key of the namespace and its value.
+/// Every account record of the namespace and its balance.
 async fn balances(redis_url: &str, namespace: &str) -> BTreeMap<String, String> {
     let client = redis::Client::open(redis_url).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     // The contract test runs on one Redis: every key has one tag.
-    let pattern = Layout::new(namespace, RedisTopology::Single).balance("*");
+    let pattern = Layout::new(namespace, RedisTopology::Single).account("*");
     let names: Vec<String> = {
         let mut iter = conn.scan_match::<_, String>(&pattern).await.unwrap();
         let mut names = Vec::new();
@@ -28,7 +28,7 @@ async fn balances(redis_url: &str, namespace: &str) -> BTreeMap<String, String> 
     };
     let mut all = BTreeMap::new();
     for name in names {
-        let value: String = conn.get(&name).await.unwrap();
+        let value: String = conn.hget(&name, "balance").await.unwrap();
         all.insert(name, value);
     }
     all

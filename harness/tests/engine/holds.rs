@@ -553,12 +553,17 @@ async fn the_hold_script_at_its_edges() {
     );
     let client = redis::Client::open(crate::infra().redis_url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let pending_kept: bool = redis::cmd("EXISTS")
-        .arg(store.layout().pending("edge"))
+    let pending: Option<String> = redis::cmd("HGET")
+        .arg(store.layout().account("edge"))
+        .arg("pending")
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert!(!pending_kept, "no pending key is left at 0");
+    assert_eq!(
+        pending.as_deref(),
+        Some("0"),
+        "the record keeps pending at 0"
+    );
     // An expiry of an ended hold changes nothing.
     assert_eq!(
         apply(expire("e-1")).await,
@@ -665,9 +670,10 @@ async fn the_hold_script_at_its_edges() {
         apply(hold("e-7", &account, 60)).await,
         Progress::Ended { .. }
     ));
-    let balance_key = store.layout().balance("edge");
-    let _: () = redis::cmd("SET")
-        .arg(&balance_key)
+    let account_key = store.layout().account("edge");
+    let _: () = redis::cmd("HSET")
+        .arg(&account_key)
+        .arg("balance")
         .arg(5)
         .query_async(&mut conn)
         .await
@@ -680,14 +686,16 @@ async fn the_hold_script_at_its_edges() {
         .unwrap()
         .unwrap();
     assert_eq!(kept.state, "held", "nothing written: {kept:?}");
-    let pending: Option<u64> = redis::cmd("GET")
-        .arg(store.layout().pending("edge"))
+    let pending: Option<u64> = redis::cmd("HGET")
+        .arg(&account_key)
+        .arg("pending")
         .query_async(&mut conn)
         .await
         .unwrap();
     assert_eq!(pending, Some(10));
-    let _: () = redis::cmd("SET")
-        .arg(&balance_key)
+    let _: () = redis::cmd("HSET")
+        .arg(&account_key)
+        .arg("balance")
         .arg(96)
         .query_async(&mut conn)
         .await
@@ -780,9 +788,10 @@ async fn a_capture_leaves_its_destination_room_for_what_is_in_flight() {
     // 10 fits below 2^53-1 (20 left), but not with 15 in flight out of `to`.
     let client = redis::Client::open(crate::infra().redis_url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let held = store.layout().held("full");
-    let _: () = redis::cmd("SET")
-        .arg(&held)
+    let record = store.layout().account("full");
+    let _: () = redis::cmd("HSET")
+        .arg(&record)
+        .arg("held")
         .arg(15)
         .query_async(&mut conn)
         .await
@@ -800,8 +809,9 @@ async fn a_capture_leaves_its_destination_room_for_what_is_in_flight() {
     let to = store.funds(&full).await.unwrap().unwrap();
     assert_eq!(to.balance.minor_units(), MAX_MINOR_UNITS - 20);
     // With the money in flight back, the same capture fits.
-    let _: () = redis::cmd("DEL")
-        .arg(&held)
+    let _: () = redis::cmd("HDEL")
+        .arg(&record)
+        .arg("held")
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -906,8 +916,8 @@ async fn a_capture_saga_settles_only_a_capturing_hold() {
         .unwrap();
     let refused = store.apply_records(std::slice::from_ref(&settle)).await;
     assert!(refused.is_err(), "{refused:?}");
-    let mut get = redis::cmd("GET");
-    get.arg(layout.held(payer.as_str()));
+    let mut get = redis::cmd("HGET");
+    get.arg(layout.account(payer.as_str())).arg("held");
     let held: Vec<Option<u64>> = conn
         .run_by_slot(vec![(layout.shard_of(payer.as_str()), get)])
         .await

@@ -15,6 +15,7 @@ mod holds;
 mod keys;
 mod limits;
 mod memory;
+mod migrate;
 mod observability;
 mod pipeline;
 mod saga;
@@ -132,10 +133,10 @@ async fn store_of(topology: txengine::config::RedisTopology, namespace: &str, ur
     .unwrap()
 }
 
-/// Makes `account`'s balance key hold a list, so the apply script fails on
+/// Makes `account`'s record hold a list, so the apply script fails on
 /// it (WRONGTYPE), and posts debit `id` on it: a record Redis refuses.
 pub async fn post_on_broken_account(s: &Stack, id: &str, account: &str) {
-    redis_command(s, redis::cmd("RPUSH").arg(balance_key(s, account)).arg("x")).await;
+    redis_command(s, redis::cmd("RPUSH").arg(account_key(s, account)).arg("x")).await;
     let (status, body) = s
         .post(&serde_json::json!({"id": id, "account": account, "amount": 1}))
         .await
@@ -161,14 +162,14 @@ pub async fn publish_raw(s: &Stack, key: &str, payload: &[u8]) -> (i32, i64) {
     (delivery.partition, delivery.offset)
 }
 
-/// Replaces the broken key of `account` by a real balance.
+/// Replaces the broken record of `account` by a real balance.
 pub async fn repair_account(s: &Stack, account: &str, balance: u64) {
-    redis_command(s, redis::cmd("DEL").arg(balance_key(s, account))).await;
+    redis_command(s, redis::cmd("DEL").arg(account_key(s, account))).await;
     s.set_balance(account, balance).await.unwrap();
 }
 
-fn balance_key(s: &Stack, account: &str) -> String {
-    txengine::store::Layout::new(&s.config.namespace, s.config.redis_topology).balance(account)
+fn account_key(s: &Stack, account: &str) -> String {
+    txengine::store::Layout::new(&s.config.namespace, s.config.redis_topology).account(account)
 }
 
 async fn redis_command(s: &Stack, command: &redis::Cmd) {

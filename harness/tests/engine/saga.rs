@@ -99,20 +99,21 @@ async fn balance(store: &Store, account: &str) -> Option<u64> {
         .map(Balance::minor_units)
 }
 
-async fn held(store: &Store, account: &str) -> Option<u64> {
+/// The money in flight out of `account` (its record's `held`; absent: 0).
+async fn held(store: &Store, account: &str) -> u64 {
     let url = &Infra::shared_cluster().redis_url;
     let conn =
         txengine::store::Connection::open(url, RedisTopology::Cluster, Duration::from_secs(5))
             .await
             .unwrap();
     let layout = store.layout();
-    let mut get = redis::cmd("GET");
-    get.arg(layout.held(account));
+    let mut get = redis::cmd("HGET");
+    get.arg(layout.account(account)).arg("held");
     let answers: Vec<Option<u64>> = conn
         .run_by_slot(vec![(layout.shard_of(account), get)])
         .await
         .unwrap();
-    answers[0]
+    answers[0].unwrap_or(0)
 }
 
 /// Every step of a saga, each applied twice as a redelivery would: the
@@ -168,7 +169,7 @@ async fn saga_steps_move_money_once_even_when_redelivered() {
         (balance(&store, source).await, balance(&store, &to).await),
         (Some(700), Some(0))
     );
-    assert_eq!(held(&store, source).await, Some(300), "300 in flight");
+    assert_eq!(held(&store, source).await, 300, "300 in flight");
     assert_eq!(
         store.status(&record.tx.id).await.unwrap(),
         None,
@@ -196,7 +197,7 @@ async fn saga_steps_move_money_once_even_when_redelivered() {
         }
     );
     assert!(!recorded, "the tx record is in another slot than the steps");
-    assert_eq!(held(&store, source).await, None, "nothing in flight");
+    assert_eq!(held(&store, source).await, 0, "nothing in flight");
     store
         .finish(&[(&record.tx, applied.outcome)])
         .await
@@ -245,7 +246,7 @@ async fn saga_steps_move_money_once_even_when_redelivered() {
         };
         assert_eq!(applied.outcome, Outcome::Rejected { reason });
         assert_eq!(balance(&store, source).await, Some(700), "refunded once");
-        assert_eq!(held(&store, source).await, None);
+        assert_eq!(held(&store, source).await, 0);
     }
     assert_eq!(balance(&store, &near_max).await, Some(MAX_MINOR_UNITS - 5));
 
@@ -421,7 +422,7 @@ async fn the_setter_and_a_refund_never_pass_the_limit_with_money_in_flight() {
     else {
         panic!("debited")
     };
-    assert_eq!(held(&store, source).await, Some(300));
+    assert_eq!(held(&store, source).await, 300);
     assert_eq!(
         set(MAX_MINOR_UNITS - 299).await,
         txengine::store::BalanceSet::NoRoom { held: 300 }
@@ -452,19 +453,21 @@ async fn the_setter_and_a_refund_never_pass_the_limit_with_money_in_flight() {
         .to_string();
     assert!(error.contains("would pass 2^53-1"), "{error}");
     assert_eq!(balance(&store, source).await, Some(MAX_MINOR_UNITS));
-    assert_eq!(held(&store, source).await, Some(5), "the hold stays");
+    assert_eq!(held(&store, source).await, 5, "the hold stays");
 }
 
-/// SET of an account's balance straight on the cluster (a write the engine
-/// did not make).
+/// HSET of an account's balance straight on the cluster (a write the
+/// engine did not make).
 async fn raw_set_balance(store: &Store, account: &str, value: u64) {
     let url = &Infra::shared_cluster().redis_url;
     let conn =
         txengine::store::Connection::open(url, RedisTopology::Cluster, Duration::from_secs(5))
             .await
             .unwrap();
-    let mut set = redis::cmd("SET");
-    set.arg(store.layout().balance(account)).arg(value);
+    let mut set = redis::cmd("HSET");
+    set.arg(store.layout().account(account))
+        .arg("balance")
+        .arg(value);
     let shard = store.layout().shard_of(account);
-    let _: Vec<String> = conn.run_by_slot(vec![(shard, set)]).await.unwrap();
+    let _: Vec<i64> = conn.run_by_slot(vec![(shard, set)]).await.unwrap();
 }

@@ -50,14 +50,13 @@ impl Store {
     }
 
     /// The account's balance and what its active holds keep, read at once
-    /// (one slot); `None` for an unknown account.
+    /// (one record); `None` for an unknown account.
     pub async fn funds(&self, account: &AccountId) -> Result<Option<Funds>, StoreError> {
         let mut conn = self.conn.clone();
-        // One MGET (both keys are in the account's slot): one instant, so
-        // no script runs between the two reads.
-        let (balance, pending): (Option<u64>, Option<u64>) = redis::cmd("MGET")
-            .arg(self.balance_key(account))
-            .arg(self.layout.pending(account.as_str()))
+        let (balance, pending): (Option<u64>, Option<u64>) = redis::cmd("HMGET")
+            .arg(self.account_key(account))
+            .arg("balance")
+            .arg("pending")
             .query_async(&mut conn)
             .await?;
         let Some(balance) = balance else {
@@ -85,10 +84,8 @@ impl Store {
         let (set, held, pending): (i64, String, String) = self
             .with_scripts(|| {
                 let mut conn = self.conn.clone();
-                let mut invocation = self.scripts.set_balance.key(self.balance_key(account));
+                let mut invocation = self.scripts.set_balance.key(self.account_key(account));
                 invocation
-                    .key(self.layout.held(account.as_str()))
-                    .key(self.layout.pending(account.as_str()))
                     .key(self.layout.history(account.as_str()))
                     .arg(balance.minor_units())
                     .arg(self.history_keep_ms);

@@ -2,7 +2,7 @@
 //! (`lua/atomic_update.lua`, `lua/saga_step.lua`, `lua/hold.lua`): its KEYS
 //! and ARGV typed once, one field for each in the order the script's header
 //! documents them, and written in that order by one method (`write`), so the
-//! order lives here and in the header only. KEYS[1..6] and ARGV[1..8] are
+//! order lives here and in the header only. KEYS[1..4] and ARGV[1..8] are
 //! `lua/money.lua`'s layout, the same in all three ([`AccountKeys`],
 //! [`FlagArgs`]); each script's own keys and arguments follow them.
 
@@ -10,7 +10,7 @@ use redis::Cmd;
 
 use super::Layout;
 
-/// KEYS[1..6] of every apply script: the flag, the slot's order, then the
+/// KEYS[1..4] of every apply script: the flag, the slot's order, then the
 /// keys of the account the call runs for, at the same index in each script
 /// so that `money.lua`'s checks can read them there.
 pub(super) struct AccountKeys {
@@ -18,14 +18,10 @@ pub(super) struct AccountKeys {
     pub flag: String,
     /// KEYS[2]: the slot's apply-order counter.
     pub seq: String,
-    /// KEYS[3]: the account's balance.
-    pub balance: String,
-    /// KEYS[4]: money held on the account by holds.
-    pub pending: String,
-    /// KEYS[5]: the account's history.
+    /// KEYS[3]: the account's record (balance, pending, held).
+    pub account: String,
+    /// KEYS[4]: the account's history.
     pub history: String,
-    /// KEYS[6]: money in flight out of the account (sagas).
-    pub held: String,
 }
 
 impl AccountKeys {
@@ -34,45 +30,33 @@ impl AccountKeys {
         Self {
             flag,
             seq: layout.seq(layout.shard_of(account)),
-            balance: layout.balance(account),
-            pending: layout.pending(account),
+            account: layout.account(account),
             history: layout.history(account),
-            held: layout.held(account),
         }
     }
 
     fn write(self, keys: &mut Vec<String>) {
-        keys.extend([
-            self.flag,
-            self.seq,
-            self.balance,
-            self.pending,
-            self.history,
-            self.held,
-        ]);
+        keys.extend([self.flag, self.seq, self.account, self.history]);
     }
 }
 
 /// The keys of the other account a call credits in its own slot (a
-/// transfer's or a capture's `to`): its balance, its history and the money
-/// in flight out of it, which the credit leaves room for.
+/// transfer's or a capture's `to`): its record and its history.
 pub(super) struct CreditedKeys {
-    pub balance: String,
+    pub account: String,
     pub history: String,
-    pub held: String,
 }
 
 impl CreditedKeys {
     pub(super) fn of(layout: &Layout, to: &str) -> Self {
         Self {
-            balance: layout.balance(to),
+            account: layout.account(to),
             history: layout.history(to),
-            held: layout.held(to),
         }
     }
 
     fn write(self, keys: &mut Vec<String>) {
-        keys.extend([self.balance, self.history, self.held]);
+        keys.extend([self.account, self.history]);
     }
 }
 
@@ -112,9 +96,9 @@ impl FlagArgs<'_> {
 
 /// `lua/atomic_update.lua`: a debit, credit or transfer in one slot.
 pub(super) struct AtomicUpdateCall<'a> {
-    /// KEYS[1..6]: the checked account's.
+    /// KEYS[1..4]: the checked account's.
     pub account: AccountKeys,
-    /// KEYS[7..9]: a transfer's destination (none for a debit or credit).
+    /// KEYS[5..6]: a transfer's destination (none for a debit or credit).
     pub to: Option<CreditedKeys>,
     /// ARGV[1..8]
     pub args: FlagArgs<'a>,
@@ -127,7 +111,7 @@ pub(super) struct AtomicUpdateCall<'a> {
 impl AtomicUpdateCall<'_> {
     /// Its KEYS, then its ARGV, in the order of the script's header.
     pub(super) fn write(self) -> (Vec<String>, Cmd) {
-        let (mut keys, mut args) = (Vec::with_capacity(9), Cmd::new());
+        let (mut keys, mut args) = (Vec::with_capacity(6), Cmd::new());
         self.account.write(&mut keys);
         if let Some(to) = self.to {
             to.write(&mut keys);
@@ -140,9 +124,9 @@ impl AtomicUpdateCall<'_> {
 
 /// `lua/saga_step.lua`: one step of a saga, in one account's slot.
 pub(super) struct SagaStepCall<'a> {
-    /// KEYS[1..6]: the account the step runs on, under the step's flag.
+    /// KEYS[1..4]: the account the step runs on, under the step's flag.
     pub account: AccountKeys,
-    /// KEYS[7]: a capture saga's settle only, the hold it ends.
+    /// KEYS[5]: a capture saga's settle only, the hold it ends.
     pub hold: Option<String>,
     /// ARGV[1..8]
     pub args: FlagArgs<'a>,
@@ -157,7 +141,7 @@ pub(super) struct SagaStepCall<'a> {
 impl SagaStepCall<'_> {
     /// Its KEYS, then its ARGV, in the order of the script's header.
     pub(super) fn write(self) -> (Vec<String>, Cmd) {
-        let (mut keys, mut args) = (Vec::with_capacity(7), Cmd::new());
+        let (mut keys, mut args) = (Vec::with_capacity(5), Cmd::new());
         self.account.write(&mut keys);
         keys.extend(self.hold);
         self.args.write(&mut args);
@@ -169,13 +153,13 @@ impl SagaStepCall<'_> {
 /// `lua/hold.lua`: a hold, or a capture, void or expiry of one, in the
 /// slot of the hold's account.
 pub(super) struct HoldCall<'a> {
-    /// KEYS[1..6]: the hold's account.
+    /// KEYS[1..4]: the hold's account.
     pub account: AccountKeys,
-    /// KEYS[7]: the hold.
+    /// KEYS[5]: the hold.
     pub hold: String,
-    /// KEYS[8]: the slot's due holds.
+    /// KEYS[6]: the slot's due holds.
     pub holds_due: String,
-    /// KEYS[9..11]: a capture's `to` in this slot (none otherwise).
+    /// KEYS[7..8]: a capture's `to` in this slot (none otherwise).
     pub to: Option<CreditedKeys>,
     /// ARGV[1..8]
     pub args: FlagArgs<'a>,
@@ -194,7 +178,7 @@ pub(super) struct HoldCall<'a> {
 impl HoldCall<'_> {
     /// Its KEYS, then its ARGV, in the order of the script's header.
     pub(super) fn write(self) -> (Vec<String>, Cmd) {
-        let (mut keys, mut args) = (Vec::with_capacity(11), Cmd::new());
+        let (mut keys, mut args) = (Vec::with_capacity(8), Cmd::new());
         self.account.write(&mut keys);
         keys.push(self.hold);
         keys.push(self.holds_due);
@@ -337,14 +321,12 @@ mod tests {
             [
                 "flag".to_owned(),
                 layout.seq(0),
-                layout.balance("a"),
-                layout.pending("a"),
+                layout.account("a"),
                 layout.history("a"),
-                layout.held("a"),
             ]
         );
         let money = include_str!("../../../lua/money.lua");
-        assert_eq!(documented(money, "KEYS"), (1..=6).collect::<Vec<_>>());
+        assert_eq!(documented(money, "KEYS"), (1..=4).collect::<Vec<_>>());
         assert_eq!(documented(money, "ARGV"), (1..=8).collect::<Vec<_>>());
     }
 }

@@ -15,6 +15,43 @@ use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use super::{RedisTopology, StoreError};
 
+/// One page of a SCAN for `pattern` from `cursor`.
+fn scan_page(cursor: u64, pattern: &str) -> Cmd {
+    let mut cmd = redis::cmd("SCAN");
+    cmd.arg(cursor)
+        .arg("MATCH")
+        .arg(pattern)
+        .arg("COUNT")
+        .arg(1_000);
+    cmd
+}
+
+/// The address of each master that `CLUSTER NODES` lists as reachable.
+fn masters(nodes: &str) -> Result<Vec<(String, u16)>, StoreError> {
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let flags = fields.get(2)?;
+            (flags.contains("master") && !flags.contains("fail")).then(|| fields[1])
+        })
+        .map(|address| {
+            // `host:port@cluster-bus-port`
+            let (host, port) = address
+                .split('@')
+                .next()
+                .and_then(|a| a.rsplit_once(':'))
+                .ok_or_else(|| {
+                    StoreError::Unexpected(format!("CLUSTER NODES address {address}"))
+                })?;
+            let port = port
+                .parse()
+                .map_err(|_| StoreError::Unexpected(format!("CLUSTER NODES address {address}")))?;
+            Ok((host.to_owned(), port))
+        })
+        .collect()
+}
+
 /// True for an error that says Redis could not be reached, did not answer
 /// in time, or is moving (a cluster's redirect or state the client could
 /// not follow: MOVED to a node it cannot reach, TRYAGAIN, CLUSTERDOWN):
@@ -217,6 +254,57 @@ impl Connection {
         }?;
         redis::from_redis_value(answer)
             .map_err(|e| StoreError::Unexpected(format!("WAIT answered {e}")))
+    }
+
+    /// Every key that matches `pattern` (SCAN), on the one Redis or on
+    /// each master of a cluster.
+    pub async fn scan(&self, pattern: &str) -> Result<Vec<String>, StoreError> {
+        let mut keys = Vec::new();
+        match self {
+            Self::Single(c) => {
+                let mut conn = c.clone();
+                let mut cursor = 0u64;
+                loop {
+                    let (next, page): (u64, Vec<String>) =
+                        scan_page(cursor, pattern).query_async(&mut conn).await?;
+                    keys.extend(page);
+                    cursor = next;
+                    if cursor == 0 {
+                        return Ok(keys);
+                    }
+                }
+            }
+            Self::Cluster(cluster) => {
+                let mut conn = cluster.current();
+                let nodes: String = redis::cmd("CLUSTER")
+                    .arg("NODES")
+                    .query_async(&mut conn)
+                    .await?;
+                for (host, port) in masters(&nodes)? {
+                    let mut cursor = 0u64;
+                    loop {
+                        let node = SingleNodeRoutingInfo::ByAddress {
+                            host: host.clone(),
+                            port,
+                        };
+                        let answer = conn
+                            .route_command(
+                                scan_page(cursor, pattern),
+                                RoutingInfo::SingleNode(node),
+                            )
+                            .await?;
+                        let (next, page): (u64, Vec<String>) = redis::from_redis_value(answer)
+                            .map_err(|e| StoreError::Unexpected(format!("SCAN answered {e}")))?;
+                        keys.extend(page);
+                        cursor = next;
+                        if cursor == 0 {
+                            break;
+                        }
+                    }
+                }
+                Ok(keys)
+            }
+        }
     }
 
     /// Runs `commands`, one answer each, in order. A cluster pipeline must

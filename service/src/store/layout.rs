@@ -6,7 +6,10 @@
 //! cluster, where an account's shard (and a transaction id's) is a hash of
 //! its name over [`CLUSTER_SHARDS`] shards, so accounts spread over the
 //! cluster's masters.
-//! - `{tag}:bal:<account>`  balance in minor units, a decimal string
+//! - `{tag}:acct:<account>` the account, one hash: `balance` in minor
+//!   units, `pending` (money its active holds keep) and `held` (money
+//!   sagas debited from it and have not settled; cluster only), each of
+//!   the last two absent (0) until first written
 //! - `{tag}:tx:<id>`        hash: `fp` (the body the id is bound to, from the
 //!   first claim on), `lease` + `lease_until_ms` (which request may publish
 //!   it now), `accepted` (1 once Kafka has the record), and once settled
@@ -16,10 +19,8 @@
 //!   and saga steps were decided
 //! - cluster only, in the account's slot: `{tag}:step:<id>:<step>` (the
 //!   flag of an apply whose tx record is in another slot, `apply`, or of a
-//!   saga step, `debit` | `credit` | `settle`) and `{tag}:held:<account>`
-//!   (money sagas debited from the account and have not settled)
-//! - in the account's slot: `{tag}:pending:<account>` (money its active
-//!   holds keep), `{tag}:hold:<hold id>` (hash: `state`
+//!   saga step, `debit` | `credit` | `settle`)
+//! - in the account's slot: `{tag}:hold:<hold id>` (hash: `state`
 //!   held|capturing|captured|voided|expired|rejected, `amount`, `to`,
 //!   `deadline_ms` on Redis's clock, `captured`, `ended_ms`, `ended_seq`) and, one per
 //!   slot, `{tag}:holds_due` (sorted set of `<account>|<hold id>` by when
@@ -109,19 +110,33 @@ impl Layout {
         self.shard_of(a) == self.shard_of(b)
     }
 
-    /// `{tag}:bal:<account>`
-    pub fn balance(&self, account: &str) -> String {
-        format!("{}:bal:{account}", self.tag(self.shard_of(account)))
+    /// `{tag}:acct:<account>`: the account's record, a hash of its
+    /// `balance`, `pending` (what its active holds keep) and `held` (money
+    /// in flight out of it), `lua/money.lua`'s `account_at`.
+    pub fn account(&self, account: &str) -> String {
+        format!("{}:acct:{account}", self.tag(self.shard_of(account)))
     }
 
-    /// `{tag}:held:<account>`: money in flight out of the account.
-    pub fn held(&self, account: &str) -> String {
-        format!("{}:held:{account}", self.tag(self.shard_of(account)))
+    /// `{tag}:layout` of shard 0: the version of the key layout the data
+    /// was written in ([`crate::store::LAYOUT_VERSION`]).
+    pub fn version(&self) -> String {
+        format!("{}:layout", self.tag(0))
     }
 
-    /// `{tag}:pending:<account>`: money the account's active holds keep.
-    pub fn pending(&self, account: &str) -> String {
-        format!("{}:pending:{account}", self.tag(self.shard_of(account)))
+    /// A SCAN pattern for the balances of key layout 1, where an account
+    /// was three keys (`{tag}:bal:<account>` among them).
+    pub fn legacy_balances(&self) -> String {
+        if self.shards == 1 {
+            format!("{}:bal:*", self.tag(0))
+        } else {
+            format!("{{{}:*}}:bal:*", self.namespace)
+        }
+    }
+
+    /// Key layout 1's keys of `account`: its balance, pending and held.
+    pub fn legacy_account(&self, account: &str) -> [String; 3] {
+        let tag = self.tag(self.shard_of(account));
+        ["bal", "pending", "held"].map(|name| format!("{tag}:{name}:{account}"))
     }
 
     /// `{tag}:hist:<account>`: the account's history, a stream.
@@ -230,8 +245,7 @@ mod tests {
     fn one_redis_puts_every_key_in_one_slot() {
         let layout = Layout::new("ns", RedisTopology::Single);
         assert_eq!(layout.shards(), 1);
-        assert_eq!(layout.balance("alice"), "{ns}:bal:alice");
-        assert_eq!(layout.held("alice"), "{ns}:held:alice");
+        assert_eq!(layout.account("alice"), "{ns}:acct:alice");
         assert_eq!(layout.tx("t-1"), "{ns}:tx:t-1");
         assert_eq!(layout.seq(0), "{ns}:seq");
         assert_eq!(layout.apply_flag("t-1", "alice"), "{ns}:tx:t-1");
@@ -252,8 +266,14 @@ mod tests {
             shard,
             Layout::new("other", RedisTopology::Cluster).shard_of("alice")
         );
-        assert_eq!(layout.balance("alice"), format!("{{ns:{shard}}}:bal:alice"));
-        assert_eq!(layout.held("alice"), format!("{{ns:{shard}}}:held:alice"));
+        assert_eq!(
+            layout.account("alice"),
+            format!("{{ns:{shard}}}:acct:alice")
+        );
+        assert_eq!(
+            layout.history("alice"),
+            format!("{{ns:{shard}}}:hist:alice")
+        );
         assert_eq!(
             layout.step("alice", "t-1", "debit"),
             format!("{{ns:{shard}}}:step:t-1:debit")

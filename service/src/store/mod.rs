@@ -1,4 +1,4 @@
-//! The Redis store: balances, the per-transaction record (claim, pending,
+//! The Redis store: accounts, the per-transaction record (claim, pending,
 //! outcome) and the Lua scripts that change them. One concern per file:
 //!
 //! - [`layout`]: key names and slots (the key layout is described there).
@@ -14,6 +14,8 @@
 //! - [`history`]: each account's history, read by page and at a time.
 //! - [`holds`]: holds as the API and the expirer read them (their terms,
 //!   where they stand, which are past their deadline).
+//! - [`migrate`]: data of an earlier key layout brought to this one at
+//!   start (and a newer layout refused).
 
 mod api_keys;
 mod apply;
@@ -25,6 +27,7 @@ mod history;
 mod holds;
 mod in_order;
 pub mod layout;
+mod migrate;
 mod outcomes;
 mod rate_limit;
 mod scripts;
@@ -43,6 +46,7 @@ pub use connection::{Cluster, Connection};
 pub use history::{is_position, BalanceAt, EntryKind, EntryStatus, HistoryEntry, HistoryQuery};
 pub use holds::{DueHold, HoldPhase, HoldRecord};
 pub use layout::{Layout, RedisTopology};
+pub use migrate::LAYOUT_VERSION;
 pub use rate_limit::RateVerdict;
 use scripts::Scripts;
 
@@ -57,6 +61,8 @@ pub enum StoreError {
     Unexpected(String),
     #[error("redis runs with maxmemory-policy {0}: it may evict a balance or a processed flag (money lost, or applied twice); run it with maxmemory-policy noeviction")]
     Eviction(String),
+    #[error("redis holds data in key layout {found}, written by a newer txengine (this one knows layout {known} and older): run that version, or a newer one than this")]
+    NewerLayout { found: u32, known: u32 },
     /// `WAIT` counted fewer replicas than asked within its timeout: the
     /// writes may be lost if a master fails over now.
     #[error("the writes reached {acknowledged} of {wanted} replicas in time")]
@@ -95,7 +101,7 @@ impl StoreError {
                 "redis answered what this build does not expect (details in the log)".into()
             }
             Self::Eviction(policy) => format!("redis runs with maxmemory-policy {policy}"),
-            Self::ReplicasBehind { .. } => self.to_string(),
+            Self::ReplicasBehind { .. } | Self::NewerLayout { .. } => self.to_string(),
         }
     }
 
@@ -107,7 +113,7 @@ impl StoreError {
             Self::Redis(e) => is_transient(e),
             // Replicas catch up, or a failover ends: worth retrying.
             Self::ReplicasBehind { .. } => true,
-            Self::Unexpected(_) | Self::Eviction(_) => false,
+            Self::Unexpected(_) | Self::Eviction(_) | Self::NewerLayout { .. } => false,
         }
     }
 }
@@ -193,8 +199,9 @@ impl Store {
         &self.layout
     }
 
-    pub fn balance_key(&self, account: &AccountId) -> String {
-        self.layout.balance(account.as_str())
+    /// The account's record (`{tag}:acct:<account>`).
+    pub fn account_key(&self, account: &AccountId) -> String {
+        self.layout.account(account.as_str())
     }
 
     pub fn tx_key(&self, id: &TxId) -> String {

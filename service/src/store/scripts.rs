@@ -24,6 +24,7 @@ pub(super) struct Scripts {
     pub finish: Script,
     pub set_balance: Script,
     pub rate_limit: Script,
+    pub migrate_account: Script,
 }
 
 /// A script of `lua/` that applies records (`$body`, its file name), as the
@@ -47,7 +48,7 @@ macro_rules! in_order {
 
 /// Each script's name (the name of its file in `lua/`, the apply script's
 /// `atomic_update`) and its source as Redis runs it, in [`Scripts`]' order.
-pub(super) const SOURCES: [(&str, &str); 11] = [
+pub(super) const SOURCES: [(&str, &str); 12] = [
     (
         "atomic_update",
         in_order!("atomic_update.lua"),
@@ -108,11 +109,15 @@ pub(super) const SOURCES: [(&str, &str); 11] = [
             "\nreturn rate_limit(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), clock_us())\n"
         ),
     ),
+    (
+        "migrate_account",
+        include_str!("../../../lua/migrate_account.lua"),
+    ),
 ];
 
 impl Scripts {
     pub(super) fn new() -> Self {
-        let [apply, claim, claim_batch, release, accept, accept_batch, saga_step, hold, finish, set_balance, rate_limit] =
+        let [apply, claim, claim_batch, release, accept, accept_batch, saga_step, hold, finish, set_balance, rate_limit, migrate_account] =
             SOURCES.map(|(_, source)| Script::new(source));
         Self {
             apply,
@@ -126,16 +131,17 @@ impl Scripts {
             finish,
             set_balance,
             rate_limit,
+            migrate_account,
         }
     }
 
     /// Every script, for SCRIPT LOAD.
-    pub(super) fn all(&self) -> [&Script; 11] {
+    pub(super) fn all(&self) -> [&Script; 12] {
         self.named().map(|(_, script)| script)
     }
 
     /// Every script with its name, in [`SOURCES`]' order.
-    pub(super) fn named(&self) -> [(&'static str, &Script); 11] {
+    pub(super) fn named(&self) -> [(&'static str, &Script); 12] {
         let Self {
             apply,
             claim,
@@ -148,6 +154,7 @@ impl Scripts {
             finish,
             set_balance,
             rate_limit,
+            migrate_account,
         } = self;
         let scripts = [
             apply,
@@ -161,6 +168,7 @@ impl Scripts {
             finish,
             set_balance,
             rate_limit,
+            migrate_account,
         ];
         std::array::from_fn(|i| (SOURCES[i].0, scripts[i]))
     }

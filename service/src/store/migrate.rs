@@ -1,0 +1,65 @@
+//! Data written by an earlier key layout, brought to this one when the
+//! engine starts. The layout's version is kept in Redis; a store written by
+//! a newer one is refused, never read wrongly.
+
+use super::{Store, StoreError};
+
+/// The key layout this build writes. 1: an account is three keys (`bal`,
+/// `pending`, `held`); 2: one record, `{tag}:acct:<account>`.
+pub const LAYOUT_VERSION: u32 = 2;
+
+impl Store {
+    /// Brings the store to [`LAYOUT_VERSION`] and says how many accounts it
+    /// moved. Each account moves in one script (idempotent), so engines
+    /// starting at once, or a start cut short, are safe; the engines of an
+    /// earlier version must be stopped first (they would write the old
+    /// keys again). A store whose recorded layout is newer is refused.
+    pub async fn migrate(&self) -> Result<usize, StoreError> {
+        let mut conn = self.conn.clone();
+        let version_key = self.layout.version();
+        let found: Option<u32> = redis::cmd("GET")
+            .arg(&version_key)
+            .query_async(&mut conn)
+            .await?;
+        match found {
+            Some(LAYOUT_VERSION) => return Ok(0),
+            Some(newer) if newer > LAYOUT_VERSION => {
+                return Err(StoreError::NewerLayout {
+                    found: newer,
+                    known: LAYOUT_VERSION,
+                })
+            }
+            _ => {}
+        }
+        let old = self.conn.scan(&self.layout.legacy_balances()).await?;
+        let mut moved = 0;
+        for key in &old {
+            let Some((_, account)) = key.split_once(":bal:") else {
+                continue;
+            };
+            let [balance, pending, held] = self.layout.legacy_account(account);
+            let mut call = self.scripts.migrate_account.prepare_invoke();
+            call.key(balance)
+                .key(pending)
+                .key(held)
+                .key(self.layout.account(account));
+            let answer: i64 = self
+                .with_scripts(|| {
+                    let mut conn = self.conn.clone();
+                    let call = &call;
+                    async move { call.invoke_async(&mut conn).await }
+                })
+                .await?;
+            moved += answer as usize;
+        }
+        let _: () = redis::cmd("SET")
+            .arg(&version_key)
+            .arg(LAYOUT_VERSION)
+            .query_async(&mut conn)
+            .await?;
+        if moved > 0 {
+            tracing::info!(moved, "accounts moved to key layout {LAYOUT_VERSION}");
+        }
+        Ok(moved)
+    }
+}
