@@ -132,3 +132,39 @@ async fn an_engine_refuses_data_of_a_newer_layout() {
     let message = format!("{refused:#}");
     assert!(message.contains("newer txengine"), "{message}");
 }
+
+/// An account moved already (by another engine starting at the same time)
+/// is left as it is: the script moves nothing and writes nothing.
+#[tokio::test]
+async fn an_account_moved_already_is_left_as_it_is() {
+    let layout = Layout::new("migrate-twice", RedisTopology::Single);
+    let client = redis::Client::open(crate::infra().redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let record = layout.account("moved");
+    let _: () = redis::cmd("HSET")
+        .arg(&record)
+        .arg("balance")
+        .arg(5)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let [balance, pending, held] = layout.legacy_account("moved");
+    let moved: i64 = redis::cmd("EVAL")
+        .arg(txengine::store::Store::script_source("migrate_account").unwrap())
+        .arg(4)
+        .arg(&[balance, pending, held, record.clone()])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let fields: std::collections::BTreeMap<String, String> = redis::cmd("HGETALL")
+        .arg(&record)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(moved, 0);
+    assert_eq!(
+        fields,
+        [("balance".to_owned(), "5".to_owned())].into(),
+        "nothing written"
+    );
+}
