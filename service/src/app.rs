@@ -46,9 +46,10 @@ fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// The store `config` names, connected.
+/// The store `config` names, connected, checked (no eviction) and in this
+/// build's key layout (earlier layouts moved, a newer one refused).
 async fn connect_store(config: &Config) -> anyhow::Result<Store> {
-    Store::connect(StoreSettings {
+    let store = Store::connect(StoreSettings {
         url: &config.redis_url,
         topology: config.redis_topology,
         namespace: &config.namespace,
@@ -63,7 +64,13 @@ async fn connect_store(config: &Config) -> anyhow::Result<Store> {
             "connecting to redis at {}",
             crate::config::redacted_url(&config.redis_url)
         )
-    })
+    })?;
+    store.ensure_no_eviction().await?;
+    store
+        .migrate()
+        .await
+        .context("bringing Redis's data to this version's key layout")?;
+    Ok(store)
 }
 
 /// Binds the API's listener and serves `state` in `tasks` until shutdown,
@@ -128,11 +135,6 @@ impl Engine {
             .await
             .with_context(|| format!("checking the topics on {}", config.kafka_brokers))?;
         let store = connect_store(config).await?;
-        store.ensure_no_eviction().await?;
-        store
-            .migrate()
-            .await
-            .context("bringing Redis's data to this version's key layout")?;
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let consumer_health = ConsumerHealth::default();
