@@ -40,6 +40,12 @@ local kind = ARGV[1]
 if kind ~= 'debit' and kind ~= 'credit' and kind ~= 'transfer' then
   return redis.error_reply('unknown kind ' .. tostring(kind))
 end
+-- A transfer to its own account would read the record once and write it
+-- twice, the second write undoing the first: refused before any write
+-- (the API and the wire decoder refuse it first).
+if kind == 'transfer' and KEYS[5] == KEYS[3] then
+  return redis.error_reply('a transfer to its own account')
+end
 
 local earlier = replayed()
 if earlier then

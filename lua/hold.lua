@@ -64,6 +64,12 @@ local ops = {hold = true, capture = true, capture_out = true, void = true, expir
 if not ops[op] then
   return redis.error_reply('unknown hold op ' .. tostring(op))
 end
+-- A capture to the hold's own account would write its record twice, the
+-- second write undoing the first: refused before any write (the API and
+-- the wire decoder refuse such a hold first).
+if KEYS[7] and KEYS[7] == KEYS[3] then
+  return redis.error_reply('a capture to its own account')
+end
 
 local now_ms = math.floor(clock_us() / 1000)
 local amount = tonumber(ARGV[2])

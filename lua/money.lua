@@ -28,7 +28,8 @@ end
 --   pending  what its active holds keep (absent: 0); only balance -
 --            pending may leave it
 --   held     money in flight out of it: what sagas debited and may still
---            refund (absent: 0; never written on one Redis)
+--            refund (absent: 0; only sagas and captures to another slot,
+--            so only on a Redis Cluster, make it other than 0)
 local function account_at(key)
   local a = redis.call('HMGET', key, 'balance', 'pending', 'held')
   if not a[1] then

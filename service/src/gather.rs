@@ -7,8 +7,9 @@
 //! [`MAX_GATHER_QUEUE`] requests waiting. Alone, a request goes at once, by
 //! itself; under load what comes while calls are in flight goes together in
 //! the next one. A request of [`GATHER_BELOW`] transactions or more makes
-//! its call at once, by itself: its call is amortised already, and a place
-//! among the gathered calls would only delay it. The call does for each
+//! its call by itself, without waiting for a place among the gathered calls
+//! (its call is amortised already), with at most
+//! [`MAX_ALONE_CALLS_IN_FLIGHT`] such calls at once. The call does for each
 //! transaction exactly what a call of its own would (the same Lua function,
 //! per id, in order).
 
@@ -20,7 +21,10 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::store::StoreError;
 
-use crate::limits::{GATHER_BELOW, MAX_GATHERED, MAX_GATHER_CALLS_IN_FLIGHT, MAX_GATHER_QUEUE};
+use crate::limits::{
+    GATHER_BELOW, MAX_ALONE_CALLS_IN_FLIGHT, MAX_GATHERED, MAX_GATHER_CALLS_IN_FLIGHT,
+    MAX_GATHER_QUEUE,
+};
 
 type Answer<A> = oneshot::Sender<Result<A, StoreError>>;
 
@@ -37,6 +41,9 @@ pub(crate) struct Gatherer<I, A> {
     waiting: mpsc::Sender<(I, Answer<A>)>,
     call: Call<I, A>,
     size: fn(&I) -> usize,
+    /// Places for the calls of large items, each by itself.
+    alone: Arc<Semaphore>,
+    metric: &'static str,
 }
 
 impl<I, A> Clone for Gatherer<I, A> {
@@ -45,6 +52,8 @@ impl<I, A> Clone for Gatherer<I, A> {
             waiting: self.waiting.clone(),
             call: self.call.clone(),
             size: self.size,
+            alone: self.alone.clone(),
+            metric: self.metric,
         }
     }
 }
@@ -97,6 +106,8 @@ impl<I: Send + 'static, A: Send + 'static> Gatherer<I, A> {
             waiting,
             call,
             size,
+            alone: Arc::new(Semaphore::new(MAX_ALONE_CALLS_IN_FLIGHT)),
+            metric,
         }
     }
 
@@ -104,7 +115,10 @@ impl<I: Send + 'static, A: Send + 'static> Gatherer<I, A> {
     /// own at once when it holds [`GATHER_BELOW`] transactions or more.
     pub(crate) async fn run(&self, item: I) -> Result<A, StoreError> {
         let stopped = || StoreError::Unexpected("a gathered call stopped unanswered".into());
-        if (self.size)(&item) >= GATHER_BELOW {
+        let size = (self.size)(&item);
+        if size >= GATHER_BELOW {
+            let _place = self.alone.acquire().await.map_err(|_| stopped())?;
+            metrics::histogram!(self.metric).record(size as f64);
             // In a task of its own, as a gathered call is: a panic is an
             // error for this request, never the end of the caller.
             let answers = tokio::spawn((self.call)(vec![item]))
@@ -239,5 +253,35 @@ mod tests {
         );
         assert!(gatherer.run(GATHER_BELOW + 1).await.is_err());
         assert_eq!(gatherer.run(GATHER_BELOW).await.unwrap(), GATHER_BELOW);
+    }
+
+    /// Large items' own calls are bounded too: never more than
+    /// `MAX_ALONE_CALLS_IN_FLIGHT` at once, however many requests come.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn large_items_own_calls_are_bounded() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let (r, m) = (running.clone(), most.clone());
+        let gatherer = Gatherer::start(
+            "test_gathered",
+            |&size| size,
+            move |items: Vec<usize>| {
+                let (running, most) = (r.clone(), m.clone());
+                async move {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    items.iter().map(|&i| Ok(i)).collect()
+                }
+            },
+        );
+        let many = (0..3 * MAX_ALONE_CALLS_IN_FLIGHT).map(|_| gatherer.run(GATHER_BELOW));
+        let answers = futures_util::future::join_all(many).await;
+        assert!(answers
+            .iter()
+            .all(|a| a.as_ref().is_ok_and(|&n| n == GATHER_BELOW)));
+        assert_eq!(most.load(Ordering::SeqCst), MAX_ALONE_CALLS_IN_FLIGHT);
     }
 }

@@ -33,8 +33,10 @@ pub const MAX_BATCH_BODY_BYTES: usize = MAX_BATCH_ITEMS * 1024;
 pub const MAX_GATHERED: usize = 1_000;
 pub const MAX_GATHER_CALLS_IN_FLIGHT: usize = 4;
 /// A request of this many transactions or more is not gathered: it makes
-/// its own call at once (amortised already: a claim of 32 ids is one call).
+/// its own call (amortised already: a claim of 32 ids is one call), at
+/// most this many such calls at once per gatherer.
 pub const GATHER_BELOW: usize = 32;
+pub const MAX_ALONE_CALLS_IN_FLIGHT: usize = 16;
 /// Most items waiting for a gatherer's next call; a request past it waits
 /// for a place (the queue never grows without limit).
 pub const MAX_GATHER_QUEUE: usize = 10_000;

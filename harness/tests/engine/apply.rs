@@ -564,3 +564,75 @@ async fn unknown_kinds_and_saga_steps_write_nothing() {
         assert!(!ran, "{script}'s refusal counted as run");
     }
 }
+
+/// A transfer, or a hold's capture, whose destination record is the
+/// account's own is refused by the script before any write (it would write
+/// the record twice, the second undoing the first). Called with EVAL, as
+/// the API and the wire decoder refuse such a movement first.
+#[tokio::test]
+async fn money_to_its_own_account_is_refused_by_the_script() {
+    let store = store().await;
+    set(&store, "self", 100).await;
+    let layout = store.layout();
+    let client = redis::Client::open(crate::infra().redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let (account, history) = (layout.account("self"), layout.history("self"));
+    let order = layout.order(0, "own-account");
+    let flag = layout.tx("to-self");
+    let calls = [
+        (
+            "atomic_update",
+            "transfer",
+            vec![
+                flag.clone(),
+                layout.seq(0),
+                account.clone(),
+                history.clone(),
+                account.clone(),
+                history.clone(),
+                order.clone(),
+            ],
+        ),
+        (
+            "hold",
+            "capture",
+            vec![
+                flag.clone(),
+                layout.seq(0),
+                account.clone(),
+                history.clone(),
+                layout.hold("self", "h"),
+                layout.holds_due(0),
+                account.clone(),
+                history.clone(),
+                order.clone(),
+            ],
+        ),
+    ];
+    for (script, what, keys) in calls {
+        let error = redis::cmd("EVAL")
+            .arg(Store::script_source(script).unwrap())
+            .arg(keys.len())
+            .arg(&keys)
+            .arg(what)
+            .arg(10)
+            .arg("fp")
+            .arg(60)
+            .arg(1)
+            .arg(1)
+            .query_async::<redis::Value>(&mut conn)
+            .await
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("its own account"),
+            "{script}: {error}"
+        );
+        assert_eq!(get(&store, "self").await, Some(100), "{script} moved money");
+        let flag_set: bool = redis::cmd("EXISTS")
+            .arg(&flag)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(!flag_set, "{script} wrote its flag");
+    }
+}

@@ -26,30 +26,46 @@ fn scan_page(cursor: u64, pattern: &str) -> Cmd {
     cmd
 }
 
-/// The address of each master that `CLUSTER NODES` lists as reachable.
+/// Slots of a Redis Cluster.
+const CLUSTER_SLOTS: u32 = 16_384;
+
+/// The address of each master `CLUSTER NODES` lists (a master only
+/// suspected down, `fail?`, still serves its slots), refused unless they
+/// serve every slot between them: a SCAN of them then sees every key.
 fn masters(nodes: &str) -> Result<Vec<(String, u16)>, StoreError> {
-    nodes
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let flags = fields.get(2)?;
-            (flags.contains("master") && !flags.contains("fail")).then(|| fields[1])
-        })
-        .map(|address| {
-            // `host:port@cluster-bus-port`
-            let (host, port) = address
-                .split('@')
-                .next()
-                .and_then(|a| a.rsplit_once(':'))
-                .ok_or_else(|| {
-                    StoreError::Unexpected(format!("CLUSTER NODES address {address}"))
-                })?;
-            let port = port
-                .parse()
-                .map_err(|_| StoreError::Unexpected(format!("CLUSTER NODES address {address}")))?;
-            Ok((host.to_owned(), port))
-        })
-        .collect()
+    let mut masters = Vec::new();
+    let mut covered = 0;
+    for line in nodes.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let (Some(address), Some(flags)) = (fields.get(1), fields.get(2)) else {
+            continue;
+        };
+        let flags: Vec<&str> = flags.split(',').collect();
+        if !flags.contains(&"master") || flags.contains(&"fail") {
+            continue;
+        }
+        let unexpected = || StoreError::Unexpected(format!("CLUSTER NODES line {line}"));
+        // Slots: `first-last` or one number; `[slot->-node]` marks a migration.
+        for range in fields.iter().skip(8).filter(|r| !r.starts_with('[')) {
+            let (first, last) = range.split_once('-').unwrap_or((range, range));
+            let first: u32 = first.parse().map_err(|_| unexpected())?;
+            let last: u32 = last.parse().map_err(|_| unexpected())?;
+            covered += last + 1 - first;
+        }
+        // `host:port@cluster-bus-port`
+        let (host, port) = address
+            .split('@')
+            .next()
+            .and_then(|a| a.rsplit_once(':'))
+            .ok_or_else(unexpected)?;
+        masters.push((host.to_owned(), port.parse().map_err(|_| unexpected())?));
+    }
+    if covered != CLUSTER_SLOTS {
+        return Err(StoreError::Unexpected(format!(
+            "the reachable masters serve {covered} of {CLUSTER_SLOTS} slots: a scan would miss keys (try again once the cluster is whole)"
+        )));
+    }
+    Ok(masters)
 }
 
 /// True for an error that says Redis could not be reached, did not answer
@@ -433,4 +449,31 @@ pub(super) fn spread<T: redis::FromRedisValue>(
             answer.unwrap_or_else(|| Err(StoreError::Unexpected("an item had no answer".into())))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod masters_tests {
+    use super::*;
+
+    const NODES: &str = "\
+a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
+a2 127.0.0.1:7001@17001 master,fail? - 0 0 2 connected 5461-10922 [10923->-a3]
+a3 127.0.0.1:7002@17002 master - 0 0 3 connected 10923-16383
+r1 127.0.0.1:7003@17003 slave a1 0 0 1 connected";
+
+    /// Every master that serves slots is scanned, one only suspected down
+    /// too; replicas are not; a master lost (`fail`) leaves slots no scan
+    /// would see, and is refused rather than scanned around.
+    #[test]
+    fn the_masters_are_scanned_only_when_they_serve_every_slot() {
+        let ports: Vec<u16> = masters(NODES)
+            .unwrap()
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
+        assert_eq!(ports, [7000, 7001, 7002]);
+        let lost = NODES.replace("master,fail?", "master,fail");
+        let refused = masters(&lost).unwrap_err().to_string();
+        assert!(refused.contains("10922 of 16384"), "{refused}");
+    }
 }

@@ -8,8 +8,8 @@
 //! cluster's masters.
 //! - `{tag}:acct:<account>` the account, one hash: `balance` in minor
 //!   units, `pending` (money its active holds keep) and `held` (money
-//!   sagas debited from it and have not settled; cluster only), each of
-//!   the last two absent (0) until first written
+//!   sagas debited from it and have not settled: never above 0 on one
+//!   Redis), each of the last two absent (0) until first written
 //! - `{tag}:tx:<id>`        hash: `fp` (the body the id is bound to, from the
 //!   first claim on), `lease` + `lease_until_ms` (which request may publish
 //!   it now), `accepted` (1 once Kafka has the record), and once settled

@@ -32,25 +32,32 @@ impl Store {
             _ => {}
         }
         let old = self.conn.scan(&self.layout.legacy_balances()).await?;
+        let accounts: Vec<&str> = old
+            .iter()
+            .filter_map(|key| key.split_once(":bal:").map(|(_, account)| account))
+            .collect();
         let mut moved = 0;
-        for key in &old {
-            let Some((_, account)) = key.split_once(":bal:") else {
-                continue;
-            };
-            let [balance, pending, held] = self.layout.legacy_account(account);
-            let mut call = self.scripts.migrate_account.prepare_invoke();
-            call.key(balance)
-                .key(pending)
-                .key(held)
-                .key(self.layout.account(account));
-            let answer: i64 = self
-                .with_scripts(|| {
-                    let mut conn = self.conn.clone();
-                    let call = &call;
-                    async move { call.invoke_async(&mut conn).await }
+        if !accounts.is_empty() {
+            self.load_scripts().await?;
+        }
+        // A thousand accounts a round trip, each its own script call.
+        for chunk in accounts.chunks(1_000) {
+            let calls = chunk
+                .iter()
+                .map(|account| {
+                    let [balance, pending, held] = self.layout.legacy_account(account);
+                    let mut call = redis::cmd("EVALSHA");
+                    call.arg(self.scripts.migrate_account.get_hash())
+                        .arg(4)
+                        .arg(balance)
+                        .arg(pending)
+                        .arg(held)
+                        .arg(self.layout.account(account));
+                    (self.layout.shard_of(account), call)
                 })
-                .await?;
-            moved += answer as usize;
+                .collect();
+            let answers: Vec<i64> = self.conn.run_by_slot(calls).await?;
+            moved += answers.into_iter().sum::<i64>() as usize;
         }
         let _: () = redis::cmd("SET")
             .arg(&version_key)
