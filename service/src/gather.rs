@@ -124,9 +124,10 @@ impl<I: Send + 'static, A: Send + 'static> Gatherer<I, A> {
             let answers = tokio::spawn((self.call)(vec![item]))
                 .await
                 .map_err(|_| stopped())?;
-            let (answer, answered) = oneshot::channel();
-            answer_each(vec![answer], answers);
-            return answered.await.map_err(|_| stopped())?;
+            return one_per_item(1, answers)
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| Err(stopped()));
         }
         let (answer, answered) = oneshot::channel();
         self.waiting
@@ -137,23 +138,28 @@ impl<I: Send + 'static, A: Send + 'static> Gatherer<I, A> {
     }
 }
 
-/// Sends each waiting request its answer; a wrong count of answers is an
-/// error for all (never an answer shifted to another request).
+/// Sends each waiting request its answer (see [`one_per_item`]).
 fn answer_each<A>(waiting: Vec<Answer<A>>, answers: Vec<Result<A, StoreError>>) {
-    if answers.len() == waiting.len() {
-        for (answer, value) in waiting.into_iter().zip(answers) {
-            let _ = answer.send(value);
-        }
-        return;
+    let answers = one_per_item(waiting.len(), answers);
+    for (answer, value) in waiting.into_iter().zip(answers) {
+        let _ = answer.send(value);
+    }
+}
+
+/// A call's answers, one per item of its `items`; a wrong count of answers
+/// is an error for all (never an answer shifted to another request).
+fn one_per_item<A>(
+    items: usize,
+    answers: Vec<Result<A, StoreError>>,
+) -> Vec<Result<A, StoreError>> {
+    if answers.len() == items {
+        return answers;
     }
     let e = StoreError::Unexpected(format!(
-        "a gathered call had {} answers for {} items",
-        answers.len(),
-        waiting.len()
+        "a gathered call had {} answers for {items} items",
+        answers.len()
     ));
-    for answer in waiting {
-        let _ = answer.send(Err(e.clone()));
-    }
+    (0..items).map(|_| Err(e.clone())).collect()
 }
 
 #[cfg(test)]

@@ -482,6 +482,30 @@ async fn claim_binds_the_id_and_leases_it() {
     );
 }
 
+/// Runs apply script `script` with EVAL as the store composes it (the body
+/// of in_order.lua, place 1 last), doing `what` with `keys`, and answers
+/// the error it must refuse with.
+async fn refused_eval(
+    conn: &mut redis::aio::MultiplexedConnection,
+    script: &str,
+    keys: &[String],
+    what: &str,
+) -> redis::RedisError {
+    redis::cmd("EVAL")
+        .arg(Store::script_source(script).unwrap())
+        .arg(keys.len())
+        .arg(keys)
+        .arg(what)
+        .arg(10)
+        .arg("fp")
+        .arg(60)
+        .arg(1)
+        .arg(1)
+        .query_async::<redis::Value>(conn)
+        .await
+        .unwrap_err()
+}
+
 /// An unknown kind (apply script) or saga step is refused before anything
 /// is written: no flag, no order number, no balance or hold changed, never
 /// taken for a debit or a settle. Called with EVAL straight from the files,
@@ -519,19 +543,7 @@ async fn unknown_kinds_and_saga_steps_write_nothing() {
         ("saga_step", "steal"),
         ("hold", "steal"),
     ] {
-        let error = redis::cmd("EVAL")
-            .arg(Store::script_source(script).unwrap())
-            .arg(keys.len())
-            .arg(&keys)
-            .arg(kind)
-            .arg(10)
-            .arg("fp")
-            .arg(60)
-            .arg(1)
-            .arg(1)
-            .query_async::<redis::Value>(&mut conn)
-            .await
-            .unwrap_err();
+        let error = refused_eval(&mut conn, script, &keys, kind).await;
         assert!(error.to_string().contains(kind), "{script}: {error}");
         let record: Vec<Option<String>> = redis::cmd("HMGET")
             .arg(&account)
@@ -610,19 +622,7 @@ async fn money_to_its_own_account_is_refused_by_the_script() {
         ),
     ];
     for (script, what, keys) in calls {
-        let error = redis::cmd("EVAL")
-            .arg(Store::script_source(script).unwrap())
-            .arg(keys.len())
-            .arg(&keys)
-            .arg(what)
-            .arg(10)
-            .arg("fp")
-            .arg(60)
-            .arg(1)
-            .arg(1)
-            .query_async::<redis::Value>(&mut conn)
-            .await
-            .unwrap_err();
+        let error = refused_eval(&mut conn, script, &keys, what).await;
         assert!(
             error.to_string().contains("its own account"),
             "{script}: {error}"

@@ -8,8 +8,12 @@ use reqwest::StatusCode;
 use rstest::rstest;
 use txengine::store::{Connection, Layout, RedisTopology, LAYOUT_VERSION};
 
-/// Runs `commands` (each in the slot of its account) on `topology`'s Redis.
-async fn run(topology: RedisTopology, commands: Vec<(String, redis::Cmd)>) {
+/// Runs `commands` (each in the slot of its account) on `topology`'s Redis;
+/// their answers, in order.
+async fn run<T: redis::FromRedisValue>(
+    topology: RedisTopology,
+    commands: Vec<(String, redis::Cmd)>,
+) -> Vec<T> {
     let infra = crate::infra_of(topology);
     let conn = Connection::open(&infra.redis_url, topology, Duration::from_secs(5))
         .await
@@ -19,7 +23,7 @@ async fn run(topology: RedisTopology, commands: Vec<(String, redis::Cmd)>) {
         .into_iter()
         .map(|(account, cmd)| (layout.shard_of(&account), cmd))
         .collect();
-    let _: Vec<redis::Value> = conn.run_by_slot(commands).await.unwrap();
+    conn.run_by_slot(commands).await.unwrap()
 }
 
 /// Layout 1 kept an account in three keys: a balance, what its holds keep
@@ -53,7 +57,7 @@ async fn an_engine_moves_accounts_of_layout_1_into_records(#[case] topology: Red
             }
         }
     }
-    run(topology, writes).await;
+    let _: Vec<redis::Value> = run(topology, writes).await;
 
     let s = Stack::start_with(config.clone()).await.unwrap();
     for (account, balance, pending, _) in accounts {
@@ -81,15 +85,7 @@ async fn an_engine_moves_accounts_of_layout_1_into_records(#[case] topology: Red
         held.arg(layout.account(account)).arg("held");
         reads.push((account.to_owned(), held));
     }
-    let infra = crate::infra_of(topology);
-    let conn = Connection::open(&infra.redis_url, topology, Duration::from_secs(5))
-        .await
-        .unwrap();
-    let commands = reads
-        .into_iter()
-        .map(|(account, cmd)| (layout.shard_of(&account), cmd))
-        .collect();
-    let answers: Vec<Option<u64>> = conn.run_by_slot(commands).await.unwrap();
+    let answers: Vec<Option<u64>> = run(topology, reads).await;
     assert_eq!(
         answers,
         [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3].map(Some),
@@ -127,7 +123,7 @@ async fn an_engine_refuses_data_of_a_newer_layout() {
     let layout = Layout::new(&config.namespace, RedisTopology::Single);
     let mut set = redis::cmd("SET");
     set.arg(layout.version()).arg(LAYOUT_VERSION + 1);
-    run(RedisTopology::Single, vec![("any".to_owned(), set)]).await;
+    let _: Vec<redis::Value> = run(RedisTopology::Single, vec![("any".to_owned(), set)]).await;
     let refused = Stack::start_with(config).await.err().expect("refused");
     let message = format!("{refused:#}");
     assert!(message.contains("newer txengine"), "{message}");

@@ -37,10 +37,8 @@ impl Store {
             .filter_map(|key| key.split_once(":bal:").map(|(_, account)| account))
             .collect();
         let mut moved = 0;
-        if !accounts.is_empty() {
-            self.load_scripts().await?;
-        }
-        // A thousand accounts a round trip, each its own script call.
+        // A thousand accounts a round trip, each its own script call (the
+        // scripts were loaded when the store connected).
         for chunk in accounts.chunks(1_000) {
             let calls = chunk
                 .iter()
