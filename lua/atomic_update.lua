@@ -25,7 +25,7 @@
 -- ARGV[9] the destination of a transfer ('' for a debit or credit)
 -- ARGV[10] the checked account (the destination's counterparty)
 --
--- Returns {state, reason, balance_after, duplicate, history entries written} where state is
+-- Returns {state, reason, balance_after, duplicate, history entries written, ''} where state is
 -- "applied" or "rejected" and duplicate is 1 when an earlier apply had
 -- already settled this id (nothing was changed this time).
 --
@@ -68,7 +68,7 @@ local function refuse(reason)
 end
 
 if kind == 'credit' then
-  local full = credit_refusal(source, amount)
+  local full = credit_refusal(source, amount, nil)
   if full then
     return refuse(full)
   end
@@ -85,7 +85,7 @@ end
 
 if kind == 'transfer' then
   local destination = account_at(KEYS[5])
-  local unfit = credit_refusal(destination, amount)
+  local unfit = credit_refusal(destination, amount, source.asset)
   if unfit then
     return refuse(unfit)
   end

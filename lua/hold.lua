@@ -30,9 +30,9 @@
 --         clock) and ended_seq (the slot's apply order)
 -- KEYS[6] the slot's due holds            ({tag}:holds_due): sorted set of
 --         ARGV[9] by when the expirer should next look at them
--- KEYS[7] capture to `to` (in this slot) only: `to` ({tag}:acct:<to>); a
---         credit leaves every refund of its money in flight room below
---         2^53-1
+-- KEYS[7] capture to `to` (in this slot) only: `to` ({tag}:acct:<to>),
+--         of the account's asset; a credit stays at most its `max` with
+--         room for every refund of its money in flight
 -- KEYS[8] the same: `to`'s history
 -- ARGV[1] hold | capture | capture_out | void | expire
 -- ARGV[2] amount: held (hold, void, expire) or captured (capture)
@@ -50,8 +50,9 @@
 -- expires it first), and `rejected` for one refused, when the account
 -- exists.
 --
--- Returns {state, reason, balance_after, duplicate, entries} as atomic_update.lua;
--- capture_out answers `debited` (a saga goes on); expire answers
+-- Returns {state, reason, balance_after, duplicate, entries, asset} as
+-- saga_step.lua; capture_out answers `debited` (a saga goes on) and the
+-- account's asset; expire answers
 -- `expired`, or `ended` (the reason: the state it ended in; the due
 -- member removed) / `not_due`, with duplicate 1 (nothing else changed).
 --
@@ -136,17 +137,17 @@ if op == 'expire' then
     -- Ended (how: the reason); a late capture or void that expired it
     -- left its member due for this record (its outcome event).
     redis.call('ZREM', KEYS[6], ARGV[9]) -- due no more
-    return {'ended', h[1] or '', '', 1, 0}
+    return {'ended', h[1] or '', '', 1, 0, ''}
   end
   if now_ms < tonumber(h[4]) then
-    return {'not_due', '', '', 1, 0}
+    return {'not_due', '', '', 1, 0, ''}
   end
   local failed = end_hold(h, 'expired', 0, false)
   if failed then
     return failed
   end
   expired_entry(h)
-  return {'expired', '', digits(balance()), 0, entries_written}
+  return {'expired', '', digits(balance()), 0, entries_written, ''}
 end
 
 local earlier = replayed()
@@ -222,10 +223,10 @@ end
 if amount > h[2] then
   return refuse('exceeds_hold')
 end
--- Holds keep balance >= pending (every debit and the setter check it), so
--- the money is there; if it is not, something else wrote: stop, loudly,
--- before any write.
-if balance() < amount then
+-- Holds keep balance - pending >= min (every debit and the setter check
+-- it), so the money is there; if it is not, something else wrote: stop,
+-- loudly, before any write.
+if not account or account.balance - amount < account.min then
   return redis.error_reply('hold ' .. ARGV[9] .. ': the balance is below what it holds')
 end
 
@@ -237,13 +238,13 @@ if op == 'capture_out' then
     return failed
   end
   entry('capturing', '-' .. ARGV[2])
-  return settle('debited', '', digits(account.balance))
+  return settle('debited', '', digits(account.balance), account.asset)
 end
 
 local destination = nil
 if ARGV[11] ~= '' then
   destination = account_at(KEYS[7])
-  local unfit = credit_refusal(destination, amount)
+  local unfit = credit_refusal(destination, amount, account.asset)
   if unfit then
     return refuse(unfit)
   end

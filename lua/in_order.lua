@@ -12,7 +12,7 @@
 --
 -- Both are taken off before the body runs, so it sees its own KEYS and ARGV.
 -- A call runs only if the call before it in the pipeline ran to the end;
--- else it answers {'skipped', '', '', 0, 0} and writes nothing, and so does
+-- else it answers {'skipped', '', '', 0, 0, ''} and writes nothing, and so does
 -- every call after it: the store runs them again, in order, from the first
 -- that did not run. A call that raises an error, or answers one, does not
 -- count as run.
@@ -22,7 +22,7 @@ local place = tonumber(table.remove(ARGV))
 local last = place < 0
 place = math.abs(place)
 if place > 1 and tonumber(redis.call('GET', order_key) or '0') ~= place - 1 then
-  return {'skipped', '', '', 0, 0}
+  return {'skipped', '', '', 0, 0, ''}
 end
 local reply = run()
 if type(reply) == 'table' and reply.err then

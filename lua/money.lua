@@ -3,11 +3,14 @@
 -- (store/scripts.rs).
 -- Only definitions: nothing here runs or writes by itself.
 --
--- Balances are strings of integers in 0 ..= 2^53-1, so tonumber() is exact,
--- and so is Lua's arithmetic on them (doubles hold every integer up to
--- 2^53). Never tostring() a balance: Lua 5.1 prints numbers with 14
--- significant digits (9007199254740991 -> "9.007199254741e+15"); '%d' is
--- exact.
+-- Balances are strings of integers in -(2^53-1) ..= 2^53-1, so tonumber()
+-- is exact, and so is Lua's arithmetic on them (doubles hold every
+-- integer up to 2^53). Never tostring() a balance: Lua 5.1 prints numbers
+-- with 14 significant digits (9007199254740991 -> "9.007199254741e+15");
+-- '%d' is exact. A sum of three of them may pass 2^53, where doubles skip
+-- odd integers; the checks below only ever compare such a sum against a
+-- bound within +-(2^53-1), and rounding keeps order, so a sum past 2^53
+-- still compares as past every bound.
 
 local MAX = 9007199254740991
 
@@ -16,27 +19,36 @@ local function digits(n)
 end
 
 -- Whether `amount` can be added to `balance` and still leave room below
--- 2^53-1 for `held`, the money in flight out of the account that a refund
+-- `max` for `held`, the money in flight out of the account that a refund
 -- may give back (0 where nothing can be held).
-local function has_room(amount, balance, held)
-  return amount <= MAX - balance - held
+local function has_room(amount, balance, held, max)
+  return balance + held + amount <= (max or MAX)
 end
 
 -- An account is one record, a hash ({tag}:acct:<account>), read once and
 -- written once by each script that moves its money:
 --   balance  its balance; the account exists when this field does
 --   pending  what its active holds keep (absent: 0); only balance -
---            pending may leave it
+--            pending - min may leave it
 --   held     money in flight out of it: what sagas debited and may still
 --            refund (absent: 0; only sagas and captures to another slot,
 --            so only on a Redis Cluster, make it other than 0)
+--   asset    what it holds (USD/2, POINTS); money moves only between
+--            accounts of one asset
+--   min      the lowest balance money leaving may make (absent: 0;
+--            below 0: an overdraft)
+--   max      the highest balance money coming in may make, counting what
+--            is in flight out of it (absent: 2^53-1)
+--   meta     its metadata, canonical JSON (absent: none)
+--   created  when it was made, ms since the epoch
 local function account_at(key)
-  local a = redis.call('HMGET', key, 'balance', 'pending', 'held')
+  local a = redis.call('HMGET', key, 'balance', 'pending', 'held', 'asset', 'min', 'max')
   if not a[1] then
     return nil
   end
   return {balance = tonumber(a[1]), pending = tonumber(a[2] or '0'),
-    held = tonumber(a[3] or '0')}
+    held = tonumber(a[3] or '0'), asset = a[4], min = tonumber(a[5] or '0'),
+    max = tonumber(a[6] or MAX)}
 end
 
 -- The scripts that keep a processed flag (atomic_update.lua, saga_step.lua,
@@ -54,43 +66,52 @@ end
 -- ARGV[4] seconds to keep the flag (>= the topic's retention)
 -- ARGV[5] the consumer's clock (ms since the epoch)
 
--- The first run's answer, {state, reason, balance_after, 1, 0}, when the flag
--- is set (nil when not). A repeat still writes (it renews the flag's TTL):
+-- The first run's answer, {state, reason, balance_after, 1, 0, asset}, when
+-- the flag is set (nil when not). A repeat still writes (it renews the flag's TTL):
 -- a WAIT after it then covers the first run's writes, even through a new
 -- connection. A record whose body is not the one its id was applied with
--- is never answered the other's outcome: {'mismatch', '', '', 1, 0}, and
+-- is never answered the other's outcome: {'mismatch', '', '', 1, 0, ''}, and
 -- nothing changes (the consumer sends it to the DLQ).
 local function replayed()
-  local done = redis.call('HMGET', KEYS[1], 'state', 'reason', 'balance_after', 'fp')
+  local done = redis.call('HMGET', KEYS[1], 'state', 'reason', 'balance_after', 'fp', 'asset')
   if not done[1] then
     return nil
   end
   redis.call('EXPIRE', KEYS[1], ARGV[4])
   if done[4] and done[4] ~= ARGV[3] then
-    return {'mismatch', '', '', 1, 0}
+    return {'mismatch', '', '', 1, 0, ''}
   end
-  return {done[1], done[2] or '', done[3] or '', 1, 0}
+  return {done[1], done[2] or '', done[3] or '', 1, 0, done[5] or ''}
 end
 
 -- Why `account` (account_at's answer) may not pay `amount` (nil when it
--- may): only what holds do not keep, balance - pending, may leave it, so
--- a capture always finds the money it holds.
+-- may): only what holds do not keep may leave it, and only down to its
+-- `min`, so a capture always finds the money it holds.
 local function pay_refusal(account, amount)
-  if account.balance - account.pending < amount then
+  if account.balance - account.pending - amount < account.min then
     return 'insufficient_funds'
   end
   return nil
 end
 
--- Why `amount` may not be credited to `account` (account_at's answer; nil:
--- no such account), or nil when it may: a credit leaves every refund of
--- the money in flight out of it room below 2^53-1.
-local function credit_refusal(account, amount)
+-- Why `amount` of `asset` may not be credited to `account` (account_at's
+-- answer; nil: no such account), or nil when it may: the assets match,
+-- and the balance stays at most `max` with room for every refund of the
+-- money in flight out of it. Past the default cap, 2^53-1, the reason is
+-- `balance_overflow`; past a cap the account was given,
+-- `max_balance_exceeded`. `asset` nil: the caller checks it.
+local function credit_refusal(account, amount, asset)
   if not account then
     return 'unknown_account'
   end
-  if not has_room(amount, account.balance, account.held) then
-    return 'balance_overflow'
+  if asset and account.asset ~= asset then
+    return 'asset_mismatch'
+  end
+  if not has_room(amount, account.balance, account.held, account.max) then
+    if account.max == MAX then
+      return 'balance_overflow'
+    end
+    return 'max_balance_exceeded'
   end
   return nil
 end
@@ -99,13 +120,20 @@ end
 local entries_written = 0
 
 -- Set the flag to this outcome, in the slot's apply order, and answer it
--- with the history entries written before.
-local function settle(state, reason, balance_after)
-  redis.call('HSET', KEYS[1], 'state', state, 'reason', reason,
-    'balance_after', balance_after, 'fp', ARGV[3], 'applied_at_ms', ARGV[5],
-    'seq', redis.call('INCR', KEYS[2]))
+-- with the history entries written before: {state, reason, balance_after,
+-- 0, entries, asset}. `asset` (nil: none) is a saga's debit's: the asset of
+-- the money in flight, which its credit must match; kept in the flag so a
+-- repeat answers it too.
+local function settle(state, reason, balance_after, asset)
+  local fields = {'state', state, 'reason', reason, 'balance_after', balance_after,
+    'fp', ARGV[3], 'applied_at_ms', ARGV[5], 'seq', redis.call('INCR', KEYS[2])}
+  if asset then
+    fields[#fields + 1] = 'asset'
+    fields[#fields + 1] = asset
+  end
+  redis.call('HSET', KEYS[1], unpack(fields))
   redis.call('EXPIRE', KEYS[1], ARGV[4])
-  return {state, reason, balance_after, 0, entries_written}
+  return {state, reason, balance_after, 0, entries_written, asset or ''}
 end
 
 -- The account's history (its statement): a stream in the account's slot,

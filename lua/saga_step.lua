@@ -26,13 +26,16 @@
 -- ARGV[9] the other account of the saga (the entry's counterparty)
 -- ARGV[10] the transaction's kind: transfer | capture
 -- ARGV[11] a capture's hold ('' for a transfer)
+-- ARGV[12] credit: the asset of the money, as the debit answered it ('':
+--          not known, a step of an earlier version; not checked)
 --
 -- Each step that finds its account is an entry in that account's history,
 -- named by what it did (debited, credited, released, refunded; a refused
 -- debit `rejected`); a refused credit changed nothing of an account that
 -- may not exist, and writes none.
 --
--- Returns {state, reason, balance_after, duplicate, entries written}: state is the step's
+-- Returns {state, reason, balance_after, duplicate, entries written, asset}
+-- (the asset: the debit's account's, else ''): state is the step's
 -- name in the past tense (debited, credited, released, refunded) when it
 -- moved money, `rejected` when the debit is refused (the saga ends there)
 -- or `refused` when the credit is (a refund follows). duplicate is 1 when
@@ -74,11 +77,11 @@ if step == 'debit' then
   local after = digits(account.balance - amount)
   redis.call('HSET', KEYS[3], 'balance', after, 'held', digits(account.held + amount))
   entry('debited', '-' .. ARGV[2], after)
-  return settle('debited', '', after)
+  return settle('debited', '', after, account.asset)
 end
 
 if step == 'credit' then
-  local unfit = credit_refusal(account, amount)
+  local unfit = credit_refusal(account, amount, ARGV[12] ~= '' and ARGV[12] or nil)
   if unfit then
     return settle('refused', unfit, '')
   end
@@ -98,10 +101,11 @@ end
 if KEYS[5] and redis.call('HGET', KEYS[5], 'state') ~= 'capturing' then
   return redis.error_reply('saga ' .. step .. ': its hold is not capturing')
 end
--- No balance may pass 2^53-1, not even by a refund (credits and the admin
--- setter leave room for what is held, so this stops only a foreign write).
-if step == 'refund' and not has_room(amount, account.balance, 0) then
-  return redis.error_reply('saga refund would pass 2^53-1')
+-- No balance may pass its `max`, not even by a refund (credits, the admin
+-- setter and a change of bounds leave room for what is held, so this
+-- stops only a foreign write).
+if step == 'refund' and not has_room(amount, account.balance, 0, account.max) then
+  return redis.error_reply('saga refund would pass the account\'s max')
 end
 if KEYS[5] then
   redis.call('HSET', KEYS[5], 'state', step == 'release' and 'captured' or 'voided')

@@ -234,6 +234,7 @@ async fn fund_directly(
         history_keep_secs: config.history_retention_secs(),
         lease_ms: config.lease_ms,
         response_timeout: Duration::from_secs(5),
+        default_asset: Default::default(),
     })
     .await?;
     let mut funded: Vec<String> = (0..profile.accounts).map(account_name).collect();
@@ -245,7 +246,7 @@ async fn fund_directly(
         store
             .set_balance(
                 &AccountId::parse(&account)?,
-                Balance::new(profile.start_balance)?,
+                Balance::new(profile.start_balance as i64)?,
             )
             .await?
             .ensure_set()?;

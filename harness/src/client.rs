@@ -173,13 +173,32 @@ impl ApiClient {
     pub async fn put_balance_raw(
         &self,
         account: &str,
-        balance: u64,
+        balance: i64,
     ) -> anyhow::Result<(StatusCode, Value)> {
+        self.put_as_admin(
+            &format!("/balance/{account}"),
+            &json!({ "balance": balance }),
+        )
+        .await
+    }
+
+    /// PUT /accounts/{account} with the admin token: its answer, whatever
+    /// it is.
+    pub async fn put_account(
+        &self,
+        account: &str,
+        body: &Value,
+    ) -> anyhow::Result<(StatusCode, Value)> {
+        self.put_as_admin(&format!("/accounts/{account}"), body)
+            .await
+    }
+
+    async fn put_as_admin(&self, path: &str, body: &Value) -> anyhow::Result<(StatusCode, Value)> {
         let response = self
             .http
-            .put(self.url(&format!("/balance/{account}")))
+            .put(self.url(path))
             .bearer_auth(&self.admin_token)
-            .json(&json!({ "balance": balance }))
+            .json(body)
             .send()
             .await?;
         read(response).await
@@ -187,6 +206,7 @@ impl ApiClient {
 
     /// PUT /balance/{account} with the admin token.
     pub async fn set_balance(&self, account: &str, balance: u64) -> anyhow::Result<()> {
+        let balance = i64::try_from(balance).context("a balance above i64")?;
         let (status, body) = self.put_balance_raw(account, balance).await?;
         anyhow::ensure!(
             status == StatusCode::OK,

@@ -57,6 +57,7 @@ async fn connect_store(config: &Config) -> anyhow::Result<Store> {
         history_keep_secs: config.history_retention_secs(),
         lease_ms: config.lease_ms,
         response_timeout: Duration::from_millis(config.redis_timeout_ms),
+        default_asset: config.default_asset.clone(),
     })
     .await
     .with_context(|| {

@@ -3,7 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{AccountId, Balance, Metadata, Movement, RejectReason, Transaction, TxId};
+use crate::domain::{
+    AccountId, Asset, Balance, Metadata, Movement, RejectReason, Transaction, TxId,
+};
 
 /// The version of a transaction as the API publishes it.
 pub const WIRE_VERSION: u32 = 1;
@@ -38,12 +40,18 @@ pub struct Record {
 
 /// The steps of a saga after its debit, each published by the consumer that
 /// did the step before (see `lua/saga_step.lua`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "step", rename_all = "lowercase")]
 pub enum SagaStep {
     /// Credit the destination. `debited_balance_after` is the source's
-    /// balance after the debit: the outcome's `balance_after`.
-    Credit { debited_balance_after: Balance },
+    /// balance after the debit: the outcome's `balance_after`;
+    /// `debited_asset` the source's asset, which the destination's must be
+    /// (absent in a step of an earlier version: not checked).
+    Credit {
+        debited_balance_after: Balance,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        debited_asset: Option<Asset>,
+    },
     /// End the hold on the source: a release if the credit happened, a
     /// refund if it was refused (`refused` says why).
     Settle {
@@ -166,7 +174,7 @@ impl Record {
             id: self.tx.id.clone(),
             movement: self.tx.movement.clone(),
             accepted_at_ms: self.accepted_at_ms,
-            saga: self.saga,
+            saga: self.saga.clone(),
             metadata: self.tx.metadata.clone(),
         };
         serde_json::to_vec(&v1).expect("a record always serialises")
@@ -304,6 +312,7 @@ mod tests {
                 capture.clone(),
                 Some(SagaStep::Credit {
                     debited_balance_after: Balance::new(3).unwrap(),
+                    debited_asset: Some(Asset::parse("USD/2").unwrap()),
                 }),
             ),
             (
@@ -375,6 +384,14 @@ mod tests {
             (
                 SagaStep::Credit {
                     debited_balance_after: after,
+                    debited_asset: None,
+                },
+                "b",
+            ),
+            (
+                SagaStep::Credit {
+                    debited_balance_after: Balance::new(-7).unwrap(),
+                    debited_asset: Some(Asset::parse("EUR/2").unwrap()),
                 },
                 "b",
             ),
@@ -442,6 +459,7 @@ mod tests {
         };
         let step = SagaStep::Credit {
             debited_balance_after: Balance::new(3).unwrap(),
+            debited_asset: None,
         };
         for (movement, saga) in [
             (transfer().movement, None),

@@ -201,6 +201,7 @@ pub(crate) async fn measure_redis_script(
         history_keep_secs: 3600,
         lease_ms: 30_000,
         response_timeout: Duration::from_secs(5),
+        default_asset: Default::default(),
     })
     .await?;
     let partners = profile.partners.iter().flat_map(|p| p.values().cloned());
@@ -208,7 +209,7 @@ pub(crate) async fn measure_redis_script(
         store
             .set_balance(
                 &AccountId::parse(&name)?,
-                Balance::new(profile.start_balance)?,
+                Balance::new(profile.start_balance as i64)?,
             )
             .await?
             .ensure_set()?;

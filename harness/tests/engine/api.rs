@@ -248,6 +248,7 @@ async fn same_id_in_flight_is_409() {
         history_keep_secs: 60,
         lease_ms: 30_000,
         response_timeout: Duration::from_secs(5),
+        default_asset: Default::default(),
     })
     .await
     .unwrap();

@@ -37,6 +37,7 @@ async fn store_on(url: &str, namespace: &str, lease_ms: u64) -> Store {
         history_keep_secs: 3600,
         lease_ms,
         response_timeout: Duration::from_secs(5),
+        default_asset: Default::default(),
     })
     .await
     .expect("redis")
@@ -62,7 +63,7 @@ fn tx(id: &str, kind: &str, to: Option<&str>, amount: u64) -> Transaction {
 
 async fn set(store: &Store, name: &str, balance: u64) {
     store
-        .set_balance(&account(name), Balance::new(balance).unwrap())
+        .set_balance(&account(name), Balance::new(balance as i64).unwrap())
         .await
         .unwrap()
         .ensure_set()
@@ -74,12 +75,12 @@ async fn get(store: &Store, name: &str) -> Option<u64> {
         .balance(&account(name))
         .await
         .unwrap()
-        .map(Balance::minor_units)
+        .map(|b| u64::try_from(b.minor_units()).expect("not below 0"))
 }
 
 fn applied(balance_after: u64) -> Outcome {
     Outcome::Applied {
-        balance_after: Balance::new(balance_after).unwrap(),
+        balance_after: Balance::new(balance_after as i64).unwrap(),
     }
 }
 

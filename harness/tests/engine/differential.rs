@@ -70,7 +70,9 @@ fn domain(tx: &SentTx) -> Transaction {
 
 fn as_model(outcome: Outcome) -> Result<u64, &'static str> {
     match outcome {
-        Outcome::Applied { balance_after } => Ok(balance_after.minor_units()),
+        Outcome::Applied { balance_after } => {
+            Ok(u64::try_from(balance_after.minor_units()).expect("not below 0"))
+        }
         Outcome::Rejected { reason } => Err(reason.as_str()),
     }
 }
@@ -94,13 +96,14 @@ proptest! {
                 history_keep_secs: 600,
                 lease_ms: 30_000,
                 response_timeout: Duration::from_secs(5),
+                default_asset: Default::default(),
             })
             .await
             .unwrap();
             let mut books = harness::model::Books::default();
             for (name, balance) in ACCOUNTS.iter().zip(&start) {
                 if let Some(balance) = balance {
-                    store.set_balance(&AccountId::parse(name).unwrap(), Balance::new(*balance).unwrap()).await.unwrap().ensure_set().unwrap();
+                    store.set_balance(&AccountId::parse(name).unwrap(), Balance::new(*balance as i64).unwrap()).await.unwrap().ensure_set().unwrap();
                     books.balances.insert(name.to_string(), *balance);
                 }
             }
@@ -136,7 +139,7 @@ proptest! {
                 }
             }
             for name in ACCOUNTS {
-                let stored = store.balance(&AccountId::parse(name).unwrap()).await.unwrap().map(Balance::minor_units);
+                let stored = store.balance(&AccountId::parse(name).unwrap()).await.unwrap().map(|b| u64::try_from(b.minor_units()).expect("not below 0"));
                 prop_assert_eq!(stored, books.balances.get(name).copied(), "final balance of {}", name);
             }
             Ok(())

@@ -425,6 +425,7 @@ async fn history_is_trimmed_to_its_retention_by_the_writes_themselves() {
             history_keep_secs: keep,
             lease_ms: 30_000,
             response_timeout: Duration::from_secs(5),
+            default_asset: Default::default(),
         })
     };
     let account = AccountId::parse("trimmed").unwrap();
@@ -480,8 +481,7 @@ async fn history_is_trimmed_to_its_retention_by_the_writes_themselves() {
     );
     let replayed: i64 = after.iter().map(|e| e.delta).sum();
     assert_eq!(
-        u64::try_from(replayed).unwrap() + oldest.balance_after
-            - u64::try_from(oldest.delta).unwrap(),
+        replayed + oldest.balance_after - oldest.delta,
         kept.balance(&account).await.unwrap().unwrap().minor_units(),
         "from the oldest entry kept, the history still replays to the balance"
     );

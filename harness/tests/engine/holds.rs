@@ -516,7 +516,7 @@ async fn the_hold_script_at_its_edges() {
         },
         recorded: true,
     };
-    let funds = || async { store.funds(&account).await.unwrap().unwrap() };
+    let funds = || async { store.account(&account).await.unwrap().unwrap() };
 
     // A hold of 60 s: an early expiry changes nothing.
     assert!(matches!(
@@ -747,7 +747,7 @@ async fn a_capture_leaves_its_destination_room_for_what_is_in_flight() {
         AccountId::parse("full").unwrap(),
     );
     for (account, balance) in [(&payer, 100), (&full, MAX_MINOR_UNITS - 20)] {
-        let balance = Balance::new(balance).unwrap();
+        let balance = Balance::new(balance as i64).unwrap();
         store
             .set_balance(account, balance)
             .await
@@ -804,10 +804,10 @@ async fn a_capture_leaves_its_destination_room_for_what_is_in_flight() {
         matches!(refused[..], [Progress::Ended { applied: Applied { outcome, .. }, .. }] if outcome == overflow),
         "{refused:?}"
     );
-    let funds = store.funds(&payer).await.unwrap().unwrap();
+    let funds = store.account(&payer).await.unwrap().unwrap();
     assert_eq!((funds.balance.minor_units(), funds.pending), (100, 10));
-    let to = store.funds(&full).await.unwrap().unwrap();
-    assert_eq!(to.balance.minor_units(), MAX_MINOR_UNITS - 20);
+    let to = store.account(&full).await.unwrap().unwrap();
+    assert_eq!(to.balance.minor_units(), MAX_MINOR_UNITS as i64 - 20);
     // With the money in flight back, the same capture fits.
     let _: () = redis::cmd("HDEL")
         .arg(&record)
@@ -829,8 +829,8 @@ async fn a_capture_leaves_its_destination_room_for_what_is_in_flight() {
         ),
         "{captured:?}"
     );
-    let to = store.funds(&full).await.unwrap().unwrap();
-    assert_eq!(to.balance.minor_units(), MAX_MINOR_UNITS - 10);
+    let to = store.account(&full).await.unwrap().unwrap();
+    assert_eq!(to.balance.minor_units(), MAX_MINOR_UNITS as i64 - 10);
 }
 
 /// On a Redis Cluster, the settle of a capture's saga ends only a hold

@@ -462,6 +462,7 @@ async fn background_releases_are_capped() {
         history_keep_secs: 60,
         lease_ms: 10_000,
         response_timeout: Duration::from_millis(300),
+        default_asset: Default::default(),
     })
     .await
     .unwrap();

@@ -3,6 +3,7 @@
 //! One test binary, so Kafka and Redis start once ([`Infra::shared`]); each
 //! test gets its own engine with its own topics, group and key namespace.
 
+mod accounts;
 mod api;
 mod apply;
 mod batch;
@@ -128,6 +129,7 @@ async fn store_of(topology: txengine::config::RedisTopology, namespace: &str, ur
         // the shared Redis can take longer than half a second (a CI run
         // failed on a 500 ms timeout). Tests of a timeout set their own.
         response_timeout: Duration::from_secs(5),
+        default_asset: Default::default(),
     })
     .await
     .unwrap()

@@ -73,6 +73,11 @@ async fn an_engine_moves_accounts_of_layout_1_into_records(#[case] topology: Red
             (Some(balance), Some(pending), Some(balance - pending)),
             "{account}: {body}"
         );
+        assert_eq!(
+            body["asset"],
+            config.default_asset.as_str(),
+            "an account moved holds the default asset"
+        );
     }
     let mut reads = Vec::new();
     for (account, ..) in accounts {
@@ -130,7 +135,9 @@ async fn an_engine_refuses_data_of_a_newer_layout() {
 }
 
 /// An account moved already (by another engine starting at the same time)
-/// is left as it is: the script moves nothing and writes nothing.
+/// is left as it is: the script writes nothing. One in layout 2 (a record
+/// without an asset) keeps its money and gains the default asset and a
+/// creation time, once.
 #[tokio::test]
 async fn an_account_moved_already_is_left_as_it_is() {
     let layout = Layout::new("migrate-twice", RedisTopology::Single);
@@ -139,28 +146,37 @@ async fn an_account_moved_already_is_left_as_it_is() {
     let record = layout.account("moved");
     let _: () = redis::cmd("HSET")
         .arg(&record)
-        .arg("balance")
-        .arg(5)
+        .arg(&["balance", "5", "pending", "2"])
         .query_async(&mut conn)
         .await
         .unwrap();
     let [balance, pending, held] = layout.legacy_account("moved");
-    let moved: i64 = redis::cmd("EVAL")
-        .arg(txengine::store::Store::script_source("migrate_account").unwrap())
-        .arg(4)
-        .arg(&[balance, pending, held, record.clone()])
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let fields: std::collections::BTreeMap<String, String> = redis::cmd("HGETALL")
-        .arg(&record)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(moved, 0);
-    assert_eq!(
-        fields,
-        [("balance".to_owned(), "5".to_owned())].into(),
-        "nothing written"
-    );
+    let mut runs = Vec::new();
+    for now_ms in [1_000, 2_000] {
+        let changed: i64 = redis::cmd("EVAL")
+            .arg(txengine::store::Store::script_source("migrate_account").unwrap())
+            .arg(4)
+            .arg(&[&balance, &pending, &held, &record])
+            .arg("USD/2")
+            .arg(now_ms)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let fields: std::collections::BTreeMap<String, String> = redis::cmd("HGETALL")
+            .arg(&record)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        runs.push((changed, fields));
+    }
+    let completed: std::collections::BTreeMap<String, String> = [
+        ("balance", "5"),
+        ("pending", "2"),
+        ("asset", "USD/2"),
+        ("created", "1000"),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .into();
+    assert_eq!(runs[0], (1, completed.clone()), "layout 2 completed");
+    assert_eq!(runs[1], (0, completed), "then left as it is");
 }

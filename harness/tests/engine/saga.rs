@@ -33,6 +33,7 @@ async fn cluster_store(namespace: &str) -> Store {
         history_keep_secs: 3600,
         lease_ms: 30_000,
         response_timeout: Duration::from_secs(5),
+        default_asset: Default::default(),
     })
     .await
     .expect("redis cluster")
@@ -96,7 +97,7 @@ async fn balance(store: &Store, account: &str) -> Option<u64> {
         .balance(&AccountId::parse(account).unwrap())
         .await
         .unwrap()
-        .map(Balance::minor_units)
+        .map(|b| u64::try_from(b.minor_units()).expect("not below 0"))
 }
 
 /// The money in flight out of `account` (its record's `held`; absent: 0).
@@ -135,7 +136,7 @@ async fn saga_steps_move_money_once_even_when_redelivered() {
             store
                 .set_balance(
                     &AccountId::parse(&account).unwrap(),
-                    Balance::new(balance).unwrap(),
+                    Balance::new(balance as i64).unwrap(),
                 )
                 .await
                 .unwrap()
@@ -157,7 +158,8 @@ async fn saga_steps_move_money_once_even_when_redelivered() {
     assert_eq!(
         credit.saga,
         Some(SagaStep::Credit {
-            debited_balance_after: debited
+            debited_balance_after: debited,
+            debited_asset: Some(txengine::domain::Asset::default()),
         })
     );
     assert_eq!(
@@ -411,7 +413,7 @@ async fn the_setter_and_a_refund_never_pass_the_limit_with_money_in_flight() {
             store
                 .set_balance(
                     &AccountId::parse(source).unwrap(),
-                    Balance::new(balance).unwrap(),
+                    Balance::new(balance as i64).unwrap(),
                 )
                 .await
                 .unwrap()
@@ -425,7 +427,10 @@ async fn the_setter_and_a_refund_never_pass_the_limit_with_money_in_flight() {
     assert_eq!(held(&store, source).await, 300);
     assert_eq!(
         set(MAX_MINOR_UNITS - 299).await,
-        txengine::store::BalanceSet::NoRoom { held: 300 }
+        txengine::store::BalanceSet::NoRoom {
+            held: 300,
+            max: Balance::MAX
+        }
     );
     assert_eq!(balance(&store, source).await, Some(700), "nothing written");
     set(MAX_MINOR_UNITS - 300).await.ensure_set().unwrap();
@@ -451,7 +456,7 @@ async fn the_setter_and_a_refund_never_pass_the_limit_with_money_in_flight() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(error.contains("would pass 2^53-1"), "{error}");
+    assert!(error.contains("would pass the account's max"), "{error}");
     assert_eq!(balance(&store, source).await, Some(MAX_MINOR_UNITS));
     assert_eq!(held(&store, source).await, 5, "the hold stays");
 }

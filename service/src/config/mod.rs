@@ -135,6 +135,12 @@ pub struct Config {
     #[arg(long, env = "TXENGINE_NAMESPACE", default_value = "txe")]
     pub namespace: String,
 
+    /// The asset of an account made without one named (by `PUT /balance`,
+    /// or moved from a layout without assets): a code such as `USD/2`.
+    /// `XXX` is ISO 4217's "no currency".
+    #[arg(long, env = "TXENGINE_DEFAULT_ASSET", default_value = "XXX")]
+    pub default_asset: crate::domain::Asset,
+
     /// Admin bearer token for `PUT /balance/{account}`. Without one, the
     /// setter answers 403 to everyone.
     #[arg(long, env = "TXENGINE_ADMIN_TOKEN", hide_env_values = true)]

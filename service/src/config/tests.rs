@@ -20,6 +20,7 @@ fn unusual() -> Config {
         "--topic-min-insync-replicas=2",
         "--group=g",
         "--namespace=n",
+        "--default-asset=EUR/2",
         "--admin-token-file=/tmp/token",
         "--outcome-ttl-secs=99",
         "--lease-ms=98",

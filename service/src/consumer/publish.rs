@@ -45,7 +45,10 @@ impl TxConsumer {
             .await;
         if sent {
             for record in steps {
-                let step = record.saga.map_or("none", |step| step.kind().as_str());
+                let step = record
+                    .saga
+                    .as_ref()
+                    .map_or("none", |step| step.kind().as_str());
                 metrics::counter!("txengine_saga_steps_published_total", "step" => step)
                     .increment(1);
             }

@@ -9,10 +9,12 @@
 //! - [`outcome`]: outcomes, rejections, where a transaction stands, and
 //!   their one text each.
 
+mod account;
 mod binding;
 mod movement;
 mod outcome;
 
+pub use account::{Account, AccountChange, Asset, Bounds};
 pub use binding::Binding;
 pub use movement::{HoldTerms, Kind, Movement, Transaction};
 pub use outcome::{Outcome, RejectReason, TxStatus};
@@ -35,10 +37,20 @@ pub enum RuleError {
     BadId { field: &'static str },
     #[error("{field} must be an integer in 1..={MAX_MINOR_UNITS}")]
     AmountOutOfRange { field: &'static str },
-    #[error("balance must be an integer in 0..={MAX_MINOR_UNITS}")]
+    #[error("balance must be an integer in -{MAX_MINOR_UNITS}..={MAX_MINOR_UNITS}")]
     BalanceOutOfRange,
-    #[error("{held} minor units are in flight out of this account (a transfer that may be refunded): the balance must be at most {MAX_MINOR_UNITS} minus that")]
-    NoRoomForHeld { held: u64 },
+    #[error("{field} must be an integer in -{MAX_MINOR_UNITS}..={MAX_MINOR_UNITS}")]
+    BoundOutOfRange { field: &'static str },
+    #[error("min_balance {min} is above max_balance {max}")]
+    BoundsCrossed { min: Balance, max: Balance },
+    #[error(
+        "asset must match ^[A-Z][A-Z0-9_]{{0,15}}(/[0-9]{{1,2}})?$ (as in USD/2, BTC/8, POINTS)"
+    )]
+    BadAsset,
+    #[error("the account's asset is {current}: an asset never changes once set")]
+    AssetFixed { current: Asset },
+    #[error("the balance must be at most max_balance {max} minus {held}, the money in flight out of the account (a transfer that may be refunded)")]
+    NoRoomForHeld { held: u64, max: Balance },
     #[error("`{0}` is required")]
     Missing(&'static str),
     #[error("`to` is only allowed for a transfer")]
@@ -57,9 +69,9 @@ pub enum RuleError {
     #[error("no hold `{0}` is known: never accepted, not a hold, or ended so long ago that its record expired")]
     UnknownHold(String),
     #[error(
-        "the balance may not be below {pending}, the money held on the account (active holds)"
+        "the balance may not be below min_balance {min} plus {pending}, the money held on the account (active holds)"
     )]
-    BelowPending { pending: u64 },
+    BelowPending { pending: u64, min: Balance },
     #[error("metadata has at most {MAX_METADATA_KEYS} keys")]
     MetadataKeys,
     #[error("metadata key `{key}` must be 1..={MAX_METADATA_KEY_CHARS} characters")]
@@ -166,28 +178,39 @@ impl<'de> Deserialize<'de> for Amount {
     }
 }
 
-/// A balance in minor units, 0 ..= 2^53-1.
+/// A balance in minor units, -(2^53-1) ..= 2^53-1 (below 0 only where the
+/// account's `min_balance` lets it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
-pub struct Balance(u64);
+pub struct Balance(i64);
 
 impl<'de> Deserialize<'de> for Balance {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Self::new(u64::deserialize(d)?).map_err(serde::de::Error::custom)
+        Self::new(i64::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 }
 
 impl Balance {
-    pub fn new(minor_units: u64) -> Result<Self, RuleError> {
-        if minor_units <= MAX_MINOR_UNITS {
+    pub const MIN: Self = Self(-(MAX_MINOR_UNITS as i64));
+    pub const MAX: Self = Self(MAX_MINOR_UNITS as i64);
+    pub const ZERO: Self = Self(0);
+
+    pub fn new(minor_units: i64) -> Result<Self, RuleError> {
+        if minor_units.unsigned_abs() <= MAX_MINOR_UNITS {
             Ok(Self(minor_units))
         } else {
             Err(RuleError::BalanceOutOfRange)
         }
     }
 
-    pub fn minor_units(self) -> u64 {
+    pub fn minor_units(self) -> i64 {
         self.0
+    }
+}
+
+impl fmt::Display for Balance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
     }
 }
 
@@ -210,7 +233,10 @@ mod tests {
         assert!(Amount::new(1).is_ok());
         assert!(Amount::new(MAX_MINOR_UNITS).is_ok());
         assert!(Amount::new(MAX_MINOR_UNITS + 1).is_err());
+        let max = MAX_MINOR_UNITS as i64;
         assert!(Balance::new(0).is_ok());
-        assert!(Balance::new(MAX_MINOR_UNITS + 1).is_err());
+        assert!(Balance::new(-max).is_ok());
+        assert!(Balance::new(max + 1).is_err());
+        assert!(Balance::new(-max - 1).is_err());
     }
 }

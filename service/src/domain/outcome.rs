@@ -9,9 +9,18 @@ use super::Balance;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RejectReason {
+    /// Money out would take the balance, less what holds keep, below the
+    /// account's `min_balance`.
     InsufficientFunds,
     UnknownAccount,
+    /// Money in would take the balance past 2^53-1 (the default cap),
+    /// counting what may be refunded to it.
     BalanceOverflow,
+    /// Money in would take the balance past a `max_balance` the account
+    /// was given, counting what may be refunded to it.
+    MaxBalanceExceeded,
+    /// Money between accounts of different assets.
+    AssetMismatch,
     /// A capture or void of an id that is no hold the account knows (it
     /// was never applied).
     UnknownHold,
@@ -28,6 +37,8 @@ impl RejectReason {
             Self::InsufficientFunds => "insufficient_funds",
             Self::UnknownAccount => "unknown_account",
             Self::BalanceOverflow => "balance_overflow",
+            Self::MaxBalanceExceeded => "max_balance_exceeded",
+            Self::AssetMismatch => "asset_mismatch",
             Self::UnknownHold => "unknown_hold",
             Self::HoldNotActive => "hold_not_active",
             Self::ExceedsHold => "exceeds_hold",
@@ -39,6 +50,8 @@ impl RejectReason {
             Self::InsufficientFunds,
             Self::UnknownAccount,
             Self::BalanceOverflow,
+            Self::MaxBalanceExceeded,
+            Self::AssetMismatch,
             Self::UnknownHold,
             Self::HoldNotActive,
             Self::ExceedsHold,

@@ -16,16 +16,18 @@ use super::history::{balance_at, BalanceAtView, BalanceParams};
 use super::problem::{not_found, Problem, ProblemBody};
 use super::transactions::{read_body, with_quota};
 use super::ApiState;
-use crate::domain::{AccountId, Balance, RuleError};
-use crate::store::Funds;
+use crate::domain::{Account, AccountId, Asset, Balance, RuleError};
 
-/// An account's money in minor units: its balance, what its active holds
-/// keep of it (`pending`), and what may leave it (`available`).
+/// An account's money in minor units of its asset: its balance, what its
+/// active holds keep of it (`pending`), and what may leave it
+/// (`available = balance - pending - min_balance`).
 #[derive(Serialize, ToSchema)]
 pub(super) struct BalanceView {
     #[schema(value_type = String)]
     account: AccountId,
-    #[schema(value_type = u64, maximum = 9007199254740991_u64)]
+    #[schema(value_type = String, example = "USD/2")]
+    asset: Asset,
+    #[schema(value_type = i64, minimum = -9007199254740991_i64, maximum = 9007199254740991_i64)]
     balance: Balance,
     #[schema(maximum = 9007199254740991_u64)]
     pending: u64,
@@ -44,12 +46,13 @@ pub(super) enum BalanceAnswer {
 }
 
 impl BalanceView {
-    fn new(account: AccountId, funds: Funds) -> Self {
+    fn new(id: AccountId, account: &Account) -> Self {
         Self {
-            account,
-            balance: funds.balance,
-            pending: funds.pending,
-            available: funds.available(),
+            account: id,
+            asset: account.asset.clone(),
+            balance: account.balance,
+            pending: account.pending,
+            available: account.available(),
         }
     }
 }
@@ -93,11 +96,11 @@ pub(super) async fn get_balance(
     }
     let response = match api
         .store
-        .funds(&account)
+        .account(&account)
         .await
         .map_err(|e| Problem::from_store(e, api.retry_after_secs))?
     {
-        Some(funds) => Json(BalanceView::new(account, funds)).into_response(),
+        Some(found) => Json(BalanceView::new(account, &found)).into_response(),
         None => not_found(format!("no account {account}")).into_response(),
     };
     Ok(with_quota(response, quota))
@@ -107,12 +110,13 @@ pub(super) async fn get_balance(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct BalanceRequest {
-    /// Minor units, 0 ..= 2^53-1.
-    #[schema(value_type = u64, minimum = 0, maximum = 9007199254740991_u64)]
+    /// Minor units, -(2^53-1) ..= 2^53-1, within the account's bounds.
+    #[schema(value_type = i64, minimum = -9007199254740991_i64, maximum = 9007199254740991_i64)]
     balance: serde_json::Number,
 }
 
-/// Set an account's balance (the seed's setter; an admin operation).
+/// Set an account's balance (the seed's setter; an admin operation). A
+/// missing account is made, of the default asset, with the default bounds.
 #[utoipa::path(
     put,
     path = "/balance/{account}",
@@ -129,7 +133,7 @@ pub(super) struct BalanceRequest {
         (status = 408, description = "The body arrived too slowly; nothing was done", body = ProblemBody, content_type = "application/problem+json"),
         (status = 413, description = "Body over 16 KiB", body = ProblemBody, content_type = "application/problem+json"),
         (status = 415, description = "Content-Type is not JSON", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "Not a valid account id or balance, a balance that leaves no room below 2^53-1 for the money in flight out of the account, or one below what its active holds keep (nothing written)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Not a valid account id or balance, a balance that leaves no room below the account's max_balance for the money in flight out of it, or one that less what its active holds keep is below its min_balance (nothing written)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 503, description = "Redis is unavailable", body = ProblemBody, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "seconds"))),
     )
@@ -146,7 +150,7 @@ pub(super) async fn put_balance(
     let request: BalanceRequest = super::from_json_object(&body).map_err(Problem::malformed)?;
     let balance = request
         .balance
-        .as_u64()
+        .as_i64()
         .ok_or(RuleError::BalanceOutOfRange)
         .and_then(Balance::new)
         .map_err(Problem::rule)?;
@@ -155,7 +159,19 @@ pub(super) async fn put_balance(
         .set_balance(&account, balance)
         .await
         .map_err(|e| Problem::from_store(e, api.retry_after_secs))?;
-    let pending = set.ensure_set().map_err(Problem::rule)?;
-    let funds = Funds { balance, pending };
-    Ok(Json(BalanceView::new(account, funds)).into_response())
+    set.ensure_set().map_err(Problem::rule)?;
+    // Read back for its asset and bounds; a write between the two is shown
+    // as it is.
+    let found = api
+        .store
+        .account(&account)
+        .await
+        .map_err(|e| Problem::from_store(e, api.retry_after_secs))?
+        .ok_or_else(|| {
+            Problem::from_store(
+                crate::store::StoreError::Unexpected(format!("{account} set, then not found")),
+                api.retry_after_secs,
+            )
+        })?;
+    Ok(Json(BalanceView::new(account, &found)).into_response())
 }

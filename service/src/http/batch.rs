@@ -124,7 +124,7 @@ pub(super) struct ItemResult {
     reason: Option<String>,
     /// applied: the checked account's balance right after it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    balance_after: Option<u64>,
+    balance_after: Option<i64>,
     /// in_flight, rate_limited, unavailable: retry the item after this many
     /// seconds, with the same id and body.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -52,7 +52,8 @@ pub(super) struct EntryView {
     /// admin's setter: its amount is the balance set).
     #[serde(rename = "type")]
     kind: &'static str,
-    amount: u64,
+    /// Minor units moved; for a set, the balance set (which may be below 0).
+    amount: i64,
     /// This account's signed change (0 when nothing moved).
     delta: i64,
     /// The other account of a transfer, or of a capture to another account.
@@ -66,7 +67,7 @@ pub(super) struct EntryView {
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
     /// This account's balance right after it.
-    balance_after: u64,
+    balance_after: i64,
     /// When it was applied (Redis's clock).
     at: String,
     /// The hold this entry is of (a hold, or its capture, void, expiry).
@@ -205,8 +206,8 @@ pub(super) struct BalanceParams {
 pub(super) struct BalanceAtView {
     #[schema(value_type = String)]
     account: AccountId,
-    #[schema(maximum = 9007199254740991_u64)]
-    balance: u64,
+    #[schema(minimum = -9007199254740991_i64, maximum = 9007199254740991_i64)]
+    balance: i64,
     /// The time asked for.
     at: String,
     /// The time of the last change at or before it.

@@ -7,6 +7,7 @@
 //!   for the fuzzer);
 //! - [`status`]: `GET /transactions/{id}` and the views of a transaction;
 //! - [`batch`]: `POST /transactions/batch`, its decoder (public too);
+//! - [`accounts`]: accounts (asset, bounds), made and read;
 //! - [`balances`]: balance reads and the admin's setter;
 //! - [`history`]: an account's history, and its balance at a time;
 //! - [`ops`]: health, readiness, metrics, unknown routes;
@@ -14,6 +15,7 @@
 //!
 //! The HTTP server loop itself (connection limits) is [`crate::server`].
 
+mod accounts;
 mod auth;
 mod balances;
 mod batch;
@@ -134,6 +136,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route(
             "/balance/{account}",
             get(balances::get_balance).put(balances::put_balance),
+        )
+        .route(
+            "/accounts/{account}",
+            get(accounts::get_account).put(accounts::put_account),
         )
         .route(
             "/accounts/{account}/transactions",

@@ -5,6 +5,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use super::accounts::{__path_get_account, __path_put_account};
 use super::balances::{__path_get_balance, __path_put_balance};
 use super::batch::__path_post_batch;
 use super::history::__path_get_history;
@@ -40,7 +41,7 @@ pub fn openapi_document() -> &'static str {
 #[openapi(
     info(
         title = "txengine",
-        description = "Atomic transaction engine: POST money movements, read outcomes and balances. Money is an integer number of minor units, 1 ..= 2^53-1 per amount, balances 0 ..= 2^53-1."
+        description = "Atomic transaction engine: POST money movements, read outcomes and balances. Money is an integer number of minor units of an account's asset, 1 ..= 2^53-1 per amount; balances -(2^53-1) ..= 2^53-1, each within its account's bounds (by default 0 ..= 2^53-1)."
     ),
     paths(
         post_transaction,
@@ -48,6 +49,8 @@ pub fn openapi_document() -> &'static str {
         post_batch,
         get_transaction,
         get_balance,
+        get_account,
+        put_account,
         get_history,
         put_balance,
         create_key,

@@ -30,7 +30,7 @@ pub(super) struct TransactionView<'a> {
     pub(super) reason: Option<&'static str>,
     /// The checked account's balance right after it was applied.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) balance_after: Option<u64>,
+    pub(super) balance_after: Option<i64>,
     /// A captured hold: the amount its capture moved.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) captured_amount: Option<u64>,

@@ -6,13 +6,15 @@ use redis::Cmd;
 
 use crate::domain::Balance;
 
-use super::balances::parse_balance;
+use super::accounts::parse_balance;
 use super::calls::{AccountKeys, AtomicUpdateCall, CreditedKeys, FlagArgs, HoldCall, SagaStepCall};
 use super::in_order::StepCall;
 use super::outcomes::parse_status;
 use super::Layout;
 use super::{evalsha, Store, StoreError};
-use crate::domain::{AccountId, Movement, Outcome, RejectReason, Transaction, TxId, TxStatus};
+use crate::domain::{
+    AccountId, Asset, Movement, Outcome, RejectReason, Transaction, TxId, TxStatus,
+};
 use crate::wire::{Record, SagaStep, StepKind};
 
 /// One applied transaction as the apply script reported it.
@@ -91,9 +93,11 @@ impl Store {
         records
             .iter()
             .zip(replies)
-            .map(|(record, (state, reason, balance_after, duplicate, _))| {
-                self.progress(record, (state, reason, balance_after, duplicate))
-            })
+            .map(
+                |(record, (state, reason, balance_after, duplicate, _, asset))| {
+                    self.progress(record, (state, reason, balance_after, duplicate, asset))
+                },
+            )
             .collect()
     }
 
@@ -101,15 +105,24 @@ impl Store {
     fn step_command(&self, record: &Record, now_ms: u64) -> Result<StepCall<'_>, StoreError> {
         let tx = &record.tx;
         let account = tx.movement.account().as_str();
-        let saga_step = |on: &str, step: StepKind| {
-            self.saga_command(tx, now_ms, on, step.as_str(), step.flag())
+        let saga_step = |on: &str, step: StepKind, asset: Option<&Asset>| {
+            let asset = asset.map(Asset::as_str).unwrap_or("");
+            self.saga_command(tx, now_ms, on, step, asset)
         };
         Ok(match (&record.saga, tx.movement.credited()) {
             (None, _) if tx.movement.is_of_a_hold() => self.hold_command(record, now_ms),
             (None, _) if !self.layout.needs_saga(tx) => self.apply_command(tx, now_ms),
-            (None, Some(_)) => saga_step(account, StepKind::Debit),
-            (Some(step @ SagaStep::Credit { .. }), Some(to)) => saga_step(to.as_str(), step.kind()),
-            (Some(step @ SagaStep::Settle { .. }), Some(_)) => saga_step(account, step.kind()),
+            (None, Some(_)) => saga_step(account, StepKind::Debit, None),
+            (
+                Some(SagaStep::Credit {
+                    debited_asset: asset,
+                    ..
+                }),
+                Some(to),
+            ) => saga_step(to.as_str(), StepKind::Credit, asset.as_ref()),
+            (Some(step @ SagaStep::Settle { .. }), Some(_)) => {
+                saga_step(account, step.kind(), None)
+            }
             (Some(_), None) => {
                 return Err(StoreError::Unexpected(format!(
                     "saga step of {}, which credits no other account",
@@ -143,9 +156,10 @@ impl Store {
         tx: &Transaction,
         now_ms: u64,
         on: &str,
-        step: &str,
-        flag: &str,
+        step: StepKind,
+        asset: &str,
     ) -> StepCall<'_> {
+        let flag = step.flag();
         let layout = &self.layout;
         let counterparty = match tx.movement.to() {
             Some(to) if to.as_str() != on => to.as_str(),
@@ -158,10 +172,11 @@ impl Store {
             hold: ended_hold
                 .filter(|_| flag == "settle")
                 .map(|hold| layout.hold(on, hold)),
-            args: self.flag_args(tx, step, now_ms),
+            args: self.flag_args(tx, step.as_str(), now_ms),
             counterparty,
             kind: tx.movement.kind().as_str(),
             hold_id: ended_hold.unwrap_or(""),
+            asset,
         };
         StepCall::new(layout.shard_of(on), &self.scripts.saga_step, call.write())
     }
@@ -221,13 +236,14 @@ impl Store {
         }
     }
 
-    /// Reads a step's reply `(state, reason, balance_after, duplicate)`.
+    /// Reads a step's reply `(state, reason, balance_after, duplicate,
+    /// asset)`.
     /// One match, kept whole: it is the table of the saga's transitions
     /// (which reply each step may give, and what follows it), read at once.
     fn progress(
         &self,
         record: &Record,
-        (state, reason, balance_after, duplicate): (String, String, String, i64),
+        (state, reason, balance_after, duplicate, asset): (String, String, String, i64, String),
     ) -> Result<Progress, StoreError> {
         let tx = &record.tx;
         let duplicate = duplicate == 1;
@@ -249,7 +265,8 @@ impl Store {
                 ..record.clone()
             }))
         };
-        let reply = StepReply::parse(&state, &reason, &balance_after).ok_or_else(unexpected)?;
+        let reply =
+            StepReply::parse(&state, &reason, &balance_after, &asset).ok_or_else(unexpected)?;
         let saga = self.layout.needs_saga(tx);
         match (&record.saga, reply) {
             (_, StepReply::Mismatch) => Ok(Progress::Mismatch),
@@ -260,12 +277,20 @@ impl Store {
             }
             // A saga's debit refused: it ends there.
             (None, StepReply::Settled(outcome @ Outcome::Rejected { .. })) => ended(outcome, false),
-            (None, StepReply::Debited { balance_after }) if saga => next(SagaStep::Credit {
+            (
+                None,
+                StepReply::Debited {
+                    balance_after,
+                    asset,
+                },
+            ) if saga => next(SagaStep::Credit {
                 debited_balance_after: balance_after,
+                debited_asset: asset,
             }),
             (
                 Some(SagaStep::Credit {
                     debited_balance_after,
+                    ..
                 }),
                 StepReply::Credited,
             ) => next(SagaStep::Settle {
@@ -275,6 +300,7 @@ impl Store {
             (
                 Some(SagaStep::Credit {
                     debited_balance_after,
+                    ..
                 }),
                 StepReply::Refused(reason),
             ) => next(SagaStep::Settle {
@@ -343,13 +369,15 @@ impl Store {
 
 /// What a step's script answered (`state`, `reason`, `balance_after`),
 /// parsed once: the apply script's outcome, or what a saga step did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum StepReply {
     /// A one-script apply's outcome, or a saga's refused debit.
     Settled(Outcome),
-    /// A saga's debit took the money and holds it.
+    /// A saga's debit took the money, of `asset`, and holds it (`None`:
+    /// a debit of an earlier version, which did not say).
     Debited {
         balance_after: Balance,
+        asset: Option<Asset>,
     },
     Credited,
     /// The credit was refused: a refund follows.
@@ -365,7 +393,7 @@ enum StepReply {
 }
 
 impl StepReply {
-    fn parse(state: &str, reason: &str, balance_after: &str) -> Option<Self> {
+    fn parse(state: &str, reason: &str, balance_after: &str, asset: &str) -> Option<Self> {
         Some(match state {
             "applied" | "rejected" => match parse_status(state, reason, balance_after).ok()? {
                 TxStatus::Settled(outcome) => Self::Settled(outcome),
@@ -373,6 +401,10 @@ impl StepReply {
             },
             "debited" => Self::Debited {
                 balance_after: parse_balance(balance_after)?,
+                asset: match asset {
+                    "" => None,
+                    asset => Some(Asset::parse(asset).ok()?),
+                },
             },
             "credited" => Self::Credited,
             "refused" => Self::Refused(RejectReason::parse(reason)?),
@@ -399,43 +431,53 @@ mod tests {
         let five = Balance::new(5).unwrap();
         for (reply, expected) in [
             (
-                ("applied", "", "5"),
+                ("applied", "", "5", ""),
                 Some(StepReply::Settled(Outcome::Applied {
                     balance_after: five,
                 })),
             ),
             (
-                ("rejected", "insufficient_funds", ""),
+                ("rejected", "insufficient_funds", "", ""),
                 Some(StepReply::Settled(Outcome::Rejected {
                     reason: RejectReason::InsufficientFunds,
                 })),
             ),
             (
-                ("debited", "", "5"),
+                ("debited", "", "5", "USD/2"),
                 Some(StepReply::Debited {
                     balance_after: five,
+                    asset: Some(Asset::parse("USD/2").unwrap()),
                 }),
             ),
-            (("credited", "", "9"), Some(StepReply::Credited)),
+            (("credited", "", "9", ""), Some(StepReply::Credited)),
             (
-                ("refused", "unknown_account", ""),
+                ("refused", "unknown_account", "", ""),
                 Some(StepReply::Refused(RejectReason::UnknownAccount)),
             ),
-            (("released", "", "5"), Some(StepReply::Released)),
-            (("refunded", "", "5"), Some(StepReply::Refunded)),
-            (("mismatch", "", ""), Some(StepReply::Mismatch)),
+            (
+                ("debited", "", "-5", ""),
+                Some(StepReply::Debited {
+                    balance_after: Balance::new(-5).unwrap(),
+                    asset: None,
+                }),
+            ),
+            (("released", "", "5", ""), Some(StepReply::Released)),
+            (("refunded", "", "5", ""), Some(StepReply::Refunded)),
+            (("mismatch", "", "", ""), Some(StepReply::Mismatch)),
             // Broken answers are nothing, never a guess.
-            (("applied", "", "9007199254740992"), None),
-            (("applied", "", ""), None),
-            (("rejected", "bored", ""), None),
-            (("refused", "", ""), None),
-            (("debited", "", "-1"), None),
-            (("pending", "", ""), None),
-            (("stolen", "", "1"), None),
+            (("applied", "", "9007199254740992", ""), None),
+            (("applied", "", "", ""), None),
+            (("rejected", "bored", "", ""), None),
+            (("refused", "", "", ""), None),
+            (("debited", "", "-9007199254740992", ""), None),
+            (("debited", "", "1.5", ""), None),
+            (("debited", "", "5", "usd"), None),
+            (("pending", "", "", ""), None),
+            (("stolen", "", "1", ""), None),
         ] {
-            let (state, reason, balance_after) = reply;
+            let (state, reason, balance_after, asset) = reply;
             assert_eq!(
-                StepReply::parse(state, reason, balance_after),
+                StepReply::parse(state, reason, balance_after, asset),
                 expected,
                 "{reply:?}"
             );

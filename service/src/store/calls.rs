@@ -136,6 +136,9 @@ pub(super) struct SagaStepCall<'a> {
     pub kind: &'a str,
     /// ARGV[11]: a capture's hold id ('' for a transfer).
     pub hold_id: &'a str,
+    /// ARGV[12]: a credit's asset, as its debit answered it ('' : not
+    /// known, not checked).
+    pub asset: &'a str,
 }
 
 impl SagaStepCall<'_> {
@@ -145,7 +148,10 @@ impl SagaStepCall<'_> {
         self.account.write(&mut keys);
         keys.extend(self.hold);
         self.args.write(&mut args);
-        args.arg(self.counterparty).arg(self.kind).arg(self.hold_id);
+        args.arg(self.counterparty)
+            .arg(self.kind)
+            .arg(self.hold_id)
+            .arg(self.asset);
         (keys, args)
     }
 }
@@ -262,6 +268,7 @@ mod tests {
                     counterparty: "b",
                     kind: "capture",
                     hold_id: "h",
+                    asset: "USD/2",
                 }
                 .write(),
             ),
@@ -314,6 +321,7 @@ mod tests {
             counterparty: "b",
             kind: "transfer",
             hold_id: "",
+            asset: "",
         }
         .write();
         assert_eq!(

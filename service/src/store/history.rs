@@ -18,13 +18,13 @@ pub struct HistoryEntry {
     /// The transaction; none for an admin balance set.
     pub id: Option<String>,
     pub kind: EntryKind,
-    pub amount: u64,
+    pub amount: i64,
     /// This account's signed change (0 when nothing moved).
     pub delta: i64,
     pub counterparty: Option<String>,
     pub status: EntryStatus,
     pub reason: Option<String>,
-    pub balance_after: u64,
+    pub balance_after: i64,
     /// The hold a hold's entry, or its capture's, void's or expiry's, is of.
     pub hold: Option<String>,
     /// The transaction's metadata, canonical JSON.
@@ -139,7 +139,7 @@ pub struct HistoryQuery {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BalanceAt {
     /// The balance after the last entry at or before the time.
-    Known { balance: u64, since_ms: u64 },
+    Known { balance: i64, since_ms: u64 },
     /// No entry that early, and none was ever trimmed: the account did not
     /// exist yet (or has no history).
     Unknown,
@@ -356,7 +356,7 @@ fn parse_entry(position: String, fields: &[String]) -> Result<HistoryEntry, Stor
             .filter(|value| !value.is_empty())
             .map(str::to_owned)
     };
-    let number = |name: &str| get(name).and_then(|value| value.parse::<u64>().ok());
+    let number = |name: &str| get(name).and_then(|value| value.parse::<i64>().ok());
     Ok(HistoryEntry {
         at_ms: position_ms(&position).ok_or_else(unexpected)?,
         id: present("id"),

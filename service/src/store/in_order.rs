@@ -133,8 +133,9 @@ impl<'a> StepCall<'a> {
 }
 
 /// A step script's reply: `(state, reason, balance_after, duplicate,
-/// history entries written)`.
-pub(super) type StepAnswer = (String, String, String, i64, u64);
+/// history entries written, asset)` (the asset: a saga debit's, else
+/// empty).
+pub(super) type StepAnswer = (String, String, String, i64, u64, String);
 
 /// Reads a call's answer: its reply, or `None` when it was skipped
 /// (`lua/in_order.lua`: a call before it did not run).

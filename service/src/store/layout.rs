@@ -111,8 +111,9 @@ impl Layout {
     }
 
     /// `{tag}:acct:<account>`: the account's record, a hash of its
-    /// `balance`, `pending` (what its active holds keep) and `held` (money
-    /// in flight out of it), `lua/money.lua`'s `account_at`.
+    /// `balance`, `pending` (what its active holds keep), `held` (money in
+    /// flight out of it), `asset`, bounds, metadata and creation time,
+    /// `lua/money.lua`'s `account_at`.
     pub fn account(&self, account: &str) -> String {
         format!("{}:acct:{account}", self.tag(self.shard_of(account)))
     }
@@ -130,6 +131,15 @@ impl Layout {
             format!("{}:bal:*", self.tag(0))
         } else {
             format!("{{{}:*}}:bal:*", self.namespace)
+        }
+    }
+
+    /// A SCAN pattern for every account's record.
+    pub fn accounts(&self) -> String {
+        if self.shards == 1 {
+            format!("{}:acct:*", self.tag(0))
+        } else {
+            format!("{{{}:*}}:acct:*", self.namespace)
         }
     }
 

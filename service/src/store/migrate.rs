@@ -5,12 +5,14 @@
 use super::{Store, StoreError};
 
 /// The key layout this build writes. 1: an account is three keys (`bal`,
-/// `pending`, `held`); 2: one record, `{tag}:acct:<account>`.
-pub const LAYOUT_VERSION: u32 = 2;
+/// `pending`, `held`); 2: one record, `{tag}:acct:<account>`; 3: the
+/// record also holds the account's asset, bounds and creation time.
+pub const LAYOUT_VERSION: u32 = 3;
 
 impl Store {
     /// Brings the store to [`LAYOUT_VERSION`] and says how many accounts it
-    /// moved. Each account moves in one script (idempotent), so engines
+    /// moved or completed (an account without an asset gets the default
+    /// asset). Each account moves in one script (idempotent), so engines
     /// starting at once, or a start cut short, are safe; the engines of an
     /// earlier version must be stopped first (they would write the old
     /// keys again). A store whose recorded layout is newer is refused.
@@ -31,11 +33,20 @@ impl Store {
             }
             _ => {}
         }
-        let old = self.conn.scan(&self.layout.legacy_balances()).await?;
-        let accounts: Vec<&str> = old
-            .iter()
-            .filter_map(|key| key.split_once(":bal:").map(|(_, account)| account))
-            .collect();
+        let mut accounts: Vec<String> = Vec::new();
+        for (pattern, infix) in [
+            (self.layout.legacy_balances(), ":bal:"),
+            (self.layout.accounts(), ":acct:"),
+        ] {
+            let keys = self.conn.scan(&pattern).await?;
+            accounts
+                .extend(keys.iter().filter_map(|key| {
+                    key.split_once(infix).map(|(_, account)| account.to_owned())
+                }));
+        }
+        accounts.sort_unstable();
+        accounts.dedup();
+        let now_ms = crate::wire::now_ms();
         let mut moved = 0;
         // A thousand accounts a round trip, each its own script call (the
         // scripts were loaded when the store connected).
@@ -50,7 +61,9 @@ impl Store {
                         .arg(balance)
                         .arg(pending)
                         .arg(held)
-                        .arg(self.layout.account(account));
+                        .arg(self.layout.account(account))
+                        .arg(self.default_asset.as_str())
+                        .arg(now_ms);
                     (self.layout.shard_of(account), call)
                 })
                 .collect();
@@ -63,7 +76,7 @@ impl Store {
             .query_async(&mut conn)
             .await?;
         if moved > 0 {
-            tracing::info!(moved, "accounts moved to key layout {LAYOUT_VERSION}");
+            tracing::info!(moved, "accounts brought to key layout {LAYOUT_VERSION}");
         }
         Ok(moved)
     }

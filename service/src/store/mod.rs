@@ -4,7 +4,7 @@
 //! - [`layout`]: key names and slots (the key layout is described there).
 //! - [`connection`]: one Redis or a cluster, and pipelines split by slot.
 //! - [`scripts`]: the Lua sources of `lua/`.
-//! - [`balances`], [`outcomes`], [`api_keys`], [`rate_limit`]: reads and
+//! - [`accounts`], [`outcomes`], [`api_keys`], [`rate_limit`]: reads and
 //!   writes of each kind of record.
 //! - [`claim`]: the API's claim, accept and release of an id.
 //! - [`apply`]: the consumer's apply, saga steps and their replies.
@@ -17,9 +17,9 @@
 //! - [`migrate`]: data of an earlier key layout brought to this one at
 //!   start (and a newer layout refused).
 
+mod accounts;
 mod api_keys;
 mod apply;
-mod balances;
 mod calls;
 mod claim;
 pub mod connection;
@@ -38,8 +38,8 @@ use std::time::Duration;
 
 use redis::{Cmd, Script, Value};
 
+pub use accounts::{AccountPut, BalanceSet};
 pub use apply::{Applied, Progress};
-pub use balances::{BalanceSet, Funds};
 pub use claim::{Acceptance, Claim, ClaimRequest, RequestClaims};
 use connection::is_transient;
 pub use connection::{Cluster, Connection};
@@ -50,7 +50,7 @@ pub use migrate::LAYOUT_VERSION;
 pub use rate_limit::RateVerdict;
 use scripts::Scripts;
 
-use crate::domain::{AccountId, TxId};
+use crate::domain::{AccountId, Asset, TxId};
 
 /// Why a store operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -128,6 +128,8 @@ pub struct Store {
     outcome_ttl_secs: u64,
     history_keep_ms: u64,
     lease_ms: u64,
+    /// The asset of an account made without one named.
+    default_asset: Asset,
     scripts: Arc<Scripts>,
     topology: RedisTopology,
 }
@@ -146,6 +148,9 @@ pub struct StoreSettings<'a> {
     pub lease_ms: u64,
     /// Longest wait for one Redis answer.
     pub response_timeout: Duration,
+    /// The asset of an account made without one named (by the seed's
+    /// `PUT /balance`, or moved from a layout without assets).
+    pub default_asset: Asset,
 }
 
 impl Store {
@@ -158,6 +163,7 @@ impl Store {
             outcome_ttl_secs: settings.outcome_ttl_secs,
             history_keep_ms: settings.history_keep_secs.saturating_mul(1000),
             lease_ms: settings.lease_ms,
+            default_asset: settings.default_asset,
             scripts: Arc::new(Scripts::new()),
             topology: settings.topology,
         };

@@ -1,7 +1,7 @@
 //! The Lua scripts, compiled in from `lua/` so the binary is self-contained
 //! and loaded into Redis (SCRIPT LOAD) when the store starts and after a
 //! NOSCRIPT answer. What several scripts share is one file put before each
-//! (`money.lua` before the four that move money; `clock.lua` before the
+//! (`money.lua` before the ones that read or write accounts; `clock.lua` before the
 //! ones that claim or count; `claim.lua` and `rate_limit.lua`, functions,
 //! before the ones that run them for many requests). The three that apply
 //! records (`atomic_update.lua`, `saga_step.lua`, `hold.lua`) run as the
@@ -25,6 +25,7 @@ pub(super) struct Scripts {
     pub set_balance: Script,
     pub rate_limit: Script,
     pub migrate_account: Script,
+    pub put_account: Script,
 }
 
 /// A script of `lua/` that applies records (`$body`, its file name), as the
@@ -48,7 +49,7 @@ macro_rules! in_order {
 
 /// Each script's name (the name of its file in `lua/`, the apply script's
 /// `atomic_update`) and its source as Redis runs it, in [`Scripts`]' order.
-pub(super) const SOURCES: [(&str, &str); 12] = [
+pub(super) const SOURCES: [(&str, &str); 13] = [
     (
         "atomic_update",
         in_order!("atomic_update.lua"),
@@ -113,11 +114,18 @@ pub(super) const SOURCES: [(&str, &str); 12] = [
         "migrate_account",
         include_str!("../../../lua/migrate_account.lua"),
     ),
+    (
+        "put_account",
+        concat!(
+            include_str!("../../../lua/money.lua"),
+            include_str!("../../../lua/put_account.lua")
+        ),
+    ),
 ];
 
 impl Scripts {
     pub(super) fn new() -> Self {
-        let [apply, claim, claim_batch, release, accept, accept_batch, saga_step, hold, finish, set_balance, rate_limit, migrate_account] =
+        let [apply, claim, claim_batch, release, accept, accept_batch, saga_step, hold, finish, set_balance, rate_limit, migrate_account, put_account] =
             SOURCES.map(|(_, source)| Script::new(source));
         Self {
             apply,
@@ -132,16 +140,17 @@ impl Scripts {
             set_balance,
             rate_limit,
             migrate_account,
+            put_account,
         }
     }
 
     /// Every script, for SCRIPT LOAD.
-    pub(super) fn all(&self) -> [&Script; 12] {
+    pub(super) fn all(&self) -> [&Script; 13] {
         self.named().map(|(_, script)| script)
     }
 
     /// Every script with its name, in [`SOURCES`]' order.
-    pub(super) fn named(&self) -> [(&'static str, &Script); 12] {
+    pub(super) fn named(&self) -> [(&'static str, &Script); 13] {
         let Self {
             apply,
             claim,
@@ -155,6 +164,7 @@ impl Scripts {
             set_balance,
             rate_limit,
             migrate_account,
+            put_account,
         } = self;
         let scripts = [
             apply,
@@ -169,6 +179,7 @@ impl Scripts {
             set_balance,
             rate_limit,
             migrate_account,
+            put_account,
         ];
         std::array::from_fn(|i| (SOURCES[i].0, scripts[i]))
     }

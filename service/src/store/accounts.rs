@@ -1,0 +1,216 @@
+//! Accounts: read whole, made or changed by the admin (bounds, metadata),
+//! and their balance set by the admin (within the bounds, leaving room for
+//! money in flight).
+
+use redis::Value;
+
+use super::{Store, StoreError};
+use crate::domain::{Account, AccountChange, AccountId, Asset, Balance, Bounds, RuleError};
+use crate::metadata::Metadata;
+
+/// What the admin setter did.
+#[must_use = "a refused set wrote nothing"]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BalanceSet {
+    /// Set; the account's active holds keep `pending` of it.
+    Set { pending: u64 },
+    /// Refused: `held` minor units are in flight out of the account, and
+    /// the balance plus them would pass its `max`.
+    NoRoom { held: u64, max: Balance },
+    /// Refused: the account's active holds keep `pending`, and the balance
+    /// minus them would be below its `min`.
+    BelowPending { pending: u64, min: Balance },
+}
+
+impl BalanceSet {
+    /// `Ok(pending)` when the balance was set, else the rule it broke.
+    pub fn ensure_set(self) -> Result<u64, RuleError> {
+        match self {
+            Self::Set { pending } => Ok(pending),
+            Self::NoRoom { held, max } => Err(RuleError::NoRoomForHeld { held, max }),
+            Self::BelowPending { pending, min } => Err(RuleError::BelowPending { pending, min }),
+        }
+    }
+}
+
+/// What `PUT /accounts/{account}` did with the account it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountPut {
+    Created,
+    Updated,
+    /// It was as asked already: nothing written.
+    Unchanged,
+}
+
+fn unexpected(what: &str, detail: impl std::fmt::Debug) -> StoreError {
+    StoreError::Unexpected(format!("{what}: {detail:?}"))
+}
+
+fn parse_i64(raw: &str) -> Option<Balance> {
+    Balance::new(raw.parse().ok()?).ok()
+}
+
+/// An account from its record's fields, as `put_account.lua` answers them
+/// (balance, pending, held, asset, min, max, meta, created).
+fn account_from(fields: &[String]) -> Option<Account> {
+    let [balance, pending, held, asset, min, max, meta, created] = fields else {
+        return None;
+    };
+    let metadata = match meta.as_str() {
+        "" => Metadata::default(),
+        json => serde_json::from_str(json).ok()?,
+    };
+    Some(Account {
+        asset: Asset::parse(asset).ok()?,
+        bounds: Bounds::new(parse_i64(min)?, parse_i64(max)?).ok()?,
+        balance: parse_i64(balance)?,
+        pending: pending.parse().ok()?,
+        held: held.parse().ok()?,
+        metadata,
+        created_ms: created.parse().ok()?,
+    })
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(text) => Some(text.clone()),
+        Value::Int(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+impl Store {
+    pub async fn balance(&self, account: &AccountId) -> Result<Option<Balance>, StoreError> {
+        Ok(self.account(account).await?.map(|account| account.balance))
+    }
+
+    /// The account, read at once (one record); `None` for an unknown one.
+    pub async fn account(&self, account: &AccountId) -> Result<Option<Account>, StoreError> {
+        let mut conn = self.conn.clone();
+        let fields: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(self.account_key(account))
+            .arg(&[
+                "balance", "pending", "held", "asset", "min", "max", "meta", "created",
+            ])
+            .query_async(&mut conn)
+            .await?;
+        if fields[0].is_none() {
+            return Ok(None);
+        }
+        let defaults = ["", "0", "0", "", "0", "", "", "0"];
+        let max = Balance::MAX.to_string();
+        let fields: Vec<String> = fields
+            .iter()
+            .zip(defaults)
+            .enumerate()
+            .map(|(i, (field, default))| match (field, i) {
+                (Some(value), _) => value.clone(),
+                (None, 5) => max.clone(),
+                (None, _) => default.to_owned(),
+            })
+            .collect();
+        let found = account_from(&fields).ok_or_else(|| unexpected(account.as_str(), &fields))?;
+        if found.balance.minor_units() - (found.pending as i64) < found.bounds.min().minor_units() {
+            return Err(unexpected(
+                "an account whose holds keep more than it may pay",
+                (account, &fields),
+            ));
+        }
+        Ok(Some(found))
+    }
+
+    /// Makes `account` (balance 0; what `change` leaves out takes its
+    /// default) or changes its bounds and metadata, unless a rule forbids
+    /// it: then nothing is written, and the rule is the error.
+    pub async fn put_account(
+        &self,
+        account: &AccountId,
+        change: &AccountChange,
+    ) -> Result<Result<(AccountPut, Account), RuleError>, StoreError> {
+        let digits = |bound: Option<Balance>| bound.map(|b| b.to_string()).unwrap_or_default();
+        let meta = match &change.metadata {
+            Some(metadata) => metadata.to_json(),
+            None => "-".to_owned(),
+        };
+        let answer: Vec<Value> = self
+            .with_scripts(|| {
+                let mut conn = self.conn.clone();
+                let mut invocation = self.scripts.put_account.key(self.account_key(account));
+                invocation
+                    .arg(change.asset.as_ref().map(Asset::as_str).unwrap_or(""))
+                    .arg(digits(change.min_balance))
+                    .arg(digits(change.max_balance))
+                    .arg(&meta)
+                    .arg(self.default_asset.as_str())
+                    .arg(crate::wire::now_ms());
+                async move { invocation.invoke_async(&mut conn).await }
+            })
+            .await?;
+        let texts: Option<Vec<String>> = answer.iter().map(text).collect();
+        let texts = texts.ok_or_else(|| unexpected("put_account", &answer))?;
+        let (head, fields) = texts.split_at(2.min(texts.len()));
+        let found = account_from(fields).ok_or_else(|| unexpected("put_account", &texts))?;
+        let refused = |rule| Ok(Err(rule));
+        match head[0].as_str() {
+            "created" => Ok(Ok((AccountPut::Created, found))),
+            "updated" => Ok(Ok((AccountPut::Updated, found))),
+            "unchanged" => Ok(Ok((AccountPut::Unchanged, found))),
+            "asset" => refused(RuleError::AssetFixed {
+                current: found.asset,
+            }),
+            "crossed" => refused(RuleError::BoundsCrossed {
+                min: change.min_balance.unwrap_or(found.bounds.min()),
+                max: change.max_balance.unwrap_or(found.bounds.max()),
+            }),
+            "below_min" => refused(RuleError::BelowPending {
+                pending: found.pending,
+                min: change.min_balance.unwrap_or(found.bounds.min()),
+            }),
+            "above_max" => refused(RuleError::NoRoomForHeld {
+                held: found.held,
+                max: change.max_balance.unwrap_or(found.bounds.max()),
+            }),
+            _ => Err(unexpected("put_account", &texts)),
+        }
+    }
+
+    /// Sets `account`'s balance (the admin setter; a missing account is
+    /// made with the default asset and bounds), unless the balance breaks
+    /// the account's bounds counting its pending money and the money in
+    /// flight out of it (sagas may refund it): then nothing is written.
+    pub async fn set_balance(
+        &self,
+        account: &AccountId,
+        balance: Balance,
+    ) -> Result<BalanceSet, StoreError> {
+        let (set, held, pending, min, max): (i64, String, String, String, String) = self
+            .with_scripts(|| {
+                let mut conn = self.conn.clone();
+                let mut invocation = self.scripts.set_balance.key(self.account_key(account));
+                invocation
+                    .key(self.layout.history(account.as_str()))
+                    .arg(balance.minor_units())
+                    .arg(self.history_keep_ms)
+                    .arg(self.default_asset.as_str())
+                    .arg(crate::wire::now_ms());
+                async move { invocation.invoke_async(&mut conn).await }
+            })
+            .await?;
+        let fail = || unexpected("set_balance", (set, &held, &pending, &min, &max));
+        let held = held.parse().map_err(|_| fail())?;
+        let pending = pending.parse().map_err(|_| fail())?;
+        let min = parse_i64(&min).ok_or_else(fail)?;
+        let max = parse_i64(&max).ok_or_else(fail)?;
+        match set {
+            1 => Ok(BalanceSet::Set { pending }),
+            0 => Ok(BalanceSet::NoRoom { held, max }),
+            2 => Ok(BalanceSet::BelowPending { pending, min }),
+            _ => Err(fail()),
+        }
+    }
+}
+
+pub(super) fn parse_balance(raw: &str) -> Option<Balance> {
+    parse_i64(raw)
+}
