@@ -24,12 +24,14 @@
 -- ARGV[6..8] id, history to keep, metadata (money.lua's log_tx)
 -- ARGV[9] the destination of a transfer ('' for a debit or credit)
 -- ARGV[10] the checked account (the destination's counterparty)
+-- ARGV[11] the asset the transaction names ('' : none); every account it
+--          touches must hold it, and a transfer's two always hold one
 --
 -- Returns {state, reason, balance_after, duplicate, history entries written, ''} where state is
 -- "applied" or "rejected" and duplicate is 1 when an earlier apply had
 -- already settled this id (nothing was changed this time).
 --
--- The store puts money.lua (digits, account_at, replayed, pay_refusal,
+-- The store puts money.lua (digits, account_at, replayed, asset_refusal, pay_refusal,
 -- credit_refusal, settle, log_tx) before this file.
 -- Each outcome is an entry in the history of each account it touched; a
 -- refusal, in the checked account's only (none when it does not exist).
@@ -65,6 +67,11 @@ end
 local function refuse(reason)
   log_tx(KEYS[4], kind, ARGV[2], '0', counterparty, 'rejected', reason, digits(source.balance))
   return settle('rejected', reason, '')
+end
+
+local other = asset_refusal(source, ARGV[11])
+if other then
+  return refuse(other)
 end
 
 if kind == 'credit' then

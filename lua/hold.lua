@@ -43,6 +43,9 @@
 -- ARGV[11] hold, capture: the hold's `to` ('' when none)
 -- ARGV[12] the hold's id
 -- ARGV[13] the account (`to`'s counterparty in a capture's entry)
+-- ARGV[14] the asset the transaction names ('' : none; the expirer's
+--          expiry never names one); the account, and a capture's `to`,
+--          must hold it
 --
 -- Each change is an entry in the account's history (and a capture's in
 -- `to`'s): `held`, `captured` (or `capturing` when a saga goes on),
@@ -56,7 +59,7 @@
 -- `expired`, or `ended` (the reason: the state it ended in; the due
 -- member removed) / `not_due`, with duplicate 1 (nothing else changed).
 --
--- The store puts money.lua (digits, account_at, replayed, pay_refusal,
+-- The store puts money.lua (digits, account_at, replayed, asset_refusal, pay_refusal,
 -- credit_refusal, settle, log, log_tx) and clock.lua before this file.
 
 local op = ARGV[1]
@@ -173,7 +176,7 @@ if op == 'hold' then
   if not account then
     return refuse_hold('unknown_account')
   end
-  local short = pay_refusal(account, amount)
+  local short = asset_refusal(account, ARGV[14]) or pay_refusal(account, amount)
   if short then
     return refuse_hold(short)
   end
@@ -204,6 +207,10 @@ if active and now_ms >= tonumber(h[4]) then
 end
 if not active then
   return refuse('hold_not_active')
+end
+local other = asset_refusal(account, ARGV[14])
+if other then
+  return refuse(other)
 end
 
 if op == 'void' then

@@ -94,18 +94,28 @@ local function pay_refusal(account, amount)
   return nil
 end
 
+-- 'asset_mismatch' when `account` (account_at's answer) does not hold
+-- `asset`, the asset a transaction names ('' or nil: none named), else nil.
+local function asset_refusal(account, asset)
+  if asset and asset ~= '' and account.asset ~= asset then
+    return 'asset_mismatch'
+  end
+  return nil
+end
+
 -- Why `amount` of `asset` may not be credited to `account` (account_at's
 -- answer; nil: no such account), or nil when it may: the assets match,
 -- and the balance stays at most `max` with room for every refund of the
 -- money in flight out of it. Past the default cap, 2^53-1, the reason is
 -- `balance_overflow`; past a cap the account was given,
--- `max_balance_exceeded`. `asset` nil: the caller checks it.
+-- `max_balance_exceeded`. `asset` nil or '': none to check.
 local function credit_refusal(account, amount, asset)
   if not account then
     return 'unknown_account'
   end
-  if asset and account.asset ~= asset then
-    return 'asset_mismatch'
+  local other = asset_refusal(account, asset)
+  if other then
+    return other
   end
   if not has_room(amount, account.balance, account.held, account.max) then
     if account.max == MAX then

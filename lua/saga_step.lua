@@ -26,8 +26,9 @@
 -- ARGV[9] the other account of the saga (the entry's counterparty)
 -- ARGV[10] the transaction's kind: transfer | capture
 -- ARGV[11] a capture's hold ('' for a transfer)
--- ARGV[12] credit: the asset of the money, as the debit answered it ('':
---          not known, a step of an earlier version; not checked)
+-- ARGV[12] the asset the money must be of ('' : none named): a debit's,
+--          the transaction's; a credit's, the one its debit answered (a
+--          step of an earlier version: the transaction's, or none)
 --
 -- Each step that finds its account is an entry in that account's history,
 -- named by what it did (debited, credited, released, refunded; a refused
@@ -42,7 +43,7 @@
 -- the flag was set already (nothing changed this time).
 --
 -- The store puts money.lua (digits, has_room, account_at, replayed,
--- pay_refusal, credit_refusal, settle, log_tx) before this file.
+-- asset_refusal, pay_refusal, credit_refusal, settle, log_tx) before this file.
 
 local step = ARGV[1]
 local steps = {debit = true, credit = true, release = true, refund = true}
@@ -69,7 +70,7 @@ if step == 'debit' then
   if not account then
     return settle('rejected', 'unknown_account', '')
   end
-  local short = pay_refusal(account, amount)
+  local short = asset_refusal(account, ARGV[12]) or pay_refusal(account, amount)
   if short then
     entry('rejected', '0', digits(account.balance), short)
     return settle('rejected', short, '')
@@ -81,7 +82,7 @@ if step == 'debit' then
 end
 
 if step == 'credit' then
-  local unfit = credit_refusal(account, amount, ARGV[12] ~= '' and ARGV[12] or nil)
+  local unfit = credit_refusal(account, amount, ARGV[12])
   if unfit then
     return settle('refused', unfit, '')
   end

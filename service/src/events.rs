@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    AccountId, Balance, Metadata, Movement, Outcome, RejectReason, Transaction, TxId,
+    AccountId, Asset, Balance, Metadata, Movement, Outcome, RejectReason, Transaction, TxId,
 };
 
 /// The version of the event as this build writes it.
@@ -79,6 +79,9 @@ struct EventV1 {
     status: EventStatus,
     #[serde(default, skip_serializing_if = "Metadata::is_empty")]
     metadata: Metadata,
+    /// The asset the transaction named, when it named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    asset: Option<Asset>,
     at_ms: u64,
 }
 
@@ -101,6 +104,7 @@ impl OutcomeEvent {
             movement: self.tx.movement.clone(),
             status: self.status,
             metadata: self.tx.metadata.clone(),
+            asset: self.tx.asset.clone(),
             at_ms: self.at_ms,
         };
         serde_json::to_vec(&v1).expect("an event always serialises")
@@ -117,6 +121,7 @@ impl OutcomeEvent {
                 id: v1.id,
                 movement: v1.movement,
                 metadata: v1.metadata,
+                asset: v1.asset,
             },
             status: v1.status,
             at_ms: v1.at_ms,
@@ -134,6 +139,7 @@ mod tests {
         let a = AccountId::parse("a").unwrap();
         let metadata: Metadata = serde_json::from_str(r#"{"order":"o-1"}"#).unwrap();
         let transfer = Transaction {
+            asset: None,
             id: TxId::parse("t-1").unwrap(),
             movement: Movement::Transfer {
                 account: a.clone(),
@@ -143,6 +149,7 @@ mod tests {
             metadata,
         };
         let expire = Transaction {
+            asset: None,
             id: TxId::parse("h-1").unwrap(),
             movement: Movement::Expire {
                 hold: TxId::parse("h-1").unwrap(),

@@ -69,6 +69,7 @@ impl Expirer {
             .map(|hold| Record {
                 tx: Transaction {
                     metadata: Default::default(),
+                    asset: None,
                     id: hold.hold.clone(),
                     movement: Movement::Expire {
                         hold: hold.hold.clone(),

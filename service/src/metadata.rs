@@ -65,6 +65,7 @@ mod tests {
         assert_eq!(ab.to_json(), r#"{"a":"1|x\ny","b":"2"}"#);
         assert_eq!(Metadata::default().to_json(), "");
         let tx = Transaction {
+            asset: None,
             id: TxId::parse("t").unwrap(),
             movement: Movement::Hold {
                 account: AccountId::parse("a").unwrap(),

@@ -22,8 +22,12 @@ pub const HOLD_WIRE_VERSION: u32 = 3;
 /// partition waiting instead of applying it without (and recording another
 /// fingerprint than the one its id is bound to).
 pub const METADATA_WIRE_VERSION: u32 = 4;
+/// The version of a record whose transaction names an asset (any kind or
+/// step, with or without metadata): a build that does not know it must
+/// not apply it unchecked.
+pub const ASSET_WIRE_VERSION: u32 = 5;
 /// The newest version this build reads and writes.
-pub const NEWEST_WIRE_VERSION: u32 = METADATA_WIRE_VERSION;
+pub const NEWEST_WIRE_VERSION: u32 = ASSET_WIRE_VERSION;
 
 /// One transaction as it travels through Kafka, or one later step of its
 /// saga. The record key is [`Record::key`].
@@ -142,8 +146,10 @@ pub enum DecodeError {
     NotASagaStep,
     #[error("holds, captures, voids and expiries are version {HOLD_WIRE_VERSION}, and only they (or {METADATA_WIRE_VERSION} with metadata)")]
     NotAHold,
-    #[error("a record carries metadata exactly when it is version {METADATA_WIRE_VERSION}")]
+    #[error("a record carries metadata exactly when it is version {METADATA_WIRE_VERSION} (or {ASSET_WIRE_VERSION}, which may)")]
     NotMetadata,
+    #[error("a record names an asset exactly when it is version {ASSET_WIRE_VERSION}")]
+    NotAsset,
     #[error("record breaks a rule: {0}")]
     Invalid(#[from] crate::domain::RuleError),
 }
@@ -159,6 +165,8 @@ struct RecordV1 {
     saga: Option<SagaStep>,
     #[serde(default, skip_serializing_if = "Metadata::is_empty")]
     metadata: Metadata,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    asset: Option<Asset>,
 }
 
 /// Only the version field, read first so an unknown version is named as such.
@@ -176,13 +184,16 @@ impl Record {
             accepted_at_ms: self.accepted_at_ms,
             saga: self.saga.clone(),
             metadata: self.tx.metadata.clone(),
+            asset: self.tx.asset.clone(),
         };
         serde_json::to_vec(&v1).expect("a record always serialises")
     }
 
     /// The wire version this record is written in.
     fn version(&self) -> u32 {
-        if !self.tx.metadata.is_empty() {
+        if self.tx.asset.is_some() {
+            ASSET_WIRE_VERSION
+        } else if !self.tx.metadata.is_empty() {
             METADATA_WIRE_VERSION
         } else if self.tx.movement.is_of_a_hold() {
             HOLD_WIRE_VERSION
@@ -206,10 +217,16 @@ impl Record {
         if movement.to() == Some(movement.account()) {
             return Err(crate::domain::RuleError::TransferToSelf.into());
         }
-        // Version 4 is any kind or step, with metadata; 1 to 3 name the
-        // kind (and step) without.
-        let with_metadata = v == METADATA_WIRE_VERSION;
-        if with_metadata == v1.metadata.is_empty() {
+        // Version 5 is any kind or step naming an asset, with or without
+        // metadata; 4 any kind or step with metadata; 1 to 3 name the kind
+        // (and step) without either.
+        if (v == ASSET_WIRE_VERSION) != v1.asset.is_some() {
+            return Err(DecodeError::NotAsset);
+        }
+        let with_metadata = v >= METADATA_WIRE_VERSION;
+        if v == METADATA_WIRE_VERSION && v1.metadata.is_empty()
+            || !with_metadata && !v1.metadata.is_empty()
+        {
             return Err(DecodeError::NotMetadata);
         }
         if !with_metadata && (v == HOLD_WIRE_VERSION) != movement.is_of_a_hold() {
@@ -231,6 +248,7 @@ impl Record {
                 id: v1.id,
                 movement: v1.movement,
                 metadata: v1.metadata,
+                asset: v1.asset,
             },
             accepted_at_ms: v1.accepted_at_ms,
             saga: v1.saga,
@@ -265,6 +283,7 @@ mod tests {
         ] {
             let record = Record {
                 tx: Transaction {
+                    asset: None,
                     metadata: Default::default(),
                     id: TxId::parse("t-1").unwrap(),
                     movement,
@@ -334,6 +353,7 @@ mod tests {
         ] {
             let record = Record {
                 tx: Transaction {
+                    asset: None,
                     metadata: Default::default(),
                     id: TxId::parse("t-1").unwrap(),
                     movement,
@@ -367,6 +387,7 @@ mod tests {
 
     fn transfer() -> Transaction {
         Transaction {
+            asset: None,
             metadata: Default::default(),
             id: TxId::parse("t-1").unwrap(),
             movement: Movement::Transfer {
@@ -468,6 +489,7 @@ mod tests {
         ] {
             let record = Record {
                 tx: Transaction {
+                    asset: None,
                     id: TxId::parse("t-1").unwrap(),
                     movement,
                     metadata: metadata.clone(),
@@ -482,6 +504,20 @@ mod tests {
                 String::from_utf8_lossy(&bytes)
             );
             assert_eq!(Record::decode(&bytes).unwrap(), record);
+            // Naming an asset, with or without metadata: version 5.
+            for metadata in [Metadata::default(), metadata.clone()] {
+                let named = Record {
+                    tx: Transaction {
+                        asset: Some(Asset::parse("USD/2").unwrap()),
+                        metadata,
+                        ..record.tx.clone()
+                    },
+                    ..record.clone()
+                };
+                let bytes = named.encode();
+                assert!(bytes.starts_with(br#"{"v":5,"#));
+                assert_eq!(Record::decode(&bytes).unwrap(), named);
+            }
         }
         let debit = r#""type":"debit","account":"a","amount":1,"accepted_at_ms":1"#;
         let too_many: String = (0..17).map(|i| format!(r#""k{i}":"v","#)).collect();
@@ -503,6 +539,29 @@ mod tests {
                 format!(r#"{{"v":4,"id":"x",{debit},"metadata":{{"k":1}}}}"#),
                 false,
             ),
+            // Version 5 names an asset, with or without metadata; no other
+            // version names one.
+            (
+                format!(r#"{{"v":5,"id":"x",{debit},"asset":"USD/2"}}"#),
+                true,
+            ),
+            (
+                format!(r#"{{"v":5,"id":"x",{debit},"asset":"USD/2","metadata":{{"k":"v"}}}}"#),
+                true,
+            ),
+            (format!(r#"{{"v":5,"id":"x",{debit}}}"#), false),
+            (
+                format!(r#"{{"v":4,"id":"x",{debit},"asset":"USD/2","metadata":{{"k":"v"}}}}"#),
+                false,
+            ),
+            (
+                format!(r#"{{"v":1,"id":"x",{debit},"asset":"USD/2"}}"#),
+                false,
+            ),
+            (
+                format!(r#"{{"v":5,"id":"x",{debit},"asset":"usd"}}"#),
+                false,
+            ),
             (
                 format!(
                     r#"{{"v":4,"id":"x",{debit},"metadata":{{{}"k":"v"}}}}"#,
@@ -519,8 +578,8 @@ mod tests {
     fn refuses_poison() {
         assert!(Record::decode(b"not json").is_err());
         assert!(matches!(
-            Record::decode(br#"{"v":5}"#),
-            Err(DecodeError::NewerVersion(5))
+            Record::decode(br#"{"v":6}"#),
+            Err(DecodeError::NewerVersion(6))
         ));
         assert!(matches!(
             Record::decode(br#"{"v":0,"id":"x"}"#),

@@ -192,6 +192,7 @@ impl RunState {
 /// the backlog carry.
 fn to_domain(tx: &SentTx) -> anyhow::Result<txengine::domain::Transaction> {
     Ok(txengine::domain::Transaction {
+        asset: None,
         metadata: Default::default(),
         id: TxId::parse(&tx.id)?,
         movement: Movement::new(

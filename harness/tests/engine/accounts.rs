@@ -201,6 +201,25 @@ async fn an_account_is_made_changed_and_read_and_a_refused_change_writes_nothing
         .await
         .unwrap();
     assert_eq!(status, StatusCode::FORBIDDEN);
+    // The asset a transaction names is part of what its id is bound to,
+    // and must be one.
+    let body = json!({"id": "f-1", "account": "usd-a", "amount": 1});
+    let (status, _) = s.post(&body).await.unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let mut named = body.clone();
+    named["asset"] = json!("USD/2");
+    let (status, answer) = s.post(&named).await.unwrap();
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_eq!(
+        answer["type"], "urn:txengine:problem:id-conflict",
+        "{answer}"
+    );
+    let (status, answer) = s
+        .post(&json!({"id": "f-2", "account": "usd-a", "amount": 1, "asset": "dollars"}))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_rule(&answer, "asset must match");
     s.stop().await.unwrap();
 }
 
@@ -251,6 +270,9 @@ async fn money_moves_within_bounds_and_never_between_assets(#[case] topology: Re
         ("cap-full", json!({"asset": "USD/2", "max_balance": 50}), 50),
         ("usd", json!({"asset": "USD/2"}), 100),
         ("eur", json!({"asset": "EUR/2"}), 100),
+        ("usd-2", json!({"asset": "USD/2"}), 100),
+        ("eur-2", json!({"asset": "EUR/2"}), 100),
+        ("eur-3", json!({"asset": "EUR/2"}), 0),
     ] {
         put(&s, name, body, StatusCode::CREATED).await;
         let (status, answer) = s.put_balance_raw(name, balance).await.unwrap();
@@ -259,6 +281,10 @@ async fn money_moves_within_bounds_and_never_between_assets(#[case] topology: Re
     let debit = |id: &str, account: &str, amount: i64| json!({"id": id, "type": "debit", "account": account, "amount": amount});
     let credit = |id: &str, account: &str, amount: i64| json!({"id": id, "type": "credit", "account": account, "amount": amount});
     let transfer = |id: &str, from: &str, to: &str, amount: i64| json!({"id": id, "type": "transfer", "account": from, "to": to, "amount": amount});
+    let naming = |mut item: Value, asset: &str| {
+        item["asset"] = json!(asset);
+        item
+    };
     // One batch; each account's items apply in order.
     let batch = [
         debit("b-1", "od", 60),
@@ -272,6 +298,16 @@ async fn money_moves_within_bounds_and_never_between_assets(#[case] topology: Re
         json!({"id": "h-1", "type": "hold", "account": "od-hold", "amount": 30}),
         debit("b-9", "od-hold", 21),
         debit("b-10", "od-hold", 20),
+        // A transaction naming an asset moves money only between accounts
+        // that hold it.
+        naming(debit("b-11", "eur", 1), "USD/2"),
+        naming(credit("b-12", "usd-2", 1), "USD/2"),
+        naming(
+            json!({"id": "h-3", "type": "hold", "account": "usd-2", "amount": 1}),
+            "EUR/2",
+        ),
+        naming(transfer("b-13", "eur-2", "eur-3", 5), "EUR/2"),
+        naming(transfer("b-14", "eur-2", "eur-3", 5), "USD/2"),
     ];
     assert_eq!(
         outcomes(&s, &batch).await,
@@ -287,15 +323,25 @@ async fn money_moves_within_bounds_and_never_between_assets(#[case] topology: Re
             ("held".into(), json!(0)),
             rejected("insufficient_funds"),
             applied(-20),
+            rejected("asset_mismatch"),
+            applied(101),
+            rejected("asset_mismatch"),
+            applied(95),
+            rejected("asset_mismatch"),
         ]
     );
     // A capture takes the money its hold keeps, into the overdraft; one to
     // an account of another asset is refused.
     let hold = json!({"id": "h-2", "type": "hold", "account": "usd", "to": "eur", "amount": 5});
     let capture = json!({"id": "c-1", "type": "capture", "hold": "h-1", "amount": 30});
+    let other = json!({"id": "c-0", "type": "capture", "hold": "h-1", "asset": "EUR/2"});
     assert_eq!(
-        outcomes(&s, &[capture, hold]).await,
-        [applied(-50), ("held".into(), json!(100))]
+        outcomes(&s, &[other, capture, hold]).await,
+        [
+            rejected("asset_mismatch"),
+            applied(-50),
+            ("held".into(), json!(100))
+        ]
     );
     let capture = json!({"id": "c-2", "type": "capture", "hold": "h-2", "amount": 5});
     assert_eq!(outcomes(&s, &[capture]).await, [rejected("asset_mismatch")]);
@@ -306,6 +352,9 @@ async fn money_moves_within_bounds_and_never_between_assets(#[case] topology: Re
         ("cap-full", 50),
         ("usd", 100),
         ("eur", 100),
+        ("usd-2", 101),
+        ("eur-2", 95),
+        ("eur-3", 5),
     ] {
         let (status, body) = s.get(&format!("/balance/{name}")).await.unwrap();
         assert_eq!(status, StatusCode::OK);

@@ -253,6 +253,7 @@ async fn same_id_in_flight_is_409() {
     .await
     .unwrap();
     let tx = txengine::domain::Transaction {
+        asset: None,
         metadata: Default::default(),
         id: txengine::domain::TxId::parse("busy").unwrap(),
         movement: txengine::domain::Movement::new(

@@ -49,6 +49,7 @@ fn account(name: &str) -> AccountId {
 
 fn tx(id: &str, kind: &str, to: Option<&str>, amount: u64) -> Transaction {
     Transaction {
+        asset: None,
         metadata: Default::default(),
         id: TxId::parse(id).unwrap(),
         movement: Movement::new(
@@ -315,6 +316,7 @@ async fn a_pipeline_that_lost_a_script_applies_in_order() {
         .await
         .unwrap();
     let hold = Transaction {
+        asset: None,
         metadata: Default::default(),
         id: TxId::parse("hold-all").unwrap(),
         movement: Movement::Hold {

@@ -478,6 +478,7 @@ async fn a_batch_claimed_again_with_its_tokens_is_still_claimed() {
     let store = isolated_store(&namespace, &infra.redis_url).await;
     let txs: Vec<Transaction> = (0..3)
         .map(|i| Transaction {
+            asset: None,
             metadata: Default::default(),
             id: TxId::parse(&format!("c-{i}")).unwrap(),
             movement: Movement::new(

@@ -56,6 +56,7 @@ fn transaction() -> impl Strategy<Value = SentTx> {
 
 fn domain(tx: &SentTx) -> Transaction {
     Transaction {
+        asset: None,
         metadata: Default::default(),
         id: TxId::parse(&tx.id).unwrap(),
         movement: Movement::new(

@@ -430,6 +430,7 @@ async fn history_is_trimmed_to_its_retention_by_the_writes_themselves() {
     };
     let account = AccountId::parse("trimmed").unwrap();
     let credit = |id: String| Transaction {
+        asset: None,
         metadata: Default::default(),
         id: TxId::parse(&id).unwrap(),
         movement: Movement::Credit {

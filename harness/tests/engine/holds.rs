@@ -463,6 +463,7 @@ async fn the_hold_script_at_its_edges() {
     let id = |raw: &str| TxId::parse(raw).unwrap();
     let record = |tx_id: &str, movement| Record {
         tx: Transaction {
+            asset: None,
             metadata: Default::default(),
             id: id(tx_id),
             movement,
@@ -757,6 +758,7 @@ async fn a_capture_leaves_its_destination_room_for_what_is_in_flight() {
     }
     let record = |id: &str, movement| Record {
         tx: Transaction {
+            asset: None,
             metadata: Default::default(),
             id: TxId::parse(id).unwrap(),
             movement,
@@ -862,6 +864,7 @@ async fn a_capture_saga_settles_only_a_capturing_hold() {
     let amount = Amount::new(10).unwrap();
     let record = |id: &str, movement| Record {
         tx: Transaction {
+            asset: None,
             metadata: Default::default(),
             id: TxId::parse(id).unwrap(),
             movement,

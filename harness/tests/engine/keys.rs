@@ -729,6 +729,7 @@ async fn gathered_claims_are_each_what_one_claim_would_be(
     let namespace = format!("gathered-{}", uuid::Uuid::new_v4().simple());
     let store = crate::isolated_store_on(infra, &namespace).await;
     let tx = |id: &str, amount: u64| Transaction {
+        asset: None,
         metadata: Default::default(),
         id: TxId::parse(id).unwrap(),
         movement: Movement::new(
@@ -844,6 +845,7 @@ async fn on_a_cluster_a_failing_slot_or_key_fails_only_its_own_claims() {
     let store = crate::isolated_store_on(infra, &namespace).await;
     let layout = store.layout();
     let tx = |id: &str| Transaction {
+        asset: None,
         metadata: Default::default(),
         id: TxId::parse(id).unwrap(),
         movement: Movement::new(

@@ -511,6 +511,7 @@ async fn past_the_backlog_bound_nothing_new_is_taken() {
     for i in 0..12 {
         let record = txengine::wire::Record {
             tx: txengine::domain::Transaction {
+                asset: None,
                 metadata: Default::default(),
                 id: txengine::domain::TxId::parse(&format!("behind-{i}")).unwrap(),
                 movement: txengine::domain::Movement::Credit {

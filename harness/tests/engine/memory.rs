@@ -67,6 +67,7 @@ async fn a_full_redis_stalls_visibly_loses_nothing_and_resumes_when_raised() {
     // Redis filled up) waits at its partition, shown in /ready.
     let record = txengine::wire::Record {
         tx: Transaction {
+            asset: None,
             metadata: Default::default(),
             id: TxId::parse("landed").unwrap(),
             movement: Movement::Debit {

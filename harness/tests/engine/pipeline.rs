@@ -207,6 +207,7 @@ async fn the_publication_judge_names_a_refused_request_that_was_published() {
     assert!(judge(&published).is_empty(), "{:?}", judge(&published));
     let leaked = txengine::wire::Record {
         tx: txengine::domain::Transaction {
+            asset: None,
             metadata: Default::default(),
             id: txengine::domain::TxId::parse("refused-1").unwrap(),
             movement: txengine::domain::Movement::new(

@@ -42,6 +42,7 @@ async fn cluster_store(namespace: &str) -> Store {
 fn transfer(id: &str, from: &str, to: &str, amount: u64) -> Record {
     Record {
         tx: Transaction {
+            asset: None,
             metadata: Default::default(),
             id: TxId::parse(id).unwrap(),
             movement: Movement::new(
@@ -326,6 +327,7 @@ async fn saga_steps_move_money_once_even_when_redelivered() {
     };
     let credit = Record {
         tx: Transaction {
+            asset: None,
             metadata: Default::default(),
             id: TxId::parse("c-1").unwrap(),
             movement: Movement::new(

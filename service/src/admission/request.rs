@@ -4,7 +4,7 @@
 //! names.
 
 use crate::domain::{
-    AccountId, Amount, HoldTerms, Metadata, Movement, RuleError, Transaction, TxId,
+    AccountId, Amount, Asset, HoldTerms, Metadata, Movement, RuleError, Transaction, TxId,
 };
 use crate::keys::ApiKey;
 
@@ -21,6 +21,7 @@ pub enum Posted {
         amount: Amount,
         timeout_s: Option<u64>,
         metadata: Metadata,
+        asset: Option<Asset>,
     },
     /// `capture`: `Some(amount)` (`Some(None)`: all of it); `None`: a void.
     EndsHold {
@@ -28,6 +29,7 @@ pub enum Posted {
         hold: TxId,
         capture: Option<Option<Amount>>,
         metadata: Metadata,
+        asset: Option<Asset>,
     },
 }
 
@@ -64,7 +66,7 @@ impl Posted {
         terms: Option<HoldTerms>,
     ) -> Result<Transaction, RuleError> {
         let id = self.id().clone();
-        let (movement, metadata) = match self {
+        let (movement, metadata, asset) = match self {
             Self::Ready(tx) => return Ok(tx),
             Self::Hold {
                 account,
@@ -72,6 +74,7 @@ impl Posted {
                 amount,
                 timeout_s,
                 metadata,
+                asset,
                 ..
             } => {
                 let timeout_s = match timeout_s {
@@ -89,12 +92,13 @@ impl Posted {
                     amount,
                     timeout_s,
                 };
-                (hold, metadata)
+                (hold, metadata, asset)
             }
             Self::EndsHold {
                 hold,
                 capture,
                 metadata,
+                asset,
                 ..
             } => {
                 let terms = terms.ok_or_else(|| RuleError::UnknownHold(hold.to_string()))?;
@@ -111,13 +115,14 @@ impl Posted {
                         amount: terms.amount,
                     },
                 };
-                (ends, metadata)
+                (ends, metadata, asset)
             }
         };
         Ok(Transaction {
             id,
             movement,
             metadata,
+            asset,
         })
     }
 }

@@ -6,22 +6,25 @@
 //! for its capture, the accounts a key must see, the metadata) decodes it.
 //!
 //! The text: `kind|account|to|amount`, then `|timeout_s` for a hold or
-//! `|hold` for a capture, void or expiry (`to` empty when there is none);
-//! then, when there is metadata, a newline and its canonical JSON (which
-//! escapes every newline, so the first one always ends the movement).
+//! `|hold` for a capture, void or expiry (`to` empty when there is none),
+//! then ` asset` (a space and the asset) when it names one; then, when
+//! there is metadata, a newline and its canonical JSON (which escapes
+//! every newline, so the first one always ends the movement). A body of
+//! an earlier version (no asset) keeps its text.
 
-use super::{AccountId, Amount, HoldTerms, Kind, Metadata, Movement, TxId};
+use super::{AccountId, Amount, Asset, HoldTerms, Kind, Metadata, Movement, TxId};
 
 /// A transaction's body as its id is bound to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Binding {
     pub movement: Movement,
     pub metadata: Metadata,
+    pub asset: Option<Asset>,
 }
 
 impl Binding {
     /// The canonical text of a body.
-    pub fn encode(movement: &Movement, metadata: &Metadata) -> String {
+    pub fn encode(movement: &Movement, metadata: &Metadata, asset: Option<&Asset>) -> String {
         let base = format!(
             "{}|{}|{}|{}",
             movement.kind(),
@@ -29,13 +32,16 @@ impl Binding {
             movement.to().map(AccountId::as_str).unwrap_or(""),
             movement.amount().minor_units()
         );
-        let movement = match movement {
+        let mut movement = match movement {
             Movement::Hold { timeout_s, .. } => format!("{base}|{timeout_s}"),
             _ => match movement.ended_hold() {
                 Some(hold) => format!("{base}|{hold}"),
                 None => base,
             },
         };
+        if let Some(asset) = asset {
+            movement = format!("{movement} {asset}");
+        }
         match metadata.is_empty() {
             true => movement,
             false => format!("{movement}\n{}", metadata.to_json()),
@@ -48,6 +54,10 @@ impl Binding {
         let (movement, metadata) = match text.split_once('\n') {
             Some((movement, json)) => (movement, serde_json::from_str(json).ok()?),
             None => (text, Metadata::default()),
+        };
+        let (movement, asset) = match movement.split_once(' ') {
+            Some((movement, asset)) => (movement, Some(Asset::parse(asset).ok()?)),
+            None => (movement, None),
         };
         let mut parts = movement.split('|');
         let kind = Kind::parse(parts.next()?)?;
@@ -92,7 +102,11 @@ impl Binding {
             },
             (Kind::Void | Kind::Expire, Some(_)) => return None,
         };
-        Some(Self { movement, metadata })
+        Some(Self {
+            movement,
+            metadata,
+            asset,
+        })
     }
 
     /// The terms of the hold this binds, if it binds one.
@@ -181,19 +195,23 @@ mod tests {
         ]
     }
 
-    /// Every kind of body, with and without metadata, decodes back from
-    /// its text to itself.
+    /// Every kind of body, with and without metadata and an asset, decodes
+    /// back from its text to itself.
     #[test]
     fn every_body_decodes_from_its_text() {
         let tagged: Metadata = serde_json::from_str(r#"{"b":"2","a":"1|x\ny"}"#).unwrap();
+        let usd = Asset::parse("USD/2").unwrap();
         for movement in every_kind() {
             for metadata in [Metadata::default(), tagged.clone()] {
-                let text = Binding::encode(&movement, &metadata);
-                let bound = Binding {
-                    movement: movement.clone(),
-                    metadata,
-                };
-                assert_eq!(Binding::decode(&text), Some(bound), "{text}");
+                for asset in [None, Some(&usd)] {
+                    let text = Binding::encode(&movement, &metadata, asset);
+                    let bound = Binding {
+                        movement: movement.clone(),
+                        metadata: metadata.clone(),
+                        asset: asset.cloned(),
+                    };
+                    assert_eq!(Binding::decode(&text), Some(bound), "{text}");
+                }
             }
         }
     }
@@ -203,7 +221,7 @@ mod tests {
         let tagged: Metadata = serde_json::from_str(r#"{"b":"2","a":"1|x\ny"}"#).unwrap();
         let texts: Vec<String> = every_kind()
             .iter()
-            .map(|movement| Binding::encode(movement, &Metadata::default()))
+            .map(|movement| Binding::encode(movement, &Metadata::default(), None))
             .collect();
         assert_eq!(
             texts,
@@ -220,8 +238,13 @@ mod tests {
             ]
         );
         assert_eq!(
-            Binding::encode(&every_kind()[3], &tagged),
+            Binding::encode(&every_kind()[3], &tagged, None),
             "hold|a|b|5|30\n{\"a\":\"1|x\\ny\",\"b\":\"2\"}"
+        );
+        let usd = Asset::parse("USD/2").unwrap();
+        assert_eq!(
+            Binding::encode(&every_kind()[3], &tagged, Some(&usd)),
+            "hold|a|b|5|30 USD/2\n{\"a\":\"1|x\\ny\",\"b\":\"2\"}"
         );
     }
 
@@ -258,6 +281,9 @@ mod tests {
             "refund|a||5",
             "debit|a||5\nnot json",
             "debit|a||0",
+            "debit|a||5 usd",
+            "debit|a||5 ",
+            "debit|a||5 USD/2 EUR/2",
         ] {
             assert_eq!(Binding::decode(broken), None, "{broken}");
         }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{AccountId, Amount, Metadata, RuleError, TxId};
+use super::{AccountId, Amount, Asset, Metadata, RuleError, TxId};
 
 /// The kind of a movement: what a request's `type` names (all but
 /// `expire`, which only the engine makes), and the first part of its
@@ -226,12 +226,14 @@ impl Movement {
     }
 }
 
-/// A validated transaction: an id, a movement and its metadata.
+/// A validated transaction: an id, a movement, its metadata, and the asset
+/// it names (every account it touches must hold it; `None`: not named).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transaction {
     pub id: TxId,
     pub movement: Movement,
     pub metadata: Metadata,
+    pub asset: Option<Asset>,
 }
 
 impl Transaction {
@@ -239,7 +241,7 @@ impl Transaction {
     /// requests with one id are the same request exactly when theirs are
     /// equal.
     pub fn fingerprint(&self) -> String {
-        super::Binding::encode(&self.movement, &self.metadata)
+        super::Binding::encode(&self.movement, &self.metadata, self.asset.as_ref())
     }
 }
 

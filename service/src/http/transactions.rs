@@ -16,7 +16,9 @@ use super::problem::{Problem, ProblemBody};
 use super::status::{status_response, TransactionView};
 use super::ApiState;
 use crate::admission::{Admitted, Posted, Refused};
-use crate::domain::{AccountId, Amount, Kind, Metadata, Movement, RuleError, Transaction, TxId};
+use crate::domain::{
+    AccountId, Amount, Asset, Kind, Metadata, Movement, RuleError, Transaction, TxId,
+};
 use crate::limits::{MAX_BODY_BYTES, MAX_MINOR_UNITS};
 
 /// The body of `POST /transactions`, before any rule is checked. Wrong JSON
@@ -56,6 +58,11 @@ pub(super) struct TransactionRequest {
     /// of what the id is bound to (absent, `null` and `{}` are the same).
     /// Returned by `GET /transactions/{id}` and in the account's history.
     metadata: Option<BTreeMap<String, String>>,
+    /// The asset every account it touches must hold (`USD/2`); given, the
+    /// transaction is `rejected` `asset_mismatch` where one does not. Part
+    /// of what the id is bound to.
+    #[schema(pattern = "^[A-Z][A-Z0-9_]{0,15}(/[0-9]{1,2})?$", example = "USD/2")]
+    asset: Option<String>,
 }
 
 /// The kinds of movement a request may name (documentation only: the
@@ -101,6 +108,7 @@ impl TransactionRequest {
         self,
         id: TxId,
         metadata: Metadata,
+        asset: Option<Asset>,
         capture: bool,
         amount: Option<Amount>,
     ) -> Result<Posted, RuleError> {
@@ -122,6 +130,7 @@ impl TransactionRequest {
             hold,
             capture: capture.then_some(amount),
             metadata,
+            asset,
         })
     }
 
@@ -132,6 +141,7 @@ impl TransactionRequest {
             (None, None) => TxId::generate(),
         };
         let metadata = Metadata::try_from(self.metadata.take().unwrap_or_default())?;
+        let asset = self.asset.take().as_deref().map(Asset::parse).transpose()?;
         let kind = match self.kind.as_deref() {
             Some(raw) => Kind::posted(raw)?,
             None => Kind::Debit,
@@ -146,7 +156,7 @@ impl TransactionRequest {
             .map(|amount| Amount::new(parse_minor_units(amount, "amount")?))
             .transpose()?;
         if matches!(kind, Kind::Capture | Kind::Void) {
-            return self.into_hold_end(id, metadata, kind == Kind::Capture, amount);
+            return self.into_hold_end(id, metadata, asset, kind == Kind::Capture, amount);
         }
         if self.hold.is_some() {
             return Err(not_a_field("hold"));
@@ -179,6 +189,7 @@ impl TransactionRequest {
                 amount,
                 timeout_s,
                 metadata,
+                asset,
             });
         }
         let movement = Movement::new(kind, account, to, amount)?;
@@ -186,6 +197,7 @@ impl TransactionRequest {
             id,
             movement,
             metadata,
+            asset,
         }))
     }
 }

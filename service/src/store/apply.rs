@@ -112,14 +112,18 @@ impl Store {
         Ok(match (&record.saga, tx.movement.credited()) {
             (None, _) if tx.movement.is_of_a_hold() => self.hold_command(record, now_ms),
             (None, _) if !self.layout.needs_saga(tx) => self.apply_command(tx, now_ms),
-            (None, Some(_)) => saga_step(account, StepKind::Debit, None),
+            (None, Some(_)) => saga_step(account, StepKind::Debit, tx.asset.as_ref()),
             (
                 Some(SagaStep::Credit {
                     debited_asset: asset,
                     ..
                 }),
                 Some(to),
-            ) => saga_step(to.as_str(), StepKind::Credit, asset.as_ref()),
+            ) => saga_step(
+                to.as_str(),
+                StepKind::Credit,
+                asset.as_ref().or(tx.asset.as_ref()),
+            ),
             (Some(step @ SagaStep::Settle { .. }), Some(_)) => {
                 saga_step(account, step.kind(), None)
             }
@@ -145,6 +149,7 @@ impl Store {
             args: self.flag_args(tx, tx.movement.kind().as_str(), now_ms),
             to_name: to.unwrap_or(""),
             account_name: account,
+            asset: tx.asset.as_ref().map_or("", Asset::as_str),
         };
         StepCall::new(layout.shard_of(account), &self.scripts.apply, call.write())
     }
@@ -217,6 +222,7 @@ impl Store {
             to_name: movement.to().map_or("", AccountId::as_str),
             hold_id: hold,
             account_name: account,
+            asset: tx.asset.as_ref().map_or("", Asset::as_str),
         };
         StepCall::new(shard, &self.scripts.hold, call.write())
     }

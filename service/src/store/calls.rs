@@ -106,6 +106,8 @@ pub(super) struct AtomicUpdateCall<'a> {
     pub to_name: &'a str,
     /// ARGV[10]: the checked account's name.
     pub account_name: &'a str,
+    /// ARGV[11]: the asset the transaction names ('' : none).
+    pub asset: &'a str,
 }
 
 impl AtomicUpdateCall<'_> {
@@ -117,7 +119,9 @@ impl AtomicUpdateCall<'_> {
             to.write(&mut keys);
         }
         self.args.write(&mut args);
-        args.arg(self.to_name).arg(self.account_name);
+        args.arg(self.to_name)
+            .arg(self.account_name)
+            .arg(self.asset);
         (keys, args)
     }
 }
@@ -136,8 +140,8 @@ pub(super) struct SagaStepCall<'a> {
     pub kind: &'a str,
     /// ARGV[11]: a capture's hold id ('' for a transfer).
     pub hold_id: &'a str,
-    /// ARGV[12]: a credit's asset, as its debit answered it ('' : not
-    /// known, not checked).
+    /// ARGV[12]: the asset the money must be of ('' : none named): a
+    /// debit's, the transaction's; a credit's, the one its debit answered.
     pub asset: &'a str,
 }
 
@@ -179,6 +183,8 @@ pub(super) struct HoldCall<'a> {
     pub hold_id: &'a str,
     /// ARGV[13]: the account's name (`to`'s counterparty).
     pub account_name: &'a str,
+    /// ARGV[14]: the asset the transaction names ('' : none).
+    pub asset: &'a str,
 }
 
 impl HoldCall<'_> {
@@ -196,7 +202,8 @@ impl HoldCall<'_> {
             .arg(self.timeout_ms)
             .arg(self.to_name)
             .arg(self.hold_id)
-            .arg(self.account_name);
+            .arg(self.account_name)
+            .arg(self.asset);
         (keys, args)
     }
 }
@@ -251,6 +258,7 @@ mod tests {
             (
                 "atomic_update",
                 AtomicUpdateCall {
+                    asset: "",
                     account: account(&layout),
                     to: to(),
                     args: flag_args(),
@@ -275,6 +283,7 @@ mod tests {
             (
                 "hold",
                 HoldCall {
+                    asset: "",
                     account: account(&layout),
                     hold: "hold".into(),
                     holds_due: "due".into(),

@@ -318,6 +318,7 @@ mod tests {
             layout.step("alice", id, "apply")
         );
         let transfer = |to: &str| crate::domain::Transaction {
+            asset: None,
             metadata: Default::default(),
             id: TxId::parse("t").unwrap(),
             movement: Movement::new(
