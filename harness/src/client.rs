@@ -10,7 +10,7 @@ use anyhow::Context;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::workload::account_name;
+use crate::workload::{account_name, AccountSpec, Ledger};
 
 /// The rate limit of the keys the harness makes for itself: the largest a
 /// key may have, far above any load here, so every request pays for the
@@ -217,11 +217,11 @@ impl ApiClient {
 
     /// The balance of `account`, `None` if it does not exist; any other
     /// answer (a 503, say) is an error.
-    pub async fn balance(&self, account: &str) -> anyhow::Result<Option<u64>> {
+    pub async fn balance(&self, account: &str) -> anyhow::Result<Option<i64>> {
         let (status, body) = self.get(&format!("/balance/{account}")).await?;
         match status {
             StatusCode::OK => body["balance"]
-                .as_u64()
+                .as_i64()
                 .map(Some)
                 .with_context(|| format!("GET /balance/{account}: no balance in {body}")),
             StatusCode::NOT_FOUND => Ok(None),
@@ -245,9 +245,30 @@ impl ApiClient {
         Ok(start)
     }
 
+    /// Makes accounts `acct-0 .. acct-{count-1}` as a scenario has them
+    /// ([`AccountSpec::of_scenario`]: two assets, overdrafts, caps), each
+    /// funded through the admin setter; returns the ledger's start (the
+    /// balances and the specs).
+    pub async fn open_accounts(&self, count: usize, balance: u64) -> anyhow::Result<Ledger> {
+        let mut opened = Ledger::default();
+        for i in 0..count {
+            let account = account_name(i);
+            let (spec, start) = AccountSpec::of_scenario(i, balance);
+            let (status, body) = self.put_account(&account, &spec.request_body()).await?;
+            anyhow::ensure!(
+                status.is_success(),
+                "PUT /accounts/{account}: {status} {body}"
+            );
+            self.set_balance(&account, start).await?;
+            opened.start.insert(account.clone(), start);
+            opened.accounts.insert(account, spec);
+        }
+        Ok(opened)
+    }
+
     /// The balances of `acct-0 .. acct-{count-1}`; an account that does not
     /// exist is an error.
-    pub async fn balances(&self, count: usize) -> anyhow::Result<HashMap<String, u64>> {
+    pub async fn balances(&self, count: usize) -> anyhow::Result<HashMap<String, i64>> {
         let mut all = HashMap::new();
         for i in 0..count {
             let account = account_name(i);

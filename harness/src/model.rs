@@ -7,13 +7,15 @@ use std::collections::HashMap;
 
 use txengine::limits::MAX_MINOR_UNITS;
 
-use crate::workload::{Kind, SentTx};
+use crate::workload::{AccountSpec, Kind, SentTx};
 
 /// Balances, money sagas took out of an account and have not settled,
-/// money holds keep (`pending`), and the holds.
+/// money holds keep (`pending`), the holds, and each account's asset and
+/// bounds (an account without a spec has the default ones).
 #[derive(Debug, Clone, Default)]
 pub struct Books {
-    pub balances: HashMap<String, u64>,
+    pub balances: HashMap<String, i64>,
+    pub specs: HashMap<String, AccountSpec>,
     pub held: HashMap<String, u64>,
     pub pending: HashMap<String, u64>,
     /// Each hold by id: its amount, and whether it is still active.
@@ -27,9 +29,21 @@ pub struct Books {
 impl Books {
     pub fn new(balances: HashMap<String, u64>) -> Self {
         Self {
-            balances,
+            balances: balances
+                .into_iter()
+                .map(|(account, balance)| (account, balance as i64))
+                .collect(),
             ..Self::default()
         }
+    }
+
+    /// The same books, with the accounts' assets and bounds.
+    pub fn with_specs(self, specs: HashMap<String, AccountSpec>) -> Self {
+        Self { specs, ..self }
+    }
+
+    fn spec(&self, account: &str) -> AccountSpec {
+        self.specs.get(account).cloned().unwrap_or_default()
     }
 
     fn held(&self, account: &str) -> u64 {
@@ -40,9 +54,10 @@ impl Books {
         self.pending.get(account).copied().unwrap_or(0)
     }
 
-    /// What may leave `account` of `balance`.
-    fn available(&self, account: &str, balance: u64) -> u64 {
-        balance.saturating_sub(self.pending(account))
+    /// Whether `amount` may leave `account`, whose balance is `balance`:
+    /// what holds do not keep, down to its `min_balance`.
+    fn may_pay(&self, account: &str, balance: i64, amount: u64) -> bool {
+        balance - self.pending(account) as i64 - amount as i64 >= self.spec(account).min_balance
     }
 
     /// Whether the step just before ended `hold` as `state`.
@@ -69,10 +84,28 @@ impl Books {
         decided
     }
 
-    /// Room to credit `account` without passing 2^53-1, keeping what it
-    /// may be refunded.
-    fn room(&self, account: &str, balance: u64) -> u64 {
-        MAX_MINOR_UNITS - balance - self.held(account)
+    /// Why `amount` may not be credited to `account` (balance `balance`),
+    /// money of `asset` (`None`: not checked): another asset, or past its
+    /// `max_balance` counting what it may be refunded.
+    fn credit_refusal(
+        &self,
+        account: &str,
+        balance: i64,
+        amount: u64,
+        asset: Option<&str>,
+    ) -> Option<&'static str> {
+        let spec = self.spec(account);
+        if asset.is_some_and(|asset| asset != spec.asset) {
+            return Some("asset_mismatch");
+        }
+        if balance + self.held(account) as i64 + amount as i64 <= spec.max_balance {
+            return None;
+        }
+        Some(if spec.max_balance == MAX_MINOR_UNITS as i64 {
+            "balance_overflow"
+        } else {
+            "max_balance_exceeded"
+        })
     }
 }
 
@@ -122,11 +155,11 @@ impl SagaStep {
 
 /// Decides `tx` in one script against `books` and, when it applies, moves
 /// the money. `Ok(balance_after)` of the checked account, or `Err(reason)`.
-pub fn decide(books: &mut Books, tx: &SentTx) -> Result<u64, &'static str> {
+pub fn decide(books: &mut Books, tx: &SentTx) -> Result<i64, &'static str> {
     books.after_one_step(|books| decide_after(books, tx))
 }
 
-fn decide_after(books: &mut Books, tx: &SentTx) -> Result<u64, &'static str> {
+fn decide_after(books: &mut Books, tx: &SentTx) -> Result<i64, &'static str> {
     let hold = tx.hold.as_deref().unwrap_or_default();
     match tx.kind {
         Kind::Hold { .. } => decide_hold(books, tx),
@@ -142,12 +175,12 @@ fn decide_after(books: &mut Books, tx: &SentTx) -> Result<u64, &'static str> {
 }
 
 /// A hold: the account's `pending` rises by its amount if it is available.
-fn decide_hold(books: &mut Books, tx: &SentTx) -> Result<u64, &'static str> {
+fn decide_hold(books: &mut Books, tx: &SentTx) -> Result<i64, &'static str> {
     let Some(source) = books.balances.get(&tx.account).copied() else {
         books.holds.insert(tx.id.clone(), (tx.amount, false));
         return Err("unknown_account");
     };
-    if books.available(&tx.account, source) < tx.amount {
+    if !books.may_pay(&tx.account, source, tx.amount) {
         books.holds.insert(tx.id.clone(), (tx.amount, false));
         return Err("insufficient_funds");
     }
@@ -161,18 +194,21 @@ fn decide_hold(books: &mut Books, tx: &SentTx) -> Result<u64, &'static str> {
 
 /// A capture of `hold`: applied only when the hold ended captured just now
 /// (its amount moved), else the refusal the script would give.
-fn decide_capture(books: &mut Books, tx: &SentTx, hold: &str) -> Result<u64, &'static str> {
+fn decide_capture(books: &mut Books, tx: &SentTx, hold: &str) -> Result<i64, &'static str> {
     let source = books.balances.get(&tx.account).copied().unwrap_or(0);
     if books.ended_just_now(hold, &["captured"]) {
         // As the script checks before it ends the hold: `to`
         // exists and has room, and the money is there.
         if let Some(to) = tx.to.as_deref() {
-            let destination = room_for(books, to, tx.amount)?;
+            let destination = room_for(books, tx, to)?;
             books
                 .balances
-                .insert(to.to_owned(), destination + tx.amount);
+                .insert(to.to_owned(), destination + tx.amount as i64);
         }
-        let after = source.checked_sub(tx.amount).ok_or("balance_below_hold")?;
+        let after = source - tx.amount as i64;
+        if after < books.spec(&tx.account).min_balance {
+            return Err("balance_below_hold");
+        }
         books.balances.insert(tx.account.clone(), after);
         return Ok(after);
     }
@@ -184,65 +220,63 @@ fn decide_capture(books: &mut Books, tx: &SentTx, hold: &str) -> Result<u64, &'s
         return Err("exceeds_hold");
     }
     if let Some(to) = tx.to.as_deref() {
-        room_for(books, to, tx.amount)?;
+        room_for(books, tx, to)?;
     }
     Err("active_hold_not_captured")
 }
 
-/// The balance of `to` when it exists and has room for `amount` more.
-fn room_for(books: &Books, to: &str, amount: u64) -> Result<u64, &'static str> {
+/// The balance of `to` when it exists, holds the asset of `tx`'s account
+/// and has room for `tx`'s amount more.
+fn room_for(books: &Books, tx: &SentTx, to: &str) -> Result<i64, &'static str> {
     let destination = books.balances.get(to).copied().ok_or("unknown_account")?;
-    if amount > books.room(to, destination) {
-        return Err("balance_overflow");
+    let asset = books.spec(&tx.account).asset;
+    match books.credit_refusal(to, destination, tx.amount, Some(&asset)) {
+        Some(refusal) => Err(refusal),
+        None => Ok(destination),
     }
-    Ok(destination)
 }
 
 /// A credit, debit or transfer in one step.
-fn decide_movement(books: &mut Books, tx: &SentTx) -> Result<u64, &'static str> {
+fn decide_movement(books: &mut Books, tx: &SentTx) -> Result<i64, &'static str> {
     let source = books
         .balances
         .get(&tx.account)
         .copied()
         .ok_or("unknown_account")?;
+    let amount = tx.amount as i64;
     if tx.kind == Kind::Credit {
-        if tx.amount > books.room(&tx.account, source) {
-            return Err("balance_overflow");
+        if let Some(refusal) = books.credit_refusal(&tx.account, source, tx.amount, None) {
+            return Err(refusal);
         }
-        books
-            .balances
-            .insert(tx.account.clone(), source + tx.amount);
-        return Ok(source + tx.amount);
+        books.balances.insert(tx.account.clone(), source + amount);
+        return Ok(source + amount);
     }
-    if books.available(&tx.account, source) < tx.amount {
+    if !books.may_pay(&tx.account, source, tx.amount) {
         return Err("insufficient_funds");
     }
     if let Some(to) = tx.to.as_deref().filter(|_| tx.kind == Kind::Transfer) {
-        let destination = room_for(books, to, tx.amount)?;
-        books
-            .balances
-            .insert(to.to_owned(), destination + tx.amount);
+        let destination = room_for(books, tx, to)?;
+        books.balances.insert(to.to_owned(), destination + amount);
     }
-    books
-        .balances
-        .insert(tx.account.clone(), source - tx.amount);
-    Ok(source - tx.amount)
+    books.balances.insert(tx.account.clone(), source - amount);
+    Ok(source - amount)
 }
 
 /// Decides one saga step of transfer `tx` against `books`, moving money as
 /// the script does. `Ok(balance_after)` of the step's account, or
 /// `Err(reason)` when a debit or a credit is refused.
-pub fn decide_step(books: &mut Books, tx: &SentTx, step: SagaStep) -> Result<u64, &'static str> {
+pub fn decide_step(books: &mut Books, tx: &SentTx, step: SagaStep) -> Result<i64, &'static str> {
     books.after_one_step(|books| decide_step_after(books, tx, step))
 }
 
-fn decide_step_after(books: &mut Books, tx: &SentTx, step: SagaStep) -> Result<u64, &'static str> {
+fn decide_step_after(books: &mut Books, tx: &SentTx, step: SagaStep) -> Result<i64, &'static str> {
     let account = match step {
         SagaStep::Credit => tx.to.as_deref().unwrap_or_default(),
         _ => tx.account.as_str(),
     };
     let balance = books.balances.get(account).copied();
     let held = books.held(account);
+    let amount = tx.amount as i64;
     match step {
         SagaStep::Debit if tx.kind == Kind::Capture => {
             // A capture to another slot: its hold, ended just before (as
@@ -257,34 +291,33 @@ fn decide_step_after(books: &mut Books, tx: &SentTx, step: SagaStep) -> Result<u
                 }
                 return Err("active_hold_not_captured");
             }
-            let after = balance
-                .unwrap_or(0)
-                .checked_sub(tx.amount)
-                .ok_or("balance_below_hold")?;
+            let after = balance.unwrap_or(0) - amount;
+            if after < books.spec(account).min_balance {
+                return Err("balance_below_hold");
+            }
             books.held.insert(account.to_owned(), held + tx.amount);
             books.balances.insert(account.to_owned(), after);
             Ok(after)
         }
         SagaStep::Debit => {
             let balance = balance.ok_or("unknown_account")?;
-            if books.available(account, balance) < tx.amount {
+            if !books.may_pay(account, balance, tx.amount) {
                 return Err("insufficient_funds");
             }
             books.held.insert(account.to_owned(), held + tx.amount);
-            books
-                .balances
-                .insert(account.to_owned(), balance - tx.amount);
-            Ok(balance - tx.amount)
+            books.balances.insert(account.to_owned(), balance - amount);
+            Ok(balance - amount)
         }
         SagaStep::Credit => {
             let balance = balance.ok_or("unknown_account")?;
-            if tx.amount > books.room(account, balance) {
-                return Err("balance_overflow");
+            // The money is of the source's asset, as its debit answered.
+            let asset = books.spec(&tx.account).asset;
+            if let Some(refusal) = books.credit_refusal(account, balance, tx.amount, Some(&asset))
+            {
+                return Err(refusal);
             }
-            books
-                .balances
-                .insert(account.to_owned(), balance + tx.amount);
-            Ok(balance + tx.amount)
+            books.balances.insert(account.to_owned(), balance + amount);
+            Ok(balance + amount)
         }
         SagaStep::Release | SagaStep::Refund => {
             let balance = balance.unwrap_or(0);
@@ -295,10 +328,8 @@ fn decide_step_after(books: &mut Books, tx: &SentTx, step: SagaStep) -> Result<u
             if step == SagaStep::Release {
                 return Ok(balance);
             }
-            books
-                .balances
-                .insert(account.to_owned(), balance + tx.amount);
-            Ok(balance + tx.amount)
+            books.balances.insert(account.to_owned(), balance + amount);
+            Ok(balance + amount)
         }
     }
 }

@@ -13,6 +13,78 @@ pub fn account_name(index: usize) -> String {
     format!("acct-{index}")
 }
 
+/// An account's asset and bounds, as a run makes it (`PUT /accounts`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountSpec {
+    pub asset: String,
+    pub min_balance: i64,
+    pub max_balance: i64,
+}
+
+/// What an account made without a spec has: the engine's default asset
+/// (`--default-asset`, `XXX`), no overdraft, no cap but 2^53-1.
+impl Default for AccountSpec {
+    fn default() -> Self {
+        Self {
+            asset: "XXX".into(),
+            min_balance: 0,
+            max_balance: MAX_MINOR_UNITS as i64,
+        }
+    }
+}
+
+/// The scenarios' two assets.
+pub const ASSETS: [&str; 2] = ["USD/2", "EUR/2"];
+
+impl AccountSpec {
+    /// Account number `index` of a scenario whose accounts hold `balance`
+    /// each, and the balance it starts with. Of every four: a plain one;
+    /// one with an overdraft down to `-balance`, starting at 0 (so debits
+    /// take it below 0 and meet its floor); one capped at `balance` plus a
+    /// tenth (credits meet the cap); and one of the second asset (transfers
+    /// between it and the others are `asset_mismatch`).
+    pub fn of_scenario(index: usize, balance: u64) -> (Self, u64) {
+        let signed = balance as i64;
+        let plain = Self {
+            asset: ASSETS[0].into(),
+            ..Self::default()
+        };
+        match index % 4 {
+            1 => (
+                Self {
+                    min_balance: -signed,
+                    ..plain
+                },
+                0,
+            ),
+            2 => (
+                Self {
+                    max_balance: signed + signed / 10,
+                    ..plain
+                },
+                balance,
+            ),
+            3 => (
+                Self {
+                    asset: ASSETS[1].into(),
+                    ..plain
+                },
+                balance,
+            ),
+            _ => (plain, balance),
+        }
+    }
+
+    /// The body of `PUT /accounts/{account}` that makes it.
+    pub fn request_body(&self) -> serde_json::Value {
+        serde_json::json!({
+            "asset": self.asset,
+            "min_balance": self.min_balance,
+            "max_balance": self.max_balance,
+        })
+    }
+}
+
 /// How a run's transfers pick their destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -242,10 +314,13 @@ impl Kind {
     }
 }
 
-/// The record of a run: starting balances, accepted and refused requests.
+/// The record of a run: starting balances, the accounts' assets and bounds
+/// (an account not named has the default ones), accepted and refused
+/// requests.
 #[derive(Debug, Default, Clone)]
 pub struct Ledger {
     pub start: HashMap<String, u64>,
+    pub accounts: HashMap<String, AccountSpec>,
     pub accepted: Vec<SentTx>,
     /// Ids of requests that were answered with an error (4xx/5xx).
     pub refused: Vec<String>,

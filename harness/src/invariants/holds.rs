@@ -283,7 +283,8 @@ fn wrong_ends(
 }
 
 /// Each account's `pending` is what its active holds keep (`pending_of`),
-/// and at most its balance (its available money is never below 0).
+/// and its balance less it is at least its `min_balance` (what may leave
+/// it is never below 0).
 async fn check_pending(
     reader: &Reader,
     ledger: &Ledger,
@@ -291,7 +292,7 @@ async fn check_pending(
     verdict: &mut Verdict,
 ) -> anyhow::Result<()> {
     let accounts: Vec<&String> = ledger.start.keys().collect();
-    let rows: Vec<(Option<u64>, Option<u64>)> = reader
+    let rows: Vec<(Option<u64>, Option<i64>)> = reader
         .query(
             accounts
                 .iter()
@@ -307,9 +308,15 @@ async fn check_pending(
                 "account {account}: pending {pending}, but its active holds keep {active}"
             ));
         }
-        if pending > balance.unwrap_or(0) {
+        let min = ledger
+            .accounts
+            .get(account.as_str())
+            .cloned()
+            .unwrap_or_default()
+            .min_balance;
+        if balance.unwrap_or(0) - (pending as i64) < min {
             verdict.violations.push(format!(
-                "account {account}: pending {pending} above its balance {balance:?} (available below 0)"
+                "account {account}: pending {pending} leaves its balance {balance:?} below its min_balance {min} (available below 0)"
             ));
         }
     }

@@ -2,8 +2,11 @@
 //! cluster, where keys spread over slots):
 //! - every accepted transaction has exactly one outcome (applied or rejected);
 //! - every account's balance equals its start plus the applied movements
-//!   (so money is conserved: transfers move it, credits and debits are counted);
-//! - no balance is below 0 or above 2^53-1;
+//!   (so money is conserved: transfers move it, credits and debits are counted),
+//!   and per asset the balances add up to their start plus the asset's
+//!   applied credits less its debits (no money crossed between assets);
+//! - no balance is outside its account's bounds, and each account holds
+//!   the asset it was made with;
 //! - no outcome exists for a refused request;
 //! - every saga (a transfer between slots) ended: debited, then credited and
 //!   released, or refused and refunded; a refund only where the credit was
@@ -30,7 +33,8 @@
 //! - `outcomes.rs`: one outcome per accepted transaction, none per refused
 //!   request; counts, reasons and accept-to-apply times.
 //! - `balances.rs`: the expected balances (start plus the applied log) and
-//!   each account's balance against them, its range and the totals.
+//!   each account's balance against them, its bounds and asset, and the
+//!   totals per asset.
 //! - `steps.rs`: the flags that applies and saga steps leave, read once for
 //!   the sagas and the replay.
 //! - `sagas.rs`: every saga ended as its steps say; nothing in flight or held.

@@ -3,9 +3,7 @@
 //! no refused request has one. Applied transactions, and uncertain ones that
 //! Redis says applied, move the expected balances.
 
-use std::collections::HashMap;
-
-use super::balances::apply_to;
+use super::balances::{apply_to, Expected};
 use super::{Reader, Verdict};
 use crate::workload::Ledger;
 
@@ -14,7 +12,7 @@ use crate::workload::Ledger;
 pub(super) async fn apply_uncertain<'l>(
     reader: &Reader,
     ledger: &'l Ledger,
-    expected: &mut HashMap<&'l str, i128>,
+    expected: &mut Expected<'l>,
 ) -> anyhow::Result<()> {
     let states: Vec<Option<String>> = reader
         .query(
@@ -39,7 +37,7 @@ pub(super) async fn apply_uncertain<'l>(
 pub(super) async fn check_accepted<'l>(
     reader: &Reader,
     ledger: &'l Ledger,
-    expected: &mut HashMap<&'l str, i128>,
+    expected: &mut Expected<'l>,
     verdict: &mut Verdict,
 ) -> anyhow::Result<()> {
     let mut accept_to_applied_ms = crate::measure::precise_histogram();

@@ -118,7 +118,7 @@ async fn unexplained_seqs(
 /// (at most [`MAX_DISAGREEMENTS`] steps' worth).
 fn replay_shards(ledger: &Ledger, by_shard: HashMap<u32, Vec<Event<'_>>>) -> Vec<String> {
     let mut violations = Vec::new();
-    let mut books = Books::new(ledger.start.clone());
+    let mut books = Books::new(ledger.start.clone()).with_specs(ledger.accounts.clone());
     let mut shards: Vec<_> = by_shard.into_iter().collect();
     shards.sort_by_key(|(shard, _)| *shard);
     for (_, mut events) in shards {

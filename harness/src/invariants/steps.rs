@@ -12,7 +12,7 @@ pub(super) struct Flag {
     pub(super) seq: Option<u64>,
     pub(super) state: Option<String>,
     pub(super) reason: String,
-    pub(super) balance_after: Option<u64>,
+    pub(super) balance_after: Option<i64>,
 }
 
 /// The flags of one transaction: one apply, or the steps of its saga.

@@ -354,6 +354,7 @@ fn http_result(
 fn take_ledger(state: &RunState) -> Ledger {
     Ledger {
         start: HashMap::new(),
+        accounts: HashMap::new(),
         accepted: std::mem::take(&mut *state.accepted.lock().expect("ledger lock")),
         refused: std::mem::take(&mut *state.refused.lock().expect("ledger lock")),
         uncertain: std::mem::take(&mut *state.in_flight.lock().expect("in-flight lock"))

@@ -2,7 +2,6 @@
 //! ledger against the invariants and the scenario's expectations, and the
 //! replays that must move no money.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
@@ -48,7 +47,7 @@ pub(super) async fn judge_ledger(
     infra: &Infra,
     config: &txengine::Config,
     results: ClientResults,
-    start: HashMap<String, u64>,
+    opened: Ledger,
     failures: &mut Vec<String>,
 ) -> anyhow::Result<(invariants::Verdict, Ledger)> {
     if scenario.expect.topic_holds_accepted {
@@ -61,10 +60,10 @@ pub(super) async fn judge_ledger(
         ));
     }
     let ledger = Ledger {
-        start,
         accepted: results.accepted,
         refused: results.refused,
         uncertain: results.uncertain,
+        ..opened
     };
     let verdict = invariants::check(infra, config, &ledger).await?;
     check_expectations(scenario, &verdict, failures);

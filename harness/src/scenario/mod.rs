@@ -14,7 +14,6 @@ mod faults;
 mod file;
 mod judge;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,6 +27,7 @@ use crate::infra::Infra;
 use crate::invariants;
 use crate::measure::wait_drained;
 use crate::stack::{isolated_config, EngineProcess};
+use crate::workload::Ledger;
 use answers::{check_refusals, send_until_answered, Answer, Attempt, ClientResults};
 pub use answers::{publication_failures, Availability};
 use faults::{check_faults_fit, inject};
@@ -112,7 +112,8 @@ struct Access {
     admin: ApiClient,
     key: NewKey,
     api: ApiClient,
-    start: HashMap<String, u64>,
+    /// The accounts as made: their start balances, assets and bounds.
+    opened: Ledger,
 }
 
 /// The clients sending the scenario's transactions, and what they share.
@@ -181,7 +182,7 @@ pub async fn run(scenario: &Scenario, infra: &Infra, exe: &Path) -> anyhow::Resu
         infra,
         &topology.config,
         results,
-        access.start,
+        access.opened,
         &mut failures,
     )
     .await?;
@@ -227,12 +228,13 @@ async fn start_engine(scenario: &Scenario, infra: &Infra, exe: &Path) -> anyhow:
     Ok(topology)
 }
 
-/// Funds the accounts through the admin setter and makes the clients' key,
+/// Makes the accounts (each with its asset and bounds, funded through the
+/// admin setter) and the clients' key,
 /// so that the clients send with a key the scenario may limit or revoke.
 async fn open_access(scenario: &Scenario, topology: &Topology) -> anyhow::Result<Access> {
     let admin = topology.api.as_ref().expect("started").api()?;
-    let start = admin
-        .fund_accounts(scenario.accounts.count, scenario.accounts.balance)
+    let opened = admin
+        .open_accounts(scenario.accounts.count, scenario.accounts.balance)
         .await?;
     // The clients' key: every account, at the scenario's rate or far above it.
     let key = match scenario.load.rate_per_s {
@@ -251,7 +253,7 @@ async fn open_access(scenario: &Scenario, topology: &Topology) -> anyhow::Result
         admin,
         key,
         api,
-        start,
+        opened,
     })
 }
 

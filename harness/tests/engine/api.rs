@@ -135,7 +135,10 @@ async fn rejections_are_final_outcomes_not_errors() {
     );
     assert!(settled.values().all(|v| v["status"] == "rejected"));
     assert_eq!(s.balance("poor").await.unwrap(), Some(3));
-    assert_eq!(s.balance("full").await.unwrap(), Some(MAX_MINOR_UNITS));
+    assert_eq!(
+        s.balance("full").await.unwrap(),
+        Some(MAX_MINOR_UNITS as i64)
+    );
     assert_eq!(
         s.balance("nobody").await.unwrap(),
         None,
@@ -525,7 +528,10 @@ async fn balance_setter_needs_the_admin_token() {
         .await
         .unwrap();
     assert_eq!(ok.status(), StatusCode::OK);
-    assert_eq!(s.balance("acct").await.unwrap(), Some(MAX_MINOR_UNITS));
+    assert_eq!(
+        s.balance("acct").await.unwrap(),
+        Some(MAX_MINOR_UNITS as i64)
+    );
     s.stop().await.unwrap();
 }
 

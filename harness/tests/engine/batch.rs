@@ -317,7 +317,7 @@ async fn the_rate_limit_counts_items() {
     let ids: Vec<String> = (0..5 + granted).map(|i| format!("r-{i}")).collect();
     s.wait_settled(&ids, SETTLE).await.unwrap();
     s.wait_drained(SETTLE).await.unwrap();
-    assert_eq!(s.balance("acct").await.unwrap(), Some(95 - granted as u64));
+    assert_eq!(s.balance("acct").await.unwrap(), Some(95 - granted as i64));
     if granted < 3 {
         let (status, _) = s.get("/transactions/r-7").await.unwrap();
         assert_eq!(status, StatusCode::NOT_FOUND);

@@ -1,6 +1,7 @@
 //! Differential test: the real apply script in the real Redis and the plain
 //! model of `harness::model`, fed the same random sequences (with repeated
-//! ids, missing accounts, 0, 1 and 2^53-1): same outcome, same reason, same
+//! ids, missing accounts, 0, 1 and 2^53-1, accounts of two assets with
+//! overdrafts and caps): same outcome, same reason, same
 //! `balance_after`, same duplicate flag, same final balances; a repeated id
 //! with another body is a mismatch that changes nothing. proptest
 //! shrinks a failure to a small sequence.
@@ -9,9 +10,11 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use harness::workload::{Kind, SentTx};
+use harness::workload::{AccountSpec, Kind, SentTx, ASSETS};
 use proptest::prelude::*;
-use txengine::domain::{AccountId, Amount, Balance, Movement, Outcome, Transaction, TxId};
+use txengine::domain::{
+    AccountChange, AccountId, Amount, Asset, Balance, Movement, Outcome, Transaction, TxId,
+};
 use txengine::limits::MAX_MINOR_UNITS;
 use txengine::store::{Progress, Store, StoreSettings};
 use txengine::wire::Record;
@@ -27,6 +30,22 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 
 fn edge_value() -> impl Strategy<Value = u64> {
     prop_oneof![Just(0), Just(1), Just(MAX - 1), Just(MAX), 0u64..2_000]
+}
+
+/// An account's asset and bounds: either asset, an overdraft or none, a
+/// cap or none.
+fn spec() -> impl Strategy<Value = AccountSpec> {
+    let max = MAX as i64;
+    (
+        0usize..2,
+        prop_oneof![Just(0), Just(-1), Just(-1000), Just(-max)],
+        prop_oneof![Just(max), Just(1000), Just(2000)],
+    )
+        .prop_map(|(asset, min_balance, max_balance)| AccountSpec {
+            asset: ASSETS[asset].to_owned(),
+            min_balance,
+            max_balance,
+        })
 }
 
 fn amount() -> impl Strategy<Value = u64> {
@@ -69,11 +88,9 @@ fn domain(tx: &SentTx) -> Transaction {
     }
 }
 
-fn as_model(outcome: Outcome) -> Result<u64, &'static str> {
+fn as_model(outcome: Outcome) -> Result<i64, &'static str> {
     match outcome {
-        Outcome::Applied { balance_after } => {
-            Ok(u64::try_from(balance_after.minor_units()).expect("not below 0"))
-        }
+        Outcome::Applied { balance_after } => Ok(balance_after.minor_units()),
         Outcome::Rejected { reason } => Err(reason.as_str()),
     }
 }
@@ -83,7 +100,7 @@ proptest! {
 
     #[test]
     fn the_apply_script_agrees_with_the_model(
-        start in proptest::collection::vec(proptest::option::of(edge_value()), 3),
+        start in proptest::collection::vec(proptest::option::of((edge_value(), spec())), 3),
         txs in proptest::collection::vec(transaction(), 1..30),
         batch_size in 1usize..8,
     ) {
@@ -102,16 +119,27 @@ proptest! {
             .await
             .unwrap();
             let mut books = harness::model::Books::default();
-            for (name, balance) in ACCOUNTS.iter().zip(&start) {
-                if let Some(balance) = balance {
-                    store.set_balance(&AccountId::parse(name).unwrap(), Balance::new(*balance as i64).unwrap()).await.unwrap().ensure_set().unwrap();
-                    books.balances.insert(name.to_string(), *balance);
+            for (name, opened) in ACCOUNTS.iter().zip(&start) {
+                if let Some((balance, spec)) = opened {
+                    let account = AccountId::parse(name).unwrap();
+                    let bound = |n: i64| Some(Balance::new(n).unwrap());
+                    let change = AccountChange {
+                        asset: Some(Asset::parse(&spec.asset).unwrap()),
+                        min_balance: bound(spec.min_balance),
+                        max_balance: bound(spec.max_balance),
+                        metadata: None,
+                    };
+                    store.put_account(&account, &change).await.unwrap().unwrap();
+                    let balance = (*balance as i64).min(spec.max_balance);
+                    store.set_balance(&account, Balance::new(balance).unwrap()).await.unwrap().ensure_set().unwrap();
+                    books.balances.insert(name.to_string(), balance);
+                    books.specs.insert(name.to_string(), spec.clone());
                 }
             }
             // Each id's first body (its fingerprint) and outcome: a repeat
             // of that body answers the outcome again, another body under the
             // id is a mismatch that changes nothing.
-            let mut first: HashMap<String, (String, Result<u64, &'static str>)> = HashMap::new();
+            let mut first: HashMap<String, (String, Result<i64, &'static str>)> = HashMap::new();
             for chunk in txs.chunks(batch_size) {
                 let records: Vec<Record> = chunk
                     .iter()
@@ -140,7 +168,7 @@ proptest! {
                 }
             }
             for name in ACCOUNTS {
-                let stored = store.balance(&AccountId::parse(name).unwrap()).await.unwrap().map(|b| u64::try_from(b.minor_units()).expect("not below 0"));
+                let stored = store.balance(&AccountId::parse(name).unwrap()).await.unwrap().map(Balance::minor_units);
                 prop_assert_eq!(stored, books.balances.get(name).copied(), "final balance of {}", name);
             }
             Ok(())

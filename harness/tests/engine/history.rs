@@ -42,7 +42,7 @@ async fn whole_history(s: &Stack, account: &str, page: usize) -> Vec<Value> {
 
 /// Replays `newest_first` from the oldest: each entry's balance_after must
 /// be the sum of the deltas so far; answers the balance it ends on.
-fn replay(account: &str, newest_first: &[Value]) -> u64 {
+fn replay(account: &str, newest_first: &[Value]) -> i64 {
     let mut balance: i64 = 0;
     for entry in newest_first.iter().rev() {
         balance += entry["delta"].as_i64().unwrap();
@@ -52,7 +52,7 @@ fn replay(account: &str, newest_first: &[Value]) -> u64 {
             "{account}: replayed to {balance} at {entry}"
         );
     }
-    u64::try_from(balance).unwrap()
+    balance
 }
 
 fn find<'a>(entries: &'a [Value], id: &str, status: &str) -> &'a Value {
