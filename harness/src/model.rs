@@ -312,8 +312,7 @@ fn decide_step_after(books: &mut Books, tx: &SentTx, step: SagaStep) -> Result<i
             let balance = balance.ok_or("unknown_account")?;
             // The money is of the source's asset, as its debit answered.
             let asset = books.spec(&tx.account).asset;
-            if let Some(refusal) = books.credit_refusal(account, balance, tx.amount, Some(&asset))
-            {
+            if let Some(refusal) = books.credit_refusal(account, balance, tx.amount, Some(&asset)) {
                 return Err(refusal);
             }
             books.balances.insert(account.to_owned(), balance + amount);

@@ -11,8 +11,9 @@ use super::{Reader, Verdict};
 use crate::workload::{Kind, Ledger, SentTx};
 
 /// What the log says: each account's balance (its start plus the applied
-/// movements), and what its applied credits and debits alone added to it
-/// (transfers and captures only move money between accounts of one asset).
+/// movements), and what its applied credits and debits (and captures to
+/// no account) alone added to it: transfers and captures to an account only
+/// move money between accounts of one asset.
 #[derive(Default)]
 pub(super) struct Expected<'l> {
     pub(super) balances: HashMap<&'l str, i128>,
@@ -46,8 +47,10 @@ pub(super) fn apply_to<'a>(expected: &mut Expected<'a>, tx: &'a SentTx) {
         }
         Kind::Transfer | Kind::Capture => {
             *balances.entry(&tx.account).or_default() -= amount;
-            if let Some(to) = tx.to.as_deref() {
-                *balances.entry(to).or_default() += amount;
+            match tx.to.as_deref() {
+                Some(to) => *balances.entry(to).or_default() += amount,
+                // A capture to no account: the money leaves, as a debit.
+                None => *expected.minted.entry(&tx.account).or_default() -= amount,
             }
         }
         // A hold moves no balance; a void releases it.
@@ -82,7 +85,7 @@ pub(super) async fn check_balances<'l>(
         let want = expected.balances[account];
         let start = ledger.start.get(*account).copied();
         let spec = ledger.accounts.get(*account).cloned().unwrap_or_default();
-        verdict.start_total += start.unwrap_or(0) as u128;
+        verdict.start_total += start.unwrap_or(0) as i128;
         match balance.as_deref().map(str::parse::<i128>) {
             None if start.is_none() && want == 0 => {}
             None => verdict.violations.push(format!(
@@ -95,7 +98,7 @@ pub(super) async fn check_balances<'l>(
                 if engine.history_retention_secs() > 0 {
                     history_balances.push((*account, have));
                 }
-                verdict.end_total += have.max(0) as u128;
+                verdict.end_total += have;
                 let (min, max) = (spec.min_balance as i128, spec.max_balance as i128);
                 if have < min || have > max {
                     verdict.violations.push(format!(
@@ -136,7 +139,12 @@ fn check_conserved_per_asset(
 ) {
     let mut net: BTreeMap<String, i128> = BTreeMap::new();
     for (account, minted) in &expected.minted {
-        let asset = ledger.accounts.get(*account).cloned().unwrap_or_default().asset;
+        let asset = ledger
+            .accounts
+            .get(*account)
+            .cloned()
+            .unwrap_or_default()
+            .asset;
         *net.entry(asset).or_default() += minted;
     }
     for (asset, (now, start)) in &by_asset {

@@ -163,7 +163,9 @@ async fn read_hold_ends<'l>(reader: &Reader, ledger: &'l Ledger) -> anyhow::Resu
         }
         let credit_refused = matches!(
             reason.as_deref(),
-            Some("unknown_account" | "balance_overflow")
+            Some(
+                "unknown_account" | "balance_overflow" | "max_balance_exceeded" | "asset_mismatch"
+            )
         );
         if tx.kind == Kind::Capture && state.as_deref() == Some("rejected") && credit_refused {
             hold_ends.refunded.insert(hold);

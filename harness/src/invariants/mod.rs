@@ -76,8 +76,8 @@ pub struct Verdict {
     pub applied: usize,
     pub rejected: usize,
     pub rejected_by_reason: HashMap<String, usize>,
-    pub start_total: u128,
-    pub end_total: u128,
+    pub start_total: i128,
+    pub end_total: i128,
     /// Transfers between slots among the accepted (0 on one Redis).
     pub sagas: usize,
     /// Money debited by sagas and neither credited nor refunded at the end.

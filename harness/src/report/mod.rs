@@ -166,8 +166,8 @@ pub struct InvariantResult {
     pub applied: usize,
     pub rejected: usize,
     pub rejected_by_reason: std::collections::BTreeMap<String, usize>,
-    pub money_start_total: u128,
-    pub money_end_total: u128,
+    pub money_start_total: i128,
+    pub money_end_total: i128,
     /// The first 50 violations, if any.
     pub violations: Vec<String>,
 }
