@@ -1,6 +1,7 @@
 //! The API's request decoders on arbitrary bytes: the `POST /transactions`
 //! body plus `Idempotency-Key`, the `POST /transactions/batch` body, the
-//! `POST /admin/keys` body, and an API key as `Authorization` carries it.
+//! `POST /admin/keys` body, the `PUT /accounts/{account}` body, and an API
+//! key as `Authorization` carries it.
 //! None may panic; whatever they accept must be within the rules (and a
 //! transaction must survive the Kafka wire format).
 #![no_main]
@@ -9,7 +10,8 @@ use libfuzzer_sys::fuzz_target;
 use txengine::limits::MAX_MINOR_UNITS;
 use txengine::domain::{AccountId, Amount, HoldTerms, Movement, Transaction};
 use txengine::admission::{HoldTimeouts, Posted};
-use txengine::http::{decode_batch, decode_key_request, decode_transaction};
+use txengine::domain::{Asset, Balance};
+use txengine::http::{decode_account_request, decode_batch, decode_key_request, decode_transaction};
 use txengine::limits::MAX_BATCH_ITEMS;
 use txengine::keys::{key_id_of, Scope};
 use txengine::limits::MAX_RATE;
@@ -22,6 +24,7 @@ fuzz_target!(|data: &[u8]| {
         None => (data, None),
     };
     check_key_request(body);
+    check_account_request(body);
     if let Some(id) = header
         .and_then(|h| std::str::from_utf8(h).ok())
         .and_then(key_id_of)
@@ -110,5 +113,20 @@ fn check_key_request(body: &[u8]) {
         assert!((1..=MAX_RATE).contains(&limit.rate_per_s));
         assert!((1..=MAX_RATE).contains(&limit.burst));
         assert!(limit.interval_us() >= 1);
+    }
+}
+
+/// An account change the API reads names an asset of the pattern (that
+/// reads back as itself) and bounds within +-(2^53-1).
+fn check_account_request(body: &[u8]) {
+    let Ok(change) = decode_account_request(body) else {
+        return;
+    };
+    if let Some(asset) = &change.asset {
+        assert_eq!(Asset::parse(asset.as_str()).as_ref(), Ok(asset));
+    }
+    for bound in [change.min_balance, change.max_balance].into_iter().flatten() {
+        assert!(Balance::new(bound.minor_units()).is_ok(), "{bound:?}");
+        assert!(bound.minor_units().unsigned_abs() <= MAX_MINOR_UNITS);
     }
 }

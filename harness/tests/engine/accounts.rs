@@ -223,6 +223,44 @@ async fn an_account_is_made_changed_and_read_and_a_refused_change_writes_nothing
     s.stop().await.unwrap();
 }
 
+/// Made, then asked the same again: the second call writes nothing (the
+/// store says so); a change of metadata alone is one.
+#[tokio::test]
+async fn the_same_change_again_writes_nothing() {
+    use txengine::domain::{AccountChange, AccountId, Asset};
+    use txengine::store::AccountPut;
+    let store = crate::isolated_store(
+        &format!("same-{}", uuid::Uuid::new_v4().simple()),
+        &crate::infra().redis_url,
+    )
+    .await;
+    let account = AccountId::parse("acct").unwrap();
+    let change = AccountChange {
+        asset: Some(Asset::parse("POINTS").unwrap()),
+        ..Default::default()
+    };
+    let put = |change: AccountChange| {
+        let (store, account) = (store.clone(), account.clone());
+        async move {
+            store
+                .put_account(&account, &change)
+                .await
+                .unwrap()
+                .unwrap()
+                .0
+        }
+    };
+    assert_eq!(put(change.clone()).await, AccountPut::Created);
+    assert_eq!(put(change.clone()).await, AccountPut::Unchanged);
+    assert_eq!(put(AccountChange::default()).await, AccountPut::Unchanged);
+    let tagged = AccountChange {
+        metadata: Some(serde_json::from_str(r#"{"k":"v"}"#).unwrap()),
+        ..change
+    };
+    assert_eq!(put(tagged.clone()).await, AccountPut::Updated);
+    assert_eq!(put(tagged).await, AccountPut::Unchanged);
+}
+
 /// Posts `items` as one batch (each accepted) and waits for their outcomes:
 /// `(status, reason or balance_after)`, in the items' order.
 async fn outcomes(s: &Stack, items: &[Value]) -> Vec<(String, Value)> {
@@ -263,13 +301,24 @@ fn rejected(reason: &str) -> (String, Value) {
 #[tokio::test(flavor = "multi_thread")]
 async fn money_moves_within_bounds_and_never_between_assets(#[case] topology: RedisTopology) {
     let s = stack(topology, "bounds").await;
+    if topology == RedisTopology::Cluster {
+        // On a cluster these pairs are sagas: the path this case tests.
+        let layout = txengine::store::Layout::new(&s.config.namespace, topology);
+        for (a, b) in [
+            ("dollars", "euros"),
+            ("dollars", "cap-full"),
+            ("eur-2", "eur-3"),
+        ] {
+            assert!(!layout.same_slot(a, b), "{a} and {b} share a slot");
+        }
+    }
     for (name, body, balance) in [
         ("od", json!({"asset": "USD/2", "min_balance": -100}), 0),
         ("od-hold", json!({"asset": "USD/2", "min_balance": -50}), 0),
         ("cap", json!({"asset": "USD/2", "max_balance": 50}), 40),
         ("cap-full", json!({"asset": "USD/2", "max_balance": 50}), 50),
-        ("usd", json!({"asset": "USD/2"}), 100),
-        ("eur", json!({"asset": "EUR/2"}), 100),
+        ("dollars", json!({"asset": "USD/2"}), 100),
+        ("euros", json!({"asset": "EUR/2"}), 100),
         ("usd-2", json!({"asset": "USD/2"}), 100),
         ("eur-2", json!({"asset": "EUR/2"}), 100),
         ("eur-3", json!({"asset": "EUR/2"}), 0),
@@ -292,15 +341,15 @@ async fn money_moves_within_bounds_and_never_between_assets(#[case] topology: Re
         debit("b-3", "od", 40),
         credit("b-4", "cap", 11),
         credit("b-5", "cap", 10),
-        transfer("b-6", "usd", "eur", 10),
-        transfer("b-7", "usd", "cap-full", 1),
-        transfer("b-8", "eur", "usd", 1),
+        transfer("b-6", "dollars", "euros", 10),
+        transfer("b-7", "dollars", "cap-full", 1),
+        transfer("b-8", "euros", "dollars", 1),
         json!({"id": "h-1", "type": "hold", "account": "od-hold", "amount": 30}),
         debit("b-9", "od-hold", 21),
         debit("b-10", "od-hold", 20),
         // A transaction naming an asset moves money only between accounts
         // that hold it.
-        naming(debit("b-11", "eur", 1), "USD/2"),
+        naming(debit("b-11", "euros", 1), "USD/2"),
         naming(credit("b-12", "usd-2", 1), "USD/2"),
         naming(
             json!({"id": "h-3", "type": "hold", "account": "usd-2", "amount": 1}),
@@ -332,7 +381,8 @@ async fn money_moves_within_bounds_and_never_between_assets(#[case] topology: Re
     );
     // A capture takes the money its hold keeps, into the overdraft; one to
     // an account of another asset is refused.
-    let hold = json!({"id": "h-2", "type": "hold", "account": "usd", "to": "eur", "amount": 5});
+    let hold =
+        json!({"id": "h-2", "type": "hold", "account": "dollars", "to": "euros", "amount": 5});
     let capture = json!({"id": "c-1", "type": "capture", "hold": "h-1", "amount": 30});
     let other = json!({"id": "c-0", "type": "capture", "hold": "h-1", "asset": "EUR/2"});
     assert_eq!(
@@ -350,8 +400,8 @@ async fn money_moves_within_bounds_and_never_between_assets(#[case] topology: Re
         ("od-hold", -50),
         ("cap", 50),
         ("cap-full", 50),
-        ("usd", 100),
-        ("eur", 100),
+        ("dollars", 100),
+        ("euros", 100),
         ("usd-2", 101),
         ("eur-2", 95),
         ("eur-3", 5),

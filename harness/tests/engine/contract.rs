@@ -161,5 +161,25 @@ async fn schemathesis_finds_no_undocumented_answer_and_moves_no_money() {
     s.wait_drained(Duration::from_secs(60)).await.unwrap();
     let after = balances(&infra.redis_url, &s.config.namespace).await;
     assert_eq!(before, after, "invalid requests moved money");
+
+    // The admin's account endpoint, with the admin token: every answer is
+    // documented and every invalid request refused (negative_data_rejection;
+    // what a refusal leaves unwritten is `accounts::`'s to show).
+    let admin = format!(
+        "Authorization: Bearer {}",
+        harness::stack::admin_token(&s.config)
+    );
+    schemathesis(
+        s.url("/openapi.json"),
+        &s.url,
+        "positive_data_acceptance",
+        &[
+            "--include-path-regex",
+            "^/accounts/\\{account\\}$",
+            "--header",
+            &admin,
+        ],
+    )
+    .await;
     s.stop().await.unwrap();
 }

@@ -57,6 +57,12 @@ async fn an_engine_moves_accounts_of_layout_1_into_records(#[case] topology: Red
             }
         }
     }
+    // And one account of layout 2: a record without an asset.
+    let mut record = redis::cmd("HSET");
+    record
+        .arg(layout.account("m-d"))
+        .arg(&["balance", "9", "pending", "0"]);
+    writes.push(("m-d".to_owned(), record));
     let _: Vec<redis::Value> = run(topology, writes).await;
 
     let s = Stack::start_with(config.clone()).await.unwrap();
@@ -79,6 +85,16 @@ async fn an_engine_moves_accounts_of_layout_1_into_records(#[case] topology: Red
             "an account moved holds the default asset"
         );
     }
+    let (status, body) = s.get("/accounts/m-d").await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (&body["balance"], &body["asset"]),
+        (
+            &serde_json::json!(9),
+            &serde_json::json!(config.default_asset.as_str())
+        ),
+        "a record of layout 2 keeps its money and gains the default asset"
+    );
     let mut reads = Vec::new();
     for (account, ..) in accounts {
         for key in layout.legacy_account(account) {
@@ -179,4 +195,22 @@ async fn an_account_moved_already_is_left_as_it_is() {
     .into();
     assert_eq!(runs[0], (1, completed.clone()), "layout 2 completed");
     assert_eq!(runs[1], (0, completed), "then left as it is");
+    // An account that is not there (moved and gone) is not made.
+    let ghost = layout.account("ghost");
+    let [balance, pending, held] = layout.legacy_account("ghost");
+    let changed: i64 = redis::cmd("EVAL")
+        .arg(txengine::store::Store::script_source("migrate_account").unwrap())
+        .arg(4)
+        .arg(&[&balance, &pending, &held, &ghost])
+        .arg("USD/2")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(&ghost)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!((changed, exists), (0, 0));
 }

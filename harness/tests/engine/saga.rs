@@ -10,7 +10,8 @@ use harness::stack::Stack;
 use serde_json::json;
 use txengine::config::RedisTopology;
 use txengine::domain::{
-    AccountId, Amount, Balance, Movement, Outcome, RejectReason, Transaction, TxId, TxStatus,
+    AccountId, Amount, Balance, Movement, Outcome, RejectReason, RuleError, Transaction, TxId,
+    TxStatus,
 };
 use txengine::limits::MAX_MINOR_UNITS;
 use txengine::store::{Applied, Layout, Progress, Store, StoreSettings};
@@ -452,15 +453,61 @@ async fn the_setter_and_a_refund_never_pass_the_limit_with_money_in_flight() {
     let Progress::Next(refund) = apply_twice(&store, &credit).await else {
         panic!("refused")
     };
-    raw_set_balance(&store, source, MAX_MINOR_UNITS).await;
+    refund_stops_after_a_foreign_write(&store, &refund, source, MAX_MINOR_UNITS).await;
+    assert_eq!(held(&store, source).await, 5, "the hold stays");
+
+    // The same under a cap the account was given: bounds that leave no
+    // room for what is in flight are refused, and a refund that finds no
+    // room below the cap (a foreign write) stops.
+    let capped = "capped";
+    let account = AccountId::parse(capped).unwrap();
+    let bounds = |max: i64| txengine::domain::AccountChange {
+        max_balance: Some(Balance::new(max).unwrap()),
+        ..Default::default()
+    };
+    store
+        .put_account(&account, &bounds(1_000))
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .set_balance(&account, Balance::new(1_000).unwrap())
+        .await
+        .unwrap()
+        .ensure_set()
+        .unwrap();
+    let ghost = account_in(&layout, "ghost", capped, false);
+    let Progress::Next(credit) = apply_twice(&store, &transfer("t-3", capped, &ghost, 5)).await
+    else {
+        panic!("debited")
+    };
+    let refused = store.put_account(&account, &bounds(999)).await.unwrap();
+    assert!(
+        matches!(refused, Err(RuleError::NoRoomForHeld { held: 5, .. })),
+        "{refused:?}"
+    );
+    let Progress::Next(refund) = apply_twice(&store, &credit).await else {
+        panic!("refused")
+    };
+    refund_stops_after_a_foreign_write(&store, &refund, capped, 1_000).await;
+}
+
+/// Sets `account`'s balance to `full` behind the engine's back, then
+/// applies `refund`: it must stop with an error, nothing written.
+async fn refund_stops_after_a_foreign_write(
+    store: &Store,
+    refund: &Record,
+    account: &str,
+    full: u64,
+) {
+    raw_set_balance(store, account, full).await;
     let error = store
-        .apply_records(std::slice::from_ref(&refund))
+        .apply_records(std::slice::from_ref(refund))
         .await
         .unwrap_err()
         .to_string();
     assert!(error.contains("would pass the account's max"), "{error}");
-    assert_eq!(balance(&store, source).await, Some(MAX_MINOR_UNITS));
-    assert_eq!(held(&store, source).await, 5, "the hold stays");
+    assert_eq!(balance(store, account).await, Some(full));
 }
 
 /// HSET of an account's balance straight on the cluster (a write the

@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 use super::auth::{authenticate, authorize_admin, require_scope, spend};
 use super::history::rfc3339;
 use super::problem::{not_found, Problem, ProblemBody};
-use super::transactions::{read_body, with_quota};
+use super::transactions::{read_body, with_quota, RequestError};
 use super::ApiState;
 use crate::domain::{Account, AccountChange, AccountId, Asset, Balance, RuleError};
 use crate::metadata::Metadata;
@@ -97,20 +97,24 @@ fn bound(
 }
 
 impl AccountRequest {
+    /// The change asked; bounds that cross (given, or one given against
+    /// the account's other) are refused by the store, in one place.
     fn change(self) -> Result<AccountChange, RuleError> {
-        let change = AccountChange {
+        Ok(AccountChange {
             asset: self.asset.as_deref().map(Asset::parse).transpose()?,
             min_balance: bound(self.min_balance, "min_balance")?,
             max_balance: bound(self.max_balance, "max_balance")?,
             metadata: self.metadata.map(Metadata::try_from).transpose()?,
-        };
-        // Both given: crossed is refused here (one given is checked
-        // against the account's other one, in the store).
-        if let (Some(min), Some(max)) = (change.min_balance, change.max_balance) {
-            crate::domain::Bounds::new(min, max)?;
-        }
-        Ok(change)
+        })
     }
+}
+
+/// Reads a `PUT /accounts/{account}` body: `Err` with a 400 (`Malformed`:
+/// not JSON of the shape) or a 422 (`Rule`: a value outside the rules),
+/// as the handler answers them. Public for the fuzzer.
+pub fn decode_account_request(body: &[u8]) -> Result<AccountChange, RequestError> {
+    let request: AccountRequest = super::from_json_object(body).map_err(RequestError::Malformed)?;
+    request.change().map_err(RequestError::Rule)
 }
 
 /// Make an account (balance 0), or change its bounds and metadata (an
@@ -146,8 +150,7 @@ pub(super) async fn put_account(
     authorize_admin(&api, &headers)?;
     let account = AccountId::parse(&account).map_err(Problem::rule)?;
     let body = read_body(&api, &headers, body).await?;
-    let request: AccountRequest = super::from_json_object(&body).map_err(Problem::malformed)?;
-    let change = request.change().map_err(Problem::rule)?;
+    let change = decode_account_request(&body).map_err(Problem::request)?;
     let (put, found) = api
         .store
         .put_account(&account, &change)

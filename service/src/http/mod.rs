@@ -27,6 +27,7 @@ mod problem;
 mod status;
 mod transactions;
 
+pub use accounts::decode_account_request;
 pub use batch::{decode_batch, BatchError, BatchItem};
 pub use keys::decode_key_request;
 pub use openapi::openapi_document;
