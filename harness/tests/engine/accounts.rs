@@ -76,6 +76,7 @@ async fn an_account_is_made_changed_and_read_and_a_refused_change_writes_nothing
         made["created_at"].as_str().unwrap().ends_with('Z'),
         "{made}"
     );
+    assert_eq!(account(&s, "usd-a").await, made, "as written");
     // The same body again: 200, the account as it was.
     let again = put(
         &s,
@@ -410,5 +411,81 @@ async fn money_moves_within_bounds_and_never_between_assets(#[case] topology: Re
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["balance"], balance, "{name}: {body}");
     }
+    s.stop().await.unwrap();
+}
+
+/// The invariants judge bounds and assets: a balance outside its account's
+/// bounds, an account that holds another asset than it was made with, and
+/// money that moved from one asset to another are each a violation, named.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_invariants_catch_a_balance_out_of_bounds_and_money_between_assets() {
+    use harness::workload::{AccountSpec, Ledger};
+    let infra = crate::infra();
+    let s = stack(RedisTopology::Single, "bounds-judge").await;
+    let specs = [
+        ("judge-usd", AccountSpec {
+            asset: "USD/2".into(),
+            min_balance: 0,
+            max_balance: 100,
+        }),
+        ("judge-eur", AccountSpec {
+            asset: "EUR/2".into(),
+            ..AccountSpec::default()
+        }),
+    ];
+    let mut ledger = Ledger::default();
+    for (name, spec) in &specs {
+        put(&s, name, spec.request_body(), StatusCode::CREATED).await;
+        s.set_balance(name, 50).await.unwrap();
+        ledger.start.insert(name.to_string(), 50);
+        ledger.accounts.insert(name.to_string(), spec.clone());
+    }
+    let verdict = harness::invariants::check(infra, &s.config, &ledger)
+        .await
+        .unwrap();
+    assert!(verdict.holds(), "{:?}", verdict.violations);
+    // 100 moved from the euros to the dollars, past the dollars' cap and
+    // below the euros' floor, and the euros relabelled: writes no script
+    // makes.
+    let layout = txengine::store::Layout::new(&s.config.namespace, s.config.redis_topology);
+    let client = redis::Client::open(infra.redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for (name, fields) in [
+        ("judge-usd", vec!["balance", "150"]),
+        ("judge-eur", vec!["balance", "-50", "asset", "GBP/2"]),
+    ] {
+        let _: i64 = redis::cmd("HSET")
+            .arg(layout.account(name))
+            .arg(&fields)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let verdict = harness::invariants::check(infra, &s.config, &ledger)
+        .await
+        .unwrap();
+    for needle in [
+        "account judge-usd balance 150 is out of its bounds 0..=100",
+        "account judge-eur balance -50 is out of its bounds",
+        "account judge-eur holds Some(\"GBP/2\"), made with EUR/2",
+        "asset USD/2: its accounts hold 150",
+        "asset EUR/2: its accounts hold -50",
+    ] {
+        assert!(
+            verdict.violations.iter().any(|v| v.contains(needle)),
+            "`{needle}` not among {:?}",
+            verdict.violations
+        );
+    }
+    // A record whose holds keep more than it may pay is read as an error,
+    // never served.
+    let _: i64 = redis::cmd("HSET")
+        .arg(layout.account("judge-usd"))
+        .arg(&["balance", "10", "pending", "11"])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (status, body) = s.get("/balance/judge-usd").await.unwrap();
+    assert!(status.is_server_error(), "{status} {body}");
     s.stop().await.unwrap();
 }
