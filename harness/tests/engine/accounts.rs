@@ -423,15 +423,21 @@ async fn the_invariants_catch_a_balance_out_of_bounds_and_money_between_assets()
     let infra = crate::infra();
     let s = stack(RedisTopology::Single, "bounds-judge").await;
     let specs = [
-        ("judge-usd", AccountSpec {
-            asset: "USD/2".into(),
-            min_balance: 0,
-            max_balance: 100,
-        }),
-        ("judge-eur", AccountSpec {
-            asset: "EUR/2".into(),
-            ..AccountSpec::default()
-        }),
+        (
+            "judge-usd",
+            AccountSpec {
+                asset: "USD/2".into(),
+                min_balance: 0,
+                max_balance: 100,
+            },
+        ),
+        (
+            "judge-eur",
+            AccountSpec {
+                asset: "EUR/2".into(),
+                ..AccountSpec::default()
+            },
+        ),
     ];
     let mut ledger = Ledger::default();
     for (name, spec) in &specs {
@@ -487,5 +493,14 @@ async fn the_invariants_catch_a_balance_out_of_bounds_and_money_between_assets()
         .unwrap();
     let (status, body) = s.get("/balance/judge-usd").await.unwrap();
     assert!(status.is_server_error(), "{status} {body}");
+    let verdict = harness::invariants::check(infra, &s.config, &ledger)
+        .await
+        .unwrap();
+    let needle = "judge-usd: pending 11 leaves its balance Some(10) below its min_balance 0";
+    assert!(
+        verdict.violations.iter().any(|v| v.contains(needle)),
+        "`{needle}` not among {:?}",
+        verdict.violations
+    );
     s.stop().await.unwrap();
 }
