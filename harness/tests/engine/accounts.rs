@@ -221,6 +221,23 @@ async fn an_account_is_made_changed_and_read_and_a_refused_change_writes_nothing
         .unwrap();
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
     assert_rule(&answer, "asset must match");
+
+    // A floor counts what holds keep: with 150 held of -300, the floor may
+    // not rise to -400 (-450 would be left to pay from).
+    let hold = json!({"id": "h-a", "type": "hold", "account": "usd-a", "amount": 150});
+    let (status, _) = s.post(&hold).await.unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let held = s.wait_settled(&["h-a".to_owned()], SETTLE).await.unwrap();
+    assert_eq!(held["h-a"]["status"], "held", "{held:?}");
+    let answer = put(
+        &s,
+        "usd-a",
+        json!({"min_balance": -400}),
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_rule(&answer, "min_balance -400 plus 150");
+    assert_eq!(account(&s, "usd-a").await["min_balance"], -500);
     s.stop().await.unwrap();
 }
 
