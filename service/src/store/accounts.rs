@@ -2,8 +2,6 @@
 //! and their balance set by the admin (within the bounds, leaving room for
 //! money in flight).
 
-use redis::Value;
-
 use super::{Store, StoreError};
 use crate::domain::{Account, AccountChange, AccountId, Asset, Balance, Bounds, RuleError};
 use crate::metadata::Metadata;
@@ -46,7 +44,7 @@ fn unexpected(what: &str, detail: impl std::fmt::Debug) -> StoreError {
     StoreError::Unexpected(format!("{what}: {detail:?}"))
 }
 
-fn parse_i64(raw: &str) -> Option<Balance> {
+pub(super) fn parse_balance(raw: &str) -> Option<Balance> {
     Balance::new(raw.parse().ok()?).ok()
 }
 
@@ -62,22 +60,13 @@ fn account_from(fields: &[String]) -> Option<Account> {
     };
     Some(Account {
         asset: Asset::parse(asset).ok()?,
-        bounds: Bounds::new(parse_i64(min)?, parse_i64(max)?).ok()?,
-        balance: parse_i64(balance)?,
+        bounds: Bounds::new(parse_balance(min)?, parse_balance(max)?).ok()?,
+        balance: parse_balance(balance)?,
         pending: pending.parse().ok()?,
         held: held.parse().ok()?,
         metadata,
         created_ms: created.parse().ok()?,
     })
-}
-
-fn text(value: &Value) -> Option<String> {
-    match value {
-        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
-        Value::SimpleString(text) => Some(text.clone()),
-        Value::Int(n) => Some(n.to_string()),
-        _ => None,
-    }
 }
 
 impl Store {
@@ -98,17 +87,14 @@ impl Store {
         if fields[0].is_none() {
             return Ok(None);
         }
-        let defaults = ["", "0", "0", "", "0", "", "", "0"];
+        // What a record leaves out: no pending, nothing held, the default
+        // bounds, no metadata.
         let max = Balance::MAX.to_string();
+        let defaults = ["", "0", "0", "", "0", max.as_str(), "", "0"];
         let fields: Vec<String> = fields
-            .iter()
+            .into_iter()
             .zip(defaults)
-            .enumerate()
-            .map(|(i, (field, default))| match (field, i) {
-                (Some(value), _) => value.clone(),
-                (None, 5) => max.clone(),
-                (None, _) => default.to_owned(),
-            })
+            .map(|(field, default)| field.unwrap_or_else(|| default.to_owned()))
             .collect();
         let found = account_from(&fields).ok_or_else(|| unexpected(account.as_str(), &fields))?;
         if found.balance.minor_units() - (found.pending as i64) < found.bounds.min().minor_units() {
@@ -133,7 +119,7 @@ impl Store {
             Some(metadata) => metadata.to_json(),
             None => "-".to_owned(),
         };
-        let answer: Vec<Value> = self
+        let texts: Vec<String> = self
             .with_scripts(|| {
                 let mut conn = self.conn.clone();
                 let mut invocation = self.scripts.put_account.key(self.account_key(account));
@@ -147,8 +133,6 @@ impl Store {
                 async move { invocation.invoke_async(&mut conn).await }
             })
             .await?;
-        let texts: Option<Vec<String>> = answer.iter().map(text).collect();
-        let texts = texts.ok_or_else(|| unexpected("put_account", &answer))?;
         let (head, fields) = texts.split_at(2.min(texts.len()));
         let found = account_from(fields).ok_or_else(|| unexpected("put_account", &texts))?;
         let refused = |rule| Ok(Err(rule));
@@ -200,8 +184,8 @@ impl Store {
         let fail = || unexpected("set_balance", (set, &held, &pending, &min, &max));
         let held = held.parse().map_err(|_| fail())?;
         let pending = pending.parse().map_err(|_| fail())?;
-        let min = parse_i64(&min).ok_or_else(fail)?;
-        let max = parse_i64(&max).ok_or_else(fail)?;
+        let min = parse_balance(&min).ok_or_else(fail)?;
+        let max = parse_balance(&max).ok_or_else(fail)?;
         match set {
             1 => Ok(BalanceSet::Set { pending }),
             0 => Ok(BalanceSet::NoRoom { held, max }),
@@ -209,8 +193,4 @@ impl Store {
             _ => Err(fail()),
         }
     }
-}
-
-pub(super) fn parse_balance(raw: &str) -> Option<Balance> {
-    parse_i64(raw)
 }
