@@ -34,6 +34,21 @@ async fn balances(redis_url: &str, namespace: &str) -> BTreeMap<String, String> 
     all
 }
 
+/// schemathesis as `scripts/install-deps` installs it: a venv of its own in
+/// `$XDG_DATA_HOME/txengine/schemathesis` (on a Python without CPython's
+/// ast bug where the machine has one); `st` from `PATH` otherwise.
+fn schemathesis_program() -> std::path::PathBuf {
+    let data_home = std::env::var_os("XDG_DATA_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".local/share"))
+        });
+    data_home
+        .map(|dir| dir.join("txengine/schemathesis/bin/st"))
+        .filter(|st| st.exists())
+        .unwrap_or_else(|| "st".into())
+}
+
 /// Runs schemathesis against `document` (a URL or a file) and `base_url`
 /// with every check but `excluded`, plus `extra` options; panics with its
 /// report if it finds failures.
@@ -69,7 +84,10 @@ async fn schemathesis(document: String, base_url: &str, excluded: &str, extra: &
     for attempt in 1..=3 {
         let (cwd, args) = (cwd.clone(), args.clone());
         let output = tokio::task::spawn_blocking(move || {
-            Command::new("st").current_dir(cwd).args(args).output()
+            Command::new(schemathesis_program())
+                .current_dir(cwd)
+                .args(args)
+                .output()
         })
         .await
         .unwrap()
