@@ -287,13 +287,13 @@ async fn another_body_under_an_applied_id_is_a_mismatch() {
     assert!(store.apply_batch(&[other]).await.is_err());
 }
 
-/// Redis runs every command of a pipeline even when one fails: with only
-/// the apply script loaded (another client still loading the others after
-/// a restart), a hold then a debit on one account must still apply as the
-/// hold, then the debit refused for the money it keeps; never the debit,
-/// then the hold refused.
+/// A slot's records run in one call, in order: with Redis's scripts lost
+/// (a restart or failover), the store loads them and runs the call again,
+/// and a hold then a debit on one account still apply as the hold, then
+/// the debit refused for the money it keeps; never the debit, then the
+/// hold refused.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_pipeline_that_lost_a_script_applies_in_order() {
+async fn a_slot_whose_scripts_were_lost_applies_in_order() {
     crate::infra();
     let redis = harness::infra::LocalRedis::start("always").unwrap();
     let store = store_at(&redis.url(), "in-order").await;
@@ -305,13 +305,6 @@ async fn a_pipeline_that_lost_a_script_applies_in_order() {
         .unwrap();
     let _: () = redis::cmd("SCRIPT")
         .arg("FLUSH")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let apply = Store::script_source("atomic_update").unwrap();
-    let _: String = redis::cmd("SCRIPT")
-        .arg("LOAD")
-        .arg(apply)
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -348,6 +341,59 @@ async fn a_pipeline_that_lost_a_script_applies_in_order() {
         [applied(100), rejected(RejectReason::InsufficientFunds)]
     );
     assert_eq!(get(&store, "a").await, Some(100));
+}
+
+/// A slot's records in one call each write their own history entries, and
+/// the store counts each entry once (apply_many.lua starts every record's
+/// count at 0): three debits and a credit of account `a`, four entries.
+#[tokio::test]
+async fn one_call_of_a_slot_counts_each_history_entry_once() {
+    let store = store().await;
+    set(&store, "a", 100).await;
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let metrics = recorder.handle();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let batch = [
+        tx("counted-1", "debit", None, 1),
+        tx("counted-2", "debit", None, 2),
+        tx("counted-3", "credit", None, 3),
+        tx("counted-4", "debit", None, 4),
+    ];
+    let applied = store.apply_batch(&batch).await.unwrap();
+    assert_eq!(applied.last().unwrap().outcome, self::applied(96));
+    let entries = metrics
+        .render()
+        .lines()
+        .find_map(|line| line.strip_prefix("txengine_history_entries_total "))
+        .map(str::to_owned);
+    assert_eq!(entries.as_deref(), Some("4"));
+}
+
+/// More records of one slot than one script call takes apply in calls one
+/// after the other, in order: 250 debits of 1 from a balance of 200, the
+/// first 200 applied, the last 50 refused.
+#[tokio::test]
+async fn a_slot_of_more_records_than_one_call_takes_applies_in_order() {
+    let store = store().await;
+    set(&store, "a", 200).await;
+    let batch: Vec<Transaction> = (0..250)
+        .map(|i| tx(&format!("many-{i}"), "debit", None, 1))
+        .collect();
+    let outcomes: Vec<Outcome> = store
+        .apply_batch(&batch)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|applied| applied.outcome)
+        .collect();
+    let expected: Vec<Outcome> = (0..250)
+        .map(|i| match i < 200 {
+            true => applied(199 - i),
+            false => rejected(RejectReason::InsufficientFunds),
+        })
+        .collect();
+    assert_eq!(outcomes, expected);
+    assert_eq!(get(&store, "a").await, Some(0));
 }
 
 /// A Redis killed with -9 and restarted on its AOF keeps every applied
@@ -485,34 +531,51 @@ async fn claim_binds_the_id_and_leases_it() {
     );
 }
 
-/// Runs apply script `script` with EVAL as the store composes it (the body
-/// of in_order.lua, place 1 last), doing `what` with `keys`, and answers
-/// the error it must refuse with.
+/// Runs apply script `script` with EVAL as the store runs it (a function
+/// of lua/apply_many.lua), doing `what` with `keys` (the account's at
+/// KEYS[3..4], lua/money.lua's layout), then a debit of 10 from that
+/// account in the same call, and answers the error it must refuse with.
+/// The refusal stops the call: the debit after it must not run either.
 async fn refused_eval(
     conn: &mut redis::aio::MultiplexedConnection,
     script: &str,
     keys: &[String],
     what: &str,
 ) -> redis::RedisError {
+    let debit_keys = [
+        format!("{}-after", keys[0]),
+        keys[1].clone(),
+        keys[2].clone(),
+        keys[3].clone(),
+    ];
+    let refused_args = [what, "10", "fp", "60", "1"];
+    let debit_args = [
+        "debit", "10", "fp-after", "60", "1", "after", "0", "", "", "a", "",
+    ];
     redis::cmd("EVAL")
-        .arg(Store::script_source(script).unwrap())
-        .arg(keys.len())
+        .arg(Store::script_source("apply_many").unwrap())
+        .arg(keys.len() + debit_keys.len())
         .arg(keys)
-        .arg(what)
-        .arg(10)
-        .arg("fp")
-        .arg(60)
-        .arg(1)
-        .arg(1)
+        .arg(&debit_keys)
+        .arg(2)
+        .arg(script)
+        .arg(keys.len())
+        .arg(refused_args.len())
+        .arg(&refused_args)
+        .arg("atomic_update")
+        .arg(debit_keys.len())
+        .arg(debit_args.len())
+        .arg(&debit_args)
         .query_async::<redis::Value>(conn)
         .await
         .unwrap_err()
 }
 
-/// An unknown kind (apply script) or saga step is refused before anything
-/// is written: no flag, no order number, no balance or hold changed, never
-/// taken for a debit or a settle. Called with EVAL straight from the files,
-/// as nothing in Rust can build such a call.
+/// An unknown kind (apply script) or saga step, or an apply script
+/// apply_many.lua does not have, is refused before anything is written: no
+/// flag, no order number, no balance or hold changed, never taken for a
+/// debit or a settle, and nothing after it in the call runs. Called with
+/// EVAL straight from the files, as nothing in Rust can build such a call.
 #[tokio::test]
 async fn unknown_kinds_and_saga_steps_write_nothing() {
     let store = store().await;
@@ -528,26 +591,22 @@ async fn unknown_kinds_and_saga_steps_write_nothing() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    // As the store runs them (the prelude, the script as the body of
-    // in_order.lua, whose order key and place come last): an error answer
-    // does not count as run, so the pipeline's order key is not written.
-    let order = layout.order(0, "unknown-kinds");
     // KEYS[1..4], the account's keys as every apply script takes them
-    // (lua/money.lua's layout), then the order key.
+    // (lua/money.lua's layout).
     let keys = [
         layout.tx("bogus"),
         layout.seq(0),
         account.clone(),
         layout.history("a"),
-        order.clone(),
     ];
-    for (script, kind) in [
-        ("atomic_update", "refund"),
-        ("saga_step", "steal"),
-        ("hold", "steal"),
+    for (script, kind, refusal) in [
+        ("atomic_update", "refund", "kind refund"),
+        ("saga_step", "steal", "steal"),
+        ("hold", "steal", "steal"),
+        ("refund_all", "debit", "apply script refund_all"),
     ] {
         let error = refused_eval(&mut conn, script, &keys, kind).await;
-        assert!(error.to_string().contains(kind), "{script}: {error}");
+        assert!(error.to_string().contains(refusal), "{script}: {error}");
         let record: Vec<Option<String>> = redis::cmd("HMGET")
             .arg(&account)
             .arg("balance")
@@ -571,12 +630,6 @@ async fn unknown_kinds_and_saga_steps_write_nothing() {
             .await
             .unwrap();
         assert!(!flag, "{script} set the flag");
-        let ran: bool = redis::cmd("EXISTS")
-            .arg(&order)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        assert!(!ran, "{script}'s refusal counted as run");
     }
 }
 
@@ -592,7 +645,6 @@ async fn money_to_its_own_account_is_refused_by_the_script() {
     let client = redis::Client::open(crate::infra().redis_url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let (account, history) = (layout.account("self"), layout.history("self"));
-    let order = layout.order(0, "own-account");
     let flag = layout.tx("to-self");
     let calls = [
         (
@@ -605,7 +657,6 @@ async fn money_to_its_own_account_is_refused_by_the_script() {
                 history.clone(),
                 account.clone(),
                 history.clone(),
-                order.clone(),
             ],
         ),
         (
@@ -620,7 +671,6 @@ async fn money_to_its_own_account_is_refused_by_the_script() {
                 layout.holds_due(0),
                 account.clone(),
                 history.clone(),
-                order.clone(),
             ],
         ),
     ];

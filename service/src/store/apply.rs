@@ -1,5 +1,5 @@
-//! The consumer's side: each record's step applied in one script call
-//! (pipelined per slot), its reply read into where the transaction stands,
+//! The consumer's side: each record's step applied by its script (a
+//! slot's records in one call), its reply read into where the transaction stands,
 //! and outcomes decided in another slot written to their tx record.
 
 use redis::Cmd;
@@ -7,8 +7,8 @@ use redis::Cmd;
 use crate::domain::Balance;
 
 use super::accounts::parse_balance;
+use super::apply_many::{ApplyScript, StepCall};
 use super::calls::{AccountKeys, AtomicUpdateCall, CreditedKeys, FlagArgs, HoldCall, SagaStepCall};
-use super::in_order::StepCall;
 use super::outcomes::parse_status;
 use super::Layout;
 use super::{evalsha, Store, StoreError};
@@ -74,7 +74,7 @@ impl Store {
             .collect()
     }
 
-    /// Applies each record's step, one script each, pipelined per slot
+    /// Applies each record's step, one script each, a slot's in one call
     /// (all slots at once, in order within a slot), and says where each
     /// transaction stands. Safe to call again with the same records: every
     /// step's flag turns a repeat into a no-op that answers as the first.
@@ -87,7 +87,7 @@ impl Store {
             .iter()
             .map(|record| self.step_command(record, now_ms))
             .collect::<Result<Vec<_>, _>>()?;
-        let replies = self.run_in_order(&calls).await?;
+        let replies = self.run_by_slot(&calls).await?;
         let entries: u64 = replies.iter().map(|reply| reply.4).sum();
         metrics::counter!("txengine_history_entries_total").increment(entries);
         records
@@ -102,7 +102,7 @@ impl Store {
     }
 
     /// The script call that applies `record`'s step, and the shard it runs in.
-    fn step_command(&self, record: &Record, now_ms: u64) -> Result<StepCall<'_>, StoreError> {
+    fn step_command(&self, record: &Record, now_ms: u64) -> Result<StepCall, StoreError> {
         let tx = &record.tx;
         let account = tx.movement.account().as_str();
         let saga_step = |on: &str, step: StepKind, asset: Option<&Asset>| {
@@ -139,7 +139,7 @@ impl Store {
 
     /// The call of `lua/atomic_update.lua` for a transaction that ends in
     /// one script (its accounts in one slot).
-    fn apply_command(&self, tx: &Transaction, now_ms: u64) -> StepCall<'_> {
+    fn apply_command(&self, tx: &Transaction, now_ms: u64) -> StepCall {
         let layout = &self.layout;
         let account = tx.movement.account().as_str();
         let to = tx.movement.to().map(AccountId::as_str);
@@ -151,7 +151,11 @@ impl Store {
             account_name: account,
             asset: tx.asset.as_ref().map_or("", Asset::as_str),
         };
-        StepCall::new(layout.shard_of(account), &self.scripts.apply, call.write())
+        StepCall::new(
+            layout.shard_of(account),
+            ApplyScript::AtomicUpdate,
+            call.write(),
+        )
     }
 
     /// The call of `lua/saga_step.lua` for `step` of a saga between slots,
@@ -163,7 +167,7 @@ impl Store {
         on: &str,
         step: StepKind,
         asset: &str,
-    ) -> StepCall<'_> {
+    ) -> StepCall {
         let flag = step.flag();
         let layout = &self.layout;
         let counterparty = match tx.movement.to() {
@@ -183,12 +187,12 @@ impl Store {
             hold_id: ended_hold.unwrap_or(""),
             asset,
         };
-        StepCall::new(layout.shard_of(on), &self.scripts.saga_step, call.write())
+        StepCall::new(layout.shard_of(on), ApplyScript::SagaStep, call.write())
     }
 
     /// The call of `lua/hold.lua` for a hold, or a capture, void or expiry
     /// of one: in the slot of the hold's account.
-    fn hold_command(&self, record: &Record, now_ms: u64) -> StepCall<'_> {
+    fn hold_command(&self, record: &Record, now_ms: u64) -> StepCall {
         let layout = &self.layout;
         let tx = &record.tx;
         let id = tx.id.as_str();
@@ -224,7 +228,7 @@ impl Store {
             account_name: account,
             asset: tx.asset.as_ref().map_or("", Asset::as_str),
         };
-        StepCall::new(shard, &self.scripts.hold, call.write())
+        StepCall::new(shard, ApplyScript::Hold, call.write())
     }
 
     /// ARGV[1..8] of every apply script (`lua/money.lua`'s layout): `what`

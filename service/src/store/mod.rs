@@ -10,7 +10,7 @@
 //! - [`apply`]: the consumer's apply, saga steps and their replies.
 //! - [`calls`]: the call contract (KEYS and ARGV, in order) of each script
 //!   that applies records.
-//! - [`in_order`]: a pipeline of applies kept in order within each slot.
+//! - [`apply_many`]: a slot's applies in one script call, in order.
 //! - [`history`]: each account's history, read by page and at a time.
 //! - [`holds`]: holds as the API and the expirer read them (their terms,
 //!   where they stand, which are past their deadline).
@@ -20,12 +20,12 @@
 mod accounts;
 mod api_keys;
 mod apply;
+mod apply_many;
 mod calls;
 mod claim;
 pub mod connection;
 mod history;
 mod holds;
-mod in_order;
 pub mod layout;
 mod migrate;
 mod outcomes;

@@ -4,8 +4,8 @@
 //! (`money.lua` before the ones that read or write accounts; `clock.lua` before the
 //! ones that claim or count; `claim.lua` and `rate_limit.lua`, functions,
 //! before the ones that run them for many requests). The three that apply
-//! records (`atomic_update.lua`, `saga_step.lua`, `hold.lua`) run as the
-//! body of `in_order.lua`, which keeps a pipeline of them in order.
+//! records (`atomic_update.lua`, `saga_step.lua`, `hold.lua`) are functions
+//! of one script, `apply_many.lua`, which runs a slot's records in order.
 
 use redis::Script;
 
@@ -13,14 +13,12 @@ use redis::Script;
 /// listed in one ([`Scripts::named`]): both name every field, so a script
 /// added here cannot be left out of either.
 pub(super) struct Scripts {
-    pub apply: Script,
+    pub apply_many: Script,
     pub claim: Script,
     pub claim_batch: Script,
     pub release: Script,
     pub accept: Script,
     pub accept_batch: Script,
-    pub saga_step: Script,
-    pub hold: Script,
     pub finish: Script,
     pub set_balance: Script,
     pub rate_limit: Script,
@@ -28,31 +26,32 @@ pub(super) struct Scripts {
     pub put_account: Script,
 }
 
-/// A script of `lua/` that applies records (`$body`, its file name), as the
-/// store runs it: `money.lua` and a `$prelude` if given, then the script as
-/// the body of `run`, then `in_order.lua`, which calls it.
-macro_rules! in_order {
-    ($body:literal) => {
-        in_order!("", $body)
-    };
-    ($prelude:expr, $body:literal) => {
+/// A script of `lua/` that applies records, `$name` (its file's name), as
+/// a function of that name: `apply_many.lua` calls it.
+macro_rules! apply_function {
+    ($name:literal) => {
         concat!(
-            include_str!("../../../lua/money.lua"),
-            $prelude,
-            "\nlocal function run()\n",
-            include_str!(concat!("../../../lua/", $body)),
-            "\nend\n",
-            include_str!("../../../lua/in_order.lua")
+            "\nlocal function ",
+            $name,
+            "()\n",
+            include_str!(concat!("../../../lua/", $name, ".lua")),
+            "\nend\n"
         )
     };
 }
 
-/// Each script's name (the name of its file in `lua/`, the apply script's
-/// `atomic_update`) and its source as Redis runs it, in [`Scripts`]' order.
-pub(super) const SOURCES: [(&str, &str); 13] = [
+/// Each script's name (the name of its file in `lua/`) and its source as Redis runs it, in [`Scripts`]' order.
+pub(super) const SOURCES: [(&str, &str); 11] = [
     (
-        "atomic_update",
-        in_order!("atomic_update.lua"),
+        "apply_many",
+        concat!(
+            include_str!("../../../lua/money.lua"),
+            include_str!("../../../lua/clock.lua"),
+            apply_function!("atomic_update"),
+            apply_function!("saga_step"),
+            apply_function!("hold"),
+            include_str!("../../../lua/apply_many.lua")
+        ),
     ),
     (
         "claim",
@@ -86,14 +85,6 @@ pub(super) const SOURCES: [(&str, &str); 13] = [
             include_str!("../../../lua/accept_batch.lua")
         ),
     ),
-    (
-        "saga_step",
-        in_order!("saga_step.lua"),
-    ),
-    (
-        "hold",
-        in_order!(include_str!("../../../lua/clock.lua"), "hold.lua"),
-    ),
     ("finish", include_str!("../../../lua/finish.lua")),
     (
         "set_balance",
@@ -125,17 +116,15 @@ pub(super) const SOURCES: [(&str, &str); 13] = [
 
 impl Scripts {
     pub(super) fn new() -> Self {
-        let [apply, claim, claim_batch, release, accept, accept_batch, saga_step, hold, finish, set_balance, rate_limit, migrate_account, put_account] =
+        let [apply_many, claim, claim_batch, release, accept, accept_batch, finish, set_balance, rate_limit, migrate_account, put_account] =
             SOURCES.map(|(_, source)| Script::new(source));
         Self {
-            apply,
+            apply_many,
             claim,
             claim_batch,
             release,
             accept,
             accept_batch,
-            saga_step,
-            hold,
             finish,
             set_balance,
             rate_limit,
@@ -145,21 +134,19 @@ impl Scripts {
     }
 
     /// Every script, for SCRIPT LOAD.
-    pub(super) fn all(&self) -> [&Script; 13] {
+    pub(super) fn all(&self) -> [&Script; 11] {
         self.named().map(|(_, script)| script)
     }
 
     /// Every script with its name, in [`SOURCES`]' order.
-    pub(super) fn named(&self) -> [(&'static str, &Script); 13] {
+    pub(super) fn named(&self) -> [(&'static str, &Script); 11] {
         let Self {
-            apply,
+            apply_many,
             claim,
             claim_batch,
             release,
             accept,
             accept_batch,
-            saga_step,
-            hold,
             finish,
             set_balance,
             rate_limit,
@@ -167,14 +154,12 @@ impl Scripts {
             put_account,
         } = self;
         let scripts = [
-            apply,
+            apply_many,
             claim,
             claim_batch,
             release,
             accept,
             accept_batch,
-            saga_step,
-            hold,
             finish,
             set_balance,
             rate_limit,
