@@ -66,7 +66,7 @@ end
 -- Refused: an entry that changed nothing, then the outcome.
 local function refuse(reason)
   log_tx(KEYS[4], kind, ARGV[2], '0', counterparty, 'rejected', reason, digits(source.balance))
-  return settle('rejected', reason, '')
+  return settle('rejected', reason, '', source.asset)
 end
 
 local other = asset_refusal(source, ARGV[11])
@@ -82,7 +82,7 @@ if kind == 'credit' then
   local after = digits(source.balance + amount)
   redis.call('HSET', KEYS[3], 'balance', after)
   log_tx(KEYS[4], kind, ARGV[2], ARGV[2], '', 'applied', '', after)
-  return settle('applied', '', after)
+  return settle('applied', '', after, source.asset)
 end
 
 local short = pay_refusal(source, amount)
@@ -104,4 +104,4 @@ end
 local after = digits(source.balance - amount)
 redis.call('HSET', KEYS[3], 'balance', after)
 log_tx(KEYS[4], kind, ARGV[2], '-' .. ARGV[2], counterparty, 'applied', '', after)
-return settle('applied', '', after)
+return settle('applied', '', after, source.asset)

@@ -125,7 +125,7 @@ local function refuse(reason)
   if account then
     entry('rejected', '0', reason)
   end
-  return settle('rejected', reason, '')
+  return settle('rejected', reason, '', account and account.asset)
 end
 
 -- state, amount, to, deadline_ms
@@ -187,7 +187,7 @@ if op == 'hold' then
   redis.call('EXPIRE', KEYS[5], ARGV[4])
   redis.call('ZADD', KEYS[6], deadline, ARGV[9])
   entry('held', '0')
-  return settle('applied', '', digits(account.balance))
+  return settle('applied', '', digits(account.balance), account.asset)
 end
 
 -- capture, capture_out, void: of a hold that exists and is held.
@@ -219,7 +219,7 @@ if op == 'void' then
     return failed
   end
   entry('voided', '0')
-  return settle('applied', '', digits(balance()))
+  return settle('applied', '', digits(balance()), account.asset)
 end
 
 -- The record was routed by the hold's terms as its binding names them;
@@ -267,4 +267,4 @@ if destination then
   log_tx(KEYS[8], 'capture', ARGV[2], ARGV[2], ARGV[13], 'captured', '', credited, ARGV[12])
 end
 entry('captured', '-' .. ARGV[2])
-return settle('applied', '', digits(account.balance))
+return settle('applied', '', digits(account.balance), account.asset)

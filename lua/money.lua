@@ -131,9 +131,10 @@ local entries_written = 0
 
 -- Set the flag to this outcome, in the slot's apply order, and answer it
 -- with the history entries written before: {state, reason, balance_after,
--- 0, entries, asset}. `asset` (nil: none) is a saga's debit's: the asset of
--- the money in flight, which its credit must match; kept in the flag so a
--- repeat answers it too.
+-- 0, entries, asset}. `asset` is the asset of the account the call ran
+-- for (nil: no such account): kept in the flag, so a repeat answers it
+-- too, GET /transactions/{id} and the outcome event show it, and a saga's
+-- credit checks the asset its debit answered.
 local function settle(state, reason, balance_after, asset)
   local fields = {'state', state, 'reason', reason, 'balance_after', balance_after,
     'fp', ARGV[3], 'applied_at_ms', ARGV[5], 'seq', redis.call('INCR', KEYS[2])}

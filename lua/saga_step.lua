@@ -73,7 +73,7 @@ if step == 'debit' then
   local short = asset_refusal(account, ARGV[12]) or pay_refusal(account, amount)
   if short then
     entry('rejected', '0', digits(account.balance), short)
-    return settle('rejected', short, '')
+    return settle('rejected', short, '', account.asset)
   end
   local after = digits(account.balance - amount)
   redis.call('HSET', KEYS[3], 'balance', after, 'held', digits(account.held + amount))
@@ -84,12 +84,12 @@ end
 if step == 'credit' then
   local unfit = credit_refusal(account, amount, ARGV[12])
   if unfit then
-    return settle('refused', unfit, '')
+    return settle('refused', unfit, '', account and account.asset)
   end
   local after = digits(account.balance + amount)
   redis.call('HSET', KEYS[3], 'balance', after)
   entry('credited', ARGV[2], after)
-  return settle('credited', '', after)
+  return settle('credited', '', after, account.asset)
 end
 
 -- release and refund end the hold the debit made; the debit ran in this
@@ -117,9 +117,9 @@ if step == 'release' then
   redis.call('HSET', KEYS[3], 'held', held)
   local balance = digits(account.balance)
   entry('released', '0', balance)
-  return settle('released', '', balance)
+  return settle('released', '', balance, account.asset)
 end
 local after = digits(account.balance + amount)
 redis.call('HSET', KEYS[3], 'balance', after, 'held', held)
 entry('refunded', ARGV[2], after)
-return settle('refunded', '', after)
+return settle('refunded', '', after, account.asset)

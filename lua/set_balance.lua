@@ -15,8 +15,10 @@
 -- set, its delta the change), so that replaying the entries gives the
 -- balance; a refused set writes nothing.
 --
--- Returns {answer, held, pending, min, max}, answer being 1 when set; 0
--- (nothing written) when the balance plus what is in flight would pass
+-- Returns {answer, balance, pending, held, asset, min, max, meta,
+-- created}: the account as it stands after the call (as it would have
+-- been made, for a refused set of a missing one), answer being 1 when set;
+-- 0 (nothing written) when the balance plus what is in flight would pass
 -- max; 2 (nothing written) when the balance minus what holds keep would
 -- be below min (their captures must find the money).
 
@@ -26,18 +28,20 @@
 local account = account_at(KEYS[1])
 local made = not account
 if made then
-  account = {balance = 0, pending = 0, held = 0, min = 0, max = MAX}
+  account = {balance = 0, pending = 0, held = 0, asset = ARGV[3], min = 0, max = MAX}
 end
 local balance = tonumber(ARGV[1])
 local function answer(code)
-  return {code, digits(account.held), digits(account.pending), digits(account.min),
-    digits(account.max)}
+  local more = redis.call('HMGET', KEYS[1], 'meta', 'created')
+  return {code, digits(account.balance), digits(account.pending), digits(account.held),
+    account.asset, digits(account.min), digits(account.max), more[1] or '',
+    more[2] or ARGV[4]}
 end
 if not has_room(0, balance, account.held, account.max) then
-  return answer(0)
+  return answer('0')
 end
 if balance - account.pending < account.min then
-  return answer(2)
+  return answer('2')
 end
 if made then
   redis.call('HSET', KEYS[1], 'balance', ARGV[1], 'asset', ARGV[3], 'created', ARGV[4])
@@ -46,4 +50,5 @@ else
 end
 log(KEYS[2], ARGV[2], '', '', 'set', ARGV[1], digits(balance - account.balance), '',
   'applied', '', ARGV[1], '')
-return answer(1)
+account.balance = balance
+return answer('1')

@@ -56,6 +56,10 @@ impl From<Outcome> for EventStatus {
 pub struct OutcomeEvent {
     pub tx: Transaction,
     pub status: EventStatus,
+    /// The asset of the account the transaction ended on (`None`: no such
+    /// account, or an expiry); the event shows the one the transaction
+    /// named in its place.
+    pub asset: Option<Asset>,
     /// The consumer's wall clock (ms since the Unix epoch) when it applied
     /// the record it publishes this for (a redelivery's is later).
     pub at_ms: u64,
@@ -79,7 +83,8 @@ struct EventV1 {
     status: EventStatus,
     #[serde(default, skip_serializing_if = "Metadata::is_empty")]
     metadata: Metadata,
-    /// The asset the transaction named, when it named one.
+    /// The asset of the money: of the account the transaction ended on,
+    /// else the one it named, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     asset: Option<Asset>,
     at_ms: u64,
@@ -104,7 +109,7 @@ impl OutcomeEvent {
             movement: self.tx.movement.clone(),
             status: self.status,
             metadata: self.tx.metadata.clone(),
-            asset: self.tx.asset.clone(),
+            asset: self.asset.clone().or_else(|| self.tx.asset.clone()),
             at_ms: self.at_ms,
         };
         serde_json::to_vec(&v1).expect("an event always serialises")
@@ -121,9 +126,10 @@ impl OutcomeEvent {
                 id: v1.id,
                 movement: v1.movement,
                 metadata: v1.metadata,
-                asset: v1.asset,
+                asset: None,
             },
             status: v1.status,
+            asset: v1.asset,
             at_ms: v1.at_ms,
         })
     }
@@ -158,12 +164,14 @@ mod tests {
             },
             metadata: Metadata::default(),
         };
-        for (tx, status, text) in [
+        let usd = Some(Asset::parse("USD/2").unwrap());
+        for (tx, status, asset, text) in [
             (
                 transfer.clone(),
                 EventStatus::Applied {
                     balance_after: Balance::new(7).unwrap(),
                 },
+                usd.clone(),
                 r#""status":"applied","balance_after":7"#,
             ),
             (
@@ -171,19 +179,24 @@ mod tests {
                 EventStatus::Rejected {
                     reason: RejectReason::InsufficientFunds,
                 },
+                usd,
                 r#""status":"rejected","reason":"insufficient_funds""#,
             ),
-            (expire, EventStatus::Expired, r#""status":"expired""#),
+            (expire, EventStatus::Expired, None, r#""status":"expired""#),
         ] {
             let event = OutcomeEvent {
                 tx,
                 status,
+                asset,
                 at_ms: 42,
             };
             let bytes = event.encode();
             let json = String::from_utf8_lossy(&bytes);
             assert!(json.starts_with(r#"{"v":1,"#), "{json}");
             assert!(json.contains(text), "{json}");
+            let named = event.asset.as_ref().map(|a| format!(r#""asset":"{a}""#));
+            assert_eq!(json.contains(r#""asset""#), named.is_some(), "{json}");
+            assert!(named.is_none_or(|named| json.contains(&named)), "{json}");
             assert_eq!(OutcomeEvent::decode(&bytes).unwrap(), event);
             assert_eq!(event.key().as_str(), "a");
         }

@@ -36,27 +36,56 @@ fn spawner() -> &'static Mutex<mpsc::Sender<SpawnRequest>> {
     })
 }
 
-/// Directories to remove when the process exits normally (`exit`, as a
-/// test binary ends): a test binary keeps its shared Redis and Kafka in
-/// statics, which are never dropped, so their temp dirs would stay behind,
-/// one set per run (1,551 of them once filled a disk). Their processes die
-/// with the process (the death signal above).
-pub fn remove_at_exit(dir: &Path) {
-    static DIRS: OnceLock<Mutex<Vec<PathBuf>>> = OnceLock::new();
-    extern "C" fn remove_all() {
-        if let Some(dirs) = DIRS.get() {
-            for dir in dirs.lock().map(|d| d.clone()).unwrap_or_default() {
-                let _ = std::fs::remove_dir_all(dir);
-            }
+/// What the process cleans up when it exits normally (`exit`, as a test
+/// binary ends): a test binary keeps its shared Redis and Kafka in statics,
+/// which are never dropped, so their temp dirs would stay behind, one set
+/// per run (1,551 of them once filled a disk). Their processes would die
+/// with the process (the death signal above), but only after the dirs are
+/// removed, and a Kafka still running then writes into its dir again: so
+/// the children still alive are killed and reaped first.
+#[derive(Default)]
+struct AtExit {
+    dirs: Vec<PathBuf>,
+    /// Process groups of children not reaped yet (each child leads its own).
+    groups: std::collections::BTreeSet<i32>,
+}
+
+fn at_exit() -> &'static Mutex<AtExit> {
+    static AT_EXIT: OnceLock<Mutex<AtExit>> = OnceLock::new();
+    extern "C" fn clean_up() {
+        let Some(Ok(at_exit)) = AT_EXIT.get().map(Mutex::lock) else {
+            return;
+        };
+        for &group in &at_exit.groups {
+            let _ = killpg(Pid::from_raw(group), Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(group), None);
+        }
+        for dir in &at_exit.dirs {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
-    let dirs = DIRS.get_or_init(|| {
+    AT_EXIT.get_or_init(|| {
         // SAFETY: registers a plain function with no arguments, once.
-        unsafe { nix::libc::atexit(remove_all) };
-        Mutex::new(Vec::new())
-    });
-    if let Ok(mut dirs) = dirs.lock() {
-        dirs.push(dir.to_owned());
+        unsafe { nix::libc::atexit(clean_up) };
+        Mutex::new(AtExit::default())
+    })
+}
+
+/// Removes `dir` when the process exits normally, after killing the
+/// children still running ([`AtExit`]).
+pub fn remove_at_exit(dir: &Path) {
+    if let Ok(mut at_exit) = at_exit().lock() {
+        at_exit.dirs.push(dir.to_owned());
+    }
+}
+
+/// Counts `pid`'s group among the children to kill at exit, or no more.
+fn kill_at_exit(pid: u32, alive: bool) {
+    if let Ok(mut at_exit) = at_exit().lock() {
+        match alive {
+            true => at_exit.groups.insert(pid as i32),
+            false => at_exit.groups.remove(&(pid as i32)),
+        };
     }
 }
 
@@ -91,6 +120,7 @@ impl Supervised {
             .recv()
             .map_err(|_| io::Error::other("spawner thread is gone"))??;
         tracing::debug!(name, pid = child.id(), log = %log.display(), "spawned");
+        kill_at_exit(child.id(), true);
         Ok(Self {
             name: name.to_owned(),
             child: Some(child),
@@ -119,6 +149,7 @@ impl Supervised {
         self.signal(Signal::SIGKILL);
         if let Some(mut child) = self.child.take() {
             let _ = child.wait();
+            kill_at_exit(child.id(), false);
             tracing::debug!(name = %self.name, "killed");
         }
     }
@@ -129,7 +160,9 @@ impl Supervised {
         let deadline = std::time::Instant::now() + grace;
         while std::time::Instant::now() < deadline {
             if !self.is_running() {
-                self.child.take();
+                if let Some(child) = self.child.take() {
+                    kill_at_exit(child.id(), false);
+                }
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(50));

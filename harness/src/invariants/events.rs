@@ -37,7 +37,7 @@ pub(super) async fn check_outcome_events(
         let (b, t) = (brokers.to_owned(), topic.to_owned());
         let messages =
             tokio::task::spawn_blocking(move || crate::measure::read_topic(&b, &t)).await??;
-        let violations = compare(&expected, &messages);
+        let violations = compare(&expected, &messages, &ledger.accounts);
         if violations.is_empty() || started.elapsed() > EVENTS_GRACE {
             return Ok(violations);
         }
@@ -103,10 +103,12 @@ async fn expected_events<'l>(
     Ok(expected)
 }
 
-/// What the messages break of `expected`.
+/// What the messages break of `expected`; an applied or rejected event
+/// of an account the ledger made (`accounts`) must name its asset.
 fn compare(
     expected: &BTreeMap<(String, &'static str), Expected<'_>>,
     messages: &[rdkafka::message::OwnedMessage],
+    accounts: &std::collections::HashMap<String, crate::workload::AccountSpec>,
 ) -> Vec<String> {
     let mut violations = Vec::new();
     let seen = distinct_events(messages, &mut violations);
@@ -134,6 +136,16 @@ fn compare(
                 want.tx.account,
                 want.status
             ));
+        }
+        let asset = event.asset.as_ref().map(|asset| asset.as_str());
+        let spec = accounts.get(&want.tx.account);
+        if let (Some(spec), false) = (spec, want.status == EventStatus::Expired) {
+            if asset != Some(spec.asset.as_str()) {
+                violations.push(format!(
+                    "event {id:?} names asset {asset:?}, its account {} holds {}",
+                    want.tx.account, spec.asset
+                ));
+            }
         }
     }
     let missing: Vec<&(String, &str)> = expected

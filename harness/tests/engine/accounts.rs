@@ -397,6 +397,20 @@ async fn money_moves_within_bounds_and_never_between_assets(#[case] topology: Re
             rejected("asset_mismatch"),
         ]
     );
+    // Each outcome names the asset of the account it settled on (the
+    // source's, also when a credit of another asset refused it).
+    for (id, asset) in [
+        ("b-1", "USD/2"),
+        ("b-6", "USD/2"),
+        ("b-8", "EUR/2"),
+        ("b-13", "EUR/2"),
+        ("b-14", "EUR/2"),
+        ("h-1", "USD/2"),
+    ] {
+        let (status, view) = s.get(&format!("/transactions/{id}")).await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{id}: {view}");
+        assert_eq!(view["asset"], json!(asset), "{id}: {view}");
+    }
     // A capture takes the money its hold keeps, into the overdraft; one to
     // an account of another asset is refused.
     let hold =

@@ -66,7 +66,8 @@ async fn post_is_accepted_applied_and_read_back() {
     let settled = s.wait_settled(&["t-1".into()], SETTLE).await.unwrap();
     assert_eq!(
         settled["t-1"],
-        json!({"id": "t-1", "status": "applied", "balance_after": 40})
+        json!({"id": "t-1", "status": "applied", "balance_after": 40,
+            "asset": s.config.default_asset.as_str()})
     );
     assert_eq!(s.balance("alice").await.unwrap(), Some(40));
     assert_eq!(s.balance("bob").await.unwrap(), Some(65));

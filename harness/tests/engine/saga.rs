@@ -77,17 +77,26 @@ async fn apply_twice(store: &Store, record: &Record) -> Progress {
             assert_eq!(*a, b, "a repeated step publishes the same next step")
         }
         (
-            Progress::Ended { applied, recorded },
+            Progress::Ended {
+                applied,
+                recorded,
+                asset,
+            },
             Progress::Ended {
                 applied: repeat,
                 recorded: r,
+                asset: a,
             },
         ) => {
             assert!(
                 !applied.duplicate && repeat.duplicate,
                 "{applied:?} then {repeat:?}"
             );
-            assert_eq!((applied.outcome, *recorded), (repeat.outcome, r));
+            assert_eq!(
+                (applied.outcome, *recorded, asset),
+                (repeat.outcome, r, &a),
+                "a repeat answers as the first"
+            );
         }
         (first, again) => panic!("{first:?} then {again:?}"),
     }
@@ -191,7 +200,12 @@ async fn saga_steps_move_money_once_even_when_redelivered() {
     );
     assert_eq!(release.key().as_str(), source);
     assert_eq!(balance(&store, &to).await, Some(300));
-    let Progress::Ended { applied, recorded } = apply_twice(&store, &release).await else {
+    let Progress::Ended {
+        applied,
+        recorded,
+        asset,
+    } = apply_twice(&store, &release).await
+    else {
         panic!("the release ends it")
     };
     assert_eq!(
@@ -202,8 +216,13 @@ async fn saga_steps_move_money_once_even_when_redelivered() {
     );
     assert!(!recorded, "the tx record is in another slot than the steps");
     assert_eq!(held(&store, source).await, 0, "nothing in flight");
+    assert_eq!(
+        asset,
+        Some(txengine::domain::Asset::default()),
+        "the debited account's"
+    );
     store
-        .finish(&[(&record.tx, applied.outcome)])
+        .finish(&[(&record.tx, applied.outcome, asset.as_ref())])
         .await
         .unwrap();
     store
@@ -212,9 +231,12 @@ async fn saga_steps_move_money_once_even_when_redelivered() {
             Outcome::Rejected {
                 reason: RejectReason::UnknownAccount,
             },
+            None,
         )])
         .await
         .unwrap();
+    let (_, _, recorded_asset) = store.lookup(&record.tx.id).await.unwrap().unwrap();
+    assert_eq!(recorded_asset, asset, "the tx record names the asset");
     assert_eq!(
         store.status(&record.tx.id).await.unwrap(),
         Some(TxStatus::Settled(applied.outcome)),
@@ -258,6 +280,7 @@ async fn saga_steps_move_money_once_even_when_redelivered() {
     let Progress::Ended {
         applied,
         recorded: false,
+        ..
     } = apply_twice(&store, &transfer("t-poor", source, &to, 5_000)).await
     else {
         panic!("a refused debit ends the saga")

@@ -412,7 +412,8 @@ impl TxConsumer {
                 Progress::Ended {
                     applied,
                     recorded: false,
-                } => Some((&record.tx, applied.outcome)),
+                    asset,
+                } => Some((&record.tx, applied.outcome, asset.as_ref())),
                 _ => None,
             })
             .collect();
@@ -505,14 +506,17 @@ fn outcome_events<'a>(
     let at_ms = now_ms();
     applied
         .filter_map(|(record, progress)| {
-            let status = match progress {
-                Progress::Ended { applied, .. } => EventStatus::from(applied.outcome),
-                Progress::Expiry { expired: true, .. } => EventStatus::Expired,
+            let (status, asset) = match progress {
+                Progress::Ended { applied, asset, .. } => {
+                    (EventStatus::from(applied.outcome), asset.clone())
+                }
+                Progress::Expiry { expired: true, .. } => (EventStatus::Expired, None),
                 Progress::Expiry { .. } | Progress::Next(_) | Progress::Mismatch => return None,
             };
             Some(OutcomeEvent {
                 tx: record.tx.clone(),
                 status,
+                asset,
                 at_ms,
             })
         })

@@ -159,19 +159,6 @@ pub(super) async fn put_balance(
         .set_balance(&account, balance)
         .await
         .map_err(|e| Problem::from_store(e, api.retry_after_secs))?;
-    set.ensure_set().map_err(Problem::rule)?;
-    // Read back for its asset and bounds; a write between the two is shown
-    // as it is.
-    let found = api
-        .store
-        .account(&account)
-        .await
-        .map_err(|e| Problem::from_store(e, api.retry_after_secs))?
-        .ok_or_else(|| {
-            Problem::from_store(
-                crate::store::StoreError::Unexpected(format!("{account} set, then not found")),
-                api.retry_after_secs,
-            )
-        })?;
+    let found = set.ensure_set().map_err(Problem::rule)?;
     Ok(Json(BalanceView::new(account, &found)).into_response())
 }

@@ -14,7 +14,7 @@ use super::auth::{authenticate, spend};
 use super::problem::{not_found, Problem, ProblemBody};
 use super::transactions::with_quota;
 use super::ApiState;
-use crate::domain::{Binding, Metadata, Outcome, TxId, TxStatus};
+use crate::domain::{Asset, Binding, Metadata, Outcome, TxId, TxStatus};
 use crate::keys::ApiKey;
 use crate::store::HoldPhase;
 
@@ -34,6 +34,12 @@ pub(super) struct TransactionView<'a> {
     /// A captured hold: the amount its capture moved.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) captured_amount: Option<u64>,
+    /// The asset of the money: the asset of the account it was applied or
+    /// rejected on (only `GET /transactions/{id}` answers it, once settled;
+    /// none when that account did not exist).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "USD/2")]
+    pub(super) asset: Option<Asset>,
     /// The metadata it was posted with (only `GET /transactions/{id}`
     /// answers it, and only to a key that sees the source).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -72,6 +78,7 @@ pub(super) fn view(id: &TxId, status: TxStatus) -> TransactionView<'_> {
         reason,
         balance_after,
         captured_amount: None,
+        asset: None,
         metadata: None,
     }
 }
@@ -161,7 +168,7 @@ pub(super) async fn get_transaction(
         .await
         .map_err(|e| Problem::from_store(e, api.retry_after_secs))?;
     let unknown = || not_found(format!("no transaction {id}")).into_response();
-    let Some((status, fingerprint)) = found else {
+    let Some((status, fingerprint, asset)) = found else {
         return Ok(with_quota(unknown(), quota));
     };
     let binding = Binding::decode(&fingerprint);
@@ -175,9 +182,13 @@ pub(super) async fn get_transaction(
             .map_err(|e| Problem::from_store(e, api.retry_after_secs))?,
         _ => None,
     };
-    let view = |id, status| match phase {
-        Some(phase) => hold_view(id, status, phase),
-        None => view(id, status),
+    let view = |id, status| {
+        let mut seen = match phase {
+            Some(phase) => hold_view(id, status, phase),
+            None => view(id, status),
+        };
+        seen.asset = asset.clone();
+        seen
     };
     let response = match sight(&key, binding.as_ref()) {
         Sight::Whole => {

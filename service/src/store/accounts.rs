@@ -8,10 +8,11 @@ use crate::metadata::Metadata;
 
 /// What the admin setter did.
 #[must_use = "a refused set wrote nothing"]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BalanceSet {
-    /// Set; the account's active holds keep `pending` of it.
-    Set { pending: u64 },
+    /// Set: the account as it stands now (its active holds keep its
+    /// `pending`).
+    Set(Account),
     /// Refused: `held` minor units are in flight out of the account, and
     /// the balance plus them would pass its `max`.
     NoRoom { held: u64, max: Balance },
@@ -21,10 +22,10 @@ pub enum BalanceSet {
 }
 
 impl BalanceSet {
-    /// `Ok(pending)` when the balance was set, else the rule it broke.
-    pub fn ensure_set(self) -> Result<u64, RuleError> {
+    /// `Ok(account)` when the balance was set, else the rule it broke.
+    pub fn ensure_set(self) -> Result<Account, RuleError> {
         match self {
-            Self::Set { pending } => Ok(pending),
+            Self::Set(account) => Ok(account),
             Self::NoRoom { held, max } => Err(RuleError::NoRoomForHeld { held, max }),
             Self::BelowPending { pending, min } => Err(RuleError::BelowPending { pending, min }),
         }
@@ -48,8 +49,9 @@ pub(super) fn parse_balance(raw: &str) -> Option<Balance> {
     Balance::new(raw.parse().ok()?).ok()
 }
 
-/// An account from its record's fields, as `put_account.lua` answers them
-/// (balance, pending, held, asset, min, max, meta, created).
+/// An account from its record's fields, as `put_account.lua` and
+/// `set_balance.lua` answer them (balance, pending, held, asset, min, max,
+/// meta, created).
 fn account_from(fields: &[String]) -> Option<Account> {
     let [balance, pending, held, asset, min, max, meta, created] = fields else {
         return None;
@@ -168,7 +170,7 @@ impl Store {
         account: &AccountId,
         balance: Balance,
     ) -> Result<BalanceSet, StoreError> {
-        let (set, held, pending, min, max): (i64, String, String, String, String) = self
+        let texts: Vec<String> = self
             .with_scripts(|| {
                 let mut conn = self.conn.clone();
                 let mut invocation = self.scripts.set_balance.key(self.account_key(account));
@@ -181,15 +183,19 @@ impl Store {
                 async move { invocation.invoke_async(&mut conn).await }
             })
             .await?;
-        let fail = || unexpected("set_balance", (set, &held, &pending, &min, &max));
-        let held = held.parse().map_err(|_| fail())?;
-        let pending = pending.parse().map_err(|_| fail())?;
-        let min = parse_balance(&min).ok_or_else(fail)?;
-        let max = parse_balance(&max).ok_or_else(fail)?;
-        match set {
-            1 => Ok(BalanceSet::Set { pending }),
-            0 => Ok(BalanceSet::NoRoom { held, max }),
-            2 => Ok(BalanceSet::BelowPending { pending, min }),
+        let fail = || unexpected("set_balance", &texts);
+        let (code, fields) = texts.split_first().ok_or_else(fail)?;
+        let found = account_from(fields).ok_or_else(fail)?;
+        match code.as_str() {
+            "1" => Ok(BalanceSet::Set(found)),
+            "0" => Ok(BalanceSet::NoRoom {
+                held: found.held,
+                max: found.bounds.max(),
+            }),
+            "2" => Ok(BalanceSet::BelowPending {
+                pending: found.pending,
+                min: found.bounds.min(),
+            }),
             _ => Err(fail()),
         }
     }

@@ -29,8 +29,13 @@ pub struct Applied {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Progress {
     /// The transaction's outcome is decided. `recorded` is false when its tx
-    /// record is in another slot: [`Store::finish`] writes it there.
-    Ended { applied: Applied, recorded: bool },
+    /// record is in another slot: [`Store::finish`] writes it there. `asset`
+    /// is the asset of the account it ended on (`None`: no such account).
+    Ended {
+        applied: Applied,
+        recorded: bool,
+        asset: Option<Asset>,
+    },
     /// The saga goes on with this record, to be published.
     Next(Record),
     /// The id was applied with another body: nothing changed, and this
@@ -263,10 +268,15 @@ impl Store {
                 tx.id, record.saga
             ))
         };
+        let account_asset = match asset.as_str() {
+            "" => None,
+            asset => Some(Asset::parse(asset).map_err(|_| unexpected())?),
+        };
         let ended = |outcome, recorded| {
             Ok(Progress::Ended {
                 applied: Applied { outcome, duplicate },
                 recorded,
+                asset: account_asset.clone(),
             })
         };
         let next = |step| {
@@ -341,9 +351,13 @@ impl Store {
     }
 
     /// Writes the outcomes of transactions whose outcome was decided in
-    /// another slot than their tx record's (see `lua/finish.lua`); the first
-    /// write wins, so a repeat is harmless.
-    pub async fn finish(&self, ended: &[(&Transaction, Outcome)]) -> Result<(), StoreError> {
+    /// another slot than their tx record's, with the asset of the account
+    /// each ended on (see `lua/finish.lua`); the first write wins, so a
+    /// repeat is harmless.
+    pub async fn finish(
+        &self,
+        ended: &[(&Transaction, Outcome, Option<&Asset>)],
+    ) -> Result<(), StoreError> {
         if ended.is_empty() {
             return Ok(());
         }
@@ -352,7 +366,7 @@ impl Store {
             .with_scripts(|| {
                 let commands: Vec<(u32, Cmd)> = ended
                     .iter()
-                    .map(|(tx, outcome)| {
+                    .map(|(tx, outcome, asset)| {
                         let (reason, balance_after) = match outcome {
                             Outcome::Applied { balance_after } => {
                                 ("", balance_after.minor_units().to_string())
@@ -366,7 +380,8 @@ impl Store {
                             .arg(balance_after)
                             .arg(now_ms)
                             .arg(tx.fingerprint())
-                            .arg(self.outcome_ttl_secs);
+                            .arg(self.outcome_ttl_secs)
+                            .arg(asset.map_or("", |asset| asset.as_str()));
                         (self.layout.shard_of(tx.id.as_str()), cmd)
                     })
                     .collect();

@@ -1,17 +1,21 @@
 //! Where a transaction stands, read from its tx record.
 
 use super::{Store, StoreError};
-use crate::domain::{TxId, TxStatus};
+use crate::domain::{Asset, TxId, TxStatus};
 
 impl Store {
     /// Where an id stands; `None` if unknown or only claimed (not yet accepted).
     pub async fn status(&self, id: &TxId) -> Result<Option<TxStatus>, StoreError> {
-        Ok(self.lookup(id).await?.map(|(status, _)| status))
+        Ok(self.lookup(id).await?.map(|(status, _, _)| status))
     }
 
-    /// Where an id stands and the fingerprint of the body it is bound to
-    /// (which names its accounts); `None` if unknown or only claimed.
-    pub async fn lookup(&self, id: &TxId) -> Result<Option<(TxStatus, String)>, StoreError> {
+    /// Where an id stands, the fingerprint of the body it is bound to
+    /// (which names its accounts) and, once settled, the asset of the
+    /// account it settled on; `None` if unknown or only claimed.
+    pub async fn lookup(
+        &self,
+        id: &TxId,
+    ) -> Result<Option<(TxStatus, String, Option<Asset>)>, StoreError> {
         let mut conn = self.conn.clone();
         type Fields = (
             Option<String>,
@@ -19,16 +23,19 @@ impl Store {
             Option<String>,
             Option<String>,
             Option<String>,
+            Option<String>,
         );
-        let (state, reason, balance_after, accepted, fingerprint): Fields = redis::cmd("HMGET")
-            .arg(self.tx_key(id))
-            .arg("state")
-            .arg("reason")
-            .arg("balance_after")
-            .arg("accepted")
-            .arg("fp")
-            .query_async(&mut conn)
-            .await?;
+        let (state, reason, balance_after, accepted, fingerprint, asset): Fields =
+            redis::cmd("HMGET")
+                .arg(self.tx_key(id))
+                .arg("state")
+                .arg("reason")
+                .arg("balance_after")
+                .arg("accepted")
+                .arg("fp")
+                .arg("asset")
+                .query_async(&mut conn)
+                .await?;
         let status = match (state.as_deref(), accepted) {
             (Some(state @ ("applied" | "rejected")), _) => parse_status(
                 state,
@@ -38,7 +45,14 @@ impl Store {
             (_, Some(_)) => TxStatus::Pending,
             _ => return Ok(None),
         };
-        Ok(Some((status, fingerprint.unwrap_or_default())))
+        let asset = match asset.as_deref() {
+            None | Some("") => None,
+            Some(asset) => Some(Asset::parse(asset).map_err(|_| {
+                StoreError::Unexpected(format!("{id}: asset {asset} in its record"))
+            })?),
+        };
+        let asset = asset.filter(|_| status != TxStatus::Pending);
+        Ok(Some((status, fingerprint.unwrap_or_default(), asset)))
     }
 }
 
