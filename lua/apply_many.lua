@@ -1,20 +1,38 @@
--- Applies a slot's records in one call, in order: the store puts money.lua,
--- clock.lua and each apply script as a function of its name
+-- Applies records of one slot in one call, in order: the store puts
+-- money.lua, clock.lua and each apply script as a function of its name
 -- (atomic_update, saga_step, hold) before this file (store/scripts.rs).
--- One call per slot, not one per record: each call costs Redis several
--- microseconds of its own, and records of one slot are applied in order
--- without an order key between calls.
+-- One call for up to 100 records, not one each: each call costs Redis
+-- several microseconds of its own.
 --
--- KEYS   every call's KEYS, one call's after the other's
--- ARGV[1] the number of calls; then for each call, its script's name, the
+-- A slot's calls go in one pipeline, and Redis runs every command of a
+-- pipeline even when one fails (NOSCRIPT while another client is still
+-- loading the scripts after a restart or failover, or an error inside a
+-- script): so each call records its place under the pipeline's order key,
+-- and a call runs only if the call before it ran to the end; else it
+-- answers 'skipped' and writes nothing (the store runs it again).
+--
+-- KEYS[1] this pipeline's order key in the slot ({tag}:order:<token>)
+-- KEYS[2..] every call's KEYS, one call's after the other's
+-- ARGV[1] this call's place in the slot's pipeline: 1, 2, ...; negative
+--         for the last (nothing follows it: the key is not written)
+-- ARGV[2] the number of records; then for each, its script's name, the
 --         number of its KEYS, the number of its ARGV, then its ARGV
 --
--- Each call sees its own KEYS and ARGV, as when it ran alone (the two
--- tables are refilled in place: Redis keeps its globals read-only).
--- Returns each call's reply, in order. A call that answers an error stops
--- the batch there and the error is the answer: the calls before it stay
--- applied (Redis keeps a script's writes), and the store runs the batch
--- again, where their flags make them repeats.
+-- Each record's script sees its own KEYS and ARGV, as when it ran alone
+-- (the two tables are refilled in place: Redis keeps its globals
+-- read-only). Returns each record's reply, in order. A record that
+-- answers an error stops the call there and the error is the answer: the
+-- records before it stay applied (Redis keeps a script's writes), the call
+-- does not count as run, and the store runs the batch again, where their
+-- flags make them repeats.
+
+local order_key = KEYS[1]
+local place = tonumber(ARGV[1])
+local last = place < 0
+place = math.abs(place)
+if place > 1 and tonumber(redis.call('GET', order_key) or '0') ~= place - 1 then
+  return 'skipped'
+end
 
 local scripts = {atomic_update = atomic_update, saga_step = saga_step, hold = hold}
 local all_keys, all_args = {}, {}
@@ -28,8 +46,8 @@ local function refill(into, from, first, count)
 end
 
 local replies = {}
-local key_at, arg_at = 1, 2
-for call = 1, tonumber(all_args[1]) do
+local key_at, arg_at = 2, 3
+for call = 1, tonumber(all_args[2]) do
   local script = scripts[all_args[arg_at]]
   if not script then
     return redis.error_reply('unknown apply script ' .. tostring(all_args[arg_at]))
@@ -44,5 +62,9 @@ for call = 1, tonumber(all_args[1]) do
     return reply
   end
   replies[call] = reply
+end
+if not last then
+  -- Kept a minute: far longer than one pipeline takes.
+  redis.call('SET', order_key, place, 'PX', 60000)
 end
 return replies

@@ -396,6 +396,38 @@ async fn a_slot_of_more_records_than_one_call_takes_applies_in_order() {
     assert_eq!(get(&store, "a").await, Some(0));
 }
 
+/// A slot's script calls go in one pipeline, and each runs only after the
+/// one before it ran to the end: a record that fails with an error stops
+/// its call, and the call after it in the pipeline is skipped, not applied
+/// ahead of what did not run. 150 records of account `a` (calls of 100 and
+/// 50): 50 debits of 1, a saga's release with nothing in flight (an error),
+/// then 99 more debits: only the first 50 apply.
+#[tokio::test]
+async fn a_call_after_one_that_failed_is_skipped() {
+    let store = store().await;
+    set(&store, "a", 1_000).await;
+    set(&store, "b", 0).await;
+    let record = |tx| txengine::wire::Record {
+        tx,
+        accepted_at_ms: 0,
+        saga: None,
+    };
+    let mut records: Vec<txengine::wire::Record> = (0..50)
+        .map(|i| record(tx(&format!("before-{i}"), "debit", None, 1)))
+        .collect();
+    records.push(txengine::wire::Record {
+        saga: Some(txengine::wire::SagaStep::Settle {
+            debited_balance_after: Balance::new(0).unwrap(),
+            refused: None,
+        }),
+        ..record(tx("nothing-held", "transfer", Some("b"), 5))
+    });
+    records.extend((0..99).map(|i| record(tx(&format!("after-{i}"), "debit", None, 1))));
+    let error = store.apply_records(&records).await.unwrap_err();
+    assert!(error.to_string().contains("held"), "{error}");
+    assert_eq!(get(&store, "a").await, Some(950));
+}
+
 /// A Redis killed with -9 and restarted on its AOF keeps every applied
 /// balance and outcome, and has lost its script cache: the store reloads the
 /// scripts on NOSCRIPT and later batches still apply exactly once.
@@ -532,12 +564,14 @@ async fn claim_binds_the_id_and_leases_it() {
 }
 
 /// Runs apply script `script` with EVAL as the store runs it (a function
-/// of lua/apply_many.lua), doing `what` with `keys` (the account's at
-/// KEYS[3..4], lua/money.lua's layout), then a debit of 10 from that
-/// account in the same call, and answers the error it must refuse with.
-/// The refusal stops the call: the debit after it must not run either.
+/// of lua/apply_many.lua, the first call of a pipeline, under the order key
+/// `order`), doing `what` with `keys` (the account's at KEYS[3..4],
+/// lua/money.lua's layout), then a debit of 10 from that account in the
+/// same call, and answers the error it must refuse with. The refusal stops
+/// the call: the debit after it must not run, nor the order key be written.
 async fn refused_eval(
     conn: &mut redis::aio::MultiplexedConnection,
+    order: &str,
     script: &str,
     keys: &[String],
     what: &str,
@@ -554,9 +588,11 @@ async fn refused_eval(
     ];
     redis::cmd("EVAL")
         .arg(Store::script_source("apply_many").unwrap())
-        .arg(keys.len() + debit_keys.len())
+        .arg(1 + keys.len() + debit_keys.len())
+        .arg(order)
         .arg(keys)
         .arg(&debit_keys)
+        .arg(1)
         .arg(2)
         .arg(script)
         .arg(keys.len())
@@ -591,6 +627,7 @@ async fn unknown_kinds_and_saga_steps_write_nothing() {
         .query_async(&mut conn)
         .await
         .unwrap();
+    let order = layout.order(0, "unknown-kinds");
     // KEYS[1..4], the account's keys as every apply script takes them
     // (lua/money.lua's layout).
     let keys = [
@@ -605,7 +642,7 @@ async fn unknown_kinds_and_saga_steps_write_nothing() {
         ("hold", "steal", "steal"),
         ("refund_all", "debit", "apply script refund_all"),
     ] {
-        let error = refused_eval(&mut conn, script, &keys, kind).await;
+        let error = refused_eval(&mut conn, &order, script, &keys, kind).await;
         assert!(error.to_string().contains(refusal), "{script}: {error}");
         let record: Vec<Option<String>> = redis::cmd("HMGET")
             .arg(&account)
@@ -630,6 +667,12 @@ async fn unknown_kinds_and_saga_steps_write_nothing() {
             .await
             .unwrap();
         assert!(!flag, "{script} set the flag");
+        let ran: bool = redis::cmd("EXISTS")
+            .arg(&order)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(!ran, "{script}'s refusal counted as run");
     }
 }
 
@@ -675,7 +718,8 @@ async fn money_to_its_own_account_is_refused_by_the_script() {
         ),
     ];
     for (script, what, keys) in calls {
-        let error = refused_eval(&mut conn, script, &keys, what).await;
+        let order = layout.order(0, "own-account");
+        let error = refused_eval(&mut conn, &order, script, &keys, what).await;
         assert!(
             error.to_string().contains("its own account"),
             "{script}: {error}"

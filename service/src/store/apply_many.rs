@@ -1,10 +1,10 @@
-//! A slot's applies in one script call: `lua/apply_many.lua` runs each
-//! record's apply script (`atomic_update`, `saga_step` or `hold`) in order,
-//! up to [`CALLS_PER_SCRIPT`] of a slot's records in one `EVALSHA`, every
-//! slot at once. One call for many records instead of one each: a call
-//! costs Redis several microseconds of its own, and within one call the
-//! order needs no key; a slot's next call is sent once the one before it
-//! answered, so the order holds between calls too.
+//! A slot's applies in few script calls: `lua/apply_many.lua` runs up to
+//! [`CALLS_PER_SCRIPT`] records' apply scripts (`atomic_update`,
+//! `saga_step` or `hold`) in order in one `EVALSHA`, a slot's calls in one
+//! pipeline, every slot at once. One call for many records instead of one
+//! each: a call costs Redis several microseconds of its own. Each call of a
+//! pipeline runs only if the one before it ran to the end (its order key),
+//! so a slot's records never apply out of order.
 
 use std::collections::BTreeMap;
 
@@ -35,12 +35,13 @@ impl ApplyScript {
 
 impl Store {
     /// Runs the calls, in order within each slot: a slot's calls in
-    /// `apply_many` calls of at most [`CALLS_PER_SCRIPT`], one after the
-    /// other, every slot at once. A call that answered NOSCRIPT (Redis lost
-    /// its scripts: nothing of it ran) is run again once the scripts are
-    /// loaded; any other error fails the whole (the caller retries it, and
-    /// the flags make what was applied a repeat). One reply per call, in
-    /// order.
+    /// `apply_many` calls of at most [`CALLS_PER_SCRIPT`], one pipeline per
+    /// slot (all slots at once). A script call after one that did not run
+    /// is skipped; what was skipped or failed on NOSCRIPT is run again, from
+    /// the first call of its slot that did not run (the scripts loaded
+    /// first), never before records already applied; any other error fails
+    /// the whole (the caller retries it, and the flags make what was
+    /// applied a repeat). One reply per call, in order.
     pub(super) async fn run_by_slot(
         &self,
         calls: &[StepCall],
@@ -50,73 +51,99 @@ impl Store {
             slots.entry(call.shard).or_default().push(i);
         }
         let mut replies: Vec<Option<StepAnswer>> = calls.iter().map(|_| None).collect();
-        let mut reloads = 0;
-        loop {
-            // Each slot's next chunk: its first calls not answered yet.
-            let chunks: Vec<(u32, &[usize])> = slots
-                .iter()
-                .filter_map(|(&shard, indices)| {
-                    let done = indices
-                        .iter()
-                        .take_while(|&&i| replies[i].is_some())
-                        .count();
-                    let rest = &indices[done..];
-                    (!rest.is_empty()).then(|| (shard, &rest[..rest.len().min(CALLS_PER_SCRIPT)]))
-                })
-                .collect();
-            if chunks.is_empty() {
+        for _ in 0..MAX_ROUNDS {
+            let token = Store::lease_token();
+            // Each slot's calls not answered yet, in script calls.
+            let mut chunks: Vec<(u32, &[usize])> = Vec::new();
+            let mut commands = Vec::new();
+            for (&shard, indices) in &slots {
+                let done = indices
+                    .iter()
+                    .take_while(|&&i| replies[i].is_some())
+                    .count();
+                let waiting: Vec<&[usize]> = indices[done..].chunks(CALLS_PER_SCRIPT).collect();
+                let order_key = self.layout.order(shard, &token);
+                for (n, chunk) in waiting.iter().enumerate() {
+                    // Its place; the last of its slot's negative.
+                    let place = match n + 1 == waiting.len() {
+                        true => -(n as i64 + 1),
+                        false => n as i64 + 1,
+                    };
+                    let records = chunk.iter().map(|&i| &calls[i]);
+                    commands.push((shard, self.apply_many(&order_key, place, records)));
+                    chunks.push((shard, chunk));
+                }
+            }
+            if commands.is_empty() {
                 break;
             }
-            let commands = chunks
-                .iter()
-                .map(|&(shard, chunk)| (shard, self.apply_many(chunk.iter().map(|&i| &calls[i]))))
-                .collect();
             let answers = self.conn.run_by_slot_ignoring_errors(commands).await;
-            let mut lost_scripts = false;
-            for ((_, chunk), answer) in chunks.into_iter().zip(answers) {
+            // The first script call of each slot that did not run, and why.
+            let mut stopped: BTreeMap<u32, Option<StoreError>> = BTreeMap::new();
+            for ((shard, chunk), answer) in chunks.into_iter().zip(answers) {
+                if stopped.contains_key(&shard) {
+                    continue;
+                }
                 match answer.and_then(read_replies) {
-                    Ok(answers) if answers.len() == chunk.len() => {
+                    Ok(Some(answers)) if answers.len() == chunk.len() => {
                         for (&i, reply) in chunk.iter().zip(answers) {
                             replies[i] = Some(reply);
                         }
                     }
-                    Ok(answers) => {
+                    Ok(Some(answers)) => {
                         return Err(StoreError::Unexpected(format!(
-                            "apply_many answered {} replies for {} calls",
+                            "apply_many answered {} replies for {} records",
                             answers.len(),
                             chunk.len()
                         )))
                     }
-                    Err(StoreError::Redis(e)) if e.code() == Some("NOSCRIPT") => {
-                        lost_scripts = true;
+                    Ok(None) => {
+                        stopped.insert(shard, None);
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        stopped.insert(shard, Some(e));
+                    }
                 }
             }
-            if lost_scripts {
-                reloads += 1;
-                if reloads > MAX_RELOADS {
-                    return Err(StoreError::Unexpected(format!(
-                        "redis lost its scripts {reloads} times in one batch of applies"
-                    )));
+            let mut errors = stopped.into_values().flatten();
+            let noscript =
+                |e: &StoreError| matches!(e, StoreError::Redis(e) if e.code() == Some("NOSCRIPT"));
+            match errors.find(|e| !noscript(e)) {
+                Some(e) => return Err(e),
+                None if replies.iter().all(Option::is_some) => break,
+                None => {
+                    tracing::warn!("redis lost its scripts (restart?); loading them again");
+                    self.load_scripts().await?;
                 }
-                tracing::warn!("redis lost its scripts (restart?); loading them again");
-                self.load_scripts().await?;
             }
         }
-        Ok(replies.into_iter().flatten().collect())
+        replies
+            .into_iter()
+            .map(|reply| {
+                reply.ok_or_else(|| {
+                    StoreError::Unexpected(format!(
+                        "applies did not all run in {MAX_ROUNDS} rounds"
+                    ))
+                })
+            })
+            .collect()
     }
 
-    /// `EVALSHA` of `lua/apply_many.lua` for `calls` (all in one slot):
-    /// every call's KEYS one after the other; the number of calls, then for
-    /// each its script's name, its counts of KEYS and ARGV, and its ARGV.
-    fn apply_many<'a>(&self, calls: impl Iterator<Item = &'a StepCall> + Clone) -> Cmd {
-        let keys: Vec<String> = calls
-            .clone()
-            .flat_map(|call| call.keys.iter().cloned())
+    /// `EVALSHA` of `lua/apply_many.lua` for `calls` (all in one slot), at
+    /// `place` under `order_key`: the order key, then every call's KEYS one
+    /// after the other; the place, the number of calls, then for each its
+    /// script's name, its counts of KEYS and ARGV, and its ARGV.
+    fn apply_many<'a>(
+        &self,
+        order_key: &str,
+        place: i64,
+        calls: impl Iterator<Item = &'a StepCall> + Clone,
+    ) -> Cmd {
+        let keys: Vec<String> = std::iter::once(order_key.to_owned())
+            .chain(calls.clone().flat_map(|call| call.keys.iter().cloned()))
             .collect();
         let mut cmd = evalsha(&self.scripts.apply_many, &keys);
-        cmd.arg(calls.clone().count());
+        cmd.arg(place).arg(calls.clone().count());
         for call in calls {
             cmd.arg(call.script.name())
                 .arg(call.keys.len())
@@ -137,9 +164,9 @@ impl Store {
 /// records applied in one call held it 93 ms under load).
 pub(super) const CALLS_PER_SCRIPT: usize = 100;
 
-/// Times the scripts are loaded again for one batch of applies before the
-/// store gives up (the caller then retries the whole, with backoff).
-const MAX_RELOADS: usize = 3;
+/// Rounds of a batch's applies run again after NOSCRIPT before the store
+/// gives up (the caller then retries the whole, with backoff).
+const MAX_ROUNDS: usize = 3;
 
 /// One apply script's call: its slot, its script, and its KEYS and ARGV in
 /// the order of the script's header (its contract in `store/calls.rs` wrote
@@ -169,7 +196,18 @@ impl StepCall {
 /// empty).
 pub(super) type StepAnswer = (String, String, String, i64, u64, String);
 
-/// Reads an `apply_many` call's replies, one per call it ran.
-fn read_replies(value: Value) -> Result<Vec<StepAnswer>, StoreError> {
-    redis::from_redis_value(value).map_err(|e| StoreError::Unexpected(e.to_string()))
+/// Reads an `apply_many` call's replies, one per record, or `None` when it
+/// was skipped (a call before it in its pipeline did not run).
+fn read_replies(value: Value) -> Result<Option<Vec<StepAnswer>>, StoreError> {
+    let skipped = match &value {
+        Value::SimpleString(text) => text == "skipped",
+        Value::BulkString(bytes) => bytes == b"skipped",
+        _ => false,
+    };
+    if skipped {
+        return Ok(None);
+    }
+    redis::from_redis_value(value)
+        .map(Some)
+        .map_err(|e| StoreError::Unexpected(e.to_string()))
 }

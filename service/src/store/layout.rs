@@ -190,6 +190,12 @@ impl Layout {
         format!("{}:seq", self.tag(shard))
     }
 
+    /// `{tag}:order:<token>`: how far one pipeline of applies in `shard`
+    /// got (`lua/apply_many.lua`).
+    pub fn order(&self, shard: u32, token: &str) -> String {
+        format!("{}:order:{token}", self.tag(shard))
+    }
+
     /// `{tag}:step:<id>:<step>`, in `account`'s slot.
     pub fn step(&self, account: &str, id: &str, step: &str) -> String {
         format!("{}:step:{id}:{step}", self.tag(self.shard_of(account)))
