@@ -369,14 +369,15 @@ async fn one_call_of_a_slot_counts_each_history_entry_once() {
     assert_eq!(entries.as_deref(), Some("4"));
 }
 
-/// More records of one slot than one script call takes apply in calls one
-/// after the other, in order: 250 debits of 1 from a balance of 200, the
-/// first 200 applied, the last 50 refused.
+/// More records of one slot than one script call takes apply in several
+/// calls of one pipeline, in order, in one round (four calls: each but the
+/// last records its place for the next): 450 debits of 1 from a balance of
+/// 400, the first 400 applied, the last 50 refused.
 #[tokio::test]
 async fn a_slot_of_more_records_than_one_call_takes_applies_in_order() {
     let store = store().await;
-    set(&store, "a", 200).await;
-    let batch: Vec<Transaction> = (0..250)
+    set(&store, "a", 400).await;
+    let batch: Vec<Transaction> = (0..450)
         .map(|i| tx(&format!("many-{i}"), "debit", None, 1))
         .collect();
     let outcomes: Vec<Outcome> = store
@@ -386,9 +387,9 @@ async fn a_slot_of_more_records_than_one_call_takes_applies_in_order() {
         .into_iter()
         .map(|applied| applied.outcome)
         .collect();
-    let expected: Vec<Outcome> = (0..250)
-        .map(|i| match i < 200 {
-            true => applied(199 - i),
+    let expected: Vec<Outcome> = (0..450)
+        .map(|i| match i < 400 {
+            true => applied(399 - i),
             false => rejected(RejectReason::InsufficientFunds),
         })
         .collect();
