@@ -200,6 +200,26 @@ mod tests {
             assert_eq!(OutcomeEvent::decode(&bytes).unwrap(), event);
             assert_eq!(event.key().as_str(), "a");
         }
+        // No account to take it from (unknown_account): the asset the
+        // transaction named.
+        let named = OutcomeEvent {
+            tx: Transaction {
+                asset: Some(Asset::parse("EUR/2").unwrap()),
+                id: TxId::parse("t-2").unwrap(),
+                movement: Movement::Debit {
+                    account: AccountId::parse("nobody").unwrap(),
+                    amount: Amount::new(5).unwrap(),
+                },
+                metadata: Metadata::default(),
+            },
+            status: EventStatus::Rejected {
+                reason: RejectReason::UnknownAccount,
+            },
+            asset: None,
+            at_ms: 42,
+        };
+        let json = String::from_utf8(named.encode()).unwrap();
+        assert!(json.contains(r#""asset":"EUR/2""#), "{json}");
         assert!(matches!(
             OutcomeEvent::decode(br#"{"v":2}"#),
             Err(EventDecodeError::UnknownVersion(2))

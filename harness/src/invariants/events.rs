@@ -189,10 +189,14 @@ fn distinct_events(
         let id = (event.tx.id.to_string(), event.status.as_str());
         match seen.get(&id) {
             // A copy (at least once) must say the same, but for its time.
-            Some(first) if (&first.tx, first.status) != (&event.tx, event.status) => violations
-                .push(format!(
+            Some(first)
+                if (&first.tx, first.status, &first.asset)
+                    != (&event.tx, event.status, &event.asset) =>
+            {
+                violations.push(format!(
                     "event {id:?} published twice, differently: {first:?} then {event:?}"
-                )),
+                ))
+            }
             Some(_) => {}
             None => {
                 seen.insert(id, event);

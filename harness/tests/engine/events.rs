@@ -81,6 +81,11 @@ async fn each_final_outcome_is_an_event_and_the_invariants_judge_the_topic() {
             sent("t-1", Kind::Transfer, a, Some(b), 5),
             sent("h-1", Kind::Hold { timeout_s: 1 }, a, None, 5),
         ],
+        // Made by the seed's setter: the default asset, which every event
+        // of theirs must name.
+        accounts: [a, b]
+            .map(|name| (name.to_owned(), harness::workload::AccountSpec::default()))
+            .into(),
         ..Default::default()
     };
     let verdict = harness::invariants::check(infra, &s.config, &ledger)
@@ -111,6 +116,10 @@ async fn each_final_outcome_is_an_event_and_the_invariants_judge_the_topic() {
         .find(|(_, e)| e.tx.id.as_str() == "d-1")
         .unwrap();
     assert_eq!(debit.tx.metadata.to_json(), r#"{"order":"o-1"}"#);
+    assert_eq!(debit.asset, Some(s.config.default_asset.clone()));
+    assert!(events
+        .iter()
+        .all(|(_, e)| (e.status == EventStatus::Expired) == e.asset.is_none()));
     assert_eq!(
         debit.status,
         EventStatus::Applied {
@@ -135,7 +144,15 @@ async fn each_final_outcome_is_an_event_and_the_invariants_judge_the_topic() {
     };
     let mut changed = debit.clone();
     changed.tx.metadata = serde_json::from_str(r#"{"order":"o-2"}"#).unwrap();
-    for event in [made_up, changed] {
+    let mut other_asset = OutcomeEvent {
+        status: EventStatus::Rejected {
+            reason: txengine::domain::RejectReason::InsufficientFunds,
+        },
+        ..debit.clone()
+    };
+    other_asset.tx.id = txengine::domain::TxId::parse("d-2").unwrap();
+    other_asset.asset = Some(txengine::domain::Asset::parse("EUR/2").unwrap());
+    for event in [made_up, changed, other_asset] {
         producer
             .send(
                 BaseRecord::to(&s.config.outcomes_topic)
@@ -156,6 +173,31 @@ async fn each_final_outcome_is_an_event_and_the_invariants_judge_the_topic() {
     );
     assert!(
         caught(r#"("d-1", "applied") published twice, differently"#),
+        "{:?}",
+        verdict.violations
+    );
+    assert!(
+        caught(r#"("d-2", "rejected") published twice, differently"#),
+        "{:?}",
+        verdict.violations
+    );
+    // Events that name another asset than their account holds are caught.
+    let mut euros = ledger.clone();
+    euros.accounts.insert(
+        a.to_owned(),
+        harness::workload::AccountSpec {
+            asset: "EUR/2".into(),
+            ..Default::default()
+        },
+    );
+    let verdict = harness::invariants::check(infra, &s.config, &euros)
+        .await
+        .unwrap();
+    assert!(
+        verdict
+            .violations
+            .iter()
+            .any(|v| v.contains(r#"("d-1", "applied") names asset Some("XXX")"#)),
         "{:?}",
         verdict.violations
     );

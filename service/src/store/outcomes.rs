@@ -51,7 +51,6 @@ impl Store {
                 StoreError::Unexpected(format!("{id}: asset {asset} in its record"))
             })?),
         };
-        let asset = asset.filter(|_| status != TxStatus::Pending);
         Ok(Some((status, fingerprint.unwrap_or_default(), asset)))
     }
 }
