@@ -144,14 +144,15 @@ async fn each_final_outcome_is_an_event_and_the_invariants_judge_the_topic() {
     };
     let mut changed = debit.clone();
     changed.tx.metadata = serde_json::from_str(r#"{"order":"o-2"}"#).unwrap();
-    let mut other_asset = OutcomeEvent {
-        status: EventStatus::Rejected {
-            reason: txengine::domain::RejectReason::InsufficientFunds,
-        },
-        ..debit.clone()
+    // A copy of d-2's event that names another asset, all else the same.
+    let (_, refused) = events
+        .iter()
+        .find(|(_, e)| e.tx.id.as_str() == "d-2")
+        .unwrap();
+    let other_asset = OutcomeEvent {
+        asset: Some(txengine::domain::Asset::parse("EUR/2").unwrap()),
+        ..refused.clone()
     };
-    other_asset.tx.id = txengine::domain::TxId::parse("d-2").unwrap();
-    other_asset.asset = Some(txengine::domain::Asset::parse("EUR/2").unwrap());
     for event in [made_up, changed, other_asset] {
         producer
             .send(
