@@ -36,7 +36,7 @@
 -- may not exist, and writes none.
 --
 -- Returns {state, reason, balance_after, duplicate, entries written, asset}
--- (the asset: the debit's account's, else ''): state is the step's
+-- (the asset: the account's, '' when it does not exist): state is the step's
 -- name in the past tense (debited, credited, released, refunded) when it
 -- moved money, `rejected` when the debit is refused (the saga ends there)
 -- or `refused` when the credit is (a refund follows). duplicate is 1 when

@@ -132,9 +132,14 @@ impl Supervised {
         self.child.as_ref().map(Child::id)
     }
 
-    /// True while the process has not exited.
+    /// True while the process has not exited (once it has, it is reaped:
+    /// no longer one to kill at exit).
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+        let running = matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)));
+        if let (false, Some(child)) = (running, &self.child) {
+            kill_at_exit(child.id(), false);
+        }
+        running
     }
 
     /// Sends `signal` to the whole process group (gone already: nothing to do).
@@ -160,9 +165,7 @@ impl Supervised {
         let deadline = std::time::Instant::now() + grace;
         while std::time::Instant::now() < deadline {
             if !self.is_running() {
-                if let Some(child) = self.child.take() {
-                    kill_at_exit(child.id(), false);
-                }
+                self.child.take();
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(50));

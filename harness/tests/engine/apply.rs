@@ -429,6 +429,85 @@ async fn a_call_after_one_that_failed_is_skipped() {
     assert_eq!(get(&store, "a").await, Some(950));
 }
 
+/// Each record of a call sees only its own KEYS (apply_many.lua refills the
+/// table, clearing the record before's): a capture saga's release (five
+/// keys, the fifth its capturing hold) then a transfer saga's release (four
+/// keys) of the same account, in one call. Were the hold left behind as the
+/// second's KEYS[5], it would find it captured and refuse.
+#[tokio::test]
+async fn each_record_of_a_call_sees_only_its_own_keys() {
+    let store = store().await;
+    set(&store, "a", 100).await;
+    let layout = store.layout();
+    let (account, hold) = (layout.account("a"), layout.hold("a", "h-1"));
+    let client = redis::Client::open(crate::infra().redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    // Money in flight from both sagas' debits, and the capture's hold.
+    let _: () = redis::cmd("HSET")
+        .arg(&account)
+        .arg("held")
+        .arg(10)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(&hold)
+        .arg("state")
+        .arg("capturing")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let keys_of = |id: &str| {
+        vec![
+            layout.step("a", id, "settle"),
+            layout.seq(0),
+            account.clone(),
+            layout.history("a"),
+        ]
+    };
+    let mut capture_keys = keys_of("cap-1");
+    capture_keys.push(hold.clone());
+    let transfer_keys = keys_of("tr-1");
+    // saga_step.lua's ARGV: the step, amount, fingerprint, TTL, clock, id,
+    // history to keep, metadata, counterparty, kind, hold id, asset.
+    let args = |id: &str, kind: &str, hold_id: &str| {
+        [
+            "release", "5", id, "60", "1", id, "0", "", "b", kind, hold_id, "",
+        ]
+        .map(String::from)
+    };
+    let _: redis::Value = redis::cmd("EVAL")
+        .arg(Store::script_source("apply_many").unwrap())
+        .arg(1 + capture_keys.len() + transfer_keys.len())
+        .arg(layout.order(0, "own-keys"))
+        .arg(&capture_keys)
+        .arg(&transfer_keys)
+        .arg(-1)
+        .arg(2)
+        .arg("saga_step")
+        .arg(capture_keys.len())
+        .arg(12)
+        .arg(&args("cap-1", "capture", "h-1"))
+        .arg("saga_step")
+        .arg(transfer_keys.len())
+        .arg(12)
+        .arg(&args("tr-1", "transfer", ""))
+        .query_async(&mut conn)
+        .await
+        .expect("both releases run");
+    let (held, state): (String, String) = redis::pipe()
+        .cmd("HGET")
+        .arg(&account)
+        .arg("held")
+        .cmd("HGET")
+        .arg(&hold)
+        .arg("state")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!((held.as_str(), state.as_str()), ("0", "captured"));
+}
+
 /// A Redis killed with -9 and restarted on its AOF keeps every applied
 /// balance and outcome, and has lost its script cache: the store reloads the
 /// scripts on NOSCRIPT and later batches still apply exactly once.

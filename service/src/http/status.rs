@@ -201,6 +201,9 @@ pub(super) async fn get_transaction(
             let mut seen = view(&id, status);
             seen.reason = None;
             seen.balance_after = None;
+            // The source's asset is the source's: on a refusal it would
+            // say what the hidden reason is about.
+            seen.asset = None;
             Json(seen).into_response()
         }
         Sight::Nothing => unknown(),

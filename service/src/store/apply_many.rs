@@ -192,8 +192,8 @@ impl StepCall {
 }
 
 /// A step script's reply: `(state, reason, balance_after, duplicate,
-/// history entries written, asset)` (the asset: a saga debit's, else
-/// empty).
+/// history entries written, asset)` (the asset of the account the step
+/// ran for; empty when there is no such account).
 pub(super) type StepAnswer = (String, String, String, i64, u64, String);
 
 /// Reads an `apply_many` call's replies, one per record, or `None` when it
