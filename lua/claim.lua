@@ -12,11 +12,12 @@
 -- ttl_secs   seconds to keep the record (the outcome TTL)
 -- now_us     Redis's clock (clock.lua's `clock_us`, read once per call)
 --
--- Returns {verdict, reason, balance_after}, verdict one of:
+-- Returns {verdict, reason, balance_after, posting}, verdict one of:
 --   claimed   this request holds the lease and may publish
 --   conflict  the id is bound to another body
 --   leased    the same body is being published by another request now
 --   pending | applied | rejected   the same body was accepted already
+--     (a rejected postings transaction: `posting` the index that failed)
 --
 -- Two rules, kept apart:
 -- - The binding: the first claim writes `fp`, and the record is kept for the
@@ -34,28 +35,28 @@ local function claim(record, request_fp, lease_ms, token, ttl_secs, now_us)
   local lease_until = string.format('%d', now_ms + tonumber(lease_ms))
 
   local current = redis.call('HMGET', record, 'fp', 'state', 'reason', 'balance_after',
-    'accepted', 'lease_until_ms', 'lease')
+    'accepted', 'lease_until_ms', 'lease', 'posting')
   local fp, state = current[1], current[2]
   if not fp then
     redis.call('HSET', record, 'fp', request_fp, 'lease', token, 'lease_until_ms', lease_until)
     redis.call('EXPIRE', record, ttl_secs)
-    return {'claimed', '', ''}
+    return {'claimed', '', '', ''}
   end
   if fp ~= request_fp then
-    return {'conflict', '', ''}
+    return {'conflict', '', '', ''}
   end
   if state == 'applied' or state == 'rejected' then
-    return {state, current[3] or '', current[4] or ''}
+    return {state, current[3] or '', current[4] or '', current[8] or ''}
   end
   if current[5] then
-    return {'pending', '', ''}
+    return {'pending', '', '', ''}
   end
   -- Another request's lease that has not ended. This request's own (a
   -- batch claimed again after some of its slots answered NOSCRIPT) is
   -- still this request's: claimed.
   if current[6] and tonumber(current[6]) > now_ms and current[7] ~= token then
-    return {'leased', '', ''}
+    return {'leased', '', '', ''}
   end
   redis.call('HSET', record, 'lease', token, 'lease_until_ms', lease_until)
-  return {'claimed', '', ''}
+  return {'claimed', '', '', ''}
 end

@@ -18,7 +18,7 @@
 --   time (only when it has a limit), then its n tx records
 --
 -- Returns {claims, rates}:
---   claims  one {verdict, reason, balance_after} per item, in order
+--   claims  one {verdict, reason, balance_after, posting} per item, in order
 --           (claim.lua's answer; `limited` past what the limit let go:
 --           nothing claimed)
 --   rates   one {allowed, remaining, retry_after_us, reset_us} per request
@@ -42,7 +42,7 @@ while arg <= #ARGV do
     if i <= rate[1] then
       claims[#claims + 1] = claim(KEYS[key], ARGV[arg], ARGV[1], ARGV[arg + 1], ARGV[2], now)
     else
-      claims[#claims + 1] = {'limited', '', ''}
+      claims[#claims + 1] = {'limited', '', '', ''}
     end
     key = key + 1
     arg = arg + 2

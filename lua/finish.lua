@@ -12,6 +12,7 @@
 -- ARGV[5] fingerprint of the transaction (bound here if no claim bound it)
 -- ARGV[6] seconds to keep the record
 -- ARGV[7] the asset of the account it ended on ('' : none)
+-- ARGV[8] a rejected postings transaction's failed posting ('' : none)
 --
 -- Returns 1 if it wrote the outcome, 0 if one was there (its TTL renewed).
 
@@ -23,6 +24,6 @@ if state == 'applied' or state == 'rejected' then
 end
 redis.call('HSETNX', KEYS[1], 'fp', ARGV[5])
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'reason', ARGV[2],
-  'balance_after', ARGV[3], 'applied_at_ms', ARGV[4], 'asset', ARGV[7])
+  'balance_after', ARGV[3], 'applied_at_ms', ARGV[4], 'asset', ARGV[7], 'posting', ARGV[8])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 return 1

@@ -66,22 +66,23 @@ end
 -- ARGV[4] seconds to keep the flag (>= the topic's retention)
 -- ARGV[5] the consumer's clock (ms since the epoch)
 
--- The first run's answer, {state, reason, balance_after, 1, 0, asset}, when
--- the flag is set (nil when not). A repeat still writes (it renews the flag's TTL):
+-- The first run's answer, {state, reason, balance_after, 1, 0, asset,
+-- posting}, when the flag is set (nil when not). A repeat still writes (it renews the flag's TTL):
 -- a WAIT after it then covers the first run's writes, even through a new
 -- connection. A record whose body is not the one its id was applied with
 -- is never answered the other's outcome: {'mismatch', '', '', 1, 0, ''}, and
 -- nothing changes (the consumer sends it to the DLQ).
 local function replayed()
-  local done = redis.call('HMGET', KEYS[1], 'state', 'reason', 'balance_after', 'fp', 'asset')
+  local done = redis.call('HMGET', KEYS[1], 'state', 'reason', 'balance_after', 'fp', 'asset',
+    'posting')
   if not done[1] then
     return nil
   end
   redis.call('EXPIRE', KEYS[1], ARGV[4])
   if done[4] and done[4] ~= ARGV[3] then
-    return {'mismatch', '', '', 1, 0, ''}
+    return {'mismatch', '', '', 1, 0, '', ''}
   end
-  return {done[1], done[2] or '', done[3] or '', 1, 0, done[5] or ''}
+  return {done[1], done[2] or '', done[3] or '', 1, 0, done[5] or '', done[6] or ''}
 end
 
 -- Why `account` (account_at's answer) may not pay `amount` (nil when it
@@ -131,20 +132,26 @@ local entries_written = 0
 
 -- Set the flag to this outcome, in the slot's apply order, and answer it
 -- with the history entries written before: {state, reason, balance_after,
--- 0, entries, asset}. `asset` is the asset of the account the call ran
--- for (nil: no such account): kept in the flag, so a repeat answers it
--- too, GET /transactions/{id} and the outcome event show it, and a saga's
--- credit checks the asset its debit answered.
-local function settle(state, reason, balance_after, asset)
+-- 0, entries, asset, posting}. `asset` is the asset of the account the
+-- call ran for (nil: no such account): kept in the flag, so a repeat
+-- answers it too, GET /transactions/{id} and the outcome event show it,
+-- and a saga's credit checks the asset its debit answered. `posting`: the
+-- 0-based index of the posting that failed a postings transaction (nil:
+-- none), kept beside the reason.
+local function settle(state, reason, balance_after, asset, posting)
   local fields = {'state', state, 'reason', reason, 'balance_after', balance_after,
     'fp', ARGV[3], 'applied_at_ms', ARGV[5], 'seq', redis.call('INCR', KEYS[2])}
   if asset then
     fields[#fields + 1] = 'asset'
     fields[#fields + 1] = asset
   end
+  if posting then
+    fields[#fields + 1] = 'posting'
+    fields[#fields + 1] = posting
+  end
   redis.call('HSET', KEYS[1], unpack(fields))
   redis.call('EXPIRE', KEYS[1], ARGV[4])
-  return {state, reason, balance_after, 0, entries_written, asset or ''}
+  return {state, reason, balance_after, 0, entries_written, asset or '', posting or ''}
 end
 
 -- The account's history (its statement): a stream in the account's slot,
@@ -155,15 +162,23 @@ end
 -- change, `bal` its balance after. Trimmed here, by the writes (every
 -- 100th), to what is newer than `keep_ms`, keeping the newest entry older
 -- than that: the balance at any time within the retention stays readable. keep_ms 0:
--- no history is kept (a switch for measuring what it costs).
+-- no history is kept (a switch for measuring what it costs). An entry of a
+-- postings transaction also has `posting`, its posting's index.
 local function log(key, keep_ms, id, metadata, kind, amount, delta, counterparty,
-                   status, reason, balance_after, hold)
+                   status, reason, balance_after, hold, posting)
   if keep_ms == '0' then
     return
   end
-  local at = redis.call('XADD', key, '*', 'id', id, 'type', kind, 'amount', amount,
-    'delta', delta, 'cp', counterparty, 'status', status, 'reason', reason,
-    'bal', balance_after, 'hold', hold, 'meta', metadata)
+  local at
+  if posting then
+    at = redis.call('XADD', key, '*', 'id', id, 'type', kind, 'amount', amount,
+      'delta', delta, 'cp', counterparty, 'status', status, 'reason', reason,
+      'bal', balance_after, 'hold', hold, 'meta', metadata, 'posting', posting)
+  else
+    at = redis.call('XADD', key, '*', 'id', id, 'type', kind, 'amount', amount,
+      'delta', delta, 'cp', counterparty, 'status', status, 'reason', reason,
+      'bal', balance_after, 'hold', hold, 'meta', metadata)
+  end
   entries_written = entries_written + 1
   local cutoff = tonumber(string.match(at, '^%d+')) - tonumber(keep_ms)
   -- Looked at every 100th entry (a stream node; XLEN is O(1)): checking
@@ -187,7 +202,7 @@ end
 -- ARGV[7] milliseconds of history to keep (0: none)
 -- ARGV[8] the transaction's metadata, canonical JSON ('' when none)
 local function log_tx(key, kind, amount, delta, counterparty, status, reason,
-                      balance_after, hold)
+                      balance_after, hold, posting)
   log(key, ARGV[7], ARGV[6], ARGV[8], kind, amount, delta, counterparty, status,
-    reason, balance_after, hold or '')
+    reason, balance_after, hold or '', posting)
 end

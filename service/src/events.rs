@@ -18,11 +18,12 @@ pub const EVENT_VERSION: u32 = 1;
 #[serde(tag = "status", rename_all = "lowercase")]
 pub enum EventStatus {
     /// The checked account's balance right after it.
-    Applied {
-        balance_after: Balance,
-    },
+    Applied { balance_after: Balance },
+    /// `posting`: a postings transaction's first posting that failed.
     Rejected {
         reason: RejectReason,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        posting: Option<u16>,
     },
     /// The hold ended by its deadline (the expiry's own, or a late capture
     /// or void that found it due first).
@@ -36,7 +37,11 @@ impl EventStatus {
                 balance_after: *balance_after,
             }
             .as_str(),
-            Self::Rejected { reason } => Outcome::Rejected { reason: *reason }.as_str(),
+            Self::Rejected { reason, posting } => Outcome::Rejected {
+                reason: *reason,
+                posting: *posting,
+            }
+            .as_str(),
             Self::Expired => "expired",
         }
     }
@@ -46,7 +51,7 @@ impl From<Outcome> for EventStatus {
     fn from(outcome: Outcome) -> Self {
         match outcome {
             Outcome::Applied { balance_after } => Self::Applied { balance_after },
-            Outcome::Rejected { reason } => Self::Rejected { reason },
+            Outcome::Rejected { reason, posting } => Self::Rejected { reason, posting },
         }
     }
 }
@@ -165,7 +170,31 @@ mod tests {
             metadata: Metadata::default(),
         };
         let usd = Some(Asset::parse("USD/2").unwrap());
+        let postings = Transaction {
+            asset: None,
+            id: TxId::parse("p-1").unwrap(),
+            movement: Movement::Postings {
+                postings: crate::domain::Postings::new(vec![crate::domain::Posting::new(
+                    AccountId::parse("a").unwrap(),
+                    AccountId::parse("b").unwrap(),
+                    Amount::new(5).unwrap(),
+                    None,
+                )
+                .unwrap()])
+                .unwrap(),
+            },
+            metadata: Metadata::default(),
+        };
         for (tx, status, asset, text) in [
+            (
+                postings,
+                EventStatus::Rejected {
+                    reason: RejectReason::MaxBalanceExceeded,
+                    posting: Some(0),
+                },
+                usd.clone(),
+                r#""status":"rejected","reason":"max_balance_exceeded","posting":0"#,
+            ),
             (
                 transfer.clone(),
                 EventStatus::Applied {
@@ -178,6 +207,7 @@ mod tests {
                 transfer,
                 EventStatus::Rejected {
                     reason: RejectReason::InsufficientFunds,
+                    posting: None,
                 },
                 usd,
                 r#""status":"rejected","reason":"insufficient_funds""#,
@@ -214,6 +244,7 @@ mod tests {
             },
             status: EventStatus::Rejected {
                 reason: RejectReason::UnknownAccount,
+                posting: None,
             },
             asset: None,
             at_ms: 42,

@@ -150,12 +150,14 @@ impl Scope {
     }
 
     /// The account of `movement` this scope lacks, if any. Money may move
-    /// out of (debit, transfer source) or into (credit) matching accounts
-    /// only: the checked account is always `account`; a transfer may pay
-    /// any destination.
+    /// out of (debit, transfer source, every posting's `from`) or into
+    /// (credit) matching accounts only: a transfer or posting may pay any
+    /// destination.
     pub fn refuses<'a>(&self, movement: &'a Movement) -> Option<&'a AccountId> {
-        let account = movement.account();
-        (!self.allows(account)).then_some(account)
+        movement
+            .sources()
+            .into_iter()
+            .find(|account| !self.allows(account))
     }
 
     /// The patterns as given (normalised), for lists and storage.

@@ -20,6 +20,11 @@ pub const MAX_RATE: u64 = 1_000_000;
 /// Largest request body accepted; a transaction is well under 1 KiB.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
+/// Most postings in one postings transaction: each is checked and moved
+/// inside one script call, which holds Redis while it runs (priced in
+/// docs/performance.md, "Postings").
+pub const MAX_POSTINGS: usize = 16;
+
 /// Most transactions in one `POST /transactions/batch`.
 pub const MAX_BATCH_ITEMS: usize = 1_000;
 

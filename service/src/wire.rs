@@ -26,8 +26,12 @@ pub const METADATA_WIRE_VERSION: u32 = 4;
 /// step, with or without metadata): a build that does not know it must
 /// not apply it unchecked.
 pub const ASSET_WIRE_VERSION: u32 = 5;
+/// The version of a postings transaction (with or without metadata; its
+/// postings name their own assets): a build that knows no postings leaves
+/// the partition waiting for one that does.
+pub const POSTINGS_WIRE_VERSION: u32 = 6;
 /// The newest version this build reads and writes.
-pub const NEWEST_WIRE_VERSION: u32 = ASSET_WIRE_VERSION;
+pub const NEWEST_WIRE_VERSION: u32 = POSTINGS_WIRE_VERSION;
 
 /// One transaction as it travels through Kafka, or one later step of its
 /// saga. The record key is [`Record::key`].
@@ -150,6 +154,8 @@ pub enum DecodeError {
     NotMetadata,
     #[error("a record names an asset exactly when it is version {ASSET_WIRE_VERSION}")]
     NotAsset,
+    #[error("postings are version {POSTINGS_WIRE_VERSION}, and only they")]
+    NotPostings,
     #[error("record breaks a rule: {0}")]
     Invalid(#[from] crate::domain::RuleError),
 }
@@ -191,7 +197,9 @@ impl Record {
 
     /// The wire version this record is written in.
     fn version(&self) -> u32 {
-        if self.tx.asset.is_some() {
+        if self.tx.movement.postings().is_some() {
+            POSTINGS_WIRE_VERSION
+        } else if self.tx.asset.is_some() {
             ASSET_WIRE_VERSION
         } else if !self.tx.metadata.is_empty() {
             METADATA_WIRE_VERSION
@@ -216,6 +224,15 @@ impl Record {
         let movement = &v1.movement;
         if movement.to() == Some(movement.account()) {
             return Err(crate::domain::RuleError::TransferToSelf.into());
+        }
+        // Version 6 is postings and only postings, never a saga step, with
+        // or without metadata, naming no asset of its own (each posting
+        // may).
+        if (v == POSTINGS_WIRE_VERSION) != movement.postings().is_some() {
+            return Err(DecodeError::NotPostings);
+        }
+        if v == POSTINGS_WIRE_VERSION && (v1.saga.is_some() || v1.asset.is_some()) {
+            return Err(DecodeError::NotPostings);
         }
         // Version 5 is any kind or step naming an asset, with or without
         // metadata; 4 any kind or step with metadata; 1 to 3 name the kind
@@ -260,6 +277,65 @@ impl Record {
 mod tests {
     use super::*;
     use crate::domain::Amount;
+
+    /// A postings transaction travels in its own version, with or without
+    /// metadata; that version carries nothing else, and nothing else it.
+    #[test]
+    fn postings_round_trip_in_their_own_version_and_only_there() {
+        use crate::domain::{Posting, Postings};
+        let (a, b) = (
+            AccountId::parse("a").unwrap(),
+            AccountId::parse("b").unwrap(),
+        );
+        let legs = Postings::new(vec![
+            Posting::new(a.clone(), b.clone(), Amount::new(5).unwrap(), None).unwrap(),
+            Posting::new(b, a, Amount::new(2).unwrap(), Asset::parse("EUR/2").ok()).unwrap(),
+        ])
+        .unwrap();
+        let tagged: Metadata = serde_json::from_str(r#"{"k":"v"}"#).unwrap();
+        for metadata in [Metadata::default(), tagged] {
+            let record = Record {
+                tx: Transaction {
+                    asset: None,
+                    metadata,
+                    id: TxId::parse("p-1").unwrap(),
+                    movement: Movement::Postings {
+                        postings: legs.clone(),
+                    },
+                },
+                accepted_at_ms: 42,
+                saga: None,
+            };
+            let bytes = record.encode();
+            let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(json["v"], POSTINGS_WIRE_VERSION);
+            assert_eq!(Record::decode(&bytes).unwrap(), record);
+        }
+        for (text, why) in [
+            (
+                r#"{"v":5,"id":"p","type":"postings","postings":[{"from":"a","to":"b","amount":1}],"accepted_at_ms":1,"asset":"USD/2"}"#,
+                "postings in another version",
+            ),
+            (
+                r#"{"v":6,"id":"d","type":"debit","account":"a","amount":1,"accepted_at_ms":1}"#,
+                "a debit in the postings version",
+            ),
+            (
+                r#"{"v":6,"id":"p","type":"postings","postings":[{"from":"a","to":"b","amount":1}],"accepted_at_ms":1,"asset":"USD/2"}"#,
+                "postings naming one asset for all",
+            ),
+            (
+                r#"{"v":6,"id":"p","type":"postings","postings":[],"accepted_at_ms":1}"#,
+                "no postings",
+            ),
+            (
+                r#"{"v":6,"id":"p","type":"postings","postings":[{"from":"a","to":"a","amount":1}],"accepted_at_ms":1}"#,
+                "a posting to itself",
+            ),
+        ] {
+            assert!(Record::decode(text.as_bytes()).is_err(), "{why}");
+        }
+    }
 
     #[test]
     fn round_trip_each_kind() {
@@ -578,8 +654,8 @@ mod tests {
     fn refuses_poison() {
         assert!(Record::decode(b"not json").is_err());
         assert!(matches!(
-            Record::decode(br#"{"v":6}"#),
-            Err(DecodeError::NewerVersion(6))
+            Record::decode(br#"{"v":7}"#),
+            Err(DecodeError::NewerVersion(7))
         ));
         assert!(matches!(
             Record::decode(br#"{"v":0,"id":"x"}"#),

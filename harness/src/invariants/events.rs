@@ -51,11 +51,18 @@ async fn expected_events<'l>(
     ledger: &'l Ledger,
 ) -> anyhow::Result<BTreeMap<(String, &'static str), Expected<'l>>> {
     let txs: Vec<&SentTx> = ledger.accepted.iter().chain(&ledger.uncertain).collect();
-    type Row = (Option<String>, Option<String>, Option<String>);
+    type Row = (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    );
     let rows: Vec<Row> = reader
         .query(
             txs.iter()
-                .map(|tx| reader.tx_fields(&tx.id, &["state", "reason", "balance_after"]))
+                .map(|tx| {
+                    reader.tx_fields(&tx.id, &["state", "reason", "balance_after", "posting"])
+                })
                 .collect(),
         )
         .await?;
@@ -78,7 +85,7 @@ async fn expected_events<'l>(
         )
         .await?;
     let mut expected = BTreeMap::new();
-    for (tx, (state, reason, balance_after)) in txs.iter().zip(rows) {
+    for (tx, (state, reason, balance_after, posting)) in txs.iter().zip(rows) {
         let status = match state.as_deref() {
             Some("applied") => balance_after
                 .and_then(|b| b.parse().ok())
@@ -87,7 +94,10 @@ async fn expected_events<'l>(
             Some("rejected") => reason
                 .as_deref()
                 .and_then(txengine::domain::RejectReason::parse)
-                .map(|reason| EventStatus::Rejected { reason }),
+                .map(|reason| EventStatus::Rejected {
+                    reason,
+                    posting: posting.and_then(|index| index.parse().ok()),
+                }),
             _ => None,
         };
         if let Some(status) = status {

@@ -86,7 +86,7 @@ fn applied(balance_after: u64) -> Outcome {
 }
 
 fn rejected(reason: RejectReason) -> Outcome {
-    Outcome::Rejected { reason }
+    Outcome::rejected(reason)
 }
 
 /// One transaction against account `a` (and `b` for transfers), each case

@@ -91,7 +91,7 @@ fn domain(tx: &SentTx) -> Transaction {
 fn as_model(outcome: Outcome) -> Result<i64, &'static str> {
     match outcome {
         Outcome::Applied { balance_after } => Ok(balance_after.minor_units()),
-        Outcome::Rejected { reason } => Err(reason.as_str()),
+        Outcome::Rejected { reason, .. } => Err(reason.as_str()),
     }
 }
 

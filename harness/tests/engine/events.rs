@@ -139,6 +139,7 @@ async fn each_final_outcome_is_an_event_and_the_invariants_judge_the_topic() {
     let made_up = OutcomeEvent {
         status: EventStatus::Rejected {
             reason: txengine::domain::RejectReason::InsufficientFunds,
+            posting: None,
         },
         ..transfer.clone()
     };

@@ -587,9 +587,7 @@ async fn the_hold_script_at_its_edges() {
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     assert_eq!(
         apply(capture("c-2", "e-2", 1)).await,
-        ended(Outcome::Rejected {
-            reason: RejectReason::HoldNotActive
-        })
+        ended(Outcome::rejected(RejectReason::HoldNotActive))
     );
     let kept = store
         .hold_record(&account, &id("e-2"))
@@ -640,9 +638,7 @@ async fn the_hold_script_at_its_edges() {
     // Never applied: unknown. On an unknown account: refused, then not active.
     assert_eq!(
         apply(capture("c-3", "never", 1)).await,
-        ended(Outcome::Rejected {
-            reason: RejectReason::UnknownHold
-        })
+        ended(Outcome::rejected(RejectReason::UnknownHold))
     );
     let ghost = AccountId::parse("ghost").unwrap();
     // No account, so no asset to name.
@@ -658,9 +654,7 @@ async fn the_hold_script_at_its_edges() {
     };
     assert_eq!(
         apply(hold("e-4", &ghost, 60)).await,
-        on_no_account(Outcome::Rejected {
-            reason: RejectReason::UnknownAccount
-        })
+        on_no_account(Outcome::rejected(RejectReason::UnknownAccount))
     );
     let of_ghost = record(
         "v-4",
@@ -672,9 +666,7 @@ async fn the_hold_script_at_its_edges() {
     );
     assert_eq!(
         apply(of_ghost).await,
-        on_no_account(Outcome::Rejected {
-            reason: RejectReason::HoldNotActive
-        })
+        on_no_account(Outcome::rejected(RejectReason::HoldNotActive))
     );
 
     // Balance below what a hold keeps (only a foreign write can do it): the
@@ -811,9 +803,7 @@ async fn a_capture_leaves_its_destination_room_for_what_is_in_flight() {
         .await
         .unwrap();
     let refused = store.apply_records(&[capture("c-1")]).await.unwrap();
-    let overflow = Outcome::Rejected {
-        reason: RejectReason::BalanceOverflow,
-    };
+    let overflow = Outcome::rejected(RejectReason::BalanceOverflow);
     assert!(
         matches!(refused[..], [Progress::Ended { applied: Applied { outcome, .. }, .. }] if outcome == overflow),
         "{refused:?}"

@@ -19,6 +19,7 @@ mod memory;
 mod migrate;
 mod observability;
 mod pipeline;
+mod postings;
 mod saga;
 
 use std::sync::Once;

@@ -228,9 +228,7 @@ async fn saga_steps_move_money_once_even_when_redelivered() {
     store
         .finish(&[(
             &record.tx,
-            Outcome::Rejected {
-                reason: RejectReason::UnknownAccount,
-            },
+            Outcome::rejected(RejectReason::UnknownAccount),
             None,
         )])
         .await
@@ -270,7 +268,7 @@ async fn saga_steps_move_money_once_even_when_redelivered() {
         let Progress::Ended { applied, .. } = apply_twice(&store, &refund).await else {
             panic!("the refund ends it")
         };
-        assert_eq!(applied.outcome, Outcome::Rejected { reason });
+        assert_eq!(applied.outcome, Outcome::rejected(reason));
         assert_eq!(balance(&store, source).await, Some(700), "refunded once");
         assert_eq!(held(&store, source).await, 0);
     }
@@ -288,9 +286,7 @@ async fn saga_steps_move_money_once_even_when_redelivered() {
     assert_eq!(
         applied,
         Applied {
-            outcome: Outcome::Rejected {
-                reason: RejectReason::InsufficientFunds
-            },
+            outcome: Outcome::rejected(RejectReason::InsufficientFunds),
             duplicate: false
         }
     );
@@ -303,9 +299,7 @@ async fn saga_steps_move_money_once_even_when_redelivered() {
     };
     assert_eq!(
         applied.outcome,
-        Outcome::Rejected {
-            reason: RejectReason::UnknownAccount
-        }
+        Outcome::rejected(RejectReason::UnknownAccount)
     );
 
     // Boundaries: a debit of the whole balance, a credit up to 2^53-1 exactly.
@@ -370,9 +364,7 @@ async fn saga_steps_move_money_once_even_when_redelivered() {
     };
     assert_eq!(
         applied.outcome,
-        Outcome::Rejected {
-            reason: RejectReason::BalanceOverflow
-        }
+        Outcome::rejected(RejectReason::BalanceOverflow)
     );
 }
 

@@ -548,7 +548,7 @@ fn count_outcomes<'a>(ended: impl Iterator<Item = (&'a Record, &'a Progress)>) {
             continue;
         };
         let label = match applied.outcome {
-            Outcome::Rejected { reason } => reason.as_str(),
+            Outcome::Rejected { reason, .. } => reason.as_str(),
             applied => applied.as_str(),
         };
         let duplicate = if applied.duplicate { "true" } else { "false" };

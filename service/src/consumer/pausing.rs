@@ -62,7 +62,7 @@ impl TxConsumer {
                 id = %record.tx.id,
                 kind = record.tx.movement.kind().as_str(),
                 account = %record.tx.movement.account(),
-                amount = record.tx.movement.amount().minor_units(),
+                amount = record.tx.movement.amount().map(|amount| amount.minor_units()),
                 error = %detail,
                 "redis refuses to apply this record; its partition is paused until it applies (see /ready), the others go on"
             ),

@@ -10,9 +10,13 @@
 //! then ` asset` (a space and the asset) when it names one; then, when
 //! there is metadata, a newline and its canonical JSON (which escapes
 //! every newline, so the first one always ends the movement). A body of
-//! an earlier version (no asset) keeps its text.
+//! an earlier version (no asset) keeps its text. A postings transaction's
+//! movement is `postings` then `|from,to,amount,asset` for each posting
+//! (`asset` empty when it names none; no id or asset has a comma).
 
-use super::{AccountId, Amount, Asset, HoldTerms, Kind, Metadata, Movement, TxId};
+use super::{
+    AccountId, Amount, Asset, HoldTerms, Kind, Metadata, Movement, Posting, Postings, TxId,
+};
 
 /// A transaction's body as its id is bound to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,19 +29,9 @@ pub struct Binding {
 impl Binding {
     /// The canonical text of a body.
     pub fn encode(movement: &Movement, metadata: &Metadata, asset: Option<&Asset>) -> String {
-        let base = format!(
-            "{}|{}|{}|{}",
-            movement.kind(),
-            movement.account(),
-            movement.to().map(AccountId::as_str).unwrap_or(""),
-            movement.amount().minor_units()
-        );
         let mut movement = match movement {
-            Movement::Hold { timeout_s, .. } => format!("{base}|{timeout_s}"),
-            _ => match movement.ended_hold() {
-                Some(hold) => format!("{base}|{hold}"),
-                None => base,
-            },
+            Movement::Postings { postings } => Self::encode_postings(postings),
+            other => Self::encode_one(other),
         };
         if let Some(asset) = asset {
             movement = format!("{movement} {asset}");
@@ -45,6 +39,59 @@ impl Binding {
         match metadata.is_empty() {
             true => movement,
             false => format!("{movement}\n{}", metadata.to_json()),
+        }
+    }
+
+    /// `postings|from,to,amount,asset|...`
+    fn encode_postings(postings: &Postings) -> String {
+        let mut text = Kind::Postings.as_str().to_owned();
+        for posting in postings.iter() {
+            let asset = posting.asset.as_ref().map_or("", Asset::as_str);
+            let (from, to, amount) = (&posting.from, &posting.to, posting.amount.minor_units());
+            text.push_str(&format!("|{from},{to},{amount},{asset}"));
+        }
+        text
+    }
+
+    /// The postings of `postings|...` (its parts after the kind).
+    fn decode_postings<'a>(parts: impl Iterator<Item = &'a str>) -> Option<Movement> {
+        let postings = parts
+            .map(|part| {
+                let mut fields = part.split(',');
+                let from = AccountId::parse(fields.next()?).ok()?;
+                let to = AccountId::parse(fields.next()?).ok()?;
+                let amount = Amount::new(fields.next()?.parse().ok()?).ok()?;
+                let asset = match fields.next()? {
+                    "" => None,
+                    asset => Some(Asset::parse(asset).ok()?),
+                };
+                if fields.next().is_some() {
+                    return None;
+                }
+                Posting::new(from, to, amount, asset).ok()
+            })
+            .collect::<Option<Vec<Posting>>>()?;
+        Some(Movement::Postings {
+            postings: Postings::new(postings).ok()?,
+        })
+    }
+
+    /// `kind|account|to|amount` and a hold's timeout or the hold ended.
+    fn encode_one(movement: &Movement) -> String {
+        let amount = movement.amount().map_or(0, Amount::minor_units);
+        let base = format!(
+            "{}|{}|{}|{}",
+            movement.kind(),
+            movement.account(),
+            movement.to().map(AccountId::as_str).unwrap_or(""),
+            amount
+        );
+        match movement {
+            Movement::Hold { timeout_s, .. } => format!("{base}|{timeout_s}"),
+            _ => match movement.ended_hold() {
+                Some(hold) => format!("{base}|{hold}"),
+                None => base,
+            },
         }
     }
 
@@ -61,6 +108,13 @@ impl Binding {
         };
         let mut parts = movement.split('|');
         let kind = Kind::parse(parts.next()?)?;
+        if kind == Kind::Postings {
+            return Some(Self {
+                movement: Self::decode_postings(parts)?,
+                metadata,
+                asset,
+            });
+        }
         let account = AccountId::parse(parts.next()?).ok()?;
         let to = match parts.next()? {
             "" => None,
@@ -100,7 +154,7 @@ impl Binding {
                 account,
                 amount,
             },
-            (Kind::Void | Kind::Expire, Some(_)) => return None,
+            (Kind::Void | Kind::Expire, Some(_)) | (Kind::Postings, _) => return None,
         };
         Some(Self {
             movement,
@@ -189,8 +243,16 @@ mod tests {
             },
             Movement::Expire {
                 hold: h,
-                account: a,
+                account: a.clone(),
                 amount: five,
+            },
+            Movement::Postings {
+                postings: Postings::new(vec![
+                    Posting::new(a, account("b"), five, Asset::parse("USD/2").ok()).unwrap(),
+                    Posting::new(account("b"), account("c"), Amount::new(7).unwrap(), None)
+                        .unwrap(),
+                ])
+                .unwrap(),
             },
         ]
     }
@@ -235,6 +297,7 @@ mod tests {
                 "capture|a||5|h",
                 "void|a||5|h",
                 "expire|a||5|h",
+                "postings|a,b,5,USD/2|b,c,7,",
             ]
         );
         assert_eq!(
@@ -284,6 +347,13 @@ mod tests {
             "debit|a||5 usd",
             "debit|a||5 ",
             "debit|a||5 USD/2 EUR/2",
+            "postings",
+            "postings|a,a,5,",
+            "postings|a,b,5",
+            "postings|a,b,5,,x",
+            "postings|a,b,0,",
+            "postings|a,b,5,usd",
+            "postings|a||5",
         ] {
             assert_eq!(Binding::decode(broken), None, "{broken}");
         }

@@ -5,6 +5,7 @@
 //! This module knows nothing of axum, rdkafka or redis.
 //!
 //! - [`movement`]: the kinds of movement, movements, transactions;
+//! - [`posting`]: the movements of a postings transaction;
 //! - [`binding`]: what an id is bound to, one encode and one decode;
 //! - [`outcome`]: outcomes, rejections, where a transaction stands, and
 //!   their one text each.
@@ -13,17 +14,19 @@ mod account;
 mod binding;
 mod movement;
 mod outcome;
+mod posting;
 
 pub use account::{Account, AccountChange, Asset, Bounds};
 pub use binding::Binding;
 pub use movement::{HoldTerms, Kind, Movement, Transaction};
 pub use outcome::{Outcome, RejectReason, TxStatus};
+pub use posting::{Posting, Postings};
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::limits::{MAX_ID_LEN, MAX_MINOR_UNITS};
+use crate::limits::{MAX_ID_LEN, MAX_MINOR_UNITS, MAX_POSTINGS};
 use crate::limits::{
     MAX_METADATA_KEYS, MAX_METADATA_KEY_CHARS, MAX_METADATA_VALUE_CHARS, MAX_RATE,
     MAX_SCOPE_PATTERNS,
@@ -57,7 +60,17 @@ pub enum RuleError {
     ToNotAllowed,
     #[error("`to` must differ from `account`")]
     TransferToSelf,
-    #[error("unknown type `{0}`: expected debit, credit, transfer, hold, capture or void")]
+    #[error("a posting's `to` must differ from its `from`")]
+    PostingToSelf,
+    #[error("postings[{index}]: {error}")]
+    InPosting { index: usize, error: Box<RuleError> },
+    #[error("`postings` needs 1..={MAX_POSTINGS} postings")]
+    PostingsCount,
+    #[error("the accounts of a postings transaction must share one Redis Cluster slot here (postings across slots are not built yet)")]
+    PostingsAcrossSlots,
+    #[error(
+        "unknown type `{0}`: expected debit, credit, transfer, hold, capture, void or postings"
+    )]
     UnknownKind(String),
     #[error("`{field}` is not a field of a {kind}")]
     NotAField {

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{AccountId, Amount, Asset, Metadata, RuleError, TxId};
+use super::{AccountId, Amount, Asset, Metadata, Postings, RuleError, TxId};
 
 /// The kind of a movement: what a request's `type` names (all but
 /// `expire`, which only the engine makes), and the first part of its
@@ -17,10 +17,11 @@ pub enum Kind {
     Capture,
     Void,
     Expire,
+    Postings,
 }
 
 impl Kind {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Debit,
         Self::Credit,
         Self::Transfer,
@@ -28,6 +29,7 @@ impl Kind {
         Self::Capture,
         Self::Void,
         Self::Expire,
+        Self::Postings,
     ];
 
     /// Its name in requests, bindings, records and histories.
@@ -40,6 +42,7 @@ impl Kind {
             Self::Capture => "capture",
             Self::Void => "void",
             Self::Expire => "expire",
+            Self::Postings => "postings",
         }
     }
 
@@ -109,6 +112,9 @@ pub enum Movement {
         account: AccountId,
         amount: Amount,
     },
+    /// Move each posting's amount from its `from` to its `to`, in order,
+    /// all or none (see [`Postings`]).
+    Postings { postings: Postings },
 }
 
 /// A hold as its binding names it: what a capture or void of it needs to
@@ -156,6 +162,7 @@ impl Movement {
             Self::Capture { .. } => Kind::Capture,
             Self::Void { .. } => Kind::Void,
             Self::Expire { .. } => Kind::Expire,
+            Self::Postings { .. } => Kind::Postings,
         }
     }
 
@@ -188,10 +195,12 @@ impl Movement {
         }
     }
 
-    /// The account whose balance is checked; the Kafka record key, so one
-    /// account's transactions are applied in order.
+    /// The account whose balance is checked (a postings transaction's
+    /// first `from`); the Kafka record key, so one account's transactions
+    /// are applied in order.
     pub fn account(&self) -> &AccountId {
         match self {
+            Self::Postings { postings } => postings.first_from(),
             Self::Debit { account, .. }
             | Self::Credit { account, .. }
             | Self::Transfer { account, .. }
@@ -212,9 +221,32 @@ impl Movement {
         }
     }
 
-    /// The amount moved; for a hold, void or expiry the amount held.
-    pub fn amount(&self) -> Amount {
+    /// Every account money leaves (what an API key's scope must match):
+    /// `account`, or each posting's `from`.
+    pub fn sources(&self) -> Vec<&AccountId> {
         match self {
+            Self::Postings { postings } => {
+                let mut froms: Vec<&AccountId> = postings.iter().map(|p| &p.from).collect();
+                froms.dedup();
+                froms
+            }
+            other => vec![other.account()],
+        }
+    }
+
+    /// The postings of a postings transaction.
+    pub fn postings(&self) -> Option<&Postings> {
+        match self {
+            Self::Postings { postings } => Some(postings),
+            _ => None,
+        }
+    }
+
+    /// The amount moved; for a hold, void or expiry the amount held;
+    /// `None` for postings (each has its own).
+    pub fn amount(&self) -> Option<Amount> {
+        Some(match self {
+            Self::Postings { .. } => return None,
             Self::Debit { amount, .. }
             | Self::Credit { amount, .. }
             | Self::Transfer { amount, .. }
@@ -222,7 +254,7 @@ impl Movement {
             | Self::Capture { amount, .. }
             | Self::Void { amount, .. }
             | Self::Expire { amount, .. } => *amount,
-        }
+        })
     }
 }
 

@@ -65,11 +65,12 @@ impl RejectReason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// Money moved; `balance_after` is the checked account's new balance.
-    Applied {
-        balance_after: Balance,
-    },
+    Applied { balance_after: Balance },
+    /// Refused; `posting`: in a postings transaction, the 0-based index
+    /// of the first posting that failed (nothing moved).
     Rejected {
         reason: RejectReason,
+        posting: Option<u16>,
     },
 }
 
@@ -82,6 +83,14 @@ pub enum TxStatus {
 }
 
 impl Outcome {
+    /// A rejection of a transaction that is not postings.
+    pub fn rejected(reason: RejectReason) -> Self {
+        Self::Rejected {
+            reason,
+            posting: None,
+        }
+    }
+
     /// `applied` or `rejected`.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -100,17 +109,27 @@ impl TxStatus {
         }
     }
 
-    /// The status the store keeps as `(state, reason, balance_after)` (the
-    /// text [`TxStatus::as_str`] gives, the reason of a rejection, the
-    /// balance after an apply); `None` for anything else.
-    pub fn from_parts(state: &str, reason: &str, balance_after: &str) -> Option<Self> {
+    /// The status the store keeps as `(state, reason, balance_after,
+    /// posting)` (the text [`TxStatus::as_str`] gives, the reason of a
+    /// rejection, the balance after an apply, the index of the posting
+    /// that failed or ''); `None` for anything else.
+    pub fn from_parts(
+        state: &str,
+        reason: &str,
+        balance_after: &str,
+        posting: &str,
+    ) -> Option<Self> {
         Some(match state {
             "pending" => Self::Pending,
-            "applied" => Self::Settled(Outcome::Applied {
+            "applied" if posting.is_empty() => Self::Settled(Outcome::Applied {
                 balance_after: Balance::new(balance_after.parse().ok()?).ok()?,
             }),
             "rejected" => Self::Settled(Outcome::Rejected {
                 reason: RejectReason::parse(reason)?,
+                posting: match posting {
+                    "" => None,
+                    index => Some(index.parse().ok()?),
+                },
             }),
             _ => return None,
         })
@@ -128,29 +147,38 @@ mod tests {
         let applied = TxStatus::Settled(Outcome::Applied {
             balance_after: Balance::new(12).unwrap(),
         });
-        let rejected = TxStatus::Settled(Outcome::Rejected {
-            reason: RejectReason::ExceedsHold,
+        let rejected = TxStatus::Settled(Outcome::rejected(RejectReason::ExceedsHold));
+        let posting_failed = TxStatus::Settled(Outcome::Rejected {
+            reason: RejectReason::InsufficientFunds,
+            posting: Some(3),
         });
         assert_eq!(
-            TxStatus::from_parts("pending", "", ""),
+            TxStatus::from_parts("pending", "", "", ""),
             Some(TxStatus::Pending)
         );
         assert_eq!(
-            TxStatus::from_parts(applied.as_str(), "", "12"),
+            TxStatus::from_parts(applied.as_str(), "", "12", ""),
             Some(applied)
         );
         assert_eq!(
-            TxStatus::from_parts(rejected.as_str(), "exceeds_hold", ""),
+            TxStatus::from_parts(rejected.as_str(), "exceeds_hold", "", ""),
             Some(rejected)
         );
-        for (state, reason, balance) in [
-            ("applied", "", ""),
-            ("applied", "", "9007199254740992"),
-            ("rejected", "bored", ""),
-            ("held", "", ""),
+        assert_eq!(
+            TxStatus::from_parts("rejected", "insufficient_funds", "", "3"),
+            Some(posting_failed)
+        );
+        for (state, reason, balance, posting) in [
+            ("applied", "", "", ""),
+            ("applied", "", "9007199254740992", ""),
+            ("applied", "", "12", "0"),
+            ("rejected", "bored", "", ""),
+            ("rejected", "insufficient_funds", "", "-1"),
+            ("rejected", "insufficient_funds", "", "x"),
+            ("held", "", "", ""),
         ] {
             assert_eq!(
-                TxStatus::from_parts(state, reason, balance),
+                TxStatus::from_parts(state, reason, balance, posting),
                 None,
                 "{state}"
             );

@@ -48,15 +48,16 @@ pub(super) struct EntryView {
     /// The transaction; absent for an admin balance set.
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<String>,
-    /// debit, credit, transfer, hold, capture, void, expire, or set (the
-    /// admin's setter: its amount is the balance set).
+    /// debit, credit, transfer, hold, capture, void, expire, postings, or
+    /// set (the admin's setter: its amount is the balance set).
     #[serde(rename = "type")]
     kind: &'static str,
     /// Minor units moved; for a set, the balance set (which may be below 0).
     amount: i64,
     /// This account's signed change (0 when nothing moved).
     delta: i64,
-    /// The other account of a transfer, or of a capture to another account.
+    /// The other account of a transfer, a posting, or a capture to another
+    /// account.
     #[serde(skip_serializing_if = "Option::is_none")]
     counterparty: Option<String>,
     /// applied or rejected; a transfer between Redis Cluster slots as its
@@ -73,6 +74,10 @@ pub(super) struct EntryView {
     /// The hold this entry is of (a hold, or its capture, void, expiry).
     #[serde(skip_serializing_if = "Option::is_none")]
     hold: Option<String>,
+    /// A postings transaction's entry: the 0-based index of its posting
+    /// (of the one that failed, on a rejection).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    posting: Option<u16>,
     /// The transaction's metadata.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<std::collections::BTreeMap<String, String>>)]
@@ -314,6 +319,7 @@ fn entry_view(entry: HistoryEntry) -> EntryView {
         reason: entry.reason,
         balance_after: entry.balance_after,
         hold: entry.hold,
+        posting: entry.posting,
         metadata: entry
             .metadata
             .and_then(|raw| serde_json::from_str::<Metadata>(&raw).ok()),

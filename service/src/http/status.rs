@@ -14,7 +14,7 @@ use super::auth::{authenticate, spend};
 use super::problem::{not_found, Problem, ProblemBody};
 use super::transactions::with_quota;
 use super::ApiState;
-use crate::domain::{Asset, Binding, Metadata, Outcome, TxId, TxStatus};
+use crate::domain::{Asset, Binding, Metadata, Outcome, Postings, TxId, TxStatus};
 use crate::keys::ApiKey;
 use crate::store::HoldPhase;
 
@@ -28,6 +28,10 @@ pub(super) struct TransactionView<'a> {
     /// Why it was rejected: insufficient_funds, unknown_account, balance_overflow.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) reason: Option<&'static str>,
+    /// A rejected postings transaction: the 0-based index of the first
+    /// posting that failed (nothing moved).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) posting: Option<u16>,
     /// The checked account's balance right after it was applied.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) balance_after: Option<i64>,
@@ -45,6 +49,12 @@ pub(super) struct TransactionView<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<std::collections::BTreeMap<String, String>>)]
     pub(super) metadata: Option<Metadata>,
+    /// A postings transaction's postings, as posted (only `GET
+    /// /transactions/{id}` answers them, to a key that sees the first
+    /// posting's `from`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<super::transactions::PostingRequest>>)]
+    pub(super) postings: Option<Postings>,
 }
 
 /// Where a transaction stands (documentation only). A hold, once applied,
@@ -65,21 +75,25 @@ pub(super) enum TxState {
 }
 
 pub(super) fn view(id: &TxId, status: TxStatus) -> TransactionView<'_> {
-    let (reason, balance_after) = match status {
-        TxStatus::Pending => (None, None),
+    let (reason, posting, balance_after) = match status {
+        TxStatus::Pending => (None, None, None),
         TxStatus::Settled(Outcome::Applied { balance_after }) => {
-            (None, Some(balance_after.minor_units()))
+            (None, None, Some(balance_after.minor_units()))
         }
-        TxStatus::Settled(Outcome::Rejected { reason }) => (Some(reason.as_str()), None),
+        TxStatus::Settled(Outcome::Rejected { reason, posting }) => {
+            (Some(reason.as_str()), posting, None)
+        }
     };
     TransactionView {
         id: id.as_str(),
         status: status.as_str(),
         reason,
+        posting,
         balance_after,
         captured_amount: None,
         asset: None,
         metadata: None,
+        postings: None,
     }
 }
 
@@ -109,8 +123,13 @@ pub(super) fn status_response(id: &TxId, status: TxStatus) -> Response {
 /// What a key may see of a transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sight {
-    /// The key's scope matches the checked account (the source): everything.
+    /// The key's scope matches the checked account (the source, a postings
+    /// transaction's first `from`): everything.
     Whole,
+    /// It matches another `from` of a postings transaction: the status, why
+    /// it was rejected and at which posting, not the first `from`'s balance
+    /// or asset.
+    Outcome,
     /// It matches only the destination of a transfer: the status, not the
     /// source's balance after it or why the source could not pay.
     StatusOnly,
@@ -125,6 +144,12 @@ fn sight(key: &ApiKey, binding: Option<&Binding>) -> Sight {
     };
     if key.scope.allows(movement.account()) {
         Sight::Whole
+    } else if movement
+        .sources()
+        .into_iter()
+        .any(|from| key.scope.allows(from))
+    {
+        Sight::Outcome
     } else if movement.to().is_some_and(|to| key.scope.allows(to)) {
         Sight::StatusOnly
     } else {
@@ -193,13 +218,22 @@ pub(super) async fn get_transaction(
     let response = match sight(&key, binding.as_ref()) {
         Sight::Whole => {
             let mut seen = view(&id, status);
-            let metadata = binding.map(|binding| binding.metadata);
-            seen.metadata = metadata.filter(|metadata| !metadata.is_empty());
+            if let Some(binding) = binding {
+                seen.postings = binding.movement.postings().cloned();
+                seen.metadata = Some(binding.metadata).filter(|metadata| !metadata.is_empty());
+            }
+            Json(seen).into_response()
+        }
+        Sight::Outcome => {
+            let mut seen = view(&id, status);
+            seen.balance_after = None;
+            seen.asset = None;
             Json(seen).into_response()
         }
         Sight::StatusOnly => {
             let mut seen = view(&id, status);
             seen.reason = None;
+            seen.posting = None;
             seen.balance_after = None;
             // The source's asset is the source's: on a refusal it would
             // say what the hidden reason is about.

@@ -8,7 +8,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::auth::{authenticate, forbidden, Quota};
@@ -17,7 +17,8 @@ use super::status::{status_response, TransactionView};
 use super::ApiState;
 use crate::admission::{Admitted, Posted, Refused};
 use crate::domain::{
-    AccountId, Amount, Asset, Kind, Metadata, Movement, RuleError, Transaction, TxId,
+    AccountId, Amount, Asset, Kind, Metadata, Movement, Posting, Postings, RuleError, Transaction,
+    TxId,
 };
 use crate::limits::{MAX_BODY_BYTES, MAX_MINOR_UNITS};
 
@@ -63,6 +64,41 @@ pub(super) struct TransactionRequest {
     /// of what the id is bound to.
     #[schema(pattern = "^[A-Z][A-Z0-9_]{0,15}(/[0-9]{1,2})?$", example = "USD/2")]
     asset: Option<String>,
+    /// A `postings` transaction's movements, 1 to 16, applied in order,
+    /// all or none: each moves `amount` from `from` to `to`, checked
+    /// against the balances the postings before it left.
+    #[schema(max_items = 16, min_items = 1)]
+    postings: Option<Vec<PostingRequest>>,
+}
+
+/// One posting of a `postings` transaction.
+#[derive(Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PostingRequest {
+    /// The account money leaves (the key's scope must match it).
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
+    from: String,
+    /// The account money enters; not `from`.
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
+    to: String,
+    /// Minor units (an integer).
+    #[schema(value_type = u64, minimum = 1, maximum = 9007199254740991_u64)]
+    amount: serde_json::Number,
+    /// The asset both accounts must hold; given, the transaction is
+    /// `rejected` `asset_mismatch` at this posting where one does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[A-Z][A-Z0-9_]{0,15}(/[0-9]{1,2})?$", example = "USD/2")]
+    asset: Option<String>,
+}
+
+impl PostingRequest {
+    fn into_posting(self) -> Result<Posting, RuleError> {
+        let from = AccountId::parse(&self.from).map_err(|_| RuleError::BadId { field: "from" })?;
+        let to = AccountId::parse(&self.to).map_err(|_| RuleError::BadId { field: "to" })?;
+        let amount = Amount::new(parse_minor_units(&self.amount, "amount")?)?;
+        let asset = self.asset.as_deref().map(Asset::parse).transpose()?;
+        Posting::new(from, to, amount, asset)
+    }
 }
 
 /// The kinds of movement a request may name (documentation only: the
@@ -78,6 +114,7 @@ pub(super) enum MovementKind {
     Hold,
     Capture,
     Void,
+    Postings,
 }
 
 /// Parses an integer amount in minor units, refusing fractions, signs and
@@ -134,6 +171,54 @@ impl TransactionRequest {
         })
     }
 
+    /// A postings transaction: `postings`, and no field of one movement
+    /// (each posting names its own accounts, amount and asset).
+    fn into_postings(
+        self,
+        id: TxId,
+        metadata: Metadata,
+        asset: bool,
+        amount: bool,
+    ) -> Result<Posted, RuleError> {
+        for (field, given) in [
+            ("account", self.account.is_some()),
+            ("to", self.to.is_some()),
+            ("amount", amount),
+            ("asset", asset),
+            ("hold", self.hold.is_some()),
+            ("timeout_s", self.timeout_s.is_some()),
+        ] {
+            if given {
+                return Err(RuleError::NotAField {
+                    field,
+                    kind: Kind::Postings.as_str(),
+                });
+            }
+        }
+        let postings = self
+            .postings
+            .ok_or(RuleError::Missing("postings"))?
+            .into_iter()
+            .enumerate()
+            .map(|(index, posting)| {
+                posting
+                    .into_posting()
+                    .map_err(|error| RuleError::InPosting {
+                        index,
+                        error: Box::new(error),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Posted::Ready(Transaction {
+            id,
+            movement: Movement::Postings {
+                postings: Postings::new(postings)?,
+            },
+            metadata,
+            asset: None,
+        }))
+    }
+
     pub(super) fn into_posted(mut self, header_id: Option<&str>) -> Result<Posted, RuleError> {
         let id = match (self.id.as_deref(), header_id) {
             (Some(body), Some(header)) if body != header => return Err(RuleError::IdMismatch),
@@ -155,6 +240,12 @@ impl TransactionRequest {
             .as_ref()
             .map(|amount| Amount::new(parse_minor_units(amount, "amount")?))
             .transpose()?;
+        if kind == Kind::Postings {
+            return self.into_postings(id, metadata, asset.is_some(), amount.is_some());
+        }
+        if self.postings.is_some() {
+            return Err(not_a_field("postings"));
+        }
         if matches!(kind, Kind::Capture | Kind::Void) {
             return self.into_hold_end(id, metadata, asset, kind == Kind::Capture, amount);
         }

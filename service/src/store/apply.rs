@@ -7,8 +7,10 @@ use redis::Cmd;
 use crate::domain::Balance;
 
 use super::accounts::parse_balance;
-use super::apply_many::{ApplyScript, StepCall};
-use super::calls::{AccountKeys, AtomicUpdateCall, CreditedKeys, FlagArgs, HoldCall, SagaStepCall};
+use super::apply_many::{ApplyScript, StepAnswer, StepCall};
+use super::calls::{
+    AccountKeys, AtomicUpdateCall, CreditedKeys, FlagArgs, HoldCall, PostingsCall, SagaStepCall,
+};
 use super::outcomes::parse_status;
 use super::Layout;
 use super::{evalsha, Store, StoreError};
@@ -98,11 +100,7 @@ impl Store {
         records
             .iter()
             .zip(replies)
-            .map(
-                |(record, (state, reason, balance_after, duplicate, _, asset))| {
-                    self.progress(record, (state, reason, balance_after, duplicate, asset))
-                },
-            )
+            .map(|(record, reply)| self.progress(record, reply))
             .collect()
     }
 
@@ -116,6 +114,7 @@ impl Store {
         };
         Ok(match (&record.saga, tx.movement.credited()) {
             (None, _) if tx.movement.is_of_a_hold() => self.hold_command(record, now_ms),
+            (None, _) if tx.movement.postings().is_some() => self.postings_command(tx, now_ms),
             (None, _) if !self.layout.needs_saga(tx) => self.apply_command(tx, now_ms),
             (None, Some(_)) => saga_step(account, StepKind::Debit, tx.asset.as_ref()),
             (
@@ -161,6 +160,46 @@ impl Store {
             ApplyScript::AtomicUpdate,
             call.write(),
         )
+    }
+
+    /// The call of `lua/postings.lua` for a postings transaction (its
+    /// accounts in one slot, the first `from`'s).
+    fn postings_command(&self, tx: &Transaction, now_ms: u64) -> StepCall {
+        let layout = &self.layout;
+        let postings = tx.movement.postings().expect("a postings transaction");
+        let accounts: Vec<&str> = postings
+            .accounts()
+            .into_iter()
+            .map(AccountId::as_str)
+            .collect();
+        let number = |account: &AccountId| {
+            1 + accounts
+                .iter()
+                .position(|name| *name == account.as_str())
+                .expect("every posting's accounts are listed")
+        };
+        let first = accounts[0];
+        let call = PostingsCall {
+            first: AccountKeys::of(layout, first, layout.apply_flag(tx.id.as_str(), first)),
+            others: accounts[1..]
+                .iter()
+                .map(|account| CreditedKeys::of(layout, account))
+                .collect(),
+            args: self.flag_args(tx, "postings", now_ms),
+            postings: postings
+                .iter()
+                .map(|posting| {
+                    (
+                        number(&posting.from),
+                        number(&posting.to),
+                        posting.amount.minor_units(),
+                        posting.asset.as_ref().map_or("", Asset::as_str),
+                    )
+                })
+                .collect(),
+            names: accounts,
+        };
+        StepCall::new(layout.shard_of(first), ApplyScript::Postings, call.write())
     }
 
     /// The call of `lua/saga_step.lua` for `step` of a saga between slots,
@@ -241,7 +280,10 @@ impl Store {
     fn flag_args<'a>(&self, tx: &'a Transaction, what: &'a str, now_ms: u64) -> FlagArgs<'a> {
         FlagArgs {
             what,
-            amount_minor: tx.movement.amount().minor_units(),
+            amount_minor: tx
+                .movement
+                .amount()
+                .map_or(0, |amount| amount.minor_units()),
             fingerprint: tx.fingerprint(),
             outcome_ttl_secs: self.outcome_ttl_secs,
             now_ms,
@@ -252,26 +294,23 @@ impl Store {
     }
 
     /// Reads a step's reply `(state, reason, balance_after, duplicate,
-    /// asset)`.
+    /// entries, asset, posting)`.
     /// One match, kept whole: it is the table of the saga's transitions
     /// (which reply each step may give, and what follows it), read at once.
     fn progress(
         &self,
         record: &Record,
-        (state, reason, balance_after, duplicate, asset): (String, String, String, i64, String),
+        (state, reason, balance_after, duplicate, _, asset, posting): StepAnswer,
     ) -> Result<Progress, StoreError> {
         let tx = &record.tx;
         let duplicate = duplicate == 1;
         let unexpected = || {
             StoreError::Unexpected(format!(
-                "{} step {:?} answered state={state} reason={reason} balance_after={balance_after}",
+                "{} step {:?} answered state={state} reason={reason} balance_after={balance_after} asset={asset} posting={posting}",
                 tx.id, record.saga
             ))
         };
-        let account_asset = match asset.as_str() {
-            "" => None,
-            asset => Some(Asset::parse(asset).map_err(|_| unexpected())?),
-        };
+        let account_asset = parse_asset(&asset).ok_or_else(unexpected)?;
         let ended = |outcome, recorded| {
             Ok(Progress::Ended {
                 applied: Applied { outcome, duplicate },
@@ -285,8 +324,8 @@ impl Store {
                 ..record.clone()
             }))
         };
-        let reply =
-            StepReply::parse(&state, &reason, &balance_after, &asset).ok_or_else(unexpected)?;
+        let reply = StepReply::parse(&state, &reason, &balance_after, &asset, &posting)
+            .ok_or_else(unexpected)?;
         let saga = self.layout.needs_saga(tx);
         match (&record.saga, reply) {
             (_, StepReply::Mismatch) => Ok(Progress::Mismatch),
@@ -345,7 +384,7 @@ impl Store {
                     ..
                 }),
                 StepReply::Refunded,
-            ) => ended(Outcome::Rejected { reason: *reason }, false),
+            ) => ended(Outcome::rejected(*reason), false),
             _ => Err(unexpected()),
         }
     }
@@ -367,11 +406,15 @@ impl Store {
                 let commands: Vec<(u32, Cmd)> = ended
                     .iter()
                     .map(|(tx, outcome, asset)| {
-                        let (reason, balance_after) = match outcome {
+                        let (reason, balance_after, posting) = match outcome {
                             Outcome::Applied { balance_after } => {
-                                ("", balance_after.minor_units().to_string())
+                                ("", balance_after.minor_units().to_string(), String::new())
                             }
-                            Outcome::Rejected { reason } => (reason.as_str(), String::new()),
+                            Outcome::Rejected { reason, posting } => (
+                                reason.as_str(),
+                                String::new(),
+                                posting.map(|index| index.to_string()).unwrap_or_default(),
+                            ),
                         };
                         let state = outcome.as_str();
                         let mut cmd = evalsha(&self.scripts.finish, &[self.tx_key(&tx.id)]);
@@ -381,7 +424,8 @@ impl Store {
                             .arg(now_ms)
                             .arg(tx.fingerprint())
                             .arg(self.outcome_ttl_secs)
-                            .arg(asset.map_or("", |asset| asset.as_str()));
+                            .arg(asset.map_or("", |asset| asset.as_str()))
+                            .arg(posting);
                         (self.layout.shard_of(tx.id.as_str()), cmd)
                     })
                     .collect();
@@ -417,19 +461,33 @@ enum StepReply {
     Mismatch,
 }
 
+/// A reply's asset: `Some(None)` for '' (none), `None` when it does not
+/// parse.
+fn parse_asset(asset: &str) -> Option<Option<Asset>> {
+    match asset {
+        "" => Some(None),
+        asset => Asset::parse(asset).ok().map(Some),
+    }
+}
+
 impl StepReply {
-    fn parse(state: &str, reason: &str, balance_after: &str, asset: &str) -> Option<Self> {
+    fn parse(
+        state: &str,
+        reason: &str,
+        balance_after: &str,
+        asset: &str,
+        posting: &str,
+    ) -> Option<Self> {
         Some(match state {
-            "applied" | "rejected" => match parse_status(state, reason, balance_after).ok()? {
-                TxStatus::Settled(outcome) => Self::Settled(outcome),
-                TxStatus::Pending => return None,
-            },
+            "applied" | "rejected" => {
+                match parse_status(state, reason, balance_after, posting).ok()? {
+                    TxStatus::Settled(outcome) => Self::Settled(outcome),
+                    TxStatus::Pending => return None,
+                }
+            }
             "debited" => Self::Debited {
                 balance_after: parse_balance(balance_after)?,
-                asset: match asset {
-                    "" => None,
-                    asset => Some(Asset::parse(asset).ok()?),
-                },
+                asset: parse_asset(asset)?,
             },
             "credited" => Self::Credited,
             "refused" => Self::Refused(RejectReason::parse(reason)?),
@@ -463,9 +521,9 @@ mod tests {
             ),
             (
                 ("rejected", "insufficient_funds", "", ""),
-                Some(StepReply::Settled(Outcome::Rejected {
-                    reason: RejectReason::InsufficientFunds,
-                })),
+                Some(StepReply::Settled(Outcome::rejected(
+                    RejectReason::InsufficientFunds,
+                ))),
             ),
             (
                 ("debited", "", "5", "USD/2"),
@@ -502,7 +560,7 @@ mod tests {
         ] {
             let (state, reason, balance_after, asset) = reply;
             assert_eq!(
-                StepReply::parse(state, reason, balance_after, asset),
+                StepReply::parse(state, reason, balance_after, asset, ""),
                 expected,
                 "{reply:?}"
             );

@@ -21,6 +21,8 @@ pub(super) enum ApplyScript {
     SagaStep,
     /// `lua/hold.lua`: a hold, or a capture, void or expiry of one.
     Hold,
+    /// `lua/postings.lua`: a postings transaction whose accounts share a slot.
+    Postings,
 }
 
 impl ApplyScript {
@@ -29,6 +31,7 @@ impl ApplyScript {
             ApplyScript::AtomicUpdate => "atomic_update",
             ApplyScript::SagaStep => "saga_step",
             ApplyScript::Hold => "hold",
+            ApplyScript::Postings => "postings",
         }
     }
 }
@@ -194,7 +197,7 @@ impl StepCall {
 /// A step script's reply: `(state, reason, balance_after, duplicate,
 /// history entries written, asset)` (the asset of the account the step
 /// ran for; empty when there is no such account).
-pub(super) type StepAnswer = (String, String, String, i64, u64, String);
+pub(super) type StepAnswer = (String, String, String, i64, u64, String, String);
 
 /// Reads an `apply_many` call's replies, one per record, or `None` when it
 /// was skipped (a call before it in its pipeline did not run).

@@ -1,5 +1,6 @@
 //! The call contract of each script that applies records
-//! (`lua/atomic_update.lua`, `lua/saga_step.lua`, `lua/hold.lua`): its KEYS
+//! (`lua/atomic_update.lua`, `lua/saga_step.lua`, `lua/hold.lua`,
+//! `lua/postings.lua`): its KEYS
 //! and ARGV typed once, one field for each in the order the script's header
 //! documents them, and written in that order by one method (`write`), so the
 //! order lives here and in the header only. KEYS[1..4] and ARGV[1..8] are
@@ -204,6 +205,42 @@ impl HoldCall<'_> {
             .arg(self.hold_id)
             .arg(self.account_name)
             .arg(self.asset);
+        (keys, args)
+    }
+}
+
+/// `lua/postings.lua`: a postings transaction, every account in one slot.
+pub(super) struct PostingsCall<'a> {
+    /// KEYS[1..4]: the first `from`'s (account 1), under the apply flag.
+    pub first: AccountKeys,
+    /// KEYS[5..]: accounts 2..m, in order of first mention.
+    pub others: Vec<CreditedKeys>,
+    /// ARGV[1..8]
+    pub args: FlagArgs<'a>,
+    /// ARGV[9..]: the accounts' names, 1..m.
+    pub names: Vec<&'a str>,
+    /// Each posting: its `from`'s and `to`'s numbers (1-based, in `names`),
+    /// its amount, the asset it names ('' : none).
+    pub postings: Vec<(usize, usize, u64, &'a str)>,
+}
+
+impl PostingsCall<'_> {
+    /// Its KEYS, then its ARGV, in the order of the script's header.
+    pub(super) fn write(self) -> (Vec<String>, Cmd) {
+        let (mut keys, mut args) = (Vec::with_capacity(4 + 2 * self.others.len()), Cmd::new());
+        self.first.write(&mut keys);
+        for other in self.others {
+            other.write(&mut keys);
+        }
+        self.args.write(&mut args);
+        args.arg(self.names.len());
+        for name in &self.names {
+            args.arg(*name);
+        }
+        args.arg(self.postings.len());
+        for (from, to, amount, asset) in self.postings {
+            args.arg(from).arg(to).arg(amount).arg(asset);
+        }
         (keys, args)
     }
 }

@@ -79,7 +79,7 @@ impl Store {
     /// command can reach Redis after the wait for its answer ended): release
     /// `token` then.
     pub async fn claim(&self, tx: &Transaction, token: &str) -> Result<Claim, StoreError> {
-        let (verdict, reason, balance_after): (String, String, String) = self
+        let (verdict, reason, balance_after, posting): (String, String, String, String) = self
             .with_scripts(|| {
                 let mut conn = self.conn.clone();
                 let mut invocation = self.scripts.claim.key(self.tx_key(&tx.id));
@@ -91,7 +91,7 @@ impl Store {
                 async move { invocation.invoke_async(&mut conn).await }
             })
             .await?;
-        parse_claim(&verdict, &reason, &balance_after)
+        parse_claim(&verdict, &reason, &balance_after, &posting)
     }
 
     /// Claims the items of `requests` (one request, or those gathered into
@@ -117,7 +117,10 @@ impl Store {
         if self.topology == RedisTopology::Cluster {
             return self.count_then_claim(requests).await;
         }
-        type Answer = (Vec<(String, String, String)>, Vec<(u64, u64, u64, u64)>);
+        type Answer = (
+            Vec<(String, String, String, String)>,
+            Vec<(u64, u64, u64, u64)>,
+        );
         let answer: Result<Answer, StoreError> = self
             .with_scripts(|| {
                 let mut keys = Vec::new();
@@ -287,8 +290,9 @@ impl Store {
         .await
         .into_iter()
         .map(|answer| {
-            let (verdict, reason, balance_after): (String, String, String) = answer?;
-            parse_claim(&verdict, &reason, &balance_after)
+            let (verdict, reason, balance_after, posting): (String, String, String, String) =
+                answer?;
+            parse_claim(&verdict, &reason, &balance_after, &posting)
         })
         .collect()
     }
@@ -414,7 +418,7 @@ fn share(verdict: &RateVerdict, before: u64, count: u64, limit: &RateLimit) -> R
 /// has a limit) and its items' claims.
 fn each_request(
     requests: &[ClaimRequest<'_>],
-    claims: Vec<(String, String, String)>,
+    claims: Vec<(String, String, String, String)>,
     rates: Vec<(u64, u64, u64, u64)>,
 ) -> Vec<RequestClaims> {
     let mut claims = claims.into_iter();
@@ -426,8 +430,8 @@ fn each_request(
             claims: claims
                 .by_ref()
                 .take(request.items.len())
-                .map(|(verdict, reason, balance_after)| {
-                    parse_claim(&verdict, &reason, &balance_after)
+                .map(|(verdict, reason, balance_after, posting)| {
+                    parse_claim(&verdict, &reason, &balance_after, &posting)
                 })
                 .collect(),
         })
@@ -461,13 +465,14 @@ pub(super) fn parse_claim(
     verdict: &str,
     reason: &str,
     balance_after: &str,
+    posting: &str,
 ) -> Result<Claim, StoreError> {
     Ok(match verdict {
         "claimed" => Claim::Claimed,
         "conflict" => Claim::Conflict,
         "leased" => Claim::InFlight,
         "limited" => Claim::RateLimited,
-        state => Claim::Known(parse_status(state, reason, balance_after)?),
+        state => Claim::Known(parse_status(state, reason, balance_after, posting)?),
     })
 }
 
@@ -549,27 +554,40 @@ mod tests {
 
     #[test]
     fn claim_answers_parse_or_are_refused() {
-        assert_eq!(parse_claim("claimed", "", "").unwrap(), Claim::Claimed);
-        assert_eq!(parse_claim("conflict", "", "").unwrap(), Claim::Conflict);
-        assert_eq!(parse_claim("leased", "", "").unwrap(), Claim::InFlight);
-        assert_eq!(parse_claim("limited", "", "").unwrap(), Claim::RateLimited);
+        assert_eq!(parse_claim("claimed", "", "", "").unwrap(), Claim::Claimed);
         assert_eq!(
-            parse_claim("pending", "", "").unwrap(),
+            parse_claim("conflict", "", "", "").unwrap(),
+            Claim::Conflict
+        );
+        assert_eq!(parse_claim("leased", "", "", "").unwrap(), Claim::InFlight);
+        assert_eq!(
+            parse_claim("limited", "", "", "").unwrap(),
+            Claim::RateLimited
+        );
+        assert_eq!(
+            parse_claim("pending", "", "", "").unwrap(),
             Claim::Known(TxStatus::Pending)
         );
         assert_eq!(
-            parse_claim("applied", "", "12").unwrap(),
+            parse_claim("applied", "", "12", "").unwrap(),
             Claim::Known(TxStatus::Settled(Outcome::Applied {
                 balance_after: Balance::new(12).unwrap()
             }))
         );
         assert_eq!(
-            parse_claim("rejected", "balance_overflow", "").unwrap(),
+            parse_claim("rejected", "balance_overflow", "", "").unwrap(),
+            Claim::Known(TxStatus::Settled(Outcome::rejected(
+                RejectReason::BalanceOverflow
+            )))
+        );
+        assert_eq!(
+            parse_claim("rejected", "asset_mismatch", "", "2").unwrap(),
             Claim::Known(TxStatus::Settled(Outcome::Rejected {
-                reason: RejectReason::BalanceOverflow
+                reason: RejectReason::AssetMismatch,
+                posting: Some(2),
             }))
         );
-        assert!(parse_claim("applied", "", "").is_err());
-        assert!(parse_claim("whatever", "", "").is_err());
+        assert!(parse_claim("applied", "", "", "").is_err());
+        assert!(parse_claim("whatever", "", "", "").is_err());
     }
 }

@@ -27,6 +27,8 @@ pub struct HistoryEntry {
     pub balance_after: i64,
     /// The hold a hold's entry, or its capture's, void's or expiry's, is of.
     pub hold: Option<String>,
+    /// A postings transaction's entry: the index of its posting.
+    pub posting: Option<u16>,
     /// The transaction's metadata, canonical JSON.
     pub metadata: Option<String>,
 }
@@ -374,6 +376,10 @@ fn parse_entry(position: String, fields: &[String]) -> Result<HistoryEntry, Stor
         reason: present("reason"),
         balance_after: number("bal").ok_or_else(unexpected)?,
         hold: present("hold"),
+        posting: match get("posting") {
+            None => None,
+            Some(index) => Some(index.parse().map_err(|_| unexpected())?),
+        },
         metadata: present("meta"),
         position,
     })

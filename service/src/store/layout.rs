@@ -31,7 +31,7 @@
 //!   `created_at_ms`) and `{keys}:apikeys` (the set of key ids)
 //! - `{tag}:rate:<key id>`: the key's GCRA state, in the key id's shard
 
-use crate::domain::Transaction;
+use crate::domain::{Movement, Transaction};
 
 /// How Redis is deployed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -239,6 +239,19 @@ impl Layout {
     }
 
     /// How `tx` is applied: in one script, or as a saga between slots.
+    /// False for a postings transaction whose accounts are not all in one
+    /// slot (on a cluster): one script cannot apply it.
+    pub fn in_one_slot(&self, movement: &Movement) -> bool {
+        let Some(postings) = movement.postings() else {
+            return true;
+        };
+        let first = postings.first_from().as_str();
+        postings
+            .accounts()
+            .into_iter()
+            .all(|account| self.same_slot(first, account.as_str()))
+    }
+
     pub fn needs_saga(&self, tx: &Transaction) -> bool {
         tx.movement
             .credited()

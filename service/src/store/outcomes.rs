@@ -24,8 +24,9 @@ impl Store {
             Option<String>,
             Option<String>,
             Option<String>,
+            Option<String>,
         );
-        let (state, reason, balance_after, accepted, fingerprint, asset): Fields =
+        let (state, reason, balance_after, accepted, fingerprint, asset, posting): Fields =
             redis::cmd("HMGET")
                 .arg(self.tx_key(id))
                 .arg("state")
@@ -34,6 +35,7 @@ impl Store {
                 .arg("accepted")
                 .arg("fp")
                 .arg("asset")
+                .arg("posting")
                 .query_async(&mut conn)
                 .await?;
         let status = match (state.as_deref(), accepted) {
@@ -41,6 +43,7 @@ impl Store {
                 state,
                 reason.as_deref().unwrap_or(""),
                 balance_after.as_deref().unwrap_or(""),
+                posting.as_deref().unwrap_or(""),
             )?,
             (_, Some(_)) => TxStatus::Pending,
             _ => return Ok(None),
@@ -55,16 +58,18 @@ impl Store {
     }
 }
 
-/// Turns the scripts' `(state, reason, balance_after)` into a status.
+/// Turns the scripts' `(state, reason, balance_after, posting)` into a
+/// status.
 pub(super) fn parse_status(
     state: &str,
     reason: &str,
     balance_after: &str,
+    posting: &str,
 ) -> Result<TxStatus, StoreError> {
     let unexpected = || {
         StoreError::Unexpected(format!(
-            "state={state} reason={reason} balance_after={balance_after}"
+            "state={state} reason={reason} balance_after={balance_after} posting={posting}"
         ))
     };
-    TxStatus::from_parts(state, reason, balance_after).ok_or_else(unexpected)
+    TxStatus::from_parts(state, reason, balance_after, posting).ok_or_else(unexpected)
 }

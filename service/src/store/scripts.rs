@@ -4,7 +4,7 @@
 //! (`money.lua` before the ones that read or write accounts; `clock.lua` before the
 //! ones that claim or count; `claim.lua` and `rate_limit.lua`, functions,
 //! before the ones that run them for many requests). The three that apply
-//! records (`atomic_update.lua`, `saga_step.lua`, `hold.lua`) are functions
+//! records (`atomic_update.lua`, `saga_step.lua`, `hold.lua`, `postings.lua`) are functions
 //! of one script, `apply_many.lua`, which runs a slot's records in order.
 
 use redis::Script;
@@ -50,6 +50,7 @@ pub(super) const SOURCES: [(&str, &str); 11] = [
             apply_function!("atomic_update"),
             apply_function!("saga_step"),
             apply_function!("hold"),
+            apply_function!("postings"),
             include_str!("../../../lua/apply_many.lua")
         ),
     ),

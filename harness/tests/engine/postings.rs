@@ -1,0 +1,451 @@
+//! Postings over real HTTP with the real Redis and Kafka behind: several
+//! movements of one transaction applied in order, all or none, checked
+//! against the balances the postings before them left, on one Redis and on
+//! a Redis Cluster when every account shares a slot.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use harness::stack::{isolated_config, Stack};
+use reqwest::StatusCode;
+use rstest::rstest;
+use serde_json::{json, Value};
+use txengine::limits::MAX_POSTINGS;
+use txengine::store::{Layout, RedisTopology};
+
+const SETTLE: Duration = Duration::from_secs(30);
+
+async fn stack(topology: RedisTopology, name: &str) -> Stack {
+    Stack::start_with(isolated_config(crate::infra_of(topology), name))
+        .await
+        .expect("engine starts")
+}
+
+/// `count` account names that share one slot on `s`'s topology (every
+/// name does on one Redis), each starting with `prefix`.
+fn names_in_one_slot(
+    s: &Stack,
+    topology: RedisTopology,
+    prefix: &str,
+    count: usize,
+) -> Vec<String> {
+    let layout = Layout::new(&s.config.namespace, topology);
+    let first = format!("{prefix}-0");
+    let mut names = vec![first.clone()];
+    let mut n = 1;
+    while names.len() < count {
+        let name = format!("{prefix}-{n}");
+        if layout.same_slot(&first, &name) {
+            names.push(name);
+        }
+        n += 1;
+    }
+    names
+}
+
+/// Makes `account` of `asset` with `bounds` and sets its balance.
+async fn open(s: &Stack, account: &str, asset: &str, bounds: Value, balance: i64) {
+    let mut body = bounds;
+    body["asset"] = json!(asset);
+    let (status, answer) = s.put_account(account, &body).await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{account}: {answer}");
+    let (status, answer) = s.put_balance_raw(account, balance).await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{account}: {answer}");
+}
+
+/// Each account's balance.
+async fn balances(s: &Stack, accounts: &[&str]) -> Vec<i64> {
+    let mut found = Vec::new();
+    for account in accounts {
+        found.push(
+            s.balance(account)
+                .await
+                .unwrap()
+                .expect("the account exists"),
+        );
+    }
+    found
+}
+
+fn leg(from: &str, to: &str, amount: i64) -> Value {
+    json!({"from": from, "to": to, "amount": amount})
+}
+
+/// Posts each postings transaction (accepted) and waits for their views.
+async fn settle(s: &Stack, txs: &[(&str, Vec<Value>)]) -> HashMap<String, Value> {
+    for (id, postings) in txs {
+        let body = json!({"id": id, "type": "postings", "postings": postings});
+        let (status, answer) = s.post(&body).await.unwrap();
+        assert_eq!(status, StatusCode::ACCEPTED, "{id}: {answer}");
+    }
+    let ids: Vec<String> = txs.iter().map(|(id, _)| (*id).to_owned()).collect();
+    s.wait_settled(&ids, SETTLE).await.unwrap()
+}
+
+/// A page of `account`'s history, newest first.
+async fn history(s: &Stack, account: &str) -> Vec<Value> {
+    let (status, page) = s
+        .get(&format!("/accounts/{account}/transactions?limit=100"))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{page}");
+    page["entries"].as_array().unwrap().clone()
+}
+
+/// Postings move money in order, each checked against what the postings
+/// before it left; the first that fails moves nothing of any, and is named;
+/// each applied posting is an entry on both its accounts, a refusal one on
+/// the failed posting's `from`; the entries replay to the balances.
+#[rstest]
+#[case::one_redis(RedisTopology::Single)]
+#[case::cluster(RedisTopology::Cluster)]
+#[tokio::test(flavor = "multi_thread")]
+async fn postings_move_all_or_nothing_in_order(#[case] topology: RedisTopology) {
+    let s = stack(topology, "postings").await;
+    let names = names_in_one_slot(&s, topology, "p", 8);
+    let [alice, bob, carol, euro, house_usd, house_eur, alice_eur, nobody] =
+        names.iter().map(String::as_str).collect::<Vec<_>>()[..]
+    else {
+        unreachable!()
+    };
+    open(&s, alice, "USD/2", json!({}), 1000).await;
+    open(&s, bob, "USD/2", json!({"max_balance": 500}), 0).await;
+    open(&s, carol, "USD/2", json!({}), 0).await;
+    open(&s, euro, "EUR/2", json!({}), 1000).await;
+    open(&s, house_usd, "USD/2", json!({}), 0).await;
+    open(
+        &s,
+        house_eur,
+        "EUR/2",
+        json!({"min_balance": -1_000_000}),
+        0,
+    )
+    .await;
+    open(&s, alice_eur, "EUR/2", json!({}), 0).await;
+    let all = [alice, bob, carol, euro, house_usd, house_eur, alice_eur];
+
+    // Bob pays Carol 250 of the 300 the first posting gave him.
+    let views = settle(
+        &s,
+        &[(
+            "split",
+            vec![
+                leg(alice, bob, 300),
+                leg(bob, carol, 250),
+                leg(alice, carol, 100),
+            ],
+        )],
+    )
+    .await;
+    assert_eq!(
+        (
+            &views["split"]["status"],
+            &views["split"]["balance_after"],
+            &views["split"]["asset"]
+        ),
+        (&json!("applied"), &json!(600), &json!("USD/2")),
+        "{:?}",
+        views["split"]
+    );
+    assert_eq!(
+        views["split"]["postings"].as_array().map(Vec::len),
+        Some(3),
+        "the postings as posted"
+    );
+    assert_eq!(balances(&s, &all).await, [600, 50, 350, 1000, 0, 0, 0]);
+
+    // Each refusal names the first posting that failed and moves nothing.
+    let mut named_eur = leg(alice, bob, 1);
+    named_eur["asset"] = json!("EUR/2");
+    let refusals = [
+        (
+            "over-cap",
+            vec![leg(alice, carol, 200), leg(carol, bob, 451)],
+            "max_balance_exceeded",
+            1,
+        ),
+        ("short", vec![leg(bob, alice, 51)], "insufficient_funds", 0),
+        // Bob would have 50 + 10: not the 61 the second posting takes.
+        (
+            "short-later",
+            vec![leg(alice, bob, 10), leg(bob, carol, 61)],
+            "insufficient_funds",
+            1,
+        ),
+        (
+            "across-assets",
+            vec![leg(alice, euro, 1)],
+            "asset_mismatch",
+            0,
+        ),
+        (
+            "named-other",
+            vec![leg(carol, alice, 1), named_eur],
+            "asset_mismatch",
+            1,
+        ),
+        (
+            "nobody",
+            vec![leg(alice, carol, 1), leg(carol, nobody, 1)],
+            "unknown_account",
+            1,
+        ),
+        (
+            "no-source",
+            vec![leg(nobody, carol, 1)],
+            "unknown_account",
+            0,
+        ),
+    ];
+    let txs: Vec<(&str, Vec<Value>)> = refusals
+        .iter()
+        .map(|(id, postings, _, _)| (*id, postings.clone()))
+        .collect();
+    let views = settle(&s, &txs).await;
+    for (id, _, reason, index) in &refusals {
+        let view = &views[*id];
+        assert_eq!(
+            (&view["status"], &view["reason"], &view["posting"]),
+            (&json!("rejected"), &json!(reason), &json!(index)),
+            "{id}: {view}"
+        );
+        assert!(view.get("balance_after").is_none(), "{id}: {view}");
+    }
+    assert_eq!(
+        balances(&s, &all).await,
+        [600, 50, 350, 1000, 0, 0, 0],
+        "no refused posting moved anything"
+    );
+
+    // Two assets in one transaction, through the house's accounts.
+    let mut usd_leg = leg(alice, house_usd, 100);
+    usd_leg["asset"] = json!("USD/2");
+    let mut eur_leg = leg(house_eur, alice_eur, 90);
+    eur_leg["asset"] = json!("EUR/2");
+    let views = settle(&s, &[("exchange", vec![usd_leg, eur_leg])]).await;
+    assert_eq!(
+        views["exchange"]["status"], "applied",
+        "{}",
+        views["exchange"]
+    );
+    assert_eq!(balances(&s, &all).await, [500, 50, 350, 1000, 100, -90, 90]);
+
+    // The same id and body again answers the outcome, posting included.
+    let body = json!({"id": "over-cap", "type": "postings",
+        "postings": [leg(alice, carol, 200), leg(carol, bob, 451)]});
+    let (status, again) = s.post(&body).await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(
+        (&again["reason"], &again["posting"]),
+        (&json!("max_balance_exceeded"), &json!(1))
+    );
+
+    // History: each applied posting on both sides, with its index; the
+    // refusal once, on the failed posting's `from`, moving nothing.
+    let carol_entries = history(&s, carol).await;
+    let of = |entries: &[Value], id: &str| -> Vec<(i64, i64, String)> {
+        let mut found: Vec<(i64, i64, String)> = entries
+            .iter()
+            .filter(|entry| entry["id"] == id)
+            .map(|entry| {
+                (
+                    entry["posting"]
+                        .as_i64()
+                        .expect("a postings entry names its posting"),
+                    entry["delta"].as_i64().unwrap(),
+                    entry["status"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        found.reverse();
+        found
+    };
+    assert_eq!(
+        of(&carol_entries, "split"),
+        [(1, 250, "applied".into()), (2, 100, "applied".into())]
+    );
+    assert_eq!(of(&carol_entries, "over-cap"), [(1, 0, "rejected".into())]);
+    let alice_entries = history(&s, alice).await;
+    assert_eq!(
+        of(&alice_entries, "split"),
+        [(0, -300, "applied".into()), (2, -100, "applied".into())]
+    );
+    assert!(
+        of(&alice_entries, "over-cap").is_empty(),
+        "only the failed posting's from"
+    );
+    let bob_entries = history(&s, bob).await;
+    assert_eq!(
+        of(&bob_entries, "split"),
+        [(0, 300, "applied".into()), (1, -250, "applied".into())]
+    );
+    // Every account's entries replay to its balance, newest first.
+    for account in all {
+        let entries = history(&s, account).await;
+        for pair in entries.windows(2) {
+            let (newer, older) = (&pair[0], &pair[1]);
+            assert_eq!(
+                newer["balance_after"].as_i64().unwrap() - newer["delta"].as_i64().unwrap(),
+                older["balance_after"].as_i64().unwrap(),
+                "{account}: {newer} after {older}"
+            );
+        }
+        assert_eq!(
+            entries[0]["balance_after"].as_i64(),
+            s.balance(account).await.unwrap(),
+            "{account}"
+        );
+    }
+    s.stop().await.unwrap();
+}
+
+/// What `POST /transactions` refuses of a postings transaction (422 with
+/// the rule, or 403 when a `from` is out of the key's scope), and that
+/// nothing of it is claimed: the id stays free.
+#[tokio::test]
+async fn a_bad_postings_request_is_refused_and_claims_nothing() {
+    let s = stack(RedisTopology::Single, "postings-rules").await;
+    let too_many: Vec<Value> = (0..=MAX_POSTINGS).map(|_| leg("a", "b", 1)).collect();
+    let most: Vec<Value> = (0..MAX_POSTINGS).map(|_| leg("a", "b", 1)).collect();
+    for (body, needle) in [
+        (
+            json!({"type": "postings", "postings": []}),
+            "1..=16 postings",
+        ),
+        (
+            json!({"type": "postings", "postings": too_many}),
+            "1..=16 postings",
+        ),
+        (json!({"type": "postings"}), "`postings` is required"),
+        (
+            json!({"type": "postings", "postings": [leg("a", "b", 1), leg("c", "c", 1)]}),
+            "postings[1]: a posting's `to` must differ",
+        ),
+        (
+            json!({"type": "postings", "postings": [leg("a", "b", 1), leg("a", "b", 0)]}),
+            "postings[1]: amount must be",
+        ),
+        (
+            json!({"type": "postings", "postings": [{"from": "a b", "to": "b", "amount": 1}]}),
+            "postings[0]: from must be",
+        ),
+        (
+            json!({"type": "postings", "postings": [{"from": "a", "to": "b", "amount": 1, "asset": "usd"}]}),
+            "postings[0]: asset must match",
+        ),
+        (
+            json!({"type": "postings", "account": "a", "postings": [leg("a", "b", 1)]}),
+            "`account` is not a field of a postings",
+        ),
+        (
+            json!({"type": "postings", "asset": "USD/2", "postings": [leg("a", "b", 1)]}),
+            "`asset` is not a field of a postings",
+        ),
+        (
+            json!({"type": "postings", "amount": 1, "postings": [leg("a", "b", 1)]}),
+            "`amount` is not a field of a postings",
+        ),
+        (
+            json!({"account": "a", "amount": 1, "postings": [leg("a", "b", 1)]}),
+            "`postings` is not a field of a debit",
+        ),
+    ] {
+        let mut body = body;
+        body["id"] = json!("refused");
+        let (status, answer) = s.post(&body).await.unwrap();
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {answer}");
+        let detail = answer["detail"].as_str().unwrap_or("");
+        assert!(detail.contains(needle), "`{needle}` not in {detail:?}");
+    }
+    // An unknown field of a posting is the body's shape: 400.
+    let (status, _) = s
+        .post(&json!({"type": "postings", "postings": [{"from": "a", "to": "b", "amount": 1, "fee": 1}]}))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // Every `from` must be in the key's scope; any `to` may be paid.
+    let scoped = s.create_key(&["a", "c"], None, None).await.unwrap();
+    let scoped = s.with_api_key(&scoped.secret).unwrap();
+    let body = json!({"id": "refused", "type": "postings",
+        "postings": [leg("a", "b", 1), leg("b", "c", 1)]});
+    let (status, answer) = scoped.post(&body).await.unwrap();
+    assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+    assert!(
+        answer["detail"].as_str().unwrap().contains("account b"),
+        "{answer}"
+    );
+    let (status, _) = s.get("/transactions/refused").await.unwrap();
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing was claimed");
+
+    // The most postings a transaction may have are taken, in a batch too.
+    s.set_balance("a", 100).await.unwrap();
+    s.set_balance("b", 0).await.unwrap();
+    let (status, answer) = s
+        .post_batch(&[
+            json!({"id": "most", "type": "postings", "postings": most}),
+            json!({"id": "in-scope", "type": "postings", "postings": [leg("a", "b", 1)]}),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let views = s
+        .wait_settled(&["most".into(), "in-scope".into()], SETTLE)
+        .await
+        .unwrap();
+    assert_eq!(views["most"]["balance_after"], 100 - MAX_POSTINGS as i64);
+    assert_eq!(views["in-scope"]["status"], "applied");
+    assert_eq!(s.balance("b").await.unwrap(), Some(MAX_POSTINGS as i64 + 1));
+
+    // A key that sees another `from` than the first sees the outcome but
+    // not the first `from`'s balance; one that sees only a `to`, nothing.
+    let (status, answer) = scoped
+        .post(&json!({"id": "two-froms", "type": "postings",
+            "postings": [leg("a", "b", 500), leg("c", "b", 1)]}))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    s.wait_settled(&["two-froms".into()], SETTLE).await.unwrap();
+    let c_only = s.create_key(&["c"], None, None).await.unwrap();
+    let c_only = s.with_api_key(&c_only.secret).unwrap();
+    let (status, seen) = c_only.get("/transactions/two-froms").await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{seen}");
+    assert_eq!(
+        (&seen["status"], &seen["reason"], &seen["posting"]),
+        (&json!("rejected"), &json!("insufficient_funds"), &json!(0))
+    );
+    assert!(
+        seen.get("postings").is_none() && seen.get("asset").is_none(),
+        "{seen}"
+    );
+    let b_only = s.create_key(&["b"], None, None).await.unwrap();
+    let b_only = s.with_api_key(&b_only.secret).unwrap();
+    let (status, _) = b_only.get("/transactions/two-froms").await.unwrap();
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    s.stop().await.unwrap();
+}
+
+/// On a Redis Cluster, postings whose accounts are in different slots are
+/// refused before anything is claimed (one script cannot apply them).
+#[tokio::test(flavor = "multi_thread")]
+async fn postings_across_cluster_slots_are_refused() {
+    let s = stack(RedisTopology::Cluster, "postings-slots").await;
+    let layout = Layout::new(&s.config.namespace, RedisTopology::Cluster);
+    let other = (0..)
+        .map(|n| format!("x-{n}"))
+        .find(|name| !layout.same_slot("x-a", name))
+        .unwrap();
+    let body = json!({"id": "across", "type": "postings", "postings": [leg("x-a", &other, 1)]});
+    let (status, answer) = s.post(&body).await.unwrap();
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert!(
+        answer["detail"]
+            .as_str()
+            .unwrap()
+            .contains("share one Redis Cluster slot"),
+        "{answer}"
+    );
+    let (status, _) = s.get("/transactions/across").await.unwrap();
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing was claimed");
+    s.stop().await.unwrap();
+}
