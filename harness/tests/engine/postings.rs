@@ -449,3 +449,178 @@ async fn postings_across_cluster_slots_are_refused() {
     assert_eq!(status, StatusCode::NOT_FOUND, "nothing was claimed");
     s.stop().await.unwrap();
 }
+
+/// A store of its own, with `balances` set.
+async fn store_with(balances: &[(&str, i64)]) -> txengine::store::Store {
+    use txengine::domain::{AccountId, Balance};
+    let namespace = format!("postings-{}", uuid::Uuid::new_v4().simple());
+    let store = crate::isolated_store(&namespace, &crate::infra().redis_url).await;
+    for (account, balance) in balances {
+        store
+            .set_balance(
+                &AccountId::parse(account).unwrap(),
+                Balance::new(*balance).unwrap(),
+            )
+            .await
+            .unwrap()
+            .ensure_set()
+            .unwrap();
+    }
+    store
+}
+
+fn postings_tx(id: &str, legs: &[(&str, &str, u64)]) -> txengine::domain::Transaction {
+    use txengine::domain::{AccountId, Amount, Movement, Posting, Postings, Transaction, TxId};
+    let legs = legs
+        .iter()
+        .map(|(from, to, amount)| {
+            Posting::new(
+                AccountId::parse(from).unwrap(),
+                AccountId::parse(to).unwrap(),
+                Amount::new(*amount).unwrap(),
+                None,
+            )
+            .unwrap()
+        })
+        .collect();
+    Transaction {
+        id: TxId::parse(id).unwrap(),
+        movement: Movement::Postings {
+            postings: Postings::new(legs).unwrap(),
+        },
+        metadata: Default::default(),
+        asset: None,
+    }
+}
+
+/// A postings transaction applied again (a redelivery) answers its first
+/// outcome, the failed posting included, and moves nothing more.
+#[tokio::test]
+async fn a_postings_transaction_applied_again_answers_its_first_outcome() {
+    use txengine::domain::{Outcome, RejectReason};
+    let store = store_with(&[("a", 10), ("b", 0), ("c", 0)]).await;
+    let refused = postings_tx("refused", &[("a", "b", 5), ("b", "c", 6)]);
+    let applied = postings_tx("applied", &[("a", "b", 5), ("b", "c", 5)]);
+    let first = store
+        .apply_batch(&[refused.clone(), applied.clone()])
+        .await
+        .unwrap();
+    let again = store.apply_batch(&[refused, applied]).await.unwrap();
+    let expected = [
+        Outcome::Rejected {
+            reason: RejectReason::InsufficientFunds,
+            posting: Some(1),
+        },
+        Outcome::Applied {
+            balance_after: txengine::domain::Balance::new(5).unwrap(),
+        },
+    ];
+    for (answers, duplicate) in [(first, false), (again, true)] {
+        let outcomes: Vec<Outcome> = answers.iter().map(|a| a.outcome).collect();
+        assert_eq!(outcomes, expected);
+        assert!(
+            answers.iter().all(|a| a.duplicate == duplicate),
+            "{answers:?}"
+        );
+    }
+    let mut found = Vec::new();
+    for account in ["a", "b", "c"] {
+        let id = txengine::domain::AccountId::parse(account).unwrap();
+        found.push(store.balance(&id).await.unwrap().unwrap().minor_units());
+    }
+    assert_eq!(found, [5, 0, 5], "moved once");
+}
+
+/// The postings script refuses a call the store does not build (counts
+/// that do not add up, a posting naming one account twice) before any
+/// write; the same call built right applies.
+#[tokio::test]
+async fn the_postings_script_refuses_a_call_it_was_not_built_for() {
+    let store = store_with(&[("a", 10), ("b", 0)]).await;
+    let layout = store.layout();
+    let client = redis::Client::open(crate::infra().redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let flag = layout.tx("raw");
+    let keys = |accounts: &[&str]| {
+        let mut keys = vec![flag.clone(), layout.seq(0)];
+        for account in accounts {
+            keys.push(layout.account(account));
+            keys.push(layout.history(account));
+        }
+        keys
+    };
+    let args = |names: &[&str], postings: &[(u32, u32)], extra: Option<&str>| {
+        let mut args: Vec<String> = ["postings", "0", "fp", "60", "1", "raw", "3600000", ""]
+            .map(String::from)
+            .to_vec();
+        args.push(names.len().to_string());
+        args.extend(names.iter().map(|name| name.to_string()));
+        args.push(postings.len().to_string());
+        for (from, to) in postings {
+            args.extend([from.to_string(), to.to_string(), "5".into(), String::new()]);
+        }
+        args.extend(extra.map(String::from));
+        args
+    };
+    let eval = |keys: Vec<String>, args: Vec<String>| {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(txengine::store::Store::script_source("apply_many").unwrap())
+            .arg(1 + keys.len())
+            .arg(layout.order(0, "raw"))
+            .arg(&keys)
+            .arg(-1)
+            .arg(1)
+            .arg("postings")
+            .arg(keys.len())
+            .arg(args.len())
+            .arg(&args);
+        cmd
+    };
+    for (keys, args, refusal) in [
+        (
+            keys(&["a", "b"]),
+            args(&["a", "b"], &[(1, 1)], None),
+            "posting 0 names accounts badly",
+        ),
+        (
+            keys(&["a", "b"]),
+            args(&["a", "b"], &[(1, 3)], None),
+            "posting 0 names accounts badly",
+        ),
+        (
+            keys(&["a", "b"]),
+            args(&["a", "b"], &[(1, 2)], Some("x")),
+            "malformed call",
+        ),
+        (
+            keys(&["a"]),
+            args(&["a", "b"], &[(1, 2)], None),
+            "malformed call",
+        ),
+        (
+            keys(&["a", "b"]),
+            args(&["a", "b"], &[], None),
+            "malformed call",
+        ),
+    ] {
+        let answer: redis::RedisResult<redis::Value> =
+            eval(keys, args.clone()).query_async(&mut conn).await;
+        let error = answer.expect_err("refused");
+        assert!(error.to_string().contains(refusal), "{args:?}: {error}");
+        let flag_set: bool = redis::cmd("EXISTS")
+            .arg(&flag)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(!flag_set, "{args:?} wrote its flag");
+        let a = txengine::domain::AccountId::parse("a").unwrap();
+        assert_eq!(store.balance(&a).await.unwrap().unwrap().minor_units(), 10);
+    }
+    let answer: redis::Value = eval(keys(&["a", "b"]), args(&["a", "b"], &[(1, 2)], None))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(format!("{answer:?}").contains("applied"), "{answer:?}");
+    let b = txengine::domain::AccountId::parse("b").unwrap();
+    assert_eq!(store.balance(&b).await.unwrap().unwrap().minor_units(), 5);
+}

@@ -123,6 +123,14 @@ mod tests {
             property("KeyRequest", "accounts")["maxItems"],
             MAX_SCOPE_PATTERNS
         );
+        assert_eq!(
+            property("TransactionRequest", "postings")["maxItems"],
+            crate::limits::MAX_POSTINGS
+        );
+        assert_eq!(
+            property("PostingRequest", "amount")["maximum"],
+            MAX_MINOR_UNITS
+        );
         assert_eq!(property("KeyRequest", "rate_per_s")["maximum"], MAX_RATE);
         assert_eq!(property("KeyRequest", "burst")["maximum"], MAX_RATE);
         let id_pattern = format!("^[A-Za-z0-9_.:-]{{1,{MAX_ID_LEN}}}$");
