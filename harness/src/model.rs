@@ -1,5 +1,5 @@
 //! A plain model of the apply rules, in the order `lua/atomic_update.lua`,
-//! `lua/saga_step.lua` and `lua/hold.lua` check them. The invariants replay whole runs
+//! `lua/saga_step.lua`, `lua/hold.lua` and `lua/postings.lua` check them. The invariants replay whole runs
 //! through it, and a differential test feeds it and the real script the same
 //! random sequences.
 
@@ -24,6 +24,9 @@ pub struct Books {
     /// a capture or void ends its hold in the same script, just before its
     /// own outcome, so the step right after an end is the one that ended it.
     pub just_ended: Option<(String, String)>,
+    /// The index of the posting that failed the last postings transaction
+    /// decided (None after any other step, or one applied).
+    pub failed_posting: Option<u16>,
 }
 
 impl Books {
@@ -79,6 +82,7 @@ impl Books {
     /// Decides one step; only the step right after an end may be the one
     /// that made it, so the end is forgotten after it.
     fn after_one_step<T>(&mut self, step: impl FnOnce(&mut Self) -> T) -> T {
+        self.failed_posting = None;
         let decided = step(self);
         self.just_ended = None;
         decided
@@ -171,7 +175,34 @@ fn decide_after(books: &mut Books, tx: &SentTx) -> Result<i64, &'static str> {
         }
         Kind::Capture => decide_capture(books, tx, hold),
         Kind::Credit | Kind::Debit | Kind::Transfer => decide_movement(books, tx),
+        Kind::Postings => decide_postings(books, tx).map_err(|(index, reason)| {
+            books.failed_posting = Some(index as u16);
+            reason
+        }),
     }
+}
+
+/// Postings, in order, each against the balances the ones before it left;
+/// all move, or none (`Err` with the index of the first that failed).
+/// `Ok` is the first `from`'s balance after all of them.
+fn decide_postings(books: &mut Books, tx: &SentTx) -> Result<i64, (usize, &'static str)> {
+    let mut balances = books.balances.clone();
+    for (index, leg) in tx.legs.iter().enumerate() {
+        let refused = |reason| (index, reason);
+        let source = *balances.get(&leg.from).ok_or(refused("unknown_account"))?;
+        if !books.may_pay(&leg.from, source, leg.amount) {
+            return Err(refused("insufficient_funds"));
+        }
+        let destination = *balances.get(&leg.to).ok_or(refused("unknown_account"))?;
+        let asset = books.spec(&leg.from).asset;
+        if let Some(reason) = books.credit_refusal(&leg.to, destination, leg.amount, Some(&asset)) {
+            return Err(refused(reason));
+        }
+        balances.insert(leg.from.clone(), source - leg.amount as i64);
+        balances.insert(leg.to.clone(), destination + leg.amount as i64);
+    }
+    books.balances = balances;
+    Ok(books.balances.get(&tx.account).copied().unwrap_or(0))
 }
 
 /// A hold: the account's `pending` rises by its amount if it is available.

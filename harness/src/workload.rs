@@ -139,12 +139,22 @@ pub struct Mix {
     /// The holds' `timeout_s`: short, so that some expire during a run.
     #[serde(default = "default_hold_timeout_s")]
     pub hold_timeout_s: u32,
+    /// Postings transactions: a chain of `postings_legs` postings (a to b,
+    /// b to c, ...) over drawn accounts, all or none.
+    #[serde(default)]
+    pub postings: u32,
+    #[serde(default = "default_postings_legs")]
+    pub postings_legs: u32,
     pub amount_min: u64,
     pub amount_max: u64,
 }
 
 fn default_hold_timeout_s() -> u32 {
     2
+}
+
+fn default_postings_legs() -> u32 {
+    3
 }
 
 impl Mix {
@@ -156,12 +166,14 @@ impl Mix {
         credit: 15,
         hold: 0,
         hold_timeout_s: 2,
+        postings: 0,
+        postings_legs: 3,
         amount_min: 1,
         amount_max: 1000,
     };
 
     /// The kind for a `roll` in 0..100: transfers first, then debits, then
-    /// credits, then holds.
+    /// credits, then postings, then holds.
     pub fn kind(&self, roll: u32) -> Kind {
         debug_assert!(roll < 100, "a roll is a percentage");
         if roll < self.transfer {
@@ -170,6 +182,8 @@ impl Mix {
             Kind::Debit
         } else if roll < self.transfer + self.debit + self.credit {
             Kind::Credit
+        } else if roll < self.transfer + self.debit + self.credit + self.postings {
+            Kind::Postings
         } else {
             Kind::Hold {
                 timeout_s: self.hold_timeout_s,
@@ -193,7 +207,27 @@ impl Mix {
             amount,
             accepted_at_ms: 0,
             hold: Some(hold.id.clone()),
+            legs: Vec::new(),
         })
+    }
+
+    /// A chain of `postings_legs` postings from account `from` (each to
+    /// another account than its own `from`, the next leg paying on from
+    /// there), amounts drawn with `rng`.
+    fn draw_legs(&self, from: usize, accounts: usize, rng: &mut impl Rng) -> Vec<Leg> {
+        let mut at = from;
+        (0..self.postings_legs)
+            .map(|_| {
+                let next = (at + rng.random_range(1..accounts)) % accounts;
+                let leg = Leg {
+                    from: account_name(at),
+                    to: account_name(next),
+                    amount: rng.random_range(self.amount_min..=self.amount_max),
+                };
+                at = next;
+                leg
+            })
+            .collect()
     }
 
     /// A transaction `id` over accounts `0..accounts`, drawn with `rng`; a
@@ -208,24 +242,37 @@ impl Mix {
         };
         let to =
             pays_another.then(|| account_name((from + rng.random_range(1..accounts)) % accounts));
+        let legs = match kind {
+            Kind::Postings => self.draw_legs(from, accounts, rng),
+            _ => Vec::new(),
+        };
+        let amount = match kind {
+            Kind::Postings => legs.iter().map(|leg| leg.amount).sum(),
+            _ => rng.random_range(self.amount_min..=self.amount_max),
+        };
         SentTx {
             id,
             kind,
             account: account_name(from),
             to,
-            amount: rng.random_range(self.amount_min..=self.amount_max),
+            amount,
             accepted_at_ms: 0,
             hold: None,
+            legs,
         }
     }
 
     /// Shares summing to 100 and a valid amount range.
     pub fn validate(&self) -> Result<(), String> {
-        let sum = self.transfer + self.debit + self.credit + self.hold;
+        let sum = self.transfer + self.debit + self.credit + self.postings + self.hold;
         if sum != 100 {
             return Err(format!(
-                "debit + credit + transfer + hold must be 100, got {sum}"
+                "debit + credit + transfer + postings + hold must be 100, got {sum}"
             ));
+        }
+        let most = txengine::limits::MAX_POSTINGS as u32;
+        if self.postings > 0 && !(1..=most).contains(&self.postings_legs) {
+            return Err(format!("postings_legs must be in 1..={most}"));
         }
         if self.hold > 0 && self.hold_timeout_s == 0 {
             return Err("hold_timeout_s must be at least 1".into());
@@ -256,6 +303,17 @@ pub struct SentTx {
     /// A capture's or void's hold (its id); `account`, `to` and, for a
     /// void, `amount` are the hold's.
     pub hold: Option<String>,
+    /// A postings transaction's postings (`account` is the first `from`,
+    /// `amount` what they move in all); empty for any other kind.
+    pub legs: Vec<Leg>,
+}
+
+/// One posting of a postings transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leg {
+    pub from: String,
+    pub to: String,
+    pub amount: u64,
 }
 
 impl SentTx {
@@ -271,6 +329,12 @@ impl SentTx {
                 "id": self.id, "type": kind, "account": self.account, "to": self.to,
                 "amount": self.amount, "timeout_s": timeout_s,
             }),
+            Kind::Postings => serde_json::json!({
+                "id": self.id, "type": kind,
+                "postings": self.legs.iter().map(|leg| serde_json::json!({
+                    "from": leg.from, "to": leg.to, "amount": leg.amount,
+                })).collect::<Vec<_>>(),
+            }),
             _ => serde_json::json!({
                 "id": self.id,
                 "type": kind,
@@ -279,6 +343,41 @@ impl SentTx {
                 "amount": self.amount,
             }),
         }
+    }
+
+    /// The engine's transaction this is (no metadata, no asset named).
+    pub fn transaction(&self) -> anyhow::Result<txengine::domain::Transaction> {
+        use txengine::domain::{AccountId, Amount, Movement, Posting, Postings, TxId};
+        let movement = match self.kind {
+            Kind::Postings => Movement::Postings {
+                postings: Postings::new(
+                    self.legs
+                        .iter()
+                        .map(|leg| {
+                            Posting::new(
+                                AccountId::parse(&leg.from)?,
+                                AccountId::parse(&leg.to)?,
+                                Amount::new(leg.amount)?,
+                                None,
+                            )
+                        })
+                        .collect::<Result<_, _>>()?,
+                )?,
+            },
+            kind => Movement::new(
+                txengine::domain::Kind::parse(kind.as_str())
+                    .ok_or_else(|| anyhow::anyhow!("{} is not a movement", kind.as_str()))?,
+                AccountId::parse(&self.account)?,
+                self.to.as_deref().map(AccountId::parse).transpose()?,
+                Amount::new(self.amount)?,
+            )?,
+        };
+        Ok(txengine::domain::Transaction {
+            asset: None,
+            metadata: Default::default(),
+            id: TxId::parse(&self.id)?,
+            movement,
+        })
     }
 
     /// Where the money goes when it is applied: a transfer's or a
@@ -299,11 +398,13 @@ pub enum Kind {
     Hold { timeout_s: u32 },
     Capture,
     Void,
+    Postings,
 }
 
 impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Postings => "postings",
             Self::Debit => "debit",
             Self::Credit => "credit",
             Self::Transfer => "transfer",
@@ -358,6 +459,42 @@ mod tests {
         let share = |kind| counts[&kind] as f64 / 10_000.0;
         assert!((share(Kind::Transfer) - 0.60).abs() < 0.03, "{counts:?}");
         assert!((share(Kind::Debit) - 0.25).abs() < 0.03, "{counts:?}");
+    }
+
+    #[test]
+    fn postings_are_chains_of_their_legs() {
+        let mix = Mix {
+            transfer: 50,
+            debit: 0,
+            credit: 0,
+            postings: 50,
+            ..Mix::LOAD
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let mut seen = 0;
+        for i in 0..1_000 {
+            let tx = mix.draw(i.to_string(), 4, &mut rng);
+            if tx.kind != Kind::Postings {
+                assert!(tx.legs.is_empty());
+                continue;
+            }
+            seen += 1;
+            assert_eq!(tx.legs.len(), 3);
+            assert_eq!(tx.legs[0].from, tx.account);
+            assert_eq!(tx.amount, tx.legs.iter().map(|leg| leg.amount).sum::<u64>());
+            for pair in tx.legs.windows(2) {
+                assert_eq!(pair[0].to, pair[1].from, "a chain");
+            }
+            assert!(tx.legs.iter().all(|leg| leg.from != leg.to));
+            let body = tx.request_body();
+            assert_eq!(body["postings"].as_array().map(Vec::len), Some(3), "{body}");
+        }
+        assert!((400..600).contains(&seen), "{seen}");
+        let too_long = Mix {
+            postings_legs: txengine::limits::MAX_POSTINGS as u32 + 1,
+            ..mix
+        };
+        assert!(too_long.validate().unwrap_err().contains("postings_legs"));
     }
 
     #[test]

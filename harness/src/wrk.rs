@@ -44,6 +44,7 @@ pub fn sent_tx(id: &str, run: &str, accounts: u64) -> Option<SentTx> {
         amount,
         accepted_at_ms: 0,
         hold: None,
+        legs: Vec::new(),
     })
 }
 

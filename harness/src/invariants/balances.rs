@@ -53,6 +53,13 @@ pub(super) fn apply_to<'a>(expected: &mut Expected<'a>, tx: &'a SentTx) {
                 None => *expected.minted.entry(&tx.account).or_default() -= amount,
             }
         }
+        // Postings move money between accounts of one asset each.
+        Kind::Postings => {
+            for leg in &tx.legs {
+                *balances.entry(&leg.from).or_default() -= leg.amount as i128;
+                *balances.entry(&leg.to).or_default() += leg.amount as i128;
+            }
+        }
         // A hold moves no balance; a void releases it.
         Kind::Hold { .. } | Kind::Void => {}
     }

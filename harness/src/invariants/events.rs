@@ -147,6 +147,23 @@ fn compare(
                 want.status
             ));
         }
+        if let Some(postings) = movement.postings() {
+            let said: Vec<(&str, &str, u64)> = postings
+                .iter()
+                .map(|p| (p.from.as_str(), p.to.as_str(), p.amount.minor_units()))
+                .collect();
+            let sent: Vec<(&str, &str, u64)> = want
+                .tx
+                .legs
+                .iter()
+                .map(|leg| (leg.from.as_str(), leg.to.as_str(), leg.amount))
+                .collect();
+            if said != sent {
+                violations.push(format!(
+                    "event {id:?} names postings {said:?}, the ledger sent {sent:?}"
+                ));
+            }
+        }
         let asset = event.asset.as_ref().map(|asset| asset.as_str());
         let spec = accounts.get(&want.tx.account);
         if let (Some(spec), false) = (spec, want.status == EventStatus::Expired) {

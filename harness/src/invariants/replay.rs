@@ -163,12 +163,14 @@ fn replay_step(
     let state = flag.state.as_deref().unwrap_or_default();
     let agrees = match model {
         Ok(after) => state == ok_state && flag.balance_after == Some(after),
-        Err(reason) => state == refused_state && flag.reason == reason,
+        Err(reason) => {
+            state == refused_state && flag.reason == reason && flag.posting == books.failed_posting
+        }
     };
     (!agrees).then(|| {
         format!(
-            "{} {step:?} (seq {seq}, {} {} -> {:?} {}): recorded {state} {} balance_after {:?}, a replay in apply order gives {model:?}",
-            tx.id, tx.kind.as_str(), tx.account, tx.to, tx.amount, flag.reason, flag.balance_after
+            "{} {step:?} (seq {seq}, {} {} -> {:?} {} {:?}): recorded {state} {} balance_after {:?} posting {:?}, a replay in apply order gives {model:?} posting {:?}",
+            tx.id, tx.kind.as_str(), tx.account, tx.to, tx.amount, tx.legs, flag.reason, flag.balance_after, flag.posting, books.failed_posting
         )
     })
 }

@@ -13,6 +13,8 @@ pub(super) struct Flag {
     pub(super) state: Option<String>,
     pub(super) reason: String,
     pub(super) balance_after: Option<i64>,
+    /// A rejected postings transaction's failed posting.
+    pub(super) posting: Option<u16>,
 }
 
 /// The flags of one transaction: one apply, or the steps of its saga.
@@ -66,7 +68,7 @@ pub(super) async fn read_steps<'l>(
 ) -> anyhow::Result<Vec<(&'l SentTx, Steps)>> {
     let layout = &reader.layout;
     let all: Vec<&SentTx> = ledger.accepted.iter().chain(&ledger.uncertain).collect();
-    const FIELDS: [&str; 4] = ["seq", "state", "reason", "balance_after"];
+    const FIELDS: [&str; 5] = ["seq", "state", "reason", "balance_after", "posting"];
     let mut commands = Vec::new();
     for tx in &all {
         match tx.credited() {
@@ -91,15 +93,22 @@ pub(super) async fn read_steps<'l>(
         }
     }
     // balance_after is "" on a rejection.
-    type Row = (Option<u64>, Option<String>, Option<String>, Option<String>);
+    type Row = (
+        Option<u64>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    );
     let rows: Vec<Row> = reader.query(commands).await?;
     let mut flags = rows
         .into_iter()
-        .map(|(seq, state, reason, balance_after)| Flag {
+        .map(|(seq, state, reason, balance_after, posting)| Flag {
             seq,
             state,
             reason: reason.unwrap_or_default(),
             balance_after: balance_after.and_then(|b| b.parse().ok()),
+            posting: posting.and_then(|p| p.parse().ok()),
         });
     let mut next = || flags.next().unwrap_or_default();
     Ok(all

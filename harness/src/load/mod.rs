@@ -20,7 +20,6 @@ use anyhow::Context;
 use goose::config::{GooseConfiguration, GooseDefault, GooseDefaultType};
 use goose::prelude::*;
 use hdrhistogram::Histogram;
-use txengine::domain::{AccountId, Amount, Movement, TxId};
 use txengine::store::Store;
 
 use crate::measure::{precise_histogram, HttpResult, SecondStats};
@@ -191,18 +190,7 @@ impl RunState {
 /// `tx` as the engine's transaction, for the records the Redis limit and
 /// the backlog carry.
 fn to_domain(tx: &SentTx) -> anyhow::Result<txengine::domain::Transaction> {
-    Ok(txengine::domain::Transaction {
-        asset: None,
-        metadata: Default::default(),
-        id: TxId::parse(&tx.id)?,
-        movement: Movement::new(
-            txengine::domain::Kind::parse(tx.kind.as_str())
-                .ok_or_else(|| anyhow::anyhow!("unknown kind {}", tx.kind.as_str()))?,
-            AccountId::parse(&tx.account)?,
-            tx.to.as_deref().map(AccountId::parse).transpose()?,
-            Amount::new(tx.amount)?,
-        )?,
-    })
+    tx.transaction()
 }
 
 /// The run goose users join at start (goose transactions are plain fns).

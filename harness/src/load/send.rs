@@ -171,6 +171,7 @@ async fn send_hold_then_capture(
         amount: hold.amount,
         accepted_at_ms: 0,
         hold: Some(hold.id.clone()),
+        legs: Vec::new(),
     };
     if post_one(user, state, api_key, hold).await? {
         post_one(user, state, api_key, capture).await?;

@@ -174,8 +174,10 @@ impl Scenario {
     fn validate(&self) -> anyhow::Result<()> {
         let m = &self.mix;
         m.validate().map_err(|e| anyhow::anyhow!("mix: {e}"))?;
-        if self.accounts.count == 0 || (m.transfer > 0 && self.accounts.count < 2) {
-            bail!("accounts.count: need at least 1 account, and 2 for transfers");
+        if self.accounts.count == 0
+            || ((m.transfer > 0 || m.postings > 0) && self.accounts.count < 2)
+        {
+            bail!("accounts.count: need at least 1 account, and 2 for transfers or postings");
         }
         if self.accounts.balance > MAX_MINOR_UNITS {
             bail!("accounts.balance: must be at most 2^53-1");

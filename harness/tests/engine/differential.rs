@@ -2,7 +2,8 @@
 //! model of `harness::model`, fed the same random sequences (with repeated
 //! ids, missing accounts, 0, 1 and 2^53-1, accounts of two assets with
 //! overdrafts and caps): same outcome, same reason, same
-//! `balance_after`, same duplicate flag, same final balances; a repeated id
+//! `balance_after`, same failed posting, same duplicate flag, same final
+//! balances (postings of up to three legs among them); a repeated id
 //! with another body is a mismatch that changes nothing. proptest
 //! shrinks a failure to a small sequence.
 
@@ -10,11 +11,9 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use harness::workload::{AccountSpec, Kind, SentTx, ASSETS};
+use harness::workload::{AccountSpec, Kind, Leg, SentTx, ASSETS};
 use proptest::prelude::*;
-use txengine::domain::{
-    AccountChange, AccountId, Amount, Asset, Balance, Movement, Outcome, Transaction, TxId,
-};
+use txengine::domain::{AccountChange, AccountId, Asset, Balance, Outcome, Transaction};
 use txengine::limits::MAX_MINOR_UNITS;
 use txengine::store::{Progress, Store, StoreSettings};
 use txengine::wire::Record;
@@ -52,11 +51,39 @@ fn amount() -> impl Strategy<Value = u64> {
     prop_oneof![Just(1), Just(MAX), 1u64..2_000]
 }
 
+/// A posting between two different accounts (`ghost` included).
+fn leg() -> impl Strategy<Value = Leg> {
+    (0usize..4, 1usize..4, amount()).prop_map(|(from, step, amount)| Leg {
+        from: ACCOUNTS[from].to_owned(),
+        to: ACCOUNTS[(from + step) % 4].to_owned(),
+        amount,
+    })
+}
+
 fn transaction() -> impl Strategy<Value = SentTx> {
     // A small id pool makes repeats (duplicates) common.
-    (0usize..12, 0usize..3, 0usize..4, 0usize..4, amount()).prop_map(
-        |(id, kind, from, to, amount)| {
-            let kind = [Kind::Debit, Kind::Credit, Kind::Transfer][kind];
+    (
+        0usize..12,
+        0usize..4,
+        0usize..4,
+        0usize..4,
+        amount(),
+        proptest::collection::vec(leg(), 1..4),
+    )
+        .prop_map(|(id, kind, from, to, amount, legs)| {
+            let kind = [Kind::Debit, Kind::Credit, Kind::Transfer, Kind::Postings][kind];
+            if kind == Kind::Postings {
+                return SentTx {
+                    id: format!("t{id}"),
+                    kind,
+                    account: legs[0].from.clone(),
+                    to: None,
+                    amount: legs.iter().map(|leg| leg.amount).sum(),
+                    accepted_at_ms: 0,
+                    hold: None,
+                    legs,
+                };
+            }
             // A transfer goes to another account (the API refuses self-transfers).
             let to = (kind == Kind::Transfer)
                 .then(|| ACCOUNTS[if to == from { (to + 1) % 4 } else { to }].to_owned());
@@ -68,23 +95,20 @@ fn transaction() -> impl Strategy<Value = SentTx> {
                 amount,
                 accepted_at_ms: 0,
                 hold: None,
+                legs: Vec::new(),
             }
-        },
-    )
+        })
 }
 
 fn domain(tx: &SentTx) -> Transaction {
-    Transaction {
-        asset: None,
-        metadata: Default::default(),
-        id: TxId::parse(&tx.id).unwrap(),
-        movement: Movement::new(
-            txengine::domain::Kind::parse(tx.kind.as_str()).unwrap(),
-            AccountId::parse(&tx.account).unwrap(),
-            tx.to.as_deref().map(|t| AccountId::parse(t).unwrap()),
-            Amount::new(tx.amount).unwrap(),
-        )
-        .unwrap(),
+    tx.transaction().expect("a valid transaction")
+}
+
+/// The failed posting an outcome names.
+fn failed_posting(outcome: Outcome) -> Option<u16> {
+    match outcome {
+        Outcome::Rejected { posting, .. } => posting,
+        Outcome::Applied { .. } => None,
     }
 }
 
@@ -139,7 +163,8 @@ proptest! {
             // Each id's first body (its fingerprint) and outcome: a repeat
             // of that body answers the outcome again, another body under the
             // id is a mismatch that changes nothing.
-            let mut first: HashMap<String, (String, Result<i64, &'static str>)> = HashMap::new();
+            type Decided = (Result<i64, &'static str>, Option<u16>);
+            let mut first: HashMap<String, (String, Decided)> = HashMap::new();
             for chunk in txs.chunks(batch_size) {
                 let records: Vec<Record> = chunk
                     .iter()
@@ -152,15 +177,17 @@ proptest! {
                         Some((bound, outcome)) if *bound == fingerprint => Some((*outcome, true)),
                         Some(_) => None,
                         None => {
-                            let decided = harness::model::decide(&mut books, tx);
+                            let outcome = harness::model::decide(&mut books, tx);
+                            let decided = (outcome, books.failed_posting);
                             first.insert(tx.id.clone(), (fingerprint, decided));
                             Some((decided, false))
                         }
                     };
                     match (expected, got) {
                         (None, Progress::Mismatch) => {}
-                        (Some((outcome, duplicate)), Progress::Ended { applied, .. }) => {
+                        (Some(((outcome, posting), duplicate)), Progress::Ended { applied, .. }) => {
                             prop_assert_eq!(as_model(applied.outcome), outcome, "{:?}", tx);
+                            prop_assert_eq!(failed_posting(applied.outcome), posting, "{:?}", tx);
                             prop_assert_eq!(applied.duplicate, duplicate, "{:?}", tx);
                         }
                         (expected, got) => prop_assert!(false, "{:?}: expected {:?}, got {:?}", tx, expected, got),

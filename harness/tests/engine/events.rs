@@ -25,6 +25,7 @@ fn sent(id: &str, kind: Kind, account: &str, to: Option<&str>, amount: u64) -> S
         amount,
         accepted_at_ms: 0,
         hold: None,
+        legs: Vec::new(),
     }
 }
 
