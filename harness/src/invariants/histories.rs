@@ -1,6 +1,7 @@
 //! Each account's history replays to its balance: every entry's
 //! `balance_after` is the sum of the deltas before it and its own, from 0,
-//! and no transaction is in one history twice with one status.
+//! and no transaction (no posting of a postings transaction) is in one
+//! history twice with one status.
 
 use std::collections::HashSet;
 
@@ -11,7 +12,8 @@ use super::{Reader, Verdict};
 /// Each account's history replays to its balance: from 0 (a scenario runs
 /// well within the retention, so nothing was trimmed), every entry's
 /// `balance_after` is the sum of the deltas so far, and the last is the
-/// balance now; no transaction has two entries of one status in it.
+/// balance now; no transaction has two entries of one status in it (a
+/// postings transaction: one per posting that touched the account).
 pub(super) async fn check_histories(
     reader: &Reader,
     balances: &[(&str, i128)],
@@ -60,10 +62,10 @@ pub(super) async fn check_histories(
                 break;
             }
             if let Some(id) = &entry.id {
-                if !seen.insert((id.clone(), entry.status)) {
+                if !seen.insert((id.clone(), entry.status, entry.posting)) {
                     verdict.violations.push(format!(
-                        "account {account}: {id} is in its history twice as {}",
-                        entry.status
+                        "account {account}: {id} (posting {:?}) is in its history twice as {}",
+                        entry.posting, entry.status
                     ));
                 }
             }
