@@ -172,6 +172,31 @@ impl Mix {
         amount_max: 1000,
     };
 
+    /// `harness load --postings <legs>`: half postings of `legs` legs,
+    /// half plain transfers, amounts as the load's.
+    pub fn postings_beside_transfers(legs: u32) -> Mix {
+        Mix {
+            transfer: 50,
+            debit: 0,
+            credit: 0,
+            postings: 50,
+            postings_legs: legs,
+            ..Mix::LOAD
+        }
+    }
+
+    /// Plain transfers only, amounts as `self`'s.
+    pub fn transfers_only(&self) -> Mix {
+        Mix {
+            transfer: 100,
+            debit: 0,
+            credit: 0,
+            hold: 0,
+            postings: 0,
+            ..*self
+        }
+    }
+
     /// The kind for a `roll` in 0..100: transfers first, then debits, then
     /// credits, then postings, then holds.
     pub fn kind(&self, roll: u32) -> Kind {

@@ -53,6 +53,13 @@ pub struct LoadArgs {
     /// plain debits in the same run, side by side.
     #[arg(long)]
     pub holds: bool,
+    /// Postings of this many legs (goose): half the transactions are
+    /// postings (chains over drawn accounts; with `--transfers
+    /// within-slot`, between each account and its partner), half plain
+    /// transfers, and the same engine is also measured with plain
+    /// transfers only in the same run, side by side.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=txengine::limits::MAX_POSTINGS as i64))]
+    pub postings: Option<u32>,
     /// Also drive an engine that writes no history and publishes no
     /// outcome events (its own namespace and topics) with the same load
     /// in the same run: what history and events cost per transaction.
@@ -78,6 +85,16 @@ impl LoadArgs {
             "--holds needs goose and single requests (a capture follows its hold's answer)"
         );
         let topology = self.topology.redis_topology;
+        anyhow::ensure!(
+            self.postings.is_none() || (generator == Generator::Goose && !self.holds),
+            "--postings needs goose (wrk's script draws its own kinds), and not --holds"
+        );
+        anyhow::ensure!(
+            self.postings.is_none()
+                || topology == txengine::config::RedisTopology::Single
+                || self.transfers == Transfers::WithinSlot,
+            "--postings on a Redis Cluster needs --transfers within-slot (one script applies postings whose accounts share a slot)"
+        );
         // The shard of a name does not depend on the namespace.
         let layout = txengine::store::Layout::new("", topology);
         let profile = LoadProfile {
@@ -88,6 +105,10 @@ impl LoadArgs {
                 .then(|| crate::workload::partners(&layout, self.accounts)),
             batch: self.batch as usize,
             holds: self.holds,
+            mix: match self.postings {
+                Some(legs) => crate::workload::Mix::postings_beside_transfers(legs),
+                None => crate::workload::Mix::LOAD,
+            },
             ..LoadProfile::default()
         };
         let beside = Beside {

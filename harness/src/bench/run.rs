@@ -83,7 +83,17 @@ pub async fn run_load(
         .and_then(rss_kib)
         .map(|(_, peak)| peak as f64 / 1024.0);
     engine.process.terminate(Duration::from_secs(10));
-    let pipeline = pipeline_result(&verdict, measured.started_ms, drain, rss);
+    let mut pipeline = pipeline_result(&verdict, measured.started_ms, drain, rss);
+    if profile.mix.postings > 0 {
+        let postings = ledger
+            .accepted
+            .iter()
+            .filter(|tx| tx.kind == crate::workload::Kind::Postings)
+            .filter(|tx| tx.accepted_at_ms >= measured.started_ms)
+            .count();
+        pipeline.postings_per_s = Some(postings as f64 / profile.seconds.max(1) as f64);
+        pipeline.postings_legs = Some(profile.mix.postings_legs);
+    }
     let report = Report {
         redis_scripts: scripts,
         redis_scripts_missing: missing,
@@ -312,6 +322,8 @@ fn pipeline_result(
         apply_rate_tx_per_s: settled as f64 / apply_seconds,
         accept_to_applied_ms_p50: verdict.accept_to_applied_ms_p50,
         accept_to_applied_ms_p99: verdict.accept_to_applied_ms_p99,
+        postings_per_s: None,
+        postings_legs: None,
         service_peak_rss_mib: rss,
     }
 }

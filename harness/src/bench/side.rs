@@ -102,6 +102,25 @@ const PLAIN_DEBITS: Kind = Kind {
     ],
 };
 
+const PLAIN_TRANSFERS: Kind = Kind {
+    name: "plain_transfers",
+    what: "the same engine driven with plain transfers only, before the measured run of half postings, half transfers (each one request)",
+    ratios: &[
+        RatioSpec {
+            name: "postings_mix_vs_transfers",
+            meaning: "transactions/s of half postings, half transfers / plain transfers'",
+            figure: Figure::TransactionsPerS,
+            direction: Direction::EngineOverSide,
+        },
+        RatioSpec {
+            name: "postings_mix_vs_transfers_engine_cpu",
+            meaning: "the engine's CPU per transaction, half postings / plain transfers",
+            figure: Figure::EngineCpuUs,
+            direction: Direction::EngineOverSide,
+        },
+    ],
+};
+
 /// A side run done: what it is and what it measured (set against the
 /// measured run when the report is made).
 pub(super) struct Done {
@@ -225,6 +244,7 @@ enum OnEngine {
     LimiterOff,
     SingleRequests,
     PlainDebits,
+    PlainTransfers,
 }
 
 impl OnEngine {
@@ -234,6 +254,7 @@ impl OnEngine {
             (beside.limits, Self::LimiterOff),
             (profile.batch > 1, Self::SingleRequests),
             (profile.holds, Self::PlainDebits),
+            (profile.mix.postings > 0, Self::PlainTransfers),
         ]
         .into_iter()
         .filter_map(|(asked, run)| asked.then_some(run))
@@ -246,6 +267,7 @@ impl OnEngine {
             Self::LimiterOff => ("engine-limiter-off", "nolimit"),
             Self::SingleRequests => ("engine-single", "single"),
             Self::PlainDebits => ("engine-debits", "debits"),
+            Self::PlainTransfers => ("engine-transfers", "transfers"),
         }
     }
 
@@ -275,6 +297,16 @@ impl OnEngine {
                 &PLAIN_DEBITS,
                 beside("plain debits", plain_debits(profile)).await?,
             ),
+            Self::PlainTransfers => {
+                let transfers = LoadProfile {
+                    mix: profile.mix.transfers_only(),
+                    ..profile.clone()
+                };
+                (
+                    &PLAIN_TRANSFERS,
+                    beside("plain transfers", transfers).await?,
+                )
+            }
         };
         earlier.absorb(run.ledger);
         let measured = SideMeasurement {

@@ -150,6 +150,17 @@ impl RunState {
         if let (Some(partners), Some(_)) = (&self.profile.partners, &tx.to) {
             tx.to = partners.get(&tx.account).cloned();
         }
+        if let (Some(partners), false) = (&self.profile.partners, tx.legs.is_empty()) {
+            // Postings within the slot: between the account and its
+            // partner, back and forth.
+            if let Some(partner) = partners.get(&tx.account) {
+                let pair = [tx.account.clone(), partner.clone()];
+                for (i, leg) in tx.legs.iter_mut().enumerate() {
+                    leg.from = pair[i % 2].clone();
+                    leg.to = pair[(i + 1) % 2].clone();
+                }
+            }
+        }
         tx
     }
 

@@ -113,6 +113,13 @@ impl Report {
             p.apply_rate_tx_per_s,
             or_not_measured(p.service_peak_rss_mib, 0)
         );
+        if let (Some(per_s), Some(legs)) = (p.postings_per_s, p.postings_legs) {
+            let _ = writeln!(
+                md,
+                "\nPostings: {per_s:.0} postings transactions/s of {legs} legs each accepted in the measured run ({:.0} legs/s), beside the plain transfers of the mix (tx/s counts both).",
+                per_s * f64::from(legs)
+            );
+        }
     }
 
     /// Where the CPU went per accepted request in the measured run.

@@ -105,6 +105,10 @@ pub struct PipelineResult {
     /// `None` when the generator keeps no timestamps (wrk).
     pub accept_to_applied_ms_p50: Option<f64>,
     pub accept_to_applied_ms_p99: Option<f64>,
+    /// With `--postings`: postings transactions accepted per second of the
+    /// measured run, and their legs; `None` without.
+    pub postings_per_s: Option<f64>,
+    pub postings_legs: Option<u32>,
     /// Peak resident memory of the engine process.
     /// `None` (null) when the engine process was gone before it was read.
     pub service_peak_rss_mib: Option<f64>,
@@ -332,6 +336,8 @@ pub(crate) mod tests {
                 apply_rate_tx_per_s: 10.0,
                 accept_to_applied_ms_p50: None,
                 accept_to_applied_ms_p99: None,
+                postings_per_s: None,
+                postings_legs: None,
                 service_peak_rss_mib: None,
             },
             cpu_per_request: CpuPerRequest::default(),
