@@ -55,6 +55,16 @@ pub async fn run_load(
     let mut earlier = warm_up(&engine, &profile, warmup_seconds).await?;
     runs.extend(run_on_engine(&engine, &exe, &profile, beside, &mut earlier).await?);
     let (mut measured, lag) = measure(&engine, &profile).await?;
+    // The measured run's postings, as a share of its transactions/s (the
+    // script sample after it adds transactions of its own to the ledger).
+    let postings_share = {
+        let accepted = &measured.run.ledger.accepted;
+        let postings = accepted
+            .iter()
+            .filter(|tx| tx.kind == crate::workload::Kind::Postings)
+            .count();
+        postings as f64 / accepted.len().max(1) as f64
+    };
     let mut ledger = Ledger {
         start,
         ..std::mem::take(&mut measured.run.ledger)
@@ -85,13 +95,7 @@ pub async fn run_load(
     engine.process.terminate(Duration::from_secs(10));
     let mut pipeline = pipeline_result(&verdict, measured.started_ms, drain, rss);
     if profile.mix.postings > 0 {
-        let postings = ledger
-            .accepted
-            .iter()
-            .filter(|tx| tx.kind == crate::workload::Kind::Postings)
-            .filter(|tx| tx.accepted_at_ms >= measured.started_ms)
-            .count();
-        pipeline.postings_per_s = Some(postings as f64 / profile.seconds.max(1) as f64);
+        pipeline.postings_per_s = Some(postings_share * measured.run.result.transactions_per_s);
         pipeline.postings_legs = Some(profile.mix.postings_legs);
     }
     let report = Report {
