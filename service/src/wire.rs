@@ -225,13 +225,10 @@ impl Record {
         if movement.to() == Some(movement.account()) {
             return Err(crate::domain::RuleError::TransferToSelf.into());
         }
-        // Version 6 is postings and only postings, never a saga step, with
-        // or without metadata, naming no asset of its own (each posting
-        // may).
+        // Version 6 is postings and only postings, with or without
+        // metadata; never a saga step, naming no asset of its own (each
+        // posting may): the checks below refuse those.
         if (v == POSTINGS_WIRE_VERSION) != movement.postings().is_some() {
-            return Err(DecodeError::NotPostings);
-        }
-        if v == POSTINGS_WIRE_VERSION && (v1.saga.is_some() || v1.asset.is_some()) {
             return Err(DecodeError::NotPostings);
         }
         // Version 5 is any kind or step naming an asset, with or without
@@ -323,6 +320,10 @@ mod tests {
             (
                 r#"{"v":6,"id":"p","type":"postings","postings":[{"from":"a","to":"b","amount":1}],"accepted_at_ms":1,"asset":"USD/2"}"#,
                 "postings naming one asset for all",
+            ),
+            (
+                r#"{"v":6,"id":"p","type":"postings","postings":[{"from":"a","to":"b","amount":1}],"accepted_at_ms":1,"step":"credit","debited_balance_after":1}"#,
+                "a saga step of postings",
             ),
             (
                 r#"{"v":6,"id":"p","type":"postings","postings":[],"accepted_at_ms":1}"#,
