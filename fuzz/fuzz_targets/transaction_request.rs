@@ -12,7 +12,7 @@ use txengine::domain::{AccountId, Amount, HoldTerms, Movement, Transaction};
 use txengine::admission::{HoldTimeouts, Posted};
 use txengine::domain::{Asset, Balance};
 use txengine::http::{decode_account_request, decode_batch, decode_key_request, decode_transaction};
-use txengine::limits::MAX_BATCH_ITEMS;
+use txengine::limits::{MAX_BATCH_ITEMS, MAX_POSTINGS};
 use txengine::keys::{key_id_of, Scope};
 use txengine::limits::MAX_RATE;
 use txengine::wire::Record;
@@ -86,8 +86,23 @@ fn check_transaction(tx: Transaction) {
             .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b)),
         "id charset: {id:?}"
     );
-    let amount = tx.movement.amount().minor_units();
-    assert!((1..=MAX_MINOR_UNITS).contains(&amount), "amount {amount}");
+    match tx.movement.postings() {
+        // Postings: 1 ..= MAX_POSTINGS, each an amount in range between two
+        // accounts, and no asset named for the whole.
+        Some(postings) => {
+            assert!((1..=MAX_POSTINGS).contains(&postings.len()), "{} postings", postings.len());
+            for posting in postings.iter() {
+                let amount = posting.amount.minor_units();
+                assert!((1..=MAX_MINOR_UNITS).contains(&amount), "amount {amount}");
+                assert_ne!(posting.from, posting.to, "a posting to itself");
+            }
+            assert_eq!(tx.asset, None, "postings name assets per posting");
+        }
+        None => {
+            let amount = tx.movement.amount().map(Amount::minor_units).unwrap_or(0);
+            assert!((1..=MAX_MINOR_UNITS).contains(&amount), "amount {amount}");
+        }
+    }
     assert_ne!(
         tx.movement.to(),
         Some(tx.movement.account()),
