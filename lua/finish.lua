@@ -13,6 +13,7 @@
 -- ARGV[6] seconds to keep the record
 -- ARGV[7] the asset of the account it ended on ('' : none)
 -- ARGV[8] a rejected postings transaction's failed posting ('' : none)
+-- ARGV[9] a postings transaction's assets, one a posting ('' : not postings)
 --
 -- Returns 1 if it wrote the outcome, 0 if one was there (its TTL renewed).
 
@@ -24,6 +25,7 @@ if state == 'applied' or state == 'rejected' then
 end
 redis.call('HSETNX', KEYS[1], 'fp', ARGV[5])
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'reason', ARGV[2],
-  'balance_after', ARGV[3], 'applied_at_ms', ARGV[4], 'asset', ARGV[7], 'posting', ARGV[8])
+  'balance_after', ARGV[3], 'applied_at_ms', ARGV[4], 'asset', ARGV[7], 'posting', ARGV[8],
+  'assets', ARGV[9])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 return 1

@@ -140,17 +140,17 @@ if op == 'expire' then
     -- Ended (how: the reason); a late capture or void that expired it
     -- left its member due for this record (its outcome event).
     redis.call('ZREM', KEYS[6], ARGV[9]) -- due no more
-    return {'ended', h[1] or '', '', 1, 0, '', ''}
+    return {'ended', h[1] or '', '', 1, 0, '', '', ''}
   end
   if now_ms < tonumber(h[4]) then
-    return {'not_due', '', '', 1, 0, '', ''}
+    return {'not_due', '', '', 1, 0, '', '', ''}
   end
   local failed = end_hold(h, 'expired', 0, false)
   if failed then
     return failed
   end
   expired_entry(h)
-  return {'expired', '', digits(balance()), 0, entries_written, '', ''}
+  return {'expired', '', digits(balance()), 0, entries_written, '', '', ''}
 end
 
 local earlier = replayed()

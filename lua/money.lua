@@ -67,22 +67,23 @@ end
 -- ARGV[5] the consumer's clock (ms since the epoch)
 
 -- The first run's answer, {state, reason, balance_after, 1, 0, asset,
--- posting}, when the flag is set (nil when not). A repeat still writes (it renews the flag's TTL):
+-- posting, assets}, when the flag is set (nil when not). A repeat still writes (it renews the flag's TTL):
 -- a WAIT after it then covers the first run's writes, even through a new
 -- connection. A record whose body is not the one its id was applied with
 -- is never answered the other's outcome: {'mismatch', '', '', 1, 0, ''}, and
 -- nothing changes (the consumer sends it to the DLQ).
 local function replayed()
   local done = redis.call('HMGET', KEYS[1], 'state', 'reason', 'balance_after', 'fp', 'asset',
-    'posting')
+    'posting', 'assets')
   if not done[1] then
     return nil
   end
   redis.call('EXPIRE', KEYS[1], ARGV[4])
   if done[4] and done[4] ~= ARGV[3] then
-    return {'mismatch', '', '', 1, 0, '', ''}
+    return {'mismatch', '', '', 1, 0, '', '', ''}
   end
-  return {done[1], done[2] or '', done[3] or '', 1, 0, done[5] or '', done[6] or ''}
+  return {done[1], done[2] or '', done[3] or '', 1, 0, done[5] or '', done[6] or '',
+    done[7] or ''}
 end
 
 -- Why `account` (account_at's answer) may not pay `amount` (nil when it
@@ -132,13 +133,15 @@ local entries_written = 0
 
 -- Set the flag to this outcome, in the slot's apply order, and answer it
 -- with the history entries written before: {state, reason, balance_after,
--- 0, entries, asset, posting}. `asset` is the asset of the account the
+-- 0, entries, asset, posting, assets}. `asset` is the asset of the account the
 -- call ran for (nil: no such account): kept in the flag, so a repeat
 -- answers it too, GET /transactions/{id} and the outcome event show it,
 -- and a saga's credit checks the asset its debit answered. `posting`: the
 -- 0-based index of the posting that failed a postings transaction (nil:
--- none), kept beside the reason.
-local function settle(state, reason, balance_after, asset, posting)
+-- none), kept beside the reason; `assets`: each posting's asset, the
+-- asset of its `from` ('' where it does not exist), comma-separated (nil:
+-- not postings).
+local function settle(state, reason, balance_after, asset, posting, assets)
   local fields = {'state', state, 'reason', reason, 'balance_after', balance_after,
     'fp', ARGV[3], 'applied_at_ms', ARGV[5], 'seq', redis.call('INCR', KEYS[2])}
   if asset then
@@ -149,9 +152,14 @@ local function settle(state, reason, balance_after, asset, posting)
     fields[#fields + 1] = 'posting'
     fields[#fields + 1] = posting
   end
+  if assets then
+    fields[#fields + 1] = 'assets'
+    fields[#fields + 1] = assets
+  end
   redis.call('HSET', KEYS[1], unpack(fields))
   redis.call('EXPIRE', KEYS[1], ARGV[4])
-  return {state, reason, balance_after, 0, entries_written, asset or '', posting or ''}
+  return {state, reason, balance_after, 0, entries_written, asset or '', posting or '',
+    assets or ''}
 end
 
 -- The account's history (its statement): a stream in the account's slot,

@@ -18,7 +18,8 @@
 --
 -- Returns money.lua's settle answer: `applied` with the first `from`'s
 -- balance after every posting, or `rejected` with the reason and the
--- 0-based index of the first posting that failed. Each applied posting
+-- 0-based index of the first posting that failed; with each posting's
+-- asset (its `from`'s), comma-separated. Each applied posting
 -- writes an entry in its `from` (delta -amount) and its `to` (+amount),
 -- both with `posting`; a refusal writes one entry (delta 0) in the `from`
 -- of the posting that failed (none when that account does not exist).
@@ -59,6 +60,14 @@ for i = 1, m do
   end
 end
 local first_asset = accounts[1] and accounts[1].asset
+-- Each posting's asset, its `from`'s ('' where that does not exist): the
+-- outcome names them.
+local assets = {}
+for j = 1, n do
+  local source = accounts[postings[j].from]
+  assets[j] = source and source.asset or ''
+end
+assets = table.concat(assets, ',')
 
 -- Refused at posting j: one entry in its `from` (the balance unchanged),
 -- then the outcome naming the posting.
@@ -68,7 +77,7 @@ local function refuse(j, reason)
     log_tx(history_key(posting.from), 'postings', posting.amount_text, '0', name(posting.to),
       'rejected', reason, digits(stored[posting.from]), nil, j - 1)
   end
-  return settle('rejected', reason, '', first_asset, j - 1)
+  return settle('rejected', reason, '', first_asset, j - 1, assets)
 end
 
 -- Every posting checked, in order, before the first write.
@@ -102,4 +111,4 @@ for j = 1, n do
   log_tx(history_key(posting.to), 'postings', posting.amount_text, posting.amount_text,
     name(posting.from), 'applied', '', digits(after[j].to), nil, j - 1)
 end
-return settle('applied', '', digits(accounts[1].balance), first_asset)
+return settle('applied', '', digits(accounts[1].balance), first_asset, nil, assets)

@@ -163,6 +163,19 @@ fn compare(
                     "event {id:?} names postings {said:?}, the ledger sent {sent:?}"
                 ));
             }
+            // Each posting names the asset of its `from`, as the ledger made it.
+            for posting in postings.iter() {
+                let named = posting.asset.as_ref().map(|asset| asset.as_str());
+                let made = accounts
+                    .get(posting.from.as_str())
+                    .map(|spec| spec.asset.as_str());
+                if made.is_some() && named != made {
+                    violations.push(format!(
+                        "event {id:?}: a posting from {} names asset {named:?}, the account holds {made:?}",
+                        posting.from
+                    ));
+                }
+            }
         }
         let asset = event.asset.as_ref().map(|asset| asset.as_str());
         let spec = accounts.get(&want.tx.account);

@@ -517,6 +517,7 @@ async fn the_hold_script_at_its_edges() {
         },
         recorded: true,
         asset: Some(Default::default()),
+        posting_assets: Vec::new(),
     };
     let funds = || async { store.account(&account).await.unwrap().unwrap() };
 
@@ -649,6 +650,7 @@ async fn the_hold_script_at_its_edges() {
             applied,
             recorded,
             asset: None,
+            posting_assets: Vec::new(),
         },
         other => other,
     };

@@ -147,11 +147,16 @@ async fn postings_move_all_or_nothing_in_order(#[case] topology: RedisTopology) 
         "{:?}",
         views["split"]
     );
-    assert_eq!(
-        views["split"]["postings"].as_array().map(Vec::len),
-        Some(3),
-        "the postings as posted"
-    );
+    // The postings as posted, each naming the asset its money was of.
+    let assets_of = |view: &Value| -> Vec<Value> {
+        view["postings"]
+            .as_array()
+            .expect("the postings")
+            .iter()
+            .map(|posting| posting.get("asset").cloned().unwrap_or(Value::Null))
+            .collect()
+    };
+    assert_eq!(assets_of(&views["split"]), vec![json!("USD/2"); 3]);
     assert_eq!(balances(&s, &all).await, [600, 50, 350, 1000, 0, 0, 0]);
 
     // Each refusal names the first posting that failed and moves nothing.
@@ -216,6 +221,10 @@ async fn postings_move_all_or_nothing_in_order(#[case] topology: RedisTopology) 
         [600, 50, 350, 1000, 0, 0, 0],
         "no refused posting moved anything"
     );
+    // A refusal names each posting's asset too: its `from`'s, none where
+    // that account does not exist.
+    assert_eq!(assets_of(&views["across-assets"]), [json!("USD/2")]);
+    assert_eq!(assets_of(&views["no-source"]), [Value::Null]);
 
     // Two assets in one transaction, through the house's accounts.
     let mut usd_leg = leg(alice, house_usd, 100);
@@ -227,6 +236,10 @@ async fn postings_move_all_or_nothing_in_order(#[case] topology: RedisTopology) 
         views["exchange"]["status"], "applied",
         "{}",
         views["exchange"]
+    );
+    assert_eq!(
+        assets_of(&views["exchange"]),
+        [json!("USD/2"), json!("EUR/2")]
     );
     assert_eq!(balances(&s, &all).await, [500, 50, 350, 1000, 100, -90, 90]);
 
@@ -522,6 +535,22 @@ async fn a_postings_transaction_applied_again_answers_its_first_outcome() {
             answers.iter().all(|a| a.duplicate == duplicate),
             "{answers:?}"
         );
+    }
+    // Each posting's asset, answered again by each repeat.
+    let default_asset = Some(txengine::domain::Asset::default());
+    for _ in 0..2 {
+        let records = [txengine::wire::Record {
+            tx: postings_tx("refused", &[("a", "b", 5), ("b", "c", 6)]),
+            accepted_at_ms: 0,
+            saga: None,
+        }];
+        let progress = store.apply_records(&records).await.unwrap();
+        match &progress[0] {
+            txengine::store::Progress::Ended { posting_assets, .. } => {
+                assert_eq!(posting_assets, &vec![default_asset.clone(); 2]);
+            }
+            other => panic!("{other:?}"),
+        }
     }
     let mut found = Vec::new();
     for account in ["a", "b", "c"] {

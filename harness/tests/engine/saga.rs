@@ -81,11 +81,13 @@ async fn apply_twice(store: &Store, record: &Record) -> Progress {
                 applied,
                 recorded,
                 asset,
+                ..
             },
             Progress::Ended {
                 applied: repeat,
                 recorded: r,
                 asset: a,
+                ..
             },
         ) => {
             assert!(
@@ -204,6 +206,7 @@ async fn saga_steps_move_money_once_even_when_redelivered() {
         applied,
         recorded,
         asset,
+        ..
     } = apply_twice(&store, &release).await
     else {
         panic!("the release ends it")
@@ -222,7 +225,7 @@ async fn saga_steps_move_money_once_even_when_redelivered() {
         "the debited account's"
     );
     store
-        .finish(&[(&record.tx, applied.outcome, asset.as_ref())])
+        .finish(&[(&record.tx, applied.outcome, asset.as_ref(), &[])])
         .await
         .unwrap();
     store
@@ -230,10 +233,11 @@ async fn saga_steps_move_money_once_even_when_redelivered() {
             &record.tx,
             Outcome::rejected(RejectReason::UnknownAccount),
             None,
+            &[],
         )])
         .await
         .unwrap();
-    let (_, _, recorded_asset) = store.lookup(&record.tx.id).await.unwrap().unwrap();
+    let recorded_asset = store.lookup(&record.tx.id).await.unwrap().unwrap().asset;
     assert_eq!(recorded_asset, asset, "the tx record names the asset");
     assert_eq!(
         store.status(&record.tx.id).await.unwrap(),

@@ -35,7 +35,7 @@ pub use health::{ConsumerHealth, Stall};
 use paused::{offsets_to_store, Paused};
 pub use publish::DLQ_REASON_HEADER;
 
-use crate::domain::Outcome;
+use crate::domain::{Movement, Outcome};
 use crate::events::{EventStatus, OutcomeEvent};
 use crate::publisher::producer_config;
 use crate::store::{Progress, Store, StoreError};
@@ -413,7 +413,13 @@ impl TxConsumer {
                     applied,
                     recorded: false,
                     asset,
-                } => Some((&record.tx, applied.outcome, asset.as_ref())),
+                    posting_assets,
+                } => Some((
+                    &record.tx,
+                    applied.outcome,
+                    asset.as_ref(),
+                    posting_assets.as_slice(),
+                )),
                 _ => None,
             })
             .collect();
@@ -506,15 +512,25 @@ fn outcome_events<'a>(
     let at_ms = now_ms();
     applied
         .filter_map(|(record, progress)| {
+            let mut tx = record.tx.clone();
             let (status, asset) = match progress {
-                Progress::Ended { applied, asset, .. } => {
+                Progress::Ended {
+                    applied,
+                    asset,
+                    posting_assets,
+                    ..
+                } => {
+                    // Each posting names the asset its money was of.
+                    if let Movement::Postings { postings } = &mut tx.movement {
+                        *postings = postings.with_assets(posting_assets);
+                    }
                     (EventStatus::from(applied.outcome), asset.clone())
                 }
                 Progress::Expiry { expired: true, .. } => (EventStatus::Expired, None),
                 Progress::Expiry { .. } | Progress::Next(_) | Progress::Mismatch => return None,
             };
             Some(OutcomeEvent {
-                tx: record.tx.clone(),
+                tx,
                 status,
                 asset,
                 at_ms,

@@ -73,6 +73,18 @@ impl Postings {
         &self.0[0].from
     }
 
+    /// The same postings, each naming `assets[i]` where it named none (the
+    /// asset its money was of: its `from`'s); `None` leaves it as it is.
+    pub fn with_assets(&self, assets: &[Option<Asset>]) -> Self {
+        let mut named = self.clone();
+        for (posting, asset) in named.0.iter_mut().zip(assets) {
+            if posting.asset.is_none() {
+                posting.asset = asset.clone();
+            }
+        }
+        named
+    }
+
     /// Every account named, each once, in the order of first mention
     /// (the first posting's `from` first).
     pub fn accounts(&self) -> Vec<&AccountId> {

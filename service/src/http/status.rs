@@ -16,7 +16,7 @@ use super::transactions::with_quota;
 use super::ApiState;
 use crate::domain::{Asset, Binding, Metadata, Outcome, Postings, TxId, TxStatus};
 use crate::keys::ApiKey;
-use crate::store::HoldPhase;
+use crate::store::{HoldPhase, TxRecord};
 
 /// The state of a transaction as clients see it.
 #[derive(Serialize, ToSchema)]
@@ -193,7 +193,13 @@ pub(super) async fn get_transaction(
         .await
         .map_err(|e| Problem::from_store(e, api.retry_after_secs))?;
     let unknown = || not_found(format!("no transaction {id}")).into_response();
-    let Some((status, fingerprint, asset)) = found else {
+    let Some(TxRecord {
+        status,
+        fingerprint,
+        asset,
+        posting_assets,
+    }) = found
+    else {
         return Ok(with_quota(unknown(), quota));
     };
     let binding = Binding::decode(&fingerprint);
@@ -219,7 +225,10 @@ pub(super) async fn get_transaction(
         Sight::Whole => {
             let mut seen = view(&id, status);
             if let Some(binding) = binding {
-                seen.postings = binding.movement.postings().cloned();
+                seen.postings = binding
+                    .movement
+                    .postings()
+                    .map(|postings| postings.with_assets(&posting_assets));
                 seen.metadata = Some(binding.metadata).filter(|metadata| !metadata.is_empty());
             }
             Json(seen).into_response()

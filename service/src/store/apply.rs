@@ -37,6 +37,9 @@ pub enum Progress {
         applied: Applied,
         recorded: bool,
         asset: Option<Asset>,
+        /// A postings transaction's: each posting's asset (its `from`'s;
+        /// `None` where that account does not exist). Empty otherwise.
+        posting_assets: Vec<Option<Asset>>,
     },
     /// The saga goes on with this record, to be published.
     Next(Record),
@@ -294,13 +297,13 @@ impl Store {
     }
 
     /// Reads a step's reply `(state, reason, balance_after, duplicate,
-    /// entries, asset, posting)`.
+    /// entries, asset, posting, posting assets)`.
     /// One match, kept whole: it is the table of the saga's transitions
     /// (which reply each step may give, and what follows it), read at once.
     fn progress(
         &self,
         record: &Record,
-        (state, reason, balance_after, duplicate, _, asset, posting): StepAnswer,
+        (state, reason, balance_after, duplicate, _, asset, posting, assets): StepAnswer,
     ) -> Result<Progress, StoreError> {
         let tx = &record.tx;
         let duplicate = duplicate == 1;
@@ -311,11 +314,13 @@ impl Store {
             ))
         };
         let account_asset = parse_asset(&asset).ok_or_else(unexpected)?;
+        let posting_assets = parse_assets(&assets).ok_or_else(unexpected)?;
         let ended = |outcome, recorded| {
             Ok(Progress::Ended {
                 applied: Applied { outcome, duplicate },
                 recorded,
                 asset: account_asset.clone(),
+                posting_assets: posting_assets.clone(),
             })
         };
         let next = |step| {
@@ -395,7 +400,7 @@ impl Store {
     /// repeat is harmless.
     pub async fn finish(
         &self,
-        ended: &[(&Transaction, Outcome, Option<&Asset>)],
+        ended: &[(&Transaction, Outcome, Option<&Asset>, &[Option<Asset>])],
     ) -> Result<(), StoreError> {
         if ended.is_empty() {
             return Ok(());
@@ -405,7 +410,7 @@ impl Store {
             .with_scripts(|| {
                 let commands: Vec<(u32, Cmd)> = ended
                     .iter()
-                    .map(|(tx, outcome, asset)| {
+                    .map(|(tx, outcome, asset, posting_assets)| {
                         let (reason, balance_after, posting) = match outcome {
                             Outcome::Applied { balance_after } => {
                                 ("", balance_after.minor_units().to_string(), String::new())
@@ -425,7 +430,8 @@ impl Store {
                             .arg(tx.fingerprint())
                             .arg(self.outcome_ttl_secs)
                             .arg(asset.map_or("", |asset| asset.as_str()))
-                            .arg(posting);
+                            .arg(posting)
+                            .arg(join_assets(posting_assets));
                         (self.layout.shard_of(tx.id.as_str()), cmd)
                     })
                     .collect();
@@ -459,6 +465,25 @@ enum StepReply {
     },
     /// The id's flag holds another body's outcome.
     Mismatch,
+}
+
+/// Postings' assets as the scripts keep them: comma-separated, '' where
+/// none.
+fn join_assets(assets: &[Option<Asset>]) -> String {
+    assets
+        .iter()
+        .map(|asset| asset.as_ref().map_or("", Asset::as_str))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A reply's assets of postings, comma-separated (`Some(vec![])` for '':
+/// not postings), or `None` when one does not parse.
+pub(super) fn parse_assets(assets: &str) -> Option<Vec<Option<Asset>>> {
+    match assets {
+        "" => Some(Vec::new()),
+        assets => assets.split(',').map(parse_asset).collect(),
+    }
 }
 
 /// A reply's asset: `Some(None)` for '' (none), `None` when it does not

@@ -197,7 +197,7 @@ impl StepCall {
 /// A step script's reply: `(state, reason, balance_after, duplicate,
 /// history entries written, asset)` (the asset of the account the step
 /// ran for; empty when there is no such account).
-pub(super) type StepAnswer = (String, String, String, i64, u64, String, String);
+pub(super) type StepAnswer = (String, String, String, i64, u64, String, String, String);
 
 /// Reads an `apply_many` call's replies, one per record, or `None` when it
 /// was skipped (a call before it in its pipeline did not run).

@@ -29,6 +29,7 @@ mod holds;
 pub mod layout;
 mod migrate;
 mod outcomes;
+pub use outcomes::TxRecord;
 mod rate_limit;
 mod scripts;
 

@@ -1,21 +1,31 @@
 //! Where a transaction stands, read from its tx record.
 
+use super::apply::parse_assets;
 use super::{Store, StoreError};
 use crate::domain::{Asset, TxId, TxStatus};
+
+/// What a transaction's record says of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxRecord {
+    pub status: TxStatus,
+    /// The fingerprint of the body its id is bound to (which names its
+    /// accounts).
+    pub fingerprint: String,
+    /// Once settled, the asset of the account it settled on.
+    pub asset: Option<Asset>,
+    /// Once a postings transaction settled: each posting's asset (its
+    /// `from`'s; `None` where that account did not exist).
+    pub posting_assets: Vec<Option<Asset>>,
+}
 
 impl Store {
     /// Where an id stands; `None` if unknown or only claimed (not yet accepted).
     pub async fn status(&self, id: &TxId) -> Result<Option<TxStatus>, StoreError> {
-        Ok(self.lookup(id).await?.map(|(status, _, _)| status))
+        Ok(self.lookup(id).await?.map(|record| record.status))
     }
 
-    /// Where an id stands, the fingerprint of the body it is bound to
-    /// (which names its accounts) and, once settled, the asset of the
-    /// account it settled on; `None` if unknown or only claimed.
-    pub async fn lookup(
-        &self,
-        id: &TxId,
-    ) -> Result<Option<(TxStatus, String, Option<Asset>)>, StoreError> {
+    /// What the record of an id says; `None` if unknown or only claimed.
+    pub async fn lookup(&self, id: &TxId) -> Result<Option<TxRecord>, StoreError> {
         let mut conn = self.conn.clone();
         type Fields = (
             Option<String>,
@@ -25,8 +35,9 @@ impl Store {
             Option<String>,
             Option<String>,
             Option<String>,
+            Option<String>,
         );
-        let (state, reason, balance_after, accepted, fingerprint, asset, posting): Fields =
+        let (state, reason, balance_after, accepted, fingerprint, asset, posting, assets): Fields =
             redis::cmd("HMGET")
                 .arg(self.tx_key(id))
                 .arg("state")
@@ -36,6 +47,7 @@ impl Store {
                 .arg("fp")
                 .arg("asset")
                 .arg("posting")
+                .arg("assets")
                 .query_async(&mut conn)
                 .await?;
         let status = match (state.as_deref(), accepted) {
@@ -48,13 +60,22 @@ impl Store {
             (_, Some(_)) => TxStatus::Pending,
             _ => return Ok(None),
         };
+        let unexpected = |what: &str| StoreError::Unexpected(format!("{id}: {what} in its record"));
         let asset = match asset.as_deref() {
             None | Some("") => None,
-            Some(asset) => Some(Asset::parse(asset).map_err(|_| {
-                StoreError::Unexpected(format!("{id}: asset {asset} in its record"))
-            })?),
+            Some(asset) => {
+                Some(Asset::parse(asset).map_err(|_| unexpected(&format!("asset {asset}")))?)
+            }
         };
-        Ok(Some((status, fingerprint.unwrap_or_default(), asset)))
+        let assets = assets.unwrap_or_default();
+        let posting_assets =
+            parse_assets(&assets).ok_or_else(|| unexpected(&format!("assets {assets}")))?;
+        Ok(Some(TxRecord {
+            status,
+            fingerprint: fingerprint.unwrap_or_default(),
+            asset,
+            posting_assets,
+        }))
     }
 }
 
