@@ -27,6 +27,16 @@ pub struct Applied {
     pub duplicate: bool,
 }
 
+/// A transaction whose outcome was decided in another slot than its tx
+/// record's: the outcome, the asset of the account it ended on, and a
+/// postings transaction's assets (see [`Store::finish`]).
+pub type EndedElsewhere<'a> = (
+    &'a Transaction,
+    Outcome,
+    Option<&'a Asset>,
+    &'a [Option<Asset>],
+);
+
 /// Where the saga of a record stands once its step is applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Progress {
@@ -400,7 +410,7 @@ impl Store {
     /// repeat is harmless.
     pub async fn finish(
         &self,
-        ended: &[(&Transaction, Outcome, Option<&Asset>, &[Option<Asset>])],
+        ended: &[EndedElsewhere<'_>],
     ) -> Result<(), StoreError> {
         if ended.is_empty() {
             return Ok(());
