@@ -40,7 +40,7 @@ use std::time::Duration;
 use redis::{Cmd, Script, Value};
 
 pub use accounts::{AccountPut, BalanceSet};
-pub use apply::{Applied, Progress};
+pub use apply::{Applied, EndedElsewhere, Progress};
 pub use claim::{Acceptance, Claim, ClaimRequest, RequestClaims};
 use connection::is_transient;
 pub use connection::{Cluster, Connection};
