@@ -408,10 +408,7 @@ impl Store {
     /// another slot than their tx record's, with the asset of the account
     /// each ended on (see `lua/finish.lua`); the first write wins, so a
     /// repeat is harmless.
-    pub async fn finish(
-        &self,
-        ended: &[EndedElsewhere<'_>],
-    ) -> Result<(), StoreError> {
+    pub async fn finish(&self, ended: &[EndedElsewhere<'_>]) -> Result<(), StoreError> {
         if ended.is_empty() {
             return Ok(());
         }

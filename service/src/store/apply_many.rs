@@ -55,59 +55,16 @@ impl Store {
         }
         let mut replies: Vec<Option<StepAnswer>> = calls.iter().map(|_| None).collect();
         for _ in 0..MAX_ROUNDS {
-            let token = Store::lease_token();
-            // Each slot's calls not answered yet, in script calls.
-            let mut chunks: Vec<(u32, &[usize])> = Vec::new();
-            let mut commands = Vec::new();
-            for (&shard, indices) in &slots {
-                let done = indices
-                    .iter()
-                    .take_while(|&&i| replies[i].is_some())
-                    .count();
-                let waiting: Vec<&[usize]> = indices[done..].chunks(CALLS_PER_SCRIPT).collect();
-                let order_key = self.layout.order(shard, &token);
-                for (n, chunk) in waiting.iter().enumerate() {
-                    // Its place; the last of its slot's negative.
-                    let place = match n + 1 == waiting.len() {
-                        true => -(n as i64 + 1),
-                        false => n as i64 + 1,
-                    };
-                    let records = chunk.iter().map(|&i| &calls[i]);
-                    commands.push((shard, self.apply_many(&order_key, place, records)));
-                    chunks.push((shard, chunk));
-                }
-            }
+            let (chunks, commands): (Vec<_>, Vec<_>) = self
+                .round(calls, &slots, &replies)
+                .into_iter()
+                .map(|(shard, chunk, command)| ((shard, chunk), (shard, command)))
+                .unzip();
             if commands.is_empty() {
                 break;
             }
             let answers = self.conn.run_by_slot_ignoring_errors(commands).await;
-            // The first script call of each slot that did not run, and why.
-            let mut stopped: BTreeMap<u32, Option<StoreError>> = BTreeMap::new();
-            for ((shard, chunk), answer) in chunks.into_iter().zip(answers) {
-                if stopped.contains_key(&shard) {
-                    continue;
-                }
-                match answer.and_then(read_replies) {
-                    Ok(Some(answers)) if answers.len() == chunk.len() => {
-                        for (&i, reply) in chunk.iter().zip(answers) {
-                            replies[i] = Some(reply);
-                        }
-                    }
-                    Ok(Some(answers)) => {
-                        return Err(StoreError::Unexpected(format!(
-                            "apply_many answered {} replies for {} records",
-                            answers.len(),
-                            chunk.len()
-                        )))
-                    }
-                    Ok(None) => {
-                        stopped.insert(shard, None);
-                    }
-                    Err(e) => {
-                        stopped.insert(shard, Some(e));
-                    }
-                }
-            }
+            let stopped = file_answers(chunks, answers, &mut replies)?;
             let mut errors = stopped.into_values().flatten();
             let noscript =
                 |e: &StoreError| matches!(e, StoreError::Redis(e) if e.code() == Some("NOSCRIPT"));
@@ -130,6 +87,37 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// One round's script calls: each slot's records not answered yet (from
+    /// the first unanswered one on) in calls of [`CALLS_PER_SCRIPT`], each
+    /// at its place under the round's own order key (the last of a slot's
+    /// negative), with the indices of the records it carries.
+    fn round<'s>(
+        &self,
+        calls: &[StepCall],
+        slots: &'s BTreeMap<u32, Vec<usize>>,
+        replies: &[Option<StepAnswer>],
+    ) -> Vec<(u32, &'s [usize], Cmd)> {
+        let token = Store::lease_token();
+        let mut round = Vec::new();
+        for (&shard, indices) in slots {
+            let done = indices
+                .iter()
+                .take_while(|&&i| replies[i].is_some())
+                .count();
+            let waiting: Vec<&[usize]> = indices[done..].chunks(CALLS_PER_SCRIPT).collect();
+            let order_key = self.layout.order(shard, &token);
+            for (n, chunk) in waiting.iter().enumerate() {
+                let place = match n + 1 == waiting.len() {
+                    true => -(n as i64 + 1),
+                    false => n as i64 + 1,
+                };
+                let records = chunk.iter().map(|&i| &calls[i]);
+                round.push((shard, *chunk, self.apply_many(&order_key, place, records)));
+            }
+        }
+        round
     }
 
     /// `EVALSHA` of `lua/apply_many.lua` for `calls` (all in one slot), at
@@ -198,6 +186,44 @@ impl StepCall {
 /// history entries written, asset)` (the asset of the account the step
 /// ran for; empty when there is no such account).
 pub(super) type StepAnswer = (String, String, String, i64, u64, String, String, String);
+
+/// Files each script call's replies under the records it carried, slot by
+/// slot in order, and answers the first call of each slot that did not run
+/// and why (`None`: skipped, a call before it did not run); the calls
+/// after it in its slot are not read (they were skipped).
+fn file_answers(
+    chunks: Vec<(u32, &[usize])>,
+    answers: Vec<Result<Value, StoreError>>,
+    replies: &mut [Option<StepAnswer>],
+) -> Result<BTreeMap<u32, Option<StoreError>>, StoreError> {
+    let mut stopped: BTreeMap<u32, Option<StoreError>> = BTreeMap::new();
+    for ((shard, chunk), answer) in chunks.into_iter().zip(answers) {
+        if stopped.contains_key(&shard) {
+            continue;
+        }
+        match answer.and_then(read_replies) {
+            Ok(Some(answers)) if answers.len() == chunk.len() => {
+                for (&i, reply) in chunk.iter().zip(answers) {
+                    replies[i] = Some(reply);
+                }
+            }
+            Ok(Some(answers)) => {
+                return Err(StoreError::Unexpected(format!(
+                    "apply_many answered {} replies for {} records",
+                    answers.len(),
+                    chunk.len()
+                )))
+            }
+            Ok(None) => {
+                stopped.insert(shard, None);
+            }
+            Err(e) => {
+                stopped.insert(shard, Some(e));
+            }
+        }
+    }
+    Ok(stopped)
+}
 
 /// Reads an `apply_many` call's replies, one per record, or `None` when it
 /// was skipped (a call before it in its pipeline did not run).
