@@ -412,6 +412,7 @@ async fn a_bad_postings_request_is_refused_and_claims_nothing() {
 
     // A key that sees another `from` than the first sees the outcome but
     // not the first `from`'s balance; one that sees only a `to`, nothing.
+    s.set_balance("c", 5).await.unwrap();
     let (status, answer) = scoped
         .post(&json!({"id": "two-froms", "type": "postings",
             "postings": [leg("a", "b", 500), leg("c", "b", 1)]}))
@@ -435,6 +436,40 @@ async fn a_bad_postings_request_is_refused_and_claims_nothing() {
     let b_only = s.with_api_key(&b_only.secret).unwrap();
     let (status, _) = b_only.get("/transactions/two-froms").await.unwrap();
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // A key that sees the first `from` only sees each posting's asset only
+    // where it sees the `from`; one that sees both, both.
+    let default_asset = json!(s.config.default_asset.as_str());
+    let a_only = s.create_key(&["a"], None, None).await.unwrap();
+    let a_only = s.with_api_key(&a_only.secret).unwrap();
+    for (key, expected) in [
+        (&a_only, [default_asset.clone(), Value::Null]),
+        (&scoped, [default_asset.clone(), default_asset.clone()]),
+    ] {
+        let (status, seen) = key.get("/transactions/two-froms").await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{seen}");
+        let assets: Vec<Value> = seen["postings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|posting| posting.get("asset").cloned().unwrap_or(Value::Null))
+            .collect();
+        assert_eq!(assets, expected, "{seen}");
+    }
+    // A batch that sends it again answers the failed posting too.
+    let (status, answer) = scoped
+        .post_batch(&[json!({"id": "two-froms", "type": "postings",
+            "postings": [leg("a", "b", 500), leg("c", "b", 1)]})])
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        (
+            &answer["results"][0]["status"],
+            &answer["results"][0]["posting"]
+        ),
+        (&json!("rejected"), &json!(0)),
+        "{answer}"
+    );
     s.stop().await.unwrap();
 }
 

@@ -122,6 +122,9 @@ pub(super) struct ItemResult {
     /// forbidden, conflict, in_flight, unavailable: what happened.
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
+    /// rejected postings: the 0-based index of the posting that failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    posting: Option<u16>,
     /// applied: the checked account's balance right after it.
     #[serde(skip_serializing_if = "Option::is_none")]
     balance_after: Option<i64>,
@@ -203,6 +206,7 @@ impl ItemResult {
             id,
             status,
             reason: None,
+            posting: None,
             balance_after: None,
             retry_after_s: None,
             shed: false,
@@ -228,6 +232,7 @@ impl ItemResult {
         };
         let mut result = Self::new(Some(id.as_str().to_owned()), item_status);
         result.reason = seen.reason.map(str::to_owned);
+        result.posting = seen.posting;
         result.balance_after = seen.balance_after;
         result
     }

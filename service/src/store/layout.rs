@@ -238,7 +238,6 @@ impl Layout {
         format!("{}:rate:{key_id}", self.tag(self.shard_of(key_id)))
     }
 
-    /// How `tx` is applied: in one script, or as a saga between slots.
     /// False for a postings transaction whose accounts are not all in one
     /// slot (on a cluster): one script cannot apply it.
     pub fn in_one_slot(&self, movement: &Movement) -> bool {
@@ -252,6 +251,7 @@ impl Layout {
             .all(|account| self.same_slot(first, account.as_str()))
     }
 
+    /// How `tx` is applied: in one script, or as a saga between slots.
     pub fn needs_saga(&self, tx: &Transaction) -> bool {
         tx.movement
             .credited()
