@@ -190,11 +190,14 @@ fn decide_postings(books: &mut Books, tx: &SentTx) -> Result<i64, (usize, &'stat
     for (index, leg) in tx.legs.iter().enumerate() {
         let refused = |reason| (index, reason);
         let source = *balances.get(&leg.from).ok_or(refused("unknown_account"))?;
+        let asset = books.spec(&leg.from).asset;
+        if leg.asset.as_ref().is_some_and(|named| *named != asset) {
+            return Err(refused("asset_mismatch"));
+        }
         if !books.may_pay(&leg.from, source, leg.amount) {
             return Err(refused("insufficient_funds"));
         }
         let destination = *balances.get(&leg.to).ok_or(refused("unknown_account"))?;
-        let asset = books.spec(&leg.from).asset;
         if let Some(reason) = books.credit_refusal(&leg.to, destination, leg.amount, Some(&asset)) {
             return Err(refused(reason));
         }

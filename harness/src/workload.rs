@@ -248,6 +248,7 @@ impl Mix {
                     from: account_name(at),
                     to: account_name(next),
                     amount: rng.random_range(self.amount_min..=self.amount_max),
+                    asset: None,
                 };
                 at = next;
                 leg
@@ -339,6 +340,8 @@ pub struct Leg {
     pub from: String,
     pub to: String,
     pub amount: u64,
+    /// The asset the posting names (both accounts must hold it), if any.
+    pub asset: Option<String>,
 }
 
 impl SentTx {
@@ -356,9 +359,12 @@ impl SentTx {
             }),
             Kind::Postings => serde_json::json!({
                 "id": self.id, "type": kind,
-                "postings": self.legs.iter().map(|leg| serde_json::json!({
-                    "from": leg.from, "to": leg.to, "amount": leg.amount,
-                })).collect::<Vec<_>>(),
+                "postings": self.legs.iter().map(|leg| match &leg.asset {
+                    Some(asset) => serde_json::json!({
+                        "from": leg.from, "to": leg.to, "amount": leg.amount, "asset": asset,
+                    }),
+                    None => serde_json::json!({"from": leg.from, "to": leg.to, "amount": leg.amount}),
+                }).collect::<Vec<_>>(),
             }),
             _ => serde_json::json!({
                 "id": self.id,
@@ -372,7 +378,7 @@ impl SentTx {
 
     /// The engine's transaction this is (no metadata, no asset named).
     pub fn transaction(&self) -> anyhow::Result<txengine::domain::Transaction> {
-        use txengine::domain::{AccountId, Amount, Movement, Posting, Postings, TxId};
+        use txengine::domain::{AccountId, Amount, Asset, Movement, Posting, Postings, TxId};
         let movement = match self.kind {
             Kind::Postings => Movement::Postings {
                 postings: Postings::new(
@@ -383,7 +389,7 @@ impl SentTx {
                                 AccountId::parse(&leg.from)?,
                                 AccountId::parse(&leg.to)?,
                                 Amount::new(leg.amount)?,
-                                None,
+                                leg.asset.as_deref().map(Asset::parse).transpose()?,
                             )
                         })
                         .collect::<Result<_, _>>()?,

@@ -51,12 +51,14 @@ fn amount() -> impl Strategy<Value = u64> {
     prop_oneof![Just(1), Just(MAX), 1u64..2_000]
 }
 
-/// A posting between two different accounts (`ghost` included).
+/// A posting between two different accounts (`ghost` included), naming
+/// one of the two assets or none.
 fn leg() -> impl Strategy<Value = Leg> {
-    (0usize..4, 1usize..4, amount()).prop_map(|(from, step, amount)| Leg {
+    (0usize..4, 1usize..4, amount(), 0usize..4).prop_map(|(from, step, amount, asset)| Leg {
         from: ACCOUNTS[from].to_owned(),
         to: ACCOUNTS[(from + step) % 4].to_owned(),
         amount,
+        asset: ASSETS.get(asset).map(|asset| asset.to_string()),
     })
 }
 
