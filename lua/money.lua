@@ -70,7 +70,7 @@ end
 -- posting, assets}, when the flag is set (nil when not). A repeat still writes (it renews the flag's TTL):
 -- a WAIT after it then covers the first run's writes, even through a new
 -- connection. A record whose body is not the one its id was applied with
--- is never answered the other's outcome: {'mismatch', '', '', 1, 0, ''}, and
+-- is never answered the other's outcome: a 'mismatch' answer, and
 -- nothing changes (the consumer sends it to the DLQ).
 local function replayed()
   local done = redis.call('HMGET', KEYS[1], 'state', 'reason', 'balance_after', 'fp', 'asset',

@@ -227,20 +227,16 @@ pub(super) async fn get_transaction(
             if let Some(binding) = binding {
                 // Each posting's asset where the key sees its `from` (the
                 // others' assets are theirs).
-                let visible: Vec<_> = binding
-                    .movement
-                    .postings()
-                    .into_iter()
-                    .flat_map(|postings| postings.iter())
-                    .zip(&posting_assets)
-                    .map(|(posting, asset)| {
-                        asset.clone().filter(|_| key.scope.allows(&posting.from))
-                    })
-                    .collect();
-                seen.postings = binding
-                    .movement
-                    .postings()
-                    .map(|postings| postings.with_assets(&visible));
+                seen.postings = binding.movement.postings().map(|postings| {
+                    let visible: Vec<_> = postings
+                        .iter()
+                        .zip(&posting_assets)
+                        .map(|(posting, asset)| {
+                            asset.clone().filter(|_| key.scope.allows(&posting.from))
+                        })
+                        .collect();
+                    postings.with_assets(&visible)
+                });
                 seen.metadata = Some(binding.metadata).filter(|metadata| !metadata.is_empty());
             }
             Json(seen).into_response()

@@ -495,7 +495,7 @@ pub(super) fn parse_assets(assets: &str) -> Option<Vec<Option<Asset>>> {
 
 /// A reply's asset: `Some(None)` for '' (none), `None` when it does not
 /// parse.
-fn parse_asset(asset: &str) -> Option<Option<Asset>> {
+pub(super) fn parse_asset(asset: &str) -> Option<Option<Asset>> {
     match asset {
         "" => Some(None),
         asset => Asset::parse(asset).ok().map(Some),

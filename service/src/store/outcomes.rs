@@ -1,6 +1,6 @@
 //! Where a transaction stands, read from its tx record.
 
-use super::apply::parse_assets;
+use super::apply::{parse_asset, parse_assets};
 use super::{Store, StoreError};
 use crate::domain::{Asset, TxId, TxStatus};
 
@@ -61,12 +61,8 @@ impl Store {
             _ => return Ok(None),
         };
         let unexpected = |what: &str| StoreError::Unexpected(format!("{id}: {what} in its record"));
-        let asset = match asset.as_deref() {
-            None | Some("") => None,
-            Some(asset) => {
-                Some(Asset::parse(asset).map_err(|_| unexpected(&format!("asset {asset}")))?)
-            }
-        };
+        let asset = asset.unwrap_or_default();
+        let asset = parse_asset(&asset).ok_or_else(|| unexpected(&format!("asset {asset}")))?;
         let assets = assets.unwrap_or_default();
         let posting_assets =
             parse_assets(&assets).ok_or_else(|| unexpected(&format!("assets {assets}")))?;
