@@ -148,34 +148,7 @@ fn compare(
             ));
         }
         if let Some(postings) = movement.postings() {
-            let said: Vec<(&str, &str, u64)> = postings
-                .iter()
-                .map(|p| (p.from.as_str(), p.to.as_str(), p.amount.minor_units()))
-                .collect();
-            let sent: Vec<(&str, &str, u64)> = want
-                .tx
-                .legs
-                .iter()
-                .map(|leg| (leg.from.as_str(), leg.to.as_str(), leg.amount))
-                .collect();
-            if said != sent {
-                violations.push(format!(
-                    "event {id:?} names postings {said:?}, the ledger sent {sent:?}"
-                ));
-            }
-            // Each posting names the asset of its `from`, as the ledger made it.
-            for posting in postings.iter() {
-                let named = posting.asset.as_ref().map(|asset| asset.as_str());
-                let made = accounts
-                    .get(posting.from.as_str())
-                    .map(|spec| spec.asset.as_str());
-                if made.is_some() && named != made {
-                    violations.push(format!(
-                        "event {id:?}: a posting from {} names asset {named:?}, the account holds {made:?}",
-                        posting.from
-                    ));
-                }
-            }
+            check_postings(id, postings, &want.tx.legs, accounts, &mut violations);
         }
         let asset = event.asset.as_ref().map(|asset| asset.as_str());
         let spec = accounts.get(&want.tx.account);
@@ -200,6 +173,42 @@ fn compare(
         ));
     }
     violations
+}
+
+/// A postings event's postings against the ledger's legs: the same moves,
+/// each naming the asset of its `from` as the ledger made that account.
+fn check_postings(
+    id: &(String, &'static str),
+    postings: &txengine::domain::Postings,
+    legs: &[crate::workload::Leg],
+    accounts: &std::collections::HashMap<String, crate::workload::AccountSpec>,
+    violations: &mut Vec<String>,
+) {
+    let said: Vec<(&str, &str, u64)> = postings
+        .iter()
+        .map(|p| (p.from.as_str(), p.to.as_str(), p.amount.minor_units()))
+        .collect();
+    let sent: Vec<(&str, &str, u64)> = legs
+        .iter()
+        .map(|leg| (leg.from.as_str(), leg.to.as_str(), leg.amount))
+        .collect();
+    if said != sent {
+        violations.push(format!(
+            "event {id:?} names postings {said:?}, the ledger sent {sent:?}"
+        ));
+    }
+    for posting in postings.iter() {
+        let named = posting.asset.as_ref().map(|asset| asset.as_str());
+        let made = accounts
+            .get(posting.from.as_str())
+            .map(|spec| spec.asset.as_str());
+        if made.is_some() && named != made {
+            violations.push(format!(
+                "event {id:?}: a posting from {} names asset {named:?}, the account holds {made:?}",
+                posting.from
+            ));
+        }
+    }
 }
 
 /// The events of `messages` by `(id, status)`, first copies kept: adds to
