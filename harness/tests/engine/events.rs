@@ -29,6 +29,15 @@ fn sent(id: &str, kind: Kind, account: &str, to: Option<&str>, amount: u64) -> S
     }
 }
 
+fn leg(from: &str, to: &str, amount: u64) -> harness::workload::Leg {
+    harness::workload::Leg {
+        from: from.to_owned(),
+        to: to.to_owned(),
+        amount,
+        asset: None,
+    }
+}
+
 /// Every event of the topic, decoded, with its record key.
 fn events_of(s: &Stack) -> Vec<(String, OutcomeEvent)> {
     use rdkafka::Message;
@@ -57,6 +66,8 @@ async fn each_final_outcome_is_an_event_and_the_invariants_judge_the_topic() {
         json!({"id": "d-2", "account": a, "amount": 1000}),
         json!({"id": "t-1", "type": "transfer", "account": a, "to": b, "amount": 5}),
         json!({"id": "h-1", "type": "hold", "account": a, "amount": 5, "timeout_s": 1}),
+        json!({"id": "p-1", "type": "postings", "postings": [
+            {"from": a, "to": b, "amount": 3}, {"from": b, "to": a, "amount": 1}]}),
     ];
     for body in &posts {
         let (status, answer) = s.post(body).await.unwrap();
@@ -81,6 +92,10 @@ async fn each_final_outcome_is_an_event_and_the_invariants_judge_the_topic() {
             sent("d-2", Kind::Debit, a, None, 1000),
             sent("t-1", Kind::Transfer, a, Some(b), 5),
             sent("h-1", Kind::Hold { timeout_s: 1 }, a, None, 5),
+            SentTx {
+                legs: vec![leg(a, b, 3), leg(b, a, 1)],
+                ..sent("p-1", Kind::Postings, a, None, 4)
+            },
         ],
         // Made by the seed's setter: the default asset, which every event
         // of theirs must name.
@@ -105,6 +120,7 @@ async fn each_final_outcome_is_an_event_and_the_invariants_judge_the_topic() {
         ("t-1", "applied"),
         ("h-1", "applied"),
         ("h-1", "expired"),
+        ("p-1", "applied"),
     ]
     .map(|(id, status)| (id.to_owned(), status))
     .into();
@@ -184,7 +200,7 @@ async fn each_final_outcome_is_an_event_and_the_invariants_judge_the_topic() {
         "{:?}",
         verdict.violations
     );
-    // Events that name another asset than their account holds are caught.
+    // Events that name another asset than their account holds are caught,
     let mut euros = ledger.clone();
     euros.accounts.insert(
         a.to_owned(),
@@ -193,17 +209,21 @@ async fn each_final_outcome_is_an_event_and_the_invariants_judge_the_topic() {
             ..Default::default()
         },
     );
+    // And a postings event whose legs are not the ones sent (judged in
+    // the same run: each failing judgement waits out the events' grace).
+    let postings = euros.accepted.iter_mut().find(|tx| tx.id == "p-1").unwrap();
+    postings.legs[1].amount = 2;
     let verdict = harness::invariants::check(infra, &s.config, &euros)
         .await
         .unwrap();
-    assert!(
-        verdict
-            .violations
-            .iter()
-            .any(|v| v.contains(r#"("d-1", "applied") names asset Some("XXX")"#)),
-        "{:?}",
-        verdict.violations
-    );
+    let caught = |needle: &str| verdict.violations.iter().any(|v| v.contains(needle));
+    for needle in [
+        r#"("d-1", "applied") names asset Some("XXX")"#,
+        r#"("p-1", "applied"): a posting from ev-a names asset Some("XXX")"#,
+        r#"("p-1", "applied") names postings"#,
+    ] {
+        assert!(caught(needle), "{needle}: {:?}", verdict.violations);
+    }
     s.stop().await.unwrap();
 }
 
