@@ -1,6 +1,6 @@
 -- Applies records of one slot in one call, in order: the store puts
 -- money.lua, clock.lua and each apply script as a function of its name
--- (atomic_update, saga_step, hold, postings) before this file
+-- (atomic_update, saga_step, hold, postings, posting_step) before this file
 -- (store/scripts.rs).
 -- One call for up to 100 records, not one each: each call costs Redis
 -- several microseconds of its own.
@@ -36,7 +36,7 @@ if place > 1 and tonumber(redis.call('GET', order_key) or '0') ~= place - 1 then
 end
 
 local scripts = {atomic_update = atomic_update, saga_step = saga_step, hold = hold,
-  postings = postings}
+  postings = postings, posting_step = posting_step}
 local all_keys, all_args = {}, {}
 for i = 1, #KEYS do all_keys[i] = KEYS[i] end
 for i = 1, #ARGV do all_args[i] = ARGV[i] end

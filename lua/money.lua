@@ -20,7 +20,8 @@ end
 
 -- Whether `amount` can be added to `balance` and still leave room below
 -- `max` for `held`, the money in flight out of the account that a refund
--- may give back (0 where nothing can be held).
+-- may give back, and what postings in flight reserved to come in (0 where
+-- nothing is).
 local function has_room(amount, balance, held, max)
   return balance + held + amount <= (max or MAX)
 end
@@ -33,22 +34,25 @@ end
 --   held     money in flight out of it: what sagas debited and may still
 --            refund (absent: 0; only sagas and captures to another slot,
 --            so only on a Redis Cluster, make it other than 0)
+--   incoming room kept under `max` for money that postings between slots
+--            reserved to bring in (absent: 0; only on a Redis Cluster)
 --   asset    what it holds (USD/2, POINTS); money moves only between
 --            accounts of one asset
 --   min      the lowest balance money leaving may make (absent: 0;
 --            below 0: an overdraft)
 --   max      the highest balance money coming in may make, counting what
---            is in flight out of it (absent: 2^53-1)
+--            is in flight out of it and `incoming` (absent: 2^53-1)
 --   meta     its metadata, canonical JSON (absent: none)
 --   created  when it was made, ms since the epoch
 local function account_at(key)
-  local a = redis.call('HMGET', key, 'balance', 'pending', 'held', 'asset', 'min', 'max')
+  local a = redis.call('HMGET', key, 'balance', 'pending', 'held', 'asset', 'min', 'max',
+    'incoming')
   if not a[1] then
     return nil
   end
   return {balance = tonumber(a[1]), pending = tonumber(a[2] or '0'),
     held = tonumber(a[3] or '0'), asset = a[4], min = tonumber(a[5] or '0'),
-    max = tonumber(a[6] or MAX)}
+    max = tonumber(a[6] or MAX), incoming = tonumber(a[7] or '0')}
 end
 
 -- The scripts that keep a processed flag (atomic_update.lua, saga_step.lua,
@@ -108,7 +112,7 @@ end
 -- Why `amount` of `asset` may not be credited to `account` (account_at's
 -- answer; nil: no such account), or nil when it may: the assets match,
 -- and the balance stays at most `max` with room for every refund of the
--- money in flight out of it. Past the default cap, 2^53-1, the reason is
+-- money in flight out of it and for what postings reserved to come in. Past the default cap, 2^53-1, the reason is
 -- `balance_overflow`; past a cap the account was given,
 -- `max_balance_exceeded`. `asset` nil or '': none to check.
 local function credit_refusal(account, amount, asset)
@@ -119,7 +123,7 @@ local function credit_refusal(account, amount, asset)
   if other then
     return other
   end
-  if not has_room(amount, account.balance, account.held, account.max) then
+  if not has_room(amount, account.balance, account.held + account.incoming, account.max) then
     if account.max == MAX then
       return 'balance_overflow'
     end

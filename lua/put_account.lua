@@ -22,12 +22,12 @@
 --   asset      refused: the account holds another asset (detail: it)
 --   crossed    refused: min above max
 --   below_min  refused: balance - pending would be below min
---   above_max  refused: balance + held would be above max
+--   above_max  refused: balance + held (+ incoming) would be above max
 
 -- The store puts money.lua (MAX, digits) before this file.
 
 local a = redis.call('HMGET', KEYS[1], 'balance', 'pending', 'held', 'asset', 'min', 'max',
-  'meta', 'created')
+  'meta', 'created', 'incoming')
 local made = not a[1]
 local old = {asset = a[4] or ARGV[5], min = a[5] or '0', max = a[6] or digits(MAX),
   meta = a[7] or '', created = a[8] or ARGV[6]}
@@ -41,6 +41,8 @@ local new = {
 local balance = tonumber(a[1] or '0')
 local pending = tonumber(a[2] or '0')
 local held = tonumber(a[3] or '0')
+-- Room postings in flight reserved to come in: kept, like `held`.
+local incoming = tonumber(a[9] or '0')
 
 local function answer(code, detail, fields)
   return {code, detail or '', digits(balance), digits(pending), digits(held), fields.asset,
@@ -57,7 +59,7 @@ end
 if balance - pending < min then
   return answer('below_min', '', old)
 end
-if balance + held > max then
+if balance + held + incoming > max then
   return answer('above_max', '', old)
 end
 if made then

@@ -28,7 +28,7 @@
 local account = account_at(KEYS[1])
 local made = not account
 if made then
-  account = {balance = 0, pending = 0, held = 0, asset = ARGV[3], min = 0, max = MAX}
+  account = {balance = 0, pending = 0, held = 0, incoming = 0, asset = ARGV[3], min = 0, max = MAX}
 end
 local balance = tonumber(ARGV[1])
 local function answer(code)
@@ -37,7 +37,7 @@ local function answer(code)
     account.asset, digits(account.min), digits(account.max), more[1] or '',
     more[2] or ARGV[4]}
 end
-if not has_room(0, balance, account.held, account.max) then
+if not has_room(0, balance, account.held + account.incoming, account.max) then
   return answer('0')
 end
 if balance - account.pending < account.min then

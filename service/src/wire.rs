@@ -30,8 +30,12 @@ pub const ASSET_WIRE_VERSION: u32 = 5;
 /// postings name their own assets): a build that knows no postings leaves
 /// the partition waiting for one that does.
 pub const POSTINGS_WIRE_VERSION: u32 = 6;
+/// The version of a step of a postings transaction between Redis Cluster
+/// slots (reserve, commit, cancel): a build that knows no such steps
+/// leaves the partition waiting (a reservation holds money for it).
+pub const POSTINGS_SAGA_WIRE_VERSION: u32 = 7;
 /// The newest version this build reads and writes.
-pub const NEWEST_WIRE_VERSION: u32 = POSTINGS_WIRE_VERSION;
+pub const NEWEST_WIRE_VERSION: u32 = POSTINGS_SAGA_WIRE_VERSION;
 
 /// One transaction as it travels through Kafka, or one later step of its
 /// saga. The record key is [`Record::key`].
@@ -41,8 +45,8 @@ pub struct Record {
     /// Wall clock (ms since the Unix epoch) when the API accepted it; lets the
     /// consumer measure accept-to-applied latency.
     pub accepted_at_ms: u64,
-    /// `None` for the transaction as accepted; for a transfer between slots,
-    /// the step of its saga that comes next.
+    /// `None` for the transaction as accepted; for a transfer or postings
+    /// between slots, the step of its saga that comes next.
     pub saga: Option<SagaStep>,
 }
 
@@ -66,17 +70,87 @@ pub enum SagaStep {
         debited_balance_after: Balance,
         refused: Option<RejectReason>,
     },
+    /// Postings between slots: reserve the moves of the accounts in the
+    /// slot of `on`; `votes` are what the slots before it answered.
+    Reserve { on: AccountId, votes: Votes },
+    /// Every slot reserved: move the money in the slot of `on`. `assets`:
+    /// each posting's asset (its `from`'s), for the outcome.
+    Commit {
+        on: AccountId,
+        assets: Vec<Option<Asset>>,
+    },
+    /// A slot refused: give back what the slot of `on` reserved; `failed`
+    /// is the posting that failed the transaction.
+    Cancel {
+        on: AccountId,
+        failed: FailedPosting,
+        assets: Vec<Option<Asset>>,
+    },
+}
+
+/// What the slots of a postings transaction answered so far, carried from
+/// each slot's reserve to the next (see `store::posting_steps`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Votes {
+    /// The refusal that comes first in posting order so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<Refusal>,
+    /// Each posting's `from`'s asset, then its `to`'s, as the slots so far
+    /// found them.
+    pub assets: Vec<SeenAsset>,
+}
+
+/// A posting refused by one slot's check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub posting: u16,
+    pub check: Check,
+    pub reason: RejectReason,
+}
+
+/// Which check of a posting refused it, in the order one script checks
+/// them: its `from` (exists, the asset it names, funds), its `to` exists,
+/// the two accounts' assets match, its `to` has room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Check {
+    From,
+    ToExists,
+    Assets,
+    To,
+}
+
+/// An account's asset as a slot's reserve found it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeenAsset {
+    /// The account is in a slot that has not answered yet.
+    Unseen,
+    /// The account does not exist.
+    Missing,
+    Of(Asset),
+}
+
+/// The posting that failed a postings transaction, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedPosting {
+    pub posting: u16,
+    pub reason: RejectReason,
 }
 
 /// The steps of a saga between slots, as `lua/saga_step.lua` names them:
 /// debit the source, credit the destination, then release the source's hold
-/// of the money (credited) or refund it (the credit was refused).
+/// of the money (credited) or refund it (the credit was refused); and as
+/// `lua/posting_step.lua` names them: reserve, then commit or cancel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepKind {
     Debit,
     Credit,
     Release,
     Refund,
+    Reserve,
+    Commit,
+    Cancel,
 }
 
 impl StepKind {
@@ -87,14 +161,18 @@ impl StepKind {
             Self::Credit => "credit",
             Self::Release => "release",
             Self::Refund => "refund",
+            Self::Reserve => "reserve",
+            Self::Commit => "commit",
+            Self::Cancel => "cancel",
         }
     }
 
     /// The name of its processed flag: a release and a refund share one
-    /// (a saga settles once, one way or the other).
+    /// (a saga settles once, one way or the other), as do a commit and a
+    /// cancel.
     pub fn flag(self) -> &'static str {
         match self {
-            Self::Release | Self::Refund => "settle",
+            Self::Release | Self::Refund | Self::Commit | Self::Cancel => "settle",
             step => step.as_str(),
         }
     }
@@ -107,7 +185,18 @@ impl SagaStep {
             Self::Credit { .. } => StepKind::Credit,
             Self::Settle { refused: None, .. } => StepKind::Release,
             Self::Settle { .. } => StepKind::Refund,
+            Self::Reserve { .. } => StepKind::Reserve,
+            Self::Commit { .. } => StepKind::Commit,
+            Self::Cancel { .. } => StepKind::Cancel,
         }
+    }
+
+    /// True for a step of postings between slots.
+    pub fn of_postings(&self) -> bool {
+        matches!(
+            self,
+            Self::Reserve { .. } | Self::Commit { .. } | Self::Cancel { .. }
+        )
     }
 }
 
@@ -117,6 +206,14 @@ impl Record {
     pub fn key(&self) -> &AccountId {
         match (&self.saga, self.tx.movement.credited()) {
             (Some(SagaStep::Credit { .. }), Some(to)) => to,
+            (
+                Some(
+                    SagaStep::Reserve { on, .. }
+                    | SagaStep::Commit { on, .. }
+                    | SagaStep::Cancel { on, .. },
+                ),
+                _,
+            ) => on,
             _ => self.tx.movement.account(),
         }
     }
@@ -145,7 +242,7 @@ pub enum DecodeError {
     #[error("record version {0} is newer than this build reads ({NEWEST_WIRE_VERSION}); a newer build must apply it")]
     NewerVersion(u32),
     #[error(
-        "a saga step must be a transfer in version {SAGA_WIRE_VERSION} (only a step may be) or a capture to an account in version {HOLD_WIRE_VERSION}"
+        "a saga step must be a transfer in version {SAGA_WIRE_VERSION} (only a step may be), a capture to an account in version {HOLD_WIRE_VERSION}, or postings in version {POSTINGS_SAGA_WIRE_VERSION}"
     )]
     NotASagaStep,
     #[error("holds, captures, voids and expiries are version {HOLD_WIRE_VERSION}, and only they (or {METADATA_WIRE_VERSION} with metadata)")]
@@ -154,7 +251,7 @@ pub enum DecodeError {
     NotMetadata,
     #[error("a record names an asset exactly when it is version {ASSET_WIRE_VERSION}")]
     NotAsset,
-    #[error("postings are version {POSTINGS_WIRE_VERSION}, and only they")]
+    #[error("postings are version {POSTINGS_WIRE_VERSION} (or {POSTINGS_SAGA_WIRE_VERSION}: a step between slots), and only they")]
     NotPostings,
     #[error("record breaks a rule: {0}")]
     Invalid(#[from] crate::domain::RuleError),
@@ -197,7 +294,9 @@ impl Record {
 
     /// The wire version this record is written in.
     fn version(&self) -> u32 {
-        if self.tx.movement.postings().is_some() {
+        if self.tx.movement.postings().is_some() && self.saga.is_some() {
+            POSTINGS_SAGA_WIRE_VERSION
+        } else if self.tx.movement.postings().is_some() {
             POSTINGS_WIRE_VERSION
         } else if self.tx.asset.is_some() {
             ASSET_WIRE_VERSION
@@ -225,10 +324,12 @@ impl Record {
         if movement.to() == Some(movement.account()) {
             return Err(crate::domain::RuleError::TransferToSelf.into());
         }
-        // Version 6 is postings and only postings, with or without
-        // metadata; never a saga step, naming no asset of its own (each
-        // posting may): the checks below refuse those.
-        if (v == POSTINGS_WIRE_VERSION) != movement.postings().is_some() {
+        // Versions 6 (as accepted) and 7 (a step between slots) are
+        // postings and only postings, with or without metadata, naming no
+        // asset of their own (each posting may): the checks below refuse
+        // the rest.
+        let postings_version = v == POSTINGS_WIRE_VERSION || v == POSTINGS_SAGA_WIRE_VERSION;
+        if postings_version != movement.postings().is_some() {
             return Err(DecodeError::NotPostings);
         }
         // Version 5 is any kind or step naming an asset, with or without
@@ -249,7 +350,11 @@ impl Record {
         // A step only follows a transfer (in its own version) or a capture
         // to an account.
         let steps_ok = match (&v1.saga, movement) {
-            (None, _) => v != SAGA_WIRE_VERSION,
+            (None, _) => v != SAGA_WIRE_VERSION && v != POSTINGS_SAGA_WIRE_VERSION,
+            (Some(step), Movement::Postings { .. }) => {
+                step.of_postings() && v == POSTINGS_SAGA_WIRE_VERSION
+            }
+            (Some(step), _) if step.of_postings() => false,
             (Some(_), Movement::Transfer { .. }) => v == SAGA_WIRE_VERSION || with_metadata,
             (Some(_), Movement::Capture { to: Some(_), .. }) => true,
             (Some(_), _) => false,
@@ -307,8 +412,67 @@ mod tests {
             let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
             assert_eq!(json["v"], POSTINGS_WIRE_VERSION);
             assert_eq!(Record::decode(&bytes).unwrap(), record);
+            // Each step between slots, in its own version.
+            let on = AccountId::parse("a").unwrap();
+            let votes = Votes {
+                refused: Some(Refusal {
+                    posting: 1,
+                    check: Check::ToExists,
+                    reason: RejectReason::UnknownAccount,
+                }),
+                assets: vec![
+                    SeenAsset::Of(Asset::parse("USD/2").unwrap()),
+                    SeenAsset::Missing,
+                    SeenAsset::Unseen,
+                    SeenAsset::Unseen,
+                ],
+            };
+            let failed = FailedPosting {
+                posting: 1,
+                reason: RejectReason::UnknownAccount,
+            };
+            for step in [
+                SagaStep::Reserve {
+                    on: on.clone(),
+                    votes,
+                },
+                SagaStep::Commit {
+                    on: on.clone(),
+                    assets: vec![Asset::parse("USD/2").ok(), None],
+                },
+                SagaStep::Cancel {
+                    on: on.clone(),
+                    failed,
+                    assets: vec![None, None],
+                },
+            ] {
+                let step_record = Record {
+                    saga: Some(step),
+                    ..record.clone()
+                };
+                let bytes = step_record.encode();
+                let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                assert_eq!(json["v"], POSTINGS_SAGA_WIRE_VERSION);
+                assert_eq!(Record::decode(&bytes).unwrap(), step_record);
+            }
         }
         for (text, why) in [
+            (
+                r#"{"v":7,"id":"p","type":"postings","postings":[{"from":"a","to":"b","amount":1}],"accepted_at_ms":1}"#,
+                "postings as accepted in the version of their steps",
+            ),
+            (
+                r#"{"v":6,"id":"p","type":"postings","postings":[{"from":"a","to":"b","amount":1}],"accepted_at_ms":1,"step":"commit","on":"a","assets":[null]}"#,
+                "a step between slots in the version of postings as accepted",
+            ),
+            (
+                r#"{"v":7,"id":"t","type":"transfer","account":"a","to":"b","amount":1,"accepted_at_ms":1,"step":"commit","on":"a","assets":[null]}"#,
+                "a step of postings following a transfer",
+            ),
+            (
+                r#"{"v":7,"id":"p","type":"postings","postings":[{"from":"a","to":"b","amount":1}],"accepted_at_ms":1,"step":"credit","debited_balance_after":1}"#,
+                "a transfer's step following postings",
+            ),
             (
                 r#"{"v":5,"id":"p","type":"postings","postings":[{"from":"a","to":"b","amount":1}],"accepted_at_ms":1,"asset":"USD/2"}"#,
                 "postings in another version",
@@ -655,8 +819,8 @@ mod tests {
     fn refuses_poison() {
         assert!(Record::decode(b"not json").is_err());
         assert!(matches!(
-            Record::decode(br#"{"v":7}"#),
-            Err(DecodeError::NewerVersion(7))
+            Record::decode(br#"{"v":8}"#),
+            Err(DecodeError::NewerVersion(8))
         ));
         assert!(matches!(
             Record::decode(br#"{"v":0,"id":"x"}"#),

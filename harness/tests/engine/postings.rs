@@ -21,11 +21,22 @@ async fn stack(topology: RedisTopology, name: &str) -> Stack {
         .expect("engine starts")
 }
 
-/// `count` account names that share one slot on `s`'s topology (every
-/// name does on one Redis), each starting with `prefix`.
-fn names_in_one_slot(
+/// Where the accounts of a test live on a Redis Cluster.
+#[derive(Debug, Clone, Copy)]
+enum Slots {
+    /// All in one slot: each postings transaction is one script call.
+    One,
+    /// Each in a slot of its own: every postings transaction commits in
+    /// two phases (on one Redis, every name shares the one slot).
+    Apart,
+}
+
+/// `count` account names, each starting with `prefix`, in `slots` on `s`'s
+/// topology.
+fn names(
     s: &Stack,
     topology: RedisTopology,
+    slots: Slots,
     prefix: &str,
     count: usize,
 ) -> Vec<String> {
@@ -35,7 +46,11 @@ fn names_in_one_slot(
     let mut n = 1;
     while names.len() < count {
         let name = format!("{prefix}-{n}");
-        if layout.same_slot(&first, &name) {
+        let fits = match slots {
+            Slots::One => layout.same_slot(&first, &name),
+            Slots::Apart => names.iter().all(|other| !layout.same_slot(other, &name)),
+        };
+        if fits {
             names.push(name);
         }
         n += 1;
@@ -97,12 +112,16 @@ async fn history(s: &Stack, account: &str) -> Vec<Value> {
 /// each applied posting is an entry on both its accounts, a refusal one on
 /// the failed posting's `from`; the entries replay to the balances.
 #[rstest]
-#[case::one_redis(RedisTopology::Single)]
-#[case::cluster(RedisTopology::Cluster)]
+#[case::one_redis(RedisTopology::Single, Slots::One)]
+#[case::cluster_one_slot(RedisTopology::Cluster, Slots::One)]
+#[case::cluster_slots_apart(RedisTopology::Cluster, Slots::Apart)]
 #[tokio::test(flavor = "multi_thread")]
-async fn postings_move_all_or_nothing_in_order(#[case] topology: RedisTopology) {
+async fn postings_move_all_or_nothing_in_order(
+    #[case] topology: RedisTopology,
+    #[case] slots: Slots,
+) {
     let s = stack(topology, "postings").await;
-    let names = names_in_one_slot(&s, topology, "p", 8);
+    let names = names(&s, topology, slots, "p", 8);
     let [alice, bob, carol, euro, house_usd, house_eur, alice_eur, nobody] =
         names.iter().map(String::as_str).collect::<Vec<_>>()[..]
     else {
@@ -473,31 +492,6 @@ async fn a_bad_postings_request_is_refused_and_claims_nothing() {
     s.stop().await.unwrap();
 }
 
-/// On a Redis Cluster, postings whose accounts are in different slots are
-/// refused before anything is claimed (one script cannot apply them).
-#[tokio::test(flavor = "multi_thread")]
-async fn postings_across_cluster_slots_are_refused() {
-    let s = stack(RedisTopology::Cluster, "postings-slots").await;
-    let layout = Layout::new(&s.config.namespace, RedisTopology::Cluster);
-    let other = (0..)
-        .map(|n| format!("x-{n}"))
-        .find(|name| !layout.same_slot("x-a", name))
-        .unwrap();
-    let body = json!({"id": "across", "type": "postings", "postings": [leg("x-a", &other, 1)]});
-    let (status, answer) = s.post(&body).await.unwrap();
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
-    assert!(
-        answer["detail"]
-            .as_str()
-            .unwrap()
-            .contains("share one Redis Cluster slot"),
-        "{answer}"
-    );
-    let (status, _) = s.get("/transactions/across").await.unwrap();
-    assert_eq!(status, StatusCode::NOT_FOUND, "nothing was claimed");
-    s.stop().await.unwrap();
-}
-
 /// A store of its own, with `balances` set.
 async fn store_with(balances: &[(&str, i64)]) -> txengine::store::Store {
     use txengine::domain::{AccountId, Balance};
@@ -687,4 +681,125 @@ async fn the_postings_script_refuses_a_call_it_was_not_built_for() {
     assert!(format!("{answer:?}").contains("applied"), "{answer:?}");
     let b = txengine::domain::AccountId::parse("b").unwrap();
     assert_eq!(store.balance(&b).await.unwrap().unwrap().minor_units(), 5);
+}
+
+/// `fields` of `account`'s record on the shared cluster (absent: 0).
+async fn account_fields(
+    store: &txengine::store::Store,
+    account: &str,
+    fields: &[&str],
+) -> Vec<i64> {
+    let url = &crate::infra_of(RedisTopology::Cluster).redis_url;
+    let conn = txengine::store::Connection::open(url, RedisTopology::Cluster, SETTLE)
+        .await
+        .unwrap();
+    let layout = store.layout();
+    let mut get = redis::cmd("HMGET");
+    get.arg(layout.account(account)).arg(fields);
+    let answers: Vec<Vec<Option<i64>>> = conn
+        .run_by_slot(vec![(layout.shard_of(account), get)])
+        .await
+        .unwrap();
+    answers[0].iter().map(|field| field.unwrap_or(0)).collect()
+}
+
+/// Postings between three slots, each step straight against the store and
+/// applied twice as a redelivery would: every slot reserves (money out as
+/// `pending`, room in as `incoming`, no balance moved), then each commits,
+/// the last step in the first `from`'s slot; nothing moves twice and
+/// nothing stays reserved.
+#[tokio::test(flavor = "multi_thread")]
+async fn postings_between_slots_reserve_then_commit_each_step_once() {
+    use txengine::domain::{AccountId, Balance, Outcome};
+    use txengine::store::{Applied, Progress};
+    use txengine::wire::{Record, SagaStep};
+    let namespace = format!("postings-{}", uuid::Uuid::new_v4().simple());
+    let store = crate::isolated_store_on(crate::infra_of(RedisTopology::Cluster), &namespace).await;
+    let layout = store.layout().clone();
+    let mut apart: Vec<String> = Vec::new();
+    for n in 0.. {
+        let name = format!("s-{n}");
+        if apart.iter().all(|other| !layout.same_slot(other, &name)) {
+            apart.push(name);
+        }
+        if apart.len() == 3 {
+            break;
+        }
+    }
+    let [a, b, c] = [&apart[0], &apart[1], &apart[2]].map(String::as_str);
+    for (account, balance) in [(a, 100), (b, 0), (c, 0)] {
+        store
+            .set_balance(
+                &AccountId::parse(account).unwrap(),
+                Balance::new(balance).unwrap(),
+            )
+            .await
+            .unwrap()
+            .ensure_set()
+            .unwrap();
+    }
+    let mut record = Record {
+        tx: postings_tx("far", &[(a, "x", 1)]),
+        accepted_at_ms: 1,
+        saga: None,
+    };
+    record.tx = postings_tx("far", &[(a, b, 30), (b, c, 10), (a, c, 5)]);
+    let fields = ["balance", "pending", "incoming"];
+    let mut steps = Vec::new();
+    let outcome = loop {
+        let first = store.apply_records(&[record.clone()]).await.unwrap();
+        let again = store.apply_records(&[record.clone()]).await.unwrap();
+        match (&first[0], &again[0]) {
+            (Progress::Next(next), Progress::Next(repeat)) => {
+                assert_eq!(next, repeat, "a redelivered step answers as the first");
+                let step = next.saga.as_ref().unwrap();
+                if matches!(step, SagaStep::Commit { .. }) && steps.len() == 2 {
+                    // Every slot reserved; nothing moved yet.
+                    for (account, expected) in [(a, [100, 35, 0]), (b, [0, 0, 30]), (c, [0, 0, 15])]
+                    {
+                        assert_eq!(
+                            account_fields(&store, account, &fields).await,
+                            expected,
+                            "{account}"
+                        );
+                    }
+                }
+                steps.push(step.kind().as_str());
+                record = next.clone();
+            }
+            (
+                Progress::Ended {
+                    applied:
+                        Applied {
+                            outcome,
+                            duplicate: false,
+                        },
+                    recorded: false,
+                    ..
+                },
+                Progress::Ended {
+                    applied:
+                        Applied {
+                            duplicate: true, ..
+                        },
+                    ..
+                },
+            ) => break *outcome,
+            other => panic!("after {steps:?}: {other:?}"),
+        }
+    };
+    assert_eq!(steps, ["reserve", "reserve", "commit", "commit", "commit"]);
+    assert_eq!(
+        outcome,
+        Outcome::Applied {
+            balance_after: Balance::new(65).unwrap()
+        }
+    );
+    for (account, expected) in [(a, [65, 0, 0]), (b, [20, 0, 0]), (c, [15, 0, 0])] {
+        assert_eq!(
+            account_fields(&store, account, &fields).await,
+            expected,
+            "{account}"
+        );
+    }
 }

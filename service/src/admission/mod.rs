@@ -223,9 +223,6 @@ impl Admission {
                         account: account.clone(),
                     });
                 }
-                if !self.store.layout().in_one_slot(&tx.movement) {
-                    return Err(Refused::Invalid(RuleError::PostingsAcrossSlots));
-                }
                 Ok(tx)
             })
             .collect()

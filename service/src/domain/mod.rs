@@ -66,8 +66,6 @@ pub enum RuleError {
     InPosting { index: usize, error: Box<RuleError> },
     #[error("`postings` needs 1..={MAX_POSTINGS} postings")]
     PostingsCount,
-    #[error("the accounts of a postings transaction must share one Redis Cluster slot here (postings across slots are not built yet)")]
-    PostingsAcrossSlots,
     #[error(
         "unknown type `{0}`: expected debit, credit, transfer, hold, capture, void or postings"
     )]

@@ -9,15 +9,17 @@ use crate::domain::Balance;
 use super::accounts::parse_balance;
 use super::apply_many::{ApplyScript, StepAnswer, StepCall};
 use super::calls::{
-    AccountKeys, AtomicUpdateCall, CreditedKeys, FlagArgs, HoldCall, PostingsCall, SagaStepCall,
+    AccountKeys, AtomicUpdateCall, CreditedKeys, FlagArgs, HoldCall, PostingStepCall, PostingsCall,
+    SagaStepCall,
 };
 use super::outcomes::parse_status;
+use super::posting_steps::{parse_seen, slots_of};
 use super::Layout;
 use super::{evalsha, Store, StoreError};
 use crate::domain::{
-    AccountId, Asset, Movement, Outcome, RejectReason, Transaction, TxId, TxStatus,
+    AccountId, Asset, Movement, Outcome, Postings, RejectReason, Transaction, TxId, TxStatus,
 };
-use crate::wire::{Record, SagaStep, StepKind};
+use crate::wire::{FailedPosting, Record, SagaStep, StepKind, Votes};
 
 /// One applied transaction as the apply script reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,7 +129,20 @@ impl Store {
         };
         Ok(match (&record.saga, tx.movement.credited()) {
             (None, _) if tx.movement.is_of_a_hold() => self.hold_command(record, now_ms),
-            (None, _) if tx.movement.postings().is_some() => self.postings_command(tx, now_ms),
+            (None, _) if tx.movement.postings().is_some() => {
+                if self.layout.in_one_slot(&tx.movement) {
+                    self.postings_command(tx, now_ms)
+                } else {
+                    let first = tx.movement.account();
+                    self.posting_step_command(tx, now_ms, first, StepKind::Reserve, None)
+                }
+            }
+            (Some(step @ (SagaStep::Reserve { on, .. } | SagaStep::Commit { on, .. })), _) => {
+                self.posting_step_command(tx, now_ms, on, step.kind(), None)
+            }
+            (Some(SagaStep::Cancel { on, failed, .. }), _) => {
+                self.posting_step_command(tx, now_ms, on, StepKind::Cancel, Some(failed))
+            }
             (None, _) if !self.layout.needs_saga(tx) => self.apply_command(tx, now_ms),
             (None, Some(_)) => saga_step(account, StepKind::Debit, tx.asset.as_ref()),
             (
@@ -213,6 +228,64 @@ impl Store {
             names: accounts,
         };
         StepCall::new(layout.shard_of(first), ApplyScript::Postings, call.write())
+    }
+
+    /// The call of `lua/posting_step.lua` for `step` of postings between
+    /// slots, in the slot of account `on`, under the step's own flag.
+    fn posting_step_command(
+        &self,
+        tx: &Transaction,
+        now_ms: u64,
+        on: &AccountId,
+        step: StepKind,
+        failed: Option<&FailedPosting>,
+    ) -> StepCall {
+        let layout = &self.layout;
+        let postings = tx.movement.postings().expect("a postings transaction");
+        let accounts: Vec<&str> = postings
+            .accounts()
+            .into_iter()
+            .map(AccountId::as_str)
+            .collect();
+        let number = |account: &AccountId| {
+            1 + accounts
+                .iter()
+                .position(|name| *name == account.as_str())
+                .expect("every posting's accounts are listed")
+        };
+        // This slot's accounts, by their numbers.
+        let here: Vec<usize> = (1..=accounts.len())
+            .filter(|&a| layout.same_slot(on.as_str(), accounts[a - 1]))
+            .collect();
+        let (id, first) = (tx.id.as_str(), accounts[here[0] - 1]);
+        let call = PostingStepCall {
+            first: AccountKeys::of(layout, first, layout.step(first, id, step.flag())),
+            others: here[1..]
+                .iter()
+                .map(|&a| CreditedKeys::of(layout, accounts[a - 1]))
+                .collect(),
+            reserve_flag: (step != StepKind::Reserve).then(|| layout.step(first, id, "reserve")),
+            args: self.flag_args(tx, step.as_str(), now_ms),
+            here,
+            postings: postings
+                .iter()
+                .map(|posting| {
+                    (
+                        number(&posting.from),
+                        number(&posting.to),
+                        posting.amount.minor_units(),
+                        posting.asset.as_ref().map_or("", Asset::as_str),
+                    )
+                })
+                .collect(),
+            failed: failed.map(|failed| (failed.posting, failed.reason.as_str())),
+            names: accounts,
+        };
+        StepCall::new(
+            layout.shard_of(on.as_str()),
+            ApplyScript::PostingStep,
+            call.write(),
+        )
     }
 
     /// The call of `lua/saga_step.lua` for `step` of a saga between slots,
@@ -323,6 +396,15 @@ impl Store {
                 tx.id, record.saga
             ))
         };
+        let reply = StepReply::parse(&state, &reason, &balance_after, &asset, &posting)
+            .ok_or_else(unexpected)?;
+        if let Some(postings) = tx.movement.postings() {
+            if !self.layout.in_one_slot(&tx.movement) {
+                return self
+                    .postings_progress(record, postings, reply, &posting, &assets, duplicate)
+                    .ok_or_else(unexpected);
+            }
+        }
         let account_asset = parse_asset(&asset).ok_or_else(unexpected)?;
         let posting_assets = parse_assets(&assets).ok_or_else(unexpected)?;
         let ended = |outcome, recorded| {
@@ -339,8 +421,6 @@ impl Store {
                 ..record.clone()
             }))
         };
-        let reply = StepReply::parse(&state, &reason, &balance_after, &asset, &posting)
-            .ok_or_else(unexpected)?;
         let saga = self.layout.needs_saga(tx);
         match (&record.saga, reply) {
             (_, StepReply::Mismatch) => Ok(Progress::Mismatch),
@@ -402,6 +482,99 @@ impl Store {
             ) => ended(Outcome::rejected(*reason), false),
             _ => Err(unexpected()),
         }
+    }
+
+    /// Where postings between slots stand once one slot's step answered
+    /// `reply` (see [`super::posting_steps`]): the next slot's reserve, the
+    /// decision once the last slot reserved, then each slot's commit or
+    /// cancel in the reverse order, the outcome after the first slot's.
+    /// `None` for an answer the step cannot give.
+    fn postings_progress(
+        &self,
+        record: &Record,
+        postings: &Postings,
+        reply: StepReply,
+        posting: &str,
+        assets: &str,
+        duplicate: bool,
+    ) -> Option<Progress> {
+        let slots = slots_of(&self.layout, postings);
+        let slot_of = |on: &AccountId| {
+            slots
+                .iter()
+                .position(|group| self.layout.same_slot(group[0].as_str(), on.as_str()))
+        };
+        let next = |step| {
+            Progress::Next(Record {
+                saga: Some(step),
+                ..record.clone()
+            })
+        };
+        let ended = |outcome, assets: &Vec<Option<Asset>>| Progress::Ended {
+            applied: Applied { outcome, duplicate },
+            recorded: false,
+            asset: assets.first().cloned().flatten(),
+            posting_assets: assets.clone(),
+        };
+        Some(match (&record.saga, reply) {
+            (
+                None | Some(SagaStep::Reserve { .. }),
+                reply @ (StepReply::Reserved | StepReply::Refused(_)),
+            ) => {
+                let (on, mut votes) = match &record.saga {
+                    Some(SagaStep::Reserve { on, votes }) => (on, votes.clone()),
+                    _ => (record.tx.movement.account(), Votes::none(postings)),
+                };
+                let index = slot_of(on)?;
+                let refused = match reply {
+                    StepReply::Refused(reason) => Some((posting.parse().ok()?, reason)),
+                    _ => None,
+                };
+                votes.add(postings, &slots[index], refused, parse_seen(assets)?);
+                let on = on.clone();
+                next(match (slots.get(index + 1), votes.failed()) {
+                    (Some(group), _) => SagaStep::Reserve {
+                        on: group[0].clone(),
+                        votes,
+                    },
+                    (None, None) => SagaStep::Commit {
+                        on,
+                        assets: votes.posting_assets(),
+                    },
+                    (None, Some(failed)) => SagaStep::Cancel {
+                        on,
+                        failed,
+                        assets: votes.posting_assets(),
+                    },
+                })
+            }
+            (Some(SagaStep::Commit { on, assets }), StepReply::Committed { balance_after }) => {
+                match slot_of(on)?.checked_sub(1) {
+                    Some(before) => next(SagaStep::Commit {
+                        on: slots[before][0].clone(),
+                        assets: assets.clone(),
+                    }),
+                    None => ended(Outcome::Applied { balance_after }, assets),
+                }
+            }
+            (Some(SagaStep::Cancel { on, failed, assets }), StepReply::Cancelled) => {
+                match slot_of(on)?.checked_sub(1) {
+                    Some(before) => next(SagaStep::Cancel {
+                        on: slots[before][0].clone(),
+                        failed: *failed,
+                        assets: assets.clone(),
+                    }),
+                    None => ended(
+                        Outcome::Rejected {
+                            reason: failed.reason,
+                            posting: Some(failed.posting),
+                        },
+                        assets,
+                    ),
+                }
+            }
+            _ => return None,
+        })
     }
 
     /// Writes the outcomes of transactions whose outcome was decided in
@@ -466,6 +639,15 @@ enum StepReply {
     Refused(RejectReason),
     Released,
     Refunded,
+    /// A slot reserved its moves of postings between slots (a slot that
+    /// refused answers `Refused`).
+    Reserved,
+    /// A slot committed them: `balance_after` is its first account's.
+    Committed {
+        balance_after: Balance,
+    },
+    /// A slot cancelled them.
+    Cancelled,
     /// An expiry ended the hold (`true`), or found it ended or not due.
     Expiry {
         expired: bool,
@@ -525,6 +707,11 @@ impl StepReply {
             "refused" => Self::Refused(RejectReason::parse(reason)?),
             "released" => Self::Released,
             "refunded" => Self::Refunded,
+            "reserved" => Self::Reserved,
+            "committed" => Self::Committed {
+                balance_after: parse_balance(balance_after)?,
+            },
+            "cancelled" => Self::Cancelled,
             "expired" => Self::Expiry { expired: true },
             // The hold had ended: `reason` is how.
             "ended" => Self::Expiry {

@@ -1,6 +1,6 @@
 //! A slot's applies in few script calls: `lua/apply_many.lua` runs up to
 //! [`CALLS_PER_SCRIPT`] records' apply scripts (`atomic_update`,
-//! `saga_step` or `hold`) in order in one `EVALSHA`, a slot's calls in one
+//! `saga_step`, `hold`, `postings` or `posting_step`) in order in one `EVALSHA`, a slot's calls in one
 //! pipeline, every slot at once. One call for many records instead of one
 //! each: a call costs Redis several microseconds of its own. Each call of a
 //! pipeline runs only if the one before it ran to the end (its order key),
@@ -23,6 +23,9 @@ pub(super) enum ApplyScript {
     Hold,
     /// `lua/postings.lua`: a postings transaction whose accounts share a slot.
     Postings,
+    /// `lua/posting_step.lua`: one slot's step of a postings transaction
+    /// between slots.
+    PostingStep,
 }
 
 impl ApplyScript {
@@ -32,6 +35,7 @@ impl ApplyScript {
             ApplyScript::SagaStep => "saga_step",
             ApplyScript::Hold => "hold",
             ApplyScript::Postings => "postings",
+            ApplyScript::PostingStep => "posting_step",
         }
     }
 }

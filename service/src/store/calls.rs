@@ -1,6 +1,6 @@
 //! The call contract of each script that applies records
 //! (`lua/atomic_update.lua`, `lua/saga_step.lua`, `lua/hold.lua`,
-//! `lua/postings.lua`): its KEYS
+//! `lua/postings.lua`, `lua/posting_step.lua`): its KEYS
 //! and ARGV typed once, one field for each in the order the script's header
 //! documents them, and written in that order by one method (`write`), so the
 //! order lives here and in the header only. KEYS[1..4] and ARGV[1..8] are
@@ -241,6 +241,58 @@ impl PostingsCall<'_> {
         for (from, to, amount, asset) in self.postings {
             args.arg(from).arg(to).arg(amount).arg(asset);
         }
+        (keys, args)
+    }
+}
+
+/// `lua/posting_step.lua`'s call: one slot's step of a postings
+/// transaction between slots.
+pub(super) struct PostingStepCall<'a> {
+    /// KEYS[1..4]: this slot's account 1, under the step's flag.
+    pub first: AccountKeys,
+    /// KEYS[5..2 + 2l]: this slot's accounts 2..l.
+    pub others: Vec<CreditedKeys>,
+    /// KEYS[3 + 2l]: commit and cancel only: this slot's reserve flag.
+    pub reserve_flag: Option<String>,
+    /// ARGV[1..8]
+    pub args: FlagArgs<'a>,
+    /// ARGV[9..]: every account's name, 1..m, in order of first mention.
+    pub names: Vec<&'a str>,
+    /// This slot's accounts' numbers (1-based, in `names`).
+    pub here: Vec<usize>,
+    /// Each posting: its `from`'s and `to`'s numbers, its amount, the
+    /// asset it names ('' : none).
+    pub postings: Vec<(usize, usize, u64, &'a str)>,
+    /// Cancel only: the failed posting's index and its reason.
+    pub failed: Option<(u16, &'a str)>,
+}
+
+impl PostingStepCall<'_> {
+    /// Its KEYS, then its ARGV, in the order of the script's header.
+    pub(super) fn write(self) -> (Vec<String>, Cmd) {
+        let (mut keys, mut args) = (Vec::with_capacity(5 + 2 * self.others.len()), Cmd::new());
+        self.first.write(&mut keys);
+        for other in self.others {
+            other.write(&mut keys);
+        }
+        keys.extend(self.reserve_flag);
+        self.args.write(&mut args);
+        args.arg(self.names.len());
+        for name in &self.names {
+            args.arg(*name);
+        }
+        args.arg(self.here.len());
+        for number in &self.here {
+            args.arg(*number);
+        }
+        args.arg(self.postings.len());
+        for (from, to, amount, asset) in self.postings {
+            args.arg(from).arg(to).arg(amount).arg(asset);
+        }
+        match self.failed {
+            Some((posting, reason)) => args.arg(posting).arg(reason),
+            None => args.arg("").arg(""),
+        };
         (keys, args)
     }
 }

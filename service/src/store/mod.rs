@@ -8,6 +8,8 @@
 //!   writes of each kind of record.
 //! - [`claim`]: the API's claim, accept and release of an id.
 //! - [`apply`]: the consumer's apply, saga steps and their replies.
+//! - [`posting_steps`]: postings between slots: their slots, the votes of
+//!   their reserves and the decision.
 //! - [`calls`]: the call contract (KEYS and ARGV, in order) of each script
 //!   that applies records.
 //! - [`apply_many`]: a slot's applies in one script call, in order.
@@ -29,6 +31,7 @@ mod holds;
 pub mod layout;
 mod migrate;
 mod outcomes;
+pub mod posting_steps;
 pub use outcomes::TxRecord;
 mod rate_limit;
 mod scripts;

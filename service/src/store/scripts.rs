@@ -3,8 +3,9 @@
 //! NOSCRIPT answer. What several scripts share is one file put before each
 //! (`money.lua` before the ones that read or write accounts; `clock.lua` before the
 //! ones that claim or count; `claim.lua` and `rate_limit.lua`, functions,
-//! before the ones that run them for many requests). The three that apply
-//! records (`atomic_update.lua`, `saga_step.lua`, `hold.lua`, `postings.lua`) are functions
+//! before the ones that run them for many requests). The ones that apply
+//! records (`atomic_update.lua`, `saga_step.lua`, `hold.lua`, `postings.lua`,
+//! `posting_step.lua`) are functions
 //! of one script, `apply_many.lua`, which runs a slot's records in order.
 
 use redis::Script;
@@ -51,6 +52,7 @@ pub(super) const SOURCES: [(&str, &str); 11] = [
             apply_function!("saga_step"),
             apply_function!("hold"),
             apply_function!("postings"),
+            apply_function!("posting_step"),
             include_str!("../../../lua/apply_many.lua")
         ),
     ),

@@ -1,0 +1,270 @@
+//! Postings whose accounts are in several Redis Cluster slots: two phases
+//! through Kafka, each step one call of `lua/posting_step.lua` in one slot.
+//!
+//! The slots reserve in turn, in order of first mention (the first `from`'s
+//! first), and each one's vote travels in the record to the next, so the
+//! last to reserve holds every vote and decides. Then each slot commits
+//! (every slot reserved) or cancels (one refused), in the reverse order: the
+//! chain ends in the first `from`'s slot, whose balance the outcome names.
+
+use crate::domain::{AccountId, Asset, Postings, RejectReason};
+use crate::wire::{Check, FailedPosting, Refusal, SeenAsset, Votes};
+
+use super::Layout;
+
+/// A postings transaction's accounts by slot: one group per slot, groups
+/// and accounts in order of first mention.
+pub fn slots_of<'p>(layout: &Layout, postings: &'p Postings) -> Vec<Vec<&'p AccountId>> {
+    let mut groups: Vec<Vec<&AccountId>> = Vec::new();
+    for account in postings.accounts() {
+        match groups
+            .iter_mut()
+            .find(|group| layout.same_slot(group[0].as_str(), account.as_str()))
+        {
+            Some(group) => group.push(account),
+            None => groups.push(vec![account]),
+        }
+    }
+    groups
+}
+
+impl Votes {
+    /// No slot answered yet.
+    pub fn none(postings: &Postings) -> Self {
+        Self {
+            refused: None,
+            assets: vec![SeenAsset::Unseen; 2 * postings.len()],
+        }
+    }
+
+    /// Adds the answer of the slot of `group`: the first posting it refused
+    /// (its 0-based index) and why, if it refused one, and each posting's
+    /// accounts' assets as it found them (`Unseen` where not its own).
+    pub fn add(
+        &mut self,
+        postings: &Postings,
+        group: &[&AccountId],
+        refused: Option<(u16, RejectReason)>,
+        seen: Vec<SeenAsset>,
+    ) {
+        if let Some((posting, reason)) = refused {
+            let from = postings
+                .iter()
+                .nth(usize::from(posting))
+                .map(|posting| &posting.from);
+            let check = match reason {
+                _ if from.is_some_and(|from| group.contains(&from)) => Check::From,
+                RejectReason::UnknownAccount => Check::ToExists,
+                _ => Check::To,
+            };
+            self.keep_first(Refusal {
+                posting,
+                check,
+                reason,
+            });
+        }
+        for (mine, theirs) in self.assets.iter_mut().zip(seen) {
+            if theirs != SeenAsset::Unseen {
+                *mine = theirs;
+            }
+        }
+    }
+
+    fn keep_first(&mut self, refusal: Refusal) {
+        let key = |r: &Refusal| (r.posting, r.check);
+        if self.refused.is_none_or(|first| key(&refusal) < key(&first)) {
+            self.refused = Some(refusal);
+        }
+    }
+
+    /// Once every slot answered: the posting that fails the transaction
+    /// (`None`: every one passes). A posting between two slots whose
+    /// accounts hold different assets fails too, after its `to`'s
+    /// existence and before its room, as one script checks them.
+    pub fn failed(&self) -> Option<FailedPosting> {
+        let mut votes = self.clone();
+        for (index, sides) in self.assets.chunks(2).enumerate() {
+            if let [SeenAsset::Of(from), SeenAsset::Of(to)] = sides {
+                if from != to {
+                    votes.keep_first(Refusal {
+                        posting: index as u16,
+                        check: Check::Assets,
+                        reason: RejectReason::AssetMismatch,
+                    });
+                }
+            }
+        }
+        votes.refused.map(|refusal| FailedPosting {
+            posting: refusal.posting,
+            reason: refusal.reason,
+        })
+    }
+
+    /// Each posting's asset: its `from`'s (`None` where that does not
+    /// exist or was not seen).
+    pub fn posting_assets(&self) -> Vec<Option<Asset>> {
+        self.assets
+            .chunks(2)
+            .map(|sides| match &sides[0] {
+                SeenAsset::Of(asset) => Some(asset.clone()),
+                SeenAsset::Unseen | SeenAsset::Missing => None,
+            })
+            .collect()
+    }
+}
+
+/// A reserve's `assets` reply: for each posting its `from`'s asset and its
+/// `to`'s, comma-separated, '?' where not in the slot, '' where missing.
+/// `None` when one does not parse.
+pub(super) fn parse_seen(assets: &str) -> Option<Vec<SeenAsset>> {
+    assets
+        .split(',')
+        .map(|asset| match asset {
+            "?" => Some(SeenAsset::Unseen),
+            "" => Some(SeenAsset::Missing),
+            asset => Asset::parse(asset).ok().map(SeenAsset::Of),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Amount, Posting};
+
+    fn account(name: &str) -> AccountId {
+        AccountId::parse(name).unwrap()
+    }
+
+    fn postings(pairs: &[(&str, &str)]) -> Postings {
+        Postings::new(
+            pairs
+                .iter()
+                .map(|(from, to)| {
+                    Posting::new(account(from), account(to), Amount::new(1).unwrap(), None).unwrap()
+                })
+                .collect(),
+        )
+        .unwrap()
+    }
+
+    fn usd() -> SeenAsset {
+        SeenAsset::Of(Asset::parse("USD/2").unwrap())
+    }
+
+    fn eur() -> SeenAsset {
+        SeenAsset::Of(Asset::parse("EUR/2").unwrap())
+    }
+
+    /// The lowest posting wins; at one posting, its `from`'s refusal wins
+    /// over its `to`'s, a missing `to` over assets that differ, and those
+    /// over a `to` without room, as one script checks them.
+    #[test]
+    fn the_first_refusal_in_one_scripts_order_fails_the_transaction() {
+        let legs = postings(&[("a", "b"), ("b", "c")]);
+        let (a, b, c) = (account("a"), account("b"), account("c"));
+        let unseen = || SeenAsset::Unseen;
+        let seen_by_b = vec![unseen(), usd(), usd(), unseen()];
+        let failed = |posting, reason| Some(FailedPosting { posting, reason });
+
+        let mut votes = Votes::none(&legs);
+        votes.add(&legs, &[&b], None, seen_by_b.clone());
+        votes.add(
+            &legs,
+            &[&a, &c],
+            Some((1, RejectReason::MaxBalanceExceeded)),
+            vec![eur(), unseen(), unseen(), usd()],
+        );
+        // a (EUR) pays b (USD): posting 0 fails on the assets.
+        assert_eq!(votes.failed(), failed(0, RejectReason::AssetMismatch));
+
+        let mut votes = Votes::none(&legs);
+        votes.add(
+            &legs,
+            &[&a, &c],
+            Some((0, RejectReason::InsufficientFunds)),
+            vec![eur(), unseen(), unseen(), usd()],
+        );
+        votes.add(&legs, &[&b], None, seen_by_b.clone());
+        // a's own refusal comes before the assets' at posting 0.
+        assert_eq!(votes.failed(), failed(0, RejectReason::InsufficientFunds));
+
+        let mut votes = Votes::none(&legs);
+        votes.add(
+            &legs,
+            &[&b],
+            Some((1, RejectReason::InsufficientFunds)),
+            seen_by_b.clone(),
+        );
+        votes.add(
+            &legs,
+            &[&a, &c],
+            Some((1, RejectReason::UnknownAccount)),
+            vec![usd(), unseen(), unseen(), SeenAsset::Missing],
+        );
+        // At posting 1, b's funds (its `from`) come before c's existence.
+        assert_eq!(votes.failed(), failed(1, RejectReason::InsufficientFunds));
+        assert_eq!(
+            votes.posting_assets(),
+            vec![Some(Asset::parse("USD/2").unwrap()); 2]
+        );
+
+        let mut votes = Votes::none(&legs);
+        votes.add(&legs, &[&b], None, vec![unseen(), eur(), eur(), unseen()]);
+        votes.add(
+            &legs,
+            &[&a, &c],
+            Some((1, RejectReason::MaxBalanceExceeded)),
+            vec![eur(), unseen(), unseen(), usd()],
+        );
+        // At posting 1, the assets (b EUR, c USD) come before c's room.
+        assert_eq!(votes.failed(), failed(1, RejectReason::AssetMismatch));
+
+        let mut votes = Votes::none(&legs);
+        votes.add(&legs, &[&b], None, vec![unseen(), eur(), eur(), unseen()]);
+        votes.add(
+            &legs,
+            &[&a, &c],
+            Some((1, RejectReason::UnknownAccount)),
+            vec![eur(), unseen(), unseen(), SeenAsset::Missing],
+        );
+        // A missing `to` before anything about assets.
+        assert_eq!(votes.failed(), failed(1, RejectReason::UnknownAccount));
+
+        let mut votes = Votes::none(&legs);
+        votes.add(&legs, &[&b], None, seen_by_b);
+        votes.add(
+            &legs,
+            &[&a, &c],
+            None,
+            vec![usd(), unseen(), unseen(), usd()],
+        );
+        assert_eq!(votes.failed(), None);
+    }
+
+    #[test]
+    fn accounts_group_by_slot_in_order_of_first_mention() {
+        use crate::store::RedisTopology;
+        let legs = postings(&[("a", "b"), ("b", "c"), ("c", "a")]);
+        let single = Layout::new("ns", RedisTopology::Single);
+        assert_eq!(slots_of(&single, &legs).len(), 1);
+        let cluster = Layout::new("ns", RedisTopology::Cluster);
+        let groups = slots_of(&cluster, &legs);
+        assert_eq!(groups.concat().len(), 3);
+        assert_eq!(groups[0][0], &account("a"));
+        for group in &groups {
+            assert!(group
+                .iter()
+                .all(|other| cluster.same_slot(group[0].as_str(), other.as_str())));
+        }
+    }
+
+    #[test]
+    fn a_reserves_assets_parse_or_nothing() {
+        assert_eq!(
+            parse_seen("?,,USD/2"),
+            Some(vec![SeenAsset::Unseen, SeenAsset::Missing, usd()])
+        );
+        assert_eq!(parse_seen("usd"), None);
+    }
+}
