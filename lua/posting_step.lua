@@ -144,10 +144,10 @@ if step == 'reserve' then
         or asset_refusal(source, posting.asset) or pay_refusal(source, posting.amount)
     end
     if not reason and here[posting.to] then
-      -- The asset the money is of: its `from`'s when that is here, else
-      -- the one the posting names (the chain compares the two sides).
-      reason = credit_refusal(destination, posting.amount,
-        source and source.asset or posting.asset)
+      -- Against the asset the posting names only: whether its `from`'s
+      -- and its `to`'s match is decided from every slot's `assets`, as
+      -- for accounts in two slots.
+      reason = credit_refusal(destination, posting.amount, posting.asset)
     end
     if reason then
       return settle('refused', reason, '', nil, j - 1, assets)

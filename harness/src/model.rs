@@ -18,6 +18,11 @@ pub struct Books {
     pub specs: HashMap<String, AccountSpec>,
     pub held: HashMap<String, u64>,
     pub pending: HashMap<String, u64>,
+    /// Room postings between slots reserved to come in, by account.
+    pub incoming: HashMap<String, u64>,
+    /// What each slot's reserve of postings between slots keeps, by
+    /// transaction and the slot's first account.
+    pub reservations: HashMap<(String, String), Vec<Reach>>,
     /// Each hold by id: its amount, and whether it is still active.
     pub holds: HashMap<String, (u64, bool)>,
     /// The hold the last step ended and how (`captured`, `voided`, ...):
@@ -102,7 +107,8 @@ impl Books {
         if asset.is_some_and(|asset| asset != spec.asset) {
             return Some("asset_mismatch");
         }
-        if balance + self.held(account) as i64 + amount as i64 <= spec.max_balance {
+        let incoming = self.incoming.get(account).copied().unwrap_or(0);
+        if balance + (self.held(account) + incoming) as i64 + amount as i64 <= spec.max_balance {
             return None;
         }
         Some(if spec.max_balance == MAX_MINOR_UNITS as i64 {
@@ -135,13 +141,21 @@ pub fn end_hold(books: &mut Books, hold: &str, account: &str, state: &str) -> Re
     Ok(())
 }
 
-/// One step of a saga (see `lua/saga_step.lua`).
+/// How far postings take an account down and up from where it starts:
+/// (account, down, up), what a reserve keeps.
+pub type Reach = (String, u64, u64);
+
+/// One step of a saga (see `lua/saga_step.lua`), or of postings between
+/// slots (`lua/posting_step.lua`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SagaStep {
     Debit,
     Credit,
     Release,
     Refund,
+    Reserve,
+    Commit,
+    Cancel,
 }
 
 impl SagaStep {
@@ -153,6 +167,9 @@ impl SagaStep {
             Self::Credit => ("credited", "refused"),
             Self::Release => ("released", "-"),
             Self::Refund => ("refunded", "-"),
+            Self::Reserve => ("reserved", "refused"),
+            Self::Commit => ("committed", "-"),
+            Self::Cancel => ("cancelled", "-"),
         }
     }
 }
@@ -364,5 +381,121 @@ fn decide_step_after(books: &mut Books, tx: &SentTx, step: SagaStep) -> Result<i
             books.balances.insert(account.to_owned(), balance + amount);
             Ok(balance + amount)
         }
+        SagaStep::Reserve | SagaStep::Commit | SagaStep::Cancel => Err("not_a_transfer_step"),
     }
+}
+
+/// One slot's step of postings between slots (see `lua/posting_step.lua`),
+/// `here` the transaction's accounts in that slot, in order of first
+/// mention: `Ok` with the balance after of the first of them for a commit
+/// (`None` for a reserve or cancel), or the reserve's refusal (its posting
+/// in `failed_posting`).
+pub fn decide_posting_step(
+    books: &mut Books,
+    tx: &SentTx,
+    step: SagaStep,
+    here: &[String],
+) -> Result<Option<i64>, &'static str> {
+    books.after_one_step(|books| {
+        let key = (tx.id.clone(), here[0].clone());
+        match step {
+            SagaStep::Reserve => match check_postings_here(books, tx, here) {
+                Ok(()) => {
+                    let kept = reach(tx, here);
+                    for (account, down, up) in &kept {
+                        *books.pending.entry(account.clone()).or_default() += down;
+                        *books.incoming.entry(account.clone()).or_default() += up;
+                    }
+                    books.reservations.insert(key, kept);
+                    Ok(None)
+                }
+                Err((index, reason)) => {
+                    books.failed_posting = Some(index as u16);
+                    Err(reason)
+                }
+            },
+            SagaStep::Commit | SagaStep::Cancel => {
+                let kept = books.reservations.remove(&key);
+                if step == SagaStep::Commit && kept.is_none() {
+                    return Err("commit_without_reservation");
+                }
+                for (account, down, up) in kept.unwrap_or_default() {
+                    *books.pending.entry(account.clone()).or_default() -= down;
+                    *books.incoming.entry(account).or_default() -= up;
+                }
+                if step == SagaStep::Cancel {
+                    return Ok(None);
+                }
+                for leg in &tx.legs {
+                    let amount = leg.amount as i64;
+                    if here.contains(&leg.from) {
+                        *books.balances.entry(leg.from.clone()).or_default() -= amount;
+                    }
+                    if here.contains(&leg.to) {
+                        *books.balances.entry(leg.to.clone()).or_default() += amount;
+                    }
+                }
+                Ok(books.balances.get(&here[0]).copied())
+            }
+            _ => Err("not_a_postings_step"),
+        }
+    })
+}
+
+/// The postings' checks on the accounts in `here` only, in order, each
+/// against the balances the postings before it left there; the first that
+/// fails (its index) and why.
+fn check_postings_here(
+    books: &Books,
+    tx: &SentTx,
+    here: &[String],
+) -> Result<(), (usize, &'static str)> {
+    let mut balances = books.balances.clone();
+    for (index, leg) in tx.legs.iter().enumerate() {
+        let refused = |reason| (index, reason);
+        if here.contains(&leg.from) {
+            let source = *balances.get(&leg.from).ok_or(refused("unknown_account"))?;
+            let own = books.spec(&leg.from).asset;
+            if leg.asset.as_ref().is_some_and(|named| *named != own) {
+                return Err(refused("asset_mismatch"));
+            }
+            if !books.may_pay(&leg.from, source, leg.amount) {
+                return Err(refused("insufficient_funds"));
+            }
+            balances.insert(leg.from.clone(), source - leg.amount as i64);
+        }
+        if here.contains(&leg.to) {
+            // Against the named asset only: the two sides' assets are
+            // compared from every slot's answer.
+            let destination = *balances.get(&leg.to).ok_or(refused("unknown_account"))?;
+            if let Some(reason) =
+                books.credit_refusal(&leg.to, destination, leg.amount, leg.asset.as_deref())
+            {
+                return Err(refused(reason));
+            }
+            balances.insert(leg.to.clone(), destination + leg.amount as i64);
+        }
+    }
+    Ok(())
+}
+
+/// How far each account in `here` goes below and above where it starts as
+/// the postings move it in order: (account, down, up).
+fn reach(tx: &SentTx, here: &[String]) -> Vec<Reach> {
+    here.iter()
+        .map(|account| {
+            let (mut now, mut down, mut up) = (0i64, 0i64, 0i64);
+            for leg in &tx.legs {
+                if leg.from == *account {
+                    now -= leg.amount as i64;
+                    down = down.max(-now);
+                }
+                if leg.to == *account {
+                    now += leg.amount as i64;
+                    up = up.max(now);
+                }
+            }
+            (account.clone(), down as u64, up as u64)
+        })
+        .collect()
 }

@@ -54,10 +54,11 @@ pub struct LoadArgs {
     #[arg(long)]
     pub holds: bool,
     /// Postings of this many legs (goose): half the transactions are
-    /// postings (chains over drawn accounts; with `--transfers
-    /// within-slot`, between each account and its partner), half plain
-    /// transfers, and the same engine is also measured with plain
-    /// transfers only in the same run, side by side.
+    /// postings (chains over drawn accounts, on a cluster mostly between
+    /// slots, in two phases; with `--transfers within-slot`, between each
+    /// account and its partner, one script), half plain transfers, and
+    /// the same engine is also measured with plain transfers only in the
+    /// same run, side by side.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=txengine::limits::MAX_POSTINGS as i64))]
     pub postings: Option<u32>,
     /// Also drive an engine that writes no history and publishes no
@@ -88,12 +89,6 @@ impl LoadArgs {
         anyhow::ensure!(
             self.postings.is_none() || (generator == Generator::Goose && !self.holds),
             "--postings needs goose (wrk's script draws its own kinds), and not --holds"
-        );
-        anyhow::ensure!(
-            self.postings.is_none()
-                || topology == txengine::config::RedisTopology::Single
-                || self.transfers == Transfers::WithinSlot,
-            "--postings on a Redis Cluster needs --transfers within-slot (one script applies postings whose accounts share a slot)"
         );
         // The shard of a name does not depend on the namespace.
         let layout = txengine::store::Layout::new("", topology);

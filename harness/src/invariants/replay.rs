@@ -17,7 +17,8 @@ use crate::workload::{Ledger, SentTx};
 /// What happened at one place in a slot's order: a step, with None for
 /// one script, and its flag; or the end of a hold, as its record says.
 enum Happened<'a> {
-    Step(Option<SagaStep>, &'a Flag),
+    /// The step, the account it ran for (whose slot) and its flag.
+    Step(Option<SagaStep>, &'a str, &'a Flag),
     End(&'a str),
 }
 
@@ -41,7 +42,7 @@ pub(super) async fn replay_in_apply_order(
     if !violations.is_empty() {
         return Ok(violations);
     }
-    Ok(replay_shards(ledger, by_shard))
+    Ok(replay_shards(&reader.layout, ledger, by_shard))
 }
 
 /// Every recorded step and hold end of the ledger, by the shard that
@@ -58,7 +59,7 @@ fn events_by_shard<'a>(
             by_shard.entry(layout.shard_of(owner)).or_default().push((
                 seq,
                 tx,
-                Happened::Step(step, flag),
+                Happened::Step(step, owner, flag),
             ));
         }
     }
@@ -116,7 +117,11 @@ async fn unexplained_seqs(
 /// Replays each shard's events in `seq` order (shards in order) on one
 /// model of the books, and returns where the records disagree with it
 /// (at most [`MAX_DISAGREEMENTS`] steps' worth).
-fn replay_shards(ledger: &Ledger, by_shard: HashMap<u32, Vec<Event<'_>>>) -> Vec<String> {
+fn replay_shards(
+    layout: &Layout,
+    ledger: &Ledger,
+    by_shard: HashMap<u32, Vec<Event<'_>>>,
+) -> Vec<String> {
     let mut violations = Vec::new();
     let mut books = Books::new(ledger.start.clone()).with_specs(ledger.accounts.clone());
     let mut shards: Vec<_> = by_shard.into_iter().collect();
@@ -130,8 +135,22 @@ fn replay_shards(ledger: &Ledger, by_shard: HashMap<u32, Vec<Event<'_>>>) -> Vec
                         violations.push(format!("seq {seq}: {e}"));
                     }
                 }
-                Happened::Step(step, flag) => {
-                    if let Some(disagreement) = replay_step(&mut books, seq, tx, step, flag) {
+                Happened::Step(step, owner, flag) => {
+                    // A step of postings between slots checks the
+                    // accounts of its slot only.
+                    let here: Vec<String> = tx
+                        .legs
+                        .iter()
+                        .flat_map(|leg| [&leg.from, &leg.to])
+                        .filter(|account| layout.same_slot(owner, account))
+                        .fold(Vec::new(), |mut here, account| {
+                            if !here.contains(account) {
+                                here.push(account.clone());
+                            }
+                            here
+                        });
+                    if let Some(disagreement) = replay_step(&mut books, seq, tx, step, &here, flag)
+                    {
                         violations.push(disagreement);
                         if violations.len() >= MAX_DISAGREEMENTS {
                             return violations;
@@ -151,18 +170,32 @@ fn replay_step(
     seq: u64,
     tx: &SentTx,
     step: Option<SagaStep>,
+    here: &[String],
     flag: &Flag,
 ) -> Option<String> {
     let (model, ok_state, refused_state) = match step {
-        None => (crate::model::decide(books, tx), "applied", "rejected"),
+        None => (
+            crate::model::decide(books, tx).map(Some),
+            "applied",
+            "rejected",
+        ),
+        Some(step @ (SagaStep::Reserve | SagaStep::Commit | SagaStep::Cancel)) => {
+            let (ok, refused) = step.states();
+            let model = crate::model::decide_posting_step(books, tx, step, here);
+            (model, ok, refused)
+        }
         Some(step) => {
             let (ok, refused) = step.states();
-            (crate::model::decide_step(books, tx, step), ok, refused)
+            (
+                crate::model::decide_step(books, tx, step).map(Some),
+                ok,
+                refused,
+            )
         }
     };
     let state = flag.state.as_deref().unwrap_or_default();
     let agrees = match model {
-        Ok(after) => state == ok_state && flag.balance_after == Some(after),
+        Ok(after) => state == ok_state && flag.balance_after == after,
         Err(reason) => {
             state == refused_state && flag.reason == reason && flag.posting == books.failed_posting
         }

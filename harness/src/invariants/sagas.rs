@@ -1,11 +1,13 @@
 //! Every saga (a transfer between slots) ended: debited, then credited and
 //! released, or refused and refunded; a refund only where the credit was
 //! refused; its outcome is what its steps say; no money is left in flight
-//! or held.
+//! or held. Every postings transaction between slots ended too: each slot
+//! reserved or refused, then all committed or all cancelled, as the
+//! outcome says; nothing is left reserved.
 
 use std::collections::HashSet;
 
-use super::steps::{Flag, Steps};
+use super::steps::{Flag, PostingSlot, Steps};
 use super::{Reader, Verdict};
 use crate::workload::{Ledger, SentTx};
 
@@ -37,6 +39,7 @@ pub(super) async fn check_sagas(
         let counted = accepted.contains(saga.0.id.as_str());
         check_saga(saga, outcome, counted, verdict);
     }
+    check_posting_sagas(reader, ledger, steps, verdict).await?;
     check_nothing_held(reader, ledger, verdict).await
 }
 
@@ -50,7 +53,7 @@ fn sagas_of<'a>(steps: &'a [(&'a SentTx, Steps)]) -> Vec<Saga<'a>> {
                 credit,
                 settle,
             } => Some((*tx, debit, credit, settle)),
-            Steps::Apply(_) => None,
+            Steps::Apply(_) | Steps::Postings(_) => None,
         })
         .collect()
 }
@@ -109,6 +112,88 @@ fn check_saga(saga: &Saga<'_>, outcome: Outcome, counted: bool, verdict: &mut Ve
     }
 }
 
+/// Every postings transaction between slots ended as its steps say: every
+/// slot answered its reserve, then all committed (each reserved; applied,
+/// with the first slot's balance after) or all cancelled (rejected at a
+/// posting no slot refused before, refused there by some slot or between
+/// two assets).
+async fn check_posting_sagas(
+    reader: &Reader,
+    ledger: &Ledger,
+    steps: &[(&SentTx, Steps)],
+    verdict: &mut Verdict,
+) -> anyhow::Result<()> {
+    let sagas: Vec<(&SentTx, &Vec<PostingSlot>)> = steps
+        .iter()
+        .filter_map(|(tx, steps)| match steps {
+            Steps::Postings(slots) => Some((*tx, slots)),
+            _ => None,
+        })
+        .collect();
+    // balance_after and posting are "" where they do not apply.
+    type Outcome = (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    );
+    let outcomes: Vec<Outcome> = reader
+        .query(
+            sagas
+                .iter()
+                .map(|(tx, _)| {
+                    reader.tx_fields(&tx.id, &["state", "reason", "balance_after", "posting"])
+                })
+                .collect(),
+        )
+        .await?;
+    for ((tx, slots), (state, reason, balance_after, posting)) in sagas.into_iter().zip(outcomes) {
+        let balance_after: Option<i64> = balance_after.and_then(|b| b.parse().ok());
+        let posting: Option<u16> = posting.and_then(|p| p.parse().ok());
+        let states = |pick: fn(&PostingSlot) -> &Flag| -> Vec<&str> {
+            slots
+                .iter()
+                .map(|slot| pick(slot).state.as_deref().unwrap_or("-"))
+                .collect()
+        };
+        let (reserves, settles) = (states(|s| &s.reserve), states(|s| &s.settle));
+        if reserves.iter().all(|state| *state == "-") {
+            continue; // never applied (an uncertain one that did not land)
+        }
+        verdict.sagas += 1;
+        let refusals: Vec<(u16, &str)> = slots
+            .iter()
+            .filter(|slot| slot.reserve.state.as_deref() == Some("refused"))
+            .filter_map(|slot| Some((slot.reserve.posting?, slot.reserve.reason.as_str())))
+            .collect();
+        let fits = match (state.as_deref(), reason.as_deref(), posting) {
+            (Some("applied"), _, _) => {
+                reserves.iter().all(|state| *state == "reserved")
+                    && settles.iter().all(|state| *state == "committed")
+                    && balance_after == slots[0].settle.balance_after
+            }
+            (Some("rejected"), Some(reason), Some(failed)) => {
+                let leg = tx.legs.get(usize::from(failed));
+                let asset = |account: &str| ledger.accounts.get(account).map(|spec| &spec.asset);
+                let refused_there = refusals.contains(&(failed, reason))
+                    || reason == "asset_mismatch"
+                        && leg.is_some_and(|leg| asset(&leg.from) != asset(&leg.to));
+                settles.iter().all(|state| *state == "cancelled")
+                    && refusals.iter().all(|(posting, _)| *posting >= failed)
+                    && refused_there
+            }
+            _ => false,
+        };
+        if !fits {
+            verdict.violations.push(format!(
+                "postings {} between slots: reserves {reserves:?} (refused {refusals:?}), settles {settles:?}, outcome {state:?} {reason:?} posting {posting:?} balance_after {balance_after:?}",
+                tx.id
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// No account still holds money for sagas, all of which ended.
 async fn check_nothing_held(
     reader: &Reader,
@@ -116,18 +201,23 @@ async fn check_nothing_held(
     verdict: &mut Verdict,
 ) -> anyhow::Result<()> {
     let accounts: Vec<&String> = ledger.start.keys().collect();
-    let held: Vec<(Option<u64>,)> = reader
+    let held: Vec<(Option<u64>, Option<u64>)> = reader
         .query(
             accounts
                 .iter()
-                .map(|a| reader.account_fields(a, &["held"]))
+                .map(|a| reader.account_fields(a, &["held", "incoming"]))
                 .collect(),
         )
         .await?;
-    for (account, (held,)) in accounts.iter().zip(held) {
+    for (account, (held, incoming)) in accounts.iter().zip(held) {
         if let Some(held) = held.filter(|h| *h != 0) {
             verdict.violations.push(format!(
                 "account {account} still holds {held} for sagas that ended"
+            ));
+        }
+        if let Some(incoming) = incoming.filter(|i| *i != 0) {
+            verdict.violations.push(format!(
+                "account {account} still keeps room for {incoming} of postings that ended"
             ));
         }
     }

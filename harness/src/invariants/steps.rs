@@ -2,9 +2,12 @@
 //! reason, `balance_after`), read once per run for [`super::sagas`] and
 //! [`super::replay`].
 
+use txengine::store::posting_steps::slots_of;
+use txengine::store::Layout;
+
 use super::Reader;
 use crate::model::SagaStep;
-use crate::workload::{Ledger, SentTx};
+use crate::workload::{Kind, Ledger, SentTx};
 
 /// What one flag (an apply's, or a saga step's) recorded.
 #[derive(Debug, Clone, Default)]
@@ -25,6 +28,27 @@ pub(super) enum Steps {
         credit: Flag,
         settle: Flag,
     },
+    /// Postings between slots: in each slot (named by its first account),
+    /// the reserve's flag and the commit's or cancel's.
+    Postings(Vec<PostingSlot>),
+}
+
+/// One slot's steps of postings between slots.
+pub(super) struct PostingSlot {
+    pub(super) owner: String,
+    pub(super) reserve: Flag,
+    pub(super) settle: Flag,
+}
+
+/// The first account of each slot a postings transaction's accounts are
+/// in, when they are in more than one (its steps run there).
+pub(super) fn posting_slots(layout: &Layout, tx: &SentTx) -> Option<Vec<String>> {
+    if tx.kind != Kind::Postings {
+        return None;
+    }
+    let tx = tx.transaction().ok()?;
+    let slots = slots_of(layout, tx.movement.postings()?);
+    (slots.len() > 1).then(|| slots.iter().map(|group| group[0].to_string()).collect())
 }
 
 impl Steps {
@@ -53,6 +77,20 @@ impl Steps {
                     (tx.account.as_str(), Some(settle_step), settle),
                 ]
             }
+            Steps::Postings(slots) => slots
+                .iter()
+                .flat_map(|slot| {
+                    let settle_step = if slot.settle.state.as_deref() == Some("cancelled") {
+                        SagaStep::Cancel
+                    } else {
+                        SagaStep::Commit
+                    };
+                    [
+                        (slot.owner.as_str(), Some(SagaStep::Reserve), &slot.reserve),
+                        (slot.owner.as_str(), Some(settle_step), &slot.settle),
+                    ]
+                })
+                .collect(),
         };
         all.into_iter()
             .filter(|(_, _, f)| f.seq.is_some())
@@ -70,7 +108,16 @@ pub(super) async fn read_steps<'l>(
     let all: Vec<&SentTx> = ledger.accepted.iter().chain(&ledger.uncertain).collect();
     const FIELDS: [&str; 5] = ["seq", "state", "reason", "balance_after", "posting"];
     let mut commands = Vec::new();
-    for tx in &all {
+    let slots: Vec<Option<Vec<String>>> = all.iter().map(|tx| posting_slots(layout, tx)).collect();
+    for (tx, slots) in all.iter().zip(&slots) {
+        if let Some(owners) = slots {
+            for owner in owners {
+                for step in ["reserve", "settle"] {
+                    commands.push(reader.hmget(owner, layout.step(owner, &tx.id, step), &FIELDS));
+                }
+            }
+            continue;
+        }
         match tx.credited() {
             Some(to) if !layout.same_slot(&tx.account, to) => {
                 commands.push(reader.hmget(
@@ -113,7 +160,19 @@ pub(super) async fn read_steps<'l>(
     let mut next = || flags.next().unwrap_or_default();
     Ok(all
         .into_iter()
-        .map(|tx| {
+        .zip(slots)
+        .map(|(tx, slots)| {
+            if let Some(owners) = slots {
+                let slots = owners
+                    .into_iter()
+                    .map(|owner| PostingSlot {
+                        owner,
+                        reserve: next(),
+                        settle: next(),
+                    })
+                    .collect();
+                return (tx, Steps::Postings(slots));
+            }
             let steps = match tx.credited() {
                 Some(to) if !layout.same_slot(&tx.account, to) => Steps::Saga {
                     debit: next(),

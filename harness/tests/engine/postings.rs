@@ -220,6 +220,13 @@ async fn postings_move_all_or_nothing_in_order(
             "unknown_account",
             0,
         ),
+        // Carol has 350: after paying 200, not 200 more.
+        (
+            "twice",
+            vec![leg(carol, alice, 200), leg(carol, bob, 200)],
+            "insufficient_funds",
+            1,
+        ),
     ];
     let txs: Vec<(&str, Vec<Value>)> = refusals
         .iter()
@@ -683,24 +690,96 @@ async fn the_postings_script_refuses_a_call_it_was_not_built_for() {
     assert_eq!(store.balance(&b).await.unwrap().unwrap().minor_units(), 5);
 }
 
+/// Runs `cmd` on `account`'s record (its key the first argument) on the
+/// shared cluster, as a foreign writer or a reader would.
+async fn on_record<T: redis::FromRedisValue>(
+    store: &txengine::store::Store,
+    account: &str,
+    cmd: &str,
+    args: &[&str],
+) -> T {
+    let url = &crate::infra_of(RedisTopology::Cluster).redis_url;
+    let conn = txengine::store::Connection::open(url, RedisTopology::Cluster, SETTLE)
+        .await
+        .unwrap();
+    let layout = store.layout();
+    let mut command = redis::cmd(cmd);
+    command.arg(layout.account(account)).arg(args);
+    let mut answers: Vec<T> = conn
+        .run_by_slot(vec![(layout.shard_of(account), command)])
+        .await
+        .unwrap();
+    answers.remove(0)
+}
+
 /// `fields` of `account`'s record on the shared cluster (absent: 0).
 async fn account_fields(
     store: &txengine::store::Store,
     account: &str,
     fields: &[&str],
 ) -> Vec<i64> {
-    let url = &crate::infra_of(RedisTopology::Cluster).redis_url;
-    let conn = txengine::store::Connection::open(url, RedisTopology::Cluster, SETTLE)
+    let found: Vec<Option<i64>> = on_record(store, account, "HMGET", fields).await;
+    found.into_iter().map(|field| field.unwrap_or(0)).collect()
+}
+
+/// While postings between slots keep room in `b` (max 50, 30 of it
+/// reserved to come in), nothing else may take that room: a credit, the
+/// admin setter, a lower cap. A commit runs only where its slot reserved,
+/// and one whose reservation a foreign write took stops loudly.
+async fn the_reservation_holds(
+    store: &txengine::store::Store,
+    a: &str,
+    b: &str,
+    c: &str,
+    next: &txengine::wire::Record,
+) {
+    use txengine::domain::{
+        AccountChange, AccountId, Amount, Balance, Kind, Movement, Outcome, RejectReason,
+        Transaction, TxId,
+    };
+    use txengine::wire::{Record, SagaStep};
+    let b_id = AccountId::parse(b).unwrap();
+    let credit = Transaction {
+        id: TxId::parse("into-b").unwrap(),
+        movement: Movement::new(Kind::Credit, b_id.clone(), None, Amount::new(25).unwrap())
+            .unwrap(),
+        metadata: Default::default(),
+        asset: None,
+    };
+    let applied = store.apply_batch(&[credit]).await.unwrap();
+    assert_eq!(
+        applied[0].outcome,
+        Outcome::rejected(RejectReason::MaxBalanceExceeded),
+        "0 + 30 coming in + 25 > 50"
+    );
+    let set = store
+        .set_balance(&b_id, Balance::new(30).unwrap())
         .await
         .unwrap();
-    let layout = store.layout();
-    let mut get = redis::cmd("HMGET");
-    get.arg(layout.account(account)).arg(fields);
-    let answers: Vec<Vec<Option<i64>>> = conn
-        .run_by_slot(vec![(layout.shard_of(account), get)])
-        .await
-        .unwrap();
-    answers[0].iter().map(|field| field.unwrap_or(0)).collect()
+    assert!(set.ensure_set().is_err(), "30 + 30 coming in > 50");
+    let lower = AccountChange {
+        max_balance: Some(Balance::new(25).unwrap()),
+        ..Default::default()
+    };
+    assert!(
+        store.put_account(&b_id, &lower).await.unwrap().is_err(),
+        "a cap of 25 below the 30 coming in"
+    );
+    let never_reserved = Record {
+        tx: postings_tx("never", &[(a, b, 1)]),
+        accepted_at_ms: 1,
+        saga: Some(SagaStep::Commit {
+            on: AccountId::parse(a).unwrap(),
+            assets: vec![None],
+        }),
+    };
+    assert!(store.apply_records(&[never_reserved]).await.is_err());
+    // c's reservation taken by a foreign write: the commit stops, writes
+    // nothing, and goes once the reservation is back.
+    let _: i64 = on_record(store, c, "HSET", &["incoming", "0"]).await;
+    assert!(store.apply_records(&[next.clone()]).await.is_err());
+    assert_eq!(account_fields(store, c, &["balance"]).await, [0]);
+    let _: i64 = on_record(store, c, "HSET", &["incoming", "15"]).await;
 }
 
 /// Postings between three slots, each step straight against the store and
@@ -727,6 +806,15 @@ async fn postings_between_slots_reserve_then_commit_each_step_once() {
         }
     }
     let [a, b, c] = [&apart[0], &apart[1], &apart[2]].map(String::as_str);
+    let capped = txengine::domain::AccountChange {
+        max_balance: Some(Balance::new(50).unwrap()),
+        ..Default::default()
+    };
+    store
+        .put_account(&AccountId::parse(b).unwrap(), &capped)
+        .await
+        .unwrap()
+        .unwrap();
     for (account, balance) in [(a, 100), (b, 0), (c, 0)] {
         store
             .set_balance(
@@ -763,6 +851,7 @@ async fn postings_between_slots_reserve_then_commit_each_step_once() {
                             "{account}"
                         );
                     }
+                    the_reservation_holds(&store, a, b, c, next).await;
                 }
                 steps.push(step.kind().as_str());
                 record = next.clone();
@@ -801,5 +890,140 @@ async fn postings_between_slots_reserve_then_commit_each_step_once() {
             expected,
             "{account}"
         );
+    }
+}
+
+/// A step of postings between slots runs only as the store builds it: a
+/// call of another shape, a commit where the slot refused, and a commit or
+/// cancel where it never reserved are errors that change nothing (on one
+/// Redis, where every account shares the slot the steps run in).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_posting_step_runs_only_as_the_store_builds_it() {
+    use txengine::domain::{AccountId, RejectReason};
+    use txengine::wire::{FailedPosting, Record, SagaStep, Votes};
+    let store = store_with(&[("a", 1), ("b", 0), ("c", 10)]).await;
+    let on = AccountId::parse("a").unwrap();
+    let steps_of = |tx: txengine::domain::Transaction| {
+        move |saga| Record {
+            tx: tx.clone(),
+            accepted_at_ms: 1,
+            saga: Some(saga),
+        }
+    };
+    // c holds 10 of the 5: its reserve keeps them, its cancel gives them
+    // back.
+    let kept = steps_of(postings_tx("kept", &[("c", "b", 5)]));
+    let c = AccountId::parse("c").unwrap();
+    let votes = Votes::none(
+        postings_tx("kept", &[("c", "b", 5)])
+            .movement
+            .postings()
+            .unwrap(),
+    );
+    store
+        .apply_records(&[kept(SagaStep::Reserve {
+            on: c.clone(),
+            votes,
+        })])
+        .await
+        .unwrap();
+    assert_eq!(store.account(&c).await.unwrap().unwrap().pending, 5);
+    let failed = FailedPosting {
+        posting: 0,
+        reason: RejectReason::InsufficientFunds,
+    };
+    store
+        .apply_records(&[kept(SagaStep::Cancel {
+            on: c.clone(),
+            failed,
+            assets: vec![None],
+        })])
+        .await
+        .unwrap();
+    assert_eq!(store.account(&c).await.unwrap().unwrap().pending, 0);
+
+    let tx = postings_tx("step", &[("a", "b", 5)]);
+    let postings = tx.movement.postings().unwrap().clone();
+    let record = steps_of(tx);
+    let commit = record(SagaStep::Commit {
+        on: on.clone(),
+        assets: vec![None],
+    });
+    let cancel = record(SagaStep::Cancel {
+        on: on.clone(),
+        failed,
+        assets: vec![None],
+    });
+    for never_reserved in [&commit, &cancel] {
+        let error = store
+            .apply_records(&[never_reserved.clone()])
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("did not reserve"), "{error}");
+    }
+    // a holds 1 of the 5: the reserve refuses, and no commit follows it.
+    let reserve = record(SagaStep::Reserve {
+        on: on.clone(),
+        votes: Votes::none(&postings),
+    });
+    store.apply_records(&[reserve]).await.unwrap();
+    let error = store.apply_records(&[commit]).await.unwrap_err();
+    assert!(error.to_string().contains("this slot refused"), "{error}");
+    store.apply_records(&[cancel]).await.unwrap();
+    assert_eq!(store.balance(&on).await.unwrap().unwrap().minor_units(), 1);
+    let a = store.account(&on).await.unwrap().unwrap();
+    assert_eq!(a.pending, 0, "a refused reserve keeps nothing");
+
+    // A call of another shape than the header's: refused before a write.
+    let layout = store.layout();
+    let client = redis::Client::open(crate::infra().redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let flag = layout.step("a", "raw", "reserve");
+    let mut args: Vec<String> = ["reserve", "0", "fp", "60", "1", "raw", "3600000", ""]
+        .map(String::from)
+        .to_vec();
+    args.extend(["2", "a", "b", "2", "1", "2", "1", "1", "2", "5", "", "", ""].map(String::from));
+    let keys = [
+        flag.clone(),
+        layout.seq(0),
+        layout.account("a"),
+        layout.history("a"),
+        layout.account("b"),
+        layout.history("b"),
+        layout.step("a", "raw", "reserve"),
+    ];
+    // One argument too many; a step it does not know (with every key a
+    // commit takes); a commit without its reserve flag's key.
+    for (step, extra, keys) in [
+        ("reserve", Some("x"), &keys[..6]),
+        ("fold", None, &keys[..]),
+        ("commit", None, &keys[..6]),
+    ] {
+        let mut args = args.clone();
+        args[0] = step.into();
+        args.extend(extra.map(String::from));
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(txengine::store::Store::script_source("apply_many").unwrap())
+            .arg(1 + keys.len())
+            .arg(layout.order(0, "raw"))
+            .arg(&keys)
+            .arg(-1)
+            .arg(1)
+            .arg("posting_step")
+            .arg(keys.len())
+            .arg(args.len())
+            .arg(&args);
+        let answer: redis::RedisResult<redis::Value> = cmd.query_async(&mut conn).await;
+        let error = answer.expect_err("refused");
+        assert!(
+            error.to_string().contains("malformed call"),
+            "{step}: {error}"
+        );
+        let flag_set: bool = redis::cmd("EXISTS")
+            .arg(&flag)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(!flag_set, "{step} wrote its flag");
     }
 }

@@ -398,12 +398,16 @@ impl Store {
         };
         let reply = StepReply::parse(&state, &reason, &balance_after, &asset, &posting)
             .ok_or_else(unexpected)?;
-        if let Some(postings) = tx.movement.postings() {
-            if !self.layout.in_one_slot(&tx.movement) {
-                return self
-                    .postings_progress(record, postings, reply, &posting, &assets, duplicate)
-                    .ok_or_else(unexpected);
-            }
+        // Postings between slots, or a record of one of their steps (on
+        // any topology: the step names itself).
+        let between_slots = match &record.saga {
+            Some(step) => step.of_postings(),
+            None => !self.layout.in_one_slot(&tx.movement),
+        };
+        if let Some(postings) = tx.movement.postings().filter(|_| between_slots) {
+            return self
+                .postings_progress(record, postings, reply, &posting, &assets, duplicate)
+                .ok_or_else(unexpected);
         }
         let account_asset = parse_asset(&asset).ok_or_else(unexpected)?;
         let posting_assets = parse_assets(&assets).ok_or_else(unexpected)?;

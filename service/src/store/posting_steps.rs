@@ -52,8 +52,16 @@ impl Votes {
                 .iter()
                 .nth(usize::from(posting))
                 .map(|posting| &posting.from);
+            // Which check refused it, from its reason: a slot checks the
+            // two sides' assets against the asset the posting names only,
+            // so a `to` without room may be refused where, in one script,
+            // the assets would have refused it first.
+            let owns_from = from.is_some_and(|from| group.contains(&from));
             let check = match reason {
-                _ if from.is_some_and(|from| group.contains(&from)) => Check::From,
+                RejectReason::InsufficientFunds => Check::From,
+                RejectReason::UnknownAccount | RejectReason::AssetMismatch if owns_from => {
+                    Check::From
+                }
                 RejectReason::UnknownAccount => Check::ToExists,
                 _ => Check::To,
             };
@@ -230,6 +238,23 @@ mod tests {
         );
         // A missing `to` before anything about assets.
         assert_eq!(votes.failed(), failed(1, RejectReason::UnknownAccount));
+
+        // One slot holds both accounts of posting 1 (b EUR, c USD): it
+        // refused c's room, but the assets come first.
+        let mut votes = Votes::none(&legs);
+        votes.add(
+            &legs,
+            &[&a],
+            None,
+            vec![usd(), unseen(), unseen(), unseen()],
+        );
+        votes.add(
+            &legs,
+            &[&b, &c],
+            Some((1, RejectReason::MaxBalanceExceeded)),
+            vec![unseen(), usd(), eur(), usd()],
+        );
+        assert_eq!(votes.failed(), failed(1, RejectReason::AssetMismatch));
 
         let mut votes = Votes::none(&legs);
         votes.add(&legs, &[&b], None, seen_by_b);
