@@ -777,7 +777,10 @@ async fn the_reservation_holds(
     // c's reservation taken by a foreign write: the commit stops, writes
     // nothing, and goes once the reservation is back.
     let _: i64 = on_record(store, c, "HSET", &["incoming", "0"]).await;
-    assert!(store.apply_records(&[next.clone()]).await.is_err());
+    assert!(store
+        .apply_records(std::slice::from_ref(next))
+        .await
+        .is_err());
     assert_eq!(account_fields(store, c, &["balance"]).await, [0]);
     let _: i64 = on_record(store, c, "HSET", &["incoming", "15"]).await;
 }
@@ -956,7 +959,7 @@ async fn a_posting_step_runs_only_as_the_store_builds_it() {
     });
     for never_reserved in [&commit, &cancel] {
         let error = store
-            .apply_records(&[never_reserved.clone()])
+            .apply_records(std::slice::from_ref(never_reserved))
             .await
             .unwrap_err();
         assert!(error.to_string().contains("did not reserve"), "{error}");
@@ -1006,7 +1009,7 @@ async fn a_posting_step_runs_only_as_the_store_builds_it() {
         cmd.arg(txengine::store::Store::script_source("apply_many").unwrap())
             .arg(1 + keys.len())
             .arg(layout.order(0, "raw"))
-            .arg(&keys)
+            .arg(keys)
             .arg(-1)
             .arg(1)
             .arg("posting_step")
