@@ -466,7 +466,7 @@ mod tests {
                 "a step between slots in the version of postings as accepted",
             ),
             (
-                r#"{"v":7,"id":"t","type":"transfer","account":"a","to":"b","amount":1,"accepted_at_ms":1,"step":"commit","on":"a","assets":[null]}"#,
+                r#"{"v":2,"id":"t","type":"transfer","account":"a","to":"b","amount":1,"accepted_at_ms":1,"step":"commit","on":"a","assets":[null]}"#,
                 "a step of postings following a transfer",
             ),
             (

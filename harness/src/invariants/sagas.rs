@@ -147,51 +147,89 @@ async fn check_posting_sagas(
                 .collect(),
         )
         .await?;
+    let asset_of = |account: &str| ledger.accounts.get(account).map(|spec| spec.asset.as_str());
     for ((tx, slots), (state, reason, balance_after, posting)) in sagas.into_iter().zip(outcomes) {
-        let balance_after: Option<i64> = balance_after.and_then(|b| b.parse().ok());
-        let posting: Option<u16> = posting.and_then(|p| p.parse().ok());
-        let states = |pick: fn(&PostingSlot) -> &Flag| -> Vec<&str> {
-            slots
-                .iter()
-                .map(|slot| pick(slot).state.as_deref().unwrap_or("-"))
-                .collect()
-        };
-        let (reserves, settles) = (states(|s| &s.reserve), states(|s| &s.settle));
-        if reserves.iter().all(|state| *state == "-") {
+        if slots.iter().all(|slot| slot.reserve.state.is_none()) {
             continue; // never applied (an uncertain one that did not land)
         }
         verdict.sagas += 1;
-        let refusals: Vec<(u16, &str)> = slots
-            .iter()
-            .filter(|slot| slot.reserve.state.as_deref() == Some("refused"))
-            .filter_map(|slot| Some((slot.reserve.posting?, slot.reserve.reason.as_str())))
-            .collect();
-        let fits = match (state.as_deref(), reason.as_deref(), posting) {
-            (Some("applied"), _, _) => {
-                reserves.iter().all(|state| *state == "reserved")
-                    && settles.iter().all(|state| *state == "committed")
-                    && balance_after == slots[0].settle.balance_after
-            }
-            (Some("rejected"), Some(reason), Some(failed)) => {
-                let leg = tx.legs.get(usize::from(failed));
-                let asset = |account: &str| ledger.accounts.get(account).map(|spec| &spec.asset);
-                let refused_there = refusals.contains(&(failed, reason))
-                    || reason == "asset_mismatch"
-                        && leg.is_some_and(|leg| asset(&leg.from) != asset(&leg.to));
-                settles.iter().all(|state| *state == "cancelled")
-                    && refusals.iter().all(|(posting, _)| *posting >= failed)
-                    && refused_there
-            }
-            _ => false,
+        let outcome = PostingOutcome {
+            state,
+            reason,
+            balance_after: balance_after.and_then(|b| b.parse().ok()),
+            posting: posting.and_then(|p| p.parse().ok()),
         };
-        if !fits {
+        if !posting_saga_fits(tx, slots, &outcome, asset_of) {
+            let states = |pick: fn(&PostingSlot) -> &Flag| -> Vec<(Option<&str>, &str)> {
+                slots
+                    .iter()
+                    .map(|slot| (pick(slot).state.as_deref(), pick(slot).reason.as_str()))
+                    .collect()
+            };
             verdict.violations.push(format!(
-                "postings {} between slots: reserves {reserves:?} (refused {refusals:?}), settles {settles:?}, outcome {state:?} {reason:?} posting {posting:?} balance_after {balance_after:?}",
-                tx.id
+                "postings {} between slots: reserves {:?}, settles {:?}, outcome {outcome:?}",
+                tx.id,
+                states(|slot| &slot.reserve),
+                states(|slot| &slot.settle)
             ));
         }
     }
     Ok(())
+}
+
+/// A postings transaction's tx record.
+#[derive(Debug)]
+struct PostingOutcome {
+    state: Option<String>,
+    reason: Option<String>,
+    balance_after: Option<i64>,
+    posting: Option<u16>,
+}
+
+/// Whether postings between slots ended as their steps say: applied when
+/// every slot reserved and committed, with the first slot's balance after;
+/// rejected when every slot cancelled, at a posting no slot refused before,
+/// which a slot refused for that reason or whose two accounts hold
+/// different assets (`asset_of`).
+fn posting_saga_fits<'a>(
+    tx: &SentTx,
+    slots: &[PostingSlot],
+    outcome: &PostingOutcome,
+    asset_of: impl Fn(&str) -> Option<&'a str>,
+) -> bool {
+    let all = |pick: fn(&PostingSlot) -> &Flag, state: &str| {
+        slots
+            .iter()
+            .all(|slot| pick(slot).state.as_deref() == Some(state))
+    };
+    let refusals: Vec<(u16, &str)> = slots
+        .iter()
+        .filter(|slot| slot.reserve.state.as_deref() == Some("refused"))
+        .filter_map(|slot| Some((slot.reserve.posting?, slot.reserve.reason.as_str())))
+        .collect();
+    match (
+        outcome.state.as_deref(),
+        outcome.reason.as_deref(),
+        outcome.posting,
+    ) {
+        (Some("applied"), _, _) => {
+            all(|slot| &slot.reserve, "reserved")
+                && all(|slot| &slot.settle, "committed")
+                && outcome.balance_after == slots[0].settle.balance_after
+        }
+        (Some("rejected"), Some(reason), Some(failed)) => {
+            let between_assets = tx
+                .legs
+                .get(usize::from(failed))
+                .is_some_and(|leg| asset_of(&leg.from) != asset_of(&leg.to));
+            let refused_there = refusals.contains(&(failed, reason))
+                || reason == "asset_mismatch" && between_assets;
+            all(|slot| &slot.settle, "cancelled")
+                && refusals.iter().all(|(posting, _)| *posting >= failed)
+                && refused_there
+        }
+        _ => false,
+    }
 }
 
 /// No account still holds money for sagas, all of which ended.
@@ -222,4 +260,155 @@ async fn check_nothing_held(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::{Kind, Leg};
+
+    fn flag(state: &str, reason: &str, balance_after: Option<i64>, posting: Option<u16>) -> Flag {
+        Flag {
+            seq: Some(1),
+            state: Some(state.into()),
+            reason: reason.into(),
+            balance_after,
+            posting,
+        }
+    }
+
+    fn slot(reserve: Flag, settle: Flag) -> PostingSlot {
+        PostingSlot {
+            owner: String::new(),
+            reserve,
+            settle,
+        }
+    }
+
+    fn outcome(
+        state: &str,
+        reason: &str,
+        balance_after: Option<i64>,
+        posting: Option<u16>,
+    ) -> PostingOutcome {
+        PostingOutcome {
+            state: Some(state.into()),
+            reason: Some(reason.into()),
+            balance_after,
+            posting,
+        }
+    }
+
+    /// The judge of postings between slots takes what the engine may
+    /// leave, and names what it may not.
+    #[test]
+    fn postings_between_slots_must_end_as_their_steps_say() {
+        let leg = |from: &str, to: &str| Leg {
+            from: from.into(),
+            to: to.into(),
+            amount: 5,
+            asset: None,
+        };
+        let tx = SentTx {
+            id: "p".into(),
+            kind: Kind::Postings,
+            account: "a".into(),
+            to: None,
+            amount: 10,
+            accepted_at_ms: 0,
+            hold: None,
+            legs: vec![leg("a", "b"), leg("b", "e")],
+        };
+        let asset_of = |account: &str| Some(if account == "e" { "EUR/2" } else { "USD/2" });
+        let reserved = || flag("reserved", "", None, None);
+        let committed = |balance| flag("committed", "", Some(balance), None);
+        let cancelled = || flag("cancelled", "", None, None);
+        let applied = [
+            slot(reserved(), committed(5)),
+            slot(reserved(), committed(0)),
+        ];
+        let judge = |slots: &[PostingSlot], outcome: &PostingOutcome| {
+            posting_saga_fits(&tx, slots, outcome, asset_of)
+        };
+        assert!(judge(&applied, &outcome("applied", "", Some(5), None)));
+        assert!(
+            !judge(&applied, &outcome("applied", "", Some(7), None)),
+            "another balance"
+        );
+        let half = [
+            slot(reserved(), committed(5)),
+            slot(reserved(), cancelled()),
+        ];
+        assert!(
+            !judge(&half, &outcome("applied", "", Some(5), None)),
+            "half committed"
+        );
+
+        let refused_at_1 = [
+            slot(reserved(), cancelled()),
+            slot(
+                flag("refused", "insufficient_funds", None, Some(1)),
+                cancelled(),
+            ),
+        ];
+        assert!(judge(
+            &refused_at_1,
+            &outcome("rejected", "insufficient_funds", None, Some(1))
+        ));
+        assert!(
+            !judge(
+                &refused_at_1,
+                &outcome("rejected", "unknown_account", None, Some(1))
+            ),
+            "another reason"
+        );
+        assert!(
+            !judge(
+                &refused_at_1,
+                &outcome("rejected", "insufficient_funds", None, Some(0))
+            ),
+            "where no slot refused"
+        );
+        // Posting 1 goes from USD to EUR: rejected there, though no slot refused.
+        let all_reserved = [slot(reserved(), cancelled()), slot(reserved(), cancelled())];
+        assert!(judge(
+            &all_reserved,
+            &outcome("rejected", "asset_mismatch", None, Some(1))
+        ));
+        assert!(
+            !judge(
+                &all_reserved,
+                &outcome("rejected", "asset_mismatch", None, Some(0))
+            ),
+            "one asset"
+        );
+        let refused_at_0 = [
+            slot(
+                flag("refused", "insufficient_funds", None, Some(0)),
+                cancelled(),
+            ),
+            slot(reserved(), cancelled()),
+        ];
+        assert!(
+            !judge(
+                &refused_at_0,
+                &outcome("rejected", "asset_mismatch", None, Some(1))
+            ),
+            "a refusal before it"
+        );
+        let not_cancelled = [
+            slot(reserved(), committed(5)),
+            slot(
+                flag("refused", "insufficient_funds", None, Some(1)),
+                cancelled(),
+            ),
+        ];
+        assert!(
+            !judge(
+                &not_cancelled,
+                &outcome("rejected", "insufficient_funds", None, Some(1))
+            ),
+            "one committed"
+        );
+    }
 }
