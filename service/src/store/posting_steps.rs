@@ -256,6 +256,24 @@ mod tests {
         );
         assert_eq!(votes.failed(), failed(1, RejectReason::AssetMismatch));
 
+        // c has no room for posting 1, and b does not hold the asset
+        // posting 1 names: b's check comes first in one script, whichever
+        // slot answered first.
+        let mut votes = Votes::none(&legs);
+        votes.add(
+            &legs,
+            &[&c],
+            Some((1, RejectReason::MaxBalanceExceeded)),
+            vec![unseen(), unseen(), unseen(), usd()],
+        );
+        votes.add(
+            &legs,
+            &[&b],
+            Some((1, RejectReason::AssetMismatch)),
+            seen_by_b.clone(),
+        );
+        assert_eq!(votes.failed(), failed(1, RejectReason::AssetMismatch));
+
         let mut votes = Votes::none(&legs);
         votes.add(&legs, &[&b], None, seen_by_b);
         votes.add(
