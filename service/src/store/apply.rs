@@ -9,17 +9,16 @@ use crate::domain::Balance;
 use super::accounts::parse_balance;
 use super::apply_many::{ApplyScript, StepAnswer, StepCall};
 use super::calls::{
-    AccountKeys, AtomicUpdateCall, CreditedKeys, FlagArgs, HoldCall, PostingStepCall, PostingsCall,
-    SagaStepCall,
+    AccountKeys, AtomicUpdateCall, CreditedKeys, FlagArgs, HoldCall, PostingsCall, SagaStepCall,
 };
 use super::outcomes::parse_status;
-use super::posting_steps::{parse_seen, slots_of};
+use super::posting_steps::numbered_postings;
 use super::Layout;
 use super::{evalsha, Store, StoreError};
 use crate::domain::{
-    AccountId, Asset, Movement, Outcome, Postings, RejectReason, Transaction, TxId, TxStatus,
+    AccountId, Asset, Movement, Outcome, RejectReason, Transaction, TxId, TxStatus,
 };
-use crate::wire::{FailedPosting, Record, SagaStep, StepKind, Votes};
+use crate::wire::{Record, SagaStep, StepKind};
 
 /// One applied transaction as the apply script reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,18 +193,8 @@ impl Store {
     /// accounts in one slot, the first `from`'s).
     fn postings_command(&self, tx: &Transaction, now_ms: u64) -> StepCall {
         let layout = &self.layout;
-        let postings = tx.movement.postings().expect("a postings transaction");
-        let accounts: Vec<&str> = postings
-            .accounts()
-            .into_iter()
-            .map(AccountId::as_str)
-            .collect();
-        let number = |account: &AccountId| {
-            1 + accounts
-                .iter()
-                .position(|name| *name == account.as_str())
-                .expect("every posting's accounts are listed")
-        };
+        let (accounts, numbered) =
+            numbered_postings(tx.movement.postings().expect("a postings transaction"));
         let first = accounts[0];
         let call = PostingsCall {
             first: AccountKeys::of(layout, first, layout.apply_flag(tx.id.as_str(), first)),
@@ -214,78 +203,10 @@ impl Store {
                 .map(|account| CreditedKeys::of(layout, account))
                 .collect(),
             args: self.flag_args(tx, "postings", now_ms),
-            postings: postings
-                .iter()
-                .map(|posting| {
-                    (
-                        number(&posting.from),
-                        number(&posting.to),
-                        posting.amount.minor_units(),
-                        posting.asset.as_ref().map_or("", Asset::as_str),
-                    )
-                })
-                .collect(),
+            postings: numbered,
             names: accounts,
         };
         StepCall::new(layout.shard_of(first), ApplyScript::Postings, call.write())
-    }
-
-    /// The call of `lua/posting_step.lua` for `step` of postings between
-    /// slots, in the slot of account `on`, under the step's own flag.
-    fn posting_step_command(
-        &self,
-        tx: &Transaction,
-        now_ms: u64,
-        on: &AccountId,
-        step: StepKind,
-        failed: Option<&FailedPosting>,
-    ) -> StepCall {
-        let layout = &self.layout;
-        let postings = tx.movement.postings().expect("a postings transaction");
-        let accounts: Vec<&str> = postings
-            .accounts()
-            .into_iter()
-            .map(AccountId::as_str)
-            .collect();
-        let number = |account: &AccountId| {
-            1 + accounts
-                .iter()
-                .position(|name| *name == account.as_str())
-                .expect("every posting's accounts are listed")
-        };
-        // This slot's accounts, by their numbers.
-        let here: Vec<usize> = (1..=accounts.len())
-            .filter(|&a| layout.same_slot(on.as_str(), accounts[a - 1]))
-            .collect();
-        let (id, first) = (tx.id.as_str(), accounts[here[0] - 1]);
-        let call = PostingStepCall {
-            first: AccountKeys::of(layout, first, layout.step(first, id, step.flag())),
-            others: here[1..]
-                .iter()
-                .map(|&a| CreditedKeys::of(layout, accounts[a - 1]))
-                .collect(),
-            reserve_flag: (step != StepKind::Reserve).then(|| layout.step(first, id, "reserve")),
-            args: self.flag_args(tx, step.as_str(), now_ms),
-            here,
-            postings: postings
-                .iter()
-                .map(|posting| {
-                    (
-                        number(&posting.from),
-                        number(&posting.to),
-                        posting.amount.minor_units(),
-                        posting.asset.as_ref().map_or("", Asset::as_str),
-                    )
-                })
-                .collect(),
-            failed: failed.map(|failed| (failed.posting, failed.reason.as_str())),
-            names: accounts,
-        };
-        StepCall::new(
-            layout.shard_of(on.as_str()),
-            ApplyScript::PostingStep,
-            call.write(),
-        )
     }
 
     /// The call of `lua/saga_step.lua` for `step` of a saga between slots,
@@ -363,7 +284,12 @@ impl Store {
 
     /// ARGV[1..8] of every apply script (`lua/money.lua`'s layout): `what`
     /// (the kind, step or op) of `tx`, its flag's terms and its history's.
-    fn flag_args<'a>(&self, tx: &'a Transaction, what: &'a str, now_ms: u64) -> FlagArgs<'a> {
+    pub(super) fn flag_args<'a>(
+        &self,
+        tx: &'a Transaction,
+        what: &'a str,
+        now_ms: u64,
+    ) -> FlagArgs<'a> {
         FlagArgs {
             what,
             amount_minor: tx
@@ -488,99 +414,6 @@ impl Store {
         }
     }
 
-    /// Where postings between slots stand once one slot's step answered
-    /// `reply` (see [`super::posting_steps`]): the next slot's reserve, the
-    /// decision once the last slot reserved, then each slot's commit or
-    /// cancel in the reverse order, the outcome after the first slot's.
-    /// `None` for an answer the step cannot give.
-    fn postings_progress(
-        &self,
-        record: &Record,
-        postings: &Postings,
-        reply: StepReply,
-        posting: &str,
-        assets: &str,
-        duplicate: bool,
-    ) -> Option<Progress> {
-        let slots = slots_of(&self.layout, postings);
-        let slot_of = |on: &AccountId| {
-            slots
-                .iter()
-                .position(|group| self.layout.same_slot(group[0].as_str(), on.as_str()))
-        };
-        let next = |step| {
-            Progress::Next(Record {
-                saga: Some(step),
-                ..record.clone()
-            })
-        };
-        let ended = |outcome, assets: &Vec<Option<Asset>>| Progress::Ended {
-            applied: Applied { outcome, duplicate },
-            recorded: false,
-            asset: assets.first().cloned().flatten(),
-            posting_assets: assets.clone(),
-        };
-        Some(match (&record.saga, reply) {
-            (
-                None | Some(SagaStep::Reserve { .. }),
-                reply @ (StepReply::Reserved | StepReply::Refused(_)),
-            ) => {
-                let (on, mut votes) = match &record.saga {
-                    Some(SagaStep::Reserve { on, votes }) => (on, votes.clone()),
-                    _ => (record.tx.movement.account(), Votes::none(postings)),
-                };
-                let index = slot_of(on)?;
-                let refused = match reply {
-                    StepReply::Refused(reason) => Some((posting.parse().ok()?, reason)),
-                    _ => None,
-                };
-                votes.add(postings, &slots[index], refused, parse_seen(assets)?);
-                let on = on.clone();
-                next(match (slots.get(index + 1), votes.failed()) {
-                    (Some(group), _) => SagaStep::Reserve {
-                        on: group[0].clone(),
-                        votes,
-                    },
-                    (None, None) => SagaStep::Commit {
-                        on,
-                        assets: votes.posting_assets(),
-                    },
-                    (None, Some(failed)) => SagaStep::Cancel {
-                        on,
-                        failed,
-                        assets: votes.posting_assets(),
-                    },
-                })
-            }
-            (Some(SagaStep::Commit { on, assets }), StepReply::Committed { balance_after }) => {
-                match slot_of(on)?.checked_sub(1) {
-                    Some(before) => next(SagaStep::Commit {
-                        on: slots[before][0].clone(),
-                        assets: assets.clone(),
-                    }),
-                    None => ended(Outcome::Applied { balance_after }, assets),
-                }
-            }
-            (Some(SagaStep::Cancel { on, failed, assets }), StepReply::Cancelled) => {
-                match slot_of(on)?.checked_sub(1) {
-                    Some(before) => next(SagaStep::Cancel {
-                        on: slots[before][0].clone(),
-                        failed: *failed,
-                        assets: assets.clone(),
-                    }),
-                    None => ended(
-                        Outcome::Rejected {
-                            reason: failed.reason,
-                            posting: Some(failed.posting),
-                        },
-                        assets,
-                    ),
-                }
-            }
-            _ => return None,
-        })
-    }
-
     /// Writes the outcomes of transactions whose outcome was decided in
     /// another slot than their tx record's, with the asset of the account
     /// each ended on (see `lua/finish.lua`); the first write wins, so a
@@ -629,7 +462,7 @@ impl Store {
 /// What a step's script answered (`state`, `reason`, `balance_after`),
 /// parsed once: the apply script's outcome, or what a saga step did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum StepReply {
+pub(super) enum StepReply {
     /// A one-script apply's outcome, or a saga's refused debit.
     Settled(Outcome),
     /// A saga's debit took the money, of `asset`, and holds it (`None`:

@@ -7,10 +7,13 @@
 //! (every slot reserved) or cancels (one refused), in the reverse order: the
 //! chain ends in the first `from`'s slot, whose balance the outcome names.
 
-use crate::domain::{AccountId, Asset, Postings, RejectReason};
-use crate::wire::{Check, FailedPosting, Refusal, SeenAsset, Votes};
+use crate::domain::{AccountId, Asset, Outcome, Postings, RejectReason, Transaction};
+use crate::wire::{Check, FailedPosting, Record, Refusal, SagaStep, SeenAsset, StepKind, Votes};
 
-use super::Layout;
+use super::apply::{Applied, Progress, StepReply};
+use super::apply_many::{ApplyScript, StepCall};
+use super::calls::{AccountKeys, CreditedKeys, PostingStepCall};
+use super::{Layout, Store};
 
 /// A postings transaction's accounts by slot: one group per slot, groups
 /// and accounts in order of first mention.
@@ -26,6 +29,171 @@ pub fn slots_of<'p>(layout: &Layout, postings: &'p Postings) -> Vec<Vec<&'p Acco
         }
     }
     groups
+}
+
+impl Store {
+    /// The call of `lua/posting_step.lua` for `step` of postings between
+    /// slots, in the slot of account `on`, under the step's own flag.
+    pub(super) fn posting_step_command(
+        &self,
+        tx: &Transaction,
+        now_ms: u64,
+        on: &AccountId,
+        step: StepKind,
+        failed: Option<&FailedPosting>,
+    ) -> StepCall {
+        let layout = &self.layout;
+        let (accounts, numbered) =
+            numbered_postings(tx.movement.postings().expect("a postings transaction"));
+        // This slot's accounts, by their numbers.
+        let here: Vec<usize> = (1..=accounts.len())
+            .filter(|&a| layout.same_slot(on.as_str(), accounts[a - 1]))
+            .collect();
+        let (id, first) = (tx.id.as_str(), accounts[here[0] - 1]);
+        let call = PostingStepCall {
+            first: AccountKeys::of(layout, first, layout.step(first, id, step.flag())),
+            others: here[1..]
+                .iter()
+                .map(|&a| CreditedKeys::of(layout, accounts[a - 1]))
+                .collect(),
+            reserve_flag: (step != StepKind::Reserve).then(|| layout.step(first, id, "reserve")),
+            args: self.flag_args(tx, step.as_str(), now_ms),
+            here,
+            postings: numbered,
+            failed: failed.map(|failed| (failed.posting, failed.reason.as_str())),
+            names: accounts,
+        };
+        StepCall::new(
+            layout.shard_of(on.as_str()),
+            ApplyScript::PostingStep,
+            call.write(),
+        )
+    }
+
+    /// Where postings between slots stand once one slot's step answered
+    /// `reply` (see [`super::posting_steps`]): the next slot's reserve, the
+    /// decision once the last slot reserved, then each slot's commit or
+    /// cancel in the reverse order, the outcome after the first slot's.
+    /// `None` for an answer the step cannot give.
+    pub(super) fn postings_progress(
+        &self,
+        record: &Record,
+        postings: &Postings,
+        reply: StepReply,
+        posting: &str,
+        assets: &str,
+        duplicate: bool,
+    ) -> Option<Progress> {
+        let slots = slots_of(&self.layout, postings);
+        let slot_of = |on: &AccountId| {
+            slots
+                .iter()
+                .position(|group| self.layout.same_slot(group[0].as_str(), on.as_str()))
+        };
+        let next = |step| {
+            Progress::Next(Record {
+                saga: Some(step),
+                ..record.clone()
+            })
+        };
+        let ended = |outcome, assets: &Vec<Option<Asset>>| Progress::Ended {
+            applied: Applied { outcome, duplicate },
+            recorded: false,
+            asset: assets.first().cloned().flatten(),
+            posting_assets: assets.clone(),
+        };
+        Some(match (&record.saga, reply) {
+            (
+                None | Some(SagaStep::Reserve { .. }),
+                reply @ (StepReply::Reserved | StepReply::Refused(_)),
+            ) => {
+                let (on, mut votes) = match &record.saga {
+                    Some(SagaStep::Reserve { on, votes }) => (on, votes.clone()),
+                    _ => (record.tx.movement.account(), Votes::none(postings)),
+                };
+                let index = slot_of(on)?;
+                let refused = match reply {
+                    StepReply::Refused(reason) => Some((posting.parse().ok()?, reason)),
+                    _ => None,
+                };
+                votes.add(postings, &slots[index], refused, parse_seen(assets)?);
+                let on = on.clone();
+                next(match (slots.get(index + 1), votes.failed()) {
+                    (Some(group), _) => SagaStep::Reserve {
+                        on: group[0].clone(),
+                        votes,
+                    },
+                    (None, None) => SagaStep::Commit {
+                        on,
+                        assets: votes.posting_assets(),
+                    },
+                    (None, Some(failed)) => SagaStep::Cancel {
+                        on,
+                        failed,
+                        assets: votes.posting_assets(),
+                    },
+                })
+            }
+            (Some(SagaStep::Commit { on, assets }), StepReply::Committed { balance_after }) => {
+                match slot_of(on)?.checked_sub(1) {
+                    Some(before) => next(SagaStep::Commit {
+                        on: slots[before][0].clone(),
+                        assets: assets.clone(),
+                    }),
+                    None => ended(Outcome::Applied { balance_after }, assets),
+                }
+            }
+            (Some(SagaStep::Cancel { on, failed, assets }), StepReply::Cancelled) => {
+                match slot_of(on)?.checked_sub(1) {
+                    Some(before) => next(SagaStep::Cancel {
+                        on: slots[before][0].clone(),
+                        failed: *failed,
+                        assets: assets.clone(),
+                    }),
+                    None => ended(
+                        Outcome::Rejected {
+                            reason: failed.reason,
+                            posting: Some(failed.posting),
+                        },
+                        assets,
+                    ),
+                }
+            }
+            _ => return None,
+        })
+    }
+}
+
+/// A postings transaction as `lua/postings.lua` and `lua/posting_step.lua`
+/// take it: its accounts once each, in order of first mention (the first
+/// `from` first), and each posting by its accounts' numbers (1-based in
+/// that list), its amount and the asset it names ('' : none).
+type NumberedPostings<'a> = (Vec<&'a str>, Vec<(usize, usize, u64, &'a str)>);
+
+pub(super) fn numbered_postings(postings: &Postings) -> NumberedPostings<'_> {
+    let accounts: Vec<&str> = postings
+        .accounts()
+        .into_iter()
+        .map(AccountId::as_str)
+        .collect();
+    let number = |account: &AccountId| {
+        1 + accounts
+            .iter()
+            .position(|name| *name == account.as_str())
+            .expect("every posting's accounts are listed")
+    };
+    let numbered = postings
+        .iter()
+        .map(|posting| {
+            (
+                number(&posting.from),
+                number(&posting.to),
+                posting.amount.minor_units(),
+                posting.asset.as_ref().map_or("", Asset::as_str),
+            )
+        })
+        .collect();
+    (accounts, numbered)
 }
 
 impl Votes {
