@@ -1,6 +1,7 @@
 -- What the scripts that move money share: the store puts this file before
--- atomic_update.lua, saga_step.lua, hold.lua and set_balance.lua
--- (store/scripts.rs).
+-- the apply scripts (atomic_update.lua, saga_step.lua, hold.lua,
+-- postings.lua, posting_step.lua, in apply_many.lua), set_balance.lua and
+-- put_account.lua (store/scripts.rs).
 -- Only definitions: nothing here runs or writes by itself.
 --
 -- Balances are strings of integers in -(2^53-1) ..= 2^53-1, so tonumber()
@@ -29,8 +30,9 @@ end
 -- An account is one record, a hash ({tag}:acct:<account>), read once and
 -- written once by each script that moves its money:
 --   balance  its balance; the account exists when this field does
---   pending  what its active holds keep (absent: 0); only balance -
---            pending - min may leave it
+--   pending  what its active holds keep, and what postings between slots
+--            reserved to take out (absent: 0); only balance - pending -
+--            min may leave it
 --   held     money in flight out of it: what sagas debited and may still
 --            refund (absent: 0; only sagas and captures to another slot,
 --            so only on a Redis Cluster, make it other than 0)
@@ -144,7 +146,8 @@ local entries_written = 0
 -- 0-based index of the posting that failed a postings transaction (nil:
 -- none), kept beside the reason; `assets`: each posting's asset, the
 -- asset of its `from` ('' where it does not exist), comma-separated (nil:
--- not postings).
+-- not postings; a reserve of postings between slots keeps each posting's
+-- two accounts' assets instead, see posting_step.lua).
 local function settle(state, reason, balance_after, asset, posting, assets)
   local fields = {'state', state, 'reason', reason, 'balance_after', balance_after,
     'fp', ARGV[3], 'applied_at_ms', ARGV[5], 'seq', redis.call('INCR', KEYS[2])}

@@ -13,8 +13,11 @@
 --            did; the slot of the failed posting's `from` writes its entry
 --
 -- A bound check depends only on the account's own moves, so each slot can
--- check its accounts alone: the refusal with the lowest posting index over
--- all slots is the one a single script would give.
+-- check its accounts alone. A slot checks a posting's accounts against the
+-- asset the posting names only; whether its two accounts hold one asset is
+-- decided from every slot's `assets`. Of all slots' refusals and those
+-- mismatches, the lowest posting, and at one posting the check a single
+-- script makes first, is the refusal a single script would give.
 --
 -- KEYS[1..4] and ARGV[1..8] are money.lua's layout (ARGV[1] the step,
 -- ARGV[2] unused); this slot's accounts are numbered 1..l:

@@ -1,8 +1,8 @@
 -- Apply a postings transaction atomically: each posting moves its amount
 -- from its `from` to its `to`, in order, checked against the balances the
 -- postings before it left; if any fails, nothing moves. Every account is
--- in one slot (on a cluster, the API refuses postings whose accounts are
--- not).
+-- in one slot (on a cluster, postings whose accounts are not go through
+-- posting_step.lua, in two phases).
 --
 -- KEYS[1..4] and ARGV[1..8] are money.lua's layout (ARGV[1] 'postings',
 -- ARGV[2] unused); the accounts are numbered 1..m in order of first

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    AccountId, Asset, Balance, Metadata, Movement, RejectReason, Transaction, TxId,
+    AccountId, Asset, Balance, Metadata, Movement, Postings, RejectReason, Transaction, TxId,
 };
 
 /// The version of a transaction as the API publishes it.
@@ -191,6 +191,27 @@ impl SagaStep {
         }
     }
 
+    /// Whether a step of postings between slots fits `postings`: it runs
+    /// on one of their accounts, and its assets and posting indices are
+    /// theirs (any other step: true).
+    fn fits(&self, postings: &Postings) -> bool {
+        let n = postings.len();
+        let theirs = |on: &AccountId| postings.accounts().contains(&on);
+        let index = |posting: u16| usize::from(posting) < n;
+        match self {
+            Self::Reserve { on, votes } => {
+                theirs(on)
+                    && votes.assets.len() == 2 * n
+                    && votes.refused.is_none_or(|refusal| index(refusal.posting))
+            }
+            Self::Commit { on, assets } => theirs(on) && assets.len() == n,
+            Self::Cancel { on, failed, assets } => {
+                theirs(on) && assets.len() == n && index(failed.posting)
+            }
+            Self::Credit { .. } | Self::Settle { .. } => true,
+        }
+    }
+
     /// True for a step of postings between slots.
     pub fn of_postings(&self) -> bool {
         matches!(
@@ -253,6 +274,8 @@ pub enum DecodeError {
     NotAsset,
     #[error("postings are version {POSTINGS_WIRE_VERSION} (or {POSTINGS_SAGA_WIRE_VERSION}: a step between slots), and only they")]
     NotPostings,
+    #[error("a step of postings between slots must run on one of their accounts and carry an asset and a posting index for each of their postings")]
+    NotItsPostings,
     #[error("record breaks a rule: {0}")]
     Invalid(#[from] crate::domain::RuleError),
 }
@@ -361,6 +384,11 @@ impl Record {
         };
         if !steps_ok {
             return Err(DecodeError::NotASagaStep);
+        }
+        if let (Some(step), Some(postings)) = (&v1.saga, movement.postings()) {
+            if !step.fits(postings) {
+                return Err(DecodeError::NotItsPostings);
+            }
         }
         Ok(Self {
             tx: Transaction {
@@ -472,6 +500,26 @@ mod tests {
             (
                 r#"{"v":7,"id":"p","type":"postings","postings":[{"from":"a","to":"b","amount":1}],"accepted_at_ms":1,"step":"credit","debited_balance_after":1}"#,
                 "a transfer's step following postings",
+            ),
+            (
+                r#"{"v":7,"id":"p","type":"postings","postings":[{"from":"a","to":"b","amount":1}],"accepted_at_ms":1,"step":"commit","on":"z","assets":[null]}"#,
+                "a step on an account not of the postings",
+            ),
+            (
+                r#"{"v":7,"id":"p","type":"postings","postings":[{"from":"a","to":"b","amount":1}],"accepted_at_ms":1,"step":"commit","on":"a","assets":[null,null]}"#,
+                "an asset for a posting there is not",
+            ),
+            (
+                r#"{"v":7,"id":"p","type":"postings","postings":[{"from":"a","to":"b","amount":1}],"accepted_at_ms":1,"step":"reserve","on":"b","votes":{"assets":["unseen"]}}"#,
+                "votes with one side of a posting",
+            ),
+            (
+                r#"{"v":7,"id":"p","type":"postings","postings":[{"from":"a","to":"b","amount":1}],"accepted_at_ms":1,"step":"reserve","on":"b","votes":{"refused":{"posting":1,"check":"to","reason":"insufficient_funds"},"assets":["unseen","unseen"]}}"#,
+                "a refusal of a posting there is not",
+            ),
+            (
+                r#"{"v":7,"id":"p","type":"postings","postings":[{"from":"a","to":"b","amount":1}],"accepted_at_ms":1,"step":"cancel","on":"a","failed":{"posting":1,"reason":"insufficient_funds"},"assets":[null]}"#,
+                "a cancel of a posting there is not",
             ),
             (
                 r#"{"v":5,"id":"p","type":"postings","postings":[{"from":"a","to":"b","amount":1}],"accepted_at_ms":1,"asset":"USD/2"}"#,

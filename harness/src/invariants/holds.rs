@@ -1,7 +1,8 @@
 //! Every hold ended once, as what ended it says (one applied capture of at
 //! most its amount, one void, or its expiry), none is left held long past
 //! its deadline, and each account's `pending` is the sum of its active
-//! holds and at most its balance.
+//! holds (every postings transaction has ended: none keeps a reservation)
+//! and at most its balance.
 
 use std::collections::{HashMap, HashSet};
 
@@ -284,7 +285,8 @@ fn wrong_ends(
     wrong
 }
 
-/// Each account's `pending` is what its active holds keep (`pending_of`),
+/// Each account's `pending` is what its active holds keep (`pending_of`;
+/// a reservation of postings between slots left behind breaks this),
 /// and its balance less it is at least its `min_balance` (what may leave
 /// it is never below 0).
 async fn check_pending(

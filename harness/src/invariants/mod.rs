@@ -15,7 +15,8 @@
 //! - every hold ended once, as what ended it says (one applied capture of
 //!   at most its amount, one void, or its expiry), none is left held long
 //!   past its deadline, and each account's `pending` is the sum of its
-//!   active holds and at most its balance;
+//!   active holds (no postings between slots keep any) and at most its
+//!   balance;
 //! - every outcome and saga step (applied with its `balance_after`, or
 //!   rejected with its reason) is what a plain model gives when the log is
 //!   replayed from the starting balances in the order each slot decided them

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 
 use super::steps::{Flag, PostingSlot, Steps};
 use super::{Reader, Verdict};
-use crate::workload::{Ledger, SentTx};
+use crate::workload::{AccountSpec, Ledger, SentTx};
 
 /// One saga: its transaction and the flags of its debit, credit and settle.
 type Saga<'a> = (&'a SentTx, &'a Flag, &'a Flag, &'a Flag);
@@ -147,7 +147,20 @@ async fn check_posting_sagas(
                 .collect(),
         )
         .await?;
-    let asset_of = |account: &str| ledger.accounts.get(account).map(|spec| spec.asset.as_str());
+    // What an account holds, as the engine made it (`None`: it does not
+    // exist).
+    let default = AccountSpec::default();
+    let asset_of = |account: &str| {
+        ledger.start.contains_key(account).then(|| {
+            ledger
+                .accounts
+                .get(account)
+                .unwrap_or(&default)
+                .asset
+                .as_str()
+        })
+    };
+    let in_slot = |owner: &str, account: &str| reader.layout.same_slot(owner, account);
     for ((tx, slots), (state, reason, balance_after, posting)) in sagas.into_iter().zip(outcomes) {
         if slots.iter().all(|slot| slot.reserve.state.is_none()) {
             continue; // never applied (an uncertain one that did not land)
@@ -159,7 +172,7 @@ async fn check_posting_sagas(
             balance_after: balance_after.and_then(|b| b.parse().ok()),
             posting: posting.and_then(|p| p.parse().ok()),
         };
-        if !posting_saga_fits(tx, slots, &outcome, asset_of) {
+        if !posting_saga_fits(tx, slots, &outcome, asset_of, in_slot) {
             let states = |pick: fn(&PostingSlot) -> &Flag| -> Vec<(Option<&str>, &str)> {
                 slots
                     .iter()
@@ -188,45 +201,61 @@ struct PostingOutcome {
 
 /// Whether postings between slots ended as their steps say: applied when
 /// every slot reserved and committed, with the first slot's balance after;
-/// rejected when every slot cancelled, at a posting no slot refused before,
-/// which a slot refused for that reason or whose two accounts hold
-/// different assets (`asset_of`).
+/// else rejected, every slot cancelled, at the posting and for the reason a
+/// single script would give: of the slots' refusals and the postings whose
+/// two accounts hold different assets (`asset_of`: `None` for an account
+/// that does not exist), the lowest posting, and at one posting the check
+/// one script makes first (`in_slot`: whether an account is in a slot).
 fn posting_saga_fits<'a>(
     tx: &SentTx,
     slots: &[PostingSlot],
     outcome: &PostingOutcome,
     asset_of: impl Fn(&str) -> Option<&'a str>,
+    in_slot: impl Fn(&str, &str) -> bool,
 ) -> bool {
     let all = |pick: fn(&PostingSlot) -> &Flag, state: &str| {
         slots
             .iter()
             .all(|slot| pick(slot).state.as_deref() == Some(state))
     };
-    let refusals: Vec<(u16, &str)> = slots
+    // (posting, which check in one script's order, reason)
+    let mut refusals: Vec<(u16, u8, &str)> = slots
         .iter()
         .filter(|slot| slot.reserve.state.as_deref() == Some("refused"))
-        .filter_map(|slot| Some((slot.reserve.posting?, slot.reserve.reason.as_str())))
+        .filter_map(|slot| {
+            let posting = slot.reserve.posting?;
+            let leg = tx.legs.get(usize::from(posting))?;
+            let reason = slot.reserve.reason.as_str();
+            let payer_here = in_slot(&slot.owner, &leg.from);
+            let check = match reason {
+                "insufficient_funds" => 0,
+                "unknown_account" | "asset_mismatch" if payer_here => 0,
+                "unknown_account" => 1,
+                _ => 3,
+            };
+            Some((posting, check, reason))
+        })
         .collect();
-    match (
-        outcome.state.as_deref(),
-        outcome.reason.as_deref(),
-        outcome.posting,
-    ) {
-        (Some("applied"), _, _) => {
+    for (index, leg) in tx.legs.iter().enumerate() {
+        if let (Some(from), Some(to)) = (asset_of(&leg.from), asset_of(&leg.to)) {
+            if from != to {
+                refusals.push((index as u16, 2, "asset_mismatch"));
+            }
+        }
+    }
+    let first = refusals
+        .into_iter()
+        .min_by_key(|(posting, check, _)| (*posting, *check));
+    match (outcome.state.as_deref(), first) {
+        (Some("applied"), None) => {
             all(|slot| &slot.reserve, "reserved")
                 && all(|slot| &slot.settle, "committed")
                 && outcome.balance_after == slots[0].settle.balance_after
         }
-        (Some("rejected"), Some(reason), Some(failed)) => {
-            let between_assets = tx
-                .legs
-                .get(usize::from(failed))
-                .is_some_and(|leg| asset_of(&leg.from) != asset_of(&leg.to));
-            let refused_there = refusals.contains(&(failed, reason))
-                || reason == "asset_mismatch" && between_assets;
+        (Some("rejected"), Some((posting, _, reason))) => {
             all(|slot| &slot.settle, "cancelled")
-                && refusals.iter().all(|(posting, _)| *posting >= failed)
-                && refused_there
+                && outcome.posting == Some(posting)
+                && outcome.reason.as_deref() == Some(reason)
         }
         _ => false,
     }
@@ -285,6 +314,14 @@ mod tests {
         }
     }
 
+    /// The slots of `a` and of `b` (and `e`), with their flags.
+    fn slots(a: (Flag, Flag), b: (Flag, Flag)) -> [PostingSlot; 2] {
+        let [mut first, mut second] = [slot(a.0, a.1), slot(b.0, b.1)];
+        first.owner = "a".into();
+        second.owner = "b".into();
+        [first, second]
+    }
+
     fn outcome(
         state: &str,
         reason: &str,
@@ -303,13 +340,7 @@ mod tests {
     /// leave, and names what it may not.
     #[test]
     fn postings_between_slots_must_end_as_their_steps_say() {
-        let leg = |from: &str, to: &str| Leg {
-            from: from.into(),
-            to: to.into(),
-            amount: 5,
-            asset: None,
-        };
-        let tx = SentTx {
+        let postings = |to: &str| SentTx {
             id: "p".into(),
             kind: Kind::Postings,
             account: "a".into(),
@@ -317,98 +348,108 @@ mod tests {
             amount: 10,
             accepted_at_ms: 0,
             hold: None,
-            legs: vec![leg("a", "b"), leg("b", "e")],
+            legs: [("a", "b"), ("b", to)]
+                .map(|(from, to)| Leg {
+                    from: from.into(),
+                    to: to.into(),
+                    amount: 5,
+                    asset: None,
+                })
+                .to_vec(),
         };
-        let asset_of = |account: &str| Some(if account == "e" { "EUR/2" } else { "USD/2" });
+        // e holds EUR, z does not exist, the others hold USD; slot "a"
+        // holds a, slot "b" holds b and the second posting's payee.
+        let asset_of = |account: &str| match account {
+            "e" => Some("EUR/2"),
+            "z" => None,
+            _ => Some("USD/2"),
+        };
+        let in_slot =
+            |owner: &str, account: &str| owner == account || (owner == "b" && account != "a");
+        let fits = |to: &str, slots: &[PostingSlot], outcome: &PostingOutcome| {
+            posting_saga_fits(&postings(to), slots, outcome, asset_of, in_slot)
+        };
         let reserved = || flag("reserved", "", None, None);
+        let refused = |reason, posting| flag("refused", reason, None, Some(posting));
         let committed = |balance| flag("committed", "", Some(balance), None);
         let cancelled = || flag("cancelled", "", None, None);
-        let applied = [
-            slot(reserved(), committed(5)),
-            slot(reserved(), committed(0)),
-        ];
-        let judge = |slots: &[PostingSlot], outcome: &PostingOutcome| {
-            posting_saga_fits(&tx, slots, outcome, asset_of)
-        };
-        assert!(judge(&applied, &outcome("applied", "", Some(5), None)));
+        let rejected = |reason, posting| outcome("rejected", reason, None, Some(posting));
+
+        let applied = slots((reserved(), committed(5)), (reserved(), committed(0)));
+        assert!(fits("c", &applied, &outcome("applied", "", Some(5), None)));
         assert!(
-            !judge(&applied, &outcome("applied", "", Some(7), None)),
+            !fits("c", &applied, &outcome("applied", "", Some(7), None)),
             "another balance"
         );
-        let half = [
-            slot(reserved(), committed(5)),
-            slot(reserved(), cancelled()),
-        ];
         assert!(
-            !judge(&half, &outcome("applied", "", Some(5), None)),
+            !fits("e", &applied, &outcome("applied", "", Some(5), None)),
+            "USD to EUR"
+        );
+        let half = slots((reserved(), committed(5)), (reserved(), cancelled()));
+        assert!(
+            !fits("c", &half, &outcome("applied", "", Some(5), None)),
             "half committed"
         );
 
-        let refused_at_1 = [
-            slot(reserved(), cancelled()),
-            slot(
-                flag("refused", "insufficient_funds", None, Some(1)),
-                cancelled(),
-            ),
-        ];
-        assert!(judge(
-            &refused_at_1,
-            &outcome("rejected", "insufficient_funds", None, Some(1))
-        ));
+        let short_at_1 = slots(
+            (reserved(), cancelled()),
+            (refused("insufficient_funds", 1), cancelled()),
+        );
+        assert!(fits("c", &short_at_1, &rejected("insufficient_funds", 1)));
         assert!(
-            !judge(
-                &refused_at_1,
-                &outcome("rejected", "unknown_account", None, Some(1))
-            ),
+            !fits("c", &short_at_1, &rejected("unknown_account", 1)),
             "another reason"
         );
         assert!(
-            !judge(
-                &refused_at_1,
-                &outcome("rejected", "insufficient_funds", None, Some(0))
-            ),
-            "where no slot refused"
+            !fits("c", &short_at_1, &rejected("insufficient_funds", 0)),
+            "another posting"
         );
-        // Posting 1 goes from USD to EUR: rejected there, though no slot refused.
-        let all_reserved = [slot(reserved(), cancelled()), slot(reserved(), cancelled())];
-        assert!(judge(
-            &all_reserved,
-            &outcome("rejected", "asset_mismatch", None, Some(1))
-        ));
+        // b's funds come before the assets of b (USD) and e (EUR).
+        assert!(fits("e", &short_at_1, &rejected("insufficient_funds", 1)));
+        let one_committed = slots(
+            (reserved(), committed(5)),
+            (refused("insufficient_funds", 1), cancelled()),
+        );
         assert!(
-            !judge(
-                &all_reserved,
-                &outcome("rejected", "asset_mismatch", None, Some(0))
-            ),
+            !fits("c", &one_committed, &rejected("insufficient_funds", 1)),
+            "one committed"
+        );
+
+        // No slot refused, but posting 1 goes from USD to EUR.
+        let all_reserved = slots((reserved(), cancelled()), (reserved(), cancelled()));
+        assert!(fits("e", &all_reserved, &rejected("asset_mismatch", 1)));
+        assert!(
+            !fits("c", &all_reserved, &rejected("asset_mismatch", 1)),
             "one asset"
         );
-        let refused_at_0 = [
-            slot(
-                flag("refused", "insufficient_funds", None, Some(0)),
-                cancelled(),
-            ),
-            slot(reserved(), cancelled()),
-        ];
-        assert!(
-            !judge(
-                &refused_at_0,
-                &outcome("rejected", "asset_mismatch", None, Some(1))
-            ),
-            "a refusal before it"
+        // The assets come before e's room, after a missing payee.
+        let full_at_1 = slots(
+            (reserved(), cancelled()),
+            (refused("max_balance_exceeded", 1), cancelled()),
         );
-        let not_cancelled = [
-            slot(reserved(), committed(5)),
-            slot(
-                flag("refused", "insufficient_funds", None, Some(1)),
-                cancelled(),
-            ),
-        ];
+        assert!(fits("e", &full_at_1, &rejected("asset_mismatch", 1)));
         assert!(
-            !judge(
-                &not_cancelled,
-                &outcome("rejected", "insufficient_funds", None, Some(1))
-            ),
-            "one committed"
+            !fits("e", &full_at_1, &rejected("max_balance_exceeded", 1)),
+            "the room first"
+        );
+        let missing_at_1 = slots(
+            (reserved(), cancelled()),
+            (refused("unknown_account", 1), cancelled()),
+        );
+        assert!(fits("z", &missing_at_1, &rejected("unknown_account", 1)));
+        assert!(
+            !fits("z", &missing_at_1, &rejected("asset_mismatch", 1)),
+            "a missing account's asset"
+        );
+        // a refused at posting 0: nothing after it counts.
+        let short_at_0 = slots(
+            (refused("insufficient_funds", 0), cancelled()),
+            (reserved(), cancelled()),
+        );
+        assert!(fits("e", &short_at_0, &rejected("insufficient_funds", 0)));
+        assert!(
+            !fits("e", &short_at_0, &rejected("asset_mismatch", 1)),
+            "a refusal before it"
         );
     }
 }

@@ -894,6 +894,16 @@ async fn postings_between_slots_reserve_then_commit_each_step_once() {
             "{account}"
         );
     }
+    // The same id with another body: never the first one's outcome, and
+    // nothing moves (the consumer sends it to the DLQ).
+    let other = Record {
+        tx: postings_tx("far", &[(a, b, 31), (b, c, 10), (a, c, 5)]),
+        accepted_at_ms: 1,
+        saga: None,
+    };
+    let answer = store.apply_records(&[other]).await.unwrap();
+    assert_eq!(answer[0], Progress::Mismatch);
+    assert_eq!(account_fields(&store, a, &fields).await, [65, 0, 0]);
 }
 
 /// A step of postings between slots runs only as the store builds it: a

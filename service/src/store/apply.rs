@@ -324,6 +324,9 @@ impl Store {
         };
         let reply = StepReply::parse(&state, &reason, &balance_after, &asset, &posting)
             .ok_or_else(unexpected)?;
+        if reply == StepReply::Mismatch {
+            return Ok(Progress::Mismatch);
+        }
         // Postings between slots, or a record of one of their steps (on
         // any topology: the step names itself).
         let between_slots = match &record.saga {
@@ -353,7 +356,6 @@ impl Store {
         };
         let saga = self.layout.needs_saga(tx);
         match (&record.saga, reply) {
-            (_, StepReply::Mismatch) => Ok(Progress::Mismatch),
             (None, StepReply::Expiry { expired }) => Ok(Progress::Expiry { expired, duplicate }),
             (None, StepReply::Settled(outcome)) if !saga => {
                 let account = tx.movement.account().as_str();
