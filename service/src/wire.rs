@@ -109,13 +109,14 @@ pub struct Refusal {
 }
 
 /// Which check of a posting refused it, in the order one script checks
-/// them: its `from` (exists, the asset it names, funds), its `to` exists,
-/// the two accounts' assets match, its `to` has room.
+/// them: its `from` (exists, the asset it names, funds), the two accounts'
+/// assets match, its `to` (exists, the asset it names, room). A missing
+/// `to` comes before the assets in one script, but never meets them: an
+/// account that does not exist has no asset to compare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Check {
     From,
-    ToExists,
     Assets,
     To,
 }
@@ -445,7 +446,7 @@ mod tests {
             let votes = Votes {
                 refused: Some(Refusal {
                     posting: 1,
-                    check: Check::ToExists,
+                    check: Check::To,
                     reason: RejectReason::UnknownAccount,
                 }),
                 assets: vec![

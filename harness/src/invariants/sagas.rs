@@ -9,7 +9,7 @@ use std::collections::HashSet;
 
 use super::steps::{Flag, PostingSlot, Steps};
 use super::{Reader, Verdict};
-use crate::workload::{AccountSpec, Ledger, SentTx};
+use crate::workload::{Ledger, SentTx};
 
 /// One saga: its transaction and the flags of its debit, credit and settle.
 type Saga<'a> = (&'a SentTx, &'a Flag, &'a Flag, &'a Flag);
@@ -147,19 +147,6 @@ async fn check_posting_sagas(
                 .collect(),
         )
         .await?;
-    // What an account holds, as the engine made it (`None`: it does not
-    // exist).
-    let default = AccountSpec::default();
-    let asset_of = |account: &str| {
-        ledger.start.contains_key(account).then(|| {
-            ledger
-                .accounts
-                .get(account)
-                .unwrap_or(&default)
-                .asset
-                .as_str()
-        })
-    };
     let in_slot = |owner: &str, account: &str| reader.layout.same_slot(owner, account);
     for ((tx, slots), (state, reason, balance_after, posting)) in sagas.into_iter().zip(outcomes) {
         if slots.iter().all(|slot| slot.reserve.state.is_none()) {
@@ -172,7 +159,7 @@ async fn check_posting_sagas(
             balance_after: balance_after.and_then(|b| b.parse().ok()),
             posting: posting.and_then(|p| p.parse().ok()),
         };
-        if !posting_saga_fits(tx, slots, &outcome, asset_of, in_slot) {
+        if !posting_saga_fits(tx, slots, &outcome, ledger, in_slot) {
             let states = |pick: fn(&PostingSlot) -> &Flag| -> Vec<(Option<&str>, &str)> {
                 slots
                     .iter()
@@ -203,16 +190,26 @@ struct PostingOutcome {
 /// every slot reserved and committed, with the first slot's balance after;
 /// else rejected, every slot cancelled, at the posting and for the reason a
 /// single script would give: of the slots' refusals and the postings whose
-/// two accounts hold different assets (`asset_of`: `None` for an account
-/// that does not exist), the lowest posting, and at one posting the check
-/// one script makes first (`in_slot`: whether an account is in a slot).
-fn posting_saga_fits<'a>(
+/// two existing accounts hold different assets (as the `ledger` made
+/// them), the lowest posting, and at one posting the check one script
+/// makes first (`in_slot`: whether an account is in a slot).
+fn posting_saga_fits(
     tx: &SentTx,
     slots: &[PostingSlot],
     outcome: &PostingOutcome,
-    asset_of: impl Fn(&str) -> Option<&'a str>,
+    ledger: &Ledger,
     in_slot: impl Fn(&str, &str) -> bool,
 ) -> bool {
+    let asset_of = |account: &str| {
+        ledger.start.contains_key(account).then(|| {
+            ledger
+                .accounts
+                .get(account)
+                .cloned()
+                .unwrap_or_default()
+                .asset
+        })
+    };
     let all = |pick: fn(&PostingSlot) -> &Flag, state: &str| {
         slots
             .iter()
@@ -230,7 +227,6 @@ fn posting_saga_fits<'a>(
             let check = match reason {
                 "insufficient_funds" => 0,
                 "unknown_account" | "asset_mismatch" if payer_here => 0,
-                "unknown_account" => 1,
                 _ => 3,
             };
             Some((posting, check, reason))
@@ -294,7 +290,7 @@ async fn check_nothing_held(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workload::{Kind, Leg};
+    use crate::workload::{AccountSpec, Kind, Leg};
 
     fn flag(state: &str, reason: &str, balance_after: Option<i64>, posting: Option<u16>) -> Flag {
         Flag {
@@ -358,16 +354,29 @@ mod tests {
                 .to_vec(),
         };
         // e holds EUR, z does not exist, the others hold USD; slot "a"
-        // holds a, slot "b" holds b and the second posting's payee.
-        let asset_of = |account: &str| match account {
-            "e" => Some("EUR/2"),
-            "z" => None,
-            _ => Some("USD/2"),
+        // holds a and z, slot "b" the others.
+        let spec = |asset: &str| AccountSpec {
+            asset: asset.into(),
+            ..AccountSpec::default()
         };
-        let in_slot =
-            |owner: &str, account: &str| owner == account || (owner == "b" && account != "a");
+        let ledger = Ledger {
+            start: ["a", "b", "c", "e"].map(|a| (a.to_owned(), 100)).into(),
+            accounts: [
+                ("a", "USD/2"),
+                ("b", "USD/2"),
+                ("c", "USD/2"),
+                ("e", "EUR/2"),
+            ]
+            .map(|(account, asset)| (account.to_owned(), spec(asset)))
+            .into(),
+            ..Ledger::default()
+        };
+        let in_slot = |owner: &str, account: &str| match owner {
+            "a" => account == "a" || account == "z",
+            _ => account != "a" && account != "z",
+        };
         let fits = |to: &str, slots: &[PostingSlot], outcome: &PostingOutcome| {
-            posting_saga_fits(&postings(to), slots, outcome, asset_of, in_slot)
+            posting_saga_fits(&postings(to), slots, outcome, &ledger, in_slot)
         };
         let reserved = || flag("reserved", "", None, None);
         let refused = |reason, posting| flag("refused", reason, None, Some(posting));
@@ -422,7 +431,7 @@ mod tests {
             !fits("c", &all_reserved, &rejected("asset_mismatch", 1)),
             "one asset"
         );
-        // The assets come before e's room, after a missing payee.
+        // The assets come before e's room; a missing payee has none.
         let full_at_1 = slots(
             (reserved(), cancelled()),
             (refused("max_balance_exceeded", 1), cancelled()),
@@ -432,9 +441,21 @@ mod tests {
             !fits("e", &full_at_1, &rejected("max_balance_exceeded", 1)),
             "the room first"
         );
+        // b names an asset it does not hold, and a has no room: b's check
+        // comes first.
+        let both_at_1 = slots(
+            (refused("max_balance_exceeded", 1), cancelled()),
+            (refused("asset_mismatch", 1), cancelled()),
+        );
+        assert!(fits("a", &both_at_1, &rejected("asset_mismatch", 1)));
+        assert!(
+            !fits("a", &both_at_1, &rejected("max_balance_exceeded", 1)),
+            "the payer's check first"
+        );
+        // z, in a's slot, is missing: a's refusal, not an asset.
         let missing_at_1 = slots(
-            (reserved(), cancelled()),
             (refused("unknown_account", 1), cancelled()),
+            (reserved(), cancelled()),
         );
         assert!(fits("z", &missing_at_1, &rejected("unknown_account", 1)));
         assert!(

@@ -230,7 +230,6 @@ impl Votes {
                 RejectReason::UnknownAccount | RejectReason::AssetMismatch if owns_from => {
                     Check::From
                 }
-                RejectReason::UnknownAccount => Check::ToExists,
                 _ => Check::To,
             };
             self.keep_first(Refusal {
@@ -333,8 +332,8 @@ mod tests {
     }
 
     /// The lowest posting wins; at one posting, its `from`'s refusal wins
-    /// over its `to`'s, a missing `to` over assets that differ, and those
-    /// over a `to` without room, as one script checks them.
+    /// over its `to`'s, assets that differ over a `to` without room, as one
+    /// script checks them; a missing `to` has no asset to differ.
     #[test]
     fn the_first_refusal_in_one_scripts_order_fails_the_transaction() {
         let legs = postings(&[("a", "b"), ("b", "c")]);
@@ -404,7 +403,7 @@ mod tests {
             Some((1, RejectReason::UnknownAccount)),
             vec![eur(), unseen(), unseen(), SeenAsset::Missing],
         );
-        // A missing `to` before anything about assets.
+        // A missing `to`: no assets to compare.
         assert_eq!(votes.failed(), failed(1, RejectReason::UnknownAccount));
 
         // One slot holds both accounts of posting 1 (b EUR, c USD): it
