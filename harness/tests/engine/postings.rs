@@ -901,9 +901,22 @@ async fn postings_between_slots_reserve_then_commit_each_step_once() {
         accepted_at_ms: 1,
         saga: None,
     };
-    let answer = store.apply_records(&[other]).await.unwrap();
+    let answer = store
+        .apply_records(std::slice::from_ref(&other))
+        .await
+        .unwrap();
     assert_eq!(answer[0], Progress::Mismatch);
     assert_eq!(account_fields(&store, a, &fields).await, [65, 0, 0]);
+    // A later step that meets another body's flag stops loudly: the slots
+    // before it would keep their reservations.
+    let later = Record {
+        saga: Some(SagaStep::Reserve {
+            on: AccountId::parse(b).unwrap(),
+            votes: txengine::wire::Votes::none(other.tx.movement.postings().unwrap()),
+        }),
+        ..other
+    };
+    assert!(store.apply_records(&[later]).await.is_err());
 }
 
 /// A step of postings between slots runs only as the store builds it: a
