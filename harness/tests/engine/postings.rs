@@ -916,7 +916,8 @@ async fn postings_between_slots_reserve_then_commit_each_step_once() {
         }),
         ..other
     };
-    assert!(store.apply_records(&[later]).await.is_err());
+    let answer = store.apply_records(&[later]).await;
+    assert!(answer.is_err(), "{answer:?}");
 }
 
 /// A step of postings between slots runs only as the store builds it: a

@@ -324,15 +324,18 @@ impl Store {
         };
         let reply = StepReply::parse(&state, &reason, &balance_after, &asset, &posting)
             .ok_or_else(unexpected)?;
-        if reply == StepReply::Mismatch {
-            return Ok(Progress::Mismatch);
-        }
         // Postings between slots, or a record of one of their steps (on
         // any topology: the step names itself).
         let between_slots = match &record.saga {
             Some(step) => step.of_postings(),
             None => !self.layout.in_one_slot(&tx.movement),
         };
+        // Another body's flag: the record goes to the DLQ, unless it is a
+        // later step of postings between slots, whose earlier slots hold
+        // reservations only its chain gives back: that stops loudly.
+        if reply == StepReply::Mismatch && !(between_slots && record.saga.is_some()) {
+            return Ok(Progress::Mismatch);
+        }
         if let Some(postings) = tx.movement.postings().filter(|_| between_slots) {
             return self
                 .postings_progress(record, postings, reply, &posting, &assets, duplicate)
