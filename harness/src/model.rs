@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use txengine::limits::MAX_MINOR_UNITS;
 
-use crate::workload::{AccountSpec, Kind, SentTx};
+use crate::workload::{AccountSpec, Kind, Leg, SentTx};
 
 /// Balances, money sagas took out of an account and have not settled,
 /// money holds keep (`pending`), the holds, and each account's asset and
@@ -66,6 +66,26 @@ impl Books {
     /// what holds do not keep, down to its `min_balance`.
     fn may_pay(&self, account: &str, balance: i64, amount: u64) -> bool {
         balance - self.pending(account) as i64 - amount as i64 >= self.spec(account).min_balance
+    }
+
+    /// A posting's checks of its payer, in one script's order: it exists
+    /// (its balance in `balances`, as the postings before left it), holds
+    /// the asset the posting names, and may pay. Its balance and asset, or
+    /// why not.
+    fn payer_check(
+        &self,
+        balances: &HashMap<String, i64>,
+        leg: &Leg,
+    ) -> Result<(i64, String), &'static str> {
+        let source = *balances.get(&leg.from).ok_or("unknown_account")?;
+        let asset = self.spec(&leg.from).asset;
+        if leg.asset.as_ref().is_some_and(|named| *named != asset) {
+            return Err("asset_mismatch");
+        }
+        if !self.may_pay(&leg.from, source, leg.amount) {
+            return Err("insufficient_funds");
+        }
+        Ok((source, asset))
     }
 
     /// Whether the step just before ended `hold` as `state`.
@@ -206,14 +226,7 @@ fn decide_postings(books: &mut Books, tx: &SentTx) -> Result<i64, (usize, &'stat
     let mut balances = books.balances.clone();
     for (index, leg) in tx.legs.iter().enumerate() {
         let refused = |reason| (index, reason);
-        let source = *balances.get(&leg.from).ok_or(refused("unknown_account"))?;
-        let asset = books.spec(&leg.from).asset;
-        if leg.asset.as_ref().is_some_and(|named| *named != asset) {
-            return Err(refused("asset_mismatch"));
-        }
-        if !books.may_pay(&leg.from, source, leg.amount) {
-            return Err(refused("insufficient_funds"));
-        }
+        let (source, asset) = books.payer_check(&balances, leg).map_err(refused)?;
         let destination = *balances.get(&leg.to).ok_or(refused("unknown_account"))?;
         if let Some(reason) = books.credit_refusal(&leg.to, destination, leg.amount, Some(&asset)) {
             return Err(refused(reason));
@@ -454,14 +467,7 @@ fn check_postings_here(
     for (index, leg) in tx.legs.iter().enumerate() {
         let refused = |reason| (index, reason);
         if here.contains(&leg.from) {
-            let source = *balances.get(&leg.from).ok_or(refused("unknown_account"))?;
-            let own = books.spec(&leg.from).asset;
-            if leg.asset.as_ref().is_some_and(|named| *named != own) {
-                return Err(refused("asset_mismatch"));
-            }
-            if !books.may_pay(&leg.from, source, leg.amount) {
-                return Err(refused("insufficient_funds"));
-            }
+            let (source, _) = books.payer_check(&balances, leg).map_err(refused)?;
             balances.insert(leg.from.clone(), source - leg.amount as i64);
         }
         if here.contains(&leg.to) {

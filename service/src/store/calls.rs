@@ -233,15 +233,26 @@ impl PostingsCall<'_> {
             other.write(&mut keys);
         }
         self.args.write(&mut args);
-        args.arg(self.names.len());
-        for name in &self.names {
-            args.arg(*name);
-        }
-        args.arg(self.postings.len());
-        for (from, to, amount, asset) in self.postings {
-            args.arg(from).arg(to).arg(amount).arg(asset);
-        }
+        write_counted(&mut args, &self.names);
+        write_postings(&mut args, &self.postings);
         (keys, args)
+    }
+}
+
+/// A list as the postings scripts take it: its length, then its items.
+fn write_counted<T: redis::ToRedisArgs>(args: &mut Cmd, items: &[T]) {
+    args.arg(items.len());
+    for item in items {
+        args.arg(item);
+    }
+}
+
+/// Postings as the postings scripts take them: their count, then each
+/// one's `from` and `to` numbers, amount and named asset.
+fn write_postings(args: &mut Cmd, postings: &[(usize, usize, u64, &str)]) {
+    args.arg(postings.len());
+    for (from, to, amount, asset) in postings {
+        args.arg(from).arg(to).arg(amount).arg(asset);
     }
 }
 
@@ -277,18 +288,9 @@ impl PostingStepCall<'_> {
         }
         keys.extend(self.reserve_flag);
         self.args.write(&mut args);
-        args.arg(self.names.len());
-        for name in &self.names {
-            args.arg(*name);
-        }
-        args.arg(self.here.len());
-        for number in &self.here {
-            args.arg(*number);
-        }
-        args.arg(self.postings.len());
-        for (from, to, amount, asset) in self.postings {
-            args.arg(from).arg(to).arg(amount).arg(asset);
-        }
+        write_counted(&mut args, &self.names);
+        write_counted(&mut args, &self.here);
+        write_postings(&mut args, &self.postings);
         match self.failed {
             Some((posting, reason)) => args.arg(posting).arg(reason),
             None => args.arg("").arg(""),
