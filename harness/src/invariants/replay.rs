@@ -17,8 +17,9 @@ use crate::workload::{Ledger, SentTx};
 /// What happened at one place in a slot's order: a step, with None for
 /// one script, and its flag; or the end of a hold, as its record says.
 enum Happened<'a> {
-    /// The step, the account it ran for (whose slot) and its flag.
-    Step(Option<SagaStep>, &'a str, &'a Flag),
+    /// The step, for a step of postings between slots the transaction's
+    /// accounts in its slot, and its flag.
+    Step(Option<SagaStep>, &'a [String], &'a Flag),
     End(&'a str),
 }
 
@@ -42,7 +43,7 @@ pub(super) async fn replay_in_apply_order(
     if !violations.is_empty() {
         return Ok(violations);
     }
-    Ok(replay_shards(&reader.layout, ledger, by_shard))
+    Ok(replay_shards(ledger, by_shard))
 }
 
 /// Every recorded step and hold end of the ledger, by the shard that
@@ -54,12 +55,12 @@ fn events_by_shard<'a>(
 ) -> HashMap<u32, Vec<Event<'a>>> {
     let mut by_shard: HashMap<u32, Vec<Event>> = HashMap::new();
     for (tx, steps) in steps {
-        for (owner, step, flag) in steps.recorded(tx) {
+        for (owner, step, flag, here) in steps.recorded(tx) {
             let seq = flag.seq.unwrap_or_default();
             by_shard.entry(layout.shard_of(owner)).or_default().push((
                 seq,
                 tx,
-                Happened::Step(step, owner, flag),
+                Happened::Step(step, here, flag),
             ));
         }
     }
@@ -117,11 +118,7 @@ async fn unexplained_seqs(
 /// Replays each shard's events in `seq` order (shards in order) on one
 /// model of the books, and returns where the records disagree with it
 /// (at most [`MAX_DISAGREEMENTS`] steps' worth).
-fn replay_shards(
-    layout: &Layout,
-    ledger: &Ledger,
-    by_shard: HashMap<u32, Vec<Event<'_>>>,
-) -> Vec<String> {
+fn replay_shards(ledger: &Ledger, by_shard: HashMap<u32, Vec<Event<'_>>>) -> Vec<String> {
     let mut violations = Vec::new();
     let mut books = Books::new(ledger.start.clone()).with_specs(ledger.accounts.clone());
     let mut shards: Vec<_> = by_shard.into_iter().collect();
@@ -135,22 +132,8 @@ fn replay_shards(
                         violations.push(format!("seq {seq}: {e}"));
                     }
                 }
-                Happened::Step(step, owner, flag) => {
-                    // A step of postings between slots checks the
-                    // accounts of its slot only.
-                    let here: Vec<String> = tx
-                        .legs
-                        .iter()
-                        .flat_map(|leg| [&leg.from, &leg.to])
-                        .filter(|account| layout.same_slot(owner, account))
-                        .fold(Vec::new(), |mut here, account| {
-                            if !here.contains(account) {
-                                here.push(account.clone());
-                            }
-                            here
-                        });
-                    if let Some(disagreement) = replay_step(&mut books, seq, tx, step, &here, flag)
-                    {
+                Happened::Step(step, here, flag) => {
+                    if let Some(disagreement) = replay_step(&mut books, seq, tx, step, here, flag) {
                         violations.push(disagreement);
                         if violations.len() >= MAX_DISAGREEMENTS {
                             return violations;

@@ -147,7 +147,6 @@ async fn check_posting_sagas(
                 .collect(),
         )
         .await?;
-    let in_slot = |owner: &str, account: &str| reader.layout.same_slot(owner, account);
     for ((tx, slots), (state, reason, balance_after, posting)) in sagas.into_iter().zip(outcomes) {
         if slots.iter().all(|slot| slot.reserve.state.is_none()) {
             continue; // never applied (an uncertain one that did not land)
@@ -159,7 +158,7 @@ async fn check_posting_sagas(
             balance_after: balance_after.and_then(|b| b.parse().ok()),
             posting: posting.and_then(|p| p.parse().ok()),
         };
-        if !posting_saga_fits(tx, slots, &outcome, ledger, in_slot) {
+        if !posting_saga_fits(tx, slots, &outcome, ledger) {
             let states = |pick: fn(&PostingSlot) -> &Flag| -> Vec<(Option<&str>, &str)> {
                 slots
                     .iter()
@@ -192,13 +191,12 @@ struct PostingOutcome {
 /// single script would give: of the slots' refusals and the postings whose
 /// two existing accounts hold different assets (as the `ledger` made
 /// them), the lowest posting, and at one posting the check one script
-/// makes first (`in_slot`: whether an account is in a slot).
+/// makes first.
 fn posting_saga_fits(
     tx: &SentTx,
     slots: &[PostingSlot],
     outcome: &PostingOutcome,
     ledger: &Ledger,
-    in_slot: impl Fn(&str, &str) -> bool,
 ) -> bool {
     let asset_of = |account: &str| {
         ledger.start.contains_key(account).then(|| {
@@ -223,7 +221,7 @@ fn posting_saga_fits(
             let posting = slot.reserve.posting?;
             let leg = tx.legs.get(usize::from(posting))?;
             let reason = slot.reserve.reason.as_str();
-            let payer_here = in_slot(&slot.owner, &leg.from);
+            let payer_here = slot.accounts.contains(&leg.from);
             let check = match reason {
                 "insufficient_funds" => 0,
                 "unknown_account" | "asset_mismatch" if payer_here => 0,
@@ -302,20 +300,15 @@ mod tests {
         }
     }
 
-    fn slot(reserve: Flag, settle: Flag) -> PostingSlot {
-        PostingSlot {
-            owner: String::new(),
+    /// The slot of `a` and `z`, and the slot of `b`, `c` and `e`, with
+    /// their flags.
+    fn slots(a: (Flag, Flag), b: (Flag, Flag)) -> [PostingSlot; 2] {
+        let slot = |accounts: &[&str], (reserve, settle): (Flag, Flag)| PostingSlot {
+            accounts: accounts.iter().map(ToString::to_string).collect(),
             reserve,
             settle,
-        }
-    }
-
-    /// The slots of `a` and of `b` (and `e`), with their flags.
-    fn slots(a: (Flag, Flag), b: (Flag, Flag)) -> [PostingSlot; 2] {
-        let [mut first, mut second] = [slot(a.0, a.1), slot(b.0, b.1)];
-        first.owner = "a".into();
-        second.owner = "b".into();
-        [first, second]
+        };
+        [slot(&["a", "z"], a), slot(&["b", "c", "e"], b)]
     }
 
     fn outcome(
@@ -371,12 +364,8 @@ mod tests {
             .into(),
             ..Ledger::default()
         };
-        let in_slot = |owner: &str, account: &str| match owner {
-            "a" => account == "a" || account == "z",
-            _ => account != "a" && account != "z",
-        };
         let fits = |to: &str, slots: &[PostingSlot], outcome: &PostingOutcome| {
-            posting_saga_fits(&postings(to), slots, outcome, &ledger, in_slot)
+            posting_saga_fits(&postings(to), slots, outcome, &ledger)
         };
         let reserved = || flag("reserved", "", None, None);
         let refused = |reason, posting| flag("refused", reason, None, Some(posting));

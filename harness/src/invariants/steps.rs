@@ -35,32 +35,47 @@ pub(super) enum Steps {
 
 /// One slot's steps of postings between slots.
 pub(super) struct PostingSlot {
-    pub(super) owner: String,
+    /// The transaction's accounts in this slot, in order of first mention;
+    /// the steps run for the first.
+    pub(super) accounts: Vec<String>,
     pub(super) reserve: Flag,
     pub(super) settle: Flag,
 }
 
-/// The first account of each slot a postings transaction's accounts are
-/// in, when they are in more than one (its steps run there).
-pub(super) fn posting_slots(layout: &Layout, tx: &SentTx) -> Option<Vec<String>> {
+impl PostingSlot {
+    /// The account the slot's steps run for (their flags are in its slot).
+    pub(super) fn owner(&self) -> &str {
+        &self.accounts[0]
+    }
+}
+
+/// A postings transaction's accounts by slot, when they are in more than
+/// one (see `slots_of`).
+fn posting_slots(layout: &Layout, tx: &SentTx) -> Option<Vec<Vec<String>>> {
     if tx.kind != Kind::Postings {
         return None;
     }
     let tx = tx.transaction().ok()?;
     let slots = slots_of(layout, tx.movement.postings()?);
-    (slots.len() > 1).then(|| slots.iter().map(|group| group[0].to_string()).collect())
+    (slots.len() > 1).then(|| {
+        slots
+            .iter()
+            .map(|group| group.iter().map(ToString::to_string).collect())
+            .collect()
+    })
 }
+
+/// One recorded step (see [`Steps::recorded`]).
+pub(super) type Recorded<'a> = (&'a str, Option<SagaStep>, &'a Flag, &'a [String]);
 
 impl Steps {
     /// Every recorded step: the shard-owning account, the step (None for
-    /// a one-script apply) and its flag.
-    pub(super) fn recorded<'a>(
-        &'a self,
-        tx: &'a SentTx,
-    ) -> Vec<(&'a str, Option<SagaStep>, &'a Flag)> {
+    /// a one-script apply), its flag, and for a step of postings between
+    /// slots the transaction's accounts in its slot (else none).
+    pub(super) fn recorded<'a>(&'a self, tx: &'a SentTx) -> Vec<Recorded<'a>> {
         let to = tx.to.as_deref().unwrap_or_default();
         let all = match self {
-            Steps::Apply(flag) => vec![(tx.account.as_str(), None, flag)],
+            Steps::Apply(flag) => vec![(tx.account.as_str(), None, flag, &[][..])],
             Steps::Saga {
                 debit,
                 credit,
@@ -72,9 +87,9 @@ impl Steps {
                     SagaStep::Release
                 };
                 vec![
-                    (tx.account.as_str(), Some(SagaStep::Debit), debit),
-                    (to, Some(SagaStep::Credit), credit),
-                    (tx.account.as_str(), Some(settle_step), settle),
+                    (tx.account.as_str(), Some(SagaStep::Debit), debit, &[][..]),
+                    (to, Some(SagaStep::Credit), credit, &[]),
+                    (tx.account.as_str(), Some(settle_step), settle, &[]),
                 ]
             }
             Steps::Postings(slots) => slots
@@ -85,15 +100,16 @@ impl Steps {
                     } else {
                         SagaStep::Commit
                     };
+                    let here = &slot.accounts[..];
                     [
-                        (slot.owner.as_str(), Some(SagaStep::Reserve), &slot.reserve),
-                        (slot.owner.as_str(), Some(settle_step), &slot.settle),
+                        (slot.owner(), Some(SagaStep::Reserve), &slot.reserve, here),
+                        (slot.owner(), Some(settle_step), &slot.settle, here),
                     ]
                 })
                 .collect(),
         };
         all.into_iter()
-            .filter(|(_, _, f)| f.seq.is_some())
+            .filter(|(_, _, flag, _)| flag.seq.is_some())
             .collect()
     }
 }
@@ -108,10 +124,11 @@ pub(super) async fn read_steps<'l>(
     let all: Vec<&SentTx> = ledger.accepted.iter().chain(&ledger.uncertain).collect();
     const FIELDS: [&str; 5] = ["seq", "state", "reason", "balance_after", "posting"];
     let mut commands = Vec::new();
-    let slots: Vec<Option<Vec<String>>> = all.iter().map(|tx| posting_slots(layout, tx)).collect();
+    let slots: Vec<Option<Vec<Vec<String>>>> =
+        all.iter().map(|tx| posting_slots(layout, tx)).collect();
     for (tx, slots) in all.iter().zip(&slots) {
-        if let Some(owners) = slots {
-            for owner in owners {
+        if let Some(slots) = slots {
+            for owner in slots.iter().map(|accounts| &accounts[0]) {
                 for step in ["reserve", "settle"] {
                     commands.push(reader.hmget(owner, layout.step(owner, &tx.id, step), &FIELDS));
                 }
@@ -162,11 +179,11 @@ pub(super) async fn read_steps<'l>(
         .into_iter()
         .zip(slots)
         .map(|(tx, slots)| {
-            if let Some(owners) = slots {
-                let slots = owners
+            if let Some(slots) = slots {
+                let slots = slots
                     .into_iter()
-                    .map(|owner| PostingSlot {
-                        owner,
+                    .map(|accounts| PostingSlot {
+                        accounts,
                         reserve: next(),
                         settle: next(),
                     })
