@@ -74,14 +74,15 @@ impl Store {
     /// `reply` (see [`super::posting_steps`]): the next slot's reserve, the
     /// decision once the last slot reserved, then each slot's commit or
     /// cancel in the reverse order, the outcome after the first slot's.
-    /// `None` for an answer the step cannot give.
+    /// `posting` and `seen` are a reserve's refused posting and the assets
+    /// it saw. `None` for an answer the step cannot give.
     pub(super) fn postings_progress(
         &self,
         record: &Record,
         postings: &Postings,
         reply: StepReply,
         posting: &str,
-        assets: &str,
+        seen: &str,
         duplicate: bool,
     ) -> Option<Progress> {
         let slots = slots_of(&self.layout, postings);
@@ -96,13 +97,7 @@ impl Store {
                 ..record.clone()
             })
         };
-        let ended = |outcome, assets: &Vec<Option<Asset>>| Progress::Ended {
-            applied: Applied { outcome, duplicate },
-            recorded: false,
-            asset: assets.first().cloned().flatten(),
-            posting_assets: assets.clone(),
-        };
-        Some(match (&record.saga, reply) {
+        let (on, assets, outcome) = match (&record.saga, reply) {
             (
                 None | Some(SagaStep::Reserve { .. }),
                 reply @ (StepReply::Reserved | StepReply::Refused(_)),
@@ -116,50 +111,36 @@ impl Store {
                     StepReply::Refused(reason) => Some((posting.parse().ok()?, reason)),
                     _ => None,
                 };
-                votes.add(postings, &slots[index], refused, parse_seen(assets)?);
-                let on = on.clone();
-                next(match (slots.get(index + 1), votes.failed()) {
-                    (Some(group), _) => SagaStep::Reserve {
-                        on: group[0].clone(),
-                        votes,
-                    },
-                    (None, None) => SagaStep::Commit {
-                        on,
-                        assets: votes.posting_assets(),
-                    },
-                    (None, Some(failed)) => SagaStep::Cancel {
-                        on,
-                        failed,
-                        assets: votes.posting_assets(),
-                    },
-                })
+                votes.add(postings, &slots[index], refused, parse_seen(seen)?);
+                return Some(next(votes.next_step(slots.get(index + 1), on)));
             }
             (Some(SagaStep::Commit { on, assets }), StepReply::Committed { balance_after }) => {
-                match slot_of(on)?.checked_sub(1) {
-                    Some(before) => next(SagaStep::Commit {
-                        on: slots[before][0].clone(),
-                        assets: assets.clone(),
-                    }),
-                    None => ended(Outcome::Applied { balance_after }, assets),
-                }
+                (on, assets, Outcome::Applied { balance_after })
             }
             (Some(SagaStep::Cancel { on, failed, assets }), StepReply::Cancelled) => {
-                match slot_of(on)?.checked_sub(1) {
-                    Some(before) => next(SagaStep::Cancel {
-                        on: slots[before][0].clone(),
-                        failed: *failed,
-                        assets: assets.clone(),
-                    }),
-                    None => ended(
-                        Outcome::Rejected {
-                            reason: failed.reason,
-                            posting: Some(failed.posting),
-                        },
-                        assets,
-                    ),
-                }
+                let outcome = Outcome::Rejected {
+                    reason: failed.reason,
+                    posting: Some(failed.posting),
+                };
+                (on, assets, outcome)
             }
             _ => return None,
+        };
+        // The same step in the slot before, or the outcome after the first.
+        Some(match slot_of(on)?.checked_sub(1) {
+            Some(before) => {
+                let mut step = record.saga.clone()?;
+                if let SagaStep::Commit { on, .. } | SagaStep::Cancel { on, .. } = &mut step {
+                    *on = slots[before][0].clone();
+                }
+                next(step)
+            }
+            None => Progress::Ended {
+                applied: Applied { outcome, duplicate },
+                recorded: false,
+                asset: assets.first().cloned().flatten(),
+                posting_assets: assets.clone(),
+            },
         })
     }
 }
@@ -242,6 +223,27 @@ impl Votes {
             if theirs != SeenAsset::Unseen {
                 *mine = theirs;
             }
+        }
+    }
+
+    /// The step after the reserve in the slot of `on`: the reserve in the
+    /// next slot's (`next`, its accounts), or once every slot answered,
+    /// the decision, in this same slot first.
+    fn next_step(self, next: Option<&Vec<&AccountId>>, on: &AccountId) -> SagaStep {
+        match (next, self.failed()) {
+            (Some(group), _) => SagaStep::Reserve {
+                on: group[0].clone(),
+                votes: self,
+            },
+            (None, None) => SagaStep::Commit {
+                on: on.clone(),
+                assets: self.posting_assets(),
+            },
+            (None, Some(failed)) => SagaStep::Cancel {
+                on: on.clone(),
+                failed,
+                assets: self.posting_assets(),
+            },
         }
     }
 
