@@ -1,14 +1,16 @@
 //! The harness's one HTTP client for the engine's API: the tests, the
 //! scenario runner and the load runs' setup all speak to the engine through
-//! it. Answers come back as (status, JSON body); anything that is not JSON
-//! where JSON was promised is an error, never a silent `null`.
+//! it, and it sends every request through the client library
+//! (`txengine-client`), one try each. Raw answers come back as (status,
+//! JSON body); anything that is not JSON where JSON was promised is an
+//! error, never a silent `null`.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use reqwest::StatusCode;
 use serde_json::{json, Value};
+use txengine_client::{Client, KeySpec, Method, RetryPolicy, StatusCode};
 
 use crate::workload::{account_name, AccountSpec, Ledger};
 
@@ -26,8 +28,14 @@ pub struct ApiClient {
     /// The API key every request sends (as `Authorization: Bearer`), unless
     /// it sets its own: [`ApiClient::with_api_key`].
     pub api_key: Option<String>,
-    /// The underlying client, for requests the methods below do not cover;
-    /// it sends the API key too.
+    /// The client library with the API key (none before
+    /// [`ApiClient::with_api_key`]): every request of the methods below goes
+    /// through it or through [`ApiClient::admin`].
+    pub client: Client,
+    /// The client library with the admin token.
+    pub admin: Client,
+    /// A bare HTTP client sending the API key, for the tests of the HTTP
+    /// layer itself (headers, content types) that no client library sends.
     pub http: reqwest::Client,
     timeout: Duration,
 }
@@ -43,10 +51,14 @@ impl ApiClient {
     /// A client for `base_url` whose requests give up after `timeout`; it
     /// sends no API key until [`ApiClient::with_api_key`].
     pub fn new(base_url: &str, admin_token: &str, timeout: Duration) -> anyhow::Result<Self> {
+        // The harness judges every answer itself: one try per request.
+        let client = Client::with_options(base_url, None, timeout, RetryPolicy::NEVER)?;
         Ok(Self {
-            base_url: base_url.trim_end_matches('/').to_owned(),
+            base_url: client.base_url().to_owned(),
             admin_token: admin_token.to_owned(),
             api_key: None,
+            admin: client.with_token(admin_token),
+            client,
             http: reqwest::Client::builder().timeout(timeout).build()?,
             timeout,
         })
@@ -62,6 +74,7 @@ impl ApiClient {
         headers.insert(reqwest::header::AUTHORIZATION, value);
         Ok(Self {
             api_key: Some(secret.to_owned()),
+            client: self.client.with_token(secret),
             http: reqwest::Client::builder()
                 .timeout(self.timeout)
                 .default_headers(headers)
@@ -86,51 +99,28 @@ impl ApiClient {
         rate_per_s: Option<u64>,
         burst: Option<u64>,
     ) -> anyhow::Result<NewKey> {
-        let mut body = json!({ "accounts": accounts });
-        if let Some(rate) = rate_per_s {
-            body["rate_per_s"] = json!(rate);
-        }
-        if let Some(burst) = burst {
-            body["burst"] = json!(burst);
-        }
-        let response = self
-            .http
-            .post(self.url("/admin/keys"))
-            .bearer_auth(&self.admin_token)
-            .json(&body)
-            .send()
-            .await?;
-        let (status, body) = read(response).await?;
-        anyhow::ensure!(
-            status == StatusCode::CREATED,
-            "POST /admin/keys: {status} {body}"
-        );
-        let field = |name: &str| {
-            body[name]
-                .as_str()
-                .map(str::to_owned)
-                .with_context(|| format!("POST /admin/keys: no {name} in {body}"))
+        let spec = KeySpec {
+            accounts: accounts.iter().map(|a| a.to_string()).collect(),
+            rate_per_s,
+            burst,
         };
+        let created = self
+            .admin
+            .create_key(&spec)
+            .await
+            .context("POST /admin/keys")?;
         Ok(NewKey {
-            id: field("id")?,
-            secret: field("secret")?,
+            id: created.key.id,
+            secret: created.secret,
         })
     }
 
     /// DELETE /admin/keys/{id} with the admin token.
     pub async fn revoke_key(&self, id: &str) -> anyhow::Result<()> {
-        let response = self
-            .http
-            .delete(self.url(&format!("/admin/keys/{id}")))
-            .bearer_auth(&self.admin_token)
-            .send()
-            .await?;
-        let status = response.status();
-        anyhow::ensure!(
-            status == StatusCode::NO_CONTENT,
-            "DELETE /admin/keys/{id}: {status}"
-        );
-        Ok(())
+        self.admin
+            .revoke_key(id)
+            .await
+            .with_context(|| format!("DELETE /admin/keys/{id}"))
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -139,34 +129,28 @@ impl ApiClient {
 
     /// POST /transactions with a JSON body.
     pub async fn post(&self, body: &Value) -> anyhow::Result<(StatusCode, Value)> {
-        let response = self
-            .http
-            .post(self.url("/transactions"))
-            .json(body)
-            .send()
-            .await?;
-        read(response).await
+        raw(&self.client, Method::POST, "/transactions", Some(body)).await
     }
 
     /// POST /transactions/batch with these items.
     pub async fn post_batch(&self, items: &[Value]) -> anyhow::Result<(StatusCode, Value)> {
-        let response = self
-            .http
-            .post(self.url("/transactions/batch"))
-            .json(&json!({ "transactions": items }))
-            .send()
-            .await?;
-        read(response).await
+        let body = json!({ "transactions": items });
+        raw(
+            &self.client,
+            Method::POST,
+            "/transactions/batch",
+            Some(&body),
+        )
+        .await
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<(StatusCode, Value)> {
-        read(self.http.get(self.url(path)).send().await?).await
+        raw(&self.client, Method::GET, path, None).await
     }
 
     /// GET `path` with the admin token (which `/ready` shows more to).
     pub async fn get_as_admin(&self, path: &str) -> anyhow::Result<(StatusCode, Value)> {
-        let request = self.http.get(self.url(path)).bearer_auth(&self.admin_token);
-        read(request.send().await?).await
+        raw(&self.admin, Method::GET, path, None).await
     }
 
     /// PUT /balance/{account} with the admin token: its answer, whatever it is.
@@ -175,11 +159,9 @@ impl ApiClient {
         account: &str,
         balance: i64,
     ) -> anyhow::Result<(StatusCode, Value)> {
-        self.put_as_admin(
-            &format!("/balance/{account}"),
-            &json!({ "balance": balance }),
-        )
-        .await
+        let path = format!("/balance/{account}");
+        let body = json!({ "balance": balance });
+        raw(&self.admin, Method::PUT, &path, Some(&body)).await
     }
 
     /// PUT /accounts/{account} with the admin token: its answer, whatever
@@ -189,46 +171,29 @@ impl ApiClient {
         account: &str,
         body: &Value,
     ) -> anyhow::Result<(StatusCode, Value)> {
-        self.put_as_admin(&format!("/accounts/{account}"), body)
-            .await
-    }
-
-    async fn put_as_admin(&self, path: &str, body: &Value) -> anyhow::Result<(StatusCode, Value)> {
-        let response = self
-            .http
-            .put(self.url(path))
-            .bearer_auth(&self.admin_token)
-            .json(body)
-            .send()
-            .await?;
-        read(response).await
+        let path = format!("/accounts/{account}");
+        raw(&self.admin, Method::PUT, &path, Some(body)).await
     }
 
     /// PUT /balance/{account} with the admin token.
     pub async fn set_balance(&self, account: &str, balance: u64) -> anyhow::Result<()> {
         let balance = i64::try_from(balance).context("a balance above i64")?;
-        let (status, body) = self.put_balance_raw(account, balance).await?;
-        anyhow::ensure!(
-            status == StatusCode::OK,
-            "set_balance({account}): {status} {body}"
-        );
+        self.admin
+            .set_balance(account, balance)
+            .await
+            .with_context(|| format!("set_balance({account})"))?;
         Ok(())
     }
 
     /// The balance of `account`, `None` if it does not exist; any other
     /// answer (a 503, say) is an error.
     pub async fn balance(&self, account: &str) -> anyhow::Result<Option<i64>> {
-        let (status, body) = self.get(&format!("/balance/{account}")).await?;
-        match status {
-            StatusCode::OK => body["balance"]
-                .as_i64()
-                .map(Some)
-                .with_context(|| format!("GET /balance/{account}: no balance in {body}")),
-            StatusCode::NOT_FOUND => Ok(None),
-            other => anyhow::bail!("GET /balance/{account}: {other} {body}"),
+        match self.client.balance(account).await {
+            Ok(balance) => Ok(Some(balance.balance)),
+            Err(e) if e.is("not-found") => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("GET /balance/{account}")),
         }
     }
-
     /// Funds accounts `acct-0 .. acct-{count-1}` with `balance` each;
     /// returns the starting balances for the ledger.
     pub async fn fund_accounts(
@@ -314,19 +279,17 @@ impl ApiClient {
     }
 }
 
-/// The status and the JSON body (`null` when empty) of an answer.
-async fn read(response: reqwest::Response) -> anyhow::Result<(StatusCode, Value)> {
-    let status = response.status();
-    let bytes = response.bytes().await?;
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).with_context(|| {
-            format!(
-                "{status}: the body is not JSON: {}",
-                String::from_utf8_lossy(&bytes)
-            )
-        })?
-    };
-    Ok((status, body))
+/// One try of a request through the client library: the status and the
+/// JSON body (`null` when empty); a body that is not JSON is an error.
+async fn raw(
+    client: &Client,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+) -> anyhow::Result<(StatusCode, Value)> {
+    let answer = client
+        .send_raw(method.clone(), path, body)
+        .await
+        .with_context(|| format!("{method} {path}"))?;
+    Ok((answer.status, answer.body))
 }

@@ -5,9 +5,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use reqwest::StatusCode;
 use txengine::config::Secret;
 use txengine::{Config, Engine, Role};
+use txengine_client::{Method, StatusCode};
 
 use crate::client::ApiClient;
 use crate::infra::Infra;
@@ -172,13 +172,17 @@ impl EngineProcess {
     }
 
     async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
-        let client = reqwest::Client::new();
+        let client = txengine_client::Client::with_options(
+            &self.url,
+            None,
+            Duration::from_secs(5),
+            txengine_client::RetryPolicy::NEVER,
+        )?;
         let deadline = Instant::now() + timeout;
         loop {
-            if let Ok(response) = client.get(format!("{}/ready", self.url)).send().await {
-                if response.status() == StatusCode::OK {
-                    return Ok(());
-                }
+            let ready = client.send_raw(Method::GET, "/ready", None).await;
+            if ready.is_ok_and(|answer| answer.status == StatusCode::OK) {
+                return Ok(());
             }
             anyhow::ensure!(
                 Instant::now() < deadline,

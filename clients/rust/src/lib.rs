@@ -247,7 +247,7 @@ impl Client {
         self.get(&format!("/balance/{account}"), &[]).await
     }
 
-    /// The balance at `at` (RFC 3339, or milliseconds since 1970).
+    /// The balance at `at` (an RFC 3339 time).
     pub async fn balance_at(&self, account: &str, at: &str) -> Result<BalanceAt> {
         self.get(&format!("/balance/{account}"), &[("at", at)])
             .await
@@ -268,19 +268,31 @@ impl Client {
     /// Admin: makes an account or changes it (asset, bounds, metadata).
     pub async fn put_account(&self, account: &str, spec: &AccountSpec) -> Result<Account> {
         let path = format!("/accounts/{account}");
-        decode(self.call(Method::PUT, &path, &[], Some(spec), Retry::Safe).await?).await
+        decode(
+            self.call(Method::PUT, &path, &[], Some(spec), Retry::Safe)
+                .await?,
+        )
+        .await
     }
 
     /// Admin: sets a balance (within the account's bounds).
     pub async fn set_balance(&self, account: &str, balance: i64) -> Result<Balance> {
         let path = format!("/balance/{account}");
         let body = serde_json::json!({ "balance": balance });
-        decode(self.call(Method::PUT, &path, &[], Some(&body), Retry::Safe).await?).await
+        decode(
+            self.call(Method::PUT, &path, &[], Some(&body), Retry::Safe)
+                .await?,
+        )
+        .await
     }
 
     /// Admin: makes a key. Never retried: a second try could make two.
     pub async fn create_key(&self, spec: &KeySpec) -> Result<CreatedKey> {
-        decode(self.call(Method::POST, "/admin/keys", &[], Some(spec), Retry::Never).await?).await
+        decode(
+            self.call(Method::POST, "/admin/keys", &[], Some(spec), Retry::Never)
+                .await?,
+        )
+        .await
     }
 
     /// Admin: every key (never their secrets).
@@ -383,10 +395,7 @@ impl Client {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let sent = self
-                .request(method.clone(), path, query, body)
-                .send()
-                .await;
+            let sent = self.request(method.clone(), path, query, body).send().await;
             let (error, asked) = match sent {
                 Ok(response) => match retried_status(&response) {
                     None => return Ok(response),
@@ -402,7 +411,8 @@ impl Client {
             };
             let wait = self.retry.backoff(attempt, asked);
             if retry == Retry::Never || started.elapsed() + wait > self.retry.max_elapsed {
-                return Err(if attempt == 1 && retry == Retry::Never {
+                let retried = retry == Retry::Safe && !self.retry.max_elapsed.is_zero();
+                return Err(if attempt == 1 && !retried {
                     error
                 } else {
                     Error::RetriesExhausted {
@@ -421,17 +431,19 @@ impl Client {
 /// An answer the rules retry: `Some(Retry-After)` for a 503, a 409 or a
 /// 429, `None` for any other.
 fn retried_status(response: &reqwest::Response) -> Option<Option<Duration>> {
-    let status = response.status();
-    let retried = status == StatusCode::SERVICE_UNAVAILABLE
-        || status == StatusCode::CONFLICT
-        || status == StatusCode::TOO_MANY_REQUESTS;
-    retried.then(|| {
+    is_retried_status(response.status().as_u16()).then(|| {
         response
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
             .map(Duration::from_secs)
     })
+}
+
+/// Whether an answer of this status is retried: 503 (not taken now), 409
+/// (the same transaction in flight) and 429 (over the rate); no other.
+pub fn is_retried_status(status: u16) -> bool {
+    matches!(status, 503 | 409 | 429)
 }
 
 /// Names `id` in exhausted retries of a transaction, so the caller knows
@@ -592,14 +604,18 @@ mod tests {
         assert_eq!(body["type"], "capture");
         assert!(body.get("amount").is_none());
         // A UUIDv7, made before any try.
-        assert_eq!(uuid::Uuid::parse_str(&capture.id).unwrap().get_version_num(), 7);
+        assert_eq!(
+            uuid::Uuid::parse_str(&capture.id)
+                .unwrap()
+                .get_version_num(),
+            7
+        );
     }
 
     #[test]
     fn unknown_statuses_are_read_not_refused() {
         let tx: Transaction =
-            serde_json::from_value(serde_json::json!({"id": "x", "status": "teleported"}))
-                .unwrap();
+            serde_json::from_value(serde_json::json!({"id": "x", "status": "teleported"})).unwrap();
         assert_eq!(tx.status, Status::Unknown);
         assert!(!Status::Pending.is_settled());
         assert!(!Status::Capturing.is_settled());

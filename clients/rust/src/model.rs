@@ -208,7 +208,7 @@ impl Status {
 }
 
 /// A transaction as the API shows it.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Transaction {
     pub id: String,
     pub status: Status,
@@ -224,7 +224,7 @@ pub struct Transaction {
 }
 
 /// Where one item of a batch stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ItemStatus {
     Pending,
@@ -256,7 +256,7 @@ impl ItemStatus {
 }
 
 /// One item's answer in a batch, in the request's order.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ItemResult {
     pub id: Option<String>,
     pub status: ItemStatus,
@@ -268,7 +268,7 @@ pub struct ItemResult {
 
 /// The fields of `PUT /accounts/{account}`: each one given replaces the
 /// account's; left out, it keeps its value.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AccountSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub asset: Option<String>,
@@ -281,7 +281,7 @@ pub struct AccountSpec {
 }
 
 /// An account, its bounds and its money.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Account {
     pub account: String,
     pub asset: String,
@@ -295,7 +295,7 @@ pub struct Account {
 }
 
 /// An account's money now.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Balance {
     pub account: String,
     pub asset: String,
@@ -305,7 +305,7 @@ pub struct Balance {
 }
 
 /// An account's balance at a time, from its history.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BalanceAt {
     pub account: String,
     pub balance: i64,
@@ -315,7 +315,7 @@ pub struct BalanceAt {
 }
 
 /// One entry of an account's history.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
     pub id: Option<String>,
     #[serde(rename = "type")]
@@ -333,7 +333,7 @@ pub struct Entry {
 }
 
 /// A page of history, newest first.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryPage {
     pub account: String,
     pub entries: Vec<Entry>,
@@ -345,7 +345,7 @@ pub struct HistoryPage {
 pub struct HistoryQuery {
     /// Entries per page (the server's default when `None`).
     pub limit: Option<u32>,
-    /// RFC 3339 times or milliseconds since 1970, as the API takes them.
+    /// RFC 3339 times.
     pub since: Option<String>,
     pub until: Option<String>,
 }
@@ -362,7 +362,7 @@ pub struct KeySpec {
 }
 
 /// A key as listed: never its secret.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Key {
     pub id: String,
     pub accounts: Vec<String>,
@@ -372,7 +372,7 @@ pub struct Key {
 }
 
 /// A key just made, with the only copy of its secret.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CreatedKey {
     #[serde(flatten)]
     pub key: Key,

@@ -220,7 +220,7 @@ pub(super) async fn send_until_answered(
             Ok((StatusCode::OK | StatusCode::ACCEPTED, _)) => return Ok(Answer::Accepted),
             Ok((StatusCode::CONFLICT | StatusCode::SERVICE_UNAVAILABLE, _)) => {}
             Ok((status, _)) => return Ok(Answer::Refused(status)),
-            Err(e) if e.downcast_ref::<reqwest::Error>().is_some() => {}
+            Err(e) if matches!(e.downcast_ref(), Some(txengine_client::Error::Transport(_))) => {}
             Err(e) => return Err(e.context(format!("POST of {}", tx.id))),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -7,6 +7,7 @@ mod accounts;
 mod api;
 mod apply;
 mod batch;
+mod clients;
 mod cluster;
 mod contract;
 mod differential;

@@ -1,0 +1,499 @@
+//! The three client libraries against one live engine on a Kafka of its own
+//! (its faults stall only this engine): the shared cases
+//! (`clients/cases.json`) and the Kafka stall, with the Rust client here and
+//! with the Python and TypeScript suites as child processes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use harness::stack::{isolated_config, Stack};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+use txengine_client::{
+    AccountSpec, Client, Error, HistoryQuery, KeySpec, NewTransaction, Posting, RetryPolicy, Status,
+};
+
+use crate::infra;
+
+fn clients_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../clients")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_libraries_against_a_live_engine() {
+    let infra = infra().beside_own_kafka(1).unwrap();
+    let mut config = isolated_config(&infra, "clients");
+    // A stalled broker is answered 503 after 2 s, inside the bounds below.
+    config.publish_timeout_ms = 2_000;
+    let stack = Stack::start_with(config).await.unwrap();
+    let kafka_pid = infra.pids().1[0];
+    let cases: Value =
+        serde_json::from_str(&std::fs::read_to_string(clients_dir().join("cases.json")).unwrap())
+            .unwrap();
+
+    // The library's own defaults (the harness's clients try once).
+    let checked = check_every_client(&stack, kafka_pid, &cases).await;
+    // Stopped before any failure is told: a panic with the engine running
+    // leaves its tasks behind.
+    stack.stop().await.unwrap();
+    checked.unwrap();
+}
+
+async fn check_every_client(stack: &Stack, kafka_pid: u32, cases: &Value) -> anyhow::Result<()> {
+    // The library's own defaults (the harness's clients try once).
+    let admin = Client::new(&stack.url, &stack.admin_token)?;
+    let key = admin.with_token(stack.api_key.as_deref().unwrap());
+    for (index, case) in cases["cases"].as_array().unwrap().iter().enumerate() {
+        let prefix = format!(
+            "rs-{}-{index}",
+            &uuid::Uuid::new_v4().simple().to_string()[..6]
+        );
+        run_case(&admin, &key, case, &prefix)
+            .await
+            .map_err(|e| e.context(format!("rust client, case {}", case["name"])))?;
+    }
+    retry_rules_match(cases);
+    kafka_stalled_within_and_past_the_bound(&admin, &key, kafka_pid).await?;
+
+    let env = [
+        ("TXENGINE_URL", stack.url.clone()),
+        ("TXENGINE_ADMIN_TOKEN", stack.admin_token.clone()),
+        ("TXENGINE_API_KEY", stack.api_key.clone().unwrap()),
+        ("TXENGINE_KAFKA_PID", kafka_pid.to_string()),
+    ];
+    run_suite("python", &python_command(), &env)?;
+    run_suite("typescript", &["npm", "test", "--silent"], &env)
+}
+
+/// The Python suite runs in the venv `scripts/install-deps` makes.
+fn python_command() -> Vec<&'static str> {
+    vec![
+        Box::leak(
+            python_venv()
+                .join("bin/python")
+                .display()
+                .to_string()
+                .into_boxed_str(),
+        ),
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+    ]
+}
+
+fn python_venv() -> PathBuf {
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".local/share"));
+    data.join("txengine/clients-python")
+}
+
+/// Runs a client's own suite in its directory against the engine; its
+/// output is shown when it fails.
+fn run_suite(language: &str, command: &[&str], env: &[(&str, String)]) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let output = std::process::Command::new(command[0])
+        .args(&command[1..])
+        .current_dir(clients_dir().join(language))
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .with_context(|| {
+            format!("{language}: {command:?} did not start; run scripts/install-deps")
+        })?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    anyhow::ensure!(
+        output.status.success(),
+        "the {language} client's suite failed ({}):\n{text}",
+        output.status
+    );
+    eprintln!(
+        "{language} client: passed in {:.1} s\n{}",
+        started.elapsed().as_secs_f64(),
+        text.lines().rev().take(3).collect::<Vec<_>>().join("\n")
+    );
+    Ok(())
+}
+
+/// The retry table of the shared cases is the client's own rule.
+fn retry_rules_match(cases: &Value) {
+    for rule in cases["retry_rules"].as_array().unwrap() {
+        let status = rule["status"].as_u64().unwrap() as u16;
+        assert_eq!(
+            txengine_client::is_retried_status(status),
+            rule["retried"].as_bool().unwrap(),
+            "{rule}"
+        );
+    }
+    let retried: Vec<String> =
+        serde_json::from_value(cases["batch_retried_statuses"].clone()).unwrap();
+    for status in [
+        "pending",
+        "applied",
+        "rejected",
+        "conflict",
+        "in_flight",
+        "invalid",
+        "forbidden",
+        "rate_limited",
+        "unavailable",
+    ] {
+        let item: txengine_client::ItemStatus = serde_json::from_value(json!(status)).unwrap();
+        assert_eq!(
+            item.is_retried(),
+            retried.iter().any(|r| r == status),
+            "{status}"
+        );
+    }
+}
+
+/// What a case's steps name: transactions, keys and times.
+#[derive(Default)]
+struct Names {
+    transactions: HashMap<String, NewTransaction>,
+    /// A key's id and secret.
+    keys: HashMap<String, (String, String)>,
+    times: HashMap<String, String>,
+}
+
+async fn run_case(admin: &Client, key: &Client, case: &Value, prefix: &str) -> anyhow::Result<()> {
+    let account = |name: &str| format!("{prefix}-{name}");
+    for (name, spec) in case["accounts"].as_object().unwrap() {
+        let spec_of = AccountSpec {
+            asset: spec["asset"].as_str().map(str::to_owned),
+            min_balance: spec["min_balance"].as_i64(),
+            max_balance: spec["max_balance"].as_i64(),
+            metadata: None,
+        };
+        admin.put_account(&account(name), &spec_of).await?;
+        admin
+            .set_balance(&account(name), spec["balance"].as_i64().unwrap_or(0))
+            .await?;
+    }
+    let mut names = Names::default();
+    for step in case["steps"].as_array().unwrap() {
+        run_step(admin, key, step, &account, &mut names)
+            .await
+            .map_err(|e| e.context(format!("step {step}")))?;
+    }
+    Ok(())
+}
+
+async fn run_step(
+    admin: &Client,
+    key: &Client,
+    step: &Value,
+    account: &dyn Fn(&str) -> String,
+    names: &mut Names,
+) -> anyhow::Result<()> {
+    let mut client = match step["key"].as_str() {
+        Some(label) => key.with_token(&names.keys[label].1),
+        None => key.clone(),
+    };
+    if step["retry"] == "never" {
+        client = client.with_retry(RetryPolicy::NEVER);
+    }
+    if let Some(body) = step.get("submit") {
+        let mut tx = transaction_of(body, account, names);
+        if let Some(same) = step["same_id_as"].as_str() {
+            tx.id = names.transactions[same].id.clone();
+        }
+        let answer = client.submit(&tx).await;
+        if let Some(label) = step["as"].as_str() {
+            names.transactions.insert(label.to_owned(), tx.clone());
+        }
+        let answer = match expect_refusal(step, answer)? {
+            Some(answer) => answer,
+            None => return Ok(()),
+        };
+        anyhow::ensure!(answer.id == tx.id, "answered {} for {}", answer.id, tx.id);
+        fields_match(&step["answers"], &serde_json::to_value(&answer)?)?;
+        if !step["settles"].is_null() {
+            let settled = client.wait(&tx.id, Duration::from_secs(20)).await?;
+            fields_match(&step["settles"], &serde_json::to_value(&settled)?)?;
+        }
+    } else if let Some(items) = step.get("batch") {
+        let txs: Vec<_> = items
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|item| transaction_of(item, account, names))
+            .collect();
+        let results = client.submit_batch(&txs).await?;
+        anyhow::ensure!(results.len() == txs.len(), "{} results", results.len());
+        for ((expected, result), tx) in step["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(&results)
+            .zip(&txs)
+        {
+            anyhow::ensure!(
+                result.id.as_deref() == Some(tx.id.as_str()),
+                "result of {}",
+                tx.id
+            );
+            fields_match(expected, &serde_json::to_value(result)?)?;
+        }
+        for (expected, tx) in step["settles"].as_array().unwrap().iter().zip(&txs) {
+            if !expected.is_null() {
+                let settled = client.wait(&tx.id, Duration::from_secs(20)).await?;
+                fields_match(expected, &serde_json::to_value(&settled)?)?;
+            }
+        }
+    } else if let Some(name) = step["balance"].as_str() {
+        let balance = client.balance(&account(name)).await?;
+        fields_match(&step["is"], &serde_json::to_value(balance)?)?;
+    } else if let Some(label) = step["transaction"].as_str() {
+        let id = names
+            .transactions
+            .get(label)
+            .map_or_else(|| uuid::Uuid::now_v7().to_string(), |tx| tx.id.clone());
+        if let Some(found) = expect_refusal(step, client.transaction(&id).await)? {
+            fields_match(&step["is"], &serde_json::to_value(&found)?)?;
+        }
+    } else if let Some(name) = step["history"].as_str() {
+        let query = HistoryQuery {
+            limit: step["limit"].as_u64().map(|l| l as u32),
+            ..Default::default()
+        };
+        let entries = client.history(&account(name), query).collect().await?;
+        let expected = step["entries"].as_array().unwrap();
+        anyhow::ensure!(
+            entries.len() == expected.len(),
+            "{} entries: {entries:?}",
+            entries.len()
+        );
+        for (expected, entry) in expected.iter().zip(&entries) {
+            fields_match(expected, &serde_json::to_value(entry)?)?;
+        }
+    } else if let Some(label) = step["mark"].as_str() {
+        let name = account(step["account"].as_str().unwrap());
+        let newest = client
+            .history(
+                &name,
+                HistoryQuery {
+                    limit: Some(1),
+                    ..Default::default()
+                },
+            )
+            .next()
+            .await?;
+        let newest = newest.ok_or_else(|| anyhow::anyhow!("{name} has no history"))?;
+        names.times.insert(label.to_owned(), newest.at);
+    } else if let Some(name) = step["account"].as_str() {
+        let found = client.account(&account(name)).await?;
+        fields_match(&step["is"], &serde_json::to_value(found)?)?;
+    } else if let Some(name) = step["balance_at"].as_str() {
+        let at = &names.times[step["at"].as_str().unwrap()];
+        let then = client.balance_at(&account(name), at).await?;
+        fields_match(&step["is"], &serde_json::to_value(then)?)?;
+    } else if let Some(name) = step["put_account"].as_str() {
+        let spec: AccountSpec = serde_json::from_value(step["spec"].clone())?;
+        if let Some(found) = expect_refusal(step, admin.put_account(&account(name), &spec).await)? {
+            fields_match(&step["is"], &serde_json::to_value(found)?)?;
+        }
+    } else if let Some(spec) = step.get("create_key") {
+        let spec = KeySpec {
+            accounts: spec["accounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| account(a.as_str().unwrap()))
+                .collect(),
+            rate_per_s: spec["rate_per_s"].as_u64(),
+            burst: spec["burst"].as_u64(),
+        };
+        let created = admin.create_key(&spec).await?;
+        names.keys.insert(
+            step["as"].as_str().unwrap().to_owned(),
+            (created.key.id, created.secret),
+        );
+    } else if let Some(label) = step["keys_include"].as_str() {
+        let id = &names.keys[label].0;
+        anyhow::ensure!(
+            admin.keys().await?.iter().any(|k| &k.id == id),
+            "key {id} not listed"
+        );
+    } else if let Some(label) = step["revoke"].as_str() {
+        admin.revoke_key(&names.keys[label].0).await?;
+    } else {
+        anyhow::bail!("a step this runner does not know");
+    }
+    Ok(())
+}
+
+/// The typed transaction a case writes as the API takes it, built with the
+/// library's constructors; account names get the case's prefix, holds name
+/// an earlier transaction.
+fn transaction_of(body: &Value, account: &dyn Fn(&str) -> String, names: &Names) -> NewTransaction {
+    let name = |field: &str| account(body[field].as_str().unwrap());
+    let amount = || body["amount"].as_u64().unwrap();
+    let hold = || {
+        names.transactions[body["hold"].as_str().unwrap()]
+            .id
+            .clone()
+    };
+    let mut tx = match body["type"].as_str().unwrap() {
+        "debit" => NewTransaction::debit(name("account"), amount()),
+        "credit" => NewTransaction::credit(name("account"), amount()),
+        "transfer" => NewTransaction::transfer(name("account"), name("to"), amount()),
+        "hold" => NewTransaction::hold_for(
+            name("account"),
+            amount(),
+            body["to"].as_str().map(account),
+            body["timeout_s"].as_u64(),
+        ),
+        "capture" => NewTransaction::capture(hold(), body["amount"].as_u64()),
+        "void" => NewTransaction::void(hold()),
+        "postings" => NewTransaction::postings(
+            body["postings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    Posting::new(
+                        account(p["from"].as_str().unwrap()),
+                        account(p["to"].as_str().unwrap()),
+                        p["amount"].as_u64().unwrap(),
+                    )
+                })
+                .collect(),
+        ),
+        other => panic!("a type the cases do not have: {other}"),
+    };
+    if let Some(asset) = body["asset"].as_str() {
+        tx = tx.with_asset(asset);
+    }
+    for (key, value) in body["metadata"].as_object().into_iter().flatten() {
+        tx = tx.with_metadata(key, value.as_str().unwrap());
+    }
+    tx
+}
+
+/// The answer of a step that expects one; `None` when the step expects a
+/// refusal and it came as it says.
+fn expect_refusal<T: std::fmt::Debug>(
+    step: &Value,
+    answer: Result<T, Error>,
+) -> anyhow::Result<Option<T>> {
+    let expected = &step["refused"];
+    match answer {
+        Ok(answer) if expected.is_null() => Ok(Some(answer)),
+        Ok(answer) => anyhow::bail!("expected the refusal {expected}, got {answer:?}"),
+        Err(e) if expected.is_null() => Err(e.into()),
+        Err(e) => {
+            let problem = e
+                .problem()
+                .ok_or_else(|| anyhow::anyhow!("expected {expected}, got {e}"))?;
+            anyhow::ensure!(
+                u64::from(problem.status) == expected["status"].as_u64().unwrap()
+                    && problem.slug() == expected["slug"],
+                "expected {expected}, got {problem}"
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// Every field `expected` lists equals the answer's (`null`: absent).
+fn fields_match(expected: &Value, actual: &Value) -> anyhow::Result<()> {
+    for (field, want) in expected.as_object().into_iter().flatten() {
+        let got = actual.get(field).unwrap_or(&Value::Null);
+        anyhow::ensure!(
+            got == want,
+            "{field}: expected {want}, got {got} in {actual}"
+        );
+    }
+    Ok(())
+}
+
+/// Kafka stopped (SIGSTOP) while the client submits: resumed within the
+/// retry bound, every submission is applied exactly once; stalled past it,
+/// the error names the id, and a later retry with it applies it once.
+async fn kafka_stalled_within_and_past_the_bound(
+    admin: &Client,
+    key: &Client,
+    kafka_pid: u32,
+) -> anyhow::Result<()> {
+    let kafka = Pid::from_raw(kafka_pid as i32);
+    let payer = format!(
+        "rs-stall-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    );
+    admin.put_account(&payer, &AccountSpec::default()).await?;
+    admin.set_balance(&payer, 1_000).await?;
+    let patient = key.with_retry(RetryPolicy {
+        max_elapsed: Duration::from_secs(30),
+        ..RetryPolicy::default()
+    });
+    let txs: Vec<_> = (1..=5)
+        .map(|amount| NewTransaction::debit(&payer, amount))
+        .collect();
+    kill(kafka, Signal::SIGSTOP)?;
+    let submits: Vec<_> = txs
+        .iter()
+        .map(|tx| {
+            let (client, tx) = (patient.clone(), tx.clone());
+            tokio::spawn(async move { client.submit(&tx).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    kill(kafka, Signal::SIGCONT)?;
+    for submit in submits {
+        submit.await?.context("taken within the retry bound")?;
+    }
+    for tx in &txs {
+        let settled = key.wait(&tx.id, Duration::from_secs(30)).await?;
+        anyhow::ensure!(settled.status == Status::Applied, "{settled:?}");
+    }
+
+    let hasty = key.with_retry(RetryPolicy {
+        max_elapsed: Duration::from_secs(1),
+        ..RetryPolicy::default()
+    });
+    let late = NewTransaction::debit(&payer, 100);
+    kill(kafka, Signal::SIGSTOP)?;
+    let refused = hasty.submit(&late).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    kill(kafka, Signal::SIGCONT)?;
+    match refused {
+        Err(Error::RetriesExhausted { id, .. }) if id.as_deref() == Some(late.id.as_str()) => {}
+        other => anyhow::bail!(
+            "expected exhausted retries naming {}, got {other:?}",
+            late.id
+        ),
+    }
+    patient
+        .submit(&late)
+        .await
+        .context("the retry with the id it named")?;
+    key.wait(&late.id, Duration::from_secs(30)).await?;
+
+    let balance = key.balance(&payer).await?;
+    anyhow::ensure!(
+        balance.balance == 1_000 - 15 - 100,
+        "not each applied once: {balance:?}"
+    );
+    let entries = key
+        .history(&payer, HistoryQuery::default())
+        .collect()
+        .await?;
+    for tx in txs.iter().chain([&late]) {
+        let applied = entries
+            .iter()
+            .filter(|e| e.id.as_deref() == Some(tx.id.as_str()))
+            .count();
+        anyhow::ensure!(applied == 1, "{} in the history {applied} times", tx.id);
+    }
+    Ok(())
+}
