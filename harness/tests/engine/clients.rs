@@ -116,6 +116,18 @@ fn run_suite(language: &str, command: &[&str], env: &[(&str, String)]) -> anyhow
         "the {language} client's suite failed ({}):\n{text}",
         output.status
     );
+    // A suite skips what it cannot reach; against a live engine, nothing.
+    // (node --test: `# skipped N`; pytest: `41 passed, 2 skipped in ...`)
+    let skipped = text
+        .lines()
+        .any(|line| match line.strip_prefix("# skipped ") {
+            Some(count) => count != "0",
+            None => line.contains(" passed") && line.contains(" skipped"),
+        });
+    anyhow::ensure!(
+        !skipped,
+        "the {language} client's suite skipped tests:\n{text}"
+    );
     eprintln!(
         "{language} client: passed in {:.1} s\n{}",
         started.elapsed().as_secs_f64(),

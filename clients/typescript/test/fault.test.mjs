@@ -1,0 +1,58 @@
+// Kafka stopped (SIGSTOP) while the client submits: resumed within the retry
+// bound, every submission is applied exactly once; stalled past it, the error
+// names the id, and a later retry with that id applies it once.
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
+import { test } from "node:test";
+
+import * as tx from "../dist/index.js";
+import { engineEnv } from "./engine.mjs";
+
+const env = engineEnv("TXENGINE_URL", "TXENGINE_ADMIN_TOKEN", "TXENGINE_API_KEY", "TXENGINE_KAFKA_PID");
+
+/** Stops the broker now and resumes it after `ms`. */
+function stall(pid, ms) {
+  process.kill(pid, "SIGSTOP");
+  return sleep(ms).then(() => process.kill(pid, "SIGCONT"));
+}
+
+test("Kafka stalled within and past the retry bound", { skip: env.skip }, async () => {
+  const [url, adminToken, apiKey, pid] = env.values;
+  const kafka = Number(pid);
+  const admin = new tx.Client(url, { token: adminToken });
+  const payer = `ts-stall-${randomUUID().slice(0, 6)}`;
+  await admin.putAccount(payer, {});
+  await admin.setBalance(payer, 1_000);
+  const patient = admin.withToken(apiKey).withRetry({ ...tx.DEFAULT_RETRY, maxElapsedMs: 30_000 });
+  const hasty = patient.withRetry({ ...tx.DEFAULT_RETRY, maxElapsedMs: 1_000 });
+
+  const debits = [1, 2, 3, 4, 5].map((amount) => tx.debit(payer, amount));
+  const resumed = stall(kafka, 5_000);
+  const answers = await Promise.all(debits.map((d) => patient.submit(d)));
+  await resumed;
+  assert.deepEqual(
+    answers.map((a) => a.id),
+    debits.map((d) => d.id),
+  );
+  for (const d of debits) assert.equal((await patient.wait(d.id, 30_000)).status, "applied");
+
+  const late = tx.debit(payer, 100);
+  const resumedLate = stall(kafka, 3_000);
+  const error = await hasty.submit(late).then(
+    (answer) => assert.fail(`taken while Kafka was stopped: ${JSON.stringify(answer)}`),
+    (e) => e,
+  );
+  await resumedLate;
+  assert.ok(error instanceof tx.RetriesExhausted, String(error));
+  assert.equal(error.id, late.id);
+  await patient.submit(late);
+  assert.equal((await patient.wait(late.id, 30_000)).status, "applied");
+
+  assert.equal((await patient.balance(payer)).balance, 1_000 - 15 - 100, "each applied once");
+  const ids = [];
+  for await (const entry of patient.history(payer)) ids.push(entry.id);
+  for (const sent of [...debits, late]) {
+    assert.equal(ids.filter((id) => id === sent.id).length, 1, `${sent.id} in the history once`);
+  }
+});
