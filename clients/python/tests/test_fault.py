@@ -1,4 +1,5 @@
-"""Kafka stopped (SIGSTOP) while the client submits: resumed within the
+"""Kafka stopped (SIGSTOP) while the client submits, one at a time and in a
+batch: resumed within the
 retry bound, every submission is applied exactly once; stalled past it, the
 error names the id, and a later retry with that id applies it once."""
 
@@ -40,18 +41,23 @@ def test_kafka_stalled_within_and_past_the_retry_bound(
         patient = admin.with_token(api_key).with_retry(tx.RetryPolicy(max_elapsed_s=30))
         hasty = patient.with_retry(tx.RetryPolicy(max_elapsed_s=1))
 
-        async def submit_all(txs: list[tx.NewTransaction]) -> list[tx.Transaction]:
+        async def submit_all(
+            txs: list[tx.NewTransaction], batch: list[tx.NewTransaction]
+        ) -> tuple[list[tx.Transaction], list[tx.ItemResult]]:
             async with tx.AsyncClient(url, api_key, retry=tx.RetryPolicy(max_elapsed_s=30)) as client:
-                return await asyncio.gather(*(client.submit(t) for t in txs))
+                one_by_one = asyncio.gather(*(client.submit(t) for t in txs))
+                return await asyncio.gather(one_by_one, client.submit_batch(batch))
 
         debits = [tx.debit(payer, amount) for amount in range(1, 6)]
+        batch = [tx.debit(payer, amount) for amount in range(6, 9)]
         resume = stalled(kafka_pid, 5)
         try:
-            answers = asyncio.run(submit_all(debits))
+            answers, results = asyncio.run(submit_all(debits, batch))
         finally:
             resume.join()
         assert [a.id for a in answers] == [d.id for d in debits]
-        for debit in debits:
+        assert [(r.id, r.status in ("pending", "applied")) for r in results] == [(b.id, True) for b in batch], results
+        for debit in [*debits, *batch]:
             assert patient.wait(debit.id, 30).status == "applied"
 
         late = tx.debit(payer, 100)
@@ -65,7 +71,7 @@ def test_kafka_stalled_within_and_past_the_retry_bound(
         patient.submit(late)
         assert patient.wait(late.id, 30).status == "applied"
 
-        assert patient.balance(payer).balance == 1_000 - 15 - 100, "each applied once"
+        assert patient.balance(payer).balance == 1_000 - 15 - 21 - 100, "each applied once"
         ids = [entry.id for entry in patient.history(payer)]
-        for sent in [*debits, late]:
+        for sent in [*debits, *batch, late]:
             assert ids.count(sent.id) == 1, f"{sent.id} in the history {ids.count(sent.id)} times"

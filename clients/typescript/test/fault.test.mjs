@@ -1,6 +1,7 @@
-// Kafka stopped (SIGSTOP) while the client submits: resumed within the retry
-// bound, every submission is applied exactly once; stalled past it, the error
-// names the id, and a later retry with that id applies it once.
+// Kafka stopped (SIGSTOP) while the client submits, one at a time and in a
+// batch: resumed within the retry bound, every submission is applied exactly
+// once; stalled past it, the error names the id, and a later retry with that
+// id applies it once.
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -28,14 +29,22 @@ test("Kafka stalled within and past the retry bound", { skip: env.skip }, async 
   const hasty = patient.withRetry({ ...tx.DEFAULT_RETRY, maxElapsedMs: 1_000 });
 
   const debits = [1, 2, 3, 4, 5].map((amount) => tx.debit(payer, amount));
+  const batch = [6, 7, 8].map((amount) => tx.debit(payer, amount));
   const resumed = stall(kafka, 5_000);
-  const answers = await Promise.all(debits.map((d) => patient.submit(d)));
+  const [answers, results] = await Promise.all([
+    Promise.all(debits.map((d) => patient.submit(d))),
+    patient.submitBatch(batch),
+  ]);
   await resumed;
   assert.deepEqual(
     answers.map((a) => a.id),
     debits.map((d) => d.id),
   );
-  for (const d of debits) assert.equal((await patient.wait(d.id, 30_000)).status, "applied");
+  assert.deepEqual(
+    results.map((r) => [r.id, ["pending", "applied"].includes(r.status)]),
+    batch.map((b) => [b.id, true]),
+  );
+  for (const d of [...debits, ...batch]) assert.equal((await patient.wait(d.id, 30_000)).status, "applied");
 
   const late = tx.debit(payer, 100);
   const resumedLate = stall(kafka, 3_000);
@@ -49,10 +58,10 @@ test("Kafka stalled within and past the retry bound", { skip: env.skip }, async 
   await patient.submit(late);
   assert.equal((await patient.wait(late.id, 30_000)).status, "applied");
 
-  assert.equal((await patient.balance(payer)).balance, 1_000 - 15 - 100, "each applied once");
+  assert.equal((await patient.balance(payer)).balance, 1_000 - 15 - 21 - 100, "each applied once");
   const ids = [];
   for await (const entry of patient.history(payer)) ids.push(entry.id);
-  for (const sent of [...debits, late]) {
+  for (const sent of [...debits, ...batch, late]) {
     assert.equal(ids.filter((id) => id === sent.id).length, 1, `${sent.id} in the history once`);
   }
 });

@@ -14,7 +14,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
 use txengine_client::{
-    AccountSpec, Client, Error, HistoryQuery, KeySpec, NewTransaction, Posting, RetryPolicy, Status,
+    AccountSpec, Client, Error, HistoryQuery, ItemStatus, KeySpec, NewTransaction, Posting,
+    RetryPolicy, Status,
 };
 
 use crate::infra;
@@ -429,8 +430,9 @@ fn fields_match(expected: &Value, actual: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Kafka stopped (SIGSTOP) while the client submits: resumed within the
-/// retry bound, every submission is applied exactly once; stalled past it,
+/// Kafka stopped (SIGSTOP) while the client submits, one at a time and in a
+/// batch: resumed within the retry bound, every submission is applied
+/// exactly once; stalled past it,
 /// the error names the id, and a later retry with it applies it once.
 async fn kafka_stalled_within_and_past_the_bound(
     admin: &Client,
@@ -459,12 +461,25 @@ async fn kafka_stalled_within_and_past_the_bound(
             tokio::spawn(async move { client.submit(&tx).await })
         })
         .collect();
+    let batch: Vec<_> = (6..=8)
+        .map(|amount| NewTransaction::debit(&payer, amount))
+        .collect();
+    let batch_submit = {
+        let (client, batch) = (patient.clone(), batch.clone());
+        tokio::spawn(async move { client.submit_batch(&batch).await })
+    };
     tokio::time::sleep(Duration::from_secs(5)).await;
     kill(kafka, Signal::SIGCONT)?;
     for submit in submits {
         submit.await?.context("taken within the retry bound")?;
     }
-    for tx in &txs {
+    for result in batch_submit.await?? {
+        anyhow::ensure!(
+            matches!(result.status, ItemStatus::Pending | ItemStatus::Applied),
+            "a batch item not taken within the retry bound: {result:?}"
+        );
+    }
+    for tx in txs.iter().chain(&batch) {
         let settled = key.wait(&tx.id, Duration::from_secs(30)).await?;
         anyhow::ensure!(settled.status == Status::Applied, "{settled:?}");
     }
@@ -493,14 +508,14 @@ async fn kafka_stalled_within_and_past_the_bound(
 
     let balance = key.balance(&payer).await?;
     anyhow::ensure!(
-        balance.balance == 1_000 - 15 - 100,
+        balance.balance == 1_000 - 15 - 21 - 100,
         "not each applied once: {balance:?}"
     );
     let entries = key
         .history(&payer, HistoryQuery::default())
         .collect()
         .await?;
-    for tx in txs.iter().chain([&late]) {
+    for tx in txs.iter().chain(&batch).chain([&late]) {
         let applied = entries
             .iter()
             .filter(|e| e.id.as_deref() == Some(tx.id.as_str()))
