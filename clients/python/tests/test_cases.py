@@ -21,6 +21,16 @@ def test_the_retry_rules_are_the_shared_ones() -> None:
     assert RETRIED_ITEM_STATUSES == set(CASES["batch_retried_statuses"])
 
 
+def test_backoff_doubles_under_its_cap_with_jitter_and_honours_retry_after() -> None:
+    policy = tx.RetryPolicy(max_elapsed_s=10, initial_backoff_s=0.1, max_backoff_s=0.4)
+    for _ in range(200):
+        assert policy.backoff(1, None) <= 0.1
+        assert policy.backoff(3, None) <= 0.4
+        assert policy.backoff(9, None) <= 0.4
+        assert policy.backoff(1, 2.0) >= 2.0
+    assert len({policy.backoff(3, None) for _ in range(20)}) > 1
+
+
 def test_ids_are_uuid7_made_before_the_first_try() -> None:
     first, second = tx.debit("a", 1), tx.debit("a", 1)
     assert uuid.UUID(first.id).version == 7
@@ -132,9 +142,9 @@ class Runner:
             return call()
         with pytest.raises(tx.TxEngineError) as raised:
             call()
-        error = raised.value
-        problem = error.problem if isinstance(error, tx.RetriesExhausted) else error
-        assert isinstance(problem, tx.Problem), f"expected {expected}, got {error!r}"
+        # A refusal that is not retried comes as it is, never wrapped.
+        problem = raised.value
+        assert isinstance(problem, tx.Problem), f"expected {expected}, got {problem!r}"
         assert (problem.status, problem.slug) == (expected["status"], expected["slug"]), str(problem)
         return None
 

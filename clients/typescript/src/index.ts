@@ -340,7 +340,9 @@ export interface ClientOptions {
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-function backoff(policy: RetryPolicy, attempt: number, atLeastMs: number): number {
+/** The wait before retry `attempt` (1-based): a random part of the doubled
+ * backoff, and never less than what the server asked. */
+export function backoff(policy: RetryPolicy, attempt: number, atLeastMs: number): number {
   const doubled = Math.min(policy.maxBackoffMs, policy.initialBackoffMs * 2 ** Math.min(attempt - 1, 16));
   return Math.max(doubled * Math.random(), atLeastMs);
 }

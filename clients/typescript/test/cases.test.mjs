@@ -13,6 +13,17 @@ test("the retry rules are the shared ones", () => {
   assert.deepEqual([...tx.RETRIED_ITEM_STATUSES].sort(), [...CASES.batch_retried_statuses].sort());
 });
 
+test("backoff doubles under its cap, with jitter, and honours Retry-After", () => {
+  const policy = { maxElapsedMs: 10_000, initialBackoffMs: 100, maxBackoffMs: 400 };
+  for (let i = 0; i < 200; i++) {
+    assert.ok(tx.backoff(policy, 1, 0) <= 100);
+    assert.ok(tx.backoff(policy, 3, 0) <= 400);
+    assert.ok(tx.backoff(policy, 9, 0) <= 400);
+    assert.ok(tx.backoff(policy, 1, 2_000) >= 2_000);
+  }
+  assert.ok(new Set(Array.from({ length: 20 }, () => tx.backoff(policy, 3, 0))).size > 1);
+});
+
 test("ids are UUIDv7, made before the first try", () => {
   const [first, second] = [tx.debit("a", 1), tx.debit("a", 1)];
   assert.match(first.id, /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
@@ -98,9 +109,9 @@ class Runner {
       (answer) => assert.fail(`expected ${JSON.stringify(step.refused)}, got ${JSON.stringify(answer)}`),
       (e) => e,
     );
-    const problem = error instanceof tx.RetriesExhausted ? error.problem : error;
-    assert.ok(problem instanceof tx.Problem, `expected ${JSON.stringify(step.refused)}, got ${error}`);
-    assert.deepEqual({ status: problem.status, slug: problem.slug }, step.refused);
+    // A refusal that is not retried comes as it is, never wrapped.
+    assert.ok(error instanceof tx.Problem, `expected ${JSON.stringify(step.refused)}, got ${error}`);
+    assert.deepEqual({ status: error.status, slug: error.slug }, step.refused);
     return undefined;
   }
 

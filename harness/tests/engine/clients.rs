@@ -404,10 +404,8 @@ fn expect_refusal<T: std::fmt::Debug>(
         Ok(answer) if expected.is_null() => Ok(Some(answer)),
         Ok(answer) => anyhow::bail!("expected the refusal {expected}, got {answer:?}"),
         Err(e) if expected.is_null() => Err(e.into()),
-        Err(e) => {
-            let problem = e
-                .problem()
-                .ok_or_else(|| anyhow::anyhow!("expected {expected}, got {e}"))?;
+        // A refusal that is not retried comes as it is, never wrapped.
+        Err(Error::Problem(problem)) => {
             anyhow::ensure!(
                 u64::from(problem.status) == expected["status"].as_u64().unwrap()
                     && problem.slug() == expected["slug"],
@@ -415,6 +413,7 @@ fn expect_refusal<T: std::fmt::Debug>(
             );
             Ok(None)
         }
+        Err(e) => anyhow::bail!("expected {expected}, got {e}"),
     }
 }
 
