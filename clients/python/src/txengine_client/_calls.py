@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Generator, Optional, Union
+from typing import Any, Generator, Optional, TypeVar, Union
 
 import httpx
 
@@ -47,7 +47,7 @@ class RetryPolicy:
     max_backoff_s: float = 5.0
 
     def backoff(self, attempt: int, at_least: Optional[float]) -> float:
-        doubled = min(self.max_backoff_s, self.initial_backoff_s * 2 ** min(attempt - 1, 16))
+        doubled: float = min(self.max_backoff_s, self.initial_backoff_s * 2.0 ** min(attempt - 1, 16))
         return max(doubled * random.random(), at_least or 0.0)
 
 
@@ -68,7 +68,9 @@ class Sleep:
 
 
 Step = Union[Send, Sleep]
-Call = Generator[Step, Any, Any]
+T = TypeVar("T")
+#: A call: yields what to do, is sent each step's result, returns a T.
+Call = Generator[Step, Any, T]
 
 
 class Calls:
@@ -94,7 +96,7 @@ class Calls:
         retried: bool = True,
         id: Optional[str] = None,
         started: Optional[float] = None,
-    ) -> Call:
+    ) -> Call[httpx.Response]:
         """Tries ``request`` until an answer that is not retried, or until
         the retry bound (counted from ``started``)."""
         started = time.monotonic() if started is None else started
@@ -118,17 +120,19 @@ class Calls:
                 raise RetriesExhausted(id, attempt, elapsed, error)
             yield Sleep(wait)
 
-    def read(self, cls: Any, method: str, path: str, body: Any = None, params: Any = None) -> Call:
+    def read(
+        self, cls: type[T], method: str, path: str, body: Any = None, params: Any = None
+    ) -> Call[T]:
         answer = yield from self.send(self.request(method, path, body, params))
         return _read(cls, _success(answer))
 
-    def submit(self, tx: NewTransaction) -> Call:
+    def submit(self, tx: NewTransaction) -> Call[Transaction]:
         answer = yield from self.send(
             self.request("POST", "/transactions", tx.to_json()), id=tx.id
         )
         return _read(Transaction, _success(answer))
 
-    def submit_batch(self, items: list[NewTransaction]) -> Call:
+    def submit_batch(self, items: list[NewTransaction]) -> Call[list[ItemResult]]:
         started = time.monotonic()
         results: list[Optional[ItemResult]] = [None] * len(items)
         open_ = list(range(len(items)))
@@ -152,14 +156,14 @@ class Calls:
                     asked = max(asked, float(result.retry_after_s or 0))
             wait = self.retry.backoff(attempt, asked)
             if not again or time.monotonic() - started + wait > self.retry.max_elapsed_s:
-                return results
+                return [result for result in results if result is not None]
             yield Sleep(wait)
             open_ = again
 
-    def transaction(self, id: str) -> Call:
+    def transaction(self, id: str) -> Call[Transaction]:
         return (yield from self.read(Transaction, "GET", f"/transactions/{id}"))
 
-    def wait(self, id: str, deadline_s: float) -> Call:
+    def wait(self, id: str, deadline_s: float) -> Call[Transaction]:
         started = time.monotonic()
         pause = 0.02
         while True:
@@ -172,7 +176,7 @@ class Calls:
             yield Sleep(min(pause, deadline_s - waited))
             pause = min(pause * 2, 1.0)
 
-    def history_page(self, account: str, params: dict[str, str]) -> Call:
+    def history_page(self, account: str, params: dict[str, str]) -> Call[HistoryPage]:
         answer = yield from self.send(
             self.request("GET", f"/accounts/{account}/transactions", params=params)
         )
@@ -183,16 +187,16 @@ class Calls:
             next_cursor=data.get("next_cursor"),
         )
 
-    def create_key(self, body: dict[str, Any]) -> Call:
+    def create_key(self, body: dict[str, Any]) -> Call[CreatedKey]:
         # Never retried: a second try could make two keys.
         answer = yield from self.send(self.request("POST", "/admin/keys", body), retried=False)
         return _read(CreatedKey, _success(answer))
 
-    def keys(self) -> Call:
+    def keys(self) -> Call[list[Key]]:
         answer = yield from self.send(self.request("GET", "/admin/keys"))
         return [_read(Key, k) for k in _success(answer)["keys"]]
 
-    def revoke_key(self, id: str) -> Call:
+    def revoke_key(self, id: str) -> Call[None]:
         answer = yield from self.send(self.request("DELETE", f"/admin/keys/{id}"))
         _success(answer)
         return None

@@ -9,7 +9,7 @@ from typing import Any, AsyncIterator, Iterator, Mapping, Optional
 
 import httpx
 
-from ._calls import Call, Calls, RetryPolicy, Send, Sleep, history_params
+from ._calls import Call, Calls, RetryPolicy, Send, Sleep, T, history_params
 from .models import (
     Account,
     Balance,
@@ -83,7 +83,7 @@ class Client:
     def __exit__(self, *_: Any) -> None:
         self.close()
 
-    def _run(self, call: Call) -> Any:
+    def _run(self, call: Call[T]) -> T:
         answer: Any = None
         try:
             while True:
@@ -98,7 +98,8 @@ class Client:
                     except httpx.TransportError as e:
                         answer = e
         except StopIteration as done:
-            return done.value
+            result: T = done.value
+            return result
 
     def submit(self, tx: NewTransaction) -> Transaction:
         """Submits a transaction: ``pending`` once the broker has it, or its
@@ -212,7 +213,7 @@ class AsyncClient:
     async def __aexit__(self, *_: Any) -> None:
         await self.aclose()
 
-    async def _run(self, call: Call) -> Any:
+    async def _run(self, call: Call[T]) -> T:
         answer: Any = None
         try:
             while True:
@@ -227,7 +228,8 @@ class AsyncClient:
                     except httpx.TransportError as e:
                         answer = e
         except StopIteration as done:
-            return done.value
+            result: T = done.value
+            return result
 
     async def submit(self, tx: NewTransaction) -> Transaction:
         return await self._run(self._calls.submit(tx))
