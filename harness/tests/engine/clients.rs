@@ -31,23 +31,39 @@ async fn client_libraries_against_a_live_engine() {
     // A stalled broker is answered 503 after 2 s, inside the bounds below.
     config.publish_timeout_ms = 2_000;
     let stack = Stack::start_with(config).await.unwrap();
-    let kafka_pid = infra.pids().1[0];
-    let cases: Value =
-        serde_json::from_str(&std::fs::read_to_string(clients_dir().join("cases.json")).unwrap())
-            .unwrap();
-
-    // The library's own defaults (the harness's clients try once).
-    let checked = check_every_client(&stack, kafka_pid, &cases).await;
-    // Stopped before any failure is told: a panic with the engine running
-    // leaves its tasks behind.
+    let engine = Engine {
+        url: stack.url.clone(),
+        admin_token: stack.admin_token.clone(),
+        api_key: stack.api_key.clone().unwrap(),
+        kafka_pid: infra.pids().1[0],
+    };
+    // In a task of its own, so that a panic in it comes back here as an
+    // error: a test that unwinds with the engine running never ends (the
+    // runtime waits for the engine's blocking tasks).
+    let checked = tokio::spawn(check_every_client(engine)).await;
     stack.stop().await.unwrap();
-    checked.unwrap();
+    checked.unwrap().unwrap();
 }
 
-async fn check_every_client(stack: &Stack, kafka_pid: u32, cases: &Value) -> anyhow::Result<()> {
+/// What the clients need of the engine under test.
+struct Engine {
+    url: String,
+    admin_token: String,
+    api_key: String,
+    /// Its Kafka broker, stopped and resumed by the fault tests.
+    kafka_pid: u32,
+}
+
+fn shared_cases() -> Value {
+    let text = std::fs::read_to_string(clients_dir().join("cases.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+async fn check_every_client(engine: Engine) -> anyhow::Result<()> {
     // The library's own defaults (the harness's clients try once).
-    let admin = Client::new(&stack.url, &stack.admin_token)?;
-    let key = admin.with_token(stack.api_key.as_deref().unwrap());
+    let admin = Client::new(&engine.url, &engine.admin_token)?;
+    let key = admin.with_token(&engine.api_key);
+    let cases = shared_cases();
     for (index, case) in cases["cases"].as_array().unwrap().iter().enumerate() {
         let prefix = format!(
             "rs-{}-{index}",
@@ -57,14 +73,13 @@ async fn check_every_client(stack: &Stack, kafka_pid: u32, cases: &Value) -> any
             .await
             .map_err(|e| e.context(format!("rust client, case {}", case["name"])))?;
     }
-    retry_rules_match(cases);
-    kafka_stalled_within_and_past_the_bound(&admin, &key, kafka_pid).await?;
+    kafka_stalled_within_and_past_the_bound(&admin, &key, engine.kafka_pid).await?;
 
     let env = [
-        ("TXENGINE_URL", stack.url.clone()),
-        ("TXENGINE_ADMIN_TOKEN", stack.admin_token.clone()),
-        ("TXENGINE_API_KEY", stack.api_key.clone().unwrap()),
-        ("TXENGINE_KAFKA_PID", kafka_pid.to_string()),
+        ("TXENGINE_URL", engine.url.clone()),
+        ("TXENGINE_ADMIN_TOKEN", engine.admin_token.clone()),
+        ("TXENGINE_API_KEY", engine.api_key.clone()),
+        ("TXENGINE_KAFKA_PID", engine.kafka_pid.to_string()),
     ];
     run_suite("python", &python_command(), &env)?;
     run_suite("typescript", &["npm", "test", "--silent"], &env)
@@ -137,8 +152,10 @@ fn run_suite(language: &str, command: &[&str], env: &[(&str, String)]) -> anyhow
     Ok(())
 }
 
-/// The retry table of the shared cases is the client's own rule.
-fn retry_rules_match(cases: &Value) {
+/// The retry table of the shared cases is the Rust client's own rule.
+#[test]
+fn the_rust_clients_retry_rules_are_the_shared_ones() {
+    let cases = shared_cases();
     for rule in cases["retry_rules"].as_array().unwrap() {
         let status = rule["status"].as_u64().unwrap() as u16;
         assert_eq!(
@@ -205,7 +222,7 @@ async fn run_step(
     admin: &Client,
     key: &Client,
     step: &Value,
-    account: &dyn Fn(&str) -> String,
+    account: &(dyn Fn(&str) -> String + Sync),
     names: &mut Names,
 ) -> anyhow::Result<()> {
     let mut client = match step["key"].as_str() {
@@ -348,7 +365,11 @@ async fn run_step(
 /// The typed transaction a case writes as the API takes it, built with the
 /// library's constructors; account names get the case's prefix, holds name
 /// an earlier transaction.
-fn transaction_of(body: &Value, account: &dyn Fn(&str) -> String, names: &Names) -> NewTransaction {
+fn transaction_of(
+    body: &Value,
+    account: &(dyn Fn(&str) -> String + Sync),
+    names: &Names,
+) -> NewTransaction {
     let name = |field: &str| account(body[field].as_str().unwrap());
     let amount = || body["amount"].as_u64().unwrap();
     let hold = || {

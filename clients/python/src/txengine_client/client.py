@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, AsyncIterator, Iterator, Mapping, Optional
+from typing import Any, AsyncIterator, Generic, Iterator, Mapping, Optional, TypeVar
 
 import httpx
 
@@ -45,7 +45,40 @@ def _key_body(accounts: list[str], rate_per_s: Optional[int], burst: Optional[in
     return body
 
 
-class Client:
+H = TypeVar("H", httpx.Client, httpx.AsyncClient)
+S = TypeVar("S", bound="_Surface[Any]")
+
+
+class _Surface(Generic[H]):
+    """What both clients hold: the calls (base URL, token, retry bound) and
+    an httpx client, shared by the copies ``with_token`` and ``with_retry``
+    make."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: Optional[str] = None,
+        *,
+        try_timeout_s: float = 10.0,
+        retry: RetryPolicy = RetryPolicy(),
+        http: Optional[H] = None,
+    ):
+        self._calls = Calls(base_url, token, retry)
+        self._http: H = http or self._new_http(try_timeout_s)
+
+    def _new_http(self, try_timeout_s: float) -> H:
+        raise NotImplementedError
+
+    def with_token(self: S, token: str) -> S:
+        """The same client (and connections) sending another token."""
+        return type(self)(self._calls.base_url, token, retry=self._calls.retry, http=self._http)
+
+    def with_retry(self: S, retry: RetryPolicy) -> S:
+        """The same client (and connections) with another retry bound."""
+        return type(self)(self._calls.base_url, self._calls.token, retry=retry, http=self._http)
+
+
+class Client(_Surface[httpx.Client]):
     """A client of one engine with one token (an API key, or the admin token
     for the admin calls).
 
@@ -55,24 +88,8 @@ class Client:
     a 429 waits as long as it says; nothing else is retried, and making a
     key never is."""
 
-    def __init__(
-        self,
-        base_url: str,
-        token: Optional[str] = None,
-        *,
-        try_timeout_s: float = 10.0,
-        retry: RetryPolicy = RetryPolicy(),
-        http: Optional[httpx.Client] = None,
-    ):
-        self._calls = Calls(base_url, token, retry)
-        self._http = http or httpx.Client(timeout=try_timeout_s)
-
-    def with_token(self, token: str) -> "Client":
-        """The same client (and connections) sending another token."""
-        return Client(self._calls.base_url, token, retry=self._calls.retry, http=self._http)
-
-    def with_retry(self, retry: RetryPolicy) -> "Client":
-        return Client(self._calls.base_url, self._calls.token, retry=retry, http=self._http)
+    def _new_http(self, try_timeout_s: float) -> httpx.Client:
+        return httpx.Client(timeout=try_timeout_s)
 
     def close(self) -> None:
         self._http.close()
@@ -183,26 +200,11 @@ class Client:
         self._run(self._calls.revoke_key(id))
 
 
-class AsyncClient:
+class AsyncClient(_Surface[httpx.AsyncClient]):
     """:class:`Client` for asyncio: the same calls, awaited."""
 
-    def __init__(
-        self,
-        base_url: str,
-        token: Optional[str] = None,
-        *,
-        try_timeout_s: float = 10.0,
-        retry: RetryPolicy = RetryPolicy(),
-        http: Optional[httpx.AsyncClient] = None,
-    ):
-        self._calls = Calls(base_url, token, retry)
-        self._http = http or httpx.AsyncClient(timeout=try_timeout_s)
-
-    def with_token(self, token: str) -> "AsyncClient":
-        return AsyncClient(self._calls.base_url, token, retry=self._calls.retry, http=self._http)
-
-    def with_retry(self, retry: RetryPolicy) -> "AsyncClient":
-        return AsyncClient(self._calls.base_url, self._calls.token, retry=retry, http=self._http)
+    def _new_http(self, try_timeout_s: float) -> httpx.AsyncClient:
+        return httpx.AsyncClient(timeout=try_timeout_s)
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -4,7 +4,7 @@ the account's asset (``USD/2``: cents)."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Mapping, Optional, TypeVar
 
 Kind = Literal["debit", "credit", "transfer", "hold", "capture", "void", "postings"]
@@ -251,8 +251,3 @@ class Key:
 @dataclass(frozen=True)
 class CreatedKey(Key):
     secret: str = ""
-
-
-def as_dict(value: Any) -> dict[str, Any]:
-    """A dataclass answer as a plain dict."""
-    return asdict(value)
