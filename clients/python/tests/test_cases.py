@@ -166,7 +166,7 @@ class Runner:
             assert answer.id == new.id
             fields_match(step.get("answers"), answer)
             if "settles" in step:
-                fields_match(step["settles"], client.wait(new.id, 20))
+                fields_match(step["settles"], self.key.wait(new.id, 20))
         elif "batch" in step:
             items = [self.transaction_of(body) for body in step["batch"]]
             results = client.submit_batch(items)
@@ -175,7 +175,7 @@ class Runner:
                 fields_match(expected, result)
             for expected, item in zip(step["settles"], items):
                 if expected is not None:
-                    fields_match(expected, client.wait(item.id, 20))
+                    fields_match(expected, self.key.wait(item.id, 20))
         elif "balance" in step:
             fields_match(step["is"], client.balance(self.account(step["balance"])))
         elif "account" in step and "mark" not in step:

@@ -125,7 +125,7 @@ class Runner {
       if (answer === undefined) return;
       assert.equal(answer.id, sent.id);
       fieldsMatch(step.answers, answer);
-      if (step.settles) fieldsMatch(step.settles, await client.wait(sent.id, 20_000));
+      if (step.settles) fieldsMatch(step.settles, await this.key.wait(sent.id, 20_000));
     } else if (step.batch) {
       const items = step.batch.map((body) => this.transactionOf(body));
       const results = await client.submitBatch(items);
@@ -135,7 +135,7 @@ class Runner {
       );
       step.results.forEach((expected, i) => fieldsMatch(expected, results[i]));
       for (const [i, expected] of step.settles.entries()) {
-        if (expected) fieldsMatch(expected, await client.wait(items[i].id, 20_000));
+        if (expected) fieldsMatch(expected, await this.key.wait(items[i].id, 20_000));
       }
     } else if (step.balance) {
       fieldsMatch(step.is, await client.balance(this.account(step.balance)));

@@ -248,7 +248,7 @@ async fn run_step(
         anyhow::ensure!(answer.id == tx.id, "answered {} for {}", answer.id, tx.id);
         fields_match(&step["answers"], &serde_json::to_value(&answer)?)?;
         if !step["settles"].is_null() {
-            let settled = client.wait(&tx.id, Duration::from_secs(20)).await?;
+            let settled = key.wait(&tx.id, Duration::from_secs(20)).await?;
             fields_match(&step["settles"], &serde_json::to_value(&settled)?)?;
         }
     } else if let Some(items) = step.get("batch") {
@@ -276,7 +276,7 @@ async fn run_step(
         }
         for (expected, tx) in step["settles"].as_array().unwrap().iter().zip(&txs) {
             if !expected.is_null() {
-                let settled = client.wait(&tx.id, Duration::from_secs(20)).await?;
+                let settled = key.wait(&tx.id, Duration::from_secs(20)).await?;
                 fields_match(expected, &serde_json::to_value(&settled)?)?;
             }
         }
