@@ -31,6 +31,17 @@ def test_backoff_doubles_under_its_cap_with_jitter_and_honours_retry_after() -> 
     assert len({policy.backoff(3, None) for _ in range(20)}) > 1
 
 
+def test_connection_errors_are_retried_but_making_a_key_never_is() -> None:
+    # Nothing listens on port 1 of loopback: every try is refused at once.
+    with tx.Client("http://127.0.0.1:1", "t", retry=tx.RetryPolicy(max_elapsed_s=0.3)) as client:
+        with pytest.raises(tx.RetriesExhausted) as retried:
+            client.balance("a")
+        assert retried.value.attempts > 1
+        assert isinstance(retried.value.last, tx.TransportError)
+        with pytest.raises(tx.TransportError):
+            client.create_key(["*"])
+
+
 def test_ids_are_uuid7_made_before_the_first_try() -> None:
     first, second = tx.debit("a", 1), tx.debit("a", 1)
     assert uuid.UUID(first.id).version == 7

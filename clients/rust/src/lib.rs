@@ -588,6 +588,36 @@ mod tests {
         assert!(waits.len() > 1);
     }
 
+    #[tokio::test]
+    async fn connection_errors_are_retried_but_making_a_key_never_is() {
+        // Nothing listens on port 1 of loopback: every try is refused at once.
+        let retry = RetryPolicy {
+            max_elapsed: Duration::from_millis(300),
+            ..RetryPolicy::default()
+        };
+        let client = Client::with_options(
+            "http://127.0.0.1:1",
+            Some("t"),
+            Duration::from_secs(1),
+            retry,
+        )
+        .unwrap();
+        match client.balance("a").await {
+            Err(Error::RetriesExhausted { attempts, last, .. }) => {
+                assert!(attempts > 1);
+                assert!(matches!(*last, Error::Transport(_)), "{last}");
+            }
+            other => panic!("expected exhausted retries, got {other:?}"),
+        }
+        let spec = KeySpec {
+            accounts: vec!["*".into()],
+            rate_per_s: None,
+            burst: None,
+        };
+        let once = client.create_key(&spec).await;
+        assert!(matches!(once, Err(Error::Transport(_))), "{once:?}");
+    }
+
     #[test]
     fn a_transaction_is_serialized_as_the_api_takes_it() {
         let tx = NewTransaction::hold_for("alice", 100, Some("bob".into()), Some(60))

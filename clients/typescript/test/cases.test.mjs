@@ -24,6 +24,17 @@ test("backoff doubles under its cap, with jitter, and honours Retry-After", () =
   assert.ok(new Set(Array.from({ length: 20 }, () => tx.backoff(policy, 3, 0))).size > 1);
 });
 
+test("connection errors are retried, but making a key never is", async () => {
+  // Nothing listens on port 1 of loopback: every try is refused at once.
+  const client = new tx.Client("http://127.0.0.1:1", { token: "t", retry: { ...tx.DEFAULT_RETRY, maxElapsedMs: 300 } });
+  const retried = await client.balance("a").catch((e) => e);
+  assert.ok(retried instanceof tx.RetriesExhausted, String(retried));
+  assert.ok(retried.attempts > 1);
+  assert.ok(retried.last instanceof tx.TransportError);
+  const once = await client.createKey({ accounts: ["*"] }).catch((e) => e);
+  assert.ok(once instanceof tx.TransportError, String(once));
+});
+
 test("ids are UUIDv7, made before the first try", () => {
   const [first, second] = [tx.debit("a", 1), tx.debit("a", 1)];
   assert.match(first.id, /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);

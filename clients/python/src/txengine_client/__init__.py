@@ -11,7 +11,14 @@ README.md."""
 
 from ._calls import NEVER, RetryPolicy, is_retried_status
 from .client import AsyncClient, Client
-from .errors import Problem, RetriesExhausted, TxEngineError, UnexpectedAnswer, WaitTimedOut
+from .errors import (
+    Problem,
+    RetriesExhausted,
+    TransportError,
+    TxEngineError,
+    UnexpectedAnswer,
+    WaitTimedOut,
+)
 from .models import (
     RETRIED_ITEM_STATUSES,
     Account,
@@ -57,6 +64,7 @@ __all__ = [
     "RetriesExhausted",
     "RetryPolicy",
     "Transaction",
+    "TransportError",
     "TxEngineError",
     "UnexpectedAnswer",
     "WaitTimedOut",

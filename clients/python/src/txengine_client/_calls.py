@@ -11,7 +11,7 @@ from typing import Any, Generator, Optional, TypeVar, Union
 
 import httpx
 
-from .errors import Problem, RetriesExhausted, UnexpectedAnswer, WaitTimedOut
+from .errors import Problem, RetriesExhausted, TransportError, UnexpectedAnswer, WaitTimedOut
 from .models import (
     RETRIED_ITEM_STATUSES,
     CreatedKey,
@@ -111,7 +111,8 @@ class Calls:
                 error: BaseException = Problem.from_answer(answer.status_code, _json(answer))
                 asked = _retry_after(answer)
             else:
-                error = answer
+                error = TransportError(f"no answer: {answer}")
+                error.__cause__ = answer
             wait = self.retry.backoff(attempt, asked)
             elapsed = time.monotonic() - started
             if not retried or self.retry.max_elapsed_s <= 0 or elapsed + wait > self.retry.max_elapsed_s:

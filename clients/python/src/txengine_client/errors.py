@@ -69,5 +69,10 @@ class WaitTimedOut(TxEngineError):
         self.waited_s = waited_s
 
 
+class TransportError(TxEngineError):
+    """No answer: a connection error or a try's timeout (``__cause__`` is
+    httpx's error)."""
+
+
 class UnexpectedAnswer(TxEngineError):
     """An answer that is not what the API promises."""
