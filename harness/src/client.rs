@@ -51,35 +51,52 @@ impl ApiClient {
     /// A client for `base_url` whose requests give up after `timeout`; it
     /// sends no API key until [`ApiClient::with_api_key`].
     pub fn new(base_url: &str, admin_token: &str, timeout: Duration) -> anyhow::Result<Self> {
-        // The harness judges every answer itself: one try per request.
-        let client = Client::with_options(base_url, None, timeout, RetryPolicy::NEVER)?;
-        Ok(Self {
-            base_url: client.base_url().to_owned(),
-            admin_token: admin_token.to_owned(),
-            api_key: None,
-            admin: client.with_token(admin_token),
-            client,
-            http: reqwest::Client::builder().timeout(timeout).build()?,
-            timeout,
-        })
+        Self::connect(base_url, admin_token, None, timeout)
     }
 
     /// The same client sending `secret` as its API key on every request
     /// (a request that sets `Authorization` itself, as the admin calls do,
-    /// sends that instead).
+    /// sends that instead), on connections of its own: this one's, idle
+    /// in its pools, close with it (a test of the engine's connection cap
+    /// counts only its own).
     pub fn with_api_key(&self, secret: &str) -> anyhow::Result<Self> {
+        Self::connect(
+            &self.base_url,
+            &self.admin_token,
+            Some(secret),
+            self.timeout,
+        )
+    }
+
+    fn connect(
+        base_url: &str,
+        admin_token: &str,
+        api_key: Option<&str>,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let pool = || reqwest::Client::builder().timeout(timeout);
+        // The harness judges every answer itself: one try per request.
+        let admin = Client::with_http(
+            base_url,
+            Some(admin_token),
+            pool().build()?,
+            RetryPolicy::NEVER,
+        );
+        let client = Client::with_http(base_url, api_key, pool().build()?, RetryPolicy::NEVER);
         let mut headers = reqwest::header::HeaderMap::new();
-        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {secret}"))?;
-        value.set_sensitive(true);
-        headers.insert(reqwest::header::AUTHORIZATION, value);
+        if let Some(secret) = api_key {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {secret}"))?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         Ok(Self {
-            api_key: Some(secret.to_owned()),
-            client: self.client.with_token(secret),
-            http: reqwest::Client::builder()
-                .timeout(self.timeout)
-                .default_headers(headers)
-                .build()?,
-            ..self.clone()
+            base_url: admin.base_url().to_owned(),
+            admin_token: admin_token.to_owned(),
+            api_key: api_key.map(str::to_owned),
+            admin,
+            client,
+            http: pool().default_headers(headers).build()?,
+            timeout,
         })
     }
 

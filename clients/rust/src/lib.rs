@@ -121,12 +121,23 @@ impl Client {
         try_timeout: Duration,
         retry: RetryPolicy,
     ) -> Result<Self> {
-        Ok(Self {
+        let http = reqwest::Client::builder().timeout(try_timeout).build()?;
+        Ok(Self::with_http(base_url, token, http, retry))
+    }
+
+    /// A client on an HTTP client of your own (its timeouts, pool, proxy).
+    pub fn with_http(
+        base_url: &str,
+        token: Option<&str>,
+        http: reqwest::Client,
+        retry: RetryPolicy,
+    ) -> Self {
+        Self {
             base_url: base_url.trim_end_matches('/').to_owned(),
             token: token.map(str::to_owned),
-            http: reqwest::Client::builder().timeout(try_timeout).build()?,
+            http,
             retry,
-        })
+        }
     }
 
     /// The same client (and connections) sending another token.
