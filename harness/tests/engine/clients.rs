@@ -81,46 +81,33 @@ async fn check_every_client(engine: Engine) -> anyhow::Result<()> {
         ("TXENGINE_API_KEY", engine.api_key.clone()),
         ("TXENGINE_KAFKA_PID", engine.kafka_pid.to_string()),
     ];
-    run_suite("python", &python_command(), &env)?;
-    run_suite("typescript", &["npm", "test", "--silent"], &env)
+    let python = crate::installed_tools_dir()
+        .context("no HOME for the Python client's venv")?
+        .join("clients-python/bin/python");
+    let pytest = ["-m", "pytest", "-q", "-p", "no:cacheprovider"];
+    run_suite("python", &python, &pytest, &env)?;
+    run_suite("typescript", Path::new("npm"), &["test", "--silent"], &env)
 }
 
-/// The Python suite runs in the venv `scripts/install-deps` makes.
-fn python_command() -> Vec<&'static str> {
-    vec![
-        Box::leak(
-            python_venv()
-                .join("bin/python")
-                .display()
-                .to_string()
-                .into_boxed_str(),
-        ),
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-    ]
-}
-
-fn python_venv() -> PathBuf {
-    let data = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".local/share"));
-    data.join("txengine/clients-python")
-}
-
-/// Runs a client's own suite in its directory against the engine; its
-/// output is shown when it fails.
-fn run_suite(language: &str, command: &[&str], env: &[(&str, String)]) -> anyhow::Result<()> {
+/// Runs a client's own suite (`program` with `args`, in the client's
+/// directory) against the engine; its output is shown when it fails.
+fn run_suite(
+    language: &str,
+    program: &Path,
+    args: &[&str],
+    env: &[(&str, String)],
+) -> anyhow::Result<()> {
     let started = Instant::now();
-    let output = std::process::Command::new(command[0])
-        .args(&command[1..])
+    let output = std::process::Command::new(program)
+        .args(args)
         .current_dir(clients_dir().join(language))
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
         .with_context(|| {
-            format!("{language}: {command:?} did not start; run scripts/install-deps")
+            format!(
+                "{language}: {} did not start; run scripts/install-deps",
+                program.display()
+            )
         })?;
     let text = format!(
         "{}{}",

@@ -38,13 +38,8 @@ async fn balances(redis_url: &str, namespace: &str) -> BTreeMap<String, String> 
 /// `$XDG_DATA_HOME/txengine/schemathesis` (on a Python without CPython's
 /// ast bug where the machine has one); `st` from `PATH` otherwise.
 fn schemathesis_program() -> std::path::PathBuf {
-    let data_home = std::env::var_os("XDG_DATA_HOME")
-        .map(std::path::PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".local/share"))
-        });
-    data_home
-        .map(|dir| dir.join("txengine/schemathesis/bin/st"))
+    crate::installed_tools_dir()
+        .map(|dir| dir.join("schemathesis/bin/st"))
         .filter(|st| st.exists())
         .unwrap_or_else(|| "st".into())
 }

@@ -34,6 +34,18 @@ use rdkafka::ClientConfig;
 use reqwest::StatusCode;
 use txengine::store::{Store, StoreSettings};
 
+/// Where `scripts/install-deps` keeps the test tools it installs (the
+/// venvs of schemathesis and of the Python client's suite):
+/// `$XDG_DATA_HOME/txengine`, or `~/.local/share/txengine`.
+pub fn installed_tools_dir() -> Option<std::path::PathBuf> {
+    let data_home = std::env::var_os("XDG_DATA_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".local/share"))
+        })?;
+    Some(data_home.join("txengine"))
+}
+
 /// The shared infra, plus test logging (RUST_LOG) set up once.
 pub fn infra() -> &'static Infra {
     static LOGGING: Once = Once::new();
