@@ -212,6 +212,15 @@ impl Status {
 pub struct Transaction {
     pub id: String,
     pub status: Status,
+    /// What was asked (to a key that sees the source): the kind, and for
+    /// all but postings the account, `to`, the amount; a capture's or
+    /// void's `hold`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub account: Option<String>,
+    pub to: Option<String>,
+    pub amount: Option<u64>,
+    pub hold: Option<String>,
     /// Why it was rejected: `insufficient_funds`, `unknown_account`, ...
     pub reason: Option<String>,
     pub balance_after: Option<i64>,

@@ -70,6 +70,13 @@ export interface TransactionOptions {
 export interface Transaction {
   id: string;
   status: Status;
+  /** What was asked (to a key that sees the source): the kind, and for all
+   * but postings the account, `to`, the amount; a capture's or void's hold. */
+  type?: Kind;
+  account?: string;
+  to?: string;
+  amount?: number;
+  hold?: string;
   /** Why it was rejected: `insufficient_funds`, `unknown_account`, ... */
   reason?: string;
   balance_after?: number;

@@ -168,6 +168,13 @@ async fn a_hold_reserves_and_ends_once_by_capture_or_void(#[case] topology: Redi
         (Some("applied"), Some(35)),
         "{captured}"
     );
+    // What was asked, with the hold it ends.
+    assert_eq!(
+        (&captured["type"], &captured["hold"], &captured["amount"]),
+        (&json!("capture"), &json!("h-1"), &json!(25)),
+        "{captured}"
+    );
+    assert_eq!(captured["account"], payer, "{captured}");
     assert_eq!(funds(&s, payer).await, (35, 0, 35), "the rest released");
     assert_eq!(funds(&s, &payee).await, (65, 0, 65));
     let (_, hold) = s.get("/transactions/h-1").await.unwrap();
@@ -237,6 +244,10 @@ async fn a_hold_reserves_and_ends_once_by_capture_or_void(#[case] topology: Redi
     assert_eq!(funds(&s, payer).await, (35, 5, 30), "the hold stays");
     let all = settle(&s, json!({"id": "v-5", "type": "void", "hold": "h-5"})).await;
     assert_eq!(all["status"], "applied", "{all}");
+    assert_eq!(
+        (&all["type"], &all["hold"]),
+        (&json!("void"), &json!("h-5"))
+    );
     let whole = settle(
         &s,
         json!({"id": "h-4", "type": "hold", "account": payer, "amount": 5}),

@@ -363,6 +363,11 @@ async fn keys_and_scopes_guard_every_money_endpoint_and_refusals_write_nothing()
     assert_eq!(paid, json!({"id": "in-3", "status": "applied"}));
     let (_, whole) = scoped_client.get("/transactions/in-3").await.unwrap();
     assert!(whole["balance_after"].is_u64(), "{whole}");
+    // The source's key sees what was asked; bob's (above) none of it.
+    for (field, asked) in [("type", "transfer"), ("account", "shop-1"), ("to", "bob")] {
+        assert_eq!(whole[field], asked, "{whole}");
+    }
+    assert!(whole["amount"].is_u64(), "{whole}");
     assert_eq!(
         bob.get("/transactions/in-1").await.unwrap().0,
         StatusCode::NOT_FOUND

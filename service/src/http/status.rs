@@ -14,7 +14,7 @@ use super::auth::{authenticate, spend};
 use super::problem::{not_found, Problem, ProblemBody};
 use super::transactions::with_quota;
 use super::ApiState;
-use crate::domain::{Asset, Binding, Metadata, Outcome, Postings, TxId, TxStatus};
+use crate::domain::{AccountId, Asset, Binding, Metadata, Outcome, Postings, TxId, TxStatus};
 use crate::keys::ApiKey;
 use crate::store::{HoldPhase, TxRecord};
 
@@ -22,6 +22,24 @@ use crate::store::{HoldPhase, TxRecord};
 #[derive(Serialize, ToSchema)]
 pub(super) struct TransactionView<'a> {
     id: &'a str,
+    /// What was asked, to a key that sees the source only: the kind and
+    /// the accounts (a postings transaction's are in `postings`).
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "transfer")]
+    pub(super) kind: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub(super) account: Option<AccountId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub(super) to: Option<AccountId>,
+    /// The amount asked (a capture's may be less than its hold's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) amount: Option<u64>,
+    /// The hold a capture or void ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub(super) hold: Option<TxId>,
     /// `pending` until a consumer applied or rejected it.
     #[schema(value_type = TxState)]
     pub(super) status: &'static str,
@@ -86,6 +104,11 @@ pub(super) fn view(id: &TxId, status: TxStatus) -> TransactionView<'_> {
     };
     TransactionView {
         id: id.as_str(),
+        kind: None,
+        account: None,
+        to: None,
+        amount: None,
+        hold: None,
         status: status.as_str(),
         reason,
         posting,
@@ -237,6 +260,14 @@ pub(super) async fn get_transaction(
                         .collect();
                     postings.with_assets(&visible)
                 });
+                let movement = &binding.movement;
+                seen.kind = Some(movement.kind().as_str());
+                if movement.postings().is_none() {
+                    seen.account = Some(movement.account().clone());
+                    seen.to = movement.to().cloned();
+                    seen.amount = movement.amount().map(|amount| amount.minor_units());
+                }
+                seen.hold = movement.ended_hold().cloned();
                 seen.metadata = Some(binding.metadata).filter(|metadata| !metadata.is_empty());
             }
             Json(seen).into_response()

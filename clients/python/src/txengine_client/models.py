@@ -163,6 +163,13 @@ def _read(cls: type[T], data: Mapping[str, Any]) -> T:
 class Transaction:
     id: str
     status: str
+    # What was asked (to a key that sees the source): the kind, and for all
+    # but postings the account, `to`, the amount; a capture's or void's hold.
+    type: Optional[str] = None
+    account: Optional[str] = None
+    to: Optional[str] = None
+    amount: Optional[int] = None
+    hold: Optional[str] = None
     reason: Optional[str] = None
     balance_after: Optional[int] = None
     asset: Optional[str] = None
