@@ -153,6 +153,11 @@ async fn up(port: u16, topology: TopologyArgs) -> anyhow::Result<()> {
     let (replicas, min_insync) = infra.topic_replication();
     println!("TXENGINE_TOPIC_REPLICATION_FACTOR={replicas}");
     println!("TXENGINE_TOPIC_MIN_INSYNC_REPLICAS={min_insync}");
+    // On stderr: stdout stays lines of NAME=value for the shell.
+    eprintln!(
+        "the console: {}/console (sign in with the API key and the admin token above)",
+        stack.url
+    );
     txengine::app::shutdown_signal().await;
     eprintln!("stopping ...");
     stack.stop().await?;

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -85,61 +85,23 @@ async fn check_every_client(engine: Engine) -> anyhow::Result<()> {
         .context("no HOME for the Python client's venv")?
         .join("clients-python/bin/python");
     let pytest = ["-m", "pytest", "-q", "-p", "no:cacheprovider"];
-    run_suite("python", &python, &pytest, &env)?;
-    run_suite("typescript", Path::new("npm"), &["test", "--silent"], &env)
+    let dir = |language| clients_dir().join(language);
+    crate::run_suite(
+        "the python client's",
+        &dir("python"),
+        &python,
+        &pytest,
+        &env,
+    )?;
+    crate::run_suite(
+        "the typescript client's",
+        &dir("typescript"),
+        Path::new("npm"),
+        &["test", "--silent"],
+        &env,
+    )
 }
 
-/// Runs a client's own suite (`program` with `args`, in the client's
-/// directory) against the engine; its output is shown when it fails.
-fn run_suite(
-    language: &str,
-    program: &Path,
-    args: &[&str],
-    env: &[(&str, String)],
-) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let output = std::process::Command::new(program)
-        .args(args)
-        .current_dir(clients_dir().join(language))
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .with_context(|| {
-            format!(
-                "{language}: {} did not start; run scripts/install-deps",
-                program.display()
-            )
-        })?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    anyhow::ensure!(
-        output.status.success(),
-        "the {language} client's suite failed ({}):\n{text}",
-        output.status
-    );
-    // A suite skips what it cannot reach; against a live engine, nothing.
-    // (node --test: `# skipped N`; pytest: `41 passed, 2 skipped in ...`)
-    let skipped = text
-        .lines()
-        .any(|line| match line.strip_prefix("# skipped ") {
-            Some(count) => count != "0",
-            None => line.contains(" passed") && line.contains(" skipped"),
-        });
-    anyhow::ensure!(
-        !skipped,
-        "the {language} client's suite skipped tests:\n{text}"
-    );
-    eprintln!(
-        "{language} client: passed in {:.1} s\n{}",
-        started.elapsed().as_secs_f64(),
-        text.lines().rev().take(3).collect::<Vec<_>>().join("\n")
-    );
-    Ok(())
-}
-
-/// The retry table of the shared cases is the Rust client's own rule.
 #[test]
 fn the_rust_clients_retry_rules_are_the_shared_ones() {
     let cases = shared_cases();

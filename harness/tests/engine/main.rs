@@ -9,6 +9,7 @@ mod apply;
 mod batch;
 mod clients;
 mod cluster;
+mod console;
 mod contract;
 mod differential;
 mod events;
@@ -44,6 +45,54 @@ pub fn installed_tools_dir() -> Option<std::path::PathBuf> {
             std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".local/share"))
         })?;
     Some(data_home.join("txengine"))
+}
+
+/// Runs a suite of another language against a live engine: `program` with
+/// `args` in `dir`, with `env`. Fails when the suite fails or skips any test
+/// (node --test's `# skipped N`, pytest's `N skipped`), and shows its output.
+pub fn run_suite(
+    suite: &str,
+    dir: &std::path::Path,
+    program: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, String)],
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let started = std::time::Instant::now();
+    let output = std::process::Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .with_context(|| {
+            format!(
+                "{suite} suite: {} did not start; run scripts/install-deps",
+                program.display()
+            )
+        })?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    anyhow::ensure!(
+        output.status.success(),
+        "{suite} suite failed ({}):\n{text}",
+        output.status
+    );
+    let skipped = text
+        .lines()
+        .any(|line| match line.strip_prefix("# skipped ") {
+            Some(count) => count != "0",
+            None => line.contains(" passed") && line.contains(" skipped"),
+        });
+    anyhow::ensure!(!skipped, "{suite} suite skipped tests:\n{text}");
+    eprintln!(
+        "{suite} suite: passed in {:.1} s\n{}",
+        started.elapsed().as_secs_f64(),
+        text.lines().rev().take(3).collect::<Vec<_>>().join("\n")
+    );
+    Ok(())
 }
 
 /// The shared infra, plus test logging (RUST_LOG) set up once.

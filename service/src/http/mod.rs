@@ -11,7 +11,8 @@
 //! - [`balances`]: balance reads and the admin's setter;
 //! - [`history`]: an account's history, and its balance at a time;
 //! - [`ops`]: health, readiness, metrics, unknown routes;
-//! - [`openapi`]: the generated OpenAPI document.
+//! - [`openapi`]: the generated OpenAPI document;
+//! - [`console`]: the operator console's files, at `/console`.
 //!
 //! The HTTP server loop itself (connection limits) is [`crate::server`].
 
@@ -19,6 +20,7 @@ mod accounts;
 mod auth;
 mod balances;
 mod batch;
+mod console;
 mod history;
 mod keys;
 mod openapi;
@@ -152,6 +154,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::render_metrics))
         .route("/openapi.json", get(openapi::openapi_json))
+        .merge(console::routes())
         .fallback(ops::unknown_route)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(middleware::from_fn(record_request))

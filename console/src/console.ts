@@ -1,0 +1,65 @@
+// The console's frame: the navigation, who is signed in, and the page the
+// address's hash names (#/overview, #/accounts/<id>, #/transactions/<id>,
+// #/keys, #/sign-in).
+import { forgetCredentials, storedCredentials } from "./api";
+import { h } from "./dom";
+import { accountsPage } from "./pages/accounts";
+import { keysPage } from "./pages/keys";
+import { overview } from "./pages/overview";
+import { signInPage } from "./pages/signin";
+import { transactionPage } from "./pages/transaction";
+
+const view = document.getElementById("view") as HTMLElement;
+const who = document.getElementById("who") as HTMLElement;
+let leave: () => void = () => {};
+
+function route(): void {
+  leave();
+  view.replaceChildren();
+  const [, page = "", id] = location.hash.split("/").map(decodeURIComponent);
+  const held = storedCredentials();
+  for (const link of document.querySelectorAll<HTMLAnchorElement>("nav.main a")) {
+    const current = link.getAttribute("href") === `#/${page}`;
+    link.toggleAttribute("aria-current", current);
+    if (current) link.setAttribute("aria-current", "page");
+  }
+  who.replaceChildren(
+    held.apiKey || held.adminToken
+      ? h(
+          "span",
+          {},
+          `Signed in with ${[held.apiKey && "an API key", held.adminToken && "the admin token"].filter(Boolean).join(" and ")} `,
+          h("button", { type: "button", onclick: signOut }, "Sign out"),
+        )
+      : h("a", { href: "#/sign-in" }, "Sign in"),
+  );
+  switch (page) {
+    case "overview":
+      leave = overview(view);
+      break;
+    case "accounts":
+      leave = accountsPage(view, id);
+      break;
+    case "transactions":
+      leave = transactionPage(view, id);
+      break;
+    case "keys":
+      leave = keysPage(view);
+      break;
+    case "sign-in":
+      leave = signInPage(view, () => (location.hash = "#/overview"));
+      break;
+    default:
+      location.replace(held.apiKey || held.adminToken ? "#/overview" : "#/sign-in");
+      return;
+  }
+  document.title = `${view.querySelector("h1")?.textContent ?? "Console"} · txengine`;
+}
+
+function signOut(): void {
+  forgetCredentials();
+  location.hash = "#/sign-in";
+}
+
+window.addEventListener("hashchange", route);
+route();
