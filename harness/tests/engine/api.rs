@@ -67,7 +67,8 @@ async fn post_is_accepted_applied_and_read_back() {
     assert_eq!(
         settled["t-1"],
         json!({"id": "t-1", "status": "applied", "balance_after": 40,
-            "asset": s.config.default_asset.as_str()})
+            "asset": s.config.default_asset.as_str(),
+            "type": "transfer", "account": "alice", "to": "bob", "amount": 60})
     );
     assert_eq!(s.balance("alice").await.unwrap(), Some(40));
     assert_eq!(s.balance("bob").await.unwrap(), Some(65));
