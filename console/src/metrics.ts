@@ -72,3 +72,29 @@ export function quantile(q: number, counts: Map<number, number>): number | undef
 export function since(now: Map<number, number>, before: Map<number, number>): Map<number, number> {
   return new Map([...now].map(([le, count]) => [le, count - (before.get(le) ?? 0)]));
 }
+
+/** What one scrape of /metrics counts. */
+export interface Scrape {
+  at: number;
+  accepted: number;
+  applied: number;
+  requestSeconds: Map<number, number>;
+  applySeconds: Map<number, number>;
+}
+
+export function readScrape(samples: Sample[], at: number): Scrape {
+  return {
+    at,
+    // Single requests answered 202, and batch items accepted.
+    accepted:
+      total(samples, "txengine_http_requests_total", {
+        route: ["/transactions", "/transaction"],
+        method: "POST",
+        status: "202",
+      }) + total(samples, "txengine_batch_items_total", { status: "pending" }),
+    // First applies only: a redelivered record is not applied again.
+    applied: total(samples, "txengine_apply_outcomes_total", { duplicate: "false" }),
+    requestSeconds: buckets(samples, "txengine_http_request_seconds", { route: "/transactions", method: "POST" }),
+    applySeconds: buckets(samples, "txengine_accept_to_applied_seconds"),
+  };
+}

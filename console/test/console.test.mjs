@@ -138,6 +138,37 @@ test("the served files are what the sources build", async () => {
   }
 });
 
+test("the engine serves the console under a policy of its own origin only, and the browser holds to it", async () => {
+  const response = await fetch(`${url}/console`);
+  assert.equal(response.headers.get("content-type"), "text/html; charset=utf-8");
+  assert.equal(response.headers.get("x-content-type-options"), "nosniff");
+  const policy = response.headers.get("content-security-policy") ?? "";
+  for (const directive of ["default-src 'none'", "script-src 'self'", "connect-src 'self'", "frame-ancestors 'none'"]) {
+    assert.ok(policy.includes(directive), `${directive} in ${policy}`);
+  }
+  // A page of its own, so these refusals are not counted as the console's errors.
+  const probe = await (await browser.newContext()).newPage();
+  try {
+    await probe.goto(`${url}/console#/sign-in`);
+    const refused = await probe.evaluate(async () => {
+      const directives = [];
+      document.addEventListener("securitypolicyviolation", (e) => directives.push(e.effectiveDirective));
+      const image = document.createElement("img");
+      image.src = "http://127.0.0.2:9/elsewhere.png";
+      document.body.append(image);
+      await fetch("http://127.0.0.2:9/elsewhere").catch(() => {});
+      const script = document.createElement("script");
+      script.textContent = "window.injected = true";
+      document.body.append(script);
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      return { directives: directives.sort(), injected: "injected" in window };
+    });
+    assert.deepEqual(refused, { directives: ["connect-src", "img-src", "script-src-elem"], injected: false });
+  } finally {
+    await probe.close();
+  }
+});
+
 test("signing in by keyboard; the token stays in this tab only", async () => {
   await page.goto(`${url}/console`);
   await page.waitForURL(/#\/sign-in$/);
@@ -265,13 +296,22 @@ test("money moved in the console shows in its pages and through the API", async 
   await page.getByText("a void (or a capture whose credit was refused)").waitFor();
 
   const postings = `console-${run}-split`;
+  const note = "<i>shown as text</i>";
   await apiCall("POST", "/transactions", {
-    body: { id: postings, type: "postings", postings: [{ from: id, to: payee, amount: 100 }, { from: id, to: payee, amount: 25 }] },
+    body: {
+      id: postings,
+      type: "postings",
+      postings: [{ from: id, to: payee, amount: 100 }, { from: id, to: payee, amount: 25 }],
+      metadata: { note },
+    },
   });
   await settled(postings);
   await page.goto(`${url}/console#/transactions/${postings}`);
   const table = page.getByRole("table", { name: /Postings/ });
   await table.getByText("0.25 USD").waitFor();
+  // What a client wrote is text, never markup.
+  await page.getByText(JSON.stringify({ note })).waitFor();
+  assert.equal(await page.locator("main i").count(), 0);
   assert.equal(await table.getByRole("link", { name: payee }).count(), 2);
   await everyControlIsLabelled("transaction");
   await shoot("transaction-postings");

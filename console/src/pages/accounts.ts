@@ -141,8 +141,6 @@ function transactionForm(account: Account): HTMLElement {
             type: kind.value as NewTransaction["type"],
             account: account.account,
             amount: parseMoney(amount.value, account.asset),
-            // Named, so a transfer to an account of another asset is refused.
-            asset: account.asset,
           };
           if (to.value.trim()) tx.to = to.value.trim();
           await api.submit(tx);

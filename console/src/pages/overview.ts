@@ -3,35 +3,9 @@
 import { api, type Readiness } from "../api";
 import { RateChart } from "../charts";
 import { h, problemBox } from "../dom";
-import { buckets, parseMetrics, quantile, since, total, type Sample } from "../metrics";
+import { parseMetrics, quantile, readScrape, since, total, type Scrape } from "../metrics";
 
 const EVERY_MS = 2_000;
-
-/** What one scrape of /metrics counts. */
-interface Scrape {
-  at: number;
-  accepted: number;
-  applied: number;
-  requestSeconds: Map<number, number>;
-  applySeconds: Map<number, number>;
-}
-
-function scrape(samples: Sample[], at: number): Scrape {
-  return {
-    at,
-    // Single requests answered 202, and batch items accepted.
-    accepted:
-      total(samples, "txengine_http_requests_total", {
-        route: ["/transactions", "/transaction"],
-        method: "POST",
-        status: "202",
-      }) + total(samples, "txengine_batch_items_total", { status: "pending" }),
-    // First applies only: a redelivered record is not applied again.
-    applied: total(samples, "txengine_apply_outcomes_total", { duplicate: "false" }),
-    requestSeconds: buckets(samples, "txengine_http_request_seconds", { route: "/transactions", method: "POST" }),
-    applySeconds: buckets(samples, "txengine_accept_to_applied_seconds"),
-  };
-}
 
 const rate = (now: number, before: number, seconds: number) => Math.max(0, now - before) / seconds;
 const ms = (seconds: number | undefined) => (seconds === undefined ? "—" : `${(seconds * 1000).toFixed(1)} ms`);
@@ -81,7 +55,7 @@ export function overview(view: HTMLElement): () => void {
     try {
       const [ready, text] = await Promise.all([api.ready(), api.metrics()]);
       const samples = parseMetrics(text);
-      const now = scrape(samples, Date.now());
+      const now = readScrape(samples, Date.now());
       const seconds = before ? (now.at - before.at) / 1000 : 0;
       const accepted = before ? rate(now.accepted, before.accepted, seconds) : undefined;
       const applied = before ? rate(now.applied, before.applied, seconds) : undefined;
