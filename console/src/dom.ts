@@ -54,7 +54,8 @@ export function table(caption: string, head: string[], rows: Child[][]): HTMLEle
       {},
       h("caption", {}, caption),
       h("thead", {}, h("tr", {}, ...head.map((c) => h("th", { scope: "col" }, c)))),
-      h("tbody", {}, ...rows.map((row) => h("tr", {}, ...row.map((c) => h("td", {}, c))))),
+      // Each cell names its column: a phone's layout shows it beside the value.
+      h("tbody", {}, ...rows.map((row) => h("tr", {}, ...row.map((c, i) => h("td", { "data-column": head[i] }, c))))),
     ),
   );
 }
