@@ -1,5 +1,22 @@
-// Every call the console makes, through the engine's public HTTP API only:
-// the console can do nothing the credentials it holds could not do with curl.
+// Every call the console makes, through the engine's public HTTP API only,
+// with txengine's own TypeScript client (clients/typescript, bundled from its
+// sources): the console can do nothing the credentials it holds could not do
+// with curl.
+import { Client, newId, Problem, RetriesExhausted, type RetryPolicy } from "../../clients/typescript/src/index";
+
+export type {
+  Account,
+  AccountSpec,
+  CreatedKey,
+  Entry,
+  HistoryPage,
+  HistoryQuery,
+  Key,
+  KeySpec,
+  NewTransaction,
+  Transaction,
+} from "../../clients/typescript/src/index";
+export { credit, debit, hold, transfer } from "../../clients/typescript/src/index";
 
 /** An API key (money endpoints) and the admin token (accounts' bounds,
  * balances, keys); the operator gives one or both. Kept in this tab's
@@ -27,143 +44,32 @@ export function forgetCredentials(): void {
   sessionStorage.removeItem(STORED);
 }
 
-/** A refusal as the API words it (RFC 9457 problem details). */
-export class Refusal extends Error {
-  constructor(
-    readonly status: number,
-    readonly title: string,
-    readonly detail: string,
-  ) {
-    super(detail ? `${title}: ${detail}` : title);
-  }
+/** What the console says of a call that failed: the API's own title and
+ * detail for a refusal. */
+export function describe(error: unknown): string {
+  const refusal = error instanceof RetriesExhausted ? (error.problem ?? error) : error;
+  if (refusal instanceof Problem) return refusal.title ? `${refusal.title}: ${refusal.detail}` : refusal.detail;
+  return refusal instanceof Error ? refusal.message : String(refusal);
 }
+
+/** A person is waiting: 503, 409 and 429 are retried (with the same id) for
+ * a few seconds, not the library's default half a minute. */
+const RETRY: RetryPolicy = { maxElapsedMs: 5_000, initialBackoffMs: 100, maxBackoffMs: 1_000 };
 
 /** Which credential an endpoint takes. */
-export type Credential = "apiKey" | "adminToken" | "none";
+export type Credential = "apiKey" | "adminToken";
 
-async function call<T>(credential: Credential, method: string, path: string, body?: unknown, given?: string): Promise<T> {
-  const headers: Record<string, string> = { accept: "application/json" };
-  if (credential !== "none") {
-    const secret = given ?? storedCredentials()[credential];
-    if (!secret) {
-      const name = credential === "apiKey" ? "an API key" : "the admin token";
-      throw new Refusal(401, "Not signed in", `this needs ${name}: sign in with it first`);
-    }
-    headers.authorization = `Bearer ${secret}`;
+/** A client of this engine with `credential` (the one held, or `given`). */
+export function client(credential: Credential, given?: string): Client {
+  const token = given ?? storedCredentials()[credential];
+  if (!token) {
+    const name = credential === "apiKey" ? "an API key" : "the admin token";
+    throw new Problem(401, "unauthorized", "Not signed in", `this needs ${name}: sign in with it first`, undefined);
   }
-  if (body !== undefined) headers["content-type"] = "application/json";
-  const response = await fetch(path, {
-    method,
-    headers,
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await response.text();
-  const json: unknown = text ? JSON.parse(text) : undefined;
-  // /ready answers its body with 503 too: that is data, not a refusal.
-  if (!response.ok && !(path === "/ready" && response.status === 503)) {
-    const problem = (json ?? {}) as { title?: string; detail?: string };
-    throw new Refusal(response.status, problem.title ?? response.statusText, problem.detail ?? "");
-  }
-  return json as T;
+  return new Client(location.origin, { token, retry: RETRY });
 }
 
-export interface Account {
-  account: string;
-  asset: string;
-  min_balance: number;
-  max_balance: number;
-  balance: number;
-  pending: number;
-  available: number;
-  metadata?: Record<string, string>;
-  created_at: string;
-}
-
-export interface AccountChange {
-  asset?: string;
-  min_balance?: number;
-  max_balance?: number;
-}
-
-export interface Entry {
-  id?: string;
-  type: string;
-  amount: number;
-  delta: number;
-  counterparty?: string;
-  status: string;
-  reason?: string;
-  balance_after: number;
-  at: string;
-  hold?: string;
-  posting?: number;
-  metadata?: Record<string, string>;
-}
-
-export interface HistoryPage {
-  account: string;
-  entries: Entry[];
-  next_cursor?: string;
-}
-
-export interface HistoryQuery {
-  limit?: number;
-  cursor?: string;
-  since?: string;
-  until?: string;
-}
-
-export interface Posting {
-  from: string;
-  to: string;
-  amount: number;
-  asset?: string;
-}
-
-export interface Transaction {
-  id: string;
-  status: string;
-  type?: string;
-  account?: string;
-  to?: string;
-  amount?: number;
-  hold?: string;
-  reason?: string;
-  posting?: number;
-  balance_after?: number;
-  captured_amount?: number;
-  asset?: string;
-  postings?: Posting[];
-  metadata?: Record<string, string>;
-}
-
-export interface NewTransaction {
-  id: string;
-  type: "debit" | "credit" | "transfer" | "hold";
-  account: string;
-  to?: string;
-  amount: number;
-  asset?: string;
-}
-
-export interface Key {
-  id: string;
-  accounts: string[];
-  rate_per_s?: number;
-  burst?: number;
-  created_at_ms: number;
-}
-
-export interface CreatedKey extends Key {
-  secret: string;
-}
-
-export interface KeySpec {
-  accounts: string[];
-  rate_per_s?: number;
-  burst?: number;
-}
-
+/** What the Overview reads: readiness (200, or 503 with the same body). */
 export interface Readiness {
   redis: boolean;
   kafka: boolean;
@@ -171,36 +77,34 @@ export interface Readiness {
   stalled?: { topic: string; partition: number; offset: number; since: string; id?: string; error?: string };
 }
 
-const path = (...parts: string[]) => parts.map(encodeURIComponent).join("/");
-
-export const api = {
-  account: (id: string) => call<Account>("apiKey", "GET", `/accounts/${path(id)}`),
-  putAccount: (id: string, change: AccountChange) =>
-    call<Account>("adminToken", "PUT", `/accounts/${path(id)}`, change),
-  history: (id: string, query: HistoryQuery) => {
-    const params = new URLSearchParams();
-    for (const [name, value] of Object.entries(query)) {
-      if (value !== undefined && value !== "") params.set(name, String(value));
-    }
-    return call<HistoryPage>("apiKey", "GET", `/accounts/${path(id)}/transactions?${params}`);
+/** `/ready` (with the admin token, when held: a stall's id and error are
+ * shown to it only) and `/metrics`, which the client library does not read. */
+export const operations = {
+  async ready(): Promise<Readiness> {
+    const token = storedCredentials().adminToken;
+    const response = await fetch("/ready", { headers: token ? { authorization: `Bearer ${token}` } : {} });
+    if (!response.ok && response.status !== 503) throw Problem.of(response.status, await response.json());
+    return (await response.json()) as Readiness;
   },
-  transaction: (id: string) => call<Transaction>("apiKey", "GET", `/transactions/${path(id)}`),
-  submit: (tx: NewTransaction) => call<Transaction>("apiKey", "POST", "/transactions", tx),
-  keys: () => call<{ keys: Key[] }>("adminToken", "GET", "/admin/keys"),
-  createKey: (spec: KeySpec) => call<CreatedKey>("adminToken", "POST", "/admin/keys", spec),
-  revokeKey: (id: string) => call<void>("adminToken", "DELETE", `/admin/keys/${path(id)}`),
-  /** Whether the API takes `secret` as an API key: a transaction no one
-   * made is 404 to a valid key, 401 to any other. */
-  checkApiKey: (secret: string) =>
-    call<Transaction>("apiKey", "GET", `/transactions/console-sign-in-${crypto.randomUUID()}`, undefined, secret).catch((e) => {
-      if (!(e instanceof Refusal && e.status === 404)) throw e;
-    }),
-  checkAdminToken: (secret: string) => call<{ keys: Key[] }>("adminToken", "GET", "/admin/keys", undefined, secret),
-  // The stalled record's id and error are shown to the admin token only.
-  ready: () => call<Readiness>(storedCredentials().adminToken ? "adminToken" : "none", "GET", "/ready"),
-  metrics: async () => {
+  async metrics(): Promise<string> {
     const response = await fetch("/metrics");
-    if (!response.ok) throw new Refusal(response.status, response.statusText, "");
+    if (!response.ok) throw Problem.of(response.status, await response.text());
     return response.text();
   },
 };
+
+/** Whether the API takes `secret` as an API key: a transaction no one made
+ * is 404 to a valid key, 401 to any other. */
+export async function checkApiKey(secret: string): Promise<void> {
+  try {
+    await client("apiKey", secret).transaction(`console-sign-in-${newId()}`);
+  } catch (e) {
+    if (!(e instanceof Problem && e.status === 404)) throw e;
+  }
+}
+
+export async function checkAdminToken(secret: string): Promise<void> {
+  await client("adminToken", secret).keys();
+}
+
+export { Problem };

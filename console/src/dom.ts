@@ -1,6 +1,8 @@
 // Building the page: elements from data, text always as text (never HTML),
 // so nothing an account id or metadata holds can run in the console.
 
+import { describe } from "./api";
+
 type Child = Node | string | number | null | undefined | false;
 type Props = Record<string, string | number | boolean | EventListener | undefined>;
 
@@ -33,8 +35,7 @@ export function field(label: string, control: HTMLInputElement | HTMLSelectEleme
 
 /** A problem shown where the action was taken; read out by screen readers. */
 export function problemBox(error: unknown): HTMLElement {
-  const message = error instanceof Error ? error.message : String(error);
-  return h("p", { class: "problem", role: "alert" }, message);
+  return h("p", { class: "problem", role: "alert" }, describe(error));
 }
 
 /** A definition list of label and value pairs; a pair without a value is
@@ -58,6 +59,17 @@ export function table(caption: string, head: string[], rows: Child[][]): HTMLEle
       h("tbody", {}, ...rows.map((row) => h("tr", {}, ...row.map((c, i) => h("td", { "data-column": head[i] }, c))))),
     ),
   );
+}
+
+/** A search by id that goes to `#/<page>/<id>`. Ids are those the API
+ * takes: 1 to 64 of `A-Z a-z 0-9 _ . : -`. */
+export function findForm(label: string, page: string, current?: string): HTMLElement {
+  const input = h("input", { name: "id", required: true, value: current ?? "", autocomplete: "off", pattern: "[A-Za-z0-9_.:\\-]{1,64}" });
+  const go = (event: Event) => {
+    event.preventDefault();
+    location.hash = `#/${page}/${encodeURIComponent(input.value.trim())}`;
+  };
+  return h("form", { class: "inline", role: "search", onsubmit: go }, field(label, input), h("button", { type: "submit" }, "Find"));
 }
 
 export function link(href: string, text: string): HTMLAnchorElement {

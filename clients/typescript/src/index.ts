@@ -158,6 +158,8 @@ export interface HistoryQuery {
   /** RFC 3339 times. */
   since?: string;
   until?: string;
+  /** For `historyPage`: the previous page's `next_cursor`. */
+  cursor?: string;
 }
 
 export interface KeySpec {
@@ -453,12 +455,17 @@ export class Client {
     return (await this.get(`/balance/${account}`, { at })) as BalanceAt;
   }
 
+  /** One page of an account's entries, newest first; its `next_cursor`, as
+   * the query's `cursor`, reads the next. */
+  async historyPage(account: string, query: HistoryQuery = {}): Promise<HistoryPage> {
+    return (await this.get(`/accounts/${account}/transactions`, { ...query })) as HistoryPage;
+  }
+
   /** An account's entries, newest first, read page by page as the iteration goes. */
   async *history(account: string, query: HistoryQuery = {}): AsyncGenerator<Entry, void, undefined> {
     let cursor: string | undefined;
     do {
-      const params: Record<string, string | number | undefined> = { ...query, cursor };
-      const page = (await this.get(`/accounts/${account}/transactions`, params)) as HistoryPage;
+      const page = await this.historyPage(account, { ...query, cursor });
       yield* page.entries;
       cursor = page.next_cursor ?? undefined;
     } while (cursor !== undefined);

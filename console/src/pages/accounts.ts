@@ -3,46 +3,31 @@
 // page with the API's filters, and its balance over time.
 import type { Chart } from "chart.js";
 
-import { api, Refusal, type Account, type Entry, type HistoryQuery, type NewTransaction } from "../api";
+import { client, credit, debit, hold, Problem, transfer, type Account, type Entry, type HistoryQuery, type NewTransaction } from "../api";
 import { balanceChart } from "../charts";
-import { accountLink, facts, field, h, problemBox, table, transactionLink } from "../dom";
+import { accountLink, facts, field, findForm, h, problemBox, table, transactionLink } from "../dom";
 import { formatMoney, NO_CAP, parseMoney } from "../money";
 
 export function accountsPage(view: HTMLElement, id?: string): () => void {
-  view.append(h("h1", {}, id ? `Account ${id}` : "Accounts"), findForm(id));
+  view.append(h("h1", {}, id ? `Account ${id}` : "Accounts"), findForm("Account id", "accounts", id));
   const body = h("div");
   view.append(body);
   const cleanup: (() => void)[] = [];
   if (id) {
-    api
-      .account(id)
-      .then((account) => cleanup.push(showAccount(body, account)))
-      .catch((e) => {
-        if (e instanceof Refusal && e.status === 404) {
+    const show = async () => {
+      try {
+        cleanup.push(showAccount(body, await client("apiKey").account(id)));
+      } catch (e) {
+        if (e instanceof Problem && e.status === 404) {
           body.append(h("p", {}, `There is no account ${id} yet.`), accountForm(id));
         } else body.append(problemBox(e));
-      });
+      }
+    };
+    void show();
   } else {
     body.append(h("h2", {}, "New account"), accountForm());
   }
   return () => cleanup.forEach((f) => f());
-}
-
-function findForm(current?: string): HTMLElement {
-  const input = h("input", { name: "account", required: true, value: current ?? "", autocomplete: "off", pattern: "[A-Za-z0-9_.:\\-]{1,64}" });
-  return h(
-    "form",
-    {
-      class: "inline",
-      role: "search",
-      onsubmit: (event: Event) => {
-        event.preventDefault();
-        location.hash = `#/accounts/${encodeURIComponent(input.value.trim())}`;
-      },
-    },
-    field("Account id", input),
-    h("button", { type: "submit" }, "Find"),
-  );
 }
 
 /** Makes an account (no `existing`), or changes an existing one's bounds:
@@ -72,7 +57,7 @@ function accountForm(id?: string, existing?: Account): HTMLElement {
             max_balance: max.value.trim() ? parseMoney(max.value, code) : NO_CAP,
           };
           const account = name.value.trim();
-          await api.putAccount(account, change);
+          await client("adminToken").putAccount(account, change);
           location.hash = `#/accounts/${encodeURIComponent(account)}`;
           // Same hash (a change): show it again from the API.
           window.dispatchEvent(new HashChangeEvent("hashchange"));
@@ -136,14 +121,8 @@ function transactionForm(account: Account): HTMLElement {
       onsubmit: async (event: Event) => {
         event.preventDefault();
         try {
-          const tx: NewTransaction = {
-            id: crypto.randomUUID(),
-            type: kind.value as NewTransaction["type"],
-            account: account.account,
-            amount: parseMoney(amount.value, account.asset),
-          };
-          if (to.value.trim()) tx.to = to.value.trim();
-          await api.submit(tx);
+          const tx = newTransaction(kind.value, account.account, to.value.trim(), parseMoney(amount.value, account.asset));
+          await client("apiKey").submit(tx);
           location.hash = `#/transactions/${encodeURIComponent(tx.id)}`;
         } catch (e) {
           outcome.replaceChildren(problemBox(e));
@@ -156,6 +135,20 @@ function transactionForm(account: Account): HTMLElement {
     h("button", { type: "submit" }, "Submit"),
   );
   return h("div", {}, form, outcome);
+}
+
+/** The transaction the form describes, its id made by the client library. */
+function newTransaction(kind: string, account: string, to: string, amount: number): NewTransaction {
+  switch (kind) {
+    case "transfer":
+      if (!to) throw new Error("A transfer needs the account it pays: fill in To account.");
+      return transfer(account, to, amount);
+    case "hold":
+      return hold(account, amount, { to: to || undefined });
+    default:
+      if (to) throw new Error(`A ${kind} moves money of this account only: leave To account empty.`);
+      return kind === "credit" ? credit(account, amount) : debit(account, amount);
+  }
 }
 
 function historySection(body: HTMLElement, account: Account): () => void {
@@ -175,7 +168,7 @@ function historySection(body: HTMLElement, account: Account): () => void {
       until: until.value ? new Date(until.value).toISOString() : undefined,
     };
     try {
-      const page = await api.history(account.account, query);
+      const page = await client("apiKey").historyPage(account.account, query);
       chart?.destroy();
       chart = page.entries.length ? balanceChart(canvas, page.entries, account.asset) : undefined;
       results.replaceChildren(historyTable(page.entries, account), pager(page.next_cursor));

@@ -1,6 +1,6 @@
 // Keys (admin token): list them, make one (its secret shown this once), and
 // revoke one after a confirmation.
-import { api, type Key, type KeySpec } from "../api";
+import { client, type Key, type KeySpec } from "../api";
 import { field, h, problemBox, table } from "../dom";
 
 export function keysPage(view: HTMLElement): () => void {
@@ -8,7 +8,7 @@ export function keysPage(view: HTMLElement): () => void {
   const created = h("div", { "aria-live": "polite" });
   const refresh = async () => {
     try {
-      const { keys } = await api.keys();
+      const keys = await client("adminToken").keys();
       list.replaceChildren(keysTable(keys, refresh));
     } catch (e) {
       list.replaceChildren(problemBox(e));
@@ -39,7 +39,7 @@ function keyForm(created: HTMLElement, refresh: () => Promise<void>): HTMLElemen
         if (rate.value) spec.rate_per_s = Number(rate.value);
         if (burst.value) spec.burst = Number(burst.value);
         try {
-          const key = await api.createKey(spec);
+          const key = await client("adminToken").createKey(spec);
           created.replaceChildren(
             h(
               "div",
@@ -92,7 +92,7 @@ function revokeCell(key: Key, refresh: () => Promise<void>): HTMLElement {
   const idle = () => cell.replaceChildren(h("button", { type: "button", onclick: ask, "aria-label": `Revoke key ${key.id}` }, "Revoke…"));
   const revoke = async () => {
     try {
-      await api.revokeKey(key.id);
+      await client("adminToken").revokeKey(key.id);
       await refresh();
     } catch (e) {
       cell.replaceChildren(problemBox(e));

@@ -1,6 +1,6 @@
 // Overview: is the engine ready, is anything stalled or behind, and how fast
 // is it accepting and applying; live from /ready and /metrics every 2 s.
-import { api, type Readiness } from "../api";
+import { operations, type Readiness } from "../api";
 import { RateChart } from "../charts";
 import { h, problemBox } from "../dom";
 import { parseMetrics, quantile, readScrape, since, total, type Scrape } from "../metrics";
@@ -53,7 +53,7 @@ export function overview(view: HTMLElement): () => void {
   let before: Scrape | undefined;
   const refresh = async () => {
     try {
-      const [ready, text] = await Promise.all([api.ready(), api.metrics()]);
+      const [ready, text] = await Promise.all([operations.ready(), operations.metrics()]);
       const samples = parseMetrics(text);
       const now = readScrape(samples, Date.now());
       const seconds = before ? (now.at - before.at) / 1000 : 0;

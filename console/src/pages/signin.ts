@@ -1,6 +1,6 @@
 // Sign in: an API key (reads and money) and the admin token (accounts'
 // bounds, keys), either or both, kept in this tab's sessionStorage only.
-import { api, storeCredentials, storedCredentials } from "../api";
+import { checkAdminToken, checkApiKey, describe, storeCredentials, storedCredentials } from "../api";
 import { field, h } from "../dom";
 
 export function signInPage(view: HTMLElement, onSignedIn: () => void): () => void {
@@ -32,8 +32,8 @@ export function signInPage(view: HTMLElement, onSignedIn: () => void): () => voi
           }
           // Each is tried once against the API; one it refuses is not kept.
           try {
-            if (credentials.apiKey) await api.checkApiKey(credentials.apiKey).catch(refused("The API key"));
-            if (credentials.adminToken) await api.checkAdminToken(credentials.adminToken).catch(refused("The admin token"));
+            if (credentials.apiKey) await checkApiKey(credentials.apiKey).catch(refused("The API key"));
+            if (credentials.adminToken) await checkAdminToken(credentials.adminToken).catch(refused("The admin token"));
           } catch (e) {
             problem.textContent = e instanceof Error ? e.message : String(e);
             return;
@@ -55,6 +55,6 @@ export function signInPage(view: HTMLElement, onSignedIn: () => void): () => voi
 /** A refusal of the credential `what`, said so. */
 function refused(what: string): (error: unknown) => never {
   return (error) => {
-    throw new Error(`${what} was refused: ${error instanceof Error ? error.message : String(error)}`);
+    throw new Error(`${what} was refused: ${describe(error)}`);
   };
 }

@@ -1,7 +1,7 @@
 // Transaction: one by id, as GET /transactions/{id} shows it to the key
 // held; read again every second until it settles.
-import { api, type Transaction } from "../api";
-import { accountLink, facts, field, h, problemBox, table, transactionLink } from "../dom";
+import { client, type Transaction } from "../api";
+import { accountLink, facts, findForm, h, problemBox, table, transactionLink } from "../dom";
 import { formatMoney } from "../money";
 
 const UNSETTLED = new Set(["pending", "capturing"]);
@@ -16,23 +16,7 @@ const HOLD_ENDED_BY: Record<string, string> = {
 };
 
 export function transactionPage(view: HTMLElement, id?: string): () => void {
-  const input = h("input", { name: "id", required: true, value: id ?? "", autocomplete: "off" });
-  view.append(
-    h("h1", {}, id ? `Transaction ${id}` : "Transactions"),
-    h(
-      "form",
-      {
-        class: "inline",
-        role: "search",
-        onsubmit: (event: Event) => {
-          event.preventDefault();
-          location.hash = `#/transactions/${encodeURIComponent(input.value.trim())}`;
-        },
-      },
-      field("Transaction id", input),
-      h("button", { type: "submit" }, "Find"),
-    ),
-  );
+  view.append(h("h1", {}, id ? `Transaction ${id}` : "Transactions"), findForm("Transaction id", "transactions", id));
   if (!id) {
     view.append(h("p", {}, "Transactions are made from an account's page (Move money), or by your systems through the API."));
     return () => {};
@@ -42,7 +26,7 @@ export function transactionPage(view: HTMLElement, id?: string): () => void {
   let timer: ReturnType<typeof setTimeout> | undefined;
   const refresh = async () => {
     try {
-      const tx = await api.transaction(id);
+      const tx = await client("apiKey").transaction(id);
       body.replaceChildren(show(tx));
       if (UNSETTLED.has(tx.status)) timer = setTimeout(refresh, 1_000);
     } catch (e) {
