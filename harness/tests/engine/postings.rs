@@ -179,7 +179,11 @@ async fn postings_move_all_or_nothing_in_order(
     // Its kind; its accounts and amounts are its postings', none beside them.
     assert_eq!(views["split"]["type"], "postings");
     for field in ["account", "to", "amount", "hold"] {
-        assert!(views["split"].get(field).is_none(), "{field}: {:?}", views["split"]);
+        assert!(
+            views["split"].get(field).is_none(),
+            "{field}: {:?}",
+            views["split"]
+        );
     }
     assert_eq!(balances(&s, &all).await, [600, 50, 350, 1000, 0, 0, 0]);
 
