@@ -12,11 +12,14 @@ import { transactionPage } from "./pages/transaction";
 const view = document.getElementById("view") as HTMLElement;
 const who = document.getElementById("who") as HTMLElement;
 let leave: () => void = () => {};
+/** Stands for an id the API would not take. */
+const INVALID = "\u0000";
 
 function route(): void {
   leave();
   view.replaceChildren();
-  const [, page = "", id] = location.hash.split("/").map(decodeURIComponent);
+  const [, page = "", encoded] = location.hash.split("/");
+  const id = idOf(encoded);
   const held = storedCredentials();
   for (const link of document.querySelectorAll<HTMLAnchorElement>("nav.main a")) {
     const current = link.getAttribute("href") === `#/${page}`;
@@ -33,6 +36,10 @@ function route(): void {
         )
       : h("a", { href: "#/sign-in" }, "Sign in"),
   );
+  if (id === INVALID) {
+    view.append(h("h1", {}, "Not an id"), h("p", { role: "alert", class: "problem" }, "Ids are 1 to 64 of A-Z a-z 0-9 _ . : - (not . or ..)."));
+    return;
+  }
   switch (page) {
     case "overview":
       leave = overview(view);
@@ -54,6 +61,23 @@ function route(): void {
       return;
   }
   document.title = `${view.querySelector("h1")?.textContent ?? "Console"} · txengine`;
+  // Keyboard and screen-reader users start on the new page, unless the page
+  // put the focus in a field itself.
+  if (!view.contains(document.activeElement)) view.focus();
+}
+
+/** The id the address names, if it is one the API takes (1 to 64 of
+ * `A-Z a-z 0-9 _ . : -`, not `.` or `..`); anything else, a malformed
+ * escape included, names none and the page says so. */
+function idOf(encoded: string | undefined): string | undefined {
+  if (encoded === undefined || encoded === "") return undefined;
+  let id: string;
+  try {
+    id = decodeURIComponent(encoded);
+  } catch {
+    return INVALID;
+  }
+  return /^[A-Za-z0-9_.:-]{1,64}$/.test(id) && id !== "." && id !== ".." ? id : INVALID;
 }
 
 function signOut(): void {

@@ -77,7 +77,11 @@ export function since(now: Map<number, number>, before: Map<number, number>): Ma
 export interface Scrape {
   at: number;
   accepted: number;
+  /** Records the consumers applied for the first time, whatever their
+   * outcome: the money moved, or the refusal recorded. */
   applied: number;
+  /** Of those, the ones refused (`insufficient_funds`, ...). */
+  rejected: number;
   requestSeconds: Map<number, number>;
   applySeconds: Map<number, number>;
 }
@@ -94,6 +98,7 @@ export function readScrape(samples: Sample[], at: number): Scrape {
       }) + total(samples, "txengine_batch_items_total", { status: "pending" }),
     // First applies only: a redelivered record is not applied again.
     applied: total(samples, "txengine_apply_outcomes_total", { duplicate: "false" }),
+    rejected: total(samples, "txengine_apply_outcomes_total", { duplicate: "false", outcome: "rejected" }),
     requestSeconds: buckets(samples, "txengine_http_request_seconds", { route: "/transactions", method: "POST" }),
     applySeconds: buckets(samples, "txengine_accept_to_applied_seconds"),
   };

@@ -21,8 +21,10 @@ export function formatMoney(minor: number, asset: string): string {
 
 /** `minor` in major units with `decimals` places, grouped by thousands. */
 export function formatAmount(minor: number, decimals: number): string {
-  if (!Number.isSafeInteger(minor)) return String(minor);
-  const digits = String(Math.abs(minor)).padStart(decimals + 1, "0");
+  if (!Number.isInteger(minor)) return String(minor);
+  // BigInt's digits: exact for any integer a double holds, past 2^53 too
+  // (an admin set's change may be), where String() would write 1e+21.
+  const digits = (minor < 0 ? -BigInt(minor) : BigInt(minor)).toString().padStart(decimals + 1, "0");
   const whole = digits.slice(0, digits.length - decimals).replace(/\B(?=(\d{3})+(?!\d))/g, ",");
   const fraction = digits.slice(digits.length - decimals);
   return `${minor < 0 ? "-" : ""}${whole}${decimals ? `.${fraction}` : ""}`;

@@ -32,6 +32,9 @@ test("amounts are shown in the asset's major units, exactly", () => {
     [1500, "POINTS", "1,500 POINTS"],
     [Number.MAX_SAFE_INTEGER, "EUR/2", "90,071,992,547,409.91 EUR"],
     [-Number.MAX_SAFE_INTEGER, "JPY", "-9,007,199,254,740,991 JPY"],
+    // Past 2^53 (a change between the two bounds), still scaled.
+    [2 ** 54 - 2, "USD/2", "180,143,985,094,819.82 USD"],
+    [-(2 ** 70), "USD/2", "-11,805,916,207,174,113,034.24 USD"],
   ];
   for (const [minor, asset, shown] of cases) assert.equal(money.formatMoney(minor, asset), shown, `${minor} ${asset}`);
 });
@@ -110,7 +113,9 @@ txengine_apply_outcomes_total{outcome="applied",duplicate="true"} 6
   const scrape = metrics.readScrape(samples, 1000);
   // 7 + 2 single requests answered 202, 10 batch items accepted.
   assert.equal(scrape.accepted, 19);
-  // Redelivered records (duplicate="true") were not applied again.
+  // Redelivered records (duplicate="true") were not applied again; the
+  // applied count every first outcome, refusals included.
   assert.equal(scrape.applied, 23);
+  assert.equal(scrape.rejected, 3);
   assert.equal(scrape.requestSeconds.get(Infinity), 100);
 });

@@ -347,6 +347,10 @@ export interface ClientOptions {
   retry?: RetryPolicy;
 }
 
+/** An id as one path segment: whatever it holds, it names that resource
+ * and no other path. */
+const segment = (id: string) => encodeURIComponent(id);
+
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** The wait before retry `attempt` (1-based): a random part of the doubled
@@ -424,7 +428,7 @@ export class Client {
   }
 
   async transaction(id: string): Promise<Transaction> {
-    return (await this.get(`/transactions/${id}`)) as Transaction;
+    return (await this.get(`/transactions/${segment(id)}`)) as Transaction;
   }
 
   /** Polls a transaction until it is settled, backing off from 20 ms to 1 s;
@@ -443,22 +447,22 @@ export class Client {
   }
 
   async account(account: string): Promise<Account> {
-    return (await this.get(`/accounts/${account}`)) as Account;
+    return (await this.get(`/accounts/${segment(account)}`)) as Account;
   }
 
   async balance(account: string): Promise<Balance> {
-    return (await this.get(`/balance/${account}`)) as Balance;
+    return (await this.get(`/balance/${segment(account)}`)) as Balance;
   }
 
   /** The balance at `at` (an RFC 3339 time). */
   async balanceAt(account: string, at: string): Promise<BalanceAt> {
-    return (await this.get(`/balance/${account}`, { at })) as BalanceAt;
+    return (await this.get(`/balance/${segment(account)}`, { at })) as BalanceAt;
   }
 
   /** One page of an account's entries, newest first; its `next_cursor`, as
    * the query's `cursor`, reads the next. */
   async historyPage(account: string, query: HistoryQuery = {}): Promise<HistoryPage> {
-    return (await this.get(`/accounts/${account}/transactions`, { ...query })) as HistoryPage;
+    return (await this.get(`/accounts/${segment(account)}/transactions`, { ...query })) as HistoryPage;
   }
 
   /** An account's entries, newest first, read page by page as the iteration goes. */
@@ -473,12 +477,12 @@ export class Client {
 
   /** Admin: makes an account or changes the fields given. */
   async putAccount(account: string, spec: AccountSpec): Promise<Account> {
-    return success(await this.send("PUT", `/accounts/${account}`, spec)) as Account;
+    return success(await this.send("PUT", `/accounts/${segment(account)}`, spec)) as Account;
   }
 
   /** Admin: sets a balance (within the account's bounds). */
   async setBalance(account: string, balance: number): Promise<Balance> {
-    return success(await this.send("PUT", `/balance/${account}`, { balance })) as Balance;
+    return success(await this.send("PUT", `/balance/${segment(account)}`, { balance })) as Balance;
   }
 
   /** Admin: makes a key (its secret is shown only here). Never retried. */
@@ -491,7 +495,7 @@ export class Client {
   }
 
   async revokeKey(id: string): Promise<void> {
-    success(await this.send("DELETE", `/admin/keys/${id}`));
+    success(await this.send("DELETE", `/admin/keys/${segment(id)}`));
   }
 
   private async get(path: string, params: Record<string, string | number | undefined> = {}): Promise<unknown> {

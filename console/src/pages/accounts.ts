@@ -12,11 +12,14 @@ export function accountsPage(view: HTMLElement, id?: string): () => void {
   view.append(h("h1", {}, id ? `Account ${id}` : "Accounts"), findForm("Account id", "accounts", id));
   const body = h("div");
   view.append(body);
-  const cleanup: (() => void)[] = [];
+  let leave = () => {};
+  let left = false;
   if (id) {
     const show = async () => {
       try {
-        cleanup.push(showAccount(body, await client("apiKey").account(id)));
+        const account = await client("apiKey").account(id);
+        // Gone to another page meanwhile: draw nothing that outlives it.
+        if (!left) leave = showAccount(body, account);
       } catch (e) {
         if (e instanceof Problem && e.status === 404) {
           body.append(h("p", {}, `There is no account ${id} yet.`), accountForm(id));
@@ -27,7 +30,10 @@ export function accountsPage(view: HTMLElement, id?: string): () => void {
   } else {
     body.append(h("h2", {}, "New account"), accountForm());
   }
-  return () => cleanup.forEach((f) => f());
+  return () => {
+    left = true;
+    leave();
+  };
 }
 
 /** Makes an account (no `existing`), or changes an existing one's bounds:
@@ -51,6 +57,9 @@ function accountForm(id?: string, existing?: Account): HTMLElement {
         event.preventDefault();
         try {
           const code = asset.value.trim() || existing?.asset || "";
+          if (!code && (min.value.trim() || max.value.trim())) {
+            throw new Error("Name the asset: bounds are typed in its units (the engine's default asset may have decimal places).");
+          }
           const change = {
             asset: code || undefined,
             min_balance: min.value.trim() ? parseMoney(min.value, code) : 0,
@@ -158,40 +167,43 @@ function historySection(body: HTMLElement, account: Account): () => void {
   const results = h("div", { "aria-live": "polite" });
   const canvas = h("canvas", { role: "img", "aria-label": `Balance of ${account.account} over the entries shown` });
   let chart: Chart | undefined;
-  const cursors: string[] = [];
+  // The filters as last shown (Show reads them; the pages keep them), the
+  // cursor of each page after the first that led to the one shown, and the
+  // number of the latest load: an older load's answer is dropped.
+  let filters: HistoryQuery = {};
+  let cursors: string[] = [];
+  let latest = 0;
 
-  const load = async (cursor?: string) => {
-    const query: HistoryQuery = {
-      limit: Number(limit.value) || undefined,
-      cursor,
-      since: since.value ? new Date(since.value).toISOString() : undefined,
-      until: until.value ? new Date(until.value).toISOString() : undefined,
-    };
+  const load = async (pageCursors: string[]) => {
+    const mine = ++latest;
+    for (const button of results.querySelectorAll("button")) button.disabled = true;
     try {
-      const page = await client("apiKey").historyPage(account.account, query);
+      const page = await client("apiKey").historyPage(account.account, { ...filters, cursor: pageCursors.at(-1) });
+      if (mine !== latest) return;
+      cursors = pageCursors;
       chart?.destroy();
       chart = page.entries.length ? balanceChart(canvas, page.entries, account.asset) : undefined;
       results.replaceChildren(historyTable(page.entries, account), pager(page.next_cursor));
     } catch (e) {
-      results.replaceChildren(problemBox(e));
+      if (mine !== latest) return;
+      results.replaceChildren(problemBox(e), pager(undefined));
     }
   };
-  // cursors: the cursor of each page after the first that led here.
-  const newer = () => {
-    cursors.pop();
-    void load(cursors.at(-1));
-  };
-  const older = (next: string) => {
-    cursors.push(next);
-    void load(next);
+  const show = () => {
+    filters = {
+      limit: Number(limit.value) || undefined,
+      since: since.value ? new Date(since.value).toISOString() : undefined,
+      until: until.value ? new Date(until.value).toISOString() : undefined,
+    };
+    void load([]);
   };
   const pager = (next?: string) =>
     h(
       "nav",
       { class: "pager", "aria-label": "History pages" },
-      h("button", { type: "button", disabled: cursors.length === 0, onclick: newer }, "Newer"),
-      h("span", {}, `page ${cursors.length + 1}`),
-      h("button", { type: "button", disabled: !next, onclick: () => next && older(next) }, "Older"),
+      h("button", { type: "button", disabled: cursors.length === 0, onclick: () => void load(cursors.slice(0, -1)) }, "Newer"),
+      h("span", { "data-field": "page" }, `page ${cursors.length + 1}`),
+      h("button", { type: "button", disabled: !next, onclick: () => next && void load([...cursors, next]) }, "Older"),
     );
 
   body.append(
@@ -203,8 +215,7 @@ function historySection(body: HTMLElement, account: Account): () => void {
         "aria-label": "History filters",
         onsubmit: (event: Event) => {
           event.preventDefault();
-          cursors.length = 0;
-          void load();
+          show();
         },
       },
       field("Since (inclusive)", since),
@@ -215,8 +226,11 @@ function historySection(body: HTMLElement, account: Account): () => void {
     h("div", { class: "chart" }, canvas),
     results,
   );
-  void load();
-  return () => chart?.destroy();
+  show();
+  return () => {
+    latest++;
+    chart?.destroy();
+  };
 }
 
 function historyTable(entries: Entry[], account: Account): HTMLElement {

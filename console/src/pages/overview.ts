@@ -69,10 +69,11 @@ export function overview(view: HTMLElement): () => void {
         ...readinessCards(ready, total(samples, "txengine_consumer_stalled_partitions")),
         card("lag", "Consumer lag", `${total(samples, "txengine_consumer_lag")} records`, "this process's partitions"),
         card("accepted", "Accepted / s", perSecond(accepted), `${now.accepted} since start`),
-        card("applied", "Applied / s", perSecond(applied), `${now.applied} since start`),
+        card("applied", "Applied / s", perSecond(applied), `${now.applied} since start, ${now.rejected} of them rejected`),
         card("p99-accept", "p99 POST /transactions", ms(recent(now.requestSeconds, before?.requestSeconds)), "to the 202"),
         card("p99-apply", "p99 accepted → applied", ms(recent(now.applySeconds, before?.applySeconds)), "Kafka and the consumer"),
       );
+      if (left) return;
       if (accepted !== undefined && applied !== undefined) chart.add(now.at, accepted, applied);
       before = now;
       error.replaceChildren();
@@ -80,10 +81,18 @@ export function overview(view: HTMLElement): () => void {
       error.replaceChildren(problemBox(e));
     }
   };
-  void refresh();
-  const timer = setInterval(refresh, EVERY_MS);
+  // The next read is set after this one ends, so a slow /ready (Redis down)
+  // never has two reads overlap.
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let left = false;
+  const loop = async () => {
+    await refresh();
+    if (!left) timer = setTimeout(loop, EVERY_MS);
+  };
+  void loop();
   return () => {
-    clearInterval(timer);
+    left = true;
+    clearTimeout(timer);
     chart.destroy();
   };
 }

@@ -5,8 +5,11 @@ import { field, h } from "../dom";
 
 export function signInPage(view: HTMLElement, onSignedIn: () => void): () => void {
   const held = storedCredentials();
-  const apiKey = h("input", { name: "api_key", type: "password", autocomplete: "off", value: held.apiKey ?? "" });
-  const adminToken = h("input", { name: "admin_token", type: "password", autocomplete: "off", value: held.adminToken ?? "" });
+  const apiKey = h("input", { name: "api_key", type: "password", autocomplete: "off" });
+  const adminToken = h("input", { name: "admin_token", type: "password", autocomplete: "off" });
+  // As properties, never attributes: the secrets stay out of the markup.
+  apiKey.value = held.apiKey ?? "";
+  adminToken.value = held.adminToken ?? "";
   const problem = h("p", { role: "alert", class: "problem-text" });
   view.append(
     h("h1", {}, "Sign in"),

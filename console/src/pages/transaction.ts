@@ -24,22 +24,28 @@ export function transactionPage(view: HTMLElement, id?: string): () => void {
   const body = h("div", { "aria-live": "polite" });
   view.append(body);
   let timer: ReturnType<typeof setTimeout> | undefined;
+  let left = false;
   const refresh = async () => {
     try {
       const tx = await client("apiKey").transaction(id);
       body.replaceChildren(show(tx));
-      if (UNSETTLED.has(tx.status)) timer = setTimeout(refresh, 1_000);
+      const ending = body.querySelector<HTMLElement>('[data-field="ended-by"]');
+      if (ending && tx.account) void findEnd(tx.id, tx.account).then((end) => end && ending.append(" ", end));
+      if (!left && UNSETTLED.has(tx.status)) timer = setTimeout(refresh, 1_000);
     } catch (e) {
       body.replaceChildren(problemBox(e));
     }
   };
   void refresh();
-  return () => clearTimeout(timer);
+  return () => {
+    left = true;
+    clearTimeout(timer);
+  };
 }
 
 function show(tx: Transaction): HTMLElement {
-  const money = (minor?: number, asset = tx.asset) =>
-    minor === undefined ? null : asset ? formatMoney(minor, asset) : `${minor} minor units`;
+  const money = (minor?: number) =>
+    minor === undefined ? null : tx.asset ? formatMoney(minor, tx.asset) : `${minor} minor units`;
   const isHold = tx.type === "hold" || HOLD_ENDED_BY[tx.status] !== undefined;
   const sections: HTMLElement[] = [
     facts([
@@ -61,7 +67,7 @@ function show(tx: Transaction): HTMLElement {
       h("h2", {}, "Hold"),
       facts([
         ["Phase", tx.status],
-        ["Ended by", HOLD_ENDED_BY[tx.status] ?? null],
+        ["Ended by", HOLD_ENDED_BY[tx.status] === undefined ? null : h("span", { "data-field": tx.status === "held" ? "still-held" : "ended-by" }, HOLD_ENDED_BY[tx.status])],
         ["Captured", money(tx.captured_amount)],
       ]),
     );
@@ -76,10 +82,31 @@ function show(tx: Transaction): HTMLElement {
           tx.posting === i ? `${i} (failed)` : String(i),
           accountLink(p.from),
           accountLink(p.to),
-          money(p.amount, p.asset),
+          // The asset of a posting whose from the key may not see is not shown.
+          p.asset ? formatMoney(p.amount, p.asset) : `${p.amount} minor units`,
         ]),
       ),
     );
   }
   return h("div", {}, ...sections);
+}
+
+/** The transaction that ended hold `holdId`, from its account's history:
+ * the capture's, void's or expiry's entry names the hold. Read newest first,
+ * at most five pages, and never past the hold's own entry. */
+async function findEnd(holdId: string, account: string): Promise<HTMLElement | undefined> {
+  const history = client("apiKey");
+  let cursor: string | undefined;
+  for (let page = 0; page < 5; page++) {
+    const { entries, next_cursor } = await history.historyPage(account, { limit: 200, cursor });
+    for (const entry of entries) {
+      if (entry.hold === holdId && entry.id && entry.id !== holdId) {
+        return h("span", {}, "(", transactionLink(entry.id), ")");
+      }
+      if (entry.id === holdId && entry.type === "hold") return undefined;
+    }
+    if (!next_cursor) return undefined;
+    cursor = next_cursor;
+  }
+  return undefined;
 }
