@@ -206,6 +206,19 @@ test("signing in by keyboard; the token stays in this tab only", async () => {
   await other.close();
 });
 
+test("an address naming no valid id is refused before any call", async () => {
+  const called = [];
+  const record = (request) => new URL(request.url()).pathname.startsWith("/accounts") && called.push(request.url());
+  page.on("request", record);
+  // A crafted link: the admin token must not reach /balance/victim through it.
+  for (const hash of ["#/accounts/..%2Fbalance%2Fvictim", "#/accounts/..", "#/accounts/%E0%A4%A"]) {
+    await page.goto(`${url}/console${hash}`);
+    await page.getByRole("heading", { name: "Not an id" }).waitFor();
+  }
+  page.off("request", record);
+  assert.deepEqual(called, []);
+});
+
 test("the overview shows readiness and counts what is accepted and applied", async () => {
   await page.goto(`${url}/console#/overview`);
   const card = (name) => page.locator(`[data-card="${name}"]`);

@@ -44,6 +44,16 @@ test("ids are UUIDv7, made before the first try", () => {
 
 const env = engineEnv("TXENGINE_URL", "TXENGINE_ADMIN_TOKEN", "TXENGINE_API_KEY");
 
+test("an id goes into its path as one segment, whatever it holds", { skip: env.skip }, async () => {
+  const [url, , apiKey] = env.values;
+  const client = new tx.Client(url, { token: apiKey, retry: tx.NEVER });
+  // Encoded, "no/such" reaches the account route and is refused as an id
+  // (422); sent raw it would be another path, which no route matches (404).
+  const refused = await client.account("no/such").catch((e) => e);
+  assert.ok(refused instanceof tx.Problem, String(refused));
+  assert.equal(refused.status, 422, String(refused));
+});
+
 for (const [index, kase] of CASES.cases.entries()) {
   test(kase.name, { skip: env.skip }, async () => {
     const [url, adminToken, apiKey] = env.values;
