@@ -220,6 +220,11 @@ test("an address naming no valid id is refused before any call", async () => {
 });
 
 test("the overview shows readiness and counts what is accepted and applied", async () => {
+  // By keyboard from the navigation: the new page has the focus.
+  await page.getByRole("link", { name: "Overview" }).focus();
+  await page.keyboard.press("Enter");
+  await page.waitForURL(/#\/overview$/);
+  await page.waitForFunction(() => document.activeElement?.id === "view");
   await page.goto(`${url}/console#/overview`);
   const card = (name) => page.locator(`[data-card="${name}"]`);
   await assert.doesNotReject(card("readiness").getByText("ready", { exact: true }).waitFor());
@@ -367,6 +372,21 @@ test("money moved in the console shows in its pages and through the API", async 
   await shown("page 2", idsOf(secondPage));
   await page.getByRole("button", { name: "Newer" }).click();
   await shown("page 1", idsOf(firstPage));
+  // A late answer of an earlier Show never replaces a later one's: the
+  // first is held back 1 s, the second (two a page) lands first.
+  await page.route(/limit=3/, async (route) => {
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    await route.continue();
+  });
+  const late = page.waitForResponse(/limit=3/);
+  await page.getByRole("button", { name: "Show" }).click();
+  await page.getByLabel("Per page").fill("2");
+  await page.getByRole("button", { name: "Show" }).click();
+  await shown("page 1", idsOf(firstPage).slice(0, 2));
+  await late;
+  await page.evaluate(() => new Promise((resolve) => setTimeout(resolve, 100)));
+  await shown("page 1", idsOf(firstPage).slice(0, 2));
+  await page.unroute(/limit=3/);
   const drawn = await page.evaluate(() => {
     const canvas = document.querySelector("canvas");
     const blank = document.createElement("canvas");
@@ -384,6 +404,10 @@ test("a refused action shows the problem's detail", async () => {
   const body = { asset: "USD/2", min_balance: 1000, max_balance: 500 };
   await page.goto(`${url}/console#/accounts/${id}`);
   const form = page.getByRole("form", { name: "New account" });
+  // Bounds are typed in the asset's units: with none named, nothing is sent.
+  await form.getByLabel("Lowest balance").fill("-5");
+  await form.getByRole("button", { name: "Create account" }).click();
+  await page.getByRole("alert").getByText("Name the asset").waitFor();
   await form.getByLabel("Asset").fill("USD/2");
   await form.getByLabel("Lowest balance").fill("10");
   await form.getByLabel("Highest balance").fill("5");
