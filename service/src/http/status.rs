@@ -14,7 +14,9 @@ use super::auth::{authenticate, spend};
 use super::problem::{not_found, Problem, ProblemBody};
 use super::transactions::with_quota;
 use super::ApiState;
-use crate::domain::{AccountId, Asset, Binding, Metadata, Outcome, Postings, TxId, TxStatus};
+use crate::domain::{
+    AccountId, Asset, Binding, Metadata, Movement, Outcome, Postings, TxId, TxStatus,
+};
 use crate::keys::ApiKey;
 use crate::store::{HoldPhase, TxRecord};
 
@@ -121,6 +123,20 @@ pub(super) fn view(id: &TxId, status: TxStatus) -> TransactionView<'_> {
 }
 
 /// The view of an applied hold, in its phase.
+impl TransactionView<'_> {
+    /// What was asked: the kind, and for all but postings (whose postings
+    /// say it) the account, `to` and amount; a capture's or void's hold.
+    fn show_asked(&mut self, movement: &Movement) {
+        self.kind = Some(movement.kind().as_str());
+        if movement.postings().is_none() {
+            self.account = Some(movement.account().clone());
+            self.to = movement.to().cloned();
+            self.amount = movement.amount().map(|amount| amount.minor_units());
+        }
+        self.hold = movement.ended_hold().cloned();
+    }
+}
+
 fn hold_view(id: &TxId, status: TxStatus, phase: HoldPhase) -> TransactionView<'_> {
     let mut seen = view(id, status);
     seen.status = phase.as_str();
@@ -260,14 +276,7 @@ pub(super) async fn get_transaction(
                         .collect();
                     postings.with_assets(&visible)
                 });
-                let movement = &binding.movement;
-                seen.kind = Some(movement.kind().as_str());
-                if movement.postings().is_none() {
-                    seen.account = Some(movement.account().clone());
-                    seen.to = movement.to().cloned();
-                    seen.amount = movement.amount().map(|amount| amount.minor_units());
-                }
-                seen.hold = movement.ended_hold().cloned();
+                seen.show_asked(&binding.movement);
                 seen.metadata = Some(binding.metadata).filter(|metadata| !metadata.is_empty());
             }
             Json(seen).into_response()
